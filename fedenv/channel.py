@@ -1,0 +1,132 @@
+"""Wireless model (SPEC §2): placement, path loss, fading, mobility, uplink rate, packet error.
+
+Pure functions over arrays, vectorised over devices and any leading batch axes; linear SI
+units inside (W, Hz, m, linear power gains), dB only in the path loss and at the edges.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from fedenv.config import ChannelConfig
+
+__all__ = [
+    "place_devices",
+    "path_loss_db",
+    "channel_gain",
+    "gauss_markov_fading",
+    "random_waypoint",
+    "uplink_rate",
+    "packet_error_rate",
+    "snr",
+]
+
+F = NDArray[np.float64]
+
+
+def place_devices(u_radius: ArrayLike, u_angle: ArrayLike, cfg: ChannelConfig) -> F:
+    """Positions (x, y) in metres, uniform over the annulus [d_min, R_cell] around the BS.
+
+    Uniform by area: d = sqrt(u (R^2 - d_min^2) + d_min^2), angle = 2 pi u'. The last axis of
+    the result holds (x, y).
+    """
+    r2_lo, r2_hi = cfg.min_distance_m**2, cfg.cell_radius_m**2
+    d = np.sqrt(np.asarray(u_radius) * (r2_hi - r2_lo) + r2_lo)
+    phi = 2.0 * np.pi * np.asarray(u_angle)
+    return np.stack([d * np.cos(phi), d * np.sin(phi)], axis=-1)
+
+
+def path_loss_db(distance_m: ArrayLike, cfg: ChannelConfig) -> F:
+    """3GPP macro path loss PL(d) = 128.1 + 37.6 log10(d / 1 km) dB (SPEC §2)."""
+    return cfg.pathloss_at_1km_db + cfg.pathloss_slope_db_per_decade * np.log10(np.asarray(distance_m) / 1000.0)
+
+
+def channel_gain(distance_m: ArrayLike, fading_power: ArrayLike, shadowing_db: ArrayLike, cfg: ChannelConfig) -> F:
+    """Linear uplink power gain h = 10^(-(PL(d) + shadowing)/10) |g|^2 (SPEC §2)."""
+    loss_db = path_loss_db(distance_m, cfg) + np.asarray(shadowing_db)
+    return np.power(10.0, -loss_db / 10.0) * np.asarray(fading_power)
+
+
+def gauss_markov_fading(initial: NDArray[np.complex128], innovations: NDArray[np.complex128], rho: float) -> NDArray[np.complex128]:
+    """Gauss-Markov Rayleigh fading g(t+1) = rho g(t) + sqrt(1 - rho^2) w(t) (SPEC §2).
+
+    Args:
+        initial: g(0) ~ CN(0, 1), shape (..., K).
+        innovations: w(1..T-1) ~ CN(0, 1), shape (..., T-1, K).
+        rho: correlation between rounds, 0 <= rho < 1 (0 = i.i.d. block fading).
+
+    Returns:
+        g(0..T-1), shape (..., T, K); |g|^2 ~ Exp(1) at every round.
+    """
+    steps = innovations.shape[-2]
+    out = np.empty(initial.shape[:-1] + (steps + 1, initial.shape[-1]), dtype=np.complex128)
+    out[..., 0, :] = initial
+    scale = np.sqrt(1.0 - rho * rho)
+    for t in range(steps):  # a recursion over rounds, vectorised over episodes and devices
+        out[..., t + 1, :] = rho * out[..., t, :] + scale * innovations[..., t, :]
+    return out
+
+
+def random_waypoint(
+    start: F,
+    waypoints: F,
+    speed_m_per_s: float,
+    interval_s: float,
+) -> F:
+    """Random-waypoint mobility, sampled once per round (SPEC §2).
+
+    Each device walks at constant speed towards its current waypoint; on reaching it, it takes
+    the next one from ``waypoints`` (pre-drawn uniformly in the cell, one candidate per round
+    and device, so that the trace is a pure function of the episode key).
+
+    Args:
+        start: positions at round 0, shape (..., K, 2).
+        waypoints: candidate waypoints, shape (..., T, K, 2); waypoint t is taken at the t-th
+            arrival of that device.
+        speed_m_per_s: walking speed.
+        interval_s: time between rounds.
+
+    Returns:
+        positions for rounds 0..T-1, shape (..., T, K, 2).
+    """
+    steps = waypoints.shape[-3]
+    pos = np.empty(start.shape[:-2] + (steps,) + start.shape[-2:], dtype=np.float64)
+    pos[..., 0, :, :] = start
+    target_idx = np.zeros(start.shape[:-1], dtype=np.int64)
+    current = start.copy()
+    reach = speed_m_per_s * interval_s
+    for t in range(1, steps):
+        target = np.take_along_axis(waypoints, target_idx[..., None, :, None], axis=-3)[..., 0, :, :]
+        delta = target - current
+        dist = np.linalg.norm(delta, axis=-1)
+        arrived = dist <= reach
+        frac = np.where(arrived, 1.0, reach / np.maximum(dist, 1e-12))
+        current = current + delta * frac[..., None]
+        target_idx = np.where(arrived, np.minimum(target_idx + 1, steps - 1), target_idx)
+        pos[..., t, :, :] = current
+    return pos
+
+
+def snr(power_w: ArrayLike, gain: ArrayLike, share: ArrayLike, cfg: ChannelConfig) -> F:
+    """Receive SNR p h / (beta B N0) on an FDMA share beta of the band."""
+    noise = np.asarray(share) * (cfg.bandwidth_hz * cfg.noise_psd_w_per_hz)
+    return np.asarray(power_w) * np.asarray(gain) / noise
+
+
+def uplink_rate(power_w: ArrayLike, gain: ArrayLike, share: ArrayLike, cfg: ChannelConfig) -> F:
+    """Shannon rate R = beta B log2(1 + p h / (beta B N0)) in bit/s, FDMA, no interference (SPEC §2).
+
+    A zero share gives a zero rate.
+    """
+    share = np.asarray(share, dtype=np.float64)
+    bw = share * cfg.bandwidth_hz
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rate = bw * np.log2(1.0 + np.asarray(power_w) * np.asarray(gain) / (bw * cfg.noise_psd_w_per_hz))
+    return np.where(share > 0.0, rate, 0.0)
+
+
+def packet_error_rate(power_w: ArrayLike, gain: ArrayLike, share: ArrayLike, cfg: ChannelConfig) -> F:
+    """Waterfall packet error q = 1 - exp(-m beta B N0 / (p h)) (Chen et al., TWC 2021; SPEC §2)."""
+    noise = np.asarray(share) * (cfg.bandwidth_hz * cfg.noise_psd_w_per_hz)
+    return -np.expm1(-cfg.waterfall_threshold * noise / (np.asarray(power_w) * np.asarray(gain)))

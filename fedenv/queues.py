@@ -1,0 +1,33 @@
+"""Virtual queues for long-term budgets (SPEC §4).
+
+A long-term constraint (1/T) sum_t x(t) <= b is enforced by the virtual queue
+Q(t+1) = max(Q(t) + x(t) - b, 0): if Q(T)/T -> 0 the constraint holds on average.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+__all__ = ["update_queue", "drift_plus_penalty"]
+
+
+def update_queue(backlog: ArrayLike, arrival: ArrayLike, budget: ArrayLike) -> NDArray[np.float64]:
+    """Q(t+1) = max(Q(t) + x(t) - b, 0), element-wise (energy queues Z_k, latency queue Y)."""
+    return np.maximum(np.asarray(backlog) + np.asarray(arrival) - np.asarray(budget), 0.0)
+
+
+def drift_plus_penalty(
+    tradeoff_v: float,
+    penalty: ArrayLike,
+    energy_backlog: ArrayLike,
+    energy_j: ArrayLike,
+    latency_backlog: ArrayLike = 0.0,
+    latency_s: ArrayLike = 0.0,
+) -> NDArray[np.float64]:
+    """Per-round drift-plus-penalty objective V Phi + sum_k Z_k E_k + Y T (SPEC §4).
+
+    The last axis of ``energy_backlog * energy_j`` is summed over devices.
+    """
+    z_e = np.sum(np.asarray(energy_backlog) * np.asarray(energy_j), axis=-1)
+    return tradeoff_v * np.asarray(penalty) + z_e + np.asarray(latency_backlog) * np.asarray(latency_s)

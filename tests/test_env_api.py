@@ -1,0 +1,149 @@
+"""Env contract: Gymnasium and SB3 checkers, determinism, common random numbers, spaces, reward."""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env as gym_check_env
+
+import fedenv
+from fedenv import FedLoRAWirelessEnv
+from fedenv.config import PRESETS
+
+PRESET_NAMES = list(PRESETS)
+
+
+def rollout(env: gym.Env, seed: int, policy_seed: int, steps: int | None = None):
+    obs, info = env.reset(seed=seed)
+    rng = np.random.default_rng(policy_seed)
+    out = [obs]
+    rewards, infos = [], [info]
+    n = 0
+    while True:
+        a = rng.uniform(-1, 1, env.action_space.shape).astype(np.float32)
+        obs, r, term, trunc, info = env.step(a)
+        out.append(obs)
+        rewards.append(r)
+        infos.append(info)
+        n += 1
+        if term or trunc or (steps is not None and n >= steps):
+            return np.array(out), np.array(rewards), infos
+
+
+@pytest.mark.parametrize("preset", PRESET_NAMES)
+def test_gymnasium_check_env_passes_without_warnings(preset):
+    env = gym.make("FedLoRAWireless-v0", preset=preset, render_mode="ansi").unwrapped
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gym_check_env(env, skip_render_check=False)
+
+
+@pytest.mark.parametrize("preset", PRESET_NAMES)
+def test_sb3_check_env_passes_without_warnings(preset):
+    sb3_env_checker = pytest.importorskip("stable_baselines3.common.env_checker")
+    env = FedLoRAWirelessEnv(preset=preset)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sb3_env_checker.check_env(env, warn=True)
+
+
+def test_registered_and_reachable_by_module_path():
+    assert fedenv.ENV_ID in gym.registry
+    env = gym.make("fedenv:FedLoRAWireless-v0")
+    assert isinstance(env.unwrapped, FedLoRAWirelessEnv)
+    # importing again does not re-register (idempotent)
+    import importlib
+
+    importlib.reload(fedenv)
+    assert gym.spec("FedLoRAWireless-v0").entry_point == "fedenv.env:FedLoRAWirelessEnv"
+
+
+@pytest.mark.parametrize("preset", PRESET_NAMES)
+def test_same_seed_gives_identical_trajectories(preset):
+    a = rollout(FedLoRAWirelessEnv(preset=preset), seed=3, policy_seed=7)
+    b = rollout(FedLoRAWirelessEnv(preset=preset), seed=3, policy_seed=7)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_different_seeds_differ():
+    a = rollout(FedLoRAWirelessEnv(), seed=1, policy_seed=0, steps=3)
+    b = rollout(FedLoRAWirelessEnv(), seed=2, policy_seed=0, steps=3)
+    assert not np.array_equal(a[0], b[0])
+
+
+@pytest.mark.parametrize("preset", PRESET_NAMES)
+def test_channel_trace_does_not_depend_on_the_policy(preset):
+    cfg = {"channel": {"mobility_speed_m_per_s": 5.0, "shadowing_std_db": 4.0}}
+    _, _, infos_a = rollout(FedLoRAWirelessEnv(cfg, preset=preset), seed=5, policy_seed=1)
+    _, _, infos_b = rollout(FedLoRAWirelessEnv(cfg, preset=preset), seed=5, policy_seed=2)
+    assert any(not np.array_equal(x["module"], y["module"]) or not np.array_equal(x["bandwidth_share"], y["bandwidth_share"]) for x, y in zip(infos_a[1:], infos_b[1:]))
+    for x, y in zip(infos_a, infos_b):
+        np.testing.assert_array_equal(x["channel_gain"], y["channel_gain"])
+        np.testing.assert_array_equal(x["distance_m"], y["distance_m"])
+        np.testing.assert_array_equal(x["cpu_freq_hz"], y["cpu_freq_hz"])
+
+
+@pytest.mark.parametrize("preset", PRESET_NAMES)
+def test_observations_in_space_finite_and_reward_is_sum_of_terms(preset):
+    env = FedLoRAWirelessEnv(preset=preset)
+    obs, _ = env.reset(seed=0)
+    assert env.observation_space.contains(obs)
+    rng = np.random.default_rng(0)
+    for _ in range(env.config.num_rounds):
+        a = rng.uniform(-3, 3, env.action_space.shape)  # out of range: clipped
+        obs, r, term, trunc, info = env.step(a)
+        assert env.observation_space.contains(obs) and np.isfinite(obs).all()
+        assert type(r) is float and np.isfinite(r)
+        assert r == pytest.approx(sum(info["reward_terms"].values()), abs=1e-12)
+        if term or trunc:
+            break
+
+
+def test_truncation_exactly_at_horizon():
+    env = FedLoRAWirelessEnv({"num_rounds": 7})
+    env.reset(seed=0)
+    flags = []
+    for _ in range(7):
+        _, _, term, trunc, _ = env.step(env.action_space.sample())
+        flags.append((term, trunc))
+    assert flags[:-1] == [(False, False)] * 6
+    assert flags[-1] == (False, True)
+    with pytest.raises(gym.error.ResetNeeded):
+        env.step(env.action_space.sample())
+
+
+def test_termination_at_target_accuracy():
+    env = FedLoRAWirelessEnv({"target_accuracy": 0.6})
+    env.reset(seed=0)
+    full = np.ones(env.action_space.shape, dtype=np.float32)
+    for t in range(50):
+        _, _, term, trunc, info = env.step(full)
+        if term:
+            break
+    assert term and not trunc and info["accuracy"] >= 0.6 and t < 49
+
+
+def test_pickle_round_trip_mid_episode():
+    env = FedLoRAWirelessEnv()
+    env.reset(seed=4)
+    a = np.zeros(env.action_space.shape, dtype=np.float32)
+    env.step(a)
+    clone = pickle.loads(pickle.dumps(env))
+    o1, r1, *_ = env.step(a)
+    o2, r2, *_ = clone.step(a)
+    np.testing.assert_array_equal(o1, o2)
+    assert r1 == r2
+
+
+def test_sync_vector_env_runs():
+    venv = gym.make_vec("FedLoRAWireless-v0", num_envs=3, vectorization_mode="sync")
+    obs, _ = venv.reset(seed=0)
+    assert obs.shape == (3, *venv.single_observation_space.shape)
+    for _ in range(3):
+        obs, r, term, trunc, _ = venv.step(venv.action_space.sample())
+    assert r.shape == (3,)
