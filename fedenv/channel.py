@@ -23,6 +23,7 @@ __all__ = [
 ]
 
 F = NDArray[np.float64]
+_INV_LN2 = 1.0 / np.log(2.0)
 
 
 def place_devices(u_radius: ArrayLike, u_angle: ArrayLike, cfg: ChannelConfig) -> F:
@@ -117,16 +118,24 @@ def snr(power_w: ArrayLike, gain: ArrayLike, share: ArrayLike, cfg: ChannelConfi
 def uplink_rate(power_w: ArrayLike, gain: ArrayLike, share: ArrayLike, cfg: ChannelConfig) -> F:
     """Shannon rate R = beta B log2(1 + p h / (beta B N0)) in bit/s, FDMA, no interference (SPEC §2).
 
-    A zero share gives a zero rate.
+    A share below 1e-12 of the band (a zero share included) gives a zero rate: the limit of the
+    formula as beta -> 0, and no floating-point overflow on the way there.
     """
     share = np.asarray(share, dtype=np.float64)
     bw = share * cfg.bandwidth_hz
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rate = bw * np.log2(1.0 + np.asarray(power_w) * np.asarray(gain) / (bw * cfg.noise_psd_w_per_hz))
-    return np.where(share > 0.0, rate, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        # log1p keeps full precision at low SNR, where log2(1 + x) rounds x away
+        rate = bw * np.log1p(np.asarray(power_w) * np.asarray(gain) / (bw * cfg.noise_psd_w_per_hz)) * _INV_LN2
+    return np.where(share > 1e-12, rate, 0.0)
 
 
 def packet_error_rate(power_w: ArrayLike, gain: ArrayLike, share: ArrayLike, cfg: ChannelConfig) -> F:
-    """Waterfall packet error q = 1 - exp(-m beta B N0 / (p h)) (Chen et al., TWC 2021; SPEC §2)."""
+    """Waterfall packet error q = 1 - exp(-m beta B N0 / (p h)) (Chen et al., TWC 2021; SPEC §2).
+
+    A zero received power (no channel) loses every packet.
+    """
     noise = np.asarray(share) * (cfg.bandwidth_hz * cfg.noise_psd_w_per_hz)
-    return -np.expm1(-cfg.waterfall_threshold * noise / (np.asarray(power_w) * np.asarray(gain)))
+    received = np.asarray(power_w) * np.asarray(gain)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = -np.expm1(-cfg.waterfall_threshold * noise / received)
+    return np.where(received > 0.0, q, 1.0)

@@ -1,0 +1,132 @@
+"""Surrogate learner (SPEC §5): every decision has its documented effect."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedenv.config import EnvConfig, SurrogateConfig
+from fedenv.learning.partition import dirichlet_label_counts, partition_indices
+from fedenv.learning.surrogate import (
+    SurrogateLearner,
+    accuracy_from_gap,
+    gap_from_accuracy,
+    next_gap,
+    rank_gain,
+    round_progress,
+)
+
+CFG = SurrogateConfig()
+K = 4
+SHARE = np.full(K, 0.25)
+BALANCED = np.tile([0.5, 0.5], (K, 1))
+SKEWED = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+GLOBAL = np.array([0.5, 0.5])
+
+
+def progress(weight=1.0, rank=8, ratio=1.0, labels=BALANCED, share=SHARE):
+    w = np.broadcast_to(np.asarray(weight, float), (K,))
+    r = np.broadcast_to(np.asarray(rank), (K,))
+    rho = np.broadcast_to(np.asarray(ratio, float), (K,))
+    return round_progress(share, w, r, rho, labels, GLOBAL, CFG)
+
+
+def test_rank_gain_hand_values():
+    np.testing.assert_allclose(rank_gain([0, 4, 8], CFG), [0.0, 1 - np.exp(-1), 1 - np.exp(-2)])
+
+
+def test_full_participation_hand_value():
+    gamma, floor = progress()
+    assert gamma == pytest.approx(1 - np.exp(-2))  # X = 1, Q = g(8)
+    assert floor == pytest.approx(0.0)
+    assert next_gap(1.0, gamma, floor, CFG) == pytest.approx(1 - 0.22 * (1 - np.exp(-2)))
+
+
+def test_higher_rank_more_progress():
+    assert progress(rank=16)[0] > progress(rank=8)[0] > progress(rank=2)[0]
+
+
+def test_failed_or_idle_devices_contribute_nothing():
+    full = progress()[0]
+    assert progress(weight=[1, 1, 1, 0])[0] < full
+    np.testing.assert_allclose(progress(weight=[1, 1, 1, 0]), progress(rank=[8, 8, 8, 0]))
+    assert progress(weight=0.0)[0] == 0.0
+    assert next_gap(0.7, 0.0, 0.3, CFG) == pytest.approx(0.7)  # nothing arrived: model unchanged
+
+
+def test_sparsification_keeps_a_fraction_of_the_update():
+    assert progress(ratio=0.25)[0] == pytest.approx(progress()[0] * 0.25**0.5)
+
+
+def test_unbalanced_participation_under_non_iid_adds_bias():
+    balanced_floor = progress(weight=[1, 0, 1, 0], labels=SKEWED)[1]
+    unbalanced_floor = progress(weight=[1, 1, 0, 0], labels=SKEWED)[1]
+    assert balanced_floor == pytest.approx(0.0)
+    assert unbalanced_floor == pytest.approx(CFG.heterogeneity_penalty * 0.5)
+    # with IID-like data the same participation is unbiased
+    assert progress(weight=[1, 1, 0, 0], labels=BALANCED)[1] == pytest.approx(0.0)
+
+
+def test_mixed_ranks_add_aggregation_noise():
+    assert progress(rank=[2, 16, 2, 16])[1] > progress(rank=8)[1] == 0.0
+
+
+def test_gap_moves_towards_floor_and_can_rise_when_biased():
+    assert next_gap(0.05, 1.0, 0.2, CFG) > 0.05
+
+
+def test_accuracy_gap_inverse():
+    acc = accuracy_from_gap(np.array([0.0, 0.5, 1.0]), CFG)
+    np.testing.assert_allclose(acc, [0.86, 0.68, 0.5])
+    np.testing.assert_allclose(gap_from_accuracy(acc, CFG), [0.0, 0.5, 1.0])
+    assert gap_from_accuracy(0.99, CFG) == 0.0 and gap_from_accuracy(0.1, CFG) == 1.0
+
+
+def test_batched_equals_per_episode():
+    rng = np.random.default_rng(0)
+    n = 5
+    share = rng.dirichlet(np.ones(K), size=n)
+    w = rng.uniform(size=(n, K))
+    r = rng.choice([0, 2, 4, 8, 16], size=(n, K))
+    rho = rng.uniform(0.1, 1, size=(n, K))
+    lab = rng.dirichlet(np.ones(2), size=(n, K))
+    g, f = round_progress(share, w, r, rho, lab, np.tile(GLOBAL, (n, 1)), CFG)
+    for i in range(n):
+        gi, fi = round_progress(share[i], w[i], r[i], rho[i], lab[i], GLOBAL, CFG)
+        assert g[i] == pytest.approx(gi) and f[i] == pytest.approx(fi)
+
+
+def test_learner_is_deterministic_and_expected_gap_matches_train_round():
+    cfg = EnvConfig()
+    a, b = SurrogateLearner(cfg), SurrogateLearner(cfg)
+    pa = a.reset(10, np.random.default_rng(3))
+    pb = b.reset(10, np.random.default_rng(3))
+    np.testing.assert_array_equal(pa.data_sizes, pb.data_sizes)
+    assert pa.data_sizes.sum() == cfg.learning.num_train_samples
+    assert (pa.data_sizes >= cfg.devices.batch_size).all()
+    ranks = np.full(10, 8)
+    ok = np.ones(10, bool)
+    expected = a.expected_gap(ranks, np.ones(10), ok.astype(float))
+    assert a.train_round(ranks, np.ones(10), ok).gap == pytest.approx(expected)
+
+
+def test_dirichlet_partition_skew_depends_on_alpha():
+    rng = np.random.default_rng(0)
+    cls = np.array([5000, 5000])
+    skewed = dirichlet_label_counts(cls, 20, 0.1, rng)
+    iid = dirichlet_label_counts(cls, 20, 0.5, rng, iid=True)
+    assert skewed.sum(axis=0).tolist() == [5000, 5000] and iid.sum(axis=0).tolist() == [5000, 5000]
+
+    def spread(c):
+        p = c[:, 0] / c.sum(axis=1)
+        return p.std()
+
+    assert spread(skewed) > 0.3 > 0.05 > spread(iid)
+
+
+def test_partition_indices_cover_every_sample_once():
+    labels = np.random.default_rng(1).integers(0, 3, 1000)
+    parts = partition_indices(labels, 7, 0.5, np.random.default_rng(2), min_size=16)
+    allidx = np.concatenate(parts)
+    assert sorted(allidx.tolist()) == list(range(1000))
+    assert min(len(p) for p in parts) >= 16
