@@ -19,7 +19,7 @@ import numpy as np
 from gymnasium import spaces
 from numpy.typing import NDArray
 
-from fedenv.env import DEVICE_FEATURES, GLOBAL_FEATURES
+from fedenv.env import DEVICE_FEATURES
 
 __all__ = ["DictAction", "DiscreteAction", "DictObservation"]
 
@@ -39,7 +39,7 @@ class DictAction(gym.ActionWrapper[NDArray[np.float32], dict[str, NDArray[np.flo
         super().__init__(env)
         self.num_devices, self.components, _ = _canonical(env)
         k = self.num_devices
-        self.action_space = spaces.Dict({c: spaces.Box(-1.0, 1.0, shape=(k,), dtype=np.float32) for c in self.components})
+        self.action_space = spaces.Dict({c: spaces.Box(-1.0, 1.0, shape=(k,), dtype=np.float32) for c in self.components})  # type: ignore[assignment]
 
     def action(self, action: dict[str, Any]) -> NDArray[np.float32]:
         missing = set(self.components) - set(action)
@@ -114,8 +114,8 @@ class DictObservation(gym.ObservationWrapper[dict[str, NDArray[np.float32]], Any
         self.num_devices = k
         box = env.observation_space
         assert isinstance(box, spaces.Box)
-        nd, ng = len(DEVICE_FEATURES), len(GLOBAL_FEATURES)
-        self.observation_space = spaces.Dict(
+        nd = len(DEVICE_FEATURES)
+        self.observation_space = spaces.Dict(  # type: ignore[assignment]
             {
                 "devices": spaces.Box(box.low[: nd * k].reshape(k, nd), box.high[: nd * k].reshape(k, nd), dtype=np.float32),
                 "global": spaces.Box(box.low[nd * k :], box.high[nd * k :], dtype=np.float32),
