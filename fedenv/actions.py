@@ -16,6 +16,7 @@ to [-1, 1]; NaN/inf raise.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +40,14 @@ class Decision:
     """Sparsification ratio rho_k in (0, 1]."""
 
 
+def _decision(module: NDArray[np.int64], power_w: NDArray[np.float64], share: NDArray[np.float64], ratio: NDArray[np.float64]) -> Decision:
+    # Equal to Decision(...), without the frozen dataclass's per-field object.__setattr__
+    # (a measurable share of a step's cost).
+    d = object.__new__(Decision)
+    d.__dict__.update(module=module, power_w=power_w, share=share, ratio=ratio)
+    return d
+
+
 class ActionCodec:
     """Maps canonical actions to :class:`Decision` and back, for one config."""
 
@@ -55,6 +64,18 @@ class ActionCodec:
         #: rank of each module index, module 0 = rank 0
         self.rank_of_module = np.array((0, *config.model.ranks), dtype=np.int64)
         self.structural_module = config.model.ranks.index(config.structural_rank) + 1
+        self._column = {name: self.index.get(name) for name in ("module", "schedule", "power", "ratio", "bandwidth")}
+        # decode's affine maps x = lo + (a + 1) / 2 (hi - lo), per component
+        bounds = {
+            "module": (0.0, float(self.num_modules + 1)),
+            "schedule": (0.0, 2.0),
+            "power": (self.p_min, self.p_max),
+            "ratio": (self.rho_min, 1.0),
+            "bandwidth": (0.0, 1.0),
+        }
+        self._low = np.array([bounds[c][0] for c in self.components])
+        self._half_span = np.array([0.5 * (bounds[c][1] - bounds[c][0]) for c in self.components])
+        self._affine_cache: dict[int, tuple[tuple[int, ...], NDArray[np.float64], NDArray[np.float64]]] = {}
 
     # ----------------------------------------------------------------- decode
     def validate(self, action: object) -> NDArray[np.float64]:
@@ -64,36 +85,65 @@ class ActionCodec:
             raise ValueError(
                 f"action must have shape {self.shape} (devices x components {list(self.components)}), got {a.shape}"
             )
-        if not np.isfinite(a).all():
+        # A sum of finite float64 numbers is finite unless it overflows, so the elementwise
+        # check runs only when the sum is not finite.
+        if not math.isfinite(np.add.reduce(a, axis=None)) and not np.isfinite(a).all():
             raise ValueError(f"action contains NaN or infinite values; expected finite numbers in [-1, 1]: {a}")
-        return np.clip(a, -1.0, 1.0)
+        out = np.maximum(a, -1.0)
+        return np.minimum(out, 1.0, out=out)
 
     def decode(self, action: NDArray[np.float64]) -> Decision:
         """Canonical action (..., K, C) in [-1, 1] (already validated) to a :class:`Decision`."""
-        a = action
-        lead = a.shape[:-1]
-        idx = self.index
-        if "module" in idx:
-            module = np.minimum(((a[..., idx["module"]] + 1.0) * (0.5 * (self.num_modules + 1))).astype(np.int64), self.num_modules)
-        elif "schedule" in idx:
-            module = np.where(a[..., idx["schedule"]] > 0.0, self.structural_module, 0)
+        # Every component is affine in h = (a + 1) / 2: x = lo + h (hi - lo). Computed for all
+        # components at once as (a + 1) (span / 2) + lo; halving is exact, so this equals
+        # lo + ((a + 1) / 2) span bit for bit.
+        # Components first (C, ..., K), each contiguous: fast for large batches, and every
+        # component below is a contiguous array.
+        action = np.asarray(action)
+        perm, half_span, low = self._affine(action.ndim)
+        x = np.add(action.transpose(perm), 1.0, order="C")
+        x *= half_span
+        x += low
+        lead = x.shape[1:]
+        col = self._column
+        if col["module"] is not None:
+            module = x[col["module"]].astype(np.int64)
+            np.minimum(module, self.num_modules, out=module)
+        elif col["schedule"] is not None:
+            module = (action[..., col["schedule"]] > 0.0) * self.structural_module
         else:
-            module = np.full(lead, self.structural_module, dtype=np.int64)
-        if "power" in idx:
-            power = self.p_min + (a[..., idx["power"]] + 1.0) * (0.5 * (self.p_max - self.p_min))
+            module = np.empty(lead, dtype=np.int64)
+            module.fill(self.structural_module)
+        if col["power"] is not None:
+            power = x[col["power"]]
         else:
-            power = np.full(lead, self.p_max)
-        if "ratio" in idx:
-            ratio = self.rho_min + (a[..., idx["ratio"]] + 1.0) * (0.5 * (1.0 - self.rho_min))
+            power = np.empty(lead)
+            power.fill(self.p_max)
+        if col["ratio"] is not None:
+            ratio = x[col["ratio"]]
         else:
-            ratio = np.ones(lead)
+            ratio = np.empty(lead)
+            ratio.fill(1.0)
         scheduled = module > 0
-        w = (a[..., idx["bandwidth"]] + 1.0) * 0.5 * scheduled
-        total = w.sum(axis=-1, keepdims=True)
-        n_sched = scheduled.sum(axis=-1, keepdims=True)
-        equal = scheduled / np.maximum(n_sched, 1)
-        share = np.where(total > 0.0, w / np.where(total > 0.0, total, 1.0), equal)
-        return Decision(module=module, power_w=power, share=share, ratio=ratio)
+        w = np.multiply(x[col["bandwidth"]], scheduled)
+        total = np.add.reduce(w, axis=-1, keepdims=True)
+        if np.minimum.reduce(total, axis=None) > 0.0:
+            share = np.divide(w, total, out=w)
+        else:
+            # Every scheduled weight 0: the scheduled devices share the band equally.
+            positive = total > 0.0
+            equal = scheduled / np.maximum(np.add.reduce(scheduled, axis=-1, keepdims=True), 1)
+            share = np.where(positive, w / np.where(positive, total, 1.0), equal)
+        return _decision(module, power, share, ratio)
+
+    def _affine(self, ndim: int) -> tuple[tuple[int, ...], NDArray[np.float64], NDArray[np.float64]]:
+        """Axis order moving components first, and (span / 2, low) shaped (C, 1, ...) for it."""
+        cached = self._affine_cache.get(ndim)
+        if cached is None:
+            shape = (-1,) + (1,) * (ndim - 1)
+            perm = (ndim - 1, *range(ndim - 1))
+            cached = self._affine_cache[ndim] = (perm, self._half_span.reshape(shape), self._low.reshape(shape))
+        return cached
 
     # ----------------------------------------------------------------- encode
     def encode(self, decision: Decision) -> NDArray[np.float32]:

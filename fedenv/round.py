@@ -6,7 +6,9 @@ The single env, the batched vector env and the Lyapunov policy all evaluate a de
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from numpy.typing import NDArray
@@ -25,7 +27,8 @@ class EpisodeTables:
     """Per-episode constants: cost of every module on every device (rounds only look them up)."""
 
     rank_of_module: NDArray[np.int64]
-    """Rank of module index 0..M, shape (M + 1,); module 0 has rank 0."""
+    """Rank of module index 0..M, shape (M + 1,); module 0 (not scheduled) has rank 0 and, in
+    every table below, zero time, energy and payload."""
     compute_time_s: F
     """Time before the upload can start, shape (..., K, M + 1): local computation (split:
     device part + server encoder + gradient downlink)."""
@@ -91,8 +94,28 @@ class RoundPhysics:
     """T(t) = max over scheduled devices of their capped finish time, shape (...)."""
 
 
+@lru_cache(maxsize=32)
+def _row_offsets(shape: tuple[int, ...], columns: int) -> NDArray[np.int64]:
+    """Flat offset of the first entry of every row of a C-contiguous table of ``shape`` rows."""
+    out = np.arange(0, math.prod(shape) * columns, columns, dtype=np.int64).reshape(shape)
+    out.flags.writeable = False
+    return out
+
+
+def _lookups(tables: EpisodeTables, module: NDArray[np.int64]) -> tuple[F, F]:
+    """Computation time and energy of each device's module: ``table[..., k, module[..., k]]``."""
+    ct, ce = tables.compute_time_s, tables.compute_energy_j
+    if module.shape == ct.shape[:-1] and ct.shape == ce.shape and ct.flags.c_contiguous and ce.flags.c_contiguous:
+        flat = module + _row_offsets(module.shape, ct.shape[-1])
+        return ct.take(flat), ce.take(flat)
+    return _lookup(ct, module), _lookup(ce, module)
+
+
 def _lookup(table: F, module: NDArray[np.int64]) -> F:
-    return np.take_along_axis(table, module[..., None], axis=-1)[..., 0]
+    """``table[..., k, module[..., k]]``, broadcasting the leading axes of both."""
+    lead = np.broadcast_shapes(table.shape[:-1], module.shape)
+    table = np.broadcast_to(table, lead + table.shape[-1:])
+    return np.take_along_axis(table, np.broadcast_to(module, lead)[..., None], axis=-1)[..., 0]
 
 
 def play_round(
@@ -107,26 +130,28 @@ def play_round(
     An update is aggregated iff its device was scheduled, computation + upload finished by the
     deadline T_max, and the packet survived (u >= q with the trace's uniform u).
     """
-    module = decision.module
+    module = np.asarray(decision.module)
+    power = decision.power_w
     scheduled = module > 0
-    rank = tables.rank_of_module[module]
-    t_cmp = _lookup(tables.compute_time_s, module)
-    e_cmp = _lookup(tables.compute_energy_j, module)
+    rank = tables.rank_of_module.take(module)
+    t_cmp, e_cmp = _lookups(tables, module)
     if tables.sparse:
         bits = costs.sparse_payload_bits(rank, decision.ratio, config.model, tables.params_per_rank, tables.head_params)
     else:
-        bits = tables.payload_bits[module]
-    ch = config.channel
-    share = decision.share
-    rate = channel.uplink_rate(decision.power_w, gain, share, ch)
-    per = np.where(scheduled, channel.packet_error_rate(decision.power_w, gain, np.maximum(share, 1e-300), ch), 0.0)
+        bits = tables.payload_bits.take(module)
+    rate, per = channel.link(power, gain, decision.share, config.channel)
+    per *= scheduled  # idle devices have no packet to lose (q is finite: masking by x 0 is exact)
     deadline = config.costs.round_deadline_s
-    t_up, e_up, on_time = costs.upload(bits, rate, decision.power_w, deadline - t_cmp)
-    on_time = on_time & scheduled & (t_cmp <= deadline)
-    latency = np.where(scheduled, np.minimum(t_cmp + t_up, deadline), 0.0)
-    success_prob = on_time * (1.0 - per)
+    t_up, e_up, on_time = costs.upload(bits, rate, power, deadline - t_cmp)
+    on_time &= scheduled
+    on_time &= t_cmp <= deadline
+    # Module 0 computes and sends nothing (the tables' column 0 is 0, so t_up = 0 and E_up = 0):
+    # idle devices get a zero finish time and energy without masking.
+    latency = np.minimum(t_cmp + t_up, deadline)
     success = on_time & (success_uniform >= per) if success_uniform is not None else np.zeros_like(on_time)
-    return RoundPhysics(
+    # Equal to RoundPhysics(...), without the frozen dataclass's per-field object.__setattr__.
+    phys = object.__new__(RoundPhysics)
+    phys.__dict__.update(
         rank=rank,
         scheduled=scheduled,
         rate_bps=rate,
@@ -134,10 +159,11 @@ def play_round(
         compute_time_s=t_cmp,
         upload_time_s=t_up,
         latency_s=latency,
-        energy_j=e_cmp + np.where(scheduled, e_up, 0.0),
+        energy_j=e_cmp + e_up,
         payload_bits=bits,
         on_time=on_time,
-        success_prob=success_prob,
+        success_prob=on_time * (1.0 - per),
         success=success,
-        round_latency_s=latency.max(axis=-1),
+        round_latency_s=np.maximum.reduce(latency, axis=-1),
     )
+    return phys

@@ -8,19 +8,25 @@ fading innovations, the uniforms that decide packet success) is a pure function 
 * a batch of N episodes is generated with one set of array operations, and each episode is
   bit-identical to the one a single environment with the same key generates, which is what
   the batched vector environment relies on.
+
+The hash of a counter does not depend on the key, so it is computed once per stream and shape
+and cached; a draw then costs one XOR and one SplitMix64 finaliser per number.
 """
 
 from __future__ import annotations
 
+import math
+from functools import lru_cache
+
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["uniform", "normal", "Stream"]
+__all__ = ["uniform", "normal", "uniforms", "box_muller", "Stream"]
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
-_S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
+_S11, _S30, _S27, _S31 = np.uint64(11), np.uint64(30), np.uint64(27), np.uint64(31)
 _TO_UNIT = 2.0**-53
 
 
@@ -37,28 +43,70 @@ class Stream:
 
 
 def _splitmix(x: NDArray[np.uint64]) -> NDArray[np.uint64]:
-    x = (x ^ (x >> _S30)) * _M1
-    x = (x ^ (x >> _S27)) * _M2
-    return x ^ (x >> _S31)
+    """SplitMix64 finaliser, in place on ``x`` (a fresh array owned by the caller)."""
+    tmp = np.right_shift(x, _S30)
+    np.bitwise_xor(x, tmp, out=x)
+    np.multiply(x, _M1, out=x)
+    np.right_shift(x, _S27, out=tmp)
+    np.bitwise_xor(x, tmp, out=x)
+    np.multiply(x, _M2, out=x)
+    np.right_shift(x, _S31, out=tmp)
+    np.bitwise_xor(x, tmp, out=x)
+    return x
 
 
-def _bits(keys: NDArray[np.uint64], stream: int, shape: tuple[int, ...]) -> NDArray[np.uint64]:
+@lru_cache(maxsize=64)
+def _counter_hash(draws: tuple[tuple[int, tuple[int, ...]], ...]) -> NDArray[np.uint64]:
+    """splitmix(counter * golden) of the counters of each (stream, shape), concatenated, flat."""
+    parts = []
+    for stream, shape in draws:
+        count = math.prod(shape)
+        parts.append(np.arange(count, dtype=np.uint64) + np.uint64(stream << 40))
+    out = _splitmix(np.concatenate(parts) * _GOLDEN)
+    out.flags.writeable = False
+    return out
+
+
+def uniforms(keys: NDArray[np.uint64], draws: tuple[tuple[int, tuple[int, ...]], ...]) -> list[NDArray[np.float64]]:
+    """Several streams at once: for each ``(stream, shape)``, uniforms of shape ``keys.shape + shape``.
+
+    Equal to ``[uniform(keys, stream, shape) for stream, shape in draws]`` (one hashing pass).
+    """
     keys = np.asarray(keys, dtype=np.uint64)
-    count = int(np.prod(shape, dtype=np.int64))
-    counter = np.arange(count, dtype=np.uint64).reshape(shape) + np.uint64(stream << 40)
-    with np.errstate(over="ignore"):
-        base = _splitmix(keys.reshape(keys.shape + (1,) * len(shape)) * _GOLDEN + _GOLDEN)
-        return _splitmix(base ^ _splitmix(counter * _GOLDEN))
+    draws = tuple((int(stream), tuple(int(n) for n in shape)) for stream, shape in draws)
+    hashed = _counter_hash(draws)
+    base = _splitmix(keys.reshape(keys.shape + (1,)) * _GOLDEN + _GOLDEN)
+    bits = _splitmix(np.bitwise_xor(base, hashed))
+    u = np.right_shift(bits, _S11, out=bits).astype(np.float64)
+    u += 0.5
+    u *= _TO_UNIT
+    out, start = [], 0
+    for _, shape in draws:
+        count = math.prod(shape)
+        out.append(u[..., start : start + count].reshape(keys.shape + shape))
+        start += count
+    return out
 
 
 def uniform(keys: NDArray[np.uint64], stream: int, shape: tuple[int, ...]) -> NDArray[np.float64]:
     """Uniforms in the open interval (0, 1), shape ``keys.shape + shape``."""
-    return ((_bits(keys, stream, shape) >> np.uint64(11)).astype(np.float64) + 0.5) * _TO_UNIT
+    return uniforms(keys, ((stream, shape),))[0]
+
+
+def box_muller(u: NDArray[np.float64], axis: int) -> NDArray[np.float64]:
+    """Standard normals sqrt(-2 ln u1) cos(2 pi u2) from the two halves (u1, u2) of ``axis``."""
+    u1, u2 = np.take(u, 0, axis=axis), np.take(u, 1, axis=axis)
+    # evaluated in place, with the same rounding steps as the expression above
+    np.log(u1, out=u1)
+    u1 *= -2.0
+    np.sqrt(u1, out=u1)
+    u2 *= 2.0 * np.pi
+    np.cos(u2, out=u2)
+    u1 *= u2
+    return u1
 
 
 def normal(keys: NDArray[np.uint64], stream: int, shape: tuple[int, ...]) -> NDArray[np.float64]:
     """Standard normals by Box-Muller, shape ``keys.shape + shape``."""
     keys = np.asarray(keys, dtype=np.uint64)
-    u = uniform(keys, stream, (2, *shape))
-    u1, u2 = np.take(u, 0, axis=keys.ndim), np.take(u, 1, axis=keys.ndim)
-    return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+    return box_muller(uniform(keys, stream, (2, *shape)), keys.ndim)

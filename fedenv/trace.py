@@ -8,6 +8,7 @@ of episodes at once; each episode's trace is identical to the one generated alon
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,38 +40,64 @@ class Trace:
     """u ~ U(0, 1) per round and device, shape (N, T + 1, K); an upload survives iff u >= q."""
 
 
+#: Episodes generated per block: keeps the temporaries of the counter hash in the CPU cache
+#: (the result does not depend on it; every episode depends on its own key only).
+_BLOCK = 64
+
+
 def generate_trace(keys: NDArray[np.uint64], config: EnvConfig) -> Trace:
     """Draw the exogenous trace of N episodes, one per key (SPEC §2-3)."""
     keys = np.atleast_1d(np.asarray(keys, dtype=np.uint64))
+    if keys.ndim != 1:
+        raise ValueError(f"keys must be a 1-D array of episode keys, got shape {keys.shape}")
+    n = keys.size
+    if n <= _BLOCK:
+        return _generate(keys, config)
+    parts = [_generate(keys[i : i + _BLOCK], config) for i in range(0, n, _BLOCK)]
+    return Trace(
+        position_m=np.concatenate([p.position_m for p in parts]),
+        distance_m=np.concatenate([p.distance_m for p in parts]),
+        gain=np.concatenate([p.gain for p in parts]),
+        cpu_freq_hz=np.concatenate([p.cpu_freq_hz for p in parts]),
+        success_uniform=np.concatenate([p.success_uniform for p in parts]),
+    )
+
+
+def _generate(keys: NDArray[np.uint64], config: EnvConfig) -> Trace:
     ch = config.channel
     dev = config.devices
     k = dev.num_devices
     rows = config.num_rounds + 1
-    start_u = streams.uniform(keys, Stream.POSITION, (2, k))
+    n = keys.size
+    mobile = ch.mobility_speed_m_per_s > 0.0
+    shadowed = ch.shadowing_std_db > 0.0
+    draws = [(Stream.POSITION, (2, k)), (Stream.CPU, (k,)), (Stream.FADING, (2, 2, rows, k)), (Stream.SUCCESS, (rows, k))]
+    if mobile:
+        draws.append((Stream.WAYPOINT, (2, rows, k)))
+    if shadowed:
+        draws.append((Stream.SHADOWING, (2, 1, k)))
+    # one hashing pass for every stream (each equals streams.uniform(keys, stream, shape))
+    u = streams.uniforms(keys, tuple(draws))
+    start_u, cpu_u, fading_u, success_u = u[:4]
     start = channel.place_devices(start_u[:, 0], start_u[:, 1], ch)
-    if ch.mobility_speed_m_per_s > 0.0:
-        wp_u = streams.uniform(keys, Stream.WAYPOINT, (2, rows, k))
+    if mobile:
+        wp_u = u[4]
         waypoints = channel.place_devices(wp_u[:, 0], wp_u[:, 1], ch)
         position = channel.random_waypoint(start, waypoints, ch.mobility_speed_m_per_s, ch.round_interval_s)
         # Waypoints lie in the annulus, but a straight walk between two of them may cut
         # through the inner disc; keep the path-loss model inside its validity range.
         distance = np.maximum(np.linalg.norm(position, axis=-1), ch.min_distance_m)
     else:
-        position = np.broadcast_to(start[:, None], (keys.size, rows, k, 2)).copy()
-        distance = np.broadcast_to(np.linalg.norm(start, axis=-1)[:, None], (keys.size, rows, k)).copy()
-    if ch.shadowing_std_db > 0.0:
-        shadowing = ch.shadowing_std_db * streams.normal(keys, Stream.SHADOWING, (1, k))
+        position = np.broadcast_to(start[:, None], (n, rows, k, 2)).copy()
+        distance = np.broadcast_to(np.linalg.norm(start, axis=-1)[:, None], (n, rows, k)).copy()
+    if shadowed:
+        shadowing = ch.shadowing_std_db * streams.box_muller(u[-1], 1)
     else:
-        shadowing = np.zeros((keys.size, 1, k))
-    z = streams.normal(keys, Stream.FADING, (2, rows, k)) * np.sqrt(0.5)
+        shadowing = np.zeros((n, 1, k))
+    z = streams.box_muller(fading_u, 1)  # streams.normal(keys, Stream.FADING, (2, rows, k))
+    z *= math.sqrt(0.5)
     w = z[:, 0] + 1j * z[:, 1]  # CN(0, 1)
     fading = channel.gauss_markov_fading(w[:, 0], w[:, 1:], ch.fading_correlation)
     gain = channel.channel_gain(distance, np.abs(fading) ** 2, shadowing, ch)
-    cpu = dev.cpu_freq_min_hz + (dev.cpu_freq_max_hz - dev.cpu_freq_min_hz) * streams.uniform(keys, Stream.CPU, (k,))
-    return Trace(
-        position_m=position,
-        distance_m=distance,
-        gain=gain,
-        cpu_freq_hz=cpu,
-        success_uniform=streams.uniform(keys, Stream.SUCCESS, (rows, k)),
-    )
+    cpu = dev.cpu_freq_min_hz + (dev.cpu_freq_max_hz - dev.cpu_freq_min_hz) * cpu_u
+    return Trace(position_m=position, distance_m=distance, gain=gain, cpu_freq_hz=cpu, success_uniform=success_u)

@@ -8,14 +8,17 @@ reachable model). One round moves G towards a floor F at a rate set by what arri
     Q     = sum_k x_k g(r_k) s(rho_k) / X             update quality
     Gamma = X^beta Q                                  progress of the round, in [0, 1]
     F     = h TV(p_hat, p) + sigma_mix CV(r)          bias floor
-    G'    = G + mu Gamma (F - G)
+    G'    = G + mu Gamma (F - G) (1 - w min(G, 1))
 
 with the rank gain g(r) = 1 - exp(-r / r_0), the kept update energy of sparsification
 s(rho) = rho^gamma, TV the total-variation distance between the participants' label mix
 p_hat = sum x_k l_k / X and the global mix p (unbalanced participation under non-IID data
 biases the model), and CV the x-weighted coefficient of variation of the aggregated ranks
 (mixed ranks add aggregation noise). A device that is not scheduled, loses its packet or misses
-the deadline has c_k = 0 and contributes nothing. Accuracy and loss are affine in G.
+the deadline has c_k = 0 and contributes nothing. Accuracy and loss are affine in G. The
+warm-up w in [0, 1) slows the first rounds (rate mu (1 - w) at G = 1, mu near convergence):
+real LoRA fine-tuning from a zero-initialised adapter and a fresh head starts slowly and then
+accelerates (an S-shaped accuracy curve; docs/fidelity.md); w = 0 is the plain geometric model.
 
 Every function is vectorised over leading axes (episodes), so the batched vector env, the
 Lyapunov policy (which evaluates the expected penalty with c_k = success probability) and
@@ -23,6 +26,8 @@ calibration call the same formula.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -40,15 +45,26 @@ __all__ = [
     "accuracy_from_gap",
     "loss_from_gap",
     "gap_from_accuracy",
+    "observed_accuracy",
+    "evaluation_noise",
+    "class_counts",
+    "draw_episode",
+    "partition_arrays",
     "SurrogateLearner",
 ]
 
 F = NDArray[np.float64]
 
 
+def _values(x: ArrayLike) -> Any:
+    """``x`` itself when it is already a number or an array (cheap scalar arithmetic), else an array."""
+    return x if isinstance(x, (float, np.ndarray, np.floating)) else np.asarray(x, dtype=np.float64)
+
+
 def rank_gain(rank: ArrayLike, cfg: SurrogateConfig) -> F:
     """g(r) = 1 - exp(-r / r_0); g(0) = 0."""
-    return -np.expm1(-np.asarray(rank, dtype=np.float64) / cfg.rank_scale)
+    g = np.expm1(np.divide(np.asarray(rank, dtype=np.float64), -cfg.rank_scale))
+    return np.negative(g, out=g) if isinstance(g, np.ndarray) else -g
 
 
 def sparsity_gain(ratio: ArrayLike, cfg: SurrogateConfig) -> F:
@@ -74,36 +90,69 @@ def round_progress(
         ratio: rho_k in (0, 1] (1 = no sparsification).
         label_distribution: l_k, shape (..., K, C).
         global_label_distribution: p, shape (..., C).
+
+    Returns:
+        (Gamma, F), shape (...). For a single episode (1-D device arrays) they are NumPy
+        scalars, so that the per-episode arithmetic after the reductions stays cheap.
     """
     r = np.asarray(rank, dtype=np.float64)
-    x = np.asarray(data_share) * np.asarray(weight) * (r > 0)
-    total = x.sum(axis=-1)
-    safe = np.where(total > 0.0, total, 1.0)
-    quality = (x * rank_gain(r, cfg) * sparsity_gain(ratio, cfg)).sum(axis=-1) / safe
-    progress = np.where(total > 0.0, np.power(total, cfg.participation_exponent) * quality, 0.0)
-    mix = np.einsum("...k,...kc->...c", x, np.asarray(label_distribution)) / safe[..., None]
-    tv = 0.5 * np.abs(mix - np.asarray(global_label_distribution)).sum(axis=-1)
-    mean_r = (x * r).sum(axis=-1) / safe
-    var_r = (x * (r - mean_r[..., None]) ** 2).sum(axis=-1) / safe
-    cv = np.sqrt(var_r) / np.where(mean_r > 0.0, mean_r, 1.0)
+    x = np.multiply(data_share, weight) * (r > 0)
+    total = np.add.reduce(x, axis=-1)
+    # X where X > 0, else 1 (X >= 0; every sum divided by it is 0 when X = 0)
+    safe = total + (total == 0.0)
+    quality = np.add.reduce(x * rank_gain(r, cfg) * sparsity_gain(ratio, cfg), axis=-1) / safe
+    # X^beta Q is 0 when X = 0 (then Q = 0), for any beta >= 0
+    progress = np.power(total, cfg.participation_exponent) * quality
+    # sum_k x_k l_kc, summed along a contiguous device axis (labels moved before devices)
+    labels_first = np.swapaxes(np.asarray(label_distribution), -1, -2)
+    mix = np.add.reduce(np.multiply(x[..., None, :], labels_first, order="C"), axis=-1)
+    mix /= safe[..., None]
+    mix = np.subtract(mix, global_label_distribution)
+    tv = 0.5 * np.add.reduce(np.abs(mix, out=mix), axis=-1)
+    mean_r = np.add.reduce(x * r, axis=-1) / safe
+    dev = r - mean_r[..., None]
+    np.square(dev, out=dev)
+    var_r = np.add.reduce(np.multiply(x, dev, out=dev), axis=-1) / safe
+    # mean_r = 0 only when X = 0, and then var_r = 0
+    cv = np.sqrt(var_r) / (mean_r + (mean_r == 0.0))
     floor = cfg.heterogeneity_penalty * tv + cfg.rank_mix_penalty * cv
     return progress, floor
 
 
 def next_gap(gap: ArrayLike, progress: ArrayLike, floor: ArrayLike, cfg: SurrogateConfig) -> F:
-    """G' = G + mu Gamma (F - G)."""
-    g = np.asarray(gap, dtype=np.float64)
-    return g + cfg.step_size * np.asarray(progress) * (np.asarray(floor) - g)
+    """G' = G + mu Gamma (F - G) (1 - w min(G, 1))."""
+    g = _values(gap)
+    step = cfg.step_size * _values(progress) * (_values(floor) - g)
+    if cfg.warmup == 0.0:
+        return g + step
+    return g + step * (1.0 - cfg.warmup * np.minimum(g, 1.0))
 
 
 def accuracy_from_gap(gap: ArrayLike, cfg: SurrogateConfig) -> F:
     """acc = a_max - (a_max - a_0) G."""
-    return cfg.max_accuracy - (cfg.max_accuracy - cfg.initial_accuracy) * np.asarray(gap)
+    return cfg.max_accuracy - (cfg.max_accuracy - cfg.initial_accuracy) * _values(gap)
 
 
 def loss_from_gap(gap: ArrayLike, cfg: SurrogateConfig) -> F:
     """loss = L* + (L_0 - L*) G."""
-    return cfg.min_loss + (cfg.initial_loss - cfg.min_loss) * np.asarray(gap)
+    return cfg.min_loss + (cfg.initial_loss - cfg.min_loss) * _values(gap)
+
+
+def observed_accuracy(gap: ArrayLike, noise: ArrayLike, cfg: SurrogateConfig) -> Any:
+    """The reported accuracy: acc(G) plus evaluation noise, clipped to [0, 1] (float for scalars)."""
+    acc = accuracy_from_gap(gap, cfg) + _values(noise)
+    if isinstance(acc, np.ndarray) and acc.ndim > 0:
+        return np.clip(acc, 0.0, 1.0)
+    return min(max(float(acc), 0.0), 1.0)
+
+
+def evaluation_noise(keys: NDArray[np.uint64], config: EnvConfig) -> F:
+    """Evaluation noise of rounds 1..T for episodes with the given noise keys, shape keys.shape + (T,)."""
+    cfg = config.learning.surrogate
+    shape = np.shape(keys) + (config.num_rounds,)
+    if cfg.eval_noise_std == 0.0:
+        return np.zeros(shape)  # std x N(0, 1) = 0
+    return cfg.eval_noise_std * streams.normal(np.asarray(keys, dtype=np.uint64), streams.Stream.EVAL_NOISE, (config.num_rounds,))
 
 
 def gap_from_accuracy(accuracy: ArrayLike, cfg: SurrogateConfig) -> F:
@@ -119,6 +168,39 @@ def class_prior(task: str, num_labels: int) -> F:
     return np.full(num_labels, 1.0 / num_labels)
 
 
+def class_counts(config: EnvConfig) -> NDArray[np.int64]:
+    """Training samples per class: the task's prior over ``num_train_samples`` (rounding to the last)."""
+    lc = config.learning
+    prior = class_prior(lc.task, config.model.num_labels)
+    n = lc.num_train_samples
+    counts = np.floor(prior * n).astype(np.int64)
+    counts[-1] += n - counts.sum()
+    return counts
+
+
+def draw_episode(config: EnvConfig, num_devices: int, rng: np.random.Generator, classes: NDArray[np.int64] | None = None) -> tuple[F, np.uint64]:
+    """The surrogate's random draws at the start of an episode, in order, from ``rng``.
+
+    Returns:
+        (per-device label counts (K, C) of the Dirichlet partition, key of the evaluation
+        noise). ``classes`` is :func:`class_counts` (computed when None).
+    """
+    lc = config.learning
+    if classes is None:
+        classes = class_counts(config)
+    counts = dirichlet_label_counts(classes, num_devices, lc.dirichlet_alpha, rng, iid=lc.iid, min_size=config.devices.batch_size)
+    return counts.astype(np.float64), rng.integers(0, 2**63, dtype=np.uint64)
+
+
+def partition_arrays(counts: F, classes: NDArray[np.int64]) -> tuple[F, F, F, F]:
+    """(data sizes, label distribution, global label distribution, data share) from label counts.
+
+    Vectorised over leading axes of ``counts`` (..., K, C).
+    """
+    sizes = np.add.reduce(counts, axis=-1)
+    return sizes, counts / sizes[..., None], classes / classes.sum(), sizes / np.add.reduce(sizes, axis=-1, keepdims=True)
+
+
 class SurrogateLearner:
     """The surrogate as a :class:`~fedenv.learning.base.Learner` (pickles; no heavy imports)."""
 
@@ -131,35 +213,28 @@ class SurrogateLearner:
         self.gap = 1.0
         self._round = 0
         self._noise: F = np.zeros(0)
+        self._classes = class_counts(config)
+        self._arrays: tuple[F, F, F] | None = None
 
     def reset(self, num_devices: int, rng: np.random.Generator) -> DevicePartition:
         lc = self.config.learning
-        num_labels = self.config.model.num_labels
-        prior = class_prior(lc.task, num_labels)
-        n = lc.num_train_samples
-        class_counts = np.floor(prior * n).astype(np.int64)
-        class_counts[-1] += n - class_counts.sum()
-        counts = dirichlet_label_counts(
-            class_counts, num_devices, lc.dirichlet_alpha, rng, iid=lc.iid, min_size=self.config.devices.batch_size
-        ).astype(np.float64)
-        sizes = counts.sum(axis=1)
+        counts, key = draw_episode(self.config, num_devices, rng, self._classes)
+        sizes, labels, global_labels, share = partition_arrays(counts, self._classes)
         self.partition = DevicePartition(
             data_sizes=sizes,
-            label_distribution=counts / sizes[:, None],
-            global_label_distribution=class_counts / class_counts.sum(),
-            notes={"backend": "surrogate", "task": lc.task, "train_samples": n},
+            label_distribution=labels,
+            global_label_distribution=global_labels,
+            notes={"backend": "surrogate", "task": lc.task, "train_samples": lc.num_train_samples},
         )
+        self._arrays = (share, labels, global_labels)
         self.gap = 1.0
         self._round = 0
-        key = rng.integers(0, 2**63, dtype=np.uint64)
-        self._noise = self.cfg.eval_noise_std * streams.normal(
-            np.array(key, dtype=np.uint64), streams.Stream.EVAL_NOISE, (self.config.num_rounds,)
-        )
+        self._noise = evaluation_noise(np.array(key, dtype=np.uint64), self.config)
         return self.partition
 
     def _report(self) -> RoundReport:
         noise = self._noise[self._round - 1] if 0 < self._round <= self._noise.size else 0.0
-        acc = float(np.clip(accuracy_from_gap(self.gap, self.cfg) + noise, 0.0, 1.0))
+        acc = observed_accuracy(self.gap, noise, self.cfg)
         return RoundReport(accuracy=acc, loss=float(loss_from_gap(self.gap, self.cfg)), gap=self.gap)
 
     def initial_report(self) -> RoundReport:
@@ -167,26 +242,21 @@ class SurrogateLearner:
 
     def expected_gap(self, ranks: ArrayLike, ratios: ArrayLike, success_prob: ArrayLike) -> float:
         """Predicted gap after a round (the Lyapunov penalty Phi) with c_k = success probability."""
-        p = self._require_partition()
-        progress, floor = round_progress(
-            p.data_share, success_prob, ranks, ratios, p.label_distribution, p.global_label_distribution, self.cfg
-        )
+        share, labels, global_labels = self._require_arrays()
+        progress, floor = round_progress(share, success_prob, ranks, ratios, labels, global_labels, self.cfg)
         return float(next_gap(self.gap, progress, floor, self.cfg))
 
     def train_round(self, ranks: NDArray[np.int64], ratios: NDArray[np.float64], success: NDArray[np.bool_]) -> RoundReport:
-        p = self._require_partition()
-        progress, floor = round_progress(
-            p.data_share, success, ranks, ratios, p.label_distribution, p.global_label_distribution, self.cfg
-        )
+        share, labels, global_labels = self._require_arrays()
+        progress, floor = round_progress(share, success, ranks, ratios, labels, global_labels, self.cfg)
         self.gap = float(next_gap(self.gap, progress, floor, self.cfg))
         self._round += 1
         return self._report()
 
-    def _require_partition(self) -> DevicePartition:
-        if self.partition is None:
+    def _require_arrays(self) -> tuple[F, F, F]:
+        if self._arrays is None:
             raise RuntimeError("call reset() before using the learner")
-        return self.partition
+        return self._arrays
 
     def close(self) -> None:
         pass
-

@@ -1,0 +1,79 @@
+"""How a learned agent acts: the env's action, or a factored form with separate schedule and rank.
+
+The env encodes a device's LoRA module in one ordinal component: m = 0 (idle), 1..M (ranks
+r_1 < ... < r_M), so a Gaussian policy that wants to idle a device must move its mean down
+through every rank, and the ranks it passes on the way differ from device to device. Mixed
+ranks raise the aggregate's noise floor (the surrogate's rank-mix term, SPEC §5), so a policy
+trained on that encoding settles on mixed ranks (measured in docs/agents.md). The ``factored``
+form gives the agent one more component per device and keeps *whether* and *at which rank* a
+device trains apart:
+
+    agent action (K, C + 1): [schedule, rank, <the env's other components, in order>]
+    module = 0                                   if schedule <= 0
+           = 1 + min(floor((rank + 1) / 2 M), M - 1)   otherwise
+
+and hands the env the canonical action of that module (the centre of its interval) with the
+other components unchanged. Paradigms without a ``module`` component (split, soft) keep the
+env's action. ``env`` is the identity. One :class:`ActionAdapter` serves the training wrapper
+(:class:`AgentAction`) and the evaluation adapter, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from numpy.typing import NDArray
+
+from fedenv.config import EnvConfig
+
+__all__ = ["ACTION_FORMS", "ActionAdapter", "AgentAction"]
+
+ACTION_FORMS = ("env", "factored")
+
+
+class ActionAdapter:
+    """Maps the agent's action to the env's canonical action (module docstring)."""
+
+    def __init__(self, config: EnvConfig, kind: str = "factored") -> None:
+        if kind not in ACTION_FORMS:
+            raise ValueError(f"action_form must be one of {', '.join(ACTION_FORMS)}, got {kind!r}")
+        comps = config.action_components
+        self.kind = kind
+        self.num_devices = config.devices.num_devices
+        self.num_modules = config.model.num_modules
+        self.env_shape = (self.num_devices, len(comps))
+        self.factored = kind == "factored" and "module" in comps
+        self.module_index = comps.index("module") if "module" in comps else -1
+        self.shape = (self.num_devices, len(comps) + 1) if self.factored else self.env_shape
+
+    @property
+    def space(self) -> spaces.Box:
+        return spaces.Box(-1.0, 1.0, shape=self.shape, dtype=np.float32)
+
+    def __call__(self, action: NDArray[np.floating[Any]]) -> NDArray[np.float32]:
+        a = np.clip(np.asarray(action, dtype=np.float32).reshape(self.shape), -1.0, 1.0)
+        if not self.factored:
+            return a
+        m = self.num_modules
+        rank_slot = np.minimum(np.floor((a[:, 1] + 1.0) * 0.5 * m), m - 1)
+        module = np.where(a[:, 0] > 0.0, 1.0 + rank_slot, 0.0)
+        out = np.empty(self.env_shape, dtype=np.float32)
+        others = [i for i in range(self.env_shape[1]) if i != self.module_index]
+        out[:, others] = a[:, 2:]
+        out[:, self.module_index] = (module + 0.5) / (m + 1) * 2.0 - 1.0
+        return out
+
+
+class AgentAction(gym.ActionWrapper[Any, NDArray[np.float32], NDArray[np.float32]]):
+    """Training-side wrapper: the env driven by the agent's action form (:class:`ActionAdapter`)."""
+
+    def __init__(self, env: gym.Env[Any, Any], adapter: ActionAdapter) -> None:
+        super().__init__(env)
+        self.adapter = adapter
+        self.action_space = adapter.space
+
+    def action(self, action: NDArray[np.float32]) -> NDArray[np.float32]:
+        return self.adapter(action)

@@ -1,0 +1,238 @@
+"""SB3 callbacks of the training scripts: env metrics to TensorBoard, held-out evaluation, checkpoints.
+
+* :class:`EnvMetricsCallback` reads the env's ``info`` after every step and, at each episode end,
+  logs the episode's reward terms, energy, budget use, final accuracy and backlogs
+  (``episode/*`` scalars in TensorBoard, averaged over the episodes of a rollout).
+* :class:`HeldOutEvalCallback` evaluates the current policy every ``eval_freq`` env steps on
+  fixed held-out seeds, through the same :class:`agents.evaluate.SB3Policy` adapter and the
+  same evaluation loop as the baselines; it appends the scores to ``evaluations.csv`` (the
+  learning curve) and keeps the best model and its normaliser in ``best/``.
+* :func:`checkpoint_callback` saves the model and its normaliser every ``checkpoint_freq`` env
+  steps (SB3's ``CheckpointCallback``); ``--resume`` restarts from the newest one.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback
+from stable_baselines3.common.vec_env import VecNormalize
+
+from agents.actions import ActionAdapter
+from agents.evaluate import SB3Policy
+from agents.features import ObservationFeatures
+from agents.runs import RunDir
+from fedenv.config import EnvConfig
+
+__all__ = ["EnvMetricsCallback", "HeldOutEvalCallback", "checkpoint_callback", "EVAL_FIELDS"]
+
+
+class _Episode:
+    """Running sums of one training episode's infos."""
+
+    __slots__ = ("terms", "energy", "rounds", "scheduled", "success", "latency")
+
+    def __init__(self) -> None:
+        self.terms: dict[str, float] = {}
+        self.energy: np.ndarray | float = 0.0
+        self.rounds = 0
+        self.scheduled = 0
+        self.success = 0
+        self.latency = 0.0
+
+
+class EnvMetricsCallback(BaseCallback):
+    """Logs per-episode env metrics from ``info`` (module docstring) under ``episode/``."""
+
+    def __init__(self, energy_budget_j: float | None, verbose: int = 0) -> None:
+        super().__init__(verbose)
+        self.energy_budget_j = energy_budget_j
+        self._episodes: list[_Episode] = []
+
+    def _on_training_start(self) -> None:
+        self._episodes = [_Episode() for _ in range(self.training_env.num_envs)]
+
+    def _on_step(self) -> bool:
+        infos: list[dict[str, Any]] = self.locals["infos"]
+        dones = self.locals["dones"]
+        for i, info in enumerate(infos):
+            ep = self._episodes[i]
+            terms = info.get("reward_terms")
+            if terms is None:
+                continue
+            for name, value in terms.items():
+                ep.terms[name] = ep.terms.get(name, 0.0) + value
+            ep.energy = ep.energy + np.asarray(info["energy_j"], dtype=np.float64)
+            ep.rounds += 1
+            module = np.asarray(info["module"])
+            ep.scheduled += int((module > 0).sum())
+            ep.success += int(np.asarray(info["success"]).sum())
+            ep.latency += float(info["round_latency_s"])
+            if dones[i]:
+                self._log_episode(ep, info)
+                self._episodes[i] = _Episode()
+        return True
+
+    def _log_episode(self, ep: _Episode, info: dict[str, Any]) -> None:
+        rec = self.logger.record_mean
+        for name, value in ep.terms.items():
+            rec(f"episode/reward_{name}", value)
+        rounds = max(ep.rounds, 1)
+        per_device = np.asarray(ep.energy) / rounds
+        rec("episode/return", sum(ep.terms.values()))
+        rec("episode/final_accuracy", float(info["accuracy"]))
+        rec("episode/energy_j_per_device_round", float(per_device.mean()))
+        if self.energy_budget_j is not None:
+            rec("episode/budget_use_max", float(per_device.max() / self.energy_budget_j))
+            rec("episode/within_budget", float((per_device <= self.energy_budget_j + 1e-12).all()))
+        backlog = np.asarray(info["energy_backlog"], dtype=np.float64)
+        rec("episode/final_energy_backlog_mean", float(backlog.mean()))
+        rec("episode/final_energy_backlog_max", float(backlog.max()))
+        rec("episode/final_latency_backlog", float(info["latency_backlog"]))
+        rec("episode/scheduled_per_round", ep.scheduled / rounds)
+        rec("episode/success_rate", ep.success / max(ep.scheduled, 1))
+        rec("episode/round_latency_s", ep.latency / rounds)
+
+
+_INFEASIBLE = 1e6
+
+#: Columns of evaluations.csv.
+EVAL_FIELDS = (
+    "timesteps",
+    "wall_s",
+    "mean_return",
+    "std_return",
+    "final_accuracy",
+    "energy_j_per_device_round",
+    "budget_use_max",
+    "within_budget",
+    "best",
+)
+
+
+class HeldOutEvalCallback(BaseCallback):
+    """Evaluates on fixed held-out seeds every ``eval_freq`` env steps and keeps the best model.
+
+    Args:
+        config: the env config to evaluate in (the training one).
+        run: the run directory (evaluations.csv, best/, eval_state.json).
+        eval_freq: env steps (summed over the vector envs) between evaluations.
+        seeds: the held-out episode seeds.
+        features: the agent's observation (as in training).
+        actions: the agent's action form (as in training).
+        name: label of the evaluated policy.
+        accuracy_target: with a target, the best model is the best return among evaluations
+            whose mean final accuracy meets it (if any does).
+    """
+
+    def __init__(self, config: EnvConfig, run: RunDir, eval_freq: int, seeds: list[int], features: ObservationFeatures, actions: ActionAdapter, name: str = "agent", accuracy_target: float | None = None, verbose: int = 1) -> None:
+        super().__init__(verbose)
+        self.accuracy_target = accuracy_target
+        self.config = config
+        self.features = features
+        self.actions = actions
+        self.run = run
+        self.eval_freq = int(eval_freq)
+        self.seeds = list(seeds)
+        self.name = name
+        self.best_score = -np.inf
+        self.best_return = float("nan")
+        self.last: dict[str, float] = {}
+        self._next = 0
+        self._start = time.perf_counter()
+        self._elapsed0 = 0.0
+
+    def _on_training_start(self) -> None:
+        state = json.loads(self.run.eval_state.read_text()) if self.run.eval_state.is_file() else {}
+        self.best_score = float(state.get("best_score", -np.inf))
+        self.best_return = float(state.get("best_return", float("nan")))
+        self._elapsed0 = float(state.get("wall_s", 0.0))
+        self._start = time.perf_counter()
+        self._next = (self.num_timesteps // self.eval_freq + 1) * self.eval_freq if self.eval_freq > 0 else np.inf
+
+    def _on_step(self) -> bool:
+        if self.eval_freq > 0 and self.num_timesteps >= self._next:
+            self._next += self.eval_freq * max(1, (self.num_timesteps - self._next) // self.eval_freq + 1)
+            self.evaluate()
+        return True
+
+    def evaluate(self) -> dict[str, float]:
+        """Run the held-out episodes now; log, record and keep the model if it is the best."""
+        from baselines.evaluation import evaluate  # the one evaluation loop of every policy
+
+        norm = self.model.get_vec_normalize_env()
+        policy = SB3Policy(self.model, norm, self.name, features=self.features, actions=self.actions)
+        ev = evaluate(policy, self.config, self.seeds)
+        self.model.policy.set_training_mode(False)
+        returns = ev.metric("episode_return")
+        summary: dict[str, float] = {
+            "timesteps": int(self.num_timesteps),
+            "wall_s": self._elapsed0 + time.perf_counter() - self._start,
+            "mean_return": float(returns.mean()),
+            "std_return": float(returns.std()),
+            "final_accuracy": float(ev.metric("final_accuracy").mean()),
+            "energy_j_per_device_round": float(ev.metric("energy_j").mean()),
+            "budget_use_max": float(np.nanmax(ev.metric("max_budget_use"))) if self.config.uses_energy_queue else float("nan"),
+            "within_budget": float(np.mean(ev.metric("max_budget_use") <= 1.0)) if self.config.uses_energy_queue else float("nan"),
+        }
+        # With an accuracy target, evaluations meeting it rank above those that do not.
+        feasible = self.accuracy_target is None or summary["final_accuracy"] >= self.accuracy_target
+        score = summary["mean_return"] - (0.0 if feasible else _INFEASIBLE)
+        improved = score > self.best_score
+        summary["best"] = int(improved)
+        if improved:
+            self.best_score = score
+            self.best_return = summary["mean_return"]
+            self.run.best_model.parent.mkdir(parents=True, exist_ok=True)
+            self.model.save(self.run.best_model)
+            if isinstance(norm, VecNormalize):
+                norm.save(str(self.run.best_normalizer))
+        for key in ("mean_return", "std_return", "final_accuracy", "energy_j_per_device_round", "budget_use_max", "within_budget"):
+            self.logger.record(f"eval/{key}", summary[key])
+        self.logger.record("eval/best_return", self.best_return)
+        new_file = not self.run.evaluations.is_file()
+        with self.run.evaluations.open("a", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=EVAL_FIELDS)
+            if new_file:
+                writer.writeheader()
+            writer.writerow(summary)
+        self.run.eval_state.write_text(json.dumps({"best_score": self.best_score, "best_return": self.best_return, "wall_s": summary["wall_s"], "last": summary}, indent=2))
+        self.last = summary
+        if self.verbose:
+            flag = " (new best)" if improved else ""
+            print(
+                f"[eval] step {summary['timesteps']:>9,d}: return {summary['mean_return']:7.2f} +- {summary['std_return']:.2f}, "
+                f"accuracy {summary['final_accuracy']:.4f}, budget use max {summary['budget_use_max']:.2f}{flag}",
+                flush=True,
+            )
+        return summary
+
+
+class _Checkpoints(CheckpointCallback):
+    """SB3's checkpoints, keeping only the newest replay buffer (off-policy agents; it is large)."""
+
+    def _on_step(self) -> bool:
+        saved = self.n_calls % self.save_freq == 0
+        result = super()._on_step()
+        if saved and self.save_replay_buffer:
+            newest = self._checkpoint_path("replay_buffer_", extension="pkl")
+            for p in Path(self.save_path).glob("ckpt_replay_buffer_*_steps.pkl"):
+                if p.name != Path(newest).name:
+                    p.unlink()
+        return result
+
+
+def checkpoint_callback(run: RunDir, checkpoint_freq: int, n_envs: int, replay_buffer: bool = False) -> CheckpointCallback:
+    """Save model + normaliser (+ the replay buffer) every ``checkpoint_freq`` env steps in ``run/checkpoints``."""
+    return _Checkpoints(
+        save_freq=max(checkpoint_freq // n_envs, 1),
+        save_path=str(run.checkpoints),
+        name_prefix="ckpt",
+        save_vecnormalize=True,
+        save_replay_buffer=replay_buffer,
+    )

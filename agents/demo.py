@@ -1,0 +1,172 @@
+"""The project's main job: train PPO, compare it with the Lyapunov policy and the heuristics.
+
+    python -m agents.demo                       # short budget (configs/train/ppo_demo.yaml), ~5 min
+    python -m agents.demo --budget full         # the documented full budget (configs/train/ppo.yaml)
+    python -m agents.demo --run-dir runs/x --skip-train   # compare an already trained run
+
+Steps: (1) train PPO on the default preset (``switching``) with the per-device network;
+(2) evaluate PPO, the Lyapunov drift-plus-penalty policy and the heuristics on the same
+held-out test seeds (1000 .. 1019 by default; training selected its best model on other
+seeds, 100000 ..) with ``python -m baselines.compare``, which writes ``results/main/``:
+``summary.md`` (the table, printed), ``summary.json``, ``episodes.csv`` (one row per policy and
+episode), ``accuracy.png``, ``energy.png``, ``backlog.png``; (3) add ``learning_curve.png``
+(validation return during training, with the baselines' return on the same validation
+seeds). See docs/agents.md for the full-budget results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fedenv.config import EnvConfig, resolve_config
+
+ROOT = Path(__file__).resolve().parents[1]
+BUDGETS = {"demo": ROOT / "configs/train/ppo_demo.yaml", "full": ROOT / "configs/train/ppo.yaml"}
+BASELINES = "lyapunov,max,min_rank,greedy,round_robin,random"
+
+
+def plot_learning_curves(runs: dict[str, Path], path: Path, references: dict[str, float], title: str = "PPO learning curve, FedLoRAWireless-v0") -> None:
+    """Validation return vs env steps (mean +- std over the validation episodes) of one or more
+    runs (label -> run directory), with reference returns on the same validation seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for (label, run), color in zip(runs.items(), ("tab:red", "tab:orange", "tab:brown", "tab:pink")):
+        with (Path(run) / "evaluations.csv").open() as fh:
+            rows = list(csv.DictReader(fh))
+        steps = np.array([int(r["timesteps"]) for r in rows])
+        mean = np.array([float(r["mean_return"]) for r in rows])
+        std = np.array([float(r["std_return"]) for r in rows])
+        order = np.argsort(steps, kind="stable")
+        ax.plot(steps[order], mean[order], color=color, marker=".", label=label)
+        ax.fill_between(steps[order], (mean - std)[order], (mean + std)[order], color=color, alpha=0.12)
+    for (name, value), color in zip(references.items(), ("tab:blue", "tab:gray", "tab:green", "tab:purple")):
+        ax.axhline(value, color=color, ls="--", lw=1.2, label=f"{name}")
+    ax.set_xlabel("env steps (rounds)")
+    ax.set_ylabel("mean episode return (validation seeds)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def validation_references(config: EnvConfig, specs: list[str], seeds: list[int]) -> dict[str, float]:
+    """Mean return of baseline policies on the validation seeds the learning curve uses."""
+    from baselines.evaluation import evaluate
+    from baselines.registry import make_policy
+
+    out = {}
+    for spec in specs:
+        policy = make_policy(spec, config)
+        out[policy.name] = float(evaluate(policy, config, seeds).metric("episode_return").mean())
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m agents.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budget", choices=list(BUDGETS), default="demo", help="training budget: demo (short) or full (the documented results)")
+    parser.add_argument("--total-timesteps", type=int, default=None, help="override the budget's env steps")
+    parser.add_argument("--config", default="switching", help="env preset or YAML (default: the default preset)")
+    parser.add_argument("--run-dir", default=None, help="PPO run directory (default <out>/ppo_<budget>)")
+    parser.add_argument("--skip-train", action="store_true", help="compare the trained run in --run-dir as is")
+    parser.add_argument("--policies", default=BASELINES, help=f"baseline policy specs of baselines.compare (default {BASELINES})")
+    parser.add_argument("--episodes", type=int, default=20, help="held-out test episodes per policy")
+    parser.add_argument("--seed", type=int, default=1000, help="first test seed")
+    parser.add_argument("--out", default="results/main", help="output directory")
+    parser.add_argument("--no-progress-bar", action="store_true")
+    parser.add_argument("--curves", nargs="+", metavar="LABEL=RUN", default=None, help="only plot the learning curves of these runs (same validation seeds) to --curves-out, then exit")
+    parser.add_argument("--curves-out", default="results/learning_curves.png", help="output PNG of --curves")
+    args = parser.parse_args(argv)
+    if args.curves:
+        runs = dict(item.split("=", 1) for item in args.curves)
+        from agents.runs import RunDir
+
+        first = RunDir(next(iter(runs.values())))
+        saved = first.read_args()
+        seeds = list(range(saved["eval_seed"], saved["eval_seed"] + saved["eval_episodes"]))
+        refs = validation_references(first.env_config(), [s for s in args.policies.split(",")[:2]], seeds)
+        plot_learning_curves({k: Path(v) for k, v in runs.items()}, Path(args.curves_out), refs, title="Learning curves, FedLoRAWireless-v0")
+        print(f"-> {args.curves_out}")
+        return
+
+    import torch
+
+    from agents import train_ppo
+    from agents.envs import episode_seeds
+    from agents.runs import RunDir
+    from baselines import compare
+    from baselines.registry import split_specs
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    out = Path(args.out)
+    config = resolve_config(args.config)
+    run_dir = Path(args.run_dir) if args.run_dir else out / f"ppo_{args.budget}"
+    run = RunDir(run_dir)
+    if not args.skip_train:
+        if run.model.exists() or run.latest_checkpoint() is not None:
+            print(f"[demo] replacing the previous run in {run_dir}", flush=True)
+            shutil.rmtree(run_dir)
+        train_argv = ["--train-config", str(BUDGETS[args.budget]), "--config", args.config, "--run-dir", str(run_dir)]
+        if args.total_timesteps is not None:
+            train_argv += ["--total-timesteps", str(args.total_timesteps)]
+        if args.no_progress_bar:
+            train_argv += ["--no-progress-bar"]
+        print(f"[demo] 1/3 training PPO: python -m agents.train_ppo {' '.join(train_argv)}", flush=True)
+        train_ppo.main(train_argv)
+    elif not run.model.is_file():
+        raise SystemExit(f"error: --skip-train needs a trained run in {run_dir}")
+    train_s = time.perf_counter() - t0
+
+    print(f"[demo] 2/3 comparing on {args.episodes} held-out test seeds from {args.seed} (baselines.compare)", flush=True)
+    compare_argv = [
+        "--config", args.config, "--policies", f"ppo:{run_dir},{args.policies}",
+        "--episodes", str(args.episodes), "--seed", str(args.seed), "--out", str(out), "--no-progress",
+    ]  # fmt: skip
+    print(f"python -m baselines.compare {' '.join(compare_argv)}", flush=True)
+    comparison = compare.main(compare_argv)
+
+    print("[demo] 3/3 learning curve", flush=True)
+    train_args = run.read_args()
+    val = episode_seeds(train_args["eval_seed"], train_args["eval_episodes"])
+    refs = validation_references(config, split_specs(args.policies)[:2], val)
+    plot_learning_curves({"PPO": run_dir}, out / "learning_curve.png", refs)
+
+    metrics = json.loads(run.metrics.read_text()) if run.metrics.is_file() else {}
+    by_name = {ev.policy: ev for ev in comparison.evaluations}
+    ppo = comparison.evaluations[0]
+    lyap = next((ev for name, ev in by_name.items() if name.startswith("lyapunov")), None)
+    total = time.perf_counter() - t0
+    print()
+    print(f"PPO trained for {metrics.get('timesteps', 0):,d} env steps ({metrics.get('wall_s_total', train_s) / 60:.1f} min); whole demo {total / 60:.1f} min.")
+    if lyap is not None:
+        d_ret = ppo.metric("episode_return") - lyap.metric("episode_return")
+        d_acc = ppo.metric("final_accuracy") - lyap.metric("final_accuracy")
+        print(
+            f"PPO - {lyap.policy}, paired over the {len(d_ret)} test seeds: return {d_ret.mean():+.2f} "
+            f"(wins {int((d_ret > 0).sum())}/{len(d_ret)}), final accuracy {d_acc.mean():+.4f}; "
+            f"PPO's largest device energy / budget {np.nanmax(ppo.metric('max_budget_use')):.3f}."
+        )
+    print(f"Results in {out}/: summary.md, summary.json, episodes.csv, accuracy.png, energy.png, backlog.png, learning_curve.png; the run in {run_dir}/.")
+    if args.budget == "demo":
+        print(f"Full training budget (configs/train/ppo.yaml; docs/agents.md): bash scripts/main.sh --budget full  ({FULL_BUDGET_NOTE}).")
+
+
+#: Measured wall-clock of the full budget on the 2-core reference machine (docs/agents.md).
+FULL_BUDGET_NOTE = "about 25 min of training on a 2-core CPU"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""What a learned agent observes: the env's observation, optionally with the devices' label mix.
+
+The env's observation (7 features per device, 4 globals) carries the channels, resources,
+backlogs and learning progress, but not *which labels* each device holds. The Lyapunov policy
+reads that from ``info["label_distribution"]`` (the base station knows the label histograms it
+partitioned, SPEC §5): it is what decides how biased a round's aggregate is (the surrogate's
+non-IID floor), so a policy blind to it cannot balance participation. For equal terms the agents
+can observe it too, from the same ``info``:
+
+* ``env``: the env's observation as is, ``(7 K + 4,)``.
+* ``label_mix`` (default): per device the 7 env features then the label skew
+  ``l_k - p`` (L values: the device's label distribution minus the global one, in [-1, 1]);
+  then the 4 globals: ``(K (7 + L) + 4,)``. The label mix is fixed for an episode.
+
+One :class:`ObservationFeatures` object builds the training wrapper's observations and the
+evaluation adapter's from ``(obs, info)``, so training and evaluation cannot disagree.
+"""
+
+from __future__ import annotations
+
+from typing import Any, SupportsFloat
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from numpy.typing import NDArray
+
+from fedenv.config import EnvConfig
+from fedenv.env import DEVICE_FEATURES, GLOBAL_FEATURES
+
+__all__ = ["OBS_FEATURES", "ObservationFeatures", "AgentObservation"]
+
+OBS_FEATURES = ("env", "label_mix")
+_F = len(DEVICE_FEATURES)
+_G = len(GLOBAL_FEATURES)
+
+
+class ObservationFeatures:
+    """Layout of the agent's observation for one config and feature set (module docstring)."""
+
+    def __init__(self, config: EnvConfig, kind: str = "label_mix") -> None:
+        if kind not in OBS_FEATURES:
+            raise ValueError(f"obs_features must be one of {', '.join(OBS_FEATURES)}, got {kind!r}")
+        self.kind = kind
+        self.num_devices = config.devices.num_devices
+        self.num_labels = config.model.num_labels if kind == "label_mix" else 0
+        self.device_features = _F + self.num_labels
+        self.size = self.num_devices * self.device_features + _G
+
+    def observation_space(self, env_space: spaces.Box) -> spaces.Box:
+        if self.kind == "env":
+            return env_space
+        k = self.num_devices
+        low = np.asarray(env_space.low, dtype=np.float32)
+        high = np.asarray(env_space.high, dtype=np.float32)
+        dev_lo = np.concatenate([low[: _F * k].reshape(k, _F), -np.ones((k, self.num_labels), np.float32)], axis=1)
+        dev_hi = np.concatenate([high[: _F * k].reshape(k, _F), np.ones((k, self.num_labels), np.float32)], axis=1)
+        return spaces.Box(np.concatenate([dev_lo.ravel(), low[_F * k :]]), np.concatenate([dev_hi.ravel(), high[_F * k :]]), dtype=np.float32)
+
+    def __call__(self, obs: NDArray[np.floating[Any]], info: dict[str, Any]) -> NDArray[np.float32]:
+        """The agent's observation from the env's ``obs`` and ``info`` of the same reset/step."""
+        if self.kind == "env":
+            return np.asarray(obs, dtype=np.float32)
+        k = self.num_devices
+        obs = np.asarray(obs, dtype=np.float32)
+        skew = np.asarray(info["label_distribution"], dtype=np.float32) - np.asarray(info["global_label_distribution"], dtype=np.float32)
+        dev = np.concatenate([obs[: _F * k].reshape(k, _F), skew.reshape(k, self.num_labels)], axis=1)
+        return np.concatenate([dev.ravel(), obs[_F * k :]])
+
+
+class AgentObservation(gym.Wrapper[NDArray[np.float32], Any, NDArray[np.float32], Any]):
+    """Training-side wrapper: the env with the agent's observation (:class:`ObservationFeatures`)."""
+
+    def __init__(self, env: gym.Env[Any, Any], features: ObservationFeatures) -> None:
+        super().__init__(env)
+        self.features = features
+        assert isinstance(env.observation_space, spaces.Box)
+        self.observation_space = features.observation_space(env.observation_space)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[NDArray[np.float32], dict[str, Any]]:
+        obs, info = self.env.reset(seed=seed, options=options)
+        return self.features(obs, info), info
+
+    def step(self, action: Any) -> tuple[NDArray[np.float32], SupportsFloat, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return self.features(obs, info), reward, terminated, truncated, info

@@ -1,0 +1,180 @@
+"""PPO (stable-baselines3) on FedLoRAWireless-v0, in one readable file (CleanRL style).
+
+    python -m agents.train_ppo                                     # tuned defaults (configs/train/ppo.yaml)
+    python -m agents.train_ppo --config soft --total-timesteps 200000 --n-envs 4 --vec-env subproc
+    python -m agents.train_ppo --train-config configs/train/ppo.yaml --config configs/scenarios/dense_cell.yaml
+    python -m agents.train_ppo --run-dir runs/my_run --resume       # continue from the newest checkpoint
+
+Every run writes a run directory (see :mod:`agents.runs`): model + normaliser, the best model on
+held-out validation seeds, checkpoints, the resolved env config and arguments, seed, git commit,
+metrics and TensorBoard logs (``tensorboard --logdir runs``) with the env's reward terms, energy,
+budget use, accuracy and backlogs. Evaluate on test seeds with ``python -m agents.evaluate`` or
+next to the baselines with ``python -m baselines.compare --policies lyapunov,ppo:<run dir>``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch as th
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import CallbackList
+from stable_baselines3.common.utils import set_random_seed
+
+from agents.actions import ActionAdapter
+from agents.callbacks import EnvMetricsCallback, HeldOutEvalCallback, checkpoint_callback
+from agents.constraints import AccuracyConstraint, DualAscentCallback
+from agents.envs import episode_seeds, make_vec_env
+from agents.features import ObservationFeatures
+from agents.normalization import load_normalizer, make_normalizer
+from agents.policies import policy_class
+from agents.runs import finish_run, parse_args, prepare_run
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass
+class Args:
+    """PPO training arguments; defaults = the tuned values of configs/train/ppo.yaml."""
+
+    # --- experiment
+    config: str = field(default="switching", metadata=_help("env preset name or env config YAML"))
+    train_config: str | None = field(default=None, metadata=_help("YAML of these arguments (configs/train/*.yaml); flags override it"))
+    run_dir: str | None = field(default=None, metadata=_help("run directory (default runs/ppo_<config>_<policy>_s<seed>_<time>)"))
+    resume: bool = field(default=False, metadata=_help("continue the run in --run-dir from its newest checkpoint"))
+    seed: int = field(default=0, metadata=_help("seed of torch, numpy and the training envs"))
+    total_timesteps: int = field(default=300_000, metadata=_help("env steps (rounds) to train for"))
+    # --- environment
+    n_envs: int = field(default=8, metadata=_help("parallel training envs"))
+    vec_env: str = field(default="dummy", metadata=_help("dummy (one process) or subproc (one process per env)"))
+    obs_features: str = field(default="label_mix", metadata=_help("env (the env's observation) or label_mix (+ each device's label skew from info; agents/features.py)"))
+    action_form: str = field(default="factored", metadata=_help("env (the env's action) or factored (separate schedule and rank per device; agents/actions.py)"))
+    norm_obs: bool = field(default=True, metadata=_help("normalise observations (VecNormalize, saved with the model)"))
+    norm_reward: bool = field(default=True, metadata=_help("normalise rewards by the running return's std"))
+    # --- network
+    policy: str = field(default="per_device", metadata=_help("mlp (SB3 MlpPolicy) or per_device (shared, permutation-equivariant)"))
+    net_arch: list[int] = field(default_factory=lambda: [64, 64], metadata=_help("hidden layer widths (per device for per_device)"))
+    activation: str = field(default="tanh", metadata=_help("tanh or relu"))
+    log_std_init: float = field(default=-0.5, metadata=_help("initial log standard deviation of the Gaussian policy"))
+    ortho_init: bool = field(default=True, metadata=_help("orthogonal weight initialisation"))
+    # --- PPO
+    learning_rate: float = field(default=3e-4, metadata=_help("Adam learning rate"))
+    lr_schedule: str = field(default="linear", metadata=_help("constant or linear (decays to 0 at total_timesteps)"))
+    n_steps: int = field(default=256, metadata=_help("rollout steps per env per update"))
+    batch_size: int = field(default=256, metadata=_help("minibatch size"))
+    n_epochs: int = field(default=10, metadata=_help("epochs per update"))
+    gamma: float = field(default=0.99, metadata=_help("discount factor"))
+    gae_lambda: float = field(default=0.95, metadata=_help("GAE lambda"))
+    clip_range: float = field(default=0.2, metadata=_help("PPO clip range"))
+    ent_coef: float = field(default=0.0, metadata=_help("entropy bonus"))
+    vf_coef: float = field(default=0.5, metadata=_help("value loss weight"))
+    max_grad_norm: float = field(default=0.5, metadata=_help("gradient clipping norm"))
+    target_kl: float | None = field(default=None, metadata=_help("early-stop an update above this KL (None = off)"))
+    # --- optional constraint (agents/constraints.py; the env and its reward are unchanged)
+    accuracy_target: float | None = field(default=None, metadata=_help("train for E[final accuracy] >= this by Lagrangian relaxation (None = off)"))
+    lambda_lr: float = field(default=0.05, metadata=_help("dual ascent step of the accuracy multiplier, per accuracy point of violation"))
+    # --- evaluation, checkpoints, logging
+    eval_freq: int = field(default=25_000, metadata=_help("env steps between held-out evaluations (0 = off)"))
+    eval_episodes: int = field(default=10, metadata=_help("held-out episodes per evaluation"))
+    eval_seed: int = field(default=100_000, metadata=_help("first validation seed (the comparison's test seeds start at 1000)"))
+    checkpoint_freq: int = field(default=100_000, metadata=_help("env steps between checkpoints"))
+    tensorboard: bool = field(default=True, metadata=_help("write TensorBoard logs to <run>/tb"))
+    progress_bar: bool = field(default=True, metadata=_help("show a progress bar"))
+    torch_threads: int = field(default=1, metadata=_help("torch CPU threads"))
+    device: str = field(default="cpu", metadata=_help("torch device (cpu, cuda, auto)"))
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args, given = parse_args(Args, argv, description=__doc__)
+
+    # --- run directory (a new one, or the one to resume with its saved arguments)
+    args, run, config, latest = prepare_run(args, given, "ppo", Args)
+
+    # --- seeding: python, numpy and torch (SB3's set_random_seed), the model (seed=) and the envs
+    set_random_seed(args.seed)
+    th.set_num_threads(args.torch_threads)
+    env_seed = args.seed * 1_000_003 + (latest[0] if latest else 0)  # fresh episodes after a resume
+
+    # --- environments and normaliser
+    features = ObservationFeatures(config, args.obs_features)
+    actions = ActionAdapter(config, args.action_form)
+    venv = make_vec_env(config, args.n_envs, args.vec_env, seed=env_seed, obs_features=args.obs_features, action_form=args.action_form)
+    per_device = args.policy == "per_device"
+    constraint = None
+    if args.accuracy_target is not None:
+        constraint = AccuracyConstraint(venv, args.accuracy_target, args.lambda_lr, lam=DualAscentCallback.saved_lambda(run.path / "constraint.json"))
+        venv = constraint
+    if latest is not None:
+        venv = load_normalizer(str(latest[2]), venv)
+        venv.training = True
+    else:
+        venv = make_normalizer(venv, per_device=per_device, device_features=features.device_features, gamma=args.gamma, norm_obs=args.norm_obs, norm_reward=args.norm_reward)
+
+    # --- model
+    tb = str(run.tensorboard) if args.tensorboard else None
+    if latest is not None:
+        model = PPO.load(latest[1], env=venv, device=args.device, tensorboard_log=tb)
+        print(f"[resume] {run.path}: continuing from step {model.num_timesteps:,d} ({latest[1].name})", flush=True)
+    else:
+        lr = args.learning_rate
+        schedule = (lambda progress: progress * lr) if args.lr_schedule == "linear" else lr
+        if args.lr_schedule not in ("constant", "linear"):
+            raise ValueError(f"lr_schedule must be constant or linear, got {args.lr_schedule!r}")
+        if args.activation not in ("tanh", "relu"):
+            raise ValueError(f"activation must be tanh or relu, got {args.activation!r}")
+        model = PPO(
+            policy_class(args.policy),
+            venv,
+            learning_rate=schedule,
+            n_steps=args.n_steps,
+            batch_size=args.batch_size,
+            n_epochs=args.n_epochs,
+            gamma=args.gamma,
+            gae_lambda=args.gae_lambda,
+            clip_range=args.clip_range,
+            ent_coef=args.ent_coef,
+            vf_coef=args.vf_coef,
+            max_grad_norm=args.max_grad_norm,
+            target_kl=args.target_kl,
+            policy_kwargs={
+                "net_arch": list(args.net_arch) if per_device else {"pi": list(args.net_arch), "vf": list(args.net_arch)},
+                **({"device_features": features.device_features} if per_device else {}),
+                "activation_fn": th.nn.Tanh if args.activation == "tanh" else th.nn.ReLU,
+                "log_std_init": args.log_std_init,
+                "ortho_init": args.ortho_init,
+            },
+            tensorboard_log=tb,
+            seed=args.seed,
+            device=args.device,
+            verbose=0,
+        )
+
+    # --- callbacks: env metrics to TensorBoard, held-out evaluation (best model), checkpoints
+    evaluator = HeldOutEvalCallback(config, run, args.eval_freq, episode_seeds(args.eval_seed, args.eval_episodes), features, actions, name="ppo", accuracy_target=args.accuracy_target)
+    callbacks = CallbackList([
+        EnvMetricsCallback(config.budgets.energy_budget_j),
+        evaluator,
+        checkpoint_callback(run, args.checkpoint_freq, args.n_envs),
+        *([DualAscentCallback(constraint, run.path / "constraint.json")] if constraint is not None else []),
+    ])
+
+    # --- train
+    start_steps = model.num_timesteps
+    remaining = args.total_timesteps - start_steps
+    t0 = time.perf_counter()
+    if remaining > 0:
+        model.learn(remaining, callback=callbacks, progress_bar=args.progress_bar, reset_num_timesteps=latest is None, tb_log_name="ppo")
+    wall = time.perf_counter() - t0
+
+    # --- final model + normaliser, a last evaluation, metrics.json
+    finish_run(run, model, venv, evaluator, algo="ppo", args=args, start_steps=start_steps, wall_s=wall)
+    venv.close()
+    return run.path
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,656 @@
+"""PPO from Ray RLlib on FedLoRAWireless-v0, on one machine or on a Ray cluster.
+
+    python -m agents.train_rllib --env-runners 2 --iterations 20            # local Ray instance
+    python -m agents.train_rllib --run-dir runs/rllib --iterations 40 --resume
+    python -m agents.train_rllib --address auto --env-runners 32 ...        # join a running cluster
+
+(``python agents/train_rllib.py ...`` works too.) Needs the ``rllib`` extra:
+``pip install 'fedenv[rllib]'``. Multi-node setup and the sampling-throughput figure:
+docs/rllib.md.
+
+* Ray: without ``--address`` a small local Ray instance is started (``--num-cpus``, default one
+  CPU per env runner) and shut down at the end. ``--address auto`` joins the cluster that
+  ``ray start`` runs on this node, ``--address HOST:PORT`` the cluster whose head listens there;
+  an address where nothing answers fails within ``--connect-timeout-s`` (Ray itself would
+  retry for minutes).
+* The env: registered with RLlib's registry (``ray.tune.registry.register_env``) as
+  ``FedLoRAWireless-v0``; the fully resolved :class:`~fedenv.config.EnvConfig` travels as
+  RLlib's ``env_config`` mapping, so worker nodes need fedenv installed but no config file.
+* Action form: :class:`fedenv.wrappers.DictAction`, ``{component: Box(-1, 1, (K,))}``. RLlib's
+  default catalog rejects multi-dimensional ``Box`` actions ("Action space has multiple
+  dimensions (10, 3)"), so the canonical (K, C) box would need a reshape; the Dict form needs
+  none, gives a product of diagonal Gaussians (the same distribution family as one flat
+  K * C Gaussian) and keeps the component names.
+* Horizon: the observation carries the round fraction t / T, so the end of the T rounds is
+  reported to RLlib as a termination (no value bootstrapped past the last round), as in
+  :mod:`agents.train_ppo`.
+
+Run directory (``runs/<name>/``)::
+
+    args.yaml          the resolved training arguments
+    env_config.yaml    the fully resolved EnvConfig
+    meta.json          algorithm, seed, git commit, command, versions (one entry per session)
+    progress.jsonl     one line per training iteration (returns, final accuracy, steps, times)
+    checkpoints/       iter_<n>/: RLlib checkpoints (Algorithm.from_checkpoint(path) reloads one)
+    metrics.json       final summary
+
+``--resume`` reloads the saved arguments (flags given now override them, except the env
+config) and continues from the newest checkpoint up to ``--iterations`` iterations in total;
+the number of env runners and the address may change between sessions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, SupportsFloat
+
+import gymnasium as gym
+import yaml
+
+from agents.runs import args_from_mapping, args_to_dict, git_commit, parse_args
+from fedenv import ENV_ID
+from fedenv.config import EnvConfig, resolve_config
+
+__all__ = [
+    "Args",
+    "EXTRA_HINT",
+    "bench_sampling",
+    "build_algorithm",
+    "check_reachable",
+    "latest_checkpoint",
+    "main",
+    "make_rllib_env",
+    "register_rllib_env",
+    "require_ray",
+]
+
+EXTRA_HINT = "pip install 'fedenv[rllib]'"
+_CKPT = re.compile(r"^iter_(\d+)$")
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass
+class Args:
+    """RLlib PPO training arguments."""
+
+    # --- experiment
+    config: str = field(default="switching", metadata=_help("env preset name or env config YAML"))
+    train_config: str | None = field(default=None, metadata=_help("YAML of these arguments; flags override it"))
+    run_dir: str | None = field(default=None, metadata=_help("run directory (default runs/rllib_ppo_<config>_s<seed>_<time>)"))
+    resume: bool = field(default=False, metadata=_help("continue the run in --run-dir from its newest checkpoint"))
+    seed: int = field(default=0, metadata=_help("seed of RLlib (torch, numpy, the env runners' envs)"))
+    iterations: int = field(default=20, metadata=_help("training iterations of the run in total (resume continues up to it)"))
+    checkpoint_every: int = field(default=5, metadata=_help("iterations between checkpoints (0 = only at the end)"))
+    # --- Ray
+    address: str | None = field(default=None, metadata=_help("Ray cluster to join: auto, or HOST:PORT of the head (default: start a local instance)"))
+    connect_timeout_s: float = field(default=10.0, metadata=_help("give up on an unreachable --address after this many seconds"))
+    num_cpus: int | None = field(default=None, metadata=_help("CPUs of the local Ray instance (default: one per env runner)"))
+    object_store_mb: int = field(default=256, metadata=_help("object store of the local Ray instance, MiB"))
+    env_runners: int = field(default=2, metadata=_help("RLlib env runners (sampling actors); 0 samples in this process"))
+    envs_per_env_runner: int = field(default=1, metadata=_help("envs stepped together by each env runner"))
+    # --- network
+    net_arch: list[int] = field(default_factory=lambda: [64, 64], metadata=_help("hidden layer widths (policy and value nets)"))
+    activation: str = field(default="tanh", metadata=_help("tanh or relu"))
+    # --- PPO
+    train_batch_size: int = field(default=2000, metadata=_help("env steps sampled per iteration (all runners together)"))
+    batch_size: int = field(default=250, metadata=_help("minibatch size"))
+    n_epochs: int = field(default=10, metadata=_help("epochs per iteration"))
+    learning_rate: float = field(default=3e-4, metadata=_help("Adam learning rate"))
+    gamma: float = field(default=0.99, metadata=_help("discount factor"))
+    gae_lambda: float = field(default=0.95, metadata=_help("GAE lambda"))
+    clip_range: float = field(default=0.2, metadata=_help("PPO clip range"))
+    ent_coef: float = field(default=0.0, metadata=_help("entropy bonus"))
+    vf_coef: float = field(default=0.5, metadata=_help("value loss weight"))
+    max_grad_norm: float = field(default=0.5, metadata=_help("gradient clipping norm"))
+    torch_threads: int = field(default=1, metadata=_help("torch CPU threads of the learner (this process)"))
+
+
+def validate(args: Args) -> None:
+    """Reject bad arguments before anything starts, naming the flag."""
+
+    def fail(flag: str, expected: str, value: Any) -> None:
+        raise ValueError(f"--{flag} must be {expected}, got {value!r}")
+
+    if args.iterations < 0:
+        fail("iterations", "an integer >= 0", args.iterations)
+    if args.checkpoint_every < 0:
+        fail("checkpoint-every", "an integer >= 0 (0 = only at the end)", args.checkpoint_every)
+    if args.env_runners < 0:
+        fail("env-runners", "an integer >= 0", args.env_runners)
+    if args.envs_per_env_runner < 1:
+        fail("envs-per-env-runner", "an integer >= 1", args.envs_per_env_runner)
+    if args.num_cpus is not None and args.num_cpus < 1:
+        fail("num-cpus", "an integer >= 1", args.num_cpus)
+    if args.object_store_mb < 75:
+        fail("object-store-mb", "at least 75 (Ray's minimum object store)", args.object_store_mb)
+    if not args.connect_timeout_s > 0:
+        fail("connect-timeout-s", "a positive number of seconds", args.connect_timeout_s)
+    if args.train_batch_size < 1 or not 1 <= args.batch_size <= args.train_batch_size:
+        fail("batch-size", f"between 1 and --train-batch-size ({args.train_batch_size})", args.batch_size)
+    if args.n_epochs < 1:
+        fail("n-epochs", "an integer >= 1", args.n_epochs)
+    if args.activation not in ("tanh", "relu"):
+        fail("activation", "tanh or relu", args.activation)
+    if not args.net_arch or any(w < 1 for w in args.net_arch):
+        fail("net-arch", "one or more positive layer widths", args.net_arch)
+    if args.torch_threads < 1:
+        fail("torch-threads", "an integer >= 1", args.torch_threads)
+
+
+# ------------------------------------------------------------------------------- Ray
+def require_ray() -> Any:
+    """Import Ray and RLlib, or raise an ImportError that names the extra to install."""
+    try:
+        import ray
+        from ray.rllib.algorithms.ppo import PPOConfig  # noqa: F401
+    except ImportError as err:
+        raise ImportError(
+            f"agents.train_rllib needs Ray RLlib, which is not installed ({err}). "
+            f"Install the extra: {EXTRA_HINT}   (see docs/rllib.md)"
+        ) from err
+    return ray
+
+
+def _split_host_port(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--address must be 'auto' or HOST:PORT of a Ray head node (e.g. 10.0.0.1:6379), got {address!r}")
+    return host.strip("[]"), int(port)
+
+
+def _ray_bootstrap_address(address: str) -> str | None:
+    """The HOST:PORT that ``ray.init(address=...)`` will contact, as Ray itself resolves it.
+
+    Ray replaces a loopback host by the node's IP and reads ``auto`` from the file that
+    ``ray start`` writes; this uses Ray's own (private) resolver when present.
+    """
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+    except ImportError:
+        return None
+    try:
+        return canonicalize_bootstrap_address(address)
+    except ConnectionError as err:  # "auto" and no cluster started on this node
+        raise ConnectionError(
+            f"--address {address!r}: {err} Start one with `ray start --head` (docs/rllib.md), "
+            "or leave out --address to start a local Ray instance."
+        ) from None
+
+
+def check_reachable(address: str, timeout_s: float) -> str:
+    """Fail fast, with a clear message, when no Ray head answers at ``address``.
+
+    Ray's own client retries an unreachable GCS for minutes; this opens a TCP connection first
+    (``timeout_s`` at most per candidate host) and raises ``ConnectionError`` if none answers.
+
+    Args:
+        address: ``auto`` or ``HOST:PORT`` (``ray://HOST:PORT`` for Ray Client).
+        timeout_s: connection timeout, seconds.
+
+    Returns:
+        The HOST:PORT that answered.
+    """
+    target = address.split("://", 1)[1] if "://" in address else address
+    candidates: list[str] = []
+    if target != "auto":
+        _split_host_port(target)
+        candidates.append(target)
+    resolved = _ray_bootstrap_address(target) if "://" not in address else None
+    if resolved and resolved not in candidates:
+        candidates.append(resolved)
+    if not candidates:
+        raise ConnectionError(f"--address {address!r}: could not resolve it to HOST:PORT; pass the head's HOST:PORT")
+    errors = []
+    for candidate in candidates:
+        host, port = _split_host_port(candidate)
+        try:
+            with socket.create_connection((host, port), timeout=timeout_s):
+                return candidate
+        except OSError as err:
+            errors.append(f"{candidate}: {err.strerror or err}")
+    tried = "; ".join(errors)
+    raise ConnectionError(
+        f"no Ray cluster answers at --address {address!r} ({tried}; timeout {timeout_s:g} s). "
+        "Check that `ray start --head` runs there and that the port is open, "
+        "or leave out --address to start a local Ray instance."
+    )
+
+
+def connect(args: Args) -> bool:
+    """Start a local Ray instance or join ``args.address``; True if this call did either.
+
+    A Ray instance this process already runs (a test fixture, a notebook) is reused and left to
+    its owner.
+    """
+    ray = require_ray()
+    if ray.is_initialized():
+        print("[ray] reusing the Ray instance this process already runs", flush=True)
+        return False
+    address = args.address or os.environ.get("RAY_ADDRESS") or None
+    if address is None or address == "local":
+        num_cpus = args.num_cpus or max(args.env_runners, 1)
+        ray.init(num_cpus=num_cpus, object_store_memory=args.object_store_mb * 2**20, include_dashboard=False, address="local")
+        print(f"[ray] started a local Ray instance ({num_cpus} CPUs)", flush=True)
+    else:
+        reached = check_reachable(address, args.connect_timeout_s)
+        try:
+            ray.init(address=address)
+        except (ConnectionError, getattr(ray.exceptions, "AuthenticationError", ConnectionError)) as err:
+            raise ConnectionError(
+                f"{reached} answers but Ray could not join the cluster there ({err}). If the cluster uses "
+                "token authentication (the default when ~/.ray/auth_token exists on the head), set "
+                "RAY_AUTH_MODE=token and give this node the head's token (~/.ray/auth_token or "
+                "RAY_AUTH_TOKEN); see docs/rllib.md."
+            ) from err
+        resources = ray.cluster_resources()
+        print(f"[ray] joined the cluster at {reached}: {len(ray.nodes())} nodes, {resources.get('CPU', 0):g} CPUs", flush=True)
+    return True
+
+
+# ------------------------------------------------------------------------------- env
+class _HorizonIsTermination(gym.Wrapper[Any, Any, Any, Any]):
+    """Reports the end of the finite-horizon task (truncation at T rounds) as a termination."""
+
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return obs, reward, terminated or truncated, False, info
+
+
+def make_rllib_env(env_config: dict[str, Any]) -> gym.Env[Any, Any]:
+    """The env RLlib trains on, from its ``env_config`` (an EnvConfig mapping, may name a preset)."""
+    from fedenv.env import FedLoRAWirelessEnv
+    from fedenv.wrappers import DictAction
+
+    return _HorizonIsTermination(DictAction(FedLoRAWirelessEnv(config=dict(env_config))))
+
+
+def register_rllib_env() -> str:
+    """Register FedLoRAWireless-v0 (Dict actions) with RLlib's env registry; returns the name."""
+    from ray.tune.registry import register_env
+
+    register_env(ENV_ID, make_rllib_env)
+    return ENV_ID
+
+
+def _on_episode_end(*, episode: Any, metrics_logger: Any = None, **_: Any) -> None:
+    """Log the final accuracy and mean energy backlog of every finished episode."""
+    if metrics_logger is None:
+        return
+    info = episode.get_infos(-1)
+    metrics_logger.log_value("final_accuracy", float(info["accuracy"]), reduce="mean")
+    metrics_logger.log_value("final_energy_backlog_j", float(info["energy_backlog"].mean()), reduce="mean")
+
+
+def build_algorithm(args: Args, env_config: EnvConfig, seed: int | None = None) -> Any:
+    """The RLlib PPO algorithm of ``args`` on ``env_config`` (Ray must be initialised)."""
+    require_ray()
+    from ray.rllib.algorithms.ppo import PPOConfig
+    from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
+
+    name = register_rllib_env()
+    config = (
+        PPOConfig()
+        .environment(name, env_config=env_config.to_dict())
+        .env_runners(
+            num_env_runners=args.env_runners,
+            num_envs_per_env_runner=args.envs_per_env_runner,
+            rollout_fragment_length="auto",
+        )
+        .learners(num_learners=0)
+        .training(
+            train_batch_size_per_learner=args.train_batch_size,
+            minibatch_size=args.batch_size,
+            num_epochs=args.n_epochs,
+            lr=args.learning_rate,
+            gamma=args.gamma,
+            lambda_=args.gae_lambda,
+            clip_param=args.clip_range,
+            entropy_coeff=args.ent_coef,
+            vf_loss_coeff=args.vf_coef,
+            vf_clip_param=float("inf"),  # returns are O(10): RLlib's default clip (10) would bias the critic
+            grad_clip=args.max_grad_norm,
+            grad_clip_by="global_norm",
+        )
+        .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=list(args.net_arch), fcnet_activation=args.activation))
+        .callbacks(on_episode_end=_on_episode_end)
+        .debugging(seed=args.seed if seed is None else seed)
+    )
+    return config.build_algo()
+
+
+# --------------------------------------------------------------------------- run directory
+def latest_checkpoint(run_dir: str | os.PathLike[str]) -> tuple[int, Path] | None:
+    """(iteration, path) of the newest complete checkpoint in ``run_dir/checkpoints``, or None."""
+    root = Path(run_dir) / "checkpoints"
+    best: tuple[int, Path] | None = None
+    if root.is_dir():
+        for p in root.iterdir():
+            m = _CKPT.match(p.name)
+            if m and (p / "rllib_checkpoint.json").is_file() and (best is None or int(m.group(1)) > best[0]):
+                best = (int(m.group(1)), p)
+    return best
+
+
+def _save_checkpoint(algo: Any, run: Path) -> Path:
+    """Save atomically (write aside, then rename) so that a crash never leaves half a checkpoint."""
+    final = run / "checkpoints" / f"iter_{algo.iteration:06d}"
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    algo.save_to_path(str(tmp.resolve()))
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    return final
+
+
+def _versions() -> dict[str, str]:
+    import numpy
+    import ray
+    import torch
+
+    import fedenv
+
+    return {
+        "python": platform.python_version(),
+        "fedenv": fedenv.__version__,
+        "ray": ray.__version__,
+        "torch": torch.__version__,
+        "gymnasium": gym.__version__,
+        "numpy": numpy.__version__,
+    }
+
+
+def prepare_run(args: Args, given: set[str]) -> tuple[Args, Path, EnvConfig, tuple[int, Path] | None]:
+    """Create a new run directory, or reopen one for ``--resume`` (no Ray needed).
+
+    Returns:
+        The effective arguments, the run directory, the env config and the newest checkpoint
+        ``(iteration, path)`` to resume from (None for a new run).
+    """
+    if args.resume:
+        if not args.run_dir:
+            raise ValueError("--resume needs --run-dir <the run to continue>")
+        run = Path(args.run_dir)
+        if not (run / "args.yaml").is_file():
+            raise FileNotFoundError(f"--resume: {run} is not a run directory of agents.train_rllib (no args.yaml)")
+        meta = json.loads((run / "meta.json").read_text()) if (run / "meta.json").is_file() else {}
+        if meta.get("algo") != "rllib_ppo":
+            raise ValueError(f"--resume: {run} was trained with {meta.get('algo')!r}, not rllib_ppo")
+        saved = args_from_mapping(Args, yaml.safe_load((run / "args.yaml").read_text()), str(run / "args.yaml"))
+        env_config = EnvConfig.from_dict(yaml.safe_load((run / "env_config.yaml").read_text()))
+        if "config" in given and resolve_config(args.config) != env_config:
+            raise ValueError(f"--resume: --config {args.config!r} differs from the run's env config ({run / 'env_config.yaml'}); leave it out")
+        saved.update({k: getattr(args, k) for k in given})
+        saved["resume"] = True
+        args = Args(**saved)
+        latest = latest_checkpoint(run)
+        if latest is None:
+            raise FileNotFoundError(f"--resume: no checkpoint in {run / 'checkpoints'}; start a new run instead")
+    else:
+        env_config = resolve_config(args.config)
+        stem = Path(args.config).stem if args.config.endswith((".yaml", ".yml")) else args.config
+        run = Path(args.run_dir or Path("runs") / f"rllib_ppo_{stem}_s{args.seed}_{time.strftime('%Y%m%d-%H%M%S')}")
+        if latest_checkpoint(run) is not None or (run / "args.yaml").exists():
+            raise FileExistsError(f"{run} already holds a run; pass --resume to continue it, or another --run-dir")
+        latest = None
+    validate(args)
+    return args, run, env_config, latest
+
+
+def _write_start(run: Path, args: Args, env_config: EnvConfig, resumed_from: int | None) -> None:
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "args.yaml").write_text(yaml.safe_dump(args_to_dict(args), sort_keys=False))
+    env_config.to_yaml(run / "env_config.yaml")
+    meta_path = run / "meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    commit = git_commit()
+    session = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "command": [sys.executable, *sys.argv],
+        "resumed_from_iteration": resumed_from,
+        "address": args.address,
+        "env_runners": args.env_runners,
+        **commit,
+    }
+    meta.update(algo="rllib_ppo", seed=args.seed, **commit, versions=_versions(), machine={"platform": platform.platform(), "cpus": os.cpu_count()})
+    meta.setdefault("sessions", []).append(session)
+    meta_path.write_text(json.dumps(meta, indent=2))
+
+
+def _num(x: Any) -> float | None:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return None
+
+
+def _progress_row(result: dict[str, Any]) -> dict[str, Any]:
+    runners = result.get("env_runners", {})
+    learner = result.get("learners", {}).get("default_policy", {})
+    steps = _num(runners.get("num_env_steps_sampled")) or 0.0
+    sample_s = _num(result.get("timers", {}).get("env_runner_sampling_timer"))
+    return {
+        "iteration": int(result["training_iteration"]),
+        "env_steps": int(_num(result.get("num_env_steps_sampled_lifetime")) or 0),
+        "episodes": int(_num(runners.get("num_episodes_lifetime")) or 0),
+        "episode_return_mean": _num(runners.get("episode_return_mean")),
+        "episode_len_mean": _num(runners.get("episode_len_mean")),
+        "final_accuracy": _num(runners.get("final_accuracy")),
+        "final_energy_backlog_j": _num(runners.get("final_energy_backlog_j")),
+        "policy_loss": _num(learner.get("policy_loss")),
+        "vf_loss": _num(learner.get("vf_loss")),
+        "entropy": _num(learner.get("entropy")),
+        "env_steps_this_iter": int(steps),
+        "time_this_iter_s": _num(result.get("time_this_iter_s")),
+        "sample_time_s": sample_s,
+        "env_steps_per_s": steps / float(result["time_this_iter_s"]) if result.get("time_this_iter_s") else None,
+    }
+
+
+# ------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args, given = parse_args(Args, argv, description=__doc__)
+    args, run, env_config, latest = prepare_run(args, given)
+    ray = require_ray()
+    import torch
+
+    # --- seeding: RLlib seeds torch, numpy and random on the learner and every env runner, and
+    # the runners' envs from it; a resumed session gets fresh episodes (like agents.train_ppo)
+    seed = args.seed if latest is None else args.seed * 1_000_003 + latest[0]
+    torch.set_num_threads(args.torch_threads)
+
+    started = connect(args)
+    algo = None
+    try:
+        _write_start(run, args, env_config, resumed_from=latest[0] if latest else None)
+        algo = build_algorithm(args, env_config, seed=seed)
+        if latest is not None:
+            algo.restore_from_path(str(latest[1].resolve()))
+            print(f"[resume] {run}: continuing from iteration {algo.iteration} ({latest[1].name})", flush=True)
+        start_iteration = algo.iteration
+        t0 = time.perf_counter()
+        with (run / "progress.jsonl").open("a") as progress:
+            while algo.iteration < args.iterations:
+                row = _progress_row(algo.train())
+                progress.write(json.dumps(row) + "\n")
+                progress.flush()
+                ret = row["episode_return_mean"]
+                acc = row["final_accuracy"]
+                print(
+                    f"[iter {row['iteration']:>4d}] steps {row['env_steps']:>9,d}  return {ret if ret is not None else float('nan'):8.2f}  "
+                    f"final acc {acc if acc is not None else float('nan'):.3f}  {row['env_steps_per_s'] or 0:,.0f} steps/s",
+                    flush=True,
+                )
+                if args.checkpoint_every and algo.iteration % args.checkpoint_every == 0:
+                    _save_checkpoint(algo, run)
+        newest = latest_checkpoint(run)
+        last_saved = _save_checkpoint(algo, run) if newest is None or newest[0] != algo.iteration else newest[1]
+        wall = time.perf_counter() - t0
+        metrics = {
+            "algo": "rllib_ppo",
+            "iterations": int(algo.iteration),
+            "start_iteration": int(start_iteration),
+            "env_runners": args.env_runners,
+            "checkpoint": str(last_saved),
+            "wall_s_this_session": wall,
+            "last": _last_row(run),
+            "ray_nodes": len(ray.nodes()),
+        }
+        (run / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+        print(f"[done] {run}: {algo.iteration} iterations; checkpoint {last_saved}", flush=True)
+        return metrics
+    finally:
+        if algo is not None:
+            algo.stop()
+        if started:
+            ray.shutdown()
+
+
+def _last_row(run: Path) -> dict[str, Any] | None:
+    path = run / "progress.jsonl"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return json.loads(lines[-1]) if lines else None
+
+
+# -------------------------------------------------------------------------- benchmark
+BENCH_SETTINGS = ((1, 1), (2, 1), (1, 8), (2, 8))  # (env runners, envs per env runner)
+
+
+def bench_sampling(args: Any) -> dict[str, Any]:
+    """RLlib's sampling throughput (env steps/s) versus the number of env runners (1, 2).
+
+    Times RLlib's own sampling call (``synchronous_parallel_sample``, what PPO runs each
+    iteration) on FedLoRAWireless-v0 (surrogate backend, default preset, K = 10) on a local Ray
+    instance with 2 CPUs: after a warm-up, three samples of ``steps`` env steps per setting, for
+    1 and 2 env runners with 1 env each, then with 8 envs each (one batched forward pass per
+    step for 8 envs). Next to it, the same env stepped in one process without RLlib. Also
+    records the env runners' own CPU time (``time.process_time`` in each runner), so that env
+    steps per runner CPU-second, what a runner with a free core sustains, can be read even when
+    other processes share the cores (the 1-minute load average is recorded too). Plugged into
+    ``python -m fedenv.bench rllib``; ``--steps`` (at most 4000) sets the sample size.
+    """
+    try:
+        ray = require_ray()
+    except ImportError as err:
+        if getattr(args, "name", None) == "all":
+            print(f"skipped: {err}")
+            return {"skipped": str(err)}
+        raise
+    from ray.rllib.execution.rollout_ops import synchronous_parallel_sample
+
+    from fedenv.bench import steps_per_second
+
+    steps = 1000 if getattr(args, "quick", False) else min(int(getattr(args, "steps", 4000)), 4000)
+    repeats = 3
+    load_before = os.getloadavg()[0]  # other processes share the CPUs: read the figures with it
+    env_config = resolve_config("switching")
+    env_only = steps_per_second(make_rllib_env(env_config.to_dict()), steps)
+    print(f"env alone, one process (Dict actions)          {env_only:>9,.0f} env steps/s")
+    started = False
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, object_store_memory=256 * 2**20, include_dashboard=False, address="local")
+        started = True
+    rows = []
+    try:
+        for runners, envs in BENCH_SETTINGS:
+            algo_args = Args(env_runners=runners, envs_per_env_runner=envs, train_batch_size=steps, batch_size=min(250, steps))
+            algo = build_algorithm(algo_args, env_config)
+            try:
+                group = algo.env_runner_group
+                synchronous_parallel_sample(worker_set=group, max_env_steps=steps, concat=True, _uses_new_env_runners=True)
+                rates, cpu_rates = [], []
+                for _ in range(repeats):
+                    cpu0 = sum(group.foreach_env_runner(lambda _runner: time.process_time(), local_env_runner=False))
+                    t0 = time.perf_counter()
+                    episodes = synchronous_parallel_sample(worker_set=group, max_env_steps=steps, concat=True, _uses_new_env_runners=True)
+                    wall = time.perf_counter() - t0
+                    cpu = sum(group.foreach_env_runner(lambda _runner: time.process_time(), local_env_runner=False)) - cpu0
+                    sampled = sum(len(e) for e in episodes)
+                    rates.append(sampled / wall)
+                    cpu_rates.append(sampled / cpu)
+            finally:
+                algo.stop()
+            mean = sum(rates) / len(rates)
+            cpu_mean = sum(cpu_rates) / len(cpu_rates)
+            rows.append(
+                {
+                    "env_runners": runners,
+                    "envs_per_env_runner": envs,
+                    "env_steps_per_s": mean,
+                    "repeats_env_steps_per_s": rates,
+                    # the runners' own CPU time: what one free core per runner would sustain
+                    "env_steps_per_runner_cpu_s": cpu_mean,
+                }
+            )
+            label = f"RLlib, {runners} env runner{'s' if runners > 1 else ''} x {envs} env{'s' if envs > 1 else ''}"
+            print(f"{label:<47}{mean:>9,.0f} env steps/s  (runs: {', '.join(f'{r:,.0f}' for r in rates)}); {cpu_mean:,.0f} per runner CPU-second")
+    finally:
+        if started:
+            ray.shutdown()
+
+    def rate(runners: int, envs: int) -> float:
+        return next(float(r["env_steps_per_s"]) for r in rows if r["env_runners"] == runners and r["envs_per_env_runner"] == envs)
+
+    out: dict[str, Any] = {
+        "ray": ray.__version__,
+        "env_steps_per_sample": steps,
+        "repeats": repeats,
+        "env_only_steps_per_s": env_only,
+        "settings": rows,
+        "speedup_2_vs_1_runner": rate(2, 1) / rate(1, 1),
+        "speedup_2_vs_1_runner_8_envs": rate(2, 8) / rate(1, 8),
+        "rllib_1_runner_vs_env_alone": rate(1, 1) / env_only,
+        "load_average_1min_before": load_before,
+        "load_average_1min_after": os.getloadavg()[0],
+    }
+    print(
+        f"2 vs 1 env runners: x{out['speedup_2_vs_1_runner']:.2f} (1 env each), x{out['speedup_2_vs_1_runner_8_envs']:.2f} (8 envs each); "
+        f"1 runner x 1 env vs env alone: x{out['rllib_1_runner_vs_env_alone']:.3f}"
+    )
+    _plot_sampling(out, Path(getattr(args, "out", "results/bench")) / "rllib_sampling.png")
+    return out
+
+
+def _plot_sampling(result: dict[str, Any], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(matplotlib not installed: no figure)")
+        return
+    fig, ax = plt.subplots(figsize=(5.0, 3.4), dpi=120)
+    for envs, colour in ((1, "#4C72B0"), (8, "#DD8452")):
+        rows = [r for r in result["settings"] if r["envs_per_env_runner"] == envs]
+        xs = [r["env_runners"] for r in rows]
+        ax.plot(xs, [r["env_steps_per_s"] for r in rows], "o-", color=colour, label=f"{envs} env{'s' if envs > 1 else ''} per runner")
+        for r in rows:
+            ax.plot([r["env_runners"]] * len(r["repeats_env_steps_per_s"]), r["repeats_env_steps_per_s"], ".", color=colour, ms=4, alpha=0.6)
+    ax.set_xticks([1, 2])
+    ax.set_xlim(0.7, 2.3)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("env runners")
+    ax.set_ylabel("env steps / s (RLlib sampling)")
+    ax.set_title(f"RLlib {result['ray']} PPO sampling, FedLoRAWireless-v0 (K=10)\nenv alone in one process: {result['env_only_steps_per_s']:,.0f} steps/s; 2 CPUs, load avg {result['load_average_1min_after']:.1f}", fontsize=8)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    print(f"-> {path}")
+
+
+if __name__ == "__main__":
+    main()

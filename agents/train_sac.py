@@ -1,0 +1,156 @@
+"""SAC (stable-baselines3) on FedLoRAWireless-v0, in one readable file (CleanRL style).
+
+The off-policy counterpart of :mod:`agents.train_ppo`, with the same conventions: typed
+arguments (defaults = ``configs/train/sac.yaml``), one seeding block, a run directory with model,
+normaliser, best model on held-out seeds, checkpoints (plus the newest replay buffer, so that
+``--resume`` continues the same learning state), resolved config, seed, git commit, metrics and
+TensorBoard logs with the env's reward terms::
+
+    python -m agents.train_sac --total-timesteps 200000
+    python -m agents.train_sac --run-dir runs/my_sac --resume
+    python -m baselines.compare --policies lyapunov,sac:runs/my_sac
+
+SAC squashes its Gaussian with tanh, so its actions are in [-1, 1] like the env's.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch as th
+from stable_baselines3 import SAC
+from stable_baselines3.common.callbacks import CallbackList
+from stable_baselines3.common.utils import set_random_seed
+
+from agents.actions import ActionAdapter
+from agents.callbacks import EnvMetricsCallback, HeldOutEvalCallback, checkpoint_callback
+from agents.envs import episode_seeds, make_vec_env
+from agents.features import ObservationFeatures
+from agents.normalization import load_normalizer, make_normalizer
+from agents.runs import finish_run, parse_args, prepare_run
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass
+class Args:
+    """SAC training arguments; defaults = configs/train/sac.yaml."""
+
+    # --- experiment
+    config: str = field(default="switching", metadata=_help("env preset name or env config YAML"))
+    train_config: str | None = field(default=None, metadata=_help("YAML of these arguments (configs/train/*.yaml); flags override it"))
+    run_dir: str | None = field(default=None, metadata=_help("run directory (default runs/sac_<config>_<policy>_s<seed>_<time>)"))
+    resume: bool = field(default=False, metadata=_help("continue the run in --run-dir from its newest checkpoint"))
+    seed: int = field(default=0, metadata=_help("seed of torch, numpy and the training envs"))
+    total_timesteps: int = field(default=200_000, metadata=_help("env steps (rounds) to train for"))
+    # --- environment
+    n_envs: int = field(default=4, metadata=_help("parallel training envs"))
+    vec_env: str = field(default="dummy", metadata=_help("dummy (one process) or subproc (one process per env)"))
+    obs_features: str = field(default="label_mix", metadata=_help("env (the env's observation) or label_mix (+ each device's label skew from info; agents/features.py)"))
+    action_form: str = field(default="factored", metadata=_help("env (the env's action) or factored (separate schedule and rank per device; agents/actions.py)"))
+    norm_obs: bool = field(default=True, metadata=_help("normalise observations (VecNormalize, saved with the model)"))
+    norm_reward: bool = field(default=True, metadata=_help("normalise rewards by the running return's std"))
+    # --- network
+    policy: str = field(default="mlp", metadata=_help("mlp (SB3 SAC MlpPolicy)"))
+    net_arch: list[int] = field(default_factory=lambda: [256, 256], metadata=_help("hidden layer widths of actor and critics"))
+    # --- SAC
+    learning_rate: float = field(default=3e-4, metadata=_help("Adam learning rate"))
+    buffer_size: int = field(default=200_000, metadata=_help("replay buffer capacity (transitions)"))
+    learning_starts: int = field(default=5_000, metadata=_help("env steps of random actions before learning"))
+    batch_size: int = field(default=256, metadata=_help("minibatch size"))
+    tau: float = field(default=0.005, metadata=_help("target network averaging"))
+    gamma: float = field(default=0.99, metadata=_help("discount factor"))
+    train_freq: int = field(default=1, metadata=_help("vector-env steps between updates"))
+    gradient_steps: int = field(default=1, metadata=_help("gradient steps per update"))
+    ent_coef: str = field(default="auto", metadata=_help("entropy coefficient: auto, auto_<init> or a number"))
+    # --- evaluation, checkpoints, logging
+    eval_freq: int = field(default=10_000, metadata=_help("env steps between held-out evaluations (0 = off)"))
+    eval_episodes: int = field(default=10, metadata=_help("held-out episodes per evaluation"))
+    eval_seed: int = field(default=100_000, metadata=_help("first validation seed (the comparison's test seeds start at 1000)"))
+    checkpoint_freq: int = field(default=50_000, metadata=_help("env steps between checkpoints"))
+    tensorboard: bool = field(default=True, metadata=_help("write TensorBoard logs to <run>/tb"))
+    progress_bar: bool = field(default=True, metadata=_help("show a progress bar"))
+    torch_threads: int = field(default=1, metadata=_help("torch CPU threads"))
+    device: str = field(default="cpu", metadata=_help("torch device (cpu, cuda, auto)"))
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args, given = parse_args(Args, argv, description=__doc__)
+    if args.policy != "mlp":
+        raise ValueError(f"train_sac supports policy=mlp only, got {args.policy!r} (the per-device network is a PPO option)")
+
+    # --- run directory (a new one, or the one to resume with its saved arguments)
+    args, run, config, latest = prepare_run(args, given, "sac", Args)
+
+    # --- seeding: python, numpy and torch (SB3's set_random_seed), the model (seed=) and the envs
+    set_random_seed(args.seed)
+    th.set_num_threads(args.torch_threads)
+    env_seed = args.seed * 1_000_003 + (latest[0] if latest else 0)  # fresh episodes after a resume
+
+    # --- environments and normaliser
+    features = ObservationFeatures(config, args.obs_features)
+    actions = ActionAdapter(config, args.action_form)
+    venv = make_vec_env(config, args.n_envs, args.vec_env, seed=env_seed, obs_features=args.obs_features, action_form=args.action_form)
+    if latest is not None:
+        venv = load_normalizer(str(latest[2]), venv)
+        venv.training = True
+    else:
+        venv = make_normalizer(venv, per_device=False, gamma=args.gamma, norm_obs=args.norm_obs, norm_reward=args.norm_reward)
+
+    # --- model
+    tb = str(run.tensorboard) if args.tensorboard else None
+    if latest is not None:
+        model = SAC.load(latest[1], env=venv, device=args.device, tensorboard_log=tb)
+        buffer = run.checkpoints / f"ckpt_replay_buffer_{latest[0]}_steps.pkl"
+        if buffer.is_file():
+            model.load_replay_buffer(buffer)
+        print(f"[resume] {run.path}: continuing from step {model.num_timesteps:,d} ({latest[1].name}, replay buffer {'restored' if buffer.is_file() else 'empty'})", flush=True)
+    else:
+        ent: str | float = args.ent_coef if args.ent_coef.startswith("auto") else float(args.ent_coef)
+        model = SAC(
+            "MlpPolicy",
+            venv,
+            learning_rate=args.learning_rate,
+            buffer_size=args.buffer_size,
+            learning_starts=args.learning_starts,
+            batch_size=args.batch_size,
+            tau=args.tau,
+            gamma=args.gamma,
+            train_freq=args.train_freq,
+            gradient_steps=args.gradient_steps,
+            ent_coef=ent,
+            policy_kwargs={"net_arch": list(args.net_arch)},
+            tensorboard_log=tb,
+            seed=args.seed,
+            device=args.device,
+            verbose=0,
+        )
+
+    # --- callbacks: env metrics to TensorBoard, held-out evaluation (best model), checkpoints
+    evaluator = HeldOutEvalCallback(config, run, args.eval_freq, episode_seeds(args.eval_seed, args.eval_episodes), features, actions, name="sac")
+    callbacks = CallbackList([
+        EnvMetricsCallback(config.budgets.energy_budget_j),
+        evaluator,
+        checkpoint_callback(run, args.checkpoint_freq, args.n_envs, replay_buffer=True),
+    ])
+
+    # --- train
+    start_steps = model.num_timesteps
+    remaining = args.total_timesteps - start_steps
+    t0 = time.perf_counter()
+    if remaining > 0:
+        model.learn(remaining, callback=callbacks, progress_bar=args.progress_bar, reset_num_timesteps=latest is None, tb_log_name="sac")
+    wall = time.perf_counter() - t0
+
+    # --- final model + normaliser, a last evaluation, metrics.json
+    finish_run(run, model, venv, evaluator, algo="sac", args=args, start_steps=start_steps, wall_s=wall)
+    venv.close()
+    return run.path
+
+
+if __name__ == "__main__":
+    main()

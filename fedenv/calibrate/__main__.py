@@ -1,0 +1,200 @@
+"""Command line of the calibration: ``python -m fedenv.calibrate collect|fit|report``.
+
+    python -m fedenv.calibrate collect --task sst2 --rounds 20 --eval-samples 400 \\
+        --policies explore max greedy random fixed_rank:rank=2 "lyapunov:V=10" --seeds 0 1
+    python -m fedenv.calibrate fit --traces results/calibration/sst2_lora.jsonl \\
+        --heldout-seeds 100 101 --out configs/calibration/sst2_minilm.yaml
+    python -m fedenv.calibrate report --traces results/calibration/sst2_lora.jsonl \\
+        --calibration configs/calibration/sst2_minilm.yaml --heldout-seeds 100 101 --out docs/fidelity.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fedenv.config import EnvConfig, SurrogateConfig, resolve_config
+
+DEFAULT_POLICIES = ["explore", "random", "max", "greedy", "fixed_rank:rank=2", "lyapunov:V=1", "lyapunov:V=100"]
+
+
+def _command(argv: list[str]) -> str:
+    return "python -m fedenv.calibrate " + shlex.join(argv)
+
+
+def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = data
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
+
+
+def collect_config(args: argparse.Namespace) -> EnvConfig:
+    """The env config of a collection: base config or preset, then the flags, then ``--set``."""
+    overrides: dict[str, Any] = {"learning": {"backend": args.backend, "task": args.task}}
+    if args.rounds is not None:
+        overrides["num_rounds"] = args.rounds
+    devices = {k: v for k, v in (("num_devices", args.devices), ("local_steps", args.local_steps), ("batch_size", args.batch_size)) if v is not None}
+    if devices:
+        overrides["devices"] = devices
+    lora: dict[str, Any] = {}
+    if args.eval_samples is not None:
+        lora["eval_samples"] = args.eval_samples
+    if args.threads is not None:
+        lora["num_threads"] = args.threads
+    if lora:
+        overrides["learning"]["lora"] = lora
+    if args.calibration:
+        overrides["learning"]["surrogate"] = EnvConfig.from_yaml(args.calibration).learning.surrogate.to_dict()
+    for item in args.set or []:
+        key, eq, raw = item.partition("=")
+        if not eq:
+            raise SystemExit(f"--set expects key.path=value, got {item!r}")
+        _set_path(overrides, key, yaml.safe_load(raw))
+    return resolve_config(args.config, **overrides)
+
+
+def cmd_collect(args: argparse.Namespace, argv: list[str]) -> None:
+    from fedenv.calibrate.collect import collect
+
+    cfg = collect_config(args)
+    out = Path(args.out or f"results/calibration/{args.task}_{args.backend}.jsonl")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".config.yaml").write_text(f"# {_command(argv)}\n" + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    ran = collect(cfg, args.policies, args.seeds, out, progress=not args.no_progress)
+    print(f"{len(ran)} episodes recorded in {out}" + (f": {', '.join(ran)}" if ran else " (all were already complete)"))
+
+
+def _load(paths: list[str]) -> list[Any]:
+    from fedenv.calibrate.traces import load_traces
+
+    episodes = load_traces(paths)
+    if not episodes:
+        raise SystemExit(f"no complete episode in {', '.join(paths)}")
+    return episodes
+
+
+def _split(episodes: list[Any], heldout: list[int] | None) -> tuple[list[Any], list[Any], list[int]]:
+    seeds = sorted({ep.seed for ep in episodes})
+    if heldout is None:
+        heldout = seeds[len(seeds) - max(1, len(seeds) // 3) :] if len(seeds) > 1 else []
+    train = [ep for ep in episodes if ep.seed not in heldout]
+    held = [ep for ep in episodes if ep.seed in heldout]
+    if not train:
+        raise SystemExit(f"every episode is on a held-out seed ({heldout}); nothing left to fit")
+    return train, held, list(heldout)
+
+
+def cmd_fit(args: argparse.Namespace, argv: list[str]) -> None:
+    from fedenv.calibrate.fit import calibration_yaml, fit_surrogate
+
+    episodes = _load(args.traces)
+    if args.backend:
+        episodes = [ep for ep in episodes if ep.backend == args.backend]
+    tasks = sorted({ep.task for ep in episodes})
+    if len(tasks) != 1:
+        raise SystemExit(f"the traces mix tasks {tasks}; fit one task at a time")
+    train, held, heldout = _split(episodes, args.heldout_seeds)
+    base = EnvConfig.from_yaml(args.base).learning.surrogate if args.base else SurrogateConfig()
+    result = fit_surrogate(train, base, heldout=held, objective=args.objective, parameters=args.parameters, starts=args.starts)
+    model = str(train[0].config.get("learning", {}).get("lora", {}).get("model_name_or_path", "?"))
+    text = calibration_yaml(result, task=tasks[0], model=model, command=_command(argv), traces=", ".join(args.traces))
+    print(text)
+    print(f"train: {json.dumps(result.train_errors)}")
+    print(f"held-out (seeds {heldout}): {json.dumps(result.heldout_errors)}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+        print(f"-> {args.out}")
+
+
+def cmd_report(args: argparse.Namespace, argv: list[str]) -> None:
+    from fedenv.calibrate.report import fidelity_report, render_markdown, update_markdown
+
+    episodes = _load(args.traces)
+    if args.backend:
+        episodes = [ep for ep in episodes if ep.backend == args.backend]
+    surrogate = EnvConfig.from_yaml(args.calibration).learning.surrogate
+    _, _, heldout = _split(episodes, args.heldout_seeds)
+    rep = fidelity_report(episodes, surrogate, heldout, policies=args.policies)
+    md = render_markdown(rep, command=_command(argv), calibration=args.calibration)
+    print(md)
+    if args.out:
+        update_markdown(args.out, args.block or rep.task, md)
+        print(f"-> {args.out} (block {args.block or rep.task})")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "task": rep.task,
+            "heldout_seeds": rep.heldout_seeds,
+            "one_step": rep.one_step,
+            "kendall_tau": rep.kendall_tau,
+            "mean_abs_final_error": rep.mean_abs_final_error,
+            "max_abs_final_error": rep.max_abs_final_error,
+            "rows": [{"policy": r.policy, "seeds": r.seeds, "real": r.real, "surrogate": r.surrogate} for r in rep.rows],
+            "real_order": rep.real_order,
+            "surrogate_order": rep.surrogate_order,
+            "traces": rep.traces,
+            "command": _command(argv),
+        }
+        Path(args.json).write_text(json.dumps(payload, indent=2))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m fedenv.calibrate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("collect", help="record per-round traces of policies on the lora backend (resumable)")
+    c.add_argument("--task", default="sst2", choices=["sst2", "qnli"])
+    c.add_argument("--backend", default="lora", choices=["lora", "surrogate"])
+    c.add_argument("--config", default=None, help="base config: a preset name or a YAML file (default: switching)")
+    c.add_argument("--rounds", type=int, default=None, help="rounds per episode (num_rounds)")
+    c.add_argument("--devices", type=int, default=None, help="number of devices K")
+    c.add_argument("--local-steps", type=int, default=None, help="local steps tau")
+    c.add_argument("--batch-size", type=int, default=None, help="local batch n_b")
+    c.add_argument("--eval-samples", type=int, default=None, help="fixed evaluation subset size (lora)")
+    c.add_argument("--threads", type=int, default=None, help="torch CPU threads (lora)")
+    c.add_argument("--calibration", default=None, help="calibration YAML whose surrogate constants the config (and model-based policies) use")
+    c.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="any config override, e.g. learning.lora.learning_rate=0.001")
+    c.add_argument("--policies", nargs="+", default=DEFAULT_POLICIES, help="policy specs name[:key=value,...]")
+    c.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    c.add_argument("--out", default=None, help="trace file (default results/calibration/<task>_<backend>.jsonl)")
+    c.add_argument("--no-progress", action="store_true")
+
+    f = sub.add_parser("fit", help="fit the surrogate's constants to traces; write a calibration YAML")
+    f.add_argument("--traces", nargs="+", required=True, help="trace files or directories")
+    f.add_argument("--backend", default="lora", help="use only episodes of this backend ('' = all)")
+    f.add_argument("--heldout-seeds", nargs="*", type=int, default=None, help="seeds kept out of the fit (default: the last third)")
+    f.add_argument("--objective", default="both", choices=["one_step", "rollout", "both"])
+    f.add_argument("--parameters", nargs="+", default=None, help="constants to fit (default: every identifiable one)")
+    f.add_argument("--base", default=None, help="YAML whose surrogate constants start the fit (default: SurrogateConfig())")
+    f.add_argument("--starts", type=int, default=6, help="random restarts")
+    f.add_argument("--out", default=None, help="calibration YAML to write")
+
+    r = sub.add_parser("report", help="measure a calibration against held-out traces; update docs/fidelity.md")
+    r.add_argument("--traces", nargs="+", required=True)
+    r.add_argument("--backend", default="lora", help="use only episodes of this backend ('' = all)")
+    r.add_argument("--calibration", required=True, help="calibration YAML")
+    r.add_argument("--heldout-seeds", nargs="*", type=int, default=None)
+    r.add_argument("--policies", nargs="+", default=None, help="policies to rank (default: all on every held-out seed)")
+    r.add_argument("--out", default=None, help="Markdown file whose generated block to replace (e.g. docs/fidelity.md)")
+    r.add_argument("--block", default=None, help="name of the generated block (default: the task)")
+    r.add_argument("--json", default=None, help="also write the figures as JSON here")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    {"collect": cmd_collect, "fit": cmd_fit, "report": cmd_report}[args.command](args, argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,232 @@
+"""Fidelity of a calibrated surrogate against traces of the real backend.
+
+Three measurements, all on episodes the fit did not see (held-out seeds):
+
+* **one-round-ahead accuracy error**: from the observed accuracy before each round and the
+  round's record, the surrogate's accuracy after it (:func:`fedenv.calibrate.fit.one_step_accuracy`);
+* **final-accuracy error per policy**: every recorded (policy, seed) episode is replayed *closed
+  loop* on the surrogate: the same policy, built from the same spec and config, plays the env
+  with ``backend="surrogate"`` and the calibrated constants on the same seed (so the same
+  channels, CPU frequencies and data partition), reacting to the surrogate's accuracies as it
+  would on the real backend. Its final accuracy is compared with the real one;
+* **ranking agreement**: Kendall's tau-b between the orders of the policies by mean final
+  accuracy over the common seeds on the real backend and on the surrogate.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from fedenv.calibrate.fit import prediction_errors
+from fedenv.calibrate.traces import EpisodeTrace
+from fedenv.config import EnvConfig, SurrogateConfig
+
+__all__ = ["kendall_tau", "replay_on_surrogate", "PolicyRow", "FidelityReport", "fidelity_report", "render_markdown", "update_markdown"]
+
+
+def kendall_tau(x: ArrayLike, y: ArrayLike) -> float:
+    """Kendall's tau-b rank correlation of two equally long sequences (ties handled).
+
+    tau_b = (n_c - n_d) / sqrt((n_0 - n_x)(n_0 - n_y)) with n_c / n_d the concordant /
+    discordant pairs, n_0 = n (n - 1) / 2, and n_x / n_y the pairs tied in x / y. NaN when
+    either sequence is constant (as ``scipy.stats.kendalltau``).
+    """
+    a = np.asarray(x, dtype=np.float64)
+    b = np.asarray(y, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"kendall_tau needs two 1-D sequences of equal length, got shapes {a.shape} and {b.shape}")
+    n = a.size
+    i, j = np.triu_indices(n, k=1)
+    sx = np.sign(a[i] - a[j])
+    sy = np.sign(b[i] - b[j])
+    n0 = n * (n - 1) / 2
+    nx = float((sx == 0).sum())
+    ny = float((sy == 0).sum())
+    denom = math.sqrt((n0 - nx) * (n0 - ny))
+    if denom == 0.0:
+        return float("nan")
+    return float((sx * sy).sum() / denom)
+
+
+def replay_on_surrogate(ep: EpisodeTrace, surrogate: SurrogateConfig) -> EpisodeTrace:
+    """Play ``ep``'s policy closed loop on the surrogate, same seed and config (module docstring).
+
+    The env gets the episode's recorded config with ``learning.backend = "surrogate"`` and the
+    calibrated constants. The policy is built from the recorded config unchanged, so a
+    model-based policy (Lyapunov) keeps the model it had on the real backend.
+    """
+    import gymnasium as gym
+
+    import fedenv  # noqa: F401
+    from fedenv.calibrate.collect import make_policy, run_episode
+
+    recorded = EnvConfig.from_dict(ep.config)
+    env_cfg = recorded.replace(learning={"backend": "surrogate", "surrogate": surrogate.to_dict()})
+    env = gym.make("FedLoRAWireless-v0", config=env_cfg)
+    try:
+        return run_episode(env, make_policy(ep.policy, recorded), ep.seed, spec=ep.policy)
+    finally:
+        env.close()
+
+
+@dataclass(frozen=True)
+class PolicyRow:
+    """One policy's final accuracies (in points) over the common seeds."""
+
+    policy: str
+    seeds: list[int]
+    real: list[float]
+    surrogate: list[float]
+
+    @property
+    def real_mean(self) -> float:
+        return float(np.mean(self.real))
+
+    @property
+    def surrogate_mean(self) -> float:
+        return float(np.mean(self.surrogate))
+
+    @property
+    def error(self) -> float:
+        """Surrogate minus real mean final accuracy, points."""
+        return self.surrogate_mean - self.real_mean
+
+    @property
+    def abs_error_per_seed(self) -> float:
+        return float(np.mean(np.abs(np.subtract(self.surrogate, self.real))))
+
+
+@dataclass(frozen=True)
+class FidelityReport:
+    task: str
+    backend: str
+    heldout_seeds: list[int]
+    one_step: dict[str, float]
+    rows: list[PolicyRow]
+    kendall_tau: float
+    real_order: list[str]
+    surrogate_order: list[str]
+    mean_abs_final_error: float
+    max_abs_final_error: float
+    traces: dict[str, Any] = field(default_factory=dict)
+
+
+def _order(names: Sequence[str], values: Sequence[float]) -> list[str]:
+    return [names[i] for i in np.argsort(-np.asarray(values), kind="stable")]
+
+
+def fidelity_report(
+    episodes: Sequence[EpisodeTrace],
+    surrogate: SurrogateConfig,
+    heldout_seeds: Sequence[int],
+    *,
+    policies: Sequence[str] | None = None,
+) -> FidelityReport:
+    """Measure the surrogate against the real episodes on ``heldout_seeds`` (module docstring).
+
+    Args:
+        episodes: real-backend episodes (any seeds; only the held-out ones are used).
+        surrogate: the calibrated constants.
+        heldout_seeds: seeds the fit did not use.
+        policies: policies to rank (default: every policy recorded on all held-out seeds).
+    """
+    held = [ep for ep in episodes if ep.seed in set(heldout_seeds)]
+    if not held:
+        raise ValueError(f"no episode on the held-out seeds {list(heldout_seeds)}; collect them first")
+    by_policy: dict[str, dict[int, EpisodeTrace]] = defaultdict(dict)
+    for ep in held:
+        by_policy[ep.policy][ep.seed] = ep
+    seeds = sorted(set(heldout_seeds))
+    if policies is None:
+        policies = [p for p in by_policy if all(s in by_policy[p] for s in seeds)]
+    missing = [f"{p}/seed{s}" for p in policies for s in seeds if s not in by_policy.get(p, {})]
+    if missing:
+        raise ValueError(f"episodes missing for the ranking on common seeds: {', '.join(missing)}")
+    rows: list[PolicyRow] = []
+    for p in policies:
+        real = [100.0 * by_policy[p][s].final_accuracy for s in seeds]
+        sim = [100.0 * replay_on_surrogate(by_policy[p][s], surrogate).final_accuracy for s in seeds]
+        rows.append(PolicyRow(policy=p, seeds=seeds, real=real, surrogate=sim))
+    real_means = [r.real_mean for r in rows]
+    sim_means = [r.surrogate_mean for r in rows]
+    tau = kendall_tau(real_means, sim_means) if len(rows) >= 2 else float("nan")
+    errors = np.abs([r.error for r in rows]) if rows else np.zeros(1)
+    wall = sum(float(ep.wall_s.sum()) for ep in episodes)
+    machines = sorted({str(ep.meta.get("processor", "?")) + f" ({ep.meta.get('cpus', '?')} CPUs, cuda={ep.meta.get('cuda')})" for ep in episodes})
+    return FidelityReport(
+        task=held[0].task,
+        backend=held[0].backend,
+        heldout_seeds=seeds,
+        one_step=prediction_errors(held, surrogate),
+        rows=rows,
+        kendall_tau=tau,
+        real_order=_order([r.policy for r in rows], real_means),
+        surrogate_order=_order([r.policy for r in rows], sim_means),
+        mean_abs_final_error=float(errors.mean()),
+        max_abs_final_error=float(errors.max()),
+        traces={"episodes": len(episodes), "rounds": int(sum(ep.num_rounds for ep in episodes)), "wall_s": wall, "machines": machines},
+    )
+
+
+def render_markdown(report: FidelityReport, *, command: str = "", calibration: str = "") -> str:
+    """The report as a Markdown section (the block :func:`update_markdown` maintains)."""
+    r = report
+    os_ = r.one_step
+    lines = [
+        f"### {r.task}: surrogate vs {r.backend} backend",
+        "",
+        f"Generated by `{command}`." if command else "",
+        f"Calibration: `{calibration}`." if calibration else "",
+        f"Traces: {r.traces['episodes']} episodes, {r.traces['rounds']} rounds, "
+        f"{r.traces['wall_s'] / 3600:.2f} h of wall time on {'; '.join(r.traces['machines'])}.",
+        f"Held-out seeds: {', '.join(map(str, r.heldout_seeds))}.",
+        "",
+        "| measure (held-out episodes) | value |",
+        "|---|---|",
+        f"| one-round-ahead accuracy RMSE, points | {os_['one_step_rmse']:.2f} (MAE {os_['one_step_mae']:.2f}, {os_['rounds']} rounds) |",
+        f"| open-loop replay accuracy RMSE, points | {os_['rollout_rmse']:.2f} |",
+        f"| closed-loop final-accuracy error, mean abs over policies, points | {r.mean_abs_final_error:.2f} (max {r.max_abs_final_error:.2f}) |",
+        f"| Kendall tau-b of the policy ranking ({len(r.rows)} policies) | {r.kendall_tau:.3f} |",
+        "",
+        "Final accuracy per policy (%, mean over the held-out seeds; per-seed values in brackets):",
+        "",
+        "| policy | real | surrogate (closed loop) | error | mean abs error per seed |",
+        "|---|---|---|---|---|",
+    ]
+    for row in r.rows:
+        real = ", ".join(f"{v:.1f}" for v in row.real)
+        sim = ", ".join(f"{v:.1f}" for v in row.surrogate)
+        lines.append(
+            f"| `{row.policy}` | {row.real_mean:.2f} [{real}] | {row.surrogate_mean:.2f} [{sim}] | {row.error:+.2f} | {row.abs_error_per_seed:.2f} |"
+        )
+    lines += [
+        "",
+        f"Ranking on the real backend: {' > '.join(f'`{p}`' for p in r.real_order)}",
+        "",
+        f"Ranking on the surrogate:    {' > '.join(f'`{p}`' for p in r.surrogate_order)}",
+    ]
+    return "\n".join(line for line in lines if line is not None) + "\n"
+
+
+def update_markdown(path: str | Path, block: str, body: str) -> None:
+    """Replace the generated block named ``block`` in ``path`` (created or appended if absent)."""
+    p = Path(path)
+    begin, end = f"<!-- BEGIN generated: {block} -->", f"<!-- END generated: {block} -->"
+    text = p.read_text() if p.exists() else ""
+    new = f"{begin}\n{body.rstrip()}\n{end}"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: new, text)
+    else:
+        text = (text.rstrip() + "\n\n" if text else "") + new + "\n"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(text)

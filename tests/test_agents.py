@@ -1,0 +1,283 @@
+"""Learned agents: training runs, resume, the policy adapter, the per-device network, arguments."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+pytest.importorskip("stable_baselines3")
+
+import gymnasium as gym  # noqa: E402
+import torch as th  # noqa: E402
+
+import fedenv  # noqa: E402,F401
+from agents import train_ppo  # noqa: E402
+from agents.envs import HorizonIsTermination, make_vec_env  # noqa: E402
+from agents.actions import ActionAdapter  # noqa: E402
+from agents.evaluate import load_policy, parse_spec  # noqa: E402
+from agents.features import AgentObservation, ObservationFeatures  # noqa: E402
+from agents.normalization import DevicePooledStats  # noqa: E402
+from agents.policies import PerDeviceActorCriticPolicy, resize_policy  # noqa: E402
+from agents.runs import RunDir, parse_args  # noqa: E402
+from baselines.evaluation import evaluate  # noqa: E402
+from fedenv.actions import ActionCodec  # noqa: E402
+from fedenv.config import resolve_config  # noqa: E402
+from fedenv.env import FedLoRAWirelessEnv  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: A tiny but complete training run: 2 envs x 64 steps per update, 4 updates.
+TINY = [
+    "--total-timesteps", "512", "--n-envs", "2", "--n-steps", "64", "--batch-size", "64", "--n-epochs", "1",
+    "--eval-freq", "256", "--eval-episodes", "1", "--checkpoint-freq", "256", "--net-arch", "16",
+    "--no-progress-bar", "--no-tensorboard", "--seed", "3",
+]  # fmt: skip
+
+
+def _train(*argv: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "agents.train_ppo", *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("agents") / "ppo_tiny"
+    _train(*TINY, "--run-dir", str(run))
+    return run
+
+
+def test_training_writes_a_loadable_run_directory(tiny_run: Path) -> None:
+    run = RunDir(tiny_run)
+    for path in (run.model, run.normalizer, run.best_model, run.best_normalizer, run.evaluations, run.metrics, tiny_run / "args.yaml", tiny_run / "meta.json"):
+        assert path.is_file(), path
+    meta = json.loads((tiny_run / "meta.json").read_text())
+    assert meta["algo"] == "ppo" and meta["seed"] == 3
+    assert re.fullmatch(r"[0-9a-f]{40}|unknown", meta["commit"])
+    assert run.env_config() == resolve_config("switching")
+    assert run.read_args()["total_timesteps"] == 512
+    assert json.loads(run.metrics.read_text())["timesteps"] == 512
+    assert [steps for steps, _, _ in [run.latest_checkpoint()]] == [512]
+    rows = run.evaluations.read_text().strip().splitlines()
+    assert rows[0].startswith("timesteps,") and [int(r.split(",")[0]) for r in rows[1:]] == [256, 512]
+    for which in ("best", "final", "latest"):
+        policy = load_policy(f"ppo:{tiny_run}@{which}", "switching")
+        assert policy.name == f"ppo@{which}"
+
+
+def test_resume_continues_from_the_latest_checkpoint(tiny_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    run_dir = tmp_path / "resumed"
+    shutil.copytree(tiny_run, run_dir)
+    # Forget the end of training: the newest checkpoint is then step 256.
+    for p in run_dir.glob("checkpoints/*512*"):
+        p.unlink()
+    proc = _train("--run-dir", str(run_dir), "--resume", "--total-timesteps", "768", "--no-progress-bar")
+    assert "continuing from step 256" in proc.stdout
+    run = RunDir(run_dir)
+    assert json.loads(run.metrics.read_text())["timesteps"] == 768
+    assert run.latest_checkpoint()[0] == 768  # type: ignore[index]
+    steps = [int(r.split(",")[0]) for r in run.evaluations.read_text().strip().splitlines()[1:]]
+    assert steps == [256, 512, 512, 768]  # the original 256, 512 then the resumed session's 512, 768
+    assert run.read_args()["total_timesteps"] == 768 and run.read_args()["n_envs"] == 2
+    assert len(json.loads((run_dir / "meta.json").read_text())["sessions"]) == 2
+    from stable_baselines3 import PPO
+
+    assert PPO.load(run.model).num_timesteps == 768
+
+
+def test_trained_policy_acts_validly_and_evaluates_deterministically(tiny_run: Path) -> None:
+    cfg = resolve_config("switching")
+    policy = load_policy(f"ppo:{tiny_run}", cfg)
+    env = FedLoRAWirelessEnv(cfg)
+    obs, info = env.reset(seed=5)
+    policy.reset(5)
+    for _ in range(5):
+        action = policy.act(obs, info)
+        assert action.shape == env.action_space.shape and action.dtype == np.float32
+        assert env.action_space.contains(action)
+        obs, _, _, _, info = env.step(action)
+    first = evaluate(policy, cfg, [1000, 1001]).metric("episode_return")
+    again = evaluate(load_policy(f"ppo:{tiny_run}", cfg), cfg, [1000, 1001]).metric("episode_return")
+    np.testing.assert_array_equal(first, again)
+    assert first[0] != first[1]  # different seeds, different episodes
+
+
+def test_per_device_policy_is_permutation_equivariant_and_serves_any_k() -> None:
+    cfg = resolve_config("switching")
+    features = ObservationFeatures(cfg, "label_mix")
+    env = AgentObservation(FedLoRAWirelessEnv(cfg), features)
+    policy = PerDeviceActorCriticPolicy(env.observation_space, ActionAdapter(cfg).space, lambda _: 1e-3, net_arch=[16, 16], device_features=features.device_features)
+    th.manual_seed(0)
+    for p in policy.parameters():  # a random network, far from its near-zero initial output layer
+        th.nn.init.normal_(p, std=0.5)
+    obs, _ = env.reset(seed=0)
+    k, f = cfg.devices.num_devices, features.device_features
+    perm = np.random.default_rng(0).permutation(k)
+    dev = obs[: k * f].reshape(k, f)
+    permuted = np.concatenate([dev[perm].ravel(), obs[k * f :]])
+    a, _ = policy.predict(obs, deterministic=True)
+    b, _ = policy.predict(permuted, deterministic=True)
+    assert np.abs(a).max() > 0.05
+    np.testing.assert_allclose(b, a[perm], atol=1e-5)
+    v = policy.predict_values(th.as_tensor(obs)[None])
+    v_perm = policy.predict_values(th.as_tensor(permuted)[None])
+    np.testing.assert_allclose(v.detach().numpy(), v_perm.detach().numpy(), atol=1e-5)
+    # The same weights for K = 3: shapes do not depend on K.
+    cfg3 = cfg.replace(devices={"num_devices": 3})
+    env3 = AgentObservation(FedLoRAWirelessEnv(cfg3), ObservationFeatures(cfg3, "label_mix"))
+    small = resize_policy(policy, env3.observation_space, ActionAdapter(cfg3).space)
+    obs3, _ = env3.reset(seed=1)
+    act3, _ = small.predict(obs3, deterministic=True)
+    assert act3.shape == (3, 4)
+    for name, tensor in small.state_dict().items():
+        assert tensor.shape == policy.state_dict()[name].shape, name
+
+
+def test_factored_action_separates_schedule_and_rank() -> None:
+    cfg = resolve_config("switching")
+    adapter, codec = ActionAdapter(cfg, "factored"), ActionCodec(cfg)
+    assert adapter.shape == (10, 4) and ActionAdapter(cfg, "env").shape == (10, 3)
+    a = np.zeros((10, 4), dtype=np.float32)
+    a[:, 0] = np.linspace(-1, 1, 10)  # schedule: the first five devices idle
+    a[:, 1] = np.array([-1, -0.6, -0.1, 0.4, 1.0] * 2)  # rank slot 0, 0, 1, 2, 3 (ranks 2, 2, 4, 8, 16)
+    a[:, 2], a[:, 3] = 0.3, -0.7
+    env_action = adapter(a)
+    decision = codec.decode(codec.validate(env_action))
+    np.testing.assert_array_equal(decision.module, [0, 0, 0, 0, 0, 1, 1, 2, 3, 4])
+    np.testing.assert_allclose(env_action[:, 1:], a[:, 2:])
+    split = resolve_config("split")
+    assert ActionAdapter(split, "factored").shape == ActionCodec(split).shape  # no module component: unchanged
+    with pytest.raises(ValueError, match="action_form must be one of"):
+        ActionAdapter(cfg, "joint")
+
+
+def test_pooled_normaliser_statistics_are_per_feature() -> None:
+    rng = np.random.default_rng(0)
+    k, f = 4, 9
+    stats = DevicePooledStats(k, f)
+    batch = rng.normal(size=(50, k * f + 4))
+    stats.update(batch)
+    dev = batch[:, : k * f].reshape(-1, f)
+    np.testing.assert_allclose(stats.mean[:f], dev.mean(axis=0), rtol=1e-3)
+    np.testing.assert_allclose(stats.mean[f : 2 * f], dev.mean(axis=0), rtol=1e-3)
+    np.testing.assert_allclose(stats.var[-4:], batch[:, -4:].var(axis=0), rtol=1e-3)
+    bigger = stats.resized(7)
+    assert bigger.mean.shape == (7 * f + 4,)
+    np.testing.assert_array_equal(bigger.mean[:f], stats.mean[:f])
+
+
+def test_agent_observation_adds_label_skew_within_bounds() -> None:
+    cfg = resolve_config("switching")
+    features = ObservationFeatures(cfg, "label_mix")
+    env = AgentObservation(FedLoRAWirelessEnv(cfg), features)
+    obs, info = env.reset(seed=2)
+    assert env.observation_space.contains(obs)
+    k, f = cfg.devices.num_devices, features.device_features
+    skew = obs[: k * f].reshape(k, f)[:, 7:]
+    np.testing.assert_allclose(skew, info["label_distribution"] - info["global_label_distribution"], atol=1e-6)
+    obs, *_ = env.step(env.action_space.sample())
+    assert env.observation_space.contains(obs)
+    assert ObservationFeatures(cfg, "env")(obs[:74], info).shape == (74,)
+    with pytest.raises(ValueError, match="obs_features must be one of"):
+        ObservationFeatures(cfg, "labels")
+
+
+def test_horizon_is_reported_as_termination_for_training() -> None:
+    env = HorizonIsTermination(gym.make("FedLoRAWireless-v0", num_rounds=3))
+    env.reset(seed=0)
+    flags = [env.step(env.action_space.sample())[2:4] for _ in range(3)]
+    assert flags == [(False, False), (False, False), (True, False)]
+    venv = make_vec_env(resolve_config("switching"), 2, "dummy", seed=0)
+    assert venv.num_envs == 2 and venv.observation_space.shape == (94,) and venv.action_space.shape == (10, 4)
+
+
+def test_train_config_yaml_matches_the_defaults_and_flags_override_it(tmp_path: Path) -> None:
+    tuned = yaml.safe_load((ROOT / "configs/train/ppo.yaml").read_text())
+    defaults, _ = parse_args(train_ppo.Args, [])
+    for key, value in tuned.items():
+        assert getattr(defaults, key) == value, key
+    args, given = parse_args(train_ppo.Args, ["--train-config", str(ROOT / "configs/train/ppo.yaml"), "--n-envs", "3"])
+    assert args.n_envs == 3 and "n_envs" in given
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("n_env: 4\n")
+    with pytest.raises(ValueError, match="unknown key 'n_env'.*Did you mean 'n_envs'"):
+        parse_args(train_ppo.Args, ["--train-config", str(bad)])
+    bad.write_text("n_envs: four\n")
+    with pytest.raises(ValueError, match="n_envs must be int"):
+        parse_args(train_ppo.Args, ["--train-config", str(bad)])
+    for path in sorted((ROOT / "configs/train").glob("*.yaml")):
+        cls = train_ppo.Args if path.stem.startswith("ppo") else __import__("agents.train_sac", fromlist=["Args"]).Args
+        parse_args(cls, ["--train-config", str(path)])
+
+
+def test_agent_spec_errors_are_clear(tmp_path: Path, tiny_run: Path) -> None:
+    with pytest.raises(ValueError, match="expected <algo>:<run dir>"):
+        parse_spec("dqn:runs/x")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        parse_spec(f"ppo:{tmp_path / 'missing'}")
+    with pytest.raises(FileNotFoundError, match="holds no best model"):
+        parse_spec(f"ppo:{tmp_path}@best")
+    with pytest.raises(ValueError, match="action components"):
+        load_policy(f"ppo:{tiny_run}", "split")
+
+
+def test_accuracy_constraint_adds_the_multiplied_accuracy_term_and_ascends() -> None:
+    from agents.constraints import AccuracyConstraint
+
+    cfg = resolve_config("switching", num_rounds=2)
+    venv = AccuracyConstraint(make_vec_env(cfg, 2, "dummy", seed=0), target=0.9, lr=0.1, lam=0.5)
+    venv.reset()
+    actions = np.ones((2, *venv.action_space.shape), dtype=np.float32)
+    _, reward, _, infos = venv.step(actions)
+    for r, info in zip(reward, infos):
+        terms = info["reward_terms"]
+        assert r == pytest.approx(sum(terms.values()) + 0.5 * terms["accuracy"], rel=1e-6)
+    _, _, dones, infos = venv.step(actions)
+    assert dones.all()
+    finals = np.mean([info["accuracy"] for info in infos])
+    stats = venv.update()
+    assert stats["lambda"] == pytest.approx(0.5 + 0.1 * 100 * (0.9 - finals))
+    assert venv.update() == {}  # no new episodes, no step
+    with pytest.raises(ValueError, match="accuracy_target must be in"):
+        AccuracyConstraint(make_vec_env(cfg, 1), target=1.5, lr=0.1)
+
+
+@pytest.mark.slow
+def test_sac_trains_resumes_and_loads(tmp_path: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    run = tmp_path / "sac"
+    common = ["--n-envs", "2", "--learning-starts", "100", "--batch-size", "32", "--net-arch", "16", "--eval-episodes", "1",
+              "--checkpoint-freq", "200", "--eval-freq", "200", "--no-progress-bar", "--no-tensorboard"]  # fmt: skip
+    for extra in (["--total-timesteps", "400", "--run-dir", str(run)], ["--total-timesteps", "600", "--run-dir", str(run), "--resume"]):
+        proc = subprocess.run([sys.executable, "-m", "agents.train_sac", *common, *extra], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "continuing from step 400" in proc.stdout and "replay buffer restored" in proc.stdout
+    assert json.loads(RunDir(run).metrics.read_text())["timesteps"] == 600
+    assert len(list((run / "checkpoints").glob("ckpt_replay_buffer_*"))) == 1  # only the newest is kept
+    cfg = resolve_config("switching")
+    first = evaluate(load_policy(f"sac:{run}", cfg), cfg, [1000]).metric("episode_return")
+    again = evaluate(load_policy(f"sac:{run}", cfg), cfg, [1000]).metric("episode_return")
+    np.testing.assert_array_equal(first, again)
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    out = tmp_path / "main"
+    argv = ["--total-timesteps", "1024", "--episodes", "2", "--out", str(out), "--policies", "lyapunov,max", "--no-progress-bar"]
+    proc = subprocess.run([sys.executable, "-m", "agents.demo", *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("summary.md", "summary.json", "episodes.csv", "accuracy.png", "learning_curve.png"):
+        assert (out / name).is_file(), name
+    assert "| ppo@best |" in proc.stdout and "PPO - lyapunov" in proc.stdout

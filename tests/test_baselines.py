@@ -1,0 +1,212 @@
+"""Baselines: heuristics, the policy registry, the evaluation loop and the comparison CLI."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from baselines import Policy
+from baselines.compare import main as compare_main
+from baselines.evaluation import evaluate, evaluate_policies, format_table, mean_ci
+from baselines.heuristics import IncompatiblePolicyError
+from baselines.registry import POLICY_NAMES, make_policy, parse_spec, split_specs
+from fedenv import FedLoRAWirelessEnv
+from fedenv.config import PRESETS, EnvConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "scenarios" / "tiny.yaml"
+BASELINES = ["lyapunov", "random", "max", "min_rank", "fixed_rank", "greedy", "round_robin"]
+NEEDS_MODULE = {"min_rank", "fixed_rank"}
+NEEDS_SCHEDULING = {"round_robin"}
+
+
+def _compatible(name: str, preset: str) -> bool:
+    comps = EnvConfig.from_preset(preset).action_components
+    if name in NEEDS_MODULE:
+        return "module" in comps
+    if name in NEEDS_SCHEDULING:
+        return "module" in comps or "schedule" in comps
+    return True
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+@pytest.mark.parametrize("name", BASELINES)
+def test_every_policy_gives_valid_actions_on_every_preset(name, preset):
+    cfg = EnvConfig.from_preset(preset).replace(num_rounds=4, devices={"num_devices": 4})
+    if not _compatible(name, preset):
+        with pytest.raises(IncompatiblePolicyError, match=f"incompatible with paradigm '{cfg.paradigm}'"):
+            make_policy(name, cfg)
+        return
+    policy = make_policy(name, cfg)
+    assert isinstance(policy, Policy)
+    env = FedLoRAWirelessEnv(cfg)
+    policy.reset(0)
+    obs, info = env.reset(seed=0)
+    for _ in range(cfg.num_rounds):
+        a = policy.act(obs, info)
+        assert a.dtype == np.float32 and env.action_space.contains(a) and np.isfinite(a).all()
+        obs, _, term, trunc, info = env.step(a)
+        if term or trunc:
+            break
+
+
+def test_heuristics_do_what_they_say():
+    cfg = EnvConfig().replace(devices={"num_devices": 6})
+    env = FedLoRAWirelessEnv(cfg)
+    obs, info = env.reset(seed=2)
+    decode = lambda a: env.codec.decode(env.codec.validate(a))  # noqa: E731
+    d = decode(make_policy("max", cfg).act(obs, info))
+    assert (d.module == cfg.model.num_modules).all() and np.allclose(d.power_w, cfg.channel.max_tx_power_w)
+    np.testing.assert_allclose(d.share, 1 / 6)
+    assert (decode(make_policy("min_rank", cfg).act(obs, info)).module == 1).all()
+    assert (decode(make_policy("fixed_rank:rank=4", cfg).act(obs, info)).module == cfg.model.ranks.index(4) + 1).all()
+    d = decode(make_policy("greedy:fraction=0.5", cfg).act(obs, info))
+    top = set(np.argsort(-info["channel_gain"])[:3])
+    assert set(np.flatnonzero(d.module > 0)) == top
+    rr = make_policy("round_robin:fraction=0.5", cfg)
+    seen = np.zeros(6)
+    for t in range(4):
+        m = decode(rr.act(obs, {**info, "round": t})).module
+        assert (m > 0).sum() == 3
+        seen += m > 0
+    np.testing.assert_array_equal(seen, 2)  # every device gets its turn
+
+
+def test_greedy_respects_the_deadline_where_it_can():
+    cfg = EnvConfig().replace(devices={"num_devices": 8}, costs={"round_deadline_s": 2.5})
+    env = FedLoRAWirelessEnv(cfg)
+    policy = make_policy("greedy:fraction=1", cfg)
+    obs, info = env.reset(seed=3)
+    _, _, _, _, info = env.step(policy.act(obs, info))
+    late = info["straggler"]
+    # a device is late only if even the smallest rank cannot make it
+    assert not late.any() or (info["module"][late] == 1).all()
+
+
+def test_unknown_policy_lists_valid_ones():
+    with pytest.raises(ValueError, match="unknown policy 'lyapunof'. Did you mean 'lyapunov'") as err:
+        make_policy("lyapunof", EnvConfig())
+    for name in POLICY_NAMES:
+        assert name in str(err.value)
+
+
+def test_bad_policy_parameters_are_rejected():
+    with pytest.raises(ValueError, match="V must be a finite number > 0"):
+        make_policy("lyapunov:V=0", EnvConfig())
+    with pytest.raises(ValueError, match="V must be a finite number > 0"):
+        make_policy("lyapunov:V=-5", EnvConfig())
+    with pytest.raises(ValueError, match="has no parameter 'W'; valid parameters: V"):
+        make_policy("lyapunov:W=5", EnvConfig())
+    with pytest.raises(ValueError, match="rank must be one of model.ranks"):
+        make_policy("fixed_rank:rank=3", EnvConfig())
+    with pytest.raises(ValueError, match="fraction must be in"):
+        make_policy("greedy:fraction=0", EnvConfig())
+    with pytest.raises(ValueError, match="needs a run directory"):
+        make_policy("ppo", EnvConfig())
+
+
+def test_spec_parsing():
+    assert parse_spec("lyapunov:v=30") == ("lyapunov", {"V": 30})
+    assert parse_spec("Greedy:fraction=0.25") == ("greedy", {"fraction": 0.25})
+    assert parse_spec("ppo:runs/a@best") == ("ppo", {"path": "runs/a@best"})
+    assert split_specs("lyapunov:V=30,tolerance=1e-4,max, greedy") == ["lyapunov:V=30,tolerance=1e-4", "max", "greedy"]
+    assert make_policy("lyapunov:V=30,tolerance=1e-4", EnvConfig()).tradeoff_v == 30
+
+
+def test_same_seeds_same_traces_for_every_policy_and_reproducible():
+    cfg = EnvConfig().replace(num_rounds=5, devices={"num_devices": 3})
+    comp = evaluate_policies(["max", "random", "lyapunov"], cfg, episodes=2, seed=10)
+    again = evaluate_policies(["random"], cfg, episodes=2, seed=10)
+    assert comp.seeds == [10, 11]
+    np.testing.assert_array_equal(comp.evaluations[1].traces["energy_j"], again.evaluations[0].traces["energy_j"])
+    # the exogenous trace is common: the initial state (round 0) is identical across policies
+    for ev in comp.evaluations[1:]:
+        np.testing.assert_array_equal(ev.traces["accuracy"][:, 0], comp.evaluations[0].traces["accuracy"][:, 0])
+
+
+def test_evaluation_records_match_the_env():
+    cfg = EnvConfig().replace(num_rounds=6, devices={"num_devices": 3})
+    ev = evaluate(make_policy("max", cfg), cfg, [7])
+    env = FedLoRAWirelessEnv(cfg)
+    obs, info = env.reset(seed=7)
+    policy = make_policy("max", cfg)
+    total, energy = 0.0, []
+    while True:
+        obs, r, term, trunc, info = env.step(policy.act(obs, info))
+        total += r
+        energy.append(info["energy_j"])
+        if term or trunc:
+            break
+    rec = ev.episodes[0]
+    assert rec["episode_return"] == pytest.approx(total)
+    assert rec["final_accuracy"] == pytest.approx(info["accuracy"])
+    per_device = np.mean(energy, axis=0)
+    assert rec["energy_j"] == pytest.approx(per_device.mean())
+    assert rec["devices_within_budget"] == pytest.approx(np.mean(per_device <= 1.05 * cfg.budgets.energy_budget_j))
+    assert rec["rounds"] == 6 and ev.traces["accuracy"].shape == (1, 7)
+
+
+def test_mean_ci_is_the_student_t_interval():
+    mean, half = mean_ci([1.0, 2.0, 3.0, 4.0])
+    assert mean == 2.5
+    assert half == pytest.approx(3.182446305 * np.std([1, 2, 3, 4], ddof=1) / 2.0, rel=1e-8)
+    assert mean_ci([5.0]) == (5.0, 0.0)
+    assert all(math.isnan(x) for x in mean_ci([]))
+
+
+def test_format_table_lists_policies_with_ci():
+    cfg = EnvConfig().replace(num_rounds=3, devices={"num_devices": 2})
+    table = format_table(evaluate_policies(["max", "min_rank"], cfg, episodes=2))
+    assert "| max |" in table and "| min_rank |" in table and "±" in table
+    assert "latency / budget" not in table  # no latency budget in this preset
+
+
+def test_compare_cli_end_to_end_on_tiny_config(tmp_path, capsys):
+    out = tmp_path / "tiny"
+    compare_main([
+        "--config", str(TINY), "--policies", "lyapunov:V=10,max", "--policies", "greedy,random",
+        "--episodes", "2", "--seed", "3", "--out", str(out), "--sweep-V", "1,30", "--no-progress",
+    ])
+    printed = capsys.readouterr().out
+    for f in ("config.yaml", "episodes.csv", "summary.md", "summary.json", "accuracy.png", "energy.png",
+              "backlog.png", "sweep_V.csv", "sweep_V.md", "tradeoff.png"):
+        assert (out / f).is_file() and (out / f).stat().st_size > 0, f
+    rows = list(csv.DictReader((out / "episodes.csv").open()))
+    assert len(rows) == 8 and {r["seed"] for r in rows} == {"3", "4"}
+    assert EnvConfig.from_yaml(out / "config.yaml").devices.num_devices == 3
+    assert "lyapunov(V=10)" in printed and "V sweep" in printed
+    assert "python -m baselines.compare" in (out / "summary.md").read_text()
+
+
+def test_compare_cli_bad_input(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        compare_main(["--config", str(TINY), "--policies", "maxx", "--out", str(tmp_path)])
+    assert "unknown policy 'maxx'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        compare_main(["--config", "split", "--policies", "min_rank", "--out", str(tmp_path)])
+    assert "incompatible with paradigm 'split'" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="V must be a finite number > 0"):
+        compare_main(["--config", str(TINY), "--sweep-V", "10,0", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        compare_main(["--config", "no_such_preset", "--out", str(tmp_path)])
+    assert "unknown preset" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_compare_cli_runs_on_the_lora_backend(tmp_path, glue_dir, monkeypatch):
+    """The same command works with real LoRA fine-tuning (tiny: 2 devices, 1 round)."""
+    monkeypatch.setenv("FEDENV_DATA_DIR", str(glue_dir))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "lora"
+    comp = compare_main([
+        "--config", str(ROOT / "configs" / "scenarios" / "tiny_lora.yaml"), "--rounds", "1",
+        "--policies", "lyapunov,max", "--episodes", "1", "--out", str(out), "--no-progress", "--no-plots",
+    ])
+    assert comp.config.learning.backend == "lora"
+    for ev in comp.evaluations:
+        assert ev.episodes[0]["rounds"] == 1 and 0.0 <= ev.episodes[0]["final_accuracy"] <= 1.0
+    assert (out / "episodes.csv").is_file()

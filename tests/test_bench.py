@@ -1,0 +1,57 @@
+"""Smoke tests of the benchmark command (``python -m fedenv.bench``): it runs and writes JSON.
+
+The figures themselves are checked by reading the benchmark output (docs/benchmarks.md), not by
+timed tests.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from fedenv import bench
+
+
+def _run(name: str, tmp_path) -> dict:
+    bench.main([name, "--quick", "--out", str(tmp_path)])
+    return json.loads((tmp_path / f"{name}.json").read_text())
+
+
+def test_env_benchmark_quick(tmp_path, capsys):
+    result = _run("env", tmp_path)
+    out = capsys.readouterr().out
+    assert "CartPole-v1" in out and "ratio" in out
+    assert result["benchmark"] == "env" and result["machine"]["cpus"] >= 1
+    assert result["env_steps_per_s"] > 0 and result["cartpole_steps_per_s"] > 0
+    assert result["ratio_to_cartpole"] == pytest.approx(result["env_steps_per_s"] / result["cartpole_steps_per_s"])
+    assert set(result["k_scaling"]) == {"10", "100", "1000"}
+
+
+def test_vector_benchmark_quick(tmp_path):
+    result = _run("vector", tmp_path)
+    assert set(result["vector"]) == {"1", "16", "64"}
+    assert all(row["env_steps_per_s"] > 0 for row in result["vector"].values())
+    assert result["sync_vector_env"]["env_steps_per_s"] > 0
+
+
+def test_unknown_benchmark_is_rejected_with_the_choices(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["nonsense"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_module_entry_point_lists_sub_commands():
+    out = subprocess.run([sys.executable, "-m", "fedenv.bench", "--help"], capture_output=True, text=True, check=True).stdout
+    for name in ("env", "vector", "ppo", "all"):
+        assert name in out
+
+
+@pytest.mark.slow
+def test_ppo_benchmark_quick(tmp_path):
+    pytest.importorskip("stable_baselines3")
+    result = _run("ppo", tmp_path)
+    assert set(result["frames_per_s"]) == {"dummy_trivial", "dummy_fedlora", "batched_trivial", "batched_fedlora"}
+    assert 0 < result["dummy_ratio"] and 0 < result["batched_ratio"]

@@ -1,0 +1,223 @@
+"""Calibration (fedenv.calibrate): trace format and resume, fit recovery, report figures, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from fedenv.calibrate.__main__ import main
+from fedenv.calibrate.collect import ExplorePolicy, collect, make_policy, parse_policy_spec
+from fedenv.calibrate.fit import (
+    fit_surrogate,
+    identifiable_parameters,
+    one_step_accuracy,
+    rollout_accuracy,
+)
+from fedenv.calibrate.report import (
+    fidelity_report,
+    kendall_tau,
+    replay_on_surrogate,
+    update_markdown,
+)
+from fedenv.calibrate.traces import TraceWriter, load_traces
+from fedenv.config import EnvConfig, SurrogateConfig
+from fedenv.learning.surrogate import next_gap
+
+TRUE = SurrogateConfig(
+    step_size=0.35,
+    rank_scale=3.0,
+    participation_exponent=0.3,
+    sparsity_exponent=0.7,
+    heterogeneity_penalty=0.2,
+    rank_mix_penalty=0.1,
+    warmup=0.6,
+    initial_accuracy=0.5,
+    max_accuracy=0.9,
+    initial_loss=0.7,
+    min_loss=0.3,
+)
+
+
+def synthetic(tmp_path, preset="unified", seeds=(0, 1, 2), policies=("explore",), rounds=12, surrogate=TRUE):
+    """Traces of the surrogate backend with known constants (the ground truth of the fit)."""
+    cfg = EnvConfig.from_preset(preset).replace(num_rounds=rounds, learning={"surrogate": surrogate.to_dict()})
+    path = tmp_path / "traces.jsonl"
+    collect(cfg, list(policies), list(seeds), path, progress=False)
+    return path, load_traces(path)
+
+
+def test_warmup_slows_the_start_and_zero_is_the_plain_model():
+    plain = SurrogateConfig()
+    slow = SurrogateConfig(warmup=0.8)
+    assert next_gap(1.0, 0.5, 0.0, slow) == pytest.approx(1.0 - plain.step_size * 0.5 * 0.2)
+    assert next_gap(0.0, 0.5, 0.1, slow) == pytest.approx(next_gap(0.0, 0.5, 0.1, plain))  # no slowdown at G = 0
+    g = np.array([1.0, 0.5, 0.2])
+    np.testing.assert_allclose(next_gap(g, 0.5, 0.0, plain), g - plain.step_size * 0.5 * g)
+
+
+# ------------------------------------------------------------------ traces
+def test_trace_round_trip_matches_the_env(tmp_path):
+    _, eps = synthetic(tmp_path, seeds=(0,), rounds=6)
+    (ep,) = eps
+    assert ep.key == "explore/seed0" and ep.backend == "surrogate" and ep.num_rounds == 6
+    assert ep.rank.shape == ep.success.shape == ep.ratio.shape == (6, 10)
+    assert ep.accuracy.shape == ep.loss.shape == (7,)
+    assert ep.accuracy[0] == pytest.approx(TRUE.initial_accuracy)
+    assert not (ep.success & (ep.rank == 0)).any()  # idle devices never succeed
+    assert not (ep.success & (ep.straggler | ep.packet_lost)).any()
+    share = (ep.data_share * ep.success).sum(axis=1)
+    assert share.std() > 0.05 and len(np.unique(ep.rank[ep.success])) > 2  # exploration varies what arrives
+    assert EnvConfig.from_dict(ep.config).learning.surrogate == TRUE
+
+
+def test_writer_resumes_dropping_unfinished_episodes(tmp_path):
+    path, eps = synthetic(tmp_path, seeds=(0, 1), rounds=4)
+    lines = path.read_text().splitlines()
+    # kill seed 1 mid-episode: its end record and last round are gone, the last line is torn
+    cut = [i for i, line in enumerate(lines) if '"key": "explore/seed1"' in line]
+    path.write_text("\n".join(lines[: cut[-2]]) + "\n" + lines[cut[-2]][:25])
+    writer = TraceWriter(path)
+    assert writer.completed == {"explore/seed0"} and writer.dropped == ["explore/seed1"]
+    assert [e.key for e in load_traces(path)] == ["explore/seed0"]
+    cfg = EnvConfig.from_dict(eps[0].config)
+    assert collect(cfg, ["explore"], [0, 1], path, progress=False) == ["explore/seed1"]
+    again = load_traces(path)
+    assert [e.key for e in again] == ["explore/seed0", "explore/seed1"]
+    np.testing.assert_array_equal(again[1].accuracy, eps[1].accuracy)  # same seed, same episode
+    assert collect(cfg, ["explore"], [0, 1], path, progress=False) == []  # nothing left to do
+
+
+def test_corrupt_trace_file_and_missing_path_raise(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"type": "episode", "key": "a"}\nnot json\n{"type": "end", "key": "a"}\n')
+    with pytest.raises(ValueError, match="corrupt"):
+        load_traces(bad)
+    with pytest.raises(FileNotFoundError, match="calibrate collect"):
+        load_traces(tmp_path / "nope.jsonl")
+
+
+def test_policy_specs():
+    assert parse_policy_spec("lyapunov:V=100,warm=on") == ("lyapunov", {"V": 100, "warm": "on"})
+    assert parse_policy_spec("explore:min_participation=0.5") == ("explore", {"min_participation": 0.5})
+    with pytest.raises(ValueError, match="key=value"):
+        parse_policy_spec("lyapunov:V")
+    assert isinstance(make_policy("explore", EnvConfig()), ExplorePolicy)
+
+
+# --------------------------------------------------------------------- fit
+def test_fit_recovers_known_constants(tmp_path):
+    _, eps = synthetic(tmp_path)
+    res = fit_surrogate(eps[:2], SurrogateConfig(), heldout=eps[2:], starts=2)
+    assert res.fixed == {}
+    for name in res.fitted:
+        assert getattr(res.config, name) == pytest.approx(getattr(TRUE, name), rel=1e-4), name
+    assert res.config.initial_loss == pytest.approx(TRUE.initial_loss, rel=1e-6)
+    assert res.config.min_loss == pytest.approx(TRUE.min_loss, rel=1e-6)
+    assert res.heldout_errors["one_step_rmse"] < 1e-6 and res.heldout_errors["rollout_rmse"] < 1e-6
+
+
+def test_fit_under_noise_is_close_and_validates_on_heldout(tmp_path):
+    _, eps = synthetic(tmp_path, seeds=(0, 1, 2, 3, 4), rounds=20)
+    rng = np.random.default_rng(0)
+    noisy = [
+        type(ep)(**{**ep.__dict__, "accuracy": ep.accuracy + np.r_[0.0, rng.normal(0, 0.005, ep.num_rounds)]})
+        for ep in eps
+    ]
+    res = fit_surrogate(noisy[:4], SurrogateConfig(), heldout=noisy[4:], objective="rollout", starts=2)
+    assert res.config.step_size == pytest.approx(TRUE.step_size, rel=0.15)
+    assert res.config.max_accuracy == pytest.approx(TRUE.max_accuracy, abs=0.04)
+    assert 0.2 < res.heldout_errors["one_step_rmse"] < 1.0  # the 0.5-point noise, in points
+
+
+def test_unidentifiable_constants_keep_their_base_values(tmp_path):
+    # switching never sparsifies: the sparsity exponent cannot be seen in the traces
+    _, eps = synthetic(tmp_path, preset="switching", seeds=(0, 1))
+    names, fixed = identifiable_parameters(eps)
+    assert "sparsity_exponent" in fixed and "sparsity_exponent" not in names
+    base = SurrogateConfig(sparsity_exponent=1.3)
+    res = fit_surrogate(eps, base, starts=0)
+    assert res.config.sparsity_exponent == 1.3
+    with pytest.raises(ValueError, match="objective"):
+        fit_surrogate(eps, objective="two_step")
+    with pytest.raises(ValueError, match="no training episodes"):
+        fit_surrogate([])
+
+
+def test_one_step_and_rollout_agree_with_the_env_under_true_constants(tmp_path):
+    _, (ep, *_) = synthetic(tmp_path, seeds=(3,))
+    np.testing.assert_allclose(one_step_accuracy(ep, TRUE), ep.accuracy[1:], atol=1e-12)
+    np.testing.assert_allclose(rollout_accuracy(ep, TRUE), ep.accuracy, atol=1e-12)
+
+
+# ------------------------------------------------------------------ report
+@pytest.mark.parametrize("seed", range(5))
+def test_kendall_tau_matches_scipy_with_ties(seed):
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 4, size=9).astype(float)  # many ties
+    y = x + rng.integers(-2, 3, size=9)
+    assert kendall_tau(x, y) == pytest.approx(stats.kendalltau(x, y).statistic)
+    z = rng.normal(size=7)
+    assert kendall_tau(z, z) == pytest.approx(1.0) and kendall_tau(z, -z) == pytest.approx(-1.0)
+
+
+def test_kendall_tau_hand_value_and_errors():
+    # pairs: (1,2) c, (1,3) c, (2,3) d -> (2 - 1) / 3
+    assert kendall_tau([1, 2, 3], [1, 3, 2]) == pytest.approx(1 / 3)
+    assert np.isnan(kendall_tau([1, 1, 1], [1, 2, 3]))
+    with pytest.raises(ValueError, match="equal length"):
+        kendall_tau([1, 2], [1, 2, 3])
+
+
+def test_report_of_the_true_constants_is_exact(tmp_path):
+    policies = ("explore", "explore:min_participation=0.0", "explore:min_participation=0.6")
+    _, eps = synthetic(tmp_path, preset="switching", seeds=(5, 6), policies=policies, rounds=8)
+    replay = replay_on_surrogate(eps[0], TRUE)
+    np.testing.assert_allclose(replay.accuracy, eps[0].accuracy)
+    rep = fidelity_report(eps, TRUE, [5, 6])
+    assert [r.policy for r in rep.rows] == list(policies)
+    assert rep.mean_abs_final_error == pytest.approx(0.0, abs=1e-9)
+    assert rep.kendall_tau == pytest.approx(1.0)
+    assert rep.one_step["one_step_rmse"] == pytest.approx(0.0, abs=1e-9)
+    # a miscalibrated surrogate shows up as final-accuracy error
+    off = fidelity_report(eps, SurrogateConfig(), [5, 6])
+    assert off.mean_abs_final_error > 1.0
+    with pytest.raises(ValueError, match="held-out seeds"):
+        fidelity_report(eps, TRUE, [99])
+
+
+def test_update_markdown_replaces_only_its_block(tmp_path):
+    doc = tmp_path / "fidelity.md"
+    doc.write_text("# Fidelity\n\nhand-written prose\n")
+    update_markdown(doc, "sst2", "first")
+    update_markdown(doc, "qnli", "other")
+    update_markdown(doc, "sst2", "second")
+    text = doc.read_text()
+    assert text.startswith("# Fidelity\n\nhand-written prose\n")
+    assert "second" in text and "first" not in text and "other" in text
+
+
+def test_cli_collect_fit_report(tmp_path, capsys):
+    traces = tmp_path / "t.jsonl"
+    calib = tmp_path / "calib.yaml"
+    doc = tmp_path / "fidelity.md"
+    truth = tmp_path / "truth.yaml"
+    truth.write_text(yaml.safe_dump({"learning": {"surrogate": TRUE.to_dict()}}))
+    common = ["--backend", "surrogate"]
+    main(["collect", *common, "--rounds", "6", "--calibration", str(truth), "--policies", "explore", "explore:min_participation=0.6",
+          "--seeds", "0", "1", "2", "--out", str(traces), "--no-progress"])
+    assert (tmp_path / "t.config.yaml").is_file()
+    main(["fit", "--traces", str(traces), *common, "--heldout-seeds", "2", "--starts", "1", "--out", str(calib)])
+    cfg = EnvConfig.from_yaml(calib)
+    assert cfg.learning.task == "sst2"
+    assert cfg.learning.surrogate.step_size == pytest.approx(TRUE.step_size, rel=1e-3)
+    assert "# Written by: python -m fedenv.calibrate fit" in calib.read_text()
+    main(["report", "--traces", str(traces), *common, "--calibration", str(calib), "--heldout-seeds", "2",
+          "--out", str(doc), "--json", str(tmp_path / "r.json")])
+    figures = json.loads((tmp_path / "r.json").read_text())
+    assert figures["heldout_seeds"] == [2] and len(figures["rows"]) == 2
+    assert "<!-- BEGIN generated: sst2 -->" in doc.read_text()
+    assert "Kendall tau-b" in capsys.readouterr().out

