@@ -119,7 +119,7 @@ def run_sweep(config: EnvConfig, values: Sequence[float], seeds: list[int], *, b
                 bar.set_description(policy.name)
             ev = evaluate(policy, config, seeds, budget_tolerance=budget_tolerance, progress=bar)
             row: dict[str, Any] = {"V": v}
-            for key in ("final_accuracy", "mean_accuracy", "energy_j", "devices_within_budget", "max_budget_use", "latency_s", "latency_budget_use", "episode_return", "final_energy_backlog_j", "decision_ms"):
+            for key in ("final_accuracy", "mean_accuracy", "energy_j", "devices_within_budget", "max_budget_use", "latency_s", "latency_budget_use", "episode_return", "final_energy_backlog_j", "final_latency_backlog_s", "decision_ms"):
                 row[key], row[f"{key}_ci95"] = mean_ci(ev.metric(key))
             rows.append(row)
     finally:
@@ -129,7 +129,7 @@ def run_sweep(config: EnvConfig, values: Sequence[float], seeds: list[int], *, b
 
 
 def sweep_table(rows: list[dict[str, Any]]) -> str:
-    keys = [("final_accuracy", "final accuracy", ".4f"), ("mean_accuracy", "mean accuracy", ".4f"), ("energy_j", "energy / device / round (J)", ".4f"), ("devices_within_budget", "devices within budget", ".3f"), ("max_budget_use", "max device energy / budget", ".3f"), ("latency_budget_use", "latency / budget", ".3f"), ("final_energy_backlog_j", "final backlog Z (J)", ".3f"), ("episode_return", "episode return", ".2f")]
+    keys = [("final_accuracy", "final accuracy", ".4f"), ("mean_accuracy", "mean accuracy", ".4f"), ("energy_j", "energy / device / round (J)", ".4f"), ("devices_within_budget", "devices within budget", ".3f"), ("max_budget_use", "max device energy / budget", ".3f"), ("latency_budget_use", "latency / budget", ".3f"), ("final_energy_backlog_j", "final backlog Z (J)", ".3f"), ("final_latency_backlog_s", "final backlog Y (s)", ".3f"), ("episode_return", "episode return", ".2f")]
     keys = [k for k in keys if any(math.isfinite(r[k[0]]) for r in rows)]
     lines = ["| V | " + " | ".join(t for _, t, _ in keys) + " |", "|---|" + "---|" * len(keys)]
     for r in rows:

@@ -22,7 +22,8 @@ Per-episode metrics (``EPISODE_METRICS``):
 | ``deadline_misses``         | uploads dropped for missing the deadline (stragglers), count per episode |
 | ``packet_losses``           | uploads lost to packet errors, count per episode                        |
 | ``scheduled``               | devices scheduled per round                                             |
-| ``final_energy_backlog_j``  | mean energy queue Z_k at the end, J                                      |
+| ``final_energy_backlog_j``  | mean energy queue Z_k at the end, J (NaN without an energy budget)       |
+| ``final_latency_backlog_s`` | latency queue Y at the end, s (NaN without a latency budget)            |
 | ``decision_ms``             | wall-clock time of ``policy.act`` per round, ms                          |
 """
 
@@ -67,6 +68,7 @@ EPISODE_METRICS: tuple[tuple[str, str, str], ...] = (
     ("episode_return", "episode return", ".2f"),
     ("scheduled", "scheduled / round", ".2f"),
     ("final_energy_backlog_j", "final backlog Z (J)", ".3f"),
+    ("final_latency_backlog_s", "final backlog Y (s)", ".3f"),
     ("decision_ms", "decision time (ms)", ".2f"),
 )
 
@@ -198,7 +200,8 @@ def evaluate(
                 "deadline_misses": misses,
                 "packet_losses": losses,
                 "scheduled": float(traces["scheduled"][i, :t].mean()),
-                "final_energy_backlog_j": float(np.mean(info["energy_backlog"])),
+                "final_energy_backlog_j": float(np.mean(info["energy_backlog"])) if e_budget is not None else nan,
+                "final_latency_backlog_s": float(info["latency_backlog"]) if l_budget is not None else nan,
                 "decision_ms": float(1e3 * traces["decision_s"][i, :t].mean()),
             }
             episodes.append(record)

@@ -18,32 +18,38 @@ runs unchanged on the lora backend.
 The problem is solved by block-coordinate descent; a block's result is kept only if it lowers
 the exact objective, so the iteration is monotone:
 
-1. **Module switching / scheduling / ratio** (discrete, one device at a time): every option of
-   every device (module; in the soft and unified paradigms also the number of kept rank
-   components j, rho = j / r, since the payload only changes at those points) is scored
-   exactly with the other devices fixed, plus the "every device on option o" moves, in one
-   batched call. With a latency queue each candidate is also scored with min-max-latency
-   shares (the band re-balanced so that all devices finish together), since a device only
-   shortens the round if the band it frees goes to the slowest one. The improving moves are
-   applied together, backtracking to the best top-n subset (n = all, all/2, ..., 1), which
-   always contains the single best, exactly improving, move.
+1. **Module switching / scheduling / ratio** (enumeration per device): every option of every
+   device (module; in the soft and unified paradigms also the number of kept rank components
+   j, rho = j / r, since the payload only changes at those points) is scored exactly with the
+   other devices fixed. A device's outcome depends only on its own decision and share, so the
+   K O what-ifs are assembled from O(K (K + O)) physics evaluations and one batched surrogate
+   call. Idle devices are also tried at a few powers (theirs has not been tuned), and the
+   "every device on option o" moves (e.g. all idle) are candidates too. With a latency queue
+   each move is also scored with min-max-latency shares (the band re-split so that all devices
+   finish together), since a device only shortens the round if the band it frees goes to the
+   slowest one. The improving moves are applied together, backtracking to the best top-n
+   subset (n = all, all/2, ..., 1), which always contains the single best, exactly improving,
+   move.
 2. **Power control** (switching, unified): per device a 1-D minimisation of the exact
    objective over p in [p_min, P_max] with the other devices fixed, by a zooming grid search
-   (3 levels of 16 log-spaced points, relative precision about 0.3%), vectorised over
-   devices; the moves are then applied together with the same backtracking.
-3. **Bandwidth allocation**: Phi is linearised in the success probabilities (gradient by
-   finite differences of the same surrogate), which makes the problem separable:
+   (2 levels of 16 log-spaced points, the second centred by a parabolic step), vectorised
+   over devices. Phi as a function of the device's own success probability is evaluated
+   exactly at 5 nodes and interpolated (error ~1e-7). The moves are applied together with
+   the same backtracking.
+3. **Bandwidth allocation** (convex): Phi is linearised in the success probabilities
+   (gradient by finite differences of the same surrogate), which makes the problem separable:
    min sum_k u_k(beta_k) s.t. sum_k beta_k = 1, beta_k >= beta_k^min (the share meeting the
    deadline, by bisection on the same rate function). The upload energy p S / R(beta) is
    convex in beta (1 / concave), so the KKT conditions u_k'(beta_k) = -lambda are solved by
    tabulating u_k on a per-device log grid, taking its monotonised marginal and bisecting on
    the multiplier lambda until the shares sum to one; a line search from the current shares
-   guards the linearisation. With a latency queue, a cap L on the round latency
-   (beta_k >= share meeting L) is searched by golden section on the exact objective.
+   guards the linearisation. With a latency queue, KKT shares under caps L on the round
+   latency (beta_k >= share meeting L) are tried between the min-max latency and the deadline.
 
-Blocks 1-3 alternate until an iteration improves the objective by less than ``tolerance``
-(relative). Each round starts from the better of the previous round's solution (channels are
-correlated) and "every device on its largest option".
+The blocks alternate until the continuous blocks improve the objective by less than
+``tolerance`` (relative; the discrete block has then nothing new to answer), at most
+``max_iterations`` times. Each round starts from the better of the previous round's solution
+(channels are correlated) and "every device on its largest option".
 
 Paradigms: ``switching`` [A] runs 1-3 over modules 0..M; ``split`` [B] schedules (module 0 or
 the structural one) and allocates bandwidth at full power; ``soft`` [C] (TSFA) chooses the
@@ -51,7 +57,7 @@ ratio and bandwidth online under the latency queue, the structural rank having b
 offline (:func:`tsfa_offline_rank`); ``unified`` runs every block with both queues.
 
 Complexity per round, for K devices, O options per device (M + 1 modules, or 1 + sum_j r_j
-with ratios), G grid points and I outer iterations (I <= ``max_iterations``, typically 1-3):
+with ratios), G grid points and I outer iterations (I <= ``max_iterations``, typically 1-2):
 O(I (K^2 O + K G)) time and O(K^2 O) memory; with a latency queue add O(I H K O) for the
 min-max tables on H latency levels. ``python -m fedenv.bench lyapunov`` prints the measured
 decision time.
@@ -529,7 +535,8 @@ class LyapunovPolicy:
             with np.errstate(invalid="ignore"):
                 frac = np.where(np.isfinite(t0) & (t0 > t1) & (h > 0), (t0 - 1.0) / np.where(t0 > t1, t0 - t1, 1.0), 1.0)
             r0 = np.where(np.isfinite(r[prev, n]), r[prev, n], r[h, n])
-            share = np.where(self.opt_module[option] > 0, r0 + frac[:, None] * (r[h, n] - r0), 0.0)
+            with np.errstate(invalid="ignore"):  # inf - inf where no level is feasible (masked below)
+                share = np.where(self.opt_module[option] > 0, r0 + frac[:, None] * (r[h, n] - r0), 0.0)
             s = share.sum(axis=-1, keepdims=True)
             share = np.where(s > 0.0, share / np.where(s > 0.0, s, 1.0), 0.0)
             return np.where(ok.any(axis=0)[:, None], share, 0.0)

@@ -210,3 +210,17 @@ def test_compare_cli_runs_on_the_lora_backend(tmp_path, glue_dir, monkeypatch):
     for ev in comp.evaluations:
         assert ev.episodes[0]["rounds"] == 1 and 0.0 <= ev.episodes[0]["final_accuracy"] <= 1.0
     assert (out / "episodes.csv").is_file()
+
+
+def test_lyapunov_benchmark_quick(tmp_path, capsys):
+    import json
+
+    from fedenv import bench
+
+    bench.main(["lyapunov", "--quick", "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "lyapunov.json").read_text())
+    assert "median/target" in capsys.readouterr().out
+    assert set(result["results"]) == {"10", "100"}
+    for k, row in result["results"].items():
+        assert row["median_ms"] > 0 and row["target_ms"] == {"10": 5.0, "100": 50.0}[k]
+        assert row["median_over_target"] == pytest.approx(row["median_ms"] / row["target_ms"])
