@@ -139,7 +139,6 @@ class FedLoRAWirelessVectorEnv(gym.vector.VectorEnv[NDArray[np.float32], NDArray
         self._distance = np.zeros((n, rows, k))
         self._uniform = np.zeros((n, rows, k))
         self._cpu = np.zeros((n, k))
-        self._t = np.zeros(n, dtype=np.int64)
         self._obs_rows = np.zeros((n, rows, 7 * k + 4), dtype=np.float32)
         self._sizes = np.zeros((n, k))
         self._share = np.zeros((n, k))
