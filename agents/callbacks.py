@@ -154,6 +154,8 @@ class HeldOutEvalCallback(BaseCallback):
         self._elapsed0 = float(state.get("wall_s", 0.0))
         self._start = time.perf_counter()
         self._next = (self.num_timesteps // self.eval_freq + 1) * self.eval_freq if self.eval_freq > 0 else np.inf
+        if self.eval_freq > 0 and self.num_timesteps == 0:
+            self.evaluate()  # the untrained policy: the learning curve's first point
 
     def _on_step(self) -> bool:
         if self.eval_freq > 0 and self.num_timesteps >= self._next:

@@ -113,7 +113,8 @@ def parse_spec(spec: str) -> ModelFiles:
             candidates.append(("latest", latest[1], latest[2]))
     for name, model, norm in candidates:
         if model.is_file():
-            return ModelFiles(algo, model, norm if norm.is_file() else None, run, f"{algo}@{name}")
+            label = f"{algo}:{path.resolve().name}" + ("" if name == "best" else f"@{name}")
+            return ModelFiles(algo, model, norm if norm.is_file() else None, run, label)
     wanted = which or "best, final or a checkpoint"
     raise FileNotFoundError(f"run directory {str(path)!r} holds no {wanted} model (expected best/model.zip, model.zip or checkpoints/)")
 

@@ -90,6 +90,9 @@ class Args:
 
 def main(argv: list[str] | None = None) -> Path:
     args, given = parse_args(Args, argv, description=__doc__)
+    for name, value, valid in (("policy", args.policy, ("mlp", "per_device")), ("lr_schedule", args.lr_schedule, ("constant", "linear")), ("activation", args.activation, ("tanh", "relu"))):
+        if value not in valid:
+            raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(valid)}, got {value!r}")
 
     # --- run directory (a new one, or the one to resume with its saved arguments)
     args, run, config, latest = prepare_run(args, given, "ppo", Args)
@@ -122,10 +125,6 @@ def main(argv: list[str] | None = None) -> Path:
     else:
         lr = args.learning_rate
         schedule = (lambda progress: progress * lr) if args.lr_schedule == "linear" else lr
-        if args.lr_schedule not in ("constant", "linear"):
-            raise ValueError(f"lr_schedule must be constant or linear, got {args.lr_schedule!r}")
-        if args.activation not in ("tanh", "relu"):
-            raise ValueError(f"activation must be tanh or relu, got {args.activation!r}")
         model = PPO(
             policy_class(args.policy),
             venv,

@@ -20,8 +20,8 @@ import torch as th  # noqa: E402
 
 import fedenv  # noqa: E402,F401
 from agents import train_ppo  # noqa: E402
-from agents.envs import HorizonIsTermination, make_vec_env  # noqa: E402
 from agents.actions import ActionAdapter  # noqa: E402
+from agents.envs import HorizonIsTermination, make_vec_env  # noqa: E402
 from agents.evaluate import load_policy, parse_spec  # noqa: E402
 from agents.features import AgentObservation, ObservationFeatures  # noqa: E402
 from agents.normalization import DevicePooledStats  # noqa: E402
@@ -68,10 +68,10 @@ def test_training_writes_a_loadable_run_directory(tiny_run: Path) -> None:
     assert json.loads(run.metrics.read_text())["timesteps"] == 512
     assert [steps for steps, _, _ in [run.latest_checkpoint()]] == [512]
     rows = run.evaluations.read_text().strip().splitlines()
-    assert rows[0].startswith("timesteps,") and [int(r.split(",")[0]) for r in rows[1:]] == [256, 512]
+    assert rows[0].startswith("timesteps,") and [int(r.split(",")[0]) for r in rows[1:]] == [0, 256, 512]
     for which in ("best", "final", "latest"):
         policy = load_policy(f"ppo:{tiny_run}@{which}", "switching")
-        assert policy.name == f"ppo@{which}"
+        assert policy.name == "ppo:ppo_tiny" + ("" if which == "best" else f"@{which}")
 
 
 def test_resume_continues_from_the_latest_checkpoint(tiny_run: Path, tmp_path: Path) -> None:
@@ -88,7 +88,7 @@ def test_resume_continues_from_the_latest_checkpoint(tiny_run: Path, tmp_path: P
     assert json.loads(run.metrics.read_text())["timesteps"] == 768
     assert run.latest_checkpoint()[0] == 768  # type: ignore[index]
     steps = [int(r.split(",")[0]) for r in run.evaluations.read_text().strip().splitlines()[1:]]
-    assert steps == [256, 512, 512, 768]  # the original 256, 512 then the resumed session's 512, 768
+    assert steps == [0, 256, 512, 512, 768]  # the first session's 0, 256, 512, then the resumed one's 512, 768
     assert run.read_args()["total_timesteps"] == 768 and run.read_args()["n_envs"] == 2
     assert len(json.loads((run_dir / "meta.json").read_text())["sessions"]) == 2
     from stable_baselines3 import PPO
@@ -228,7 +228,7 @@ def test_agent_spec_errors_are_clear(tmp_path: Path, tiny_run: Path) -> None:
         parse_spec(f"ppo:{tmp_path / 'missing'}")
     with pytest.raises(FileNotFoundError, match="holds no best model"):
         parse_spec(f"ppo:{tmp_path}@best")
-    with pytest.raises(ValueError, match="action components"):
+    with pytest.raises(ValueError, match="action components"), pytest.warns(UserWarning, match="different env config"):
         load_policy(f"ppo:{tiny_run}", "split")
 
 
@@ -280,4 +280,4 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in ("summary.md", "summary.json", "episodes.csv", "accuracy.png", "learning_curve.png"):
         assert (out / name).is_file(), name
-    assert "| ppo@best |" in proc.stdout and "PPO - lyapunov" in proc.stdout
+    assert "| ppo:ppo_demo |" in proc.stdout and "PPO - lyapunov" in proc.stdout

@@ -118,7 +118,9 @@ def make_policy(spec: str, config: EnvConfig) -> Any:
         raise ImportError(f"policy {spec!r} needs the baselines package (baselines/): {exc}") from exc
     if name == "lyapunov":
         v = params.pop("V", params.pop("tradeoff_v", None))
-        return LyapunovPolicy(config, **({} if v is None else {"tradeoff_v": float(v)}), **params)
+        if v is not None:
+            params["tradeoff_v"] = float(v)
+        return LyapunovPolicy(config, **params)
     if name in HEURISTICS:
         return HEURISTICS[name](config, **params)
     known = sorted([*EXPLORATION_POLICIES, *HEURISTICS, "lyapunov"])
