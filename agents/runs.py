@@ -121,7 +121,7 @@ def parse_args(cls: type[A], argv: Sequence[str] | None = None, description: str
     Returns:
         The arguments and the names of the fields set explicitly (YAML or command line).
     """
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         flag = "--" + f.name.replace("_", "-")
