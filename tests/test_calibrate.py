@@ -180,7 +180,8 @@ def test_report_of_the_true_constants_is_exact(tmp_path):
     rep = fidelity_report(eps, TRUE, [5, 6])
     assert [r.policy for r in rep.rows] == list(policies)
     assert rep.mean_abs_final_error == pytest.approx(0.0, abs=1e-9)
-    assert rep.kendall_tau == pytest.approx(1.0)
+    assert rep.kendall_tau == pytest.approx(1.0) and rep.kendall_tau_window == pytest.approx(1.0)
+    assert rep.mean_abs_window_error == pytest.approx(0.0, abs=1e-9)
     assert rep.one_step["one_step_rmse"] == pytest.approx(0.0, abs=1e-9)
     # a miscalibrated surrogate shows up as final-accuracy error
     off = fidelity_report(eps, SurrogateConfig(), [5, 6])

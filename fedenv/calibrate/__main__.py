@@ -123,7 +123,7 @@ def cmd_report(args: argparse.Namespace, argv: list[str]) -> None:
         episodes = [ep for ep in episodes if ep.backend == args.backend]
     surrogate = EnvConfig.from_yaml(args.calibration).learning.surrogate
     _, _, heldout = _split(episodes, args.heldout_seeds)
-    rep = fidelity_report(episodes, surrogate, heldout, policies=args.policies)
+    rep = fidelity_report(episodes, surrogate, heldout, policies=args.policies, window=args.window)
     md = render_markdown(rep, command=_command(argv), calibration=args.calibration)
     print(md)
     if args.out:
@@ -136,9 +136,16 @@ def cmd_report(args: argparse.Namespace, argv: list[str]) -> None:
             "heldout_seeds": rep.heldout_seeds,
             "one_step": rep.one_step,
             "kendall_tau": rep.kendall_tau,
+            "window": rep.window,
+            "kendall_tau_window": rep.kendall_tau_window,
+            "mean_abs_window_error": rep.mean_abs_window_error,
             "mean_abs_final_error": rep.mean_abs_final_error,
             "max_abs_final_error": rep.max_abs_final_error,
-            "rows": [{"policy": r.policy, "seeds": r.seeds, "real": r.real, "surrogate": r.surrogate} for r in rep.rows],
+            "rows": [
+                {"policy": r.policy, "seeds": r.seeds, "real": r.real, "surrogate": r.surrogate,
+                 "real_window": r.real_window, "surrogate_window": r.surrogate_window}
+                for r in rep.rows
+            ],
             "real_order": rep.real_order,
             "surrogate_order": rep.surrogate_order,
             "traces": rep.traces,
@@ -184,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--calibration", required=True, help="calibration YAML")
     r.add_argument("--heldout-seeds", nargs="*", type=int, default=None)
     r.add_argument("--policies", nargs="+", default=None, help="policies to rank (default: all on every held-out seed)")
+    r.add_argument("--window", type=int, default=5, help="last rounds averaged for the less noisy summary")
     r.add_argument("--out", default=None, help="Markdown file whose generated block to replace (e.g. docs/fidelity.md)")
     r.add_argument("--block", default=None, help="name of the generated block (default: the task)")
     r.add_argument("--json", default=None, help="also write the figures as JSON here")

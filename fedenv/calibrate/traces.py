@@ -178,6 +178,10 @@ class EpisodeTrace:
         """Mean accuracy over the rounds played (after each round): the area under the curve."""
         return float(self.accuracy[1:].mean())
 
+    def window_accuracy(self, rounds: int = 5) -> float:
+        """Mean accuracy after the last ``rounds`` rounds (less noisy than the final value)."""
+        return float(self.accuracy[1:][-rounds:].mean())
+
     @property
     def episode_return(self) -> float:
         return float(self.reward.sum())
