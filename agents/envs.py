@@ -16,7 +16,7 @@ must not bootstrap a value beyond the last round. Evaluation is unaffected (it r
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, SupportsFloat
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -27,18 +27,11 @@ from agents.actions import ActionAdapter, AgentAction
 from agents.features import AgentObservation, ObservationFeatures
 from fedenv.config import EnvConfig
 from fedenv.env import FedLoRAWirelessEnv
+from fedenv.wrappers import HorizonIsTermination
 
 __all__ = ["VEC_ENV_KINDS", "HorizonIsTermination", "make_env", "make_vec_env"]
 
 VEC_ENV_KINDS = ("dummy", "subproc")
-
-
-class HorizonIsTermination(gym.Wrapper[Any, Any, Any, Any]):
-    """Reports the end of the finite-horizon task (truncation at T rounds) as a termination."""
-
-    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
-        obs, reward, terminated, truncated, info = self.env.step(action)
-        return obs, reward, terminated or truncated, False, info
 
 
 def make_env(config: EnvConfig, obs_features: str = "label_mix", action_form: str = "factored") -> Callable[[], gym.Env[Any, Any]]:

@@ -51,7 +51,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, SupportsFloat
+from typing import Any
 
 import gymnasium as gym
 import yaml
@@ -260,20 +260,12 @@ def connect(args: Args) -> bool:
 
 
 # ------------------------------------------------------------------------------- env
-class _HorizonIsTermination(gym.Wrapper[Any, Any, Any, Any]):
-    """Reports the end of the finite-horizon task (truncation at T rounds) as a termination."""
-
-    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
-        obs, reward, terminated, truncated, info = self.env.step(action)
-        return obs, reward, terminated or truncated, False, info
-
-
 def make_rllib_env(env_config: dict[str, Any]) -> gym.Env[Any, Any]:
     """The env RLlib trains on, from its ``env_config`` (an EnvConfig mapping, may name a preset)."""
     from fedenv.env import FedLoRAWirelessEnv
-    from fedenv.wrappers import DictAction
+    from fedenv.wrappers import DictAction, HorizonIsTermination
 
-    return _HorizonIsTermination(DictAction(FedLoRAWirelessEnv(config=dict(env_config))))
+    return HorizonIsTermination(DictAction(FedLoRAWirelessEnv(config=dict(env_config))))
 
 
 def register_rllib_env() -> str:

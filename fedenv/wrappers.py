@@ -8,11 +8,13 @@ in [-1, 1] of shape (K, C); a flat observation of 7 K + 4 features):
   power, bandwidth-weight and ratio levels (DQN-style agents, tabular baselines).
 * :class:`DictObservation` — ``{"devices": (K, 7), "global": (4,)}`` observations for
   per-device (permutation-equivariant) networks.
+* :class:`HorizonIsTermination` — reports the end of the T rounds as a termination, for
+  agents that treat the finite horizon as part of the task (SB3, RLlib training envs).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, SupportsFloat
 
 import gymnasium as gym
 import numpy as np
@@ -21,7 +23,7 @@ from numpy.typing import NDArray
 
 from fedenv.env import DEVICE_FEATURES
 
-__all__ = ["DictAction", "DiscreteAction", "DictObservation"]
+__all__ = ["DictAction", "DiscreteAction", "DictObservation", "HorizonIsTermination"]
 
 
 def _canonical(env: gym.Env) -> tuple[int, tuple[str, ...], int]:
@@ -126,3 +128,16 @@ class DictObservation(gym.ObservationWrapper[dict[str, NDArray[np.float32]], Any
         nd = len(DEVICE_FEATURES)
         k = self.num_devices
         return {"devices": observation[: nd * k].reshape(k, nd).copy(), "global": observation[nd * k :].copy()}
+
+
+class HorizonIsTermination(gym.Wrapper[Any, Any, Any, Any]):
+    """Reports the end of the finite-horizon task (truncation after T rounds) as a termination.
+
+    The observation carries the round fraction t / T and an episode always ends after T rounds,
+    so the horizon is part of the task: a learner must not bootstrap a value past the last
+    round. Evaluation is unaffected (returns are the same).
+    """
+
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return obs, reward, terminated or truncated, False, info
