@@ -14,7 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["Policy"]
+__all__ = ["Policy", "Handover"]
 
 
 @runtime_checkable
@@ -30,3 +30,28 @@ class Policy(Protocol):
     def act(self, obs: NDArray[np.float32], info: dict[str, Any]) -> NDArray[np.float32]:
         """The canonical action for the coming round."""
         ...
+
+
+class Handover:
+    """Plays ``first`` for rounds ``0 .. from_round - 1`` and ``then`` from round ``from_round`` on.
+
+    A diagnostic composition (e.g. a learned agent with the Lyapunov policy over the last rounds:
+    ``make_policy("ppo:runs/x>>lyapunov@44", config)``). Both policies see every observation
+    and ``info`` and act every round, so a policy with internal state (round-robin's turn) stays
+    as it would be alone; only the action of the policy in charge is played.
+    """
+
+    def __init__(self, first: Policy, then: Policy, from_round: int) -> None:
+        if from_round < 0:
+            raise ValueError(f"from_round must be >= 0, got {from_round}")
+        self.first, self.then, self.from_round = first, then, int(from_round)
+        self.name = f"{first.name}>>{then.name}@{self.from_round}"
+
+    def reset(self, seed: int | None = None) -> None:
+        self.first.reset(seed)
+        self.then.reset(seed)
+
+    def act(self, obs: NDArray[np.float32], info: dict[str, Any]) -> NDArray[np.float32]:
+        a_first = self.first.act(obs, info)
+        a_then = self.then.act(obs, info)
+        return a_then if int(info["round"]) >= self.from_round else a_first

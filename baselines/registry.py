@@ -10,6 +10,8 @@ A spec is ``name`` or ``name:key=value,key=value``::
     round_robin:fraction=0.5
     ppo:<run dir>             learned agents, loaded by agents.evaluate.load_policy
     sac:<run dir> | recurrentppo:<run dir>
+    <spec>>><spec>@N          handover: the first policy for rounds 0..N-1, the second from
+                              round N (baselines.policy.Handover), e.g. ppo:runs/x>>lyapunov@44
 
 Unknown names list the valid ones; a policy that cannot act on the config's paradigm raises
 :class:`~baselines.heuristics.IncompatiblePolicyError` saying why.
@@ -24,7 +26,7 @@ from typing import Any
 
 from baselines.heuristics import HEURISTICS, IncompatiblePolicyError
 from baselines.lyapunov import LyapunovPolicy
-from baselines.policy import Policy
+from baselines.policy import Handover, Policy
 from fedenv.config import EnvConfig
 
 __all__ = ["POLICY_NAMES", "LEARNED", "IncompatiblePolicyError", "make_policy", "parse_spec", "split_specs"]
@@ -96,6 +98,16 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
 
 def make_policy(spec: str, config: EnvConfig) -> Policy:
     """Build the policy named by ``spec`` for an env with ``config`` (module docstring)."""
+    if isinstance(spec, str) and ">>" in spec:
+        first, _, rest = spec.partition(">>")
+        then, at, when = rest.rpartition("@")
+        if not at or not then.strip() or not first.strip():
+            raise ValueError(f"handover spec {spec!r}: expected '<first spec>>><second spec>@<round>', e.g. 'ppo:runs/x>>lyapunov@44'")
+        try:
+            from_round = int(when)
+        except ValueError:
+            raise ValueError(f"handover spec {spec!r}: the round after '@' must be an integer, got {when!r}") from None
+        return Handover(make_policy(first.strip(), config), make_policy(then.strip(), config), from_round)
     name, params = parse_spec(spec)
     if name in LEARNED:
         try:

@@ -224,3 +224,21 @@ def test_lyapunov_benchmark_quick(tmp_path, capsys):
     for k, row in result["results"].items():
         assert row["median_ms"] > 0 and row["target_ms"] == {"10": 5.0, "100": 50.0}[k]
         assert row["median_over_target"] == pytest.approx(row["median_ms"] / row["target_ms"])
+
+
+def test_handover_plays_the_first_policy_then_the_second():
+    config = EnvConfig.from_dict({"num_rounds": 4})
+    policy = make_policy("max>>min_rank@2", config)
+    assert policy.name == "max>>min_rank@2"
+    env = FedLoRAWirelessEnv(config)
+    obs, info = env.reset(seed=3)
+    policy.reset(3)
+    ranks = []
+    for _ in range(4):
+        obs, _, _, _, info = env.step(policy.act(obs, info))
+        ranks.append(set(info["rank"].tolist()))
+    top, low = max(config.model.ranks), min(config.model.ranks)
+    assert ranks == [{top}, {top}, {low}, {low}]
+    for bad in ("max>>min_rank", "max>>min_rank@x", ">>max@1"):
+        with pytest.raises(ValueError, match="handover spec"):
+            make_policy(bad, config)
