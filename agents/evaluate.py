@@ -35,7 +35,7 @@ from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.vec_env import VecNormalize
 
 from agents.actions import ActionAdapter
-from agents.features import ObservationFeatures
+from agents.features import OBS_FEATURES, ObservationFeatures
 from agents.normalization import resize_normalizer
 from agents.policies import resize_policy
 from agents.runs import RunDir
@@ -255,7 +255,7 @@ def load_policy(spec: str, config: EnvConfig | str | None = None, *, device: str
 def _infer_features(model: BaseAlgorithm, config: EnvConfig) -> str:
     """The observation features of a bare model file, from its observation size."""
     size = model.observation_space.shape[0] if model.observation_space.shape else -1
-    for kind in ("env", "label_mix"):
+    for kind in OBS_FEATURES:
         if ObservationFeatures(config, kind).size == size:
             return kind
     raise ValueError(f"cannot tell the observation features of a model with observation size {size}; load it from its run directory")

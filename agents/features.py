@@ -11,6 +11,14 @@ can observe it too, from the same ``info``:
 * ``label_mix`` (default): per device the 7 env features then the label skew
   ``l_k - p`` (L values: the device's label distribution minus the global one, in [-1, 1]);
   then the 4 globals: ``(K (7 + L) + 4,)``. The label mix is fixed for an episode.
+* ``label_mix_time``: ``label_mix`` plus, per device, the time-to-go features
+  ``max(0, 1 - (T - t) / h)`` for h in :data:`TIME_HORIZONS` (0 until the last h rounds, then
+  rising to 1 - 1/h at the last round): ``(K (7 + L + H) + 4,)``. The env observes the linear
+  round fraction t / T only; participation pays most in the last rounds of an episode (the
+  non-IID floor of the last participants sets the final accuracy, docs/agents.md), and these
+  ramps make that time dependence easy to represent. They are the same for every device (a
+  global broadcast to each device's row, so the per-device network and its pooled normaliser
+  need no extra global slot).
 
 One :class:`ObservationFeatures` object builds the training wrapper's observations and the
 evaluation adapter's from ``(obs, info)``, so training and evaluation cannot disagree.
@@ -28,9 +36,11 @@ from numpy.typing import NDArray
 from fedenv.config import EnvConfig
 from fedenv.env import DEVICE_FEATURES, GLOBAL_FEATURES
 
-__all__ = ["OBS_FEATURES", "ObservationFeatures", "AgentObservation"]
+__all__ = ["OBS_FEATURES", "TIME_HORIZONS", "ObservationFeatures", "AgentObservation"]
 
-OBS_FEATURES = ("env", "label_mix")
+OBS_FEATURES = ("env", "label_mix", "label_mix_time")
+#: h of the time-to-go ramps of ``label_mix_time``, rounds
+TIME_HORIZONS = (3, 10)
 _F = len(DEVICE_FEATURES)
 _G = len(GLOBAL_FEATURES)
 
@@ -43,8 +53,10 @@ class ObservationFeatures:
             raise ValueError(f"obs_features must be one of {', '.join(OBS_FEATURES)}, got {kind!r}")
         self.kind = kind
         self.num_devices = config.devices.num_devices
-        self.num_labels = config.model.num_labels if kind == "label_mix" else 0
-        self.device_features = _F + self.num_labels
+        self.num_labels = config.model.num_labels if kind != "env" else 0
+        self.num_time = len(TIME_HORIZONS) if kind == "label_mix_time" else 0
+        self.num_rounds = config.num_rounds
+        self.device_features = _F + self.num_labels + self.num_time
         self.size = self.num_devices * self.device_features + _G
 
     def observation_space(self, env_space: spaces.Box) -> spaces.Box:
@@ -53,8 +65,9 @@ class ObservationFeatures:
         k = self.num_devices
         low = np.asarray(env_space.low, dtype=np.float32)
         high = np.asarray(env_space.high, dtype=np.float32)
-        dev_lo = np.concatenate([low[: _F * k].reshape(k, _F), -np.ones((k, self.num_labels), np.float32)], axis=1)
-        dev_hi = np.concatenate([high[: _F * k].reshape(k, _F), np.ones((k, self.num_labels), np.float32)], axis=1)
+        extra_lo = np.concatenate([-np.ones((k, self.num_labels), np.float32), np.zeros((k, self.num_time), np.float32)], axis=1)
+        dev_lo = np.concatenate([low[: _F * k].reshape(k, _F), extra_lo], axis=1)
+        dev_hi = np.concatenate([high[: _F * k].reshape(k, _F), np.ones((k, self.num_labels + self.num_time), np.float32)], axis=1)
         return spaces.Box(np.concatenate([dev_lo.ravel(), low[_F * k :]]), np.concatenate([dev_hi.ravel(), high[_F * k :]]), dtype=np.float32)
 
     def __call__(self, obs: NDArray[np.floating[Any]], info: dict[str, Any]) -> NDArray[np.float32]:
@@ -64,7 +77,12 @@ class ObservationFeatures:
         k = self.num_devices
         obs = np.asarray(obs, dtype=np.float32)
         skew = np.asarray(info["label_distribution"], dtype=np.float32) - np.asarray(info["global_label_distribution"], dtype=np.float32)
-        dev = np.concatenate([obs[: _F * k].reshape(k, _F), skew.reshape(k, self.num_labels)], axis=1)
+        parts = [obs[: _F * k].reshape(k, _F), skew.reshape(k, self.num_labels)]
+        if self.num_time:
+            to_go = self.num_rounds - int(info["round"])
+            ramps = np.array([max(0.0, 1.0 - to_go / h) for h in TIME_HORIZONS], dtype=np.float32)
+            parts.append(np.broadcast_to(ramps, (k, self.num_time)))
+        dev = np.concatenate(parts, axis=1)
         return np.concatenate([dev.ravel(), obs[_F * k :]])
 
 

@@ -281,3 +281,23 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     for name in ("summary.md", "summary.json", "episodes.csv", "accuracy.png", "learning_curve.png"):
         assert (out / name).is_file(), name
     assert "| ppo:ppo_demo |" in proc.stdout and "PPO - lyapunov" in proc.stdout
+
+
+def test_time_to_go_features_ramp_up_over_the_last_rounds() -> None:
+    cfg = resolve_config("switching", num_rounds=12)
+    features = ObservationFeatures(cfg, "label_mix_time")
+    env = gym.make("FedLoRAWireless-v0", config=cfg)
+    space = features.observation_space(env.observation_space)
+    obs, info = env.reset(seed=0)
+    ramps = []
+    for _ in range(12):
+        x = features(obs, info)
+        assert space.contains(x) and x.shape == (cfg.devices.num_devices * features.device_features + 4,)
+        rows = x[:-4].reshape(cfg.devices.num_devices, features.device_features)
+        assert np.all(rows[:, -2:] == rows[0, -2:])  # the same for every device
+        ramps.append(rows[0, -2:].tolist())
+        obs, _, _, _, info = env.step(env.action_space.sample())
+    # h = 3 and h = 10: zero until the last h rounds, then 1 - (rounds to go) / h
+    assert ramps[0] == [0.0, 0.0] and ramps[1] == [0.0, 0.0]
+    assert ramps[2] == pytest.approx([0.0, 0.0]) and ramps[3] == pytest.approx([0.0, 0.1])
+    assert ramps[11] == pytest.approx([2 / 3, 0.9])
