@@ -14,13 +14,26 @@ device trains apart:
 
 and hands the env the canonical action of that module (the centre of its interval) with the
 other components unchanged. Paradigms without a ``module`` component (split, soft) keep the
-env's action. ``env`` is the identity. One :class:`ActionAdapter` serves the training wrapper
-(:class:`AgentAction`) and the evaluation adapter, so they cannot disagree.
+env's action. ``env`` is the identity.
+
+``residual`` (residual policy learning, Silver et al. 2018; Johannink et al. 2019): the agent
+acts *on top of* the Lyapunov policy (``baselines.lyapunov``, V = ``DEFAULT_V``), which decides
+from the same ``info`` the agent sees:
+
+    env action = clip(lyapunov action + RESIDUAL_SCALE x agent action, -1, 1)
+
+in the env's canonical action space, so an agent whose action is 0 plays the Lyapunov policy
+exactly, and learning starts from the baseline's operating point (its accuracy) instead of
+from a random policy. The adapter is stateful: :meth:`ActionAdapter.observe` gives it the
+``info`` of each reset/step before the next action.
+
+One :class:`ActionAdapter` serves the training wrapper (:class:`AgentAction`) and the
+evaluation adapter, so they cannot disagree.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, SupportsFloat
 
 import gymnasium as gym
 import numpy as np
@@ -29,9 +42,11 @@ from numpy.typing import NDArray
 
 from fedenv.config import EnvConfig
 
-__all__ = ["ACTION_FORMS", "ActionAdapter", "AgentAction"]
+__all__ = ["ACTION_FORMS", "RESIDUAL_SCALE", "ActionAdapter", "AgentAction"]
 
-ACTION_FORMS = ("env", "factored")
+ACTION_FORMS = ("env", "factored", "residual")
+#: scale of the agent's action in the ``residual`` form (canonical units per unit of action)
+RESIDUAL_SCALE = 1.0
 
 
 class ActionAdapter:
@@ -48,6 +63,29 @@ class ActionAdapter:
         self.factored = kind == "factored" and "module" in comps
         self.module_index = comps.index("module") if "module" in comps else -1
         self.shape = (self.num_devices, len(comps) + 1) if self.factored else self.env_shape
+        self.config = config
+        self._base_policy: Any = None
+        self._base: NDArray[np.float32] | None = None
+        if kind == "residual":
+            from baselines.lyapunov import LyapunovPolicy
+
+            self._base_policy = LyapunovPolicy(config)
+
+    @property
+    def stateful(self) -> bool:
+        """Whether the adapter needs :meth:`observe` before each action (``residual``)."""
+        return self._base_policy is not None
+
+    def reset(self, seed: int | None = None) -> None:
+        """Start an episode (resets the base policy of the ``residual`` form)."""
+        if self._base_policy is not None:
+            self._base_policy.reset(seed)
+            self._base = None
+
+    def observe(self, info: dict[str, Any]) -> None:
+        """The ``info`` of the last reset/step: the base policy decides the coming round from it."""
+        if self._base_policy is not None:
+            self._base = np.asarray(self._base_policy.act(None, info), dtype=np.float32)
 
     @property
     def space(self) -> spaces.Box:
@@ -55,6 +93,10 @@ class ActionAdapter:
 
     def __call__(self, action: NDArray[np.floating[Any]]) -> NDArray[np.float32]:
         a = np.clip(np.asarray(action, dtype=np.float32).reshape(self.shape), -1.0, 1.0)
+        if self._base_policy is not None:
+            if self._base is None:
+                raise RuntimeError("the residual action form needs observe(info) after every reset/step before an action")
+            return np.clip(self._base + RESIDUAL_SCALE * a, -1.0, 1.0)
         if not self.factored:
             return a
         m = self.num_modules
@@ -74,6 +116,19 @@ class AgentAction(gym.ActionWrapper[Any, NDArray[np.float32], NDArray[np.float32
         super().__init__(env)
         self.adapter = adapter
         self.action_space = adapter.space
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        obs, info = self.env.reset(seed=seed, options=options)
+        if self.adapter.stateful:
+            self.adapter.reset(seed)
+            self.adapter.observe(info)
+        return obs, info
+
+    def step(self, action: NDArray[np.float32]) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(self.action(action))
+        if self.adapter.stateful and not (terminated or truncated):
+            self.adapter.observe(info)
+        return obs, reward, terminated, truncated, info
 
     def action(self, action: NDArray[np.float32]) -> NDArray[np.float32]:
         return self.adapter(action)

@@ -168,6 +168,7 @@ class SB3Policy:
         self._episode_start = np.ones((1,), dtype=bool)
 
     def reset(self, seed: int | None = None) -> None:
+        self.actions.reset(seed)
         self._state = None
         self._episode_start = np.ones((1,), dtype=bool)
         if seed is not None and not self.deterministic:
@@ -180,6 +181,7 @@ class SB3Policy:
         return x.astype(np.float32)
 
     def act(self, obs: NDArray[np.float32], info: dict[str, Any]) -> NDArray[np.float32]:
+        self.actions.observe(info)
         x = self.normalize(self.features(obs, info))
         if self._recurrent:
             action, self._state = self._policy.predict(x, state=self._state, episode_start=self._episode_start, deterministic=self.deterministic)

@@ -51,7 +51,7 @@ class Args:
     n_envs: int = field(default=4, metadata=_help("parallel training envs"))
     vec_env: str = field(default="dummy", metadata=_help("dummy (one process) or subproc (one process per env)"))
     obs_features: str = field(default="label_mix", metadata=_help("env (the env's observation), label_mix (+ each device's label skew from info) or label_mix_time (+ time-to-go ramps); agents/features.py"))
-    action_form: str = field(default="factored", metadata=_help("env (the env's action) or factored (separate schedule and rank per device; agents/actions.py)"))
+    action_form: str = field(default="factored", metadata=_help("env (the env's action), factored (separate schedule and rank per device) or residual (on top of the Lyapunov policy); agents/actions.py"))
     norm_obs: bool = field(default=True, metadata=_help("normalise observations (VecNormalize, saved with the model)"))
     norm_reward: bool = field(default=True, metadata=_help("normalise rewards by the running return's std"))
     # --- network

@@ -301,3 +301,30 @@ def test_time_to_go_features_ramp_up_over_the_last_rounds() -> None:
     assert ramps[0] == [0.0, 0.0] and ramps[1] == [0.0, 0.0]
     assert ramps[2] == pytest.approx([0.0, 0.0]) and ramps[3] == pytest.approx([0.0, 0.1])
     assert ramps[11] == pytest.approx([2 / 3, 0.9])
+
+
+def test_residual_action_form_with_a_zero_action_plays_the_lyapunov_policy() -> None:
+    from agents.actions import ActionAdapter
+    from agents.envs import make_env
+    from baselines.lyapunov import LyapunovPolicy
+
+    cfg = resolve_config("switching", num_rounds=6)
+    env = make_env(cfg, "label_mix", "residual")()
+    assert env.action_space.shape == (cfg.devices.num_devices, 3)
+    env.reset(seed=7)
+    rewards = []
+    for _ in range(6):
+        _, r, terminated, _, _ = env.step(np.zeros(env.action_space.shape, dtype=np.float32))
+        rewards.append(r)
+    assert terminated
+    base = FedLoRAWirelessEnv(cfg)
+    lyap = LyapunovPolicy(cfg)
+    obs, info = base.reset(seed=7)
+    lyap.reset(7)
+    expected = []
+    for _ in range(6):
+        obs, r, _, _, info = base.step(lyap.act(obs, info))
+        expected.append(r)
+    assert rewards == expected
+    with pytest.raises(RuntimeError, match="observe"):
+        ActionAdapter(cfg, "residual")(np.zeros((cfg.devices.num_devices, 3)))
