@@ -127,7 +127,8 @@ class ActionCodec:
         scheduled = module > 0
         w = np.multiply(x[col["bandwidth"]], scheduled)
         total = np.add.reduce(w, axis=-1, keepdims=True)
-        if np.minimum.reduce(total, axis=None) > 0.0:
+        # (one device block: its single total, without a reduction)
+        if (total.item() if total.size == 1 else np.minimum.reduce(total, axis=None)) > 0.0:
             share = np.divide(w, total, out=w)
         else:
             # Every scheduled weight 0: the scheduled devices share the band equally.

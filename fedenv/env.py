@@ -418,8 +418,8 @@ class FedLoRAWirelessEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
             rate_bps=phys.rate_bps,
             packet_error_prob=phys.packet_error,
             success=phys.success,
-            straggler=scheduled & ~on_time,
-            packet_lost=on_time & ~phys.success,
+            straggler=np.greater(scheduled, on_time),  # scheduled and not on time (bools)
+            packet_lost=np.greater(on_time, phys.success),  # on time and not aggregated
             compute_time_s=phys.compute_time_s,
             upload_time_s=phys.upload_time_s,
             latency_s=phys.latency_s,

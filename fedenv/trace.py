@@ -53,14 +53,17 @@ def generate_trace(keys: NDArray[np.uint64], config: EnvConfig) -> Trace:
     n = keys.size
     if n <= _BLOCK:
         return _generate(keys, config)
-    parts = [_generate(keys[i : i + _BLOCK], config) for i in range(0, n, _BLOCK)]
-    return Trace(
-        position_m=np.concatenate([p.position_m for p in parts]),
-        distance_m=np.concatenate([p.distance_m for p in parts]),
-        gain=np.concatenate([p.gain for p in parts]),
-        cpu_freq_hz=np.concatenate([p.cpu_freq_hz for p in parts]),
-        success_uniform=np.concatenate([p.success_uniform for p in parts]),
-    )
+    # one output array per field, filled block by block (no concatenation copies)
+    first = _generate(keys[:_BLOCK], config)
+    fields = ("position_m", "distance_m", "gain", "cpu_freq_hz", "success_uniform")
+    out = {name: np.empty((n,) + getattr(first, name).shape[1:], dtype=getattr(first, name).dtype) for name in fields}
+    for name in fields:
+        out[name][:_BLOCK] = getattr(first, name)
+    for i in range(_BLOCK, n, _BLOCK):
+        part = _generate(keys[i : i + _BLOCK], config)
+        for name in fields:
+            out[name][i : i + _BLOCK] = getattr(part, name)
+    return Trace(**out)
 
 
 def _generate(keys: NDArray[np.uint64], config: EnvConfig) -> Trace:
@@ -94,10 +97,16 @@ def _generate(keys: NDArray[np.uint64], config: EnvConfig) -> Trace:
         shadowing = ch.shadowing_std_db * streams.box_muller(u[-1], 1)
     else:
         shadowing = np.zeros((n, 1, k))
+    if mobile:
+        loss = distance
+    else:
+        # Without mobility the path loss is the same every round: evaluate its gain once per
+        # device (the same numbers channel_gain computes on every round's copy).
+        loss = distance[:, :1]
     z = streams.box_muller(fading_u, 1)  # streams.normal(keys, Stream.FADING, (2, rows, k))
     z *= math.sqrt(0.5)
     w = z[:, 0] + 1j * z[:, 1]  # CN(0, 1)
     fading = channel.gauss_markov_fading(w[:, 0], w[:, 1:], ch.fading_correlation)
-    gain = channel.channel_gain(distance, np.abs(fading) ** 2, shadowing, ch)
+    gain = channel.channel_gain(loss, np.abs(fading) ** 2, shadowing, ch)
     cpu = dev.cpu_freq_min_hz + (dev.cpu_freq_max_hz - dev.cpu_freq_min_hz) * cpu_u
     return Trace(position_m=position, distance_m=distance, gain=gain, cpu_freq_hz=cpu, success_uniform=success_u)

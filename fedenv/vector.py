@@ -26,6 +26,7 @@ each with its ``_key`` mask, the layout SyncVectorEnv produces. For stable-basel
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -145,12 +146,8 @@ class FedLoRAWirelessVectorEnv(gym.vector.VectorEnv[NDArray[np.float32], NDArray
         self._labels = np.zeros((n, k, c))
         self._global = np.zeros((n, c))
         self._noise = np.zeros((n, cfg.num_rounds))
-        # flat (N (T + 1), ...) views: one gather per step picks every sub-env's round
         self._first_row = np.arange(n, dtype=np.int64) * rows
-        self._gain_rows = self._gain.reshape(n * rows, k)
-        self._distance_rows = self._distance.reshape(n * rows, k)
-        self._uniform_rows = self._uniform.reshape(n * rows, k)
-        self._obs_flat = self._obs_rows.reshape(n * rows, 7 * k + 4)
+        self._flat_views()
         template = episode_tables(cfg, np.full((n, k), cfg.devices.cpu_freq_max_hz), self._params_per_rank, self._head_params)
         self._tables = EpisodeTables(
             rank_of_module=template.rank_of_module,
@@ -214,24 +211,38 @@ class FedLoRAWirelessVectorEnv(gym.vector.VectorEnv[NDArray[np.float32], NDArray
         keys = np.empty((m, 2), dtype=np.uint64)
         counts = np.empty((m, k, self._classes.size))
         noise_keys = np.empty(m, dtype=np.uint64)
-        for j, (i, s) in enumerate(zip(idx, seeds)):
-            rng = self._rngs[i]
+        rngs, default_rng, classes = self._rngs, np.random.default_rng, self._classes
+        for j, (i, s) in enumerate(zip(idx.tolist(), seeds)):
+            rng = rngs[i]
             if s is not None or rng is None:
-                rng = self._rngs[i] = seeding.np_random(s)[0]
+                rng = rngs[i] = seeding.np_random(s)[0]
             # the single env's reset: two keys from its generator, then the learner's draws
-            keys[j] = rng.integers(0, 2**63, size=2, dtype=np.uint64)
-            counts[j], noise_keys[j] = surrogate.draw_episode(cfg, k, np.random.default_rng(int(keys[j, 1])), self._classes)
+            pair = rng.integers(0, 2**63, size=2, dtype=np.uint64)
+            keys[j] = pair
+            counts[j], noise_keys[j] = surrogate.draw_episode(cfg, k, default_rng(int(pair[1])), classes)
         trace = generate_trace(keys[:, 0], cfg)
         sizes, labels, global_labels, share = surrogate.partition_arrays(counts, self._classes)
         tables = episode_tables(cfg, trace.cpu_freq_hz, self._params_per_rank, self._head_params)
-        self._gain[idx] = trace.gain
-        self._distance[idx] = trace.distance_m
-        self._uniform[idx] = trace.success_uniform
-        self._tables.compute_time_s[idx] = tables.compute_time_s
-        self._tables.compute_energy_j[idx] = tables.compute_energy_j
+        obs_rows = observation_template(cfg, trace.gain, trace.distance_m, trace.cpu_freq_hz, share)
+        if m == self.num_envs:
+            # every sub-env starts anew: take the new arrays instead of copying them in
+            self._gain = np.ascontiguousarray(trace.gain)
+            self._distance = np.ascontiguousarray(trace.distance_m)
+            self._uniform = np.ascontiguousarray(trace.success_uniform)
+            self._obs_rows = np.ascontiguousarray(obs_rows)
+            self._tables = dataclasses.replace(
+                self._tables, compute_time_s=np.ascontiguousarray(tables.compute_time_s), compute_energy_j=np.ascontiguousarray(tables.compute_energy_j)
+            )
+            self._flat_views()
+        else:
+            self._gain[idx] = trace.gain
+            self._distance[idx] = trace.distance_m
+            self._uniform[idx] = trace.success_uniform
+            self._obs_rows[idx] = obs_rows
+            self._tables.compute_time_s[idx] = tables.compute_time_s
+            self._tables.compute_energy_j[idx] = tables.compute_energy_j
         self._share[idx] = share
         self._noise[idx] = surrogate.evaluation_noise(noise_keys, cfg)
-        self._obs_rows[idx] = observation_template(cfg, trace.gain, trace.distance_m, trace.cpu_freq_hz, share)
         # The state that info exposes is replaced, never written in place (copy on write), and
         # read-only: the arrays of an info returned earlier never change.
         ones = np.ones(m)
@@ -350,6 +361,15 @@ class FedLoRAWirelessVectorEnv(gym.vector.VectorEnv[NDArray[np.float32], NDArray
         return obs, reward, terminated, truncated, info
 
     # ------------------------------------------------------------ components
+    def _flat_views(self) -> None:
+        """Flat (N (T + 1), ...) views of the per-round arrays: one gather per step picks every sub-env's round."""
+        n, k = self.num_envs, self.num_devices
+        rows = self.config.num_rounds + 1
+        self._gain_rows = self._gain.reshape(n * rows, k)
+        self._distance_rows = self._distance.reshape(n * rows, k)
+        self._uniform_rows = self._uniform.reshape(n * rows, k)
+        self._obs_flat = self._obs_rows.reshape(n * rows, 7 * k + 4)
+
     def _round_rows(self, t: NDArray[np.int64]) -> NDArray[np.int64]:
         """Flat row of (sub-env, round t) in the (N (T + 1), ...) views of the per-round arrays."""
         return self._first_row + t

@@ -38,11 +38,14 @@ def dirichlet_label_counts(
             f"cannot give {num_devices} devices at least {min_size} samples each from {total} samples"
         )
     counts = np.zeros((num_devices, class_counts.size), dtype=np.int64)
+    # the same draws in the same order for every class: Dir(alpha 1_K) proportions (or the
+    # uniform ones), then the multinomial split of that class's samples
+    concentration = np.full(num_devices, 1.0 / num_devices if iid else alpha)
+    per_class = [int(n_c) for n_c in class_counts]
     for _ in range(max_tries):
-        for c, n_c in enumerate(class_counts):
-            p = np.full(num_devices, 1.0 / num_devices) if iid else rng.dirichlet(np.full(num_devices, alpha))
-            counts[:, c] = rng.multinomial(int(n_c), p)
-        if counts.sum(axis=1).min() >= min_size:
+        for c, n_c in enumerate(per_class):
+            counts[:, c] = rng.multinomial(n_c, concentration if iid else rng.dirichlet(concentration))
+        if np.add.reduce(counts, axis=1).min() >= min_size:
             return counts
     # Extremely skewed draws: move samples from the largest devices to the starving ones.
     sizes = counts.sum(axis=1)
