@@ -38,6 +38,7 @@ from fedenv.learning.surrogate import accuracy_from_gap, next_gap, round_progres
 __all__ = [
     "FIT_PARAMETERS",
     "OBJECTIVES",
+    "LOSSES",
     "FitResult",
     "round_drivers",
     "one_step_accuracy",
@@ -61,6 +62,11 @@ FIT_PARAMETERS: dict[str, tuple[float, float]] = {
     "max_accuracy": (0.0, 1.0),
 }
 OBJECTIVES = ("one_step", "rollout", "both")
+#: Residual losses of the least squares (``scipy.optimize.least_squares``'s ``loss``): ``linear``
+#: is plain least squares; the robust ones grow slower than the square beyond ``f_scale`` so that
+#: a few rounds where the real accuracy collapses for one round (a biased aggregate under non-IID
+#: partial participation) do not drag the fitted curve below where the episodes end.
+LOSSES = ("linear", "soft_l1", "huber", "cauchy")
 
 
 def round_drivers(ep: EpisodeTrace, cfg: SurrogateConfig) -> tuple[F, F]:
@@ -200,6 +206,8 @@ def fit_surrogate(
     parameters: Sequence[str] | None = None,
     starts: int = 6,
     seed: int = 0,
+    loss: str = "linear",
+    f_scale: float = 0.02,
 ) -> FitResult:
     """Fit the surrogate's constants to ``train`` and measure the errors on ``heldout``.
 
@@ -211,9 +219,16 @@ def fit_surrogate(
         parameters: the constants to fit (default: every identifiable one of FIT_PARAMETERS).
         starts: random restarts besides the base point (the objective is not convex).
         seed: seed of the restarts.
+        loss: residual loss, one of :data:`LOSSES` (``linear``: plain least squares).
+        f_scale: accuracy error (fraction, 0.02 = 2 points) beyond which a robust loss
+            grows slower than the square.
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+    if not f_scale > 0.0:
+        raise ValueError(f"f_scale must be > 0 (an accuracy error as a fraction, e.g. 0.02), got {f_scale!r}")
     if not train:
         raise ValueError("no training episodes to fit: collect traces first (python -m fedenv.calibrate collect)")
     base = base or SurrogateConfig()
@@ -246,7 +261,7 @@ def fit_surrogate(
     for x in candidates:
         if not names:
             break
-        sol = least_squares(fun, np.clip(x, lo, hi), bounds=(lo, hi), x_scale="jac", max_nfev=2000)
+        sol = least_squares(fun, np.clip(x, lo, hi), bounds=(lo, hi), x_scale="jac", max_nfev=2000, loss=loss, f_scale=f_scale)
         if best is None or sol.cost < best.cost:
             best = sol
     cfg = _with(start_cfg, names, best.x) if best is not None else start_cfg
@@ -262,7 +277,7 @@ def fit_surrogate(
         train_errors=prediction_errors(train, cfg),
         heldout_errors=prediction_errors(heldout, cfg),
         loss_fit_rmse=loss_rmse,
-        details={"cost": float(best.cost) if best is not None else None, "starts": len(candidates)},
+        details={"cost": float(best.cost) if best is not None else None, "starts": len(candidates), "loss": loss, "f_scale": f_scale},
     )
 
 

@@ -15,6 +15,13 @@ Three measurements, all on episodes the fit did not see (held-out seeds):
 Under non-IID partial participation the real accuracy can swing by tens of points from one
 round to the next, so the same figures are also given for the mean accuracy over the last
 ``window`` rounds of each episode, a less noisy summary of where a policy ends.
+
+What the surrogate can be asked to reproduce is bounded by the real backend's own seed-to-seed
+noise, which :func:`seed_noise` measures on every seed where all the ranked policies ran (fit
+seeds included: the noise is a property of the real backend, not of the fit): the spread of a
+policy's real final accuracy across seeds, and Kendall's tau between the real rankings on two
+different seeds. When the real backend does not agree with itself across seeds, no surrogate can
+show a higher tau than that agreement on a handful of held-out seeds.
 """
 
 from __future__ import annotations
@@ -34,7 +41,17 @@ from fedenv.calibrate.fit import prediction_errors
 from fedenv.calibrate.traces import EpisodeTrace
 from fedenv.config import EnvConfig, SurrogateConfig
 
-__all__ = ["kendall_tau", "replay_on_surrogate", "PolicyRow", "FidelityReport", "fidelity_report", "render_markdown", "update_markdown"]
+__all__ = [
+    "kendall_tau",
+    "replay_on_surrogate",
+    "seed_noise",
+    "trace_inventory",
+    "PolicyRow",
+    "FidelityReport",
+    "fidelity_report",
+    "render_markdown",
+    "update_markdown",
+]
 
 
 def kendall_tau(x: ArrayLike, y: ArrayLike) -> float:
@@ -133,10 +150,50 @@ class FidelityReport:
     kendall_tau_window: float = float("nan")
     mean_abs_window_error: float = float("nan")
     traces: dict[str, Any] = field(default_factory=dict)
+    noise: dict[str, Any] = field(default_factory=dict)
+    """The real backend's seed-to-seed noise (:func:`seed_noise`)."""
 
 
 def _order(names: Sequence[str], values: Sequence[float]) -> list[str]:
     return [names[i] for i in np.argsort(-np.asarray(values), kind="stable")]
+
+
+def seed_noise(episodes: Sequence[EpisodeTrace], policies: Sequence[str], window: int = 5) -> dict[str, Any]:
+    """The real backend's own seed-to-seed noise over ``policies`` (module docstring).
+
+    Uses every seed on which all ``policies`` have a complete episode. Returns the seeds, per
+    policy the final accuracies (points) per seed and their sample standard deviation, the
+    pooled standard deviation over policies (root mean of the per-policy variances), and
+    Kendall's tau between the real rankings on each pair of seeds, by final accuracy and by
+    mean accuracy over the last ``window`` rounds (with their means over the pairs). Fewer
+    than two such seeds give NaN spreads and no pairs.
+    """
+    table: dict[str, dict[int, EpisodeTrace]] = defaultdict(dict)
+    for ep in episodes:
+        table[ep.policy][ep.seed] = ep
+    seeds = sorted(set.intersection(*(set(table[p]) for p in policies))) if policies else []
+    final = {p: [100.0 * table[p][s].final_accuracy for s in seeds] for p in policies}
+    win = {p: [100.0 * table[p][s].window_accuracy(window) for s in seeds] for p in policies}
+    std = {p: float(np.std(v, ddof=1)) if len(v) > 1 else float("nan") for p, v in final.items()}
+    pairs: list[dict[str, Any]] = []
+    for a in range(len(seeds)):
+        for b in range(a + 1, len(seeds)):
+            pairs.append(
+                {
+                    "seeds": [seeds[a], seeds[b]],
+                    "tau": kendall_tau([final[p][a] for p in policies], [final[p][b] for p in policies]),
+                    "tau_window": kendall_tau([win[p][a] for p in policies], [win[p][b] for p in policies]),
+                }
+            )
+    return {
+        "seeds": seeds,
+        "final": final,
+        "std": std,
+        "pooled_std": float(np.sqrt(np.mean([v**2 for v in std.values()]))) if len(seeds) > 1 and std else float("nan"),
+        "pairs": pairs,
+        "mean_tau": float(np.nanmean([q["tau"] for q in pairs])) if pairs else float("nan"),
+        "mean_tau_window": float(np.nanmean([q["tau_window"] for q in pairs])) if pairs else float("nan"),
+    }
 
 
 def fidelity_report(
@@ -204,6 +261,7 @@ def fidelity_report(
         kendall_tau_window=tau_window,
         mean_abs_window_error=float(np.mean(np.abs([r.window_error for r in rows]))) if rows else float("nan"),
         traces={"episodes": len(episodes), "rounds": int(sum(ep.num_rounds for ep in episodes)), "wall_s": wall, "machines": machines},
+        noise=seed_noise(episodes, [r.policy for r in rows], window),
     )
 
 
@@ -247,7 +305,73 @@ def render_markdown(report: FidelityReport, *, command: str = "", calibration: s
         "",
         f"Ranking on the surrogate:    {' > '.join(f'`{p}`' for p in r.surrogate_order)}",
     ]
+    nz = r.noise
+    if nz and len(nz.get("seeds", [])) > 1:
+        lines += [
+            "",
+            f"Seed-to-seed noise of the real backend (every seed with all {len(r.rows)} policies, fit seeds included: "
+            f"{', '.join(map(str, nz['seeds']))}): final accuracy per seed, points, and its standard deviation across seeds:",
+            "",
+            "| policy | real final accuracy per seed | std across seeds |",
+            "|---|---|---|",
+        ]
+        for p, vals in nz["final"].items():
+            lines.append(f"| `{p}` | {', '.join(f'{v:.1f}' for v in vals)} | {nz['std'][p]:.2f} |")
+        pair_txt = "; ".join(f"seeds {a} vs {b}: {q['tau']:.3f} (last {r.window} rounds {q['tau_window']:.3f})" for q in nz["pairs"] for a, b in [q["seeds"]])
+        lines += [
+            "",
+            f"Pooled std of a policy's real final accuracy across seeds: {nz['pooled_std']:.2f} points "
+            f"(spread of the policies' real means on the held-out seeds: {max(_real_means(r)) - min(_real_means(r)):.2f} points).",
+            f"Kendall tau-b between the real rankings on two seeds: {pair_txt}; mean {nz['mean_tau']:.3f} "
+            f"(last {r.window} rounds: {nz['mean_tau_window']:.3f}).",
+        ]
     return "\n".join(line for line in lines if line is not None) + "\n"
+
+
+def _real_means(report: FidelityReport) -> list[float]:
+    """The policies' real mean final accuracies (points), in row order."""
+    return [row.real_mean for row in report.rows]
+
+
+def trace_inventory(files: Sequence[str | Path]) -> str:
+    """A Markdown table of the complete episodes in each trace file: per file and policy, the
+    seeds, rounds per episode and wall time, with the machine that ran them."""
+    from fedenv.calibrate.traces import load_traces
+
+    lines = [
+        "| trace file | policy | seeds (complete episodes) | rounds per episode | wall time, h | median s / round |",
+        "|---|---|---|---|---|---|",
+    ]
+    per_round: list[float] = []
+    machines: set[str] = set()
+    total_eps, total_rounds, total_wall = 0, 0, 0.0
+    for f in files:
+        episodes = load_traces(f)
+        by_policy: dict[str, list[EpisodeTrace]] = defaultdict(list)
+        for ep in episodes:
+            by_policy[ep.policy].append(ep)
+            meta = ep.meta
+            machines.add(f"{meta.get('processor', '?')}, {meta.get('cpus', '?')} CPUs, cuda={meta.get('cuda')}, torch {meta.get('torch', '?')} "
+                         f"at {meta.get('torch_threads', '?')} thread(s)")
+        for policy, eps in by_policy.items():
+            rounds = sorted({ep.num_rounds for ep in eps})
+            wall = sum(float(ep.wall_s.sum()) for ep in eps)
+            walls = np.concatenate([ep.wall_s for ep in eps])
+            per_round.extend(walls.tolist())
+            lines.append(
+                f"| `{Path(f).name}` | `{policy}` | {', '.join(str(ep.seed) for ep in eps)} | {', '.join(map(str, rounds))} "
+                f"| {wall / 3600:.2f} | {float(np.median(walls)):.0f} |"
+            )
+            total_eps += len(eps)
+            total_rounds += sum(ep.num_rounds for ep in eps)
+            total_wall += wall
+    q = np.percentile(per_round, [10, 50, 90]) if per_round else np.full(3, np.nan)
+    lines += [
+        "",
+        f"In all: {total_eps} complete episodes, {total_rounds} rounds, {total_wall / 3600:.2f} h of wall time on {'; '.join(sorted(machines)) or '?'}; "
+        f"wall time of a round: median {q[1]:.0f} s (10th-90th percentile {q[0]:.0f}-{q[2]:.0f} s).",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def update_markdown(path: str | Path, block: str, body: str) -> None:
