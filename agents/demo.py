@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 #: Measured wall-clock of the full budget on the 2-core reference machine (docs/agents.md).
-FULL_BUDGET_NOTE = "300k env steps; measured 38 min of training on a 2-core machine shared with other jobs"
+FULL_BUDGET_NOTE = "300k env steps; measured 3.4 min of training on an idle 2-core machine (38 min when shared with other jobs)"
 
 
 if __name__ == "__main__":
