@@ -109,6 +109,27 @@ class ActionAdapter:
         return out
 
 
+    def encode(self, env_action: NDArray[np.floating[Any]]) -> NDArray[np.float32]:
+        """An agent action that this adapter maps to ``env_action``'s decisions (inverse of ``__call__``).
+
+        The ``env`` form returns the canonical action itself; ``factored``: schedule +-0.5, the
+        centre of the rank's slot, the other components unchanged. Used for imitation targets
+        (agents/bc.py); the ``residual`` form has no fixed inverse (it depends on the base action).
+        """
+        if self._base_policy is not None:
+            raise ValueError("the residual action form has no fixed inverse: its action is relative to the Lyapunov action of the round")
+        a = np.clip(np.asarray(env_action, dtype=np.float32).reshape(self.env_shape), -1.0, 1.0)
+        if not self.factored:
+            return a
+        m = self.num_modules
+        module = np.minimum(np.floor((a[:, self.module_index] + 1.0) * 0.5 * (m + 1)), m)
+        out = np.empty(self.shape, dtype=np.float32)
+        out[:, 0] = np.where(module > 0, 0.5, -0.5)
+        out[:, 1] = np.where(module > 0, (np.maximum(module - 1, 0) + 0.5) / m * 2.0 - 1.0, 0.0)
+        others = [i for i in range(self.env_shape[1]) if i != self.module_index]
+        out[:, 2:] = a[:, others]
+        return out
+
 class AgentAction(gym.ActionWrapper[Any, NDArray[np.float32], NDArray[np.float32]]):
     """Training-side wrapper: the env driven by the agent's action form (:class:`ActionAdapter`)."""
 

@@ -77,6 +77,8 @@ class Args:
     # --- optional constraint (agents/constraints.py; the env and its reward are unchanged)
     accuracy_target: float | None = field(default=None, metadata=_help("train for E[final accuracy] >= this by Lagrangian relaxation (None = off)"))
     lambda_lr: float = field(default=0.05, metadata=_help("dual ascent step of the accuracy multiplier, per accuracy point of violation"))
+    bc_steps: int = field(default=0, metadata=_help("env steps of the Lyapunov policy to imitate before PPO (behaviour-cloning warm start; 0 = off; agents/bc.py)"))
+    bc_epochs: int = field(default=30, metadata=_help("epochs of the behaviour-cloning fit"))
     # --- evaluation, checkpoints, logging
     eval_freq: int = field(default=25_000, metadata=_help("env steps between held-out evaluations (0 = off)"))
     eval_episodes: int = field(default=10, metadata=_help("held-out episodes per evaluation"))
@@ -151,6 +153,16 @@ def main(argv: list[str] | None = None) -> Path:
             device=args.device,
             verbose=0,
         )
+
+    # --- optional behaviour-cloning warm start from the Lyapunov policy (a new run only)
+    if args.bc_steps > 0 and latest is None:
+        from agents.bc import clone, lyapunov_demonstrations
+
+        if args.action_form == "residual":
+            raise ValueError("--bc-steps imitates the Lyapunov policy, which the residual action form already plays; use one or the other")
+        demo_obs, demo_act = lyapunov_demonstrations(venv, config, actions, args.bc_steps)
+        loss = clone(model.policy, demo_obs, demo_act, epochs=args.bc_epochs, seed=args.seed)
+        print(f"[bc] imitated the Lyapunov policy on {len(demo_obs):,d} env steps: action MSE {loss:.4f}", flush=True)
 
     # --- callbacks: env metrics to TensorBoard, held-out evaluation (best model), checkpoints
     evaluator = HeldOutEvalCallback(config, run, args.eval_freq, episode_seeds(args.eval_seed, args.eval_episodes), features, actions, name="ppo", accuracy_target=args.accuracy_target)

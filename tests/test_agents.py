@@ -328,3 +328,36 @@ def test_residual_action_form_with_a_zero_action_plays_the_lyapunov_policy() -> 
     assert rewards == expected
     with pytest.raises(RuntimeError, match="observe"):
         ActionAdapter(cfg, "residual")(np.zeros((cfg.devices.num_devices, 3)))
+
+
+def test_factored_encode_inverts_the_adapter_on_the_decisions() -> None:
+    from agents.actions import ActionAdapter
+    from fedenv.actions import ActionCodec
+
+    cfg = resolve_config("switching")
+    adapter, codec = ActionAdapter(cfg, "factored"), ActionCodec(cfg)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        a = rng.uniform(-1, 1, (cfg.devices.num_devices, 3)).astype(np.float32)
+        d1 = codec.decode(codec.validate(a))
+        d2 = codec.decode(codec.validate(adapter(adapter.encode(a))))
+        assert np.array_equal(d1.module, d2.module)
+        assert np.allclose(d1.power_w, d2.power_w) and np.allclose(d1.share, d2.share, atol=1e-6)
+
+
+def test_behaviour_cloning_imitates_the_lyapunov_decisions() -> None:
+    from agents.actions import ActionAdapter
+    from agents.bc import clone, lyapunov_demonstrations
+    from agents.envs import make_vec_env
+    from agents.policies import PerDeviceActorCriticPolicy
+
+    cfg = resolve_config("switching", num_rounds=5)
+    venv = make_vec_env(cfg, 2, "dummy", seed=0)
+    obs, act = lyapunov_demonstrations(venv, cfg, ActionAdapter(cfg, "factored"), 24)
+    assert obs.shape == (24, venv.observation_space.shape[0]) and act.shape == (24, 40)
+    # the recorded actions are the Lyapunov decisions of those rounds, in the agent's form
+    assert set(np.unique(act.reshape(24, 10, 4)[:, :, 0])) <= {-0.5, 0.5}
+    policy = PerDeviceActorCriticPolicy(venv.observation_space, venv.action_space, lambda _: 3e-4, device_features=9, net_arch=[16])
+    before = float(((policy.get_distribution(th.as_tensor(obs)).distribution.mean.detach().numpy() - act) ** 2).mean())
+    after = clone(policy, obs, act, epochs=60, batch_size=8, lr=3e-3)
+    assert after < 0.5 * before

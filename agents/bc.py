@@ -1,0 +1,73 @@
+"""Behaviour-cloning warm start: PPO's policy first imitates the Lyapunov policy.
+
+``python -m agents.train_ppo --bc-steps 20000`` plays the Lyapunov policy
+(:class:`baselines.lyapunov.LyapunovPolicy`, V = ``DEFAULT_V``) in the training envs for that
+many env steps before PPO starts, records the (normalised) observations the agent sees and the
+Lyapunov decisions written in the agent's action form (:meth:`ActionAdapter.encode`), and fits
+the policy's action means to them by mean squared error. The rollouts also warm the observation
+normaliser. PPO then starts at the baseline's operating point (its accuracy) instead of at a
+random policy. The env and its reward are unchanged; the steps played for cloning are not
+counted in PPO's ``total_timesteps``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch as th
+from stable_baselines3.common.vec_env import VecEnv
+
+from agents.actions import ActionAdapter
+from fedenv.config import EnvConfig
+
+__all__ = ["lyapunov_demonstrations", "clone"]
+
+
+def _innermost(venv: VecEnv) -> Any:
+    inner: Any = venv
+    while hasattr(inner, "venv"):
+        inner = inner.venv
+    return inner
+
+
+def lyapunov_demonstrations(venv: VecEnv, config: EnvConfig, actions: ActionAdapter, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """(observations, agent actions) of the Lyapunov policy played for ``steps`` env steps in ``venv``."""
+    from baselines.lyapunov import LyapunovPolicy
+
+    n = venv.num_envs
+    experts = [LyapunovPolicy(config) for _ in range(n)]
+    obs = venv.reset()
+    inner = _innermost(venv)
+    infos = list(inner.reset_infos)
+    xs, ys = [], []
+    for _ in range(max(1, steps // n)):
+        act = np.stack([actions.encode(experts[i].act(None, infos[i])) for i in range(n)])
+        xs.append(np.asarray(obs, dtype=np.float32).copy())
+        ys.append(act)
+        obs, _, dones, step_infos = venv.step(act)
+        infos = [inner.reset_infos[i] if dones[i] else step_infos[i] for i in range(n)]
+    return np.concatenate(xs), np.concatenate(ys).reshape(len(xs) * n, -1)
+
+
+def clone(policy: Any, obs: np.ndarray, target: np.ndarray, *, epochs: int = 30, batch_size: int = 256, lr: float = 1e-3, seed: int = 0) -> float:
+    """Fit ``policy``'s action means to ``target`` (MSE); returns the final mean loss."""
+    gen = th.Generator().manual_seed(seed)
+    x = th.as_tensor(obs, device=policy.device)
+    y = th.as_tensor(target, dtype=th.float32, device=policy.device)
+    opt = th.optim.Adam(policy.parameters(), lr=lr)
+    policy.set_training_mode(True)
+    loss_value = float("nan")
+    for _ in range(epochs):
+        total, count = 0.0, 0
+        for idx in th.randperm(len(x), generator=gen).split(batch_size):
+            mean = policy.get_distribution(x[idx]).distribution.mean
+            loss = th.nn.functional.mse_loss(mean.reshape(len(idx), -1), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+            count += len(idx)
+        loss_value = total / count
+    policy.set_training_mode(False)
+    return loss_value
