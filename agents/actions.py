@@ -40,6 +40,7 @@ import numpy as np
 from gymnasium import spaces
 from numpy.typing import NDArray
 
+from fedenv.actions import ActionCodec
 from fedenv.config import EnvConfig
 
 __all__ = ["ACTION_FORMS", "RESIDUAL_SCALE", "ActionAdapter", "AgentAction"]
@@ -63,7 +64,9 @@ class ActionAdapter:
         self.factored = kind == "factored" and "module" in comps
         self.module_index = comps.index("module") if "module" in comps else -1
         self.shape = (self.num_devices, len(comps) + 1) if self.factored else self.env_shape
-        self.config = config
+        #: env components other than ``module``, in order (the factored action's columns 2..)
+        self._others = [i for i in range(self.env_shape[1]) if i != self.module_index]
+        self._codec = ActionCodec(config)
         self._base_policy: Any = None
         self._base: NDArray[np.float32] | None = None
         if kind == "residual":
@@ -103,11 +106,9 @@ class ActionAdapter:
         rank_slot = np.minimum(np.floor((a[:, 1] + 1.0) * 0.5 * m), m - 1)
         module = np.where(a[:, 0] > 0.0, 1.0 + rank_slot, 0.0)
         out = np.empty(self.env_shape, dtype=np.float32)
-        others = [i for i in range(self.env_shape[1]) if i != self.module_index]
-        out[:, others] = a[:, 2:]
+        out[:, self._others] = a[:, 2:]
         out[:, self.module_index] = (module + 0.5) / (m + 1) * 2.0 - 1.0
         return out
-
 
     def encode(self, env_action: NDArray[np.floating[Any]]) -> NDArray[np.float32]:
         """An agent action that this adapter maps to ``env_action``'s decisions (inverse of ``__call__``).
@@ -121,14 +122,13 @@ class ActionAdapter:
         a = np.clip(np.asarray(env_action, dtype=np.float32).reshape(self.env_shape), -1.0, 1.0)
         if not self.factored:
             return a
-        m = self.num_modules
-        module = np.minimum(np.floor((a[:, self.module_index] + 1.0) * 0.5 * (m + 1)), m)
+        module = self._codec.decode(self._codec.validate(a)).module  # the env's own module mapping
         out = np.empty(self.shape, dtype=np.float32)
         out[:, 0] = np.where(module > 0, 0.5, -0.5)
-        out[:, 1] = np.where(module > 0, (np.maximum(module - 1, 0) + 0.5) / m * 2.0 - 1.0, 0.0)
-        others = [i for i in range(self.env_shape[1]) if i != self.module_index]
-        out[:, 2:] = a[:, others]
+        out[:, 1] = np.where(module > 0, (np.maximum(module - 1, 0) + 0.5) / self.num_modules * 2.0 - 1.0, 0.0)
+        out[:, 2:] = a[:, self._others]
         return out
+
 
 class AgentAction(gym.ActionWrapper[Any, NDArray[np.float32], NDArray[np.float32]]):
     """Training-side wrapper: the env driven by the agent's action form (:class:`ActionAdapter`)."""

@@ -24,13 +24,6 @@ from fedenv.config import EnvConfig
 __all__ = ["lyapunov_demonstrations", "clone"]
 
 
-def _innermost(venv: VecEnv) -> Any:
-    inner: Any = venv
-    while hasattr(inner, "venv"):
-        inner = inner.venv
-    return inner
-
-
 def lyapunov_demonstrations(venv: VecEnv, config: EnvConfig, actions: ActionAdapter, steps: int) -> tuple[np.ndarray, np.ndarray]:
     """(observations, agent actions) of the Lyapunov policy played for ``steps`` env steps in ``venv``."""
     from baselines.lyapunov import LyapunovPolicy
@@ -38,7 +31,7 @@ def lyapunov_demonstrations(venv: VecEnv, config: EnvConfig, actions: ActionAdap
     n = venv.num_envs
     experts = [LyapunovPolicy(config) for _ in range(n)]
     obs = venv.reset()
-    inner = _innermost(venv)
+    inner = venv.unwrapped  # the base VecEnv, whose reset_infos hold the new episodes' infos
     infos = list(inner.reset_infos)
     xs, ys = [], []
     for _ in range(max(1, steps // n)):

@@ -9,7 +9,7 @@ of episodes at once; each episode's trace is identical to the one generated alon
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 from numpy.typing import NDArray
@@ -55,13 +55,13 @@ def generate_trace(keys: NDArray[np.uint64], config: EnvConfig) -> Trace:
         return _generate(keys, config)
     # one output array per field, filled block by block (no concatenation copies)
     first = _generate(keys[:_BLOCK], config)
-    fields = ("position_m", "distance_m", "gain", "cpu_freq_hz", "success_uniform")
-    out = {name: np.empty((n,) + getattr(first, name).shape[1:], dtype=getattr(first, name).dtype) for name in fields}
-    for name in fields:
+    names = [f.name for f in fields(Trace)]
+    out = {name: np.empty((n,) + getattr(first, name).shape[1:], dtype=getattr(first, name).dtype) for name in names}
+    for name in names:
         out[name][:_BLOCK] = getattr(first, name)
     for i in range(_BLOCK, n, _BLOCK):
         part = _generate(keys[i : i + _BLOCK], config)
-        for name in fields:
+        for name in names:
             out[name][i : i + _BLOCK] = getattr(part, name)
     return Trace(**out)
 

@@ -258,8 +258,8 @@ def _complete_episodes(records: Iterable[dict[str, Any]]) -> tuple[list[str], di
     return [k for k in order if k in done], groups
 
 
-def load_traces(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[EpisodeTrace]:
-    """Complete episodes of one or more trace files (or directories of ``*.jsonl``), in file order."""
+def trace_files(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """The trace files named by ``paths``: files as given, directories as their ``*.jsonl`` (sorted)."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     files: list[Path] = []
@@ -271,8 +271,13 @@ def load_traces(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]
         else:
             raise FileNotFoundError(f"trace file or directory {str(p)!r} does not exist; collect traces first "
                                     "with `python -m fedenv.calibrate collect`")
+    return files
+
+
+def load_traces(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[EpisodeTrace]:
+    """Complete episodes of one or more trace files (or directories of ``*.jsonl``), in file order."""
     out: list[EpisodeTrace] = []
-    for f in files:
+    for f in trace_files(paths):
         keys, groups = _complete_episodes(_read_records(f))
         for key in keys:
             header, *rest = groups[key]

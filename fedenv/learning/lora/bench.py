@@ -112,16 +112,15 @@ def _time_engines(device: str, rounds: int) -> dict[str, Any]:
             sync()
             if r > 0:
                 times[name].append(time.perf_counter() - start)
-    flops = [flop] * rounds
-    util = [f / t / pk for f, t, pk in zip(flops, times["batched"], peaks[1:], strict=True)]
+    util = [flop / t / pk for t, pk in zip(times["batched"], peaks[1:], strict=True)]
     batched = statistics.median(times["batched"])
     sequential_s = statistics.median(times["sequential"])
     return {
         "batched_s_per_round": batched,
         "sequential_s_per_round": sequential_s,
         "speedup": sequential_s / batched,
-        "train_flops_per_round": statistics.median(flops),
-        "achieved_flops_per_s": statistics.median([f / t for f, t in zip(flops, times["batched"], strict=True)]),
+        "train_flops_per_round": flop,
+        "achieved_flops_per_s": statistics.median([flop / t for t in times["batched"]]),
         "matmul_flops_per_s": statistics.median(peaks[1:]),
         "utilisation": statistics.median(util),
         "rounds_timed": rounds,
