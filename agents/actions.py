@@ -27,6 +27,16 @@ exactly, and learning starts from the baseline's operating point (its accuracy) 
 from a random policy. The adapter is stateful: :meth:`ActionAdapter.observe` gives it the
 ``info`` of each reset/step before the next action.
 
+``gated``: the agent decides only *which* of the Lyapunov policy's scheduled devices train. Its
+action is one gate per device, ``(K, 1)``; a device whose gate is below :data:`GATE_THRESHOLD`
+is idled, every other device plays the Lyapunov decision unchanged (the bandwidth of an idled
+device goes to the others: the env normalises the weights over the scheduled devices). The
+threshold lies below the initial policy's mean (0), so training starts at the Lyapunov policy
+up to the exploration noise, and every structural change it can make (skip a costly device in a
+round where it buys little accuracy) keeps the baseline's deadline-feasible power and bandwidth
+split. The agent cannot add devices, only drop them. Paradigms with a ``module`` or
+``schedule`` component (switching, split, unified).
+
 One :class:`ActionAdapter` serves the training wrapper (:class:`AgentAction`) and the
 evaluation adapter, so they cannot disagree.
 """
@@ -43,11 +53,13 @@ from numpy.typing import NDArray
 from fedenv.actions import ActionCodec
 from fedenv.config import EnvConfig
 
-__all__ = ["ACTION_FORMS", "RESIDUAL_SCALE", "ActionAdapter", "AgentAction"]
+__all__ = ["ACTION_FORMS", "GATE_THRESHOLD", "RESIDUAL_SCALE", "ActionAdapter", "AgentAction"]
 
-ACTION_FORMS = ("env", "factored", "residual")
+ACTION_FORMS = ("env", "factored", "residual", "gated")
 #: scale of the agent's action in the ``residual`` form (canonical units per unit of action)
 RESIDUAL_SCALE = 1.0
+#: the ``gated`` form idles a device whose gate is below this value
+GATE_THRESHOLD = -0.5
 
 
 class ActionAdapter:
@@ -63,20 +75,26 @@ class ActionAdapter:
         self.env_shape = (self.num_devices, len(comps))
         self.factored = kind == "factored" and "module" in comps
         self.module_index = comps.index("module") if "module" in comps else -1
-        self.shape = (self.num_devices, len(comps) + 1) if self.factored else self.env_shape
+        self.gated = kind == "gated"
+        if self.gated and "module" not in comps and "schedule" not in comps:
+            raise ValueError(f"the gated action form idles devices, so it needs a module or schedule action component; the {config.paradigm!r} paradigm has {', '.join(comps)}")
+        #: the column that schedules a device, and its canonical "idle" value (module 0, schedule <= 0)
+        self._gate_column = self.module_index if self.module_index >= 0 else (comps.index("schedule") if "schedule" in comps else -1)
+        self._idle_value = 0.5 / (self.num_modules + 1) * 2.0 - 1.0 if self.module_index >= 0 else -1.0
+        self.shape = (self.num_devices, len(comps) + 1) if self.factored else (self.num_devices, 1) if self.gated else self.env_shape
         #: env components other than ``module``, in order (the factored action's columns 2..)
         self._others = [i for i in range(self.env_shape[1]) if i != self.module_index]
         self._codec = ActionCodec(config)
         self._base_policy: Any = None
         self._base: NDArray[np.float32] | None = None
-        if kind == "residual":
+        if kind in ("residual", "gated"):
             from baselines.lyapunov import LyapunovPolicy
 
             self._base_policy = LyapunovPolicy(config)
 
     @property
     def stateful(self) -> bool:
-        """Whether the adapter needs :meth:`observe` before each action (``residual``)."""
+        """Whether the adapter needs :meth:`observe` before each action (``residual``, ``gated``)."""
         return self._base_policy is not None
 
     def reset(self, seed: int | None = None) -> None:
@@ -95,19 +113,31 @@ class ActionAdapter:
         return spaces.Box(-1.0, 1.0, shape=self.shape, dtype=np.float32)
 
     def __call__(self, action: NDArray[np.floating[Any]]) -> NDArray[np.float32]:
-        a = np.clip(np.asarray(action, dtype=np.float32).reshape(self.shape), -1.0, 1.0)
+        """The env's canonical action; a batch (N, K, C') of ``env`` or ``factored`` actions gives (N, K, C)."""
+        a = np.asarray(action, dtype=np.float32)
+        if a.ndim == 3 and self._base_policy is None:
+            return self._map(np.clip(a, -1.0, 1.0))
+        a = np.clip(a.reshape(self.shape), -1.0, 1.0)
         if self._base_policy is not None:
             if self._base is None:
-                raise RuntimeError("the residual action form needs observe(info) after every reset/step before an action")
+                raise RuntimeError(f"the {self.kind} action form needs observe(info) after every reset/step before an action")
+            if self.gated:
+                out = self._base.copy()
+                out[a[:, 0] < GATE_THRESHOLD, self._gate_column] = self._idle_value
+                return out
             return np.clip(self._base + RESIDUAL_SCALE * a, -1.0, 1.0)
+        return self._map(a)
+
+    def _map(self, a: NDArray[np.float32]) -> NDArray[np.float32]:
+        """The stateless forms on clipped actions of shape (..., K, C')."""
         if not self.factored:
             return a
         m = self.num_modules
-        rank_slot = np.minimum(np.floor((a[:, 1] + 1.0) * 0.5 * m), m - 1)
-        module = np.where(a[:, 0] > 0.0, 1.0 + rank_slot, 0.0)
-        out = np.empty(self.env_shape, dtype=np.float32)
-        out[:, self._others] = a[:, 2:]
-        out[:, self.module_index] = (module + 0.5) / (m + 1) * 2.0 - 1.0
+        rank_slot = np.minimum(np.floor((a[..., 1] + 1.0) * 0.5 * m), m - 1)
+        module = np.where(a[..., 0] > 0.0, 1.0 + rank_slot, 0.0)
+        out = np.empty(a.shape[:-1] + self.env_shape[-1:], dtype=np.float32)
+        out[..., self._others] = a[..., 2:]
+        out[..., self.module_index] = (module + 0.5) / (m + 1) * 2.0 - 1.0
         return out
 
     def encode(self, env_action: NDArray[np.floating[Any]]) -> NDArray[np.float32]:
@@ -115,10 +145,11 @@ class ActionAdapter:
 
         The ``env`` form returns the canonical action itself; ``factored``: schedule +-0.5, the
         centre of the rank's slot, the other components unchanged. Used for imitation targets
-        (agents/bc.py); the ``residual`` form has no fixed inverse (it depends on the base action).
+        (agents/bc.py); the ``residual`` and ``gated`` forms have no fixed inverse (they depend on
+        the base action).
         """
         if self._base_policy is not None:
-            raise ValueError("the residual action form has no fixed inverse: its action is relative to the Lyapunov action of the round")
+            raise ValueError(f"the {self.kind} action form has no fixed inverse: its action is relative to the Lyapunov action of the round")
         a = np.clip(np.asarray(env_action, dtype=np.float32).reshape(self.env_shape), -1.0, 1.0)
         if not self.factored:
             return a
@@ -136,7 +167,7 @@ class AgentAction(gym.ActionWrapper[Any, NDArray[np.float32], NDArray[np.float32
     def __init__(self, env: gym.Env[Any, Any], adapter: ActionAdapter) -> None:
         super().__init__(env)
         self.adapter = adapter
-        self.action_space = adapter.space
+        self.action_space = adapter.space  # type: ignore[assignment]
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         obs, info = self.env.reset(seed=seed, options=options)

@@ -26,21 +26,30 @@ __all__ = ["lyapunov_demonstrations", "clone"]
 
 def lyapunov_demonstrations(venv: VecEnv, config: EnvConfig, actions: ActionAdapter, steps: int) -> tuple[np.ndarray, np.ndarray]:
     """(observations, agent actions) of the Lyapunov policy played for ``steps`` env steps in ``venv``."""
+    from agents.envs import BatchedAgentVecEnv
     from baselines.lyapunov import LyapunovPolicy
 
     n = venv.num_envs
     experts = [LyapunovPolicy(config) for _ in range(n)]
     obs = venv.reset()
     inner = venv.unwrapped  # the base VecEnv, whose reset_infos hold the new episodes' infos
-    infos = list(inner.reset_infos)
+    batched = isinstance(inner, BatchedAgentVecEnv)  # its infos are lean: read the state from the batched env
+    infos = _state_infos(inner) if batched else list(inner.reset_infos)
     xs, ys = [], []
     for _ in range(max(1, steps // n)):
         act = np.stack([actions.encode(experts[i].act(None, infos[i])) for i in range(n)])
         xs.append(np.asarray(obs, dtype=np.float32).copy())
         ys.append(act)
         obs, _, dones, step_infos = venv.step(act)
-        infos = [inner.reset_infos[i] if dones[i] else step_infos[i] for i in range(n)]
+        infos = _state_infos(inner) if batched else [inner.reset_infos[i] if dones[i] else step_infos[i] for i in range(n)]
     return np.concatenate(xs), np.concatenate(ys).reshape(len(xs) * n, -1)
+
+
+def _state_infos(venv: Any) -> list[dict[str, Any]]:
+    """Per-env state ``info`` dicts (what the Lyapunov policy reads) of a batched training env."""
+    state = venv.venv.state_info()
+    keys = [key for key in state if not key.startswith("_")]
+    return [{key: state[key][i] for key in keys} for i in range(venv.num_envs)]
 
 
 def clone(policy: Any, obs: np.ndarray, target: np.ndarray, *, epochs: int = 30, batch_size: int = 256, lr: float = 1e-3, seed: int = 0) -> float:

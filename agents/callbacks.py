@@ -1,7 +1,7 @@
 """SB3 callbacks of the training scripts: env metrics to TensorBoard, held-out evaluation, checkpoints.
 
-* :class:`EnvMetricsCallback` reads the env's ``info`` after every step and, at each episode end,
-  logs the episode's reward terms, energy, budget use, final accuracy and backlogs
+* :class:`EnvMetricsCallback` reads the env's ``info`` after every step (or the batched training
+  env's per-episode metrics) and, at each episode end, logs the episode's reward terms, energy, budget use, final accuracy and backlogs
   (``episode/*`` scalars in TensorBoard, averaged over the episodes of a rollout).
 * :class:`HeldOutEvalCallback` evaluates the current policy every ``eval_freq`` env steps on
   fixed held-out seeds, through the same :class:`agents.evaluate.SB3Policy` adapter and the
@@ -24,6 +24,7 @@ from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback
 from stable_baselines3.common.vec_env import VecNormalize
 
 from agents.actions import ActionAdapter
+from agents.envs import EpisodeStats
 from agents.evaluate import SB3Policy
 from agents.features import ObservationFeatures
 from agents.runs import RunDir
@@ -32,71 +33,39 @@ from fedenv.config import EnvConfig
 __all__ = ["EnvMetricsCallback", "HeldOutEvalCallback", "checkpoint_callback", "EVAL_FIELDS"]
 
 
-class _Episode:
-    """Running sums of one training episode's infos."""
-
-    __slots__ = ("terms", "energy", "rounds", "scheduled", "success", "latency")
-
-    def __init__(self) -> None:
-        self.terms: dict[str, float] = {}
-        self.energy: np.ndarray | float = 0.0
-        self.rounds = 0
-        self.scheduled = 0
-        self.success = 0
-        self.latency = 0.0
-
-
 class EnvMetricsCallback(BaseCallback):
-    """Logs per-episode env metrics from ``info`` (module docstring) under ``episode/``."""
+    """Logs per-episode env metrics (:class:`agents.envs.EpisodeStats`) under ``episode/``.
+
+    With single envs (``DummyVecEnv``, ``SubprocVecEnv``) it sums the env's step ``info`` itself;
+    the batched training env (:class:`agents.envs.BatchedAgentVecEnv`) sums them in arrays and
+    hands the finished episodes' metrics over in ``info["episode_metrics"]``.
+    """
 
     def __init__(self, energy_budget_j: float | None, verbose: int = 0) -> None:
         super().__init__(verbose)
         self.energy_budget_j = energy_budget_j
-        self._episodes: list[_Episode] = []
-
-    def _on_training_start(self) -> None:
-        self._episodes = [_Episode() for _ in range(self.training_env.num_envs)]
+        self._stats: EpisodeStats | None = None
 
     def _on_step(self) -> bool:
         infos: list[dict[str, Any]] = self.locals["infos"]
-        dones = self.locals["dones"]
-        for i, info in enumerate(infos):
-            ep = self._episodes[i]
-            terms = info.get("reward_terms")
-            if terms is None:
-                continue
-            for name, value in terms.items():
-                ep.terms[name] = ep.terms.get(name, 0.0) + value
-            ep.energy = ep.energy + np.asarray(info["energy_j"], dtype=np.float64)
-            ep.rounds += 1
-            module = np.asarray(info["module"])
-            ep.scheduled += int((module > 0).sum())
-            ep.success += int(np.asarray(info["success"]).sum())
-            ep.latency += float(info["round_latency_s"])
-            if dones[i]:
-                self._log_episode(ep, info)
-                self._episodes[i] = _Episode()
+        if "energy_j" not in infos[0]:
+            for info in infos:
+                if "episode_metrics" in info:
+                    self._log(info["episode_metrics"])
+            return True
+        if self._stats is None:
+            self._stats = EpisodeStats(len(infos), len(infos[0]["energy_j"]), self.energy_budget_j)
+        stats = self._stats
+        terms = {name: np.array([info["reward_terms"][name] for info in infos]) for name in infos[0]["reward_terms"]}
+        stats.add(terms, np.stack([info["energy_j"] for info in infos]), np.stack([info["module"] for info in infos]), np.stack([info["success"] for info in infos]), np.array([info["round_latency_s"] for info in infos]))
+        for i in np.flatnonzero(self.locals["dones"]):
+            info = infos[i]
+            self._log(stats.finish(int(i), float(info["accuracy"]), np.asarray(info["energy_backlog"]), float(info["latency_backlog"])))
         return True
 
-    def _log_episode(self, ep: _Episode, info: dict[str, Any]) -> None:
-        rec = self.logger.record_mean
-        for name, value in ep.terms.items():
-            rec(f"episode/reward_{name}", value)
-        rounds = max(ep.rounds, 1)
-        per_device = np.asarray(ep.energy) / rounds
-        rec("episode/return", sum(ep.terms.values()))
-        rec("episode/final_accuracy", float(info["accuracy"]))
-        rec("episode/energy_j_per_device_round", float(per_device.mean()))
-        if self.energy_budget_j is not None:
-            rec("episode/budget_use_max", float(per_device.max() / self.energy_budget_j))
-            rec("episode/within_budget", float((per_device <= self.energy_budget_j + 1e-12).all()))
-        backlog = np.asarray(info["energy_backlog"], dtype=np.float64)
-        rec("episode/final_energy_backlog_mean", float(backlog.mean()))
-        rec("episode/final_energy_backlog_max", float(backlog.max()))
-        rec("episode/final_latency_backlog", float(info["latency_backlog"]))
-        rec("episode/scheduled_per_round", ep.scheduled / rounds)
-        rec("episode/success_rate", ep.success / max(ep.scheduled, 1))
-        rec("episode/round_latency_s", ep.latency / rounds)
+    def _log(self, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            self.logger.record_mean(f"episode/{key}", value)
 
 
 _INFEASIBLE = 1e6

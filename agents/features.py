@@ -71,19 +71,25 @@ class ObservationFeatures:
         return spaces.Box(np.concatenate([dev_lo.ravel(), low[_F * k :]]), np.concatenate([dev_hi.ravel(), high[_F * k :]]), dtype=np.float32)
 
     def __call__(self, obs: NDArray[np.floating[Any]], info: dict[str, Any]) -> NDArray[np.float32]:
-        """The agent's observation from the env's ``obs`` and ``info`` of the same reset/step."""
+        """The agent's observation from the env's ``obs`` and ``info`` of the same reset/step.
+
+        Also batched: ``obs`` of shape (N, 7 K + 4) with the batched ``info`` of
+        :class:`fedenv.vector.FedLoRAWirelessVectorEnv` (its state keys) gives (N, size).
+        """
         if self.kind == "env":
             return np.asarray(obs, dtype=np.float32)
         k = self.num_devices
         obs = np.asarray(obs, dtype=np.float32)
-        skew = np.asarray(info["label_distribution"], dtype=np.float32) - np.asarray(info["global_label_distribution"], dtype=np.float32)
-        parts = [obs[: _F * k].reshape(k, _F), skew.reshape(k, self.num_labels)]
+        lead = obs.shape[:-1]
+        glob = np.asarray(info["global_label_distribution"], dtype=np.float32)
+        skew = np.asarray(info["label_distribution"], dtype=np.float32) - glob[..., None, :]
+        parts = [obs[..., : _F * k].reshape(*lead, k, _F), skew.reshape(*lead, k, self.num_labels)]
         if self.num_time:
-            to_go = self.num_rounds - int(info["round"])
-            ramps = np.array([max(0.0, 1.0 - to_go / h) for h in TIME_HORIZONS], dtype=np.float32)
-            parts.append(np.broadcast_to(ramps, (k, self.num_time)))
-        dev = np.concatenate(parts, axis=1)
-        return np.concatenate([dev.ravel(), obs[_F * k :]])
+            to_go = self.num_rounds - np.asarray(info["round"], dtype=np.float64)
+            ramps = np.maximum(0.0, 1.0 - to_go[..., None] / np.asarray(TIME_HORIZONS, dtype=np.float64)).astype(np.float32)
+            parts.append(np.broadcast_to(ramps[..., None, :], (*lead, k, self.num_time)))
+        dev = np.concatenate(parts, axis=-1)
+        return np.concatenate([dev.reshape(*lead, k * self.device_features), obs[..., _F * k :]], axis=-1)
 
 
 class AgentObservation(gym.Wrapper[NDArray[np.float32], Any, NDArray[np.float32], Any]):
@@ -93,7 +99,7 @@ class AgentObservation(gym.Wrapper[NDArray[np.float32], Any, NDArray[np.float32]
         super().__init__(env)
         self.features = features
         assert isinstance(env.observation_space, spaces.Box)
-        self.observation_space = features.observation_space(env.observation_space)
+        self.observation_space = features.observation_space(env.observation_space)  # type: ignore[assignment]
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[NDArray[np.float32], dict[str, Any]]:
         obs, info = self.env.reset(seed=seed, options=options)

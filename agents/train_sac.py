@@ -49,9 +49,9 @@ class Args:
     total_timesteps: int = field(default=200_000, metadata=_help("env steps (rounds) to train for"))
     # --- environment
     n_envs: int = field(default=4, metadata=_help("parallel training envs"))
-    vec_env: str = field(default="dummy", metadata=_help("dummy (one process) or subproc (one process per env)"))
+    vec_env: str = field(default="auto", metadata=_help("auto (batched where it applies, else dummy), batched (one batched env, fastest; surrogate backend, env and factored action forms), dummy (single envs in one process) or subproc (one process per env); agents/envs.py"))
     obs_features: str = field(default="label_mix", metadata=_help("env (the env's observation), label_mix (+ each device's label skew from info) or label_mix_time (+ time-to-go ramps); agents/features.py"))
-    action_form: str = field(default="factored", metadata=_help("env (the env's action), factored (separate schedule and rank per device) or residual (on top of the Lyapunov policy); agents/actions.py"))
+    action_form: str = field(default="factored", metadata=_help("env (the env's action), factored (separate schedule and rank per device), residual (on top of the Lyapunov policy) or gated (which of the Lyapunov policy's devices train); agents/actions.py"))
     norm_obs: bool = field(default=True, metadata=_help("normalise observations (VecNormalize, saved with the model)"))
     norm_reward: bool = field(default=True, metadata=_help("normalise rewards by the running return's std"))
     # --- network

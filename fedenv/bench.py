@@ -180,19 +180,22 @@ class _TrivialEnv:
         return Trivial()
 
 
-def _trivial_vec_env(num_envs: int, horizon: int) -> Any:
-    """A stable-baselines3 VecEnv with the same spaces and API outputs as fedenv.sb3's, doing nothing."""
+def _trivial_vec_env(num_envs: int, horizon: int, spaces: tuple[Any, Any] | None = None) -> Any:
+    """A stable-baselines3 VecEnv with the same spaces (default: the env's) and API outputs as fedenv.sb3's, doing nothing."""
     from stable_baselines3.common.vec_env.base_vec_env import VecEnv
 
     from fedenv.env import FedLoRAWirelessEnv
 
-    ref = FedLoRAWirelessEnv()
-    obs_shape = ref.observation_space.shape or ()
+    if spaces is None:
+        ref = FedLoRAWirelessEnv()
+        spaces = (ref.observation_space, ref.action_space)
+    obs_space, act_space = spaces
+    obs_shape = obs_space.shape or ()
 
     class TrivialVecEnv(VecEnv):
         def __init__(self) -> None:
             self.render_mode = None
-            super().__init__(num_envs, ref.observation_space, ref.action_space)
+            super().__init__(num_envs, obs_space, act_space)
             self._t = 0
 
         def reset(self) -> Any:
@@ -256,10 +259,12 @@ def _timed(venv: Any) -> Any:
 def bench_ppo(args: argparse.Namespace) -> dict[str, Any]:
     """SB3 PPO frames/s on FedLoRAWireless-v0 vs on a trivial env of the same spaces.
 
-    Two pairs, run alternately in one process (best of ``--repeats``): single envs through
-    ``DummyVecEnv`` (issue 5: the env should cost PPO < 15% of its throughput) and the batched
-    env through :class:`fedenv.sb3.FedLoRAWirelessVecEnv` next to a trivial batched VecEnv
-    (issue 6: >= 90% of the trivial env's frames/s). PPO uses SB3's defaults except n_steps,
+    Three pairs, run alternately in one process (best of ``--repeats``): single envs through
+    ``DummyVecEnv``; the batched env through :class:`fedenv.sb3.FedLoRAWirelessVecEnv` next to a
+    trivial batched VecEnv (issue 6: >= 90% of the trivial env's frames/s); and the training
+    envs of ``agents/train_ppo.py`` (``agents.envs.make_vec_env`` with its defaults: the
+    batched env with the agent's ``label_mix`` observation and ``factored`` action) next to a
+    trivial VecEnv of those spaces (issue 5: the env should cost PPO < 15% of its throughput). PPO uses SB3's defaults except n_steps,
     sized so that a rollout holds 2048 frames; torch runs on 1 thread.
 
     Besides the frames/s of separate runs (sensitive to other load on the machine), the time
@@ -271,17 +276,24 @@ def bench_ppo(args: argparse.Namespace) -> dict[str, Any]:
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import DummyVecEnv
 
+    from agents.envs import make_vec_env
+    from fedenv.config import resolve_config
     from fedenv.env import FedLoRAWirelessEnv
     from fedenv.sb3 import FedLoRAWirelessVecEnv
 
     torch.set_num_threads(1)
     num_envs, horizon = 16, 50
     frames = 4096 if args.quick else 16384
+    config = resolve_config()
+    probe = make_vec_env(config, 1, "batched")
+    agent_spaces = (probe.observation_space, probe.action_space)
     makers = {
         "dummy_trivial": lambda: DummyVecEnv([lambda: _TrivialEnv(horizon) for _ in range(num_envs)]),
         "dummy_fedlora": lambda: DummyVecEnv([lambda: FedLoRAWirelessEnv() for _ in range(num_envs)]),
         "batched_trivial": lambda: _trivial_vec_env(num_envs, horizon),
         "batched_fedlora": lambda: FedLoRAWirelessVecEnv(num_envs, seed=0),
+        "training_trivial": lambda: _trivial_vec_env(num_envs, horizon, agent_spaces),
+        "training_fedlora": lambda: make_vec_env(config, num_envs, "batched", seed=0),
     }
     # warm up torch and every env type (first-call costs are not throughput)
     for make in makers.values():
@@ -301,21 +313,26 @@ def bench_ppo(args: argparse.Namespace) -> dict[str, Any]:
                 env_s[name] = venv.seconds / model.num_timesteps
                 share[name] = venv.seconds / total
     derived = {}
-    for kind in ("dummy", "batched"):
+    for kind in ("dummy", "batched", "training"):
         ours, trivial = f"{kind}_fedlora", f"{kind}_trivial"
         own = 1.0 / fps[ours] - env_s[ours]  # PPO's own seconds per frame, in our run
         derived[kind] = (own + env_s[trivial]) / (own + env_s[ours])
     dummy_ratio = fps["dummy_fedlora"] / fps["dummy_trivial"]
     batched_ratio = fps["batched_fedlora"] / fps["batched_trivial"]
+    training_ratio = fps["training_fedlora"] / fps["training_trivial"]
     for name, value in fps.items():
         print(f"PPO {name:<16} {value:>9,.0f} frames/s   env {1e6 * env_s[name]:7.1f} us/frame = {share[name]:5.1%} of the run")
     print(
         f"DummyVecEnv: FedLoRAWireless-v0 at {dummy_ratio:.1%} of the trivial env's frames/s "
-        f"(from env time: {derived['dummy']:.1%}; env cost {1 - derived['dummy']:.1%}, target < 15%)"
+        f"(from env time: {derived['dummy']:.1%}; env cost {1 - derived['dummy']:.1%})"
     )
     print(
         f"batched:     FedLoRAWirelessVecEnv at {batched_ratio:.1%} of the trivial VecEnv's frames/s "
         f"(from env time: {derived['batched']:.1%}; target >= 90%)"
+    )
+    print(
+        f"training:    agents' training envs at {training_ratio:.1%} of the trivial VecEnv's frames/s "
+        f"(from env time: {derived['training']:.1%}; env cost {1 - derived['training']:.1%}, target < 15%)"
     )
     return {
         "num_envs": num_envs,
@@ -329,6 +346,9 @@ def bench_ppo(args: argparse.Namespace) -> dict[str, Any]:
         "dummy_env_cost": 1 - derived["dummy"],
         "batched_ratio": batched_ratio,
         "batched_ratio_from_env_time": derived["batched"],
+        "training_ratio": training_ratio,
+        "training_ratio_from_env_time": derived["training"],
+        "training_env_cost": 1 - derived["training"],
     }
 
 

@@ -99,7 +99,7 @@ class FedLoRAWirelessVecEnv(VecEnv):
         if dones.any():
             for j in np.flatnonzero(dones):
                 infos[j]["terminal_observation"] = obs[j].copy()
-            obs = self.venv._restart(dones)
+            obs = self.venv.restart(dones)
         return obs, rewards.astype(np.float32), dones, infos
 
     def _pick(self, info: dict[str, Any], i: int) -> dict[str, Any]:

@@ -431,15 +431,23 @@ class FedLoRAWirelessVectorEnv(gym.vector.VectorEnv[NDArray[np.float32], NDArray
             notes[key], notes["_" + key] = arr, mask
         info["data_notes"], info["_data_notes"] = notes, mask
 
-    def _restart(self, mask: NDArray[np.bool_]) -> NDArray[np.float32]:
-        """Reset the sub-envs of ``mask`` now (no info) and return every sub-env's observation.
+    def restart(self, mask: NDArray[np.bool_]) -> NDArray[np.float32]:
+        """Reset the sub-envs of ``mask`` now, continuing their generators, and return every sub-env's observation.
 
-        For adapters with same-step autoreset (stable-baselines3's VecEnv API).
+        For adapters with same-step autoreset (stable-baselines3's VecEnv API): call it right
+        after a ``step`` with the mask of finished sub-envs; it cancels their next-step
+        autoreset. No info is built; :meth:`state_info` gives the new episodes' state.
         """
         idx = np.flatnonzero(mask)
         self._reset_rows(idx, [None] * idx.size)
         self._autoreset = self._autoreset & ~mask
         return self._observe()
+
+    def state_info(self) -> dict[str, Any]:
+        """The state keys of ``info`` (round, channel, label mixes, backlogs, accuracy, ...) for every sub-env now."""
+        info: dict[str, Any] = {}
+        self._state_info(info, np.arange(self.num_envs))
+        return info
 
     def close_extras(self, **kwargs: Any) -> None:
         pass

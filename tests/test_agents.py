@@ -202,6 +202,66 @@ def test_horizon_is_reported_as_termination_for_training() -> None:
     assert venv.num_envs == 2 and venv.observation_space.shape == (94,) and venv.action_space.shape == (10, 4)
 
 
+@pytest.mark.parametrize("preset", ["switching", "split", "soft", "unified"])
+def test_batched_training_env_equals_single_envs_in_dummy_vec_env(preset: str) -> None:
+    from types import SimpleNamespace
+
+    from stable_baselines3.common.logger import Logger
+
+    from agents.callbacks import EnvMetricsCallback
+
+    cfg = resolve_config(preset, num_rounds=6)
+    for features, form in (("label_mix_time", "factored"), ("env", "env")):
+        dummy = make_vec_env(cfg, 3, "dummy", seed=11, obs_features=features, action_form=form)
+        batched = make_vec_env(cfg, 3, "batched", seed=11, obs_features=features, action_form=form)
+        assert make_vec_env(cfg, 1, "auto", obs_features=features, action_form=form).unwrapped.__class__.__name__ == "BatchedAgentVecEnv"
+        assert (batched.observation_space, batched.action_space) == (dummy.observation_space, dummy.action_space)
+        np.testing.assert_array_equal(dummy.reset(), batched.reset())
+        loggers = [Logger(None, []), Logger(None, [])]
+        callbacks = [EnvMetricsCallback(cfg.budgets.energy_budget_j), EnvMetricsCallback(cfg.budgets.energy_budget_j)]
+        for cb, lg in zip(callbacks, loggers):
+            cb.model = SimpleNamespace(logger=lg)
+        rng = np.random.default_rng(0)
+        ended = 0
+        for _ in range(14):  # two episodes per env and a restart
+            act = rng.uniform(-1.2, 1.2, (3, *dummy.action_space.shape)).astype(np.float32)
+            out_d, out_b = dummy.step(act), batched.step(act)
+            for x, y in zip(out_d[:3], out_b[:3]):
+                assert x.dtype == y.dtype
+                np.testing.assert_array_equal(x, y)
+            for cb, (_, _, dones, infos) in zip(callbacks, (out_d, out_b)):
+                cb.locals = {"infos": infos, "dones": dones}
+                cb._on_step()
+            for x, y in zip(out_d[3], out_b[3]):
+                assert x["TimeLimit.truncated"] is y["TimeLimit.truncated"] is False
+                assert x["reward_terms"] == y["reward_terms"]
+                if "terminal_observation" in x:
+                    ended += 1
+                    np.testing.assert_array_equal(x["terminal_observation"], y["terminal_observation"])
+                    assert x["accuracy"] == y["accuracy"] and x["episode"]["l"] == y["episode"]["l"]
+                    assert y["episode_metrics"]["return"] == pytest.approx(x["episode"]["r"], abs=1e-4)
+        assert ended == 6
+        # the same episode metrics reach TensorBoard from both paths
+        assert loggers[0].name_to_value == pytest.approx(loggers[1].name_to_value)
+        assert {"episode/return", "episode/final_accuracy", "episode/reward_energy", "episode/scheduled_per_round"} <= set(loggers[1].name_to_value)
+    with pytest.raises(ValueError, match="use --vec-env dummy"):
+        make_vec_env(cfg if cfg.paradigm != "soft" else resolve_config("switching"), 2, "batched", action_form="residual")
+
+
+def test_training_on_the_batched_env_equals_training_on_dummy_vec_env(tiny_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "dummy"
+    _train(*TINY, "--run-dir", str(run), "--vec-env", "dummy")
+    assert RunDir(tiny_run).read_args()["vec_env"] == "auto"  # the default: batched here
+    strip = [lambda line: line.split(",", 2)[0] + "," + line.split(",", 2)[2]]  # drop wall_s
+    rows = [[strip[0](line) for line in (r / "evaluations.csv").read_text().splitlines()] for r in (tiny_run, run)]
+    assert rows[0] == rows[1]
+    from stable_baselines3 import PPO
+
+    a, b = PPO.load(RunDir(tiny_run).model), PPO.load(RunDir(run).model)
+    for (name, x), (_, y) in zip(a.policy.state_dict().items(), b.policy.state_dict().items()):
+        assert th.equal(x, y), name
+
+
 def test_train_config_yaml_matches_the_defaults_and_flags_override_it(tmp_path: Path) -> None:
     tuned = yaml.safe_load((ROOT / "configs/train/ppo.yaml").read_text())
     defaults, _ = parse_args(train_ppo.Args, [])
@@ -328,6 +388,39 @@ def test_residual_action_form_with_a_zero_action_plays_the_lyapunov_policy() -> 
     assert rewards == expected
     with pytest.raises(RuntimeError, match="observe"):
         ActionAdapter(cfg, "residual")(np.zeros((cfg.devices.num_devices, 3)))
+
+
+@pytest.mark.parametrize("preset", ["switching", "split"])
+def test_gated_action_form_keeps_or_idles_the_lyapunov_decisions(preset: str) -> None:
+    from agents.actions import GATE_THRESHOLD, ActionAdapter
+    from baselines.lyapunov import LyapunovPolicy
+    from fedenv.actions import ActionCodec
+
+    cfg = resolve_config(preset, num_rounds=8)
+    k = cfg.devices.num_devices
+    adapter, codec, lyap = ActionAdapter(cfg, "gated"), ActionCodec(cfg), LyapunovPolicy(cfg)
+    assert adapter.space.shape == (k, 1)
+    env = FedLoRAWirelessEnv(cfg)
+    obs, info = env.reset(seed=3)
+    adapter.reset(3)
+    lyap.reset(3)
+    rng = np.random.default_rng(0)
+    for _ in range(8):
+        adapter.observe(info)
+        base = lyap.act(obs, info)
+        np.testing.assert_array_equal(adapter(np.zeros((k, 1), np.float32)), base)  # gates open: Lyapunov
+        gates = rng.uniform(-1, 1, (k, 1)).astype(np.float32)
+        action = adapter(gates)
+        kept = codec.decode(codec.validate(base)).module
+        got = codec.decode(codec.validate(action)).module
+        closed = gates[:, 0] < GATE_THRESHOLD
+        np.testing.assert_array_equal(got, np.where(closed, 0, kept))  # closed gates idle, open ones keep
+        np.testing.assert_array_equal(np.delete(action, adapter._gate_column, axis=1), np.delete(base, adapter._gate_column, axis=1))
+        obs, _, _, _, info = env.step(action)
+    with pytest.raises(ValueError, match="module or schedule"):
+        ActionAdapter(resolve_config("soft"), "gated")
+    with pytest.raises(ValueError, match="no fixed inverse"):
+        adapter.encode(np.zeros((k, len(cfg.action_components)), np.float32))
 
 
 def test_factored_encode_inverts_the_adapter_on_the_decisions() -> None:

@@ -53,5 +53,5 @@ def test_module_entry_point_lists_sub_commands():
 def test_ppo_benchmark_quick(tmp_path):
     pytest.importorskip("stable_baselines3")
     result = _run("ppo", tmp_path)
-    assert set(result["frames_per_s"]) == set(result["env_us_per_frame"]) == {"dummy_trivial", "dummy_fedlora", "batched_trivial", "batched_fedlora"}
-    assert 0 < result["dummy_ratio"] and 0 < result["batched_ratio"]
+    assert set(result["frames_per_s"]) == set(result["env_us_per_frame"]) == {f"{kind}_{env}" for kind in ("dummy", "batched", "training") for env in ("trivial", "fedlora")}
+    assert 0 < result["dummy_ratio"] and 0 < result["batched_ratio"] and 0 < result["training_ratio"] and result["training_env_cost"] < 1
