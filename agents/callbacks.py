@@ -30,7 +30,7 @@ from agents.features import ObservationFeatures
 from agents.runs import RunDir
 from fedenv.config import EnvConfig
 
-__all__ = ["EnvMetricsCallback", "HeldOutEvalCallback", "checkpoint_callback", "EVAL_FIELDS"]
+__all__ = ["EnvMetricsCallback", "HeldOutEvalCallback", "checkpoint_callback", "selection_score", "EVAL_FIELDS"]
 
 
 class EnvMetricsCallback(BaseCallback):
@@ -84,6 +84,13 @@ EVAL_FIELDS = (
 )
 
 
+def selection_score(mean_return: float, accuracy: float, accuracy_target: float | None) -> float:
+    """The score that picks the best model: the validation return; with an accuracy target,
+    evaluations meeting it rank above every evaluation that does not."""
+    feasible = accuracy_target is None or accuracy >= accuracy_target
+    return mean_return - (0.0 if feasible else _INFEASIBLE)
+
+
 class HeldOutEvalCallback(BaseCallback):
     """Evaluates on fixed held-out seeds every ``eval_freq`` env steps and keeps the best model.
 
@@ -96,7 +103,7 @@ class HeldOutEvalCallback(BaseCallback):
         actions: the agent's action form (as in training).
         name: label of the evaluated policy.
         accuracy_target: with a target, the best model is the best return among evaluations
-            whose mean final accuracy meets it (if any does).
+            whose mean final accuracy meets it (if any does; :func:`selection_score`).
     """
 
     def __init__(self, config: EnvConfig, run: RunDir, eval_freq: int, seeds: list[int], features: ObservationFeatures, actions: ActionAdapter, name: str = "agent", accuracy_target: float | None = None, verbose: int = 1) -> None:
@@ -151,9 +158,7 @@ class HeldOutEvalCallback(BaseCallback):
             "budget_use_max": float(np.nanmax(ev.metric("max_budget_use"))) if self.config.uses_energy_queue else float("nan"),
             "within_budget": float(np.mean(ev.metric("max_budget_use") <= 1.0)) if self.config.uses_energy_queue else float("nan"),
         }
-        # With an accuracy target, evaluations meeting it rank above those that do not.
-        feasible = self.accuracy_target is None or summary["final_accuracy"] >= self.accuracy_target
-        score = summary["mean_return"] - (0.0 if feasible else _INFEASIBLE)
+        score = selection_score(summary["mean_return"], summary["final_accuracy"], self.accuracy_target)
         improved = score > self.best_score
         summary["best"] = int(improved)
         if improved:

@@ -77,6 +77,7 @@ class Args:
     # --- optional constraint (agents/constraints.py; the env and its reward are unchanged)
     accuracy_target: float | None = field(default=None, metadata=_help("train for E[final accuracy] >= this by Lagrangian relaxation (None = off)"))
     lambda_lr: float = field(default=0.05, metadata=_help("dual ascent step of the accuracy multiplier, per accuracy point of violation"))
+    select_accuracy: float | None = field(default=None, metadata=_help("the best model is the best validation return among evaluations with validation accuracy >= this (None = --accuracy-target, or no condition)"))
     bc_steps: int = field(default=0, metadata=_help("env steps of the Lyapunov policy to imitate before PPO (behaviour-cloning warm start; 0 = off; agents/bc.py)"))
     bc_epochs: int = field(default=30, metadata=_help("epochs of the behaviour-cloning fit"))
     # --- evaluation, checkpoints, logging
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> Path:
         print(f"[bc] imitated the Lyapunov policy on {len(demo_obs):,d} env steps: action MSE {loss:.4f}", flush=True)
 
     # --- callbacks: env metrics to TensorBoard, held-out evaluation (best model), checkpoints
-    evaluator = HeldOutEvalCallback(config, run, args.eval_freq, episode_seeds(args.eval_seed, args.eval_episodes), features, actions, name="ppo", accuracy_target=args.accuracy_target)
+    evaluator = HeldOutEvalCallback(config, run, args.eval_freq, episode_seeds(args.eval_seed, args.eval_episodes), features, actions, name="ppo", accuracy_target=args.accuracy_target if args.select_accuracy is None else args.select_accuracy)
     callbacks = CallbackList([
         EnvMetricsCallback(config.budgets.energy_budget_j),
         evaluator,

@@ -292,6 +292,20 @@ def test_agent_spec_errors_are_clear(tmp_path: Path, tiny_run: Path) -> None:
         load_policy(f"ppo:{tiny_run}", "split")
 
 
+def test_best_model_selection_with_an_accuracy_condition(tmp_path: Path) -> None:
+    from agents.callbacks import selection_score
+
+    assert selection_score(30.0, 0.80, None) == 30.0
+    assert selection_score(29.0, 0.859, 0.859) > selection_score(33.0, 0.858, 0.859)  # feasible first
+    assert selection_score(31.0, 0.86, 0.859) > selection_score(30.0, 0.87, 0.859)  # then the return
+    assert selection_score(33.0, 0.5, 0.859) > selection_score(32.0, 0.5, 0.859)  # none feasible: the return
+    # --select-accuracy replaces --accuracy-target as the condition (here no evaluation meets it)
+    run = tmp_path / "select"
+    _train(*TINY, "--total-timesteps", "256", "--accuracy-target", "0.5", "--select-accuracy", "0.99", "--run-dir", str(run))
+    state = json.loads((run / "eval_state.json").read_text())
+    assert state["best_score"] < -1e5 and state["last"]["final_accuracy"] < 0.99
+
+
 def test_accuracy_constraint_adds_the_multiplied_accuracy_term_and_ascends() -> None:
     from agents.constraints import AccuracyConstraint
 
