@@ -2,6 +2,7 @@
 
     python -m agents.demo                       # short budget (configs/train/ppo_demo.yaml), ~5 min
     python -m agents.demo --budget full         # the documented full budget (configs/train/ppo.yaml)
+    python -m agents.demo --budget gated        # PPO on top of Lyapunov, accuracy-constrained (configs/train/ppo_gated.yaml)
     python -m agents.demo --run-dir runs/x --skip-train   # compare an already trained run
 
 Steps: (1) train PPO on the default preset (``switching``) with the per-device network;
@@ -28,7 +29,7 @@ import numpy as np
 from fedenv.config import EnvConfig, resolve_config
 
 ROOT = Path(__file__).resolve().parents[1]
-BUDGETS = {"demo": ROOT / "configs/train/ppo_demo.yaml", "full": ROOT / "configs/train/ppo.yaml"}
+BUDGETS = {"demo": ROOT / "configs/train/ppo_demo.yaml", "full": ROOT / "configs/train/ppo.yaml", "gated": ROOT / "configs/train/ppo_gated.yaml"}
 BASELINES = "lyapunov,max,min_rank,greedy,round_robin,random"
 
 
@@ -76,7 +77,7 @@ def validation_references(config: EnvConfig, specs: list[str], seeds: list[int])
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m agents.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--budget", choices=list(BUDGETS), default="demo", help="training budget: demo (short) or full (the documented results)")
+    parser.add_argument("--budget", choices=list(BUDGETS), default="demo", help="training run: demo (short), full (the documented full budget) or gated (the accuracy-constrained gated PPO of docs/agents.md)")
     parser.add_argument("--total-timesteps", type=int, default=None, help="override the budget's env steps")
     parser.add_argument("--config", default="switching", help="env preset or YAML (default: the default preset)")
     parser.add_argument("--run-dir", default=None, help="PPO run directory (default <out>/ppo_<budget>)")
