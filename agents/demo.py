@@ -33,29 +33,35 @@ BUDGETS = {"demo": ROOT / "configs/train/ppo_demo.yaml", "full": ROOT / "configs
 BASELINES = "lyapunov,max,min_rank,greedy,round_robin,random"
 
 
-def plot_learning_curves(runs: dict[str, Path], path: Path, references: dict[str, float], title: str = "PPO learning curve, FedLoRAWireless-v0") -> None:
-    """Validation return vs env steps (mean +- std over the validation episodes) of one or more
-    runs (label -> run directory), with reference returns on the same validation seeds."""
+def plot_learning_curves(runs: dict[str, Path], path: Path, references: dict[str, tuple[float, float]], title: str = "PPO learning curve, FedLoRAWireless-v0") -> None:
+    """Validation return (mean +- std over the validation episodes) and validation final accuracy
+    vs env steps of one or more runs (label -> run directory), side by side, with the reference
+    policies' (return, final accuracy) on the same validation seeds as dashed lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, (ax, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     for (label, run), color in zip(runs.items(), ("tab:red", "tab:orange", "tab:brown", "tab:pink")):
         with (Path(run) / "evaluations.csv").open() as fh:
             rows = list(csv.DictReader(fh))
         steps = np.array([int(r["timesteps"]) for r in rows])
-        mean = np.array([float(r["mean_return"]) for r in rows])
-        std = np.array([float(r["std_return"]) for r in rows])
         order = np.argsort(steps, kind="stable")
-        ax.plot(steps[order], mean[order], color=color, marker=".", label=label)
-        ax.fill_between(steps[order], (mean - std)[order], (mean + std)[order], color=color, alpha=0.12)
-    for (name, value), color in zip(references.items(), ("tab:blue", "tab:gray", "tab:green", "tab:purple")):
-        ax.axhline(value, color=color, ls="--", lw=1.2, label=f"{name}")
+        mean = np.array([float(r["mean_return"]) for r in rows])[order]
+        std = np.array([float(r["std_return"]) for r in rows])[order]
+        ax.plot(steps[order], mean, color=color, marker=".", label=label)
+        ax.fill_between(steps[order], mean - std, mean + std, color=color, alpha=0.12)
+        ax_acc.plot(steps[order], np.array([float(r["final_accuracy"]) for r in rows])[order], color=color, marker=".", label=label)
+    for (name, (ret, acc)), color in zip(references.items(), ("tab:blue", "tab:gray", "tab:green", "tab:purple")):
+        ax.axhline(ret, color=color, ls="--", lw=1.2, label=name)
+        ax_acc.axhline(acc, color=color, ls="--", lw=1.2, label=name)
     ax.set_xlabel("env steps (rounds)")
     ax.set_ylabel("mean episode return (validation seeds)")
+    ax_acc.set_xlabel("env steps (rounds)")
+    ax_acc.set_ylabel("mean final accuracy (validation seeds)")
     ax.set_title(title)
+    ax_acc.set_title("final accuracy")
     ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -63,15 +69,17 @@ def plot_learning_curves(runs: dict[str, Path], path: Path, references: dict[str
     plt.close(fig)
 
 
-def validation_references(config: EnvConfig, specs: list[str], seeds: list[int]) -> dict[str, float]:
-    """Mean return of baseline policies on the validation seeds the learning curve uses."""
+def validation_references(config: EnvConfig, specs: list[str], seeds: list[int]) -> dict[str, tuple[float, float]]:
+    """(mean return, mean final accuracy) of baseline policies on the validation seeds the
+    learning curve uses."""
     from baselines.evaluation import evaluate
     from baselines.registry import make_policy
 
     out = {}
     for spec in specs:
         policy = make_policy(spec, config)
-        out[policy.name] = float(evaluate(policy, config, seeds).metric("episode_return").mean())
+        result = evaluate(policy, config, seeds)
+        out[policy.name] = (float(result.metric("episode_return").mean()), float(result.metric("final_accuracy").mean()))
     return out
 
 
@@ -166,11 +174,12 @@ def main(argv: list[str] | None = None) -> None:
         )
     print(f"Results in {out}/: summary.md, summary.json, episodes.csv, accuracy.png, energy.png, backlog.png, learning_curve.png; the run in {run_dir}/.")
     if args.budget == "demo":
-        print(f"Full training budget (configs/train/ppo.yaml; docs/agents.md): bash scripts/main.sh --budget full  ({FULL_BUDGET_NOTE}).")
+        print(f"Full training budgets (docs/agents.md): bash scripts/main.sh --budget full  ({FULL_BUDGET_NOTE}); bash scripts/main.sh --budget gated  ({GATED_BUDGET_NOTE}).")
 
 
-#: Measured wall-clock of the full budget on the 2-core reference machine (docs/agents.md).
-FULL_BUDGET_NOTE = "300k env steps; measured 3.4 min of training on an idle 2-core machine (38 min when shared with other jobs)"
+#: Measured wall-clock of the full budgets on the 2-core reference machine (docs/agents.md).
+FULL_BUDGET_NOTE = "configs/train/ppo.yaml, 300k env steps: 3.2 min of training on an idle 2-core machine; the highest return, lower final accuracy"
+GATED_BUDGET_NOTE = "configs/train/ppo_gated.yaml, 300k env steps: 25 min on one core; a higher return than the Lyapunov policy at its final accuracy"
 
 
 if __name__ == "__main__":

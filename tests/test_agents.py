@@ -468,3 +468,21 @@ def test_behaviour_cloning_imitates_the_lyapunov_decisions() -> None:
     before = float(((policy.get_distribution(th.as_tensor(obs)).distribution.mean.detach().numpy() - act) ** 2).mean())
     after = clone(policy, obs, act, epochs=60, batch_size=8, lr=3e-3)
     assert after < 0.5 * before
+
+
+def test_learning_curve_plot_shows_return_and_accuracy_with_references(tmp_path: Path) -> None:
+    from agents.demo import plot_learning_curves, validation_references
+    from baselines.registry import make_policy
+
+    cfg = resolve_config("switching", num_rounds=6)
+    refs = validation_references(cfg, ["lyapunov", "round_robin"], [5, 6])
+    expected = evaluate(make_policy("lyapunov", cfg), cfg, [5, 6])
+    ret, acc = refs["lyapunov(V=0.1)"]
+    assert ret == pytest.approx(expected.metric("episode_return").mean())
+    assert acc == pytest.approx(expected.metric("final_accuracy").mean())
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "evaluations.csv").write_text("timesteps,wall_s,mean_return,std_return,final_accuracy\n512,1,2.5,0.1,0.80\n0,0,1.0,0.2,0.70\n")
+    out = tmp_path / "curves" / "lc.png"
+    plot_learning_curves({"PPO": run}, out, refs)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
