@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,7 +26,7 @@ from fedenv.calibrate.report import (
     seed_noise,
     update_markdown,
 )
-from fedenv.calibrate.traces import TraceWriter, load_traces
+from fedenv.calibrate.traces import TraceWriter, load_traces, pack_trace
 from fedenv.config import EnvConfig, SurrogateConfig
 from fedenv.learning.surrogate import next_gap
 
@@ -100,6 +101,34 @@ def test_corrupt_trace_file_and_missing_path_raise(tmp_path):
         load_traces(bad)
     with pytest.raises(FileNotFoundError, match="calibrate collect"):
         load_traces(tmp_path / "nope.jsonl")
+
+
+def test_pack_writes_complete_episodes_compressed_and_reproducibly(tmp_path):
+    import shutil
+
+    path, eps = synthetic(tmp_path, seeds=(0, 1), rounds=4)
+    (tmp_path / "traces.config.yaml").write_text("# python -m fedenv.calibrate collect ...\n")
+    with path.open("a") as fh:  # an interrupted third episode: header and one round, no end
+        lines = path.read_text().splitlines()
+        head, first_round = (line.replace("seed0", "seed2") for line in lines[:2])
+        fh.write(head.replace('"seed": 0', '"seed": 2') + "\n" + first_round + "\n")
+    packed, n = pack_trace(path, tmp_path / "packed")
+    assert packed.name == "traces.jsonl.gz" and n == 2
+    assert (tmp_path / "packed" / "traces.config.yaml").read_text().startswith("# python -m fedenv.calibrate collect")
+    for source in (packed, packed.parent):  # the file itself, and a directory holding it
+        again = load_traces(source)
+        assert [e.key for e in again] == ["explore/seed0", "explore/seed1"]
+        np.testing.assert_array_equal(again[1].accuracy, eps[1].accuracy)
+        np.testing.assert_array_equal(again[1].rank, eps[1].rank)
+    first = packed.read_bytes()
+    assert pack_trace(path, tmp_path / "packed")[0].read_bytes() == first  # no timestamp: same bytes
+    with pytest.raises(ValueError, match="compress it when the collection is finished"):
+        TraceWriter(packed)  # a compressed file is not appended to
+    shutil.copy(path, packed.parent / "traces.jsonl")  # the same trace, plain and compressed
+    with pytest.raises(ValueError, match="same trace twice"):
+        load_traces(packed.parent)
+    with pytest.raises(ValueError, match="no complete episode"):
+        pack_trace(tmp_path / "packed" / "traces.config.yaml", tmp_path / "other")
 
 
 def test_policy_specs():
@@ -249,8 +278,6 @@ def test_seed_noise_measures_the_real_spread_and_self_agreement(tmp_path):
 
 
 def test_shipped_calibrations_load_and_name_their_command():
-    from pathlib import Path
-
     files = sorted((Path(__file__).resolve().parent.parent / "configs" / "calibration").glob("*.yaml"))
     assert files, "configs/calibration/ should ship at least the SST-2 calibration"
     for path in files:
@@ -301,3 +328,4 @@ def test_cli_collect_fit_report(tmp_path, capsys):
     assert "In all: 6 complete episodes, 36 rounds" in out
     text = doc.read_text()
     assert "<!-- BEGIN generated: inventory -->" in text and "<!-- BEGIN generated: sst2 -->" in text
+

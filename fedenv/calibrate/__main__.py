@@ -1,12 +1,15 @@
-"""Command line of the calibration: ``python -m fedenv.calibrate collect|fit|report``.
+"""Command line of the calibration: ``python -m fedenv.calibrate collect|pack|fit|report|inventory``.
 
-    python -m fedenv.calibrate collect --task sst2 --rounds 20 --eval-samples 400 \\
-        --policies explore max greedy random fixed_rank:rank=2 "lyapunov:V=10" --seeds 0 1
-    python -m fedenv.calibrate fit --traces results/calibration/sst2_lora.jsonl \\
-        --heldout-seeds 100 101 --out configs/calibration/sst2_minilm.yaml
-    python -m fedenv.calibrate report --traces results/calibration/sst2_lora.jsonl \\
-        --calibration configs/calibration/sst2_minilm.yaml --heldout-seeds 100 101 --out docs/fidelity.md
-    python -m fedenv.calibrate inventory --traces results/calibration/
+    python -m fedenv.calibrate collect --task sst2 --rounds 15 --threads 1 \\
+        --policies max greedy random fixed_rank:rank=2 lyapunov:V=1 lyapunov:V=100 --seeds 0 \\
+        --out results/calibration/sst2_lora_policies_s0.jsonl
+    python -m fedenv.calibrate pack results/calibration/sst2_lora_policies_s0.jsonl \\
+        --into configs/calibration/traces/sst2/   # complete episodes, gzip-compressed, to commit
+    python -m fedenv.calibrate fit --traces configs/calibration/traces/sst2/ \\
+        --heldout-seeds 100 101 102 --objective rollout --out configs/calibration/sst2_minilm.yaml
+    python -m fedenv.calibrate report --traces configs/calibration/traces/sst2/ \\
+        --calibration configs/calibration/sst2_minilm.yaml --heldout-seeds 100 101 102 --out docs/fidelity.md
+    python -m fedenv.calibrate inventory --traces configs/calibration/traces/sst2/
 """
 
 from __future__ import annotations
@@ -170,6 +173,14 @@ def cmd_inventory(args: argparse.Namespace, argv: list[str]) -> None:
         print(f"-> {args.out} (block {args.block})")
 
 
+def cmd_pack(args: argparse.Namespace, argv: list[str]) -> None:
+    from fedenv.calibrate.traces import pack_trace
+
+    for path in args.traces:
+        out, n = pack_trace(path, args.into)
+        print(f"{path} -> {out} ({n} complete episodes)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from fedenv.calibrate.fit import LOSSES
     parser = argparse.ArgumentParser(prog="python -m fedenv.calibrate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -191,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     c.add_argument("--out", default=None, help="trace file (default results/calibration/<task>_<backend>.jsonl)")
     c.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("pack", help="copy the complete episodes of trace files, gzip-compressed, into a directory (to commit them)")
+    p.add_argument("traces", nargs="+", help="trace files (.jsonl)")
+    p.add_argument("--into", required=True, help="directory to write <name>.jsonl.gz (and <name>.config.yaml) into")
 
     f = sub.add_parser("fit", help="fit the surrogate's constants to traces; write a calibration YAML")
     f.add_argument("--traces", nargs="+", required=True, help="trace files or directories")
@@ -225,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    {"collect": cmd_collect, "fit": cmd_fit, "report": cmd_report, "inventory": cmd_inventory}[args.command](args, argv)
+    {"collect": cmd_collect, "pack": cmd_pack, "fit": cmd_fit, "report": cmd_report, "inventory": cmd_inventory}[args.command](args, argv)
 
 
 if __name__ == "__main__":

@@ -24,12 +24,14 @@ the episodes that did not finish. :func:`load_traces` reads complete episodes in
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import shutil
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -40,6 +42,7 @@ __all__ = [
     "TraceWriter",
     "episode_key",
     "load_traces",
+    "pack_trace",
     "round_record",
     "header_record",
 ]
@@ -219,8 +222,13 @@ class EpisodeTrace:
         )
 
 
+def _open_text(path: Path) -> IO[str]:
+    """A trace file for reading: plain JSON Lines, or gzip-compressed when its name ends in ``.gz``."""
+    return gzip.open(path, "rt") if path.suffix == ".gz" else path.open()
+
+
 def _read_records(path: Path) -> Iterator[dict[str, Any]]:
-    with path.open() as fh:
+    with _open_text(path) as fh:
         for lineno, line in enumerate(fh, 1):
             line = line.strip()
             if not line:
@@ -259,13 +267,20 @@ def _complete_episodes(records: Iterable[dict[str, Any]]) -> tuple[list[str], di
 
 
 def trace_files(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[Path]:
-    """The trace files named by ``paths``: files as given, directories as their ``*.jsonl`` (sorted)."""
+    """The trace files named by ``paths``: files as given, directories as their ``*.jsonl`` and
+    ``*.jsonl.gz`` (sorted by name; a gzip-compressed file is read like the plain one)."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            files.extend(sorted(p.glob("*.jsonl")))
+            found = sorted([*p.glob("*.jsonl"), *p.glob("*.jsonl.gz")], key=lambda f: f.name)
+            plain = {f.name for f in found if f.suffix == ".jsonl"}
+            both = [f.name for f in found if f.suffix == ".gz" and f.name[: -len(".gz")] in plain]
+            if both:
+                raise ValueError(f"{p} holds {both[0]} and {both[0][: -len('.gz')]}, the same trace twice "
+                                 "(their episodes would count twice); keep one of them")
+            files.extend(found)
         elif p.is_file():
             files.append(p)
         else:
@@ -275,7 +290,7 @@ def trace_files(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]
 
 
 def load_traces(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[EpisodeTrace]:
-    """Complete episodes of one or more trace files (or directories of ``*.jsonl``), in file order."""
+    """Complete episodes of one or more trace files (or directories of ``*.jsonl`` / ``*.jsonl.gz``), in file order."""
     out: list[EpisodeTrace] = []
     for f in trace_files(paths):
         keys, groups = _complete_episodes(_read_records(f))
@@ -283,6 +298,36 @@ def load_traces(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]
             header, *rest = groups[key]
             out.append(EpisodeTrace.from_records(header, [r for r in rest if r["type"] == "round"]))
     return out
+
+
+def pack_trace(path: str | os.PathLike[str], into: str | os.PathLike[str]) -> tuple[Path, int]:
+    """Write the complete episodes of trace file ``path`` into directory ``into``, gzip-compressed.
+
+    The result is ``<into>/<name>.jsonl.gz``: unfinished episodes are left out, and the bytes
+    depend only on the records (no timestamp or file name in the gzip header), so packing the
+    same trace twice gives the same file. The collection's ``<name>.config.yaml`` (its first line
+    is the collect command) is copied beside it. Returns the packed file and its episode count.
+    """
+    src = Path(path)
+    keys, groups = _complete_episodes(_read_records(src))
+    if not keys:
+        raise ValueError(f"{src} holds no complete episode; nothing to pack")
+    stem = src.name.removesuffix(".gz").removesuffix(".jsonl")
+    dest_dir = Path(into)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    out = dest_dir / f"{stem}.jsonl.gz"
+    if out.resolve() == src.resolve():
+        raise ValueError(f"{src} would be packed onto itself; pack into another directory")
+    tmp = out.with_name(out.name + ".tmp")
+    with tmp.open("wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as fh:
+        for key in keys:
+            for rec in groups[key]:
+                fh.write((json.dumps(rec) + "\n").encode())
+    os.replace(tmp, out)
+    side = src.with_name(f"{stem}.config.yaml")
+    if side.is_file() and side.resolve() != (dest_dir / side.name).resolve():
+        shutil.copyfile(side, dest_dir / side.name)
+    return out, len(keys)
 
 
 class TraceWriter:
@@ -299,6 +344,9 @@ class TraceWriter:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        if self.path.suffix == ".gz":
+            raise ValueError(f"{self.path}: traces are written uncompressed (JSON Lines, appended round by round); "
+                             "write to a .jsonl file and compress it when the collection is finished (gzip -9 FILE)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.completed: set[str] = set()
         self.dropped: list[str] = []
