@@ -266,6 +266,13 @@ def _complete_episodes(records: Iterable[dict[str, Any]]) -> tuple[list[str], di
     return [k for k in order if k in done], groups
 
 
+def _episode_lines(keys: Iterable[str], groups: Mapping[str, list[dict[str, Any]]]) -> Iterator[str]:
+    """The JSON lines of the episodes ``keys``, in order (what a trace file holds for them)."""
+    for key in keys:
+        for rec in groups[key]:
+            yield json.dumps(rec) + "\n"
+
+
 def trace_files(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[Path]:
     """The trace files named by ``paths``: files as given, directories as their ``*.jsonl`` and
     ``*.jsonl.gz`` (sorted by name; a gzip-compressed file is read like the plain one)."""
@@ -320,9 +327,7 @@ def pack_trace(path: str | os.PathLike[str], into: str | os.PathLike[str]) -> tu
         raise ValueError(f"{src} would be packed onto itself; pack into another directory")
     tmp = out.with_name(out.name + ".tmp")
     with tmp.open("wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as fh:
-        for key in keys:
-            for rec in groups[key]:
-                fh.write((json.dumps(rec) + "\n").encode())
+        fh.writelines(line.encode() for line in _episode_lines(keys, groups))
     os.replace(tmp, out)
     side = src.with_name(f"{stem}.config.yaml")
     if side.is_file() and side.resolve() != (dest_dir / side.name).resolve():
@@ -346,7 +351,8 @@ class TraceWriter:
         self.path = Path(path)
         if self.path.suffix == ".gz":
             raise ValueError(f"{self.path}: traces are written uncompressed (JSON Lines, appended round by round); "
-                             "write to a .jsonl file and compress it when the collection is finished (gzip -9 FILE)")
+                             "write to a .jsonl file and compress it when the collection is finished "
+                             "(python -m fedenv.calibrate pack FILE --into DIR)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.completed: set[str] = set()
         self.dropped: list[str] = []
@@ -357,9 +363,7 @@ class TraceWriter:
             if self.dropped:
                 tmp = self.path.with_suffix(self.path.suffix + ".tmp")
                 with tmp.open("w") as fh:
-                    for key in keys:
-                        for rec in groups[key]:
-                            fh.write(json.dumps(rec) + "\n")
+                    fh.writelines(_episode_lines(keys, groups))
                 os.replace(tmp, self.path)
         self._open: str | None = None
 
