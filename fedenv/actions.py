@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -25,6 +26,11 @@ from numpy.typing import NDArray
 from fedenv.config import EnvConfig
 
 __all__ = ["Decision", "ActionCodec"]
+
+# 0-d operands: a ufunc converts a Python scalar operand on every call (a measurable cost on
+# arrays of K numbers); these give the same results.
+_ZERO, _ONE, _TWO = np.array(0.0), np.array(1.0), np.array(2.0)
+_ZERO_INT = np.array(0, dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,15 @@ def _decision(module: NDArray[np.int64], power_w: NDArray[np.float64], share: ND
     d = object.__new__(Decision)
     d.__dict__.update(module=module, power_w=power_w, share=share, ratio=ratio)
     return d
+
+
+class _Layout(NamedTuple):
+    perm: tuple[int, ...]
+    half_span: NDArray[np.float64]
+    low: NDArray[np.float64]
+    module: NDArray[np.int64]
+    power: NDArray[np.float64]
+    ratio: NDArray[np.float64]
 
 
 class ActionCodec:
@@ -75,57 +90,65 @@ class ActionCodec:
         }
         self._low = np.array([bounds[c][0] for c in self.components])
         self._half_span = np.array([0.5 * (bounds[c][1] - bounds[c][0]) for c in self.components])
-        self._affine_cache: dict[int, tuple[tuple[int, ...], NDArray[np.float64], NDArray[np.float64]]] = {}
+        self._layouts: dict[tuple[int, ...], _Layout] = {}
+        self._max_module = np.array(self.num_modules, dtype=np.int64)
 
     # ----------------------------------------------------------------- decode
     def validate(self, action: object) -> NDArray[np.float64]:
         """Check shape and finiteness; clip to [-1, 1]. Raises ValueError on bad input."""
-        a = np.asarray(action, dtype=np.float64)
+        a = self.check(action).astype(np.float64)
+        np.maximum(a, -1.0, out=a)
+        return np.minimum(a, 1.0, out=a)
+
+    def check(self, action: object) -> NDArray[np.floating]:
+        """Check shape and finiteness (ValueError otherwise); the action as a float array, not clipped."""
+        a = np.asarray(action)
+        if a.dtype != np.float32 and a.dtype != np.float64:
+            a = a.astype(np.float64)
         if a.shape[-2:] != self.shape:
             raise ValueError(
                 f"action must have shape {self.shape} (devices x components {list(self.components)}), got {a.shape}"
             )
-        # A sum of finite float64 numbers is finite unless it overflows, so the elementwise
-        # check runs only when the sum is not finite.
+        # A sum of finite numbers is finite unless it overflows, so the elementwise check runs
+        # only when the sum is not finite.
         if not math.isfinite(np.add.reduce(a, axis=None)) and not np.isfinite(a).all():
             raise ValueError(f"action contains NaN or infinite values; expected finite numbers in [-1, 1]: {a}")
-        out = np.maximum(a, -1.0)
-        return np.minimum(out, 1.0, out=out)
+        return a
 
-    def decode(self, action: NDArray[np.float64]) -> Decision:
-        """Canonical action (..., K, C) in [-1, 1] (already validated) to a :class:`Decision`."""
+    def decode(self, action: NDArray[np.floating]) -> Decision:
+        """Canonical action (..., K, C) to a :class:`Decision` (finite; clipped to [-1, 1] here).
+
+        ``decode(check(a))`` and ``decode(validate(a))`` are equal.
+        """
         # Every component is affine in h = (a + 1) / 2: x = lo + h (hi - lo). Computed for all
-        # components at once as (a + 1) (span / 2) + lo; halving is exact, so this equals
-        # lo + ((a + 1) / 2) span bit for bit.
-        # Components first (C, ..., K), each contiguous: fast for large batches, and every
-        # component below is a contiguous array.
+        # components at once as clip(a + 1, 0, 2) (span / 2) + lo, components first (C, ..., K),
+        # each contiguous: fast for large batches, and every component below is a contiguous
+        # array. In float64 a + 1 rounds the same whether a was clipped to [-1, 1] first or its
+        # sum is clipped to [0, 2] after, and halving is exact, so this equals
+        # lo + ((clip(a, -1, 1) + 1) / 2) span bit for bit.
         action = np.asarray(action)
-        perm, half_span, low = self._affine(action.ndim)
-        x = np.add(action.transpose(perm), 1.0, order="C")
-        x *= half_span
-        x += low
-        lead = x.shape[1:]
+        layout = self._layouts.get(action.shape)
+        if layout is None:
+            layout = self._layout(action.shape)
+        x = action.transpose(layout.perm).astype(np.float64, order="C")
+        x += _ONE
+        np.maximum(x, _ZERO, out=x)
+        np.minimum(x, _TWO, out=x)
+        x *= layout.half_span
+        x += layout.low
         col = self._column
         if col["module"] is not None:
             module = x[col["module"]].astype(np.int64)
-            np.minimum(module, self.num_modules, out=module)
+            np.minimum(module, self._max_module, out=module)
         elif col["schedule"] is not None:
             module = (action[..., col["schedule"]] > 0.0) * self.structural_module
         else:
-            module = np.empty(lead, dtype=np.int64)
-            module.fill(self.structural_module)
-        if col["power"] is not None:
-            power = x[col["power"]]
-        else:
-            power = np.empty(lead)
-            power.fill(self.p_max)
-        if col["ratio"] is not None:
-            ratio = x[col["ratio"]]
-        else:
-            ratio = np.empty(lead)
-            ratio.fill(1.0)
-        scheduled = module > 0
-        w = np.multiply(x[col["bandwidth"]], scheduled)
+            module = layout.module.copy()
+        power = x[col["power"]] if col["power"] is not None else layout.power.copy()
+        ratio = x[col["ratio"]] if col["ratio"] is not None else layout.ratio.copy()
+        scheduled = np.greater(module, _ZERO_INT)
+        w = x[col["bandwidth"]]
+        np.copyto(w, _ZERO, where=np.logical_not(scheduled))  # w x scheduled (w >= 0), without the multiplication
         total = np.add.reduce(w, axis=-1, keepdims=True)
         # (one device block: its single total, without a reduction)
         if (total.item() if total.size == 1 else np.minimum.reduce(total, axis=None)) > 0.0:
@@ -137,14 +160,29 @@ class ActionCodec:
             share = np.where(positive, w / np.where(positive, total, 1.0), equal)
         return _decision(module, power, share, ratio)
 
-    def _affine(self, ndim: int) -> tuple[tuple[int, ...], NDArray[np.float64], NDArray[np.float64]]:
-        """Axis order moving components first, and (span / 2, low) shaped (C, 1, ...) for it."""
-        cached = self._affine_cache.get(ndim)
-        if cached is None:
-            shape = (-1,) + (1,) * (ndim - 1)
-            perm = (ndim - 1, *range(ndim - 1))
-            cached = self._affine_cache[ndim] = (perm, self._half_span.reshape(shape), self._low.reshape(shape))
-        return cached
+    def _layout(self, shape: tuple[int, ...]) -> _Layout:
+        """Cached per action shape (..., K, C): the axis order moving components first, span / 2
+        and low of each component shaped like the moved array, and the values of the components
+        the paradigm does not have, shaped (..., K) (read-only; decode copies them)."""
+        ndim = len(shape)
+        perm = (ndim - 1, *range(ndim - 1))
+        moved = (shape[-1], *shape[:-1])
+        column = (-1,) + (1,) * (ndim - 1)
+        lead = shape[:-1]
+        layout = _Layout(
+            perm=perm,
+            half_span=np.ascontiguousarray(np.broadcast_to(self._half_span.reshape(column), moved)),
+            low=np.ascontiguousarray(np.broadcast_to(self._low.reshape(column), moved)),
+            module=np.full(lead, self.structural_module, dtype=np.int64),
+            power=np.full(lead, self.p_max),
+            ratio=np.ones(lead),
+        )
+        for array in (layout.half_span, layout.low, layout.module, layout.power, layout.ratio):
+            array.flags.writeable = False
+        if len(self._layouts) > 16:
+            self._layouts.clear()
+        self._layouts[shape] = layout
+        return layout
 
     # ----------------------------------------------------------------- encode
     def encode(self, decision: Decision) -> NDArray[np.float32]:

@@ -149,38 +149,61 @@ def packet_error_rate(power_w: ArrayLike, gain: ArrayLike, share: ArrayLike, cfg
 
 def link(power_w: ArrayLike, gain: ArrayLike, share: ArrayLike, cfg: ChannelConfig) -> tuple[F, F]:
     """(:func:`uplink_rate`, :func:`packet_error_rate`) at once, sharing p h and beta B N0."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        return link_unchecked(power_w, gain, share, cfg)
+
+
+def link_unchecked(power_w: ArrayLike, gain: ArrayLike, share: ArrayLike, cfg: ChannelConfig) -> tuple[F, F]:
+    """:func:`link` for callers that already ignore floating-point divide, invalid and overflow
+    errors (``np.errstate``): one round's physics enters that context once for all its formulas."""
     share = np.asarray(share, dtype=np.float64)
     received = np.multiply(power_w, gain)
-    noise = share * _noise_psd_band(cfg)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        return _rate(received, share, noise, cfg), _packet_error(received, noise, cfg)
+    noise = share * _constants(cfg)[0]
+    return _rate(received, share, noise, cfg), _packet_error(received, noise, cfg)
 
 
-_BAND_NOISE: dict[int, tuple[ChannelConfig, float]] = {}
+_CONSTANTS: dict[int, tuple[ChannelConfig, tuple[NDArray[np.float64], ...]]] = {}
+_TINY_SHARE = np.array(1e-12)
+_ZERO, _ONE = np.array(0.0), np.array(1.0)
 
 
-def _noise_psd_band(cfg: ChannelConfig) -> float:
-    """B N0 in W (cached per config object: N0 is a property converting from dBm/Hz)."""
-    entry = _BAND_NOISE.get(id(cfg))
+def _constants(cfg: ChannelConfig) -> tuple[NDArray[np.float64], ...]:
+    """(B N0, B / ln 2, -m) as 0-d arrays, cached per config object (N0 is a property
+    converting from dBm/Hz; a ufunc converts a Python float operand on every call)."""
+    entry = _CONSTANTS.get(id(cfg))
     if entry is None or entry[0] is not cfg:
-        if len(_BAND_NOISE) > 64:
-            _BAND_NOISE.clear()
-        entry = _BAND_NOISE[id(cfg)] = (cfg, cfg.bandwidth_hz * cfg.noise_psd_w_per_hz)
+        if len(_CONSTANTS) > 64:
+            _CONSTANTS.clear()
+        values = (cfg.bandwidth_hz * cfg.noise_psd_w_per_hz, cfg.bandwidth_hz * _INV_LN2, -cfg.waterfall_threshold)
+        entry = _CONSTANTS[id(cfg)] = (cfg, tuple(np.array(v) for v in values))
     return entry[1]
 
 
+def _noise_psd_band(cfg: ChannelConfig) -> NDArray[np.float64]:
+    """B N0 in W."""
+    return _constants(cfg)[0]
+
+
 # The kernels below run under np.errstate(divide/invalid ignored): the divisions may meet
-# zeros, and np.where then picks the limit values.
+# zeros, and the masks then put in the limit values.
 def _rate(received: Any, share: Any, noise: Any, cfg: ChannelConfig) -> F:
     """R from the received power p h, the share beta and the noise power beta B N0 on it."""
     # log1p keeps full precision at low SNR, where log2(1 + x) rounds x away
     rate = np.log1p(np.divide(received, noise))
     rate *= share
-    rate *= cfg.bandwidth_hz * _INV_LN2
+    rate *= _constants(cfg)[1]
+    if isinstance(rate, np.ndarray) and rate.ndim:
+        # a share of at most 1e-12 of the band (or none) carries nothing
+        np.copyto(rate, _ZERO, where=np.logical_not(np.greater(share, _TINY_SHARE)))
+        return rate
     return np.where(share > 1e-12, rate, 0.0)
 
 
 def _packet_error(received: Any, noise: Any, cfg: ChannelConfig) -> F:
     """q from the received power p h and the noise power beta B N0 (q = 1 when p h = 0)."""
-    q = np.negative(np.expm1(np.divide(np.multiply(noise, -cfg.waterfall_threshold), received)))
-    return np.where(received > 0.0, q, 1.0)
+    q = np.expm1(np.divide(np.multiply(noise, _constants(cfg)[2]), received))
+    if isinstance(q, np.ndarray) and q.ndim:
+        np.negative(q, out=q)
+        np.copyto(q, _ONE, where=np.logical_not(np.greater(received, _ZERO)))
+        return q
+    return np.where(received > 0.0, -q, 1.0)

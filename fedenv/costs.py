@@ -114,15 +114,28 @@ def upload(bits: ArrayLike, rate_bps: ArrayLike, power_w: ArrayLike, time_left_s
         actually spent, and whether the upload finished by the deadline. A device with a zero rate
         cannot transmit: it spends no upload energy and is not on time (unless it sends nothing).
     """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return upload_unchecked(bits, rate_bps, power_w, time_left_s)
+
+
+_ZERO = np.array(0.0)
+
+
+def upload_unchecked(bits: ArrayLike, rate_bps: ArrayLike, power_w: ArrayLike, time_left_s: ArrayLike) -> tuple[F, F, NDArray[np.bool_]]:
+    """:func:`upload` for callers that already ignore floating-point divide and invalid errors
+    (``np.errstate``)."""
     s = np.asarray(bits, dtype=np.float64)
     rate = np.asarray(rate_bps, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        # S / R; inf when there are bits but no rate; 0 without bits (0 / 0 included)
-        t_up = np.where(s > 0.0, np.divide(s, rate), 0.0)
-    left = np.maximum(time_left_s, 0.0)
+    # S / R; inf when there are bits but no rate; 0 without bits (0 / 0 included)
+    t_up = np.divide(s, rate)
+    if t_up.ndim:
+        np.copyto(t_up, _ZERO, where=np.logical_not(np.greater(s, _ZERO)))
+    else:
+        t_up = np.where(s > 0.0, t_up, 0.0)
+    left = np.maximum(time_left_s, _ZERO)
     on_time = t_up <= left
     # With no rate (no band) nothing can be sent, so nothing is spent on the uplink; the
     # transmit time min(t_up, left) is finite, so masking by multiplication is exact.
     energy = np.multiply(power_w, np.minimum(t_up, left))
-    energy *= rate > 0.0
+    energy *= np.greater(rate, _ZERO)
     return t_up, energy, on_time

@@ -83,7 +83,8 @@ class EnvConstants:
     __slots__ = (
         "num_devices", "num_modules", "num_rounds", "energy_budget", "latency_budget", "energy_scale",
         "latency_scale", "initial_loss", "snr_ref", "mode", "accuracy_weight", "energy_weight",
-        "energy_ref", "overshoot_weight", "dpp_tradeoff_v", "dpp_scale", "target_accuracy",
+        "energy_ref", "overshoot_weight", "dpp_tradeoff_v", "dpp_scale", "target_accuracy", "module_feature",
+        "energy_scale_0d",
     )  # fmt: skip
 
     def __init__(self, config: EnvConfig) -> None:
@@ -105,6 +106,9 @@ class EnvConstants:
         self.dpp_tradeoff_v = rw.dpp_tradeoff_v
         self.dpp_scale = rw.dpp_scale
         self.target_accuracy = config.target_accuracy
+        #: the last_module feature m / M of each module index (looked up, not divided, per step)
+        self.module_feature = np.arange(self.num_modules + 1) / self.num_modules
+        self.energy_scale_0d = None if self.energy_scale is None else np.array(self.energy_scale)
 
 
 def observation_template(
@@ -161,11 +165,11 @@ def write_observation(
     scalars (...). Features are clipped to their documented bounds.
     """
     k7 = 7 * c.num_devices
-    if c.energy_scale is not None:
+    if c.energy_scale_0d is not None:
         col = obs[..., 4:k7:7]
-        np.divide(energy_backlog, c.energy_scale, out=col)
+        np.divide(energy_backlog, c.energy_scale_0d, out=col)
         np.minimum(col, _ENERGY_HI, out=col)
-    np.divide(last_module, c.num_modules, out=obs[..., 5:k7:7])
+    obs[..., 5:k7:7] = c.module_feature.take(last_module)  # last_module / M
     obs[..., 6:k7:7] = last_success
     obs[..., k7 + 1] = accuracy
     obs[..., k7 + 2] = _clip(loss / c.initial_loss, _LOSS_LO, _LOSS_HI)
@@ -388,7 +392,7 @@ class FedLoRAWirelessEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
         if self._done:
             raise gym.error.ResetNeeded("the episode has ended; call reset() before step()")
         c = self._c
-        decision = self.codec.decode(self.codec.validate(action))
+        decision = self.codec.decode(self.codec.check(action))
         gain = self._gain[t]
         phys = play_round(decision, gain, self._tables, self.config, self._uniform[t])
         report = self.learner.train_round(phys.rank, decision.ratio, phys.success)

@@ -16,6 +16,7 @@ from numpy.typing import NDArray
 from fedenv import channel, costs
 from fedenv.actions import Decision
 from fedenv.config import EnvConfig
+from fedenv.operands import const
 
 __all__ = ["EpisodeTables", "RoundPhysics", "episode_tables", "play_round"]
 
@@ -102,6 +103,9 @@ def _row_offsets(shape: tuple[int, ...], columns: int) -> NDArray[np.int64]:
     return out
 
 
+_ZERO_INT = np.array(0, dtype=np.int64)
+
+
 def _lookups(tables: EpisodeTables, module: NDArray[np.int64]) -> tuple[F, F]:
     """Computation time and energy of each device's module: ``table[..., k, module[..., k]]``."""
     ct, ce = tables.compute_time_s, tables.compute_energy_j
@@ -132,17 +136,20 @@ def play_round(
     """
     module = np.asarray(decision.module)
     power = decision.power_w
-    scheduled = module > 0
+    scheduled = np.greater(module, _ZERO_INT)
     rank = tables.rank_of_module.take(module)
     t_cmp, e_cmp = _lookups(tables, module)
     if tables.sparse:
         bits = costs.sparse_payload_bits(rank, decision.ratio, config.model, tables.params_per_rank, tables.head_params)
     else:
         bits = tables.payload_bits.take(module)
-    rate, per = channel.link(power, gain, decision.share, config.channel)
-    per *= scheduled  # idle devices have no packet to lose (q is finite: masking by x 0 is exact)
-    deadline = config.costs.round_deadline_s
-    t_up, e_up, on_time = costs.upload(bits, rate, power, deadline - t_cmp)
+    deadline = const(config.costs.round_deadline_s)
+    # one floating-point error context for the link and the upload (their divisions meet zeros
+    # and put in the limit values)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        rate, per = channel.link_unchecked(power, gain, decision.share, config.channel)
+        per *= scheduled  # idle devices have no packet to lose (q is finite: masking by x 0 is exact)
+        t_up, e_up, on_time = costs.upload_unchecked(bits, rate, power, deadline - t_cmp)
     on_time &= scheduled
     on_time &= t_cmp <= deadline
     # Module 0 computes and sends nothing (the tables' column 0 is 0, so t_up = 0 and E_up = 0):
@@ -162,7 +169,7 @@ def play_round(
         energy_j=e_cmp + e_up,
         payload_bits=bits,
         on_time=on_time,
-        success_prob=on_time * (1.0 - per),
+        success_prob=on_time * (const(1.0) - per),
         success=success,
         round_latency_s=np.maximum.reduce(latency, axis=-1),
     )

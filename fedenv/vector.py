@@ -285,7 +285,7 @@ class FedLoRAWirelessVectorEnv(gym.vector.VectorEnv[NDArray[np.float32], NDArray
         if any_reset:
             # finished sub-envs ignore their action; keep their indices in range
             t = np.minimum(t, cfg.num_rounds - 1)
-        decision = self.codec.decode(self.codec.validate(a))
+        decision = self.codec.decode(self.codec.check(a))
         at = self._round_rows(t)
         gain = self._gain_rows.take(at, axis=0)
         phys = play_round(decision, gain, self._tables, cfg, self._uniform_rows.take(at, axis=0))

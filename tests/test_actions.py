@@ -67,6 +67,38 @@ def test_split_and_soft_use_the_structural_rank():
     assert (soft.ranks(d.module) == 16).all() and np.allclose(d.ratio, 0.05)
 
 
+@pytest.mark.parametrize("preset", PRESETS)
+def test_decode_clips_like_validate(preset):
+    """decode clips out-of-range actions itself: decode(check(a)) is decode(validate(a)) bit for bit,
+    for float32 and float64 actions, single and batched, at and beyond the interval's ends."""
+    codec = ActionCodec(EnvConfig.from_preset(preset))
+    rng = np.random.default_rng(3)
+    edges = np.array([-3.0, -1.0 - 1e-7, -1.0, -1e-30, 0.0, 1e-30, 1.0, 1.0 + 1e-7, 3.0])
+    for lead in ((), (4,), (2, 3)):
+        a = rng.choice(edges, size=lead + codec.shape) if lead != (4,) else rng.uniform(-1.5, 1.5, lead + codec.shape)
+        for action in (a, a.astype(np.float32), a.tolist()):
+            fast, ref = codec.decode(codec.check(action)), codec.decode(codec.validate(action))
+            for name in ("module", "power_w", "share", "ratio"):
+                got, want = getattr(fast, name), getattr(ref, name)
+                assert got.dtype == want.dtype and got.shape == lead + (codec.num_devices,)
+                np.testing.assert_array_equal(got, want, err_msg=name)
+            assert np.isclose(np.asarray(ref.share).sum(axis=-1), 1.0).all() or not (ref.module > 0).all()
+    clipped = codec.validate(np.full(codec.shape, 7.0, dtype=np.float32))
+    assert clipped.dtype == np.float64 and (clipped == 1.0).all()
+
+
+def test_decode_returns_fresh_arrays_for_missing_components():
+    """Components a paradigm lacks (soft: module and power) are fresh arrays each call: an info
+    dict never shares them with the next step's."""
+    codec = ActionCodec(EnvConfig.from_preset("soft"))
+    a = np.zeros(codec.shape, dtype=np.float32)
+    d1, d2 = codec.decode(a), codec.decode(a)
+    assert d1.module is not d2.module and d1.power_w is not d2.power_w
+    d1.module[0] = 0
+    d1.power_w[0] = 0.0
+    assert (codec.decode(a).module == d2.module).all() and codec.decode(a).power_w[0] == d2.power_w[0] > 0.0
+
+
 def test_bad_actions_raise_and_leave_env_usable():
     env = FedLoRAWirelessEnv()
     env.reset(seed=0)
@@ -80,6 +112,8 @@ def test_bad_actions_raise_and_leave_env_usable():
         env.step(bad)
     with pytest.raises(ValueError, match=r"action must have shape \(10, 3\)"):
         env.step(np.zeros((10, 2)))
+    with pytest.raises(ValueError, match="could not convert"):
+        env.step(np.full((10, 3), "a"))
     obs, r, term, trunc, info = env.step(good)
     assert info["round"] == 1  # the bad calls changed nothing
     with pytest.raises(gym.error.ResetNeeded):

@@ -184,6 +184,34 @@ def test_upload_deadline_caps_energy_and_marks_stragglers():
 
 
 # ------------------------------------------------------------------ queues
+def test_link_and_upload_at_the_edges_without_warnings_and_as_scalars():
+    """Zero shares, zero received power and zero bits give the limit values, with no
+    floating-point warning; the array kernels (masks put in place) equal the scalar ones."""
+    import warnings
+
+    p = np.array([0.1, 0.0, 0.1, 0.1, 0.2])
+    h = np.array([1e-10, 1e-10, 0.0, 1e-9, 1e-11])
+    b = np.array([0.5, 0.5, 0.5, 0.0, 1e-13])
+    bits = np.array([1e6, 1e6, 0.0, 1e6, 2e5])
+    left = np.array([5.0, 5.0, 5.0, 5.0, -1.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rate, per = channel.link(p, h, b, CH)
+        t_up, energy, on_time = costs.upload(bits, rate, p, left)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            unchecked = channel.link_unchecked(p, h, b, CH) + costs.upload_unchecked(bits, rate, p, left)
+    assert rate[3] == rate[4] == 0.0 and per[1] == per[2] == 1.0 and t_up[2] == 0.0 and math.isinf(t_up[3])
+    assert energy[3] == 0.0 and not on_time[3] and on_time[2]
+    for got, want in zip(unchecked, (rate, per, t_up, energy, on_time)):
+        np.testing.assert_array_equal(got, want)
+    for i in range(p.size):
+        np.testing.assert_array_equal(rate[i], channel.uplink_rate(p[i], h[i], b[i], CH))
+        np.testing.assert_array_equal(per[i], channel.packet_error_rate(p[i], h[i], b[i], CH))
+        scalar = costs.upload(bits[i], rate[i], p[i], left[i])
+        for got, want in zip(scalar, (t_up[i], energy[i], on_time[i])):
+            np.testing.assert_array_equal(got, want)
+
+
 def test_virtual_queue_update():
     np.testing.assert_allclose(queues.update_queue([0.0, 1.0, 0.2], [0.5, 0.1, 0.0], 0.25), [0.25, 0.85, 0.0])
 

@@ -27,6 +27,7 @@ calibration call the same formula.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,7 @@ from fedenv import streams
 from fedenv.config import EnvConfig, SurrogateConfig
 from fedenv.learning.base import DevicePartition, RoundReport
 from fedenv.learning.partition import dirichlet_label_counts
+from fedenv.operands import const
 
 __all__ = [
     "rank_gain",
@@ -54,6 +56,7 @@ __all__ = [
 ]
 
 F = NDArray[np.float64]
+_ZERO = const(0.0)
 
 
 def _values(x: ArrayLike) -> Any:
@@ -63,13 +66,16 @@ def _values(x: ArrayLike) -> Any:
 
 def rank_gain(rank: ArrayLike, cfg: SurrogateConfig) -> F:
     """g(r) = 1 - exp(-r / r_0); g(0) = 0."""
-    g = np.expm1(np.divide(np.asarray(rank, dtype=np.float64), -cfg.rank_scale))
-    return np.negative(g, out=g) if isinstance(g, np.ndarray) else -g
+    g = np.divide(rank, const(-cfg.rank_scale))  # in float64, whatever the dtype of the ranks
+    if isinstance(g, np.ndarray) and g.ndim:
+        np.expm1(g, out=g)
+        return np.negative(g, out=g)
+    return -np.expm1(g)
 
 
 def sparsity_gain(ratio: ArrayLike, cfg: SurrogateConfig) -> F:
     """s(rho) = rho^gamma: update energy kept by sending the top rho of the rank components."""
-    return np.power(np.asarray(ratio, dtype=np.float64), cfg.sparsity_exponent)
+    return np.power(ratio, const(cfg.sparsity_exponent))
 
 
 def round_progress(
@@ -96,25 +102,32 @@ def round_progress(
         scalars, so that the per-episode arithmetic after the reductions stays cheap.
     """
     r = np.asarray(rank, dtype=np.float64)
-    x = np.multiply(data_share, weight) * (r > 0)
+    x = np.multiply(data_share, weight)
+    idle = np.logical_not(np.greater(r, _ZERO))
+    if x.shape == idle.shape:
+        np.copyto(x, _ZERO, where=idle)  # x (r > 0), without the multiplication
+    else:
+        x = x * np.logical_not(idle)
     total = np.add.reduce(x, axis=-1)
     # X where X > 0, else 1 (X >= 0; every sum divided by it is 0 when X = 0)
     safe = total + (total == 0.0)
+    # (safe with a trailing axis, to divide per-device or per-label arrays; a scalar as is)
+    safe_col = safe[..., None] if isinstance(safe, np.ndarray) else safe
     quality = np.add.reduce(x * rank_gain(r, cfg) * sparsity_gain(ratio, cfg), axis=-1) / safe
     # X^beta Q is 0 when X = 0 (then Q = 0), for any beta >= 0
-    progress = np.power(total, cfg.participation_exponent) * quality
+    progress = np.power(total, const(cfg.participation_exponent)) * quality
     # sum_k x_k l_kc, summed along a contiguous device axis (labels moved before devices)
-    labels_first = np.swapaxes(np.asarray(label_distribution), -1, -2)
-    mix = np.add.reduce(np.multiply(x[..., None, :], labels_first, order="C"), axis=-1)
-    mix /= safe[..., None]
+    labels = label_distribution if isinstance(label_distribution, np.ndarray) else np.asarray(label_distribution)
+    mix = np.add.reduce(np.multiply(x[..., None, :], labels.swapaxes(-1, -2), order="C"), axis=-1)
+    mix /= safe_col
     mix = np.subtract(mix, global_label_distribution)
     tv = 0.5 * np.add.reduce(np.abs(mix, out=mix), axis=-1)
     mean_r = np.add.reduce(x * r, axis=-1) / safe
-    dev = r - mean_r[..., None]
+    dev = r - (mean_r[..., None] if isinstance(mean_r, np.ndarray) else mean_r)
     np.square(dev, out=dev)
     var_r = np.add.reduce(np.multiply(x, dev, out=dev), axis=-1) / safe
     # mean_r = 0 only when X = 0, and then var_r = 0
-    cv = np.sqrt(var_r) / (mean_r + (mean_r == 0.0))
+    cv = (np.sqrt(var_r) if isinstance(var_r, np.ndarray) else math.sqrt(var_r)) / (mean_r + (mean_r == 0.0))
     floor = cfg.heterogeneity_penalty * tv + cfg.rank_mix_penalty * cv
     return progress, floor
 
