@@ -24,13 +24,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fedenv.config import EnvConfig
+from fedenv.operands import const
 
 __all__ = ["Decision", "ActionCodec"]
 
-# 0-d operands: a ufunc converts a Python scalar operand on every call (a measurable cost on
-# arrays of K numbers); these give the same results.
-_ZERO, _ONE, _TWO = np.array(0.0), np.array(1.0), np.array(2.0)
-_ZERO_INT = np.array(0, dtype=np.int64)
+_ZERO, _ONE, _TWO = const(0.0), const(1.0), const(2.0)
+_ZERO_INT = np.array(0, dtype=np.int64)  # (0-d operands: see fedenv.operands)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from fedenv.config import ChannelConfig
+from fedenv.operands import const
 
 __all__ = [
     "place_devices",
@@ -163,8 +164,7 @@ def link_unchecked(power_w: ArrayLike, gain: ArrayLike, share: ArrayLike, cfg: C
 
 
 _CONSTANTS: dict[int, tuple[ChannelConfig, tuple[NDArray[np.float64], ...]]] = {}
-_TINY_SHARE = np.array(1e-12)
-_ZERO, _ONE = np.array(0.0), np.array(1.0)
+_TINY_SHARE, _ZERO, _ONE = const(1e-12), const(0.0), const(1.0)
 
 
 def _constants(cfg: ChannelConfig) -> tuple[NDArray[np.float64], ...]:
@@ -175,7 +175,7 @@ def _constants(cfg: ChannelConfig) -> tuple[NDArray[np.float64], ...]:
         if len(_CONSTANTS) > 64:
             _CONSTANTS.clear()
         values = (cfg.bandwidth_hz * cfg.noise_psd_w_per_hz, cfg.bandwidth_hz * _INV_LN2, -cfg.waterfall_threshold)
-        entry = _CONSTANTS[id(cfg)] = (cfg, tuple(np.array(v) for v in values))
+        entry = _CONSTANTS[id(cfg)] = (cfg, tuple(const(v) for v in values))
     return entry[1]
 
 

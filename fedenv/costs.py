@@ -9,6 +9,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from fedenv.config import CostConfig, DeviceConfig, ModelConfig
+from fedenv.operands import const
 
 __all__ = [
     "lora_payload_bits",
@@ -118,7 +119,7 @@ def upload(bits: ArrayLike, rate_bps: ArrayLike, power_w: ArrayLike, time_left_s
         return upload_unchecked(bits, rate_bps, power_w, time_left_s)
 
 
-_ZERO = np.array(0.0)
+_ZERO = const(0.0)
 
 
 def upload_unchecked(bits: ArrayLike, rate_bps: ArrayLike, power_w: ArrayLike, time_left_s: ArrayLike) -> tuple[F, F, NDArray[np.bool_]]:

@@ -15,6 +15,7 @@ from fedenv.actions import ActionCodec
 from fedenv.config import EnvConfig, resolve_config
 from fedenv.learning import make_learner
 from fedenv.learning.base import DevicePartition, Learner
+from fedenv.operands import const
 from fedenv.queues import update_queue
 from fedenv.round import EpisodeTables, episode_tables, play_round
 from fedenv.trace import Trace, generate_trace
@@ -108,7 +109,7 @@ class EnvConstants:
         self.target_accuracy = config.target_accuracy
         #: the last_module feature m / M of each module index (looked up, not divided, per step)
         self.module_feature = np.arange(self.num_modules + 1) / self.num_modules
-        self.energy_scale_0d = None if self.energy_scale is None else np.array(self.energy_scale)
+        self.energy_scale_0d = None if self.energy_scale is None else const(self.energy_scale)
 
 
 def observation_template(

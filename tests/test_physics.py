@@ -212,6 +212,17 @@ def test_link_and_upload_at_the_edges_without_warnings_and_as_scalars():
             np.testing.assert_array_equal(got, want)
 
 
+def test_const_operands_are_cached_read_only_float64():
+    from fedenv.operands import const
+
+    a = const(0.25)
+    assert a is const(0.25) and a.dtype == np.float64 and a.ndim == 0 and a == 0.25
+    with pytest.raises(ValueError, match="read-only"):
+        a[...] = 1.0
+    x = np.arange(4.0)
+    np.testing.assert_array_equal(x * const(0.1), x * 0.1)  # the same float64 result as a Python float
+
+
 def test_virtual_queue_update():
     np.testing.assert_allclose(queues.update_queue([0.0, 1.0, 0.2], [0.5, 0.1, 0.0], 0.25), [0.25, 0.85, 0.0])
 
