@@ -24,12 +24,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fedenv.config import EnvConfig
-from fedenv.operands import const
+from fedenv.operands import ZERO_INT, const
 
 __all__ = ["Decision", "ActionCodec"]
 
 _ZERO, _ONE, _TWO = const(0.0), const(1.0), const(2.0)
-_ZERO_INT = np.array(0, dtype=np.int64)  # (0-d operands: see fedenv.operands)
 
 
 @dataclass(frozen=True)
@@ -145,7 +144,7 @@ class ActionCodec:
             module = layout.module.copy()
         power = x[col["power"]] if col["power"] is not None else layout.power.copy()
         ratio = x[col["ratio"]] if col["ratio"] is not None else layout.ratio.copy()
-        scheduled = np.greater(module, _ZERO_INT)
+        scheduled = np.greater(module, ZERO_INT)
         w = x[col["bandwidth"]]
         np.copyto(w, _ZERO, where=np.logical_not(scheduled))  # w x scheduled (w >= 0), without the multiplication
         total = np.add.reduce(w, axis=-1, keepdims=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["const"]
+__all__ = ["const", "ZERO_INT"]
 
 _CACHE: dict[float, NDArray[np.float64]] = {}
 
@@ -27,3 +27,8 @@ def const(value: float) -> NDArray[np.float64]:
         out.flags.writeable = False
         _CACHE[value] = out
     return out
+
+
+#: int64 zero, for comparisons of module indices (``module > 0``).
+ZERO_INT = np.array(0, dtype=np.int64)
+ZERO_INT.flags.writeable = False

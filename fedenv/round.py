@@ -16,7 +16,7 @@ from numpy.typing import NDArray
 from fedenv import channel, costs
 from fedenv.actions import Decision
 from fedenv.config import EnvConfig
-from fedenv.operands import const
+from fedenv.operands import ZERO_INT, const
 
 __all__ = ["EpisodeTables", "RoundPhysics", "episode_tables", "play_round"]
 
@@ -103,9 +103,6 @@ def _row_offsets(shape: tuple[int, ...], columns: int) -> NDArray[np.int64]:
     return out
 
 
-_ZERO_INT = np.array(0, dtype=np.int64)
-
-
 def _lookups(tables: EpisodeTables, module: NDArray[np.int64]) -> tuple[F, F]:
     """Computation time and energy of each device's module: ``table[..., k, module[..., k]]``."""
     ct, ce = tables.compute_time_s, tables.compute_energy_j
@@ -136,7 +133,7 @@ def play_round(
     """
     module = np.asarray(decision.module)
     power = decision.power_w
-    scheduled = np.greater(module, _ZERO_INT)
+    scheduled = np.greater(module, ZERO_INT)
     rank = tables.rank_of_module.take(module)
     t_cmp, e_cmp = _lookups(tables, module)
     if tables.sparse:
