@@ -128,8 +128,8 @@ class ActionCodec:
         layout = self._layouts.get(action.shape)
         if layout is None:
             layout = self._layout(action.shape)
-        x = action.transpose(layout.perm).astype(np.float64, order="C")
-        x += _ONE
+        # (a float32 action is converted to float64 before the addition, as astype would)
+        x = np.add(action.transpose(layout.perm), _ONE, dtype=np.float64, order="C")
         np.maximum(x, _ZERO, out=x)
         np.minimum(x, _TWO, out=x)
         x *= layout.half_span
@@ -144,15 +144,16 @@ class ActionCodec:
             module = layout.module.copy()
         power = x[col["power"]] if col["power"] is not None else layout.power.copy()
         ratio = x[col["ratio"]] if col["ratio"] is not None else layout.ratio.copy()
-        scheduled = np.greater(module, ZERO_INT)
+        idle = np.equal(module, ZERO_INT)
         w = x[col["bandwidth"]]
-        np.copyto(w, _ZERO, where=np.logical_not(scheduled))  # w x scheduled (w >= 0), without the multiplication
+        np.copyto(w, _ZERO, where=idle)  # w x scheduled (w >= 0), without the multiplication
         total = np.add.reduce(w, axis=-1, keepdims=True)
         # (one device block: its single total, without a reduction)
         if (total.item() if total.size == 1 else np.minimum.reduce(total, axis=None)) > 0.0:
             share = np.divide(w, total, out=w)
         else:
             # Every scheduled weight 0: the scheduled devices share the band equally.
+            scheduled = np.logical_not(idle)
             positive = total > 0.0
             equal = scheduled / np.maximum(np.add.reduce(scheduled, axis=-1, keepdims=True), 1)
             share = np.where(positive, w / np.where(positive, total, 1.0), equal)

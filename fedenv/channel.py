@@ -136,7 +136,7 @@ def uplink_rate(power_w: ArrayLike, gain: ArrayLike, share: ArrayLike, cfg: Chan
     """
     share = np.asarray(share, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        return _rate(np.multiply(power_w, gain), share, share * _noise_psd_band(cfg), cfg)
+        return _rate(np.multiply(power_w, gain), share, share * _noise_psd_band(cfg), _constants(cfg))
 
 
 def packet_error_rate(power_w: ArrayLike, gain: ArrayLike, share: ArrayLike, cfg: ChannelConfig) -> F:
@@ -145,7 +145,7 @@ def packet_error_rate(power_w: ArrayLike, gain: ArrayLike, share: ArrayLike, cfg
     A zero received power (no channel) loses every packet.
     """
     with np.errstate(divide="ignore", invalid="ignore"):
-        return _packet_error(np.multiply(power_w, gain), np.multiply(share, _noise_psd_band(cfg)), cfg)
+        return _packet_error(np.multiply(power_w, gain), np.multiply(share, _noise_psd_band(cfg)), _constants(cfg))
 
 
 def link(power_w: ArrayLike, gain: ArrayLike, share: ArrayLike, cfg: ChannelConfig) -> tuple[F, F]:
@@ -159,8 +159,9 @@ def link_unchecked(power_w: ArrayLike, gain: ArrayLike, share: ArrayLike, cfg: C
     errors (``np.errstate``): one round's physics enters that context once for all its formulas."""
     share = np.asarray(share, dtype=np.float64)
     received = np.multiply(power_w, gain)
-    noise = share * _constants(cfg)[0]
-    return _rate(received, share, noise, cfg), _packet_error(received, noise, cfg)
+    constants = _constants(cfg)
+    noise = share * constants[0]
+    return _rate(received, share, noise, constants), _packet_error(received, noise, constants)
 
 
 _CONSTANTS: dict[int, tuple[ChannelConfig, tuple[NDArray[np.float64], ...]]] = {}
@@ -185,25 +186,25 @@ def _noise_psd_band(cfg: ChannelConfig) -> NDArray[np.float64]:
 
 
 # The kernels below run under np.errstate(divide/invalid ignored): the divisions may meet
-# zeros, and the masks then put in the limit values.
-def _rate(received: Any, share: Any, noise: Any, cfg: ChannelConfig) -> F:
+# zeros, and the masks then put in the limit values. ``constants`` is :func:`_constants`.
+def _rate(received: Any, share: Any, noise: Any, constants: tuple[NDArray[np.float64], ...]) -> F:
     """R from the received power p h, the share beta and the noise power beta B N0 on it."""
     # log1p keeps full precision at low SNR, where log2(1 + x) rounds x away
     rate = np.log1p(np.divide(received, noise))
     rate *= share
-    rate *= _constants(cfg)[1]
+    rate *= constants[1]
     if isinstance(rate, np.ndarray) and rate.ndim:
-        # a share of at most 1e-12 of the band (or none) carries nothing
-        np.copyto(rate, _ZERO, where=np.logical_not(np.greater(share, _TINY_SHARE)))
+        # a share of at most 1e-12 of the band (or none) carries nothing (shares are never NaN)
+        np.copyto(rate, _ZERO, where=np.less_equal(share, _TINY_SHARE))
         return rate
     return np.where(share > 1e-12, rate, 0.0)
 
 
-def _packet_error(received: Any, noise: Any, cfg: ChannelConfig) -> F:
+def _packet_error(received: Any, noise: Any, constants: tuple[NDArray[np.float64], ...]) -> F:
     """q from the received power p h and the noise power beta B N0 (q = 1 when p h = 0)."""
-    q = np.expm1(np.divide(np.multiply(noise, _constants(cfg)[2]), received))
+    q = np.expm1(np.divide(np.multiply(noise, constants[2]), received))
     if isinstance(q, np.ndarray) and q.ndim:
         np.negative(q, out=q)
-        np.copyto(q, _ONE, where=np.logical_not(np.greater(received, _ZERO)))
+        np.copyto(q, _ONE, where=np.less_equal(received, _ZERO))  # (p h is never NaN)
         return q
     return np.where(received > 0.0, -q, 1.0)

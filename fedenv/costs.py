@@ -130,7 +130,7 @@ def upload_unchecked(bits: ArrayLike, rate_bps: ArrayLike, power_w: ArrayLike, t
     # S / R; inf when there are bits but no rate; 0 without bits (0 / 0 included)
     t_up = np.divide(s, rate)
     if t_up.ndim:
-        np.copyto(t_up, _ZERO, where=np.logical_not(np.greater(s, _ZERO)))
+        np.copyto(t_up, _ZERO, where=np.less_equal(s, _ZERO))  # (sizes are never NaN)
     else:
         t_up = np.where(s > 0.0, t_up, 0.0)
     left = np.maximum(time_left_s, _ZERO)
@@ -138,5 +138,8 @@ def upload_unchecked(bits: ArrayLike, rate_bps: ArrayLike, power_w: ArrayLike, t
     # With no rate (no band) nothing can be sent, so nothing is spent on the uplink; the
     # transmit time min(t_up, left) is finite, so masking by multiplication is exact.
     energy = np.multiply(power_w, np.minimum(t_up, left))
-    energy *= np.greater(rate, _ZERO)
+    if energy.ndim:
+        np.copyto(energy, _ZERO, where=np.less_equal(rate, _ZERO))  # (rates are never NaN)
+    else:
+        energy = energy * (rate > 0.0)
     return t_up, energy, on_time

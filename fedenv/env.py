@@ -107,8 +107,9 @@ class EnvConstants:
         self.dpp_tradeoff_v = rw.dpp_tradeoff_v
         self.dpp_scale = rw.dpp_scale
         self.target_accuracy = config.target_accuracy
-        #: the last_module feature m / M of each module index (looked up, not divided, per step)
-        self.module_feature = np.arange(self.num_modules + 1) / self.num_modules
+        #: the last_module feature m / M of each module index, in float32 as in the observation
+        #: (looked up, not divided, per step)
+        self.module_feature = (np.arange(self.num_modules + 1) / self.num_modules).astype(np.float32)
         self.energy_scale_0d = None if self.energy_scale is None else const(self.energy_scale)
 
 
@@ -170,7 +171,7 @@ def write_observation(
         col = obs[..., 4:k7:7]
         np.divide(energy_backlog, c.energy_scale_0d, out=col)
         np.minimum(col, _ENERGY_HI, out=col)
-    obs[..., 5:k7:7] = c.module_feature.take(last_module)  # last_module / M
+    obs[..., 5:k7:7] = c.module_feature[last_module]  # last_module / M
     obs[..., 6:k7:7] = last_success
     obs[..., k7 + 1] = accuracy
     obs[..., k7 + 2] = _clip(loss / c.initial_loss, _LOSS_LO, _LOSS_HI)

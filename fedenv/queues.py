@@ -13,7 +13,14 @@ __all__ = ["update_queue", "drift_plus_penalty"]
 
 
 def update_queue(backlog: ArrayLike, arrival: ArrayLike, budget: ArrayLike) -> NDArray[np.float64]:
-    """Q(t+1) = max(Q(t) + x(t) - b, 0), element-wise (energy queues Z_k, latency queue Y)."""
+    """Q(t+1) = max(Q(t) + x(t) - b, 0), element-wise (energy queues Z_k, latency queue Y).
+
+    Numbers in, a number out (a float64 NumPy scalar): one queue (Y) costs scalar arithmetic,
+    not four operations on 0-d arrays.
+    """
+    if isinstance(backlog, (float, np.floating)) and isinstance(arrival, (float, np.floating)) and isinstance(budget, (float, np.floating)):
+        q = np.float64(backlog) + arrival - budget
+        return np.float64(0.0) if q < 0.0 else q  # (NaN propagates, as with np.maximum)
     return np.maximum(np.asarray(backlog) + np.asarray(arrival) - np.asarray(budget), 0.0)
 
 

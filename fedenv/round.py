@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
 from numpy.typing import NDArray
@@ -41,6 +41,15 @@ class EpisodeTables:
     """Whether the payload depends on the sparsification ratio (soft, unified)."""
     params_per_rank: float
     head_params: int
+
+    @cached_property
+    def row_offsets(self) -> NDArray[np.int64] | None:
+        """Flat offset of every (..., k) row of the cost tables (None unless both are C-contiguous
+        and of one shape): ``table.take(module + row_offsets)`` looks a module up per device."""
+        ct, ce = self.compute_time_s, self.compute_energy_j
+        if ct.shape != ce.shape or not (ct.flags.c_contiguous and ce.flags.c_contiguous):
+            return None
+        return _row_offsets(ct.shape[:-1], ct.shape[-1])
 
 
 def episode_tables(config: EnvConfig, cpu_freq_hz: F, params_per_rank: float, head_params: int) -> EpisodeTables:
@@ -87,12 +96,16 @@ class RoundPhysics:
     energy_j: F
     payload_bits: F
     on_time: NDArray[np.bool_]
-    success_prob: F
-    """P(update aggregated) = scheduled x on time x (1 - q)."""
     success: NDArray[np.bool_]
     """Realised: scheduled, on time and u >= q (all False when no uniforms were given)."""
     round_latency_s: F
     """T(t) = max over scheduled devices of their capped finish time, shape (...)."""
+
+    @cached_property
+    def success_prob(self) -> F:
+        """P(update aggregated) = scheduled x on time x (1 - q) (computed when first read: the
+        Lyapunov policy needs it, an env step does not)."""
+        return self.on_time * (const(1.0) - self.packet_error)
 
 
 @lru_cache(maxsize=32)
@@ -105,11 +118,11 @@ def _row_offsets(shape: tuple[int, ...], columns: int) -> NDArray[np.int64]:
 
 def _lookups(tables: EpisodeTables, module: NDArray[np.int64]) -> tuple[F, F]:
     """Computation time and energy of each device's module: ``table[..., k, module[..., k]]``."""
-    ct, ce = tables.compute_time_s, tables.compute_energy_j
-    if module.shape == ct.shape[:-1] and ct.shape == ce.shape and ct.flags.c_contiguous and ce.flags.c_contiguous:
-        flat = module + _row_offsets(module.shape, ct.shape[-1])
-        return ct.take(flat), ce.take(flat)
-    return _lookup(ct, module), _lookup(ce, module)
+    offsets = tables.row_offsets
+    if offsets is not None and module.shape == offsets.shape:
+        flat = module + offsets
+        return tables.compute_time_s.take(flat), tables.compute_energy_j.take(flat)
+    return _lookup(tables.compute_time_s, module), _lookup(tables.compute_energy_j, module)
 
 
 def _lookup(table: F, module: NDArray[np.int64]) -> F:
@@ -119,6 +132,10 @@ def _lookup(table: F, module: NDArray[np.int64]) -> F:
     return np.take_along_axis(table, np.broadcast_to(module, lead)[..., None], axis=-1)[..., 0]
 
 
+# One floating-point error context for every formula of the round (the link's and the upload's
+# divisions meet zeros, and the masks put in the limit values); as a decorator it costs less
+# than a ``with`` block.
+@np.errstate(divide="ignore", invalid="ignore", over="ignore")
 def play_round(
     decision: Decision,
     gain: F,
@@ -141,14 +158,12 @@ def play_round(
     else:
         bits = tables.payload_bits.take(module)
     deadline = const(config.costs.round_deadline_s)
-    # one floating-point error context for the link and the upload (their divisions meet zeros
-    # and put in the limit values)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        rate, per = channel.link_unchecked(power, gain, decision.share, config.channel)
-        per *= scheduled  # idle devices have no packet to lose (q is finite: masking by x 0 is exact)
-        t_up, e_up, on_time = costs.upload_unchecked(bits, rate, power, deadline - t_cmp)
+    rate, per = channel.link_unchecked(power, gain, decision.share, config.channel)
+    per *= scheduled  # idle devices have no packet to lose (q is finite: masking by x 0 is exact)
+    # on time: t_up <= max(T_max - t_cmp, 0). A scheduled device sends at least one bit at a
+    # finite rate (t_up > 0), so a computation past the deadline is never on time.
+    t_up, e_up, on_time = costs.upload_unchecked(bits, rate, power, deadline - t_cmp)
     on_time &= scheduled
-    on_time &= t_cmp <= deadline
     # Module 0 computes and sends nothing (the tables' column 0 is 0, so t_up = 0 and E_up = 0):
     # idle devices get a zero finish time and energy without masking.
     latency = np.minimum(t_cmp + t_up, deadline)
@@ -166,7 +181,6 @@ def play_round(
         energy_j=e_cmp + e_up,
         payload_bits=bits,
         on_time=on_time,
-        success_prob=on_time * (const(1.0) - per),
         success=success,
         round_latency_s=np.maximum.reduce(latency, axis=-1),
     )

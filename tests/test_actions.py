@@ -140,6 +140,19 @@ def test_play_round_deadline_and_success():
     assert codec.num_devices == 3
 
 
+def test_play_round_computation_past_the_deadline_is_never_on_time():
+    """Even on a perfect channel: no upload time is left, so nothing is sent or spent on the uplink."""
+    cfg = EnvConfig().replace(devices={"num_devices": 2})
+    tables = episode_tables(cfg, np.array([1e9, 1e3]), cfg.model.lora_params_per_rank, cfg.model.head_params)
+    assert tables.compute_time_s[1, 1] > cfg.costs.round_deadline_s > tables.compute_time_s[0, 1]
+    d = Decision(module=np.array([1, 1]), power_w=np.full(2, 0.2), share=np.array([0.5, 0.5]), ratio=np.ones(2))
+    phys = play_round(d, np.full(2, 1e-3), tables, cfg, success_uniform=np.full(2, 0.99))
+    assert phys.on_time.tolist() == [True, False] and phys.success.tolist() == [True, False]
+    assert phys.latency_s[1] == cfg.costs.round_deadline_s
+    assert phys.energy_j[1] == tables.compute_energy_j[1, 1]  # computation only
+    assert phys.success_prob.tolist() == [1.0 - phys.packet_error[0], 0.0]
+
+
 # ------------------------------------------------------------------ wrappers
 @pytest.mark.parametrize("preset", list(PRESETS))
 def test_dict_action_wrapper_maps_to_canonical(preset):

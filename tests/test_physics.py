@@ -227,6 +227,15 @@ def test_virtual_queue_update():
     np.testing.assert_allclose(queues.update_queue([0.0, 1.0, 0.2], [0.5, 0.1, 0.0], 0.25), [0.25, 0.85, 0.0])
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.floats(0.0, 10.0), st.floats(0.0, 10.0), st.floats(0.0, 10.0))
+def test_virtual_queue_of_numbers_equals_the_array_formula(backlog, arrival, budget):
+    q = queues.update_queue(backlog, np.float64(arrival), budget)
+    assert isinstance(q, np.float64)
+    assert q == np.maximum(np.asarray(backlog) + np.asarray(arrival) - np.asarray(budget), 0.0)
+    assert np.isnan(queues.update_queue(backlog, np.float64(np.nan), budget))
+
+
 def test_drift_plus_penalty():
     v = queues.drift_plus_penalty(10.0, 0.5, [1.0, 2.0], [0.1, 0.2], 3.0, 2.0)
     assert v == pytest.approx(10 * 0.5 + 0.1 + 0.4 + 6.0)

@@ -66,11 +66,14 @@ def _values(x: ArrayLike) -> Any:
 
 def rank_gain(rank: ArrayLike, cfg: SurrogateConfig) -> F:
     """g(r) = 1 - exp(-r / r_0); g(0) = 0."""
-    g = np.divide(rank, const(-cfg.rank_scale))  # in float64, whatever the dtype of the ranks
-    if isinstance(g, np.ndarray) and g.ndim:
-        np.expm1(g, out=g)
-        return np.negative(g, out=g)
-    return -np.expm1(g)
+    shortfall = _rank_shortfall(rank, cfg)
+    return np.negative(shortfall, out=shortfall) if isinstance(shortfall, np.ndarray) and shortfall.ndim else -shortfall
+
+
+def _rank_shortfall(rank: ArrayLike, cfg: SurrogateConfig) -> F:
+    """-g(r) = exp(-r / r_0) - 1 (a new array for array ranks)."""
+    e = np.divide(rank, const(-cfg.rank_scale))  # in float64, whatever the dtype of the ranks
+    return np.expm1(e, out=e) if isinstance(e, np.ndarray) and e.ndim else np.expm1(e)
 
 
 def sparsity_gain(ratio: ArrayLike, cfg: SurrogateConfig) -> F:
@@ -103,7 +106,7 @@ def round_progress(
     """
     r = np.asarray(rank, dtype=np.float64)
     x = np.multiply(data_share, weight)
-    idle = np.logical_not(np.greater(r, _ZERO))
+    idle = np.less_equal(r, _ZERO)  # (ranks are never NaN)
     if x.shape == idle.shape:
         np.copyto(x, _ZERO, where=idle)  # x (r > 0), without the multiplication
     else:
@@ -113,7 +116,8 @@ def round_progress(
     safe = total + (total == 0.0)
     # (safe with a trailing axis, to divide per-device or per-label arrays; a scalar as is)
     safe_col = safe[..., None] if isinstance(safe, np.ndarray) else safe
-    quality = np.add.reduce(x * rank_gain(r, cfg) * sparsity_gain(ratio, cfg), axis=-1) / safe
+    # Q = sum x g s / X = -(sum x (-g) s) / X exactly: negating is exact, and rounds alike
+    quality = -(np.add.reduce(x * _rank_shortfall(r, cfg) * sparsity_gain(ratio, cfg), axis=-1) / safe)
     # X^beta Q is 0 when X = 0 (then Q = 0), for any beta >= 0
     progress = np.power(total, const(cfg.participation_exponent)) * quality
     # sum_k x_k l_kc, summed along a contiguous device axis (labels moved before devices)
@@ -226,6 +230,7 @@ class SurrogateLearner:
         self.gap = 1.0
         self._round = 0
         self._noise: F = np.zeros(0)
+        self._noise_values: list[float] = []
         self._classes = class_counts(config)
         self._arrays: tuple[F, F, F] | None = None
         self._notes = {"backend": "surrogate", "task": config.learning.task, "train_samples": config.learning.num_train_samples}
@@ -243,10 +248,11 @@ class SurrogateLearner:
         self.gap = 1.0
         self._round = 0
         self._noise = evaluation_noise(np.array(key, dtype=np.uint64), self.config)
+        self._noise_values = self._noise.tolist()  # (Python floats: cheaper scalar arithmetic, same values)
         return self.partition
 
     def _report(self) -> RoundReport:
-        noise = self._noise[self._round - 1] if 0 < self._round <= self._noise.size else 0.0
+        noise = self._noise_values[self._round - 1] if 0 < self._round <= len(self._noise_values) else 0.0
         acc = observed_accuracy(self.gap, noise, self.cfg)
         # Equal to RoundReport(accuracy=acc, loss=..., gap=self.gap), without the frozen
         # dataclass's per-field object.__setattr__ (a measurable share of a step's cost).
