@@ -128,8 +128,8 @@ class ActionCodec:
         layout = self._layouts.get(action.shape)
         if layout is None:
             layout = self._layout(action.shape)
-        # (a float32 action is converted to float64 before the addition, as astype would)
-        x = np.add(action.transpose(layout.perm), _ONE, dtype=np.float64, order="C")
+        x = (action.T if action.ndim == 2 else action.transpose(layout.perm)).astype(np.float64, order="C")
+        x += _ONE
         np.maximum(x, _ZERO, out=x)
         np.minimum(x, _TWO, out=x)
         x *= layout.half_span
@@ -148,8 +148,14 @@ class ActionCodec:
         w = x[col["bandwidth"]]
         np.copyto(w, _ZERO, where=idle)  # w x scheduled (w >= 0), without the multiplication
         total = np.add.reduce(w, axis=-1, keepdims=True)
-        # (one device block: its single total, without a reduction)
-        if (total.item() if total.size == 1 else np.minimum.reduce(total, axis=None)) > 0.0:
+        if total.size == 1:
+            # one device block: its single total, tested without a reduction and divided by as a
+            # 0-d array (cheaper than broadcasting a (1,) array)
+            total = total.reshape(())
+            positive_everywhere = total.item() > 0.0
+        else:
+            positive_everywhere = np.minimum.reduce(total, axis=None) > 0.0
+        if positive_everywhere:
             share = np.divide(w, total, out=w)
         else:
             # Every scheduled weight 0: the scheduled devices share the band equally.

@@ -62,7 +62,7 @@ _BOUNDS = {
 }
 
 
-_ENERGY_HI = _BOUNDS["energy_backlog"][1]
+_ENERGY_HI_0D = const(_BOUNDS["energy_backlog"][1])
 _LOSS_LO, _LOSS_HI = _BOUNDS["loss"]
 _LAT_LO, _LAT_HI = _BOUNDS["latency_backlog"]
 
@@ -168,9 +168,10 @@ def write_observation(
     """
     k7 = 7 * c.num_devices
     if c.energy_scale_0d is not None:
-        col = obs[..., 4:k7:7]
-        np.divide(energy_backlog, c.energy_scale_0d, out=col)
-        np.minimum(col, _ENERGY_HI, out=col)
+        # in float64, then one conversion (the same float32 values: rounding is monotonic and
+        # the bound is a float32)
+        z = np.divide(energy_backlog, c.energy_scale_0d)
+        obs[..., 4:k7:7] = np.minimum(z, _ENERGY_HI_0D, out=z)
     obs[..., 5:k7:7] = c.module_feature[last_module]  # last_module / M
     obs[..., 6:k7:7] = last_success
     obs[..., k7 + 1] = accuracy

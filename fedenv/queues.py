@@ -9,7 +9,11 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from fedenv.operands import const
+
 __all__ = ["update_queue", "drift_plus_penalty"]
+
+_ZERO = const(0.0)
 
 
 def update_queue(backlog: ArrayLike, arrival: ArrayLike, budget: ArrayLike) -> NDArray[np.float64]:
@@ -21,7 +25,9 @@ def update_queue(backlog: ArrayLike, arrival: ArrayLike, budget: ArrayLike) -> N
     if isinstance(backlog, (float, np.floating)) and isinstance(arrival, (float, np.floating)) and isinstance(budget, (float, np.floating)):
         q = np.float64(backlog) + arrival - budget
         return np.float64(0.0) if q < 0.0 else q  # (NaN propagates, as with np.maximum)
-    return np.maximum(np.asarray(backlog) + np.asarray(arrival) - np.asarray(budget), 0.0)
+    if isinstance(budget, (float, int)):
+        budget = const(float(budget))  # (a 0-d operand: no conversion per call)
+    return np.maximum(np.subtract(np.add(backlog, arrival), budget), _ZERO)
 
 
 def drift_plus_penalty(

@@ -123,6 +123,7 @@ class FedLoRAWirelessVectorEnv(gym.vector.VectorEnv[NDArray[np.float32], NDArray
         self.observation_space = batch_space(self.single_observation_space, n)
         self.action_space = batch_space(self.single_action_space, n)
         self._scfg = cfg.learning.surrogate
+        self._shortfall_of_rank = surrogate.rank_shortfall_table(cfg)
         self._classes = surrogate.class_counts(cfg)
         self._notes = {"backend": "surrogate", "task": cfg.learning.task, "train_samples": cfg.learning.num_train_samples}
         self._params_per_rank = float(cfg.model.lora_params_per_rank)
@@ -290,8 +291,9 @@ class FedLoRAWirelessVectorEnv(gym.vector.VectorEnv[NDArray[np.float32], NDArray
         gain = self._gain_rows.take(at, axis=0)
         phys = play_round(decision, gain, self._tables, cfg, self._uniform_rows.take(at, axis=0))
         progress, floor = surrogate.round_progress(
-            self._share, phys.success, phys.rank, decision.ratio, self._labels, self._global, self._scfg
-        )
+            self._share, phys.success, phys.rank, decision.ratio, self._labels, self._global, self._scfg,
+            self._shortfall_of_rank.take(phys.rank),
+        )  # fmt: skip
         gap = surrogate.next_gap(self._gap, progress, floor, self._scfg)
         accuracy = surrogate.observed_accuracy(gap, self._noise.take(rows * cfg.num_rounds + t), self._scfg)
         loss = surrogate.loss_from_gap(gap, self._scfg)

@@ -13,6 +13,7 @@ from fedenv.learning.surrogate import (
     gap_from_accuracy,
     next_gap,
     rank_gain,
+    rank_shortfall_table,
     round_progress,
 )
 
@@ -33,6 +34,19 @@ def progress(weight=1.0, rank=8, ratio=1.0, labels=BALANCED, share=SHARE):
 
 def test_rank_gain_hand_values():
     np.testing.assert_allclose(rank_gain([0, 4, 8], CFG), [0.0, 1 - np.exp(-1), 1 - np.exp(-2)])
+
+
+def test_rank_shortfall_table_equals_the_formula_and_round_progress_takes_it():
+    cfg = EnvConfig()
+    table = rank_shortfall_table(cfg)
+    ranks = np.arange(max(cfg.model.ranks) + 1)
+    np.testing.assert_array_equal(table, -rank_gain(ranks, cfg.learning.surrogate))
+    r = np.array([0, 2, 16, 8])
+    w = np.array([True, True, False, True])
+    looked_up = round_progress(SHARE, w, r, np.ones(K), SKEWED, GLOBAL, cfg.learning.surrogate, table.take(r))
+    assert looked_up == round_progress(SHARE, w, r, np.ones(K), SKEWED, GLOBAL, cfg.learning.surrogate)
+    # boolean success flags and their float64 equivalent give the same numbers
+    assert looked_up == round_progress(SHARE, w.astype(float), r, np.ones(K), SKEWED, GLOBAL, cfg.learning.surrogate)
 
 
 def test_full_participation_hand_value():

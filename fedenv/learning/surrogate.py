@@ -41,6 +41,7 @@ from fedenv.operands import const
 
 __all__ = [
     "rank_gain",
+    "rank_shortfall_table",
     "sparsity_gain",
     "round_progress",
     "next_gap",
@@ -76,6 +77,13 @@ def _rank_shortfall(rank: ArrayLike, cfg: SurrogateConfig) -> F:
     return np.expm1(e, out=e) if isinstance(e, np.ndarray) and e.ndim else np.expm1(e)
 
 
+def rank_shortfall_table(config: EnvConfig) -> F:
+    """-g(r) of every rank r = 0..max of the config's ranks, to look up per round (the same
+    numbers as computing them: the formula is elementwise). Pass ``table.take(rank)`` as
+    :func:`round_progress`'s ``rank_shortfall``."""
+    return _rank_shortfall(np.arange(max(config.model.ranks) + 1, dtype=np.float64), config.learning.surrogate)
+
+
 def sparsity_gain(ratio: ArrayLike, cfg: SurrogateConfig) -> F:
     """s(rho) = rho^gamma: update energy kept by sending the top rho of the rank components."""
     return np.power(ratio, const(cfg.sparsity_exponent))
@@ -89,6 +97,7 @@ def round_progress(
     label_distribution: ArrayLike,
     global_label_distribution: ArrayLike,
     cfg: SurrogateConfig,
+    rank_shortfall: ArrayLike | None = None,
 ) -> tuple[F, F]:
     """Progress Gamma and floor F of one round (module docstring), over the last axis (devices).
 
@@ -99,25 +108,31 @@ def round_progress(
         ratio: rho_k in (0, 1] (1 = no sparsification).
         label_distribution: l_k, shape (..., K, C).
         global_label_distribution: p, shape (..., C).
+        rank_shortfall: -g(r_k) (:func:`rank_gain`), when already looked up; computed if None.
 
     Returns:
         (Gamma, F), shape (...). For a single episode (1-D device arrays) they are NumPy
         scalars, so that the per-episode arithmetic after the reductions stays cheap.
     """
-    r = np.asarray(rank, dtype=np.float64)
-    x = np.multiply(data_share, weight)
-    idle = np.less_equal(r, _ZERO)  # (ranks are never NaN)
-    if x.shape == idle.shape:
-        np.copyto(x, _ZERO, where=idle)  # x (r > 0), without the multiplication
+    r = rank.astype(np.float64) if isinstance(rank, np.ndarray) else np.asarray(rank, dtype=np.float64)
+    if isinstance(weight, np.ndarray) and weight.dtype == np.bool_:
+        # success flags: x = pi (c and r > 0), one mask (the same numbers as the general case)
+        x = np.multiply(data_share, np.logical_and(np.greater(r, _ZERO), weight))
     else:
-        x = x * np.logical_not(idle)
+        x = np.multiply(data_share, weight)
+        idle = np.less_equal(r, _ZERO)  # (ranks are never NaN)
+        if x.shape == idle.shape:
+            np.copyto(x, _ZERO, where=idle)  # x (r > 0), without the multiplication
+        else:
+            x = x * np.logical_not(idle)
     total = np.add.reduce(x, axis=-1)
     # X where X > 0, else 1 (X >= 0; every sum divided by it is 0 when X = 0)
     safe = total + (total == 0.0)
     # (safe with a trailing axis, to divide per-device or per-label arrays; a scalar as is)
     safe_col = safe[..., None] if isinstance(safe, np.ndarray) else safe
     # Q = sum x g s / X = -(sum x (-g) s) / X exactly: negating is exact, and rounds alike
-    quality = -(np.add.reduce(x * _rank_shortfall(r, cfg) * sparsity_gain(ratio, cfg), axis=-1) / safe)
+    shortfall = _rank_shortfall(r, cfg) if rank_shortfall is None else rank_shortfall
+    quality = -(np.add.reduce(x * shortfall * sparsity_gain(ratio, cfg), axis=-1) / safe)
     # X^beta Q is 0 when X = 0 (then Q = 0), for any beta >= 0
     progress = np.power(total, const(cfg.participation_exponent)) * quality
     # sum_k x_k l_kc, summed along a contiguous device axis (labels moved before devices)
@@ -232,6 +247,7 @@ class SurrogateLearner:
         self._noise: F = np.zeros(0)
         self._noise_values: list[float] = []
         self._classes = class_counts(config)
+        self._shortfall_of_rank = rank_shortfall_table(config)
         self._arrays: tuple[F, F, F] | None = None
         self._notes = {"backend": "surrogate", "task": config.learning.task, "train_samples": config.learning.num_train_samples}
 
@@ -271,7 +287,11 @@ class SurrogateLearner:
 
     def train_round(self, ranks: NDArray[np.int64], ratios: NDArray[np.float64], success: NDArray[np.bool_]) -> RoundReport:
         share, labels, global_labels = self._require_arrays()
-        progress, floor = round_progress(share, success, ranks, ratios, labels, global_labels, self.cfg)
+        try:
+            shortfall = self._shortfall_of_rank.take(ranks)
+        except (IndexError, TypeError):  # ranks outside the config's (or not integers)
+            shortfall = None
+        progress, floor = round_progress(share, success, ranks, ratios, labels, global_labels, self.cfg, shortfall)
         self.gap = float(next_gap(self.gap, progress, floor, self.cfg))
         self._round += 1
         return self._report()
