@@ -24,7 +24,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fedenv.config import EnvConfig
-from fedenv.operands import ZERO_INT, const
+from fedenv.operands import ZERO_INT, const, put
 
 __all__ = ["Decision", "ActionCodec"]
 
@@ -89,6 +89,7 @@ class ActionCodec:
         self._low = np.array([bounds[c][0] for c in self.components])
         self._half_span = np.array([0.5 * (bounds[c][1] - bounds[c][0]) for c in self.components])
         self._layouts: dict[tuple[int, ...], _Layout] = {}
+        self._ones: dict[tuple[int | str, ...], NDArray[np.floating]] = {}
         self._max_module = np.array(self.num_modules, dtype=np.int64)
 
     # ----------------------------------------------------------------- decode
@@ -107,11 +108,25 @@ class ActionCodec:
             raise ValueError(
                 f"action must have shape {self.shape} (devices x components {list(self.components)}), got {a.shape}"
             )
-        # A sum of finite numbers is finite unless it overflows, so the elementwise check runs
-        # only when the sum is not finite.
-        if not math.isfinite(np.add.reduce(a, axis=None)) and not np.isfinite(a).all():
+        # A sum of finite numbers is finite unless it overflows (NaN and inf carry through), so
+        # the elementwise check runs only when it is not; summed as a dot product with ones,
+        # the cheapest full pass over a small array.
+        flat = a.ravel()
+        ones = self._ones.get(flat.shape + (a.dtype.char,))
+        if ones is None:
+            ones = self._ones_like(flat)
+        if not math.isfinite(flat.dot(ones)) and not np.isfinite(a).all():
             raise ValueError(f"action contains NaN or infinite values; expected finite numbers in [-1, 1]: {a}")
         return a
+
+    def _ones_like(self, flat: NDArray[np.floating]) -> NDArray[np.floating]:
+        """Read-only ones of the shape and dtype of ``flat``, cached."""
+        if len(self._ones) > 16:
+            self._ones.clear()
+        ones = np.ones_like(flat)
+        ones.flags.writeable = False
+        self._ones[flat.shape + (flat.dtype.char,)] = ones
+        return ones
 
     def decode(self, action: NDArray[np.floating]) -> Decision:
         """Canonical action (..., K, C) to a :class:`Decision` (finite; clipped to [-1, 1] here).
@@ -146,7 +161,7 @@ class ActionCodec:
         ratio = x[col["ratio"]] if col["ratio"] is not None else layout.ratio.copy()
         idle = np.equal(module, ZERO_INT)
         w = x[col["bandwidth"]]
-        np.copyto(w, _ZERO, where=idle)  # w x scheduled (w >= 0), without the multiplication
+        put(w, idle, _ZERO)  # w x scheduled (w >= 0), without the multiplication
         total = np.add.reduce(w, axis=-1, keepdims=True)
         if total.size == 1:
             # one device block: its single total, tested without a reduction and divided by as a

@@ -13,7 +13,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from fedenv.config import ChannelConfig
-from fedenv.operands import const
+from fedenv.operands import const, put
 
 __all__ = [
     "place_devices",
@@ -195,7 +195,7 @@ def _rate(received: Any, share: Any, noise: Any, constants: tuple[NDArray[np.flo
     rate *= constants[1]
     if isinstance(rate, np.ndarray) and rate.ndim:
         # a share of at most 1e-12 of the band (or none) carries nothing (shares are never NaN)
-        np.copyto(rate, _ZERO, where=np.less_equal(share, _TINY_SHARE))
+        put(rate, np.less_equal(share, _TINY_SHARE), _ZERO)
         return rate
     return np.where(share > 1e-12, rate, 0.0)
 
@@ -205,6 +205,6 @@ def _packet_error(received: Any, noise: Any, constants: tuple[NDArray[np.float64
     q = np.expm1(np.divide(np.multiply(noise, constants[2]), received))
     if isinstance(q, np.ndarray) and q.ndim:
         np.negative(q, out=q)
-        np.copyto(q, _ONE, where=np.less_equal(received, _ZERO))  # (p h is never NaN)
+        put(q, np.less_equal(received, _ZERO), _ONE)  # (p h is never NaN)
         return q
     return np.where(received > 0.0, -q, 1.0)

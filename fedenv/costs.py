@@ -9,7 +9,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from fedenv.config import CostConfig, DeviceConfig, ModelConfig
-from fedenv.operands import const
+from fedenv.operands import const, put
 
 __all__ = [
     "lora_payload_bits",
@@ -130,7 +130,7 @@ def upload_unchecked(bits: ArrayLike, rate_bps: ArrayLike, power_w: ArrayLike, t
     # S / R; inf when there are bits but no rate; 0 without bits (0 / 0 included)
     t_up = np.divide(s, rate)
     if t_up.ndim:
-        np.copyto(t_up, _ZERO, where=np.less_equal(s, _ZERO))  # (sizes are never NaN)
+        put(t_up, np.less_equal(s, _ZERO), _ZERO)  # (sizes are never NaN)
     else:
         t_up = np.where(s > 0.0, t_up, 0.0)
     left = np.maximum(time_left_s, _ZERO)
@@ -139,7 +139,7 @@ def upload_unchecked(bits: ArrayLike, rate_bps: ArrayLike, power_w: ArrayLike, t
     # transmit time min(t_up, left) is finite, so masking by multiplication is exact.
     energy = np.multiply(power_w, np.minimum(t_up, left))
     if energy.ndim:
-        np.copyto(energy, _ZERO, where=np.less_equal(rate, _ZERO))  # (rates are never NaN)
+        put(energy, np.less_equal(rate, _ZERO), _ZERO)  # (rates are never NaN)
     else:
         energy = energy * (rate > 0.0)
     return t_up, energy, on_time

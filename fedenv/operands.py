@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["const", "ZERO_INT"]
+__all__ = ["const", "put", "ZERO_INT"]
 
 _CACHE: dict[float, NDArray[np.float64]] = {}
 
@@ -32,3 +32,13 @@ def const(value: float) -> NDArray[np.float64]:
 #: int64 zero, for comparisons of module indices (``module > 0``).
 ZERO_INT = np.array(0, dtype=np.int64)
 ZERO_INT.flags.writeable = False
+
+
+def put(target: NDArray[np.generic], mask: NDArray[np.bool_], value: NDArray[np.generic]) -> None:
+    """``target[mask] = value`` in place: ``np.copyto(target, value, where=mask)``, by boolean
+    indexing when ``mask`` has the shape of ``target`` (cheaper on small arrays; copyto
+    broadcasts the mask otherwise). ``value`` is a 0-d array (see :func:`const`)."""
+    if mask.shape == target.shape:
+        target[mask] = value
+    else:
+        np.copyto(target, value, where=mask)

@@ -124,6 +124,7 @@ class FedLoRAWirelessVectorEnv(gym.vector.VectorEnv[NDArray[np.float32], NDArray
         self.action_space = batch_space(self.single_action_space, n)
         self._scfg = cfg.learning.surrogate
         self._shortfall_of_rank = surrogate.rank_shortfall_table(cfg)
+        self._sparse = cfg.paradigm in ("soft", "unified")  # (ratios count only there, as in the single env)
         self._classes = surrogate.class_counts(cfg)
         self._notes = {"backend": "surrogate", "task": cfg.learning.task, "train_samples": cfg.learning.num_train_samples}
         self._params_per_rank = float(cfg.model.lora_params_per_rank)
@@ -291,7 +292,7 @@ class FedLoRAWirelessVectorEnv(gym.vector.VectorEnv[NDArray[np.float32], NDArray
         gain = self._gain_rows.take(at, axis=0)
         phys = play_round(decision, gain, self._tables, cfg, self._uniform_rows.take(at, axis=0))
         progress, floor = surrogate.round_progress(
-            self._share, phys.success, phys.rank, decision.ratio, self._labels, self._global, self._scfg,
+            self._share, phys.success, phys.rank, decision.ratio if self._sparse else None, self._labels, self._global, self._scfg,
             self._shortfall_of_rank.take(phys.rank),
         )  # fmt: skip
         gap = surrogate.next_gap(self._gap, progress, floor, self._scfg)

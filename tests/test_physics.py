@@ -274,3 +274,16 @@ def test_trace_batch_equals_single_and_depends_only_on_key():
     f = both.cpu_freq_hz
     assert (f >= 0.5e9).all() and (f <= 2e9).all()
     assert (both.distance_m >= 50.0).all() and (both.distance_m <= 500.0 + 1e-9).all()
+
+
+def test_put_writes_a_masked_value_like_copyto():
+    from fedenv.operands import const, put
+
+    x = np.arange(6.0).reshape(2, 3)
+    expected = x.copy()
+    np.copyto(expected, 9.0, where=expected > 2.0)
+    put(x, x > 2.0, const(9.0))  # the mask's shape: boolean indexing
+    np.testing.assert_array_equal(x, expected)
+    y = np.arange(6.0).reshape(2, 3)
+    put(y, np.array([True, False, True]), const(-1.0))  # a broadcast mask: copyto
+    np.testing.assert_array_equal(y, [[-1.0, 1.0, -1.0], [-1.0, 4.0, -1.0]])

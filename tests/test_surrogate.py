@@ -49,6 +49,19 @@ def test_rank_shortfall_table_equals_the_formula_and_round_progress_takes_it():
     assert looked_up == round_progress(SHARE, w.astype(float), r, np.ones(K), SKEWED, GLOBAL, cfg.learning.surrogate)
 
 
+@pytest.mark.parametrize(("preset", "counts"), [("switching", False), ("split", False), ("soft", True), ("unified", True)])
+def test_learner_uses_ratios_only_where_the_paradigm_sparsifies(preset, counts):
+    """As the lora backend: sparsification ratios matter in soft and unified only."""
+    cfg = EnvConfig.from_preset(preset)
+    gaps = []
+    for ratio in (1.0, 0.3):
+        learner = SurrogateLearner(cfg)
+        learner.reset(10, np.random.default_rng(0))
+        ranks = np.full(10, cfg.model.ranks[0])
+        gaps.append(learner.train_round(ranks, np.full(10, ratio), np.ones(10, dtype=bool)).gap)
+    assert (gaps[0] != gaps[1]) == counts
+
+
 def test_full_participation_hand_value():
     gamma, floor = progress()
     assert gamma == pytest.approx(1 - np.exp(-2))  # X = 1, Q = g(8)

@@ -37,7 +37,7 @@ from fedenv import streams
 from fedenv.config import EnvConfig, SurrogateConfig
 from fedenv.learning.base import DevicePartition, RoundReport
 from fedenv.learning.partition import dirichlet_label_counts
-from fedenv.operands import const
+from fedenv.operands import const, put
 
 __all__ = [
     "rank_gain",
@@ -93,7 +93,7 @@ def round_progress(
     data_share: ArrayLike,
     weight: ArrayLike,
     rank: ArrayLike,
-    ratio: ArrayLike,
+    ratio: ArrayLike | None,
     label_distribution: ArrayLike,
     global_label_distribution: ArrayLike,
     cfg: SurrogateConfig,
@@ -105,7 +105,7 @@ def round_progress(
         data_share: pi_k, shape (..., K), summing to 1.
         weight: c_k in [0, 1]: 1/0 success, or a success probability for predictions.
         rank: r_k (0 = not scheduled).
-        ratio: rho_k in (0, 1] (1 = no sparsification).
+        ratio: rho_k in (0, 1] (1 = no sparsification); None for none at all (s = 1).
         label_distribution: l_k, shape (..., K, C).
         global_label_distribution: p, shape (..., C).
         rank_shortfall: -g(r_k) (:func:`rank_gain`), when already looked up; computed if None.
@@ -122,7 +122,7 @@ def round_progress(
         x = np.multiply(data_share, weight)
         idle = np.less_equal(r, _ZERO)  # (ranks are never NaN)
         if x.shape == idle.shape:
-            np.copyto(x, _ZERO, where=idle)  # x (r > 0), without the multiplication
+            put(x, idle, _ZERO)  # x (r > 0), without the multiplication
         else:
             x = x * np.logical_not(idle)
     total = np.add.reduce(x, axis=-1)
@@ -132,7 +132,10 @@ def round_progress(
     safe_col = safe[..., None] if isinstance(safe, np.ndarray) else safe
     # Q = sum x g s / X = -(sum x (-g) s) / X exactly: negating is exact, and rounds alike
     shortfall = _rank_shortfall(r, cfg) if rank_shortfall is None else rank_shortfall
-    quality = -(np.add.reduce(x * shortfall * sparsity_gain(ratio, cfg), axis=-1) / safe)
+    kept = x * shortfall
+    if ratio is not None:
+        kept = kept * sparsity_gain(ratio, cfg)
+    quality = -(np.add.reduce(kept, axis=-1) / safe)
     # X^beta Q is 0 when X = 0 (then Q = 0), for any beta >= 0
     progress = np.power(total, const(cfg.participation_exponent)) * quality
     # sum_k x_k l_kc, summed along a contiguous device axis (labels moved before devices)
@@ -234,7 +237,11 @@ def partition_arrays(counts: F, classes: NDArray[np.int64]) -> tuple[F, F, F, F]
 
 
 class SurrogateLearner:
-    """The surrogate as a :class:`~fedenv.learning.base.Learner` (pickles; no heavy imports)."""
+    """The surrogate as a :class:`~fedenv.learning.base.Learner` (pickles; no heavy imports).
+
+    Sparsification ratios count only in the paradigms that sparsify (soft, unified); elsewhere
+    they are ignored, as in the lora backend.
+    """
 
     def __init__(self, config: EnvConfig) -> None:
         self.config = config
@@ -248,6 +255,9 @@ class SurrogateLearner:
         self._noise_values: list[float] = []
         self._classes = class_counts(config)
         self._shortfall_of_rank = rank_shortfall_table(config)
+        #: sparsification ratios count only in the paradigms that sparsify (soft, unified), as
+        #: in the lora backend
+        self._sparse = config.paradigm in ("soft", "unified")
         self._arrays: tuple[F, F, F] | None = None
         self._notes = {"backend": "surrogate", "task": config.learning.task, "train_samples": config.learning.num_train_samples}
 
@@ -282,7 +292,7 @@ class SurrogateLearner:
     def expected_gap(self, ranks: ArrayLike, ratios: ArrayLike, success_prob: ArrayLike) -> float:
         """Predicted gap after a round (the Lyapunov penalty Phi) with c_k = success probability."""
         share, labels, global_labels = self._require_arrays()
-        progress, floor = round_progress(share, success_prob, ranks, ratios, labels, global_labels, self.cfg)
+        progress, floor = round_progress(share, success_prob, ranks, ratios if self._sparse else None, labels, global_labels, self.cfg)
         return float(next_gap(self.gap, progress, floor, self.cfg))
 
     def train_round(self, ranks: NDArray[np.int64], ratios: NDArray[np.float64], success: NDArray[np.bool_]) -> RoundReport:
@@ -291,7 +301,7 @@ class SurrogateLearner:
             shortfall = self._shortfall_of_rank.take(ranks)
         except (IndexError, TypeError):  # ranks outside the config's (or not integers)
             shortfall = None
-        progress, floor = round_progress(share, success, ranks, ratios, labels, global_labels, self.cfg, shortfall)
+        progress, floor = round_progress(share, success, ranks, ratios if self._sparse else None, labels, global_labels, self.cfg, shortfall)
         self.gap = float(next_gap(self.gap, progress, floor, self.cfg))
         self._round += 1
         return self._report()
