@@ -11,6 +11,7 @@ import numpy as np
 from gymnasium import spaces
 from numpy.typing import NDArray
 
+from fedenv import streams
 from fedenv.actions import ActionCodec
 from fedenv.config import EnvConfig, resolve_config
 from fedenv.learning import make_learner
@@ -363,7 +364,7 @@ class FedLoRAWirelessEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
         super().reset(seed=seed)
         cfg = self.config
         k = self.num_devices
-        trace_key, learn_key = self.np_random.integers(0, 2**63, size=2, dtype=np.uint64)
+        trace_key, learn_key = streams.draw_keys(self.np_random, 2)
         self.trace_key = int(trace_key)
         batch = generate_trace(np.array([trace_key], dtype=np.uint64), cfg)
         self._trace: Trace = batch

@@ -39,6 +39,7 @@ from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 from numpy.typing import NDArray
 
+from fedenv import streams
 from fedenv.actions import ActionCodec
 from fedenv.config import EnvConfig, resolve_config
 from fedenv.env import (
@@ -219,7 +220,7 @@ class FedLoRAWirelessVectorEnv(gym.vector.VectorEnv[NDArray[np.float32], NDArray
             if s is not None or rng is None:
                 rng = rngs[i] = seeding.np_random(s)[0]
             # the single env's reset: two keys from its generator, then the learner's draws
-            pair = rng.integers(0, 2**63, size=2, dtype=np.uint64)
+            pair = streams.draw_keys(rng, 2)
             keys[j] = pair
             counts[j], noise_keys[j] = surrogate.draw_episode(cfg, k, default_rng(int(pair[1])), classes)
         trace = generate_trace(keys[:, 0], cfg)

@@ -253,6 +253,18 @@ def test_queue_bounds_the_budget_excess(arrivals, budget):
 
 
 # ---------------------------------------------------------- streams, trace
+@pytest.mark.parametrize("bit_generator", [np.random.PCG64, np.random.PCG64DXSM, np.random.Philox, np.random.SFC64, np.random.MT19937])
+def test_draw_keys_equals_generator_integers_and_leaves_the_same_state(bit_generator):
+    for seed in range(20):
+        a, b = np.random.Generator(bit_generator(seed)), np.random.Generator(bit_generator(seed))
+        for count in (1, 2, 5):
+            expected = a.integers(0, 2**63, size=count, dtype=np.uint64)
+            keys = streams.draw_keys(b, count)
+            np.testing.assert_array_equal(keys, expected)
+            assert keys.dtype == np.uint64
+        assert a.random() == b.random()
+
+
 def test_streams_are_pure_functions_of_key_and_batched_equals_single():
     keys = np.array([3, 99, 2**62], dtype=np.uint64)
     batch = streams.uniform(keys, 5, (4, 6))

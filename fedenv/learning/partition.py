@@ -6,6 +6,8 @@ Shared by the surrogate (which needs only the per-device label counts) and the l
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -29,23 +31,14 @@ def dirichlet_label_counts(
     samples are redrawn (Hsu et al. 2019; the usual FL benchmark rule). IID: every sample goes
     to a uniformly random device, so each device's label mix follows the global one.
     """
-    class_counts = np.asarray(class_counts, dtype=np.int64)
-    total = int(class_counts.sum())
-    if num_devices < 1:
-        raise ValueError(f"num_devices must be >= 1, got {num_devices}")
-    if total < num_devices * min_size:
-        raise ValueError(
-            f"cannot give {num_devices} devices at least {min_size} samples each from {total} samples"
-        )
-    counts = np.zeros((num_devices, class_counts.size), dtype=np.int64)
+    per_class, concentration = _setup(tuple(np.asarray(class_counts, dtype=np.int64).tolist()), num_devices, alpha, iid, min_size)
+    counts = np.zeros((num_devices, len(per_class)), dtype=np.int64)
     # the same draws in the same order for every class: Dir(alpha 1_K) proportions (or the
     # uniform ones), then the multinomial split of that class's samples
-    concentration = np.full(num_devices, 1.0 / num_devices if iid else alpha)
-    per_class = [int(n_c) for n_c in class_counts]
     for _ in range(max_tries):
         for c, n_c in enumerate(per_class):
             counts[:, c] = rng.multinomial(n_c, concentration if iid else rng.dirichlet(concentration))
-        if np.add.reduce(counts, axis=1).min() >= min_size:
+        if np.minimum.reduce(np.add.reduce(counts, axis=1)) >= min_size:
             return counts
     # Extremely skewed draws: move samples from the largest devices to the starving ones.
     sizes = counts.sum(axis=1)
@@ -56,6 +49,21 @@ def dirichlet_label_counts(
             counts[donor, c] -= 1
             counts[k, c] += 1
     return counts
+
+
+@lru_cache(maxsize=64)
+def _setup(class_counts: tuple[int, ...], num_devices: int, alpha: float, iid: bool, min_size: int) -> tuple[tuple[int, ...], NDArray[np.float64]]:
+    """Checked arguments of :func:`dirichlet_label_counts`: the per-class counts and the (read-only)
+    concentration vector (computed once per setting: a vector env draws thousands of partitions)."""
+    if num_devices < 1:
+        raise ValueError(f"num_devices must be >= 1, got {num_devices}")
+    if sum(class_counts) < num_devices * min_size:
+        raise ValueError(
+            f"cannot give {num_devices} devices at least {min_size} samples each from {sum(class_counts)} samples"
+        )
+    concentration = np.full(num_devices, 1.0 / num_devices if iid else alpha)
+    concentration.flags.writeable = False
+    return class_counts, concentration
 
 
 def partition_indices(

@@ -224,7 +224,7 @@ def draw_episode(config: EnvConfig, num_devices: int, rng: np.random.Generator, 
     if classes is None:
         classes = class_counts(config)
     counts = dirichlet_label_counts(classes, num_devices, lc.dirichlet_alpha, rng, iid=lc.iid, min_size=config.devices.batch_size)
-    return counts.astype(np.float64), rng.integers(0, 2**63, dtype=np.uint64)
+    return counts.astype(np.float64), streams.draw_keys(rng, 1)[0]
 
 
 def partition_arrays(counts: F, classes: NDArray[np.int64]) -> tuple[F, F, F, F]:
