@@ -40,7 +40,10 @@ def place_devices(u_radius: ArrayLike, u_angle: ArrayLike, cfg: ChannelConfig) -
     r2_lo, r2_hi = cfg.min_distance_m**2, cfg.cell_radius_m**2
     d = np.sqrt(np.asarray(u_radius) * (r2_hi - r2_lo) + r2_lo)
     phi = 2.0 * np.pi * np.asarray(u_angle)
-    return np.stack([d * np.cos(phi), d * np.sin(phi)], axis=-1)
+    out = np.empty((d.shape if d.shape == phi.shape else np.broadcast_shapes(d.shape, phi.shape)) + (2,))
+    np.multiply(d, np.cos(phi), out=out[..., 0])
+    np.multiply(d, np.sin(phi), out=out[..., 1])
+    return out
 
 
 def path_loss_db(distance_m: ArrayLike, cfg: ChannelConfig) -> F:
@@ -67,7 +70,9 @@ def gauss_markov_fading(initial: NDArray[np.complex128], innovations: NDArray[np
     """
     initial = np.asarray(initial, dtype=np.complex128)
     innovations = np.asarray(innovations, dtype=np.complex128)
-    lead = np.broadcast_shapes(initial.shape[:-1], innovations.shape[:-2])
+    lead = initial.shape[:-1]
+    if innovations.shape[:-2] != lead:
+        lead = np.broadcast_shapes(lead, innovations.shape[:-2])
     steps, k = innovations.shape[-2], initial.shape[-1]
     g = np.empty(lead + (steps + 1, k), dtype=np.complex128)
     g[..., 0, :] = initial

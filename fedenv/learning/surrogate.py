@@ -141,9 +141,15 @@ def round_progress(
     # sum_k x_k l_kc, summed along a contiguous device axis (labels moved before devices)
     labels = label_distribution if isinstance(label_distribution, np.ndarray) else np.asarray(label_distribution)
     mix = np.add.reduce(np.multiply(x[..., None, :], labels.swapaxes(-1, -2), order="C"), axis=-1)
-    mix /= safe_col
-    mix = np.subtract(mix, global_label_distribution)
-    tv = 0.5 * np.add.reduce(np.abs(mix, out=mix), axis=-1)
+    if mix.shape[-1] < 8 and mix.ndim == 1 and np.ndim(global_label_distribution) == 1:
+        # One episode: C numbers, as Python floats (the same IEEE operations in the same order as
+        # the array path, whose sum over fewer than 8 labels is sequential; cheaper for a few).
+        x_total = float(safe)
+        tv = 0.5 * sum(abs(m / x_total - p) for m, p in zip(mix.tolist(), np.asarray(global_label_distribution).tolist()))
+    else:
+        mix /= safe_col
+        mix = np.subtract(mix, global_label_distribution)
+        tv = 0.5 * np.add.reduce(np.abs(mix, out=mix), axis=-1)
     mean_r = np.add.reduce(x * r, axis=-1) / safe
     dev = r - (mean_r[..., None] if isinstance(mean_r, np.ndarray) else mean_r)
     np.square(dev, out=dev)
