@@ -123,6 +123,23 @@ def test_batched_equals_per_episode():
         assert g[i] == pytest.approx(gi) and f[i] == pytest.approx(fi)
 
 
+@pytest.mark.parametrize("labels", [2, 3, 7, 9])
+def test_one_episode_equals_its_row_of_a_batch_bit_for_bit(labels):
+    """The single env's path (scalars, Python floats for the label terms) and the batched one agree exactly."""
+    rng = np.random.default_rng(labels)
+    n, k = 6, 10
+    share = rng.dirichlet(np.ones(k), size=n)
+    success = rng.uniform(size=(n, k)) < 0.7
+    r = rng.choice([0, 2, 4, 8, 16], size=(n, k))
+    rho = rng.uniform(0.1, 1, size=(n, k))
+    lab = rng.dirichlet(np.ones(labels), size=(n, k))
+    glob = rng.dirichlet(np.ones(labels), size=n)
+    g, f = round_progress(share, success, r, rho, lab, glob, CFG)
+    for i in range(n):
+        gi, fi = round_progress(share[i], success[i], r[i], rho[i], lab[i], glob[i], CFG)
+        assert gi == g[i] and fi == f[i]
+
+
 def test_learner_is_deterministic_and_expected_gap_matches_train_round():
     cfg = EnvConfig()
     a, b = SurrogateLearner(cfg), SurrogateLearner(cfg)
