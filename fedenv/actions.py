@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import NamedTuple
 
 import numpy as np
@@ -43,12 +44,19 @@ class Decision:
     ratio: NDArray[np.float64]
     """Sparsification ratio rho_k in (0, 1]."""
 
+    @cached_property
+    def idle(self) -> NDArray[np.bool_]:
+        """module == 0: the devices not scheduled (computed once; decode fills it in)."""
+        return np.equal(self.module, ZERO_INT)
 
-def _decision(module: NDArray[np.int64], power_w: NDArray[np.float64], share: NDArray[np.float64], ratio: NDArray[np.float64]) -> Decision:
-    # Equal to Decision(...), without the frozen dataclass's per-field object.__setattr__
-    # (a measurable share of a step's cost).
+
+def _decision(
+    module: NDArray[np.int64], power_w: NDArray[np.float64], share: NDArray[np.float64], ratio: NDArray[np.float64], idle: NDArray[np.bool_]
+) -> Decision:
+    # Equal to Decision(...) with its idle mask already computed, without the frozen
+    # dataclass's per-field object.__setattr__ (a measurable share of a step's cost).
     d = object.__new__(Decision)
-    d.__dict__.update(module=module, power_w=power_w, share=share, ratio=ratio)
+    d.__dict__.update(module=module, power_w=power_w, share=share, ratio=ratio, idle=idle)
     return d
 
 
@@ -178,7 +186,7 @@ class ActionCodec:
             positive = total > 0.0
             equal = scheduled / np.maximum(np.add.reduce(scheduled, axis=-1, keepdims=True), 1)
             share = np.where(positive, w / np.where(positive, total, 1.0), equal)
-        return _decision(module, power, share, ratio)
+        return _decision(module, power, share, ratio, idle)
 
     def _layout(self, shape: tuple[int, ...]) -> _Layout:
         """Cached per action shape (..., K, C): the axis order moving components first, span / 2

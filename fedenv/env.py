@@ -18,7 +18,7 @@ from fedenv.learning import make_learner
 from fedenv.learning.base import DevicePartition, Learner
 from fedenv.operands import const
 from fedenv.queues import update_queue
-from fedenv.round import EpisodeTables, episode_tables, play_round
+from fedenv.round import EpisodeTables, episode_tables, play_round, transmit_power
 from fedenv.trace import Trace, generate_trace
 
 __all__ = [
@@ -420,7 +420,7 @@ class FedLoRAWirelessEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
         info.update(
             module=decision.module,
             rank=phys.rank,
-            tx_power_w=decision.power_w * scheduled,
+            tx_power_w=transmit_power(decision),
             bandwidth_share=decision.share,
             sparsity_ratio=decision.ratio,
             rate_bps=phys.rate_bps,

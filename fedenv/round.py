@@ -16,9 +16,11 @@ from numpy.typing import NDArray
 from fedenv import channel, costs
 from fedenv.actions import Decision
 from fedenv.config import EnvConfig
-from fedenv.operands import ZERO_INT, const
+from fedenv.operands import const, put
 
-__all__ = ["EpisodeTables", "RoundPhysics", "episode_tables", "play_round"]
+__all__ = ["EpisodeTables", "RoundPhysics", "episode_tables", "play_round", "transmit_power"]
+
+_ZERO = const(0.0)
 
 F = NDArray[np.float64]
 
@@ -150,7 +152,8 @@ def play_round(
     """
     module = np.asarray(decision.module)
     power = decision.power_w
-    scheduled = np.greater(module, ZERO_INT)
+    idle = decision.idle
+    scheduled = np.logical_not(idle)
     rank = tables.rank_of_module.take(module)
     t_cmp, e_cmp = _lookups(tables, module)
     if tables.sparse:
@@ -159,7 +162,7 @@ def play_round(
         bits = tables.payload_bits.take(module)
     deadline = const(config.costs.round_deadline_s)
     rate, per = channel.link_unchecked(power, gain, decision.share, config.channel)
-    per *= scheduled  # idle devices have no packet to lose (q is finite: masking by x 0 is exact)
+    put(per, idle, _ZERO)  # idle devices have no packet to lose
     # on time: t_up <= max(T_max - t_cmp, 0). A scheduled device sends at least one bit at a
     # finite rate (t_up > 0), so a computation past the deadline is never on time.
     t_up, e_up, on_time = costs.upload_unchecked(bits, rate, power, deadline - t_cmp)
@@ -185,3 +188,10 @@ def play_round(
         round_latency_s=np.maximum.reduce(latency, axis=-1),
     )
     return phys
+
+
+def transmit_power(decision: Decision) -> F:
+    """The power each device transmits with: p_k if scheduled, else 0 (W; ``info["tx_power_w"]``)."""
+    power = np.asarray(decision.power_w, dtype=np.float64).copy()
+    put(power, decision.idle, _ZERO)
+    return power

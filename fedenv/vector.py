@@ -51,7 +51,7 @@ from fedenv.env import (
     write_observation,
 )
 from fedenv.learning import surrogate
-from fedenv.round import EpisodeTables, episode_tables, play_round
+from fedenv.round import EpisodeTables, episode_tables, play_round, transmit_power
 from fedenv.trace import generate_trace
 
 __all__ = ["FedLoRAWirelessVectorEnv"]
@@ -322,7 +322,7 @@ class FedLoRAWirelessVectorEnv(gym.vector.VectorEnv[NDArray[np.float32], NDArray
         step_info: dict[str, Any] = {
             "module": decision.module,
             "rank": phys.rank,
-            "tx_power_w": decision.power_w * scheduled,
+            "tx_power_w": transmit_power(decision),
             "bandwidth_share": decision.share,
             "sparsity_ratio": decision.ratio,
             "rate_bps": phys.rate_bps,
