@@ -86,7 +86,6 @@ class EnvConstants:
         "num_devices", "num_modules", "num_rounds", "energy_budget", "latency_budget", "energy_scale",
         "latency_scale", "initial_loss", "snr_ref", "mode", "accuracy_weight", "energy_weight",
         "energy_ref", "overshoot_weight", "dpp_tradeoff_v", "dpp_scale", "target_accuracy", "module_feature",
-        "energy_scale_0d",
     )  # fmt: skip
 
     def __init__(self, config: EnvConfig) -> None:
@@ -96,7 +95,8 @@ class EnvConstants:
         self.num_rounds = config.num_rounds
         self.energy_budget = config.budgets.energy_budget_j
         self.latency_budget = config.budgets.latency_budget_s
-        self.energy_scale = None if self.energy_budget is None else _BACKLOG_SCALE * self.energy_budget
+        #: the energy-backlog feature's scale 10 E_bar, as a 0-d array (it divides a K-array per step)
+        self.energy_scale = None if self.energy_budget is None else const(_BACKLOG_SCALE * self.energy_budget)
         self.latency_scale = None if self.latency_budget is None else _BACKLOG_SCALE * self.latency_budget
         self.initial_loss = config.learning.surrogate.initial_loss
         self.snr_ref = ch.max_tx_power_w / (ch.bandwidth_hz * ch.noise_psd_w_per_hz)
@@ -111,7 +111,6 @@ class EnvConstants:
         #: the last_module feature m / M of each module index, in float32 as in the observation
         #: (looked up, not divided, per step)
         self.module_feature = (np.arange(self.num_modules + 1) / self.num_modules).astype(np.float32)
-        self.energy_scale_0d = None if self.energy_scale is None else const(self.energy_scale)
 
 
 def observation_template(
@@ -168,10 +167,10 @@ def write_observation(
     scalars (...). Features are clipped to their documented bounds.
     """
     k7 = 7 * c.num_devices
-    if c.energy_scale_0d is not None:
+    if c.energy_scale is not None:
         # in float64, then one conversion (the same float32 values: rounding is monotonic and
         # the bound is a float32)
-        z = np.divide(energy_backlog, c.energy_scale_0d)
+        z = np.divide(energy_backlog, c.energy_scale)
         obs[..., 4:k7:7] = np.minimum(z, _ENERGY_HI_0D, out=z)
     obs[..., 5:k7:7] = c.module_feature[last_module]  # last_module / M
     obs[..., 6:k7:7] = last_success

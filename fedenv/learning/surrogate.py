@@ -128,8 +128,6 @@ def round_progress(
     total = np.add.reduce(x, axis=-1)
     # X where X > 0, else 1 (X >= 0; every sum divided by it is 0 when X = 0)
     safe = total + (total == 0.0)
-    # (safe with a trailing axis, to divide per-device or per-label arrays; a scalar as is)
-    safe_col = safe[..., None] if isinstance(safe, np.ndarray) else safe
     # Q = sum x g s / X = -(sum x (-g) s) / X exactly: negating is exact, and rounds alike
     shortfall = _rank_shortfall(r, cfg) if rank_shortfall is None else rank_shortfall
     kept = x * shortfall
@@ -147,7 +145,7 @@ def round_progress(
         x_total = float(safe)
         tv = 0.5 * sum(abs(m / x_total - p) for m, p in zip(mix.tolist(), np.asarray(global_label_distribution).tolist()))
     else:
-        mix /= safe_col
+        mix /= safe[..., None] if isinstance(safe, np.ndarray) else safe
         mix = np.subtract(mix, global_label_distribution)
         tv = 0.5 * np.add.reduce(np.abs(mix, out=mix), axis=-1)
     mean_r = np.add.reduce(x * r, axis=-1) / safe
