@@ -536,6 +536,12 @@ class EnvConfig(_Section):
         return self.fixed_rank if self.fixed_rank is not None else self.model.ranks[-1]
 
     @property
+    def sparsifies(self) -> bool:
+        """Whether devices send the top rho of their rank components (soft, unified): the only
+        paradigms where the sparsification ratio changes payloads and learning."""
+        return self.paradigm in ("soft", "unified")
+
+    @property
     def uses_energy_queue(self) -> bool:
         return self.budgets.energy_budget_j is not None
 

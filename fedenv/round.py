@@ -76,7 +76,7 @@ def episode_tables(config: EnvConfig, cpu_freq_hz: F, params_per_rank: float, he
         compute_time_s=np.ascontiguousarray(compute_time),
         compute_energy_j=np.ascontiguousarray(compute_energy),
         payload_bits=payload,
-        sparse=config.paradigm in ("soft", "unified"),
+        sparse=config.sparsifies,
         params_per_rank=params_per_rank,
         head_params=head_params,
     )

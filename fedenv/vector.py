@@ -125,7 +125,7 @@ class FedLoRAWirelessVectorEnv(gym.vector.VectorEnv[NDArray[np.float32], NDArray
         self.action_space = batch_space(self.single_action_space, n)
         self._scfg = cfg.learning.surrogate
         self._shortfall_of_rank = surrogate.rank_shortfall_table(cfg)
-        self._sparse = cfg.paradigm in ("soft", "unified")  # (ratios count only there, as in the single env)
+        self._sparse = cfg.sparsifies  # (ratios count only there, as in the single env)
         self._classes = surrogate.class_counts(cfg)
         self._notes = {"backend": "surrogate", "task": cfg.learning.task, "train_samples": cfg.learning.num_train_samples}
         self._params_per_rank = float(cfg.model.lora_params_per_rank)

@@ -259,9 +259,8 @@ class SurrogateLearner:
         self._noise_values: list[float] = []
         self._classes = class_counts(config)
         self._shortfall_of_rank = rank_shortfall_table(config)
-        #: sparsification ratios count only in the paradigms that sparsify (soft, unified), as
-        #: in the lora backend
-        self._sparse = config.paradigm in ("soft", "unified")
+        #: sparsification ratios count only in the paradigms that sparsify, as in the lora backend
+        self._sparse = config.sparsifies
         self._arrays: tuple[F, F, F] | None = None
         self._notes = {"backend": "surrogate", "task": config.learning.task, "train_samples": config.learning.num_train_samples}
 

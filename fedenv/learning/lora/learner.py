@@ -124,7 +124,7 @@ class LoraLearner:
         self.params_per_rank: float = float(self.spec.params_per_rank)
         self.head_params: int = self.spec.head_params
         self.rank = max(config.model.ranks)
-        self.sparse = config.paradigm in ("soft", "unified")
+        self.sparse = config.sparsifies
         settings = TrainSettings(
             learning_rate=lc.learning_rate,
             weight_decay=lc.weight_decay,
