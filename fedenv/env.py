@@ -366,14 +366,19 @@ class FedLoRAWirelessEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
         trace_key, learn_key = streams.draw_keys(self.np_random, 2)
         self.trace_key = int(trace_key)
         batch = generate_trace(np.array([trace_key], dtype=np.uint64), cfg)
+        # Read-only: info hands out rows of the trace as views (a different row on every call).
+        for array in (batch.position_m, batch.distance_m, batch.gain, batch.cpu_freq_hz, batch.success_uniform):
+            array.flags.writeable = False
         self._trace: Trace = batch
         self._gain = batch.gain[0]
+        self._distance = batch.distance_m[0]
         self._uniform = batch.success_uniform[0]
         self._cpu = batch.cpu_freq_hz[0]
         self.partition: DevicePartition = self.learner.reset(k, np.random.default_rng(int(learn_key)))
         self._tables: EpisodeTables = episode_tables(cfg, self._cpu, self.learner.params_per_rank, self.learner.head_params)
-        # The observation features that do not depend on the policy, for every round at once.
-        self._obs_rows = observation_template(cfg, self._gain, batch.distance_m[0], self._cpu, self.partition.data_share)
+        # The observation features that do not depend on the policy, for every round at once;
+        # row t becomes the observation of round t (each row is handed out once).
+        self._obs_rows = observation_template(cfg, self._gain, self._distance, self._cpu, self.partition.data_share)
         self._t = 0
         self._done = False
         self._energy_backlog = np.zeros(k)
@@ -416,26 +421,27 @@ class FedLoRAWirelessEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
         scheduled = phys.scheduled
         on_time = phys.on_time
         info = self._state_info()
-        info.update(
-            module=decision.module,
-            rank=phys.rank,
-            tx_power_w=transmit_power(decision),
-            bandwidth_share=decision.share,
-            sparsity_ratio=decision.ratio,
-            rate_bps=phys.rate_bps,
-            packet_error_prob=phys.packet_error,
-            success=phys.success,
-            straggler=np.greater(scheduled, on_time),  # scheduled and not on time (bools)
-            packet_lost=np.greater(on_time, phys.success),  # on time and not aggregated
-            compute_time_s=phys.compute_time_s,
-            upload_time_s=phys.upload_time_s,
-            latency_s=phys.latency_s,
-            round_latency_s=round_latency,
-            energy_j=phys.energy_j,
-            payload_bits=phys.payload_bits,
-            round_channel_gain=gain.copy(),
-            reward_terms=terms,
-        )
+        info.update({
+            "module": decision.module,
+            "rank": phys.rank,
+            "tx_power_w": transmit_power(decision),
+            "bandwidth_share": decision.share,
+            "sparsity_ratio": decision.ratio,
+            "rate_bps": phys.rate_bps,
+            "packet_error_prob": phys.packet_error,
+            "success": phys.success,
+            "straggler": np.greater(scheduled, on_time),  # scheduled and not on time (bools)
+            "packet_lost": np.greater(on_time, phys.success),  # on time and not aggregated
+            "compute_time_s": phys.compute_time_s,
+            "upload_time_s": phys.upload_time_s,
+            "latency_s": phys.latency_s,
+            "round_latency_s": round_latency,
+            "energy_j": phys.energy_j,
+            "payload_bits": phys.payload_bits,
+            # a copy: the previous info's channel_gain is a view of this row
+            "round_channel_gain": gain.copy(),
+            "reward_terms": terms,
+        })  # fmt: skip
         if report.extra:
             info["learner"] = report.extra
         self._last_round = info
@@ -449,9 +455,8 @@ class FedLoRAWirelessEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
     def _observation(self) -> NDArray[np.float32]:
         t = self._t
         assert t is not None
-        obs = self._obs_rows[t].copy()
         return write_observation(
-            obs, self._c, self._energy_backlog, self._last_module, self._last_success, self._accuracy, self._loss, self._latency_backlog
+            self._obs_rows[t], self._c, self._energy_backlog, self._last_module, self._last_success, self._accuracy, self._loss, self._latency_backlog
         )
 
     def _state_info(self) -> dict[str, Any]:
@@ -460,8 +465,8 @@ class FedLoRAWirelessEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
         p = self.partition
         return {
             "round": t,
-            "channel_gain": self._gain[t].copy(),
-            "distance_m": self._trace.distance_m[0, t].copy(),
+            "channel_gain": self._gain[t],
+            "distance_m": self._distance[t],
             "cpu_freq_hz": self._cpu.copy(),
             "data_size": p.data_sizes.copy(),
             "label_distribution": p.label_distribution.copy(),

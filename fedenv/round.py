@@ -101,7 +101,8 @@ class RoundPhysics:
     success: NDArray[np.bool_]
     """Realised: scheduled, on time and u >= q (all False when no uniforms were given)."""
     round_latency_s: F
-    """T(t) = max over scheduled devices of their capped finish time, shape (...)."""
+    """T(t) = max over scheduled devices of their capped finish time, shape (...) (a float for
+    one episode)."""
 
     @cached_property
     def success_prob(self) -> F:
@@ -168,7 +169,9 @@ def play_round(
     t_up, e_up, on_time = costs.upload_unchecked(bits, rate, power, deadline - t_cmp)
     on_time &= scheduled
     # Module 0 computes and sends nothing (the tables' column 0 is 0, so t_up = 0 and E_up = 0):
-    # idle devices get a zero finish time and energy without masking.
+    # idle devices get a zero finish time and energy without masking. The latencies are never
+    # NaN (t_up is, as 0 / 0, only where the upload mask puts 0), so the round latency of one
+    # episode is Python's max of them (a third of a reduction's cost; a max is exact).
     latency = np.minimum(t_cmp + t_up, deadline)
     success = on_time & (success_uniform >= per) if success_uniform is not None else np.zeros_like(on_time)
     # Equal to RoundPhysics(...), without the frozen dataclass's per-field object.__setattr__.
@@ -185,7 +188,7 @@ def play_round(
         payload_bits=bits,
         on_time=on_time,
         success=success,
-        round_latency_s=np.maximum.reduce(latency, axis=-1),
+        round_latency_s=max(latency.tolist()) if latency.ndim == 1 else np.maximum.reduce(latency, axis=-1),
     )
     return phys
 

@@ -124,7 +124,7 @@ class FedLoRAWirelessVectorEnv(gym.vector.VectorEnv[NDArray[np.float32], NDArray
         self.observation_space = batch_space(self.single_observation_space, n)
         self.action_space = batch_space(self.single_action_space, n)
         self._scfg = cfg.learning.surrogate
-        self._shortfall_of_rank = surrogate.rank_shortfall_table(cfg)
+        self._progress = surrogate.RoundProgress(cfg)
         self._sparse = cfg.sparsifies  # (ratios count only there, as in the single env)
         self._classes = surrogate.class_counts(cfg)
         self._notes = {"backend": "surrogate", "task": cfg.learning.task, "train_samples": cfg.learning.num_train_samples}
@@ -147,6 +147,7 @@ class FedLoRAWirelessVectorEnv(gym.vector.VectorEnv[NDArray[np.float32], NDArray
         self._sizes = np.zeros((n, k))
         self._share = np.zeros((n, k))
         self._labels = np.zeros((n, k, c))
+        self._progress.set_labels(self._labels)  # (the label rows of the surrogate's sums)
         self._global = np.zeros((n, c))
         self._noise = np.zeros((n, cfg.num_rounds))
         self._first_row = np.arange(n, dtype=np.int64) * rows
@@ -245,6 +246,7 @@ class FedLoRAWirelessVectorEnv(gym.vector.VectorEnv[NDArray[np.float32], NDArray
             self._tables.compute_time_s[idx] = tables.compute_time_s
             self._tables.compute_energy_j[idx] = tables.compute_energy_j
         self._share[idx] = share
+        self._progress.set_labels(labels, None if m == self.num_envs else idx)
         self._noise[idx] = surrogate.evaluation_noise(noise_keys, cfg)
         # The state that info exposes is replaced, never written in place (copy on write), and
         # read-only: the arrays of an info returned earlier never change.
@@ -292,10 +294,7 @@ class FedLoRAWirelessVectorEnv(gym.vector.VectorEnv[NDArray[np.float32], NDArray
         at = self._round_rows(t)
         gain = self._gain_rows.take(at, axis=0)
         phys = play_round(decision, gain, self._tables, cfg, self._uniform_rows.take(at, axis=0))
-        progress, floor = surrogate.round_progress(
-            self._share, phys.success, phys.rank, decision.ratio if self._sparse else None, self._labels, self._global, self._scfg,
-            self._shortfall_of_rank.take(phys.rank),
-        )  # fmt: skip
+        progress, floor = self._progress(self._share, phys.success, phys.rank, decision.ratio if self._sparse else None, self._global)
         gap = surrogate.next_gap(self._gap, progress, floor, self._scfg)
         accuracy = surrogate.observed_accuracy(gap, self._noise.take(rows * cfg.num_rounds + t), self._scfg)
         loss = surrogate.loss_from_gap(gap, self._scfg)

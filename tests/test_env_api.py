@@ -149,3 +149,31 @@ def test_sync_vector_env_runs():
     for _ in range(3):
         obs, r, term, trunc, _ = venv.step(venv.action_space.sample())
     assert r.shape == (3,)
+
+
+def test_kept_observations_and_infos_never_change():
+    """Observations and info arrays are handed out without copies (rows of per-episode arrays,
+    read-only trace rows): what a user kept stays as it was, through later steps and resets."""
+    import copy
+
+    env = FedLoRAWirelessEnv({"num_rounds": 5})
+    kept, snapshots = [], []
+    rng = np.random.default_rng(0)
+    for seed in (0, 1):
+        obs, info = env.reset(seed=seed)
+        kept.append((obs, info))
+        snapshots.append(copy.deepcopy((obs, info)))
+        done = False
+        while not done:
+            obs, _, term, trunc, info = env.step(rng.uniform(-1, 1, env.action_space.shape))
+            kept.append((obs, info))
+            snapshots.append(copy.deepcopy((obs, info)))
+            done = term or trunc
+    for (obs, info), (obs0, info0) in zip(kept, snapshots):
+        np.testing.assert_array_equal(obs, obs0)
+        for key, value in info0.items():
+            if isinstance(value, np.ndarray):
+                np.testing.assert_array_equal(info[key], value)
+    # the trace rows in info are read-only views: writing raises instead of changing the env
+    with pytest.raises(ValueError, match="read-only"):
+        kept[-1][1]["channel_gain"][0] = 1.0

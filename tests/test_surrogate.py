@@ -8,12 +8,13 @@ import pytest
 from fedenv.config import EnvConfig, SurrogateConfig
 from fedenv.learning.partition import dirichlet_label_counts, partition_indices
 from fedenv.learning.surrogate import (
+    RoundProgress,
     SurrogateLearner,
     accuracy_from_gap,
     gap_from_accuracy,
     next_gap,
     rank_gain,
-    rank_shortfall_table,
+    rank_rows_table,
     round_progress,
 )
 
@@ -36,17 +37,67 @@ def test_rank_gain_hand_values():
     np.testing.assert_allclose(rank_gain([0, 4, 8], CFG), [0.0, 1 - np.exp(-1), 1 - np.exp(-2)])
 
 
-def test_rank_shortfall_table_equals_the_formula_and_round_progress_takes_it():
+def test_rank_rows_table_equals_the_formulas():
     cfg = EnvConfig()
-    table = rank_shortfall_table(cfg)
+    table = rank_rows_table(cfg)
     ranks = np.arange(max(cfg.model.ranks) + 1)
-    np.testing.assert_array_equal(table, -rank_gain(ranks, cfg.learning.surrogate))
+    np.testing.assert_array_equal(table, [-rank_gain(ranks, cfg.learning.surrogate), ranks])
+    assert not table.flags.writeable
+
+
+def test_boolean_success_flags_equal_their_float_weights():
     r = np.array([0, 2, 16, 8])
     w = np.array([True, True, False, True])
-    looked_up = round_progress(SHARE, w, r, np.ones(K), SKEWED, GLOBAL, cfg.learning.surrogate, table.take(r))
-    assert looked_up == round_progress(SHARE, w, r, np.ones(K), SKEWED, GLOBAL, cfg.learning.surrogate)
-    # boolean success flags and their float64 equivalent give the same numbers
-    assert looked_up == round_progress(SHARE, w.astype(float), r, np.ones(K), SKEWED, GLOBAL, cfg.learning.surrogate)
+    assert round_progress(SHARE, w, r, np.ones(K), SKEWED, GLOBAL, CFG) == round_progress(SHARE, w.astype(float), r, np.ones(K), SKEWED, GLOBAL, CFG)
+
+
+@pytest.mark.parametrize("labels", [2, 3, 9])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_round_progress_of_an_episode_equals_the_function_bit_for_bit(labels, sparse):
+    """RoundProgress (label rows once per episode, rank rows looked up) = round_progress, for one
+    episode and for a batch whose episodes start at different times."""
+    cfg = EnvConfig()
+    scfg = cfg.learning.surrogate
+    rng = np.random.default_rng(labels)
+    n, k = 5, 10
+    progress = RoundProgress(cfg)
+    for lead in ((), (n,)):
+        lab = rng.dirichlet(np.ones(labels), size=lead + (k,))
+        progress.set_labels(lab)
+        for _ in range(4):
+            if lead:  # new episodes in two of the sub-envs
+                idx = np.array([1, 3])
+                lab = lab.copy()
+                lab[idx] = rng.dirichlet(np.ones(labels), size=(2, k))
+                progress.set_labels(lab[idx], idx)
+            share = rng.dirichlet(np.ones(k), size=lead)
+            glob = rng.dirichlet(np.ones(labels), size=lead)
+            r = rng.choice([0, *cfg.model.ranks], size=lead + (k,))
+            rho = rng.uniform(0.1, 1, size=lead + (k,)) if sparse else None
+            for w in (rng.uniform(size=lead + (k,)) < 0.7, rng.uniform(size=lead + (k,))):
+                got = progress(share, w, r, rho, glob)
+                want = round_progress(share, w, r, rho, lab, glob, scfg)
+                np.testing.assert_array_equal(got[0], want[0])
+                np.testing.assert_array_equal(got[1], want[1])
+    # ranks beyond the config's table are computed; ranks of another shape or dtype are refused
+    progress.set_labels(lab[0])
+    r = np.array([0, 64, 2, 1, 0, 0, 8, 4, 16, 128])
+    w = np.ones(k, dtype=bool)
+    assert progress(share[0], w, r, None, glob[0]) == round_progress(share[0], w, r, None, lab[0], glob[0], scfg)
+    for bad in (r[:3], r.astype(float), list(r)):
+        with pytest.raises(ValueError, match="integer array of shape"):
+            progress(share[0], w, bad, None, glob[0])
+
+
+def test_round_progress_broadcasts_one_episode_against_a_batch_of_decisions():
+    """The Lyapunov policy's call: labels (K, C) and shares (K,) of the episode, ranks and weights
+    of N candidate decisions (N, K)."""
+    rng = np.random.default_rng(3)
+    r = rng.choice([0, 2, 4, 8, 16], size=(6, K))
+    w = rng.uniform(size=(6, K))
+    g, f = round_progress(SHARE, w, r, None, SKEWED, GLOBAL, CFG)
+    for i in range(6):
+        assert (g[i], f[i]) == round_progress(SHARE, w[i], r[i], None, SKEWED, GLOBAL, CFG)
 
 
 @pytest.mark.parametrize(("preset", "counts"), [("switching", False), ("split", False), ("soft", True), ("unified", True)])

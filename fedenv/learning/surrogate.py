@@ -37,11 +37,12 @@ from fedenv import streams
 from fedenv.config import EnvConfig, SurrogateConfig
 from fedenv.learning.base import DevicePartition, RoundReport
 from fedenv.learning.partition import dirichlet_label_counts
-from fedenv.operands import const, put
+from fedenv.operands import ZERO_INT, const, put
 
 __all__ = [
     "rank_gain",
-    "rank_shortfall_table",
+    "rank_rows_table",
+    "RoundProgress",
     "sparsity_gain",
     "round_progress",
     "next_gap",
@@ -77,11 +78,14 @@ def _rank_shortfall(rank: ArrayLike, cfg: SurrogateConfig) -> F:
     return np.expm1(e, out=e) if isinstance(e, np.ndarray) and e.ndim else np.expm1(e)
 
 
-def rank_shortfall_table(config: EnvConfig) -> F:
-    """-g(r) of every rank r = 0..max of the config's ranks, to look up per round (the same
-    numbers as computing them: the formula is elementwise). Pass ``table.take(rank)`` as
-    :func:`round_progress`'s ``rank_shortfall``."""
-    return _rank_shortfall(np.arange(max(config.model.ranks) + 1, dtype=np.float64), config.learning.surrogate)
+def rank_rows_table(config: EnvConfig) -> F:
+    """-g(r) (:func:`rank_gain`) and r, as floats, of every rank r = 0..max of the config's
+    ranks, shape (2, R + 1): the rank rows of :class:`RoundProgress`'s work array, looked up per
+    round (the same numbers as computing them: both are elementwise)."""
+    ranks = np.arange(max(config.model.ranks) + 1, dtype=np.float64)
+    table = np.stack([_rank_shortfall(ranks, config.learning.surrogate), ranks])
+    table.flags.writeable = False
+    return table
 
 
 def sparsity_gain(ratio: ArrayLike, cfg: SurrogateConfig) -> F:
@@ -97,7 +101,6 @@ def round_progress(
     label_distribution: ArrayLike,
     global_label_distribution: ArrayLike,
     cfg: SurrogateConfig,
-    rank_shortfall: ArrayLike | None = None,
 ) -> tuple[F, F]:
     """Progress Gamma and floor F of one round (module docstring), over the last axis (devices).
 
@@ -108,48 +111,112 @@ def round_progress(
         ratio: rho_k in (0, 1] (1 = no sparsification); None for none at all (s = 1).
         label_distribution: l_k, shape (..., K, C).
         global_label_distribution: p, shape (..., C).
-        rank_shortfall: -g(r_k) (:func:`rank_gain`), when already looked up; computed if None.
 
     Returns:
         (Gamma, F), shape (...). For a single episode (1-D device arrays) they are NumPy
         scalars, so that the per-episode arithmetic after the reductions stays cheap.
+
+    :class:`RoundProgress` computes the same numbers, bit for bit, for label distributions that
+    stay fixed over an episode (the envs).
     """
     r = rank.astype(np.float64) if isinstance(rank, np.ndarray) else np.asarray(rank, dtype=np.float64)
+    labels = np.asarray(label_distribution, dtype=np.float64)
+    x = _participation(data_share, weight, np.greater(r, _ZERO))
+    shapes = [x.shape[:-1], r.shape[:-1], labels.shape[:-2]] + ([] if ratio is None else [np.shape(ratio)[:-1]])
+    lead = np.broadcast_shapes(*shapes)
+    work = np.empty((3 + labels.shape[-1], *lead, x.shape[-1]))
+    work[0] = 1.0
+    work[1] = _rank_shortfall(r, cfg)
+    work[2] = r
+    # labels (..., K, C) as (C, 1.., ..., K): broadcast against the leading axes from the right
+    work[3:] = np.moveaxis(labels, -1, 0).reshape((labels.shape[-1],) + (1,) * (len(lead) + 2 - labels.ndim) + labels.shape[:-1])
+    return _progress(work, x, ratio, global_label_distribution, cfg)
+
+
+class RoundProgress:
+    """:func:`round_progress` for label distributions fixed over an episode (one, or a batch).
+
+    The sums of a round are x-weighted sums over devices: X = sum x, sum x (-g(r)) s(rho),
+    sum x r and the label mix sum x l_c. They are the rows of one product of x with a work
+    array of shape (3 + C, ..., K) (row 0 ones, rows 1-2 -g(r) and r, rows 3.. the label
+    distributions; devices contiguous), summed by one reduction. The label rows are written once
+    per episode (:meth:`set_labels`), the rank rows looked up per round in
+    :func:`rank_rows_table`; :func:`round_progress` builds the same array on every call.
+    """
+
+    def __init__(self, config: EnvConfig) -> None:
+        self.cfg = config.learning.surrogate
+        self.rank_rows = rank_rows_table(config)
+        self.work: F = np.zeros((3 + config.model.num_labels, 0))
+
+    def set_labels(self, label_distribution: ArrayLike, index: NDArray[np.intp] | None = None) -> None:
+        """Start episodes with label distributions l of shape (..., K, C): all episodes, or those
+        at ``index`` of the leading axis (the others keep theirs)."""
+        moved = np.moveaxis(np.asarray(label_distribution, dtype=np.float64), -1, 0)
+        if index is not None:
+            self.work[3:, index] = moved
+            return
+        if self.work.shape != (3 + moved.shape[0], *moved.shape[1:]):
+            self.work = np.empty((3 + moved.shape[0], *moved.shape[1:]))
+            self.work[0] = 1.0
+        self.work[3:] = moved
+
+    def __call__(
+        self, data_share: ArrayLike, weight: ArrayLike, rank: NDArray[np.integer], ratio: ArrayLike | None, global_label_distribution: ArrayLike
+    ) -> tuple[F, F]:
+        """(Gamma, F) of a round of the current episodes, for integer ranks of the episodes'
+        shape (..., K); ValueError for other ranks (:func:`round_progress` takes any)."""
+        rows = self.work[1:3]
+        if not isinstance(rank, np.ndarray) or rank.shape != rows.shape[1:] or rank.dtype.kind not in "iu":
+            raise ValueError(f"rank must be an integer array of shape {rows.shape[1:]}, got {np.asarray(rank).dtype} {np.shape(rank)}")
+        try:
+            self.rank_rows.take(rank, 1, rows)  # (the method: np.take with out= costs a microsecond more)
+        except IndexError:  # ranks beyond the config's: computed
+            r = rank.astype(np.float64)
+            rows[0] = _rank_shortfall(r, self.cfg)
+            rows[1] = r
+        x = _participation(data_share, weight, np.greater(rank, ZERO_INT))
+        return _progress(self.work, x, ratio, global_label_distribution, self.cfg)
+
+
+def _participation(data_share: ArrayLike, weight: ArrayLike, scheduled: NDArray[np.bool_]) -> F:
+    """x = pi c (r > 0): each device's data share, weighted by its success (or success
+    probability), 0 unless scheduled."""
     if isinstance(weight, np.ndarray) and weight.dtype == np.bool_:
-        # success flags: x = pi (c and r > 0), one mask (the same numbers as the general case)
-        x = np.multiply(data_share, np.logical_and(np.greater(r, _ZERO), weight))
-    else:
-        x = np.multiply(data_share, weight)
-        idle = np.less_equal(r, _ZERO)  # (ranks are never NaN)
-        if x.shape == idle.shape:
-            put(x, idle, _ZERO)  # x (r > 0), without the multiplication
-        else:
-            x = x * np.logical_not(idle)
-    total = np.add.reduce(x, axis=-1)
+        # success flags: one mask (the same numbers as the general case)
+        return np.multiply(data_share, np.logical_and(scheduled, weight))
+    x = np.multiply(data_share, weight)
+    if x.shape == scheduled.shape:
+        put(x, np.logical_not(scheduled), _ZERO)  # x (r > 0), without the multiplication
+        return x
+    return x * scheduled
+
+
+def _progress(work: F, x: F, ratio: ArrayLike | None, global_label_distribution: ArrayLike, cfg: SurrogateConfig) -> tuple[F, F]:
+    """Gamma and F from :class:`RoundProgress`'s work array (3 + C, ..., K) and x (..., K)."""
+    prod = np.multiply(work, x)
+    if ratio is not None:
+        prod[1] *= sparsity_gain(ratio, cfg)  # (x (-g)) s, in the order of the formula
+    sums = np.add.reduce(prod, axis=-1)
+    total, mix = sums[0], sums[3:]
     # X where X > 0, else 1 (X >= 0; every sum divided by it is 0 when X = 0)
     safe = total + (total == 0.0)
     # Q = sum x g s / X = -(sum x (-g) s) / X exactly: negating is exact, and rounds alike
-    shortfall = _rank_shortfall(r, cfg) if rank_shortfall is None else rank_shortfall
-    kept = x * shortfall
-    if ratio is not None:
-        kept = kept * sparsity_gain(ratio, cfg)
-    quality = -(np.add.reduce(kept, axis=-1) / safe)
+    quality = -(sums[1] / safe)
     # X^beta Q is 0 when X = 0 (then Q = 0), for any beta >= 0
     progress = np.power(total, const(cfg.participation_exponent)) * quality
-    # sum_k x_k l_kc, summed along a contiguous device axis (labels moved before devices)
-    labels = label_distribution if isinstance(label_distribution, np.ndarray) else np.asarray(label_distribution)
-    mix = np.add.reduce(np.multiply(x[..., None, :], labels.swapaxes(-1, -2), order="C"), axis=-1)
-    if mix.shape[-1] < 8 and mix.ndim == 1 and np.ndim(global_label_distribution) == 1:
+    if mix.ndim == 1 and mix.shape[0] < 8 and np.ndim(global_label_distribution) == 1:
         # One episode: C numbers, as Python floats (the same IEEE operations in the same order as
         # the array path, whose sum over fewer than 8 labels is sequential; cheaper for a few).
         x_total = float(safe)
         tv = 0.5 * sum(abs(m / x_total - p) for m, p in zip(mix.tolist(), np.asarray(global_label_distribution).tolist()))
     else:
-        mix /= safe[..., None] if isinstance(safe, np.ndarray) else safe
+        # labels last and contiguous, so that the sum over them is NumPy's pairwise sum
+        mix = np.divide(np.moveaxis(mix, 0, -1), safe[..., None] if isinstance(safe, np.ndarray) else safe, order="C")
         mix = np.subtract(mix, global_label_distribution)
         tv = 0.5 * np.add.reduce(np.abs(mix, out=mix), axis=-1)
-    mean_r = np.add.reduce(x * r, axis=-1) / safe
-    dev = r - (mean_r[..., None] if isinstance(mean_r, np.ndarray) else mean_r)
+    mean_r = sums[2] / safe
+    dev = work[2] - (mean_r[..., None] if isinstance(mean_r, np.ndarray) else mean_r)
     np.square(dev, out=dev)
     var_r = np.add.reduce(np.multiply(x, dev, out=dev), axis=-1) / safe
     # mean_r = 0 only when X = 0, and then var_r = 0
@@ -258,7 +325,7 @@ class SurrogateLearner:
         self._noise: F = np.zeros(0)
         self._noise_values: list[float] = []
         self._classes = class_counts(config)
-        self._shortfall_of_rank = rank_shortfall_table(config)
+        self._progress = RoundProgress(config)
         #: sparsification ratios count only in the paradigms that sparsify, as in the lora backend
         self._sparse = config.sparsifies
         self._arrays: tuple[F, F, F] | None = None
@@ -274,6 +341,7 @@ class SurrogateLearner:
             notes=dict(self._notes),
         )
         self._arrays = (share, labels, global_labels)
+        self._progress.set_labels(labels)
         self.gap = 1.0
         self._round = 0
         self._noise = evaluation_noise(np.array(key, dtype=np.uint64), self.config)
@@ -300,11 +368,11 @@ class SurrogateLearner:
 
     def train_round(self, ranks: NDArray[np.int64], ratios: NDArray[np.float64], success: NDArray[np.bool_]) -> RoundReport:
         share, labels, global_labels = self._require_arrays()
+        ratio = ratios if self._sparse else None
         try:
-            shortfall = self._shortfall_of_rank.take(ranks)
-        except (IndexError, TypeError):  # ranks outside the config's (or not integers)
-            shortfall = None
-        progress, floor = round_progress(share, success, ranks, ratios if self._sparse else None, labels, global_labels, self.cfg, shortfall)
+            progress, floor = self._progress(share, success, ranks, ratio, global_labels)
+        except ValueError:  # ranks not an integer array of the episode's shape
+            progress, floor = round_progress(share, success, ranks, ratio, labels, global_labels, self.cfg)
         self.gap = float(next_gap(self.gap, progress, floor, self.cfg))
         self._round += 1
         return self._report()
