@@ -809,6 +809,7 @@ def _subset_tables(tables: EpisodeTables, devices: I64) -> EpisodeTables:
         rank_of_module=tables.rank_of_module,
         compute_time_s=tables.compute_time_s[..., devices, :],
         compute_energy_j=tables.compute_energy_j[..., devices, :],
+        time_left_s=None if tables.time_left_s is None else tables.time_left_s[..., devices, :],
         payload_bits=tables.payload_bits,
         sparse=tables.sparse,
         params_per_rank=tables.params_per_rank,

@@ -99,6 +99,7 @@ class ActionCodec:
         self._layouts: dict[tuple[int, ...], _Layout] = {}
         self._ones: dict[tuple[int | str, ...], NDArray[np.floating]] = {}
         self._max_module = np.array(self.num_modules, dtype=np.int64)
+        self._total = np.zeros(())
 
     # ----------------------------------------------------------------- decode
     def validate(self, action: object) -> NDArray[np.float64]:
@@ -170,13 +171,13 @@ class ActionCodec:
         idle = np.equal(module, ZERO_INT)
         w = x[col["bandwidth"]]
         put(w, idle, _ZERO)  # w x scheduled (w >= 0), without the multiplication
-        total = np.add.reduce(w, axis=-1, keepdims=True)
-        if total.size == 1:
-            # one device block: its single total, tested without a reduction and divided by as a
-            # 0-d array (cheaper than broadcasting a (1,) array)
-            total = total.reshape(())
+        if w.ndim == 1:
+            # one device block: its total into a 0-d array (divided by without broadcasting a
+            # (1,) array; decode's scratch, not part of the decision), tested as a float
+            total = np.add.reduce(w, axis=-1, out=self._total)
             positive_everywhere = total.item() > 0.0
         else:
+            total = np.add.reduce(w, axis=-1, keepdims=True)
             positive_everywhere = np.minimum.reduce(total, axis=None) > 0.0
         if positive_everywhere:
             share = np.divide(w, total, out=w)

@@ -20,6 +20,8 @@ __all__ = [
     "computation_latency",
     "computation_energy",
     "upload",
+    "upload_unchecked",
+    "upload_within",
     "kept_components",
 ]
 
@@ -125,6 +127,12 @@ _ZERO = const(0.0)
 def upload_unchecked(bits: ArrayLike, rate_bps: ArrayLike, power_w: ArrayLike, time_left_s: ArrayLike) -> tuple[F, F, NDArray[np.bool_]]:
     """:func:`upload` for callers that already ignore floating-point divide and invalid errors
     (``np.errstate``)."""
+    return upload_within(bits, rate_bps, power_w, np.maximum(time_left_s, _ZERO))
+
+
+def upload_within(bits: ArrayLike, rate_bps: ArrayLike, power_w: ArrayLike, left_s: ArrayLike) -> tuple[F, F, NDArray[np.bool_]]:
+    """:func:`upload_unchecked` with the time left already clipped at 0: ``left_s`` =
+    max(T_max - t_cmp, 0) (:func:`fedenv.round.time_left`, tabulated per episode)."""
     s = np.asarray(bits, dtype=np.float64)
     rate = np.asarray(rate_bps, dtype=np.float64)
     # S / R; inf when there are bits but no rate; 0 without bits (0 / 0 included)
@@ -133,7 +141,7 @@ def upload_unchecked(bits: ArrayLike, rate_bps: ArrayLike, power_w: ArrayLike, t
         put(t_up, np.less_equal(s, _ZERO), _ZERO)  # (sizes are never NaN)
     else:
         t_up = np.where(s > 0.0, t_up, 0.0)
-    left = np.maximum(time_left_s, _ZERO)
+    left = left_s
     on_time = t_up <= left
     # With no rate (no band) nothing can be sent, so nothing is spent on the uplink; the
     # transmit time min(t_up, left) is finite, so masking by multiplication is exact.

@@ -27,7 +27,11 @@ def update_queue(backlog: ArrayLike, arrival: ArrayLike, budget: ArrayLike) -> N
         return np.float64(0.0) if q < 0.0 else q  # (NaN propagates, as with np.maximum)
     if isinstance(budget, (float, int)):
         budget = const(float(budget))  # (a 0-d operand: no conversion per call)
-    return np.maximum(np.subtract(np.add(backlog, arrival), budget), _ZERO)
+    q = np.add(backlog, arrival)
+    if isinstance(q, np.ndarray) and q.ndim and np.ndim(budget) == 0:
+        np.subtract(q, budget, out=q)  # (in place: q is new)
+        return np.maximum(q, _ZERO, out=q)
+    return np.maximum(np.subtract(q, budget), _ZERO)
 
 
 def drift_plus_penalty(

@@ -18,7 +18,7 @@ from fedenv.actions import Decision
 from fedenv.config import EnvConfig
 from fedenv.operands import const, put
 
-__all__ = ["EpisodeTables", "RoundPhysics", "episode_tables", "play_round", "transmit_power"]
+__all__ = ["EpisodeTables", "RoundPhysics", "episode_tables", "play_round", "time_left", "transmit_power"]
 
 _ZERO = const(0.0)
 
@@ -43,15 +43,19 @@ class EpisodeTables:
     """Whether the payload depends on the sparsification ratio (soft, unified)."""
     params_per_rank: float
     head_params: int
+    time_left_s: F | None = None
+    """Time left for the upload, max(T_max - compute time, 0), shape (..., K, M + 1), when
+    tabulated (:func:`episode_tables` does; :func:`play_round` computes it otherwise)."""
 
     @cached_property
     def row_offsets(self) -> NDArray[np.int64] | None:
-        """Flat offset of every (..., k) row of the cost tables (None unless both are C-contiguous
-        and of one shape): ``table.take(module + row_offsets)`` looks a module up per device."""
-        ct, ce = self.compute_time_s, self.compute_energy_j
-        if ct.shape != ce.shape or not (ct.flags.c_contiguous and ce.flags.c_contiguous):
+        """Flat offset of every (..., k) row of the cost tables (None unless they are all
+        C-contiguous and of one shape): ``table.take(module + row_offsets)`` looks a module up
+        per device."""
+        tables = [self.compute_time_s, self.compute_energy_j] + ([] if self.time_left_s is None else [self.time_left_s])
+        if any(t.shape != tables[0].shape or not t.flags.c_contiguous for t in tables):
             return None
-        return _row_offsets(ct.shape[:-1], ct.shape[-1])
+        return _row_offsets(tables[0].shape[:-1], tables[0].shape[-1])
 
 
 def episode_tables(config: EnvConfig, cpu_freq_hz: F, params_per_rank: float, head_params: int) -> EpisodeTables:
@@ -79,7 +83,13 @@ def episode_tables(config: EnvConfig, cpu_freq_hz: F, params_per_rank: float, he
         sparse=config.sparsifies,
         params_per_rank=params_per_rank,
         head_params=head_params,
+        time_left_s=time_left(compute_time, config),
     )
+
+
+def time_left(compute_time_s: F, config: EnvConfig) -> F:
+    """max(T_max - t_cmp, 0): the time a device has left for its upload (SPEC §3), C-contiguous."""
+    return np.ascontiguousarray(np.maximum(const(config.costs.round_deadline_s) - compute_time_s, _ZERO))
 
 
 @dataclass(frozen=True)
@@ -119,13 +129,18 @@ def _row_offsets(shape: tuple[int, ...], columns: int) -> NDArray[np.int64]:
     return out
 
 
-def _lookups(tables: EpisodeTables, module: NDArray[np.int64]) -> tuple[F, F]:
-    """Computation time and energy of each device's module: ``table[..., k, module[..., k]]``."""
+def _lookups(tables: EpisodeTables, module: NDArray[np.int64], deadline: NDArray[np.float64]) -> tuple[F, F, F]:
+    """Computation time, energy and time left for the upload of each device's module:
+    ``table[..., k, module[..., k]]``."""
     offsets = tables.row_offsets
     if offsets is not None and module.shape == offsets.shape:
         flat = module + offsets
-        return tables.compute_time_s.take(flat), tables.compute_energy_j.take(flat)
-    return _lookup(tables.compute_time_s, module), _lookup(tables.compute_energy_j, module)
+        t_cmp = tables.compute_time_s.take(flat)
+        left = tables.time_left_s.take(flat) if tables.time_left_s is not None else np.maximum(deadline - t_cmp, _ZERO)
+        return t_cmp, tables.compute_energy_j.take(flat), left
+    t_cmp = _lookup(tables.compute_time_s, module)
+    left = _lookup(tables.time_left_s, module) if tables.time_left_s is not None else np.maximum(deadline - t_cmp, _ZERO)
+    return t_cmp, _lookup(tables.compute_energy_j, module), left
 
 
 def _lookup(table: F, module: NDArray[np.int64]) -> F:
@@ -156,17 +171,17 @@ def play_round(
     idle = decision.idle
     scheduled = np.logical_not(idle)
     rank = tables.rank_of_module.take(module)
-    t_cmp, e_cmp = _lookups(tables, module)
+    deadline = const(config.costs.round_deadline_s)
+    t_cmp, e_cmp, left = _lookups(tables, module, deadline)
     if tables.sparse:
         bits = costs.sparse_payload_bits(rank, decision.ratio, config.model, tables.params_per_rank, tables.head_params)
     else:
         bits = tables.payload_bits.take(module)
-    deadline = const(config.costs.round_deadline_s)
     rate, per = channel.link_unchecked(power, gain, decision.share, config.channel)
     put(per, idle, _ZERO)  # idle devices have no packet to lose
     # on time: t_up <= max(T_max - t_cmp, 0). A scheduled device sends at least one bit at a
     # finite rate (t_up > 0), so a computation past the deadline is never on time.
-    t_up, e_up, on_time = costs.upload_unchecked(bits, rate, power, deadline - t_cmp)
+    t_up, e_up, on_time = costs.upload_within(bits, rate, power, left)
     on_time &= scheduled
     # Module 0 computes and sends nothing (the tables' column 0 is 0, so t_up = 0 and E_up = 0):
     # idle devices get a zero finish time and energy without masking. The latencies are never

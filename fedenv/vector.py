@@ -157,6 +157,7 @@ class FedLoRAWirelessVectorEnv(gym.vector.VectorEnv[NDArray[np.float32], NDArray
             rank_of_module=template.rank_of_module,
             compute_time_s=np.zeros((n, k, m1)),
             compute_energy_j=np.zeros((n, k, m1)),
+            time_left_s=np.zeros((n, k, m1)),
             payload_bits=template.payload_bits,
             sparse=template.sparse,
             params_per_rank=template.params_per_rank,
@@ -235,7 +236,10 @@ class FedLoRAWirelessVectorEnv(gym.vector.VectorEnv[NDArray[np.float32], NDArray
             self._uniform = np.ascontiguousarray(trace.success_uniform)
             self._obs_rows = np.ascontiguousarray(obs_rows)
             self._tables = dataclasses.replace(
-                self._tables, compute_time_s=np.ascontiguousarray(tables.compute_time_s), compute_energy_j=np.ascontiguousarray(tables.compute_energy_j)
+                self._tables,
+                compute_time_s=np.ascontiguousarray(tables.compute_time_s),
+                compute_energy_j=np.ascontiguousarray(tables.compute_energy_j),
+                time_left_s=tables.time_left_s,
             )
             self._flat_views()
         else:
@@ -245,6 +249,8 @@ class FedLoRAWirelessVectorEnv(gym.vector.VectorEnv[NDArray[np.float32], NDArray
             self._obs_rows[idx] = obs_rows
             self._tables.compute_time_s[idx] = tables.compute_time_s
             self._tables.compute_energy_j[idx] = tables.compute_energy_j
+            assert self._tables.time_left_s is not None and tables.time_left_s is not None
+            self._tables.time_left_s[idx] = tables.time_left_s
         self._share[idx] = share
         self._progress.set_labels(labels, None if m == self.num_envs else idx)
         self._noise[idx] = surrogate.evaluation_noise(noise_keys, cfg)

@@ -10,7 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedenv import channel, costs, queues, streams, units
-from fedenv.config import ChannelConfig, CostConfig, DeviceConfig, EnvConfig, ModelConfig
+from fedenv.config import (
+    ChannelConfig,
+    CostConfig,
+    DeviceConfig,
+    EnvConfig,
+    ModelConfig,
+    resolve_config,
+)
 from fedenv.trace import generate_trace
 
 CH = ChannelConfig()
@@ -299,3 +306,44 @@ def test_put_writes_a_masked_value_like_copyto():
     y = np.arange(6.0).reshape(2, 3)
     put(y, np.array([True, False, True]), const(-1.0))  # a broadcast mask: copyto
     np.testing.assert_array_equal(y, [[-1.0, 1.0, -1.0], [-1.0, 4.0, -1.0]])
+
+
+@pytest.mark.parametrize("preset", ["switching", "split", "soft", "unified"])
+def test_tabulated_time_left_gives_the_same_round_as_computing_it(preset):
+    """episode_tables tabulates max(T_max - t_cmp, 0) per module; play_round without the table
+    (time_left_s=None, as hand-made tables) computes it, with the same numbers."""
+    import dataclasses
+
+    from fedenv.actions import ActionCodec
+    from fedenv.round import episode_tables, play_round, time_left
+
+    cfg = resolve_config(None, preset)
+    rng = np.random.default_rng(0)
+    cpu = rng.uniform(cfg.devices.cpu_freq_min_hz, cfg.devices.cpu_freq_max_hz, size=(3, cfg.devices.num_devices))
+    args = (float(cfg.model.lora_params_per_rank), int(cfg.model.head_params))
+    # a deadline that some modules' computation misses
+    deadline = float(np.median(episode_tables(cfg, cpu, *args).compute_time_s[..., 1:]))
+    cfg = resolve_config(None, preset, costs={"round_deadline_s": deadline})
+    tables = episode_tables(cfg, cpu, *args)
+    np.testing.assert_array_equal(tables.time_left_s, np.maximum(deadline - tables.compute_time_s, 0.0))
+    np.testing.assert_array_equal(time_left(tables.compute_time_s, cfg), tables.time_left_s)
+    assert (tables.time_left_s == 0.0).any() and (tables.time_left_s > 0.0).any()  # both cases met
+    plain = dataclasses.replace(tables, time_left_s=None)
+    codec = ActionCodec(cfg)
+    gain = rng.uniform(1e-13, 1e-10, size=cpu.shape)
+    u = rng.uniform(size=cpu.shape)
+    for _ in range(5):
+        decision = codec.decode(rng.uniform(-1, 1, (3, *codec.shape)))
+        a, b = play_round(decision, gain, tables, cfg, u), play_round(decision, gain, plain, cfg, u)
+        for field in ("latency_s", "energy_j", "on_time", "success", "upload_time_s", "round_latency_s"):
+            np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+
+
+def test_upload_within_is_upload_with_the_time_left_clipped():
+    bits = np.array([1e6, 1e6, 0.0, 1e6])
+    rate = np.array([1e6, 1e5, 0.0, 0.0])
+    left = np.array([5.0, -1.0, 2.0, 3.0])
+    got = costs.upload_within(bits, rate, 0.1, np.maximum(left, 0.0))
+    want = costs.upload(bits, rate, 0.1, left)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)

@@ -231,7 +231,7 @@ def next_gap(gap: ArrayLike, progress: ArrayLike, floor: ArrayLike, cfg: Surroga
     step = cfg.step_size * _values(progress) * (_values(floor) - g)
     if cfg.warmup == 0.0:
         return g + step
-    return g + step * (1.0 - cfg.warmup * np.minimum(g, 1.0))
+    return g + step * (1.0 - cfg.warmup * (np.minimum(g, 1.0) if isinstance(g, np.ndarray) else min(g, 1.0)))
 
 
 def accuracy_from_gap(gap: ArrayLike, cfg: SurrogateConfig) -> F:
