@@ -367,8 +367,8 @@ class FedLoRAWirelessEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
         self.trace_key = int(trace_key)
         batch = generate_trace(np.array([trace_key], dtype=np.uint64), cfg)
         # Read-only: info hands out rows of the trace as views (a different row on every call).
-        for array in (batch.position_m, batch.distance_m, batch.gain, batch.cpu_freq_hz, batch.success_uniform):
-            array.flags.writeable = False
+        batch.gain.flags.writeable = False
+        batch.distance_m.flags.writeable = False
         self._trace: Trace = batch
         self._gain = batch.gain[0]
         self._distance = batch.distance_m[0]
@@ -424,7 +424,7 @@ class FedLoRAWirelessEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
         info.update({
             "module": decision.module,
             "rank": phys.rank,
-            "tx_power_w": transmit_power(decision),
+            "tx_power_w": transmit_power(decision, scheduled),
             "bandwidth_share": decision.share,
             "sparsity_ratio": decision.ratio,
             "rate_bps": phys.rate_bps,

@@ -208,8 +208,10 @@ def play_round(
     return phys
 
 
-def transmit_power(decision: Decision) -> F:
-    """The power each device transmits with: p_k if scheduled, else 0 (W; ``info["tx_power_w"]``)."""
-    power = np.asarray(decision.power_w, dtype=np.float64).copy()
-    put(power, decision.idle, _ZERO)
-    return power
+def transmit_power(decision: Decision, scheduled: NDArray[np.bool_]) -> F:
+    """The power each device transmits with: p_k if scheduled, else 0 (W; ``info["tx_power_w"]``).
+
+    ``scheduled`` is the round's :attr:`RoundPhysics.scheduled`; powers are finite and >= 0, so
+    the product with the flags is exact.
+    """
+    return np.multiply(np.asarray(decision.power_w, dtype=np.float64), scheduled)

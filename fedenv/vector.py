@@ -327,7 +327,7 @@ class FedLoRAWirelessVectorEnv(gym.vector.VectorEnv[NDArray[np.float32], NDArray
         step_info: dict[str, Any] = {
             "module": decision.module,
             "rank": phys.rank,
-            "tx_power_w": transmit_power(decision),
+            "tx_power_w": transmit_power(decision, scheduled),
             "bandwidth_share": decision.share,
             "sparsity_ratio": decision.ratio,
             "rate_bps": phys.rate_bps,

@@ -63,7 +63,7 @@ _ZERO = const(0.0)
 
 def _values(x: ArrayLike) -> Any:
     """``x`` itself when it is already a number or an array (cheap scalar arithmetic), else an array."""
-    return x if isinstance(x, (float, np.ndarray, np.floating)) else np.asarray(x, dtype=np.float64)
+    return x if type(x) is float or isinstance(x, (np.ndarray, np.floating)) else np.asarray(x, dtype=np.float64)
 
 
 def rank_gain(rank: ArrayLike, cfg: SurrogateConfig) -> F:
@@ -205,11 +205,15 @@ def _progress(work: F, x: F, ratio: ArrayLike | None, global_label_distribution:
     quality = -(sums[1] / safe)
     # X^beta Q is 0 when X = 0 (then Q = 0), for any beta >= 0
     progress = np.power(total, const(cfg.participation_exponent)) * quality
-    if mix.ndim == 1 and mix.shape[0] < 8 and np.ndim(global_label_distribution) == 1:
+    glob = global_label_distribution
+    if mix.ndim == 1 and mix.shape[0] < 8 and (type(glob) is list or np.ndim(glob) == 1):
         # One episode: C numbers, as Python floats (the same IEEE operations in the same order as
         # the array path, whose sum over fewer than 8 labels is sequential; cheaper for a few).
         x_total = float(safe)
-        tv = 0.5 * sum(abs(m / x_total - p) for m, p in zip(mix.tolist(), np.asarray(global_label_distribution).tolist()))
+        tv = 0.0
+        for m, p in zip(mix.tolist(), glob if type(glob) is list else np.asarray(glob).tolist()):
+            tv += abs(m / x_total - p)
+        tv *= 0.5
     else:
         # labels last and contiguous, so that the sum over them is NumPy's pairwise sum
         mix = np.divide(np.moveaxis(mix, 0, -1), safe[..., None] if isinstance(safe, np.ndarray) else safe, order="C")
@@ -324,6 +328,7 @@ class SurrogateLearner:
         self._round = 0
         self._noise: F = np.zeros(0)
         self._noise_values: list[float] = []
+        self._global_values: list[float] = []
         self._classes = class_counts(config)
         self._progress = RoundProgress(config)
         #: sparsification ratios count only in the paradigms that sparsify, as in the lora backend
@@ -346,6 +351,7 @@ class SurrogateLearner:
         self._round = 0
         self._noise = evaluation_noise(np.array(key, dtype=np.uint64), self.config)
         self._noise_values = self._noise.tolist()  # (Python floats: cheaper scalar arithmetic, same values)
+        self._global_values = global_labels.tolist()
         return self.partition
 
     def _report(self) -> RoundReport:
@@ -370,7 +376,7 @@ class SurrogateLearner:
         share, labels, global_labels = self._require_arrays()
         ratio = ratios if self._sparse else None
         try:
-            progress, floor = self._progress(share, success, ranks, ratio, global_labels)
+            progress, floor = self._progress(share, success, ranks, ratio, self._global_values)
         except ValueError:  # ranks not an integer array of the episode's shape
             progress, floor = round_progress(share, success, ranks, ratio, labels, global_labels, self.cfg)
         self.gap = float(next_gap(self.gap, progress, floor, self.cfg))
