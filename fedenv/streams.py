@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["uniform", "normal", "uniforms", "box_muller", "draw_keys", "Stream"]
+__all__ = ["uniform", "normal", "uniforms", "box_muller", "draw_keys", "pcg64_states", "Stream"]
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -130,3 +131,55 @@ def draw_keys(rng: np.random.Generator, count: int) -> NDArray[np.uint64]:
     if type(bits) in _RAW64:
         return bits.random_raw(count) >> _S1
     return rng.integers(0, 2**63, size=count, dtype=np.uint64)
+
+
+# NumPy's SeedSequence (pool of 4 words; numpy/random/bit_generator.pyx) and PCG64 seeding
+# (pcg64_set_seed: PCG's setseq srandom with the 128-bit default multiplier)
+_SS_INIT_A, _SS_MULT_A, _SS_INIT_B, _SS_MULT_B = 0x43B0D7E5, 0x931E8875, 0x8B51F9DD, 0x58F38DED
+_SS_MIX_L, _SS_MIX_R, _SS_SHIFT = np.uint32(0xCA01F9DD), np.uint32(0x4973F715), np.uint32(16)
+_PCG_MULT, _MASK128 = 0x2360ED051FC65DA44385DF649FCCF645, (1 << 128) - 1
+_LOW32, _S32 = np.uint64(0xFFFFFFFF), np.uint64(32)
+
+
+def pcg64_states(keys: NDArray[np.uint64]) -> list[dict[str, Any]]:
+    """The states of ``np.random.default_rng(int(key))`` for keys in [0, 2**64), computed for a
+    batch at once: set one as ``bit_generator.state`` to get that generator (about a fifth of the
+    cost of seeding: a vector env seeds one generator per episode).
+
+    ``default_rng(key)`` is PCG64 seeded by ``SeedSequence(key)``, whose hashing of the key's
+    32-bit words is evaluated here on arrays of words, then PCG64's seeding on Python integers.
+    ``tests/test_physics.py`` checks the states against ``default_rng`` (edge keys included).
+    """
+    keys = np.asarray(keys, dtype=np.uint64).ravel()
+    hash_const = _SS_INIT_A
+
+    def hashmix(value: NDArray[np.uint32]) -> NDArray[np.uint32]:
+        nonlocal hash_const
+        value = value ^ np.uint32(hash_const)
+        hash_const = (hash_const * _SS_MULT_A) & 0xFFFFFFFF
+        value = value * np.uint32(hash_const)
+        return value ^ (value >> _SS_SHIFT)
+
+    # the entropy words of the key, low first (a key below 2**32 has one word; the pool's
+    # hashing of a missing word is that of a 0 word), then the pool's mixing
+    zero = np.zeros(keys.size, dtype=np.uint32)
+    pool = [hashmix(w) for w in ((keys & _LOW32).astype(np.uint32), (keys >> _S32).astype(np.uint32), zero, zero)]
+    for src in range(4):
+        for dst in range(4):
+            if src != dst:
+                mixed = _SS_MIX_L * pool[dst] - _SS_MIX_R * hashmix(pool[src])
+                pool[dst] = mixed ^ (mixed >> _SS_SHIFT)
+    # generate_state(4, uint64): 8 words from the pool, paired little-endian
+    words, hash_b = [], _SS_INIT_B
+    for i in range(8):
+        value = pool[i % 4] ^ np.uint32(hash_b)
+        hash_b = (hash_b * _SS_MULT_B) & 0xFFFFFFFF
+        value = value * np.uint32(hash_b)
+        words.append(value ^ (value >> _SS_SHIFT))
+    seeds = [(words[2 * j].astype(np.uint64) | (words[2 * j + 1].astype(np.uint64) << _S32)).tolist() for j in range(4)]
+    states = []
+    for s_high, s_low, i_high, i_low in zip(*seeds):
+        inc = (((i_high << 64) | i_low) << 1 | 1) & _MASK128
+        state = (((inc + ((s_high << 64) | s_low)) & _MASK128) * _PCG_MULT + inc) & _MASK128  # 2 steps from 0
+        states.append({"bit_generator": "PCG64", "state": {"state": state, "inc": inc}, "has_uint32": 0, "uinteger": 0})
+    return states

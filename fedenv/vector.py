@@ -131,6 +131,7 @@ class FedLoRAWirelessVectorEnv(gym.vector.VectorEnv[NDArray[np.float32], NDArray
         self._params_per_rank = float(cfg.model.lora_params_per_rank)
         self._head_params = int(cfg.model.head_params)
         self._rngs: list[np.random.Generator | None] = [None] * n
+        self._learner_rng = np.random.Generator(np.random.PCG64(0))  # (its state is set per episode)
         self._rows = np.arange(n)
         self._all = np.ones(n, dtype=bool)  # the info mask of keys every sub-env reports
         self._all.flags.writeable = False
@@ -216,15 +217,18 @@ class FedLoRAWirelessVectorEnv(gym.vector.VectorEnv[NDArray[np.float32], NDArray
         keys = np.empty((m, 2), dtype=np.uint64)
         counts = np.empty((m, k, self._classes.size))
         noise_keys = np.empty(m, dtype=np.uint64)
-        rngs, default_rng, classes = self._rngs, np.random.default_rng, self._classes
+        rngs, classes = self._rngs, self._classes
         for j, (i, s) in enumerate(zip(idx.tolist(), seeds)):
             rng = rngs[i]
             if s is not None or rng is None:
                 rng = rngs[i] = seeding.np_random(s)[0]
-            # the single env's reset: two keys from its generator, then the learner's draws
-            pair = streams.draw_keys(rng, 2)
-            keys[j] = pair
-            counts[j], noise_keys[j] = surrogate.draw_episode(cfg, k, default_rng(int(pair[1])), classes)
+            # the single env's reset: two keys from its generator, then the learner's draws from
+            # default_rng(learning key), here one generator set to each episode's seeded state
+            keys[j] = streams.draw_keys(rng, 2)
+        learner_rng = self._learner_rng
+        for j, state in enumerate(streams.pcg64_states(keys[:, 1])):
+            learner_rng.bit_generator.state = state
+            counts[j], noise_keys[j] = surrogate.draw_episode(cfg, k, learner_rng, classes)
         trace = generate_trace(keys[:, 0], cfg)
         sizes, labels, global_labels, share = surrogate.partition_arrays(counts, self._classes)
         tables = episode_tables(cfg, trace.cpu_freq_hz, self._params_per_rank, self._head_params)

@@ -272,6 +272,22 @@ def test_draw_keys_equals_generator_integers_and_leaves_the_same_state(bit_gener
         assert a.random() == b.random()
 
 
+def test_pcg64_states_are_those_of_default_rng():
+    """The batched seeding equals np.random.default_rng(key): state, and the draws that follow."""
+    rng = np.random.default_rng(0)
+    edges = [0, 1, 2**32 - 1, 2**32, 2**32 + 1, 2**63 - 1, 2**64 - 1]
+    keys = np.concatenate([np.array(edges, dtype=np.uint64), rng.integers(0, 2**63, size=300, dtype=np.uint64)])
+    states = streams.pcg64_states(keys)
+    assert len(states) == keys.size
+    reused = np.random.Generator(np.random.PCG64(7))
+    reused.random()  # (state left over from earlier draws is replaced)
+    for key, state in zip(keys.tolist(), states):
+        expected = np.random.default_rng(key)
+        assert state == expected.bit_generator.state
+        reused.bit_generator.state = state
+        np.testing.assert_array_equal(reused.dirichlet(np.full(4, 0.5)), expected.dirichlet(np.full(4, 0.5)))
+
+
 def test_streams_are_pure_functions_of_key_and_batched_equals_single():
     keys = np.array([3, 99, 2**62], dtype=np.uint64)
     batch = streams.uniform(keys, 5, (4, 6))
