@@ -138,9 +138,9 @@ def _lookups(tables: EpisodeTables, module: NDArray[np.int64], deadline: NDArray
         t_cmp = tables.compute_time_s.take(flat)
         left = tables.time_left_s.take(flat) if tables.time_left_s is not None else np.maximum(deadline - t_cmp, _ZERO)
         return t_cmp, tables.compute_energy_j.take(flat), left
+    # (broadcast lookups cost more than the two operations of the formula)
     t_cmp = _lookup(tables.compute_time_s, module)
-    left = _lookup(tables.time_left_s, module) if tables.time_left_s is not None else np.maximum(deadline - t_cmp, _ZERO)
-    return t_cmp, _lookup(tables.compute_energy_j, module), left
+    return t_cmp, _lookup(tables.compute_energy_j, module), np.maximum(deadline - t_cmp, _ZERO)
 
 
 def _lookup(table: F, module: NDArray[np.int64]) -> F:

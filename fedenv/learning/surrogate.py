@@ -120,17 +120,17 @@ def round_progress(
     stay fixed over an episode (the envs).
     """
     r = rank.astype(np.float64) if isinstance(rank, np.ndarray) else np.asarray(rank, dtype=np.float64)
-    labels = np.asarray(label_distribution, dtype=np.float64)
     x = _participation(data_share, weight, np.greater(r, _ZERO))
-    shapes = [x.shape[:-1], r.shape[:-1], labels.shape[:-2]] + ([] if ratio is None else [np.shape(ratio)[:-1]])
-    lead = np.broadcast_shapes(*shapes)
-    work = np.empty((3 + labels.shape[-1], *lead, x.shape[-1]))
-    work[0] = 1.0
-    work[1] = _rank_shortfall(r, cfg)
-    work[2] = r
-    # labels (..., K, C) as (C, 1.., ..., K): broadcast against the leading axes from the right
-    work[3:] = np.moveaxis(labels, -1, 0).reshape((labels.shape[-1],) + (1,) * (len(lead) + 2 - labels.ndim) + labels.shape[:-1])
-    return _progress(work, x, ratio, global_label_distribution, cfg)
+    kept = x * _rank_shortfall(r, cfg)
+    if ratio is not None:
+        kept = kept * sparsity_gain(ratio, cfg)
+    # one reduction per sum (for large batches, such as the Lyapunov policy's candidate
+    # decisions, cheaper than stacking them as RoundProgress does); the label mix summed along
+    # a contiguous device axis (labels moved before devices)
+    labels = np.asarray(label_distribution, dtype=np.float64)
+    mix = np.add.reduce(np.multiply(x[..., None, :], labels.swapaxes(-1, -2), order="C"), axis=-1)
+    sums = (np.add.reduce(x, axis=-1), np.add.reduce(kept, axis=-1), np.add.reduce(x * r, axis=-1))
+    return _progress(*sums, mix, x, r, global_label_distribution, cfg)
 
 
 class RoundProgress:
@@ -139,9 +139,9 @@ class RoundProgress:
     The sums of a round are x-weighted sums over devices: X = sum x, sum x (-g(r)) s(rho),
     sum x r and the label mix sum x l_c. They are the rows of one product of x with a work
     array of shape (3 + C, ..., K) (row 0 ones, rows 1-2 -g(r) and r, rows 3.. the label
-    distributions; devices contiguous), summed by one reduction. The label rows are written once
-    per episode (:meth:`set_labels`), the rank rows looked up per round in
-    :func:`rank_rows_table`; :func:`round_progress` builds the same array on every call.
+    distributions; devices contiguous), summed by one reduction (each row's sum is the one
+    :func:`round_progress` computes by itself, bit for bit). The label rows are written once per
+    episode (:meth:`set_labels`), the rank rows looked up per round in :func:`rank_rows_table`.
     """
 
     def __init__(self, config: EnvConfig) -> None:
@@ -166,7 +166,8 @@ class RoundProgress:
     ) -> tuple[F, F]:
         """(Gamma, F) of a round of the current episodes, for integer ranks of the episodes'
         shape (..., K); ValueError for other ranks (:func:`round_progress` takes any)."""
-        rows = self.work[1:3]
+        work = self.work
+        rows = work[1:3]
         if not isinstance(rank, np.ndarray) or rank.shape != rows.shape[1:] or rank.dtype.kind not in "iu":
             raise ValueError(f"rank must be an integer array of shape {rows.shape[1:]}, got {np.asarray(rank).dtype} {np.shape(rank)}")
         try:
@@ -176,7 +177,12 @@ class RoundProgress:
             rows[0] = _rank_shortfall(r, self.cfg)
             rows[1] = r
         x = _participation(data_share, weight, np.greater(rank, ZERO_INT))
-        return _progress(self.work, x, ratio, global_label_distribution, self.cfg)
+        prod = np.multiply(work, x)
+        if ratio is not None:
+            prod[1] *= sparsity_gain(ratio, self.cfg)  # (x (-g)) s, in the order of the formula
+        sums = np.add.reduce(prod, axis=-1)
+        mix = sums[3:] if sums.ndim == 1 else sums[3:].transpose((*range(1, sums.ndim), 0))  # labels last
+        return _progress(sums[0], sums[1], sums[2], mix, x, work[2], global_label_distribution, self.cfg)
 
 
 def _participation(data_share: ArrayLike, weight: ArrayLike, scheduled: NDArray[np.bool_]) -> F:
@@ -192,17 +198,14 @@ def _participation(data_share: ArrayLike, weight: ArrayLike, scheduled: NDArray[
     return x * scheduled
 
 
-def _progress(work: F, x: F, ratio: ArrayLike | None, global_label_distribution: ArrayLike, cfg: SurrogateConfig) -> tuple[F, F]:
-    """Gamma and F from :class:`RoundProgress`'s work array (3 + C, ..., K) and x (..., K)."""
-    prod = np.multiply(work, x)
-    if ratio is not None:
-        prod[1] *= sparsity_gain(ratio, cfg)  # (x (-g)) s, in the order of the formula
-    sums = np.add.reduce(prod, axis=-1)
-    total, mix = sums[0], sums[3:]
+def _progress(total: F, kept: F, xr: F, mix: F, x: F, r: F, global_label_distribution: ArrayLike, cfg: SurrogateConfig) -> tuple[F, F]:
+    """Gamma and F from the x-weighted sums over devices: X = sum x (``total``), sum x (-g) s
+    (``kept``), sum x r (``xr``), the label mix sum x l_c (``mix``, labels last), and x and the
+    ranks r (..., K) as floats."""
     # X where X > 0, else 1 (X >= 0; every sum divided by it is 0 when X = 0)
     safe = total + (total == 0.0)
     # Q = sum x g s / X = -(sum x (-g) s) / X exactly: negating is exact, and rounds alike
-    quality = -(sums[1] / safe)
+    quality = -(kept / safe)
     # X^beta Q is 0 when X = 0 (then Q = 0), for any beta >= 0
     progress = np.power(total, const(cfg.participation_exponent)) * quality
     glob = global_label_distribution
@@ -216,11 +219,11 @@ def _progress(work: F, x: F, ratio: ArrayLike | None, global_label_distribution:
         tv *= 0.5
     else:
         # labels last and contiguous, so that the sum over them is NumPy's pairwise sum
-        mix = np.divide(np.moveaxis(mix, 0, -1), safe[..., None] if isinstance(safe, np.ndarray) else safe, order="C")
+        mix = np.divide(mix, safe[..., None] if isinstance(safe, np.ndarray) else safe, order="C")
         mix = np.subtract(mix, global_label_distribution)
         tv = 0.5 * np.add.reduce(np.abs(mix, out=mix), axis=-1)
-    mean_r = sums[2] / safe
-    dev = work[2] - (mean_r[..., None] if isinstance(mean_r, np.ndarray) else mean_r)
+    mean_r = xr / safe
+    dev = r - (mean_r[..., None] if isinstance(mean_r, np.ndarray) else mean_r)
     np.square(dev, out=dev)
     var_r = np.add.reduce(np.multiply(x, dev, out=dev), axis=-1) / safe
     # mean_r = 0 only when X = 0, and then var_r = 0
