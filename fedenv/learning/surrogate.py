@@ -152,7 +152,8 @@ class RoundProgress:
     def set_labels(self, label_distribution: ArrayLike, index: NDArray[np.intp] | None = None) -> None:
         """Start episodes with label distributions l of shape (..., K, C): all episodes, or those
         at ``index`` of the leading axis (the others keep theirs)."""
-        moved = np.moveaxis(np.asarray(label_distribution, dtype=np.float64), -1, 0)
+        labels = np.asarray(label_distribution, dtype=np.float64)
+        moved = labels.transpose((labels.ndim - 1, *range(labels.ndim - 1)))  # labels first (np.moveaxis costs 2 us)
         if index is not None:
             self.work[3:, index] = moved
             return
