@@ -39,6 +39,10 @@ class Trace:
     success_uniform: NDArray[np.float64]
     """u ~ U(0, 1) per round and device, shape (N, T + 1, K); an upload survives iff u >= q."""
 
+    def episode(self, i: int) -> Trace:
+        """Episode ``i`` as a batch of one (views of this trace's arrays)."""
+        return Trace(**{f.name: getattr(self, f.name)[i : i + 1] for f in fields(Trace)})
+
 
 #: Episodes generated per block: keeps the temporaries of the counter hash and Box-Muller in the
 #: CPU cache (32 measured fastest of 8..256 on this 2-core machine for N = 1024: 42 ms vs 44 at 64)

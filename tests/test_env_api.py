@@ -177,3 +177,36 @@ def test_kept_observations_and_infos_never_change():
     # the trace rows in info are read-only views: writing raises instead of changing the env
     with pytest.raises(ValueError, match="read-only"):
         kept[-1][1]["channel_gain"][0] = 1.0
+
+
+def test_traces_made_ahead_are_the_traces_of_their_episodes():
+    """reset() without a seed uses traces generated ahead in a batch: each episode's channels are
+    generate_trace of its own key, and np_random moves exactly as without them (2 keys per
+    reset), through a draw from np_random between resets and a reseed."""
+    from gymnasium.utils import seeding
+
+    from fedenv.trace import generate_trace
+
+    env = FedLoRAWirelessEnv({"num_rounds": 3})
+    expected_rng, _ = seeding.np_random(9)
+    resets = 0
+    for episode in range(20):
+        if episode == 12:
+            env.reset(seed=4)
+            expected_rng, _ = seeding.np_random(4)
+            resets = 1
+        else:
+            if episode == 6:
+                env.np_random.random()  # a draw between resets: the traces made ahead miss
+                expected_rng.random()
+            _, info = env.reset(seed=9 if episode == 0 else None)
+            resets += 1
+        want = generate_trace(np.array([env.trace_key], dtype=np.uint64), env.config)
+        np.testing.assert_array_equal(env._trace.gain, want.gain)
+        np.testing.assert_array_equal(env._trace.success_uniform, want.success_uniform)
+        np.testing.assert_array_equal(env._trace.position_m, want.position_m)
+        expected = np.random.Generator(type(expected_rng.bit_generator)())
+        expected.bit_generator.state = expected_rng.bit_generator.state
+        expected.bit_generator.advance(2 * resets) if hasattr(expected.bit_generator, "advance") else None
+        assert env.np_random.bit_generator.state == expected.bit_generator.state
+    assert env._traces_ahead  # (the batch path was taken)
