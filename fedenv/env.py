@@ -12,13 +12,13 @@ from gymnasium import spaces
 from numpy.typing import NDArray
 
 from fedenv import streams
-from fedenv.actions import ActionCodec
+from fedenv.actions import ActionCodec, Decision
 from fedenv.config import EnvConfig, resolve_config
 from fedenv.learning import make_learner
 from fedenv.learning.base import DevicePartition, Learner
 from fedenv.operands import const
 from fedenv.queues import update_queue
-from fedenv.round import EpisodeTables, episode_tables, play_round, transmit_power
+from fedenv.round import EpisodeTables, RoundPhysics, episode_tables, play_round, transmit_power
 from fedenv.trace import Trace, generate_trace
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "write_observation",
     "update_backlogs",
     "reward_terms",
+    "round_info",
 ]
 
 #: Per-device observation features, in order (see the class docstring for units and bounds).
@@ -194,6 +195,31 @@ def update_backlogs(c: EnvConstants, energy_backlog: Any, latency_backlog: Any, 
     return z, y
 
 
+def round_info(decision: Decision, phys: RoundPhysics, round_channel_gain: NDArray[np.float64]) -> dict[str, Any]:
+    """The ``info`` entries of the round just played (the class docstring's Info section): the
+    decision, its physics and the channel it met, arrays (..., K). Vectorised over leading axes."""
+    scheduled, on_time = phys.scheduled, phys.on_time
+    return {
+        "module": decision.module,
+        "rank": phys.rank,
+        "tx_power_w": transmit_power(decision, scheduled),
+        "bandwidth_share": decision.share,
+        "sparsity_ratio": decision.ratio,
+        "rate_bps": phys.rate_bps,
+        "packet_error_prob": phys.packet_error,
+        "success": phys.success,
+        "straggler": np.greater(scheduled, on_time),  # scheduled and not on time (bools)
+        "packet_lost": np.greater(on_time, phys.success),  # on time and not aggregated
+        "compute_time_s": phys.compute_time_s,
+        "upload_time_s": phys.upload_time_s,
+        "latency_s": phys.latency_s,
+        "round_latency_s": phys.round_latency_s,
+        "energy_j": phys.energy_j,
+        "payload_bits": phys.payload_bits,
+        "round_channel_gain": round_channel_gain,
+    }
+
+
 def reward_terms(
     c: EnvConstants,
     energy_backlog: Any,
@@ -312,7 +338,9 @@ class FedLoRAWirelessEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
     ``reset(seed)`` seeds ``self.np_random``, which draws two keys: one for the exogenous trace
     (placement, mobility, CPU, fading, packet-error uniforms; :mod:`fedenv.trace`) and one for
     learning (data partition, evaluation noise, training). The trace never depends on the
-    actions: every policy meets the same channels under the same seed.
+    actions: every policy meets the same channels under the same seed. While episodes continue
+    (``reset()`` without a seed), the traces of the next 8 are generated ahead in one batch, from
+    keys read without moving ``np_random``: the same numbers, at half the cost.
 
     ## Arguments
     ``gym.make("FedLoRAWireless-v0", config=None, preset=None, render_mode=None, **overrides)``
@@ -328,7 +356,9 @@ class FedLoRAWirelessEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
     ``bandwidth_share``, ``sparsity_ratio``, ``rate_bps``, ``packet_error_prob``, ``success``,
     ``straggler``, ``packet_lost``, ``compute_time_s``, ``upload_time_s``, ``latency_s``,
     ``round_latency_s``, ``energy_j``, ``payload_bits``, ``round_channel_gain``,
-    ``reward_terms``.
+    ``reward_terms``. The env never writes an observation or an ``info`` array after returning
+    it, and returns new ones on every call; ``channel_gain`` and ``distance_m`` are read-only
+    views of the episode's trace.
 
     ## Version history
     * v0: initial release.
@@ -446,30 +476,10 @@ class FedLoRAWirelessEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
         terminated = target is not None and report.accuracy >= target
         truncated = t >= c.num_rounds and not terminated
         self._done = terminated or truncated
-        scheduled = phys.scheduled
-        on_time = phys.on_time
         info = self._state_info()
-        info.update({
-            "module": decision.module,
-            "rank": phys.rank,
-            "tx_power_w": transmit_power(decision, scheduled),
-            "bandwidth_share": decision.share,
-            "sparsity_ratio": decision.ratio,
-            "rate_bps": phys.rate_bps,
-            "packet_error_prob": phys.packet_error,
-            "success": phys.success,
-            "straggler": np.greater(scheduled, on_time),  # scheduled and not on time (bools)
-            "packet_lost": np.greater(on_time, phys.success),  # on time and not aggregated
-            "compute_time_s": phys.compute_time_s,
-            "upload_time_s": phys.upload_time_s,
-            "latency_s": phys.latency_s,
-            "round_latency_s": round_latency,
-            "energy_j": phys.energy_j,
-            "payload_bits": phys.payload_bits,
-            # a copy: the previous info's channel_gain is a view of this row
-            "round_channel_gain": gain.copy(),
-            "reward_terms": terms,
-        })  # fmt: skip
+        # (round_channel_gain a copy: the previous info's channel_gain is a view of this row)
+        info.update(round_info(decision, phys, gain.copy()))
+        info["reward_terms"] = terms
         if report.extra:
             info["learner"] = report.extra
         self._last_round = info

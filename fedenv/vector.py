@@ -47,11 +47,12 @@ from fedenv.env import (
     observation_bounds,
     observation_template,
     reward_terms,
+    round_info,
     update_backlogs,
     write_observation,
 )
 from fedenv.learning import surrogate
-from fedenv.round import EpisodeTables, episode_tables, play_round, transmit_power
+from fedenv.round import EpisodeTables, episode_tables, play_round
 from fedenv.trace import generate_trace
 
 __all__ = ["FedLoRAWirelessVectorEnv"]
@@ -327,26 +328,7 @@ class FedLoRAWirelessVectorEnv(gym.vector.VectorEnv[NDArray[np.float32], NDArray
         for array in (self._t, self._energy_backlog, self._latency_backlog, self._accuracy, self._loss, self._gap, decision.module, phys.success):
             array.flags.writeable = False
 
-        scheduled, on_time = phys.scheduled, phys.on_time
-        step_info: dict[str, Any] = {
-            "module": decision.module,
-            "rank": phys.rank,
-            "tx_power_w": transmit_power(decision, scheduled),
-            "bandwidth_share": decision.share,
-            "sparsity_ratio": decision.ratio,
-            "rate_bps": phys.rate_bps,
-            "packet_error_prob": phys.packet_error,
-            "success": phys.success,
-            "straggler": scheduled & ~on_time,
-            "packet_lost": on_time & ~phys.success,
-            "compute_time_s": phys.compute_time_s,
-            "upload_time_s": phys.upload_time_s,
-            "latency_s": phys.latency_s,
-            "round_latency_s": phys.round_latency_s,
-            "energy_j": phys.energy_j,
-            "payload_bits": phys.payload_bits,
-            "round_channel_gain": gain,
-        }
+        step_info = round_info(decision, phys, gain)
         if any_reset:
             idx = np.flatnonzero(resetting)
             self._reset_rows(idx, [None] * idx.size)
