@@ -25,7 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fedenv.config import EnvConfig
-from fedenv.operands import ZERO_INT, const, put
+from fedenv.operands import ZERO_INT, const
 
 __all__ = ["Decision", "ActionCodec"]
 
@@ -39,6 +39,7 @@ class Decision:
     module: NDArray[np.int64]
     """Module index in 0..M (0 = not scheduled)."""
     power_w: NDArray[np.float64]
+    """Transmit power p_k, W (decoded actions: 0 for idle devices, which send nothing)."""
     share: NDArray[np.float64]
     """FDMA bandwidth share beta_k (0 for idle devices); sums to <= 1."""
     ratio: NDArray[np.float64]
@@ -170,7 +171,10 @@ class ActionCodec:
         ratio = x[col["ratio"]] if col["ratio"] is not None else layout.ratio.copy()
         idle = np.equal(module, ZERO_INT)
         w = x[col["bandwidth"]]
-        put(w, idle, _ZERO)  # w x scheduled (w >= 0), without the multiplication
+        # idle devices get no band (w x scheduled, w >= 0, without the multiplication) and transmit
+        # with no power (the round's physics is the same: an idle device sends nothing)
+        w[idle] = _ZERO
+        power[idle] = _ZERO
         if w.ndim == 1:
             # one device block: its total into a 0-d array (divided by without broadcasting a
             # (1,) array; decode's scratch, not part of the decision), tested as a float

@@ -18,7 +18,7 @@ from fedenv.learning import make_learner
 from fedenv.learning.base import DevicePartition, Learner
 from fedenv.operands import const
 from fedenv.queues import update_queue
-from fedenv.round import EpisodeTables, RoundPhysics, episode_tables, play_round, transmit_power
+from fedenv.round import EpisodeTables, RoundPhysics, episode_tables, play_round
 from fedenv.trace import Trace, generate_trace
 
 __all__ = [
@@ -202,7 +202,7 @@ def round_info(decision: Decision, phys: RoundPhysics, round_channel_gain: NDArr
     return {
         "module": decision.module,
         "rank": phys.rank,
-        "tx_power_w": transmit_power(decision, scheduled),
+        "tx_power_w": decision.power_w,  # (decoded: 0 for idle devices)
         "bandwidth_share": decision.share,
         "sparsity_ratio": decision.ratio,
         "rate_bps": phys.rate_bps,

@@ -18,7 +18,7 @@ from fedenv.actions import Decision
 from fedenv.config import EnvConfig
 from fedenv.operands import const, put
 
-__all__ = ["EpisodeTables", "RoundPhysics", "episode_tables", "play_round", "time_left", "transmit_power"]
+__all__ = ["EpisodeTables", "RoundPhysics", "episode_tables", "play_round", "time_left"]
 
 _ZERO = const(0.0)
 
@@ -206,12 +206,3 @@ def play_round(
         round_latency_s=max(latency.tolist()) if latency.ndim == 1 else np.maximum.reduce(latency, axis=-1),
     )
     return phys
-
-
-def transmit_power(decision: Decision, scheduled: NDArray[np.bool_]) -> F:
-    """The power each device transmits with: p_k if scheduled, else 0 (W; ``info["tx_power_w"]``).
-
-    ``scheduled`` is the round's :attr:`RoundPhysics.scheduled`; powers are finite and >= 0, so
-    the product with the flags is exact.
-    """
-    return np.multiply(np.asarray(decision.power_w, dtype=np.float64), scheduled)

@@ -197,3 +197,32 @@ def test_dict_observation_wrapper():
     assert obs["devices"].shape == (10, 7) and obs["global"].shape == (4,)
     with pytest.raises(ValueError):
         DiscreteAction(gym.make("FedLoRAWireless-v0"), power_levels=1)
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_idle_devices_transmit_no_power_and_their_power_changes_nothing(preset):
+    """Decoded idle devices have power 0 (info's tx_power_w); the round's physics does not depend
+    on an idle device's power."""
+    import dataclasses
+
+    from fedenv.round import episode_tables, play_round
+
+    cfg = EnvConfig.from_preset(preset)
+    codec = ActionCodec(cfg)
+    rng = np.random.default_rng(1)
+    a = rng.uniform(-1, 1, codec.shape)
+    if "module" in codec.index:
+        a[:4, codec.index["module"]] = -1.0
+    elif "schedule" in codec.index:
+        a[:4, codec.index["schedule"]] = -1.0
+    d = codec.decode(a)
+    idle = d.module == 0
+    assert (d.power_w[idle] == 0.0).all() and (d.power_w[~idle] >= cfg.channel.min_tx_power_w).all()
+    assert idle.any() or preset == "soft"  # (soft schedules every device)
+    tables = episode_tables(cfg, np.full(codec.num_devices, 1.5e9), float(cfg.model.lora_params_per_rank), int(cfg.model.head_params))
+    gain = rng.uniform(1e-13, 1e-10, codec.num_devices)
+    u = rng.uniform(size=codec.num_devices)
+    powered = dataclasses.replace(d, power_w=np.where(idle, cfg.channel.max_tx_power_w, d.power_w))
+    a_phys, b_phys = play_round(d, gain, tables, cfg, u), play_round(powered, gain, tables, cfg, u)
+    for field in ("rate_bps", "packet_error", "upload_time_s", "latency_s", "energy_j", "on_time", "success", "round_latency_s"):
+        np.testing.assert_array_equal(getattr(a_phys, field), getattr(b_phys, field))
