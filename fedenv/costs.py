@@ -141,11 +141,10 @@ def upload_within(bits: ArrayLike, rate_bps: ArrayLike, power_w: ArrayLike, left
         put(t_up, np.less_equal(s, _ZERO), _ZERO)  # (sizes are never NaN)
     else:
         t_up = np.where(s > 0.0, t_up, 0.0)
-    left = left_s
-    on_time = t_up <= left
+    on_time = t_up <= left_s
     # With no rate (no band) nothing can be sent, so nothing is spent on the uplink; the
     # transmit time min(t_up, left) is finite, so masking by multiplication is exact.
-    energy = np.multiply(power_w, np.minimum(t_up, left))
+    energy = np.multiply(power_w, np.minimum(t_up, left_s))
     if energy.ndim:
         put(energy, np.less_equal(rate, _ZERO), _ZERO)  # (rates are never NaN)
     else:

@@ -464,9 +464,8 @@ class FedLoRAWirelessEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
         report = self.learner.train_round(phys.rank, decision.ratio, phys.success)
         z_old, y_old = self._energy_backlog, self._latency_backlog
         z_new, y_new = update_backlogs(c, z_old, y_old, phys.energy_j, phys.round_latency_s)
-        round_latency = float(phys.round_latency_s)
         # NumPy float64 scalars here (a subclass of float)
-        terms = reward_terms(c, z_old, z_new, y_old, y_new, phys.energy_j, round_latency, report.gap, report.accuracy, self._accuracy)
+        terms = reward_terms(c, z_old, z_new, y_old, y_new, phys.energy_j, phys.round_latency_s, report.gap, report.accuracy, self._accuracy)
         self._energy_backlog, self._latency_backlog = z_new, float(y_new)
         self._accuracy, self._loss, self._gap = report.accuracy, report.loss, report.gap
         self._last_module = decision.module

@@ -89,7 +89,11 @@ def episode_tables(config: EnvConfig, cpu_freq_hz: F, params_per_rank: float, he
 
 def time_left(compute_time_s: F, config: EnvConfig) -> F:
     """max(T_max - t_cmp, 0): the time a device has left for its upload (SPEC §3), C-contiguous."""
-    return np.ascontiguousarray(np.maximum(const(config.costs.round_deadline_s) - compute_time_s, _ZERO))
+    return np.ascontiguousarray(_time_left(const(config.costs.round_deadline_s), compute_time_s))
+
+
+def _time_left(deadline: NDArray[np.float64], compute_time_s: F) -> F:
+    return np.maximum(deadline - compute_time_s, _ZERO)
 
 
 @dataclass(frozen=True)
@@ -135,12 +139,13 @@ def _lookups(tables: EpisodeTables, module: NDArray[np.int64], deadline: NDArray
     offsets = tables.row_offsets
     if offsets is not None and module.shape == offsets.shape:
         flat = module + offsets
-        t_cmp = tables.compute_time_s.take(flat)
-        left = tables.time_left_s.take(flat) if tables.time_left_s is not None else np.maximum(deadline - t_cmp, _ZERO)
-        return t_cmp, tables.compute_energy_j.take(flat), left
-    # (broadcast lookups cost more than the two operations of the formula)
-    t_cmp = _lookup(tables.compute_time_s, module)
-    return t_cmp, _lookup(tables.compute_energy_j, module), np.maximum(deadline - t_cmp, _ZERO)
+        t_cmp, e_cmp = tables.compute_time_s.take(flat), tables.compute_energy_j.take(flat)
+        if tables.time_left_s is not None:
+            return t_cmp, e_cmp, tables.time_left_s.take(flat)
+    else:
+        # (broadcast lookups cost more than the two operations of the formula)
+        t_cmp, e_cmp = _lookup(tables.compute_time_s, module), _lookup(tables.compute_energy_j, module)
+    return t_cmp, e_cmp, _time_left(deadline, t_cmp)
 
 
 def _lookup(table: F, module: NDArray[np.int64]) -> F:
