@@ -7,7 +7,11 @@ fading innovations, the uniforms that decide packet success) is a pure function 
 * the channel trace cannot depend on the policy (common random numbers by construction);
 * a batch of N episodes is generated with one set of array operations, and each episode is
   bit-identical to the one a single environment with the same key generates, which is what
-  the batched vector environment relies on.
+  the batched vector environment relies on;
+* the index is row-major in the draw's shape, so a draw whose *leading* axis is the round
+  gives round t the same numbers whatever the number of rounds drawn: every per-round draw
+  puts the round first (and :func:`normal` its Box-Muller pair last), so the channels of
+  round t depend on (key, t, device) only, not on the episode's horizon.
 
 The hash of a counter does not depend on the key, so it is computed once per stream and shape
 and cached; a draw then costs one XOR and one SplitMix64 finaliser per number.
@@ -108,9 +112,13 @@ def box_muller(u: NDArray[np.float64], axis: int) -> NDArray[np.float64]:
 
 
 def normal(keys: NDArray[np.uint64], stream: int, shape: tuple[int, ...]) -> NDArray[np.float64]:
-    """Standard normals by Box-Muller, shape ``keys.shape + shape``."""
+    """Standard normals by Box-Muller, shape ``keys.shape + shape``.
+
+    The uniform pair of each normal is the last axis of the draw, ``shape + (2,)``, so the
+    normals of a leading index (a round) do not depend on how many follow it.
+    """
     keys = np.asarray(keys, dtype=np.uint64)
-    return box_muller(uniform(keys, stream, (2, *shape)), keys.ndim)
+    return box_muller(uniform(keys, stream, (*shape, 2)), -1)
 
 
 #: bit generators whose raw outputs are 64-bit (MT19937's are 32-bit)

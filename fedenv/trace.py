@@ -3,7 +3,9 @@
 Device placement and movement, per-episode CPU frequencies and shadowing, the fading of every
 round, and the uniforms that decide whether an upload survives its packet error rate. All are
 drawn from counter-based streams keyed by the episode key (:mod:`fedenv.streams`), for a batch
-of episodes at once; each episode's trace is identical to the one generated alone.
+of episodes at once; each episode's trace is identical to the one generated alone, and its
+round t is the same for every horizon (``num_rounds``) the config sets: the same seed gives the
+same channels in the rounds two horizons share.
 """
 
 from __future__ import annotations
@@ -79,18 +81,21 @@ def _generate(keys: NDArray[np.uint64], config: EnvConfig) -> Trace:
     n = keys.size
     mobile = ch.mobility_speed_m_per_s > 0.0
     shadowed = ch.shadowing_std_db > 0.0
-    draws = [(Stream.POSITION, (2, k)), (Stream.CPU, (k,)), (Stream.FADING, (2, 2, rows, k)), (Stream.SUCCESS, (rows, k))]
+    # The round is the leading axis of every per-round draw: an element's counter is then the
+    # same whatever the number of rounds drawn, and round t's channel depends on (key, t,
+    # device) only, not on num_rounds (normals: the Box-Muller pair last, as streams.normal).
+    draws = [(Stream.POSITION, (2, k)), (Stream.CPU, (k,)), (Stream.FADING, (rows, 2, k, 2)), (Stream.SUCCESS, (rows, k))]
     if mobile:
-        draws.append((Stream.WAYPOINT, (2, rows, k)))
+        draws.append((Stream.WAYPOINT, (rows, 2, k)))
     if shadowed:
-        draws.append((Stream.SHADOWING, (2, 1, k)))
+        draws.append((Stream.SHADOWING, (1, k, 2)))
     # one hashing pass for every stream (each equals streams.uniform(keys, stream, shape))
     u = streams.uniforms(keys, tuple(draws))
     start_u, cpu_u, fading_u, success_u = u[:4]
     start = channel.place_devices(start_u[:, 0], start_u[:, 1], ch)
     if mobile:
         wp_u = u[4]
-        waypoints = channel.place_devices(wp_u[:, 0], wp_u[:, 1], ch)
+        waypoints = channel.place_devices(wp_u[:, :, 0], wp_u[:, :, 1], ch)
         position = channel.random_waypoint(start, waypoints, ch.mobility_speed_m_per_s, ch.round_interval_s)
         # Waypoints lie in the annulus, but a straight walk between two of them may cut
         # through the inner disc; keep the path-loss model inside its validity range.
@@ -100,7 +105,7 @@ def _generate(keys: NDArray[np.uint64], config: EnvConfig) -> Trace:
         # |start|, as np.linalg.norm(start, axis=-1) computes it (without its Python overhead)
         distance = np.broadcast_to(np.sqrt(np.add.reduce(start * start, axis=-1))[:, None], (n, rows, k)).copy()
     if shadowed:
-        shadowing = ch.shadowing_std_db * streams.box_muller(u[-1], 1)
+        shadowing = ch.shadowing_std_db * streams.box_muller(u[-1], -1)  # streams.normal(keys, SHADOWING, (1, k))
     else:
         shadowing = np.zeros((n, 1, k))
     if mobile:
@@ -109,9 +114,9 @@ def _generate(keys: NDArray[np.uint64], config: EnvConfig) -> Trace:
         # Without mobility the path loss is the same every round: evaluate its gain once per
         # device (the same numbers channel_gain computes on every round's copy).
         loss = distance[:, :1]
-    z = streams.box_muller(fading_u, 1)  # streams.normal(keys, Stream.FADING, (2, rows, k))
+    z = streams.box_muller(fading_u, -1)  # streams.normal(keys, Stream.FADING, (rows, 2, k))
     z *= math.sqrt(0.5)
-    w = z[:, 0] + 1j * z[:, 1]  # CN(0, 1)
+    w = z[:, :, 0] + 1j * z[:, :, 1]  # CN(0, 1), shape (n, rows, k)
     fading = channel.gauss_markov_fading(w[:, 0], w[:, 1:], ch.fading_correlation)
     gain = channel.channel_gain(loss, np.abs(fading) ** 2, shadowing, ch)
     cpu = dev.cpu_freq_min_hz + (dev.cpu_freq_max_hz - dev.cpu_freq_min_hz) * cpu_u

@@ -311,6 +311,46 @@ def test_trace_batch_equals_single_and_depends_only_on_key():
     assert (both.distance_m >= 50.0).all() and (both.distance_m <= 500.0 + 1e-9).all()
 
 
+@pytest.mark.parametrize("preset", ["switching", "split", "soft", "unified"])
+@pytest.mark.parametrize("channel_overrides", [{}, {"mobility_speed_m_per_s": 3.0, "shadowing_std_db": 6.0}], ids=["static", "mobile_shadowed"])
+def test_trace_rows_do_not_depend_on_the_horizon(preset, channel_overrides):
+    """Same seed, same channels, for any horizon: round t depends on (key, t, device) only."""
+    base = resolve_config(None, preset, channel=channel_overrides)
+    keys = np.array([0, 5, 2**62 + 3], dtype=np.uint64)
+    traces = {t: generate_trace(keys, base.replace(num_rounds=t)) for t in (10, 15, 50)}
+    short = traces[10]
+    for t in (15, 50):
+        for name in ("position_m", "distance_m", "gain", "success_uniform"):
+            np.testing.assert_array_equal(getattr(traces[t], name)[:, :11], getattr(short, name), err_msg=f"{name}, {t} rounds")
+        np.testing.assert_array_equal(traces[t].cpu_freq_hz, short.cpu_freq_hz)
+
+
+def test_episode_channels_do_not_depend_on_the_horizon():
+    """The reviewer's case: seed 0 with 15 rounds met other channels than with 10 (single and
+    vector env, and the surrogate's evaluation noise, drawn through streams.normal)."""
+    from fedenv import FedLoRAWirelessEnv
+    from fedenv.vector import FedLoRAWirelessVectorEnv
+
+    gains, noise = {}, {}
+    for rounds in (10, 15):
+        over = {"num_rounds": rounds, "learning": {"surrogate": {"eval_noise_std": 0.01}}}
+        env = FedLoRAWirelessEnv(over)
+        _, info = env.reset(seed=0)
+        rows, acc = [info["channel_gain"].copy()], []
+        for _ in range(10):
+            _, _, _, _, info = env.step(np.zeros(env.action_space.shape, np.float32))
+            rows.append(info["channel_gain"].copy())
+            acc.append(info["accuracy"])
+        gains[rounds], noise[rounds] = np.array(rows), np.array(acc)
+        venv = FedLoRAWirelessVectorEnv(2, over)
+        _, vinfo = venv.reset(seed=0)
+        np.testing.assert_array_equal(vinfo["channel_gain"][0], rows[0])
+    np.testing.assert_array_equal(gains[10], gains[15])
+    np.testing.assert_array_equal(noise[10], noise[15])
+    normals = {t: streams.normal(np.array([9], dtype=np.uint64), streams.Stream.EVAL_NOISE, (t,)) for t in (10, 15)}
+    np.testing.assert_array_equal(normals[15][:, :10], normals[10])
+
+
 def test_put_writes_a_masked_value_like_copyto():
     from fedenv.operands import const, put
 
