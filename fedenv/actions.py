@@ -11,12 +11,15 @@
 Paradigms without a component use: power P_max, ratio 1, and (split, soft) the structural rank.
 The bandwidth is always fully given to the scheduled devices (more band never costs energy);
 if every scheduled weight is 0 they share it equally. Out-of-range finite actions are clipped
-to [-1, 1]; NaN/inf raise.
+to [-1, 1]; NaN/inf raise, and so do a wrong shape (a batched ``(1, K, C)`` action to a single
+env included), complex, bool, string or object values: :meth:`ActionCodec.check` runs before
+anything changes, so a rejected action leaves the env as it was.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from functools import cached_property
 from typing import NamedTuple
@@ -103,20 +106,30 @@ class ActionCodec:
         self._total = np.zeros(())
 
     # ----------------------------------------------------------------- decode
-    def validate(self, action: object) -> NDArray[np.float64]:
-        """Check shape and finiteness; clip to [-1, 1]. Raises ValueError on bad input."""
-        a = self.check(action).astype(np.float64)
+    def validate(self, action: object, batch: tuple[int, ...] = ()) -> NDArray[np.float64]:
+        """Check as :meth:`check` does; clip to [-1, 1]. Raises ValueError on bad input."""
+        a = self.check(action, batch).astype(np.float64)
         np.maximum(a, -1.0, out=a)
         return np.minimum(a, 1.0, out=a)
 
-    def check(self, action: object) -> NDArray[np.floating]:
-        """Check shape and finiteness (ValueError otherwise); the action as a float array, not clipped."""
+    def check(self, action: object, batch: tuple[int, ...] = ()) -> NDArray[np.floating]:
+        """Check the full shape, ``batch + (K, C)``, the dtype (real numbers) and finiteness
+        (ValueError otherwise); the action as a float32/float64 array, not clipped.
+
+        ``batch`` holds the leading axes expected (the vector env's ``(N,)``); a single env's
+        action has none, so a batched ``(1, K, C)`` action is rejected there. Integer actions
+        are converted to float64; other floating types (float16, longdouble) are checked finite
+        in their own precision and clipped to [-1, 1] before the conversion, so a finite value
+        out of float64's range is clipped like any other, never turned into inf.
+        """
         a = np.asarray(action)
-        if a.dtype != np.float32 and a.dtype != np.float64:
-            a = a.astype(np.float64)
-        if a.shape[-2:] != self.shape:
+        dtype = a.dtype
+        if dtype != np.float32 and dtype != np.float64:
+            a = self._as_float(a)
+        if a.shape != (batch + self.shape if batch else self.shape):
+            lead = f"{batch} x " if batch else ""
             raise ValueError(
-                f"action must have shape {self.shape} (devices x components {list(self.components)}), got {a.shape}"
+                f"action must have shape {batch + self.shape} ({lead}devices x components {list(self.components)}), got {a.shape}"
             )
         # A sum of finite numbers is finite unless it overflows (NaN and inf carry through), so
         # the elementwise check runs only when it is not; summed as a dot product with ones,
@@ -128,6 +141,27 @@ class ActionCodec:
         if not math.isfinite(flat.dot(ones)) and not np.isfinite(a).all():
             raise ValueError(f"action contains NaN or infinite values; expected finite numbers in [-1, 1]: {a}")
         return a
+
+    @staticmethod
+    def _as_float(a: NDArray[np.generic]) -> NDArray[np.float64]:
+        """A real-valued action of another dtype as float64 (ValueError for complex, bool,
+        string and object values that are not real numbers)."""
+        kind = a.dtype.kind
+        if kind in "iu":
+            return a.astype(np.float64)
+        if kind == "f":
+            if not np.isfinite(a).all():
+                raise ValueError(f"action contains NaN or infinite values; expected finite numbers in [-1, 1]: {a}")
+            return np.clip(a, -1, 1).astype(np.float64)
+        if kind == "O":
+            # a list mixing Python numbers, e.g. an int beyond float64's range: each clipped to
+            # [-2, 2] while exact (ints), the rest as floats (NaN/inf rejected afterwards)
+            items = a.ravel().tolist()
+            if all(isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_)) for x in items):
+                values = [float(max(-2, min(2, int(x)))) if isinstance(x, numbers.Integral) else float(x) for x in items]
+                return np.array(values, dtype=np.float64).reshape(a.shape)
+        what = {"c": "complex numbers", "b": "bools", "U": "strings", "S": "bytes", "O": "non-numeric objects"}.get(kind, "values")
+        raise ValueError(f"action must hold real numbers (a float or int array) in [-1, 1], got {what} (dtype {a.dtype})")
 
     def _ones_like(self, flat: NDArray[np.floating]) -> NDArray[np.floating]:
         """Read-only ones of the shape and dtype of ``flat``, cached."""

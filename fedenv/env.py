@@ -32,6 +32,7 @@ __all__ = [
     "update_backlogs",
     "reward_terms",
     "round_info",
+    "check_seed",
 ]
 
 #: Per-device observation features, in order (see the class docstring for units and bounds).
@@ -340,7 +341,10 @@ class FedLoRAWirelessEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
     learning (data partition, evaluation noise, training). The trace never depends on the
     actions: every policy meets the same channels under the same seed. While episodes continue
     (``reset()`` without a seed), the traces of the next 8 are generated ahead in one batch, from
-    keys read without moving ``np_random``: the same numbers, at half the cost.
+    keys read without moving ``np_random``: the same numbers, at half the cost. Round t's trace
+    depends on (seed, t, device) only, so two horizons meet the same channels in the rounds they
+    share. A seed is None or an integer >= 0, a NumPy integer included; bools and floats are
+    rejected (:func:`check_seed`, shared with the vector env).
 
     ## Arguments
     ``gym.make("FedLoRAWireless-v0", config=None, preset=None, render_mode=None, **overrides)``
@@ -395,6 +399,7 @@ class FedLoRAWirelessEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
 
     # ------------------------------------------------------------------ reset
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[NDArray[np.float32], dict[str, Any]]:
+        seed = check_seed(seed)
         super().reset(seed=seed)
         cfg = self.config
         k = self.num_devices
@@ -532,3 +537,26 @@ class FedLoRAWirelessEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
     def close(self) -> None:
         self.learner.close()
         super().close()
+
+
+def check_seed(seed: object, name: str = "seed") -> int | None:
+    """A reset seed as :func:`gymnasium.utils.seeding.np_random` takes it: None or an int >= 0.
+
+    One rule for the single and the vector env. A NumPy integer is the int it holds (Gymnasium
+    itself rejects ``np.int64(5)``, but seeds read from arrays are common and mean the same
+    key). A bool is rejected although Python counts it as an int (Gymnasium would take
+    ``True`` as seed 1), and so is a float, even an integral one: a seed is a key, and 2.5
+    has no key.
+
+    Raises:
+        TypeError: ``seed`` is not None, an int or a NumPy integer.
+        ValueError: ``seed`` is negative.
+    """
+    if seed is None:
+        return None
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"{name} must be None or an integer >= 0 (Python or NumPy int), got {seed!r} of type {type(seed).__name__}")
+    value = int(seed)
+    if value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value}")
+    return value

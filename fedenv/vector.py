@@ -27,6 +27,7 @@ each with its ``_key`` mask, the layout SyncVectorEnv produces. For stable-basel
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -44,6 +45,7 @@ from fedenv.actions import ActionCodec
 from fedenv.config import EnvConfig, resolve_config
 from fedenv.env import (
     EnvConstants,
+    check_seed,
     observation_bounds,
     observation_template,
     reward_terms,
@@ -185,17 +187,29 @@ class FedLoRAWirelessVectorEnv(gym.vector.VectorEnv[NDArray[np.float32], NDArray
         """Reset every sub-env (or those of ``options["reset_mask"]``).
 
         ``seed``: None (continue each sub-env's generator; random on first use), an int s
-        (sub-env i is seeded with s + i) or one seed (or None) per sub-env.
+        (sub-env i is seeded with s + i) or a list of one seed (or None) per sub-env, as
+        Gymnasium's vector envs take it; each seed follows the single env's rule
+        (:func:`fedenv.env.check_seed`: an int >= 0, NumPy integers included, no bools or
+        floats). A rejected seed changes nothing.
         """
         n = self.num_envs
         if seed is None:
             seeds: list[int | None] = [None] * n
-        elif isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
-            seeds = [int(seed) + i for i in range(n)]
-        else:
-            seeds = list(seed)  # type: ignore[arg-type]
+        elif isinstance(seed, (int, np.integer)) and not isinstance(seed, (bool, np.bool_)):
+            first = check_seed(seed)
+            assert first is not None
+            seeds = [first + i for i in range(n)]
+        elif isinstance(seed, Sequence) and not isinstance(seed, (str, bytes)) or isinstance(seed, np.ndarray) and seed.ndim == 1:
+            seeds = [check_seed(s, f"seed[{i}]") for i, s in enumerate(seed)]
             if len(seeds) != n:
                 raise ValueError(f"pass one seed per sub-env: expected {n} seeds, got {len(seeds)}")
+        else:
+            if isinstance(seed, (numbers.Number, np.generic, str, bytes)):
+                check_seed(seed)  # raises the single env's error (a bool, a float, a string)
+            raise TypeError(
+                f"seed must be None, an integer >= 0 (sub-env i gets seed + i) or a list of {n} seeds "
+                f"(each None or an integer >= 0), got {seed!r} of type {type(seed).__name__}"
+            )
         mask = np.ones(n, dtype=bool)
         if options is not None and "reset_mask" in options and self._started:
             mask = np.asarray(options["reset_mask"])
@@ -301,7 +315,7 @@ class FedLoRAWirelessVectorEnv(gym.vector.VectorEnv[NDArray[np.float32], NDArray
         if any_reset:
             # finished sub-envs ignore their action; keep their indices in range
             t = np.minimum(t, cfg.num_rounds - 1)
-        decision = self.codec.decode(self.codec.check(a))
+        decision = self.codec.decode(self.codec.check(a, (n,)))
         at = self._round_rows(t)
         gain = self._gain_rows.take(at, axis=0)
         phys = play_round(decision, gain, self._tables, cfg, self._uniform_rows.take(at, axis=0))

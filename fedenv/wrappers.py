@@ -14,6 +14,7 @@ in [-1, 1] of shape (K, C); a flat observation of 7 K + 4 features):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, SupportsFloat
 
 import gymnasium as gym
@@ -34,8 +35,14 @@ def _canonical(env: gym.Env) -> tuple[int, tuple[str, ...], int]:
     return codec.num_devices, codec.components, codec.num_modules
 
 
-class DictAction(gym.ActionWrapper[NDArray[np.float32], dict[str, NDArray[np.float32]], NDArray[np.float32]]):
-    """Dict action ``{component: Box(-1, 1, (K,))}``; components as in the env's action table."""
+class DictAction(gym.ActionWrapper[NDArray[np.float32], dict[str, NDArray[np.float32]], NDArray[np.floating[Any]]]):
+    """Dict action ``{component: Box(-1, 1, (K,))}``; components as in the env's action table.
+
+    Each component is passed on in its own precision (float64 values are not narrowed to
+    float32, where a finite 1e39 would become inf): the env clips finite values to [-1, 1] and
+    rejects the rest. Anything but a mapping with exactly the component keys, each an array of
+    shape (K,) of real numbers, raises ``ValueError`` before the env is touched.
+    """
 
     def __init__(self, env: gym.Env) -> None:
         super().__init__(env)
@@ -43,15 +50,28 @@ class DictAction(gym.ActionWrapper[NDArray[np.float32], dict[str, NDArray[np.flo
         k = self.num_devices
         self.action_space = spaces.Dict({c: spaces.Box(-1.0, 1.0, shape=(k,), dtype=np.float32) for c in self.components})  # type: ignore[assignment]
 
-    def action(self, action: dict[str, Any]) -> NDArray[np.float32]:
+    def action(self, action: Mapping[str, Any]) -> NDArray[np.floating[Any]]:
+        k, keys = self.num_devices, list(self.components)
+        if not isinstance(action, Mapping):
+            raise ValueError(
+                f"Dict action must be a mapping {{component: array of shape ({k},)}} with the keys {keys}, "
+                f"got {type(action).__name__}: {action!r}"
+            )
         missing = set(self.components) - set(action)
         extra = set(action) - set(self.components)
         if missing or extra:
             raise ValueError(
-                f"Dict action must have exactly the keys {list(self.components)}; "
-                f"missing {sorted(missing)}, unexpected {sorted(extra)}"
+                f"Dict action must have exactly the keys {keys}; missing {sorted(missing)}, unexpected {sorted(extra, key=repr)}"
             )
-        return np.stack([np.asarray(action[c], dtype=np.float32) for c in self.components], axis=-1)
+        parts = []
+        for c in self.components:
+            part = np.asarray(action[c])
+            if part.shape != (k,):
+                raise ValueError(f"Dict action[{c!r}] must have shape ({k},) (one value per device), got shape {part.shape}")
+            if part.dtype.kind not in "iufO":
+                raise ValueError(f"Dict action[{c!r}] must hold real numbers in [-1, 1], got dtype {part.dtype}")
+            parts.append(part)
+        return np.stack(parts, axis=-1)
 
     def reverse_action(self, action: NDArray[np.float32]) -> dict[str, NDArray[np.float32]]:
         a = np.asarray(action, dtype=np.float32)

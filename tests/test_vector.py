@@ -209,7 +209,7 @@ def test_physics_batched_equals_per_episode_bitwise(preset):
     cpu = rng.uniform(0.5e9, 2e9, (n, k))
     tables = episode_tables(cfg, cpu, cfg.model.lora_params_per_rank, cfg.model.head_params)
     gain, u = 10 ** rng.uniform(-13, -8, (n, k)), rng.uniform(size=(n, k))
-    dec = codec.decode(codec.validate(_actions(rng, n, codec.shape)))
+    dec = codec.decode(codec.validate(_actions(rng, n, codec.shape), (n,)))
     batch = play_round(dec, gain, tables, cfg, u)
     share = rng.dirichlet(np.ones(k), n)
     labels = rng.dirichlet(np.ones(2), (n, k))
