@@ -8,29 +8,41 @@
   same evaluation loop as the baselines; it appends the scores to ``evaluations.csv`` (the
   learning curve) and keeps the best model and its normaliser in ``best/``.
 * :func:`checkpoint_callback` saves the model and its normaliser every ``checkpoint_freq`` env
-  steps (SB3's ``CheckpointCallback``); ``--resume`` restarts from the newest one.
+  steps, each file atomically; ``--resume`` restarts from the newest intact one.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
-import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import VecNormalize
 
 from agents.actions import ActionAdapter
 from agents.envs import EpisodeStats
 from agents.evaluate import SB3Policy
 from agents.features import ObservationFeatures
-from agents.runs import RunDir
+from agents.runs import (
+    RunDir,
+    RunRepairWarning,
+    copy_file,
+    model_steps,
+    pair_problem,
+    replacing,
+    save_model,
+    save_normalizer,
+    write_file,
+)
 from fedenv.config import EnvConfig
 
-__all__ = ["EnvMetricsCallback", "HeldOutEvalCallback", "checkpoint_callback", "selection_score", "EVAL_FIELDS"]
+__all__ = ["EnvMetricsCallback", "HeldOutEvalCallback", "Checkpoints", "checkpoint_callback", "selection_score", "read_evaluations", "write_evaluations", "EVAL_FIELDS"]
 
 
 class EnvMetricsCallback(BaseCallback):
@@ -91,8 +103,57 @@ def selection_score(mean_return: float, accuracy: float, accuracy_target: float 
     return mean_return - (0.0 if feasible else _INFEASIBLE)
 
 
+def read_evaluations(path: Path) -> list[dict[str, float]]:
+    """The rows of an evaluations.csv (:data:`EVAL_FIELDS`; none when it does not exist).
+
+    A damaged row (a torn last line of an interrupted write, or a corrupt line) is dropped with
+    a :class:`agents.runs.RunRepairWarning`; the learning curve loses that point, the run goes on.
+    """
+    if not path.is_file():
+        return []
+    try:
+        lines = path.read_text().splitlines(keepends=True)
+    except UnicodeDecodeError:
+        lines = path.read_bytes().decode(errors="replace").splitlines(keepends=True)
+    if not lines:
+        return []
+    if lines[0].strip().split(",") != list(EVAL_FIELDS):
+        warnings.warn(f"{path}: the header is not {','.join(EVAL_FIELDS)} (damaged); its {len(lines) - 1} row(s) are ignored", RunRepairWarning, stacklevel=2)
+        return []
+    rows: list[dict[str, float]] = []
+    damaged: list[int] = []
+    for lineno, line in enumerate(lines[1:], 2):
+        values = line.strip().split(",")
+        try:
+            if len(values) != len(EVAL_FIELDS):  # a torn line lacks its last fields
+                raise ValueError(line)
+            row = {name: float(v) for name, v in zip(EVAL_FIELDS, values)}
+            row["timesteps"], row["best"] = int(values[0]), int(values[-1])
+        except ValueError:
+            damaged.append(lineno)
+            continue
+        rows.append(row)
+    if damaged:
+        warnings.warn(f"{path}: dropped damaged line(s) {', '.join(map(str, damaged))} (interrupted write or corruption)", RunRepairWarning, stacklevel=2)
+    return rows
+
+
+def write_evaluations(path: Path, rows: list[dict[str, float]]) -> None:
+    """Write evaluations.csv atomically (the whole file: a kill never leaves a torn row)."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=EVAL_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_file(path, out.getvalue())
+
+
 class HeldOutEvalCallback(BaseCallback):
     """Evaluates on fixed held-out seeds every ``eval_freq`` env steps and keeps the best model.
+
+    On ``--resume`` (:meth:`restore`) the record is lined up with the model training continues
+    from: evaluation rows after its step (a branch the resume abandons) are dropped, and best/
+    is kept only if it holds the best remaining evaluation's model; otherwise it is re-saved
+    from the best evaluation whose model is still intact (its checkpoint).
 
     Args:
         config: the env config to evaluate in (the training one).
@@ -119,18 +180,15 @@ class HeldOutEvalCallback(BaseCallback):
         self.best_score = -np.inf
         self.best_return = float("nan")
         self.last: dict[str, float] = {}
-        self._next = 0
-        self._start = time.perf_counter()
-        self._elapsed0 = 0.0
+        self.rows: list[dict[str, float]] = []
+        self._next: float = 0
+        self._restored = False
 
     def _on_training_start(self) -> None:
-        state = json.loads(self.run.eval_state.read_text()) if self.run.eval_state.is_file() else {}
-        self.best_score = float(state.get("best_score", -np.inf))
-        self.best_return = float(state.get("best_return", float("nan")))
-        self._elapsed0 = float(state.get("wall_s", 0.0))
-        self._start = time.perf_counter()
-        self._next = (self.num_timesteps // self.eval_freq + 1) * self.eval_freq if self.eval_freq > 0 else np.inf
-        if self.eval_freq > 0 and self.num_timesteps == 0:
+        self.restore()
+        steps = self.model.num_timesteps
+        self._next = (steps // self.eval_freq + 1) * self.eval_freq if self.eval_freq > 0 else np.inf
+        if self.eval_freq > 0 and steps == 0:
             self.evaluate()  # the untrained policy: the learning curve's first point
 
     def _on_step(self) -> bool:
@@ -138,6 +196,67 @@ class HeldOutEvalCallback(BaseCallback):
             self._next += self.eval_freq * max(1, (self.num_timesteps - self._next) // self.eval_freq + 1)
             self.evaluate()
         return True
+
+    def restore(self, model: Any | None = None) -> None:
+        """Line evaluations.csv and best/ up with the model training continues from (class
+        docstring); once per session. ``model`` initialises the callback when no training ran."""
+        if self._restored:
+            return
+        if model is not None:
+            if not hasattr(model, "_logger"):  # learn() never ran: give the evaluation a logger to record to
+                model.set_logger(Logger(None, []))
+            self.init_callback(model)
+        self._restored = True
+        steps = int(self.model.num_timesteps)
+        rows = read_evaluations(self.run.evaluations)
+        kept = [r for r in rows if steps > 0 and r["timesteps"] <= steps]
+        if len(kept) < len(rows):
+            dropped = [r["timesteps"] for r in rows if steps == 0 or r["timesteps"] > steps]
+            why = f"after step {steps:,d}, the branch this resume abandons" if steps else "an earlier attempt of this new run"
+            warnings.warn(f"{self.run.evaluations}: dropped {len(dropped)} evaluation row(s) of step(s) {', '.join(f'{int(s):,d}' for s in dropped)} ({why})", RunRepairWarning, stacklevel=2)
+        if self.run.evaluations.is_file():  # without the dropped and damaged rows
+            write_evaluations(self.run.evaluations, kept)
+        self.rows = kept
+        self.last = dict(kept[-1]) if kept else {}
+        self._restore_best(steps)
+        if kept:
+            self._write_state()
+
+    def _write_state(self) -> None:
+        """eval_state.json: a summary for people and tools; the run reads evaluations.csv and best/."""
+        state = {"best_score": self.best_score, "best_return": self.best_return, "wall_s": self.last.get("wall_s"), "last": self.last}
+        write_file(self.run.eval_state, json.dumps(state, indent=2))
+
+    def _restore_best(self, steps: int) -> None:
+        best_problem = pair_problem(self.run.best_model, self.run.best_normalizer)
+        best_steps = model_steps(self.run.best_model) if best_problem is None else None
+        candidates = []
+        for row in self.rows:
+            s = int(row["timesteps"])
+            if s == best_steps:
+                source = None  # best/ already holds it
+            elif pair_problem(self.run.checkpoint(s), self.run.checkpoint(s, "vecnormalize_")) is None:
+                source = s
+            else:
+                continue
+            candidates.append((selection_score(row["mean_return"], row["final_accuracy"], self.accuracy_target), row, source))
+        if not candidates:
+            self.best_score, self.best_return = -np.inf, float("nan")
+            if steps > 0 and (self.rows or best_problem is None):
+                why = best_problem or f"it holds the model of step {best_steps:,d}, which no remaining evaluation scored"
+                warnings.warn(f"{self.run.best_model.parent}: no evaluated model is left to keep ({why}); the next evaluation sets best/ again", RunRepairWarning, stacklevel=3)
+            return
+        score, row, source = max(candidates, key=lambda c: c[0])
+        self.best_score, self.best_return = score, float(row["mean_return"])
+        if source is not None:
+            if best_problem is not None:
+                why = f"best/ is damaged ({best_problem})" if self.run.best_model.parent.is_dir() else "best/ is missing"
+            else:
+                why = f"best/ held the model of step {best_steps:,d}, which no remaining evaluation scored best"
+            warnings.warn(f"{why}; re-saved it from checkpoints/{self.run.checkpoint(source).name}, the best remaining evaluation (step {source:,d}, return {row['mean_return']:.2f})", RunRepairWarning, stacklevel=3)
+            self.run.best_model.parent.mkdir(parents=True, exist_ok=True)
+            copy_file(self.run.checkpoint(source, "vecnormalize_"), self.run.best_normalizer)
+            copy_file(self.run.checkpoint(source), self.run.best_model)
 
     def evaluate(self) -> dict[str, float]:
         """Run the held-out episodes now; log, record and keep the model if it is the best."""
@@ -149,8 +268,8 @@ class HeldOutEvalCallback(BaseCallback):
         self.model.policy.set_training_mode(False)
         returns = ev.metric("episode_return")
         summary: dict[str, float] = {
-            "timesteps": int(self.num_timesteps),
-            "wall_s": self._elapsed0 + time.perf_counter() - self._start,
+            "timesteps": int(self.model.num_timesteps),
+            "wall_s": self.run.elapsed_s(),
             "mean_return": float(returns.mean()),
             "std_return": float(returns.std()),
             "final_accuracy": float(ev.metric("final_accuracy").mean()),
@@ -165,20 +284,17 @@ class HeldOutEvalCallback(BaseCallback):
             self.best_score = score
             self.best_return = summary["mean_return"]
             self.run.best_model.parent.mkdir(parents=True, exist_ok=True)
-            self.model.save(self.run.best_model)
             if isinstance(norm, VecNormalize):
-                norm.save(str(self.run.best_normalizer))
+                save_normalizer(norm, self.run.best_normalizer, int(self.model.num_timesteps))
+            save_model(self.model, self.run.best_model)
         for key in ("mean_return", "std_return", "final_accuracy", "energy_j_per_device_round", "budget_use_max", "within_budget"):
             self.logger.record(f"eval/{key}", summary[key])
         self.logger.record("eval/best_return", self.best_return)
-        new_file = not self.run.evaluations.is_file()
-        with self.run.evaluations.open("a", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=EVAL_FIELDS)
-            if new_file:
-                writer.writeheader()
-            writer.writerow(summary)
-        self.run.eval_state.write_text(json.dumps({"best_score": self.best_score, "best_return": self.best_return, "wall_s": summary["wall_s"], "last": summary}, indent=2))
+        self.rows.append(summary)
+        write_evaluations(self.run.evaluations, self.rows)
         self.last = summary
+        self._write_state()
+        self.run.record_session()
         if self.verbose:
             flag = " (new best)" if improved else ""
             print(
@@ -189,26 +305,51 @@ class HeldOutEvalCallback(BaseCallback):
         return summary
 
 
-class _Checkpoints(CheckpointCallback):
-    """SB3's checkpoints, keeping only the newest replay buffer (off-policy agents; it is large)."""
+class Checkpoints(BaseCallback):
+    """Saves the model and its normaliser (+ the replay buffer) when the env steps pass a
+    multiple of ``checkpoint_freq``, as ``checkpoints/ckpt_<steps>_steps.zip`` and
+    ``ckpt_vecnormalize_<steps>_steps.pkl``.
+
+    Every file is written atomically (:func:`agents.runs.replacing`), the normaliser (stamped
+    with the step) before the model, so a checkpoint whose model zip exists is complete. Only the
+    newest replay buffer is kept (off-policy agents; it is large).
+    """
+
+    def __init__(self, run: RunDir, checkpoint_freq: int, replay_buffer: bool = False) -> None:
+        super().__init__()
+        self.run = run
+        self.freq = int(checkpoint_freq)
+        self.replay_buffer = replay_buffer
+        self._next: float = np.inf
+
+    def _on_training_start(self) -> None:
+        self.run.checkpoints.mkdir(parents=True, exist_ok=True)
+        if self.freq > 0:
+            self._next = (self.model.num_timesteps // self.freq + 1) * self.freq
 
     def _on_step(self) -> bool:
-        saved = self.n_calls % self.save_freq == 0
-        result = super()._on_step()
-        if saved and self.save_replay_buffer:
-            newest = self._checkpoint_path("replay_buffer_", extension="pkl")
-            for p in Path(self.save_path).glob("ckpt_replay_buffer_*_steps.pkl"):
-                if p.name != Path(newest).name:
+        if self.num_timesteps >= self._next:
+            self._next = (self.num_timesteps // self.freq + 1) * self.freq
+            self.save()
+        return True
+
+    def save(self) -> None:
+        steps = int(self.num_timesteps)
+        norm = self.model.get_vec_normalize_env()
+        if norm is not None:
+            save_normalizer(norm, self.run.checkpoint(steps, "vecnormalize_"), steps)
+        buffer = self.run.checkpoint(steps, "replay_buffer_")
+        if self.replay_buffer and getattr(self.model, "replay_buffer", None) is not None:
+            with replacing(buffer) as tmp:
+                self.model.save_replay_buffer(tmp)  # type: ignore[attr-defined]
+        save_model(self.model, self.run.checkpoint(steps))
+        if self.replay_buffer:
+            for p in self.run.checkpoints.glob("ckpt_replay_buffer_*_steps.pkl"):
+                if p.name != buffer.name:
                     p.unlink()
-        return result
+        self.run.record_session()
 
 
-def checkpoint_callback(run: RunDir, checkpoint_freq: int, n_envs: int, replay_buffer: bool = False) -> CheckpointCallback:
-    """Save model + normaliser (+ the replay buffer) every ``checkpoint_freq`` env steps in ``run/checkpoints``."""
-    return _Checkpoints(
-        save_freq=max(checkpoint_freq // n_envs, 1),
-        save_path=str(run.checkpoints),
-        name_prefix="ckpt",
-        save_vecnormalize=True,
-        save_replay_buffer=replay_buffer,
-    )
+def checkpoint_callback(run: RunDir, checkpoint_freq: int, replay_buffer: bool = False) -> Checkpoints:
+    """Save model + normaliser (+ the replay buffer) every ``checkpoint_freq`` env steps in ``run/checkpoints`` (0 = never)."""
+    return Checkpoints(run, checkpoint_freq, replay_buffer)

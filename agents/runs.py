@@ -22,18 +22,27 @@ Run directory (``runs/<name>/``)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import difflib
+import errno
+import hashlib
 import json
 import os
+import pickle
 import platform
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import types
 import typing
-from collections.abc import Sequence
+import warnings
+import zipfile
+import zlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -41,7 +50,26 @@ import yaml
 
 from fedenv.config import EnvConfig, resolve_config
 
-__all__ = ["parse_args", "args_from_mapping", "args_to_dict", "RunDir", "git_commit", "env_config_of", "default_run_name", "prepare_run", "finish_run"]
+__all__ = [
+    "parse_args",
+    "args_from_mapping",
+    "args_to_dict",
+    "RunDir",
+    "ResumePoint",
+    "RunRepairWarning",
+    "git_commit",
+    "env_config_of",
+    "default_run_name",
+    "prepare_run",
+    "finish_run",
+    "replacing",
+    "write_file",
+    "copy_file",
+    "save_model",
+    "save_normalizer",
+    "pair_problem",
+    "model_steps",
+]
 
 A = TypeVar("A")
 ROOT = Path(__file__).resolve().parents[1]
@@ -189,7 +217,195 @@ def _versions() -> dict[str, str]:
     }
 
 
+# ------------------------------------------------------------- files that survive a kill
+#: Temporary files of :func:`replacing`: ``.<name>.<pid>.tmp`` beside the file they replace.
+_TMP = re.compile(r"^\..+\.\d+\.tmp$")
+
+
+@contextlib.contextmanager
+def replacing(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Write ``path`` atomically: yield a temporary path in the same directory to write to, then
+    fsync it and ``os.replace`` it onto ``path``.
+
+    A kill leaves the old file or the new one, never a mixture; a failed write (a full disk)
+    removes the temporary file and leaves the old file as it was. Every file of a run directory
+    is written through this (SB3's ``save`` methods take the temporary path)::
+
+        with replacing(run.model) as tmp:
+            model.save(tmp)
+
+    Raises:
+        OSError: with the errno of the failure and a message naming ``path`` and what to do.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(err, OSError) and err.errno in _WRITE_HINTS and not str(err).startswith("cannot write"):
+            raise OSError(err.errno, f"cannot write {path}: {err.strerror or err}. {_WRITE_HINTS[err.errno]}") from err
+        raise
+    with contextlib.suppress(OSError):  # the rename itself survives a power cut once the directory is synced
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+_READ_ONLY = "The run directory must be writable: fix its permissions, or copy it elsewhere and pass the copy as --run-dir."
+_WRITE_HINTS = {
+    errno.ENOSPC: "The disk is full; the files saved before are intact: free some space and continue with --resume.",
+    errno.EDQUOT: "The disk quota is exhausted; the files saved before are intact: free some space and continue with --resume.",
+    errno.EACCES: _READ_ONLY,
+    errno.EPERM: _READ_ONLY,
+    errno.EROFS: _READ_ONLY,
+}
+
+
+def write_file(path: str | os.PathLike[str], data: str | bytes) -> None:
+    """Write text or bytes to ``path`` atomically (:func:`replacing`)."""
+    with replacing(path) as tmp:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+
+
+def _damaged(path: Path, problem: str) -> ValueError:
+    return ValueError(
+        f"{path}: {problem}. The run directory is damaged: restore {path.name} from a copy of the run, "
+        "or start a new run in another --run-dir"
+    )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise _damaged(path, f"not valid JSON, truncated or corrupt ({err})") from None
+    except UnicodeDecodeError as err:
+        raise _damaged(path, f"not text, corrupt ({err})") from None
+    if not isinstance(data, dict):
+        raise _damaged(path, f"expected a JSON object, found {type(data).__name__}")
+    return data
+
+
+#: Last line of the YAML files a run writes: the SHA-256 of everything above it.
+_SUM = re.compile(r"# sha256 ([0-9a-f]{64})\n?$")
+#: meta.json's ``run_format`` from which args.yaml and env_config.yaml carry the checksum line.
+RUN_FORMAT = 2
+
+
+def _checked_yaml(data: dict[str, Any]) -> str:
+    text = yaml.safe_dump(data, sort_keys=False)
+    return f"{text}# sha256 {hashlib.sha256(text.encode()).hexdigest()}\n"
+
+
+def _read_checked_yaml(path: Path, required: bool) -> dict[str, Any]:
+    """A YAML mapping written by :func:`_checked_yaml`; a missing or wrong checksum is an error
+    (a missing one only where the run's format promises one: runs of older versions lack it)."""
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as err:
+        raise _damaged(path, f"not text, corrupt ({err})") from None
+    m = _SUM.search(text)
+    if m is not None:
+        body = text[: m.start()]
+        if hashlib.sha256(body.encode()).hexdigest() != m.group(1):
+            raise _damaged(path, "its content does not match its checksum line (corrupt or edited)")
+    elif required:
+        raise _damaged(path, "truncated: its last line, the checksum, is missing")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise _damaged(path, f"not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise _damaged(path, f"expected a mapping, found {type(data).__name__}")
+    return data
+
+
+# ------------------------------------------------------------------ checkpoints, resume
 _CKPT = re.compile(r"ckpt_(\d+)_steps\.zip$")
+_CKPT_FILE = re.compile(r"ckpt_(?:vecnormalize_|replay_buffer_)?(\d+)_steps\.(?:zip|pkl)$")
+
+
+class RunRepairWarning(UserWarning):
+    """A run file was skipped, dropped or rebuilt on the way to resuming (the message says which and why)."""
+
+
+class ResumePoint(typing.NamedTuple):
+    """The model (and normaliser) a run continues from."""
+
+    steps: int
+    model: Path
+    normalizer: Path
+    label: str
+
+
+def model_steps(path: Path) -> int:
+    """``num_timesteps`` recorded in an SB3 model zip (raises on a damaged zip)."""
+    with zipfile.ZipFile(path) as zf:
+        return int(json.loads(zf.read("data"))["num_timesteps"])
+
+
+def save_normalizer(norm: Any, path: Path, steps: int) -> None:
+    """Save a ``VecNormalize`` atomically, stamped with the model step it belongs to (the
+    stamp pairs it with its model.zip: a kill between the two saves cannot go unnoticed)."""
+    norm.saved_at_step = int(steps)
+    with replacing(path) as tmp:
+        norm.save(str(tmp))
+
+
+def save_model(model: Any, path: Path) -> None:
+    """Save an SB3 model atomically."""
+    with replacing(path) as tmp:
+        model.save(tmp)
+
+
+def copy_file(src: Path, dest: Path) -> None:
+    """Copy ``src`` onto ``dest`` atomically."""
+    with replacing(dest) as tmp:
+        shutil.copyfile(src, tmp)
+
+
+def pair_problem(model: Path, normalizer: Path, *, stamped: bool = False) -> str | None:
+    """Why ``model`` and its ``normalizer`` cannot be loaded together, or None when they can.
+
+    The zip must open with every member passing its CRC check (a truncated or bit-flipped file
+    fails), and the normaliser must unpickle; when the normaliser carries the step stamp of
+    :func:`save_normalizer` it must match the model's. With ``stamped`` the stamp is required.
+    """
+    if not model.is_file():
+        return f"{model.name} is missing"
+    try:
+        with zipfile.ZipFile(model) as zf:
+            bad = zf.testzip()
+            if bad is not None:
+                return f"{model.name} is corrupt (its member {bad!r} fails the CRC check)"
+            steps = int(json.loads(zf.read("data"))["num_timesteps"])
+            if "policy.pth" not in zf.namelist():
+                return f"{model.name} holds no policy.pth"
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError, ValueError) as err:
+        return f"{model.name} does not open ({type(err).__name__}: {err})"
+    if not normalizer.is_file():
+        return f"its normaliser {normalizer.name} is missing"
+    try:
+        with normalizer.open("rb") as fh:
+            norm = pickle.load(fh)
+    except Exception as err:  # a damaged pickle raises anything: every one means "not loadable"
+        return f"its normaliser {normalizer.name} does not load ({type(err).__name__}: {err})"
+    stamp = getattr(norm, "saved_at_step", None)
+    if stamp is None and stamped:
+        return f"its normaliser {normalizer.name} does not record the step it was saved at"
+    if stamp is not None and stamp != steps:
+        return f"its normaliser {normalizer.name} was saved at step {stamp:,d}, the model at step {steps:,d}"
+    return None
 
 
 class RunDir:
@@ -197,6 +413,8 @@ class RunDir:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        self._meta: dict[str, Any] | None = None
+        self._session_t0 = time.perf_counter()
 
     # paths
     @property
@@ -235,50 +453,147 @@ class RunDir:
     def metrics(self) -> Path:
         return self.path / "metrics.json"
 
+    def checkpoint(self, steps: int, kind: str = "") -> Path:
+        """A checkpoint file: the model (``kind=""``), ``vecnormalize_`` or ``replay_buffer_``."""
+        return self.checkpoints / f"ckpt_{kind}{steps}_steps.{'zip' if not kind else 'pkl'}"
+
     # contents
+    def _checkpoint_steps(self) -> list[int]:
+        if not self.checkpoints.is_dir():
+            return []
+        return sorted((int(m.group(1)) for p in self.checkpoints.iterdir() if (m := _CKPT.search(p.name))), reverse=True)
+
     def latest_checkpoint(self) -> tuple[int, Path, Path] | None:
-        """(steps, model, normaliser) of the checkpoint with the most steps, or None."""
-        best: tuple[int, Path, Path] | None = None
+        """(steps, model, normaliser) of the newest intact checkpoint (:func:`pair_problem`), or None."""
+        for steps in self._checkpoint_steps():
+            if pair_problem(self.checkpoint(steps), self.checkpoint(steps, "vecnormalize_")) is None:
+                return steps, self.checkpoint(steps), self.checkpoint(steps, "vecnormalize_")
+        return None
+
+    def resume_point(self) -> tuple[ResumePoint | None, list[str]]:
+        """The newest intact model to continue from, and why each newer one was skipped.
+
+        Candidates are the final model (model.zip with its step-stamped normaliser) and every
+        checkpoint; the final model wins a tie, as it holds the update of the last rollout.
+        """
+        skipped: list[str] = []
+        final: ResumePoint | None = None
+        if self.model.is_file():
+            problem = pair_problem(self.model, self.normalizer, stamped=True)
+            if problem is None:
+                final = ResumePoint(model_steps(self.model), self.model, self.normalizer, "model.zip (the final model)")
+            elif "does not record the step" in problem and self._final_steps_of_old_run() is not None:
+                final = ResumePoint(model_steps(self.model), self.model, self.normalizer, "model.zip (the final model)")
+            else:
+                skipped.append(f"model.zip: {problem}")
+        for steps in self._checkpoint_steps():
+            if final is not None and steps <= final.steps:
+                break
+            model, norm = self.checkpoint(steps), self.checkpoint(steps, "vecnormalize_")
+            problem = pair_problem(model, norm)
+            if problem is None:
+                return ResumePoint(steps, model, norm, f"checkpoints/{model.name}"), skipped
+            skipped.append(f"checkpoints/{model.name}: {problem}")
+        return final, skipped
+
+    def _final_steps_of_old_run(self) -> int | None:
+        """A run of an older version stamps no normaliser: its final pair is trusted when
+        metrics.json (written last) records the model's step count."""
+        try:
+            steps = model_steps(self.model)
+            recorded = json.loads(self.metrics.read_text()).get("timesteps")
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            return None
+        return steps if recorded == steps else None
+
+    def discard_after(self, steps: int) -> list[str]:
+        """Rename the checkpoint files of steps after ``steps`` (a branch that resume abandons)
+        to ``*.broken``, so that no later save is mixed with them; returns their names."""
+        moved = []
         if self.checkpoints.is_dir():
-            for p in self.checkpoints.iterdir():
-                m = _CKPT.search(p.name)
-                if m and (best is None or int(m.group(1)) > best[0]):
-                    steps = int(m.group(1))
-                    best = (steps, p, self.checkpoints / f"ckpt_vecnormalize_{steps}_steps.pkl")
-        return best
+            for p in sorted(self.checkpoints.iterdir()):
+                m = _CKPT_FILE.search(p.name)
+                if m and int(m.group(1)) > steps:
+                    os.replace(p, p.with_name(p.name + ".broken"))
+                    moved.append(p.name)
+        return moved
+
+    def remove_temporary_files(self) -> list[Path]:
+        """Delete what killed writers left behind (:func:`replacing`'s ``.<name>.<pid>.tmp``)."""
+        removed = []
+        for folder in (self.path, self.path / "best", self.checkpoints):
+            if folder.is_dir():
+                for p in folder.iterdir():
+                    if _TMP.match(p.name) and p.is_file():
+                        p.unlink()
+                        removed.append(p)
+        return removed
+
+    def check_writable(self) -> None:
+        """Raise a clear PermissionError unless files can be created in the run directory."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=self.path, prefix=".write-probe.", suffix=f".{os.getpid()}.tmp")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as err:
+            raise PermissionError(err.errno, f"cannot write in the run directory {self.path}: {err.strerror or err}. {_READ_ONLY}") from err
+
+    def run_format(self) -> int:
+        meta = self.path / "meta.json"
+        return int(self.read_meta().get("run_format", 1)) if meta.is_file() else 1
 
     def read_args(self) -> dict[str, Any]:
-        return yaml.safe_load((self.path / "args.yaml").read_text())
+        return _read_checked_yaml(self.path / "args.yaml", required=self.run_format() >= RUN_FORMAT)
 
     def read_meta(self) -> dict[str, Any]:
-        return json.loads((self.path / "meta.json").read_text())
+        return _read_json(self.path / "meta.json")
 
     def env_config(self) -> EnvConfig:
-        return EnvConfig.from_dict(yaml.safe_load((self.path / "env_config.yaml").read_text()))
+        path = self.path / "env_config.yaml"
+        data = _read_checked_yaml(path, required=self.run_format() >= RUN_FORMAT)
+        try:
+            return EnvConfig.from_dict(data)
+        except (TypeError, ValueError) as err:
+            raise _damaged(path, f"not a valid env config ({err})") from None
 
     def write_start(self, algo: str, args: Any, config: EnvConfig, resumed_from: int | None = None) -> None:
-        """Write args.yaml, env_config.yaml and meta.json (appending the resume history)."""
+        """Write args.yaml, env_config.yaml and meta.json (appending this session to the history)."""
         self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / "args.yaml").write_text(yaml.safe_dump(args_to_dict(args), sort_keys=False))
-        config.to_yaml(self.path / "env_config.yaml")
-        meta_path = self.path / "meta.json"
-        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-        session = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": [sys.executable, *sys.argv], "resumed_from_step": resumed_from, **git_commit()}
+        write_file(self.path / "args.yaml", _checked_yaml(args_to_dict(args)))
+        write_file(self.path / "env_config.yaml", _checked_yaml(config.to_dict()))
+        meta = self.read_meta() if (self.path / "meta.json").is_file() else {}
+        session = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": [sys.executable, *sys.argv], "resumed_from_step": resumed_from, "wall_s": 0.0, **git_commit()}
         meta.update(
             algo=algo,
             seed=args.seed,
+            run_format=RUN_FORMAT,
             **git_commit(),
             versions=_versions(),
             machine={"platform": platform.platform(), "cpus": os.cpu_count()},
         )
         meta.setdefault("sessions", []).append(session)
-        meta_path.write_text(json.dumps(meta, indent=2))
+        self._meta = meta
+        self._session_t0 = time.perf_counter()
+        write_file(self.path / "meta.json", json.dumps(meta, indent=2))
 
-    def read_metrics_or_empty(self) -> dict[str, Any]:
-        return json.loads(self.metrics.read_text()) if self.metrics.is_file() else {}
+    def elapsed_s(self) -> float:
+        """Wall-clock seconds of the whole run: every earlier session (up to its last save) and this one."""
+        sessions = (self._meta or {}).get("sessions", [])
+        return float(sum(float(s.get("wall_s") or 0.0) for s in sessions[:-1])) + time.perf_counter() - self._session_t0
+
+    def record_session(self) -> float:
+        """Write this session's wall time into meta.json (after every checkpoint and evaluation,
+        so that a killed session still counts up to its last save); returns :meth:`elapsed_s`."""
+        total = self.elapsed_s()
+        if self._meta is not None:
+            self._meta["sessions"][-1]["wall_s"] = time.perf_counter() - self._session_t0
+            total = float(sum(float(s.get("wall_s") or 0.0) for s in self._meta["sessions"]))
+            write_file(self.path / "meta.json", json.dumps(self._meta, indent=2))
+        return total
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
-        self.metrics.write_text(json.dumps(metrics, indent=2, default=float))
+        write_file(self.metrics, json.dumps(metrics, indent=2, default=float))
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -289,15 +604,26 @@ def default_run_name(algo: str, config_spec: str, policy: str, seed: int) -> str
     return f"{algo}_{stem}_{policy}_s{seed}_{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def prepare_run(args: Any, given: set[str], algo: str, args_cls: type[Any]) -> tuple[Any, RunDir, EnvConfig, tuple[int, Path, Path] | None]:
+def _warn(message: str) -> None:
+    warnings.warn(message, RunRepairWarning, stacklevel=3)
+
+
+def prepare_run(args: Any, given: set[str], algo: str, args_cls: type[Any]) -> tuple[Any, RunDir, EnvConfig, ResumePoint | None]:
     """Create a new run directory, or reopen one for ``--resume``.
 
     On resume the saved arguments are reloaded and the flags given now override them (e.g. a
-    larger ``--total-timesteps``); the env config is the saved one.
+    larger ``--total-timesteps``); the env config is the saved one. The run continues from the
+    newest intact model (:meth:`RunDir.resume_point`): a damaged newer checkpoint is skipped
+    with a :class:`RunRepairWarning` and renamed ``*.broken``, and what killed writers left
+    behind is deleted.
 
     Returns:
-        The effective arguments, the run directory, the env config and the newest checkpoint
-        ``(steps, model, normaliser)`` to resume from (None for a new run).
+        The effective arguments, the run directory, the env config and the point to resume
+        from (None for a new run).
+
+    Raises:
+        ValueError: a run file is truncated or corrupt (the message names it and what to do).
+        PermissionError: the run directory is not writable.
     """
     if args.resume:
         if not args.run_dir:
@@ -305,54 +631,72 @@ def prepare_run(args: Any, given: set[str], algo: str, args_cls: type[Any]) -> t
         run = RunDir(args.run_dir)
         if not (run.path / "args.yaml").is_file():
             raise FileNotFoundError(f"--resume: {run.path} is not a run directory (no args.yaml)")
+        meta = run.read_meta() if (run.path / "meta.json").is_file() else {}
+        if meta.get("algo", algo) != algo:
+            raise ValueError(f"--resume: {run.path} was trained with {meta.get('algo')}, not {algo}")
         saved = args_from_mapping(args_cls, run.read_args(), str(run.path / "args.yaml"))
         saved.update({k: getattr(args, k) for k in given})
         saved["resume"] = True
         args = args_cls(**saved)
         config = run.env_config()
-        latest = run.latest_checkpoint()
+        run.check_writable()
+        latest, skipped = run.resume_point()
         if latest is None:
-            raise FileNotFoundError(f"--resume: no checkpoint in {run.checkpoints}; start a new run instead")
-        if run.read_meta().get("algo") != algo:
-            raise ValueError(f"--resume: {run.path} was trained with {run.read_meta().get('algo')}, not {algo}")
+            why = f" (skipped: {'; '.join(skipped)})" if skipped else ""
+            raise FileNotFoundError(f"--resume: no intact checkpoint in {run.checkpoints}{why}; start a new run instead")
+        if skipped:
+            _warn(f"--resume: skipped {'; '.join(skipped)}; continuing from {latest.label} at step {latest.steps:,d}")
+        moved = run.discard_after(latest.steps)
+        if moved:
+            _warn(f"--resume: renamed the checkpoint files after step {latest.steps:,d} to *.broken (a branch this resume abandons): {', '.join(moved)}")
+        run.remove_temporary_files()
     else:
         config = env_config_of(args.config)
         run = RunDir(args.run_dir or Path("runs") / default_run_name(algo, args.config, args.policy, args.seed))
-        if run.model.exists() or run.latest_checkpoint() is not None:
+        if run.model.exists() or run._checkpoint_steps():
             raise FileExistsError(f"{run.path} already holds a run; pass --resume to continue it, or another --run-dir")
+        run.check_writable()
+        run.remove_temporary_files()
         latest = None
-    run.write_start(algo, args, config, resumed_from=latest[0] if latest else None)
+    run.write_start(algo, args, config, resumed_from=latest.steps if latest else None)
     return args, run, config, latest
 
 
 def finish_run(run: RunDir, model: Any, venv: Any, evaluator: Any, *, algo: str, args: Any, start_steps: int, wall_s: float) -> dict[str, Any]:
-    """Save the final model and normaliser, evaluate it once more, write metrics.json."""
-    import shutil
-
+    """Save the final model, normaliser (and replay buffer), evaluate it once more, write metrics.json."""
     from agents.envs import episode_seeds
 
-    model.save(run.model)
-    venv.save(str(run.normalizer))
-    if args.eval_freq > 0 and evaluator.last.get("timesteps") != model.num_timesteps:
-        evaluator.init_callback(model)
+    steps = int(model.num_timesteps)
+    save_normalizer(venv, run.normalizer, steps)  # the normaliser first: model.zip completes the pair
+    if getattr(model, "replay_buffer", None) is not None:
+        run.checkpoints.mkdir(parents=True, exist_ok=True)
+        with replacing(run.checkpoint(steps, "replay_buffer_")) as tmp:
+            model.save_replay_buffer(tmp)
+        for p in run.checkpoints.glob("ckpt_replay_buffer_*_steps.pkl"):
+            if p.name != run.checkpoint(steps, "replay_buffer_").name:
+                p.unlink()
+    save_model(model, run.model)
+    evaluator.restore(model)  # when no training ran in this session (nothing left to train)
+    if args.eval_freq > 0 and evaluator.last.get("timesteps") != steps:
         evaluator.evaluate()
-    if not run.best_model.is_file():  # evaluation off: the final model is the best one known
+    if args.eval_freq <= 0 or pair_problem(run.best_model, run.best_normalizer) is not None:
+        # evaluation off: the final model is the best one known; or best/ could not be repaired
         run.best_model.parent.mkdir(exist_ok=True)
-        shutil.copy(run.model, run.best_model)
-        shutil.copy(run.normalizer, run.best_normalizer)
-    previous = run.read_metrics_or_empty()
-    trained = model.num_timesteps - start_steps
+        copy_file(run.normalizer, run.best_normalizer)
+        copy_file(run.model, run.best_model)
+    total_s = run.record_session()
+    trained = steps - start_steps
     metrics = {
         "algo": algo,
         "policy": args.policy,
-        "timesteps": int(model.num_timesteps),
+        "timesteps": steps,
         "wall_s_this_session": wall_s,
-        "wall_s_total": previous.get("wall_s_total", 0.0) + wall_s,
+        "wall_s_total": total_s,
         "fps_this_session": trained / wall_s if wall_s > 0 else None,
         "best_eval_return": evaluator.best_return,
         "last_eval": evaluator.last,
         "eval_seeds": episode_seeds(args.eval_seed, args.eval_episodes),
     }
     run.write_metrics(metrics)
-    print(f"[done] {run.path}: {model.num_timesteps:,d} steps in {wall_s:.0f} s; best validation return {evaluator.best_return:.2f}", flush=True)
+    print(f"[done] {run.path}: {steps:,d} steps in {wall_s:.0f} s; best validation return {evaluator.best_return:.2f}", flush=True)
     return metrics

@@ -3,7 +3,7 @@
     python -m agents.train_ppo                                     # tuned defaults (configs/train/ppo.yaml)
     python -m agents.train_ppo --config soft --total-timesteps 200000 --n-envs 4 --vec-env subproc
     python -m agents.train_ppo --train-config configs/train/ppo.yaml --config configs/scenarios/dense_cell.yaml
-    python -m agents.train_ppo --run-dir runs/my_run --resume       # continue from the newest checkpoint
+    python -m agents.train_ppo --run-dir runs/my_run --resume       # continue from the newest intact checkpoint
 
 Every run writes a run directory (see :mod:`agents.runs`): model + normaliser, the best model on
 held-out validation seeds, checkpoints, the resolved env config and arguments, seed, git commit,
@@ -45,7 +45,7 @@ class Args:
     config: str = field(default="switching", metadata=_help("env preset name or env config YAML"))
     train_config: str | None = field(default=None, metadata=_help("YAML of these arguments (configs/train/*.yaml); flags override it"))
     run_dir: str | None = field(default=None, metadata=_help("run directory (default runs/ppo_<config>_<policy>_s<seed>_<time>)"))
-    resume: bool = field(default=False, metadata=_help("continue the run in --run-dir from its newest checkpoint"))
+    resume: bool = field(default=False, metadata=_help("continue the run in --run-dir from its newest intact checkpoint or final model"))
     seed: int = field(default=0, metadata=_help("seed of torch, numpy and the training envs"))
     total_timesteps: int = field(default=300_000, metadata=_help("env steps (rounds) to train for"))
     # --- environment
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> Path:
     # --- seeding: python, numpy and torch (SB3's set_random_seed), the model (seed=) and the envs
     set_random_seed(args.seed)
     th.set_num_threads(args.torch_threads)
-    env_seed = args.seed * 1_000_003 + (latest[0] if latest else 0)  # fresh episodes after a resume
+    env_seed = args.seed * 1_000_003 + (latest.steps if latest else 0)  # fresh episodes after a resume
 
     # --- environments and normaliser
     features = ObservationFeatures(config, args.obs_features)
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> Path:
         constraint = AccuracyConstraint(venv, args.accuracy_target, args.lambda_lr, lam=DualAscentCallback.saved_lambda(run.path / "constraint.json"))
         venv = constraint
     if latest is not None:
-        venv = load_normalizer(str(latest[2]), venv)
+        venv = load_normalizer(str(latest.normalizer), venv)
         venv.training = True
     else:
         venv = make_normalizer(venv, per_device=per_device, device_features=features.device_features, gamma=args.gamma, norm_obs=args.norm_obs, norm_reward=args.norm_reward)
@@ -123,8 +123,8 @@ def main(argv: list[str] | None = None) -> Path:
     # --- model
     tb = str(run.tensorboard) if args.tensorboard else None
     if latest is not None:
-        model = PPO.load(latest[1], env=venv, device=args.device, tensorboard_log=tb)
-        print(f"[resume] {run.path}: continuing from step {model.num_timesteps:,d} ({latest[1].name})", flush=True)
+        model = PPO.load(latest.model, env=venv, device=args.device, tensorboard_log=tb)
+        print(f"[resume] {run.path}: continuing from step {model.num_timesteps:,d} ({latest.label})", flush=True)
     else:
         lr = args.learning_rate
         schedule = (lambda progress: progress * lr) if args.lr_schedule == "linear" else lr
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> Path:
     callbacks = CallbackList([
         EnvMetricsCallback(config.budgets.energy_budget_j),
         evaluator,
-        checkpoint_callback(run, args.checkpoint_freq, args.n_envs),
+        checkpoint_callback(run, args.checkpoint_freq),
         *([DualAscentCallback(constraint, run.path / "constraint.json")] if constraint is not None else []),
     ])
 

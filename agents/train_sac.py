@@ -16,6 +16,7 @@ SAC squashes its Gaussian with tanh, so its actions are in [-1, 1] like the env'
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from agents.callbacks import EnvMetricsCallback, HeldOutEvalCallback, checkpoint
 from agents.envs import episode_seeds, make_vec_env
 from agents.features import ObservationFeatures
 from agents.normalization import load_normalizer, make_normalizer
-from agents.runs import finish_run, parse_args, prepare_run
+from agents.runs import RunRepairWarning, finish_run, parse_args, prepare_run
 
 
 def _help(text: str) -> dict[str, str]:
@@ -44,7 +45,7 @@ class Args:
     config: str = field(default="switching", metadata=_help("env preset name or env config YAML"))
     train_config: str | None = field(default=None, metadata=_help("YAML of these arguments (configs/train/*.yaml); flags override it"))
     run_dir: str | None = field(default=None, metadata=_help("run directory (default runs/sac_<config>_<policy>_s<seed>_<time>)"))
-    resume: bool = field(default=False, metadata=_help("continue the run in --run-dir from its newest checkpoint"))
+    resume: bool = field(default=False, metadata=_help("continue the run in --run-dir from its newest intact checkpoint or final model"))
     seed: int = field(default=0, metadata=_help("seed of torch, numpy and the training envs"))
     total_timesteps: int = field(default=200_000, metadata=_help("env steps (rounds) to train for"))
     # --- environment
@@ -89,14 +90,14 @@ def main(argv: list[str] | None = None) -> Path:
     # --- seeding: python, numpy and torch (SB3's set_random_seed), the model (seed=) and the envs
     set_random_seed(args.seed)
     th.set_num_threads(args.torch_threads)
-    env_seed = args.seed * 1_000_003 + (latest[0] if latest else 0)  # fresh episodes after a resume
+    env_seed = args.seed * 1_000_003 + (latest.steps if latest else 0)  # fresh episodes after a resume
 
     # --- environments and normaliser
     features = ObservationFeatures(config, args.obs_features)
     actions = ActionAdapter(config, args.action_form)
     venv = make_vec_env(config, args.n_envs, args.vec_env, seed=env_seed, obs_features=args.obs_features, action_form=args.action_form)
     if latest is not None:
-        venv = load_normalizer(str(latest[2]), venv)
+        venv = load_normalizer(str(latest.normalizer), venv)
         venv.training = True
     else:
         venv = make_normalizer(venv, per_device=False, gamma=args.gamma, norm_obs=args.norm_obs, norm_reward=args.norm_reward)
@@ -104,11 +105,15 @@ def main(argv: list[str] | None = None) -> Path:
     # --- model
     tb = str(run.tensorboard) if args.tensorboard else None
     if latest is not None:
-        model = SAC.load(latest[1], env=venv, device=args.device, tensorboard_log=tb)
-        buffer = run.checkpoints / f"ckpt_replay_buffer_{latest[0]}_steps.pkl"
+        model = SAC.load(latest.model, env=venv, device=args.device, tensorboard_log=tb)
+        buffer, restored = run.checkpoint(latest.steps, "replay_buffer_"), "empty"
         if buffer.is_file():
-            model.load_replay_buffer(buffer)
-        print(f"[resume] {run.path}: continuing from step {model.num_timesteps:,d} ({latest[1].name}, replay buffer {'restored' if buffer.is_file() else 'empty'})", flush=True)
+            try:
+                model.load_replay_buffer(buffer)
+                restored = "restored"
+            except Exception as err:  # a damaged pickle raises anything; SAC then refills its buffer
+                warnings.warn(f"--resume: {buffer} does not load ({type(err).__name__}: {err}); continuing with an empty replay buffer", RunRepairWarning, stacklevel=1)
+        print(f"[resume] {run.path}: continuing from step {model.num_timesteps:,d} ({latest.label}, replay buffer {restored})", flush=True)
     else:
         ent: str | float = args.ent_coef if args.ent_coef.startswith("auto") else float(args.ent_coef)
         model = SAC(
@@ -135,7 +140,7 @@ def main(argv: list[str] | None = None) -> Path:
     callbacks = CallbackList([
         EnvMetricsCallback(config.budgets.energy_budget_j),
         evaluator,
-        checkpoint_callback(run, args.checkpoint_freq, args.n_envs, replay_buffer=True),
+        checkpoint_callback(run, args.checkpoint_freq, replay_buffer=True),
     ])
 
     # --- train

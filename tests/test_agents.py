@@ -79,8 +79,8 @@ def test_resume_continues_from_the_latest_checkpoint(tiny_run: Path, tmp_path: P
 
     run_dir = tmp_path / "resumed"
     shutil.copytree(tiny_run, run_dir)
-    # Forget the end of training: the newest checkpoint is then step 256.
-    for p in run_dir.glob("checkpoints/*512*"):
+    # Forget the end of training (final model and checkpoint): the newest model is then step 256.
+    for p in [*run_dir.glob("checkpoints/*512*"), run_dir / "model.zip", run_dir / "vecnormalize.pkl"]:
         p.unlink()
     proc = _train("--run-dir", str(run_dir), "--resume", "--total-timesteps", "768", "--no-progress-bar")
     assert "continuing from step 256" in proc.stdout
@@ -88,7 +88,7 @@ def test_resume_continues_from_the_latest_checkpoint(tiny_run: Path, tmp_path: P
     assert json.loads(run.metrics.read_text())["timesteps"] == 768
     assert run.latest_checkpoint()[0] == 768  # type: ignore[index]
     steps = [int(r.split(",")[0]) for r in run.evaluations.read_text().strip().splitlines()[1:]]
-    assert steps == [0, 256, 512, 512, 768]  # the first session's 0, 256, 512, then the resumed one's 512, 768
+    assert steps == [0, 256, 512, 768]  # the first session's 0, 256 (its 512 was after the resume point), then 512, 768
     assert run.read_args()["total_timesteps"] == 768 and run.read_args()["n_envs"] == 2
     assert len(json.loads((run_dir / "meta.json").read_text())["sessions"]) == 2
     from stable_baselines3 import PPO
