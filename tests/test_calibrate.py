@@ -28,7 +28,7 @@ from fedenv.calibrate.report import (
     seed_noise,
     update_markdown,
 )
-from fedenv.calibrate.traces import TraceWriter, load_traces, pack_trace
+from fedenv.calibrate.traces import TraceDamageWarning, TraceWriter, load_traces, pack_trace
 from fedenv.config import EnvConfig, SurrogateConfig
 from fedenv.learning.surrogate import next_gap
 
@@ -96,11 +96,11 @@ def test_writer_resumes_dropping_unfinished_episodes(tmp_path):
     assert collect(cfg, ["explore"], [0, 1], path, progress=False) == []  # nothing left to do
 
 
-def test_corrupt_trace_file_and_missing_path_raise(tmp_path):
+def test_damaged_trace_line_skips_its_episode_and_missing_path_raises(tmp_path):
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"type": "episode", "key": "a"}\nnot json\n{"type": "end", "key": "a"}\n')
-    with pytest.raises(ValueError, match="corrupt"):
-        load_traces(bad)
+    bad.write_text('{"type": "episode", "key": "a"}\nnot json\n{"type": "end", "key": "a", "rounds": 0}\n')
+    with pytest.warns(TraceDamageWarning, match=r"damaged line\(s\) 2 .*skipped the episode\(s\) they belong to: a;"):
+        assert load_traces(bad) == []
     with pytest.raises(FileNotFoundError, match="calibrate collect"):
         load_traces(tmp_path / "nope.jsonl")
 

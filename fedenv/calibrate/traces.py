@@ -17,17 +17,23 @@ written in order and flushed as they happen:
     closes the episode: ``rounds``, ``wall_s`` and the ``return``.
 
 An episode without its ``end`` record was interrupted. :class:`TraceWriter` drops such
-fragments when it opens a file, so a collection killed at any point resumes by rerunning only
-the episodes that did not finish. :func:`load_traces` reads complete episodes into
-:class:`EpisodeTrace` arrays, the input of fitting and reporting.
+fragments (and any damaged line) when it opens a file, so a collection killed at any point
+resumes by rerunning only the episodes that did not finish. :func:`load_traces` reads complete
+episodes into :class:`EpisodeTrace` arrays, the input of fitting and reporting; a damaged line
+(a torn write, a torn line with the next record appended to it, corruption) skips only the
+episode it belongs to, with a :class:`TraceDamageWarning`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import io
 import json
 import os
-import shutil
+import re
+import warnings
+import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +46,7 @@ __all__ = [
     "TRACE_FORMAT_VERSION",
     "EpisodeTrace",
     "TraceWriter",
+    "TraceDamageWarning",
     "episode_key",
     "load_traces",
     "pack_trace",
@@ -224,46 +231,137 @@ class EpisodeTrace:
 
 def _open_text(path: Path) -> IO[str]:
     """A trace file for reading: plain JSON Lines, or gzip-compressed when its name ends in ``.gz``."""
-    return gzip.open(path, "rt") if path.suffix == ".gz" else path.open()
+    return gzip.open(path, "rt") if path.suffix == ".gz" else path.open(errors="replace")
+
+
+#: The ``type`` of the marker :func:`_read_records` yields for a line that is not a record.
+_DAMAGED = "damaged"
+_RECORD_TYPES = ("episode", "round", "end")
+#: The start of every record as :class:`TraceWriter` writes it, up to its key.
+_RECORD_START = re.compile(r'^\{"type": "(episode|round|end)"(?:, "version": \d+)?, "key": "((?:[^"\\]|\\.)*)"')
+
+
+def _record(text: str) -> dict[str, Any] | None:
+    try:
+        rec = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    if isinstance(rec, dict) and rec.get("type") in _RECORD_TYPES and isinstance(rec.get("key"), str):
+        return rec
+    return None
+
+
+def _damaged(text: str, lineno: int) -> dict[str, Any]:
+    """The marker of a damaged line, with the key of the record it was, when that can be read."""
+    key = None
+    m = _RECORD_START.match(text)
+    if m:
+        with contextlib.suppress(json.JSONDecodeError):
+            key = json.loads(f'"{m.group(2)}"')
+    else:
+        with contextlib.suppress(json.JSONDecodeError, AttributeError):
+            key = json.loads(text).get("key")  # valid JSON, but not a record (a flipped bit in its type)
+    return {"type": _DAMAGED, "line": lineno, "key": key if isinstance(key, str) else None}
 
 
 def _read_records(path: Path) -> Iterator[dict[str, Any]]:
+    """The records of a trace file, in order, with a ``damaged`` marker for every line that is not
+    one: a torn last line (a writer killed mid-write), a torn line with the next record appended
+    to it (that record is recovered after the marker), or a corrupt line."""
+    lineno = 0
     with _open_text(path) as fh:
-        for lineno, line in enumerate(fh, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                # A run killed mid-write leaves a truncated last line; anything else is corruption.
-                rest = fh.read().strip()
-                if rest:
-                    raise ValueError(f"{path}:{lineno}: not a JSON record; the trace file is corrupt") from None
-                return
-            if not isinstance(rec, dict) or rec.get("type") not in ("episode", "round", "end"):
-                raise ValueError(f"{path}:{lineno}: expected a record with type episode, round or end")
-            yield rec
+        try:
+            for lineno, line in enumerate(fh, 1):
+                text = line.strip()
+                if not text:
+                    continue
+                rec = _record(text)
+                if rec is not None:
+                    yield rec
+                    continue
+                yield _damaged(text, lineno)
+                for m in re.finditer(r'\{"type": "', text[1:]):  # a record appended to a torn one
+                    rec = _record(text[m.start() + 1 :])
+                    if rec is not None:
+                        yield rec
+                        break
+        except (EOFError, OSError, zlib.error, UnicodeDecodeError):  # a truncated or corrupt .gz stream
+            yield {"type": _DAMAGED, "line": lineno + 1, "key": None, "rest": True}
 
 
-def _complete_episodes(records: Iterable[dict[str, Any]]) -> tuple[list[str], dict[str, list[dict[str, Any]]]]:
-    """Keys of the complete episodes in file order, and every record grouped by key."""
+@dataclass
+class _Scan:
+    """What :func:`_scan` found in a trace file."""
+
+    complete: list[str]
+    """Keys of the complete, undamaged episodes in file order."""
+    groups: dict[str, list[dict[str, Any]]]
+    """Every episode's records by key (the last attempt of each)."""
+    damaged_lines: list[int]
+    skipped: list[str]
+    """Keys of episodes left out because a damaged line or a record out of order belongs to them."""
+
+    def warning(self, path: Path) -> str | None:
+        if not self.damaged_lines and not self.skipped:
+            return None
+        lines = f"damaged line(s) {', '.join(map(str, self.damaged_lines))}" if self.damaged_lines else "records out of order"
+        eps = f"; skipped the episode(s) they belong to: {', '.join(self.skipped)}" if self.skipped else ""
+        return f"{path}: {lines} (an interrupted write or corruption){eps}; every other complete episode is kept"
+
+
+def _scan(records: Iterable[dict[str, Any]]) -> _Scan:
+    """Group the records by episode and keep the episodes that are complete and intact: a header,
+    rounds 0..T-1 in order, and an ``end`` that counts T rounds. A damaged line spoils the episode
+    whose key it shows, else the episode open when it was written (episodes are written one at a
+    time); a new header of the same key starts the episode afresh."""
     groups: dict[str, list[dict[str, Any]]] = {}
     order: list[str] = []
     done: set[str] = set()
-    for rec in records:
-        key = str(rec["key"])
-        if rec["type"] == "episode":
+    broken: set[str] = set()
+    damaged: list[int] = []
+    skipped: list[str] = []
+    open_key: str | None = None
+
+    def spoil(key: str | None) -> None:
+        if key is not None and key in groups and key not in broken:
+            broken.add(key)
+            done.discard(key)
+
+    records = list(records)
+    for i, rec in enumerate(records):
+        kind, key = rec["type"], rec["key"]
+        if kind == _DAMAGED:
+            if i < len(records) - 1 or rec.get("rest"):  # a torn last line is the usual unfinished episode
+                damaged.append(int(rec["line"]))
+            spoil(key if key in groups else open_key)
+        elif kind == "episode":
             groups[key] = [rec]  # a restarted episode replaces its fragment
             done.discard(key)
+            broken.discard(key)
             if key in order:
                 order.remove(key)
             order.append(key)
-        elif key in groups:
-            groups[key].append(rec)
-            if rec["type"] == "end":
+            open_key = key
+        elif key not in groups or key in broken:
+            continue
+        elif key in done:
+            spoil(key)  # records after the end: two attempts mixed
+        elif kind == "round":
+            if rec.get("round") != len(groups[key]) - 1:
+                spoil(key)
+            else:
+                groups[key].append(rec)
+        else:
+            if rec.get("rounds") != len(groups[key]) - 1:
+                spoil(key)
+            else:
+                groups[key].append(rec)
                 done.add(key)
-    return [k for k in order if k in done], groups
+            open_key = None if open_key == key else open_key
+    for key in order:
+        if key in broken and damaged:
+            skipped.append(key)
+    return _Scan([k for k in order if k in done], groups, damaged, skipped)
 
 
 def _episode_lines(keys: Iterable[str], groups: Mapping[str, list[dict[str, Any]]]) -> Iterator[str]:
@@ -271,6 +369,21 @@ def _episode_lines(keys: Iterable[str], groups: Mapping[str, list[dict[str, Any]
     for key in keys:
         for rec in groups[key]:
             yield json.dumps(rec) + "\n"
+
+
+def _replace(path: Path, chunks: Iterable[bytes]) -> None:
+    """Write ``path`` atomically: a temporary file beside it, fsync, ``os.replace``."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with tmp.open("wb") as fh:
+            fh.writelines(chunks)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def trace_files(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[Path]:
@@ -296,28 +409,49 @@ def trace_files(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]
     return files
 
 
+def _read(path: Path) -> _Scan:
+    """The episodes of one trace file; a warning names damaged lines and the episodes skipped."""
+    scan = _scan(_read_records(path))
+    message = scan.warning(path)
+    if message:
+        warnings.warn(message, TraceDamageWarning, stacklevel=3)
+    return scan
+
+
+class TraceDamageWarning(UserWarning):
+    """A trace file holds damaged lines; the episodes they belong to are skipped."""
+
+
 def load_traces(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[EpisodeTrace]:
-    """Complete episodes of one or more trace files (or directories of ``*.jsonl`` / ``*.jsonl.gz``), in file order."""
+    """Complete episodes of one or more trace files (or directories of ``*.jsonl`` / ``*.jsonl.gz``), in file order.
+
+    Damaged lines (an interrupted write, corruption) skip the episode they belong to, with a
+    :class:`TraceDamageWarning`; every other complete episode is read.
+    """
     out: list[EpisodeTrace] = []
     for f in trace_files(paths):
-        keys, groups = _complete_episodes(_read_records(f))
-        for key in keys:
-            header, *rest = groups[key]
-            out.append(EpisodeTrace.from_records(header, [r for r in rest if r["type"] == "round"]))
+        scan = _read(f)
+        for key in scan.complete:
+            header, *rest = scan.groups[key]
+            try:
+                out.append(EpisodeTrace.from_records(header, [r for r in rest if r["type"] == "round"]))
+            except (KeyError, TypeError, ValueError) as err:  # a record that parses but lost a field
+                warnings.warn(f"{f}: skipped episode {key!r}, a record of it is damaged ({type(err).__name__}: {err})", TraceDamageWarning, stacklevel=2)
     return out
 
 
 def pack_trace(path: str | os.PathLike[str], into: str | os.PathLike[str]) -> tuple[Path, int]:
     """Write the complete episodes of trace file ``path`` into directory ``into``, gzip-compressed.
 
-    The result is ``<into>/<name>.jsonl.gz``: unfinished episodes are left out, and the bytes
-    depend only on the records (no timestamp or file name in the gzip header), so packing the
-    same trace twice gives the same file. The collection's ``<name>.config.yaml`` (its first line
-    is the collect command) is copied beside it. Returns the packed file and its episode count.
+    The result is ``<into>/<name>.jsonl.gz``: unfinished and damaged episodes are left out, and
+    the bytes depend only on the records (no timestamp or file name in the gzip header), so
+    packing the same trace twice gives the same file. The collection's ``<name>.config.yaml``
+    (its first line is the collect command) is copied beside it. Returns the packed file and its
+    episode count.
     """
     src = Path(path)
-    keys, groups = _complete_episodes(_read_records(src))
-    if not keys:
+    scan = _read(src)
+    if not scan.complete:
         raise ValueError(f"{src} holds no complete episode; nothing to pack")
     stem = src.name.removesuffix(".gz").removesuffix(".jsonl")
     dest_dir = Path(into)
@@ -325,18 +459,24 @@ def pack_trace(path: str | os.PathLike[str], into: str | os.PathLike[str]) -> tu
     out = dest_dir / f"{stem}.jsonl.gz"
     if out.resolve() == src.resolve():
         raise ValueError(f"{src} would be packed onto itself; pack into another directory")
-    tmp = out.with_name(out.name + ".tmp")
-    with tmp.open("wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as fh:
-        fh.writelines(line.encode() for line in _episode_lines(keys, groups))
-    os.replace(tmp, out)
+    packed = io.BytesIO()
+    with gzip.GzipFile(filename="", mode="wb", fileobj=packed, compresslevel=9, mtime=0) as fh:
+        fh.writelines(line.encode() for line in _episode_lines(scan.complete, scan.groups))
+    _replace(out, [packed.getvalue()])
     side = src.with_name(f"{stem}.config.yaml")
     if side.is_file() and side.resolve() != (dest_dir / side.name).resolve():
-        shutil.copyfile(side, dest_dir / side.name)
-    return out, len(keys)
+        _replace(dest_dir / side.name, [side.read_bytes()])
+    return out, len(scan.complete)
 
 
 class TraceWriter:
     """Appends episodes to a trace file; reopening it drops unfinished episodes (resume).
+
+    Each record is one line, appended and fsynced as it happens. When it opens an existing file,
+    the writer keeps only the complete, undamaged episodes (rewriting the file atomically when
+    anything else is there: an unfinished episode, a torn last line, a damaged line), so a
+    collection killed at any point resumes by rerunning only the episodes that did not finish.
+    A failed append (a full disk) is cut off again before the error propagates.
 
     Example::
 
@@ -357,21 +497,26 @@ class TraceWriter:
         self.completed: set[str] = set()
         self.dropped: list[str] = []
         if self.path.exists():
-            keys, groups = _complete_episodes(_read_records(self.path))
-            self.completed = set(keys)
-            self.dropped = [k for k in groups if k not in self.completed]
-            if self.dropped:
-                tmp = self.path.with_suffix(self.path.suffix + ".tmp")
-                with tmp.open("w") as fh:
-                    fh.writelines(_episode_lines(keys, groups))
-                os.replace(tmp, self.path)
+            scan = _read(self.path)
+            self.completed = set(scan.complete)
+            self.dropped = [k for k in scan.groups if k not in self.completed]
+            clean = [line.encode() for line in _episode_lines(scan.complete, scan.groups)]
+            if sum(map(len, clean)) != self.path.stat().st_size:
+                _replace(self.path, clean)
         self._open: str | None = None
 
     def _write(self, rec: Mapping[str, Any]) -> None:
-        with self.path.open("a") as fh:
-            fh.write(json.dumps(_jsonable(rec)) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        line = (json.dumps(_jsonable(rec)) + "\n").encode()
+        with self.path.open("ab") as fh:
+            end = fh.tell()
+            try:
+                fh.write(line)
+                fh.flush()
+                os.fsync(fh.fileno())
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    fh.truncate(end)  # no torn line left behind
+                raise
 
     def begin(self, header: Mapping[str, Any]) -> None:
         key = str(header["key"])
