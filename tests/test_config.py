@@ -72,7 +72,7 @@ def test_unknown_key_in_yaml_file(tmp_path):
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ({"channel": {"bandwidth_hz": -1.0}}, r"channel\.bandwidth_hz must be > 0, got -1\.0"),
+        ({"channel": {"bandwidth_hz": -1.0}}, r"channel\.bandwidth_hz must be >= 1000\.0, got -1\.0 \(allowed: >= 1000\.0 and <= 100000000000\.0\)"),
         ({"channel": {"fading_correlation": 1.0}}, r"channel\.fading_correlation must be < 1, got 1\.0"),
         ({"channel": {"min_distance_m": 600.0}}, r"channel\.min_distance_m must be < 500\.0, got 600\.0"),
         ({"devices": {"num_devices": 0}}, r"devices\.num_devices must be an integer >= 1, got 0"),
@@ -80,7 +80,7 @@ def test_unknown_key_in_yaml_file(tmp_path):
         ({"model": {"ranks": []}}, r"model\.ranks must be a non-empty list of positive integers"),
         ({"model": {"ranks": [4, 2]}}, r"model\.ranks must be strictly increasing"),
         ({"model": {"ranks": [0, 2]}}, r"model\.ranks must be a non-empty list of positive integers"),
-        ({"budgets": {"energy_budget_j": 0.0}}, r"budgets\.energy_budget_j must be > 0"),
+        ({"budgets": {"energy_budget_j": 0.0}}, r"budgets\.energy_budget_j must be >= 1e-09, got 0\.0"),
         ({"learning": {"backend": "gpt"}}, r"learning\.backend must be one of surrogate, lora, got 'gpt'"),
         ({"learning": {"task": "mnli"}}, r"learning\.task must be one of sst2, qnli, got 'mnli'"),
         ({"reward": {"mode": "fancy"}}, r"reward\.mode must be one of accuracy_energy, dpp"),
