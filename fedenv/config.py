@@ -755,17 +755,6 @@ class EnvConfig(_Section):
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
-_SECTIONS: dict[str, type[_Section]] = {
-    "channel": ChannelConfig,
-    "devices": DeviceConfig,
-    "model": ModelConfig,
-    "costs": CostConfig,
-    "budgets": BudgetConfig,
-    "learning": LearningConfig,
-    "reward": RewardConfig,
-}
-
-
 def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in override.items():
