@@ -185,3 +185,69 @@ def test_one_iteration_two_env_runners_checkpoint_and_resume(local_ray, tmp_path
     row = json.loads((again / "progress.jsonl").read_text().splitlines()[0])
     for key in ("episode_return_mean", "final_accuracy", "policy_loss", "vf_loss"):
         assert row[key] == rows[0][key], key
+
+
+# ------------------------------------------------ the multi-agent env through RLlib's PettingZoo wrapper
+def _rllib_parallel_env(env_config: dict) -> object:
+    from ray.rllib.env.wrappers.pettingzoo_env import ParallelPettingZooEnv
+
+    from fedenv.multiagent import parallel_env
+
+    return ParallelPettingZooEnv(parallel_env(**env_config))
+
+
+def test_multiagent_env_through_parallel_pettingzoo_env():
+    """fedenv.multiagent reaches RLlib as a MultiAgentEnv (ParallelPettingZooEnv): one agent per device."""
+    pytest.importorskip("pettingzoo", reason="PettingZoo is not installed (pip install 'fedenv[pettingzoo]')")
+    pytest.importorskip("ray.rllib", reason="Ray RLlib is not installed in this interpreter (pip install 'fedenv[rllib]')")
+    env = _rllib_parallel_env({"preset": "unified", "num_rounds": 3, "agent_reward": "per_device"})
+    agents = [f"device_{k}" for k in range(10)]
+    assert sorted(env.possible_agents) == sorted(agents)
+    assert set(env.observation_space) == set(agents) and set(env.action_space) == set(agents)
+    assert all(env.action_space[a].shape == (4,) and env.observation_space[a].shape == (11,) for a in agents)
+    obs, infos = env.reset(seed=0)
+    assert set(obs) == set(agents) and set(infos) == set(agents)
+    env.action_space.seed(0)
+    ends = []
+    for _ in range(3):
+        obs, rewards, terminateds, truncateds, infos = env.step(env.action_space.sample())
+        assert all(env.observation_space[a].contains(obs[a]) for a in agents)
+        assert set(rewards) == set(agents) and all(np.isfinite(r) for r in rewards.values())
+        assert all(sum(infos[a]["reward_terms"].values()) == pytest.approx(rewards[a], abs=1e-12) for a in agents)
+        ends.append((terminateds["__all__"], truncateds["__all__"]))
+    # every agent stays for the whole episode and is truncated at the horizon
+    assert ends == [(False, False), (False, False), (False, True)]
+    env.close()
+
+
+@pytest.mark.slow
+def test_multiagent_one_ppo_iteration_with_a_shared_policy(local_ray):
+    """RLlib PPO, one policy shared by every device's agent, trains one iteration on the multi-agent env."""
+    pytest.importorskip("pettingzoo", reason="PettingZoo is not installed (pip install 'fedenv[pettingzoo]')")
+    from ray.rllib.algorithms.ppo import PPOConfig
+    from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
+    from ray.tune.registry import register_env
+
+    register_env("fedlora_wireless_parallel", _rllib_parallel_env)
+    config = (
+        PPOConfig()
+        .environment("fedlora_wireless_parallel", env_config={"preset": "switching", "num_rounds": 10})
+        .multi_agent(policies={"shared"}, policy_mapping_fn=lambda agent_id, *args, **kwargs: "shared")
+        .env_runners(num_env_runners=0, rollout_fragment_length="auto")
+        .learners(num_learners=0)
+        .training(train_batch_size_per_learner=400, minibatch_size=200, num_epochs=1, vf_clip_param=float("inf"))
+        .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=[32, 32]))
+        .debugging(seed=0)
+    )
+    algo = config.build_algo()
+    try:
+        result = algo.train()
+        learner = result["learners"]["shared"]
+        assert np.isfinite(learner["policy_loss"]) and np.isfinite(learner["vf_loss"])
+        runners = result["env_runners"]
+        assert runners["num_env_steps_sampled"] >= 400 and runners["episode_len_mean"] == 10
+        # every round gives the shared policy one step per device
+        assert runners["num_module_steps_sampled"]["shared"] == 10 * runners["num_env_steps_sampled"]
+        assert list(algo.get_module("shared").get_state())  # one module for every agent
+    finally:
+        algo.stop()
