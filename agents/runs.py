@@ -7,16 +7,22 @@ YAML keys are rejected with a "did you mean" hint, like the env config.
 
 Run directory (``runs/<name>/``)::
 
-    args.yaml            the resolved training arguments
-    env_config.yaml      the fully resolved EnvConfig (reload with EnvConfig.from_yaml)
-    meta.json            algorithm, seed, git commit (+ dirty flag), command, versions, start time
+    args.yaml            the resolved training arguments (last line: # sha256 of the rest)
+    env_config.yaml      the fully resolved EnvConfig (reload with RunDir.env_config; same checksum line)
+    meta.json            algorithm, seed, git commit (+ dirty flag), versions, and per session its
+                         command, start time, resume step and wall time (updated at every save)
     model.zip            final model            vecnormalize.pkl   its observation/reward normaliser
     best/                best model on the held-out evaluation seeds (+ its normaliser)
     checkpoints/         ckpt_<steps>_steps.zip + ckpt_vecnormalize_<steps>_steps.pkl
     evaluations.csv      one row per evaluation during training (the learning curve)
-    eval_state.json      best score so far (kept across --resume)
-    metrics.json         final summary: steps, wall-clock, frames/s, best and last evaluation
+    eval_state.json      best score and last evaluation (a summary; rebuilt from the above on resume)
+    metrics.json         final summary: steps, wall-clock (this session and the whole run), frames/s,
+                         best and last evaluation
     tb/                  TensorBoard logs (tensorboard --logdir runs/)
+
+Every file but tb/ is written atomically (:func:`replacing`), and ``--resume`` continues from
+the newest intact model (:meth:`RunDir.resume_point`), so a run survives a kill or a full disk
+at any point (docs/agents.md, "Resume and fault tolerance").
 """
 
 from __future__ import annotations
