@@ -208,3 +208,87 @@ def test_seeding_render_close_and_pickle():
     assert parallel_env(render_mode="rgb_array", num_rounds=T).metadata["render_modes"] == ["ansi", "rgb_array"]
     ma.close()
     clone.close()
+
+
+# --------------------------------------------------------------- agents.train_ippo (parameter-shared IPPO)
+def _ippo_parts(config, n_envs=2, **kwargs):
+    pytest.importorskip("stable_baselines3")
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from agents.train_ippo import AgentVecEnv
+
+    venv = AgentVecEnv(config, n_envs, seed=5, **kwargs)
+    norm = VecNormalize(venv, gamma=0.99)
+    model = PPO("MlpPolicy", norm, n_steps=8, batch_size=40, n_epochs=1, seed=0, device="cpu")
+    return venv, norm, model
+
+
+def test_agent_vec_env_is_k_agents_per_env():
+    from fedenv.config import resolve_config
+
+    config = resolve_config("switching", num_rounds=3)
+    venv, _, _ = _ippo_parts(config, agent_reward="per_device")
+    k = venv.k
+    assert venv.num_envs == 2 * k and venv.observation_space.shape == (11,)
+    assert venv.action_space.shape == (4,)  # factored: schedule, rank, power, bandwidth
+    obs = venv.reset()
+    ref = parallel_env(preset="switching", num_rounds=3, agent_reward="per_device")
+    ref_obs, _ = ref.reset(seed=5)  # env 0 is seeded seed + 0
+    np.testing.assert_array_equal(obs[:k], np.stack([ref_obs[a] for a in ref.possible_agents]))
+    rng = np.random.default_rng(0)
+    for t in range(3):
+        actions = rng.uniform(-1, 1, (venv.num_envs, 4)).astype(np.float32)
+        obs, rewards, dones, infos = venv.step(actions)
+        joint = venv.adapter(actions[:k])
+        ref_obs, ref_rewards, _, _, _ = ref.step({a: joint[j] for j, a in enumerate(ref.possible_agents)})
+        np.testing.assert_allclose(rewards[:k], [ref_rewards[a] for a in ref.possible_agents], rtol=1e-6)
+        assert dones.tolist() == [t == 2] * venv.num_envs  # the horizon ends every agent's episode
+    assert infos[0]["episode"]["l"] == 3 and "terminal_observation" in infos[k]
+    assert obs[0, AGENT_FEATURES.index("round_fraction")] == 0.0  # reset after the horizon
+    with pytest.raises(ValueError, match="env or factored"):
+        _ippo_parts(config, action_form="residual")
+
+
+def test_ippo_policy_in_the_single_env_plays_the_multiagent_rounds():
+    """IPPOPolicy (the evaluation adapter, single env) and the shared policy acting per agent in
+    the multi-agent env give the same episode."""
+    from agents.train_ippo import IPPOPolicy
+    from baselines.evaluation import evaluate
+    from fedenv.config import resolve_config
+
+    config = resolve_config("switching", num_rounds=4)
+    venv, norm, model = _ippo_parts(config)
+    norm.obs_rms.update(np.random.default_rng(0).uniform(0, 1, (50, 11)))  # non-trivial statistics
+    policy = IPPOPolicy(model, norm, config, "factored")
+    ev = evaluate(policy, config, [3])
+    ma = parallel_env(config=config)
+    obs, _ = ma.reset(seed=3)
+    total = 0.0
+    while ma.agents:
+        x = np.stack([obs[a] for a in ma.possible_agents])
+        act, _ = model.policy.predict(norm.normalize_obs(x), deterministic=True)
+        joint = policy.actions(act)
+        obs, rewards, _, _, _ = ma.step({a: joint[j] for j, a in enumerate(ma.possible_agents)})
+        total += rewards["device_0"]
+    assert ev.episodes[0]["episode_return"] == pytest.approx(total, rel=1e-9)
+    venv.close()
+
+
+@pytest.mark.slow
+def test_train_ippo_writes_a_run_and_compares(tmp_path):
+    pytest.importorskip("stable_baselines3")
+    from agents import train_ippo
+
+    run = tmp_path / "run"
+    small = ["--config", "switching", "--total-timesteps", "512", "--n-envs", "2", "--n-steps", "64", "--batch-size", "640", "--n-epochs", "2"]
+    train_ippo.main(["--run-dir", str(run), *small, "--compare", "lyapunov", "--compare-episodes", "2"])
+    for name in ("args.yaml", "env_config.yaml", "meta.json", "model.zip", "vecnormalize.pkl", "metrics.json", "comparison.md", "comparison.json"):
+        assert (run / name).is_file(), name
+    rows = {r["policy"]: r for r in __import__("json").loads((run / "comparison.json").read_text())["rows"]}
+    assert set(rows) == {"ippo:run", "lyapunov(V=0.1)"}
+    assert all(0 < r["final_accuracy"] < 1 and np.isfinite(r["episode_return"]) for r in rows.values())
+    with pytest.raises(FileExistsError, match="--compare-only"):
+        train_ippo.main(["--run-dir", str(run), *small])
+    train_ippo.main(["--run-dir", str(run), "--compare-only", "--compare", "none", "--compare-episodes", "1"])
+    assert "ippo:run" in (run / "comparison.md").read_text()
