@@ -300,13 +300,19 @@ class _Scan:
     damaged_lines: list[int]
     skipped: list[str]
     """Keys of episodes left out because a damaged line or a record out of order belongs to them."""
+    invalid: dict[str, str] = field(default_factory=dict)
+    """Complete episodes left out because a record lost a field or holds a wrong type: key -> why."""
+    traces: dict[str, EpisodeTrace] = field(default_factory=dict)
+    """The complete episodes as arrays."""
 
     def warning(self, path: Path) -> str | None:
-        if not self.damaged_lines and not self.skipped:
-            return None
-        lines = f"damaged line(s) {', '.join(map(str, self.damaged_lines))}" if self.damaged_lines else "records out of order"
-        eps = f"; skipped the episode(s) they belong to: {', '.join(self.skipped)}" if self.skipped else ""
-        return f"{path}: {lines} (an interrupted write or corruption){eps}; every other complete episode is kept"
+        parts = []
+        if self.damaged_lines or self.skipped:
+            lines = f"damaged line(s) {', '.join(map(str, self.damaged_lines))}" if self.damaged_lines else "records out of order"
+            eps = f"; skipped the episode(s) they belong to: {', '.join(self.skipped)}" if self.skipped else ""
+            parts.append(f"{lines} (an interrupted write or corruption){eps}")
+        parts += [f"skipped episode {key!r}, a record of it is damaged ({why})" for key, why in self.invalid.items()]
+        return f"{path}: {'; '.join(parts)}; every other complete episode is kept" if parts else None
 
 
 def _scan(records: Iterable[dict[str, Any]]) -> _Scan:
@@ -361,7 +367,16 @@ def _scan(records: Iterable[dict[str, Any]]) -> _Scan:
     for key in order:
         if key in broken and damaged:
             skipped.append(key)
-    return _Scan([k for k in order if k in done], groups, damaged, skipped)
+    scan = _Scan([], groups, damaged, skipped)
+    for key in order:
+        if key in done:
+            header, *rest = groups[key]
+            try:
+                scan.traces[key] = EpisodeTrace.from_records(header, [r for r in rest if r["type"] == "round"])
+                scan.complete.append(key)
+            except (KeyError, TypeError, ValueError, IndexError) as err:  # parses, but lost a field
+                scan.invalid[key] = f"{type(err).__name__}: {err}"
+    return scan
 
 
 def _episode_lines(keys: Iterable[str], groups: Mapping[str, list[dict[str, Any]]]) -> Iterator[str]:
@@ -431,12 +446,7 @@ def load_traces(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]
     out: list[EpisodeTrace] = []
     for f in trace_files(paths):
         scan = _read(f)
-        for key in scan.complete:
-            header, *rest = scan.groups[key]
-            try:
-                out.append(EpisodeTrace.from_records(header, [r for r in rest if r["type"] == "round"]))
-            except (KeyError, TypeError, ValueError) as err:  # a record that parses but lost a field
-                warnings.warn(f"{f}: skipped episode {key!r}, a record of it is damaged ({type(err).__name__}: {err})", TraceDamageWarning, stacklevel=2)
+        out.extend(scan.traces[key] for key in scan.complete)
     return out
 
 
