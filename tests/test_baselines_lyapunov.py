@@ -150,7 +150,10 @@ def _episode(v: float, seed: int = 0, k: int = 6):
 
 
 def test_larger_v_gives_lower_penalty_and_larger_backlogs():
-    small, large = _episode(1.0), _episode(300.0)
+    # The drift-plus-penalty trade-off holds in expectation; one episode can be a near-tie
+    # (seed 0: 0.07417 at V = 300 against 0.07409 at V = 1), so compare means over 5 seeds.
+    small = np.mean([_episode(1.0, seed) for seed in range(5)], axis=0)
+    large = np.mean([_episode(300.0, seed) for seed in range(5)], axis=0)
     assert large[0] < small[0]  # learning penalty (mean loss gap)
     assert large[1] > small[1]  # energy backlog
 

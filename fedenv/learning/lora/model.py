@@ -125,7 +125,7 @@ class MeanPoolingClassifier(nn.Module):
     ``.logits`` as transformers' classification models do, so peft wraps it the same way.
     """
 
-    def __init__(self, encoder: nn.Module, num_labels: int) -> None:
+    def __init__(self, encoder: Any, num_labels: int) -> None:
         super().__init__()
         self.prefix = str(getattr(encoder, "base_model_prefix", "") or "encoder")
         self.add_module(self.prefix, encoder)
@@ -184,8 +184,9 @@ def load_model(name_or_path: str, num_labels: int, pooling: str = "auto") -> tup
     hf_logging.disable_progress_bar()
     try:
         if mode == "mean":
-            model: nn.Module = MeanPoolingClassifier(AutoModel.from_pretrained(path), num_labels)
-            info: dict[str, Any] = {"missing_keys": [n for n, _ in model.classifier.named_parameters(prefix="classifier")]}
+            pooled = MeanPoolingClassifier(AutoModel.from_pretrained(path), num_labels)
+            model: nn.Module = pooled
+            info: dict[str, Any] = {"missing_keys": [n for n, _ in pooled.classifier.named_parameters(prefix="classifier")]}
         else:
             model, info = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, output_loading_info=True)
         tokenizer = AutoTokenizer.from_pretrained(path)
