@@ -48,12 +48,13 @@ import typing
 import warnings
 import zipfile
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
+from fedenv import atomic
 from fedenv.config import EnvConfig, resolve_config
 
 __all__ = [
@@ -224,47 +225,14 @@ def _versions() -> dict[str, str]:
 
 
 # ------------------------------------------------------------- files that survive a kill
-#: Temporary files of :func:`replacing`: ``.<name>.<pid>.tmp`` beside the file they replace.
-_TMP = re.compile(r"^\..+\.\d+\.tmp$")
-
-
-@contextlib.contextmanager
-def replacing(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Write ``path`` atomically: yield a temporary path in the same directory to write to, then
-    fsync it and ``os.replace`` it onto ``path``.
-
-    A kill leaves the old file or the new one, never a mixture; a failed write (a full disk)
-    removes the temporary file and leaves the old file as it was. Every file of a run directory
-    is written through this (SB3's ``save`` methods take the temporary path)::
+def replacing(path: str | os.PathLike[str]) -> contextlib.AbstractContextManager[Path]:
+    """Write a run file atomically (:func:`fedenv.atomic.replacing`), with the run directory's
+    advice on a failed write (a full disk: free space and continue with --resume)::
 
         with replacing(run.model) as tmp:
             model.save(tmp)
-
-    Raises:
-        OSError: with the errno of the failure and a message naming ``path`` and what to do.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException as err:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(err, OSError) and err.errno in _WRITE_HINTS and not str(err).startswith("cannot write"):
-            raise OSError(err.errno, f"cannot write {path}: {err.strerror or err}. {_WRITE_HINTS[err.errno]}") from err
-        raise
-    with contextlib.suppress(OSError):  # the rename itself survives a power cut once the directory is synced
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    return atomic.replacing(path, _WRITE_HINTS)
 
 
 _READ_ONLY = "The run directory must be writable: fix its permissions, or copy it elsewhere and pass the copy as --run-dir."
@@ -278,9 +246,8 @@ _WRITE_HINTS = {
 
 
 def write_file(path: str | os.PathLike[str], data: str | bytes) -> None:
-    """Write text or bytes to ``path`` atomically (:func:`replacing`)."""
-    with replacing(path) as tmp:
-        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    """Write text or bytes to a run file atomically (:func:`replacing`)."""
+    atomic.write_file(path, data, _WRITE_HINTS)
 
 
 def _damaged(path: Path, problem: str) -> ValueError:
@@ -530,7 +497,7 @@ class RunDir:
         for folder in (self.path, self.path / "best", self.checkpoints):
             if folder.is_dir():
                 for p in folder.iterdir():
-                    if _TMP.match(p.name) and p.is_file():
+                    if atomic.TEMPORARY.match(p.name) and p.is_file():
                         p.unlink()
                         removed.append(p)
         return removed

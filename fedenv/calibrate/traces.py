@@ -42,6 +42,8 @@ from typing import IO, Any
 import numpy as np
 from numpy.typing import NDArray
 
+from fedenv import atomic
+
 __all__ = [
     "TRACE_FORMAT_VERSION",
     "EpisodeTrace",
@@ -386,21 +388,6 @@ def _episode_lines(keys: Iterable[str], groups: Mapping[str, list[dict[str, Any]
             yield json.dumps(rec) + "\n"
 
 
-def _replace(path: Path, chunks: Iterable[bytes]) -> None:
-    """Write ``path`` atomically: a temporary file beside it, fsync, ``os.replace``."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with tmp.open("wb") as fh:
-            fh.writelines(chunks)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-
-
 def trace_files(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[Path]:
     """The trace files named by ``paths``: files as given, directories as their ``*.jsonl`` and
     ``*.jsonl.gz`` (sorted by name; a gzip-compressed file is read like the plain one)."""
@@ -472,10 +459,10 @@ def pack_trace(path: str | os.PathLike[str], into: str | os.PathLike[str]) -> tu
     packed = io.BytesIO()
     with gzip.GzipFile(filename="", mode="wb", fileobj=packed, compresslevel=9, mtime=0) as fh:
         fh.writelines(line.encode() for line in _episode_lines(scan.complete, scan.groups))
-    _replace(out, [packed.getvalue()])
+    atomic.write_file(out, packed.getvalue())
     side = src.with_name(f"{stem}.config.yaml")
     if side.is_file() and side.resolve() != (dest_dir / side.name).resolve():
-        _replace(dest_dir / side.name, [side.read_bytes()])
+        atomic.write_file(dest_dir / side.name, side.read_bytes())
     return out, len(scan.complete)
 
 
@@ -512,7 +499,7 @@ class TraceWriter:
             self.dropped = [k for k in scan.groups if k not in self.completed]
             clean = [line.encode() for line in _episode_lines(scan.complete, scan.groups)]
             if sum(map(len, clean)) != self.path.stat().st_size:
-                _replace(self.path, clean)
+                atomic.write_file(self.path, b"".join(clean))
         self._open: str | None = None
 
     def _write(self, rec: Mapping[str, Any]) -> None:
