@@ -29,6 +29,8 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 
+from fedenv.atomic import write_file
+
 __all__ = ["AccuracyConstraint", "DualAscentCallback"]
 
 
@@ -82,8 +84,18 @@ class DualAscentCallback(BaseCallback):
         stats = self.constraint.update()
         for key, value in stats.items():
             self.logger.record(f"constraint/{key}", value)
-        self.path.write_text(json.dumps({"lambda": self.constraint.lam, "target": self.constraint.target, "timesteps": int(self.num_timesteps)}))
+        state = {"lambda": self.constraint.lam, "target": self.constraint.target, "timesteps": int(self.num_timesteps)}
+        write_file(self.path, json.dumps(state))
 
     @staticmethod
     def saved_lambda(path: Path) -> float:
-        return float(json.loads(path.read_text())["lambda"]) if path.is_file() else 0.0
+        """The multiplier a resumed run continues from (0 before the first rollout)."""
+        if not path.is_file():
+            return 0.0
+        try:
+            return float(json.loads(path.read_text())["lambda"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(
+                f"{path}: damaged ({exc}); it holds the constraint's multiplier. Restore it from a copy of the run, "
+                "or delete it to restart the multiplier from 0"
+            ) from exc

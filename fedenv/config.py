@@ -51,6 +51,8 @@ from typing import (
 import numpy as np
 import yaml
 
+from fedenv import atomic
+
 __all__ = [
     "ConfigError",
     "ConfigTypeError",
@@ -752,7 +754,8 @@ class EnvConfig(_Section):
         return EnvConfig.from_dict(_deep_merge(self.to_dict(), overrides))
 
     def to_yaml(self, path: str | os.PathLike[str]) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        """Write the resolved config as YAML (atomically: a kill leaves the old file or the new one)."""
+        atomic.write_file(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

@@ -597,3 +597,15 @@ def test_sigkill_at_random_points_of_a_calibration_collection_then_resume(tmp_pa
             _same_episodes(sorted(load_traces(path), key=lambda e: e.key), sorted(reference, key=lambda e: e.key))
     assert killed >= 10, points
 
+
+
+def test_damaged_constraint_state_is_a_clear_error(tmp_path):
+    from agents.constraints import DualAscentCallback
+
+    path = tmp_path / "constraint.json"
+    assert DualAscentCallback.saved_lambda(path) == 0.0
+    path.write_text('{"lambda": 0.25, "target": 0.8}')
+    assert DualAscentCallback.saved_lambda(path) == 0.25
+    path.write_text('{"lambda": 0.2')
+    with pytest.raises(ValueError, match=r"constraint.json: damaged .*delete it to restart the multiplier"):
+        DualAscentCallback.saved_lambda(path)

@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from fedenv import atomic
 from fedenv.config import EnvConfig, SurrogateConfig, resolve_config
 
 DEFAULT_POLICIES = ["explore", "random", "max", "greedy", "fixed_rank:rank=2", "lyapunov:V=1", "lyapunov:V=100"]
@@ -71,7 +72,7 @@ def cmd_collect(args: argparse.Namespace, argv: list[str]) -> None:
     cfg = collect_config(args)
     out = Path(args.out or f"results/calibration/{args.task}_{args.backend}.jsonl")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".config.yaml").write_text(f"# {_command(argv)}\n" + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    atomic.write_file(out.with_suffix(".config.yaml"), f"# {_command(argv)}\n" + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     ran = collect(cfg, args.policies, args.seeds, out, progress=not args.no_progress)
     print(f"{len(ran)} episodes recorded in {out}" + (f": {', '.join(ran)}" if ran else " (all were already complete)"))
 
@@ -117,7 +118,7 @@ def cmd_fit(args: argparse.Namespace, argv: list[str]) -> None:
     print(f"held-out (seeds {heldout}): {json.dumps(result.heldout_errors)}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+        atomic.write_file(args.out, text)
         print(f"-> {args.out}")
 
 
@@ -159,7 +160,7 @@ def cmd_report(args: argparse.Namespace, argv: list[str]) -> None:
             "calibration": args.calibration,
             "command": _command(argv),
         }
-        Path(args.json).write_text(json.dumps(payload, indent=2))
+        atomic.write_file(args.json, json.dumps(payload, indent=2))
 
 
 def cmd_inventory(args: argparse.Namespace, argv: list[str]) -> None:

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from fedenv import atomic
 from fedenv.calibrate.fit import prediction_errors
 from fedenv.calibrate.traces import EpisodeTrace
 from fedenv.config import EnvConfig, SurrogateConfig
@@ -386,4 +387,4 @@ def update_markdown(path: str | Path, block: str, body: str) -> None:
     else:
         text = (text.rstrip() + "\n\n" if text else "") + new + "\n"
     p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(text)
+    atomic.write_file(p, text)
