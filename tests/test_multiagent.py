@@ -292,3 +292,10 @@ def test_train_ippo_writes_a_run_and_compares(tmp_path):
         train_ippo.main(["--run-dir", str(run), *small])
     train_ippo.main(["--run-dir", str(run), "--compare-only", "--compare", "none", "--compare-episodes", "1"])
     assert "ippo:run" in (run / "comparison.md").read_text()
+
+
+def test_aec_form_passes_the_pettingzoo_api_test():
+    from pettingzoo.test import api_test
+    from pettingzoo.utils import parallel_to_aec
+
+    api_test(parallel_to_aec(parallel_env(preset="unified", num_rounds=3)), num_cycles=10)
