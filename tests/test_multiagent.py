@@ -253,6 +253,7 @@ def test_agent_vec_env_is_k_agents_per_env():
 def test_ippo_policy_in_the_single_env_plays_the_multiagent_rounds():
     """IPPOPolicy (the evaluation adapter, single env) and the shared policy acting per agent in
     the multi-agent env give the same episode."""
+    pytest.importorskip("stable_baselines3")
     from agents.train_ippo import IPPOPolicy
     from baselines.evaluation import evaluate
     from fedenv.config import resolve_config
