@@ -560,7 +560,7 @@ class SurrogateConfig(_Section):
 
 
 #: ``learning.lora.pooling``: what the classification head reads (fedenv.learning.lora.model).
-LORA_POOLINGS = ("auto", "mean", "model")
+LORA_POOLINGS = ("auto", "mean", "normalized_mean", "model")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -578,7 +578,7 @@ class LoraBackendConfig(_Section):
     data_dir: str | None = None
     """GLUE TSV root (holding sst2/, qnli/); else $FEDENV_DATA_DIR, else the hub (nyu-mll/glue)."""
     pooling: Annotated[str, OneOf(*LORA_POOLINGS)] = "auto"
-    """Classifier input: auto (mean for sentence-transformers checkpoints, else the checkpoint's own classification model), mean or model (docs/lora.md)."""
+    """Classifier input: auto (a sentence-transformers checkpoint's own pooling: the token mean, L2-normalised if it normalises; else the checkpoint's classification model), mean, normalized_mean or model (docs/lora.md)."""
     learning_rate: Annotated[float, Range(gt=0, le=1)] = 3e-3
     """Client AdamW learning rate, in (0, 1]."""
     weight_decay: Annotated[float, Range(ge=0, le=100)] = 0.01

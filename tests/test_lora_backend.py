@@ -179,13 +179,14 @@ def test_pooling_follows_the_checkpoint_unless_set(tiny_model: Path, mean_model:
 
     from fedenv.learning.lora.model import MeanPoolingClassifier, load_model, resolve_pooling
 
-    assert resolve_pooling("auto", resolve_model_path("all-MiniLM-L6-v2")) == "mean"
+    assert resolve_pooling("auto", resolve_model_path("all-MiniLM-L6-v2")) == "normalized_mean"
+    assert resolve_pooling("auto", str(mean_model)) == "mean"  # no Normalize module listed
     assert isinstance(load_model(str(mean_model), 2)[0], MeanPoolingClassifier)
     assert isinstance(load_model(str(tiny_model), 2)[0], BertForSequenceClassification)
     assert isinstance(load_model(str(mean_model), 2, "model")[0], BertForSequenceClassification)
     model, _, head = load_model(str(tiny_model), 2, "mean")
     assert isinstance(model, MeanPoolingClassifier) and head == {"classifier.weight", "classifier.bias"}
-    with pytest.raises(ValueError, match="pooling must be one of auto, mean, model"):
+    with pytest.raises(ValueError, match="pooling must be one of auto, mean, normalized_mean, model"):
         load_model(str(tiny_model), 2, "cls")
 
 
@@ -205,6 +206,11 @@ def test_mean_pooling_head_reads_the_masked_mean_of_the_last_hidden_states(mean_
     expected = pooled @ adapter.head["classifier.weight"].T + adapter.head["classifier.bias"]
     got = ln.trainer.logits(adapter, batch)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    # normalized_mean (all-MiniLM-L6-v2's pipeline ends in Normalize): the unit-length mean.
+    unit = LoraLearner(make_config(mean_model, glue, learning={"lora": {"pooling": "normalized_mean"}}))
+    unit.reset(4, np.random.default_rng(0))
+    expected_unit = torch.nn.functional.normalize(pooled, dim=-1) @ adapter.head["classifier.weight"].T + adapter.head["classifier.bias"]
+    torch.testing.assert_close(unit.trainer.logits(adapter, batch), expected_unit, atol=1e-5, rtol=0)
     # Padding an example further changes nothing: the mean is over its real tokens only.
     one = ln.data.eval.collate(np.arange(1), 0)
     padded = {n: torch.nn.functional.pad(t, (0, 5)) if t.ndim == 2 else t for n, t in one.items()}

@@ -7,7 +7,8 @@ The classifier reads the sentence representation the checkpoint was pre-trained 
 (``learning.lora.pooling``, docs/lora.md "Classifier input"): a sentence-transformers
 checkpoint (its ``1_Pooling/config.json`` asks for mean pooling, as all-MiniLM-L6-v2's does) is
 wrapped in :class:`MeanPoolingClassifier`, a linear head on the attention-masked mean of the
-last hidden states; any other checkpoint is loaded as ``AutoModelForSequenceClassification``,
+last hidden states, L2-normalised when the checkpoint's ``modules.json`` ends in a
+``Normalize`` module (all-MiniLM-L6-v2's does); any other checkpoint is loaded as ``AutoModelForSequenceClassification``,
 which keeps a trained pooler or classifier the checkpoint holds. BERT's pooler (dense + tanh
 over [CLS]) in a sentence-transformers checkpoint was never trained, and frozen it hides the
 sentence from the head (measured in docs/lora.md). The parameters the checkpoint does not hold
@@ -125,7 +126,7 @@ class MeanPoolingClassifier(nn.Module):
     ``.logits`` as transformers' classification models do, so peft wraps it the same way.
     """
 
-    def __init__(self, encoder: Any, num_labels: int) -> None:
+    def __init__(self, encoder: Any, num_labels: int, normalize: bool = False) -> None:
         super().__init__()
         self.prefix = str(getattr(encoder, "base_model_prefix", "") or "encoder")
         self.add_module(self.prefix, encoder)
@@ -133,6 +134,7 @@ class MeanPoolingClassifier(nn.Module):
         if getattr(encoder, "pooler", None) is not None:
             encoder.pooler = None  # the [CLS] pooler is not read; skip its work
         self.classifier = nn.Linear(int(encoder.config.hidden_size), num_labels)
+        self.normalize = normalize
         self._takes_token_types = "token_type_ids" in inspect.signature(encoder.forward).parameters
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> Any:
@@ -142,6 +144,8 @@ class MeanPoolingClassifier(nn.Module):
         hidden = getattr(self, self.prefix)(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
+        if self.normalize:
+            pooled = nn.functional.normalize(pooled, dim=-1)
         return SequenceClassifierOutput(logits=self.classifier(pooled))
 
 
@@ -157,12 +161,24 @@ def _sentence_transformers_mean(path: str) -> bool:
     return bool(modes.get("pooling_mode_mean_tokens")) and not modes.get("pooling_mode_cls_token")
 
 
+def _sentence_transformers_normalize(path: str) -> bool:
+    """Whether a local sentence-transformers checkpoint L2-normalises its sentence embeddings."""
+    modules = Path(path) / "modules.json"
+    try:
+        listed = json.loads(modules.read_text()) if modules.is_file() else []
+    except (OSError, ValueError):
+        return False
+    return any(str(m.get("type", "")).endswith(".Normalize") for m in listed if isinstance(m, dict))
+
+
 def resolve_pooling(pooling: str, path: str) -> str:
-    """``mean`` or ``model``: what ``learning.lora.pooling`` means for the checkpoint at ``path``."""
+    """``normalized_mean``, ``mean`` or ``model``: what ``learning.lora.pooling`` means for ``path``."""
     if pooling not in LORA_POOLINGS:
         raise ValueError(f"learning.lora.pooling must be one of {', '.join(LORA_POOLINGS)}, got {pooling!r}")
     if pooling == "auto":
-        return "mean" if _sentence_transformers_mean(path) else "model"
+        if not _sentence_transformers_mean(path):
+            return "model"
+        return "normalized_mean" if _sentence_transformers_normalize(path) else "mean"
     return pooling
 
 
@@ -183,8 +199,8 @@ def load_model(name_or_path: str, num_labels: int, pooling: str = "auto") -> tup
     hf_logging.set_verbosity_error()  # the "newly initialised head" report is expected here
     hf_logging.disable_progress_bar()
     try:
-        if mode == "mean":
-            pooled = MeanPoolingClassifier(AutoModel.from_pretrained(path), num_labels)
+        if mode in ("mean", "normalized_mean"):
+            pooled = MeanPoolingClassifier(AutoModel.from_pretrained(path), num_labels, normalize=mode == "normalized_mean")
             model: nn.Module = pooled
             info: dict[str, Any] = {"missing_keys": [n for n, _ in pooled.classifier.named_parameters(prefix="classifier")]}
         else:

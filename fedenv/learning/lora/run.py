@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--local-steps", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=None, help="client learning rate (default: learning.lora.learning_rate)")
-    parser.add_argument("--pooling", default=None, choices=["auto", "mean", "model"], help="classifier input (default: learning.lora.pooling)")
+    parser.add_argument("--pooling", default=None, choices=["auto", "mean", "normalized_mean", "model"], help="classifier input (default: learning.lora.pooling)")
     parser.add_argument("--server-momentum", type=float, default=None, help="FedAvgM beta (default: learning.lora.server_momentum)")
     parser.add_argument("--aggregation", default="zeropad", choices=["zeropad", "stack", "svd"])
     parser.add_argument("--trainer", default="batched", choices=["batched", "sequential"])
