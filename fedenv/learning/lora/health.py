@@ -6,6 +6,7 @@ channel still loses some uploads) over several seeds, then summarises the seed-t
 
     python -m fedenv.learning.lora.health --seeds 0-5 --rounds 15 --out results/health/default
     python -m fedenv.learning.lora.health --seeds 0-2 --lr 1e-3 --pooling model --out results/health/x
+    python -m fedenv.learning.lora.health --probe --task sst2    # what the frozen features hold
 
 Per seed it writes ``<out>/seed_<s>/`` (``rounds.jsonl``, ``summary.json``, as ``run`` does). A
 seed whose ``summary.json`` exists is not run again, so a killed study resumes where it stopped.
@@ -13,6 +14,11 @@ It prints and writes (``<out>/health.json``) the mean and standard deviation of 
 accuracy, the lowest accuracy after round 3, the round accuracy first reaches 0.65, and the
 largest drop from one round to the next. Targets (docs/lora.md): std <= 2 points, no round after
 round 3 below 0.65, mean final >= 0.80 on SST-2 with K = 10, alpha = 0.5, 15 rounds, 6 seeds.
+
+``--probe`` measures what each classifier input of the frozen pre-trained model holds: a
+logistic-regression probe (full-batch L-BFGS, L2 1e-3) on the [CLS] pooler output that
+``AutoModelForSequenceClassification`` feeds its head, and on the attention-masked token mean,
+trained on 80 and on 2,000 seeded training examples, scored on the evaluation split.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "summarize", "parse_seeds"]
+__all__ = ["main", "summarize", "parse_seeds", "linear_probe"]
 
 #: Accuracy a healthy SST-2 run stays above after its first rounds (the issue's target).
 FLOOR = 0.65
@@ -61,11 +67,79 @@ def summarize(curves: dict[int, list[float]], after: int = 3) -> dict[str, Any]:
     }
 
 
+def _fit_probe(x: Any, y: Any, classes: int) -> Any:
+    import torch
+
+    w = torch.zeros((x.shape[1], classes), dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(classes, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=500, line_search_fn="strong_wolfe")
+
+    def closure() -> Any:
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(x @ w + b, y) + 1e-3 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return lambda z: (z @ w + b).argmax(dim=1)
+
+
+def linear_probe(task: str = "sst2", sizes: tuple[int, ...] = (80, 2000), data_dir: str | None = None, seed: int = 0) -> dict[str, dict[int, float]]:
+    """Eval accuracy of a linear probe on the frozen model's [CLS] pooler output and token mean."""
+    import numpy as np
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from fedenv.learning.lora.data import load_task_data
+    from fedenv.learning.lora.model import DEFAULT_MODEL, resolve_model_path
+
+    hf_logging.disable_progress_bar()
+    path = resolve_model_path(DEFAULT_MODEL)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    encoder = AutoModel.from_pretrained(path).eval()
+    data = load_task_data(task, tokenizer, path, seq_len=64, data_dir=data_dir, holdout=1000)
+    train_idx = np.random.default_rng(seed).permutation(len(data.train))[: max(sizes)]
+
+    def features(split: Any, idx: Any) -> dict[str, Any]:
+        out: dict[str, list[Any]] = {"pooler": [], "mean": []}
+        with torch.inference_mode():
+            for start in range(0, idx.size, 128):
+                batch = split.collate(idx[start : start + 128], int(tokenizer.pad_token_id or 0))
+                res = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], token_type_ids=batch["token_type_ids"])
+                mask = batch["attention_mask"][..., None].float()
+                out["pooler"].append(res.pooler_output.double())
+                out["mean"].append(((res.last_hidden_state * mask).sum(1) / mask.sum(1)).double())
+        return {k: torch.cat(v) for k, v in out.items()}
+
+    train_x = features(data.train, train_idx)
+    eval_x = features(data.eval, np.arange(len(data.eval)))
+    train_y = torch.as_tensor(data.train.labels[train_idx])
+    eval_y = torch.as_tensor(data.eval.labels)
+    result: dict[str, dict[int, float]] = {}
+    for kind in ("pooler", "mean"):
+        result[kind] = {}
+        for n in sizes:
+            predict = _fit_probe(train_x[kind][:n], train_y[:n], data.num_labels)
+            result[kind][n] = float((predict(eval_x[kind]) == eval_y).double().mean())
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m fedenv.learning.lora.health", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=parse_seeds, default=parse_seeds("0-5"))
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out", default=None, help="study directory (required unless --probe)")
+    parser.add_argument("--probe", action="store_true", help="only the linear probe of the frozen features (module docstring)")
     args, run_args = parser.parse_known_args(argv)
+    if args.probe:
+        probe_parser = argparse.ArgumentParser(prog="python -m fedenv.learning.lora.health --probe")
+        probe_parser.add_argument("--task", default="sst2", choices=["sst2", "qnli"])
+        probe_args = probe_parser.parse_args(run_args)
+        probe = linear_probe(probe_args.task)
+        print(json.dumps(probe, indent=2))
+        return probe
+    if args.out is None:
+        parser.error("--out is required (the study directory)")
     from fedenv.learning.lora import run
 
     defaults = ["--rounds", "15", "--rank", "16", "--local-steps", "5", "--batch-size", "16"]
