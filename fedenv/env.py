@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, SupportsFloat
 
 import gymnasium as gym
@@ -13,7 +14,7 @@ from numpy.typing import NDArray
 
 from fedenv import streams
 from fedenv.actions import ActionCodec, Decision
-from fedenv.config import EnvConfig, resolve_config
+from fedenv.config import PRESETS, ConfigError, EnvConfig, resolve_config
 from fedenv.learning import make_learner
 from fedenv.learning.base import DevicePartition, Learner
 from fedenv.operands import const
@@ -33,6 +34,7 @@ __all__ = [
     "reward_terms",
     "round_info",
     "check_seed",
+    "resolve_env_config",
 ]
 
 #: Per-device observation features, in order (see the class docstring for units and bounds).
@@ -294,8 +296,9 @@ class FedLoRAWirelessEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
 
     Missing components default to P_max, rho = 1 and (split, soft) the structural rank
     ``fixed_rank``. Finite values outside [-1, 1] are clipped; NaN, inf or a wrong shape raise
-    ``ValueError`` and leave the env unchanged. Wrappers: :class:`fedenv.wrappers.DictAction`
-    (RLlib) and :class:`fedenv.wrappers.DiscreteAction` (``MultiDiscrete``).
+    ``ValueError`` and leave the env unchanged. Other forms (:mod:`fedenv.wrappers`):
+    ``FactoredAction`` (schedule and rank apart; the form SB3 learns on), ``FlatAction`` (1-D
+    Box), ``DiscreteAction`` (1-D ``MultiDiscrete``) and ``DictAction`` (RLlib).
 
     ## Observation space
     ``Box(float32, shape=(7 K + 4,))``: a device-major block of 7 features per device, then 4
@@ -350,7 +353,15 @@ class FedLoRAWirelessEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
     ``gym.make("FedLoRAWireless-v0", config=None, preset=None, render_mode=None, **overrides)``
     with ``config`` an :class:`~fedenv.config.EnvConfig`, a mapping (RLlib ``env_config``) or a
     YAML path; ``preset`` one of switching, split, soft, unified; overrides such as
-    ``backend="lora"``, ``task="qnli"`` or ``devices={"num_devices": 20}``.
+    ``backend="lora"``, ``task="qnli"`` or ``devices={"num_devices": 20}``. Each preset has its
+    id: ``FedLoRAWireless-v0`` (switching), ``FedLoRAWireless-Split-v0``, ``-Soft-v0`` and
+    ``-Unified-v0`` (``fedenv.ENV_IDS``); a full ``EnvConfig`` given to a variant id must have
+    its paradigm (:func:`resolve_env_config`).
+
+    ``env.config`` is read-only: the spaces, codec, learner and per-episode tables are built
+    from it. :meth:`configure` changes it (``env.unwrapped.configure(num_rounds=20)``): it
+    rebuilds them at once, ends the episode in progress, and the next ``reset`` plays the new
+    config; an invalid change raises and leaves the env as it was.
 
     ## Info
     After ``reset`` and every ``step``: ``round``, ``channel_gain`` (linear, next round),
@@ -365,7 +376,7 @@ class FedLoRAWirelessEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
     views of the episode's trace.
 
     ## Version history
-    * v0: initial release.
+    * v0: initial release; ``config`` read-only with ``configure``, variant ids per preset.
     """
 
     metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 2}
@@ -377,25 +388,93 @@ class FedLoRAWirelessEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
         render_mode: str | None = None,
         **overrides: Any,
     ) -> None:
-        self.config = resolve_config(config, preset, **overrides)
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
         self.render_mode = render_mode
-        cfg = self.config
+        self._build(resolve_env_config(config, preset, **overrides))
+
+    def _build(self, cfg: EnvConfig) -> None:
+        """Everything that depends on the config: spaces, codec, learner, constants (no episode)."""
+        learner = make_learner(cfg)  # first: a learner that fails to build leaves the env as it was
+        old: Learner | None = getattr(self, "learner", None)
+        self._config = cfg
         self.num_devices = k = cfg.devices.num_devices
         self.codec = ActionCodec(cfg)
         self.action_space = spaces.Box(-1.0, 1.0, shape=self.codec.shape, dtype=np.float32)
         low, high = observation_bounds(k)
         self.observation_space = spaces.Box(low, high, dtype=np.float32)
         self._obs_low, self._obs_high = low, high
-        self.learner: Learner = make_learner(cfg)
+        self.learner: Learner = learner
         self._c = EnvConstants(cfg)
         self._energy_budget = cfg.budgets.energy_budget_j
         self._latency_budget = cfg.budgets.latency_budget_s
         self._snr_ref = self._c.snr_ref
         self._t: int | None = None
+        self._last_info: dict[str, Any] | None = None
         self._traces_ahead: dict[int, Trace] = {}
         self._ahead = _TRACES_AHEAD if (cfg.num_rounds + 1) * k <= _AHEAD_MAX_SIZE else 0
+        if old is not None:
+            old.close()
+
+    # ----------------------------------------------------------------- config
+    @property
+    def config(self) -> EnvConfig:
+        """The env's :class:`~fedenv.config.EnvConfig` (read-only: change it with :meth:`configure`)."""
+        return self._config
+
+    @config.setter
+    def config(self, value: object) -> None:
+        raise AttributeError(
+            "FedLoRAWirelessEnv.config is read-only: the spaces, action codec, learner and per-episode tables are "
+            "built from it. Use env.unwrapped.configure(**overrides) (e.g. configure(num_rounds=20) or "
+            "configure(config=new_config)), then reset()"
+        )
+
+    def configure(
+        self,
+        config: EnvConfig | Mapping[str, Any] | str | os.PathLike[str] | None = None,
+        *,
+        preset: str | None = None,
+        **overrides: Any,
+    ) -> EnvConfig:
+        """Change the config and rebuild everything that depends on it; the next episode uses it.
+
+        ``configure(**overrides)`` applies keyword overrides (as ``gym.make`` takes them:
+        ``num_rounds=20``, ``devices={"num_devices": 5}``, ``reward={"energy_weight": 2.0}``,
+        ``backend="lora"``) to the current config; ``configure(config=..., preset=...)`` starts
+        from a new config instead, in any form the constructor accepts.
+
+        The action and observation spaces, the action codec, the learner (a new one; the old
+        one is closed) and the reward and observation constants are rebuilt at once, and any
+        episode in progress ends: ``step`` and ``render`` raise ``ResetNeeded`` until the next
+        ``reset``, which plays the new config. An invalid override raises (``ConfigError``,
+        ``ConfigTypeError``) and leaves the env, its episode included, unchanged. Wrappers of
+        :mod:`fedenv.wrappers` follow the change at their next ``reset``, or raise there if it
+        changes the shape of their spaces (rebuild them then); other wrappers and vector envs
+        keep the spaces they were built with.
+
+        Returns:
+            The new config (also ``env.config``).
+        """
+        if config is None and preset is None:
+            cfg = resolve_config(self._config, None, **overrides)
+        else:
+            cfg = resolve_env_config(config, preset, **overrides)
+        self._build(cfg)
+        return cfg
+
+    # ---------------------------------------------------------- public state
+    @property
+    def last_info(self) -> Mapping[str, Any] | None:
+        """A read-only view of the ``info`` the last ``reset`` or ``step`` returned (None before a reset)."""
+        return None if self._last_info is None else MappingProxyType(self._last_info)
+
+    @property
+    def device_positions_m(self) -> NDArray[np.float64]:
+        """Device positions (x, y) relative to the BS for the coming round, m, shape (K, 2), read-only."""
+        if self._t is None:
+            raise gym.error.ResetNeeded("call reset() before reading the device positions")
+        return self._trace.position_m[0, self._t]
 
     # ------------------------------------------------------------------ reset
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[NDArray[np.float32], dict[str, Any]]:
@@ -409,6 +488,7 @@ class FedLoRAWirelessEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
         # Read-only: info hands out rows of the trace as views (a different row on every call).
         batch.gain.flags.writeable = False
         batch.distance_m.flags.writeable = False
+        batch.position_m.flags.writeable = False
         self._trace: Trace = batch
         self._gain = batch.gain[0]
         self._distance = batch.distance_m[0]
@@ -427,9 +507,9 @@ class FedLoRAWirelessEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
         self._last_success = np.zeros(k, dtype=bool)
         report = self.learner.initial_report()
         self._accuracy, self._loss, self._gap = report.accuracy, report.loss, report.gap
-        self._last_round: dict[str, Any] | None = None
         info = self._state_info()
         info["data_notes"] = dict(self.partition.notes)
+        self._last_info = info
         return self._observation(), info
 
     def _episode_trace(self, key: int, continuing: bool) -> Trace:
@@ -486,7 +566,7 @@ class FedLoRAWirelessEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
         info["reward_terms"] = terms
         if report.extra:
             info["learner"] = report.extra
-        self._last_round = info
+        self._last_info = info
         return self._observation(), float(sum(terms.values())), terminated, truncated, info
 
     # ------------------------------------------------------------ components
@@ -537,6 +617,34 @@ class FedLoRAWirelessEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
     def close(self) -> None:
         self.learner.close()
         super().close()
+
+
+def resolve_env_config(
+    config: EnvConfig | Mapping[str, Any] | str | os.PathLike[str] | None = None,
+    preset: str | None = None,
+    **overrides: Any,
+) -> EnvConfig:
+    """:func:`fedenv.config.resolve_config`, where ``preset`` may also name the paradigm of a full ``EnvConfig``.
+
+    The registered variants (``FedLoRAWireless-Split-v0``, ...) pass their preset as a keyword,
+    so ``gym.make("FedLoRAWireless-Split-v0", config=cfg)`` reaches the env with both. A full
+    :class:`EnvConfig` of that paradigm is taken as it is (the preset only names its paradigm);
+    one of another paradigm raises. Mappings and YAML files are overrides of the preset, as in
+    ``resolve_config``.
+
+    Raises:
+        ConfigError: an EnvConfig whose paradigm is not the preset's, or any error of ``resolve_config``.
+    """
+    if isinstance(config, EnvConfig) and isinstance(preset, str) and preset in PRESETS:
+        paradigm = PRESETS[preset]["paradigm"]
+        if config.paradigm != paradigm:
+            raise ConfigError(
+                f"preset={preset!r} (a registered variant passes it) asks for the {paradigm!r} paradigm, but the EnvConfig "
+                f"passed as config has paradigm {config.paradigm!r}; use gym.make('FedLoRAWireless-v0', config=...) for any "
+                f"config, or pass a mapping of overrides"
+            )
+        preset = None
+    return resolve_config(config, preset, **overrides)
 
 
 def check_seed(seed: object, name: str = "seed") -> int | None:

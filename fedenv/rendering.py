@@ -1,12 +1,17 @@
 """Rendering of FedLoRAWireless-v0: an ANSI table of the round and a picture of the cell.
 
-matplotlib is imported lazily (only for ``rgb_array``).
+Both read only what the env exposes publicly: its ``config``, ``codec``, ``last_info`` (the
+``info`` of the last reset or step) and ``device_positions_m``. matplotlib is imported lazily
+(only for ``rgb_array``; the ``render`` extra installs it, with moviepy for Gymnasium's
+``RecordVideo``).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
+import gymnasium as gym
 import numpy as np
 from numpy.typing import NDArray
 
@@ -16,25 +21,28 @@ if TYPE_CHECKING:
 __all__ = ["render_ansi", "render_rgb"]
 
 
+def _info(env: FedLoRAWirelessEnv) -> Mapping[str, Any]:
+    info = env.last_info
+    if info is None:
+        raise gym.error.ResetNeeded("call reset() before render()")
+    return info
+
+
 def render_ansi(env: FedLoRAWirelessEnv) -> str:
     """A per-device table of the last round (or of the state after reset)."""
-    info = env._last_round
+    info = _info(env)
     cfg = env.config
-    t = env._t
-    head = (
-        f"FedLoRAWireless-v0 [{cfg.paradigm}] round {t}/{cfg.num_rounds}  "
-        f"acc {env._accuracy:.4f}  loss {env._loss:.4f}"
-    )
-    if env._latency_budget is not None:
-        head += f"  Y {env._latency_backlog:.2f} s"
+    t = int(info["round"])
+    head = f"FedLoRAWireless-v0 [{cfg.paradigm}] round {t}/{cfg.num_rounds}  acc {info['accuracy']:.4f}  loss {info['loss']:.4f}"
+    if cfg.budgets.latency_budget_s is not None:
+        head += f"  Y {info['latency_backlog']:.2f} s"
     lines = [head]
-    gain_db = 10.0 * np.log10(env._gain[t])
-    if info is None:
+    if "module" not in info:  # after reset: the devices as they start
+        gain_db = 10.0 * np.log10(info["channel_gain"])
         lines.append(f"{'dev':>3} {'dist m':>7} {'gain dB':>8} {'f GHz':>6} {'data':>6}")
         for k in range(env.num_devices):
             lines.append(
-                f"{k:>3} {env._trace.distance_m[0, t, k]:>7.1f} {gain_db[k]:>8.1f} "
-                f"{env._cpu[k] / 1e9:>6.2f} {int(env.partition.data_sizes[k]):>6}"
+                f"{k:>3} {info['distance_m'][k]:>7.1f} {gain_db[k]:>8.1f} {info['cpu_freq_hz'][k] / 1e9:>6.2f} {int(info['data_size'][k]):>6}"
             )
         return "\n".join(lines)
     lines.append(
@@ -61,40 +69,58 @@ def render_ansi(env: FedLoRAWirelessEnv) -> str:
 
 
 def render_rgb(env: FedLoRAWirelessEnv) -> NDArray[np.uint8]:
-    """The cell: BS, devices coloured by module, link quality as line width, backlog bars."""
-    import matplotlib.pyplot as plt
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    """The cell: BS, devices coloured by module, link quality as line width, backlog bars, a legend."""
+    try:
+        import matplotlib.pyplot as plt
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.lines import Line2D
+    except ImportError as err:  # pragma: no cover - the train and render extras install it
+        raise ImportError("render_mode='rgb_array' needs matplotlib: pip install 'fedenv[render]'") from err
+    from fedenv.env import EnvConstants
 
+    info = _info(env)
     cfg = env.config
-    t = env._t
-    assert t is not None
-    pos = env._trace.position_m[0, t]
-    modules = env._last_module
-    success = env._last_success
-    fig = Figure(figsize=(8, 4), dpi=80)
+    t = int(info["round"])
+    pos = env.device_positions_m
+    modules = np.asarray(info["last_module"])
+    success = np.asarray(info["success"]) if "success" in info else np.zeros(env.num_devices, dtype=bool)
+    num_modules = env.codec.num_modules
+    fig = Figure(figsize=(9, 4), dpi=80)
     canvas = FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 2, 1)
     r = cfg.channel.cell_radius_m
     ax.add_patch(plt.Circle((0, 0), r, fill=False, color="0.6"))
     ax.add_patch(plt.Circle((0, 0), cfg.channel.min_distance_m, fill=False, color="0.8", ls=":"))
-    snr_db = 10.0 * np.log10(env._snr_ref * env._gain[t])
+    # the gain of the coming round (info's channel_gain), as the observation's full-band SNR at P_max
+    snr_db = 10.0 * np.log10(EnvConstants(cfg).snr_ref * np.asarray(info["channel_gain"]))
     width = np.clip((snr_db + 10.0) / 10.0, 0.3, 4.0)
-    cmap = plt.get_cmap("viridis", env.codec.num_modules + 1)
+    cmap = plt.get_cmap("viridis", num_modules + 1)
     for k in range(env.num_devices):
         ax.plot([0, pos[k, 0]], [0, pos[k, 1]], color="tab:green" if success[k] else "0.75", lw=width[k], zorder=1)
-    ax.scatter(pos[:, 0], pos[:, 1], c=modules, cmap=cmap, vmin=0, vmax=env.codec.num_modules, s=60, zorder=2, edgecolors="k")
+    ax.scatter(pos[:, 0], pos[:, 1], c=modules, cmap=cmap, vmin=0, vmax=num_modules, s=60, zorder=2, edgecolors="k")
     ax.scatter([0], [0], marker="^", s=160, c="tab:red", zorder=3)
     ax.set_xlim(-1.05 * r, 1.05 * r)
     ax.set_ylim(-1.05 * r, 1.05 * r)
     ax.set_aspect("equal")
-    ax.set_title(f"round {t}/{cfg.num_rounds}  acc {env._accuracy:.3f}", fontsize=9)
+    ax.set_title(f"round {t}/{cfg.num_rounds}  acc {info['accuracy']:.3f}", fontsize=9)
+    ax.set_xlabel("x (m)", fontsize=8)
+    ax.set_ylabel("y (m)", fontsize=8)
     ax.tick_params(labelsize=7)
+    # legend: what the marker colours, line colours and widths and the triangle mean
+    ranks = [int(rank) for rank in env.codec.ranks(np.arange(1, num_modules + 1))]
+    labels = ["idle", *(f"rank {rank}" for rank in ranks)]
+    handles = [Line2D([], [], marker="^", ls="", color="tab:red", markersize=8, label="base station")]
+    handles += [Line2D([], [], marker="o", ls="", markeredgecolor="k", markersize=6, color=cmap(m), label=label) for m, label in enumerate(labels)]
+    handles.append(Line2D([], [], color="tab:green", lw=2, label="update aggregated"))
+    handles.append(Line2D([], [], color="0.75", lw=2, label="not aggregated"))
+    handles.append(Line2D([], [], color="0.4", lw=0.5, label="width: SNR next round"))
+    ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, frameon=False)
     bx = fig.add_subplot(1, 2, 2)
     budget = cfg.budgets.energy_budget_j
-    backlog = env._energy_backlog / budget if budget is not None else np.zeros(env.num_devices)
+    backlog = np.asarray(info["energy_backlog"]) / budget if budget is not None else np.zeros(env.num_devices)
     bx.bar(np.arange(env.num_devices), backlog, color=cmap(modules))
-    bx.set_xlabel("device", fontsize=8)
+    bx.set_xlabel("device (bar colour: module)", fontsize=8)
     bx.set_ylabel("energy backlog Z / E_bar" if budget is not None else "no energy budget", fontsize=8)
     bx.tick_params(labelsize=7)
     fig.tight_layout()

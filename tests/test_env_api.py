@@ -210,3 +210,95 @@ def test_traces_made_ahead_are_the_traces_of_their_episodes():
         expected.bit_generator.advance(2 * resets) if hasattr(expected.bit_generator, "advance") else None
         assert env.np_random.bit_generator.state == expected.bit_generator.state
     assert env._traces_ahead  # (the batch path was taken)
+
+
+# ------------------------------------------------------------------ config
+def test_config_is_read_only_and_names_the_fix():
+    env = gym.make("FedLoRAWireless-v0")
+    before = env.unwrapped.config
+    with pytest.raises(AttributeError, match=r"read-only.*configure\("):
+        env.unwrapped.config = before.replace(num_rounds=20)
+    assert env.unwrapped.config is before
+
+
+def test_configure_num_rounds_takes_effect_at_the_next_reset():
+    env = FedLoRAWirelessEnv()
+    env.reset(seed=0)
+    a = np.zeros(env.action_space.shape, dtype=np.float32)
+    env.step(a)
+    assert env.configure(num_rounds=20) is env.config and env.config.num_rounds == 20
+    with pytest.raises(gym.error.ResetNeeded):  # the episode in progress ended
+        env.step(a)
+    obs, _ = env.reset(seed=0)
+    for t in range(1, 21):
+        obs, _, term, trunc, info = env.step(a)
+        assert env.observation_space.contains(obs) and info["round"] == t
+    assert trunc and not term and obs[7 * env.num_devices] == 1.0  # round fraction t / T with the new T
+    with pytest.raises(gym.error.ResetNeeded):
+        env.step(a)
+
+
+def test_configure_num_devices_rebuilds_spaces_codec_and_learner():
+    env = FedLoRAWirelessEnv()
+    learner = env.learner
+    env.configure(devices={"num_devices": 4})
+    assert env.learner is not learner and env.num_devices == 4
+    assert env.action_space.shape == (4, 3) and env.observation_space.shape == (7 * 4 + 4,)
+    obs, info = env.reset(seed=1)
+    assert obs.shape == (32,) and info["label_distribution"].shape[0] == 4
+    obs, r, *_ = env.step(env.action_space.sample())
+    assert env.observation_space.contains(obs) and np.isfinite(r)
+    fresh = rollout(FedLoRAWirelessEnv(devices={"num_devices": 4}), seed=1, policy_seed=0, steps=4)
+    again = rollout(env, seed=1, policy_seed=0, steps=4)
+    np.testing.assert_array_equal(fresh[0], again[0])  # the same env as one built with that config
+    np.testing.assert_array_equal(fresh[1], again[1])
+
+
+def test_configure_reward_weights_change_the_reward():
+    env = FedLoRAWirelessEnv()
+    w = env.config.reward
+    base = rollout(env, seed=2, policy_seed=3, steps=5)
+    env.configure(reward={"energy_weight": 3.0, "accuracy_weight": 0.5})
+    changed = rollout(env, seed=2, policy_seed=3, steps=5)
+    for old, new in zip(base[2][1:], changed[2][1:]):  # same channels and decisions, new weights
+        assert new["reward_terms"]["energy"] == pytest.approx(old["reward_terms"]["energy"] * 3.0 / w.energy_weight, rel=1e-12)
+        assert new["reward_terms"]["accuracy"] == pytest.approx(old["reward_terms"]["accuracy"] * 0.5 / w.accuracy_weight, rel=1e-12)
+    np.testing.assert_array_equal(changed[1], [sum(info["reward_terms"].values()) for info in changed[2][1:]])
+    np.testing.assert_array_equal(rollout(FedLoRAWirelessEnv(reward={"energy_weight": 3.0, "accuracy_weight": 0.5}), 2, 3, 5)[1], changed[1])
+
+
+def test_a_bad_configure_raises_and_changes_nothing():
+    env = FedLoRAWirelessEnv()
+    env.reset(seed=0)
+    config, learner = env.config, env.learner
+    with pytest.raises(ValueError, match="num_roundz"):
+        env.configure(num_roundz=20)
+    with pytest.raises(ValueError):
+        env.configure(num_rounds=0)
+    assert env.config is config and env.learner is learner
+    _, _, _, _, info = env.step(np.zeros(env.action_space.shape, dtype=np.float32))
+    assert info["round"] == 1  # the episode goes on
+
+
+def test_configure_from_a_new_config_or_preset():
+    env = FedLoRAWirelessEnv()
+    env.configure(preset="split", num_rounds=8)
+    assert env.config == fedenv.resolve_config("split", num_rounds=8) and env.action_space.shape == (10, 2)
+    env.configure(config=fedenv.resolve_config("soft"))
+    assert env.config.paradigm == "soft"
+    clone = pickle.loads(pickle.dumps(env))
+    assert clone.config == env.config
+
+
+def test_public_state_for_renderers():
+    env = FedLoRAWirelessEnv()
+    assert env.last_info is None
+    _, info = env.reset(seed=0)
+    assert env.last_info["round"] == 0 and env.last_info["accuracy"] == info["accuracy"]
+    with pytest.raises(TypeError):
+        env.last_info["round"] = 3  # type: ignore[index]
+    pos = env.device_positions_m
+    assert pos.shape == (10, 2) and not pos.flags.writeable
+    np.testing.assert_allclose(np.hypot(pos[:, 0], pos[:, 1]), info["distance_m"])
+    _, _, _, _, info = env.step(env.action_space.sample())
+    assert env.last_info["round"] == 1 and "success" in env.last_info

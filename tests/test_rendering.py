@@ -43,3 +43,43 @@ def test_render_without_mode_warns_and_returns_none():
         assert env.render() is None
     with pytest.raises(ValueError, match="render_mode must be one of"):
         fedenv.FedLoRAWirelessEnv(render_mode="human")
+
+
+def test_renderers_read_only_the_public_state():
+    """Both renderers work from config, codec, num_devices, last_info and device_positions_m alone."""
+    from types import SimpleNamespace
+
+    from fedenv import rendering
+
+    env = fedenv.FedLoRAWirelessEnv()
+    env.reset(seed=3)
+    env.step(env.action_space.sample())
+    public = SimpleNamespace(
+        config=env.config, codec=env.codec, num_devices=env.num_devices, last_info=env.last_info, device_positions_m=env.device_positions_m
+    )
+    text = rendering.render_ansi(public)
+    assert text.startswith("FedLoRAWireless-v0 [switching] round 1/50")
+    img = rendering.render_rgb(public)
+    assert img.dtype == np.uint8 and img.shape[2] == 3
+
+
+def test_rgb_frame_has_a_legend():
+    """The legend sits right of the cell: the frame is wider than the cell and bars alone, and
+    the legend's column holds dark (text) pixels."""
+    env = gym.make("FedLoRAWireless-v0", render_mode="rgb_array")
+    env.reset(seed=0)
+    env.step(env.action_space.sample())
+    img = env.render()
+    assert img.shape[1] >= 9 * 80
+    third = img[:, img.shape[1] * 3 // 10 : img.shape[1] * 5 // 10]
+    assert (third.min(axis=-1) < 80).sum() > 200  # legend labels
+
+
+def test_render_after_configure_needs_a_reset():
+    env = fedenv.FedLoRAWirelessEnv(render_mode="ansi")
+    env.reset(seed=0)
+    env.configure(num_rounds=5)
+    with pytest.raises(gym.error.ResetNeeded):
+        env.render()
+    env.reset(seed=0)
+    assert "round 0/5" in env.render()
