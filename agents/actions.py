@@ -1,20 +1,21 @@
-"""How a learned agent acts: the env's action, or a factored form with separate schedule and rank.
+"""How a learned agent acts: the env's action, the factored form, or forms on top of the Lyapunov policy.
 
-The env encodes a device's LoRA module in one ordinal component: m = 0 (idle), 1..M (ranks
-r_1 < ... < r_M), so a Gaussian policy that wants to idle a device must move its mean down
-through every rank, and the ranks it passes on the way differ from device to device. Mixed
-ranks raise the aggregate's noise floor (the surrogate's rank-mix term, SPEC §5), so a policy
-trained on that encoding settles on mixed ranks (measured in docs/agents.md). The ``factored``
-form gives the agent one more component per device and keeps *whether* and *at which rank* a
-device trains apart:
+``env`` is the identity. ``factored`` is :class:`fedenv.wrappers.FactoredAction` (its mapping,
+:class:`fedenv.wrappers.FactoredCodec`): the env encodes a device's LoRA module in one ordinal
+component (0 = idle, 1..M = ranks r_1 < ... < r_M), so a Gaussian policy that wants to idle a
+device must move its mean down through every rank, and the ranks it passes on the way differ
+from device to device. Mixed ranks raise the aggregate's noise floor (the surrogate's rank-mix
+term, SPEC §5), so a policy trained on that encoding settles on mixed ranks (measured in
+docs/agents.md). The factored form gives the agent one more component per device and keeps
+*whether* and *at which rank* a device trains apart:
 
     agent action (K, C + 1): [schedule, rank, <the env's other components, in order>]
     module = 0                                   if schedule <= 0
            = 1 + min(floor((rank + 1) / 2 M), M - 1)   otherwise
 
-and hands the env the canonical action of that module (the centre of its interval) with the
-other components unchanged. Paradigms without a ``module`` component (split, soft) keep the
-env's action. ``env`` is the identity.
+Paradigms without a ``module`` component (split, soft) keep the env's action. The training
+envs (:mod:`agents.envs`) use the fedenv wrapper for ``factored``; this module's adapter
+applies the same mapping to batches and in evaluation.
 
 ``residual`` (residual policy learning, Silver et al. 2018; Johannink et al. 2019): the agent
 acts *on top of* the Lyapunov policy (``baselines.lyapunov``, V = ``DEFAULT_V``), which decides
@@ -37,8 +38,9 @@ round where it buys little accuracy) keeps the baseline's deadline-feasible powe
 split. The agent cannot add devices, only drop them. Paradigms with a ``module`` or
 ``schedule`` component (switching, split, unified).
 
-One :class:`ActionAdapter` serves the training wrapper (:class:`AgentAction`) and the
-evaluation adapter, so they cannot disagree.
+One :class:`ActionAdapter` serves the training wrapper of the stateful forms
+(:class:`AgentAction`), the batched training env and the evaluation adapter, so they cannot
+disagree.
 """
 
 from __future__ import annotations
@@ -50,8 +52,8 @@ import numpy as np
 from gymnasium import spaces
 from numpy.typing import NDArray
 
-from fedenv.actions import ActionCodec
 from fedenv.config import EnvConfig
+from fedenv.wrappers import FactoredCodec
 
 __all__ = ["ACTION_FORMS", "GATE_THRESHOLD", "RESIDUAL_SCALE", "ActionAdapter", "AgentAction"]
 
@@ -73,7 +75,8 @@ class ActionAdapter:
         self.num_devices = config.devices.num_devices
         self.num_modules = config.model.num_modules
         self.env_shape = (self.num_devices, len(comps))
-        self.factored = kind == "factored" and "module" in comps
+        self._factored = FactoredCodec(config) if kind == "factored" else None
+        self.factored = self._factored is not None and self._factored.factored
         self.module_index = comps.index("module") if "module" in comps else -1
         self.gated = kind == "gated"
         if self.gated and "module" not in comps and "schedule" not in comps:
@@ -81,10 +84,7 @@ class ActionAdapter:
         #: the column that schedules a device, and its canonical "idle" value (module 0, schedule <= 0)
         self._gate_column = self.module_index if self.module_index >= 0 else (comps.index("schedule") if "schedule" in comps else -1)
         self._idle_value = 0.5 / (self.num_modules + 1) * 2.0 - 1.0 if self.module_index >= 0 else -1.0
-        self.shape = (self.num_devices, len(comps) + 1) if self.factored else (self.num_devices, 1) if self.gated else self.env_shape
-        #: env components other than ``module``, in order (the factored action's columns 2..)
-        self._others = [i for i in range(self.env_shape[1]) if i != self.module_index]
-        self._codec = ActionCodec(config)
+        self.shape = self._factored.shape if self._factored is not None else (self.num_devices, 1) if self.gated else self.env_shape
         self._base_policy: Any = None
         self._base: NDArray[np.float32] | None = None
         if kind in ("residual", "gated"):
@@ -130,39 +130,30 @@ class ActionAdapter:
 
     def _map(self, a: NDArray[np.float32]) -> NDArray[np.float32]:
         """The stateless forms on clipped actions of shape (..., K, C')."""
-        if not self.factored:
-            return a
-        m = self.num_modules
-        rank_slot = np.minimum(np.floor((a[..., 1] + 1.0) * 0.5 * m), m - 1)
-        module = np.where(a[..., 0] > 0.0, 1.0 + rank_slot, 0.0)
-        out = np.empty(a.shape[:-1] + self.env_shape[-1:], dtype=np.float32)
-        out[..., self._others] = a[..., 2:]
-        out[..., self.module_index] = (module + 0.5) / (m + 1) * 2.0 - 1.0
-        return out
+        return self._factored.to_env(a) if self._factored is not None else a
 
     def encode(self, env_action: NDArray[np.floating[Any]]) -> NDArray[np.float32]:
         """An agent action that this adapter maps to ``env_action``'s decisions (inverse of ``__call__``).
 
         The ``env`` form returns the canonical action itself; ``factored``: schedule +-0.5, the
-        centre of the rank's slot, the other components unchanged. Used for imitation targets
+        centre of the rank's slot, the other components unchanged
+        (:meth:`fedenv.wrappers.FactoredCodec.from_env`). Used for imitation targets
         (agents/bc.py); the ``residual`` and ``gated`` forms have no fixed inverse (they depend on
         the base action).
         """
         if self._base_policy is not None:
             raise ValueError(f"the {self.kind} action form has no fixed inverse: its action is relative to the Lyapunov action of the round")
-        a = np.clip(np.asarray(env_action, dtype=np.float32).reshape(self.env_shape), -1.0, 1.0)
-        if not self.factored:
-            return a
-        module = self._codec.decode(self._codec.validate(a)).module  # the env's own module mapping
-        out = np.empty(self.shape, dtype=np.float32)
-        out[:, 0] = np.where(module > 0, 0.5, -0.5)
-        out[:, 1] = np.where(module > 0, (np.maximum(module - 1, 0) + 0.5) / self.num_modules * 2.0 - 1.0, 0.0)
-        out[:, 2:] = a[:, self._others]
-        return out
+        if self._factored is not None:
+            return self._factored.from_env(env_action)
+        return np.clip(np.asarray(env_action, dtype=np.float32).reshape(self.env_shape), -1.0, 1.0)
 
 
 class AgentAction(gym.ActionWrapper[Any, NDArray[np.float32], NDArray[np.float32]]):
-    """Training-side wrapper: the env driven by the agent's action form (:class:`ActionAdapter`)."""
+    """Training-side wrapper: the env driven by the agent's action form (:class:`ActionAdapter`).
+
+    The training envs use it for the stateful forms (``residual``, ``gated``); ``factored`` is
+    :class:`fedenv.wrappers.FactoredAction` there.
+    """
 
     def __init__(self, env: gym.Env[Any, Any], adapter: ActionAdapter) -> None:
         super().__init__(env)

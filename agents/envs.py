@@ -1,5 +1,9 @@
 """Training environments for the agents: vectorised FedLoRAWireless-v0 for SB3.
 
+``make_env(config, obs_features, action_form)`` stacks the forms of :mod:`fedenv.wrappers` on a
+monitored env: ``LabelSkewObservation`` (obs features ``label_mix``, ``label_mix_time``),
+``FactoredAction`` (action form ``factored``; the stateful forms ``residual`` and ``gated`` are
+:class:`agents.actions.AgentAction`) and ``HorizonIsTermination``.
 ``make_vec_env(config, n_envs, kind, seed)`` builds ``n_envs`` training envs with the agent's
 observation and action form (:mod:`agents.features`, :mod:`agents.actions`):
 
@@ -29,12 +33,12 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecMonitor
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 
-from agents.actions import ActionAdapter, AgentAction
-from agents.features import AgentObservation, ObservationFeatures
+from agents.actions import ACTION_FORMS, ActionAdapter, AgentAction
+from agents.features import ObservationFeatures
 from fedenv.config import EnvConfig
 from fedenv.env import FedLoRAWirelessEnv
 from fedenv.sb3 import FedLoRAWirelessVecEnv
-from fedenv.wrappers import HorizonIsTermination
+from fedenv.wrappers import FactoredAction, HorizonIsTermination, LabelSkewObservation
 
 __all__ = ["VEC_ENV_KINDS", "BatchedAgentVecEnv", "EpisodeStats", "HorizonIsTermination", "make_env", "make_vec_env"]
 
@@ -44,9 +48,18 @@ VEC_ENV_KINDS = ("auto", "batched", "dummy", "subproc")
 def make_env(config: EnvConfig, obs_features: str = "label_mix", action_form: str = "factored") -> Callable[[], gym.Env[Any, Any]]:
     """A thunk building one monitored training env (picklable for subprocess vector envs)."""
 
+    if action_form not in ACTION_FORMS:
+        raise ValueError(f"action_form must be one of {', '.join(ACTION_FORMS)}, got {action_form!r}")
+    ObservationFeatures(config, obs_features)  # (raises for an unknown feature set)
+
     def thunk() -> gym.Env[Any, Any]:
-        env: gym.Env[Any, Any] = AgentObservation(Monitor(FedLoRAWirelessEnv(config)), ObservationFeatures(config, obs_features))
-        env = AgentAction(env, ActionAdapter(config, action_form))
+        env: gym.Env[Any, Any] = Monitor(FedLoRAWirelessEnv(config))
+        if obs_features != "env":
+            env = LabelSkewObservation(env, obs_features)
+        if action_form == "factored":
+            env = FactoredAction(env)
+        elif action_form != "env":
+            env = AgentAction(env, ActionAdapter(config, action_form))
         return HorizonIsTermination(env)
 
     return thunk

@@ -1,12 +1,18 @@
 """fedenv: wireless federated LoRA fine-tuning of foundation models as a Gymnasium environment.
 
-``import fedenv`` registers ``FedLoRAWireless-v0``::
+``import fedenv`` registers one id per preset (:data:`ENV_IDS`)::
 
     import gymnasium as gym
     import fedenv
 
-    env = gym.make("FedLoRAWireless-v0", preset="switching")
+    env = gym.make("FedLoRAWireless-v0")                  # the switching preset (default)
+    env = gym.make("FedLoRAWireless-Split-v0")            # split; also -Soft-v0, -Unified-v0
+    env = gym.make("FedLoRAWireless-Split-v0", num_rounds=20, config={"reward": {"energy_weight": 2.0}})
     obs, info = env.reset(seed=0)
+
+A variant id is ``FedLoRAWireless-v0`` with ``preset=`` set: keyword overrides and a mapping
+``config`` apply on top of its preset, and a full ``EnvConfig`` must have its paradigm.
+Registration is idempotent (importing or reloading the package again changes nothing).
 """
 
 from __future__ import annotations
@@ -16,14 +22,25 @@ from gymnasium.envs.registration import register, registry
 from fedenv.config import PRESETS, EnvConfig, resolve_config
 from fedenv.env import FedLoRAWirelessEnv
 
-__all__ = ["ENV_ID", "EnvConfig", "FedLoRAWirelessEnv", "PRESETS", "resolve_config"]
+__all__ = ["ENV_ID", "ENV_IDS", "EnvConfig", "FedLoRAWirelessEnv", "PRESETS", "resolve_config"]
 __version__ = "0.1.0"
 
+#: The default id: the switching preset.
 ENV_ID = "FedLoRAWireless-v0"
+#: The registered id of each preset (Gymnasium's ``Name-Variant-vN`` form, as ``BipedalWalkerHardcore-v3``).
+ENV_IDS: dict[str, str] = {
+    "switching": ENV_ID,
+    "split": "FedLoRAWireless-Split-v0",
+    "soft": "FedLoRAWireless-Soft-v0",
+    "unified": "FedLoRAWireless-Unified-v0",
+}
 
-if ENV_ID not in registry:
-    register(
-        id=ENV_ID,
-        entry_point="fedenv.env:FedLoRAWirelessEnv",
-        vector_entry_point="fedenv.vector:FedLoRAWirelessVectorEnv",
-    )
+for _preset, _id in ENV_IDS.items():
+    if _id not in registry:
+        register(
+            id=_id,
+            entry_point="fedenv.env:FedLoRAWirelessEnv",
+            vector_entry_point="fedenv.vector:FedLoRAWirelessVectorEnv",
+            kwargs={} if _id == ENV_ID else {"preset": _preset},
+        )
+del _preset, _id

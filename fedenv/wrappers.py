@@ -1,15 +1,33 @@
-"""Action and observation adapters for FedLoRAWireless-v0.
+"""Action and observation forms for FedLoRAWireless-v0, as Gymnasium wrappers.
 
-Each maps back to the canonical forms of :class:`fedenv.env.FedLoRAWirelessEnv` (an action Box
-in [-1, 1] of shape (K, C); a flat observation of 7 K + 4 features):
+Each wrapper maps back to the canonical forms of :class:`fedenv.env.FedLoRAWirelessEnv` (an
+action ``Box(-1, 1, (K, C))``; a flat observation of 7 K + 4 features):
 
-* :class:`DictAction` — a ``Dict`` action with one ``Box(-1, 1, (K,))`` per component (RLlib).
-* :class:`DiscreteAction` — a ``MultiDiscrete`` action over module, schedule and quantised
-  power, bandwidth-weight and ratio levels (DQN-style agents, tabular baselines).
-* :class:`DictObservation` — ``{"devices": (K, 7), "global": (4,)}`` observations for
-  per-device (permutation-equivariant) networks.
-* :class:`HorizonIsTermination` — reports the end of the T rounds as a termination, for
-  agents that treat the finite horizon as part of the task (SB3, RLlib training envs).
+| wrapper                      | action / observation                                     | for                                  |
+|------------------------------|----------------------------------------------------------|--------------------------------------|
+| :class:`FactoredAction`      | ``Box(-1, 1, (K, C + 1))``: schedule and rank apart       | SB3 PPO/SAC/A2C (the form that learns) |
+| :class:`FlatAction`          | the wrapped ``Box`` action flattened to 1-D               | CleanRL-style code, any Box action    |
+| :class:`DiscreteAction`      | 1-D ``MultiDiscrete`` of K x C quantised levels           | SB3 PPO/A2C, DQN-style, tabular       |
+| :class:`DictAction`          | ``{component: Box(-1, 1, (K,))}``                         | RLlib                                 |
+| :class:`LabelSkewObservation`| + each device's label skew (and time-to-go ramps)         | agents that balance participation     |
+| :class:`DictObservation`     | ``{"devices": (K, 7), "global": (4,)}``                   | per-device networks                   |
+| :class:`HorizonIsTermination`| the T-round horizon reported as a termination             | training envs (no bootstrap past T)   |
+
+Every wrapper records its constructor arguments (``gymnasium.utils.RecordConstructorArgs``), so
+``gym.make(wrapped.spec)`` rebuilds the stack and Gymnasium's and SB3's ``check_env`` pass on
+each. A wrapper reads the env's config when built and again at each ``reset``: after
+``env.unwrapped.configure(...)`` it follows the new config (a new horizon, new reward weights),
+and raises ``RuntimeError`` at that reset if the change alters its spaces (another K or
+paradigm: build the wrapper again).
+
+Training stack of ``agents/`` (and of ``agents/vanilla_sb3.py``)::
+
+    env = gym.make("FedLoRAWireless-v0")
+    env = FactoredAction(LabelSkewObservation(env))     # or FactoredAction(env)
+
+The pure mappings behind the wrappers (:class:`FactoredCodec`, :class:`ObservationFeatures`)
+work on batches too; ``agents/`` applies them to whole batches of the batched vector env and
+in its evaluation adapters, so training and evaluation cannot disagree.
 """
 
 from __future__ import annotations
@@ -20,35 +38,315 @@ from typing import Any, SupportsFloat
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+from gymnasium.utils import RecordConstructorArgs
 from numpy.typing import NDArray
 
-from fedenv.env import DEVICE_FEATURES
+from fedenv.actions import ActionCodec
+from fedenv.config import EnvConfig
+from fedenv.env import DEVICE_FEATURES, GLOBAL_FEATURES
 
-__all__ = ["DictAction", "DiscreteAction", "DictObservation", "HorizonIsTermination"]
+__all__ = [
+    "OBS_FEATURES",
+    "TIME_HORIZONS",
+    "DictAction",
+    "DictObservation",
+    "DiscreteAction",
+    "FactoredAction",
+    "FactoredCodec",
+    "FlatAction",
+    "HorizonIsTermination",
+    "LabelSkewObservation",
+    "ObservationFeatures",
+]
+
+_F = len(DEVICE_FEATURES)
+_G = len(GLOBAL_FEATURES)
 
 
-def _canonical(env: gym.Env) -> tuple[int, tuple[str, ...], int]:
-    base = env.unwrapped
-    codec = getattr(base, "codec", None)
-    if codec is None:
-        raise TypeError(f"expected a FedLoRAWireless-v0 environment, got {type(base).__name__}")
-    return codec.num_devices, codec.components, codec.num_modules
+def _config_of(env: gym.Env[Any, Any]) -> EnvConfig:
+    config = getattr(env.unwrapped, "config", None)
+    if not isinstance(config, EnvConfig):
+        raise TypeError(f"expected a FedLoRAWireless-v0 environment, got {type(env.unwrapped).__name__}")
+    return config
 
 
-class DictAction(gym.ActionWrapper[NDArray[np.float32], dict[str, NDArray[np.float32]], NDArray[np.floating[Any]]]):
+class _FollowsConfig:
+    """Rebinds a wrapper to the env's config at reset (after ``configure``); raises if its spaces change."""
+
+    env: gym.Env[Any, Any]
+    _config: EnvConfig
+    _action_space: Any
+    _observation_space: Any
+
+    def _bind(self, config: EnvConfig) -> None:
+        raise NotImplementedError
+
+    def _follow_config(self) -> None:
+        config = _config_of(self.env)
+        if config is self._config:
+            return
+        before = (self._action_space, self._observation_space)
+        self._bind(config)
+        self._config = config
+        if (self._action_space, self._observation_space) != before:
+            raise RuntimeError(
+                f"{type(self).__name__}: the env was reconfigured (env.unwrapped.configure) in a way that changes this "
+                "wrapper's spaces (another number of devices or paradigm); build the wrapper stack again"
+            )
+
+
+# -------------------------------------------------------------------- factored action
+class FactoredCodec:
+    """The factored action of one config (see :class:`FactoredAction`), as a pure mapping.
+
+    Attributes:
+        shape: the factored action's shape, (K, C + 1) where the env has a ``module`` component,
+            else the env's (K, C).
+        env_shape: the env's action shape (K, C).
+        components: the factored action's components (last axis), e.g.
+            ``("schedule", "rank", "power", "bandwidth")``.
+        factored: whether the mapping is more than clipping (the paradigm has a ``module``).
+    """
+
+    def __init__(self, config: EnvConfig) -> None:
+        comps = tuple(config.action_components)
+        self.num_devices = config.devices.num_devices
+        self.num_modules = config.model.num_modules
+        self.env_shape = (self.num_devices, len(comps))
+        self.factored = "module" in comps
+        self.module_index = comps.index("module") if self.factored else -1
+        #: env components other than ``module``, in order (the factored action's columns 2..)
+        self._others = [i for i in range(len(comps)) if i != self.module_index]
+        self.components = ("schedule", "rank", *(comps[i] for i in self._others)) if self.factored else comps
+        self.shape = (self.num_devices, len(self.components))
+        self._codec = ActionCodec(config)
+
+    @property
+    def space(self) -> spaces.Box:
+        return spaces.Box(-1.0, 1.0, shape=self.shape, dtype=np.float32)
+
+    def to_env(self, action: NDArray[np.floating[Any]]) -> NDArray[np.float32]:
+        """The env's canonical action of factored actions of shape (..., K, C'), clipped to [-1, 1] first."""
+        a = np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0)
+        if not self.factored:
+            return a
+        m = self.num_modules
+        rank_slot = np.minimum(np.floor((a[..., 1] + 1.0) * 0.5 * m), m - 1)
+        module = np.where(a[..., 0] > 0.0, 1.0 + rank_slot, 0.0)
+        out = np.empty(a.shape[:-1] + self.env_shape[-1:], dtype=np.float32)
+        out[..., self._others] = a[..., 2:]
+        out[..., self.module_index] = (module + 0.5) / (m + 1) * 2.0 - 1.0
+        return out
+
+    def from_env(self, env_action: NDArray[np.floating[Any]]) -> NDArray[np.float32]:
+        """A factored action that :meth:`to_env` maps to ``env_action``'s decisions (one action, (K, C)).
+
+        Schedule +-0.5, the centre of the rank's slot, the other components unchanged.
+        """
+        a = np.clip(np.asarray(env_action, dtype=np.float32).reshape(self.env_shape), -1.0, 1.0)
+        if not self.factored:
+            return a
+        module = self._codec.decode(self._codec.validate(a)).module  # the env's own module mapping
+        out = np.empty(self.shape, dtype=np.float32)
+        out[:, 0] = np.where(module > 0, 0.5, -0.5)
+        out[:, 1] = np.where(module > 0, (np.maximum(module - 1, 0) + 0.5) / self.num_modules * 2.0 - 1.0, 0.0)
+        out[:, 2:] = a[:, self._others]
+        return out
+
+
+class FactoredAction(
+    gym.ActionWrapper[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]],
+    RecordConstructorArgs,
+    _FollowsConfig,
+):
+    """Schedule and rank as separate action components: ``Box(-1, 1, (K, C + 1))``.
+
+    The env encodes a device's LoRA module in one ordinal component (0 = idle, 1..M = ranks
+    r_1 < ... < r_M), so a Gaussian policy that wants to idle a device must move its mean down
+    through every rank. This form keeps *whether* and *at which rank* a device trains apart:
+
+    | column | component          | meaning                                                        |
+    |--------|--------------------|----------------------------------------------------------------|
+    | 0      | schedule           | the device trains this round if > 0                            |
+    | 1      | rank               | module 1 + min(floor((rank + 1) / 2 M), M - 1) when scheduled   |
+    | 2..    | the env's others   | power, bandwidth (and ratio), unchanged                        |
+
+    and hands the env the canonical action of that module (the centre of its interval). Actions
+    are clipped to [-1, 1]; an array of the same size in another shape (a flat one) is
+    reshaped. Paradigms without a ``module`` component (split: schedule and bandwidth already;
+    soft: ratio and bandwidth) keep the env's action (clipped). SB3's PPO with ``MlpPolicy``
+    learns on this form (``agents/vanilla_sb3.py``); on the raw env action it stays near a
+    random policy.
+
+    Args:
+        env: a FedLoRAWireless-v0 env (possibly wrapped, its action the canonical Box).
+    """
+
+    def __init__(self, env: gym.Env[Any, Any]) -> None:
+        RecordConstructorArgs.__init__(self)
+        gym.ActionWrapper.__init__(self, env)
+        self._config = _config_of(env)
+        self._bind(self._config)
+
+    def _bind(self, config: EnvConfig) -> None:
+        self.codec = FactoredCodec(config)
+        self.action_space = self.codec.space  # type: ignore[assignment]
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        out = self.env.reset(seed=seed, options=options)
+        self._follow_config()
+        return out
+
+    def action(self, action: NDArray[np.floating[Any]]) -> NDArray[np.float32]:
+        a = np.asarray(action, dtype=np.float32)
+        if a.size != np.prod(self.codec.shape):
+            raise ValueError(f"factored action must have shape {self.codec.shape} ({', '.join(self.codec.components)} per device), got shape {a.shape}")
+        return self.codec.to_env(a.reshape(self.codec.shape))
+
+    def reverse_action(self, action: NDArray[np.floating[Any]]) -> NDArray[np.float32]:
+        return self.codec.from_env(action)
+
+
+# ------------------------------------------------------------------------ flat action
+class FlatAction(gym.ActionWrapper[Any, NDArray[np.float32], NDArray[np.float32]], RecordConstructorArgs, _FollowsConfig):
+    """The wrapped env's ``Box`` action flattened to 1-D (row-major), for code that expects a vector.
+
+    ``FlatAction(env)`` gives ``Box(-1, 1, (K C,))`` (device-major: the C components of device
+    0, then device 1, ...); ``FlatAction(FactoredAction(env))`` the factored action as
+    ``(K (C + 1),)``. Bounds and dtype are the wrapped space's.
+
+    Args:
+        env: an env whose action space is a ``Box`` (FedLoRAWireless-v0, possibly wrapped).
+    """
+
+    def __init__(self, env: gym.Env[Any, Any]) -> None:
+        RecordConstructorArgs.__init__(self)
+        gym.ActionWrapper.__init__(self, env)
+        self._config = _config_of(env)
+        self._bind(self._config)
+
+    def _bind(self, config: EnvConfig) -> None:
+        inner = self.env.action_space
+        if not isinstance(inner, spaces.Box):
+            raise TypeError(f"FlatAction flattens a Box action space, got {inner}")
+        self._inner_shape = inner.shape
+        self.action_space = spaces.Box(inner.low.ravel(), inner.high.ravel(), dtype=inner.dtype)  # type: ignore[arg-type]
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        out = self.env.reset(seed=seed, options=options)
+        self._follow_config()
+        return out
+
+    def action(self, action: NDArray[np.floating[Any]]) -> NDArray[np.float32]:
+        a = np.asarray(action)
+        if a.shape != self.action_space.shape:
+            raise ValueError(f"flat action must have shape {self.action_space.shape}, got {a.shape}")
+        return a.reshape(self._inner_shape)
+
+    def reverse_action(self, action: NDArray[np.floating[Any]]) -> NDArray[np.float32]:
+        return np.asarray(action).reshape(-1)
+
+
+# -------------------------------------------------------------------- discrete action
+class DiscreteAction(gym.ActionWrapper[NDArray[np.float32], NDArray[np.int64], NDArray[np.float32]], RecordConstructorArgs, _FollowsConfig):
+    """1-D ``MultiDiscrete`` of K x C level indices, device-major (SB3 PPO and A2C train on it).
+
+    Entry ``k C + c`` is device k's level of the env's component c:
+
+    * module: M + 1 levels (0 = not scheduled, j = module j); schedule: 2 levels;
+    * power, bandwidth, ratio: ``levels`` evenly spaced values of the canonical [-1, 1]
+      (power from p_min to P_max; bandwidth weights from 0 to 1; ratio from rho_min to 1).
+
+    An action of shape (K, C) is accepted as well. Levels outside their range, non-integers or
+    another size raise ``ValueError`` before the env is touched.
+
+    Args:
+        env: a FedLoRAWireless-v0 env (possibly wrapped, its action the canonical Box).
+        power_levels / bandwidth_levels / ratio_levels: quantisation levels, >= 2.
+    """
+
+    def __init__(self, env: gym.Env[Any, Any], power_levels: int = 4, bandwidth_levels: int = 4, ratio_levels: int = 4) -> None:
+        RecordConstructorArgs.__init__(self, power_levels=power_levels, bandwidth_levels=bandwidth_levels, ratio_levels=ratio_levels)
+        gym.ActionWrapper.__init__(self, env)
+        for name, n in (("power_levels", power_levels), ("bandwidth_levels", bandwidth_levels), ("ratio_levels", ratio_levels)):
+            if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
+                raise ValueError(f"{name} must be an integer >= 2, got {n!r}")
+        self._sizes = {"schedule": 2, "power": int(power_levels), "bandwidth": int(bandwidth_levels), "ratio": int(ratio_levels)}
+        self._config = _config_of(env)
+        self._bind(self._config)
+
+    def _bind(self, config: EnvConfig) -> None:
+        self.num_devices = config.devices.num_devices
+        self.components = tuple(config.action_components)
+        sizes = {**self._sizes, "module": config.model.num_modules + 1}
+        self.levels = np.array([sizes[c] for c in self.components], dtype=np.int64)
+        self.env_shape = (self.num_devices, len(self.components))
+        self.action_space = spaces.MultiDiscrete(np.tile(self.levels, self.num_devices))
+        # canonical value of every level, per component (module levels are bin centres)
+        self._values = []
+        for c, n in zip(self.components, self.levels):
+            if c == "module":
+                self._values.append((np.arange(n) + 0.5) / n * 2.0 - 1.0)
+            else:
+                self._values.append(np.linspace(-1.0, 1.0, int(n)))
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        out = self.env.reset(seed=seed, options=options)
+        self._follow_config()
+        return out
+
+    def action(self, action: NDArray[np.int64]) -> NDArray[np.float32]:
+        a = np.asarray(action)
+        if a.shape not in (self.action_space.shape, self.env_shape):
+            raise ValueError(f"discrete action must have shape {self.action_space.shape} (or {self.env_shape}), got {a.shape}")
+        a = a.reshape(self.env_shape)
+        if not np.issubdtype(a.dtype, np.integer) or (a < 0).any() or (a >= self.levels).any():
+            raise ValueError(
+                f"discrete action levels must be integers in [0, n) with n = {list(self.levels)} for {list(self.components)}, got {a.tolist()}"
+            )
+        out = np.empty(a.shape, dtype=np.float32)
+        for i, values in enumerate(self._values):
+            out[:, i] = values[a[:, i]]
+        return out
+
+    def reverse_action(self, action: NDArray[np.float32]) -> NDArray[np.int64]:
+        """Nearest level of each canonical value, flat (K C,)."""
+        a = np.asarray(action, dtype=np.float64).reshape(self.env_shape)
+        out = np.empty(a.shape, dtype=np.int64)
+        for i, values in enumerate(self._values):
+            out[:, i] = np.abs(a[:, i, None] - values[None, :]).argmin(axis=-1)
+        return out.reshape(-1)
+
+
+# ------------------------------------------------------------------------ dict action
+class DictAction(
+    gym.ActionWrapper[NDArray[np.float32], dict[str, NDArray[np.float32]], NDArray[np.floating[Any]]], RecordConstructorArgs, _FollowsConfig
+):
     """Dict action ``{component: Box(-1, 1, (K,))}``; components as in the env's action table.
 
     Each component is passed on in its own precision (float64 values are not narrowed to
     float32, where a finite 1e39 would become inf): the env clips finite values to [-1, 1] and
     rejects the rest. Anything but a mapping with exactly the component keys, each an array of
-    shape (K,) of real numbers, raises ``ValueError`` before the env is touched.
+    shape (K,) of real numbers, raises ``ValueError`` before the env is touched. SB3 does not
+    train on Dict actions (its ``check_env`` warns); use :class:`FactoredAction` or
+    :class:`FlatAction` there.
     """
 
-    def __init__(self, env: gym.Env) -> None:
-        super().__init__(env)
-        self.num_devices, self.components, _ = _canonical(env)
-        k = self.num_devices
+    def __init__(self, env: gym.Env[Any, Any]) -> None:
+        RecordConstructorArgs.__init__(self)
+        gym.ActionWrapper.__init__(self, env)
+        self._config = _config_of(env)
+        self._bind(self._config)
+
+    def _bind(self, config: EnvConfig) -> None:
+        self.num_devices = k = config.devices.num_devices
+        self.components = tuple(config.action_components)
         self.action_space = spaces.Dict({c: spaces.Box(-1.0, 1.0, shape=(k,), dtype=np.float32) for c in self.components})  # type: ignore[assignment]
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        out = self.env.reset(seed=seed, options=options)
+        self._follow_config()
+        return out
 
     def action(self, action: Mapping[str, Any]) -> NDArray[np.floating[Any]]:
         k, keys = self.num_devices, list(self.components)
@@ -78,85 +376,163 @@ class DictAction(gym.ActionWrapper[NDArray[np.float32], dict[str, NDArray[np.flo
         return {c: a[..., i].copy() for i, c in enumerate(self.components)}
 
 
-class DiscreteAction(gym.ActionWrapper[NDArray[np.float32], NDArray[np.int64], NDArray[np.float32]]):
-    """``MultiDiscrete`` of shape (K, C): per device and component, a level index.
+# --------------------------------------------------------------- label-skew features
+#: observation feature sets of :class:`ObservationFeatures` (``env`` = the env's observation)
+OBS_FEATURES = ("env", "label_mix", "label_mix_time")
+#: h of the time-to-go ramps of ``label_mix_time``, rounds
+TIME_HORIZONS = (3, 10)
 
-    * module: M + 1 levels (0 = not scheduled, j = module j); schedule: 2 levels;
-    * power, bandwidth, ratio: ``levels`` evenly spaced values of the canonical [-1, 1]
-      (power from p_min to P_max; bandwidth weights from 0 to 1; ratio from rho_min to 1).
 
-    Args:
-        env: a FedLoRAWireless-v0 env (possibly wrapped).
-        power_levels / bandwidth_levels / ratio_levels: quantisation levels, >= 2.
+class ObservationFeatures:
+    """Layout of an observation with the devices' label skew, for one config (:class:`LabelSkewObservation`).
+
+    * ``env``: the env's observation as is, ``(7 K + 4,)``.
+    * ``label_mix``: per device the 7 env features then the label skew ``l_k - p`` (L values:
+      the device's label distribution minus the global one, in [-1, 1]); then the 4 globals:
+      ``(K (7 + L) + 4,)``. The label mix is fixed for an episode.
+    * ``label_mix_time``: ``label_mix`` plus, per device, the time-to-go features
+      ``max(0, 1 - (T - t) / h)`` for h in :data:`TIME_HORIZONS` (0 until the last h rounds,
+      then rising to 1 - 1/h at the last round): ``(K (7 + L + H) + 4,)``. They are the same
+      for every device (a global broadcast to each device's row, so a per-device network
+      needs no extra global slot).
+
+    Calling it on ``(obs, info)`` gives the observation; batched too (``obs`` (N, 7 K + 4) with
+    the batched ``info`` of :class:`fedenv.vector.FedLoRAWirelessVectorEnv`).
     """
 
-    def __init__(self, env: gym.Env, power_levels: int = 4, bandwidth_levels: int = 4, ratio_levels: int = 4) -> None:
-        super().__init__(env)
-        for name, n in (("power_levels", power_levels), ("bandwidth_levels", bandwidth_levels), ("ratio_levels", ratio_levels)):
-            if not isinstance(n, int) or n < 2:
-                raise ValueError(f"{name} must be an integer >= 2, got {n!r}")
-        self.num_devices, self.components, num_modules = _canonical(env)
-        sizes = {"module": num_modules + 1, "schedule": 2, "power": power_levels, "bandwidth": bandwidth_levels, "ratio": ratio_levels}
-        self.levels = np.array([sizes[c] for c in self.components], dtype=np.int64)
-        self.action_space = spaces.MultiDiscrete(np.tile(self.levels, (self.num_devices, 1)))
-        # canonical value of every level, per component (module levels are bin centres)
-        self._values = []
-        for c, n in zip(self.components, self.levels):
-            if c == "module":
-                self._values.append((np.arange(n) + 0.5) / n * 2.0 - 1.0)
-            else:
-                self._values.append(np.linspace(-1.0, 1.0, int(n)))
+    def __init__(self, config: EnvConfig, kind: str = "label_mix") -> None:
+        if kind not in OBS_FEATURES:
+            raise ValueError(f"obs_features must be one of {', '.join(OBS_FEATURES)}, got {kind!r}")
+        self.kind = kind
+        self.num_devices = config.devices.num_devices
+        self.num_labels = config.model.num_labels if kind != "env" else 0
+        self.num_time = len(TIME_HORIZONS) if kind == "label_mix_time" else 0
+        self.num_rounds = config.num_rounds
+        self.device_features = _F + self.num_labels + self.num_time
+        self.size = self.num_devices * self.device_features + _G
 
-    def action(self, action: NDArray[np.int64]) -> NDArray[np.float32]:
-        a = np.asarray(action)
-        if a.shape != self.action_space.shape:
-            raise ValueError(f"discrete action must have shape {self.action_space.shape}, got {a.shape}")
-        if not np.issubdtype(a.dtype, np.integer) or (a < 0).any() or (a >= self.levels).any():
-            raise ValueError(f"discrete action levels must be integers in [0, {list(self.levels)}) per component, got {a}")
-        out = np.empty(a.shape, dtype=np.float32)
-        for i, values in enumerate(self._values):
-            out[:, i] = values[a[:, i]]
-        return out
+    def observation_space(self, env_space: spaces.Box) -> spaces.Box:
+        """The observation space, from the env's."""
+        if self.kind == "env":
+            return env_space
+        k = self.num_devices
+        low = np.asarray(env_space.low, dtype=np.float32)
+        high = np.asarray(env_space.high, dtype=np.float32)
+        extra_lo = np.concatenate([-np.ones((k, self.num_labels), np.float32), np.zeros((k, self.num_time), np.float32)], axis=1)
+        dev_lo = np.concatenate([low[: _F * k].reshape(k, _F), extra_lo], axis=1)
+        dev_hi = np.concatenate([high[: _F * k].reshape(k, _F), np.ones((k, self.num_labels + self.num_time), np.float32)], axis=1)
+        return spaces.Box(np.concatenate([dev_lo.ravel(), low[_F * k :]]), np.concatenate([dev_hi.ravel(), high[_F * k :]]), dtype=np.float32)
 
-    def reverse_action(self, action: NDArray[np.float32]) -> NDArray[np.int64]:
-        """Nearest level of each canonical value."""
-        a = np.asarray(action, dtype=np.float64)
-        out = np.empty(a.shape, dtype=np.int64)
-        for i, values in enumerate(self._values):
-            out[:, i] = np.abs(a[:, i, None] - values[None, :]).argmin(axis=-1)
-        return out
+    def __call__(self, obs: NDArray[np.floating[Any]], info: Mapping[str, Any]) -> NDArray[np.float32]:
+        """The observation from the env's ``obs`` and ``info`` of the same reset/step."""
+        if self.kind == "env":
+            return np.asarray(obs, dtype=np.float32)
+        k = self.num_devices
+        obs = np.asarray(obs, dtype=np.float32)
+        lead = obs.shape[:-1]
+        glob = np.asarray(info["global_label_distribution"], dtype=np.float32)
+        skew = np.asarray(info["label_distribution"], dtype=np.float32) - glob[..., None, :]
+        parts = [obs[..., : _F * k].reshape(*lead, k, _F), skew.reshape(*lead, k, self.num_labels)]
+        if self.num_time:
+            to_go = self.num_rounds - np.asarray(info["round"], dtype=np.float64)
+            ramps = np.maximum(0.0, 1.0 - to_go[..., None] / np.asarray(TIME_HORIZONS, dtype=np.float64)).astype(np.float32)
+            parts.append(np.broadcast_to(ramps[..., None, :], (*lead, k, self.num_time)))
+        dev = np.concatenate(parts, axis=-1)
+        return np.concatenate([dev.reshape(*lead, k * self.device_features), obs[..., _F * k :]], axis=-1)
 
 
-class DictObservation(gym.ObservationWrapper[dict[str, NDArray[np.float32]], Any, Any]):
+class LabelSkewObservation(gym.Wrapper[NDArray[np.float32], Any, NDArray[np.float32], Any], RecordConstructorArgs, _FollowsConfig):
+    """The env's observation with each device's label skew (and optionally time-to-go ramps).
+
+    The env's observation carries channels, resources, backlogs and learning progress, but not
+    *which labels* each device holds; the Lyapunov policy reads them from
+    ``info["label_distribution"]`` (the base station knows the label histograms it partitioned),
+    and they decide how biased a round's aggregate is. This wrapper gives a learned agent the
+    same ``info``: per device, after its 7 features, the label skew ``l_k - p`` (L values in
+    [-1, 1]); ``features="label_mix_time"`` adds time-to-go ramps (:class:`ObservationFeatures`
+    has the layout).
+
+    Args:
+        env: a FedLoRAWireless-v0 env (possibly wrapped) whose observation is the env's flat Box.
+        features: ``"label_mix"`` (default), ``"label_mix_time"`` or ``"env"`` (no change), or
+            an :class:`ObservationFeatures` of the env's config.
+    """
+
+    def __init__(self, env: gym.Env[Any, Any], features: str | ObservationFeatures = "label_mix") -> None:
+        RecordConstructorArgs.__init__(self, features=features)
+        gym.Wrapper.__init__(self, env)
+        self._kind = features.kind if isinstance(features, ObservationFeatures) else features
+        self._config = _config_of(env)
+        if isinstance(features, ObservationFeatures) and (features.num_devices, features.num_rounds) != (self._config.devices.num_devices, self._config.num_rounds):
+            raise ValueError(
+                f"the ObservationFeatures were built for K={features.num_devices}, T={features.num_rounds}; the env has "
+                f"K={self._config.devices.num_devices}, T={self._config.num_rounds}"
+            )
+        self._bind(self._config)
+        if isinstance(features, ObservationFeatures):
+            self.features = features
+
+    def _bind(self, config: EnvConfig) -> None:
+        self.features = ObservationFeatures(config, self._kind)
+        inner = self.env.observation_space
+        if not isinstance(inner, spaces.Box) or inner.shape != (_F * config.devices.num_devices + _G,):
+            raise TypeError(f"LabelSkewObservation extends the env's flat observation Box of shape ({_F} K + {_G},), got {inner}")
+        self.observation_space = self.features.observation_space(inner)  # type: ignore[assignment]
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[NDArray[np.float32], dict[str, Any]]:
+        obs, info = self.env.reset(seed=seed, options=options)
+        self._follow_config()
+        return self.features(obs, info), info
+
+    def step(self, action: Any) -> tuple[NDArray[np.float32], SupportsFloat, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return self.features(obs, info), reward, terminated, truncated, info
+
+
+# ------------------------------------------------------------------ dict observation
+class DictObservation(gym.ObservationWrapper[dict[str, NDArray[np.float32]], Any, Any], RecordConstructorArgs, _FollowsConfig):
     """``{"devices": Box((K, 7)), "global": Box((4,))}`` view of the flat observation."""
 
-    def __init__(self, env: gym.Env) -> None:
-        super().__init__(env)
-        k, _, _ = _canonical(env)
-        self.num_devices = k
-        box = env.observation_space
-        assert isinstance(box, spaces.Box)
-        nd = len(DEVICE_FEATURES)
+    def __init__(self, env: gym.Env[Any, Any]) -> None:
+        RecordConstructorArgs.__init__(self)
+        gym.ObservationWrapper.__init__(self, env)
+        self._config = _config_of(env)
+        self._bind(self._config)
+
+    def _bind(self, config: EnvConfig) -> None:
+        self.num_devices = k = config.devices.num_devices
+        box = self.env.observation_space
+        if not isinstance(box, spaces.Box) or box.shape != (_F * k + _G,):
+            raise TypeError(f"DictObservation splits the env's flat observation Box of shape ({_F} K + {_G},), got {box}")
         self.observation_space = spaces.Dict(  # type: ignore[assignment]
             {
-                "devices": spaces.Box(box.low[: nd * k].reshape(k, nd), box.high[: nd * k].reshape(k, nd), dtype=np.float32),
-                "global": spaces.Box(box.low[nd * k :], box.high[nd * k :], dtype=np.float32),
+                "devices": spaces.Box(box.low[: _F * k].reshape(k, _F), box.high[: _F * k].reshape(k, _F), dtype=np.float32),
+                "global": spaces.Box(box.low[_F * k :], box.high[_F * k :], dtype=np.float32),
             }
         )
 
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict[str, NDArray[np.float32]], dict[str, Any]]:
+        obs, info = self.env.reset(seed=seed, options=options)
+        self._follow_config()
+        return self.observation(obs), info  # type: ignore[arg-type]
+
     def observation(self, observation: NDArray[np.float32]) -> dict[str, NDArray[np.float32]]:
-        nd = len(DEVICE_FEATURES)
         k = self.num_devices
-        return {"devices": observation[: nd * k].reshape(k, nd).copy(), "global": observation[nd * k :].copy()}
+        return {"devices": observation[: _F * k].reshape(k, _F).copy(), "global": observation[_F * k :].copy()}
 
 
-class HorizonIsTermination(gym.Wrapper[Any, Any, Any, Any]):
+# ------------------------------------------------------------------------- horizon
+class HorizonIsTermination(gym.Wrapper[Any, Any, Any, Any], RecordConstructorArgs):
     """Reports the end of the finite-horizon task (truncation after T rounds) as a termination.
 
     The observation carries the round fraction t / T and an episode always ends after T rounds,
     so the horizon is part of the task: a learner must not bootstrap a value past the last
     round. Evaluation is unaffected (returns are the same).
     """
+
+    def __init__(self, env: gym.Env[Any, Any]) -> None:
+        RecordConstructorArgs.__init__(self)
+        gym.Wrapper.__init__(self, env)
 
     def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
         obs, reward, terminated, truncated, info = self.env.step(action)

@@ -184,10 +184,12 @@ def test_discrete_action_wrapper_maps_to_canonical(preset):
 
 def test_discrete_module_levels_decode_to_each_module():
     env = DiscreteAction(gym.make("FedLoRAWireless-v0"))
-    a = np.zeros(env.action_space.shape, dtype=np.int64)
+    assert env.action_space.shape == (10 * 3,)  # 1-D: SB3 trains on it
+    a = np.zeros((10, 3), dtype=np.int64)
     a[:5, 0] = np.arange(5)
-    module = env.unwrapped.codec.decode(env.action(a).astype(np.float64)).module
+    module = env.unwrapped.codec.decode(env.action(a.reshape(-1)).astype(np.float64)).module
     assert module[:5].tolist() == [0, 1, 2, 3, 4]
+    np.testing.assert_array_equal(env.action(a), env.action(a.reshape(-1)))  # (K, C) is accepted too
 
 
 def test_dict_observation_wrapper():

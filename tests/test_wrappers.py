@@ -1,0 +1,243 @@
+"""The action and observation forms of fedenv.wrappers and the registered ids: checkers, rebuild from spec, mappings."""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env as gym_check_env
+
+import fedenv
+from fedenv.config import PRESETS, resolve_config
+from fedenv.env import FedLoRAWirelessEnv
+from fedenv.wrappers import (
+    DictAction,
+    DictObservation,
+    DiscreteAction,
+    FactoredAction,
+    FactoredCodec,
+    FlatAction,
+    HorizonIsTermination,
+    LabelSkewObservation,
+    ObservationFeatures,
+)
+
+sb3_checker = pytest.importorskip("stable_baselines3.common.env_checker")
+
+T = 6  # short episodes keep the checkers fast
+
+#: every form, and two stacks (the agents' training stack, a CleanRL-style one)
+WRAPPERS: dict[str, Callable[[gym.Env[Any, Any]], gym.Env[Any, Any]]] = {
+    "factored": FactoredAction,
+    "flat": FlatAction,
+    "discrete": DiscreteAction,
+    "dict_action": DictAction,
+    "label_skew": LabelSkewObservation,
+    "label_skew_time": lambda env: LabelSkewObservation(env, "label_mix_time"),
+    "dict_observation": DictObservation,
+    "horizon": HorizonIsTermination,
+    "agents_stack": lambda env: HorizonIsTermination(FactoredAction(LabelSkewObservation(env))),
+    "cleanrl_stack": lambda env: FlatAction(FactoredAction(env)),
+}
+#: forms SB3 does not train on as they are (its checker warns: Dict spaces)
+SB3_WARNS = {"dict_action", "dict_observation"}
+
+
+def _quiet_gym_check(env: gym.Env[Any, Any]) -> None:
+    """Gymnasium's check_env, with every warning an error except its note that the env is wrapped."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warnings.filterwarnings("ignore", message=".*is different from the unwrapped version.*")
+        gym_check_env(env, skip_render_check=True)
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+@pytest.mark.parametrize("name", list(WRAPPERS))
+def test_every_wrapper_passes_both_checkers_and_rebuilds_from_its_spec(preset: str, name: str) -> None:
+    make = WRAPPERS[name]
+    env = make(gym.make(fedenv.ENV_IDS[preset], num_rounds=T))
+    _quiet_gym_check(env)
+    if name in SB3_WARNS:
+        with pytest.warns(UserWarning, match="not supported by Stable Baselines 3|unconventional shape"):
+            sb3_checker.check_env(make(FedLoRAWirelessEnv(preset=preset, num_rounds=T)), warn=True)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            sb3_checker.check_env(make(FedLoRAWirelessEnv(preset=preset, num_rounds=T)), warn=True)
+    again = gym.make(env.spec)
+    assert type(again) is type(env)
+    assert again.action_space == env.action_space and again.observation_space == env.observation_space
+    assert again.unwrapped.config == env.unwrapped.config
+    # the same stack plays the same episode
+    a_obs, _ = env.reset(seed=4)
+    b_obs, _ = again.reset(seed=4)
+    env.action_space.seed(0)
+    for _ in range(3):
+        action = env.action_space.sample()
+        a, b = env.step(action), again.step(action)
+        assert a[1] == b[1]
+    for x, y in zip(_leaves(a_obs), _leaves(b_obs)):
+        np.testing.assert_array_equal(x, y)
+
+
+def _leaves(obs: Any) -> list[Any]:
+    return [obs[key] for key in sorted(obs)] if isinstance(obs, dict) else [obs]
+
+
+@pytest.mark.parametrize("algo", ["PPO", "A2C"])
+def test_sb3_trains_on_the_discrete_action(algo: str) -> None:
+    sb3 = pytest.importorskip("stable_baselines3")
+    env = DiscreteAction(gym.make("FedLoRAWireless-v0", num_rounds=T))
+    assert len(env.action_space.shape) == 1
+    extra = {"batch_size": 16} if algo == "PPO" else {}
+    model = getattr(sb3, algo)("MlpPolicy", env, n_steps=16, seed=0, device="cpu", **extra)
+    model.learn(32)
+
+
+def test_sb3_ppo_trains_on_the_factored_and_flat_actions() -> None:
+    sb3 = pytest.importorskip("stable_baselines3")
+    for env in (FactoredAction(gym.make("FedLoRAWireless-v0", num_rounds=T)), FlatAction(FactoredAction(gym.make("FedLoRAWireless-v0", num_rounds=T)))):
+        sb3.PPO("MlpPolicy", env, n_steps=16, batch_size=16, seed=0, device="cpu").learn(32)
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_factored_action_schedules_and_ranks_apart(preset: str) -> None:
+    env = FactoredAction(gym.make(fedenv.ENV_IDS[preset]))
+    base = env.unwrapped
+    codec = env.codec
+    rng = np.random.default_rng(0)
+    a = rng.uniform(-1, 1, env.action_space.shape).astype(np.float32)
+    canonical = env.action(a)
+    assert canonical.shape == base.action_space.shape and base.action_space.contains(canonical)
+    if not codec.factored:  # split, soft: the env's action
+        np.testing.assert_array_equal(canonical, a)
+        return
+    assert codec.components[:2] == ("schedule", "rank")
+    decision = base.codec.decode(canonical.astype(np.float64))
+    m = codec.num_modules
+    want = np.where(a[:, 0] > 0, 1 + np.minimum(np.floor((a[:, 1] + 1) / 2 * m), m - 1), 0)
+    np.testing.assert_array_equal(decision.module, want)
+    # the other components pass through unchanged
+    others = [i for i, c in enumerate(base.codec.components) if c != "module"]
+    np.testing.assert_array_equal(canonical[:, others], a[:, 2:])
+    # from_env is an inverse on decisions; the flat form and out-of-range values are accepted
+    again = base.codec.decode(env.action(env.reverse_action(canonical)).astype(np.float64))
+    np.testing.assert_array_equal(again.module, decision.module)
+    np.testing.assert_array_equal(env.action(a.reshape(-1)), canonical)
+    np.testing.assert_array_equal(env.action(3 * a), env.action(np.clip(3 * a, -1, 1)))
+    with pytest.raises(ValueError, match="factored action must have shape"):
+        env.action(np.zeros(5))
+
+
+def test_batched_factored_mapping_equals_the_single_one() -> None:
+    codec = FactoredCodec(resolve_config("unified"))
+    a = np.random.default_rng(1).uniform(-1.5, 1.5, (4, *codec.shape))
+    np.testing.assert_array_equal(codec.to_env(a), np.stack([codec.to_env(x) for x in a]))
+
+
+def test_flat_action_is_the_row_major_flattening() -> None:
+    env = FlatAction(gym.make("FedLoRAWireless-v0"))
+    k, c = env.unwrapped.action_space.shape
+    assert env.action_space.shape == (k * c,)
+    a = np.arange(k * c, dtype=np.float32) / (k * c)
+    np.testing.assert_array_equal(env.action(a), a.reshape(k, c))
+    np.testing.assert_array_equal(env.reverse_action(env.action(a)), a)
+    with pytest.raises(ValueError, match="flat action must have shape"):
+        env.action(a.reshape(k, c))
+    with pytest.raises(TypeError, match="flattens a Box"):
+        FlatAction(DictAction(gym.make("FedLoRAWireless-v0")))
+
+
+def test_label_skew_observation_appends_each_devices_skew() -> None:
+    env = LabelSkewObservation(gym.make("FedLoRAWireless-v0"))
+    obs, info = env.reset(seed=2)
+    k, nl = env.unwrapped.num_devices, env.unwrapped.config.model.num_labels
+    rows = obs[:-4].reshape(k, 7 + nl)
+    skew = info["label_distribution"] - info["global_label_distribution"][None, :]
+    np.testing.assert_allclose(rows[:, 7:], skew, rtol=0, atol=1e-7)
+    assert env.observation_space.contains(obs)
+
+
+def test_agents_names_are_the_fedenv_forms() -> None:
+    """agents/ keeps its public names as thin imports of the one copy in fedenv.wrappers."""
+    from agents import features
+    from agents.actions import ActionAdapter
+
+    assert features.AgentObservation is LabelSkewObservation and features.ObservationFeatures is ObservationFeatures
+    cfg = resolve_config("switching")
+    adapter, codec = ActionAdapter(cfg, "factored"), FactoredCodec(cfg)
+    a = np.random.default_rng(3).uniform(-1, 1, codec.shape).astype(np.float32)
+    np.testing.assert_array_equal(adapter(a), codec.to_env(a))
+    assert adapter.shape == codec.shape
+    features_obj = ObservationFeatures(cfg, "label_mix_time")
+    assert features.AgentObservation(FedLoRAWirelessEnv(cfg), features_obj).features is features_obj
+
+
+def test_wrappers_follow_configure_or_raise() -> None:
+    env = HorizonIsTermination(FactoredAction(LabelSkewObservation(gym.make("FedLoRAWireless-v0", num_rounds=T), "label_mix_time")))
+    env.reset(seed=0)
+    env.unwrapped.configure(num_rounds=3)
+    env.reset(seed=0)
+    for _ in range(3):
+        obs, _, terminated, truncated, _ = env.step(env.action_space.sample())
+    assert terminated and not truncated  # the new horizon, reported as termination
+    assert obs.reshape(-1)[7 + 2] > 0  # the time-to-go ramps follow the new T (h = 3: at the last round)
+    env.unwrapped.configure(devices={"num_devices": 4})
+    with pytest.raises(RuntimeError, match="build the wrapper stack again"):
+        env.reset(seed=0)
+    env = FactoredAction(gym.make("FedLoRAWireless-v0", devices={"num_devices": 4}))
+    assert env.reset(seed=0)[0].shape == (7 * 4 + 4,)
+
+
+# ------------------------------------------------------------------ registered ids
+def test_one_id_per_preset() -> None:
+    assert fedenv.ENV_IDS == {
+        "switching": "FedLoRAWireless-v0",
+        "split": "FedLoRAWireless-Split-v0",
+        "soft": "FedLoRAWireless-Soft-v0",
+        "unified": "FedLoRAWireless-Unified-v0",
+    }
+    for preset, env_id in fedenv.ENV_IDS.items():
+        assert env_id in gym.registry
+        assert gym.make(env_id).unwrapped.config == resolve_config(preset)
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_registered_id_passes_both_checkers(preset: str) -> None:
+    env_id = fedenv.ENV_IDS[preset]
+    env = gym.make(env_id, num_rounds=T, render_mode="ansi").unwrapped
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gym_check_env(env, skip_render_check=False)
+        sb3_checker.check_env(gym.make(env_id, num_rounds=T).unwrapped, warn=True)
+
+
+@pytest.mark.parametrize("preset", ["split", "unified"])
+def test_variant_ids_take_configs_and_overrides(preset: str) -> None:
+    env_id = fedenv.ENV_IDS[preset]
+    want = resolve_config(preset, num_rounds=9, reward={"energy_weight": 2.0})
+    assert gym.make(env_id, num_rounds=9, reward={"energy_weight": 2.0}).unwrapped.config == want
+    assert gym.make(env_id, config={"num_rounds": 9, "reward": {"energy_weight": 2.0}}).unwrapped.config == want
+    assert gym.make(env_id, config=want).unwrapped.config == want  # a full config of the id's paradigm
+    with pytest.raises(ValueError, match="paradigm"):
+        gym.make(env_id, config=resolve_config("soft"))
+    with pytest.raises(ValueError, match="names preset 'soft'"):
+        gym.make(env_id, config={"preset": "soft"})
+    assert gym.make(env_id, preset="soft").unwrapped.config.paradigm == "soft"  # an explicit preset= wins, as any kwarg
+    venv = gym.make_vec(env_id, num_envs=2, num_rounds=9)
+    assert venv.unwrapped.config == resolve_config(preset, num_rounds=9)
+    venv.close()
+
+
+def test_registration_is_idempotent() -> None:
+    specs = {env_id: gym.spec(env_id) for env_id in fedenv.ENV_IDS.values()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        importlib.reload(fedenv)
+    for env_id, spec in specs.items():
+        assert gym.spec(env_id) == spec
