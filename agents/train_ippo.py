@@ -52,7 +52,7 @@ from agents.runs import (
 from fedenv.config import EnvConfig, resolve_config
 from fedenv.multiagent import AGENT_FEATURES, FedLoRAWirelessParallelEnv, agent_observations
 
-__all__ = ["Args", "AgentVecEnv", "IPPOPolicy", "load_ippo_policy", "main"]
+__all__ = ["Args", "AgentVecEnv", "IPPOPolicy", "ippo_policy", "load_ippo_policy", "main"]
 
 
 def _help(text: str) -> dict[str, str]:
@@ -237,6 +237,15 @@ def load_ippo_policy(run_dir: str | Path, config: EnvConfig | None = None) -> IP
         with run.normalizer.open("rb") as fh:
             norm = pickle.load(fh)
     return IPPOPolicy(model, norm, cfg, saved.get("action_form", "factored"), name=f"ippo:{run.path.name}")
+
+
+def ippo_policy(spec: str, config: EnvConfig) -> IPPOPolicy:
+    """``ippo:<run dir>`` -> :func:`load_ippo_policy`; the ``fedenv.policies`` entry point of ``ippo``
+    (pyproject.toml), through which ``baselines.registry.make_policy`` builds it."""
+    kind, _, path = spec.partition(":")
+    if kind.strip().lower() != "ippo" or not path.strip():
+        raise ValueError(f"bad IPPO spec {spec!r}: expected ippo:<run dir>, e.g. ippo:runs/ippo")
+    return load_ippo_policy(path.strip(), config)
 
 
 # --------------------------------------------------------------------------- main

@@ -13,7 +13,14 @@ from baselines import Policy
 from baselines.compare import main as compare_main
 from baselines.evaluation import evaluate, evaluate_policies, format_table, mean_ci
 from baselines.heuristics import IncompatiblePolicyError
-from baselines.registry import POLICY_NAMES, make_policy, parse_spec, split_specs
+from baselines.registry import (
+    BUILTIN_POLICIES,
+    make_policy,
+    parse_spec,
+    policy_names,
+    register_policy,
+    split_specs,
+)
 from fedenv import FedLoRAWirelessEnv
 from fedenv.config import PRESETS, EnvConfig
 
@@ -90,8 +97,45 @@ def test_greedy_respects_the_deadline_where_it_can():
 def test_unknown_policy_lists_valid_ones():
     with pytest.raises(ValueError, match="unknown policy 'lyapunof'. Did you mean 'lyapunov'") as err:
         make_policy("lyapunof", EnvConfig())
-    for name in POLICY_NAMES:
+    for name in policy_names():
         assert name in str(err.value)
+    assert {"ppo", "sac", "recurrentppo", "ippo", "explore"} <= set(policy_names())  # the entry points
+
+
+def test_registered_kinds_get_the_whole_spec():
+    seen = []
+
+    def factory(spec, config):
+        seen.append(spec)
+        return make_policy("max", config)
+
+    register_policy("test_kind", factory)
+    register_policy("test_kind", factory)  # the same factory again: a no-op
+    with pytest.raises(ValueError, match="already registered"):
+        register_policy("test_kind", lambda spec, config: None)
+    with pytest.raises(ValueError, match="built into"):
+        register_policy("max", factory)
+    assert parse_spec("test_kind:a=1,b") == ("test_kind", {"path": "a=1,b"})
+    assert make_policy("Test_Kind:a=1,b", EnvConfig()).name == "max" and seen == ["Test_Kind:a=1,b"]
+    assert make_policy("test_kind:x>>min_rank@1", EnvConfig()).name == "max>>min_rank@1"
+
+
+def test_entry_points_name_every_builtin_kind():
+    """pyproject.toml's fedenv.policies group: how python -m fedenv.calibrate collect finds the baselines."""
+    tomllib = pytest.importorskip("tomllib")
+    group = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]["fedenv.policies"]
+    assert {name for name, target in group.items() if target == "baselines.registry:make_policy"} == set(BUILTIN_POLICIES)
+    assert group["ppo"] == group["sac"] == group["recurrentppo"] == "agents.evaluate:load_policy"
+
+
+def test_learned_kinds_load_through_the_entry_points(tmp_path):
+    pytest.importorskip("stable_baselines3")
+    with pytest.raises(FileNotFoundError, match="run directory"):
+        make_policy(f"ppo:{tmp_path / 'missing'}", EnvConfig())
+    with pytest.raises(FileNotFoundError, match="holds no model.zip"):
+        make_policy(f"ippo:{tmp_path}", EnvConfig())
+    with pytest.raises(ValueError, match="expected ippo:<run dir>"):
+        make_policy("ippo", EnvConfig())
 
 
 def test_bad_policy_parameters_are_rejected():
@@ -105,7 +149,8 @@ def test_bad_policy_parameters_are_rejected():
         make_policy("fixed_rank:rank=3", EnvConfig())
     with pytest.raises(ValueError, match="fraction must be in"):
         make_policy("greedy:fraction=0", EnvConfig())
-    with pytest.raises(ValueError, match="needs a run directory"):
+    pytest.importorskip("stable_baselines3")
+    with pytest.raises(ValueError, match="bad agent spec 'ppo'"):
         make_policy("ppo", EnvConfig())
 
 
@@ -215,9 +260,9 @@ def test_compare_cli_runs_on_the_lora_backend(tmp_path, glue_dir, monkeypatch):
 def test_lyapunov_benchmark_quick(tmp_path, capsys):
     import json
 
-    from fedenv import bench
+    from benchmarks import cli
 
-    bench.main(["lyapunov", "--quick", "--out", str(tmp_path)])
+    cli.main(["lyapunov", "--quick", "--out", str(tmp_path)])
     result = json.loads((tmp_path / "lyapunov.json").read_text())
     assert "median/target" in capsys.readouterr().out
     assert set(result["results"]) == {"10", "100"}

@@ -141,6 +141,27 @@ def test_policy_specs():
     assert isinstance(make_policy("explore", EnvConfig()), ExplorePolicy)
 
 
+def test_collection_policies_come_through_the_entry_points():
+    """fedenv imports no baselines: the collector builds them through the fedenv.policies entry points."""
+    lyapunov = make_policy("lyapunov:V=100", EnvConfig())
+    assert type(lyapunov).__module__ == "baselines.lyapunov" and lyapunov.tradeoff_v == 100
+    assert make_policy("fixed_rank:rank=4", EnvConfig()).name.startswith("fixed_rank")
+    with pytest.raises(ValueError, match="unknown policy 'lyapunof'. Did you mean 'lyapunov'"):
+        make_policy("lyapunof", EnvConfig())
+
+
+def test_collect_takes_a_policy_factory(tmp_path):
+    made: list[str] = []
+
+    def factory(spec, config):
+        made.append(spec)
+        return ExplorePolicy(config)
+
+    cfg = EnvConfig.from_dict({"num_rounds": 2, "devices": {"num_devices": 3}})
+    assert collect(cfg, ["mine"], [0], tmp_path / "t.jsonl", progress=False, policy_factory=factory) == ["mine/seed0"]
+    assert made == ["mine"]
+
+
 # --------------------------------------------------------------------- fit
 def test_fit_recovers_known_constants(tmp_path):
     _, eps = synthetic(tmp_path)

@@ -6,9 +6,13 @@ JSON Lines file (:mod:`fedenv.calibrate.traces`); rerunning the same command ski
 episodes and reruns an interrupted one from its start.
 
 Policy specs are ``name`` or ``name:key=value,key=value`` (e.g. ``lyapunov:V=100``,
-``fixed_rank:rank=4``). Names resolve first to this module's exploration policies
-(:data:`EXPLORATION_POLICIES`), then to the baselines: ``baselines.heuristics.HEURISTICS``
-(``random``, ``max``, ``greedy``, ``fixed_rank``, ...) and ``lyapunov`` (``V`` = the trade-off).
+``fixed_rank:rank=4``). :func:`collect` builds them with the factory it is given; the default,
+:func:`make_policy`, resolves names first to this module's exploration policies
+(:data:`EXPLORATION_POLICIES`), then through the installed entry points of the group
+``fedenv.policies`` (:data:`POLICY_ENTRY_POINTS`), where the packages above this one name their
+policy kinds: the baselines (``lyapunov``, ``random``, ``max``, ``greedy``, ``fixed_rank``, ...,
+built by ``baselines.registry.make_policy``) and the learned agents (``ppo:<run dir>``, ...).
+``fedenv`` imports neither package: the layers run ``fedenv`` <- ``baselines`` <- ``agents``.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
+from importlib.metadata import entry_points
 from typing import Any
 
 import numpy as np
@@ -36,6 +41,8 @@ from fedenv.config import EnvConfig
 
 __all__ = [
     "EXPLORATION_POLICIES",
+    "POLICY_ENTRY_POINTS",
+    "PolicyFactory",
     "ExplorePolicy",
     "parse_policy_spec",
     "make_policy",
@@ -84,6 +91,13 @@ class ExplorePolicy:
 #: Calibration-only policies: name -> factory(config, **params).
 EXPLORATION_POLICIES: dict[str, Callable[..., Any]] = {"explore": ExplorePolicy}
 
+#: The entry-point group where packages name their policy kinds (pyproject.toml), each a
+#: factory ``(spec, config) -> policy``; ``baselines.registry`` reads the same group.
+POLICY_ENTRY_POINTS = "fedenv.policies"
+
+#: What :func:`collect` builds its policies with: (spec, env config) -> policy.
+PolicyFactory = Callable[[str, EnvConfig], Any]
+
 
 def parse_policy_spec(spec: str) -> tuple[str, dict[str, Any]]:
     """``"name:key=value,key=value"`` -> (name, params); values parse as int, float or str."""
@@ -107,26 +121,29 @@ def parse_policy_spec(spec: str) -> tuple[str, dict[str, Any]]:
 
 
 def make_policy(spec: str, config: EnvConfig) -> Any:
-    """Build the policy named by ``spec`` for an env with ``config`` (module docstring)."""
-    name, params = parse_policy_spec(spec)
+    """Build the policy named by ``spec`` for an env with ``config`` (module docstring).
+
+    Also the ``explore`` entry point of ``fedenv.policies``, so ``baselines.registry`` (and
+    ``python -m baselines.compare``) can build the exploration policy too.
+    """
+    name = spec.partition(":")[0].strip().lower()
     if name in EXPLORATION_POLICIES:
+        _, params = parse_policy_spec(spec)
         return EXPLORATION_POLICIES[name](config, **params)
+    found = {ep.name.lower(): ep for ep in entry_points(group=POLICY_ENTRY_POINTS)}
+    if name not in found:
+        known = sorted({*EXPLORATION_POLICIES, *found})
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(
+            f"unknown policy {name!r}.{hint} Known policies: {', '.join(known)} (the baselines' and the learned "
+            f"agents' come from the {POLICY_ENTRY_POINTS!r} entry points of an installed fedenv: pip install -e .)."
+        )
     try:
-        from baselines.heuristics import HEURISTICS
-        from baselines.lyapunov import LyapunovPolicy
+        factory: PolicyFactory = found[name].load()
     except ImportError as exc:
-        raise ImportError(f"policy {spec!r} needs the baselines package (baselines/): {exc}") from exc
-    if name == "lyapunov":
-        v = params.pop("V", params.pop("tradeoff_v", None))
-        if v is not None:
-            params["tradeoff_v"] = float(v)
-        return LyapunovPolicy(config, **params)
-    if name in HEURISTICS:
-        return HEURISTICS[name](config, **params)
-    known = sorted([*EXPLORATION_POLICIES, *HEURISTICS, "lyapunov"])
-    close = difflib.get_close_matches(name, known, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise ValueError(f"unknown policy {name!r}.{hint} Known policies: {', '.join(known)}.")
+        raise ImportError(f"policy {spec!r} is built by {found[name].value}, which could not be imported: {exc}") from exc
+    return factory(spec.strip(), config)
 
 
 def _machine() -> dict[str, Any]:
@@ -201,11 +218,12 @@ def collect(
     out: str | os.PathLike[str],
     *,
     progress: bool = True,
+    policy_factory: PolicyFactory = make_policy,
 ) -> list[str]:
     """Run every policy on every seed (seed-major) and append the traces to ``out``; resumable.
 
-    Returns the keys of the episodes run by this call (finished ones already in ``out`` are
-    skipped).
+    ``policy_factory(spec, config)`` builds each policy (default :func:`make_policy`). Returns
+    the keys of the episodes run by this call (finished ones already in ``out`` are skipped).
     """
     import gymnasium as gym
 
@@ -227,7 +245,7 @@ def collect(
         built: dict[str, Any] = {}
         for seed, spec in todo:
             if spec not in built:
-                built[spec] = make_policy(spec, config)
+                built[spec] = policy_factory(spec, config)
             policy = built[spec]
 
             def tick(rec: dict[str, Any], spec: str = spec, seed: int = seed) -> None:

@@ -175,7 +175,7 @@ def _current_rss_mib() -> float:
 def _memory(num_devices: int) -> dict[str, Any]:
     env = dict(os.environ)
     out = subprocess.run(
-        [sys.executable, "-m", "fedenv.learning.lora.bench", "--memory-child", str(num_devices)],
+        [sys.executable, "-m", "benchmarks.lora", "--memory-child", str(num_devices)],
         capture_output=True,
         text=True,
         env=env,
