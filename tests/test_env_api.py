@@ -302,3 +302,47 @@ def test_public_state_for_renderers():
     np.testing.assert_allclose(np.hypot(pos[:, 0], pos[:, 1]), info["distance_m"])
     _, _, _, _, info = env.step(env.action_space.sample())
     assert env.last_info["round"] == 1 and "success" in env.last_info
+
+
+# ------------------------------------------------------------------ lora data, offline
+def _no_local_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("FEDENV_DATA_DIR", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_lora_data_fails_fast_when_the_hub_is_unreachable(monkeypatch: pytest.MonkeyPatch):
+    """No data_dir, no FEDENV_DATA_DIR, not offline and the hub's host refuses: an error at once
+    naming FEDENV_DATA_DIR, not the datasets library's half a minute of retries."""
+    import time
+
+    pytest.importorskip("datasets")
+    import datasets.config
+    import huggingface_hub.constants
+
+    from fedenv.learning.lora import data
+
+    _no_local_data(monkeypatch)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # (discard port: refused)
+    start = time.perf_counter()
+    with pytest.raises(FileNotFoundError, match=r"FEDENV_DATA_DIR is not set.*unreachable: no connection to 127.0.0.1:9.*Set learning.lora.data_dir or FEDENV_DATA_DIR.*HF_HUB_OFFLINE=1"):
+        data._raw_splits("sst2", None, 10)
+    assert time.perf_counter() - start < data.HUB_PROBE_TIMEOUT_S + 1.0
+
+
+def test_lora_data_offline_reads_only_the_cache_and_fails_fast(monkeypatch: pytest.MonkeyPatch, tmp_path):
+    import time
+
+    pytest.importorskip("datasets")
+    import datasets.config
+
+    from fedenv.learning.lora import data
+
+    _no_local_data(monkeypatch)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path)  # (an empty cache)
+    start = time.perf_counter()
+    with pytest.raises(FileNotFoundError, match=r"offline mode.*Set learning.lora.data_dir or FEDENV_DATA_DIR"):
+        data._raw_splits("sst2", None, 10)
+    assert time.perf_counter() - start < 5.0

@@ -6,7 +6,12 @@ Sources, in order (SPEC §5):
    ``../shared/data/glue``). A ``data_dir`` that is set but lacks the task is an error, not a
    silent fall-through.
 2. The ``FEDENV_DATA_DIR`` environment variable, same layout.
-3. The Hugging Face hub, ``datasets.load_dataset("nyu-mll/glue", task)``.
+3. The Hugging Face hub, ``datasets.load_dataset("nyu-mll/glue", task)``. Offline
+   (``HF_HUB_OFFLINE=1`` or ``HF_DATASETS_OFFLINE=1``) only a copy in the Hugging Face cache
+   is read, which fails in well under a second when there is none. Online, the hub's host is
+   first probed with a :data:`HUB_PROBE_TIMEOUT_S` connection (skipped behind an HTTP(S)
+   proxy): when it cannot be reached, loading fails at once naming ``FEDENV_DATA_DIR``,
+   instead of after the ``datasets`` library's half a minute of retries.
 
 The TSVs are read with quoting off (QNLI sentences contain ``"``). When a source has no train
 split (QNLI here ships only ``dev.tsv``), the labelled data is split by a fixed seeded rule
@@ -20,10 +25,12 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import torch
@@ -39,6 +46,9 @@ TASK_FIELDS: dict[str, dict[str, Any]] = {
     "qnli": {"text": ("question", "sentence"), "labels": ("entailment", "not_entailment")},
 }
 HOLDOUT_SEED = 0
+#: seconds to wait for a connection to the hub's host before giving up on the hub, s
+HUB_PROBE_TIMEOUT_S = 3.0
+_TRUE = ("1", "true", "yes", "on")
 _CACHE: dict[tuple[Any, ...], TaskData] = {}
 
 
@@ -159,6 +169,34 @@ def _local_root(task: str, data_dir: str | None) -> tuple[Path | None, list[str]
     return None, tried
 
 
+def _hub_offline() -> bool:
+    """Whether the Hugging Face libraries are in offline mode (environment, or as ``datasets`` read it at import)."""
+    if any(os.environ.get(name, "").strip().lower() in _TRUE for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
+        return True
+    import datasets.config
+
+    return bool(getattr(datasets.config, "HF_HUB_OFFLINE", False) or getattr(datasets.config, "HF_DATASETS_OFFLINE", False))
+
+
+def _hub_unreachable(timeout_s: float = HUB_PROBE_TIMEOUT_S) -> str | None:
+    """Why the hub's host cannot be reached (a TCP connection within ``timeout_s``), or None.
+
+    None too behind an HTTP(S) proxy (the connection goes through it; ``datasets`` decides).
+    """
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    import huggingface_hub.constants
+
+    url = urlsplit(str(getattr(huggingface_hub.constants, "ENDPOINT", None) or "https://huggingface.co"))
+    host = url.hostname or "huggingface.co"
+    port = url.port or (443 if url.scheme != "http" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return None
+    except OSError as exc:
+        return f"no connection to {host}:{port} within {timeout_s:g} s ({type(exc).__name__}: {exc})"
+
+
 def _raw_splits(task: str, data_dir: str | None, holdout: int) -> tuple[Any, Any, str, dict[str, Any]]:
     """(train Dataset, eval Dataset, source, notes) from the first available source."""
     root, tried = _local_root(task, data_dir)
@@ -185,16 +223,26 @@ def _raw_splits(task: str, data_dir: str | None, holdout: int) -> tuple[Any, Any
             f"of {name} ({len(only)}) into {train_idx.size} train / {eval_idx.size} eval"
         )
         return only.select(train_idx), only.select(eval_idx), source, notes
+    fix = (
+        "Set learning.lora.data_dir or FEDENV_DATA_DIR to a GLUE TSV root holding sst2/ and qnli/ (e.g. ../shared/data/glue)"
+    )
+    offline = _hub_offline()
+    if not offline:
+        unreachable = _hub_unreachable()
+        if unreachable:
+            tried.append(f"the Hugging Face hub (nyu-mll/glue) is unreachable: {unreachable}")
+            raise FileNotFoundError(
+                f"no data for task {task!r}. Tried, in order: " + "; ".join(tried) + f". {fix}, or set HF_HUB_OFFLINE=1 "
+                "to read a copy from the Hugging Face cache."
+            )
     try:
         from datasets import load_dataset
 
         hub = load_dataset("nyu-mll/glue", task)
-    except Exception as exc:  # offline, unknown host, missing cache: one clear error below
-        tried.append(f"the Hugging Face hub (nyu-mll/glue) failed: {type(exc).__name__}: {exc}")
-        raise FileNotFoundError(
-            f"no data for task {task!r}. Tried, in order: " + "; ".join(tried) + ". Set learning.lora.data_dir or "
-            "FEDENV_DATA_DIR to a GLUE TSV root holding sst2/ and qnli/ (e.g. ../shared/data/glue)."
-        ) from exc
+    except Exception as exc:  # offline without a cached copy, a hub error: one clear error below
+        mode = " in offline mode (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE), from the cache only" if offline else ""
+        tried.append(f"the Hugging Face hub (nyu-mll/glue) failed{mode}: {type(exc).__name__}: {exc}")
+        raise FileNotFoundError(f"no data for task {task!r}. Tried, in order: " + "; ".join(tried) + f". {fix}.") from exc
     notes["split"] = f"{task}: hub train ({len(hub['train'])}) for training, validation ({len(hub['validation'])}) for evaluation"
     return hub["train"], hub["validation"], f"hub:nyu-mll/glue/{task}", notes
 
