@@ -83,3 +83,19 @@ def test_render_after_configure_needs_a_reset():
         env.render()
     env.reset(seed=0)
     assert "round 0/5" in env.render()
+
+
+def test_record_video_writes_an_episode(tmp_path):
+    """Gymnasium's RecordVideo on the rgb_array frames (moviepy: the render extra)."""
+    pytest.importorskip("moviepy")
+    from gymnasium.wrappers import RecordVideo
+
+    env = RecordVideo(gym.make("FedLoRAWireless-v0", render_mode="rgb_array", num_rounds=3), str(tmp_path / "videos"), episode_trigger=lambda _: True, disable_logger=True)
+    env.reset(seed=0)
+    done = False
+    while not done:
+        _, _, terminated, truncated, _ = env.step(env.action_space.sample())
+        done = terminated or truncated
+    env.close()
+    videos = list((tmp_path / "videos").glob("*.mp4"))
+    assert len(videos) == 1 and videos[0].stat().st_size > 1000
