@@ -5,6 +5,9 @@
 * ``python -m agents.evaluate``   a trained run on held-out seeds
 * ``python -m agents.demo``       the project's main job: train, compare with the baselines, report
 
-Trained agents enter ``python -m baselines.compare`` as ``ppo:<run dir>`` through
-:func:`agents.evaluate.load_policy`. Importing this package does not import torch.
+Trained agents enter ``python -m baselines.compare`` as ``ppo:<run dir>`` (``sac:``,
+``recurrentppo:``, ``ippo:``) through the entry points of the group ``fedenv.policies``
+(pyproject.toml: :func:`agents.evaluate.load_policy`, :func:`agents.train_ippo.ippo_policy`),
+which :mod:`baselines.registry` reads: the baselines never import this package. Importing this
+package does not import torch.
 """

@@ -18,8 +18,10 @@ partitions for all). Written to ``--out``:
   against energy per device over V, and episode return against V) for the Lyapunov policy.
 
 Policy specs: ``lyapunov[:V=..]``, ``max``, ``min_rank``, ``fixed_rank[:rank=..]``,
-``greedy[:fraction=..]``, ``round_robin[:fraction=..]``, ``random``, and learned agents as
-``ppo:<run dir>``, ``sac:<run dir>``, ``recurrentppo:<run dir>``. ``--config`` takes a preset
+``greedy[:fraction=..]``, ``round_robin[:fraction=..]``, ``random``, and the kinds other
+packages add through the ``fedenv.policies`` entry points (:mod:`baselines.registry`): learned
+agents as ``ppo:<run dir>``, ``sac:<run dir>``, ``recurrentppo:<run dir>``, ``ippo:<run dir>``,
+the calibration's ``explore``. ``--config`` takes a preset
 name or a YAML file; ``--backend lora`` runs the real fine-tuning (slow on CPU, same command).
 """
 
