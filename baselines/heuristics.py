@@ -1,4 +1,4 @@
-"""Heuristic baseline policies (SPEC §8).
+"""Heuristic baseline policies (docs/model.md §8).
 
 | name          | rule                                                                            | paradigms                 |
 |---------------|---------------------------------------------------------------------------------|---------------------------|

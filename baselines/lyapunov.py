@@ -1,4 +1,4 @@
-"""Lyapunov drift-plus-penalty online policy for every paradigm (SPEC §4, §8).
+"""Lyapunov drift-plus-penalty online policy for every paradigm (docs/model.md §4, §8).
 
 Each round the base station solves
 

@@ -1,4 +1,4 @@
-"""Wireless model (SPEC §2): placement, path loss, fading, mobility, uplink rate, packet error.
+"""Wireless model (docs/model.md §2): placement, path loss, fading, mobility, uplink rate, packet error.
 
 Pure functions over arrays, vectorised over devices and any leading batch axes; linear SI
 units inside (W, Hz, m, linear power gains), dB only in the path loss and at the edges.
@@ -47,18 +47,18 @@ def place_devices(u_radius: ArrayLike, u_angle: ArrayLike, cfg: ChannelConfig) -
 
 
 def path_loss_db(distance_m: ArrayLike, cfg: ChannelConfig) -> F:
-    """3GPP macro path loss PL(d) = 128.1 + 37.6 log10(d / 1 km) dB (SPEC §2)."""
+    """3GPP macro path loss PL(d) = 128.1 + 37.6 log10(d / 1 km) dB (docs/model.md §2.3)."""
     return cfg.pathloss_at_1km_db + cfg.pathloss_slope_db_per_decade * np.log10(np.asarray(distance_m) / 1000.0)
 
 
 def channel_gain(distance_m: ArrayLike, fading_power: ArrayLike, shadowing_db: ArrayLike, cfg: ChannelConfig) -> F:
-    """Linear uplink power gain h = 10^(-(PL(d) + shadowing)/10) |g|^2 (SPEC §2)."""
+    """Linear uplink power gain h = 10^(-(PL(d) + shadowing)/10) |g|^2 (docs/model.md §2.3, §2.4)."""
     loss_db = path_loss_db(distance_m, cfg) + np.asarray(shadowing_db)
     return np.power(10.0, -loss_db / 10.0) * np.asarray(fading_power)
 
 
 def gauss_markov_fading(initial: NDArray[np.complex128], innovations: NDArray[np.complex128], rho: float) -> NDArray[np.complex128]:
-    """Gauss-Markov Rayleigh fading g(t+1) = rho g(t) + sqrt(1 - rho^2) w(t) (SPEC §2).
+    """Gauss-Markov Rayleigh fading g(t+1) = rho g(t) + sqrt(1 - rho^2) w(t) (docs/model.md §2.4).
 
     Args:
         initial: g(0) ~ CN(0, 1), shape (..., K).
@@ -93,7 +93,7 @@ def random_waypoint(
     speed_m_per_s: float,
     interval_s: float,
 ) -> F:
-    """Random-waypoint mobility, sampled once per round (SPEC §2).
+    """Random-waypoint mobility, sampled once per round (docs/model.md §2.2).
 
     Each device walks at constant speed towards its current waypoint; on reaching it, it takes
     the next one from ``waypoints`` (pre-drawn uniformly in the cell, one candidate per round
@@ -134,7 +134,7 @@ def snr(power_w: ArrayLike, gain: ArrayLike, share: ArrayLike, cfg: ChannelConfi
 
 
 def uplink_rate(power_w: ArrayLike, gain: ArrayLike, share: ArrayLike, cfg: ChannelConfig) -> F:
-    """Shannon rate R = beta B log2(1 + p h / (beta B N0)) in bit/s, FDMA, no interference (SPEC §2).
+    """Shannon rate R = beta B log2(1 + p h / (beta B N0)) in bit/s, FDMA, no interference (docs/model.md §2.5).
 
     A share below 1e-12 of the band (a zero share included) gives a zero rate: the limit of the
     formula as beta -> 0, and no floating-point overflow on the way there.
@@ -145,7 +145,7 @@ def uplink_rate(power_w: ArrayLike, gain: ArrayLike, share: ArrayLike, cfg: Chan
 
 
 def packet_error_rate(power_w: ArrayLike, gain: ArrayLike, share: ArrayLike, cfg: ChannelConfig) -> F:
-    """Waterfall packet error q = 1 - exp(-m beta B N0 / (p h)) (Chen et al., TWC 2021; SPEC §2).
+    """Waterfall packet error q = 1 - exp(-m beta B N0 / (p h)) (Chen et al., TWC 2021; docs/model.md §2.6).
 
     A zero received power (no channel) loses every packet.
     """

@@ -1,8 +1,8 @@
 """Typed, validated configuration of FedLoRAWireless-v0.
 
-One frozen dataclass per subsystem, nested in :class:`EnvConfig`. Every constant of SPEC.md
-lives here with its unit in the field name; ``configs/default.yaml`` mirrors these defaults
-(a test checks it). Values marked *assumed* are the SPEC's stand-ins for constants that the
+One frozen dataclass per subsystem, nested in :class:`EnvConfig`. Every constant of the model
+(docs/model.md) lives here with its unit in the field name; ``configs/default.yaml`` mirrors
+these defaults (a test checks it). Values marked *assumed* are stand-ins for constants that the
 papers' abstracts do not give.
 
 Build a config from a preset, a mapping or a YAML file::
@@ -76,7 +76,7 @@ __all__ = [
 
 PARADIGMS = ("switching", "split", "soft", "unified")
 
-#: Action components per paradigm (SPEC §6), in the order of the action's last axis.
+#: Action components per paradigm (docs/model.md §6), in the order of the action's last axis.
 ACTION_COMPONENTS: dict[str, tuple[str, ...]] = {
     "switching": ("module", "power", "bandwidth"),
     "split": ("schedule", "bandwidth"),
@@ -367,12 +367,12 @@ class _Section:
 
 @dataclass(frozen=True, kw_only=True)
 class ChannelConfig(_Section):
-    """Cell geometry, propagation and uplink radio (SPEC §2)."""
+    """Cell geometry, propagation and uplink radio (docs/model.md §2)."""
 
     _path: ClassVar[str] = "channel"
 
     cell_radius_m: Annotated[float, Range(gt=1.0, le=100e3)] = 500.0
-    """Outer radius of the annulus devices are placed in, metres, in (min_distance_m, 100 km] (the largest macro cells) (SPEC §2)."""
+    """Outer radius of the annulus devices are placed in, metres, in (min_distance_m, 100 km] (the largest macro cells) (docs/model.md §2.1)."""
     min_distance_m: Annotated[float, Range(ge=1.0, lt=100e3)] = 50.0
     """Inner radius of the annulus (closest device to the BS), metres, in [1 m, cell_radius_m)."""
     pathloss_at_1km_db: Annotated[float, Range(ge=0, le=250)] = 128.1
@@ -411,7 +411,7 @@ class ChannelConfig(_Section):
 
 @dataclass(frozen=True, kw_only=True)
 class DeviceConfig(_Section):
-    """The edge devices (SPEC §1, §3)."""
+    """The edge devices (docs/model.md §1, §3)."""
 
     _path: ClassVar[str] = "devices"
 
@@ -422,7 +422,7 @@ class DeviceConfig(_Section):
     cpu_freq_max_hz: Annotated[float, Range(ge=1e6, le=1e11)] = 2.0e9
     """Upper end of the per-episode CPU frequency, Hz, in [cpu_freq_min_hz, 100 GHz]."""
     effective_capacitance: Annotated[float, Range(gt=0, le=1e-20)] = 1e-28
-    """Effective switched capacitance kappa of E_cmp = kappa C f^2 (SPEC §3); CPUs have about 1e-28, at most 1e-20 here."""
+    """Effective switched capacitance kappa of E_cmp = kappa C f^2 (docs/model.md §3.1); CPUs have about 1e-28, at most 1e-20 here."""
     local_steps: Annotated[int, Range(ge=1, le=100_000)] = 5
     """Local training steps tau per round, in [1, 100000]."""
     batch_size: Annotated[int, Range(ge=1, le=100_000)] = 16
@@ -434,7 +434,7 @@ class DeviceConfig(_Section):
 
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig(_Section):
-    """Shape of the fine-tuned model and its LoRA modules; sets the payload sizes (SPEC §3, §5).
+    """Shape of the fine-tuned model and its LoRA modules; sets the payload sizes (docs/model.md §3.2, §5.3).
 
     With ``backend="lora"`` the shape is read from the loaded model instead.
     """
@@ -489,7 +489,7 @@ class ModelConfig(_Section):
 
 @dataclass(frozen=True, kw_only=True)
 class CostConfig(_Section):
-    """Computation cost model and round deadline (SPEC §3)."""
+    """Computation cost model and round deadline (docs/model.md §3.1, §3.4)."""
 
     _path: ClassVar[str] = "costs"
 
@@ -509,7 +509,7 @@ class CostConfig(_Section):
 
 @dataclass(frozen=True, kw_only=True)
 class BudgetConfig(_Section):
-    """Long-term budgets enforced through virtual queues (SPEC §4); ``None`` disables one.
+    """Long-term budgets enforced through virtual queues (docs/model.md §4); ``None`` disables one.
 
     The lower bounds keep the budget-normalised reward terms finite (a budget of 5e-324 J made
     them -inf).
@@ -525,7 +525,7 @@ class BudgetConfig(_Section):
 
 @dataclass(frozen=True, kw_only=True)
 class SurrogateConfig(_Section):
-    """Constants of the surrogate learning-progress model (SPEC §5; see fedenv/learning/surrogate.py)."""
+    """Constants of the surrogate learning-progress model (docs/model.md §5.2; see fedenv/learning/surrogate.py)."""
 
     _path: ClassVar[str] = "learning.surrogate"
 
@@ -565,7 +565,7 @@ LORA_POOLINGS = ("auto", "mean", "normalized_mean", "model")
 
 @dataclass(frozen=True, kw_only=True)
 class LoraBackendConfig(_Section):
-    """Settings of the real LoRA backend (SPEC §5; transformers + peft; see docs/lora.md).
+    """Settings of the real LoRA backend (docs/model.md §5.3; transformers + peft; see docs/lora.md).
 
     The LoRA targets and the rank set come from ``model.target_modules`` / ``model.ranks``, the
     token length from ``model.seq_len``, tau and n_b from ``devices``.
@@ -621,7 +621,7 @@ TASKS = {"sst2": {"train_samples": 67349, "num_labels": 2}, "qnli": {"train_samp
 
 @dataclass(frozen=True, kw_only=True)
 class LearningConfig(_Section):
-    """What is learned and how (SPEC §5)."""
+    """What is learned and how (docs/model.md §5)."""
 
     _path: ClassVar[str] = "learning"
 
@@ -645,7 +645,7 @@ class LearningConfig(_Section):
 
 @dataclass(frozen=True, kw_only=True)
 class RewardConfig(_Section):
-    """Reward (SPEC §7)."""
+    """Reward (docs/model.md §7)."""
 
     _path: ClassVar[str] = "reward"
 
@@ -672,7 +672,7 @@ class EnvConfig(_Section):
     _path: ClassVar[str] = "env"
 
     paradigm: Annotated[str, OneOf(*PARADIGMS)] = "switching"
-    """switching [A], split [B], soft [C] or unified (SPEC §6); sets the action components."""
+    """switching [A], split [B], soft [C] or unified (docs/model.md §6); sets the action components."""
     num_rounds: Annotated[int, Range(ge=1, le=1_000_000)] = 50
     """Episode horizon T (rounds), in [1, 10^6]; the episode is truncated exactly there."""
     target_accuracy: Annotated[float | None, Range(gt=0, le=1)] = None
@@ -770,7 +770,7 @@ def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, 
     return out
 
 
-#: Presets (SPEC §6) as partial overrides of the defaults.
+#: Presets (docs/model.md §6) as partial overrides of the defaults.
 PRESETS: dict[str, dict[str, Any]] = {
     # [A] switching: module (rank), power and bandwidth per device; energy queues.
     "switching": {"paradigm": "switching"},

@@ -1,4 +1,4 @@
-"""Computation, upload, latency and energy (SPEC §3), and payload sizes from the model's shape.
+"""Computation, upload, latency and energy (docs/model.md §3), and payload sizes from the model's shape.
 
 Pure functions, vectorised over devices; SI units (cycles, Hz, s, J, bit).
 """
@@ -31,7 +31,7 @@ F = NDArray[np.float64]
 def lora_payload_bits(rank: ArrayLike, model: ModelConfig, params_per_rank: float | None = None, head_params: int | None = None) -> F:
     """Upload size of a rank-r LoRA module: bits x params(r) (+ the task head if ``send_head``).
 
-    params(r) = layers x targets x r x (d_in + d_out) (SPEC §3): 9,216 r for MiniLM-L6 with
+    params(r) = layers x targets x r x (d_in + d_out) (docs/model.md §3.2): 9,216 r for MiniLM-L6 with
     LoRA on query and value. ``params_per_rank`` / ``head_params`` override the shape-derived
     counts (the lora backend passes the loaded model's real counts). Rank 0 sends nothing.
     """
@@ -55,7 +55,7 @@ def kept_components(rank: ArrayLike, ratio: ArrayLike) -> NDArray[np.float64]:
 def sparse_payload_bits(
     rank: ArrayLike, ratio: ArrayLike, model: ModelConfig, params_per_rank: float | None = None, head_params: int | None = None
 ) -> F:
-    """SOFT payload (SPEC §3): the ceil(rho r) kept components plus their indices.
+    """SOFT payload (docs/model.md §3.3): the ceil(rho r) kept components plus their indices.
 
     Every LoRA target of every layer sends its kept components and one index of
     ceil(log2 r) bits (at least 1) per component.
@@ -73,7 +73,7 @@ def sparse_payload_bits(
 
 
 def split_uplink_bits(model: ModelConfig, devices: DeviceConfig, costs: CostConfig, head_params: int | None = None) -> float:
-    """Split paradigm uplink per round (SPEC §5): tau x n_b x L_seq x d activations, plus the head.
+    """Split paradigm uplink per round (docs/model.md §3.6): tau x n_b x L_seq x d activations, plus the head.
 
     The device-side task head is federated (FedAvg), so it is uploaded once per round.
     """
@@ -88,25 +88,25 @@ def split_downlink_bits(model: ModelConfig, devices: DeviceConfig, costs: CostCo
 
 
 def local_cycles(rank: ArrayLike, devices: DeviceConfig, cycles_per_sample: float, cycles_per_sample_per_rank: float) -> F:
-    """Local work C = tau n_b (c_0 + c_1 r) CPU cycles (SPEC §3); rank 0 (not scheduled) costs 0."""
+    """Local work C = tau n_b (c_0 + c_1 r) CPU cycles (docs/model.md §3.1); rank 0 (not scheduled) costs 0."""
     r = np.asarray(rank, dtype=np.float64)
     c = devices.local_steps * devices.batch_size * (cycles_per_sample + cycles_per_sample_per_rank * r)
     return np.where(r > 0, c, 0.0)
 
 
 def computation_latency(cycles: ArrayLike, freq_hz: ArrayLike) -> F:
-    """t_cmp = C / f (SPEC §3)."""
+    """t_cmp = C / f (docs/model.md §3.1)."""
     return np.asarray(cycles) / np.asarray(freq_hz)
 
 
 def computation_energy(cycles: ArrayLike, freq_hz: ArrayLike, devices: DeviceConfig) -> F:
-    """E_cmp = kappa C f^2 (SPEC §3)."""
+    """E_cmp = kappa C f^2 (docs/model.md §3.1)."""
     f = np.asarray(freq_hz)
     return devices.effective_capacitance * np.asarray(cycles) * f * f
 
 
 def upload(bits: ArrayLike, rate_bps: ArrayLike, power_w: ArrayLike, time_left_s: ArrayLike) -> tuple[F, F, NDArray[np.bool_]]:
-    """Upload latency and energy, with the round deadline (SPEC §3).
+    """Upload latency and energy, with the round deadline (docs/model.md §3.4).
 
     t_up = S / R and E_up = p t_up. A device transmits at most until the deadline closes the
     round (``time_left_s`` = T_max - t_cmp): a late upload is dropped, and the energy spent

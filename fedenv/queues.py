@@ -1,4 +1,4 @@
-"""Virtual queues for long-term budgets (SPEC §4).
+"""Virtual queues for long-term budgets (docs/model.md §4).
 
 A long-term constraint (1/T) sum_t x(t) <= b is enforced by the virtual queue
 Q(t+1) = max(Q(t) + x(t) - b, 0): if Q(T)/T -> 0 the constraint holds on average.
@@ -42,7 +42,7 @@ def drift_plus_penalty(
     latency_backlog: ArrayLike = 0.0,
     latency_s: ArrayLike = 0.0,
 ) -> NDArray[np.float64]:
-    """Per-round drift-plus-penalty objective V Phi + sum_k Z_k E_k + Y T (SPEC §4).
+    """Per-round drift-plus-penalty objective V Phi + sum_k Z_k E_k + Y T (docs/model.md §4, §8).
 
     The last axis of ``energy_backlog * energy_j`` is summed over devices.
     """

@@ -1,4 +1,4 @@
-"""One federated round's physics (SPEC §1 steps 4-5, §2, §3), shared by every caller.
+"""One federated round's physics (docs/model.md §1.1 steps 4-5, §2, §3), shared by every caller.
 
 The single env, the batched vector env and the Lyapunov policy all evaluate a decision with
 :func:`play_round`, so a formula exists once. Everything is vectorised over leading axes.
@@ -59,7 +59,7 @@ class EpisodeTables:
 
 
 def episode_tables(config: EnvConfig, cpu_freq_hz: F, params_per_rank: float, head_params: int) -> EpisodeTables:
-    """Tabulate computation time/energy of each module per device, and payloads (SPEC §3, §5)."""
+    """Tabulate computation time/energy of each module per device, and payloads (docs/model.md §3.1-3.3, §3.6)."""
     dev, cst, model = config.devices, config.costs, config.model
     rank = np.array((0, *model.ranks), dtype=np.int64)
     f = np.asarray(cpu_freq_hz, dtype=np.float64)[..., None]
@@ -88,7 +88,7 @@ def episode_tables(config: EnvConfig, cpu_freq_hz: F, params_per_rank: float, he
 
 
 def time_left(compute_time_s: F, config: EnvConfig) -> F:
-    """max(T_max - t_cmp, 0): the time a device has left for its upload (SPEC §3), C-contiguous."""
+    """max(T_max - t_cmp, 0): the time a device has left for its upload (docs/model.md §3.4), C-contiguous."""
     return np.ascontiguousarray(_time_left(const(config.costs.round_deadline_s), compute_time_s))
 
 
@@ -166,7 +166,7 @@ def play_round(
     config: EnvConfig,
     success_uniform: F | None = None,
 ) -> RoundPhysics:
-    """Evaluate a decision on a channel realisation (SPEC §1 steps 4-5).
+    """Evaluate a decision on a channel realisation (docs/model.md §1.1 steps 4-5).
 
     An update is aggregated iff its device was scheduled, computation + upload finished by the
     deadline T_max, and the packet survived (u >= q with the trace's uniform u).

@@ -53,7 +53,7 @@ _BLOCK = 32
 
 
 def generate_trace(keys: NDArray[np.uint64], config: EnvConfig) -> Trace:
-    """Draw the exogenous trace of N episodes, one per key (SPEC §2-3)."""
+    """Draw the exogenous trace of N episodes, one per key (docs/model.md §9, §2)."""
     keys = np.atleast_1d(np.asarray(keys, dtype=np.uint64))
     if keys.ndim != 1:
         raise ValueError(f"keys must be a 1-D array of episode keys, got shape {keys.shape}")

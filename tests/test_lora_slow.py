@@ -29,7 +29,7 @@ def _config(glue_dir: Path, **learning: object) -> EnvConfig:
 
 def test_minilm_payload_counts_match_the_spec(glue_dir: Path):
     learner = LoraLearner(_config(glue_dir))
-    assert learner.params_per_rank == 9216  # 6 layers x (query, value) x (384 + 384), SPEC §3
+    assert learner.params_per_rank == 9216  # 6 layers x (query, value) x (384 + 384), docs/model.md §3.2
     assert learner.head_params == 770  # 384 x 2 + 2
     assert len(learner.data.train) == 67349 and len(learner.data.eval) == 872
 

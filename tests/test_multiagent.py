@@ -118,7 +118,7 @@ def test_per_device_rewards_sum_to_the_env_reward(preset, overrides):
             assert parts.sum() == pytest.approx(float(total), abs=1e-12), name
         for a in ma.possible_agents:
             assert sum(infos[a]["reward_terms"].values()) == pytest.approx(rewards[a], abs=1e-12)
-        # each device's own terms, by hand (SPEC §7), plus 1/K of the system-wide rest
+        # each device's own terms, by hand (docs/model.md §7), plus 1/K of the system-wide rest
         e = s_info["energy_j"]
         terms = s_info["reward_terms"]
         if c.reward.mode == "dpp":

@@ -1,4 +1,4 @@
-"""Physics (SPEC §2-4): hand-computed values, vectorised == scalar loop, monotonicity, properties."""
+"""Physics (docs/model.md §2, §3, §4): hand-computed values, vectorised == scalar loop, monotonicity, properties."""
 
 from __future__ import annotations
 
@@ -151,7 +151,7 @@ def test_rate_and_packet_error_are_finite_and_in_range_at_edges(p, h, b):
 
 # ------------------------------------------------------------------- costs
 def test_payload_sizes_from_model_shape():
-    # SPEC §3: MiniLM-L6 (d = 384, 6 layers, query + value) has 9,216 parameters per rank
+    # docs/model.md §3.2: MiniLM-L6 (d = 384, 6 layers, query + value) has 9,216 parameters per rank
     assert MODEL.lora_params_per_rank == 9216
     roberta = ModelConfig(num_layers=12, hidden_size=768)
     assert roberta.lora_params_per_rank == 36864

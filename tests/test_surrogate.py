@@ -1,4 +1,4 @@
-"""Surrogate learner (SPEC §5): every decision has its documented effect."""
+"""Surrogate learner (docs/model.md §5.2): every decision has its documented effect."""
 
 from __future__ import annotations
 

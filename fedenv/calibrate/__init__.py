@@ -1,4 +1,4 @@
-"""Calibration of the surrogate against the real LoRA backend, and its fidelity (SPEC §5).
+"""Calibration of the surrogate against the real LoRA backend, and its fidelity (docs/model.md §5.2).
 
     python -m fedenv.calibrate collect   run policies on the lora backend, record per-round traces
     python -m fedenv.calibrate pack      copy finished traces, gzip-compressed, into configs/calibration/traces/

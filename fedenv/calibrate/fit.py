@@ -1,4 +1,4 @@
-"""Fit the surrogate's constants to traces of real federated runs (SPEC §5, calibration).
+"""Fit the surrogate's constants to traces of real federated runs (docs/model.md §5.2, calibration).
 
 The surrogate (:mod:`fedenv.learning.surrogate`) maps what arrived in a round to the change of
 the loss gap G, and G to accuracy and loss. Written in accuracy, one round is

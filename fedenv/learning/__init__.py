@@ -1,4 +1,4 @@
-"""Learning backends behind one :class:`~fedenv.learning.base.Learner` interface (SPEC §5)."""
+"""Learning backends behind one :class:`~fedenv.learning.base.Learner` interface (docs/model.md §5)."""
 
 from __future__ import annotations
 

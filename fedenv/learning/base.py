@@ -1,4 +1,4 @@
-"""The ``Learner`` interface shared by the surrogate and the real LoRA backend (SPEC §5)."""
+"""The ``Learner`` interface shared by the surrogate and the real LoRA backend (docs/model.md §5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Splitting a labelled data set over devices (SPEC §5): Dirichlet(alpha) label skew or IID.
+"""Splitting a labelled data set over devices (docs/model.md §5.1): Dirichlet(alpha) label skew or IID.
 
 Shared by the surrogate (which needs only the per-device label counts) and the lora backend
 (which needs the sample indices), so both backends see the same kind of heterogeneity.

@@ -1,4 +1,4 @@
-"""Surrogate learning-progress model (SPEC §5), shaped like a federated convergence bound.
+"""Surrogate learning-progress model (docs/model.md §5.2), shaped like a federated convergence bound.
 
 State: the normalised loss gap G (1 for the pre-trained model with a fresh head, 0 at the best
 reachable model). One round moves G towards a floor F at a rate set by what arrived:

@@ -1,4 +1,4 @@
-"""Server-side aggregation of LoRA factors (SPEC §5), as pure functions over tensors.
+"""Server-side aggregation of LoRA factors (docs/model.md §5.3), as pure functions over tensors.
 
 One LoRA target at a time: a device's update is ``A`` (r x d_in) and ``B`` (d_out x r), its
 weight is its data size, and only devices whose upload arrived are passed in. Three rules for

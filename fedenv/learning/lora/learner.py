@@ -1,6 +1,6 @@
 """``LoraLearner``: the real federated LoRA backend behind the :class:`~fedenv.learning.base.Learner` interface.
 
-One round (SPEC §1 steps 3-6, §5): every device that was scheduled *and* whose upload will
+One round (docs/model.md §1.1 steps 3-6, §5.3): every device that was scheduled *and* whose upload will
 arrive trains its module from the global adapter truncated to its rank (tau AdamW steps of n_b
 examples from its own data), optionally sparsifies (SOFT), and the server aggregates the
 updates with the configured rule, weighting devices by their data sizes, and FedAvgs the task
@@ -76,7 +76,7 @@ def _resolve_device(name: str) -> torch.device:
 
 
 class LoraLearner:
-    """Federated LoRA fine-tuning with transformers + peft (SPEC §5); see the module docstring.
+    """Federated LoRA fine-tuning with transformers + peft (docs/model.md §5.3); see the module docstring.
 
     Building it loads the model and the data and checks the configuration, so every bad input
     (unknown task, missing data, a model path without weights, an unknown target module) fails

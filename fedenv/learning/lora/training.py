@@ -1,6 +1,6 @@
 """Local LoRA training of the scheduled devices: a batched engine and the per-device peft reference.
 
-Both engines implement the same math (SPEC §5, issue "local training"): device k starts from
+Both engines implement the same math (docs/model.md §5.3, issue "local training"): device k starts from
 the global adapter truncated to its rank r_k (the first r_k components of every target) and
 the global head, and runs tau steps of AdamW on its own mini-batches of n_b examples, minimising
 the cross-entropy (+ lambda times the SOFT orthogonality penalty when lambda > 0). The frozen
