@@ -25,10 +25,11 @@ import pickle
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch as th
+from gymnasium import spaces
 from numpy.typing import NDArray
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.running_mean_std import RunningMeanStd
@@ -158,7 +159,9 @@ class SB3Policy:
         self._policy = model.policy
         self._policy.set_training_mode(False)
         self._norm_obs = normalizer is not None and normalizer.norm_obs
-        stats = obs_stats if obs_stats is not None else (normalizer.obs_rms if normalizer is not None else None)
+        # SB3 types obs_rms as a RunningMeanStd or, for Dict observations, a dict of them; the
+        # agents' observations are Boxes, so it is one RunningMeanStd.
+        stats = obs_stats if obs_stats is not None else (cast(RunningMeanStd, normalizer.obs_rms) if normalizer is not None else None)
         if self._norm_obs and stats is not None and normalizer is not None:
             self._mean = np.asarray(stats.mean, dtype=np.float64)
             self._scale = 1.0 / np.sqrt(np.asarray(stats.var, dtype=np.float64) + normalizer.epsilon)
@@ -198,7 +201,7 @@ def _compatible(model: BaseAlgorithm, norm: VecNormalize | None, config: EnvConf
     Returns the observation statistics to use (resized for another K), or None to keep the saved ones.
     """
     probe = FedLoRAWirelessEnv(config)
-    obs_space, act_space = features.observation_space(probe.observation_space), actions.space
+    obs_space, act_space = features.observation_space(cast(spaces.Box, probe.observation_space)), actions.space
     probe.close()
     trained_obs, trained_act = model.observation_space, model.action_space
     assert trained_obs.shape is not None and trained_act.shape is not None and act_space.shape is not None
@@ -221,7 +224,7 @@ def _compatible(model: BaseAlgorithm, norm: VecNormalize | None, config: EnvConf
         ) from None
     model.observation_space, model.action_space = obs_space, act_space
     if norm is not None and norm.norm_obs:
-        return resize_normalizer(norm.obs_rms, k_new)
+        return resize_normalizer(cast(RunningMeanStd, norm.obs_rms), k_new)  # a Box observation: one RunningMeanStd
     return None
 
 
