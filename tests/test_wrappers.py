@@ -241,3 +241,18 @@ def test_registration_is_idempotent() -> None:
         importlib.reload(fedenv)
     for env_id, spec in specs.items():
         assert gym.spec(env_id) == spec
+
+
+def test_vanilla_sb3_example_writes_its_run_directory(tmp_path) -> None:
+    """agents/vanilla_sb3.py end to end on a tiny budget: curve CSV, PNG and the comparison."""
+    pytest.importorskip("stable_baselines3")
+    pytest.importorskip("matplotlib")
+    from agents import vanilla_sb3
+
+    run = tmp_path / "run"
+    result = vanilla_sb3.main(["--total-timesteps", "512", "--eval-every", "256", "--n-envs", "2", "--curve-episodes", "1", "--test-episodes", "2", "--run-dir", str(run)])
+    for name in ("model.zip", "vecnormalize.pkl", "learning_curve.csv", "learning_curve.png", "result.json", "env_config.yaml", "args.json"):
+        assert (run / name).is_file(), name
+    rows = (run / "learning_curve.csv").read_text().splitlines()
+    assert rows[0] == "steps,train_return,validation_return" and len(rows) >= 3  # (PPO collects whole rollouts: 2 x 2048 steps)
+    assert result["return_ratio"] == pytest.approx(result["ppo_return"] / result["lyapunov_return"])
