@@ -470,6 +470,14 @@ class FedLoRAWirelessEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
         return None if self._last_info is None else MappingProxyType(self._last_info)
 
     @property
+    def reference_snr(self) -> float:
+        """P_max / (B N_0), linear: the full-band SNR at full power per unit channel gain.
+
+        The observation's channel quality is 10 log10(reference_snr x gain) / 20 (clipped).
+        """
+        return float(self._c.snr_ref)
+
+    @property
     def device_positions_m(self) -> NDArray[np.float64]:
         """Device positions (x, y) relative to the BS for the coming round, m, shape (K, 2), read-only."""
         if self._t is None:

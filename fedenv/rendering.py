@@ -1,7 +1,8 @@
 """Rendering of FedLoRAWireless-v0: an ANSI table of the round and a picture of the cell.
 
-Both read only what the env exposes publicly: its ``config``, ``codec``, ``last_info`` (the
-``info`` of the last reset or step) and ``device_positions_m``. matplotlib is imported lazily
+Both read only what the env exposes publicly: its ``config``, ``codec``, ``num_devices``,
+``last_info`` (the ``info`` of the last reset or step), ``device_positions_m`` and
+``reference_snr``; neither imports the env module. matplotlib is imported lazily
 (only for ``rgb_array``; the ``render`` extra installs it, with moviepy for Gymnasium's
 ``RecordVideo``).
 """
@@ -77,8 +78,6 @@ def render_rgb(env: FedLoRAWirelessEnv) -> NDArray[np.uint8]:
         from matplotlib.lines import Line2D
     except ImportError as err:  # pragma: no cover - the train and render extras install it
         raise ImportError("render_mode='rgb_array' needs matplotlib: pip install 'fedenv[render]'") from err
-    from fedenv.env import EnvConstants
-
     info = _info(env)
     cfg = env.config
     t = int(info["round"])
@@ -93,7 +92,7 @@ def render_rgb(env: FedLoRAWirelessEnv) -> NDArray[np.uint8]:
     ax.add_patch(plt.Circle((0, 0), r, fill=False, color="0.6"))
     ax.add_patch(plt.Circle((0, 0), cfg.channel.min_distance_m, fill=False, color="0.8", ls=":"))
     # the gain of the coming round (info's channel_gain), as the observation's full-band SNR at P_max
-    snr_db = 10.0 * np.log10(EnvConstants(cfg).snr_ref * np.asarray(info["channel_gain"]))
+    snr_db = 10.0 * np.log10(env.reference_snr * np.asarray(info["channel_gain"]))
     width = np.clip((snr_db + 10.0) / 10.0, 0.3, 4.0)
     cmap = plt.get_cmap("viridis", num_modules + 1)
     for k in range(env.num_devices):

@@ -46,7 +46,7 @@ def test_render_without_mode_warns_and_returns_none():
 
 
 def test_renderers_read_only_the_public_state():
-    """Both renderers work from config, codec, num_devices, last_info and device_positions_m alone."""
+    """Both renderers work from config, codec, num_devices, last_info, device_positions_m and reference_snr alone."""
     from types import SimpleNamespace
 
     from fedenv import rendering
@@ -55,7 +55,12 @@ def test_renderers_read_only_the_public_state():
     env.reset(seed=3)
     env.step(env.action_space.sample())
     public = SimpleNamespace(
-        config=env.config, codec=env.codec, num_devices=env.num_devices, last_info=env.last_info, device_positions_m=env.device_positions_m
+        config=env.config,
+        codec=env.codec,
+        num_devices=env.num_devices,
+        last_info=env.last_info,
+        device_positions_m=env.device_positions_m,
+        reference_snr=env.reference_snr,
     )
     text = rendering.render_ansi(public)
     assert text.startswith("FedLoRAWireless-v0 [switching] round 1/50")
