@@ -42,12 +42,13 @@ from numpy.typing import NDArray
 
 from fedenv import streams
 from fedenv.actions import ActionCodec
-from fedenv.config import EnvConfig, resolve_config
+from fedenv.config import EnvConfig
 from fedenv.env import (
     EnvConstants,
     check_seed,
     observation_bounds,
     observation_template,
+    resolve_env_config,
     reward_terms,
     round_info,
     update_backlogs,
@@ -84,7 +85,9 @@ class FedLoRAWirelessVectorEnv(gym.vector.VectorEnv[NDArray[np.float32], NDArray
 
     Args:
         num_envs: number of sub-environments N.
-        config, preset, **overrides: as for the single env (one config for all sub-envs).
+        config, preset, **overrides: as for the single env (one config for all sub-envs),
+            resolved by the same :func:`fedenv.env.resolve_env_config`: a registered variant id
+            passes its preset, and takes a full ``EnvConfig`` of its paradigm.
         render_mode: only ``None`` (render single envs instead).
 
     Spaces are the single env's, batched: actions (N, K, C) in [-1, 1], observations
@@ -108,7 +111,7 @@ class FedLoRAWirelessVectorEnv(gym.vector.VectorEnv[NDArray[np.float32], NDArray
                 f"FedLoRAWirelessVectorEnv does not render (render_mode must be None, got {render_mode!r}); "
                 "render a single env, or use gym.make_vec(..., vectorization_mode='sync', render_mode=...)"
             )
-        cfg = resolve_config(config, preset, **overrides)
+        cfg = resolve_env_config(config, preset, **overrides)
         if cfg.learning.backend != "surrogate":
             raise ValueError(
                 f"the batched vector env runs the surrogate backend only (got backend={cfg.learning.backend!r}); "

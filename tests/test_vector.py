@@ -8,10 +8,10 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-import fedenv  # noqa: F401
+import fedenv
 from fedenv import FedLoRAWirelessEnv, channel, costs, streams
 from fedenv.actions import ActionCodec, Decision
-from fedenv.config import PRESETS, EnvConfig
+from fedenv.config import PRESETS, EnvConfig, resolve_config
 from fedenv.learning.surrogate import round_progress
 from fedenv.round import episode_tables, play_round
 from fedenv.trace import generate_trace
@@ -101,6 +101,26 @@ def test_make_vec_entry_point_and_metadata():
     obs, rew, term, trunc, _ = venv.step(venv.action_space.sample())
     assert rew.shape == term.shape == trunc.shape == (4,) and rew.dtype == np.float64
     assert venv.observation_space.contains(obs)
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_every_registered_id_takes_a_full_config_through_the_vector_entry_point(preset):
+    """make_vec reaches FedLoRAWirelessVectorEnv with the id's preset: the config resolves as in gym.make."""
+    env_id = fedenv.ENV_IDS[preset]
+    config = resolve_config(preset, num_rounds=5, reward={"energy_weight": 2.0})
+    for given in (config, config.to_dict(), {"num_rounds": 5, "reward": {"energy_weight": 2.0}}):
+        venv = gym.make_vec(env_id, num_envs=2, vectorization_mode="vector_entry_point", config=given)
+        assert isinstance(venv.unwrapped, FedLoRAWirelessVectorEnv)
+        assert venv.unwrapped.config == config == gym.make(env_id, config=given).unwrapped.config
+        obs, _ = venv.reset(seed=0)
+        assert venv.observation_space.contains(obs)
+        venv.close()
+    other = resolve_config("soft" if preset != "soft" else "split")
+    if env_id == fedenv.ENV_ID:  # the default id takes a config of any paradigm
+        assert gym.make_vec(env_id, num_envs=2, vectorization_mode="vector_entry_point", config=other).unwrapped.config == other
+    else:  # a variant id refuses another paradigm, as its single env does
+        with pytest.raises(ValueError, match="paradigm"):
+            gym.make_vec(env_id, num_envs=2, vectorization_mode="vector_entry_point", config=other)
 
 
 def test_vector_env_matches_sync_vector_env_including_info_layout():
