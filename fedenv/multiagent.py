@@ -197,8 +197,12 @@ class FedLoRAWirelessParallelEnv(ParallelEnv[str, NDArray[np.float32], NDArray[n
     ## Arguments
     ``FedLoRAWirelessParallelEnv(config=None, preset=None, render_mode=None, agent_reward="shared",
     **overrides)``; ``config``, ``preset``, ``render_mode`` and ``overrides`` as for the single
-    env (``reward={"mode": "dpp"}`` is the env's reward config, ``agent_reward`` the split). ``reset(seed=...)`` seeds the single env (the same trace and learning draws for the same
-    seed); ``render`` and ``close`` are the single env's.
+    env (``reward={"mode": "dpp"}`` is the env's reward config, ``agent_reward`` the split).
+    ``reset(seed=...)`` seeds the single env (the same trace and learning draws for the same
+    seed); ``render`` and ``close`` are the single env's. ``config`` is the single env's: after
+    ``env.env.configure(...)`` the next ``reset`` plays the new config (horizon, reward weights,
+    budgets, per-device reward split included), and raises ``RuntimeError`` if the change would
+    alter the agents or their spaces (another K or paradigm: build a new parallel env).
 
     ## Version history
     * v0: initial release.
@@ -217,13 +221,24 @@ class FedLoRAWirelessParallelEnv(ParallelEnv[str, NDArray[np.float32], NDArray[n
         if agent_reward not in AGENT_REWARDS:
             raise ValueError(f"agent_reward must be one of {', '.join(AGENT_REWARDS)}, got {agent_reward!r}")
         self.env = FedLoRAWirelessEnv(config, preset, render_mode, **overrides)
-        self.config = self.env.config
         self.render_mode = render_mode
         self.agent_reward = agent_reward
-        self.num_devices = k = self.env.num_devices
+        self.agents: list[str] = []
+        self._bind(self.env.config)
+        self._obs: NDArray[np.float32] | None = None
+        self._energy_backlog: NDArray[np.float64] | None = None
+
+    @property
+    def config(self) -> EnvConfig:
+        """The single env's config (``self.env.config``), the new one after ``self.env.configure(...)``."""
+        return self.env.config
+
+    def _bind(self, config: EnvConfig) -> None:
+        """Build the agents, their spaces and the reward constants from ``config`` (the single env's)."""
+        self._config = config
+        self.num_devices = k = config.devices.num_devices
         self.components = self.env.codec.components
         self.possible_agents: list[str] = agent_names(k)
-        self.agents: list[str] = []
         self._index = {a: i for i, a in enumerate(self.possible_agents)}
         low, high = observation_bounds(k)
         f = len(DEVICE_FEATURES)
@@ -232,9 +247,26 @@ class FedLoRAWirelessParallelEnv(ParallelEnv[str, NDArray[np.float32], NDArray[n
         self.observation_spaces = {a: spaces.Box(agent_low, agent_high, dtype=np.float32) for a in self.possible_agents}
         self.action_spaces = {a: spaces.Box(-1.0, 1.0, shape=(len(self.components),), dtype=np.float32) for a in self.possible_agents}
         self.state_space = self.env.observation_space
-        self._c = EnvConstants(self.config)
-        self._obs: NDArray[np.float32] | None = None
-        self._energy_backlog: NDArray[np.float64] | None = None
+        self._c = EnvConstants(config)
+
+    def _follow_config(self) -> None:
+        """After ``self.env.configure(...)``: take the new config, or raise if it changes the agents or their spaces.
+
+        As the wrappers of :mod:`fedenv.wrappers` do: a new horizon, reward weights or budgets
+        are followed; another number of devices or paradigm (other agents, other action
+        components) is not, since PettingZoo code reads ``possible_agents`` and the spaces once.
+        """
+        config = self.env.config
+        if config is self._config:
+            return
+        k, components = config.devices.num_devices, self.env.codec.components
+        if k != self.num_devices or components != self.components:
+            raise RuntimeError(
+                f"FedLoRAWirelessParallelEnv: the single env was reconfigured (env.configure) from {self.num_devices} "
+                f"devices with components {list(self.components)} to {k} devices with components {list(components)}, "
+                "which changes the agents or their spaces; build a new parallel env with the new config"
+            )
+        self._bind(config)
 
     def observation_space(self, agent: str) -> spaces.Space[Any]:
         return self.observation_spaces[self._agent(agent)]
@@ -249,6 +281,7 @@ class FedLoRAWirelessParallelEnv(ParallelEnv[str, NDArray[np.float32], NDArray[n
 
     # ------------------------------------------------------------------ reset
     def reset(self, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict[str, NDArray[np.float32]], dict[str, dict[str, Any]]]:
+        self._follow_config()  # before the single env's reset: raising leaves the env as it was
         obs, info = self.env.reset(seed=seed, options=options)
         self.agents = list(self.possible_agents)
         self._obs = obs

@@ -136,6 +136,39 @@ def test_per_device_rewards_sum_to_the_env_reward(preset, overrides):
     assert any(unequal)  # not an equal split (dpp: from the second round, once the backlogs differ)
 
 
+def test_follows_configure_of_the_single_env():
+    """config is the single env's: after env.configure the next reset plays the new config and the
+    per-device split uses its reward weights; a change of K or paradigm raises at reset."""
+    ma = parallel_env(preset="switching", agent_reward="per_device", num_rounds=T)
+    ma.reset(seed=0)
+    agents, spaces = list(ma.possible_agents), dict(ma.action_spaces)
+    new = ma.env.configure(num_rounds=3, reward={"energy_weight": 5.0})
+    assert ma.config is new is ma.env.config
+    single = FedLoRAWirelessEnv(new)
+    ma.reset(seed=4)
+    _, s_info = single.reset(seed=4)
+    assert ma.possible_agents == agents and ma.action_spaces == spaces
+    rng = np.random.default_rng(2)
+    rounds = 0
+    while ma.agents:
+        actions = _actions(ma, rng)
+        _, rewards, _, truncations, infos = ma.step(actions)
+        _, s_reward, _, s_trunc, s_info = single.step(np.stack([actions[a] for a in ma.possible_agents]))
+        rounds += 1
+        assert sum(rewards.values()) == pytest.approx(float(s_reward), abs=1e-12)
+        own = -5.0 * s_info["energy_j"] / new.energy_ref_j  # the new weight, not the one at construction
+        np.testing.assert_allclose([infos[a]["reward_terms"]["energy"] for a in ma.possible_agents], own, atol=1e-12)
+        assert all(v == s_trunc for v in truncations.values())
+    assert rounds == 3
+    for change in ({"devices": {"num_devices": ma.num_devices + 1}}, {"config": "split"}):
+        ma = parallel_env(preset="switching", num_rounds=T)
+        ma.reset(seed=0)
+        ma.env.configure(**change)
+        with pytest.raises(RuntimeError, match="build a new parallel env"):
+            ma.reset(seed=0)
+        assert ma.possible_agents == agents and ma.action_spaces["device_0"].shape == (3,)
+
+
 def test_bad_actions_raise_and_leave_the_env_unchanged():
     ma = parallel_env(num_rounds=T)
     ma.reset(seed=0)
