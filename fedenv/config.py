@@ -649,8 +649,8 @@ class RewardConfig(_Section):
 
     _path: ClassVar[str] = "reward"
 
-    mode: Annotated[str, OneOf("accuracy_energy", "dpp")] = "accuracy_energy"
-    """accuracy_energy: w_acc 100 dAcc - w_E sum E / E_ref - w_Q overshoot; dpp: -(V Phi + sum Z E + Y T) / scale."""
+    mode: Annotated[str, OneOf("accuracy_energy", "dpp", "accuracy")] = "accuracy_energy"
+    """accuracy_energy: w_acc 100 dAcc - w_E sum E / E_ref - w_Q overshoot; dpp: -(V Phi + sum Z E + Y T) / scale; accuracy: w_acc 100 dAcc alone (budgets left to a constrained learner through info["cost"])."""
     accuracy_weight: Annotated[float, Range(ge=0, le=1e6)] = 1.0
     """w_acc (per accuracy point), in [0, 1e6]."""
     energy_weight: Annotated[float, Range(ge=0, le=1e6)] = 0.2

@@ -198,11 +198,22 @@ def update_backlogs(c: EnvConstants, energy_backlog: Any, latency_backlog: Any, 
     return z, y
 
 
-def round_info(decision: Decision, phys: RoundPhysics, round_channel_gain: NDArray[np.float64]) -> dict[str, Any]:
+def round_info(decision: Decision, phys: RoundPhysics, round_channel_gain: NDArray[np.float64], c: EnvConstants) -> dict[str, Any]:
     """The ``info`` entries of the round just played (the class docstring's Info section): the
-    decision, its physics and the channel it met, arrays (..., K). Vectorised over leading axes."""
+    decision, its physics, the channel it met and the round's costs, arrays (..., K).
+    Vectorised over leading axes.
+
+    The costs follow the safe-RL convention (Safety-Gymnasium, OmniSafe: the step's cost in
+    ``info["cost"]``): ``cost_per_device`` is each device's energy E_k (J), ``cost`` their sum,
+    ``cost_limit_per_device`` the per-round energy budget E_bar of each device (inf without an
+    energy budget: unconstrained); where the config budgets latency, ``cost_latency`` is the
+    round latency T(t) (s) and ``cost_limit_latency`` its budget T_bar. Energy and latency are
+    kept apart (their units differ); a Lagrangian learner prices each against its own limit.
+    """
     scheduled, on_time = phys.scheduled, phys.on_time
-    return {
+    energy = phys.energy_j
+    total = np.add.reduce(energy, axis=-1)
+    info = {
         "module": decision.module,
         "rank": phys.rank,
         "tx_power_w": decision.power_w,  # (decoded: 0 for idle devices)
@@ -220,7 +231,15 @@ def round_info(decision: Decision, phys: RoundPhysics, round_channel_gain: NDArr
         "energy_j": phys.energy_j,
         "payload_bits": phys.payload_bits,
         "round_channel_gain": round_channel_gain,
+        "cost": float(total) if energy.ndim == 1 else total,
+        "cost_per_device": energy,
+        "cost_limit_per_device": np.full(energy.shape, np.inf if c.energy_budget is None else c.energy_budget),
     }
+    if c.latency_budget is not None:
+        latency = phys.round_latency_s
+        info["cost_latency"] = latency
+        info["cost_limit_latency"] = c.latency_budget if energy.ndim == 1 else np.full(np.shape(latency), c.latency_budget)
+    return info
 
 
 def reward_terms(
@@ -238,9 +257,13 @@ def reward_terms(
     """The named reward terms of a round (SPEC §7); the reward is their sum.
 
     ``accuracy_energy``: w_acc 100 (acc_t - acc_{t-1}), -w_E sum_k E_k / E_ref and -w_Q x
-    overshoot, the growth of the budget-normalised backlogs. ``dpp``: -V Phi / scale,
-    -sum_k Z_k E_k / scale, -Y T / scale. Vectorised over leading axes (devices last).
+    overshoot, the growth of the budget-normalised backlogs. ``accuracy``: the accuracy term
+    alone (the budgets are left to a constrained learner, e.g. the energy costs of
+    :func:`round_info`). ``dpp``: -V Phi / scale, -sum_k Z_k E_k / scale, -Y T / scale.
+    Vectorised over leading axes (devices last).
     """
+    if c.mode == "accuracy":
+        return {"accuracy": c.accuracy_weight * 100.0 * (accuracy - last_accuracy)}
     if c.mode == "dpp":
         scale = c.dpp_scale
         return {
@@ -328,7 +351,19 @@ class FedLoRAWirelessEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
     the budget-normalised backlogs (it telescopes: its episode sum is the final backlog in units
     of budget, so a policy inside its budgets pays nothing overall). ``dpp``:
     r = -(V Phi_t + sum_k Z_k E_k + Y T) / scale with Phi_t the normalised loss gap after the
-    round. ``info["reward_terms"]`` holds the named terms; they sum to the reward.
+    round. ``accuracy``: r = w_acc 100 (acc_t - acc_{t-1}) alone, the objective of a constrained
+    learner that keeps the budgets through the costs below (``agents/lagrangian.py``).
+    ``info["reward_terms"]`` holds the named terms; they sum to the reward.
+
+    ## Costs
+    Next to the reward, as safe-RL libraries expect (Safety-Gymnasium, OmniSafe): after every
+    ``step``, ``info["cost"]`` is the round's total energy sum_k E_k (J, float),
+    ``info["cost_per_device"]`` each device's energy E_k (J, float64 (K,)) and
+    ``info["cost_limit_per_device"]`` its per-round energy budget E_bar (inf without one): the
+    constraint is mean_t E_k(t) <= E_bar for every device. Where the config budgets latency
+    (soft, unified), ``info["cost_latency"]`` is the round latency T(t) (s) and
+    ``info["cost_limit_latency"]`` its budget T_bar. The costs never enter the ``accuracy``
+    reward; the other modes price them through their own terms.
 
     ## Starting state
     Devices uniform in the annulus [d_min, R]; CPU frequencies U[f_min, f_max]; Dirichlet data
@@ -371,12 +406,14 @@ class FedLoRAWirelessEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
     ``bandwidth_share``, ``sparsity_ratio``, ``rate_bps``, ``packet_error_prob``, ``success``,
     ``straggler``, ``packet_lost``, ``compute_time_s``, ``upload_time_s``, ``latency_s``,
     ``round_latency_s``, ``energy_j``, ``payload_bits``, ``round_channel_gain``,
-    ``reward_terms``. The env never writes an observation or an ``info`` array after returning
+    ``reward_terms``, the costs ``cost``, ``cost_per_device``, ``cost_limit_per_device`` and,
+    with a latency budget, ``cost_latency`` and ``cost_limit_latency``. The env never writes an observation or an ``info`` array after returning
     it, and returns new ones on every call; ``channel_gain`` and ``distance_m`` are read-only
     views of the episode's trace.
 
     ## Version history
-    * v0: initial release; ``config`` read-only with ``configure``, variant ids per preset.
+    * v0: initial release; ``config`` read-only with ``configure``, variant ids per preset and
+      scenario; the ``accuracy`` reward mode and the safe-RL costs in ``info``.
     """
 
     metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 2}
@@ -570,7 +607,7 @@ class FedLoRAWirelessEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
         self._done = terminated or truncated
         info = self._state_info()
         # (round_channel_gain a copy: the previous info's channel_gain is a view of this row)
-        info.update(round_info(decision, phys, gain.copy()))
+        info.update(round_info(decision, phys, gain.copy(), c))
         info["reward_terms"] = terms
         if report.extra:
             info["learner"] = report.extra

@@ -345,7 +345,7 @@ class FedLoRAWirelessVectorEnv(gym.vector.VectorEnv[NDArray[np.float32], NDArray
         for array in (self._t, self._energy_backlog, self._latency_backlog, self._accuracy, self._loss, self._gap, decision.module, phys.success):
             array.flags.writeable = False
 
-        step_info = round_info(decision, phys, gain)
+        step_info = round_info(decision, phys, gain, c)
         if any_reset:
             idx = np.flatnonzero(resetting)
             self._reset_rows(idx, [None] * idx.size)

@@ -346,3 +346,56 @@ def test_lora_data_offline_reads_only_the_cache_and_fails_fast(monkeypatch: pyte
     with pytest.raises(FileNotFoundError, match=r"offline mode.*Set learning.lora.data_dir or FEDENV_DATA_DIR"):
         data._raw_splits("sst2", None, 10)
     assert time.perf_counter() - start < 5.0
+
+
+@pytest.mark.parametrize("preset", PRESET_NAMES)
+def test_costs_are_the_energies_with_the_budgets_as_limits(preset):
+    """info["cost"] (safe-RL convention): per-device energies, their sum, the budgets as limits."""
+    from fedenv.vector import FedLoRAWirelessVectorEnv
+
+    env = FedLoRAWirelessEnv(preset=preset, num_rounds=4)
+    cfg = env.config
+    _, _, infos = rollout(env, seed=5, policy_seed=1)
+    energy_budget, latency_budget = cfg.budgets.energy_budget_j, cfg.budgets.latency_budget_s
+    for info in infos[1:]:
+        costs = info["cost_per_device"]
+        assert costs.dtype == np.float64 and costs.shape == (cfg.devices.num_devices,)
+        np.testing.assert_array_equal(costs, info["energy_j"])
+        assert type(info["cost"]) is float and info["cost"] == pytest.approx(costs.sum(), rel=1e-12)
+        limit = info["cost_limit_per_device"]
+        assert limit.dtype == np.float64 and limit.shape == costs.shape
+        assert (limit == (np.inf if energy_budget is None else energy_budget)).all()
+        if latency_budget is None:
+            assert "cost_latency" not in info and "cost_limit_latency" not in info
+        else:
+            assert info["cost_latency"] == info["round_latency_s"] and info["cost_limit_latency"] == latency_budget
+    assert "cost" not in infos[0]  # a reset plays no round
+    # the vector env reports the same costs, batched
+    venv = FedLoRAWirelessVectorEnv(2, preset=preset, num_rounds=4)
+    venv.reset(seed=5)
+    _, _, _, _, vinfo = venv.step(venv.action_space.sample())
+    np.testing.assert_array_equal(vinfo["cost_per_device"], vinfo["energy_j"])
+    np.testing.assert_allclose(vinfo["cost"], vinfo["energy_j"].sum(axis=1), rtol=1e-12)
+    assert vinfo["cost_limit_per_device"].shape == vinfo["energy_j"].shape
+    assert ("cost_latency" in vinfo) == (latency_budget is not None)
+    if latency_budget is not None:
+        np.testing.assert_array_equal(vinfo["cost_latency"], vinfo["round_latency_s"])
+        np.testing.assert_array_equal(vinfo["cost_limit_latency"], [latency_budget] * 2)
+
+
+@pytest.mark.parametrize("preset", PRESET_NAMES)
+def test_accuracy_reward_mode_is_the_accuracy_gain_alone(preset):
+    env = FedLoRAWirelessEnv(preset=preset, num_rounds=5, reward={"mode": "accuracy", "accuracy_weight": 2.0})
+    default = FedLoRAWirelessEnv(preset=preset, num_rounds=5)
+    assert default.config.reward.mode == "accuracy_energy"
+    _, rewards, infos = rollout(env, seed=3, policy_seed=2)
+    _, d_rewards, d_infos = rollout(default, seed=3, policy_seed=2)
+    accuracy = [info["accuracy"] for info in infos]
+    assert accuracy == [info["accuracy"] for info in d_infos]  # the same episode
+    for t, info in enumerate(infos[1:]):
+        assert set(info["reward_terms"]) == {"accuracy"}
+        assert rewards[t] == pytest.approx(2.0 * 100.0 * (accuracy[t + 1] - accuracy[t]), abs=1e-12)
+        assert d_infos[t + 1]["reward_terms"]["accuracy"] == pytest.approx(rewards[t] / 2.0, abs=1e-12)
+    assert sum(rewards) == pytest.approx(200.0 * (accuracy[-1] - accuracy[0]), abs=1e-9)
+    with pytest.raises(fedenv.config.ConfigError, match=r"reward\.mode must be one of accuracy_energy, dpp, accuracy"):
+        FedLoRAWirelessEnv(reward={"mode": "accuracy_gain"})
