@@ -37,8 +37,11 @@ def lyapunov_demonstrations(venv: VecEnv, config: EnvConfig, actions: ActionAdap
     infos = _state_infos(inner) if batched else list(inner.reset_infos)
     xs, ys = [], []
     for _ in range(max(1, steps // n)):
-        act = np.stack([actions.encode(experts[i].act(None, infos[i])) for i in range(n)])
-        xs.append(np.asarray(obs, dtype=np.float32).copy())
+        x = np.asarray(obs, dtype=np.float32).copy()
+        # The Lyapunov policy decides from info alone (what the BS knows); the observation it is
+        # handed for the Policy protocol's sake is the agent's (normalised) one, which it ignores.
+        act = np.stack([actions.encode(experts[i].act(x[i], infos[i])) for i in range(n)])
+        xs.append(x)
         ys.append(act)
         obs, _, dones, step_infos = venv.step(act)
         infos = _state_infos(inner) if batched else [inner.reset_infos[i] if dones[i] else step_infos[i] for i in range(n)]

@@ -37,17 +37,38 @@ class DevicePooledStats(RunningMeanStd):
         self.device = RunningMeanStd(epsilon=epsilon, shape=(self.device_features,))
         self.glob = RunningMeanStd(epsilon=epsilon, shape=(NUM_GLOBAL_FEATURES,))
 
-    @property  # type: ignore[override]
+    # mean, var and count are computed from the pooled statistics. RunningMeanStd's are plain
+    # attributes, so each property has a setter, which refuses: the pooled statistics change
+    # through update and combine only (as before, when assigning raised AttributeError too).
+    @property
     def mean(self) -> NDArray[np.float64]:
         return np.concatenate([np.tile(self.device.mean, self.num_devices), self.glob.mean])
 
-    @property  # type: ignore[override]
+    @mean.setter
+    def mean(self, value: NDArray[np.float64]) -> None:
+        self._read_only("mean")
+
+    @property
     def var(self) -> NDArray[np.float64]:
         return np.concatenate([np.tile(self.device.var, self.num_devices), self.glob.var])
 
-    @property  # type: ignore[override]
+    @var.setter
+    def var(self, value: NDArray[np.float64]) -> None:
+        self._read_only("var")
+
+    @property
     def count(self) -> float:
         return float(self.glob.count)
+
+    @count.setter
+    def count(self, value: float) -> None:
+        self._read_only("count")
+
+    def _read_only(self, name: str) -> None:
+        raise AttributeError(
+            f"DevicePooledStats.{name} is computed from the statistics pooled over devices (.device, .glob); "
+            "change them with update() or combine()"
+        )
 
     def update(self, arr: NDArray[np.floating[Any]]) -> None:
         k, f = self.num_devices, self.device_features
@@ -75,7 +96,9 @@ def make_normalizer(venv: VecEnv, *, per_device: bool, device_features: int = NU
     """Wrap ``venv`` in ``VecNormalize``; with ``per_device`` the statistics are pooled over devices."""
     vn = VecNormalize(venv, norm_obs=norm_obs, norm_reward=norm_reward, clip_obs=clip_obs, clip_reward=clip_reward, gamma=gamma)
     if per_device and norm_obs:
-        vn.obs_rms = DevicePooledStats(num_devices_of(venv.observation_space, device_features), device_features)
+        # mypy infers obs_rms's type from VecNormalize's Dict-observation branch; a Box
+        # observation holds one RunningMeanStd (SB3's own assignment carries the same ignore).
+        vn.obs_rms = DevicePooledStats(num_devices_of(venv.observation_space, device_features), device_features)  # type: ignore[assignment]
     return vn
 
 

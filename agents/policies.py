@@ -143,6 +143,11 @@ class PerDeviceActorCriticPolicy(ActorCriticPolicy):
     :mod:`agents.features`). gSDE is not supported.
     """
 
+    # SB3 annotates the attribute as MlpExtractor; here it holds the per-device drop-in, which
+    # has MlpExtractor's interface (latent_dim_pi/vf, forward_actor/critic) without its layers.
+    mlp_extractor: PerDeviceExtractor  # type: ignore[assignment]
+    net_arch: dict[str, list[int]]  # always the dict form: __init__ turns a list into one
+
     def __init__(self, observation_space: gym.spaces.Space[Any], action_space: gym.spaces.Space[Any], lr_schedule: Any, device_features: int = NUM_DEVICE_FEATURES, **kwargs: Any) -> None:
         self.device_features = int(device_features)
         self.num_devices = num_devices_of(observation_space, self.device_features)
@@ -162,7 +167,7 @@ class PerDeviceActorCriticPolicy(ActorCriticPolicy):
         super().__init__(observation_space, action_space, lr_schedule, net_arch=net_arch, **kwargs)
 
     def _build_mlp_extractor(self) -> None:
-        self.mlp_extractor = PerDeviceExtractor(self.net_arch, self.activation_fn, self.num_devices, self.device_features)  # type: ignore[arg-type]
+        self.mlp_extractor = PerDeviceExtractor(self.net_arch, self.activation_fn, self.num_devices, self.device_features)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
@@ -182,7 +187,7 @@ class PerDeviceActorCriticPolicy(ActorCriticPolicy):
     def _get_action_dist_from_latent(self, latent_pi: th.Tensor) -> Distribution:
         mean_actions = self.action_net(latent_pi)
         k = mean_actions.shape[-1] // self.num_components
-        return self.action_dist.proba_distribution(mean_actions, self.log_std.repeat(k))  # type: ignore[call-arg]
+        return self.action_dist.proba_distribution(mean_actions, self.log_std.repeat(k))
 
 
 def resize_policy(policy: PerDeviceActorCriticPolicy, observation_space: gym.spaces.Space[Any], action_space: gym.spaces.Space[Any]) -> PerDeviceActorCriticPolicy:
