@@ -5,7 +5,7 @@
 component (0 = idle, 1..M = ranks r_1 < ... < r_M), so a Gaussian policy that wants to idle a
 device must move its mean down through every rank, and the ranks it passes on the way differ
 from device to device. Mixed ranks raise the aggregate's noise floor (the surrogate's rank-mix
-term, SPEC §5), so a policy trained on that encoding settles on mixed ranks (measured in
+term, docs/model.md §5.2), so a policy trained on that encoding settles on mixed ranks (measured in
 docs/agents.md). The factored form gives the agent one more component per device and keeps
 *whether* and *at which rank* a device trains apart:
 

@@ -189,7 +189,7 @@ def write_observation(
 
 
 def update_backlogs(c: EnvConstants, energy_backlog: Any, latency_backlog: Any, energy_j: Any, round_latency_s: Any) -> tuple[Any, Any]:
-    """Virtual queues after a round (SPEC §4): Z_k for the energy budget, Y for the latency budget.
+    """Virtual queues after a round (docs/model.md §4): Z_k for the energy budget, Y for the latency budget.
 
     A disabled budget leaves its queue at 0. Vectorised over leading axes.
     """
@@ -254,7 +254,7 @@ def reward_terms(
     accuracy: Any,
     last_accuracy: Any,
 ) -> dict[str, Any]:
-    """The named reward terms of a round (SPEC §7); the reward is their sum.
+    """The named reward terms of a round (docs/model.md §7); the reward is their sum.
 
     ``accuracy_energy``: w_acc 100 (acc_t - acc_{t-1}), -w_E sum_k E_k / E_ref and -w_Q x
     overshoot, the growth of the budget-normalised backlogs. ``accuracy``: the accuracy term
@@ -289,7 +289,7 @@ class FedLoRAWirelessEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
 
     ## Description
     K edge devices fine-tune LoRA adapters of a pre-trained transformer with a base station
-    (BS) over an FDMA uplink (SPEC.md). Each step the agent decides, per device, which LoRA
+    (BS) over an FDMA uplink (docs/model.md). Each step the agent decides, per device, which LoRA
     module (rank) it trains, its transmit power, its share of the band and (soft paradigm) the
     sparsification ratio of its update. Devices train, upload over fading channels, and may
     lose the packet (waterfall packet error) or miss the round deadline; the BS aggregates what
@@ -345,7 +345,7 @@ class FedLoRAWirelessEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
     the channels before deciding). Raw, unnormalised values are in ``info``.
 
     ## Rewards
-    ``accuracy_energy`` (default, SPEC §7):
+    ``accuracy_energy`` (default, docs/model.md §7):
     r = w_acc 100 (acc_t - acc_{t-1}) - w_E sum_k E_k / E_ref - w_Q overshoot_t, where
     overshoot_t = mean_k (Z_k(t+1) - Z_k(t)) / E_bar + (Y(t+1) - Y(t)) / T_bar is the growth of
     the budget-normalised backlogs (it telescopes: its episode sum is the final backlog in units

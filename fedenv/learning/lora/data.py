@@ -1,6 +1,6 @@
 """GLUE SST-2 and QNLI through ``datasets``: sources, seeded hold-out, tokenisation cache, batches.
 
-Sources, in order (SPEC §5):
+Sources, in order (docs/model.md §5.3):
 
 1. ``learning.lora.data_dir``: a GLUE TSV root holding ``sst2/`` and ``qnli/`` (the layout of
    ``../shared/data/glue``). A ``data_dir`` that is set but lacks the task is an error, not a
