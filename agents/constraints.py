@@ -16,13 +16,17 @@ gain), and after each rollout
 The env, its reward and every evaluation are unchanged: evaluations report the env's reward.
 The multiplier is logged (``constraint/lambda``) and saved in ``<run>/constraint.json`` so that
 ``--resume`` continues with it.
+
+:class:`DualAscentCallback` runs the dual ascent of any :class:`DualConstraint` (a VecEnv wrapper
+with ``update()`` and ``state()``): this accuracy constraint, and the energy and latency
+constraints of PPO-Lagrangian (:mod:`agents.lagrangian`).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
@@ -31,7 +35,19 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 
 from fedenv.atomic import write_file
 
-__all__ = ["AccuracyConstraint", "DualAscentCallback"]
+__all__ = ["AccuracyConstraint", "DualAscentCallback", "DualConstraint"]
+
+
+class DualConstraint(Protocol):
+    """A Lagrangian relaxation: :meth:`update` takes a dual-ascent step, :meth:`state` is what is saved."""
+
+    def update(self) -> dict[str, float]:
+        """One dual-ascent step from the experience since the last one; statistics to log ({} if none)."""
+        ...
+
+    def state(self) -> dict[str, Any]:
+        """The multipliers (JSON-serialisable), as the run directory keeps them."""
+        ...
 
 
 class AccuracyConstraint(VecEnvWrapper):
@@ -68,14 +84,19 @@ class AccuracyConstraint(VecEnvWrapper):
         self.lam = max(0.0, self.lam + self.lr * 100.0 * (self.target - mean))
         return {"lambda": self.lam, "final_accuracy": mean, "violation": self.target - mean}
 
+    def state(self) -> dict[str, Any]:
+        return {"lambda": self.lam, "target": self.target}
+
 
 class DualAscentCallback(BaseCallback):
-    """Updates the multiplier after every rollout, logs it and saves it in ``path``."""
+    """Updates the multipliers after every rollout, logs them (``<prefix>/<stat>``) and saves
+    them atomically in ``path`` (the constraint's state plus ``timesteps``)."""
 
-    def __init__(self, constraint: AccuracyConstraint, path: Path) -> None:
+    def __init__(self, constraint: DualConstraint, path: Path, prefix: str = "constraint") -> None:
         super().__init__()
         self.constraint = constraint
         self.path = path
+        self.prefix = prefix
 
     def _on_step(self) -> bool:
         return True
@@ -83,19 +104,34 @@ class DualAscentCallback(BaseCallback):
     def _on_rollout_end(self) -> None:
         stats = self.constraint.update()
         for key, value in stats.items():
-            self.logger.record(f"constraint/{key}", value)
-        state = {"lambda": self.constraint.lam, "target": self.constraint.target, "timesteps": int(self.num_timesteps)}
+            self.logger.record(f"{self.prefix}/{key}", value)
+        state = {**self.constraint.state(), "timesteps": int(self.num_timesteps)}
         write_file(self.path, json.dumps(state))
 
     @staticmethod
-    def saved_lambda(path: Path) -> float:
-        """The multiplier a resumed run continues from (0 before the first rollout)."""
+    def saved_state(path: Path) -> dict[str, Any] | None:
+        """The saved state a resumed run continues from (None before the first rollout)."""
         if not path.is_file():
-            return 0.0
+            return None
         try:
-            return float(json.loads(path.read_text())["lambda"])
-        except (ValueError, KeyError, TypeError) as exc:
+            state = json.loads(path.read_text())
+            if not isinstance(state, dict):
+                raise TypeError(f"expected a JSON object, got {type(state).__name__}")
+        except (ValueError, TypeError) as exc:
             raise ValueError(
-                f"{path}: damaged ({exc}); it holds the constraint's multiplier. Restore it from a copy of the run, "
+                f"{path}: damaged ({exc}); it holds the constraint's multipliers. Restore it from a copy of the run, "
+                "or delete it to restart the multiplier from 0"
+            ) from exc
+        return state
+
+    @staticmethod
+    def saved_lambda(path: Path) -> float:
+        """The accuracy constraint's multiplier a resumed run continues from (0 before the first rollout)."""
+        try:
+            state = DualAscentCallback.saved_state(path)
+            return 0.0 if state is None else float(state["lambda"])
+        except (KeyError, TypeError) as exc:
+            raise ValueError(
+                f"{path}: damaged ({exc!r}); it holds the constraint's multiplier. Restore it from a copy of the run, "
                 "or delete it to restart the multiplier from 0"
             ) from exc

@@ -146,7 +146,8 @@ class BatchedAgentVecEnv(FedLoRAWirelessVecEnv):
     agent's :class:`~agents.features.ObservationFeatures` and (stateless)
     :class:`~agents.actions.ActionAdapter`, the horizon reported as a termination (as
     :class:`HorizonIsTermination` does for single envs) and the episode metrics of
-    :class:`EpisodeStats`. Every ``info`` carries ``reward_terms`` (the env's named terms); an
+    :class:`EpisodeStats`. Every ``info`` carries ``reward_terms`` (the env's named terms) and the
+    round's costs (``cost``, ``cost_per_device``, with a latency budget ``cost_latency``); an
     episode's last one also ``accuracy`` (the final accuracy), ``episode_metrics`` and
     ``terminal_observation``. Wrap it in ``VecMonitor`` for SB3's episode returns.
     """
@@ -181,6 +182,12 @@ class BatchedAgentVecEnv(FedLoRAWirelessVecEnv):
         agent_obs = self.features(obs, info)
         rows = zip(*(value.tolist() for value in terms.values()))
         infos: list[dict[str, Any]] = [{"TimeLimit.truncated": False, "reward_terms": dict(zip(terms, row))} for row in rows]
+        # the round's costs, as a single env reports them (PPO-Lagrangian reads them; agents/lagrangian.py)
+        for out, row, total in zip(infos, info["cost_per_device"], info["cost"].tolist()):
+            out["cost"], out["cost_per_device"] = total, row
+        if "cost_latency" in info:
+            for out, latency in zip(infos, info["cost_latency"].tolist()):
+                out["cost_latency"] = latency
         dones = terminated | truncated
         if dones.any():
             for j in np.flatnonzero(dones):

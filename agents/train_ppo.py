@@ -1,9 +1,17 @@
 """PPO (stable-baselines3) on FedLoRAWireless-v0, in one readable file (CleanRL style).
 
-    python -m agents.train_ppo                                     # tuned defaults (configs/train/ppo.yaml)
+    python -m agents.train_ppo --config switching                  # PPO-Lagrangian, the default (configs/train/ppo_lagrangian.yaml)
+    python -m agents.train_ppo --config switching --multipliers shared   # one energy multiplier on the worst device
+    python -m agents.train_ppo --train-config configs/train/ppo.yaml  # PPO on the env's weighted reward (--objective weighted)
     python -m agents.train_ppo --config soft --total-timesteps 200000 --n-envs 4 --vec-env subproc
     python -m agents.train_ppo --train-config configs/train/ppo.yaml --config configs/scenarios/dense_cell.yaml
     python -m agents.train_ppo --run-dir runs/my_run --resume       # continue from the newest intact checkpoint
+
+The default objective is PPO-Lagrangian (:mod:`agents.lagrangian`): the accuracy gain as the
+reward, each device's average energy per round (and, where budgeted, the round latency) kept
+within its budget by Lagrange multipliers learned by dual ascent, saved in
+``<run>/lagrangian.json``. ``--objective weighted`` trains on the env's own reward (accuracy
+against energy, ``reward.mode``) instead.
 
 Every run writes a run directory (see :mod:`agents.runs`): model + normaliser, the best model on
 held-out validation seeds, checkpoints, the resolved env config and arguments, seed, git commit,
@@ -28,9 +36,10 @@ from agents.callbacks import EnvMetricsCallback, HeldOutEvalCallback, checkpoint
 from agents.constraints import AccuracyConstraint, DualAscentCallback
 from agents.envs import episode_seeds, make_vec_env
 from agents.features import ObservationFeatures
+from agents.lagrangian import MULTIPLIER_MODES, STATE_FILE, CostConstraints
 from agents.normalization import load_normalizer, make_normalizer
 from agents.policies import policy_class
-from agents.runs import finish_run, parse_args, prepare_run
+from agents.runs import RunDir, finish_run, parse_args, prepare_run
 
 
 def _help(text: str) -> dict[str, str]:
@@ -74,6 +83,11 @@ class Args:
     vf_coef: float = field(default=0.5, metadata=_help("value loss weight"))
     max_grad_norm: float = field(default=0.5, metadata=_help("gradient clipping norm"))
     target_kl: float | None = field(default=None, metadata=_help("early-stop an update above this KL (None = off)"))
+    # --- objective: PPO-Lagrangian (agents/lagrangian.py) or the env's weighted reward
+    objective: str = field(default="lagrangian", metadata=_help("lagrangian (PPO-Lagrangian: the accuracy gain as reward, each device's average energy per round, and the latency where budgeted, within budget by dual ascent; agents/lagrangian.py) or weighted (the env's own reward, reward.mode)"))
+    multipliers: str = field(default="per_device", metadata=_help("lagrangian: per_device (one multiplier per device) or shared (one energy multiplier, ascended on the worst device)"))
+    multiplier_lr: float = field(default=0.05, metadata=_help("lagrangian: dual ascent step per rollout, per unit of relative budget violation (mean cost - budget) / budget"))
+    multiplier_init: float = field(default=0.0, metadata=_help("lagrangian: initial value of every multiplier"))
     # --- optional constraint (agents/constraints.py; the env and its reward are unchanged)
     accuracy_target: float | None = field(default=None, metadata=_help("train for E[final accuracy] >= this by Lagrangian relaxation (None = off)"))
     lambda_lr: float = field(default=0.05, metadata=_help("dual ascent step of the accuracy multiplier, per accuracy point of violation"))
@@ -93,9 +107,13 @@ class Args:
 
 def main(argv: list[str] | None = None) -> Path:
     args, given = parse_args(Args, argv, description=__doc__)
-    for name, value, valid in (("policy", args.policy, ("mlp", "per_device")), ("lr_schedule", args.lr_schedule, ("constant", "linear")), ("activation", args.activation, ("tanh", "relu"))):
+    for name, value, valid in (("policy", args.policy, ("mlp", "per_device")), ("lr_schedule", args.lr_schedule, ("constant", "linear")), ("activation", args.activation, ("tanh", "relu")), ("objective", args.objective, ("lagrangian", "weighted")), ("multipliers", args.multipliers, MULTIPLIER_MODES)):
         if value not in valid:
             raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(valid)}, got {value!r}")
+    if args.resume and args.run_dir and "objective" not in given and (Path(args.run_dir) / "args.yaml").is_file() and "objective" not in RunDir(args.run_dir).read_args():
+        # a run from before PPO-Lagrangian became the default trained on the weighted reward
+        args.objective = "weighted"
+        given.add("objective")
 
     # --- run directory (a new one, or the one to resume with its saved arguments)
     args, run, config, latest = prepare_run(args, given, "ppo", Args)
@@ -110,6 +128,15 @@ def main(argv: list[str] | None = None) -> Path:
     actions = ActionAdapter(config, args.action_form)
     venv = make_vec_env(config, args.n_envs, args.vec_env, seed=env_seed, obs_features=args.obs_features, action_form=args.action_form)
     per_device = args.policy == "per_device"
+    lagrangian = None
+    if args.objective == "lagrangian":
+        if args.accuracy_target is not None:
+            raise ValueError("--accuracy-target constrains the weighted objective; PPO-Lagrangian already maximises the accuracy (pass --objective weighted to use it)")
+        lagrangian = CostConstraints(venv, config, args.multiplier_lr, args.multipliers, init=args.multiplier_init)
+        saved = DualAscentCallback.saved_state(run.path / STATE_FILE) if latest is not None else None
+        if saved is not None:
+            lagrangian.load_state(saved, str(run.path / STATE_FILE))
+        venv = lagrangian
     constraint = None
     if args.accuracy_target is not None:
         constraint = AccuracyConstraint(venv, args.accuracy_target, args.lambda_lr, lam=DualAscentCallback.saved_lambda(run.path / "constraint.json"))
@@ -172,6 +199,7 @@ def main(argv: list[str] | None = None) -> Path:
         evaluator,
         checkpoint_callback(run, args.checkpoint_freq),
         *([DualAscentCallback(constraint, run.path / "constraint.json")] if constraint is not None else []),
+        *([DualAscentCallback(lagrangian, run.path / STATE_FILE, prefix="lagrangian")] if lagrangian is not None else []),
     ])
 
     # --- train

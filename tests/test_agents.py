@@ -263,10 +263,14 @@ def test_training_on_the_batched_env_equals_training_on_dummy_vec_env(tiny_run: 
 
 
 def test_train_config_yaml_matches_the_defaults_and_flags_override_it(tmp_path: Path) -> None:
-    tuned = yaml.safe_load((ROOT / "configs/train/ppo.yaml").read_text())
+    tuned = yaml.safe_load((ROOT / "configs/train/ppo_lagrangian.yaml").read_text())
     defaults, _ = parse_args(train_ppo.Args, [])
+    assert defaults.objective == "lagrangian"  # PPO-Lagrangian is the default learned agent
     for key, value in tuned.items():
         assert getattr(defaults, key) == value, key
+    weighted = yaml.safe_load((ROOT / "configs/train/ppo.yaml").read_text())
+    assert weighted.pop("objective") == "weighted"
+    assert weighted == {key: value for key, value in tuned.items() if key in weighted}  # the same tuned values
     args, given = parse_args(train_ppo.Args, ["--train-config", str(ROOT / "configs/train/ppo.yaml"), "--n-envs", "3"])
     assert args.n_envs == 3 and "n_envs" in given
     bad = tmp_path / "bad.yaml"
@@ -301,7 +305,7 @@ def test_best_model_selection_with_an_accuracy_condition(tmp_path: Path) -> None
     assert selection_score(33.0, 0.5, 0.859) > selection_score(32.0, 0.5, 0.859)  # none feasible: the return
     # --select-accuracy replaces --accuracy-target as the condition (here no evaluation meets it)
     run = tmp_path / "select"
-    _train(*TINY, "--total-timesteps", "256", "--accuracy-target", "0.5", "--select-accuracy", "0.99", "--run-dir", str(run))
+    _train(*TINY, "--total-timesteps", "256", "--objective", "weighted", "--accuracy-target", "0.5", "--select-accuracy", "0.99", "--run-dir", str(run))
     state = json.loads((run / "eval_state.json").read_text())
     assert state["best_score"] < -1e5 and state["last"]["final_accuracy"] < 0.99
 

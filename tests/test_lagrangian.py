@@ -1,0 +1,165 @@
+"""PPO-Lagrangian (agents/lagrangian.py): the shaped reward, dual ascent, a training run and its resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+pytest.importorskip("stable_baselines3")
+
+from stable_baselines3.common.vec_env import DummyVecEnv  # noqa: E402
+
+from agents.envs import make_vec_env  # noqa: E402
+from agents.lagrangian import STATE_FILE, CostConstraints  # noqa: E402
+from agents.runs import RunDir  # noqa: E402
+from fedenv.config import resolve_config  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+#: A tiny training run (as tests/test_agents.py's): 2 envs x 64 steps per update.
+TINY = [
+    "--n-envs", "2", "--n-steps", "64", "--batch-size", "64", "--n-epochs", "1", "--eval-freq", "256",
+    "--eval-episodes", "1", "--checkpoint-freq", "128", "--net-arch", "16", "--no-progress-bar", "--no-tensorboard", "--seed", "3",
+]  # fmt: skip
+K, BUDGET = 3, 0.25
+
+
+def _train(*argv: str) -> None:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "agents.train_ppo", *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+class _CostEnv(gym.Env[np.ndarray, np.ndarray]):
+    """Emits the accuracy reward term and the per-device costs it is told to."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def __init__(self) -> None:
+        self.costs = np.full(K, BUDGET)
+        self.latency = 1.0
+        self.accuracy_term = 0.5
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        info = {"reward_terms": {"accuracy": self.accuracy_term}, "cost_per_device": self.costs.copy(), "cost": float(self.costs.sum()), "cost_latency": self.latency}
+        return np.zeros(1, np.float32), 123.0, False, False, info
+
+
+def _wrapped(multipliers: str = "per_device", preset: str = "switching", lr: float = 0.1, init: float = 0.0) -> tuple[CostConstraints, _CostEnv]:
+    env = _CostEnv()
+    cfg = resolve_config(preset, devices={"num_devices": K}, budgets={"energy_budget_j": None if preset == "soft" else BUDGET})
+    return CostConstraints(DummyVecEnv([lambda: env]), cfg, lr=lr, multipliers=multipliers, init=init), env
+
+
+def _step(venv: CostConstraints) -> float:
+    venv.reset()
+    _, reward, _, _ = venv.step(np.zeros((1, 1), np.float32))
+    return float(reward[0])
+
+
+def test_per_device_multiplier_rises_on_overspend_and_falls_to_zero_when_slack() -> None:
+    venv, env = _wrapped(lr=0.1)
+    env.costs = np.array([0.5, 0.25, 0.1])  # device 0 spends twice its budget, device 2 is slack
+    for _ in range(3):
+        _step(venv)
+    stats = venv.update()
+    np.testing.assert_allclose(venv.lam, [0.1 * 1.0, 0.0, 0.0])  # lr x (mean cost - budget) / budget, projected >= 0
+    assert stats["energy_violation_max"] == pytest.approx(1.0) and stats["devices_over_budget"] == pytest.approx(1 / 3)
+    _step(venv)
+    venv.update()
+    np.testing.assert_allclose(venv.lam, [0.2, 0.0, 0.0])
+    env.costs = np.array([0.15, 0.25, 0.1])  # now under budget: lambda_0 falls by 0.1 x 0.4 per update, to 0
+    values = []
+    for _ in range(8):
+        _step(venv)
+        venv.update()
+        values.append(venv.lam[0])
+    assert values[0] == pytest.approx(0.16) and values[-1] == 0.0 and all(np.diff(values) <= 0)
+    assert venv.update() == {}  # no step since the last update: nothing changes
+
+
+def test_shared_multiplier_ascends_on_the_worst_device() -> None:
+    venv, env = _wrapped("shared", lr=0.1, init=0.05)
+    assert venv.multiplier_names == ["energy"] and venv.lam.shape == (1,)
+    env.costs = np.array([0.3, 0.2, 0.1])  # worst device 20% over, the others under
+    _step(venv)
+    venv.update()
+    assert venv.lam[0] == pytest.approx(0.05 + 0.1 * 0.2)
+    env.costs = np.array([0.2, 0.2, 0.1])  # worst 20% under: falls by 0.02 per update, then stays at 0
+    for _ in range(5):
+        _step(venv)
+        venv.update()
+    assert venv.lam[0] == 0.0
+
+
+@pytest.mark.parametrize("multipliers", ["per_device", "shared"])
+def test_shaped_reward_is_the_accuracy_term_minus_the_priced_violations(multipliers: str) -> None:
+    venv, env = _wrapped(multipliers, preset="unified")
+    assert venv.cost_names == ["energy_0", "energy_1", "energy_2", "latency"]
+    venv.lam = np.array([0.5, 1.0, 2.0, 0.3]) if multipliers == "per_device" else np.array([0.7, 0.3])
+    env.costs, env.latency, env.accuracy_term = np.array([0.5, 0.2, 0.25]), 4.5, 0.8
+    weights = [0.5, 1.0, 2.0] if multipliers == "per_device" else [0.7] * 3
+    expected = 0.8 - sum(w * (c - BUDGET) / BUDGET for w, c in zip(weights, env.costs)) - 0.3 * (4.5 - 3.0) / 3.0
+    assert _step(venv) == pytest.approx(expected, rel=1e-6)  # (the env's own reward, 123, is replaced)
+
+
+def test_latency_only_preset_and_bad_settings() -> None:
+    venv, env = _wrapped(preset="soft")  # soft: a latency budget, no energy budget
+    assert venv.multiplier_names == ["latency"] and venv.limits.tolist() == [3.0]
+    env.latency = 6.0
+    _step(venv)
+    venv.update()
+    assert venv.lam.tolist() == [pytest.approx(0.1)]
+    cfg = resolve_config("switching")
+    base = DummyVecEnv([_CostEnv])
+    with pytest.raises(ValueError, match="multipliers must be one of per_device, shared"):
+        CostConstraints(base, cfg, 0.1, "worst")
+    with pytest.raises(ValueError, match="reward.mode 'dpp' has none"):
+        CostConstraints(base, cfg.replace(reward={"mode": "dpp"}), 0.1)
+    with pytest.raises(ValueError, match="neither an energy nor a latency budget"):
+        CostConstraints(base, cfg.replace(budgets={"energy_budget_j": None}), 0.1)
+    with pytest.raises(ValueError, match="resume with the run's own --multipliers"):
+        CostConstraints(base, cfg, 0.1, "shared").load_state(CostConstraints(base, cfg, 0.1).state())
+
+
+@pytest.mark.parametrize("kind", ["dummy", "batched"])
+def test_shaped_reward_on_the_training_envs_reads_the_env_costs(kind: str) -> None:
+    cfg = resolve_config("unified", num_rounds=3)
+    venv = CostConstraints(make_vec_env(cfg, 2, kind, seed=0), cfg, lr=0.1)
+    venv.lam = np.linspace(0.1, 1.0, venv.lam.size)
+    venv.reset()
+    rng = np.random.default_rng(0)
+    for _ in range(4):  # through an episode end
+        _, reward, _, infos = venv.step(rng.uniform(-1, 1, (2, *venv.action_space.shape)).astype(np.float32))
+        for r, info in zip(reward, infos):
+            costs = np.append(info["cost_per_device"], info["cost_latency"])
+            limits = np.append(np.full(cfg.devices.num_devices, cfg.budgets.energy_budget_j), cfg.budgets.latency_budget_s)
+            assert r == pytest.approx(info["reward_terms"]["accuracy"] - venv.lam @ ((costs - limits) / limits), rel=1e-5, abs=1e-5)
+            assert info["cost"] == pytest.approx(info["cost_per_device"].sum())
+
+
+def test_training_writes_the_multipliers_and_resume_restores_them(tmp_path: Path) -> None:
+    run = tmp_path / "lag"
+    _train(*TINY, "--total-timesteps", "256", "--run-dir", str(run))  # the defaults: PPO-Lagrangian
+    assert RunDir(run).read_args()["objective"] == "lagrangian"
+    state = json.loads((run / STATE_FILE).read_text())
+    assert state["multipliers"] == "per_device" and state["timesteps"] == 256
+    assert state["names"] == [f"energy_{k}" for k in range(10)] and len(state["lambda"]) == 10
+    assert all(x >= 0 for x in state["lambda"]) and state["limits"]["energy_0"] == 0.25
+    # resume: the saved multipliers continue (set by hand, frozen with a zero step, still there)
+    state["lambda"] = [float(k) for k in range(10)]
+    (run / STATE_FILE).write_text(json.dumps(state))
+    _train("--run-dir", str(run), "--resume", "--total-timesteps", "384", "--multiplier-lr", "0")
+    resumed = json.loads((run / STATE_FILE).read_text())
+    assert resumed["lambda"] == [float(k) for k in range(10)] and resumed["timesteps"] == 384
