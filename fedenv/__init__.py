@@ -12,6 +12,11 @@
 
 A variant id is ``FedLoRAWireless-v0`` with ``preset=`` set: keyword overrides and a mapping
 ``config`` apply on top of its preset, and a full ``EnvConfig`` must have its paradigm.
+
+Each scenario of :mod:`fedenv.scenarios` (a preset with a few keys changed where the decisions
+matter) has its id too (:data:`SCENARIO_IDS`: ``FedLoRAWireless-TightEnergy-v0``,
+``-LargeCell-v0``, ``-DenseCell-v0``, ``-MobileShadowed-v0``, ``-SoftTightLatency-v0``,
+``-SplitTightEnergy-v0``); keyword overrides apply on top of the scenario.
 Registration is idempotent (importing or reloading the package again changes nothing).
 """
 
@@ -21,8 +26,9 @@ from gymnasium.envs.registration import register, registry
 
 from fedenv.config import PRESETS, EnvConfig, resolve_config
 from fedenv.env import FedLoRAWirelessEnv
+from fedenv.scenarios import SCENARIO_IDS, SCENARIOS
 
-__all__ = ["ENV_ID", "ENV_IDS", "EnvConfig", "FedLoRAWirelessEnv", "PRESETS", "resolve_config"]
+__all__ = ["ENV_ID", "ENV_IDS", "EnvConfig", "FedLoRAWirelessEnv", "PRESETS", "SCENARIO_IDS", "resolve_config"]
 __version__ = "0.1.0"
 
 #: The default id: the switching preset.
@@ -43,4 +49,12 @@ for _preset, _id in ENV_IDS.items():
             vector_entry_point="fedenv.vector:FedLoRAWirelessVectorEnv",
             kwargs={} if _id == ENV_ID else {"preset": _preset},
         )
-del _preset, _id
+for _scenario in SCENARIOS.values():
+    if _scenario.env_id not in registry:
+        register(
+            id=_scenario.env_id,
+            entry_point="fedenv.env:FedLoRAWirelessEnv",
+            vector_entry_point="fedenv.vector:FedLoRAWirelessVectorEnv",
+            kwargs={"config": _scenario.mapping()},
+        )
+del _preset, _id, _scenario
