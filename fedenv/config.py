@@ -579,10 +579,12 @@ class LoraBackendConfig(_Section):
     """GLUE TSV root (holding sst2/, qnli/); else $FEDENV_DATA_DIR, else the hub (nyu-mll/glue)."""
     pooling: Annotated[str, OneOf(*LORA_POOLINGS)] = "auto"
     """Classifier input: auto (a sentence-transformers checkpoint's own pooling: the token mean, L2-normalised if it normalises; else the checkpoint's classification model), mean, normalized_mean or model (docs/lora.md)."""
-    learning_rate: Annotated[float, Range(gt=0, le=1)] = 3e-3
-    """Client AdamW learning rate, in (0, 1]."""
+    optimizer: Annotated[str, OneOf("sgd", "adamw")] = "adamw"
+    """Client optimiser, fresh every round: sgd or adamw (docs/lora.md, "Client optimisation")."""
+    learning_rate: Annotated[float, Range(gt=0, le=10)] = 3e-3
+    """Client learning rate, in (0, 10]."""
     weight_decay: Annotated[float, Range(ge=0, le=100)] = 0.01
-    """Client AdamW decoupled weight decay (torch's default), in [0, 100]."""
+    """Client weight decay (AdamW: decoupled), in [0, 100]."""
     lora_dropout: Annotated[float, Range(ge=0, lt=1)] = 0.0
     """Dropout on the LoRA input during local training, in [0, 1) (the frozen backbone runs without dropout)."""
     aggregation: Annotated[str, OneOf("zeropad", "stack", "svd")] = "zeropad"

@@ -163,3 +163,30 @@ def test_training_writes_the_multipliers_and_resume_restores_them(tmp_path: Path
     _train("--run-dir", str(run), "--resume", "--total-timesteps", "384", "--multiplier-lr", "0")
     resumed = json.loads((run / STATE_FILE).read_text())
     assert resumed["lambda"] == [float(k) for k in range(10)] and resumed["timesteps"] == 384
+
+
+def test_pareto_command_runs_end_to_end_with_the_lyapunov_sweep_and_agents_per_budget(tmp_path: Path) -> None:
+    import csv
+
+    from baselines import pareto
+
+    runs = []
+    for budget in (0.25, 0.5):  # one PPO-Lagrangian run per energy budget (tiny: 3 devices, 5 rounds)
+        config = tmp_path / f"tiny_e{budget}.yaml"
+        config.write_text(f"preset: switching\nnum_rounds: 5\ndevices:\n  num_devices: 3\nbudgets:\n  energy_budget_j: {budget}\n")
+        run = tmp_path / f"run_e{budget}"
+        _train(*TINY, "--total-timesteps", "128", "--eval-freq", "0", "--config", str(config), "--run-dir", str(run))
+        runs.append(f"ppo:{run}")
+    out = tmp_path / "pareto"
+    rows = pareto.main(["--preset", str(ROOT / "configs/scenarios/tiny.yaml"), "--seeds", "1000-1002", "--V", "0.1,1", "--agents", *runs, "--out", str(out)])
+    assert [(r["method"], r["parameter"]) for r in rows] == [("lyapunov", "V")] * 2 + [("ppo", "run")] * 2
+    assert [r["energy_budget_j"] for r in rows] == [0.25, 0.25, 0.25, 0.5]  # each agent in the config it was trained with
+    for r in rows:
+        assert 0.0 < r["final_accuracy"] <= 1.0 and r["energy_j"] > 0 and r["final_accuracy_ci95"] >= 0
+        assert 0.0 <= r["devices_within_budget"] <= 1.0
+    with (out / "pareto.csv").open() as fh:
+        assert len(list(csv.DictReader(fh))) == 4
+    assert "| ppo | run=" in (out / "pareto.md").read_text() and (out / "pareto.png").stat().st_size > 0
+    assert pareto.parse_seeds("1000-1002") == [1000, 1001, 1002] and pareto.parse_seeds("7,9") == [7, 9]
+    with pytest.raises(ValueError, match="--seeds"):
+        pareto.parse_seeds("10-1")

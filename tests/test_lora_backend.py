@@ -269,9 +269,9 @@ def _random_adapter(learner: LoraLearner, seed: int) -> GlobalAdapter:
     )
 
 
-@pytest.mark.parametrize("orthogonality_weight", [0.0, 0.05])
-def test_batched_engine_matches_per_device_peft(learner: LoraLearner, orthogonality_weight: float):
-    settings = TrainSettings(learning_rate=1e-2, orthogonality_weight=orthogonality_weight, max_sequences_per_pass=24)
+@pytest.mark.parametrize(("orthogonality_weight", "optimizer", "lr"), [(0.0, "adamw", 1e-2), (0.05, "adamw", 1e-2), (0.0, "sgd", 0.5)])
+def test_batched_engine_matches_per_device_peft(learner: LoraLearner, orthogonality_weight: float, optimizer: str, lr: float):
+    settings = TrainSettings(learning_rate=lr, optimizer=optimizer, orthogonality_weight=orthogonality_weight, max_sequences_per_pass=24)
     batched, sequential = _engines(learner, settings)
     learner.reset(4, np.random.default_rng(0))
     adapter = _random_adapter(learner, 1)

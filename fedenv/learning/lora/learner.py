@@ -128,6 +128,7 @@ class LoraLearner:
         settings = TrainSettings(
             learning_rate=lc.learning_rate,
             weight_decay=lc.weight_decay,
+            optimizer=lc.optimizer,
             lora_dropout=lc.lora_dropout,
             orthogonality_weight=lc.orthogonality_weight,
             max_sequences_per_pass=lc.max_sequences_per_pass,

@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--local-steps", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=None, help="client learning rate (default: learning.lora.learning_rate)")
+    parser.add_argument("--optimizer", default=None, choices=["sgd", "adamw"], help="client optimiser (default: learning.lora.optimizer)")
     parser.add_argument("--pooling", default=None, choices=["auto", "mean", "normalized_mean", "model"], help="classifier input (default: learning.lora.pooling)")
     parser.add_argument("--server-momentum", type=float, default=None, help="FedAvgM beta (default: learning.lora.server_momentum)")
     parser.add_argument("--aggregation", default="zeropad", choices=["zeropad", "stack", "svd"])
@@ -77,7 +78,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "lora": {
                 **{
                     key: value
-                    for key, value in (("learning_rate", args.lr), ("pooling", args.pooling), ("server_momentum", args.server_momentum))
+                    for key, value in (
+                        ("learning_rate", args.lr),
+                        ("optimizer", args.optimizer),
+                        ("pooling", args.pooling),
+                        ("server_momentum", args.server_momentum),
+                    )
                     if value is not None
                 },
                 "aggregation": args.aggregation,

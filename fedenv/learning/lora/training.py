@@ -2,7 +2,8 @@
 
 Both engines implement the same math (docs/model.md §5.3, issue "local training"): device k starts from
 the global adapter truncated to its rank r_k (the first r_k components of every target) and
-the global head, and runs tau steps of AdamW on its own mini-batches of n_b examples, minimising
+the global head, and runs tau steps of its optimiser (``learning.lora.optimizer``: SGD or AdamW,
+fresh every round) on its own mini-batches of n_b examples, minimising
 the cross-entropy (+ lambda times the SOFT orthogonality penalty when lambda > 0). The frozen
 backbone runs in eval mode (no dropout), which makes local training deterministic; only the
 LoRA input sees ``lora_dropout``.
@@ -11,7 +12,7 @@ LoRA input sees ``lora_dropout``.
   stacked along a device axis, zero-padded to the largest rank of the pass, and all devices
   train in one forward/backward over the shared frozen base (``torch.bmm`` per target), each
   device's loss touching only its own factors. A padded component has a zero row in A and a zero
-  column in B, so its gradient, its AdamW moments and its value stay exactly 0: the zero padding
+  column in B, so its gradient, its optimiser state and its value stay exactly 0: the zero padding
   *is* the rank mask. Devices are grouped into passes of at most ``max_sequences_per_pass``
   sequences, so memory grows with the adapters, not with K copies of the model or K batches.
 * :class:`SequentialTrainer` (``trainer="sequential"``): the straightforward loop, one peft
@@ -106,12 +107,23 @@ class LocalUpdate:
 class TrainSettings:
     learning_rate: float = 3e-3
     weight_decay: float = 0.01
+    optimizer: str = "adamw"
+    """``sgd`` or ``adamw`` (``learning.lora.optimizer``)."""
     lora_dropout: float = 0.0
     orthogonality_weight: float = 0.0
     max_sequences_per_pass: int = 256
     eval_batch_size: int = 128
     max_seq_len: int = 512
     """Longest tokenised example (the batched engine's dropout masks are drawn at this length)."""
+
+
+def make_optimizer(params: Sequence[torch.Tensor], settings: TrainSettings) -> torch.optim.Optimizer:
+    """A device's optimiser for one round: SGD or AdamW (decoupled weight decay), fresh state."""
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    if settings.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    raise ValueError(f"learning.lora.optimizer must be sgd or adamw, got {settings.optimizer!r}")
 
 
 def _model_inputs(model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -420,7 +432,7 @@ class BatchedTrainer(_TrainerBase):
             b[path] = tb.requires_grad_(True)
         head = {n: adapter.head[n].to(dev)[None].repeat(g, *([1] * adapter.head[n].ndim)).requires_grad_(True) for n in self.spec.head}
         params = [*a.values(), *b.values(), *head.values()]
-        opt = torch.optim.AdamW(params, lr=st.learning_rate, weight_decay=st.weight_decay)
+        opt = make_optimizer(params, st)
         generators = []
         if st.lora_dropout > 0.0:
             for job in jobs:
@@ -543,7 +555,7 @@ class SequentialTrainer(_TrainerBase):
                     for path in self.spec.targets:
                         peft_model.base_model.model.get_submodule(path).lora_dropout["default"].train()
                 params = [p for p in peft_model.parameters() if p.requires_grad]
-                opt = torch.optim.AdamW(params, lr=st.learning_rate, weight_decay=st.weight_decay)
+                opt = make_optimizer(params, st)
                 lora = self._lora_modules(peft_model)
                 loss_sum = 0.0
                 for idx in job.batches:
