@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seeds", type=parse_seeds, default=parse_seeds("0-5"))
     parser.add_argument("--out", default=None, help="study directory (required unless --probe)")
     parser.add_argument("--probe", action="store_true", help="only the linear probe of the frozen features (module docstring)")
+    parser.add_argument("--plot", default=None, help="PNG path for every seed's accuracy curve")
     args, run_args = parser.parse_known_args(argv)
     if args.probe:
         probe_parser = argparse.ArgumentParser(prog="python -m fedenv.learning.lora.health --probe")
@@ -155,7 +156,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summary = {"command": "python -m fedenv.learning.lora.health " + " ".join(given), **summarize(curves)}
     (out / "health.json").write_text(json.dumps({**summary, "curves": curves}, indent=2))
     print(json.dumps(summary, indent=2))
+    if args.plot:
+        _plot(curves, Path(args.plot), summary["command"].removeprefix("python -m fedenv.learning.lora.health "))
     return summary
+
+
+def _plot(curves: dict[int, list[float]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for seed, curve in sorted(curves.items()):
+        ax.plot(range(len(curve)), curve, marker="o", ms=2.5, lw=1, label=f"seed {seed}")
+    ax.axhline(FLOOR, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("round")
+    ax.set_ylabel("eval accuracy")
+    ax.set_title(title, fontsize=7)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--aggregation", default="zeropad", choices=["zeropad", "stack", "svd"])
     parser.add_argument("--trainer", default="batched", choices=["batched", "sequential"])
     parser.add_argument("--eval-samples", type=int, default=None)
+    parser.add_argument("--eval-interval", type=int, default=1, help="evaluate every this many rounds (and after the last)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="results/lora/run")
@@ -89,6 +90,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "aggregation": args.aggregation,
                 "trainer": args.trainer,
                 "eval_samples": args.eval_samples,
+                "eval_interval": args.eval_interval,
                 "num_threads": args.threads,
             },
         },
