@@ -80,11 +80,25 @@ class ActionAdapter:
         self.module_index = comps.index("module") if "module" in comps else -1
         self.gated = kind == "gated"
         if self.gated and "module" not in comps and "schedule" not in comps:
-            raise ValueError(f"the gated action form idles devices, so it needs a module or schedule action component; the {config.paradigm!r} paradigm has {', '.join(comps)}")
+            raise ValueError(
+                f"the gated action form idles devices, so it needs a module or schedule action component; the {config.paradigm!r} paradigm has {', '.join(comps)}"
+            )
         #: the column that schedules a device, and its canonical "idle" value (module 0, schedule <= 0)
-        self._gate_column = self.module_index if self.module_index >= 0 else (comps.index("schedule") if "schedule" in comps else -1)
-        self._idle_value = 0.5 / (self.num_modules + 1) * 2.0 - 1.0 if self.module_index >= 0 else -1.0
-        self.shape = self._factored.shape if self._factored is not None else (self.num_devices, 1) if self.gated else self.env_shape
+        self._gate_column = (
+            self.module_index
+            if self.module_index >= 0
+            else (comps.index("schedule") if "schedule" in comps else -1)
+        )
+        self._idle_value = (
+            0.5 / (self.num_modules + 1) * 2.0 - 1.0 if self.module_index >= 0 else -1.0
+        )
+        self.shape = (
+            self._factored.shape
+            if self._factored is not None
+            else (self.num_devices, 1)
+            if self.gated
+            else self.env_shape
+        )
         self._base_policy: Any = None
         self._base: NDArray[np.float32] | None = None
         if kind in ("residual", "gated"):
@@ -120,7 +134,9 @@ class ActionAdapter:
         a = np.clip(a.reshape(self.shape), -1.0, 1.0)
         if self._base_policy is not None:
             if self._base is None:
-                raise RuntimeError(f"the {self.kind} action form needs observe(info) after every reset/step before an action")
+                raise RuntimeError(
+                    f"the {self.kind} action form needs observe(info) after every reset/step before an action"
+                )
             if self.gated:
                 out = self._base.copy()
                 out[a[:, 0] < GATE_THRESHOLD, self._gate_column] = self._idle_value
@@ -142,7 +158,9 @@ class ActionAdapter:
         the base action).
         """
         if self._base_policy is not None:
-            raise ValueError(f"the {self.kind} action form has no fixed inverse: its action is relative to the Lyapunov action of the round")
+            raise ValueError(
+                f"the {self.kind} action form has no fixed inverse: its action is relative to the Lyapunov action of the round"
+            )
         if self._factored is not None:
             return self._factored.from_env(env_action)
         return np.clip(np.asarray(env_action, dtype=np.float32).reshape(self.env_shape), -1.0, 1.0)
@@ -160,14 +178,18 @@ class AgentAction(gym.ActionWrapper[Any, NDArray[np.float32], NDArray[np.float32
         self.adapter = adapter
         self.action_space = adapter.space  # type: ignore[assignment]
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
         obs, info = self.env.reset(seed=seed, options=options)
         if self.adapter.stateful:
             self.adapter.reset(seed)
             self.adapter.observe(info)
         return obs, info
 
-    def step(self, action: NDArray[np.float32]) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+    def step(
+        self, action: NDArray[np.float32]
+    ) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
         obs, reward, terminated, truncated, info = self.env.step(self.action(action))
         if self.adapter.stateful and not (terminated or truncated):
             self.adapter.observe(info)

@@ -24,7 +24,9 @@ from fedenv.config import EnvConfig
 __all__ = ["lyapunov_demonstrations", "clone"]
 
 
-def lyapunov_demonstrations(venv: VecEnv, config: EnvConfig, actions: ActionAdapter, steps: int) -> tuple[np.ndarray, np.ndarray]:
+def lyapunov_demonstrations(
+    venv: VecEnv, config: EnvConfig, actions: ActionAdapter, steps: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(observations, agent actions) of the Lyapunov policy played for ``steps`` env steps in ``venv``."""
     from agents.envs import BatchedAgentVecEnv
     from baselines.lyapunov import LyapunovPolicy
@@ -33,7 +35,9 @@ def lyapunov_demonstrations(venv: VecEnv, config: EnvConfig, actions: ActionAdap
     experts = [LyapunovPolicy(config) for _ in range(n)]
     obs = venv.reset()
     inner = venv.unwrapped  # the base VecEnv, whose reset_infos hold the new episodes' infos
-    batched = isinstance(inner, BatchedAgentVecEnv)  # its infos are lean: read the state from the batched env
+    batched = isinstance(
+        inner, BatchedAgentVecEnv
+    )  # its infos are lean: read the state from the batched env
     infos = _state_infos(inner) if batched else list(inner.reset_infos)
     xs, ys = [], []
     for _ in range(max(1, steps // n)):
@@ -44,7 +48,11 @@ def lyapunov_demonstrations(venv: VecEnv, config: EnvConfig, actions: ActionAdap
         xs.append(x)
         ys.append(act)
         obs, _, dones, step_infos = venv.step(act)
-        infos = _state_infos(inner) if batched else [inner.reset_infos[i] if dones[i] else step_infos[i] for i in range(n)]
+        infos = (
+            _state_infos(inner)
+            if batched
+            else [inner.reset_infos[i] if dones[i] else step_infos[i] for i in range(n)]
+        )
     return np.concatenate(xs), np.concatenate(ys).reshape(len(xs) * n, -1)
 
 
@@ -55,7 +63,16 @@ def _state_infos(venv: Any) -> list[dict[str, Any]]:
     return [{key: state[key][i] for key in keys} for i in range(venv.num_envs)]
 
 
-def clone(policy: Any, obs: np.ndarray, target: np.ndarray, *, epochs: int = 30, batch_size: int = 256, lr: float = 1e-3, seed: int = 0) -> float:
+def clone(
+    policy: Any,
+    obs: np.ndarray,
+    target: np.ndarray,
+    *,
+    epochs: int = 30,
+    batch_size: int = 256,
+    lr: float = 1e-3,
+    seed: int = 0,
+) -> float:
     """Fit ``policy``'s action means to ``target`` (MSE); returns the final mean loss."""
     gen = th.Generator().manual_seed(seed)
     x = th.as_tensor(obs, device=policy.device)

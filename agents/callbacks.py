@@ -42,7 +42,16 @@ from agents.runs import (
 )
 from fedenv.config import EnvConfig
 
-__all__ = ["EnvMetricsCallback", "HeldOutEvalCallback", "Checkpoints", "checkpoint_callback", "selection_score", "read_evaluations", "write_evaluations", "EVAL_FIELDS"]
+__all__ = [
+    "EnvMetricsCallback",
+    "HeldOutEvalCallback",
+    "Checkpoints",
+    "checkpoint_callback",
+    "selection_score",
+    "read_evaluations",
+    "write_evaluations",
+    "EVAL_FIELDS",
+]
 
 
 class EnvMetricsCallback(BaseCallback):
@@ -68,11 +77,27 @@ class EnvMetricsCallback(BaseCallback):
         if self._stats is None:
             self._stats = EpisodeStats(len(infos), len(infos[0]["energy_j"]), self.energy_budget_j)
         stats = self._stats
-        terms = {name: np.array([info["reward_terms"][name] for info in infos]) for name in infos[0]["reward_terms"]}
-        stats.add(terms, np.stack([info["energy_j"] for info in infos]), np.stack([info["module"] for info in infos]), np.stack([info["success"] for info in infos]), np.array([info["round_latency_s"] for info in infos]))
+        terms = {
+            name: np.array([info["reward_terms"][name] for info in infos])
+            for name in infos[0]["reward_terms"]
+        }
+        stats.add(
+            terms,
+            np.stack([info["energy_j"] for info in infos]),
+            np.stack([info["module"] for info in infos]),
+            np.stack([info["success"] for info in infos]),
+            np.array([info["round_latency_s"] for info in infos]),
+        )
         for i in np.flatnonzero(self.locals["dones"]):
             info = infos[i]
-            self._log(stats.finish(int(i), float(info["accuracy"]), np.asarray(info["energy_backlog"]), float(info["latency_backlog"])))
+            self._log(
+                stats.finish(
+                    int(i),
+                    float(info["accuracy"]),
+                    np.asarray(info["energy_backlog"]),
+                    float(info["latency_backlog"]),
+                )
+            )
         return True
 
     def _log(self, metrics: dict[str, float]) -> None:
@@ -118,7 +143,11 @@ def read_evaluations(path: Path) -> list[dict[str, float]]:
     if not lines:
         return []
     if lines[0].strip().split(",") != list(EVAL_FIELDS):
-        warnings.warn(f"{path}: the header is not {','.join(EVAL_FIELDS)} (damaged); its {len(lines) - 1} row(s) are ignored", RunRepairWarning, stacklevel=2)
+        warnings.warn(
+            f"{path}: the header is not {','.join(EVAL_FIELDS)} (damaged); its {len(lines) - 1} row(s) are ignored",
+            RunRepairWarning,
+            stacklevel=2,
+        )
         return []
     rows: list[dict[str, float]] = []
     damaged: list[int] = []
@@ -134,7 +163,11 @@ def read_evaluations(path: Path) -> list[dict[str, float]]:
             continue
         rows.append(row)
     if damaged:
-        warnings.warn(f"{path}: dropped damaged line(s) {', '.join(map(str, damaged))} (interrupted write or corruption)", RunRepairWarning, stacklevel=2)
+        warnings.warn(
+            f"{path}: dropped damaged line(s) {', '.join(map(str, damaged))} (interrupted write or corruption)",
+            RunRepairWarning,
+            stacklevel=2,
+        )
     return rows
 
 
@@ -167,7 +200,18 @@ class HeldOutEvalCallback(BaseCallback):
             whose mean final accuracy meets it (if any does; :func:`selection_score`).
     """
 
-    def __init__(self, config: EnvConfig, run: RunDir, eval_freq: int, seeds: list[int], features: ObservationFeatures, actions: ActionAdapter, name: str = "agent", accuracy_target: float | None = None, verbose: int = 1) -> None:
+    def __init__(
+        self,
+        config: EnvConfig,
+        run: RunDir,
+        eval_freq: int,
+        seeds: list[int],
+        features: ObservationFeatures,
+        actions: ActionAdapter,
+        name: str = "agent",
+        accuracy_target: float | None = None,
+        verbose: int = 1,
+    ) -> None:
         super().__init__(verbose)
         self.accuracy_target = accuracy_target
         self.config = config
@@ -187,13 +231,17 @@ class HeldOutEvalCallback(BaseCallback):
     def _on_training_start(self) -> None:
         self.restore()
         steps = self.model.num_timesteps
-        self._next = (steps // self.eval_freq + 1) * self.eval_freq if self.eval_freq > 0 else np.inf
+        self._next = (
+            (steps // self.eval_freq + 1) * self.eval_freq if self.eval_freq > 0 else np.inf
+        )
         if self.eval_freq > 0 and steps == 0:
             self.evaluate()  # the untrained policy: the learning curve's first point
 
     def _on_step(self) -> bool:
         if self.eval_freq > 0 and self.num_timesteps >= self._next:
-            self._next += self.eval_freq * max(1, (self.num_timesteps - self._next) // self.eval_freq + 1)
+            self._next += self.eval_freq * max(
+                1, (self.num_timesteps - self._next) // self.eval_freq + 1
+            )
             self.evaluate()
         return True
 
@@ -203,7 +251,9 @@ class HeldOutEvalCallback(BaseCallback):
         if self._restored:
             return
         if model is not None:
-            if not hasattr(model, "_logger"):  # learn() never ran: give the evaluation a logger to record to
+            if not hasattr(
+                model, "_logger"
+            ):  # learn() never ran: give the evaluation a logger to record to
                 model.set_logger(Logger(None, []))
             self.init_callback(model)
         self._restored = True
@@ -212,8 +262,16 @@ class HeldOutEvalCallback(BaseCallback):
         kept = [r for r in rows if steps > 0 and r["timesteps"] <= steps]
         if len(kept) < len(rows):
             dropped = [r["timesteps"] for r in rows if steps == 0 or r["timesteps"] > steps]
-            why = f"after step {steps:,d}, the branch this resume abandons" if steps else "an earlier attempt of this new run"
-            warnings.warn(f"{self.run.evaluations}: dropped {len(dropped)} evaluation row(s) of step(s) {', '.join(f'{int(s):,d}' for s in dropped)} ({why})", RunRepairWarning, stacklevel=2)
+            why = (
+                f"after step {steps:,d}, the branch this resume abandons"
+                if steps
+                else "an earlier attempt of this new run"
+            )
+            warnings.warn(
+                f"{self.run.evaluations}: dropped {len(dropped)} evaluation row(s) of step(s) {', '.join(f'{int(s):,d}' for s in dropped)} ({why})",
+                RunRepairWarning,
+                stacklevel=2,
+            )
         if self.run.evaluations.is_file():  # without the dropped and damaged rows
             write_evaluations(self.run.evaluations, kept)
         self.rows = kept
@@ -224,7 +282,12 @@ class HeldOutEvalCallback(BaseCallback):
 
     def _write_state(self) -> None:
         """eval_state.json: a summary for people and tools; the run reads evaluations.csv and best/."""
-        state = {"best_score": self.best_score, "best_return": self.best_return, "wall_s": self.last.get("wall_s"), "last": self.last}
+        state = {
+            "best_score": self.best_score,
+            "best_return": self.best_return,
+            "wall_s": self.last.get("wall_s"),
+            "last": self.last,
+        }
         write_file(self.run.eval_state, json.dumps(state, indent=2))
 
     def _restore_best(self, steps: int) -> None:
@@ -235,25 +298,51 @@ class HeldOutEvalCallback(BaseCallback):
             s = int(row["timesteps"])
             if s == best_steps:
                 source = None  # best/ already holds it
-            elif pair_problem(self.run.checkpoint(s), self.run.checkpoint(s, "vecnormalize_")) is None:
+            elif (
+                pair_problem(self.run.checkpoint(s), self.run.checkpoint(s, "vecnormalize_"))
+                is None
+            ):
                 source = s
             else:
                 continue
-            candidates.append((selection_score(row["mean_return"], row["final_accuracy"], self.accuracy_target), row, source))
+            candidates.append(
+                (
+                    selection_score(
+                        row["mean_return"], row["final_accuracy"], self.accuracy_target
+                    ),
+                    row,
+                    source,
+                )
+            )
         if not candidates:
             self.best_score, self.best_return = -np.inf, float("nan")
             if steps > 0 and (self.rows or best_problem is None):
-                why = best_problem or f"it holds the model of step {best_steps:,d}, which no remaining evaluation scored"
-                warnings.warn(f"{self.run.best_model.parent}: no evaluated model is left to keep ({why}); the next evaluation sets best/ again", RunRepairWarning, stacklevel=3)
+                why = (
+                    best_problem
+                    or f"it holds the model of step {best_steps:,d}, which no remaining evaluation scored"
+                )
+                warnings.warn(
+                    f"{self.run.best_model.parent}: no evaluated model is left to keep ({why}); the next evaluation sets best/ again",
+                    RunRepairWarning,
+                    stacklevel=3,
+                )
             return
         score, row, source = max(candidates, key=lambda c: c[0])
         self.best_score, self.best_return = score, float(row["mean_return"])
         if source is not None:
             if best_problem is not None:
-                why = f"best/ is damaged ({best_problem})" if self.run.best_model.parent.is_dir() else "best/ is missing"
+                why = (
+                    f"best/ is damaged ({best_problem})"
+                    if self.run.best_model.parent.is_dir()
+                    else "best/ is missing"
+                )
             else:
                 why = f"best/ held the model of step {best_steps:,d}, which no remaining evaluation scored best"
-            warnings.warn(f"{why}; re-saved it from checkpoints/{self.run.checkpoint(source).name}, the best remaining evaluation (step {source:,d}, return {row['mean_return']:.2f})", RunRepairWarning, stacklevel=3)
+            warnings.warn(
+                f"{why}; re-saved it from checkpoints/{self.run.checkpoint(source).name}, the best remaining evaluation (step {source:,d}, return {row['mean_return']:.2f})",
+                RunRepairWarning,
+                stacklevel=3,
+            )
             self.run.best_model.parent.mkdir(parents=True, exist_ok=True)
             copy_file(self.run.checkpoint(source, "vecnormalize_"), self.run.best_normalizer)
             copy_file(self.run.checkpoint(source), self.run.best_model)
@@ -263,7 +352,9 @@ class HeldOutEvalCallback(BaseCallback):
         from baselines.evaluation import evaluate  # the one evaluation loop of every policy
 
         norm = self.model.get_vec_normalize_env()
-        policy = SB3Policy(self.model, norm, self.name, features=self.features, actions=self.actions)
+        policy = SB3Policy(
+            self.model, norm, self.name, features=self.features, actions=self.actions
+        )
         ev = evaluate(policy, self.config, self.seeds)
         self.model.policy.set_training_mode(False)
         returns = ev.metric("episode_return")
@@ -274,10 +365,16 @@ class HeldOutEvalCallback(BaseCallback):
             "std_return": float(returns.std()),
             "final_accuracy": float(ev.metric("final_accuracy").mean()),
             "energy_j_per_device_round": float(ev.metric("energy_j").mean()),
-            "budget_use_max": float(np.nanmax(ev.metric("max_budget_use"))) if self.config.uses_energy_queue else float("nan"),
-            "within_budget": float(np.mean(ev.metric("max_budget_use") <= 1.0)) if self.config.uses_energy_queue else float("nan"),
+            "budget_use_max": float(np.nanmax(ev.metric("max_budget_use")))
+            if self.config.uses_energy_queue
+            else float("nan"),
+            "within_budget": float(np.mean(ev.metric("max_budget_use") <= 1.0))
+            if self.config.uses_energy_queue
+            else float("nan"),
         }
-        score = selection_score(summary["mean_return"], summary["final_accuracy"], self.accuracy_target)
+        score = selection_score(
+            summary["mean_return"], summary["final_accuracy"], self.accuracy_target
+        )
         improved = score > self.best_score
         summary["best"] = int(improved)
         if improved:
@@ -287,7 +384,14 @@ class HeldOutEvalCallback(BaseCallback):
             if isinstance(norm, VecNormalize):
                 save_normalizer(norm, self.run.best_normalizer, int(self.model.num_timesteps))
             save_model(self.model, self.run.best_model)
-        for key in ("mean_return", "std_return", "final_accuracy", "energy_j_per_device_round", "budget_use_max", "within_budget"):
+        for key in (
+            "mean_return",
+            "std_return",
+            "final_accuracy",
+            "energy_j_per_device_round",
+            "budget_use_max",
+            "within_budget",
+        ):
             self.logger.record(f"eval/{key}", summary[key])
         self.logger.record("eval/best_return", self.best_return)
         self.rows.append(summary)
@@ -350,6 +454,8 @@ class Checkpoints(BaseCallback):
         self.run.record_session()
 
 
-def checkpoint_callback(run: RunDir, checkpoint_freq: int, replay_buffer: bool = False) -> Checkpoints:
+def checkpoint_callback(
+    run: RunDir, checkpoint_freq: int, replay_buffer: bool = False
+) -> Checkpoints:
     """Save model + normaliser (+ the replay buffer) every ``checkpoint_freq`` env steps in ``run/checkpoints`` (0 = never)."""
     return Checkpoints(run, checkpoint_freq, replay_buffer)

@@ -69,7 +69,9 @@ class AccuracyConstraint(VecEnvWrapper):
 
     def step_wait(self) -> VecEnvStepReturn:
         obs, reward, dones, infos = self.venv.step_wait()
-        bonus = np.array([info.get("reward_terms", {}).get("accuracy", 0.0) for info in infos], dtype=np.float64)
+        bonus = np.array(
+            [info.get("reward_terms", {}).get("accuracy", 0.0) for info in infos], dtype=np.float64
+        )
         for done, info in zip(dones, infos):
             if done:
                 self._finals.append(float(info["accuracy"]))

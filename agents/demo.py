@@ -29,11 +29,20 @@ import numpy as np
 from fedenv.config import EnvConfig, resolve_config
 
 ROOT = Path(__file__).resolve().parents[1]
-BUDGETS = {"demo": ROOT / "configs/train/ppo_demo.yaml", "full": ROOT / "configs/train/ppo.yaml", "gated": ROOT / "configs/train/ppo_gated.yaml"}
+BUDGETS = {
+    "demo": ROOT / "configs/train/ppo_demo.yaml",
+    "full": ROOT / "configs/train/ppo.yaml",
+    "gated": ROOT / "configs/train/ppo_gated.yaml",
+}
 BASELINES = "lyapunov,max,min_rank,greedy,round_robin,random"
 
 
-def plot_learning_curves(runs: dict[str, Path], path: Path, references: dict[str, tuple[float, float]], title: str = "PPO learning curve, FedLoRAWireless-v0") -> None:
+def plot_learning_curves(
+    runs: dict[str, Path],
+    path: Path,
+    references: dict[str, tuple[float, float]],
+    title: str = "PPO learning curve, FedLoRAWireless-v0",
+) -> None:
     """Validation return (mean +- std over the validation episodes) and validation final accuracy
     vs env steps of one or more runs (label -> run directory), side by side, with the reference
     policies' (return, final accuracy) on the same validation seeds as dashed lines."""
@@ -43,7 +52,9 @@ def plot_learning_curves(runs: dict[str, Path], path: Path, references: dict[str
     import matplotlib.pyplot as plt
 
     fig, (ax, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
-    for (label, run), color in zip(runs.items(), ("tab:red", "tab:orange", "tab:brown", "tab:pink")):
+    for (label, run), color in zip(
+        runs.items(), ("tab:red", "tab:orange", "tab:brown", "tab:pink")
+    ):
         with (Path(run) / "evaluations.csv").open() as fh:
             rows = list(csv.DictReader(fh))
         steps = np.array([int(r["timesteps"]) for r in rows])
@@ -52,8 +63,16 @@ def plot_learning_curves(runs: dict[str, Path], path: Path, references: dict[str
         std = np.array([float(r["std_return"]) for r in rows])[order]
         ax.plot(steps[order], mean, color=color, marker=".", label=label)
         ax.fill_between(steps[order], mean - std, mean + std, color=color, alpha=0.12)
-        ax_acc.plot(steps[order], np.array([float(r["final_accuracy"]) for r in rows])[order], color=color, marker=".", label=label)
-    for (name, (ret, acc)), color in zip(references.items(), ("tab:blue", "tab:gray", "tab:green", "tab:purple")):
+        ax_acc.plot(
+            steps[order],
+            np.array([float(r["final_accuracy"]) for r in rows])[order],
+            color=color,
+            marker=".",
+            label=label,
+        )
+    for (name, (ret, acc)), color in zip(
+        references.items(), ("tab:blue", "tab:gray", "tab:green", "tab:purple")
+    ):
         ax.axhline(ret, color=color, ls="--", lw=1.2, label=name)
         ax_acc.axhline(acc, color=color, ls="--", lw=1.2, label=name)
     ax.set_xlabel("env steps (rounds)")
@@ -69,7 +88,9 @@ def plot_learning_curves(runs: dict[str, Path], path: Path, references: dict[str
     plt.close(fig)
 
 
-def validation_references(config: EnvConfig, specs: list[str], seeds: list[int]) -> dict[str, tuple[float, float]]:
+def validation_references(
+    config: EnvConfig, specs: list[str], seeds: list[int]
+) -> dict[str, tuple[float, float]]:
     """(mean return, mean final accuracy) of baseline policies on the validation seeds the
     learning curve uses."""
     from baselines.evaluation import evaluate
@@ -79,24 +100,58 @@ def validation_references(config: EnvConfig, specs: list[str], seeds: list[int])
     for spec in specs:
         policy = make_policy(spec, config)
         result = evaluate(policy, config, seeds)
-        out[policy.name] = (float(result.metric("episode_return").mean()), float(result.metric("final_accuracy").mean()))
+        out[policy.name] = (
+            float(result.metric("episode_return").mean()),
+            float(result.metric("final_accuracy").mean()),
+        )
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m agents.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--budget", choices=list(BUDGETS), default="demo", help="training run: demo (short), full (the documented full budget) or gated (the accuracy-constrained gated PPO of docs/agents.md)")
-    parser.add_argument("--total-timesteps", type=int, default=None, help="override the budget's env steps")
-    parser.add_argument("--config", default="switching", help="env preset or YAML (default: the default preset)")
-    parser.add_argument("--run-dir", default=None, help="PPO run directory (default <out>/ppo_<budget>)")
-    parser.add_argument("--skip-train", action="store_true", help="compare the trained run in --run-dir as is")
-    parser.add_argument("--policies", default=BASELINES, help=f"baseline policy specs of baselines.compare (default {BASELINES})")
-    parser.add_argument("--episodes", type=int, default=20, help="held-out test episodes per policy")
+    parser = argparse.ArgumentParser(
+        prog="python -m agents.demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--budget",
+        choices=list(BUDGETS),
+        default="demo",
+        help="training run: demo (short), full (the documented full budget) or gated (the accuracy-constrained gated PPO of docs/agents.md)",
+    )
+    parser.add_argument(
+        "--total-timesteps", type=int, default=None, help="override the budget's env steps"
+    )
+    parser.add_argument(
+        "--config", default="switching", help="env preset or YAML (default: the default preset)"
+    )
+    parser.add_argument(
+        "--run-dir", default=None, help="PPO run directory (default <out>/ppo_<budget>)"
+    )
+    parser.add_argument(
+        "--skip-train", action="store_true", help="compare the trained run in --run-dir as is"
+    )
+    parser.add_argument(
+        "--policies",
+        default=BASELINES,
+        help=f"baseline policy specs of baselines.compare (default {BASELINES})",
+    )
+    parser.add_argument(
+        "--episodes", type=int, default=20, help="held-out test episodes per policy"
+    )
     parser.add_argument("--seed", type=int, default=1000, help="first test seed")
     parser.add_argument("--out", default="results/main", help="output directory")
     parser.add_argument("--no-progress-bar", action="store_true")
-    parser.add_argument("--curves", nargs="+", metavar="LABEL=RUN", default=None, help="only plot the learning curves of these runs (same validation seeds) to --curves-out, then exit")
-    parser.add_argument("--curves-out", default="results/learning_curves.png", help="output PNG of --curves")
+    parser.add_argument(
+        "--curves",
+        nargs="+",
+        metavar="LABEL=RUN",
+        default=None,
+        help="only plot the learning curves of these runs (same validation seeds) to --curves-out, then exit",
+    )
+    parser.add_argument(
+        "--curves-out", default="results/learning_curves.png", help="output PNG of --curves"
+    )
     args = parser.parse_args(argv)
     if args.curves:
         runs = dict(item.split("=", 1) for item in args.curves)
@@ -108,7 +163,12 @@ def main(argv: list[str] | None = None) -> None:
         from baselines.registry import split_specs
 
         refs = validation_references(first.env_config(), split_specs(args.policies)[:2], seeds)
-        plot_learning_curves({k: Path(v) for k, v in runs.items()}, Path(args.curves_out), refs, title="Learning curves, FedLoRAWireless-v0")
+        plot_learning_curves(
+            {k: Path(v) for k, v in runs.items()},
+            Path(args.curves_out),
+            refs,
+            title="Learning curves, FedLoRAWireless-v0",
+        )
         print(f"-> {args.curves_out}")
         return
 
@@ -130,18 +190,31 @@ def main(argv: list[str] | None = None) -> None:
         if run.model.exists() or run.latest_checkpoint() is not None:
             print(f"[demo] replacing the previous run in {run_dir}", flush=True)
             shutil.rmtree(run_dir)
-        train_argv = ["--train-config", str(BUDGETS[args.budget]), "--config", args.config, "--run-dir", str(run_dir)]
+        train_argv = [
+            "--train-config",
+            str(BUDGETS[args.budget]),
+            "--config",
+            args.config,
+            "--run-dir",
+            str(run_dir),
+        ]
         if args.total_timesteps is not None:
             train_argv += ["--total-timesteps", str(args.total_timesteps)]
         if args.no_progress_bar:
             train_argv += ["--no-progress-bar"]
-        print(f"[demo] 1/3 training PPO: python -m agents.train_ppo {' '.join(train_argv)}", flush=True)
+        print(
+            f"[demo] 1/3 training PPO: python -m agents.train_ppo {' '.join(train_argv)}",
+            flush=True,
+        )
         train_ppo.main(train_argv)
     elif not run.model.is_file():
         raise SystemExit(f"error: --skip-train needs a trained run in {run_dir}")
     train_s = time.perf_counter() - t0
 
-    print(f"[demo] 2/3 comparing on {args.episodes} held-out test seeds from {args.seed} (baselines.compare)", flush=True)
+    print(
+        f"[demo] 2/3 comparing on {args.episodes} held-out test seeds from {args.seed} (baselines.compare)",
+        flush=True,
+    )
     compare_argv = [
         "--config", args.config, "--policies", f"ppo:{run_dir},{args.policies}",
         "--episodes", str(args.episodes), "--seed", str(args.seed), "--out", str(out), "--no-progress",
@@ -153,7 +226,9 @@ def main(argv: list[str] | None = None) -> None:
     train_args = run.read_args()
     val = episode_seeds(train_args["eval_seed"], train_args["eval_episodes"])
     specs = split_specs(args.policies)
-    refs = validation_references(config, [specs[0], *(s for s in specs[1:] if s.startswith("round_robin"))][:2], val)
+    refs = validation_references(
+        config, [specs[0], *(s for s in specs[1:] if s.startswith("round_robin"))][:2], val
+    )
     plot_learning_curves({"PPO": run_dir}, out / "learning_curve.png", refs)
 
     metrics = json.loads(run.metrics.read_text()) if run.metrics.is_file() else {}
@@ -162,7 +237,9 @@ def main(argv: list[str] | None = None) -> None:
     lyap = next((ev for name, ev in by_name.items() if name.startswith("lyapunov")), None)
     total = time.perf_counter() - t0
     print()
-    print(f"PPO trained for {metrics.get('timesteps', 0):,d} env steps ({metrics.get('wall_s_total', train_s) / 60:.1f} min); whole demo {total / 60:.1f} min.")
+    print(
+        f"PPO trained for {metrics.get('timesteps', 0):,d} env steps ({metrics.get('wall_s_total', train_s) / 60:.1f} min); whole demo {total / 60:.1f} min."
+    )
     if lyap is not None:
         d_ret = ppo.metric("episode_return") - lyap.metric("episode_return")
         d_acc = ppo.metric("final_accuracy") - lyap.metric("final_accuracy")
@@ -172,9 +249,13 @@ def main(argv: list[str] | None = None) -> None:
             f"Worst device energy / budget over all episodes: PPO {np.nanmax(ppo.metric('max_budget_use')):.3f}, "
             f"{lyap.policy} {np.nanmax(lyap.metric('max_budget_use')):.3f}."
         )
-    print(f"Results in {out}/: summary.md, summary.json, episodes.csv, accuracy.png, energy.png, backlog.png, learning_curve.png; the run in {run_dir}/.")
+    print(
+        f"Results in {out}/: summary.md, summary.json, episodes.csv, accuracy.png, energy.png, backlog.png, learning_curve.png; the run in {run_dir}/."
+    )
     if args.budget == "demo":
-        print(f"Full training budgets (docs/agents.md): bash scripts/main.sh --budget full  ({FULL_BUDGET_NOTE}); bash scripts/main.sh --budget gated  ({GATED_BUDGET_NOTE}).")
+        print(
+            f"Full training budgets (docs/agents.md): bash scripts/main.sh --budget full  ({FULL_BUDGET_NOTE}); bash scripts/main.sh --budget gated  ({GATED_BUDGET_NOTE})."
+        )
 
 
 #: Measured wall-clock of the full budgets on the 2-core reference machine (docs/agents.md).

@@ -40,16 +40,27 @@ from fedenv.env import FedLoRAWirelessEnv
 from fedenv.sb3 import FedLoRAWirelessVecEnv
 from fedenv.wrappers import FactoredAction, HorizonIsTermination, LabelSkewObservation
 
-__all__ = ["VEC_ENV_KINDS", "BatchedAgentVecEnv", "EpisodeStats", "HorizonIsTermination", "make_env", "make_vec_env"]
+__all__ = [
+    "VEC_ENV_KINDS",
+    "BatchedAgentVecEnv",
+    "EpisodeStats",
+    "HorizonIsTermination",
+    "make_env",
+    "make_vec_env",
+]
 
 VEC_ENV_KINDS = ("auto", "batched", "dummy", "subproc")
 
 
-def make_env(config: EnvConfig, obs_features: str = "label_mix", action_form: str = "factored") -> Callable[[], gym.Env[Any, Any]]:
+def make_env(
+    config: EnvConfig, obs_features: str = "label_mix", action_form: str = "factored"
+) -> Callable[[], gym.Env[Any, Any]]:
     """A thunk building one monitored training env (picklable for subprocess vector envs)."""
 
     if action_form not in ACTION_FORMS:
-        raise ValueError(f"action_form must be one of {', '.join(ACTION_FORMS)}, got {action_form!r}")
+        raise ValueError(
+            f"action_form must be one of {', '.join(ACTION_FORMS)}, got {action_form!r}"
+        )
     ObservationFeatures(config, obs_features)  # (raises for an unknown feature set)
 
     def thunk() -> gym.Env[Any, Any]:
@@ -65,7 +76,14 @@ def make_env(config: EnvConfig, obs_features: str = "label_mix", action_form: st
     return thunk
 
 
-def make_vec_env(config: EnvConfig, n_envs: int, kind: str = "dummy", seed: int = 0, obs_features: str = "label_mix", action_form: str = "factored") -> VecEnv:
+def make_vec_env(
+    config: EnvConfig,
+    n_envs: int,
+    kind: str = "dummy",
+    seed: int = 0,
+    obs_features: str = "label_mix",
+    action_form: str = "factored",
+) -> VecEnv:
     """``n_envs`` training envs with the agent's observation and action form; env i starts from ``reset(seed=seed + i)``."""
     if n_envs < 1:
         raise ValueError(f"n_envs must be >= 1, got {n_envs}")
@@ -74,11 +92,20 @@ def make_vec_env(config: EnvConfig, n_envs: int, kind: str = "dummy", seed: int 
     venv: VecEnv
     actions = ActionAdapter(config, action_form)
     if kind == "auto":
-        kind = "batched" if config.learning.backend == "surrogate" and not actions.stateful else "dummy"
+        kind = (
+            "batched"
+            if config.learning.backend == "surrogate" and not actions.stateful
+            else "dummy"
+        )
     if kind == "batched":
-        venv = VecMonitor(BatchedAgentVecEnv(config, n_envs, ObservationFeatures(config, obs_features), actions))
+        venv = VecMonitor(
+            BatchedAgentVecEnv(config, n_envs, ObservationFeatures(config, obs_features), actions)
+        )
     elif kind == "subproc" and n_envs > 1:
-        venv = SubprocVecEnv([make_env(config, obs_features, action_form) for _ in range(n_envs)], start_method="forkserver")
+        venv = SubprocVecEnv(
+            [make_env(config, obs_features, action_form) for _ in range(n_envs)],
+            start_method="forkserver",
+        )
     else:
         venv = DummyVecEnv([make_env(config, obs_features, action_form) for _ in range(n_envs)])
     venv.seed(int(seed))
@@ -104,7 +131,14 @@ class EpisodeStats:
         self.success = np.zeros(num_envs, dtype=np.int64)
         self.latency = np.zeros(num_envs)
 
-    def add(self, terms: Mapping[str, NDArray[np.float64]], energy_j: NDArray[np.float64], module: NDArray[np.int64], success: NDArray[np.bool_], round_latency_s: NDArray[np.float64]) -> None:
+    def add(
+        self,
+        terms: Mapping[str, NDArray[np.float64]],
+        energy_j: NDArray[np.float64],
+        module: NDArray[np.int64],
+        success: NDArray[np.bool_],
+        round_latency_s: NDArray[np.float64],
+    ) -> None:
         """One step of every env: reward terms (N,), energies (N, K), modules (N, K), successes (N, K), latencies (N,)."""
         for name, value in terms.items():
             if name not in self.terms:
@@ -116,7 +150,9 @@ class EpisodeStats:
         self.success += np.count_nonzero(success, axis=-1)
         self.latency += round_latency_s
 
-    def finish(self, i: int, accuracy: float, energy_backlog: NDArray[np.float64], latency_backlog: float) -> dict[str, float]:
+    def finish(
+        self, i: int, accuracy: float, energy_backlog: NDArray[np.float64], latency_backlog: float
+    ) -> dict[str, float]:
         """The metrics of env ``i``'s episode, which ended with this state; its sums restart at 0."""
         rounds = max(int(self.rounds[i]), 1)
         per_device = self.energy[i] / rounds
@@ -134,7 +170,14 @@ class EpisodeStats:
         out["scheduled_per_round"] = int(self.scheduled[i]) / rounds
         out["success_rate"] = int(self.success[i]) / max(int(self.scheduled[i]), 1)
         out["round_latency_s"] = float(self.latency[i]) / rounds
-        for value in (*self.terms.values(), self.energy, self.rounds, self.scheduled, self.success, self.latency):
+        for value in (
+            *self.terms.values(),
+            self.energy,
+            self.rounds,
+            self.scheduled,
+            self.success,
+            self.latency,
+        ):
             value[i] = 0
         return out
 
@@ -152,9 +195,17 @@ class BatchedAgentVecEnv(FedLoRAWirelessVecEnv):
     ``terminal_observation``. Wrap it in ``VecMonitor`` for SB3's episode returns.
     """
 
-    def __init__(self, config: EnvConfig, num_envs: int, features: ObservationFeatures, actions: ActionAdapter) -> None:
+    def __init__(
+        self,
+        config: EnvConfig,
+        num_envs: int,
+        features: ObservationFeatures,
+        actions: ActionAdapter,
+    ) -> None:
         if actions.stateful:
-            raise ValueError(f"the batched training env applies stateless action forms (env, factored); the {actions.kind} form needs its base policy per env: use --vec-env dummy")
+            raise ValueError(
+                f"the batched training env applies stateless action forms (env, factored); the {actions.kind} form needs its base policy per env: use --vec-env dummy"
+            )
         super().__init__(num_envs, config)
         self.features = features
         self.actions = actions
@@ -162,26 +213,38 @@ class BatchedAgentVecEnv(FedLoRAWirelessVecEnv):
         assert isinstance(env_space, gym.spaces.Box)
         self.observation_space: gym.spaces.Space[Any] = features.observation_space(env_space)
         self.action_space: gym.spaces.Space[Any] = actions.space
-        self.stats = EpisodeStats(num_envs, config.devices.num_devices, config.budgets.energy_budget_j)
+        self.stats = EpisodeStats(
+            num_envs, config.devices.num_devices, config.budgets.energy_budget_j
+        )
 
     def reset(self) -> NDArray[np.float32]:
         obs = np.asarray(super().reset())
-        self.stats = EpisodeStats(self.num_envs, self.config.devices.num_devices, self.config.budgets.energy_budget_j)
+        self.stats = EpisodeStats(
+            self.num_envs, self.config.devices.num_devices, self.config.budgets.energy_budget_j
+        )
         return self.features(obs, self.venv.state_info())
 
     def step_async(self, actions: np.ndarray) -> None:
-        self._actions = self.actions(np.asarray(actions, dtype=np.float32).reshape((self.num_envs, *self.actions.shape)))
+        self._actions = self.actions(
+            np.asarray(actions, dtype=np.float32).reshape((self.num_envs, *self.actions.shape))
+        )
 
     def step_wait(self) -> VecEnvStepReturn:
         if self._actions is None:
             raise RuntimeError("call step_async() before step_wait()")
         obs, rewards, terminated, truncated, info = self.venv.step(self._actions)
         self._actions = None
-        terms = {name: value for name, value in info["reward_terms"].items() if not name.startswith("_")}
-        self.stats.add(terms, info["energy_j"], info["module"], info["success"], info["round_latency_s"])
+        terms = {
+            name: value for name, value in info["reward_terms"].items() if not name.startswith("_")
+        }
+        self.stats.add(
+            terms, info["energy_j"], info["module"], info["success"], info["round_latency_s"]
+        )
         agent_obs = self.features(obs, info)
         rows = zip(*(value.tolist() for value in terms.values()))
-        infos: list[dict[str, Any]] = [{"TimeLimit.truncated": False, "reward_terms": dict(zip(terms, row))} for row in rows]
+        infos: list[dict[str, Any]] = [
+            {"TimeLimit.truncated": False, "reward_terms": dict(zip(terms, row))} for row in rows
+        ]
         # the round's costs, as a single env reports them (PPO-Lagrangian reads them; agents/lagrangian.py)
         for out, row, total in zip(infos, info["cost_per_device"], info["cost"].tolist()):
             out["cost"], out["cost_per_device"] = total, row
@@ -194,7 +257,9 @@ class BatchedAgentVecEnv(FedLoRAWirelessVecEnv):
                 accuracy = float(info["accuracy"][j])
                 infos[j]["terminal_observation"] = agent_obs[j].copy()
                 infos[j]["accuracy"] = accuracy
-                infos[j]["episode_metrics"] = self.stats.finish(int(j), accuracy, info["energy_backlog"][j], float(info["latency_backlog"][j]))
+                infos[j]["episode_metrics"] = self.stats.finish(
+                    int(j), accuracy, info["energy_backlog"][j], float(info["latency_backlog"][j])
+                )
             agent_obs = self.features(self.venv.restart(dones), self.venv.state_info())
         return agent_obs, rewards.astype(np.float32), dones, infos
 

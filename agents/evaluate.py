@@ -59,7 +59,9 @@ def _algorithm(name: str) -> type[BaseAlgorithm]:
         try:
             from sb3_contrib import RecurrentPPO
         except ImportError as err:  # pragma: no cover - the train extra installs it
-            raise ImportError("recurrentppo needs sb3-contrib: pip install 'fedenv[train]'") from err
+            raise ImportError(
+                "recurrentppo needs sb3-contrib: pip install 'fedenv[train]'"
+            ) from err
         return RecurrentPPO
     raise ValueError(f"unknown algorithm {name!r}; expected one of {', '.join(ALGORITHMS)}")
 
@@ -101,7 +103,9 @@ def parse_spec(spec: str) -> ModelFiles:
             norm = path.with_name(m)
         return ModelFiles(algo, path, norm if norm.is_file() else None, None, f"{algo}:{path}")
     if not path.is_dir():
-        raise FileNotFoundError(f"run directory {str(path)!r} does not exist (train one with python -m agents.train_{algo})")
+        raise FileNotFoundError(
+            f"run directory {str(path)!r} does not exist (train one with python -m agents.train_{algo})"
+        )
     run = RunDir(path)
     candidates: list[tuple[str, Path, Path]] = []
     if which in (None, "best"):
@@ -117,7 +121,9 @@ def parse_spec(spec: str) -> ModelFiles:
             label = f"{algo}:{path.resolve().name}" + ("" if name == "best" else f"@{name}")
             return ModelFiles(algo, model, norm if norm.is_file() else None, run, label)
     wanted = which or "best, final or a checkpoint"
-    raise FileNotFoundError(f"run directory {str(path)!r} holds no {wanted} model (expected best/model.zip, model.zip or checkpoints/)")
+    raise FileNotFoundError(
+        f"run directory {str(path)!r} holds no {wanted} model (expected best/model.zip, model.zip or checkpoints/)"
+    )
 
 
 def load_model(files: ModelFiles, device: str = "cpu") -> tuple[BaseAlgorithm, VecNormalize | None]:
@@ -161,10 +167,16 @@ class SB3Policy:
         self._norm_obs = normalizer is not None and normalizer.norm_obs
         # SB3 types obs_rms as a RunningMeanStd or, for Dict observations, a dict of them; the
         # agents' observations are Boxes, so it is one RunningMeanStd.
-        stats = obs_stats if obs_stats is not None else (cast(RunningMeanStd, normalizer.obs_rms) if normalizer is not None else None)
+        stats = (
+            obs_stats
+            if obs_stats is not None
+            else (cast(RunningMeanStd, normalizer.obs_rms) if normalizer is not None else None)
+        )
         if self._norm_obs and stats is not None and normalizer is not None:
             self._mean = np.asarray(stats.mean, dtype=np.float64)
-            self._scale = 1.0 / np.sqrt(np.asarray(stats.var, dtype=np.float64) + normalizer.epsilon)
+            self._scale = 1.0 / np.sqrt(
+                np.asarray(stats.var, dtype=np.float64) + normalizer.epsilon
+            )
             self._clip = float(normalizer.clip_obs)
         self._recurrent = hasattr(self._policy, "lstm_actor")
         self._state: Any = None
@@ -187,7 +199,12 @@ class SB3Policy:
         self.actions.observe(info)
         x = self.normalize(self.features(obs, info))
         if self._recurrent:
-            action, self._state = self._policy.predict(x, state=self._state, episode_start=self._episode_start, deterministic=self.deterministic)
+            action, self._state = self._policy.predict(
+                x,
+                state=self._state,
+                episode_start=self._episode_start,
+                deterministic=self.deterministic,
+            )
             self._episode_start = np.zeros((1,), dtype=bool)
         else:
             with th.no_grad():
@@ -195,16 +212,30 @@ class SB3Policy:
         return self.actions(np.asarray(action, dtype=np.float32))
 
 
-def _compatible(model: BaseAlgorithm, norm: VecNormalize | None, config: EnvConfig, features: ObservationFeatures, actions: ActionAdapter, label: str) -> RunningMeanStd | None:
+def _compatible(
+    model: BaseAlgorithm,
+    norm: VecNormalize | None,
+    config: EnvConfig,
+    features: ObservationFeatures,
+    actions: ActionAdapter,
+    label: str,
+) -> RunningMeanStd | None:
     """Adapt a per-device model to the config's K; raise a clear error when shapes cannot match.
 
     Returns the observation statistics to use (resized for another K), or None to keep the saved ones.
     """
     probe = FedLoRAWirelessEnv(config)
-    obs_space, act_space = features.observation_space(cast(spaces.Box, probe.observation_space)), actions.space
+    obs_space, act_space = (
+        features.observation_space(cast(spaces.Box, probe.observation_space)),
+        actions.space,
+    )
     probe.close()
     trained_obs, trained_act = model.observation_space, model.action_space
-    assert trained_obs.shape is not None and trained_act.shape is not None and act_space.shape is not None
+    assert (
+        trained_obs.shape is not None
+        and trained_act.shape is not None
+        and act_space.shape is not None
+    )
     if trained_act.shape[1:] != act_space.shape[1:]:
         raise ValueError(
             f"{label} was trained with {trained_act.shape[1]} action components per device, but the config's "
@@ -214,7 +245,10 @@ def _compatible(model: BaseAlgorithm, norm: VecNormalize | None, config: EnvConf
     if trained_obs.shape == obs_space.shape:
         return None
     f = features.device_features
-    k_new, k_old = config.devices.num_devices, (trained_obs.shape[0] - (obs_space.shape[0] - f * config.devices.num_devices)) // f
+    k_new, k_old = (
+        config.devices.num_devices,
+        (trained_obs.shape[0] - (obs_space.shape[0] - f * config.devices.num_devices)) // f,
+    )
     try:
         model.policy = resize_policy(model.policy, obs_space, act_space)  # type: ignore[arg-type]
     except TypeError:
@@ -224,11 +258,15 @@ def _compatible(model: BaseAlgorithm, norm: VecNormalize | None, config: EnvConf
         ) from None
     model.observation_space, model.action_space = obs_space, act_space
     if norm is not None and norm.norm_obs:
-        return resize_normalizer(cast(RunningMeanStd, norm.obs_rms), k_new)  # a Box observation: one RunningMeanStd
+        return resize_normalizer(
+            cast(RunningMeanStd, norm.obs_rms), k_new
+        )  # a Box observation: one RunningMeanStd
     return None
 
 
-def load_policy(spec: str, config: EnvConfig | str | None = None, *, device: str = "cpu") -> SB3Policy:
+def load_policy(
+    spec: str, config: EnvConfig | str | None = None, *, device: str = "cpu"
+) -> SB3Policy:
     """A :class:`baselines.Policy` for a trained agent (spec: ``ppo:<run dir>``, module docstring).
 
     Args:
@@ -249,7 +287,10 @@ def load_policy(spec: str, config: EnvConfig | str | None = None, *, device: str
         trained = files.run.env_config()
         if trained != cfg:
             diff = sorted(k for k, v in cfg.to_dict().items() if trained.to_dict().get(k) != v)
-            warnings.warn(f"{spec} was trained on a different env config (sections differing: {', '.join(diff)})", stacklevel=2)
+            warnings.warn(
+                f"{spec} was trained on a different env config (sections differing: {', '.join(diff)})",
+                stacklevel=2,
+            )
     saved = files.run.read_args() if files.run is not None else {}
     features = ObservationFeatures(cfg, saved.get("obs_features") or _infer_features(model, cfg))
     actions = ActionAdapter(cfg, saved.get("action_form") or _infer_action_form(model, cfg))
@@ -263,7 +304,9 @@ def _infer_features(model: BaseAlgorithm, config: EnvConfig) -> str:
     for kind in OBS_FEATURES:
         if ObservationFeatures(config, kind).size == size:
             return kind
-    raise ValueError(f"cannot tell the observation features of a model with observation size {size}; load it from its run directory")
+    raise ValueError(
+        f"cannot tell the observation features of a model with observation size {size}; load it from its run directory"
+    )
 
 
 def _infer_action_form(model: BaseAlgorithm, config: EnvConfig) -> str:
@@ -272,7 +315,9 @@ def _infer_action_form(model: BaseAlgorithm, config: EnvConfig) -> str:
     for kind in ("env", "factored"):
         if shape is not None and ActionAdapter(config, kind).shape[1:] == tuple(shape[1:]):
             return kind
-    raise ValueError(f"cannot tell the action form of a model with action shape {shape}; load it from its run directory")
+    raise ValueError(
+        f"cannot tell the action form of a model with action shape {shape}; load it from its run directory"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -281,12 +326,29 @@ def main(argv: list[str] | None = None) -> None:
         format_table,
     )
 
-    parser = argparse.ArgumentParser(prog="python -m agents.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run", help="run directory (or model.zip), optionally with @best/@final/@latest")
-    parser.add_argument("--algo", default=None, help="ppo, sac or recurrentppo (default: read from the run's meta.json)")
-    parser.add_argument("--config", default=None, help="env preset or YAML (default: the run's training config)")
+    parser = argparse.ArgumentParser(
+        prog="python -m agents.evaluate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "run", help="run directory (or model.zip), optionally with @best/@final/@latest"
+    )
+    parser.add_argument(
+        "--algo",
+        default=None,
+        help="ppo, sac or recurrentppo (default: read from the run's meta.json)",
+    )
+    parser.add_argument(
+        "--config", default=None, help="env preset or YAML (default: the run's training config)"
+    )
     parser.add_argument("--episodes", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=1000, help="first held-out seed (seeds seed .. seed + episodes - 1)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=1000,
+        help="first held-out seed (seeds seed .. seed + episodes - 1)",
+    )
     args = parser.parse_args(argv)
     algo = args.algo
     if algo is None:
@@ -299,8 +361,12 @@ def main(argv: list[str] | None = None) -> None:
     elif files.run is not None:
         cfg = files.run.env_config()
     else:
-        raise SystemExit("error: a bare model file needs --config (the env config it was trained on)")
-    comparison = evaluate_policies([load_policy(spec, cfg)], cfg, episodes=args.episodes, seed=args.seed)
+        raise SystemExit(
+            "error: a bare model file needs --config (the env config it was trained on)"
+        )
+    comparison = evaluate_policies(
+        [load_policy(spec, cfg)], cfg, episodes=args.episodes, seed=args.seed
+    )
     print(f"{spec} on seeds {comparison.seeds[0]}..{comparison.seeds[-1]} (mean +- 95% CI):\n")
     print(format_table(comparison))
 

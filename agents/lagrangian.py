@@ -77,31 +77,50 @@ class CostConstraints(VecEnvWrapper):
             or a bad ``lr``, ``multipliers`` or ``init``.
     """
 
-    def __init__(self, venv: VecEnv, config: EnvConfig, lr: float, multipliers: str = "per_device", init: float = 0.0) -> None:
+    def __init__(
+        self,
+        venv: VecEnv,
+        config: EnvConfig,
+        lr: float,
+        multipliers: str = "per_device",
+        init: float = 0.0,
+    ) -> None:
         super().__init__(venv)
         if multipliers not in MULTIPLIER_MODES:
-            raise ValueError(f"multipliers must be one of {', '.join(MULTIPLIER_MODES)}, got {multipliers!r}")
+            raise ValueError(
+                f"multipliers must be one of {', '.join(MULTIPLIER_MODES)}, got {multipliers!r}"
+            )
         if not (np.isfinite(lr) and lr >= 0):
             raise ValueError(f"multiplier_lr must be a finite number >= 0, got {lr!r}")
         if not (np.isfinite(init) and init >= 0):
             raise ValueError(f"multiplier_init must be a finite number >= 0, got {init!r}")
         if config.reward.mode == "dpp":
-            raise ValueError("PPO-Lagrangian maximises the env's accuracy term; reward.mode 'dpp' has none (use 'accuracy' or 'accuracy_energy')")
+            raise ValueError(
+                "PPO-Lagrangian maximises the env's accuracy term; reward.mode 'dpp' has none (use 'accuracy' or 'accuracy_energy')"
+            )
         k = config.devices.num_devices
         energy, latency = config.budgets.energy_budget_j, config.budgets.latency_budget_s
         if energy is None and latency is None:
-            raise ValueError("PPO-Lagrangian needs a budget to keep: the config has neither an energy nor a latency budget")
+            raise ValueError(
+                "PPO-Lagrangian needs a budget to keep: the config has neither an energy nor a latency budget"
+            )
         self.num_devices = k
         self.mode = multipliers
         self.lr = float(lr)
         self.energy = energy is not None
         self.latency = latency is not None
         #: the constrained costs, in order: the devices' energies, then the round latency
-        self.cost_names = [f"energy_{i}" for i in range(k)] * self.energy + ["latency"] * self.latency
-        self.limits: F = np.array([energy] * k * self.energy + [latency] * self.latency, dtype=np.float64)
+        self.cost_names = [f"energy_{i}" for i in range(k)] * self.energy + [
+            "latency"
+        ] * self.latency
+        self.limits: F = np.array(
+            [energy] * k * self.energy + [latency] * self.latency, dtype=np.float64
+        )
         energy_multipliers = (k if multipliers == "per_device" else 1) if self.energy else 0
         self.multiplier_names = (
-            ([f"energy_{i}" for i in range(k)] if multipliers == "per_device" else ["energy"]) if self.energy else []
+            ([f"energy_{i}" for i in range(k)] if multipliers == "per_device" else ["energy"])
+            if self.energy
+            else []
         ) + ["latency"] * self.latency
         self.lam: F = np.full(energy_multipliers + self.latency, float(init))
         self._sum = np.zeros(len(self.cost_names))
@@ -126,7 +145,10 @@ class CostConstraints(VecEnvWrapper):
 
     def shaped_reward(self, accuracy_reward: F, costs: F) -> F:
         """r_acc - sum_i lambda_i (c_i - d_i) / d_i, per env."""
-        return np.asarray(accuracy_reward, dtype=np.float64) - ((costs - self.limits) / self.limits) @ self.weights()
+        return (
+            np.asarray(accuracy_reward, dtype=np.float64)
+            - ((costs - self.limits) / self.limits) @ self.weights()
+        )
 
     def reset(self) -> Any:
         return self.venv.reset()
@@ -151,7 +173,16 @@ class CostConstraints(VecEnvWrapper):
         if self.mode == "per_device":
             step = violation
         else:
-            step = np.concatenate([violation[: self.num_devices].max(keepdims=True), violation[self.num_devices :]]) if self.energy else violation
+            step = (
+                np.concatenate(
+                    [
+                        violation[: self.num_devices].max(keepdims=True),
+                        violation[self.num_devices :],
+                    ]
+                )
+                if self.energy
+                else violation
+            )
         self.lam = np.maximum(self.lam + self.lr * step, 0.0)
         stats: dict[str, float] = {}
         if self.energy:
@@ -165,7 +196,11 @@ class CostConstraints(VecEnvWrapper):
                 "devices_over_budget": float(np.mean(violation[:k] > 0)),
             }
         if self.latency:
-            stats |= {"lambda_latency": float(self.lam[-1]), "latency_s": float(mean[-1]), "latency_violation": float(violation[-1])}
+            stats |= {
+                "lambda_latency": float(self.lam[-1]),
+                "latency_s": float(mean[-1]),
+                "latency_violation": float(violation[-1]),
+            }
         return stats
 
     # ----------------------------------------------------------- checkpointing
@@ -186,7 +221,12 @@ class CostConstraints(VecEnvWrapper):
             ValueError: they were saved for other multipliers (another mode or number).
         """
         names, lam = list(state.get("names", [])), state.get("lambda")
-        if state.get("multipliers") != self.mode or names != self.multiplier_names or not isinstance(lam, list) or len(lam) != len(self.lam):
+        if (
+            state.get("multipliers") != self.mode
+            or names != self.multiplier_names
+            or not isinstance(lam, list)
+            or len(lam) != len(self.lam)
+        ):
             raise ValueError(
                 f"{source}: holds multipliers {state.get('multipliers')!r} {names} but the run trains {self.mode!r} "
                 f"{self.multiplier_names}; resume with the run's own --multipliers, or delete the file to restart them from 0"

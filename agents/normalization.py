@@ -31,7 +31,9 @@ class DevicePooledStats(RunningMeanStd):
     shape (F K + 4,) and ``update`` takes a batch of flat observations.
     """
 
-    def __init__(self, num_devices: int, device_features: int = NUM_DEVICE_FEATURES, epsilon: float = 1e-4) -> None:
+    def __init__(
+        self, num_devices: int, device_features: int = NUM_DEVICE_FEATURES, epsilon: float = 1e-4
+    ) -> None:
         self.num_devices = int(num_devices)
         self.device_features = int(device_features)
         self.device = RunningMeanStd(epsilon=epsilon, shape=(self.device_features,))
@@ -92,13 +94,32 @@ class DevicePooledStats(RunningMeanStd):
         return new
 
 
-def make_normalizer(venv: VecEnv, *, per_device: bool, device_features: int = NUM_DEVICE_FEATURES, gamma: float, norm_obs: bool = True, norm_reward: bool = True, clip_obs: float = 10.0, clip_reward: float = 10.0) -> VecNormalize:
+def make_normalizer(
+    venv: VecEnv,
+    *,
+    per_device: bool,
+    device_features: int = NUM_DEVICE_FEATURES,
+    gamma: float,
+    norm_obs: bool = True,
+    norm_reward: bool = True,
+    clip_obs: float = 10.0,
+    clip_reward: float = 10.0,
+) -> VecNormalize:
     """Wrap ``venv`` in ``VecNormalize``; with ``per_device`` the statistics are pooled over devices."""
-    vn = VecNormalize(venv, norm_obs=norm_obs, norm_reward=norm_reward, clip_obs=clip_obs, clip_reward=clip_reward, gamma=gamma)
+    vn = VecNormalize(
+        venv,
+        norm_obs=norm_obs,
+        norm_reward=norm_reward,
+        clip_obs=clip_obs,
+        clip_reward=clip_reward,
+        gamma=gamma,
+    )
     if per_device and norm_obs:
         # mypy infers obs_rms's type from VecNormalize's Dict-observation branch; a Box
         # observation holds one RunningMeanStd (SB3's own assignment carries the same ignore).
-        vn.obs_rms = DevicePooledStats(num_devices_of(venv.observation_space, device_features), device_features)  # type: ignore[assignment]
+        vn.obs_rms = DevicePooledStats(
+            num_devices_of(venv.observation_space, device_features), device_features
+        )  # type: ignore[assignment]
     return vn
 
 

@@ -47,10 +47,17 @@ NUM_DEVICE_FEATURES = len(DEVICE_FEATURES)
 NUM_GLOBAL_FEATURES = len(GLOBAL_FEATURES)
 
 
-def num_devices_of(observation_space: gym.Space[Any], device_features: int = NUM_DEVICE_FEATURES) -> int:
+def num_devices_of(
+    observation_space: gym.Space[Any], device_features: int = NUM_DEVICE_FEATURES
+) -> int:
     """K from the flat observation's length F K + 4 (F features per device); ``ValueError`` otherwise."""
     shape = getattr(observation_space, "shape", None)
-    if shape is None or len(shape) != 1 or (shape[0] - NUM_GLOBAL_FEATURES) % device_features or shape[0] <= NUM_GLOBAL_FEATURES:
+    if (
+        shape is None
+        or len(shape) != 1
+        or (shape[0] - NUM_GLOBAL_FEATURES) % device_features
+        or shape[0] <= NUM_GLOBAL_FEATURES
+    ):
         raise ValueError(
             f"the per-device policy needs a flat observation of length {device_features} K + "
             f"{NUM_GLOBAL_FEATURES} (device-major, then the globals), got an observation space of shape {shape}"
@@ -68,10 +75,17 @@ def _split(obs: th.Tensor, device_features: int) -> tuple[th.Tensor, th.Tensor]:
 class PerDeviceTrunk(nn.Module):
     """Shared per-device layers with mean-pooled context: (B, F K + 4) -> (B, K, H_last)."""
 
-    def __init__(self, layers: list[int], activation_fn: type[nn.Module], device_features: int = NUM_DEVICE_FEATURES) -> None:
+    def __init__(
+        self,
+        layers: list[int],
+        activation_fn: type[nn.Module],
+        device_features: int = NUM_DEVICE_FEATURES,
+    ) -> None:
         super().__init__()
         if not layers:
-            raise ValueError("the per-device network needs at least one hidden layer, e.g. net_arch=[64, 64]")
+            raise ValueError(
+                "the per-device network needs at least one hidden layer, e.g. net_arch=[64, 64]"
+            )
         self.device_features = device_features
         self.layers = nn.ModuleList()
         width = device_features + NUM_GLOBAL_FEATURES
@@ -97,7 +111,13 @@ class PerDeviceTrunk(nn.Module):
 class PerDeviceExtractor(nn.Module):
     """Drop-in for SB3's ``MlpExtractor``: actor latents (B, K H) and a pooled critic latent (B, H)."""
 
-    def __init__(self, net_arch: dict[str, list[int]], activation_fn: type[nn.Module], num_devices: int, device_features: int = NUM_DEVICE_FEATURES) -> None:
+    def __init__(
+        self,
+        net_arch: dict[str, list[int]],
+        activation_fn: type[nn.Module],
+        num_devices: int,
+        device_features: int = NUM_DEVICE_FEATURES,
+    ) -> None:
         super().__init__()
         self.policy_net = PerDeviceTrunk(list(net_arch["pi"]), activation_fn, device_features)
         self.value_trunk = PerDeviceTrunk(list(net_arch["vf"]), activation_fn, device_features)
@@ -148,16 +168,30 @@ class PerDeviceActorCriticPolicy(ActorCriticPolicy):
     mlp_extractor: PerDeviceExtractor  # type: ignore[assignment]
     net_arch: dict[str, list[int]]  # always the dict form: __init__ turns a list into one
 
-    def __init__(self, observation_space: gym.spaces.Space[Any], action_space: gym.spaces.Space[Any], lr_schedule: Any, device_features: int = NUM_DEVICE_FEATURES, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        observation_space: gym.spaces.Space[Any],
+        action_space: gym.spaces.Space[Any],
+        lr_schedule: Any,
+        device_features: int = NUM_DEVICE_FEATURES,
+        **kwargs: Any,
+    ) -> None:
         self.device_features = int(device_features)
         self.num_devices = num_devices_of(observation_space, self.device_features)
         shape = getattr(action_space, "shape", None)
-        if not isinstance(action_space, gym.spaces.Box) or shape is None or len(shape) != 2 or shape[0] != self.num_devices:
+        if (
+            not isinstance(action_space, gym.spaces.Box)
+            or shape is None
+            or len(shape) != 2
+            or shape[0] != self.num_devices
+        ):
             raise ValueError(
                 f"the per-device policy needs a Box action of shape (K={self.num_devices}, components), got {action_space}"
             )
         if kwargs.get("use_sde"):
-            raise ValueError("the per-device policy does not support gSDE (use_sde=True); use use_sde=False")
+            raise ValueError(
+                "the per-device policy does not support gSDE (use_sde=True); use use_sde=False"
+            )
         self.num_components = int(shape[1])
         net_arch = kwargs.pop("net_arch", None)
         if net_arch is None:
@@ -167,7 +201,9 @@ class PerDeviceActorCriticPolicy(ActorCriticPolicy):
         super().__init__(observation_space, action_space, lr_schedule, net_arch=net_arch, **kwargs)
 
     def _build_mlp_extractor(self) -> None:
-        self.mlp_extractor = PerDeviceExtractor(self.net_arch, self.activation_fn, self.num_devices, self.device_features)
+        self.mlp_extractor = PerDeviceExtractor(
+            self.net_arch, self.activation_fn, self.num_devices, self.device_features
+        )
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
@@ -178,11 +214,17 @@ class PerDeviceActorCriticPolicy(ActorCriticPolicy):
         super()._build(lr_schedule)
         assert isinstance(self.action_dist, DiagGaussianDistribution)
         # Replace SB3's (K H -> K C) linear map and K C log-stds by K-independent ones.
-        self.action_net = PerDeviceActionHead(self.mlp_extractor.latent_dim_pi_per_device, self.num_components)
-        self.log_std = nn.Parameter(th.full((self.num_components,), float(self.log_std_init)), requires_grad=True)
+        self.action_net = PerDeviceActionHead(
+            self.mlp_extractor.latent_dim_pi_per_device, self.num_components
+        )
+        self.log_std = nn.Parameter(
+            th.full((self.num_components,), float(self.log_std_init)), requires_grad=True
+        )
         if self.ortho_init:
             self.action_net.apply(lambda m: self.init_weights(m, gain=0.01))
-        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)  # type: ignore[call-arg]
+        self.optimizer = self.optimizer_class(
+            self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs
+        )  # type: ignore[call-arg]
 
     def _get_action_dist_from_latent(self, latent_pi: th.Tensor) -> Distribution:
         mean_actions = self.action_net(latent_pi)
@@ -190,7 +232,11 @@ class PerDeviceActorCriticPolicy(ActorCriticPolicy):
         return self.action_dist.proba_distribution(mean_actions, self.log_std.repeat(k))
 
 
-def resize_policy(policy: PerDeviceActorCriticPolicy, observation_space: gym.spaces.Space[Any], action_space: gym.spaces.Space[Any]) -> PerDeviceActorCriticPolicy:
+def resize_policy(
+    policy: PerDeviceActorCriticPolicy,
+    observation_space: gym.spaces.Space[Any],
+    action_space: gym.spaces.Space[Any],
+) -> PerDeviceActorCriticPolicy:
     """The same trained weights as a policy for another number of devices K (spaces of that K)."""
     if not isinstance(policy, PerDeviceActorCriticPolicy):
         raise TypeError(f"only the per-device policy serves another K; got {type(policy).__name__}")
@@ -212,4 +258,3 @@ def policy_class(name: str) -> Any:
     if name not in POLICIES:
         raise ValueError(f"unknown policy {name!r}; expected one of {', '.join(POLICIES)}")
     return POLICIES[name]
-

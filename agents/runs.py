@@ -101,7 +101,9 @@ def _converter(hint: Any, name: str) -> Any:
         try:
             return base(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"--{name.replace('_', '-')} expects {base.__name__}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"--{name.replace('_', '-')} expects {base.__name__}, got {text!r}"
+            ) from None
 
     return convert
 
@@ -142,12 +144,16 @@ def args_from_mapping(cls: type[A], data: dict[str, Any], source: str) -> dict[s
         if name not in valid:
             close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"unknown key {key!r} in {source}.{hint} Valid keys: {', '.join(sorted(valid))}.")
+            raise ValueError(
+                f"unknown key {key!r} in {source}.{hint} Valid keys: {', '.join(sorted(valid))}."
+            )
         out[name] = _check_type(cls.__name__, name, hints[name], value)
     return out
 
 
-def parse_args(cls: type[A], argv: Sequence[str] | None = None, description: str | None = None) -> tuple[A, set[str]]:
+def parse_args(
+    cls: type[A], argv: Sequence[str] | None = None, description: str | None = None
+) -> tuple[A, set[str]]:
     """Build ``cls`` from defaults < ``--train-config`` YAML < command-line flags.
 
     Every field becomes a flag (``n_envs`` -> ``--n-envs``); booleans get ``--x/--no-x``,
@@ -156,7 +162,11 @@ def parse_args(cls: type[A], argv: Sequence[str] | None = None, description: str
     Returns:
         The arguments and the names of the fields set explicitly (YAML or command line).
     """
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    parser = argparse.ArgumentParser(
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         flag = "--" + f.name.replace("_", "-")
@@ -167,7 +177,9 @@ def parse_args(cls: type[A], argv: Sequence[str] | None = None, description: str
         elif f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()
         else:
-            raise TypeError(f"{cls.__name__}.{f.name} has no default; every field of an args dataclass needs one")
+            raise TypeError(
+                f"{cls.__name__}.{f.name} has no default; every field of an args dataclass needs one"
+            )
         help_text = f"{f.metadata.get('help', '')} (default: {default})"
         kw: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text}
         if base is bool:
@@ -183,7 +195,9 @@ def parse_args(cls: type[A], argv: Sequence[str] | None = None, description: str
     if train_config:
         path = Path(train_config)
         if not path.is_file():
-            raise FileNotFoundError(f"--train-config {str(path)!r} does not exist (see configs/train/)")
+            raise FileNotFoundError(
+                f"--train-config {str(path)!r} does not exist (see configs/train/)"
+            )
         data = yaml.safe_load(path.read_text()) or {}
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a mapping of argument names to values")
@@ -200,8 +214,22 @@ def args_to_dict(args: Any) -> dict[str, Any]:
 def git_commit() -> dict[str, Any]:
     """Commit of the source tree (and whether it had uncommitted changes), or 'unknown'."""
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
         return {"commit": head, "dirty": bool(dirty)}
     except (OSError, subprocess.SubprocessError):
         return {"commit": "unknown", "dirty": None}
@@ -440,12 +468,18 @@ class RunDir:
     def _checkpoint_steps(self) -> list[int]:
         if not self.checkpoints.is_dir():
             return []
-        return sorted((int(m.group(1)) for p in self.checkpoints.iterdir() if (m := _CKPT.search(p.name))), reverse=True)
+        return sorted(
+            (int(m.group(1)) for p in self.checkpoints.iterdir() if (m := _CKPT.search(p.name))),
+            reverse=True,
+        )
 
     def latest_checkpoint(self) -> tuple[int, Path, Path] | None:
         """(steps, model, normaliser) of the newest intact checkpoint (:func:`pair_problem`), or None."""
         for steps in self._checkpoint_steps():
-            if pair_problem(self.checkpoint(steps), self.checkpoint(steps, "vecnormalize_")) is None:
+            if (
+                pair_problem(self.checkpoint(steps), self.checkpoint(steps, "vecnormalize_"))
+                is None
+            ):
                 return steps, self.checkpoint(steps), self.checkpoint(steps, "vecnormalize_")
         return None
 
@@ -460,9 +494,21 @@ class RunDir:
         if self.model.is_file():
             problem = pair_problem(self.model, self.normalizer, stamped=True)
             if problem is None:
-                final = ResumePoint(model_steps(self.model), self.model, self.normalizer, "model.zip (the final model)")
-            elif "does not record the step" in problem and self._final_steps_of_old_run() is not None:
-                final = ResumePoint(model_steps(self.model), self.model, self.normalizer, "model.zip (the final model)")
+                final = ResumePoint(
+                    model_steps(self.model),
+                    self.model,
+                    self.normalizer,
+                    "model.zip (the final model)",
+                )
+            elif (
+                "does not record the step" in problem and self._final_steps_of_old_run() is not None
+            ):
+                final = ResumePoint(
+                    model_steps(self.model),
+                    self.model,
+                    self.normalizer,
+                    "model.zip (the final model)",
+                )
             else:
                 skipped.append(f"model.zip: {problem}")
         for steps in self._checkpoint_steps():
@@ -512,11 +558,16 @@ class RunDir:
         """Raise a clear PermissionError unless files can be created in the run directory."""
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            fd, probe = tempfile.mkstemp(dir=self.path, prefix=".write-probe.", suffix=f".{os.getpid()}.tmp")
+            fd, probe = tempfile.mkstemp(
+                dir=self.path, prefix=".write-probe.", suffix=f".{os.getpid()}.tmp"
+            )
             os.close(fd)
             os.unlink(probe)
         except OSError as err:
-            raise PermissionError(err.errno, f"cannot write in the run directory {self.path}: {err.strerror or err}. {_READ_ONLY}") from err
+            raise PermissionError(
+                err.errno,
+                f"cannot write in the run directory {self.path}: {err.strerror or err}. {_READ_ONLY}",
+            ) from err
 
     def run_format(self) -> int:
         meta = self.path / "meta.json"
@@ -536,13 +587,21 @@ class RunDir:
         except (TypeError, ValueError) as err:
             raise _damaged(path, f"not a valid env config ({err})") from None
 
-    def write_start(self, algo: str, args: Any, config: EnvConfig, resumed_from: int | None = None) -> None:
+    def write_start(
+        self, algo: str, args: Any, config: EnvConfig, resumed_from: int | None = None
+    ) -> None:
         """Write args.yaml, env_config.yaml and meta.json (appending this session to the history)."""
         self.path.mkdir(parents=True, exist_ok=True)
         write_file(self.path / "args.yaml", _checked_yaml(args_to_dict(args)))
         write_file(self.path / "env_config.yaml", _checked_yaml(config.to_dict()))
         meta = self.read_meta() if (self.path / "meta.json").is_file() else {}
-        session = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": [sys.executable, *sys.argv], "resumed_from_step": resumed_from, "wall_s": 0.0, **git_commit()}
+        session = {
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "command": [sys.executable, *sys.argv],
+            "resumed_from_step": resumed_from,
+            "wall_s": 0.0,
+            **git_commit(),
+        }
         meta.update(
             algo=algo,
             seed=args.seed,
@@ -559,7 +618,11 @@ class RunDir:
     def elapsed_s(self) -> float:
         """Wall-clock seconds of the whole run: every earlier session (up to its last save) and this one."""
         sessions = (self._meta or {}).get("sessions", [])
-        return float(sum(float(s.get("wall_s") or 0.0) for s in sessions[:-1])) + time.perf_counter() - self._session_t0
+        return (
+            float(sum(float(s.get("wall_s") or 0.0) for s in sessions[:-1]))
+            + time.perf_counter()
+            - self._session_t0
+        )
 
     def record_session(self) -> float:
         """Write this session's wall time into meta.json (after every checkpoint and evaluation,
@@ -587,7 +650,9 @@ def _warn(message: str) -> None:
     warnings.warn(message, RunRepairWarning, stacklevel=3)
 
 
-def prepare_run(args: Any, given: set[str], algo: str, args_cls: type[Any]) -> tuple[Any, RunDir, EnvConfig, ResumePoint | None]:
+def prepare_run(
+    args: Any, given: set[str], algo: str, args_cls: type[Any]
+) -> tuple[Any, RunDir, EnvConfig, ResumePoint | None]:
     """Create a new run directory, or reopen one for ``--resume``.
 
     On resume the saved arguments are reloaded and the flags given now override them (e.g. a
@@ -612,7 +677,9 @@ def prepare_run(args: Any, given: set[str], algo: str, args_cls: type[Any]) -> t
             raise FileNotFoundError(f"--resume: {run.path} is not a run directory (no args.yaml)")
         meta = run.read_meta() if (run.path / "meta.json").is_file() else {}
         if meta.get("algo", algo) != algo:
-            raise ValueError(f"--resume: {run.path} was trained with {meta.get('algo')}, not {algo}")
+            raise ValueError(
+                f"--resume: {run.path} was trained with {meta.get('algo')}, not {algo}"
+            )
         saved = args_from_mapping(args_cls, run.read_args(), str(run.path / "args.yaml"))
         saved.update({k: getattr(args, k) for k in given})
         saved["resume"] = True
@@ -622,18 +689,29 @@ def prepare_run(args: Any, given: set[str], algo: str, args_cls: type[Any]) -> t
         latest, skipped = run.resume_point()
         if latest is None:
             why = f" (skipped: {'; '.join(skipped)})" if skipped else ""
-            raise FileNotFoundError(f"--resume: no intact checkpoint in {run.checkpoints}{why}; start a new run instead")
+            raise FileNotFoundError(
+                f"--resume: no intact checkpoint in {run.checkpoints}{why}; start a new run instead"
+            )
         if skipped:
-            _warn(f"--resume: skipped {'; '.join(skipped)}; continuing from {latest.label} at step {latest.steps:,d}")
+            _warn(
+                f"--resume: skipped {'; '.join(skipped)}; continuing from {latest.label} at step {latest.steps:,d}"
+            )
         moved = run.discard_after(latest.steps)
         if moved:
-            _warn(f"--resume: renamed the checkpoint files after step {latest.steps:,d} to *.broken (a branch this resume abandons): {', '.join(moved)}")
+            _warn(
+                f"--resume: renamed the checkpoint files after step {latest.steps:,d} to *.broken (a branch this resume abandons): {', '.join(moved)}"
+            )
         run.remove_temporary_files()
     else:
         config = env_config_of(args.config)
-        run = RunDir(args.run_dir or Path("runs") / default_run_name(algo, args.config, args.policy, args.seed))
+        run = RunDir(
+            args.run_dir
+            or Path("runs") / default_run_name(algo, args.config, args.policy, args.seed)
+        )
         if run.model.exists() or run._checkpoint_steps():
-            raise FileExistsError(f"{run.path} already holds a run; pass --resume to continue it, or another --run-dir")
+            raise FileExistsError(
+                f"{run.path} already holds a run; pass --resume to continue it, or another --run-dir"
+            )
         run.check_writable()
         run.remove_temporary_files()
         latest = None
@@ -641,12 +719,24 @@ def prepare_run(args: Any, given: set[str], algo: str, args_cls: type[Any]) -> t
     return args, run, config, latest
 
 
-def finish_run(run: RunDir, model: Any, venv: Any, evaluator: Any, *, algo: str, args: Any, start_steps: int, wall_s: float) -> dict[str, Any]:
+def finish_run(
+    run: RunDir,
+    model: Any,
+    venv: Any,
+    evaluator: Any,
+    *,
+    algo: str,
+    args: Any,
+    start_steps: int,
+    wall_s: float,
+) -> dict[str, Any]:
     """Save the final model, normaliser (and replay buffer), evaluate it once more, write metrics.json."""
     from agents.envs import episode_seeds
 
     steps = int(model.num_timesteps)
-    save_normalizer(venv, run.normalizer, steps)  # the normaliser first: model.zip completes the pair
+    save_normalizer(
+        venv, run.normalizer, steps
+    )  # the normaliser first: model.zip completes the pair
     if getattr(model, "replay_buffer", None) is not None:
         run.checkpoints.mkdir(parents=True, exist_ok=True)
         with replacing(run.checkpoint(steps, "replay_buffer_")) as tmp:
@@ -677,5 +767,8 @@ def finish_run(run: RunDir, model: Any, venv: Any, evaluator: Any, *, algo: str,
         "eval_seeds": episode_seeds(args.eval_seed, args.eval_episodes),
     }
     run.write_metrics(metrics)
-    print(f"[done] {run.path}: {steps:,d} steps in {wall_s:.0f} s; best validation return {evaluator.best_return:.2f}", flush=True)
+    print(
+        f"[done] {run.path}: {steps:,d} steps in {wall_s:.0f} s; best validation return {evaluator.best_return:.2f}",
+        flush=True,
+    )
     return metrics

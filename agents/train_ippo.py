@@ -65,20 +65,50 @@ class Args:
 
     # --- experiment
     config: str = field(default="switching", metadata=_help("env preset name or env config YAML"))
-    train_config: str | None = field(default=None, metadata=_help("YAML of these arguments; flags override it"))
-    run_dir: str | None = field(default=None, metadata=_help("run directory (default runs/ippo_<config>_shared_s<seed>_<time>)"))
+    train_config: str | None = field(
+        default=None, metadata=_help("YAML of these arguments; flags override it")
+    )
+    run_dir: str | None = field(
+        default=None,
+        metadata=_help("run directory (default runs/ippo_<config>_shared_s<seed>_<time>)"),
+    )
     seed: int = field(default=0, metadata=_help("seed of torch, numpy and the training envs"))
-    total_timesteps: int = field(default=60_000, metadata=_help("env rounds to train for (each gives K agent samples)"))
+    total_timesteps: int = field(
+        default=60_000, metadata=_help("env rounds to train for (each gives K agent samples)")
+    )
     # --- environment
-    n_envs: int = field(default=8, metadata=_help("parallel multi-agent envs (N x K single-agent envs for SB3)"))
-    agent_reward: str = field(default="shared", metadata=_help("shared (the env's reward to every agent) or per_device (fedenv.multiagent.device_reward_terms)"))
-    action_form: str = field(default="factored", metadata=_help("env (the agent's row of the env action) or factored (schedule and rank apart, agents/actions.py)"))
-    norm_obs: bool = field(default=True, metadata=_help("normalise observations (VecNormalize, saved with the model)"))
-    norm_reward: bool = field(default=True, metadata=_help("normalise rewards by the running return's std"))
+    n_envs: int = field(
+        default=8, metadata=_help("parallel multi-agent envs (N x K single-agent envs for SB3)")
+    )
+    agent_reward: str = field(
+        default="shared",
+        metadata=_help(
+            "shared (the env's reward to every agent) or per_device (fedenv.multiagent.device_reward_terms)"
+        ),
+    )
+    action_form: str = field(
+        default="factored",
+        metadata=_help(
+            "env (the agent's row of the env action) or factored (schedule and rank apart, agents/actions.py)"
+        ),
+    )
+    norm_obs: bool = field(
+        default=True, metadata=_help("normalise observations (VecNormalize, saved with the model)")
+    )
+    norm_reward: bool = field(
+        default=True, metadata=_help("normalise rewards by the running return's std")
+    )
     # --- network and PPO
-    net_arch: list[int] = field(default_factory=lambda: [64, 64], metadata=_help("hidden layer widths of the actor and of the critic"))
-    log_std_init: float = field(default=-0.5, metadata=_help("initial log standard deviation of the Gaussian policy"))
-    learning_rate: float = field(default=3e-4, metadata=_help("Adam learning rate (decays linearly to 0)"))
+    net_arch: list[int] = field(
+        default_factory=lambda: [64, 64],
+        metadata=_help("hidden layer widths of the actor and of the critic"),
+    )
+    log_std_init: float = field(
+        default=-0.5, metadata=_help("initial log standard deviation of the Gaussian policy")
+    )
+    learning_rate: float = field(
+        default=3e-4, metadata=_help("Adam learning rate (decays linearly to 0)")
+    )
     n_steps: int = field(default=128, metadata=_help("rollout rounds per env per update"))
     batch_size: int = field(default=1024, metadata=_help("minibatch size (agent samples)"))
     n_epochs: int = field(default=10, metadata=_help("epochs per update"))
@@ -89,10 +119,21 @@ class Args:
     torch_threads: int = field(default=1, metadata=_help("torch CPU threads"))
     progress_bar: bool = field(default=False, metadata=_help("show a progress bar"))
     # --- held-out comparison (the project's evaluation loop)
-    compare: list[str] = field(default_factory=lambda: ["lyapunov"], metadata=_help("policy specs evaluated next to IPPO (baselines.registry), e.g. lyapunov ppo:runs/x; 'none' for IPPO alone"))
-    compare_episodes: int = field(default=20, metadata=_help("held-out test episodes (0 = no comparison)"))
-    compare_seed: int = field(default=1000, metadata=_help("first test seed (seeds compare_seed .. + episodes - 1)"))
-    compare_only: bool = field(default=False, metadata=_help("skip training: evaluate the model in --run-dir"))
+    compare: list[str] = field(
+        default_factory=lambda: ["lyapunov"],
+        metadata=_help(
+            "policy specs evaluated next to IPPO (baselines.registry), e.g. lyapunov ppo:runs/x; 'none' for IPPO alone"
+        ),
+    )
+    compare_episodes: int = field(
+        default=20, metadata=_help("held-out test episodes (0 = no comparison)")
+    )
+    compare_seed: int = field(
+        default=1000, metadata=_help("first test seed (seeds compare_seed .. + episodes - 1)")
+    )
+    compare_only: bool = field(
+        default=False, metadata=_help("skip training: evaluate the model in --run-dir")
+    )
 
 
 # --------------------------------------------------------------------------- the vectorising adapter
@@ -106,11 +147,23 @@ class AgentVecEnv(VecEnv):
     Env i is seeded ``seed + i`` at its first reset and continues its own episodes after that.
     """
 
-    def __init__(self, config: EnvConfig, n_envs: int, *, seed: int, agent_reward: str = "shared", action_form: str = "factored") -> None:
-        self.envs = [FedLoRAWirelessParallelEnv(config, agent_reward=agent_reward) for _ in range(n_envs)]
+    def __init__(
+        self,
+        config: EnvConfig,
+        n_envs: int,
+        *,
+        seed: int,
+        agent_reward: str = "shared",
+        action_form: str = "factored",
+    ) -> None:
+        self.envs = [
+            FedLoRAWirelessParallelEnv(config, agent_reward=agent_reward) for _ in range(n_envs)
+        ]
         self.adapter = ActionAdapter(config, action_form)
         if self.adapter.stateful:
-            raise ValueError(f"action_form must be env or factored (a stateless form), got {action_form!r}")
+            raise ValueError(
+                f"action_form must be env or factored (a stateless form), got {action_form!r}"
+            )
         self.k = config.devices.num_devices
         self.agents = self.envs[0].possible_agents
         self._seed = int(seed)
@@ -139,13 +192,22 @@ class AgentVecEnv(VecEnv):
     def step_async(self, actions: NDArray[np.float32]) -> None:
         self._actions = np.asarray(actions, dtype=np.float32)
 
-    def step_wait(self) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.bool_], list[dict[str, Any]]]:
+    def step_wait(
+        self,
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.bool_], list[dict[str, Any]]]:
         assert self._actions is not None
         joint = self.adapter(self._actions.reshape(len(self.envs), self.k, -1))  # (N, K, C)
         k = self.k
-        obs_rows, rewards, dones, infos = [], np.zeros(self.num_envs, dtype=np.float32), np.zeros(self.num_envs, dtype=bool), []
+        obs_rows, rewards, dones, infos = (
+            [],
+            np.zeros(self.num_envs, dtype=np.float32),
+            np.zeros(self.num_envs, dtype=bool),
+            [],
+        )
         for i, env in enumerate(self.envs):
-            obs, rew, term, trunc, info = env.step({a: joint[i, j] for j, a in enumerate(self.agents)})
+            obs, rew, term, trunc, info = env.step(
+                {a: joint[i, j] for j, a in enumerate(self.agents)}
+            )
             block = slice(i * k, (i + 1) * k)
             rewards[block] = [rew[a] for a in self.agents]
             self._returns[block] += rewards[block]
@@ -156,7 +218,10 @@ class AgentVecEnv(VecEnv):
             if done:
                 for j, agent_info in enumerate(agent_infos):
                     agent_info["terminal_observation"] = rows[j]
-                    agent_info["episode"] = {"r": float(self._returns[i * k + j]), "l": int(self._lengths[i])}
+                    agent_info["episode"] = {
+                        "r": float(self._returns[i * k + j]),
+                        "l": int(self._lengths[i]),
+                    }
                 self._returns[block] = 0.0
                 self._lengths[i] = 0
                 obs, _ = env.reset()
@@ -182,8 +247,13 @@ class AgentVecEnv(VecEnv):
         for i in self._indices(indices):
             setattr(self.envs[i // self.k], attr_name, value)
 
-    def env_method(self, method_name: str, *method_args: Any, indices: Any = None, **method_kwargs: Any) -> list[Any]:
-        return [getattr(self.envs[i // self.k], method_name)(*method_args, **method_kwargs) for i in self._indices(indices)]
+    def env_method(
+        self, method_name: str, *method_args: Any, indices: Any = None, **method_kwargs: Any
+    ) -> list[Any]:
+        return [
+            getattr(self.envs[i // self.k], method_name)(*method_args, **method_kwargs)
+            for i in self._indices(indices)
+        ]
 
     def env_is_wrapped(self, wrapper_class: type, indices: Any = None) -> list[bool]:
         return [False for _ in self._indices(indices)]
@@ -199,7 +269,14 @@ class IPPOPolicy:
     deterministic action in one batch and stacks them into the env's (K, C) action.
     """
 
-    def __init__(self, model: PPO, normalizer: VecNormalize | None, config: EnvConfig, action_form: str, name: str = "ippo") -> None:
+    def __init__(
+        self,
+        model: PPO,
+        normalizer: VecNormalize | None,
+        config: EnvConfig,
+        action_form: str,
+        name: str = "ippo",
+    ) -> None:
         self.model, self.name = model, name
         self.k = config.devices.num_devices
         self.actions = ActionAdapter(config, action_form)
@@ -209,7 +286,9 @@ class IPPOPolicy:
         if normalizer is not None and self._norm:
             stats: Any = normalizer.obs_rms  # a RunningMeanStd (the observation is a Box)
             self._mean = np.asarray(stats.mean, dtype=np.float64)
-            self._scale = 1.0 / np.sqrt(np.asarray(stats.var, dtype=np.float64) + normalizer.epsilon)
+            self._scale = 1.0 / np.sqrt(
+                np.asarray(stats.var, dtype=np.float64) + normalizer.epsilon
+            )
             self._clip = float(normalizer.clip_obs)
 
     def reset(self, seed: int | None = None) -> None:
@@ -228,7 +307,9 @@ def load_ippo_policy(run_dir: str | Path, config: EnvConfig | None = None) -> IP
     """The :class:`IPPOPolicy` of a run directory written by this script."""
     run = RunDir(run_dir)
     if not run.model.is_file():
-        raise FileNotFoundError(f"{run.path} holds no model.zip (train one with python -m agents.train_ippo --run-dir {run.path})")
+        raise FileNotFoundError(
+            f"{run.path} holds no model.zip (train one with python -m agents.train_ippo --run-dir {run.path})"
+        )
     saved = run.read_args()
     cfg = config if config is not None else run.env_config()
     model = PPO.load(str(run.model), device="cpu")
@@ -236,7 +317,9 @@ def load_ippo_policy(run_dir: str | Path, config: EnvConfig | None = None) -> IP
     if run.normalizer.is_file():
         with run.normalizer.open("rb") as fh:
             norm = pickle.load(fh)
-    return IPPOPolicy(model, norm, cfg, saved.get("action_form", "factored"), name=f"ippo:{run.path.name}")
+    return IPPOPolicy(
+        model, norm, cfg, saved.get("action_form", "factored"), name=f"ippo:{run.path.name}"
+    )
 
 
 def ippo_policy(spec: str, config: EnvConfig) -> IPPOPolicy:
@@ -254,11 +337,34 @@ def compare(args: Args, run: RunDir, config: EnvConfig) -> str:
     from baselines.evaluation import evaluate_policies, format_table, summarize
 
     specs = [s for s in args.compare if s.lower() != "none"]
-    comparison = evaluate_policies([load_ippo_policy(run.path, config), *specs], config, episodes=args.compare_episodes, seed=args.compare_seed)
-    table = format_table(comparison, ["final_accuracy", "energy_j", "devices_within_budget", "max_budget_use", "episode_return", "scheduled"])
+    comparison = evaluate_policies(
+        [load_ippo_policy(run.path, config), *specs],
+        config,
+        episodes=args.compare_episodes,
+        seed=args.compare_seed,
+    )
+    table = format_table(
+        comparison,
+        [
+            "final_accuracy",
+            "energy_j",
+            "devices_within_budget",
+            "max_budget_use",
+            "episode_return",
+            "scheduled",
+        ],
+    )
     seeds = f"{args.compare_seed}..{args.compare_seed + args.compare_episodes - 1}"
-    write_file(run.path / "comparison.md", f"Test seeds {seeds}, preset {args.config}, mean ± 95% CI over episodes.\n\n{table}\n")
-    write_file(run.path / "comparison.json", json.dumps({"seeds": comparison.seeds, "rows": summarize(comparison)}, indent=2, default=float))
+    write_file(
+        run.path / "comparison.md",
+        f"Test seeds {seeds}, preset {args.config}, mean ± 95% CI over episodes.\n\n{table}\n",
+    )
+    write_file(
+        run.path / "comparison.json",
+        json.dumps(
+            {"seeds": comparison.seeds, "rows": summarize(comparison)}, indent=2, default=float
+        ),
+    )
     return table
 
 
@@ -280,9 +386,14 @@ def main(argv: list[str] | None = None) -> Path:
 
     # --- run directory
     config = resolve_config(args.config)
-    run = RunDir(args.run_dir or Path("runs") / default_run_name("ippo", args.config, args.agent_reward, args.seed))
+    run = RunDir(
+        args.run_dir
+        or Path("runs") / default_run_name("ippo", args.config, args.agent_reward, args.seed)
+    )
     if run.model.exists():
-        raise FileExistsError(f"{run.path} already holds a run; pass another --run-dir (or --compare-only to evaluate it)")
+        raise FileExistsError(
+            f"{run.path} already holds a run; pass another --run-dir (or --compare-only to evaluate it)"
+        )
     run.write_start("ippo", args, config)
 
     # --- seeding: python, numpy and torch, the model (seed=) and the envs
@@ -290,8 +401,16 @@ def main(argv: list[str] | None = None) -> Path:
     th.set_num_threads(args.torch_threads)
 
     # --- environments: N multi-agent envs as N x K single-agent envs, normalised
-    venv = AgentVecEnv(config, args.n_envs, seed=args.seed * 1_000_003, agent_reward=args.agent_reward, action_form=args.action_form)
-    norm = VecNormalize(venv, norm_obs=args.norm_obs, norm_reward=args.norm_reward, gamma=args.gamma)
+    venv = AgentVecEnv(
+        config,
+        args.n_envs,
+        seed=args.seed * 1_000_003,
+        agent_reward=args.agent_reward,
+        action_form=args.action_form,
+    )
+    norm = VecNormalize(
+        venv, norm_obs=args.norm_obs, norm_reward=args.norm_reward, gamma=args.gamma
+    )
 
     # --- model: one actor-critic shared by every agent
     lr = args.learning_rate
@@ -306,7 +425,11 @@ def main(argv: list[str] | None = None) -> Path:
         gae_lambda=args.gae_lambda,
         clip_range=args.clip_range,
         ent_coef=args.ent_coef,
-        policy_kwargs={"net_arch": {"pi": list(args.net_arch), "vf": list(args.net_arch)}, "activation_fn": th.nn.Tanh, "log_std_init": args.log_std_init},
+        policy_kwargs={
+            "net_arch": {"pi": list(args.net_arch), "vf": list(args.net_arch)},
+            "activation_fn": th.nn.Tanh,
+            "log_std_init": args.log_std_init,
+        },
         seed=args.seed,
         device="cpu",
         verbose=0,
@@ -333,7 +456,10 @@ def main(argv: list[str] | None = None) -> Path:
     run.record_session()
     run.write_metrics(metrics)
     norm.close()
-    print(f"[done] {run.path}: {rounds:,d} rounds ({model.num_timesteps:,d} agent samples) in {wall:.0f} s", flush=True)
+    print(
+        f"[done] {run.path}: {rounds:,d} rounds ({model.num_timesteps:,d} agent samples) in {wall:.0f} s",
+        flush=True,
+    )
     if args.compare_episodes > 0:
         print(compare(args, run, config), flush=True)
     return run.path

@@ -52,27 +52,67 @@ class Args:
 
     # --- experiment
     config: str = field(default="switching", metadata=_help("env preset name or env config YAML"))
-    train_config: str | None = field(default=None, metadata=_help("YAML of these arguments (configs/train/*.yaml); flags override it"))
-    run_dir: str | None = field(default=None, metadata=_help("run directory (default runs/ppo_<config>_<policy>_s<seed>_<time>)"))
-    resume: bool = field(default=False, metadata=_help("continue the run in --run-dir from its newest intact checkpoint or final model"))
+    train_config: str | None = field(
+        default=None,
+        metadata=_help("YAML of these arguments (configs/train/*.yaml); flags override it"),
+    )
+    run_dir: str | None = field(
+        default=None,
+        metadata=_help("run directory (default runs/ppo_<config>_<policy>_s<seed>_<time>)"),
+    )
+    resume: bool = field(
+        default=False,
+        metadata=_help(
+            "continue the run in --run-dir from its newest intact checkpoint or final model"
+        ),
+    )
     seed: int = field(default=0, metadata=_help("seed of torch, numpy and the training envs"))
     total_timesteps: int = field(default=300_000, metadata=_help("env steps (rounds) to train for"))
     # --- environment
     n_envs: int = field(default=8, metadata=_help("parallel training envs"))
-    vec_env: str = field(default="auto", metadata=_help("auto (batched where it applies, else dummy), batched (one batched env, fastest; surrogate backend, env and factored action forms), dummy (single envs in one process) or subproc (one process per env); agents/envs.py"))
-    obs_features: str = field(default="label_mix", metadata=_help("env (the env's observation), label_mix (+ each device's label skew from info) or label_mix_time (+ time-to-go ramps); agents/features.py"))
-    action_form: str = field(default="factored", metadata=_help("env (the env's action), factored (separate schedule and rank per device), residual (on top of the Lyapunov policy) or gated (which of the Lyapunov policy's devices train); agents/actions.py"))
-    norm_obs: bool = field(default=True, metadata=_help("normalise observations (VecNormalize, saved with the model)"))
-    norm_reward: bool = field(default=True, metadata=_help("normalise rewards by the running return's std"))
+    vec_env: str = field(
+        default="auto",
+        metadata=_help(
+            "auto (batched where it applies, else dummy), batched (one batched env, fastest; surrogate backend, env and factored action forms), dummy (single envs in one process) or subproc (one process per env); agents/envs.py"
+        ),
+    )
+    obs_features: str = field(
+        default="label_mix",
+        metadata=_help(
+            "env (the env's observation), label_mix (+ each device's label skew from info) or label_mix_time (+ time-to-go ramps); agents/features.py"
+        ),
+    )
+    action_form: str = field(
+        default="factored",
+        metadata=_help(
+            "env (the env's action), factored (separate schedule and rank per device), residual (on top of the Lyapunov policy) or gated (which of the Lyapunov policy's devices train); agents/actions.py"
+        ),
+    )
+    norm_obs: bool = field(
+        default=True, metadata=_help("normalise observations (VecNormalize, saved with the model)")
+    )
+    norm_reward: bool = field(
+        default=True, metadata=_help("normalise rewards by the running return's std")
+    )
     # --- network
-    policy: str = field(default="per_device", metadata=_help("mlp (SB3 MlpPolicy) or per_device (shared, permutation-equivariant)"))
-    net_arch: list[int] = field(default_factory=lambda: [64, 64], metadata=_help("hidden layer widths (per device for per_device)"))
+    policy: str = field(
+        default="per_device",
+        metadata=_help("mlp (SB3 MlpPolicy) or per_device (shared, permutation-equivariant)"),
+    )
+    net_arch: list[int] = field(
+        default_factory=lambda: [64, 64],
+        metadata=_help("hidden layer widths (per device for per_device)"),
+    )
     activation: str = field(default="tanh", metadata=_help("tanh or relu"))
-    log_std_init: float = field(default=-0.5, metadata=_help("initial log standard deviation of the Gaussian policy"))
+    log_std_init: float = field(
+        default=-0.5, metadata=_help("initial log standard deviation of the Gaussian policy")
+    )
     ortho_init: bool = field(default=True, metadata=_help("orthogonal weight initialisation"))
     # --- PPO
     learning_rate: float = field(default=3e-4, metadata=_help("Adam learning rate"))
-    lr_schedule: str = field(default="linear", metadata=_help("constant or linear (decays to 0 at total_timesteps)"))
+    lr_schedule: str = field(
+        default="linear", metadata=_help("constant or linear (decays to 0 at total_timesteps)")
+    )
     n_steps: int = field(default=256, metadata=_help("rollout steps per env per update"))
     batch_size: int = field(default=256, metadata=_help("minibatch size"))
     n_epochs: int = field(default=10, metadata=_help("epochs per update"))
@@ -82,22 +122,64 @@ class Args:
     ent_coef: float = field(default=0.0, metadata=_help("entropy bonus"))
     vf_coef: float = field(default=0.5, metadata=_help("value loss weight"))
     max_grad_norm: float = field(default=0.5, metadata=_help("gradient clipping norm"))
-    target_kl: float | None = field(default=None, metadata=_help("early-stop an update above this KL (None = off)"))
+    target_kl: float | None = field(
+        default=None, metadata=_help("early-stop an update above this KL (None = off)")
+    )
     # --- objective: PPO-Lagrangian (agents/lagrangian.py) or the env's weighted reward
-    objective: str = field(default="lagrangian", metadata=_help("lagrangian (PPO-Lagrangian: the accuracy gain as reward, each device's average energy per round, and the latency where budgeted, within budget by dual ascent; agents/lagrangian.py) or weighted (the env's own reward, reward.mode)"))
-    multipliers: str = field(default="per_device", metadata=_help("lagrangian: per_device (one multiplier per device) or shared (one energy multiplier, ascended on the worst device)"))
-    multiplier_lr: float = field(default=0.05, metadata=_help("lagrangian: dual ascent step per rollout, per unit of relative budget violation (mean cost - budget) / budget"))
-    multiplier_init: float = field(default=0.0, metadata=_help("lagrangian: initial value of every multiplier"))
+    objective: str = field(
+        default="lagrangian",
+        metadata=_help(
+            "lagrangian (PPO-Lagrangian: the accuracy gain as reward, each device's average energy per round, and the latency where budgeted, within budget by dual ascent; agents/lagrangian.py) or weighted (the env's own reward, reward.mode)"
+        ),
+    )
+    multipliers: str = field(
+        default="per_device",
+        metadata=_help(
+            "lagrangian: per_device (one multiplier per device) or shared (one energy multiplier, ascended on the worst device)"
+        ),
+    )
+    multiplier_lr: float = field(
+        default=0.05,
+        metadata=_help(
+            "lagrangian: dual ascent step per rollout, per unit of relative budget violation (mean cost - budget) / budget"
+        ),
+    )
+    multiplier_init: float = field(
+        default=0.0, metadata=_help("lagrangian: initial value of every multiplier")
+    )
     # --- optional constraint (agents/constraints.py; the env and its reward are unchanged)
-    accuracy_target: float | None = field(default=None, metadata=_help("train for E[final accuracy] >= this by Lagrangian relaxation (None = off)"))
-    lambda_lr: float = field(default=0.05, metadata=_help("dual ascent step of the accuracy multiplier, per accuracy point of violation"))
-    select_accuracy: float | None = field(default=None, metadata=_help("the best model is the best validation return among evaluations with validation accuracy >= this (None = --accuracy-target, or no condition)"))
-    bc_steps: int = field(default=0, metadata=_help("env steps of the Lyapunov policy to imitate before PPO (behaviour-cloning warm start; 0 = off; agents/bc.py)"))
+    accuracy_target: float | None = field(
+        default=None,
+        metadata=_help("train for E[final accuracy] >= this by Lagrangian relaxation (None = off)"),
+    )
+    lambda_lr: float = field(
+        default=0.05,
+        metadata=_help(
+            "dual ascent step of the accuracy multiplier, per accuracy point of violation"
+        ),
+    )
+    select_accuracy: float | None = field(
+        default=None,
+        metadata=_help(
+            "the best model is the best validation return among evaluations with validation accuracy >= this (None = --accuracy-target, or no condition)"
+        ),
+    )
+    bc_steps: int = field(
+        default=0,
+        metadata=_help(
+            "env steps of the Lyapunov policy to imitate before PPO (behaviour-cloning warm start; 0 = off; agents/bc.py)"
+        ),
+    )
     bc_epochs: int = field(default=30, metadata=_help("epochs of the behaviour-cloning fit"))
     # --- evaluation, checkpoints, logging
-    eval_freq: int = field(default=25_000, metadata=_help("env steps between held-out evaluations (0 = off)"))
+    eval_freq: int = field(
+        default=25_000, metadata=_help("env steps between held-out evaluations (0 = off)")
+    )
     eval_episodes: int = field(default=10, metadata=_help("held-out episodes per evaluation"))
-    eval_seed: int = field(default=100_000, metadata=_help("first validation seed (the comparison's test seeds start at 1000)"))
+    eval_seed: int = field(
+        default=100_000,
+        metadata=_help("first validation seed (the comparison's test seeds start at 1000)"),
+    )
     checkpoint_freq: int = field(default=100_000, metadata=_help("env steps between checkpoints"))
     tensorboard: bool = field(default=True, metadata=_help("write TensorBoard logs to <run>/tb"))
     progress_bar: bool = field(default=True, metadata=_help("show a progress bar"))
@@ -107,10 +189,24 @@ class Args:
 
 def main(argv: list[str] | None = None) -> Path:
     args, given = parse_args(Args, argv, description=__doc__)
-    for name, value, valid in (("policy", args.policy, ("mlp", "per_device")), ("lr_schedule", args.lr_schedule, ("constant", "linear")), ("activation", args.activation, ("tanh", "relu")), ("objective", args.objective, ("lagrangian", "weighted")), ("multipliers", args.multipliers, MULTIPLIER_MODES)):
+    for name, value, valid in (
+        ("policy", args.policy, ("mlp", "per_device")),
+        ("lr_schedule", args.lr_schedule, ("constant", "linear")),
+        ("activation", args.activation, ("tanh", "relu")),
+        ("objective", args.objective, ("lagrangian", "weighted")),
+        ("multipliers", args.multipliers, MULTIPLIER_MODES),
+    ):
         if value not in valid:
-            raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(valid)}, got {value!r}")
-    if args.resume and args.run_dir and "objective" not in given and (Path(args.run_dir) / "args.yaml").is_file() and "objective" not in RunDir(args.run_dir).read_args():
+            raise ValueError(
+                f"--{name.replace('_', '-')} must be one of {', '.join(valid)}, got {value!r}"
+            )
+    if (
+        args.resume
+        and args.run_dir
+        and "objective" not in given
+        and (Path(args.run_dir) / "args.yaml").is_file()
+        and "objective" not in RunDir(args.run_dir).read_args()
+    ):
         # a run from before PPO-Lagrangian became the default trained on the weighted reward
         args.objective = "weighted"
         given.add("objective")
@@ -121,37 +217,67 @@ def main(argv: list[str] | None = None) -> Path:
     # --- seeding: python, numpy and torch (SB3's set_random_seed), the model (seed=) and the envs
     set_random_seed(args.seed)
     th.set_num_threads(args.torch_threads)
-    env_seed = args.seed * 1_000_003 + (latest.steps if latest else 0)  # fresh episodes after a resume
+    env_seed = args.seed * 1_000_003 + (
+        latest.steps if latest else 0
+    )  # fresh episodes after a resume
 
     # --- environments and normaliser
     features = ObservationFeatures(config, args.obs_features)
     actions = ActionAdapter(config, args.action_form)
-    venv = make_vec_env(config, args.n_envs, args.vec_env, seed=env_seed, obs_features=args.obs_features, action_form=args.action_form)
+    venv = make_vec_env(
+        config,
+        args.n_envs,
+        args.vec_env,
+        seed=env_seed,
+        obs_features=args.obs_features,
+        action_form=args.action_form,
+    )
     per_device = args.policy == "per_device"
     lagrangian = None
     if args.objective == "lagrangian":
         if args.accuracy_target is not None:
-            raise ValueError("--accuracy-target constrains the weighted objective; PPO-Lagrangian already maximises the accuracy (pass --objective weighted to use it)")
-        lagrangian = CostConstraints(venv, config, args.multiplier_lr, args.multipliers, init=args.multiplier_init)
-        saved = DualAscentCallback.saved_state(run.path / STATE_FILE) if latest is not None else None
+            raise ValueError(
+                "--accuracy-target constrains the weighted objective; PPO-Lagrangian already maximises the accuracy (pass --objective weighted to use it)"
+            )
+        lagrangian = CostConstraints(
+            venv, config, args.multiplier_lr, args.multipliers, init=args.multiplier_init
+        )
+        saved = (
+            DualAscentCallback.saved_state(run.path / STATE_FILE) if latest is not None else None
+        )
         if saved is not None:
             lagrangian.load_state(saved, str(run.path / STATE_FILE))
         venv = lagrangian
     constraint = None
     if args.accuracy_target is not None:
-        constraint = AccuracyConstraint(venv, args.accuracy_target, args.lambda_lr, lam=DualAscentCallback.saved_lambda(run.path / "constraint.json"))
+        constraint = AccuracyConstraint(
+            venv,
+            args.accuracy_target,
+            args.lambda_lr,
+            lam=DualAscentCallback.saved_lambda(run.path / "constraint.json"),
+        )
         venv = constraint
     if latest is not None:
         venv = load_normalizer(str(latest.normalizer), venv)
         venv.training = True
     else:
-        venv = make_normalizer(venv, per_device=per_device, device_features=features.device_features, gamma=args.gamma, norm_obs=args.norm_obs, norm_reward=args.norm_reward)
+        venv = make_normalizer(
+            venv,
+            per_device=per_device,
+            device_features=features.device_features,
+            gamma=args.gamma,
+            norm_obs=args.norm_obs,
+            norm_reward=args.norm_reward,
+        )
 
     # --- model
     tb = str(run.tensorboard) if args.tensorboard else None
     if latest is not None:
         model = PPO.load(latest.model, env=venv, device=args.device, tensorboard_log=tb)
-        print(f"[resume] {run.path}: continuing from step {model.num_timesteps:,d} ({latest.label})", flush=True)
+        print(
+            f"[resume] {run.path}: continuing from step {model.num_timesteps:,d} ({latest.label})",
+            flush=True,
+        )
     else:
         lr = args.learning_rate
         schedule = (lambda progress: progress * lr) if args.lr_schedule == "linear" else lr
@@ -170,7 +296,9 @@ def main(argv: list[str] | None = None) -> Path:
             max_grad_norm=args.max_grad_norm,
             target_kl=args.target_kl,
             policy_kwargs={
-                "net_arch": list(args.net_arch) if per_device else {"pi": list(args.net_arch), "vf": list(args.net_arch)},
+                "net_arch": list(args.net_arch)
+                if per_device
+                else {"pi": list(args.net_arch), "vf": list(args.net_arch)},
                 **({"device_features": features.device_features} if per_device else {}),
                 "activation_fn": th.nn.Tanh if args.activation == "tanh" else th.nn.ReLU,
                 "log_std_init": args.log_std_init,
@@ -187,31 +315,65 @@ def main(argv: list[str] | None = None) -> Path:
         from agents.bc import clone, lyapunov_demonstrations
 
         if args.action_form in ("residual", "gated"):
-            raise ValueError(f"--bc-steps imitates the Lyapunov policy, which the {args.action_form} action form already plays; use one or the other")
+            raise ValueError(
+                f"--bc-steps imitates the Lyapunov policy, which the {args.action_form} action form already plays; use one or the other"
+            )
         demo_obs, demo_act = lyapunov_demonstrations(venv, config, actions, args.bc_steps)
         loss = clone(model.policy, demo_obs, demo_act, epochs=args.bc_epochs, seed=args.seed)
-        print(f"[bc] imitated the Lyapunov policy on {len(demo_obs):,d} env steps: action MSE {loss:.4f}", flush=True)
+        print(
+            f"[bc] imitated the Lyapunov policy on {len(demo_obs):,d} env steps: action MSE {loss:.4f}",
+            flush=True,
+        )
 
     # --- callbacks: env metrics to TensorBoard, held-out evaluation (best model), checkpoints
-    evaluator = HeldOutEvalCallback(config, run, args.eval_freq, episode_seeds(args.eval_seed, args.eval_episodes), features, actions, name="ppo", accuracy_target=args.accuracy_target if args.select_accuracy is None else args.select_accuracy)
-    callbacks = CallbackList([
-        EnvMetricsCallback(config.budgets.energy_budget_j),
-        evaluator,
-        checkpoint_callback(run, args.checkpoint_freq),
-        *([DualAscentCallback(constraint, run.path / "constraint.json")] if constraint is not None else []),
-        *([DualAscentCallback(lagrangian, run.path / STATE_FILE, prefix="lagrangian")] if lagrangian is not None else []),
-    ])
+    evaluator = HeldOutEvalCallback(
+        config,
+        run,
+        args.eval_freq,
+        episode_seeds(args.eval_seed, args.eval_episodes),
+        features,
+        actions,
+        name="ppo",
+        accuracy_target=args.accuracy_target
+        if args.select_accuracy is None
+        else args.select_accuracy,
+    )
+    callbacks = CallbackList(
+        [
+            EnvMetricsCallback(config.budgets.energy_budget_j),
+            evaluator,
+            checkpoint_callback(run, args.checkpoint_freq),
+            *(
+                [DualAscentCallback(constraint, run.path / "constraint.json")]
+                if constraint is not None
+                else []
+            ),
+            *(
+                [DualAscentCallback(lagrangian, run.path / STATE_FILE, prefix="lagrangian")]
+                if lagrangian is not None
+                else []
+            ),
+        ]
+    )
 
     # --- train
     start_steps = model.num_timesteps
     remaining = args.total_timesteps - start_steps
     t0 = time.perf_counter()
     if remaining > 0:
-        model.learn(remaining, callback=callbacks, progress_bar=args.progress_bar, reset_num_timesteps=latest is None, tb_log_name="ppo")
+        model.learn(
+            remaining,
+            callback=callbacks,
+            progress_bar=args.progress_bar,
+            reset_num_timesteps=latest is None,
+            tb_log_name="ppo",
+        )
     wall = time.perf_counter() - t0
 
     # --- final model + normaliser, a last evaluation, metrics.json
-    finish_run(run, model, venv, evaluator, algo="ppo", args=args, start_steps=start_steps, wall_s=wall)
+    finish_run(
+        run, model, venv, evaluator, algo="ppo", args=args, start_steps=start_steps, wall_s=wall
+    )
     venv.close()
     return run.path
 

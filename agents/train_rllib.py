@@ -86,24 +86,58 @@ class Args:
 
     # --- experiment
     config: str = field(default="switching", metadata=_help("env preset name or env config YAML"))
-    train_config: str | None = field(default=None, metadata=_help("YAML of these arguments; flags override it"))
-    run_dir: str | None = field(default=None, metadata=_help("run directory (default runs/rllib_ppo_<config>_s<seed>_<time>)"))
-    resume: bool = field(default=False, metadata=_help("continue the run in --run-dir from its newest checkpoint"))
-    seed: int = field(default=0, metadata=_help("seed of RLlib (torch, numpy, the env runners' envs)"))
-    iterations: int = field(default=20, metadata=_help("training iterations of the run in total (resume continues up to it)"))
-    checkpoint_every: int = field(default=5, metadata=_help("iterations between checkpoints (0 = only at the end)"))
+    train_config: str | None = field(
+        default=None, metadata=_help("YAML of these arguments; flags override it")
+    )
+    run_dir: str | None = field(
+        default=None,
+        metadata=_help("run directory (default runs/rllib_ppo_<config>_s<seed>_<time>)"),
+    )
+    resume: bool = field(
+        default=False, metadata=_help("continue the run in --run-dir from its newest checkpoint")
+    )
+    seed: int = field(
+        default=0, metadata=_help("seed of RLlib (torch, numpy, the env runners' envs)")
+    )
+    iterations: int = field(
+        default=20,
+        metadata=_help("training iterations of the run in total (resume continues up to it)"),
+    )
+    checkpoint_every: int = field(
+        default=5, metadata=_help("iterations between checkpoints (0 = only at the end)")
+    )
     # --- Ray
-    address: str | None = field(default=None, metadata=_help("Ray cluster to join: auto, or HOST:PORT of the head (default: start a local instance)"))
-    connect_timeout_s: float = field(default=10.0, metadata=_help("give up on an unreachable --address after this many seconds"))
-    num_cpus: int | None = field(default=None, metadata=_help("CPUs of the local Ray instance (default: one per env runner)"))
-    object_store_mb: int = field(default=256, metadata=_help("object store of the local Ray instance, MiB"))
-    env_runners: int = field(default=2, metadata=_help("RLlib env runners (sampling actors); 0 samples in this process"))
-    envs_per_env_runner: int = field(default=1, metadata=_help("envs stepped together by each env runner"))
+    address: str | None = field(
+        default=None,
+        metadata=_help(
+            "Ray cluster to join: auto, or HOST:PORT of the head (default: start a local instance)"
+        ),
+    )
+    connect_timeout_s: float = field(
+        default=10.0, metadata=_help("give up on an unreachable --address after this many seconds")
+    )
+    num_cpus: int | None = field(
+        default=None, metadata=_help("CPUs of the local Ray instance (default: one per env runner)")
+    )
+    object_store_mb: int = field(
+        default=256, metadata=_help("object store of the local Ray instance, MiB")
+    )
+    env_runners: int = field(
+        default=2, metadata=_help("RLlib env runners (sampling actors); 0 samples in this process")
+    )
+    envs_per_env_runner: int = field(
+        default=1, metadata=_help("envs stepped together by each env runner")
+    )
     # --- network
-    net_arch: list[int] = field(default_factory=lambda: [64, 64], metadata=_help("hidden layer widths (policy and value nets)"))
+    net_arch: list[int] = field(
+        default_factory=lambda: [64, 64],
+        metadata=_help("hidden layer widths (policy and value nets)"),
+    )
     activation: str = field(default="tanh", metadata=_help("tanh or relu"))
     # --- PPO
-    train_batch_size: int = field(default=2000, metadata=_help("env steps sampled per iteration (all runners together)"))
+    train_batch_size: int = field(
+        default=2000, metadata=_help("env steps sampled per iteration (all runners together)")
+    )
     batch_size: int = field(default=250, metadata=_help("minibatch size"))
     n_epochs: int = field(default=10, metadata=_help("epochs per iteration"))
     learning_rate: float = field(default=3e-4, metadata=_help("Adam learning rate"))
@@ -113,7 +147,9 @@ class Args:
     ent_coef: float = field(default=0.0, metadata=_help("entropy bonus"))
     vf_coef: float = field(default=0.5, metadata=_help("value loss weight"))
     max_grad_norm: float = field(default=0.5, metadata=_help("gradient clipping norm"))
-    torch_threads: int = field(default=1, metadata=_help("torch CPU threads of the learner (this process)"))
+    torch_threads: int = field(
+        default=1, metadata=_help("torch CPU threads of the learner (this process)")
+    )
 
 
 def validate(args: Args) -> None:
@@ -137,7 +173,11 @@ def validate(args: Args) -> None:
     if not args.connect_timeout_s > 0:
         fail("connect-timeout-s", "a positive number of seconds", args.connect_timeout_s)
     if args.train_batch_size < 1 or not 1 <= args.batch_size <= args.train_batch_size:
-        fail("batch-size", f"between 1 and --train-batch-size ({args.train_batch_size})", args.batch_size)
+        fail(
+            "batch-size",
+            f"between 1 and --train-batch-size ({args.train_batch_size})",
+            args.batch_size,
+        )
     if args.n_epochs < 1:
         fail("n-epochs", "an integer >= 1", args.n_epochs)
     if args.activation not in ("tanh", "relu"):
@@ -165,7 +205,9 @@ def require_ray() -> Any:
 def _split_host_port(address: str) -> tuple[str, int]:
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"--address must be 'auto' or HOST:PORT of a Ray head node (e.g. 10.0.0.1:6379), got {address!r}")
+        raise ValueError(
+            f"--address must be 'auto' or HOST:PORT of a Ray head node (e.g. 10.0.0.1:6379), got {address!r}"
+        )
     return host.strip("[]"), int(port)
 
 
@@ -210,7 +252,9 @@ def check_reachable(address: str, timeout_s: float) -> str:
     if resolved and resolved not in candidates:
         candidates.append(resolved)
     if not candidates:
-        raise ConnectionError(f"--address {address!r}: could not resolve it to HOST:PORT; pass the head's HOST:PORT")
+        raise ConnectionError(
+            f"--address {address!r}: could not resolve it to HOST:PORT; pass the head's HOST:PORT"
+        )
     errors = []
     for candidate in candidates:
         host, port = _split_host_port(candidate)
@@ -240,13 +284,21 @@ def connect(args: Args) -> bool:
     address = args.address or os.environ.get("RAY_ADDRESS") or None
     if address is None or address == "local":
         num_cpus = args.num_cpus or max(args.env_runners, 1)
-        ray.init(num_cpus=num_cpus, object_store_memory=args.object_store_mb * 2**20, include_dashboard=False, address="local")
+        ray.init(
+            num_cpus=num_cpus,
+            object_store_memory=args.object_store_mb * 2**20,
+            include_dashboard=False,
+            address="local",
+        )
         print(f"[ray] started a local Ray instance ({num_cpus} CPUs)", flush=True)
     else:
         reached = check_reachable(address, args.connect_timeout_s)
         try:
             ray.init(address=address)
-        except (ConnectionError, getattr(ray.exceptions, "AuthenticationError", ConnectionError)) as err:
+        except (
+            ConnectionError,
+            getattr(ray.exceptions, "AuthenticationError", ConnectionError),
+        ) as err:
             raise ConnectionError(
                 f"{reached} answers but Ray could not join the cluster there ({err}). If the cluster uses "
                 "token authentication (the default when ~/.ray/auth_token exists on the head), set "
@@ -254,7 +306,10 @@ def connect(args: Args) -> bool:
                 "RAY_AUTH_TOKEN); see docs/rllib.md."
             ) from err
         resources = ray.cluster_resources()
-        print(f"[ray] joined the cluster at {reached}: {len(ray.nodes())} nodes, {resources.get('CPU', 0):g} CPUs", flush=True)
+        print(
+            f"[ray] joined the cluster at {reached}: {len(ray.nodes())} nodes, {resources.get('CPU', 0):g} CPUs",
+            flush=True,
+        )
     return True
 
 
@@ -281,7 +336,9 @@ def _on_episode_end(*, episode: Any, metrics_logger: Any = None, **_: Any) -> No
         return
     info = episode.get_infos(-1)
     metrics_logger.log_value("final_accuracy", float(info["accuracy"]), reduce="mean")
-    metrics_logger.log_value("final_energy_backlog_j", float(info["energy_backlog"].mean()), reduce="mean")
+    metrics_logger.log_value(
+        "final_energy_backlog_j", float(info["energy_backlog"].mean()), reduce="mean"
+    )
 
 
 def build_algorithm(args: Args, env_config: EnvConfig, seed: int | None = None) -> Any:
@@ -310,11 +367,17 @@ def build_algorithm(args: Args, env_config: EnvConfig, seed: int | None = None) 
             clip_param=args.clip_range,
             entropy_coeff=args.ent_coef,
             vf_loss_coeff=args.vf_coef,
-            vf_clip_param=float("inf"),  # returns are O(10): RLlib's default clip (10) would bias the critic
+            vf_clip_param=float(
+                "inf"
+            ),  # returns are O(10): RLlib's default clip (10) would bias the critic
             grad_clip=args.max_grad_norm,
             grad_clip_by="global_norm",
         )
-        .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=list(args.net_arch), fcnet_activation=args.activation))
+        .rl_module(
+            model_config=DefaultModelConfig(
+                fcnet_hiddens=list(args.net_arch), fcnet_activation=args.activation
+            )
+        )
         .callbacks(on_episode_end=_on_episode_end)
         .debugging(seed=args.seed if seed is None else seed)
     )
@@ -329,7 +392,11 @@ def latest_checkpoint(run_dir: str | os.PathLike[str]) -> tuple[int, Path] | Non
     if root.is_dir():
         for p in root.iterdir():
             m = _CKPT.match(p.name)
-            if m and (p / "rllib_checkpoint.json").is_file() and (best is None or int(m.group(1)) > best[0]):
+            if (
+                m
+                and (p / "rllib_checkpoint.json").is_file()
+                and (best is None or int(m.group(1)) > best[0])
+            ):
                 best = (int(m.group(1)), p)
     return best
 
@@ -362,7 +429,9 @@ def _versions() -> dict[str, str]:
     }
 
 
-def prepare_run(args: Args, given: set[str]) -> tuple[Args, Path, EnvConfig, tuple[int, Path] | None]:
+def prepare_run(
+    args: Args, given: set[str]
+) -> tuple[Args, Path, EnvConfig, tuple[int, Path] | None]:
     """Create a new run directory, or reopen one for ``--resume`` (no Ray needed).
 
     Returns:
@@ -374,26 +443,41 @@ def prepare_run(args: Args, given: set[str]) -> tuple[Args, Path, EnvConfig, tup
             raise ValueError("--resume needs --run-dir <the run to continue>")
         run = Path(args.run_dir)
         if not (run / "args.yaml").is_file():
-            raise FileNotFoundError(f"--resume: {run} is not a run directory of agents.train_rllib (no args.yaml)")
+            raise FileNotFoundError(
+                f"--resume: {run} is not a run directory of agents.train_rllib (no args.yaml)"
+            )
         meta = json.loads((run / "meta.json").read_text()) if (run / "meta.json").is_file() else {}
         if meta.get("algo") != "rllib_ppo":
-            raise ValueError(f"--resume: {run} was trained with {meta.get('algo')!r}, not rllib_ppo")
-        saved = args_from_mapping(Args, yaml.safe_load((run / "args.yaml").read_text()), str(run / "args.yaml"))
+            raise ValueError(
+                f"--resume: {run} was trained with {meta.get('algo')!r}, not rllib_ppo"
+            )
+        saved = args_from_mapping(
+            Args, yaml.safe_load((run / "args.yaml").read_text()), str(run / "args.yaml")
+        )
         env_config = EnvConfig.from_dict(yaml.safe_load((run / "env_config.yaml").read_text()))
         if "config" in given and resolve_config(args.config) != env_config:
-            raise ValueError(f"--resume: --config {args.config!r} differs from the run's env config ({run / 'env_config.yaml'}); leave it out")
+            raise ValueError(
+                f"--resume: --config {args.config!r} differs from the run's env config ({run / 'env_config.yaml'}); leave it out"
+            )
         saved.update({k: getattr(args, k) for k in given})
         saved["resume"] = True
         args = Args(**saved)
         latest = latest_checkpoint(run)
         if latest is None:
-            raise FileNotFoundError(f"--resume: no checkpoint in {run / 'checkpoints'}; start a new run instead")
+            raise FileNotFoundError(
+                f"--resume: no checkpoint in {run / 'checkpoints'}; start a new run instead"
+            )
     else:
         env_config = resolve_config(args.config)
         stem = Path(args.config).stem if args.config.endswith((".yaml", ".yml")) else args.config
-        run = Path(args.run_dir or Path("runs") / f"rllib_ppo_{stem}_s{args.seed}_{time.strftime('%Y%m%d-%H%M%S')}")
+        run = Path(
+            args.run_dir
+            or Path("runs") / f"rllib_ppo_{stem}_s{args.seed}_{time.strftime('%Y%m%d-%H%M%S')}"
+        )
         if latest_checkpoint(run) is not None or (run / "args.yaml").exists():
-            raise FileExistsError(f"{run} already holds a run; pass --resume to continue it, or another --run-dir")
+            raise FileExistsError(
+                f"{run} already holds a run; pass --resume to continue it, or another --run-dir"
+            )
         latest = None
     validate(args)
     return args, run, env_config, latest
@@ -414,7 +498,13 @@ def _write_start(run: Path, args: Args, env_config: EnvConfig, resumed_from: int
         "env_runners": args.env_runners,
         **commit,
     }
-    meta.update(algo="rllib_ppo", seed=args.seed, **commit, versions=_versions(), machine={"platform": platform.platform(), "cpus": os.cpu_count()})
+    meta.update(
+        algo="rllib_ppo",
+        seed=args.seed,
+        **commit,
+        versions=_versions(),
+        machine={"platform": platform.platform(), "cpus": os.cpu_count()},
+    )
     meta.setdefault("sessions", []).append(session)
     meta_path.write_text(json.dumps(meta, indent=2))
 
@@ -445,7 +535,9 @@ def _progress_row(result: dict[str, Any]) -> dict[str, Any]:
         "env_steps_this_iter": int(steps),
         "time_this_iter_s": _num(result.get("time_this_iter_s")),
         "sample_time_s": sample_s,
-        "env_steps_per_s": steps / float(result["time_this_iter_s"]) if result.get("time_this_iter_s") else None,
+        "env_steps_per_s": steps / float(result["time_this_iter_s"])
+        if result.get("time_this_iter_s")
+        else None,
     }
 
 
@@ -468,7 +560,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         algo = build_algorithm(args, env_config, seed=seed)
         if latest is not None:
             algo.restore_from_path(str(latest[1].resolve()))
-            print(f"[resume] {run}: continuing from iteration {algo.iteration} ({latest[1].name})", flush=True)
+            print(
+                f"[resume] {run}: continuing from iteration {algo.iteration} ({latest[1].name})",
+                flush=True,
+            )
         start_iteration = algo.iteration
         t0 = time.perf_counter()
         with (run / "progress.jsonl").open("a") as progress:
@@ -486,7 +581,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 if args.checkpoint_every and algo.iteration % args.checkpoint_every == 0:
                     _save_checkpoint(algo, run)
         newest = latest_checkpoint(run)
-        last_saved = _save_checkpoint(algo, run) if newest is None or newest[0] != algo.iteration else newest[1]
+        last_saved = (
+            _save_checkpoint(algo, run)
+            if newest is None or newest[0] != algo.iteration
+            else newest[1]
+        )
         wall = time.perf_counter() - t0
         metrics = {
             "algo": "rllib_ppo",

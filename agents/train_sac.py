@@ -43,35 +43,79 @@ class Args:
 
     # --- experiment
     config: str = field(default="switching", metadata=_help("env preset name or env config YAML"))
-    train_config: str | None = field(default=None, metadata=_help("YAML of these arguments (configs/train/*.yaml); flags override it"))
-    run_dir: str | None = field(default=None, metadata=_help("run directory (default runs/sac_<config>_<policy>_s<seed>_<time>)"))
-    resume: bool = field(default=False, metadata=_help("continue the run in --run-dir from its newest intact checkpoint or final model"))
+    train_config: str | None = field(
+        default=None,
+        metadata=_help("YAML of these arguments (configs/train/*.yaml); flags override it"),
+    )
+    run_dir: str | None = field(
+        default=None,
+        metadata=_help("run directory (default runs/sac_<config>_<policy>_s<seed>_<time>)"),
+    )
+    resume: bool = field(
+        default=False,
+        metadata=_help(
+            "continue the run in --run-dir from its newest intact checkpoint or final model"
+        ),
+    )
     seed: int = field(default=0, metadata=_help("seed of torch, numpy and the training envs"))
     total_timesteps: int = field(default=200_000, metadata=_help("env steps (rounds) to train for"))
     # --- environment
     n_envs: int = field(default=4, metadata=_help("parallel training envs"))
-    vec_env: str = field(default="auto", metadata=_help("auto (batched where it applies, else dummy), batched (one batched env, fastest; surrogate backend, env and factored action forms), dummy (single envs in one process) or subproc (one process per env); agents/envs.py"))
-    obs_features: str = field(default="label_mix", metadata=_help("env (the env's observation), label_mix (+ each device's label skew from info) or label_mix_time (+ time-to-go ramps); agents/features.py"))
-    action_form: str = field(default="factored", metadata=_help("env (the env's action), factored (separate schedule and rank per device), residual (on top of the Lyapunov policy) or gated (which of the Lyapunov policy's devices train); agents/actions.py"))
-    norm_obs: bool = field(default=True, metadata=_help("normalise observations (VecNormalize, saved with the model)"))
-    norm_reward: bool = field(default=True, metadata=_help("normalise rewards by the running return's std"))
+    vec_env: str = field(
+        default="auto",
+        metadata=_help(
+            "auto (batched where it applies, else dummy), batched (one batched env, fastest; surrogate backend, env and factored action forms), dummy (single envs in one process) or subproc (one process per env); agents/envs.py"
+        ),
+    )
+    obs_features: str = field(
+        default="label_mix",
+        metadata=_help(
+            "env (the env's observation), label_mix (+ each device's label skew from info) or label_mix_time (+ time-to-go ramps); agents/features.py"
+        ),
+    )
+    action_form: str = field(
+        default="factored",
+        metadata=_help(
+            "env (the env's action), factored (separate schedule and rank per device), residual (on top of the Lyapunov policy) or gated (which of the Lyapunov policy's devices train); agents/actions.py"
+        ),
+    )
+    norm_obs: bool = field(
+        default=True, metadata=_help("normalise observations (VecNormalize, saved with the model)")
+    )
+    norm_reward: bool = field(
+        default=True, metadata=_help("normalise rewards by the running return's std")
+    )
     # --- network
     policy: str = field(default="mlp", metadata=_help("mlp (SB3 SAC MlpPolicy)"))
-    net_arch: list[int] = field(default_factory=lambda: [256, 256], metadata=_help("hidden layer widths of actor and critics"))
+    net_arch: list[int] = field(
+        default_factory=lambda: [256, 256],
+        metadata=_help("hidden layer widths of actor and critics"),
+    )
     # --- SAC
     learning_rate: float = field(default=3e-4, metadata=_help("Adam learning rate"))
-    buffer_size: int = field(default=200_000, metadata=_help("replay buffer capacity (transitions)"))
-    learning_starts: int = field(default=5_000, metadata=_help("env steps of random actions before learning"))
+    buffer_size: int = field(
+        default=200_000, metadata=_help("replay buffer capacity (transitions)")
+    )
+    learning_starts: int = field(
+        default=5_000, metadata=_help("env steps of random actions before learning")
+    )
     batch_size: int = field(default=256, metadata=_help("minibatch size"))
     tau: float = field(default=0.005, metadata=_help("target network averaging"))
     gamma: float = field(default=0.99, metadata=_help("discount factor"))
     train_freq: int = field(default=1, metadata=_help("vector-env steps between updates"))
     gradient_steps: int = field(default=1, metadata=_help("gradient steps per update"))
-    ent_coef: str = field(default="auto", metadata=_help("entropy coefficient: auto, auto_<init> or a number"))
+    ent_coef: str = field(
+        default="auto", metadata=_help("entropy coefficient: auto, auto_<init> or a number")
+    )
     # --- evaluation, checkpoints, logging
-    eval_freq: int = field(default=10_000, metadata=_help("env steps between held-out evaluations (0 = off)"))
+    eval_freq: int = field(
+        default=10_000, metadata=_help("env steps between held-out evaluations (0 = off)")
+    )
     eval_episodes: int = field(default=10, metadata=_help("held-out episodes per evaluation"))
-    eval_seed: int = field(default=100_000, metadata=_help("first validation seed (the comparison's test seeds start at 1000)"))
+    eval_seed: int = field(
+        default=100_000,
+        metadata=_help("first validation seed (the comparison's test seeds start at 1000)"),
+    )
     checkpoint_freq: int = field(default=50_000, metadata=_help("env steps between checkpoints"))
     tensorboard: bool = field(default=True, metadata=_help("write TensorBoard logs to <run>/tb"))
     progress_bar: bool = field(default=True, metadata=_help("show a progress bar"))
@@ -82,7 +126,9 @@ class Args:
 def main(argv: list[str] | None = None) -> Path:
     args, given = parse_args(Args, argv, description=__doc__)
     if args.policy != "mlp":
-        raise ValueError(f"train_sac supports policy=mlp only, got {args.policy!r} (the per-device network is a PPO option)")
+        raise ValueError(
+            f"train_sac supports policy=mlp only, got {args.policy!r} (the per-device network is a PPO option)"
+        )
 
     # --- run directory (a new one, or the one to resume with its saved arguments)
     args, run, config, latest = prepare_run(args, given, "sac", Args)
@@ -90,17 +136,32 @@ def main(argv: list[str] | None = None) -> Path:
     # --- seeding: python, numpy and torch (SB3's set_random_seed), the model (seed=) and the envs
     set_random_seed(args.seed)
     th.set_num_threads(args.torch_threads)
-    env_seed = args.seed * 1_000_003 + (latest.steps if latest else 0)  # fresh episodes after a resume
+    env_seed = args.seed * 1_000_003 + (
+        latest.steps if latest else 0
+    )  # fresh episodes after a resume
 
     # --- environments and normaliser
     features = ObservationFeatures(config, args.obs_features)
     actions = ActionAdapter(config, args.action_form)
-    venv = make_vec_env(config, args.n_envs, args.vec_env, seed=env_seed, obs_features=args.obs_features, action_form=args.action_form)
+    venv = make_vec_env(
+        config,
+        args.n_envs,
+        args.vec_env,
+        seed=env_seed,
+        obs_features=args.obs_features,
+        action_form=args.action_form,
+    )
     if latest is not None:
         venv = load_normalizer(str(latest.normalizer), venv)
         venv.training = True
     else:
-        venv = make_normalizer(venv, per_device=False, gamma=args.gamma, norm_obs=args.norm_obs, norm_reward=args.norm_reward)
+        venv = make_normalizer(
+            venv,
+            per_device=False,
+            gamma=args.gamma,
+            norm_obs=args.norm_obs,
+            norm_reward=args.norm_reward,
+        )
 
     # --- model
     tb = str(run.tensorboard) if args.tensorboard else None
@@ -111,11 +172,22 @@ def main(argv: list[str] | None = None) -> Path:
             try:
                 model.load_replay_buffer(buffer)
                 restored = "restored"
-            except Exception as err:  # a damaged pickle raises anything; SAC then refills its buffer
-                warnings.warn(f"--resume: {buffer} does not load ({type(err).__name__}: {err}); continuing with an empty replay buffer", RunRepairWarning, stacklevel=1)
-        print(f"[resume] {run.path}: continuing from step {model.num_timesteps:,d} ({latest.label}, replay buffer {restored})", flush=True)
+            except (
+                Exception
+            ) as err:  # a damaged pickle raises anything; SAC then refills its buffer
+                warnings.warn(
+                    f"--resume: {buffer} does not load ({type(err).__name__}: {err}); continuing with an empty replay buffer",
+                    RunRepairWarning,
+                    stacklevel=1,
+                )
+        print(
+            f"[resume] {run.path}: continuing from step {model.num_timesteps:,d} ({latest.label}, replay buffer {restored})",
+            flush=True,
+        )
     else:
-        ent: str | float = args.ent_coef if args.ent_coef.startswith("auto") else float(args.ent_coef)
+        ent: str | float = (
+            args.ent_coef if args.ent_coef.startswith("auto") else float(args.ent_coef)
+        )
         model = SAC(
             "MlpPolicy",
             venv,
@@ -136,23 +208,41 @@ def main(argv: list[str] | None = None) -> Path:
         )
 
     # --- callbacks: env metrics to TensorBoard, held-out evaluation (best model), checkpoints
-    evaluator = HeldOutEvalCallback(config, run, args.eval_freq, episode_seeds(args.eval_seed, args.eval_episodes), features, actions, name="sac")
-    callbacks = CallbackList([
-        EnvMetricsCallback(config.budgets.energy_budget_j),
-        evaluator,
-        checkpoint_callback(run, args.checkpoint_freq, replay_buffer=True),
-    ])
+    evaluator = HeldOutEvalCallback(
+        config,
+        run,
+        args.eval_freq,
+        episode_seeds(args.eval_seed, args.eval_episodes),
+        features,
+        actions,
+        name="sac",
+    )
+    callbacks = CallbackList(
+        [
+            EnvMetricsCallback(config.budgets.energy_budget_j),
+            evaluator,
+            checkpoint_callback(run, args.checkpoint_freq, replay_buffer=True),
+        ]
+    )
 
     # --- train
     start_steps = model.num_timesteps
     remaining = args.total_timesteps - start_steps
     t0 = time.perf_counter()
     if remaining > 0:
-        model.learn(remaining, callback=callbacks, progress_bar=args.progress_bar, reset_num_timesteps=latest is None, tb_log_name="sac")
+        model.learn(
+            remaining,
+            callback=callbacks,
+            progress_bar=args.progress_bar,
+            reset_num_timesteps=latest is None,
+            tb_log_name="sac",
+        )
     wall = time.perf_counter() - t0
 
     # --- final model + normaliser, a last evaluation, metrics.json
-    finish_run(run, model, venv, evaluator, algo="sac", args=args, start_steps=start_steps, wall_s=wall)
+    finish_run(
+        run, model, venv, evaluator, algo="sac", args=args, start_steps=start_steps, wall_s=wall
+    )
     venv.close()
     return run.path
 

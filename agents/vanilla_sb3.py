@@ -94,7 +94,9 @@ class TrainedPolicy:
     statistics as they are now, the model's deterministic action, the factored-to-env mapping.
     """
 
-    def __init__(self, model: PPO, norm: VecNormalize, config: EnvConfig, observation: str, name: str = "ppo") -> None:
+    def __init__(
+        self, model: PPO, norm: VecNormalize, config: EnvConfig, observation: str, name: str = "ppo"
+    ) -> None:
         self.name = name
         self.model = model
         self.features = ObservationFeatures(config, observation)
@@ -102,14 +104,18 @@ class TrainedPolicy:
         stats = norm.obs_rms
         assert isinstance(stats, RunningMeanStd)  # (a Box observation: one set of statistics)
         self.mean: NDArray[np.float64] = np.array(stats.mean, dtype=np.float64)
-        self.std: NDArray[np.float64] = np.sqrt(np.asarray(stats.var, dtype=np.float64) + norm.epsilon)
+        self.std: NDArray[np.float64] = np.sqrt(
+            np.asarray(stats.var, dtype=np.float64) + norm.epsilon
+        )
         self.clip: float = float(norm.clip_obs)
 
     def reset(self, seed: int | None = None) -> None:
         pass
 
     def act(self, obs: NDArray[np.float32], info: dict[str, Any]) -> NDArray[np.float32]:
-        x = np.clip((self.features(obs, info) - self.mean) / self.std, -self.clip, self.clip).astype(np.float32)
+        x = np.clip(
+            (self.features(obs, info) - self.mean) / self.std, -self.clip, self.clip
+        ).astype(np.float32)
         action, _ = self.model.predict(x, deterministic=True)
         return self.to_env(action)
 
@@ -151,13 +157,23 @@ class LearningCurve(BaseCallback):
         policy = TrainedPolicy(self.model, norm, self.config, self.observation)
         held_out = evaluate(policy, self.config, self.seeds).metric("episode_return")
         recent = [ep["r"] for ep in self.model.ep_info_buffer or []]
-        self.rows.append({"steps": self.num_timesteps, "train_return": float(np.mean(recent)) if recent else float("nan"), "validation_return": float(held_out.mean())})
+        self.rows.append(
+            {
+                "steps": self.num_timesteps,
+                "train_return": float(np.mean(recent)) if recent else float("nan"),
+                "validation_return": float(held_out.mean()),
+            }
+        )
 
 
 def parse(argv: list[str] | None = None) -> Args:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     for f in dataclasses.fields(Args):
-        parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"), type=type(f.default), default=f.default
+        )
     return Args(**vars(parser.parse_args(argv)))
 
 
@@ -171,10 +187,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     th.set_num_threads(args.threads)
     set_random_seed(args.seed)
 
-    venv = VecNormalize(DummyVecEnv([lambda: make_env(args.preset, args.observation) for _ in range(args.n_envs)]))
+    venv = VecNormalize(
+        DummyVecEnv([lambda: make_env(args.preset, args.observation) for _ in range(args.n_envs)])
+    )
     venv.seed(args.seed)
     model = PPO("MlpPolicy", venv, seed=args.seed, device="cpu", verbose=0)
-    curve = LearningCurve(config, args.observation, args.eval_every, list(range(VALIDATION_SEED, VALIDATION_SEED + args.curve_episodes)))
+    curve = LearningCurve(
+        config,
+        args.observation,
+        args.eval_every,
+        list(range(VALIDATION_SEED, VALIDATION_SEED + args.curve_episodes)),
+    )
     start = time.perf_counter()
     model.learn(args.total_timesteps, callback=curve)
     train_s = time.perf_counter() - start
@@ -191,7 +214,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # paired over the seeds (same channels and data for every policy)
     gain, gain_ci = mean_ci(ppo.metric("episode_return") - random.metric("episode_return"))
     result = {
-        "command": "python -m agents.vanilla_sb3 " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m agents.vanilla_sb3 "
+        + " ".join(sys.argv[1:] if argv is None else argv),
         "preset": args.preset,
         "steps": args.total_timesteps,
         "train_seconds": round(train_s, 1),
@@ -217,12 +241,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         writer = csv.DictWriter(fh, fieldnames=["steps", "train_return", "validation_return"])
         writer.writeheader()
         writer.writerows(curve.rows)
-    plot(curve.rows, lyap_return, float(random.metric("episode_return").mean()), run / "learning_curve.png", args.preset)
+    plot(
+        curve.rows,
+        lyap_return,
+        float(random.metric("episode_return").mean()),
+        run / "learning_curve.png",
+        args.preset,
+    )
     print(json.dumps(result, indent=2))
     return result
 
 
-def plot(rows: list[dict[str, float]], reference: float, random_return: float, path: Path, preset: str) -> None:
+def plot(
+    rows: list[dict[str, float]], reference: float, random_return: float, path: Path, preset: str
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -231,9 +263,16 @@ def plot(rows: list[dict[str, float]], reference: float, random_return: float, p
     fig, ax = plt.subplots(figsize=(6, 3.5))
     steps = [r["steps"] for r in rows]
     ax.plot(steps, [r["train_return"] for r in rows], "o-", label="PPO, training episodes")
-    ax.plot(steps, [r["validation_return"] for r in rows], "s-", label="PPO, validation seeds (deterministic)")
+    ax.plot(
+        steps,
+        [r["validation_return"] for r in rows],
+        "s-",
+        label="PPO, validation seeds (deterministic)",
+    )
     ax.axhline(reference, color="k", ls="--", label="Lyapunov policy (test seeds)")
-    ax.axhline(random_return, color="tab:red", ls="-.", label="random factored actions (test seeds)")
+    ax.axhline(
+        random_return, color="tab:red", ls="-.", label="random factored actions (test seeds)"
+    )
     ax.axhline(0.9 * reference, color="0.5", ls=":", label="90% of Lyapunov")
     ax.set_xlabel("env steps")
     ax.set_ylabel("episode return")

@@ -68,10 +68,14 @@ def build_config(args: argparse.Namespace) -> EnvConfig:
         overrides["learning"] = {"backend": args.backend}
     cfg = resolve_config(args.config, **overrides)
     if args.tsfa_rank:
-        rank, table = tsfa_offline_rank(cfg, args.tsfa_v if args.tsfa_v is not None else _first_lyapunov_v(args.policies))
+        rank, table = tsfa_offline_rank(
+            cfg, args.tsfa_v if args.tsfa_v is not None else _first_lyapunov_v(args.policies)
+        )
         print("TSFA offline rank (mean final gap, mean latency over calibration episodes):")
         for r, v in table.items():
-            print(f"  rank {r:>3}: gap {v['final_gap']:.4f}  latency {v['mean_latency_s']:.3f} s{'  <- chosen' if r == rank else ''}")
+            print(
+                f"  rank {r:>3}: gap {v['final_gap']:.4f}  latency {v['mean_latency_s']:.3f} s{'  <- chosen' if r == rank else ''}"
+            )
         cfg = cfg.replace(fixed_rank=rank)
     return cfg
 
@@ -106,7 +110,14 @@ def _parse_sweep(text: str | None) -> list[float]:
     return values
 
 
-def run_sweep(config: EnvConfig, values: Sequence[float], seeds: list[int], *, budget_tolerance: float = 0.05, progress: bool = False) -> list[dict[str, Any]]:
+def run_sweep(
+    config: EnvConfig,
+    values: Sequence[float],
+    seeds: list[int],
+    *,
+    budget_tolerance: float = 0.05,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
     """Lyapunov policy for each V on the same seeds: mean and 95% CI of the main metrics."""
     rows = []
     bar = None
@@ -121,7 +132,19 @@ def run_sweep(config: EnvConfig, values: Sequence[float], seeds: list[int], *, b
                 bar.set_description(policy.name)
             ev = evaluate(policy, config, seeds, budget_tolerance=budget_tolerance, progress=bar)
             row: dict[str, Any] = {"V": v}
-            for key in ("final_accuracy", "mean_accuracy", "energy_j", "devices_within_budget", "max_budget_use", "latency_s", "latency_budget_use", "episode_return", "final_energy_backlog_j", "final_latency_backlog_s", "decision_ms"):
+            for key in (
+                "final_accuracy",
+                "mean_accuracy",
+                "energy_j",
+                "devices_within_budget",
+                "max_budget_use",
+                "latency_s",
+                "latency_budget_use",
+                "episode_return",
+                "final_energy_backlog_j",
+                "final_latency_backlog_s",
+                "decision_ms",
+            ):
                 row[key], row[f"{key}_ci95"] = mean_ci(ev.metric(key))
             rows.append(row)
     finally:
@@ -131,11 +154,25 @@ def run_sweep(config: EnvConfig, values: Sequence[float], seeds: list[int], *, b
 
 
 def sweep_table(rows: list[dict[str, Any]]) -> str:
-    keys = [("final_accuracy", "final accuracy", ".4f"), ("mean_accuracy", "mean accuracy", ".4f"), ("energy_j", "energy / device / round (J)", ".4f"), ("devices_within_budget", "devices within budget", ".3f"), ("max_budget_use", "max device energy / budget", ".3f"), ("latency_budget_use", "latency / budget", ".3f"), ("final_energy_backlog_j", "final backlog Z (J)", ".3f"), ("final_latency_backlog_s", "final backlog Y (s)", ".3f"), ("episode_return", "episode return", ".2f")]
+    keys = [
+        ("final_accuracy", "final accuracy", ".4f"),
+        ("mean_accuracy", "mean accuracy", ".4f"),
+        ("energy_j", "energy / device / round (J)", ".4f"),
+        ("devices_within_budget", "devices within budget", ".3f"),
+        ("max_budget_use", "max device energy / budget", ".3f"),
+        ("latency_budget_use", "latency / budget", ".3f"),
+        ("final_energy_backlog_j", "final backlog Z (J)", ".3f"),
+        ("final_latency_backlog_s", "final backlog Y (s)", ".3f"),
+        ("episode_return", "episode return", ".2f"),
+    ]
     keys = [k for k in keys if any(math.isfinite(r[k[0]]) for r in rows)]
     lines = ["| V | " + " | ".join(t for _, t, _ in keys) + " |", "|---|" + "---|" * len(keys)]
     for r in rows:
-        lines.append(f"| {r['V']:g} | " + " | ".join(f"{r[k]:{f}} ± {r[k + '_ci95']:{f}}" for k, _, f in keys) + " |")
+        lines.append(
+            f"| {r['V']:g} | "
+            + " | ".join(f"{r[k]:{f}} ± {r[k + '_ci95']:{f}}" for k, _, f in keys)
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -147,7 +184,9 @@ def _pyplot() -> Any:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as exc:
-        raise ImportError(f"plots need matplotlib: pip install 'fedenv[train]' (or pass --no-plots) ({exc})") from exc
+        raise ImportError(
+            f"plots need matplotlib: pip install 'fedenv[train]' (or pass --no-plots) ({exc})"
+        ) from exc
     return plt
 
 
@@ -169,7 +208,11 @@ def plot_comparison(comparison: Comparison, out: Path, title: str = "") -> list[
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for ev in comparison.evaluations:
         _band(ax, rounds, ev.traces["accuracy"], ev.policy)
-    ax.set(xlabel="round", ylabel="held-out accuracy", title=title or "accuracy per round (mean, 95% CI)")
+    ax.set(
+        xlabel="round",
+        ylabel="held-out accuracy",
+        title=title or "accuracy per round (mean, 95% CI)",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     files.append(_save(fig, out / "accuracy.png", plt))
@@ -181,7 +224,11 @@ def plot_comparison(comparison: Comparison, out: Path, title: str = "") -> list[
     budget = cfg.budgets.energy_budget_j
     if budget is not None:
         ax.plot(rounds, budget * rounds, "k--", linewidth=1, label="budget t x E_bar")
-    ax.set(xlabel="round", ylabel="cumulative energy per device (J)", title="cumulative energy per device (mean, 95% CI)")
+    ax.set(
+        xlabel="round",
+        ylabel="cumulative energy per device (J)",
+        title="cumulative energy per device (mean, 95% CI)",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     files.append(_save(fig, out / "energy.png", plt))
@@ -208,17 +255,51 @@ def plot_sweep(rows: list[dict[str, Any]], config: EnvConfig, out: Path) -> Path
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12.0, 4.2))
     x = np.array([r["energy_j"] for r in rows])
     y = np.array([r["final_accuracy"] for r in rows])
-    ax1.errorbar(x, y, xerr=[r["energy_j_ci95"] for r in rows], yerr=[r["final_accuracy_ci95"] for r in rows], marker="o", capsize=3)
+    ax1.errorbar(
+        x,
+        y,
+        xerr=[r["energy_j_ci95"] for r in rows],
+        yerr=[r["final_accuracy_ci95"] for r in rows],
+        marker="o",
+        capsize=3,
+    )
     for r in rows:
-        ax1.annotate(f"V={r['V']:g}", (r["energy_j"], r["final_accuracy"]), textcoords="offset points", xytext=(4, -10), fontsize=8)
+        ax1.annotate(
+            f"V={r['V']:g}",
+            (r["energy_j"], r["final_accuracy"]),
+            textcoords="offset points",
+            xytext=(4, -10),
+            fontsize=8,
+        )
     if config.budgets.energy_budget_j is not None:
-        ax1.axvline(config.budgets.energy_budget_j, color="k", linestyle="--", linewidth=1, label="energy budget")
+        ax1.axvline(
+            config.budgets.energy_budget_j,
+            color="k",
+            linestyle="--",
+            linewidth=1,
+            label="energy budget",
+        )
         ax1.legend(fontsize=8)
-    ax1.set(xlabel="energy per device per round (J)", ylabel="final accuracy", title="Lyapunov trade-off over V")
+    ax1.set(
+        xlabel="energy per device per round (J)",
+        ylabel="final accuracy",
+        title="Lyapunov trade-off over V",
+    )
     ax1.grid(alpha=0.3)
     v = np.array([r["V"] for r in rows])
-    ax2.errorbar(v, [r["episode_return"] for r in rows], yerr=[r["episode_return_ci95"] for r in rows], marker="o", capsize=3)
-    ax2.set(xscale="log", xlabel="V", ylabel="episode return", title="episode return vs V (mean, 95% CI)")
+    ax2.errorbar(
+        v,
+        [r["episode_return"] for r in rows],
+        yerr=[r["episode_return_ci95"] for r in rows],
+        marker="o",
+        capsize=3,
+    )
+    ax2.set(
+        xscale="log",
+        xlabel="V",
+        ylabel="episode return",
+        title="episode return vs V (mean, 95% CI)",
+    )
     ax2.grid(alpha=0.3, which="both")
     return _save(fig, out / "tradeoff.png", plt)
 
@@ -253,24 +334,69 @@ def _quote(arg: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> Comparison:
-    parser = argparse.ArgumentParser(prog="python -m baselines.compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="switching", help="preset name (switching, split, soft, unified) or YAML file")
-    parser.add_argument("--policies", action="append", default=None, help="comma-separated policy specs (repeatable); default: lyapunov,max,greedy,random")
+    parser = argparse.ArgumentParser(
+        prog="python -m baselines.compare",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--config",
+        default="switching",
+        help="preset name (switching, split, soft, unified) or YAML file",
+    )
+    parser.add_argument(
+        "--policies",
+        action="append",
+        default=None,
+        help="comma-separated policy specs (repeatable); default: lyapunov,max,greedy,random",
+    )
     parser.add_argument("--episodes", type=int, default=20, help="episodes (seeds) per policy")
-    parser.add_argument("--seed", type=int, default=1000, help="first episode seed; seeds are seed .. seed + episodes - 1")
-    parser.add_argument("--out", default=None, help="output directory (default: results/compare_<config name>)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=1000,
+        help="first episode seed; seeds are seed .. seed + episodes - 1",
+    )
+    parser.add_argument(
+        "--out", default=None, help="output directory (default: results/compare_<config name>)"
+    )
     parser.add_argument("--rounds", type=int, default=None, help="override num_rounds")
     parser.add_argument("--devices", type=int, default=None, help="override devices.num_devices")
-    parser.add_argument("--backend", choices=("surrogate", "lora"), default=None, help="override learning.backend")
-    parser.add_argument("--sweep-V", dest="sweep_v", nargs="?", const="default", default=None, help="also sweep the Lyapunov V (comma-separated; no value = 1,3,10,30,100,300,1000)")
-    parser.add_argument("--budget-tolerance", type=float, default=0.05, help="a device is within budget if its average energy <= (1 + tol) x budget")
-    parser.add_argument("--tsfa-rank", action="store_true", help="set fixed_rank to TSFA's offline choice (soft paradigm) for every policy")
-    parser.add_argument("--tsfa-v", type=float, default=None, help="V of the online stage in the TSFA offline rank search")
+    parser.add_argument(
+        "--backend", choices=("surrogate", "lora"), default=None, help="override learning.backend"
+    )
+    parser.add_argument(
+        "--sweep-V",
+        dest="sweep_v",
+        nargs="?",
+        const="default",
+        default=None,
+        help="also sweep the Lyapunov V (comma-separated; no value = 1,3,10,30,100,300,1000)",
+    )
+    parser.add_argument(
+        "--budget-tolerance",
+        type=float,
+        default=0.05,
+        help="a device is within budget if its average energy <= (1 + tol) x budget",
+    )
+    parser.add_argument(
+        "--tsfa-rank",
+        action="store_true",
+        help="set fixed_rank to TSFA's offline choice (soft paradigm) for every policy",
+    )
+    parser.add_argument(
+        "--tsfa-v",
+        type=float,
+        default=None,
+        help="V of the online stage in the TSFA offline rank search",
+    )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
-    specs = [s for text in (args.policies or ["lyapunov,max,greedy,random"]) for s in split_specs(text)]
+    specs = [
+        s for text in (args.policies or ["lyapunov,max,greedy,random"]) for s in split_specs(text)
+    ]
     if not specs:
         parser.error("--policies is empty")
     if args.episodes < 1:
@@ -282,13 +408,22 @@ def main(argv: Sequence[str] | None = None) -> Comparison:
         policies = [make_policy(s, cfg) for s in specs]
     except (ValueError, FileNotFoundError, ImportError) as exc:
         parser.exit(2, f"error: {exc}\n")
-    name = Path(args.config).stem if str(args.config).endswith((".yaml", ".yml")) else str(args.config)
+    name = (
+        Path(args.config).stem if str(args.config).endswith((".yaml", ".yml")) else str(args.config)
+    )
     out = Path(args.out) if args.out else Path("results") / f"compare_{name}"
     out.mkdir(parents=True, exist_ok=True)
     cfg.to_yaml(out / "config.yaml")
     command = _command_line(argv)
 
-    comparison = evaluate_policies(policies, cfg, episodes=args.episodes, seed=args.seed, budget_tolerance=args.budget_tolerance, progress=not args.no_progress)
+    comparison = evaluate_policies(
+        policies,
+        cfg,
+        episodes=args.episodes,
+        seed=args.seed,
+        budget_tolerance=args.budget_tolerance,
+        progress=not args.no_progress,
+    )
     write_episodes_csv(comparison.evaluations, out / "episodes.csv")
     table = format_table(comparison)
     header = (
@@ -298,13 +433,25 @@ def main(argv: Sequence[str] | None = None) -> Comparison:
         f"{1 + args.budget_tolerance:g} x budget.\n\n`{command}`\n\n"
     )
     (out / "summary.md").write_text(header + table + "\n")
-    (out / "summary.json").write_text(json.dumps({"command": command, "seeds": comparison.seeds, "policies": summarize(comparison)}, indent=2, default=float))
+    (out / "summary.json").write_text(
+        json.dumps(
+            {"command": command, "seeds": comparison.seeds, "policies": summarize(comparison)},
+            indent=2,
+            default=float,
+        )
+    )
     print(header + table)
     if not args.no_plots:
         files = plot_comparison(comparison, out)
         print("plots: " + ", ".join(str(f) for f in files))
     if sweep:
-        rows = run_sweep(cfg, sweep, comparison.seeds, budget_tolerance=args.budget_tolerance, progress=not args.no_progress)
+        rows = run_sweep(
+            cfg,
+            sweep,
+            comparison.seeds,
+            budget_tolerance=args.budget_tolerance,
+            progress=not args.no_progress,
+        )
         with (out / "sweep_V.csv").open("w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
             writer.writeheader()

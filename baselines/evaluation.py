@@ -193,15 +193,27 @@ def evaluate(
                 "mean_accuracy": float(np.mean(traces["accuracy"][i, 1 : t + 1])),
                 "episode_return": float(np.sum(traces["reward"][i, :t])),
                 "energy_j": float(per_device.mean()),
-                "max_budget_use": float(per_device.max() / e_budget) if e_budget is not None else nan,
-                "devices_within_budget": float(np.mean(per_device <= (1.0 + budget_tolerance) * e_budget)) if e_budget is not None else nan,
+                "max_budget_use": float(per_device.max() / e_budget)
+                if e_budget is not None
+                else nan,
+                "devices_within_budget": float(
+                    np.mean(per_device <= (1.0 + budget_tolerance) * e_budget)
+                )
+                if e_budget is not None
+                else nan,
                 "latency_s": float(traces["round_latency_s"][i, :t].mean()),
-                "latency_budget_use": float(traces["round_latency_s"][i, :t].mean() / l_budget) if l_budget is not None else nan,
+                "latency_budget_use": float(traces["round_latency_s"][i, :t].mean() / l_budget)
+                if l_budget is not None
+                else nan,
                 "deadline_misses": misses,
                 "packet_losses": losses,
                 "scheduled": float(traces["scheduled"][i, :t].mean()),
-                "final_energy_backlog_j": float(np.mean(info["energy_backlog"])) if e_budget is not None else nan,
-                "final_latency_backlog_s": float(info["latency_backlog"]) if l_budget is not None else nan,
+                "final_energy_backlog_j": float(np.mean(info["energy_backlog"]))
+                if e_budget is not None
+                else nan,
+                "final_latency_backlog_s": float(info["latency_backlog"])
+                if l_budget is not None
+                else nan,
                 "decision_ms": float(1e3 * traces["decision_s"][i, :t].mean()),
             }
             episodes.append(record)
@@ -210,7 +222,9 @@ def evaluate(
     finally:
         if own_env:
             env.close()
-    return Evaluation(policy=policy.name, seeds=[int(s) for s in seeds], episodes=episodes, traces=traces)
+    return Evaluation(
+        policy=policy.name, seeds=[int(s) for s in seeds], episodes=episodes, traces=traces
+    )
 
 
 def _record_state(traces: dict[str, F], i: int, t: int, info: dict[str, Any]) -> None:
@@ -244,7 +258,11 @@ def evaluate_policies(
         for policy in built:
             if bar is not None and hasattr(bar, "set_description"):
                 bar.set_description(policy.name)
-            comparison.evaluations.append(evaluate(policy, config, seeds, env=env, budget_tolerance=budget_tolerance, progress=bar))
+            comparison.evaluations.append(
+                evaluate(
+                    policy, config, seeds, env=env, budget_tolerance=budget_tolerance, progress=bar
+                )
+            )
     finally:
         env.close()
         if bar is not None:
@@ -263,7 +281,12 @@ class _TextProgress:
 
     def update(self, n: int) -> None:
         self.done += n
-        print(f"\r{self.desc:>24} {self.done}/{self.total} episodes", end="", file=sys.stderr, flush=True)
+        print(
+            f"\r{self.desc:>24} {self.done}/{self.total} episodes",
+            end="",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def close(self) -> None:
         print(file=sys.stderr)

@@ -73,13 +73,19 @@ class _Fixed:
         self.config = config
         self.codec = ActionCodec(config)
         self.k = config.devices.num_devices
-        self.top_module = self.codec.num_modules if "module" in config.action_components else self.codec.structural_module
+        self.top_module = (
+            self.codec.num_modules
+            if "module" in config.action_components
+            else self.codec.structural_module
+        )
         self.p_max = config.channel.max_tx_power_w
 
     def reset(self, seed: int | None = None) -> None:
         pass
 
-    def decision(self, module: NDArray[np.int64], ratio: F | None = None, share: F | None = None) -> Decision:
+    def decision(
+        self, module: NDArray[np.int64], ratio: F | None = None, share: F | None = None
+    ) -> Decision:
         scheduled = module > 0
         if share is None:
             share = scheduled / max(int(scheduled.sum()), 1)
@@ -146,9 +152,13 @@ class FixedRankPolicy(_Fixed):
         try:
             rank = int(rank)
         except (TypeError, ValueError):
-            raise ValueError(f"fixed_rank: rank must be one of model.ranks {list(ranks)}, got {rank!r}") from None
+            raise ValueError(
+                f"fixed_rank: rank must be one of model.ranks {list(ranks)}, got {rank!r}"
+            ) from None
         if rank not in ranks:
-            raise ValueError(f"fixed_rank: rank must be one of model.ranks {list(ranks)}, got {rank!r}")
+            raise ValueError(
+                f"fixed_rank: rank must be one of model.ranks {list(ranks)}, got {rank!r}"
+            )
         self.rank = rank
         self.module = ranks.index(rank) + 1
         self.name = f"fixed_rank(r={rank})"
@@ -187,7 +197,11 @@ class GreedyPolicy(_Fixed):
     def __init__(self, config: EnvConfig, fraction: float = 0.5) -> None:
         super().__init__(config)
         comps = config.action_components
-        self.fraction = 1.0 if "module" not in comps and "schedule" not in comps else _fraction("greedy", fraction)
+        self.fraction = (
+            1.0
+            if "module" not in comps and "schedule" not in comps
+            else _fraction("greedy", fraction)
+        )
         self.count = max(1, math.ceil(self.fraction * self.k))
         self.name = f"greedy(f={self.fraction:g})" if self.fraction < 1.0 else "greedy"
         ranks = config.model.ranks
@@ -197,11 +211,21 @@ class GreedyPolicy(_Fixed):
         elif "ratio" in comps:
             r = config.structural_rank
             lowest = max(1, math.ceil(config.min_sparsity_ratio * r - 1e-9))
-            self.levels = [(self.codec.structural_module, 1.0 if j == r else max((j - 0.01) / r, config.min_sparsity_ratio)) for j in range(r, lowest - 1, -1)]
+            self.levels = [
+                (
+                    self.codec.structural_module,
+                    1.0 if j == r else max((j - 0.01) / r, config.min_sparsity_ratio),
+                )
+                for j in range(r, lowest - 1, -1)
+            ]
         else:
             self.levels = [(self.codec.structural_module, 1.0)]
         budget = config.budgets.latency_budget_s
-        self.latency_target = budget if (config.paradigm == "soft" and budget is not None) else config.costs.round_deadline_s
+        self.latency_target = (
+            budget
+            if (config.paradigm == "soft" and budget is not None)
+            else config.costs.round_deadline_s
+        )
         self._tables: EpisodeTables | None = None
         self._cpu: F | None = None
 
@@ -211,7 +235,9 @@ class GreedyPolicy(_Fixed):
     def _tables_for(self, cpu: F) -> EpisodeTables:
         if self._tables is None or self._cpu is None or not np.array_equal(cpu, self._cpu):
             model = self.config.model
-            self._tables = episode_tables(self.config, cpu[None], float(model.lora_params_per_rank), int(model.head_params))
+            self._tables = episode_tables(
+                self.config, cpu[None], float(model.lora_params_per_rank), int(model.head_params)
+            )
             self._cpu = cpu.copy()
         return self._tables
 
@@ -229,15 +255,32 @@ class GreedyPolicy(_Fixed):
             ratio[chosen] = [self.levels[i][1] for i in level[chosen]]
             # bandwidth in proportion to need: bits over full-band spectral efficiency
             probe = play_round(
-                Decision(module[None], np.full((1, self.k), self.p_max), (module > 0)[None].astype(np.float64), ratio[None]), gain, tables, self.config
+                Decision(
+                    module[None],
+                    np.full((1, self.k), self.p_max),
+                    (module > 0)[None].astype(np.float64),
+                    ratio[None],
+                ),
+                gain,
+                tables,
+                self.config,
             )
             need = np.where(module > 0, probe.payload_bits[0] / np.log2(1.0 + snr_full), 0.0)
-            share = need / need.sum() if need.sum() > 0 else (module > 0) / max(int((module > 0).sum()), 1)
+            share = (
+                need / need.sum()
+                if need.sum() > 0
+                else (module > 0) / max(int((module > 0).sum()), 1)
+            )
             decision = self.decision(module, ratio, share)
             phys = play_round(
-                Decision(module[None], decision.power_w[None], share[None], ratio[None]), gain, tables, self.config
+                Decision(module[None], decision.power_w[None], share[None], ratio[None]),
+                gain,
+                tables,
+                self.config,
             )
-            late = (module > 0) & (phys.compute_time_s[0] + phys.upload_time_s[0] > self.latency_target)
+            late = (module > 0) & (
+                phys.compute_time_s[0] + phys.upload_time_s[0] > self.latency_target
+            )
             can_lower = late & (level < len(self.levels) - 1)
             if not can_lower.any():
                 break

@@ -80,7 +80,14 @@ from fedenv.learning.surrogate import next_gap, round_progress
 from fedenv.queues import drift_plus_penalty
 from fedenv.round import EpisodeTables, RoundPhysics, episode_tables, play_round
 
-__all__ = ["DEFAULT_V", "RoundState", "RoundProblem", "LyapunovPolicy", "check_tradeoff", "tsfa_offline_rank"]
+__all__ = [
+    "DEFAULT_V",
+    "RoundState",
+    "RoundProblem",
+    "LyapunovPolicy",
+    "check_tradeoff",
+    "tsfa_offline_rank",
+]
 
 F = NDArray[np.float64]
 I64 = NDArray[np.int64]
@@ -104,7 +111,9 @@ def check_tradeoff(v: Any) -> float:
     except (TypeError, ValueError):
         raise ValueError(f"V must be a finite number > 0, got {v!r}") from None
     if not math.isfinite(value) or value <= 0.0:
-        raise ValueError(f"V must be a finite number > 0 (it weighs the learning penalty against the queues), got {v!r}")
+        raise ValueError(
+            f"V must be a finite number > 0 (it weighs the learning penalty against the queues), got {v!r}"
+        )
     return value
 
 
@@ -138,7 +147,9 @@ class RoundState:
             gap=float(info["loss_gap"]),
             data_share=sizes / sizes.sum(),
             label_distribution=np.asarray(info["label_distribution"], dtype=np.float64),
-            global_label_distribution=np.asarray(info["global_label_distribution"], dtype=np.float64),
+            global_label_distribution=np.asarray(
+                info["global_label_distribution"], dtype=np.float64
+            ),
         )
 
 
@@ -160,7 +171,9 @@ class RoundProblem:
         tradeoff_v: V.
     """
 
-    def __init__(self, config: EnvConfig, tables: EpisodeTables, state: RoundState, tradeoff_v: float) -> None:
+    def __init__(
+        self, config: EnvConfig, tables: EpisodeTables, state: RoundState, tradeoff_v: float
+    ) -> None:
         self.config = config
         self.tables = tables
         self.state = state
@@ -172,13 +185,24 @@ class RoundProblem:
 
     def physics(self, module: I64, power: F, share: F, ratio: F) -> RoundPhysics:
         """:func:`fedenv.round.play_round` on a batch of decisions of shape (N, K)."""
-        return play_round(Decision(module=module, power_w=power, share=share, ratio=ratio), self.state.gain, self.tables, self.config)
+        return play_round(
+            Decision(module=module, power_w=power, share=share, ratio=ratio),
+            self.state.gain,
+            self.tables,
+            self.config,
+        )
 
     def penalty(self, success_prob: ArrayLike, rank: ArrayLike, ratio: ArrayLike) -> F:
         """Phi: the surrogate's predicted gap after the round with c_k = success probability."""
         s = self.state
         progress, floor = round_progress(
-            s.data_share, success_prob, rank, ratio, s.label_distribution, s.global_label_distribution, self.surrogate
+            s.data_share,
+            success_prob,
+            rank,
+            ratio,
+            s.label_distribution,
+            s.global_label_distribution,
+            self.surrogate,
         )
         return next_gap(s.gap, progress, floor, self.surrogate)
 
@@ -209,7 +233,9 @@ class _Point:
     phi: float = math.nan
     phys: RoundPhysics | None = None
 
-    def moved(self, option: I64 | None = None, power: F | None = None, weight: F | None = None) -> _Point:
+    def moved(
+        self, option: I64 | None = None, power: F | None = None, weight: F | None = None
+    ) -> _Point:
         return _Point(
             self.option if option is None else option,
             self.power if power is None else power,
@@ -251,7 +277,11 @@ class LyapunovPolicy:
     ) -> None:
         self.config = config
         self.tradeoff_v = check_tradeoff(tradeoff_v)
-        if isinstance(max_iterations, bool) or not isinstance(max_iterations, int) or max_iterations < 1:
+        if (
+            isinstance(max_iterations, bool)
+            or not isinstance(max_iterations, int)
+            or max_iterations < 1
+        ):
             raise ValueError(f"max_iterations must be an integer >= 1, got {max_iterations!r}")
         self.max_iterations = max_iterations
         self.tolerance = float(tolerance)
@@ -301,7 +331,9 @@ class LyapunovPolicy:
                 kept.append(j)
         opt_module = np.array(opt_m, dtype=np.int64)
         opt_ratio = np.array(opt_r, dtype=np.float64)
-        if not np.array_equal(costs.kept_components(np.array((0, *ranks))[opt_module], opt_ratio), kept):
+        if not np.array_equal(
+            costs.kept_components(np.array((0, *ranks))[opt_module], opt_ratio), kept
+        ):
             raise RuntimeError("sparsification options do not map to their kept-component counts")
         return opt_module, opt_ratio
 
@@ -325,7 +357,12 @@ class LyapunovPolicy:
         """Per-episode cost tables (cached while the CPU frequencies do not change)."""
         if self._tables is None or self._cpu is None or not np.array_equal(self._cpu, cpu_freq_hz):
             model = self.config.model
-            self._tables = episode_tables(self.config, cpu_freq_hz[None], float(model.lora_params_per_rank), int(model.head_params))
+            self._tables = episode_tables(
+                self.config,
+                cpu_freq_hz[None],
+                float(model.lora_params_per_rank),
+                int(model.head_params),
+            )
             self._cpu = cpu_freq_hz.copy()
         return self._tables
 
@@ -337,7 +374,11 @@ class LyapunovPolicy:
         """The round's decision in physical units, by block-coordinate descent."""
         prob = self.problem(state, cpu_freq_hz)
         k = prob.num_devices
-        starts = [_Point(np.full(k, self.opt_module.size - 1), np.full(k, self.p_max), np.full(k, 1.0 / k))]
+        starts = [
+            _Point(
+                np.full(k, self.opt_module.size - 1), np.full(k, self.p_max), np.full(k, 1.0 / k)
+            )
+        ]
         if self.warm_start and self._last is not None:
             starts.append(self._last.moved())
         p = self._best(prob, starts)
@@ -353,13 +394,24 @@ class LyapunovPolicy:
         p = self._drop_late(prob, p)
         self._last = p
         # float32 rounding of the action can only matter for a device finishing just by the deadline
-        self._tight = bool(p.phys is None or np.any(p.phys.latency_s[0] > self.deadline * (1.0 - 1e-4)))
+        self._tight = bool(
+            p.phys is None or np.any(p.phys.latency_s[0] > self.deadline * (1.0 - 1e-4))
+        )
         module = self.opt_module[p.option]
-        return Decision(module=module, power_w=p.power.copy(), share=_shares(module, p.weight), ratio=self.opt_ratio[p.option])
+        return Decision(
+            module=module,
+            power_w=p.power.copy(),
+            share=_shares(module, p.weight),
+            ratio=self.opt_ratio[p.option],
+        )
 
-    def _evaluate(self, prob: RoundProblem, option: I64, power: F, share: F) -> tuple[F, F, RoundPhysics]:
+    def _evaluate(
+        self, prob: RoundProblem, option: I64, power: F, share: F
+    ) -> tuple[F, F, RoundPhysics]:
         module = self.opt_module[option]
-        return prob.evaluate(module, np.broadcast_to(power, module.shape), share, self.opt_ratio[option])
+        return prob.evaluate(
+            module, np.broadcast_to(power, module.shape), share, self.opt_ratio[option]
+        )
 
     def _best(self, prob: RoundProblem, cands: list[_Point]) -> _Point:
         """Score candidates exactly (one batched call); the best one, with its evaluation attached."""
@@ -377,14 +429,18 @@ class LyapunovPolicy:
         q = self._best(prob, cands)
         return q if q.value < p.value else p
 
-    def _subsets(self, p: _Point, gain: F, apply: Callable[[_Point, NDArray[np.bool_]], list[_Point]]) -> list[_Point]:
+    def _subsets(
+        self, p: _Point, gain: F, apply: Callable[[_Point, NDArray[np.bool_]], list[_Point]]
+    ) -> list[_Point]:
         """Candidates applying the improving per-device moves of the top n devices, n = all, all/2, ..., 1."""
         movers = np.flatnonzero(gain > 1e-12 * max(abs(p.value), 1.0))
         if movers.size == 0:
             return []
         movers = movers[np.argsort(-gain[movers])]
         out: list[_Point] = []
-        for n in sorted({max(movers.size >> s, 1) for s in range(int(math.log2(movers.size)) + 1)}, reverse=True):
+        for n in sorted(
+            {max(movers.size >> s, 1) for s in range(int(math.log2(movers.size)) + 1)}, reverse=True
+        ):
             dev = np.zeros(gain.shape[0], dtype=bool)
             dev[movers[:n]] = True
             out.extend(apply(p, dev))
@@ -409,8 +465,12 @@ class LyapunovPolicy:
             idle = np.flatnonzero(self.opt_module[p.option] == 0)
             if idle.size and levels.size:
                 on = options[-1:]  # the largest option: the one worth switching on for
-                grid = np.stack(np.meshgrid(idle, on, np.arange(1, levels.size + 1), indexing="ij"), axis=-1).reshape(-1, 3)
-                dev, opt, slot = (np.concatenate([x, grid[:, i]]) for i, x in enumerate((dev, opt, slot)))
+                grid = np.stack(
+                    np.meshgrid(idle, on, np.arange(1, levels.size + 1), indexing="ij"), axis=-1
+                ).reshape(-1, 3)
+                dev, opt, slot = (
+                    np.concatenate([x, grid[:, i]]) for i, x in enumerate((dev, opt, slot))
+                )
             pw = np.where(slot > 0, np.concatenate([[0.0], levels])[slot], p.power[dev])
             obj = self._single_moves(prob, p, dev, opt, slot, levels)
             weights = np.broadcast_to(p.weight, (dev.size, k))
@@ -433,30 +493,51 @@ class LyapunovPolicy:
             # the best move of each device
             order = np.lexsort((obj, dev))
             first = order[np.unique(dev[order], return_index=True)[1]]
-            best_opt, best_pow, best_w = np.array(p.option), p.power.copy(), np.repeat(p.weight[None], k, axis=0)
-            best_opt[dev[first]], best_pow[dev[first]], best_w[dev[first]] = opt[first], pw[first], weights[first]
+            best_opt, best_pow, best_w = (
+                np.array(p.option),
+                p.power.copy(),
+                np.repeat(p.weight[None], k, axis=0),
+            )
+            best_opt[dev[first]], best_pow[dev[first]], best_w[dev[first]] = (
+                opt[first],
+                pw[first],
+                weights[first],
+            )
             gain = np.zeros(k)
             gain[dev[first]] = p.value - obj[first]
             gain = np.where((best_opt != p.option) | (best_pow != p.power), gain, 0.0)
 
-            def apply(q: _Point, d: NDArray[np.bool_], o: I64 = best_opt, pw: F = best_pow, w: F = best_w) -> list[_Point]:
+            def apply(
+                q: _Point, d: NDArray[np.bool_], o: I64 = best_opt, pw: F = best_pow, w: F = best_w
+            ) -> list[_Point]:
                 out = [q.moved(option=np.where(d, o, q.option), power=np.where(d, pw, q.power))]
                 if balance is not None:
                     opt_d = out[0].option
-                    out.append(out[0].moved(weight=w[np.argmax(d)] if d.sum() == 1 else balance(opt_d[None])[0]))
+                    out.append(
+                        out[0].moved(
+                            weight=w[np.argmax(d)] if d.sum() == 1 else balance(opt_d[None])[0]
+                        )
+                    )
                 return out
 
             cands = self._subsets(p, gain, apply)
-            cands += [p.moved(option=every[e].copy(), weight=np.array(p.weight)) for e in range(n_opt)]
+            cands += [
+                p.moved(option=every[e].copy(), weight=np.array(p.weight)) for e in range(n_opt)
+            ]
             if balance is not None:
-                cands += [p.moved(option=every[e].copy(), weight=np.array(w_every[e])) for e in range(n_opt)]
+                cands += [
+                    p.moved(option=every[e].copy(), weight=np.array(w_every[e]))
+                    for e in range(n_opt)
+                ]
             q = self._improve(prob, p, cands)
             if q is p:
                 break
             p = q
         return p
 
-    def _single_moves(self, prob: RoundProblem, p: _Point, dev: I64, opt: I64, slot: I64, levels: F) -> F:
+    def _single_moves(
+        self, prob: RoundProblem, p: _Point, dev: I64, opt: I64, slot: I64, levels: F
+    ) -> F:
         """Exact objective of one-device moves (device ``dev`` to option ``opt`` at power slot ``slot``).
 
         Computed in O(K (K + O L)) physics plus one batched surrogate call, instead of a full
@@ -474,12 +555,18 @@ class LyapunovPolicy:
         assert cur is not None
         eye = np.eye(k, dtype=bool)
         top = int(np.argmax(self.opt_module))  # any scheduled module: only the shares matter here
-        toggled = np.where(eye, np.where(sched, 0, self.opt_module[top]), module)  # (K, K): row k toggles k
+        toggled = np.where(
+            eye, np.where(sched, 0, self.opt_module[top]), module
+        )  # (K, K): row k toggles k
         toggled_share = _shares(toggled, p.weight)
-        others = prob.physics(toggled, np.broadcast_to(p.power, (k, k)), toggled_share, np.broadcast_to(ratio, (k, k)))
+        others = prob.physics(
+            toggled, np.broadcast_to(p.power, (k, k)), toggled_share, np.broadcast_to(ratio, (k, k))
+        )
         own_share = np.where(sched, _shares(module, p.weight), np.diagonal(toggled_share))
         n_opt, n_slot = self.opt_module.size, levels.size + 1
-        slot_power = np.concatenate([p.power[None], np.broadcast_to(levels[:, None], (levels.size, k))])  # (S, K)
+        slot_power = np.concatenate(
+            [p.power[None], np.broadcast_to(levels[:, None], (levels.size, k))]
+        )  # (S, K)
         shape = (n_opt, n_slot, k)
         own = prob.physics(
             np.broadcast_to(self.opt_module[:, None, None], shape).reshape(-1, k),
@@ -516,11 +603,15 @@ class LyapunovPolicy:
         k = prob.num_devices
         n_opt = self.opt_module.size
         shape = (n_opt, k)
-        full = self._evaluate(prob, np.broadcast_to(np.arange(n_opt)[:, None], shape), p.power, np.ones(shape))[2]
+        full = self._evaluate(
+            prob, np.broadcast_to(np.arange(n_opt)[:, None], shape), p.power, np.ones(shape)
+        )[2]
         t_cmp = np.where(full.scheduled, full.compute_time_s, 0.0)
         lo = max(float(t_cmp.min(initial=self.deadline, where=full.scheduled)), 1e-6)
         levels = np.geomspace(lo * (1.0 + 1e-9), self.deadline, _LATENCY_LEVELS)  # (H,)
-        req = self._min_share(prob, p.power, full.payload_bits, t_cmp, levels[:, None, None])  # (H, O, K)
+        req = self._min_share(
+            prob, p.power, full.payload_bits, t_cmp, levels[:, None, None]
+        )  # (H, O, K)
         req = np.where(full.scheduled, req, 0.0)
         cols = np.arange(k)
 
@@ -533,10 +624,18 @@ class LyapunovPolicy:
             prev = np.maximum(h - 1, 0)
             t0, t1 = total[prev, n], total[h, n]
             with np.errstate(invalid="ignore"):
-                frac = np.where(np.isfinite(t0) & (t0 > t1) & (h > 0), (t0 - 1.0) / np.where(t0 > t1, t0 - t1, 1.0), 1.0)
+                frac = np.where(
+                    np.isfinite(t0) & (t0 > t1) & (h > 0),
+                    (t0 - 1.0) / np.where(t0 > t1, t0 - t1, 1.0),
+                    1.0,
+                )
             r0 = np.where(np.isfinite(r[prev, n]), r[prev, n], r[h, n])
-            with np.errstate(invalid="ignore"):  # inf - inf where no level is feasible (masked below)
-                share = np.where(self.opt_module[option] > 0, r0 + frac[:, None] * (r[h, n] - r0), 0.0)
+            with np.errstate(
+                invalid="ignore"
+            ):  # inf - inf where no level is feasible (masked below)
+                share = np.where(
+                    self.opt_module[option] > 0, r0 + frac[:, None] * (r[h, n] - r0), 0.0
+                )
             s = share.sum(axis=-1, keepdims=True)
             share = np.where(s > 0.0, share / np.where(s > 0.0, s, 1.0), 0.0)
             return np.where(ok.any(axis=0)[:, None], share, 0.0)
@@ -566,7 +665,12 @@ class LyapunovPolicy:
             """Objective, up to the other devices' constant energy terms, of device k at grid[:, k]."""
             nonlocal interp
             shape = grid.shape
-            ph = prob.physics(np.broadcast_to(module, shape), grid, np.broadcast_to(share, shape), np.broadcast_to(ratio, shape))
+            ph = prob.physics(
+                np.broadcast_to(module, shape),
+                grid,
+                np.broadcast_to(share, shape),
+                np.broadcast_to(ratio, shape),
+            )
             c = ph.success_prob
             if interp is None:
                 # Phi as a function of c_k alone (others fixed), exact at a few nodes per device
@@ -575,7 +679,9 @@ class LyapunovPolicy:
                 c_hi = np.max(np.where(c > 0.0, c, -np.inf), axis=0)
                 interp = self._penalty_in_ck(prob, c_now, rank, ratio, c_lo, c_hi)
             phi = interp(c)
-            return prob.v * phi + prob.z * ph.energy_j + prob.y * np.maximum(others_max, ph.latency_s)
+            return (
+                prob.v * phi + prob.z * ph.energy_j + prob.y * np.maximum(others_max, ph.latency_s)
+            )
 
         lo = np.full(k, math.log(self.p_min))
         hi = np.full(k, math.log(self.p_max))
@@ -595,7 +701,11 @@ class LyapunovPolicy:
             u0, u1, u2 = u[i0, cols], u[idx, cols], u[i2, cols]
             curv = u0 - 2.0 * u1 + u2
             with np.errstate(invalid="ignore", divide="ignore"):
-                shift = np.where((curv > 0.0) & (i0 < idx) & (i2 > idx) & np.isfinite(curv), 0.5 * (u0 - u2) / curv, 0.0)
+                shift = np.where(
+                    (curv > 0.0) & (i0 < idx) & (i2 > idx) & np.isfinite(curv),
+                    0.5 * (u0 - u2) / curv,
+                    0.0,
+                )
             centre = x[idx, cols] + np.clip(shift, -1.0, 1.0) * step
             half = step * 0.5
             lo = np.maximum(centre - half, math.log(self.p_min))
@@ -603,9 +713,15 @@ class LyapunovPolicy:
         # exact one-device improvements (the other devices' Z_j E_j cancel)
         u_now = prob.v * p.phi + prob.z * cur.energy_j[0] + prob.y * float(cur.round_latency_s[0])
         gain = np.where(sched, u_now - best_u, 0.0)
-        return self._improve(prob, p, self._subsets(p, gain, lambda q, dev: [q.moved(power=np.where(dev, best, q.power))]))
+        return self._improve(
+            prob,
+            p,
+            self._subsets(p, gain, lambda q, dev: [q.moved(power=np.where(dev, best, q.power))]),
+        )
 
-    def _penalty_in_ck(self, prob: RoundProblem, c_now: F, rank: I64, ratio: F, c_lo: F, c_hi: F) -> Callable[[F], F]:
+    def _penalty_in_ck(
+        self, prob: RoundProblem, c_now: F, rank: I64, ratio: F, c_lo: F, c_hi: F
+    ) -> Callable[[F], F]:
         """Phi(c with c_k replaced), as a function of c_k per device k, for c_k in {0} U [c_lo, c_hi].
 
         Exact at c_k = 0 and at 4 Chebyshev nodes of [c_lo, c_hi] (one batched surrogate call of
@@ -617,11 +733,15 @@ class LyapunovPolicy:
         c_lo = np.where(np.isfinite(c_lo), c_lo, 0.0)
         c_hi = np.where(np.isfinite(c_hi), c_hi, 0.0)
         cheb = 0.5 * (1.0 - np.cos(np.pi * (np.arange(4) + 0.5) / 4))  # in (0, 1)
-        nodes = np.concatenate([np.zeros((k, 1)), c_lo[:, None] + (c_hi - c_lo)[:, None] * cheb], axis=1)  # (K, 5)
+        nodes = np.concatenate(
+            [np.zeros((k, 1)), c_lo[:, None] + (c_hi - c_lo)[:, None] * cheb], axis=1
+        )  # (K, 5)
         batch = np.repeat(c_now[None, None], 5, axis=0).repeat(k, axis=1)  # (5, K, K)
         batch[:, np.arange(k), np.arange(k)] = nodes.T
         flat = batch.reshape(-1, k)
-        values = prob.penalty(flat, np.broadcast_to(rank, flat.shape), np.broadcast_to(ratio, flat.shape)).reshape(5, k)
+        values = prob.penalty(
+            flat, np.broadcast_to(rank, flat.shape), np.broadcast_to(ratio, flat.shape)
+        ).reshape(5, k)
         x, y = nodes[:, 1:].T, values[1:]  # (4, K)
         ok = (c_hi - c_lo) > 1e-12
         # Newton divided differences (nodes are distinct where ok), evaluated by Horner's rule
@@ -659,7 +779,9 @@ class LyapunovPolicy:
             found = ok.any(axis=0)
             hi = np.where(found, np.log(np.take_along_axis(grid, first[None], axis=0)[0]), hi)
             lo = np.where(found, np.maximum(hi - step, lo), lo)
-        _, _, ok_top = costs.upload(bits, channel.uplink_rate(power, gain, np.ones(shape), ch), power, t_left)
+        _, _, ok_top = costs.upload(
+            bits, channel.uplink_rate(power, gain, np.ones(shape), ch), power, t_left
+        )
         return np.where(ok_top & (t_left > 0.0), np.exp(hi), np.inf)
 
     def _bandwidth_step(self, prob: RoundProblem, p: _Point) -> _Point:
@@ -675,14 +797,18 @@ class LyapunovPolicy:
         ratio = self.opt_ratio[p.option]
         share = _shares(module, p.weight)
         phys = p.phys
-        beta_min = self._min_share(prob, p.power, phys.payload_bits[0], phys.compute_time_s[0], self.deadline)[sched]
+        beta_min = self._min_share(
+            prob, p.power, phys.payload_bits[0], phys.compute_time_s[0], self.deadline
+        )[sched]
         if beta_min.sum() > 1.0:
             return p  # the scheduled devices cannot all meet the deadline: block 1 drops some
         # linearised penalty: dPhi/dc_k by forward differences (one batched call)
         k = prob.num_devices
         batch = np.repeat(phys.success_prob, k + 1, axis=0)
         batch[np.arange(1, k + 1), np.arange(k)] += 1e-6
-        phi = prob.penalty(batch, np.broadcast_to(phys.rank[0], batch.shape), np.broadcast_to(ratio, batch.shape))
+        phi = prob.penalty(
+            batch, np.broadcast_to(phys.rank[0], batch.shape), np.broadcast_to(ratio, batch.shape)
+        )
         grad = (phi[1:] - phi[0]) / 1e-6
         # per-device log grid from the deadline share to the whole band
         lo = np.log(np.minimum(beta_min * (1.0 + 1e-9), 1.0))
@@ -700,7 +826,9 @@ class LyapunovPolicy:
             self.config,
         )
         u = prob.v * grad[sched] * ph.success_prob + prob.z[sched] * ph.energy_j  # (G, n)
-        marginal = np.maximum.accumulate(np.diff(u, axis=0) / np.diff(grid, axis=0), axis=0)  # convex envelope
+        marginal = np.maximum.accumulate(
+            np.diff(u, axis=0) / np.diff(grid, axis=0), axis=0
+        )  # convex envelope
         mid = 0.5 * (grid[1:] + grid[:-1])
 
         def fill(lower: F) -> F | None:
@@ -712,7 +840,10 @@ class LyapunovPolicy:
             frac = np.linspace(0.0, 1.0, 32)
             for _ in range(6):
                 lams = lam_lo + (lam_hi - lam_lo) * frac
-                above = np.maximum(_invert_marginal(marginal, mid, grid, -lams), lower).sum(axis=-1) > 1.0
+                above = (
+                    np.maximum(_invert_marginal(marginal, mid, grid, -lams), lower).sum(axis=-1)
+                    > 1.0
+                )
                 if not above[0]:
                     lam_hi = lams[0]  # even the largest shares leave band unused
                     break
@@ -735,12 +866,22 @@ class LyapunovPolicy:
         beta = fill(grid[0])
         if beta is not None:
             # line search from the current shares towards the KKT point of the linearised problem
-            cands += [with_shares((1.0 - t) * share[sched] + t * beta) for t in (1.0, 0.5, 0.25, 0.125, 0.0625)]
+            cands += [
+                with_shares((1.0 - t) * share[sched] + t * beta)
+                for t in (1.0, 0.5, 0.25, 0.125, 0.0625)
+            ]
         if prob.y > 0.0:
             cands += self._latency_caps(ph.latency_s, ph.compute_time_s, grid, fill, with_shares)
         return self._improve(prob, p, cands)
 
-    def _latency_caps(self, latency: F, t_cmp: F, grid: F, fill: Callable[[F], F | None], with_shares: Callable[[F], _Point]) -> list[_Point]:
+    def _latency_caps(
+        self,
+        latency: F,
+        t_cmp: F,
+        grid: F,
+        fill: Callable[[F], F | None],
+        with_shares: Callable[[F], _Point],
+    ) -> list[_Point]:
         """KKT shares under round-latency caps L between the min-max latency and the deadline."""
         log_grid = np.log(grid)
         cols = np.arange(grid.shape[1])
@@ -751,7 +892,10 @@ class LyapunovPolicy:
             j = np.maximum(first - 1, 0)
             l0, l1 = latency[j, cols], latency[first, cols]
             t = np.where(l0 > l1, (l0 - cap) / np.where(l0 > l1, l0 - l1, 1.0), 1.0)
-            out = np.exp(log_grid[j, cols] + np.clip(t, 0.0, 1.0) * (log_grid[first, cols] - log_grid[j, cols]))
+            out = np.exp(
+                log_grid[j, cols]
+                + np.clip(t, 0.0, 1.0) * (log_grid[first, cols] - log_grid[j, cols])
+            )
             out = np.where(first == 0, grid[0], out)
             return np.where(ok.any(axis=0), out, np.inf)
 
@@ -763,7 +907,9 @@ class LyapunovPolicy:
             else:
                 hi = mid
         out = []
-        for cap in hi + (self.deadline - hi) * np.array([0.0, 0.01, 0.03, 0.1, 0.2, 0.35, 0.5, 0.75]):
+        for cap in hi + (self.deadline - hi) * np.array(
+            [0.0, 0.01, 0.03, 0.1, 0.2, 0.35, 0.5, 0.75]
+        ):
             beta = fill(lower_for(float(cap)))
             if beta is not None:
                 out.append(with_shares(beta))
@@ -784,11 +930,18 @@ class LyapunovPolicy:
             return action
         intended = play_round(_batch(decision), state.gain, self._tables, self.config).on_time[0]
         for _ in range(3):
-            played = play_round(_batch(self.codec.decode(self.codec.validate(action))), state.gain, self._tables, self.config)
+            played = play_round(
+                _batch(self.codec.decode(self.codec.validate(action))),
+                state.gain,
+                self._tables,
+                self.config,
+            )
             late = intended & ~played.on_time[0]
             if not late.any():
                 break
-            power = np.where(late, np.minimum(np.asarray(decision.power_w) * 1.001, self.p_max), decision.power_w)
+            power = np.where(
+                late, np.minimum(np.asarray(decision.power_w) * 1.001, self.p_max), decision.power_w
+            )
             decision = Decision(decision.module, power, decision.share, decision.ratio)
             action = self.codec.encode(decision)
         return action
@@ -881,5 +1034,7 @@ def tsfa_offline_rank(
             lats.append(float(np.mean(latencies)))
         results[rank] = {"final_gap": float(np.mean(gaps)), "mean_latency_s": float(np.mean(lats))}
     budget = config.budgets.latency_budget_s
-    ok = [r for r in results if budget is None or results[r]["mean_latency_s"] <= 1.05 * budget] or list(results)
+    ok = [
+        r for r in results if budget is None or results[r]["mean_latency_s"] <= 1.05 * budget
+    ] or list(results)
     return min(ok, key=lambda r: results[r]["final_gap"]), results

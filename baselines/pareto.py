@@ -37,7 +37,16 @@ from baselines.registry import make_policy
 from fedenv.config import EnvConfig, resolve_config
 from fedenv.scenarios import SCENARIOS, scenario_config
 
-__all__ = ["METRICS", "agent_point", "main", "parse_seeds", "plot_pareto", "preset_config", "run_pareto", "write_table"]
+__all__ = [
+    "METRICS",
+    "agent_point",
+    "main",
+    "parse_seeds",
+    "plot_pareto",
+    "preset_config",
+    "run_pareto",
+    "write_table",
+]
 
 #: (key, column title, format) of every point.
 METRICS: tuple[tuple[str, str, str], ...] = (
@@ -60,7 +69,9 @@ def parse_seeds(text: str) -> list[int]:
             return list(range(first, last + 1))
         seeds = [int(x) for x in text.split(",") if x.strip()]
     except ValueError as exc:
-        raise ValueError(f"--seeds: expected FIRST-LAST or a comma-separated list of integers, got {text!r} ({exc})") from None
+        raise ValueError(
+            f"--seeds: expected FIRST-LAST or a comma-separated list of integers, got {text!r} ({exc})"
+        ) from None
     if not seeds or min(seeds) < 0:
         raise ValueError(f"--seeds: expected integers >= 0, got {text!r}")
     return seeds
@@ -88,18 +99,31 @@ def agent_config(spec: str, base: EnvConfig) -> EnvConfig:
         return base
     config = EnvConfig.from_yaml(path)
     if config.replace(budgets=base.budgets.to_dict(), reward=base.reward.to_dict()) != base:
-        warnings.warn(f"{spec}: trained on an env config that differs from the preset's in more than the budgets and the reward ({path})", UserWarning, stacklevel=2)
+        warnings.warn(
+            f"{spec}: trained on an env config that differs from the preset's in more than the budgets and the reward ({path})",
+            UserWarning,
+            stacklevel=2,
+        )
     return config
 
 
-def _point(method: str, parameter: str, value: Any, config: EnvConfig, stats: dict[str, Any]) -> dict[str, Any]:
-    row: dict[str, Any] = {"method": method, "parameter": parameter, "value": value, "energy_budget_j": config.budgets.energy_budget_j}
+def _point(
+    method: str, parameter: str, value: Any, config: EnvConfig, stats: dict[str, Any]
+) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "method": method,
+        "parameter": parameter,
+        "value": value,
+        "energy_budget_j": config.budgets.energy_budget_j,
+    }
     for key, _, _ in METRICS:
         row[key], row[f"{key}_ci95"] = stats[key], stats[f"{key}_ci95"]
     return row
 
 
-def agent_point(spec: str, base: EnvConfig, seeds: list[int], budget_tolerance: float = 0.05) -> dict[str, Any]:
+def agent_point(
+    spec: str, base: EnvConfig, seeds: list[int], budget_tolerance: float = 0.05
+) -> dict[str, Any]:
     """One learned agent on the seeds, in the env config it was trained with."""
     config = agent_config(spec, base)
     ev = evaluate(make_policy(spec, config), config, seeds, budget_tolerance=budget_tolerance)
@@ -109,9 +133,19 @@ def agent_point(spec: str, base: EnvConfig, seeds: list[int], budget_tolerance: 
     return _point(spec.split(":", 1)[0], "run", spec.split(":", 1)[1], config, stats)
 
 
-def run_pareto(config: EnvConfig, v_values: Sequence[float], agents: Sequence[str], seeds: list[int], *, budget_tolerance: float = 0.05) -> list[dict[str, Any]]:
+def run_pareto(
+    config: EnvConfig,
+    v_values: Sequence[float],
+    agents: Sequence[str],
+    seeds: list[int],
+    *,
+    budget_tolerance: float = 0.05,
+) -> list[dict[str, Any]]:
     """Every point: the Lyapunov policy per V, then every agent."""
-    rows = [_point("lyapunov", "V", r["V"], config, r) for r in run_sweep(config, v_values, seeds, budget_tolerance=budget_tolerance)]
+    rows = [
+        _point("lyapunov", "V", r["V"], config, r)
+        for r in run_sweep(config, v_values, seeds, budget_tolerance=budget_tolerance)
+    ]
     rows += [agent_point(spec, config, seeds, budget_tolerance) for spec in agents]
     return rows
 
@@ -119,19 +153,36 @@ def run_pareto(config: EnvConfig, v_values: Sequence[float], agents: Sequence[st
 def write_table(rows: list[dict[str, Any]], out: Path, command: str = "") -> tuple[Path, Path]:
     """pareto.csv and pareto.md."""
     out.mkdir(parents=True, exist_ok=True)
-    fields = ["method", "parameter", "value", "energy_budget_j", *(k for key, _, _ in METRICS for k in (key, f"{key}_ci95"))]
+    fields = [
+        "method",
+        "parameter",
+        "value",
+        "energy_budget_j",
+        *(k for key, _, _ in METRICS for k in (key, f"{key}_ci95")),
+    ]
     with (out / "pareto.csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
     keys = [m for m in METRICS if any(math.isfinite(r[m[0]]) for r in rows)]
-    lines = ["| method | parameter | energy budget (J) | " + " | ".join(t for _, t, _ in keys) + " |", "|---|---|---|" + "---|" * len(keys)]
+    lines = [
+        "| method | parameter | energy budget (J) | " + " | ".join(t for _, t, _ in keys) + " |",
+        "|---|---|---|" + "---|" * len(keys),
+    ]
     for r in rows:
         budget = "none" if r["energy_budget_j"] is None else f"{r['energy_budget_j']:g}"
         value = f"{r['value']:g}" if isinstance(r["value"], float) else str(r["value"])
-        lines.append(f"| {r['method']} | {r['parameter']}={value} | {budget} | " + " | ".join(f"{r[k]:{f}} ± {r[k + '_ci95']:{f}}" for k, _, f in keys) + " |")
-    header = "Final accuracy against energy per device-round, mean ± 95% CI over the same seeds.\n\n"
-    (out / "pareto.md").write_text(header + (f"`{command}`\n\n" if command else "") + "\n".join(lines) + "\n")
+        lines.append(
+            f"| {r['method']} | {r['parameter']}={value} | {budget} | "
+            + " | ".join(f"{r[k]:{f}} ± {r[k + '_ci95']:{f}}" for k, _, f in keys)
+            + " |"
+        )
+    header = (
+        "Final accuracy against energy per device-round, mean ± 95% CI over the same seeds.\n\n"
+    )
+    (out / "pareto.md").write_text(
+        header + (f"`{command}`\n\n" if command else "") + "\n".join(lines) + "\n"
+    )
     return out / "pareto.csv", out / "pareto.md"
 
 
@@ -142,26 +193,82 @@ def plot_pareto(rows: list[dict[str, Any]], config: EnvConfig, out: Path) -> Pat
     for method in dict.fromkeys(r["method"] for r in rows):
         pts = sorted((r for r in rows if r["method"] == method), key=lambda r: r["energy_j"])
         x, y = [r["energy_j"] for r in pts], [r["final_accuracy"] for r in pts]
-        ax.errorbar(x, y, xerr=[r["energy_j_ci95"] for r in pts], yerr=[r["final_accuracy_ci95"] for r in pts], marker="o", capsize=3, linestyle="-" if method == "lyapunov" else "none", label=method)
+        ax.errorbar(
+            x,
+            y,
+            xerr=[r["energy_j_ci95"] for r in pts],
+            yerr=[r["final_accuracy_ci95"] for r in pts],
+            marker="o",
+            capsize=3,
+            linestyle="-" if method == "lyapunov" else "none",
+            label=method,
+        )
         for r in pts:
-            text = f"V={r['value']:g}" if method == "lyapunov" else ("Ē=none" if r["energy_budget_j"] is None else f"Ē={r['energy_budget_j']:g}")
-            ax.annotate(text, (r["energy_j"], r["final_accuracy"]), textcoords="offset points", xytext=(4, -10), fontsize=7)
+            text = (
+                f"V={r['value']:g}"
+                if method == "lyapunov"
+                else ("Ē=none" if r["energy_budget_j"] is None else f"Ē={r['energy_budget_j']:g}")
+            )
+            ax.annotate(
+                text,
+                (r["energy_j"], r["final_accuracy"]),
+                textcoords="offset points",
+                xytext=(4, -10),
+                fontsize=7,
+            )
     if config.budgets.energy_budget_j is not None:
-        ax.axvline(config.budgets.energy_budget_j, color="k", linestyle="--", linewidth=1, label="the preset's energy budget")
-    ax.set(xlabel="energy per device per round (J)", ylabel="final accuracy", title="accuracy against energy (mean, 95% CI)")
+        ax.axvline(
+            config.budgets.energy_budget_j,
+            color="k",
+            linestyle="--",
+            linewidth=1,
+            label="the preset's energy budget",
+        )
+    ax.set(
+        xlabel="energy per device per round (J)",
+        ylabel="final accuracy",
+        title="accuracy against energy (mean, 95% CI)",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, out / "pareto.png", plt)
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="switching", help="preset, registered scenario (fedenv.scenarios) or YAML file")
-    parser.add_argument("--seeds", default="1000-1019", help="episode seeds: FIRST-LAST or a comma-separated list (default 1000-1019)")
-    parser.add_argument("--V", dest="v", default=",".join(f"{v:g}" for v in DEFAULT_SWEEP), help="the Lyapunov V values (comma-separated)")
-    parser.add_argument("--agents", nargs="*", default=[], help="learned agents, one run per budget: <algo>:<run dir>[@best|@final]")
-    parser.add_argument("--budget-tolerance", type=float, default=0.05, help="a device is within budget if its average energy <= (1 + tol) x budget")
-    parser.add_argument("--out", default=None, help="output directory (default results/pareto_<preset>)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--preset",
+        default="switching",
+        help="preset, registered scenario (fedenv.scenarios) or YAML file",
+    )
+    parser.add_argument(
+        "--seeds",
+        default="1000-1019",
+        help="episode seeds: FIRST-LAST or a comma-separated list (default 1000-1019)",
+    )
+    parser.add_argument(
+        "--V",
+        dest="v",
+        default=",".join(f"{v:g}" for v in DEFAULT_SWEEP),
+        help="the Lyapunov V values (comma-separated)",
+    )
+    parser.add_argument(
+        "--agents",
+        nargs="*",
+        default=[],
+        help="learned agents, one run per budget: <algo>:<run dir>[@best|@final]",
+    )
+    parser.add_argument(
+        "--budget-tolerance",
+        type=float,
+        default=0.05,
+        help="a device is within budget if its average energy <= (1 + tol) x budget",
+    )
+    parser.add_argument(
+        "--out", default=None, help="output directory (default results/pareto_<preset>)"
+    )
     parser.add_argument("--no-plots", action="store_true", help="skip pareto.png")
     args = parser.parse_args(argv)
     config = preset_config(args.preset)

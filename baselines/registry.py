@@ -100,7 +100,11 @@ def register_policy(kind: str, factory: PolicyFactory) -> None:
 
 def _entry_points() -> dict[str, EntryPoint]:
     """The installed entry points of :data:`ENTRY_POINT_GROUP` that this package does not build."""
-    return {ep.name.lower(): ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name.lower() not in _FACTORIES}
+    return {
+        ep.name.lower(): ep
+        for ep in entry_points(group=ENTRY_POINT_GROUP)
+        if ep.name.lower() not in _FACTORIES
+    }
 
 
 def policy_names() -> tuple[str, ...]:
@@ -138,7 +142,9 @@ def _value(raw: str) -> Any:
 def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
     """``"name:key=value,key=value"`` -> (name, params). Added kinds keep their argument as ``{"path": ...}``."""
     if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"policy spec must be a non-empty string like 'lyapunov:V=10', got {spec!r}")
+        raise ValueError(
+            f"policy spec must be a non-empty string like 'lyapunov:V=10', got {spec!r}"
+        )
     name, _, rest = spec.strip().partition(":")
     name = name.strip().lower()
     if name not in _FACTORIES:
@@ -173,12 +179,18 @@ def make_policy(spec: str, config: EnvConfig) -> Policy:
         first, _, rest = spec.partition(">>")
         then, at, when = rest.rpartition("@")
         if not at or not then.strip() or not first.strip():
-            raise ValueError(f"handover spec {spec!r}: expected '<first spec>>><second spec>@<round>', e.g. 'ppo:runs/x>>lyapunov@44'")
+            raise ValueError(
+                f"handover spec {spec!r}: expected '<first spec>>><second spec>@<round>', e.g. 'ppo:runs/x>>lyapunov@44'"
+            )
         try:
             from_round = int(when)
         except ValueError:
-            raise ValueError(f"handover spec {spec!r}: the round after '@' must be an integer, got {when!r}") from None
-        return Handover(make_policy(first.strip(), config), make_policy(then.strip(), config), from_round)
+            raise ValueError(
+                f"handover spec {spec!r}: the round after '@' must be an integer, got {when!r}"
+            ) from None
+        return Handover(
+            make_policy(first.strip(), config), make_policy(then.strip(), config), from_round
+        )
     name, params = parse_spec(spec)
     if name not in _FACTORIES:
         return _added_factory(name)(spec.strip(), config)

@@ -59,12 +59,23 @@ def _resolve(spec: str) -> Callable[[argparse.Namespace], dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m fedenv.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m fedenv.bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("name", choices=[*BENCHES, "all"], help="which benchmark")
-    parser.add_argument("--steps", type=int, default=20000, help="env steps to time (env benchmarks)")
+    parser.add_argument(
+        "--steps", type=int, default=20000, help="env steps to time (env benchmarks)"
+    )
     parser.add_argument("--out", default="results/bench", help="directory for the JSON results")
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke test")
-    parser.add_argument("--repeats", type=int, default=3, help="timings per measurement; the best is kept (env, vector, ppo)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="timings per measurement; the best is kept (env, vector, ppo)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.steps = min(args.steps, 500)
@@ -75,7 +86,12 @@ def main(argv: list[str] | None = None) -> None:
     for name in names:
         print(f"== {name}")
         result = _resolve(BENCHES[name])(args)
-        result = {"benchmark": name, "machine": machine(), "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **result}
+        result = {
+            "benchmark": name,
+            "machine": machine(),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            **result,
+        }
         (out / f"{name}.json").write_text(json.dumps(result, indent=2, default=float))
         print(f"-> {out / (name + '.json')}")
 

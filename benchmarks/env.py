@@ -53,13 +53,23 @@ def bench_env(args: argparse.Namespace) -> dict[str, Any]:
         cart = max(cart, steps_per_second(cart_env, steps))
         ours = max(ours, steps_per_second(our_env, steps))
     print(f"CartPole-v1                    {cart:>12,.0f} steps/s")
-    print(f"FedLoRAWireless-v0 (K=10)      {ours:>12,.0f} steps/s   {1e6 / ours:6.1f} us/step   ratio {ours / cart:.3f} of CartPole")
+    print(
+        f"FedLoRAWireless-v0 (K=10)      {ours:>12,.0f} steps/s   {1e6 / ours:6.1f} us/step   ratio {ours / cart:.3f} of CartPole"
+    )
     scaling = {}
     for k in (10, 100, 1000):
         env = gym.make("FedLoRAWireless-v0", devices={"num_devices": k})
-        sps = steps_per_second(env, max(steps // max(k // 10, 1), 100 if args.quick else 500), repeats=repeats)
-        scaling[k] = {"steps_per_s": sps, "us_per_step": 1e6 / sps, "us_per_step_per_device": 1e6 / sps / k}
-        print(f"K={k:<5} {sps:>12,.0f} steps/s  {1e6 / sps:>9.1f} us/step  {1e6 / sps / k:>7.2f} us/step/device")
+        sps = steps_per_second(
+            env, max(steps // max(k // 10, 1), 100 if args.quick else 500), repeats=repeats
+        )
+        scaling[k] = {
+            "steps_per_s": sps,
+            "us_per_step": 1e6 / sps,
+            "us_per_step_per_device": 1e6 / sps / k,
+        }
+        print(
+            f"K={k:<5} {sps:>12,.0f} steps/s  {1e6 / sps:>9.1f} us/step  {1e6 / sps / k:>7.2f} us/step/device"
+        )
     growth = scaling[1000]["us_per_step"] / scaling[10]["us_per_step"]
     print(f"step cost K=1000 / K=10: {growth:.1f} (linear growth would be 100)")
     return {
@@ -101,19 +111,29 @@ def bench_vector(args: argparse.Namespace) -> dict[str, Any]:
     episodes = 1 if args.quick else 2
     rows: dict[int, dict[str, float]] = {}
     for n in sizes:
-        venv = gym.make_vec("FedLoRAWireless-v0", num_envs=n, vectorization_mode="vector_entry_point")
+        venv = gym.make_vec(
+            "FedLoRAWireless-v0", num_envs=n, vectorization_mode="vector_entry_point"
+        )
         calls = 51 * max(episodes, 1 if n >= 64 else 4)
         best, slowest = 0.0, 0.0
         for _ in range(args.repeats):
             sps, slow = _vector_run(venv, calls)
             if sps > best:
                 best, slowest = sps, slow
-        rows[n] = {"env_steps_per_s": best, "us_per_env_step": 1e6 / best, "slowest_call_ms": 1e3 * slowest}
-        print(f"vector N={n:<5} {best:>12,.0f} env steps/s  {1e6 / best:8.2f} us/env step  (slowest call, with resets: {1e3 * slowest:.1f} ms)")
+        rows[n] = {
+            "env_steps_per_s": best,
+            "us_per_env_step": 1e6 / best,
+            "slowest_call_ms": 1e3 * slowest,
+        }
+        print(
+            f"vector N={n:<5} {best:>12,.0f} env steps/s  {1e6 / best:8.2f} us/env step  (slowest call, with resets: {1e3 * slowest:.1f} ms)"
+        )
     n_sync = 16 if args.quick else 64
     sync = gym.make_vec("FedLoRAWireless-v0", num_envs=n_sync, vectorization_mode="sync")
     sync_sps = max(_vector_run(sync, 51)[0] for _ in range(args.repeats))
-    print(f"SyncVectorEnv N={n_sync:<3} {sync_sps:>10,.0f} env steps/s   batched is {rows[n_sync]['env_steps_per_s'] / sync_sps:.1f}x faster")
+    print(
+        f"SyncVectorEnv N={n_sync:<3} {sync_sps:>10,.0f} env steps/s   batched is {rows[n_sync]['env_steps_per_s'] / sync_sps:.1f}x faster"
+    )
     return {
         "num_devices": 10,
         "vector": {str(n): r for n, r in rows.items()},

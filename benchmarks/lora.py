@@ -66,7 +66,11 @@ def _config(num_devices: int, trainer: str, device: str, local_steps: int = 5) -
     return EnvConfig.from_dict(
         {
             "devices": {"num_devices": num_devices, "local_steps": local_steps, "batch_size": 16},
-            "learning": {"backend": "lora", "task": "sst2", "lora": {"trainer": trainer, "device": device, "eval_samples": 64}},
+            "learning": {
+                "backend": "lora",
+                "task": "sst2",
+                "lora": {"trainer": trainer, "device": device, "eval_samples": 64},
+            },
         }
     )
 
@@ -83,8 +87,17 @@ def _time_engines(device: str, rounds: int) -> dict[str, Any]:
     k = 10
     learner = LoraLearner(_config(k, "batched", device))
     learner.reset(k, np.random.default_rng(0))
-    model, _, _ = load_model(learner.config.learning.lora.model_name_or_path, 2, learner.config.learning.lora.pooling)
-    sequential = SequentialTrainer(model, learner.spec, learner.trainer.settings, learner.data.train, learner.trainer.pad_id, learner.device)
+    model, _, _ = load_model(
+        learner.config.learning.lora.model_name_or_path, 2, learner.config.learning.lora.pooling
+    )
+    sequential = SequentialTrainer(
+        model,
+        learner.spec,
+        learner.trainer.settings,
+        learner.data.train,
+        learner.trainer.pad_id,
+        learner.device,
+    )
     ranks = np.array([_RANK_CYCLE[i % len(_RANK_CYCLE)] for i in range(k)])
     adapter = learner.adapter
     assert adapter is not None
@@ -193,23 +206,36 @@ def bench_lora(args: argparse.Namespace) -> dict[str, Any]:
     threads = torch.get_num_threads()
     rounds = 1 if getattr(args, "quick", False) else 3
     load = os.getloadavg()[0]
-    print(f"CPU: {os.cpu_count()} cores, torch threads {threads}, 1-min load average {load:.1f} at start")
+    print(
+        f"CPU: {os.cpu_count()} cores, torch threads {threads}, 1-min load average {load:.1f} at start"
+    )
     cpu = _time_engines("cpu", rounds)
     util = cpu["utilisation"]
-    print(f"K=10, tau=5, n_b=16, ranks 2/4/8/16, SST-2, MiniLM-L6 (local training per round, median of {rounds}):")
+    print(
+        f"K=10, tau=5, n_b=16, ranks 2/4/8/16, SST-2, MiniLM-L6 (local training per round, median of {rounds}):"
+    )
     print(f"  batched     {cpu['batched_s_per_round']:8.2f} s/round")
     print(f"  sequential  {cpu['sequential_s_per_round']:8.2f} s/round   (peft reference)")
-    print(f"  speed-up    {cpu['speedup']:8.2f} x   target >= 1 on CPU: {'met' if cpu['speedup'] >= 1 else 'NOT met'}")
+    print(
+        f"  speed-up    {cpu['speedup']:8.2f} x   target >= 1 on CPU: {'met' if cpu['speedup'] >= 1 else 'NOT met'}"
+    )
     print(
         f"  achieved    {cpu['achieved_flops_per_s'] / 1e9:8.1f} GFLOP/s ({cpu['train_flops_per_round'] / 1e12:.2f} TFLOP per round) vs dense fp32 "
         f"matmul {cpu['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s = {100 * util:.0f}%   target >= 40%: {'met' if util >= 0.4 else 'NOT met'}"
     )
-    result: dict[str, Any] = {"torch_threads": threads, "load_average_start": load, "cpu": cpu, "utilisation": util}
+    result: dict[str, Any] = {
+        "torch_threads": threads,
+        "load_average_start": load,
+        "cpu": cpu,
+        "utilisation": util,
+    }
     mem1 = _memory(1)
     mem100 = _memory(100)
     ratio = mem100["peak_rss_mib"] / mem1["peak_rss_mib"]
     round_ratio = mem100["round_peak_rss_mib"] / mem1["round_peak_rss_mib"]
-    print(f"  peak RSS    K=1 {mem1['peak_rss_mib']:,.0f} MiB, K=100 {mem100['peak_rss_mib']:,.0f} MiB, ratio {ratio:.2f}   target < 2: {'met' if ratio < 2 else 'NOT met'}")
+    print(
+        f"  peak RSS    K=1 {mem1['peak_rss_mib']:,.0f} MiB, K=100 {mem100['peak_rss_mib']:,.0f} MiB, ratio {ratio:.2f}   target < 2: {'met' if ratio < 2 else 'NOT met'}"
+    )
     print(
         f"  round RSS   during one round (tau=2): K=1 {mem1['round_peak_rss_mib']:,.0f} MiB, K=100 {mem100['round_peak_rss_mib']:,.0f} MiB, "
         f"ratio {round_ratio:.2f} (the round adds {mem1['round_increment_mib']:,.0f} / {mem100['round_increment_mib']:,.0f} MiB); K=100 round {mem100['round_s']:.0f} s"
@@ -219,17 +245,23 @@ def bench_lora(args: argparse.Namespace) -> dict[str, Any]:
     print(f"1-min load average {result['load_average_end']:.1f} at the end")
     if torch.cuda.is_available():
         gpu = _time_engines("cuda", rounds)
-        print(f"GPU {torch.cuda.get_device_name(0)}: batched {gpu['batched_s_per_round']:.3f} s, sequential {gpu['sequential_s_per_round']:.3f} s, speed-up {gpu['speedup']:.1f} x (target >= 5)")
+        print(
+            f"GPU {torch.cuda.get_device_name(0)}: batched {gpu['batched_s_per_round']:.3f} s, sequential {gpu['sequential_s_per_round']:.3f} s, speed-up {gpu['speedup']:.1f} x (target >= 5)"
+        )
         result["gpu"] = {**gpu, "name": torch.cuda.get_device_name(0)}
     else:
-        print("GPU: no GPU available to torch on this machine; the GPU target (batched >= 5x sequential) was not measured")
+        print(
+            "GPU: no GPU available to torch on this machine; the GPU target (batched >= 5x sequential) was not measured"
+        )
         result["gpu"] = None
     return result
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="helper of python -m fedenv.bench lora")
-    parser.add_argument("--memory-child", type=int, required=True, help="measure peak memory for K devices")
+    parser.add_argument(
+        "--memory-child", type=int, required=True, help="measure peak memory for K devices"
+    )
     args = parser.parse_args(argv)
     print(json.dumps(_memory_child(args.memory_child)))
 

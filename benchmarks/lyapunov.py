@@ -26,7 +26,14 @@ __all__ = ["bench_lyapunov", "decision_times"]
 TARGETS_MS = {10: 5.0, 100: 50.0}
 
 
-def decision_times(num_devices: int, rounds: int, *, preset: str = "switching", tradeoff_v: float = DEFAULT_V, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def decision_times(
+    num_devices: int,
+    rounds: int,
+    *,
+    preset: str = "switching",
+    tradeoff_v: float = DEFAULT_V,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
     """Wall-clock and process CPU seconds per ``act`` call over ``rounds`` rounds (consecutive episodes)."""
     cfg = resolve_config(preset, devices={"num_devices": num_devices})
     env = FedLoRAWirelessEnv(cfg)
@@ -55,7 +62,12 @@ def bench_lyapunov(args: argparse.Namespace) -> dict[str, Any]:
     """Decision time per round of the Lyapunov policy, K = 10 and K = 100 (default preset)."""
     quick = bool(getattr(args, "quick", False))
     rounds = {10: 30 if quick else 200, 100: 10 if quick else 50}
-    out: dict[str, Any] = {"preset": "switching", "V": DEFAULT_V, "targets_ms": TARGETS_MS, "results": {}}
+    out: dict[str, Any] = {
+        "preset": "switching",
+        "V": DEFAULT_V,
+        "targets_ms": TARGETS_MS,
+        "results": {},
+    }
     for k, n in rounds.items():
         wall, cpu = decision_times(k, n)
         t, c = 1e3 * wall, 1e3 * cpu

@@ -26,7 +26,9 @@ class _TrivialEnv:
             observation_space = ref.observation_space
             action_space = ref.action_space
 
-            def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
+            def reset(
+                self, *, seed: int | None = None, options: dict[str, Any] | None = None
+            ) -> Any:
                 super().reset(seed=seed)
                 self._t = 0
                 return np.zeros(obs_shape, dtype=np.float32), {}
@@ -83,7 +85,9 @@ def _trivial_vec_env(num_envs: int, horizon: int, spaces: tuple[Any, Any] | None
         def set_attr(self, attr_name: str, value: Any, indices: Any = None) -> None:
             pass
 
-        def env_method(self, method_name: str, *args: Any, indices: Any = None, **kwargs: Any) -> list[Any]:
+        def env_method(
+            self, method_name: str, *args: Any, indices: Any = None, **kwargs: Any
+        ) -> list[Any]:
             return []
 
         def env_is_wrapped(self, wrapper_class: Any, indices: Any = None) -> list[bool]:
@@ -146,8 +150,12 @@ def bench_ppo(args: argparse.Namespace) -> dict[str, Any]:
     probe = make_vec_env(config, 1, "batched")
     agent_spaces = (probe.observation_space, probe.action_space)
     makers = {
-        "dummy_trivial": lambda: DummyVecEnv([lambda: _TrivialEnv(horizon) for _ in range(num_envs)]),
-        "dummy_fedlora": lambda: DummyVecEnv([lambda: FedLoRAWirelessEnv() for _ in range(num_envs)]),
+        "dummy_trivial": lambda: DummyVecEnv(
+            [lambda: _TrivialEnv(horizon) for _ in range(num_envs)]
+        ),
+        "dummy_fedlora": lambda: DummyVecEnv(
+            [lambda: FedLoRAWirelessEnv() for _ in range(num_envs)]
+        ),
         "batched_trivial": lambda: _trivial_vec_env(num_envs, horizon),
         "batched_fedlora": lambda: FedLoRAWirelessVecEnv(num_envs, seed=0),
         "training_trivial": lambda: _trivial_vec_env(num_envs, horizon, agent_spaces),
@@ -155,7 +163,9 @@ def bench_ppo(args: argparse.Namespace) -> dict[str, Any]:
     }
     # warm up torch and every env type (first-call costs are not throughput)
     for make in makers.values():
-        PPO("MlpPolicy", make(), n_steps=16, batch_size=64, n_epochs=1, seed=0, device="cpu").learn(256)
+        PPO("MlpPolicy", make(), n_steps=16, batch_size=64, n_epochs=1, seed=0, device="cpu").learn(
+            256
+        )
     fps = dict.fromkeys(makers, 0.0)
     env_s = dict.fromkeys(makers, float("inf"))  # env seconds per frame (best run)
     share = dict.fromkeys(makers, 0.0)
@@ -179,7 +189,9 @@ def bench_ppo(args: argparse.Namespace) -> dict[str, Any]:
     batched_ratio = fps["batched_fedlora"] / fps["batched_trivial"]
     training_ratio = fps["training_fedlora"] / fps["training_trivial"]
     for name, value in fps.items():
-        print(f"PPO {name:<16} {value:>9,.0f} frames/s   env {1e6 * env_s[name]:7.1f} us/frame = {share[name]:5.1%} of the run")
+        print(
+            f"PPO {name:<16} {value:>9,.0f} frames/s   env {1e6 * env_s[name]:7.1f} us/frame = {share[name]:5.1%} of the run"
+        )
     print(
         f"DummyVecEnv: FedLoRAWireless-v0 at {dummy_ratio:.1%} of the trivial env's frames/s "
         f"(from env time: {derived['dummy']:.1%}; env cost {1 - derived['dummy']:.1%})"

@@ -50,23 +50,48 @@ def bench_sampling(args: Any) -> dict[str, Any]:
     print(f"env alone, one process (Dict actions)          {env_only:>9,.0f} env steps/s")
     started = False
     if not ray.is_initialized():
-        ray.init(num_cpus=2, object_store_memory=256 * 2**20, include_dashboard=False, address="local")
+        ray.init(
+            num_cpus=2, object_store_memory=256 * 2**20, include_dashboard=False, address="local"
+        )
         started = True
     rows = []
     try:
         for runners, envs in BENCH_SETTINGS:
-            algo_args = Args(env_runners=runners, envs_per_env_runner=envs, train_batch_size=steps, batch_size=min(250, steps))
+            algo_args = Args(
+                env_runners=runners,
+                envs_per_env_runner=envs,
+                train_batch_size=steps,
+                batch_size=min(250, steps),
+            )
             algo = build_algorithm(algo_args, env_config)
             try:
                 group = algo.env_runner_group
-                synchronous_parallel_sample(worker_set=group, max_env_steps=steps, concat=True, _uses_new_env_runners=True)
+                synchronous_parallel_sample(
+                    worker_set=group, max_env_steps=steps, concat=True, _uses_new_env_runners=True
+                )
                 rates, cpu_rates = [], []
                 for _ in range(repeats):
-                    cpu0 = sum(group.foreach_env_runner(lambda _runner: time.process_time(), local_env_runner=False))
+                    cpu0 = sum(
+                        group.foreach_env_runner(
+                            lambda _runner: time.process_time(), local_env_runner=False
+                        )
+                    )
                     t0 = time.perf_counter()
-                    episodes = synchronous_parallel_sample(worker_set=group, max_env_steps=steps, concat=True, _uses_new_env_runners=True)
+                    episodes = synchronous_parallel_sample(
+                        worker_set=group,
+                        max_env_steps=steps,
+                        concat=True,
+                        _uses_new_env_runners=True,
+                    )
                     wall = time.perf_counter() - t0
-                    cpu = sum(group.foreach_env_runner(lambda _runner: time.process_time(), local_env_runner=False)) - cpu0
+                    cpu = (
+                        sum(
+                            group.foreach_env_runner(
+                                lambda _runner: time.process_time(), local_env_runner=False
+                            )
+                        )
+                        - cpu0
+                    )
                     sampled = sum(len(e) for e in episodes)
                     rates.append(sampled / wall)
                     cpu_rates.append(sampled / cpu)
@@ -85,13 +110,19 @@ def bench_sampling(args: Any) -> dict[str, Any]:
                 }
             )
             label = f"RLlib, {runners} env runner{'s' if runners > 1 else ''} x {envs} env{'s' if envs > 1 else ''}"
-            print(f"{label:<47}{mean:>9,.0f} env steps/s  (runs: {', '.join(f'{r:,.0f}' for r in rates)}); {cpu_mean:,.0f} per runner CPU-second")
+            print(
+                f"{label:<47}{mean:>9,.0f} env steps/s  (runs: {', '.join(f'{r:,.0f}' for r in rates)}); {cpu_mean:,.0f} per runner CPU-second"
+            )
     finally:
         if started:
             ray.shutdown()
 
     def rate(runners: int, envs: int) -> float:
-        return next(float(r["env_steps_per_s"]) for r in rows if r["env_runners"] == runners and r["envs_per_env_runner"] == envs)
+        return next(
+            float(r["env_steps_per_s"])
+            for r in rows
+            if r["env_runners"] == runners and r["envs_per_env_runner"] == envs
+        )
 
     out: dict[str, Any] = {
         "ray": ray.__version__,
@@ -126,15 +157,31 @@ def _plot_sampling(result: dict[str, Any], path: Path) -> None:
     for envs, colour in ((1, "#4C72B0"), (8, "#DD8452")):
         rows = [r for r in result["settings"] if r["envs_per_env_runner"] == envs]
         xs = [r["env_runners"] for r in rows]
-        ax.plot(xs, [r["env_steps_per_s"] for r in rows], "o-", color=colour, label=f"{envs} env{'s' if envs > 1 else ''} per runner")
+        ax.plot(
+            xs,
+            [r["env_steps_per_s"] for r in rows],
+            "o-",
+            color=colour,
+            label=f"{envs} env{'s' if envs > 1 else ''} per runner",
+        )
         for r in rows:
-            ax.plot([r["env_runners"]] * len(r["repeats_env_steps_per_s"]), r["repeats_env_steps_per_s"], ".", color=colour, ms=4, alpha=0.6)
+            ax.plot(
+                [r["env_runners"]] * len(r["repeats_env_steps_per_s"]),
+                r["repeats_env_steps_per_s"],
+                ".",
+                color=colour,
+                ms=4,
+                alpha=0.6,
+            )
     ax.set_xticks([1, 2])
     ax.set_xlim(0.7, 2.3)
     ax.set_ylim(bottom=0)
     ax.set_xlabel("env runners")
     ax.set_ylabel("env steps / s (RLlib sampling)")
-    ax.set_title(f"RLlib {result['ray']} PPO sampling, FedLoRAWireless-v0 (K=10)\nenv alone in one process: {result['env_only_steps_per_s']:,.0f} steps/s; 2 CPUs, load avg {result['load_average_1min_after']:.1f}", fontsize=8)
+    ax.set_title(
+        f"RLlib {result['ray']} PPO sampling, FedLoRAWireless-v0 (K=10)\nenv alone in one process: {result['env_only_steps_per_s']:,.0f} steps/s; 2 CPUs, load avg {result['load_average_1min_after']:.1f}",
+        fontsize=8,
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,15 @@ from fedenv.config import PRESETS, EnvConfig, resolve_config
 from fedenv.env import FedLoRAWirelessEnv
 from fedenv.scenarios import SCENARIO_IDS, SCENARIOS
 
-__all__ = ["ENV_ID", "ENV_IDS", "EnvConfig", "FedLoRAWirelessEnv", "PRESETS", "SCENARIO_IDS", "resolve_config"]
+__all__ = [
+    "ENV_ID",
+    "ENV_IDS",
+    "EnvConfig",
+    "FedLoRAWirelessEnv",
+    "PRESETS",
+    "SCENARIO_IDS",
+    "resolve_config",
+]
 __version__ = "0.1.0"
 
 #: The default id: the switching preset.

@@ -55,7 +55,11 @@ class Decision:
 
 
 def _decision(
-    module: NDArray[np.int64], power_w: NDArray[np.float64], share: NDArray[np.float64], ratio: NDArray[np.float64], idle: NDArray[np.bool_]
+    module: NDArray[np.int64],
+    power_w: NDArray[np.float64],
+    share: NDArray[np.float64],
+    ratio: NDArray[np.float64],
+    idle: NDArray[np.bool_],
 ) -> Decision:
     # Equal to Decision(...) with its idle mask already computed, without the frozen
     # dataclass's per-field object.__setattr__ (a measurable share of a step's cost).
@@ -89,7 +93,10 @@ class ActionCodec:
         #: rank of each module index, module 0 = rank 0
         self.rank_of_module = np.array((0, *config.model.ranks), dtype=np.int64)
         self.structural_module = config.model.ranks.index(config.structural_rank) + 1
-        self._column = {name: self.index.get(name) for name in ("module", "schedule", "power", "ratio", "bandwidth")}
+        self._column = {
+            name: self.index.get(name)
+            for name in ("module", "schedule", "power", "ratio", "bandwidth")
+        }
         # decode's affine maps x = lo + (a + 1) / 2 (hi - lo), per component
         bounds = {
             "module": (0.0, float(self.num_modules + 1)),
@@ -139,7 +146,9 @@ class ActionCodec:
         if ones is None:
             ones = self._ones_like(flat)
         if not math.isfinite(flat.dot(ones)) and not np.isfinite(a).all():
-            raise ValueError(f"action contains NaN or infinite values; expected finite numbers in [-1, 1]: {a}")
+            raise ValueError(
+                f"action contains NaN or infinite values; expected finite numbers in [-1, 1]: {a}"
+            )
         return a
 
     @staticmethod
@@ -151,17 +160,32 @@ class ActionCodec:
             return a.astype(np.float64)
         if kind == "f":
             if not np.isfinite(a).all():
-                raise ValueError(f"action contains NaN or infinite values; expected finite numbers in [-1, 1]: {a}")
+                raise ValueError(
+                    f"action contains NaN or infinite values; expected finite numbers in [-1, 1]: {a}"
+                )
             return np.clip(a, -1, 1).astype(np.float64)
         if kind == "O":
             # a list mixing Python numbers, e.g. an int beyond float64's range: each clipped to
             # [-2, 2] while exact (ints), the rest as floats (NaN/inf rejected afterwards)
             items = a.ravel().tolist()
-            if all(isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_)) for x in items):
-                values = [float(max(-2, min(2, int(x)))) if isinstance(x, numbers.Integral) else float(x) for x in items]
+            if all(
+                isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_)) for x in items
+            ):
+                values = [
+                    float(max(-2, min(2, int(x)))) if isinstance(x, numbers.Integral) else float(x)
+                    for x in items
+                ]
                 return np.array(values, dtype=np.float64).reshape(a.shape)
-        what = {"c": "complex numbers", "b": "bools", "U": "strings", "S": "bytes", "O": "non-numeric objects"}.get(kind, "values")
-        raise ValueError(f"action must hold real numbers (a float or int array) in [-1, 1], got {what} (dtype {a.dtype})")
+        what = {
+            "c": "complex numbers",
+            "b": "bools",
+            "U": "strings",
+            "S": "bytes",
+            "O": "non-numeric objects",
+        }.get(kind, "values")
+        raise ValueError(
+            f"action must hold real numbers (a float or int array) in [-1, 1], got {what} (dtype {a.dtype})"
+        )
 
     def _ones_like(self, flat: NDArray[np.floating]) -> NDArray[np.floating]:
         """Read-only ones of the shape and dtype of ``flat``, cached."""
@@ -187,7 +211,9 @@ class ActionCodec:
         layout = self._layouts.get(action.shape)
         if layout is None:
             layout = self._layout(action.shape)
-        x = (action.T if action.ndim == 2 else action.transpose(layout.perm)).astype(np.float64, order="C")
+        x = (action.T if action.ndim == 2 else action.transpose(layout.perm)).astype(
+            np.float64, order="C"
+        )
         x += _ONE
         np.maximum(x, _ZERO, out=x)
         np.minimum(x, _TWO, out=x)
@@ -266,7 +292,9 @@ class ActionCodec:
             span = self.p_max - self.p_min
             out[..., idx["power"]] = (np.asarray(decision.power_w) - self.p_min) / span * 2.0 - 1.0
         if "ratio" in idx:
-            out[..., idx["ratio"]] = (np.asarray(decision.ratio) - self.rho_min) / (1.0 - self.rho_min) * 2.0 - 1.0
+            out[..., idx["ratio"]] = (np.asarray(decision.ratio) - self.rho_min) / (
+                1.0 - self.rho_min
+            ) * 2.0 - 1.0
         share = np.asarray(decision.share, dtype=np.float64) * (module > 0)
         top = share.max(axis=-1, keepdims=True)
         weight = np.where(top > 0.0, share / np.where(top > 0.0, top, 1.0), 1.0)

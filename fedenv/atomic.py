@@ -21,7 +21,9 @@ TEMPORARY = re.compile(r"^\..+\.\d+\.tmp$")
 
 
 @contextlib.contextmanager
-def replacing(path: str | os.PathLike[str], hints: Mapping[int, str] | None = None) -> Iterator[Path]:
+def replacing(
+    path: str | os.PathLike[str], hints: Mapping[int, str] | None = None
+) -> Iterator[Path]:
     """Write ``path`` atomically: yield a temporary path in the same directory to write to, then
     fsync it and ``os.replace`` it onto ``path``.
 
@@ -51,11 +53,19 @@ def replacing(path: str | os.PathLike[str], hints: Mapping[int, str] | None = No
     except BaseException as err:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        if isinstance(err, OSError) and err.errno is not None and not str(err).startswith("cannot write"):
+        if (
+            isinstance(err, OSError)
+            and err.errno is not None
+            and not str(err).startswith("cannot write")
+        ):
             hint = (hints or {}).get(err.errno, "")
-            raise OSError(err.errno, f"cannot write {path}: {err.strerror or err}. {hint}".rstrip()) from err
+            raise OSError(
+                err.errno, f"cannot write {path}: {err.strerror or err}. {hint}".rstrip()
+            ) from err
         raise
-    with contextlib.suppress(OSError):  # the rename itself survives a power cut once the directory is synced
+    with contextlib.suppress(
+        OSError
+    ):  # the rename itself survives a power cut once the directory is synced
         fd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -63,7 +73,9 @@ def replacing(path: str | os.PathLike[str], hints: Mapping[int, str] | None = No
             os.close(fd)
 
 
-def write_file(path: str | os.PathLike[str], data: str | bytes, hints: Mapping[int, str] | None = None) -> None:
+def write_file(
+    path: str | os.PathLike[str], data: str | bytes, hints: Mapping[int, str] | None = None
+) -> None:
     """Write text or bytes to ``path`` atomically (:func:`replacing`)."""
     with replacing(path, hints) as tmp:
         tmp.write_bytes(data.encode() if isinstance(data, str) else data)

@@ -40,7 +40,9 @@ def place_devices(u_radius: ArrayLike, u_angle: ArrayLike, cfg: ChannelConfig) -
     r2_lo, r2_hi = cfg.min_distance_m**2, cfg.cell_radius_m**2
     d = np.sqrt(np.asarray(u_radius) * (r2_hi - r2_lo) + r2_lo)
     phi = 2.0 * np.pi * np.asarray(u_angle)
-    out = np.empty((d.shape if d.shape == phi.shape else np.broadcast_shapes(d.shape, phi.shape)) + (2,))
+    out = np.empty(
+        (d.shape if d.shape == phi.shape else np.broadcast_shapes(d.shape, phi.shape)) + (2,)
+    )
     np.multiply(d, np.cos(phi), out=out[..., 0])
     np.multiply(d, np.sin(phi), out=out[..., 1])
     return out
@@ -48,16 +50,22 @@ def place_devices(u_radius: ArrayLike, u_angle: ArrayLike, cfg: ChannelConfig) -
 
 def path_loss_db(distance_m: ArrayLike, cfg: ChannelConfig) -> F:
     """3GPP macro path loss PL(d) = 128.1 + 37.6 log10(d / 1 km) dB (docs/model.md §2.3)."""
-    return cfg.pathloss_at_1km_db + cfg.pathloss_slope_db_per_decade * np.log10(np.asarray(distance_m) / 1000.0)
+    return cfg.pathloss_at_1km_db + cfg.pathloss_slope_db_per_decade * np.log10(
+        np.asarray(distance_m) / 1000.0
+    )
 
 
-def channel_gain(distance_m: ArrayLike, fading_power: ArrayLike, shadowing_db: ArrayLike, cfg: ChannelConfig) -> F:
+def channel_gain(
+    distance_m: ArrayLike, fading_power: ArrayLike, shadowing_db: ArrayLike, cfg: ChannelConfig
+) -> F:
     """Linear uplink power gain h = 10^(-(PL(d) + shadowing)/10) |g|^2 (docs/model.md §2.3, §2.4)."""
     loss_db = path_loss_db(distance_m, cfg) + np.asarray(shadowing_db)
     return np.power(10.0, -loss_db / 10.0) * np.asarray(fading_power)
 
 
-def gauss_markov_fading(initial: NDArray[np.complex128], innovations: NDArray[np.complex128], rho: float) -> NDArray[np.complex128]:
+def gauss_markov_fading(
+    initial: NDArray[np.complex128], innovations: NDArray[np.complex128], rho: float
+) -> NDArray[np.complex128]:
     """Gauss-Markov Rayleigh fading g(t+1) = rho g(t) + sqrt(1 - rho^2) w(t) (docs/model.md §2.4).
 
     Args:
@@ -116,7 +124,9 @@ def random_waypoint(
     current = start.copy()
     reach = speed_m_per_s * interval_s
     for t in range(1, steps):
-        target = np.take_along_axis(waypoints, target_idx[..., None, :, None], axis=-3)[..., 0, :, :]
+        target = np.take_along_axis(waypoints, target_idx[..., None, :, None], axis=-3)[
+            ..., 0, :, :
+        ]
         delta = target - current
         dist = np.linalg.norm(delta, axis=-1)
         arrived = dist <= reach
@@ -141,16 +151,22 @@ def uplink_rate(power_w: ArrayLike, gain: ArrayLike, share: ArrayLike, cfg: Chan
     """
     share = np.asarray(share, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        return _rate(np.multiply(power_w, gain), share, share * _noise_psd_band(cfg), _constants(cfg))
+        return _rate(
+            np.multiply(power_w, gain), share, share * _noise_psd_band(cfg), _constants(cfg)
+        )
 
 
-def packet_error_rate(power_w: ArrayLike, gain: ArrayLike, share: ArrayLike, cfg: ChannelConfig) -> F:
+def packet_error_rate(
+    power_w: ArrayLike, gain: ArrayLike, share: ArrayLike, cfg: ChannelConfig
+) -> F:
     """Waterfall packet error q = 1 - exp(-m beta B N0 / (p h)) (Chen et al., TWC 2021; docs/model.md §2.6).
 
     A zero received power (no channel) loses every packet.
     """
     with np.errstate(divide="ignore", invalid="ignore"):
-        return _packet_error(np.multiply(power_w, gain), np.multiply(share, _noise_psd_band(cfg)), _constants(cfg))
+        return _packet_error(
+            np.multiply(power_w, gain), np.multiply(share, _noise_psd_band(cfg)), _constants(cfg)
+        )
 
 
 def link(power_w: ArrayLike, gain: ArrayLike, share: ArrayLike, cfg: ChannelConfig) -> tuple[F, F]:
@@ -159,7 +175,9 @@ def link(power_w: ArrayLike, gain: ArrayLike, share: ArrayLike, cfg: ChannelConf
         return link_unchecked(power_w, gain, share, cfg)
 
 
-def link_unchecked(power_w: ArrayLike, gain: ArrayLike, share: ArrayLike, cfg: ChannelConfig) -> tuple[F, F]:
+def link_unchecked(
+    power_w: ArrayLike, gain: ArrayLike, share: ArrayLike, cfg: ChannelConfig
+) -> tuple[F, F]:
     """:func:`link` for callers that already ignore floating-point divide, invalid and overflow
     errors (``np.errstate``): one round's physics enters that context once for all its formulas."""
     share = np.asarray(share, dtype=np.float64)
@@ -180,7 +198,11 @@ def _constants(cfg: ChannelConfig) -> tuple[NDArray[np.float64], ...]:
     if entry is None or entry[0] is not cfg:
         if len(_CONSTANTS) > 64:
             _CONSTANTS.clear()
-        values = (cfg.bandwidth_hz * cfg.noise_psd_w_per_hz, cfg.bandwidth_hz * _INV_LN2, -cfg.waterfall_threshold)
+        values = (
+            cfg.bandwidth_hz * cfg.noise_psd_w_per_hz,
+            cfg.bandwidth_hz * _INV_LN2,
+            -cfg.waterfall_threshold,
+        )
         entry = _CONSTANTS[id(cfg)] = (cfg, tuple(const(v) for v in values))
     return entry[1]
 

@@ -123,7 +123,11 @@ class Range:
         return None
 
     def describe(self) -> str:
-        parts = [f"{op} {b!r}" for op, b in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt)) if b is not None]
+        parts = [
+            f"{op} {b!r}"
+            for op, b in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
+            if b is not None
+        ]
         return " and ".join(parts)
 
 
@@ -160,10 +164,14 @@ def _check_range(
 
 def _unknown_key_error(section: str, key: object, valid: list[str]) -> ConfigError:
     if not isinstance(key, str):
-        return ConfigError(f"config keys must be strings, got {key!r} ({type(key).__name__}) in {section} config. Valid keys: {', '.join(sorted(valid))}.")
+        return ConfigError(
+            f"config keys must be strings, got {key!r} ({type(key).__name__}) in {section} config. Valid keys: {', '.join(sorted(valid))}."
+        )
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    return ConfigError(f"unknown key {key!r} in {section} config.{hint} Valid keys: {', '.join(sorted(valid))}.")
+    return ConfigError(
+        f"unknown key {key!r} in {section} config.{hint} Valid keys: {', '.join(sorted(valid))}."
+    )
 
 
 # ----------------------------------------------------------------------------- validation
@@ -199,7 +207,9 @@ def _string_hint(value: Any, kind: type) -> str:
         return ""
     if not math.isfinite(number):
         return ""
-    fix = _yaml_float(number) if kind is float else str(int(number)) if number.is_integer() else None
+    fix = (
+        _yaml_float(number) if kind is float else str(int(number)) if number.is_integer() else None
+    )
     try:
         unquoted = yaml.safe_load(value)
     except yaml.YAMLError:  # pragma: no cover - float() accepted it
@@ -212,7 +222,12 @@ def _string_hint(value: Any, kind: type) -> str:
     return f"; a quoted string is not a number{f': write {fix} without quotes' if fix else ''}"
 
 
-_KIND_NAMES = {bool: "a bool (true or false)", int: "an integer", float: "a number", str: "a string"}
+_KIND_NAMES = {
+    bool: "a bool (true or false)",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+}
 
 
 class _Spec(NamedTuple):
@@ -242,7 +257,11 @@ def _describe(spec: _Spec) -> str:
     kind, meta = spec.kind, spec.meta
     if get_origin(kind) is tuple:
         element = get_args(kind)[0]
-        text = {str: "a list of strings", int: "a list of integers", float: "a list of numbers"}.get(element, "a list")
+        text = {
+            str: "a list of strings",
+            int: "a list of integers",
+            float: "a list of numbers",
+        }.get(element, "a list")
     elif isinstance(kind, type) and issubclass(kind, _Section):
         text = f"a mapping of {kind.__name__} fields (or a {kind.__name__})"
     else:
@@ -263,10 +282,14 @@ def _convert(where: str, spec: _Spec, value: Any) -> Any:
 
     def wrong_type(hint_kind: type | None = None) -> ConfigTypeError:
         hint_text = _string_hint(value, hint_kind) if hint_kind is not None else ""
-        return ConfigTypeError(f"{where} must be {_describe(spec)}, got {value!r} ({type(value).__name__}){hint_text}")
+        return ConfigTypeError(
+            f"{where} must be {_describe(spec)}, got {value!r} ({type(value).__name__}){hint_text}"
+        )
 
     if get_origin(kind) is tuple:
-        if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, (list, tuple, np.ndarray)):
+        if isinstance(value, (str, bytes, Mapping)) or not isinstance(
+            value, (list, tuple, np.ndarray)
+        ):
             raise wrong_type()
         element = _spec(get_args(kind)[0])
         return tuple(_convert(f"{where}[{i}]", element, v) for i, v in enumerate(value))
@@ -299,7 +322,9 @@ def _convert(where: str, spec: _Spec, value: Any) -> Any:
             side = m.violated(out)
             if side is not None:
                 prefix = "an integer " if kind is int else ""
-                raise ConfigError(f"{where} must be {prefix}{side}, got {value!r} (allowed: {m.describe()})")
+                raise ConfigError(
+                    f"{where} must be {prefix}{side}, got {value!r} (allowed: {m.describe()})"
+                )
         elif isinstance(m, OneOf) and out not in m.choices:
             raise ConfigError(f"{where} must be one of {', '.join(m.choices)}, got {value!r}")
     return out
@@ -346,7 +371,9 @@ class _Section:
     def from_dict(cls: type[T], data: Mapping[str, Any] | None) -> T:
         """Build from a mapping; nested sections may be mappings; unknown keys are rejected."""
         if data is not None and not isinstance(data, Mapping):
-            raise ConfigTypeError(f"{cls.__name__}: expected a mapping of fields, got {data!r} ({type(data).__name__})")
+            raise ConfigTypeError(
+                f"{cls.__name__}: expected a mapping of fields, got {data!r} ({type(data).__name__})"
+            )
         valid = cls.field_names()
         for key in data or {}:
             if key not in valid:
@@ -401,7 +428,9 @@ class ChannelConfig(_Section):
     """Downlink rate for the split paradigm's per-step gradients, bit/s (assumed), in [1 kbit/s, 1 Tbit/s]."""
 
     def _check(self) -> None:
-        _check_range("channel", "min_distance_m", self.min_distance_m, hi=self.cell_radius_m, hi_open=True)
+        _check_range(
+            "channel", "min_distance_m", self.min_distance_m, hi=self.cell_radius_m, hi_open=True
+        )
         _check_range("channel", "min_tx_power_w", self.min_tx_power_w, hi=self.max_tx_power_w)
 
     @property
@@ -463,7 +492,9 @@ class ModelConfig(_Section):
     def _check(self) -> None:
         s = "model"
         if not self.target_modules or any(not m.strip() for m in self.target_modules):
-            _fail(s, "target_modules", "a non-empty list of module names", list(self.target_modules))
+            _fail(
+                s, "target_modules", "a non-empty list of module names", list(self.target_modules)
+            )
         if len(set(self.target_modules)) != len(self.target_modules):
             _fail(s, "target_modules", "a list of distinct module names", list(self.target_modules))
         if not self.ranks or any(r < 1 for r in self.ranks):
@@ -611,14 +642,27 @@ class LoraBackendConfig(_Section):
     def _check(self) -> None:
         s = "learning.lora"
         if not self.model_name_or_path.strip():
-            _fail(s, "model_name_or_path", "a Hugging Face model id or a local directory", self.model_name_or_path)
+            _fail(
+                s,
+                "model_name_or_path",
+                "a Hugging Face model id or a local directory",
+                self.model_name_or_path,
+            )
         if self.data_dir is not None and not self.data_dir.strip():
             _fail(s, "data_dir", "None or a directory path", self.data_dir)
         if self.server_momentum > 0 and self.aggregation == "stack":
-            _fail(s, "server_momentum", "0 with aggregation=stack (FLoRA restarts the adapter every round)", self.server_momentum)
+            _fail(
+                s,
+                "server_momentum",
+                "0 with aggregation=stack (FLoRA restarts the adapter every round)",
+                self.server_momentum,
+            )
 
 
-TASKS = {"sst2": {"train_samples": 67349, "num_labels": 2}, "qnli": {"train_samples": 104743, "num_labels": 2}}
+TASKS = {
+    "sst2": {"train_samples": 67349, "num_labels": 2},
+    "qnli": {"train_samples": 104743, "num_labels": 2},
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -642,7 +686,11 @@ class LearningConfig(_Section):
 
     @property
     def num_train_samples(self) -> int:
-        return self.train_samples if self.train_samples is not None else TASKS[self.task]["train_samples"]
+        return (
+            self.train_samples
+            if self.train_samples is not None
+            else TASKS[self.task]["train_samples"]
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -693,7 +741,12 @@ class EnvConfig(_Section):
 
     def _check(self) -> None:
         if self.fixed_rank is not None and self.fixed_rank not in self.model.ranks:
-            _fail("env", "fixed_rank", f"None or one of model.ranks {list(self.model.ranks)}", self.fixed_rank)
+            _fail(
+                "env",
+                "fixed_rank",
+                f"None or one of model.ranks {list(self.model.ranks)}",
+                self.fixed_rank,
+            )
         dev, samples = self.devices, self.learning.num_train_samples
         if dev.num_devices * dev.batch_size > samples:
             raise ConfigError(
@@ -729,7 +782,9 @@ class EnvConfig(_Section):
     def energy_ref_j(self) -> float:
         if self.reward.energy_ref_j is not None:
             return self.reward.energy_ref_j
-        per_device = self.budgets.energy_budget_j if self.budgets.energy_budget_j is not None else 0.25
+        per_device = (
+            self.budgets.energy_budget_j if self.budgets.energy_budget_j is not None else 0.25
+        )
         return self.devices.num_devices * per_device
 
     # ------------------------------------------------------------ construction
@@ -744,11 +799,15 @@ class EnvConfig(_Section):
     @classmethod
     def from_preset(cls, name: str) -> EnvConfig:
         if not isinstance(name, str):
-            raise ConfigTypeError(f"preset must be a preset name (one of {', '.join(PRESETS)}), got {name!r} ({type(name).__name__})")
+            raise ConfigTypeError(
+                f"preset must be a preset name (one of {', '.join(PRESETS)}), got {name!r} ({type(name).__name__})"
+            )
         if name not in PRESETS:
             close = difflib.get_close_matches(name, list(PRESETS), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"unknown preset {name!r}.{hint} Valid presets: {', '.join(PRESETS)}.")
+            raise ConfigError(
+                f"unknown preset {name!r}.{hint} Valid presets: {', '.join(PRESETS)}."
+            )
         return cls.from_dict(PRESETS[name])
 
     def replace(self, **overrides: Any) -> EnvConfig:
@@ -804,7 +863,9 @@ _YAML_SUFFIXES = (".yaml", ".yml")
 def _load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     p = Path(path)
     if p.suffix.lower() not in _YAML_SUFFIXES:
-        raise ConfigError(f"config file {str(p)!r} has the extension {p.suffix or '(none)'!r}: expected a .yaml or .yml file")
+        raise ConfigError(
+            f"config file {str(p)!r} has the extension {p.suffix or '(none)'!r}: expected a .yaml or .yml file"
+        )
     if not p.is_file():
         raise FileNotFoundError(f"config file {str(p)!r} does not exist")
     try:
@@ -819,13 +880,17 @@ def _load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, Mapping):
-        raise ConfigTypeError(f"{p}: expected a mapping of config keys at the top level, got {type(data).__name__}")
+        raise ConfigTypeError(
+            f"{p}: expected a mapping of config keys at the top level, got {type(data).__name__}"
+        )
     return dict(data)
 
 
 def _is_path(config: str) -> bool:
     """Whether a config string names a file rather than a preset."""
-    return config not in PRESETS and (bool(Path(config).suffix) or "/" in config or os.sep in config or Path(config).exists())
+    return config not in PRESETS and (
+        bool(Path(config).suffix) or "/" in config or os.sep in config or Path(config).exists()
+    )
 
 
 def resolve_config(
@@ -849,7 +914,9 @@ def resolve_config(
         FileNotFoundError: the YAML file does not exist.
     """
     if preset is not None and not isinstance(preset, str):
-        raise ConfigTypeError(f"preset must be a preset name (one of {', '.join(PRESETS)}), got {preset!r} ({type(preset).__name__})")
+        raise ConfigTypeError(
+            f"preset must be a preset name (one of {', '.join(PRESETS)}), got {preset!r} ({type(preset).__name__})"
+        )
     if isinstance(config, EnvConfig):
         if preset is not None:
             raise ConfigError("pass either an EnvConfig or preset=, not both")
@@ -871,7 +938,9 @@ def resolve_config(
             named = data.pop("preset", None)
             if named is not None and preset is not None and named != preset:
                 raise ConfigError(f"config names preset {named!r} but preset={preset!r} was passed")
-            cfg = EnvConfig.from_preset(named if named is not None else preset if preset is not None else "switching")
+            cfg = EnvConfig.from_preset(
+                named if named is not None else preset if preset is not None else "switching"
+            )
             if data:
                 cfg = cfg.replace(**data)
         except ConfigError as exc:
@@ -883,7 +952,9 @@ def resolve_config(
         if isinstance(learning, LearningConfig):
             learning = learning.to_dict()
         elif learning is not None and not isinstance(learning, Mapping):
-            raise ConfigTypeError(f"learning must be a mapping of LearningConfig fields (or a LearningConfig), got {learning!r} ({type(learning).__name__})")
+            raise ConfigTypeError(
+                f"learning must be a mapping of LearningConfig fields (or a LearningConfig), got {learning!r} ({type(learning).__name__})"
+            )
         learning = dict(learning or {})
         for short in ("backend", "task"):
             if short in overrides:

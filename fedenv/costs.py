@@ -28,7 +28,12 @@ __all__ = [
 F = NDArray[np.float64]
 
 
-def lora_payload_bits(rank: ArrayLike, model: ModelConfig, params_per_rank: float | None = None, head_params: int | None = None) -> F:
+def lora_payload_bits(
+    rank: ArrayLike,
+    model: ModelConfig,
+    params_per_rank: float | None = None,
+    head_params: int | None = None,
+) -> F:
     """Upload size of a rank-r LoRA module: bits x params(r) (+ the task head if ``send_head``).
 
     params(r) = layers x targets x r x (d_in + d_out) (docs/model.md §3.2): 9,216 r for MiniLM-L6 with
@@ -53,7 +58,11 @@ def kept_components(rank: ArrayLike, ratio: ArrayLike) -> NDArray[np.float64]:
 
 
 def sparse_payload_bits(
-    rank: ArrayLike, ratio: ArrayLike, model: ModelConfig, params_per_rank: float | None = None, head_params: int | None = None
+    rank: ArrayLike,
+    ratio: ArrayLike,
+    model: ModelConfig,
+    params_per_rank: float | None = None,
+    head_params: int | None = None,
 ) -> F:
     """SOFT payload (docs/model.md §3.3): the ceil(rho r) kept components plus their indices.
 
@@ -72,25 +81,48 @@ def sparse_payload_bits(
     return bits
 
 
-def split_uplink_bits(model: ModelConfig, devices: DeviceConfig, costs: CostConfig, head_params: int | None = None) -> float:
+def split_uplink_bits(
+    model: ModelConfig, devices: DeviceConfig, costs: CostConfig, head_params: int | None = None
+) -> float:
     """Split paradigm uplink per round (docs/model.md §3.6): tau x n_b x L_seq x d activations, plus the head.
 
     The device-side task head is federated (FedAvg), so it is uploaded once per round.
     """
-    act = devices.local_steps * devices.batch_size * model.seq_len * model.hidden_size * costs.activation_bits
+    act = (
+        devices.local_steps
+        * devices.batch_size
+        * model.seq_len
+        * model.hidden_size
+        * costs.activation_bits
+    )
     head = model.head_params if head_params is None else head_params
     return float(act + head * model.bits_per_param)
 
 
 def split_downlink_bits(model: ModelConfig, devices: DeviceConfig, costs: CostConfig) -> float:
     """Split paradigm downlink per round: the activations' gradients, same size as the activations."""
-    return float(devices.local_steps * devices.batch_size * model.seq_len * model.hidden_size * costs.activation_bits)
+    return float(
+        devices.local_steps
+        * devices.batch_size
+        * model.seq_len
+        * model.hidden_size
+        * costs.activation_bits
+    )
 
 
-def local_cycles(rank: ArrayLike, devices: DeviceConfig, cycles_per_sample: float, cycles_per_sample_per_rank: float) -> F:
+def local_cycles(
+    rank: ArrayLike,
+    devices: DeviceConfig,
+    cycles_per_sample: float,
+    cycles_per_sample_per_rank: float,
+) -> F:
     """Local work C = tau n_b (c_0 + c_1 r) CPU cycles (docs/model.md §3.1); rank 0 (not scheduled) costs 0."""
     r = np.asarray(rank, dtype=np.float64)
-    c = devices.local_steps * devices.batch_size * (cycles_per_sample + cycles_per_sample_per_rank * r)
+    c = (
+        devices.local_steps
+        * devices.batch_size
+        * (cycles_per_sample + cycles_per_sample_per_rank * r)
+    )
     return np.where(r > 0, c, 0.0)
 
 
@@ -105,7 +137,9 @@ def computation_energy(cycles: ArrayLike, freq_hz: ArrayLike, devices: DeviceCon
     return devices.effective_capacitance * np.asarray(cycles) * f * f
 
 
-def upload(bits: ArrayLike, rate_bps: ArrayLike, power_w: ArrayLike, time_left_s: ArrayLike) -> tuple[F, F, NDArray[np.bool_]]:
+def upload(
+    bits: ArrayLike, rate_bps: ArrayLike, power_w: ArrayLike, time_left_s: ArrayLike
+) -> tuple[F, F, NDArray[np.bool_]]:
     """Upload latency and energy, with the round deadline (docs/model.md §3.4).
 
     t_up = S / R and E_up = p t_up. A device transmits at most until the deadline closes the
@@ -124,13 +158,17 @@ def upload(bits: ArrayLike, rate_bps: ArrayLike, power_w: ArrayLike, time_left_s
 _ZERO = const(0.0)
 
 
-def upload_unchecked(bits: ArrayLike, rate_bps: ArrayLike, power_w: ArrayLike, time_left_s: ArrayLike) -> tuple[F, F, NDArray[np.bool_]]:
+def upload_unchecked(
+    bits: ArrayLike, rate_bps: ArrayLike, power_w: ArrayLike, time_left_s: ArrayLike
+) -> tuple[F, F, NDArray[np.bool_]]:
     """:func:`upload` for callers that already ignore floating-point divide and invalid errors
     (``np.errstate``)."""
     return upload_within(bits, rate_bps, power_w, np.maximum(time_left_s, _ZERO))
 
 
-def upload_within(bits: ArrayLike, rate_bps: ArrayLike, power_w: ArrayLike, left_s: ArrayLike) -> tuple[F, F, NDArray[np.bool_]]:
+def upload_within(
+    bits: ArrayLike, rate_bps: ArrayLike, power_w: ArrayLike, left_s: ArrayLike
+) -> tuple[F, F, NDArray[np.bool_]]:
     """:func:`upload_unchecked` with the time left already clipped at 0: ``left_s`` =
     max(T_max - t_cmp, 0) (:func:`fedenv.round.time_left`, tabulated per episode)."""
     s = np.asarray(bits, dtype=np.float64)

@@ -14,14 +14,18 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--preset", default="switching", help="switching, split, soft or unified")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--rounds", type=int, default=None, help="episode length (default: the preset's)")
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="episode length (default: the preset's)"
+    )
     args = parser.parse_args(argv)
     overrides = {"num_rounds": args.rounds} if args.rounds else {}
     env = gym.make("FedLoRAWireless-v0", preset=args.preset, **overrides)
     obs, info = env.reset(seed=args.seed)
     env.action_space.seed(args.seed)
     print(f"FedLoRAWireless-v0 preset={args.preset} seed={args.seed}: random policy")
-    print(f"{'round':>5} {'sched':>5} {'ok':>3} {'acc':>6} {'energy J':>9} {'latency s':>9} {'reward':>8}")
+    print(
+        f"{'round':>5} {'sched':>5} {'ok':>3} {'acc':>6} {'energy J':>9} {'latency s':>9} {'reward':>8}"
+    )
     total = 0.0
     while True:
         obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
@@ -32,8 +36,10 @@ def main(argv: list[str] | None = None) -> None:
         )
         if terminated or truncated:
             break
-    print(f"return {total:.2f}; final accuracy {info['accuracy']:.3f}; "
-          f"mean backlog {np.mean(info['energy_backlog']):.3f} J")
+    print(
+        f"return {total:.2f}; final accuracy {info['accuracy']:.3f}; "
+        f"mean backlog {np.mean(info['energy_backlog']):.3f} J"
+    )
 
 
 if __name__ == "__main__":

@@ -103,8 +103,12 @@ class EnvConstants:
         self.energy_budget = config.budgets.energy_budget_j
         self.latency_budget = config.budgets.latency_budget_s
         #: the energy-backlog feature's scale 10 E_bar, as a 0-d array (it divides a K-array per step)
-        self.energy_scale = None if self.energy_budget is None else const(_BACKLOG_SCALE * self.energy_budget)
-        self.latency_scale = None if self.latency_budget is None else _BACKLOG_SCALE * self.latency_budget
+        self.energy_scale = (
+            None if self.energy_budget is None else const(_BACKLOG_SCALE * self.energy_budget)
+        )
+        self.latency_scale = (
+            None if self.latency_budget is None else _BACKLOG_SCALE * self.latency_budget
+        )
         self.initial_loss = config.learning.surrogate.initial_loss
         self.snr_ref = ch.max_tx_power_w / (ch.bandwidth_hz * ch.noise_psd_w_per_hz)
         self.mode = rw.mode
@@ -117,11 +121,17 @@ class EnvConstants:
         self.target_accuracy = config.target_accuracy
         #: the last_module feature m / M of each module index, in float32 as in the observation
         #: (looked up, not divided, per step)
-        self.module_feature = (np.arange(self.num_modules + 1) / self.num_modules).astype(np.float32)
+        self.module_feature = (np.arange(self.num_modules + 1) / self.num_modules).astype(
+            np.float32
+        )
 
 
 def observation_template(
-    config: EnvConfig, gain: NDArray[np.float64], distance_m: NDArray[np.float64], cpu_freq_hz: NDArray[np.float64], data_share: NDArray[np.float64]
+    config: EnvConfig,
+    gain: NDArray[np.float64],
+    distance_m: NDArray[np.float64],
+    cpu_freq_hz: NDArray[np.float64],
+    data_share: NDArray[np.float64],
 ) -> NDArray[np.float32]:
     """The policy-independent part of every observation of an episode.
 
@@ -146,7 +156,9 @@ def observation_template(
     obs[..., 0 : 7 * k : 7] = np.minimum(np.maximum(quality, -4.0, out=quality), 4.0, out=quality)
     distance = np.divide(distance_m, ch.cell_radius_m)
     obs[..., 1 : 7 * k : 7] = np.minimum(np.maximum(distance, 0.0, out=distance), 1.0, out=distance)
-    obs[..., 2 : 7 * k : 7] = (np.asarray(cpu_freq_hz) / config.devices.cpu_freq_max_hz)[..., None, :]
+    obs[..., 2 : 7 * k : 7] = (np.asarray(cpu_freq_hz) / config.devices.cpu_freq_max_hz)[
+        ..., None, :
+    ]
     obs[..., 3 : 7 * k : 7] = np.asarray(data_share)[..., None, :]
     obs[..., 7 * k] = np.arange(rows) / config.num_rounds
     return obs
@@ -188,17 +200,29 @@ def write_observation(
     return obs
 
 
-def update_backlogs(c: EnvConstants, energy_backlog: Any, latency_backlog: Any, energy_j: Any, round_latency_s: Any) -> tuple[Any, Any]:
+def update_backlogs(
+    c: EnvConstants, energy_backlog: Any, latency_backlog: Any, energy_j: Any, round_latency_s: Any
+) -> tuple[Any, Any]:
     """Virtual queues after a round (docs/model.md §4): Z_k for the energy budget, Y for the latency budget.
 
     A disabled budget leaves its queue at 0. Vectorised over leading axes.
     """
-    z = update_queue(energy_backlog, energy_j, c.energy_budget) if c.energy_budget is not None else energy_backlog.copy()
-    y = update_queue(latency_backlog, round_latency_s, c.latency_budget) if c.latency_budget is not None else latency_backlog
+    z = (
+        update_queue(energy_backlog, energy_j, c.energy_budget)
+        if c.energy_budget is not None
+        else energy_backlog.copy()
+    )
+    y = (
+        update_queue(latency_backlog, round_latency_s, c.latency_budget)
+        if c.latency_budget is not None
+        else latency_backlog
+    )
     return z, y
 
 
-def round_info(decision: Decision, phys: RoundPhysics, round_channel_gain: NDArray[np.float64], c: EnvConstants) -> dict[str, Any]:
+def round_info(
+    decision: Decision, phys: RoundPhysics, round_channel_gain: NDArray[np.float64], c: EnvConstants
+) -> dict[str, Any]:
     """The ``info`` entries of the round just played (the class docstring's Info section): the
     decision, its physics, the channel it met and the round's costs, arrays (..., K).
     Vectorised over leading axes.
@@ -233,12 +257,16 @@ def round_info(decision: Decision, phys: RoundPhysics, round_channel_gain: NDArr
         "round_channel_gain": round_channel_gain,
         "cost": float(total) if energy.ndim == 1 else total,
         "cost_per_device": energy,
-        "cost_limit_per_device": np.full(energy.shape, np.inf if c.energy_budget is None else c.energy_budget),
+        "cost_limit_per_device": np.full(
+            energy.shape, np.inf if c.energy_budget is None else c.energy_budget
+        ),
     }
     if c.latency_budget is not None:
         latency = phys.round_latency_s
         info["cost_latency"] = latency
-        info["cost_limit_latency"] = c.latency_budget if energy.ndim == 1 else np.full(np.shape(latency), c.latency_budget)
+        info["cost_limit_latency"] = (
+            c.latency_budget if energy.ndim == 1 else np.full(np.shape(latency), c.latency_budget)
+        )
     return info
 
 
@@ -274,7 +302,12 @@ def reward_terms(
     overshoot: Any = 0.0
     if c.energy_budget is not None:
         # the mean over devices, as sum / K (what ndarray.mean computes)
-        overshoot = overshoot + np.add.reduce(new_energy_backlog - energy_backlog, axis=-1) / c.num_devices / c.energy_budget
+        overshoot = (
+            overshoot
+            + np.add.reduce(new_energy_backlog - energy_backlog, axis=-1)
+            / c.num_devices
+            / c.energy_budget
+        )
     if c.latency_budget is not None:
         overshoot = overshoot + (new_latency_backlog - latency_backlog) / c.latency_budget
     return {
@@ -426,7 +459,9 @@ class FedLoRAWirelessEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
         **overrides: Any,
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
+            raise ValueError(
+                f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}"
+            )
         self.render_mode = render_mode
         self._build(resolve_env_config(config, preset, **overrides))
 
@@ -522,7 +557,9 @@ class FedLoRAWirelessEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
         return self._trace.position_m[0, self._t]
 
     # ------------------------------------------------------------------ reset
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[NDArray[np.float32], dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[NDArray[np.float32], dict[str, Any]]:
         seed = check_seed(seed)
         super().reset(seed=seed)
         cfg = self.config
@@ -539,11 +576,17 @@ class FedLoRAWirelessEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
         self._distance = batch.distance_m[0]
         self._uniform = batch.success_uniform[0]
         self._cpu = batch.cpu_freq_hz[0]
-        self.partition: DevicePartition = self.learner.reset(k, np.random.default_rng(int(learn_key)))
-        self._tables: EpisodeTables = episode_tables(cfg, self._cpu, self.learner.params_per_rank, self.learner.head_params)
+        self.partition: DevicePartition = self.learner.reset(
+            k, np.random.default_rng(int(learn_key))
+        )
+        self._tables: EpisodeTables = episode_tables(
+            cfg, self._cpu, self.learner.params_per_rank, self.learner.head_params
+        )
         # The observation features that do not depend on the policy, for every round at once;
         # row t becomes the observation of round t (each row is handed out once).
-        self._obs_rows = observation_template(cfg, self._gain, self._distance, self._cpu, self.partition.data_share)
+        self._obs_rows = observation_template(
+            cfg, self._gain, self._distance, self._cpu, self.partition.data_share
+        )
         self._t = 0
         self._done = False
         self._energy_backlog = np.zeros(k)
@@ -574,14 +617,18 @@ class FedLoRAWirelessEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
         if continuing and self._ahead and not self._traces_ahead:
             bits = self.np_random.bit_generator
             state = bits.state
-            keys = streams.draw_keys(self.np_random, 2 * self._ahead)[0::2]  # each reset draws (trace key, learning key)
+            keys = streams.draw_keys(self.np_random, 2 * self._ahead)[
+                0::2
+            ]  # each reset draws (trace key, learning key)
             bits.state = state
             ahead = generate_trace(keys, self.config)
             self._traces_ahead = {k: ahead.episode(i) for i, k in enumerate(keys.tolist())}
         return trace
 
     # ------------------------------------------------------------------- step
-    def step(self, action: NDArray[np.float32]) -> tuple[NDArray[np.float32], SupportsFloat, bool, bool, dict[str, Any]]:
+    def step(
+        self, action: NDArray[np.float32]
+    ) -> tuple[NDArray[np.float32], SupportsFloat, bool, bool, dict[str, Any]]:
         t = self._t
         if t is None:
             raise gym.error.ResetNeeded("call reset() before step()")
@@ -595,7 +642,18 @@ class FedLoRAWirelessEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
         z_old, y_old = self._energy_backlog, self._latency_backlog
         z_new, y_new = update_backlogs(c, z_old, y_old, phys.energy_j, phys.round_latency_s)
         # NumPy float64 scalars here (a subclass of float)
-        terms = reward_terms(c, z_old, z_new, y_old, y_new, phys.energy_j, phys.round_latency_s, report.gap, report.accuracy, self._accuracy)
+        terms = reward_terms(
+            c,
+            z_old,
+            z_new,
+            y_old,
+            y_new,
+            phys.energy_j,
+            phys.round_latency_s,
+            report.gap,
+            report.accuracy,
+            self._accuracy,
+        )
         self._energy_backlog, self._latency_backlog = z_new, float(y_new)
         self._accuracy, self._loss, self._gap = report.accuracy, report.loss, report.gap
         self._last_module = decision.module
@@ -623,7 +681,14 @@ class FedLoRAWirelessEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
         t = self._t
         assert t is not None
         return write_observation(
-            self._obs_rows[t], self._c, self._energy_backlog, self._last_module, self._last_success, self._accuracy, self._loss, self._latency_backlog
+            self._obs_rows[t],
+            self._c,
+            self._energy_backlog,
+            self._last_module,
+            self._last_success,
+            self._accuracy,
+            self._loss,
+            self._latency_backlog,
         )
 
     def _state_info(self) -> dict[str, Any]:
@@ -649,7 +714,9 @@ class FedLoRAWirelessEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
     # ---------------------------------------------------------------- render
     def render(self) -> str | NDArray[np.uint8] | None:
         if self.render_mode is None:
-            gym.logger.warn("render() called without a render_mode; pass render_mode='ansi' or 'rgb_array'")
+            gym.logger.warn(
+                "render() called without a render_mode; pass render_mode='ansi' or 'rgb_array'"
+            )
             return None
         if self._t is None:
             raise gym.error.ResetNeeded("call reset() before render()")
@@ -708,7 +775,9 @@ def check_seed(seed: object, name: str = "seed") -> int | None:
     if seed is None:
         return None
     if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"{name} must be None or an integer >= 0 (Python or NumPy int), got {seed!r} of type {type(seed).__name__}")
+        raise TypeError(
+            f"{name} must be None or an integer >= 0 (Python or NumPy int), got {seed!r} of type {type(seed).__name__}"
+        )
     value = int(seed)
     if value < 0:
         raise ValueError(f"{name} must be an integer >= 0, got {value}")

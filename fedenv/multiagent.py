@@ -38,7 +38,9 @@ from fedenv.env import (
 try:
     from pettingzoo import ParallelEnv
 except ImportError as _err:  # pragma: no cover - the extra installs it
-    raise ImportError(f"fedenv.multiagent needs PettingZoo ({_err}); install the extra: pip install 'fedenv[pettingzoo]'") from _err
+    raise ImportError(
+        f"fedenv.multiagent needs PettingZoo ({_err}); install the extra: pip install 'fedenv[pettingzoo]'"
+    ) from _err
 
 __all__ = [
     "AGENT_FEATURES",
@@ -77,7 +79,9 @@ def agent_observations(obs: NDArray[np.float32], num_devices: int) -> NDArray[np
     f, g = len(DEVICE_FEATURES), len(GLOBAL_FEATURES)
     lead = obs.shape[:-1]
     if obs.shape[-1] != f * num_devices + g:
-        raise ValueError(f"expected an observation of size {f} x {num_devices} + {g} = {f * num_devices + g} for K={num_devices}, got shape {obs.shape}")
+        raise ValueError(
+            f"expected an observation of size {f} x {num_devices} + {g} = {f * num_devices + g} for K={num_devices}, got shape {obs.shape}"
+        )
     out = np.empty(lead + (num_devices, f + g), dtype=obs.dtype)
     out[..., :f] = obs[..., : f * num_devices].reshape(lead + (num_devices, f))
     out[..., f:] = obs[..., None, f * num_devices :]
@@ -113,7 +117,18 @@ def device_reward_terms(
     z_old = np.asarray(energy_backlog, dtype=np.float64)[:, None]
     z_new = np.asarray(new_energy_backlog, dtype=np.float64)[:, None]
     # devices as a leading axis of one-device rounds; the system-wide arguments 0
-    own = reward_terms(c, z_old, z_new, 0.0, 0.0, np.asarray(energy_j, dtype=np.float64)[:, None], 0.0, 0.0, 0.0, 0.0)
+    own = reward_terms(
+        c,
+        z_old,
+        z_new,
+        0.0,
+        0.0,
+        np.asarray(energy_j, dtype=np.float64)[:, None],
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+    )
     out = {}
     for name, total in terms.items():
         mine = np.broadcast_to(np.asarray(own[name], dtype=np.float64), (k,))
@@ -208,7 +223,12 @@ class FedLoRAWirelessParallelEnv(ParallelEnv[str, NDArray[np.float32], NDArray[n
     * v0: initial release.
     """
 
-    metadata = {"name": "fedlora_wireless_v0", "render_modes": ["ansi", "rgb_array"], "render_fps": 2, "is_parallelizable": True}
+    metadata = {
+        "name": "fedlora_wireless_v0",
+        "render_modes": ["ansi", "rgb_array"],
+        "render_fps": 2,
+        "is_parallelizable": True,
+    }
 
     def __init__(
         self,
@@ -219,7 +239,9 @@ class FedLoRAWirelessParallelEnv(ParallelEnv[str, NDArray[np.float32], NDArray[n
         **overrides: Any,
     ) -> None:
         if agent_reward not in AGENT_REWARDS:
-            raise ValueError(f"agent_reward must be one of {', '.join(AGENT_REWARDS)}, got {agent_reward!r}")
+            raise ValueError(
+                f"agent_reward must be one of {', '.join(AGENT_REWARDS)}, got {agent_reward!r}"
+            )
         self.env = FedLoRAWirelessEnv(config, preset, render_mode, **overrides)
         self.render_mode = render_mode
         self.agent_reward = agent_reward
@@ -242,10 +264,18 @@ class FedLoRAWirelessParallelEnv(ParallelEnv[str, NDArray[np.float32], NDArray[n
         self._index = {a: i for i, a in enumerate(self.possible_agents)}
         low, high = observation_bounds(k)
         f = len(DEVICE_FEATURES)
-        agent_low, agent_high = np.concatenate([low[:f], low[f * k :]]), np.concatenate([high[:f], high[f * k :]])
+        agent_low, agent_high = (
+            np.concatenate([low[:f], low[f * k :]]),
+            np.concatenate([high[:f], high[f * k :]]),
+        )
         # one space object per agent, so that each can be seeded on its own
-        self.observation_spaces = {a: spaces.Box(agent_low, agent_high, dtype=np.float32) for a in self.possible_agents}
-        self.action_spaces = {a: spaces.Box(-1.0, 1.0, shape=(len(self.components),), dtype=np.float32) for a in self.possible_agents}
+        self.observation_spaces = {
+            a: spaces.Box(agent_low, agent_high, dtype=np.float32) for a in self.possible_agents
+        }
+        self.action_spaces = {
+            a: spaces.Box(-1.0, 1.0, shape=(len(self.components),), dtype=np.float32)
+            for a in self.possible_agents
+        }
         self.state_space = self.env.observation_space
         self._c = EnvConstants(config)
 
@@ -276,11 +306,15 @@ class FedLoRAWirelessParallelEnv(ParallelEnv[str, NDArray[np.float32], NDArray[n
 
     def _agent(self, agent: str) -> str:
         if agent not in self._index:
-            raise KeyError(f"unknown agent {agent!r}; the agents are device_0 .. device_{self.num_devices - 1}")
+            raise KeyError(
+                f"unknown agent {agent!r}; the agents are device_0 .. device_{self.num_devices - 1}"
+            )
         return agent
 
     # ------------------------------------------------------------------ reset
-    def reset(self, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict[str, NDArray[np.float32]], dict[str, dict[str, Any]]]:
+    def reset(
+        self, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, NDArray[np.float32]], dict[str, dict[str, Any]]]:
         self._follow_config()  # before the single env's reset: raising leaves the env as it was
         obs, info = self.env.reset(seed=seed, options=options)
         self.agents = list(self.possible_agents)
@@ -293,14 +327,22 @@ class FedLoRAWirelessParallelEnv(ParallelEnv[str, NDArray[np.float32], NDArray[n
         dict[str, NDArray[np.float32]], dict[str, float], dict[str, bool], dict[str, bool], dict[str, dict[str, Any]]
     ]:  # fmt: skip
         if not self.agents:
-            raise RuntimeError("the episode has ended (or reset() was not called); call reset() before step()")
+            raise RuntimeError(
+                "the episode has ended (or reset() was not called); call reset() before step()"
+            )
         action = self.joint_action(actions)
         obs, reward, terminated, truncated, info = self.env.step(action)
         r = float(reward)
         terms: dict[str, Any] | None = None
         if self.agent_reward == "per_device":
             assert self._energy_backlog is not None
-            split = device_reward_terms(self._c, info["reward_terms"], self._energy_backlog, info["energy_backlog"], info["energy_j"])
+            split = device_reward_terms(
+                self._c,
+                info["reward_terms"],
+                self._energy_backlog,
+                info["energy_backlog"],
+                info["energy_j"],
+            )
             per_device = np.add.reduce(np.stack(list(split.values())), axis=0)
             rewards = {a: float(per_device[i]) for i, a in enumerate(self.agents)}
             terms = split
@@ -311,7 +353,13 @@ class FedLoRAWirelessParallelEnv(ParallelEnv[str, NDArray[np.float32], NDArray[n
         agents = self.agents
         terminations = dict.fromkeys(agents, bool(terminated))
         truncations = dict.fromkeys(agents, bool(truncated))
-        out = self._split_obs(obs), rewards, terminations, truncations, self._split_info(info, terms)
+        out = (
+            self._split_obs(obs),
+            rewards,
+            terminations,
+            truncations,
+            self._split_info(info, terms),
+        )
         if terminated or truncated:
             self.agents = []
         return out
@@ -323,17 +371,23 @@ class FedLoRAWirelessParallelEnv(ParallelEnv[str, NDArray[np.float32], NDArray[n
             ValueError: an agent is missing or unknown, or an action does not have shape (C,).
         """
         if not isinstance(actions, Mapping):
-            raise ValueError(f"actions must be a mapping agent -> action, got {type(actions).__name__}")
+            raise ValueError(
+                f"actions must be a mapping agent -> action, got {type(actions).__name__}"
+            )
         missing = [a for a in self.agents if a not in actions]
         unknown = [a for a in actions if a not in self._index or a not in self.agents]
         if missing or unknown:
-            raise ValueError(f"actions must name every live agent once: missing {missing}, unknown {unknown}")
+            raise ValueError(
+                f"actions must name every live agent once: missing {missing}, unknown {unknown}"
+            )
         c = len(self.components)
         rows = []
         for agent in self.possible_agents:
             a = np.asarray(actions[agent])
             if a.shape != (c,):
-                raise ValueError(f"action of {agent} must have shape ({c},) (components {list(self.components)}), got {a.shape}")
+                raise ValueError(
+                    f"action of {agent} must have shape ({c},) (components {list(self.components)}), got {a.shape}"
+                )
             rows.append(a)
         # the dtype as given: the single env checks and clips it (ActionCodec.check)
         return np.stack(rows)
@@ -349,12 +403,17 @@ class FedLoRAWirelessParallelEnv(ParallelEnv[str, NDArray[np.float32], NDArray[n
         rows = agent_observations(obs, self.num_devices)
         return {a: rows[i] for i, a in enumerate(self.possible_agents)}
 
-    def _split_info(self, info: dict[str, Any], terms: dict[str, NDArray[np.float64]] | None) -> dict[str, dict[str, Any]]:
+    def _split_info(
+        self, info: dict[str, Any], terms: dict[str, NDArray[np.float64]] | None
+    ) -> dict[str, dict[str, Any]]:
         k = self.num_devices
         per_device = {
             key: value
             for key, value in info.items()
-            if key not in _GLOBAL_INFO and isinstance(value, np.ndarray) and value.ndim >= 1 and value.shape[0] == k
+            if key not in _GLOBAL_INFO
+            and isinstance(value, np.ndarray)
+            and value.ndim >= 1
+            and value.shape[0] == k
         }
         shared = {key: value for key, value in info.items() if key not in per_device}
         out = {}

@@ -22,7 +22,11 @@ def update_queue(backlog: ArrayLike, arrival: ArrayLike, budget: ArrayLike) -> N
     Numbers in, a number out (a float64 NumPy scalar): one queue (Y) costs scalar arithmetic,
     not four operations on 0-d arrays.
     """
-    if isinstance(backlog, (float, np.floating)) and isinstance(arrival, (float, np.floating)) and isinstance(budget, (float, np.floating)):
+    if (
+        isinstance(backlog, (float, np.floating))
+        and isinstance(arrival, (float, np.floating))
+        and isinstance(budget, (float, np.floating))
+    ):
         q = np.float64(backlog) + arrival - budget
         return np.float64(0.0) if q < 0.0 else q  # (NaN propagates, as with np.maximum)
     if isinstance(budget, (float, int)):
@@ -47,4 +51,6 @@ def drift_plus_penalty(
     The last axis of ``energy_backlog * energy_j`` is summed over devices.
     """
     z_e = np.sum(np.asarray(energy_backlog) * np.asarray(energy_j), axis=-1)
-    return tradeoff_v * np.asarray(penalty) + z_e + np.asarray(latency_backlog) * np.asarray(latency_s)
+    return (
+        tradeoff_v * np.asarray(penalty) + z_e + np.asarray(latency_backlog) * np.asarray(latency_s)
+    )

@@ -77,13 +77,17 @@ def render_rgb(env: FedLoRAWirelessEnv) -> NDArray[np.uint8]:
         from matplotlib.figure import Figure
         from matplotlib.lines import Line2D
     except ImportError as err:  # pragma: no cover - the train and render extras install it
-        raise ImportError("render_mode='rgb_array' needs matplotlib: pip install 'fedenv[render]'") from err
+        raise ImportError(
+            "render_mode='rgb_array' needs matplotlib: pip install 'fedenv[render]'"
+        ) from err
     info = _info(env)
     cfg = env.config
     t = int(info["round"])
     pos = env.device_positions_m
     modules = np.asarray(info["last_module"])
-    success = np.asarray(info["success"]) if "success" in info else np.zeros(env.num_devices, dtype=bool)
+    success = (
+        np.asarray(info["success"]) if "success" in info else np.zeros(env.num_devices, dtype=bool)
+    )
     num_modules = env.codec.num_modules
     fig = Figure(figsize=(9, 4), dpi=80)
     canvas = FigureCanvasAgg(fig)
@@ -96,8 +100,24 @@ def render_rgb(env: FedLoRAWirelessEnv) -> NDArray[np.uint8]:
     width = np.clip((snr_db + 10.0) / 10.0, 0.3, 4.0)
     cmap = plt.get_cmap("viridis", num_modules + 1)
     for k in range(env.num_devices):
-        ax.plot([0, pos[k, 0]], [0, pos[k, 1]], color="tab:green" if success[k] else "0.75", lw=width[k], zorder=1)
-    ax.scatter(pos[:, 0], pos[:, 1], c=modules, cmap=cmap, vmin=0, vmax=num_modules, s=60, zorder=2, edgecolors="k")
+        ax.plot(
+            [0, pos[k, 0]],
+            [0, pos[k, 1]],
+            color="tab:green" if success[k] else "0.75",
+            lw=width[k],
+            zorder=1,
+        )
+    ax.scatter(
+        pos[:, 0],
+        pos[:, 1],
+        c=modules,
+        cmap=cmap,
+        vmin=0,
+        vmax=num_modules,
+        s=60,
+        zorder=2,
+        edgecolors="k",
+    )
     ax.scatter([0], [0], marker="^", s=160, c="tab:red", zorder=3)
     ax.set_xlim(-1.05 * r, 1.05 * r)
     ax.set_ylim(-1.05 * r, 1.05 * r)
@@ -109,18 +129,33 @@ def render_rgb(env: FedLoRAWirelessEnv) -> NDArray[np.uint8]:
     # legend: what the marker colours, line colours and widths and the triangle mean
     ranks = [int(rank) for rank in env.codec.ranks(np.arange(1, num_modules + 1))]
     labels = ["idle", *(f"rank {rank}" for rank in ranks)]
-    handles = [Line2D([], [], marker="^", ls="", color="tab:red", markersize=8, label="base station")]
-    handles += [Line2D([], [], marker="o", ls="", markeredgecolor="k", markersize=6, color=cmap(m), label=label) for m, label in enumerate(labels)]
+    handles = [
+        Line2D([], [], marker="^", ls="", color="tab:red", markersize=8, label="base station")
+    ]
+    handles += [
+        Line2D(
+            [], [], marker="o", ls="", markeredgecolor="k", markersize=6, color=cmap(m), label=label
+        )
+        for m, label in enumerate(labels)
+    ]
     handles.append(Line2D([], [], color="tab:green", lw=2, label="update aggregated"))
     handles.append(Line2D([], [], color="0.75", lw=2, label="not aggregated"))
     handles.append(Line2D([], [], color="0.4", lw=0.5, label="width: SNR next round"))
-    ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, frameon=False)
+    ax.legend(
+        handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, frameon=False
+    )
     bx = fig.add_subplot(1, 2, 2)
     budget = cfg.budgets.energy_budget_j
-    backlog = np.asarray(info["energy_backlog"]) / budget if budget is not None else np.zeros(env.num_devices)
+    backlog = (
+        np.asarray(info["energy_backlog"]) / budget
+        if budget is not None
+        else np.zeros(env.num_devices)
+    )
     bx.bar(np.arange(env.num_devices), backlog, color=cmap(modules))
     bx.set_xlabel("device (bar colour: module)", fontsize=8)
-    bx.set_ylabel("energy backlog Z / E_bar" if budget is not None else "no energy budget", fontsize=8)
+    bx.set_ylabel(
+        "energy backlog Z / E_bar" if budget is not None else "no energy budget", fontsize=8
+    )
     bx.tick_params(labelsize=7)
     fig.tight_layout()
     canvas.draw()

@@ -52,26 +52,42 @@ class EpisodeTables:
         """Flat offset of every (..., k) row of the cost tables (None unless they are all
         C-contiguous and of one shape): ``table.take(module + row_offsets)`` looks a module up
         per device."""
-        tables = [self.compute_time_s, self.compute_energy_j] + ([] if self.time_left_s is None else [self.time_left_s])
+        tables = [self.compute_time_s, self.compute_energy_j] + (
+            [] if self.time_left_s is None else [self.time_left_s]
+        )
         if any(t.shape != tables[0].shape or not t.flags.c_contiguous for t in tables):
             return None
         return _row_offsets(tables[0].shape[:-1], tables[0].shape[-1])
 
 
-def episode_tables(config: EnvConfig, cpu_freq_hz: F, params_per_rank: float, head_params: int) -> EpisodeTables:
+def episode_tables(
+    config: EnvConfig, cpu_freq_hz: F, params_per_rank: float, head_params: int
+) -> EpisodeTables:
     """Tabulate computation time/energy of each module per device, and payloads (docs/model.md §3.1-3.3, §3.6)."""
     dev, cst, model = config.devices, config.costs, config.model
     rank = np.array((0, *model.ranks), dtype=np.int64)
     f = np.asarray(cpu_freq_hz, dtype=np.float64)[..., None]
     if config.paradigm == "split":
         device_cycles = costs.local_cycles(rank, dev, cst.split_device_cycles_per_sample, 0.0)
-        server_cycles = costs.local_cycles(rank, dev, cst.cycles_per_sample, cst.cycles_per_sample_per_rank)
-        downlink_s = np.where(rank > 0, costs.split_downlink_bits(model, dev, cst) / config.channel.downlink_rate_bps, 0.0)
-        compute_time = costs.computation_latency(device_cycles, f) + server_cycles / cst.split_server_freq_hz + downlink_s
+        server_cycles = costs.local_cycles(
+            rank, dev, cst.cycles_per_sample, cst.cycles_per_sample_per_rank
+        )
+        downlink_s = np.where(
+            rank > 0,
+            costs.split_downlink_bits(model, dev, cst) / config.channel.downlink_rate_bps,
+            0.0,
+        )
+        compute_time = (
+            costs.computation_latency(device_cycles, f)
+            + server_cycles / cst.split_server_freq_hz
+            + downlink_s
+        )
         compute_energy = costs.computation_energy(device_cycles, f, dev)
         payload = np.where(rank > 0, costs.split_uplink_bits(model, dev, cst, head_params), 0.0)
     else:
-        cycles = costs.local_cycles(rank, dev, cst.cycles_per_sample, cst.cycles_per_sample_per_rank)
+        cycles = costs.local_cycles(
+            rank, dev, cst.cycles_per_sample, cst.cycles_per_sample_per_rank
+        )
         compute_time = costs.computation_latency(cycles, f)
         compute_energy = costs.computation_energy(cycles, f, dev)
         payload = costs.lora_payload_bits(rank, model, params_per_rank, head_params)
@@ -133,7 +149,9 @@ def _row_offsets(shape: tuple[int, ...], columns: int) -> NDArray[np.int64]:
     return out
 
 
-def _lookups(tables: EpisodeTables, module: NDArray[np.int64], deadline: NDArray[np.float64]) -> tuple[F, F, F]:
+def _lookups(
+    tables: EpisodeTables, module: NDArray[np.int64], deadline: NDArray[np.float64]
+) -> tuple[F, F, F]:
     """Computation time, energy and time left for the upload of each device's module:
     ``table[..., k, module[..., k]]``."""
     offsets = tables.row_offsets
@@ -144,7 +162,10 @@ def _lookups(tables: EpisodeTables, module: NDArray[np.int64], deadline: NDArray
             return t_cmp, e_cmp, tables.time_left_s.take(flat)
     else:
         # (broadcast lookups cost more than the two operations of the formula)
-        t_cmp, e_cmp = _lookup(tables.compute_time_s, module), _lookup(tables.compute_energy_j, module)
+        t_cmp, e_cmp = (
+            _lookup(tables.compute_time_s, module),
+            _lookup(tables.compute_energy_j, module),
+        )
     return t_cmp, e_cmp, _time_left(deadline, t_cmp)
 
 
@@ -179,7 +200,9 @@ def play_round(
     deadline = const(config.costs.round_deadline_s)
     t_cmp, e_cmp, left = _lookups(tables, module, deadline)
     if tables.sparse:
-        bits = costs.sparse_payload_bits(rank, decision.ratio, config.model, tables.params_per_rank, tables.head_params)
+        bits = costs.sparse_payload_bits(
+            rank, decision.ratio, config.model, tables.params_per_rank, tables.head_params
+        )
     else:
         bits = tables.payload_bits.take(module)
     rate, per = channel.link_unchecked(power, gain, decision.share, config.channel)
@@ -193,7 +216,11 @@ def play_round(
     # NaN (t_up is, as 0 / 0, only where the upload mask puts 0), so the round latency of one
     # episode is Python's max of them (a third of a reduction's cost; a max is exact).
     latency = np.minimum(t_cmp + t_up, deadline)
-    success = on_time & (success_uniform >= per) if success_uniform is not None else np.zeros_like(on_time)
+    success = (
+        on_time & (success_uniform >= per)
+        if success_uniform is not None
+        else np.zeros_like(on_time)
+    )
     # Equal to RoundPhysics(...), without the frozen dataclass's per-field object.__setattr__.
     phys = object.__new__(RoundPhysics)
     phys.__dict__.update(
@@ -208,6 +235,8 @@ def play_round(
         payload_bits=bits,
         on_time=on_time,
         success=success,
-        round_latency_s=max(latency.tolist()) if latency.ndim == 1 else np.maximum.reduce(latency, axis=-1),
+        round_latency_s=max(latency.tolist())
+        if latency.ndim == 1
+        else np.maximum.reduce(latency, axis=-1),
     )
     return phys

@@ -63,7 +63,9 @@ class FedLoRAWirelessVecEnv(VecEnv):
         self.venv = FedLoRAWirelessVectorEnv(num_envs, config, preset, **overrides)
         self.render_mode = None
         self.info_keys = tuple(info_keys)
-        super().__init__(num_envs, self.venv.single_observation_space, self.venv.single_action_space)
+        super().__init__(
+            num_envs, self.venv.single_observation_space, self.venv.single_action_space
+        )
         if seed is not None:
             self.seed(seed)
         self._actions: NDArray[np.float32] | None = None
@@ -115,15 +117,25 @@ class FedLoRAWirelessVecEnv(VecEnv):
         return [value for _ in self._get_indices(indices)]
 
     def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
-        raise AttributeError(f"the sub-envs of FedLoRAWirelessVecEnv share one batched state; cannot set {attr_name!r} per sub-env")
+        raise AttributeError(
+            f"the sub-envs of FedLoRAWirelessVecEnv share one batched state; cannot set {attr_name!r} per sub-env"
+        )
 
-    def env_method(self, method_name: str, *method_args: Any, indices: VecEnvIndices = None, **method_kwargs: Any) -> list[Any]:
+    def env_method(
+        self,
+        method_name: str,
+        *method_args: Any,
+        indices: VecEnvIndices = None,
+        **method_kwargs: Any,
+    ) -> list[Any]:
         raise AttributeError(
             f"FedLoRAWirelessVecEnv has no per-sub-env objects to call {method_name!r} on; use "
             "DummyVecEnv over single envs for that"
         )
 
-    def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None) -> list[bool]:
+    def env_is_wrapped(
+        self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None
+    ) -> list[bool]:
         return [False for _ in self._get_indices(indices)]
 
     def get_images(self) -> Sequence[np.ndarray | None]:

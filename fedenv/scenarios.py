@@ -62,13 +62,24 @@ _SCENARIOS = (
     Scenario(
         "dense_cell",
         "FedLoRAWireless-DenseCell-v0",
-        {"preset": "switching", "devices": {"num_devices": 50}, "channel": {"cell_radius_m": 250.0}},
+        {
+            "preset": "switching",
+            "devices": {"num_devices": 50},
+            "channel": {"cell_radius_m": 250.0},
+        },
         "50 devices share the band: the bandwidth split and who trains decide who meets the deadline",
     ),
     Scenario(
         "mobile_shadowed",
         "FedLoRAWireless-MobileShadowed-v0",
-        {"preset": "switching", "channel": {"mobility_speed_m_per_s": 1.5, "shadowing_std_db": 8.0, "fading_correlation": 0.3}},
+        {
+            "preset": "switching",
+            "channel": {
+                "mobility_speed_m_per_s": 1.5,
+                "shadowing_std_db": 8.0,
+                "fading_correlation": 0.3,
+            },
+        },
         "moving devices, shadowing and fast fading: the channel seen now predicts the next rounds less",
     ),
     Scenario(

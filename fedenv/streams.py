@@ -31,7 +31,13 @@ __all__ = ["uniform", "normal", "uniforms", "box_muller", "draw_keys", "pcg64_st
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
-_S1, _S11, _S30, _S27, _S31 = np.uint64(1), np.uint64(11), np.uint64(30), np.uint64(27), np.uint64(31)
+_S1, _S11, _S30, _S27, _S31 = (
+    np.uint64(1),
+    np.uint64(11),
+    np.uint64(30),
+    np.uint64(27),
+    np.uint64(31),
+)
 _TO_UNIT = 2.0**-53
 
 
@@ -72,7 +78,9 @@ def _counter_hash(draws: tuple[tuple[int, tuple[int, ...]], ...]) -> NDArray[np.
     return out
 
 
-def uniforms(keys: NDArray[np.uint64], draws: tuple[tuple[int, tuple[int, ...]], ...]) -> list[NDArray[np.float64]]:
+def uniforms(
+    keys: NDArray[np.uint64], draws: tuple[tuple[int, tuple[int, ...]], ...]
+) -> list[NDArray[np.float64]]:
     """Several streams at once: for each ``(stream, shape)``, uniforms of shape ``keys.shape + shape``.
 
     Equal to ``[uniform(keys, stream, shape) for stream, shape in draws]`` (one hashing pass).
@@ -171,7 +179,10 @@ def pcg64_states(keys: NDArray[np.uint64]) -> list[dict[str, Any]]:
     # the entropy words of the key, low first (a key below 2**32 has one word; the pool's
     # hashing of a missing word is that of a 0 word), then the pool's mixing
     zero = np.zeros(keys.size, dtype=np.uint32)
-    pool = [hashmix(w) for w in ((keys & _LOW32).astype(np.uint32), (keys >> _S32).astype(np.uint32), zero, zero)]
+    pool = [
+        hashmix(w)
+        for w in ((keys & _LOW32).astype(np.uint32), (keys >> _S32).astype(np.uint32), zero, zero)
+    ]
     for src in range(4):
         for dst in range(4):
             if src != dst:
@@ -184,10 +195,22 @@ def pcg64_states(keys: NDArray[np.uint64]) -> list[dict[str, Any]]:
         hash_b = (hash_b * _SS_MULT_B) & 0xFFFFFFFF
         value = value * np.uint32(hash_b)
         words.append(value ^ (value >> _SS_SHIFT))
-    seeds = [(words[2 * j].astype(np.uint64) | (words[2 * j + 1].astype(np.uint64) << _S32)).tolist() for j in range(4)]
+    seeds = [
+        (words[2 * j].astype(np.uint64) | (words[2 * j + 1].astype(np.uint64) << _S32)).tolist()
+        for j in range(4)
+    ]
     states = []
     for s_high, s_low, i_high, i_low in zip(*seeds):
         inc = (((i_high << 64) | i_low) << 1 | 1) & _MASK128
-        state = (((inc + ((s_high << 64) | s_low)) & _MASK128) * _PCG_MULT + inc) & _MASK128  # 2 steps from 0
-        states.append({"bit_generator": "PCG64", "state": {"state": state, "inc": inc}, "has_uint32": 0, "uinteger": 0})
+        state = (
+            ((inc + ((s_high << 64) | s_low)) & _MASK128) * _PCG_MULT + inc
+        ) & _MASK128  # 2 steps from 0
+        states.append(
+            {
+                "bit_generator": "PCG64",
+                "state": {"state": state, "inc": inc},
+                "has_uint32": 0,
+                "uinteger": 0,
+            }
+        )
     return states

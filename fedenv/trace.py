@@ -63,7 +63,10 @@ def generate_trace(keys: NDArray[np.uint64], config: EnvConfig) -> Trace:
     # one output array per field, filled block by block (no concatenation copies)
     first = _generate(keys[:_BLOCK], config)
     names = [f.name for f in fields(Trace)]
-    out = {name: np.empty((n,) + getattr(first, name).shape[1:], dtype=getattr(first, name).dtype) for name in names}
+    out = {
+        name: np.empty((n,) + getattr(first, name).shape[1:], dtype=getattr(first, name).dtype)
+        for name in names
+    }
     for name in names:
         out[name][:_BLOCK] = getattr(first, name)
     for i in range(_BLOCK, n, _BLOCK):
@@ -84,7 +87,12 @@ def _generate(keys: NDArray[np.uint64], config: EnvConfig) -> Trace:
     # The round is the leading axis of every per-round draw: an element's counter is then the
     # same whatever the number of rounds drawn, and round t's channel depends on (key, t,
     # device) only, not on num_rounds (normals: the Box-Muller pair last, as streams.normal).
-    draws = [(Stream.POSITION, (2, k)), (Stream.CPU, (k,)), (Stream.FADING, (rows, 2, k, 2)), (Stream.SUCCESS, (rows, k))]
+    draws = [
+        (Stream.POSITION, (2, k)),
+        (Stream.CPU, (k,)),
+        (Stream.FADING, (rows, 2, k, 2)),
+        (Stream.SUCCESS, (rows, k)),
+    ]
     if mobile:
         draws.append((Stream.WAYPOINT, (rows, 2, k)))
     if shadowed:
@@ -96,16 +104,22 @@ def _generate(keys: NDArray[np.uint64], config: EnvConfig) -> Trace:
     if mobile:
         wp_u = u[4]
         waypoints = channel.place_devices(wp_u[:, :, 0], wp_u[:, :, 1], ch)
-        position = channel.random_waypoint(start, waypoints, ch.mobility_speed_m_per_s, ch.round_interval_s)
+        position = channel.random_waypoint(
+            start, waypoints, ch.mobility_speed_m_per_s, ch.round_interval_s
+        )
         # Waypoints lie in the annulus, but a straight walk between two of them may cut
         # through the inner disc; keep the path-loss model inside its validity range.
         distance = np.maximum(np.linalg.norm(position, axis=-1), ch.min_distance_m)
     else:
         position = np.broadcast_to(start[:, None], (n, rows, k, 2)).copy()
         # |start|, as np.linalg.norm(start, axis=-1) computes it (without its Python overhead)
-        distance = np.broadcast_to(np.sqrt(np.add.reduce(start * start, axis=-1))[:, None], (n, rows, k)).copy()
+        distance = np.broadcast_to(
+            np.sqrt(np.add.reduce(start * start, axis=-1))[:, None], (n, rows, k)
+        ).copy()
     if shadowed:
-        shadowing = ch.shadowing_std_db * streams.box_muller(u[-1], -1)  # streams.normal(keys, SHADOWING, (1, k))
+        shadowing = ch.shadowing_std_db * streams.box_muller(
+            u[-1], -1
+        )  # streams.normal(keys, SHADOWING, (1, k))
     else:
         shadowing = np.zeros((n, 1, k))
     if mobile:
@@ -120,4 +134,10 @@ def _generate(keys: NDArray[np.uint64], config: EnvConfig) -> Trace:
     fading = channel.gauss_markov_fading(w[:, 0], w[:, 1:], ch.fading_correlation)
     gain = channel.channel_gain(loss, np.abs(fading) ** 2, shadowing, ch)
     cpu = dev.cpu_freq_min_hz + (dev.cpu_freq_max_hz - dev.cpu_freq_min_hz) * cpu_u
-    return Trace(position_m=position, distance_m=distance, gain=gain, cpu_freq_hz=cpu, success_uniform=success_u)
+    return Trace(
+        position_m=position,
+        distance_m=distance,
+        gain=gain,
+        cpu_freq_hz=cpu,
+        success_uniform=success_u,
+    )

@@ -80,7 +80,9 @@ _STATE_KEYS = (
 )
 
 
-class FedLoRAWirelessVectorEnv(gym.vector.VectorEnv[NDArray[np.float32], NDArray[np.float32], NDArray[Any]]):
+class FedLoRAWirelessVectorEnv(
+    gym.vector.VectorEnv[NDArray[np.float32], NDArray[np.float32], NDArray[Any]]
+):
     """N copies of :class:`fedenv.env.FedLoRAWirelessEnv` stepped as one batch (surrogate backend).
 
     Args:
@@ -104,7 +106,11 @@ class FedLoRAWirelessVectorEnv(gym.vector.VectorEnv[NDArray[np.float32], NDArray
         render_mode: str | None = None,
         **overrides: Any,
     ) -> None:
-        if not isinstance(num_envs, (int, np.integer)) or isinstance(num_envs, bool) or num_envs < 1:
+        if (
+            not isinstance(num_envs, (int, np.integer))
+            or isinstance(num_envs, bool)
+            or num_envs < 1
+        ):
             raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}")
         if render_mode is not None:
             raise ValueError(
@@ -133,11 +139,17 @@ class FedLoRAWirelessVectorEnv(gym.vector.VectorEnv[NDArray[np.float32], NDArray
         self._progress = surrogate.RoundProgress(cfg)
         self._sparse = cfg.sparsifies  # (ratios count only there, as in the single env)
         self._classes = surrogate.class_counts(cfg)
-        self._notes = {"backend": "surrogate", "task": cfg.learning.task, "train_samples": cfg.learning.num_train_samples}
+        self._notes = {
+            "backend": "surrogate",
+            "task": cfg.learning.task,
+            "train_samples": cfg.learning.num_train_samples,
+        }
         self._params_per_rank = float(cfg.model.lora_params_per_rank)
         self._head_params = int(cfg.model.head_params)
         self._rngs: list[np.random.Generator | None] = [None] * n
-        self._learner_rng = np.random.Generator(np.random.PCG64(0))  # (its state is set per episode)
+        self._learner_rng = np.random.Generator(
+            np.random.PCG64(0)
+        )  # (its state is set per episode)
         self._rows = np.arange(n)
         self._all = np.ones(n, dtype=bool)  # the info mask of keys every sub-env reports
         self._all.flags.writeable = False
@@ -159,7 +171,12 @@ class FedLoRAWirelessVectorEnv(gym.vector.VectorEnv[NDArray[np.float32], NDArray
         self._noise = np.zeros((n, cfg.num_rounds))
         self._first_row = np.arange(n, dtype=np.int64) * rows
         self._flat_views()
-        template = episode_tables(cfg, np.full((n, k), cfg.devices.cpu_freq_max_hz), self._params_per_rank, self._head_params)
+        template = episode_tables(
+            cfg,
+            np.full((n, k), cfg.devices.cpu_freq_max_hz),
+            self._params_per_rank,
+            self._head_params,
+        )
         self._tables = EpisodeTables(
             rank_of_module=template.rank_of_module,
             compute_time_s=np.zeros((n, k, m1)),
@@ -202,7 +219,12 @@ class FedLoRAWirelessVectorEnv(gym.vector.VectorEnv[NDArray[np.float32], NDArray
             first = check_seed(seed)
             assert first is not None
             seeds = [first + i for i in range(n)]
-        elif isinstance(seed, Sequence) and not isinstance(seed, (str, bytes)) or isinstance(seed, np.ndarray) and seed.ndim == 1:
+        elif (
+            isinstance(seed, Sequence)
+            and not isinstance(seed, (str, bytes))
+            or isinstance(seed, np.ndarray)
+            and seed.ndim == 1
+        ):
             seeds = [check_seed(s, f"seed[{i}]") for i, s in enumerate(seed)]
             if len(seeds) != n:
                 raise ValueError(f"pass one seed per sub-env: expected {n} seeds, got {len(seeds)}")
@@ -301,7 +323,13 @@ class FedLoRAWirelessVectorEnv(gym.vector.VectorEnv[NDArray[np.float32], NDArray
     # ------------------------------------------------------------------- step
     def step(
         self, actions: NDArray[np.float32]
-    ) -> tuple[NDArray[np.float32], NDArray[np.float64], NDArray[np.bool_], NDArray[np.bool_], dict[str, Any]]:
+    ) -> tuple[
+        NDArray[np.float32],
+        NDArray[np.float64],
+        NDArray[np.bool_],
+        NDArray[np.bool_],
+        dict[str, Any],
+    ]:
         if not self._started:
             raise gym.error.ResetNeeded("call reset() before step()")
         a = np.asarray(actions)
@@ -322,13 +350,32 @@ class FedLoRAWirelessVectorEnv(gym.vector.VectorEnv[NDArray[np.float32], NDArray
         at = self._round_rows(t)
         gain = self._gain_rows.take(at, axis=0)
         phys = play_round(decision, gain, self._tables, cfg, self._uniform_rows.take(at, axis=0))
-        progress, floor = self._progress(self._share, phys.success, phys.rank, decision.ratio if self._sparse else None, self._global)
+        progress, floor = self._progress(
+            self._share,
+            phys.success,
+            phys.rank,
+            decision.ratio if self._sparse else None,
+            self._global,
+        )
         gap = surrogate.next_gap(self._gap, progress, floor, self._scfg)
-        accuracy = surrogate.observed_accuracy(gap, self._noise.take(rows * cfg.num_rounds + t), self._scfg)
+        accuracy = surrogate.observed_accuracy(
+            gap, self._noise.take(rows * cfg.num_rounds + t), self._scfg
+        )
         loss = surrogate.loss_from_gap(gap, self._scfg)
         z_old, y_old = self._energy_backlog, self._latency_backlog
         z_new, y_new = update_backlogs(c, z_old, y_old, phys.energy_j, phys.round_latency_s)
-        terms = reward_terms(c, z_old, z_new, y_old, y_new, phys.energy_j, phys.round_latency_s, gap, accuracy, self._accuracy)
+        terms = reward_terms(
+            c,
+            z_old,
+            z_new,
+            y_old,
+            y_new,
+            phys.energy_j,
+            phys.round_latency_s,
+            gap,
+            accuracy,
+            self._accuracy,
+        )
         reward = np.asarray(sum(terms.values()), dtype=np.float64)
         t_next = t + 1
         if c.target_accuracy is not None:
@@ -342,7 +389,16 @@ class FedLoRAWirelessVectorEnv(gym.vector.VectorEnv[NDArray[np.float32], NDArray
         self._energy_backlog, self._latency_backlog = z_new, np.asarray(y_new, dtype=np.float64)
         self._accuracy, self._loss, self._gap = accuracy, loss, gap
         self._last_module, self._last_success = decision.module, phys.success
-        for array in (self._t, self._energy_backlog, self._latency_backlog, self._accuracy, self._loss, self._gap, decision.module, phys.success):
+        for array in (
+            self._t,
+            self._energy_backlog,
+            self._latency_backlog,
+            self._accuracy,
+            self._loss,
+            self._gap,
+            decision.module,
+            phys.success,
+        ):
             array.flags.writeable = False
 
         step_info = round_info(decision, phys, gain, c)
@@ -438,7 +494,11 @@ class FedLoRAWirelessVectorEnv(gym.vector.VectorEnv[NDArray[np.float32], NDArray
         mask.flags.writeable = False
         notes: dict[str, Any] = {}
         for key, value in self._notes.items():
-            arr = np.full(n, None, dtype=object) if isinstance(value, str) else np.zeros(n, dtype=type(value))
+            arr = (
+                np.full(n, None, dtype=object)
+                if isinstance(value, str)
+                else np.zeros(n, dtype=type(value))
+            )
             arr[idx] = value
             notes[key], notes["_" + key] = arr, mask
         info["data_notes"], info["_data_notes"] = notes, mask
@@ -465,7 +525,13 @@ class FedLoRAWirelessVectorEnv(gym.vector.VectorEnv[NDArray[np.float32], NDArray
         pass
 
 
-def _put(info: dict[str, Any], key: str, value: Any, stepped: NDArray[np.bool_] | None, everyone: NDArray[np.bool_]) -> None:
+def _put(
+    info: dict[str, Any],
+    key: str,
+    value: Any,
+    stepped: NDArray[np.bool_] | None,
+    everyone: NDArray[np.bool_],
+) -> None:
     """Store a batched info entry and its mask; sub-envs that reset this step get zeros."""
     value = np.asarray(value)
     if stepped is None:

@@ -66,7 +66,9 @@ _G = len(GLOBAL_FEATURES)
 def _config_of(env: gym.Env[Any, Any]) -> EnvConfig:
     config = getattr(env.unwrapped, "config", None)
     if not isinstance(config, EnvConfig):
-        raise TypeError(f"expected a FedLoRAWireless-v0 environment, got {type(env.unwrapped).__name__}")
+        raise TypeError(
+            f"expected a FedLoRAWireless-v0 environment, got {type(env.unwrapped).__name__}"
+        )
     return config
 
 
@@ -117,7 +119,9 @@ class FactoredCodec:
         self.module_index = comps.index("module") if self.factored else -1
         #: env components other than ``module``, in order (the factored action's columns 2..)
         self._others = [i for i in range(len(comps)) if i != self.module_index]
-        self.components = ("schedule", "rank", *(comps[i] for i in self._others)) if self.factored else comps
+        self.components = (
+            ("schedule", "rank", *(comps[i] for i in self._others)) if self.factored else comps
+        )
         self.shape = (self.num_devices, len(self.components))
         self._codec = ActionCodec(config)
 
@@ -149,7 +153,9 @@ class FactoredCodec:
         module = self._codec.decode(self._codec.validate(a)).module  # the env's own module mapping
         out = np.empty(self.shape, dtype=np.float32)
         out[:, 0] = np.where(module > 0, 0.5, -0.5)
-        out[:, 1] = np.where(module > 0, (np.maximum(module - 1, 0) + 0.5) / self.num_modules * 2.0 - 1.0, 0.0)
+        out[:, 1] = np.where(
+            module > 0, (np.maximum(module - 1, 0) + 0.5) / self.num_modules * 2.0 - 1.0, 0.0
+        )
         out[:, 2:] = a[:, self._others]
         return out
 
@@ -192,7 +198,9 @@ class FactoredAction(
         self.codec = FactoredCodec(config)
         self.action_space = self.codec.space  # type: ignore[assignment]
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
         out = self.env.reset(seed=seed, options=options)
         self._follow_config()
         return out
@@ -200,7 +208,9 @@ class FactoredAction(
     def action(self, action: NDArray[np.floating[Any]]) -> NDArray[np.float32]:
         a = np.asarray(action, dtype=np.float32)
         if a.size != np.prod(self.codec.shape):
-            raise ValueError(f"factored action must have shape {self.codec.shape} ({', '.join(self.codec.components)} per device), got shape {a.shape}")
+            raise ValueError(
+                f"factored action must have shape {self.codec.shape} ({', '.join(self.codec.components)} per device), got shape {a.shape}"
+            )
         return self.codec.to_env(a.reshape(self.codec.shape))
 
     def reverse_action(self, action: NDArray[np.floating[Any]]) -> NDArray[np.float32]:
@@ -208,7 +218,11 @@ class FactoredAction(
 
 
 # ------------------------------------------------------------------------ flat action
-class FlatAction(gym.ActionWrapper[Any, NDArray[np.float32], NDArray[np.float32]], RecordConstructorArgs, _FollowsConfig):
+class FlatAction(
+    gym.ActionWrapper[Any, NDArray[np.float32], NDArray[np.float32]],
+    RecordConstructorArgs,
+    _FollowsConfig,
+):
     """The wrapped env's ``Box`` action flattened to 1-D (row-major), for code that expects a vector.
 
     ``FlatAction(env)`` gives ``Box(-1, 1, (K C,))`` (device-major: the C components of device
@@ -232,7 +246,9 @@ class FlatAction(gym.ActionWrapper[Any, NDArray[np.float32], NDArray[np.float32]
         self._inner_shape = inner.shape
         self.action_space = spaces.Box(inner.low.ravel(), inner.high.ravel(), dtype=inner.dtype)  # type: ignore[arg-type]
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
         out = self.env.reset(seed=seed, options=options)
         self._follow_config()
         return out
@@ -240,7 +256,9 @@ class FlatAction(gym.ActionWrapper[Any, NDArray[np.float32], NDArray[np.float32]
     def action(self, action: NDArray[np.floating[Any]]) -> NDArray[np.float32]:
         a = np.asarray(action)
         if a.shape != self.action_space.shape:
-            raise ValueError(f"flat action must have shape {self.action_space.shape}, got {a.shape}")
+            raise ValueError(
+                f"flat action must have shape {self.action_space.shape}, got {a.shape}"
+            )
         return a.reshape(self._inner_shape)
 
     def reverse_action(self, action: NDArray[np.floating[Any]]) -> NDArray[np.float32]:
@@ -248,7 +266,11 @@ class FlatAction(gym.ActionWrapper[Any, NDArray[np.float32], NDArray[np.float32]
 
 
 # -------------------------------------------------------------------- discrete action
-class DiscreteAction(gym.ActionWrapper[NDArray[np.float32], NDArray[np.int64], NDArray[np.float32]], RecordConstructorArgs, _FollowsConfig):
+class DiscreteAction(
+    gym.ActionWrapper[NDArray[np.float32], NDArray[np.int64], NDArray[np.float32]],
+    RecordConstructorArgs,
+    _FollowsConfig,
+):
     """1-D ``MultiDiscrete`` of K x C level indices, device-major (SB3 PPO and A2C train on it).
 
     Entry ``k C + c`` is device k's level of the env's component c:
@@ -265,13 +287,33 @@ class DiscreteAction(gym.ActionWrapper[NDArray[np.float32], NDArray[np.int64], N
         power_levels / bandwidth_levels / ratio_levels: quantisation levels, >= 2.
     """
 
-    def __init__(self, env: gym.Env[Any, Any], power_levels: int = 4, bandwidth_levels: int = 4, ratio_levels: int = 4) -> None:
-        RecordConstructorArgs.__init__(self, power_levels=power_levels, bandwidth_levels=bandwidth_levels, ratio_levels=ratio_levels)
+    def __init__(
+        self,
+        env: gym.Env[Any, Any],
+        power_levels: int = 4,
+        bandwidth_levels: int = 4,
+        ratio_levels: int = 4,
+    ) -> None:
+        RecordConstructorArgs.__init__(
+            self,
+            power_levels=power_levels,
+            bandwidth_levels=bandwidth_levels,
+            ratio_levels=ratio_levels,
+        )
         gym.ActionWrapper.__init__(self, env)
-        for name, n in (("power_levels", power_levels), ("bandwidth_levels", bandwidth_levels), ("ratio_levels", ratio_levels)):
+        for name, n in (
+            ("power_levels", power_levels),
+            ("bandwidth_levels", bandwidth_levels),
+            ("ratio_levels", ratio_levels),
+        ):
             if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
                 raise ValueError(f"{name} must be an integer >= 2, got {n!r}")
-        self._sizes = {"schedule": 2, "power": int(power_levels), "bandwidth": int(bandwidth_levels), "ratio": int(ratio_levels)}
+        self._sizes = {
+            "schedule": 2,
+            "power": int(power_levels),
+            "bandwidth": int(bandwidth_levels),
+            "ratio": int(ratio_levels),
+        }
         self._config = _config_of(env)
         self._bind(self._config)
 
@@ -290,7 +332,9 @@ class DiscreteAction(gym.ActionWrapper[NDArray[np.float32], NDArray[np.int64], N
             else:
                 self._values.append(np.linspace(-1.0, 1.0, int(n)))
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
         out = self.env.reset(seed=seed, options=options)
         self._follow_config()
         return out
@@ -298,7 +342,9 @@ class DiscreteAction(gym.ActionWrapper[NDArray[np.float32], NDArray[np.int64], N
     def action(self, action: NDArray[np.int64]) -> NDArray[np.float32]:
         a = np.asarray(action)
         if a.shape not in (self.action_space.shape, self.env_shape):
-            raise ValueError(f"discrete action must have shape {self.action_space.shape} (or {self.env_shape}), got {a.shape}")
+            raise ValueError(
+                f"discrete action must have shape {self.action_space.shape} (or {self.env_shape}), got {a.shape}"
+            )
         a = a.reshape(self.env_shape)
         if not np.issubdtype(a.dtype, np.integer) or (a < 0).any() or (a >= self.levels).any():
             raise ValueError(
@@ -320,7 +366,11 @@ class DiscreteAction(gym.ActionWrapper[NDArray[np.float32], NDArray[np.int64], N
 
 # ------------------------------------------------------------------------ dict action
 class DictAction(
-    gym.ActionWrapper[NDArray[np.float32], dict[str, NDArray[np.float32]], NDArray[np.floating[Any]]], RecordConstructorArgs, _FollowsConfig
+    gym.ActionWrapper[
+        NDArray[np.float32], dict[str, NDArray[np.float32]], NDArray[np.floating[Any]]
+    ],
+    RecordConstructorArgs,
+    _FollowsConfig,
 ):
     """Dict action ``{component: Box(-1, 1, (K,))}``; components as in the env's action table.
 
@@ -341,9 +391,13 @@ class DictAction(
     def _bind(self, config: EnvConfig) -> None:
         self.num_devices = k = config.devices.num_devices
         self.components = tuple(config.action_components)
-        self.action_space = spaces.Dict({c: spaces.Box(-1.0, 1.0, shape=(k,), dtype=np.float32) for c in self.components})  # type: ignore[assignment]
+        self.action_space = spaces.Dict(
+            {c: spaces.Box(-1.0, 1.0, shape=(k,), dtype=np.float32) for c in self.components}
+        )  # type: ignore[assignment]
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
         out = self.env.reset(seed=seed, options=options)
         self._follow_config()
         return out
@@ -365,9 +419,13 @@ class DictAction(
         for c in self.components:
             part = np.asarray(action[c])
             if part.shape != (k,):
-                raise ValueError(f"Dict action[{c!r}] must have shape ({k},) (one value per device), got shape {part.shape}")
+                raise ValueError(
+                    f"Dict action[{c!r}] must have shape ({k},) (one value per device), got shape {part.shape}"
+                )
             if part.dtype.kind not in "iufO":
-                raise ValueError(f"Dict action[{c!r}] must hold real numbers in [-1, 1], got dtype {part.dtype}")
+                raise ValueError(
+                    f"Dict action[{c!r}] must hold real numbers in [-1, 1], got dtype {part.dtype}"
+                )
             parts.append(part)
         return np.stack(parts, axis=-1)
 
@@ -418,12 +476,27 @@ class ObservationFeatures:
         k = self.num_devices
         low = np.asarray(env_space.low, dtype=np.float32)
         high = np.asarray(env_space.high, dtype=np.float32)
-        extra_lo = np.concatenate([-np.ones((k, self.num_labels), np.float32), np.zeros((k, self.num_time), np.float32)], axis=1)
+        extra_lo = np.concatenate(
+            [-np.ones((k, self.num_labels), np.float32), np.zeros((k, self.num_time), np.float32)],
+            axis=1,
+        )
         dev_lo = np.concatenate([low[: _F * k].reshape(k, _F), extra_lo], axis=1)
-        dev_hi = np.concatenate([high[: _F * k].reshape(k, _F), np.ones((k, self.num_labels + self.num_time), np.float32)], axis=1)
-        return spaces.Box(np.concatenate([dev_lo.ravel(), low[_F * k :]]), np.concatenate([dev_hi.ravel(), high[_F * k :]]), dtype=np.float32)
+        dev_hi = np.concatenate(
+            [
+                high[: _F * k].reshape(k, _F),
+                np.ones((k, self.num_labels + self.num_time), np.float32),
+            ],
+            axis=1,
+        )
+        return spaces.Box(
+            np.concatenate([dev_lo.ravel(), low[_F * k :]]),
+            np.concatenate([dev_hi.ravel(), high[_F * k :]]),
+            dtype=np.float32,
+        )
 
-    def __call__(self, obs: NDArray[np.floating[Any]], info: Mapping[str, Any]) -> NDArray[np.float32]:
+    def __call__(
+        self, obs: NDArray[np.floating[Any]], info: Mapping[str, Any]
+    ) -> NDArray[np.float32]:
         """The observation from the env's ``obs`` and ``info`` of the same reset/step."""
         if self.kind == "env":
             return np.asarray(obs, dtype=np.float32)
@@ -435,13 +508,21 @@ class ObservationFeatures:
         parts = [obs[..., : _F * k].reshape(*lead, k, _F), skew.reshape(*lead, k, self.num_labels)]
         if self.num_time:
             to_go = self.num_rounds - np.asarray(info["round"], dtype=np.float64)
-            ramps = np.maximum(0.0, 1.0 - to_go[..., None] / np.asarray(TIME_HORIZONS, dtype=np.float64)).astype(np.float32)
+            ramps = np.maximum(
+                0.0, 1.0 - to_go[..., None] / np.asarray(TIME_HORIZONS, dtype=np.float64)
+            ).astype(np.float32)
             parts.append(np.broadcast_to(ramps[..., None, :], (*lead, k, self.num_time)))
         dev = np.concatenate(parts, axis=-1)
-        return np.concatenate([dev.reshape(*lead, k * self.device_features), obs[..., _F * k :]], axis=-1)
+        return np.concatenate(
+            [dev.reshape(*lead, k * self.device_features), obs[..., _F * k :]], axis=-1
+        )
 
 
-class LabelSkewObservation(gym.Wrapper[NDArray[np.float32], Any, NDArray[np.float32], Any], RecordConstructorArgs, _FollowsConfig):
+class LabelSkewObservation(
+    gym.Wrapper[NDArray[np.float32], Any, NDArray[np.float32], Any],
+    RecordConstructorArgs,
+    _FollowsConfig,
+):
     """The env's observation with each device's label skew (and optionally time-to-go ramps).
 
     The env's observation carries channels, resources, backlogs and learning progress, but not
@@ -458,12 +539,17 @@ class LabelSkewObservation(gym.Wrapper[NDArray[np.float32], Any, NDArray[np.floa
             an :class:`ObservationFeatures` of the env's config.
     """
 
-    def __init__(self, env: gym.Env[Any, Any], features: str | ObservationFeatures = "label_mix") -> None:
+    def __init__(
+        self, env: gym.Env[Any, Any], features: str | ObservationFeatures = "label_mix"
+    ) -> None:
         RecordConstructorArgs.__init__(self, features=features)
         gym.Wrapper.__init__(self, env)
         self._kind = features.kind if isinstance(features, ObservationFeatures) else features
         self._config = _config_of(env)
-        if isinstance(features, ObservationFeatures) and (features.num_devices, features.num_rounds) != (self._config.devices.num_devices, self._config.num_rounds):
+        if isinstance(features, ObservationFeatures) and (
+            features.num_devices,
+            features.num_rounds,
+        ) != (self._config.devices.num_devices, self._config.num_rounds):
             raise ValueError(
                 f"the ObservationFeatures were built for K={features.num_devices}, T={features.num_rounds}; the env has "
                 f"K={self._config.devices.num_devices}, T={self._config.num_rounds}"
@@ -475,22 +561,34 @@ class LabelSkewObservation(gym.Wrapper[NDArray[np.float32], Any, NDArray[np.floa
     def _bind(self, config: EnvConfig) -> None:
         self.features = ObservationFeatures(config, self._kind)
         inner = self.env.observation_space
-        if not isinstance(inner, spaces.Box) or inner.shape != (_F * config.devices.num_devices + _G,):
-            raise TypeError(f"LabelSkewObservation extends the env's flat observation Box of shape ({_F} K + {_G},), got {inner}")
+        if not isinstance(inner, spaces.Box) or inner.shape != (
+            _F * config.devices.num_devices + _G,
+        ):
+            raise TypeError(
+                f"LabelSkewObservation extends the env's flat observation Box of shape ({_F} K + {_G},), got {inner}"
+            )
         self.observation_space = self.features.observation_space(inner)  # type: ignore[assignment]
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[NDArray[np.float32], dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[NDArray[np.float32], dict[str, Any]]:
         obs, info = self.env.reset(seed=seed, options=options)
         self._follow_config()
         return self.features(obs, info), info
 
-    def step(self, action: Any) -> tuple[NDArray[np.float32], SupportsFloat, bool, bool, dict[str, Any]]:
+    def step(
+        self, action: Any
+    ) -> tuple[NDArray[np.float32], SupportsFloat, bool, bool, dict[str, Any]]:
         obs, reward, terminated, truncated, info = self.env.step(action)
         return self.features(obs, info), reward, terminated, truncated, info
 
 
 # ------------------------------------------------------------------ dict observation
-class DictObservation(gym.ObservationWrapper[dict[str, NDArray[np.float32]], Any, Any], RecordConstructorArgs, _FollowsConfig):
+class DictObservation(
+    gym.ObservationWrapper[dict[str, NDArray[np.float32]], Any, Any],
+    RecordConstructorArgs,
+    _FollowsConfig,
+):
     """``{"devices": Box((K, 7)), "global": Box((4,))}`` view of the flat observation."""
 
     def __init__(self, env: gym.Env[Any, Any]) -> None:
@@ -503,22 +601,33 @@ class DictObservation(gym.ObservationWrapper[dict[str, NDArray[np.float32]], Any
         self.num_devices = k = config.devices.num_devices
         box = self.env.observation_space
         if not isinstance(box, spaces.Box) or box.shape != (_F * k + _G,):
-            raise TypeError(f"DictObservation splits the env's flat observation Box of shape ({_F} K + {_G},), got {box}")
+            raise TypeError(
+                f"DictObservation splits the env's flat observation Box of shape ({_F} K + {_G},), got {box}"
+            )
         self.observation_space = spaces.Dict(  # type: ignore[assignment]
             {
-                "devices": spaces.Box(box.low[: _F * k].reshape(k, _F), box.high[: _F * k].reshape(k, _F), dtype=np.float32),
+                "devices": spaces.Box(
+                    box.low[: _F * k].reshape(k, _F),
+                    box.high[: _F * k].reshape(k, _F),
+                    dtype=np.float32,
+                ),
                 "global": spaces.Box(box.low[_F * k :], box.high[_F * k :], dtype=np.float32),
             }
         )
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict[str, NDArray[np.float32]], dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, NDArray[np.float32]], dict[str, Any]]:
         obs, info = self.env.reset(seed=seed, options=options)
         self._follow_config()
         return self.observation(obs), info  # type: ignore[arg-type]
 
     def observation(self, observation: NDArray[np.float32]) -> dict[str, NDArray[np.float32]]:
         k = self.num_devices
-        return {"devices": observation[: _F * k].reshape(k, _F).copy(), "global": observation[_F * k :].copy()}
+        return {
+            "devices": observation[: _F * k].reshape(k, _F).copy(),
+            "global": observation[_F * k :].copy(),
+        }
 
 
 # ------------------------------------------------------------------------- horizon

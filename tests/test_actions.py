@@ -75,14 +75,24 @@ def test_decode_clips_like_validate(preset):
     rng = np.random.default_rng(3)
     edges = np.array([-3.0, -1.0 - 1e-7, -1.0, -1e-30, 0.0, 1e-30, 1.0, 1.0 + 1e-7, 3.0])
     for lead in ((), (4,), (2, 3)):
-        a = rng.choice(edges, size=lead + codec.shape) if lead != (4,) else rng.uniform(-1.5, 1.5, lead + codec.shape)
+        a = (
+            rng.choice(edges, size=lead + codec.shape)
+            if lead != (4,)
+            else rng.uniform(-1.5, 1.5, lead + codec.shape)
+        )
         for action in (a, a.astype(np.float32), a.tolist()):
-            fast, ref = codec.decode(codec.check(action, lead)), codec.decode(codec.validate(action, lead))
+            fast, ref = (
+                codec.decode(codec.check(action, lead)),
+                codec.decode(codec.validate(action, lead)),
+            )
             for name in ("module", "power_w", "share", "ratio"):
                 got, want = getattr(fast, name), getattr(ref, name)
                 assert got.dtype == want.dtype and got.shape == lead + (codec.num_devices,)
                 np.testing.assert_array_equal(got, want, err_msg=name)
-            assert np.isclose(np.asarray(ref.share).sum(axis=-1), 1.0).all() or not (ref.module > 0).all()
+            assert (
+                np.isclose(np.asarray(ref.share).sum(axis=-1), 1.0).all()
+                or not (ref.module > 0).all()
+            )
     clipped = codec.validate(np.full(codec.shape, 7.0, dtype=np.float32))
     assert clipped.dtype == np.float64 and (clipped == 1.0).all()
 
@@ -96,7 +106,9 @@ def test_decode_returns_fresh_arrays_for_missing_components():
     assert d1.module is not d2.module and d1.power_w is not d2.power_w
     d1.module[0] = 0
     d1.power_w[0] = 0.0
-    assert (codec.decode(a).module == d2.module).all() and codec.decode(a).power_w[0] == d2.power_w[0] > 0.0
+    assert (codec.decode(a).module == d2.module).all() and codec.decode(a).power_w[0] == d2.power_w[
+        0
+    ] > 0.0
 
 
 def test_bad_actions_raise_and_leave_env_usable():
@@ -112,7 +124,9 @@ def test_bad_actions_raise_and_leave_env_usable():
         env.step(bad)
     with pytest.raises(ValueError, match=r"action must have shape \(10, 3\)"):
         env.step(np.zeros((10, 2)))
-    with pytest.raises(ValueError, match=r"action must hold real numbers .* got strings \(dtype <U1\)"):
+    with pytest.raises(
+        ValueError, match=r"action must hold real numbers .* got strings \(dtype <U1\)"
+    ):
         env.step(np.full((10, 3), "a"))
     obs, r, term, trunc, info = env.step(good)
     assert info["round"] == 1  # the bad calls changed nothing
@@ -125,7 +139,12 @@ def test_play_round_deadline_and_success():
     codec = ActionCodec(cfg)
     cpu = np.array([1e9, 1e9, 0.5e9])
     tables = episode_tables(cfg, cpu, cfg.model.lora_params_per_rank, cfg.model.head_params)
-    d = Decision(module=np.array([4, 4, 0]), power_w=np.full(3, 0.2), share=np.array([0.5, 0.5, 0.0]), ratio=np.ones(3))
+    d = Decision(
+        module=np.array([4, 4, 0]),
+        power_w=np.full(3, 0.2),
+        share=np.array([0.5, 0.5, 0.0]),
+        ratio=np.ones(3),
+    )
     gain = np.array([1e-11, 1e-22, 1e-11])  # device 1 is in a deep fade
     phys = play_round(d, gain, tables, cfg, success_uniform=np.full(3, 0.5))
     assert phys.success.tolist() == [True, False, False]
@@ -143,9 +162,16 @@ def test_play_round_deadline_and_success():
 def test_play_round_computation_past_the_deadline_is_never_on_time():
     """Even on a perfect channel: no upload time is left, so nothing is sent or spent on the uplink."""
     cfg = EnvConfig().replace(devices={"num_devices": 2})
-    tables = episode_tables(cfg, np.array([1e9, 1e3]), cfg.model.lora_params_per_rank, cfg.model.head_params)
+    tables = episode_tables(
+        cfg, np.array([1e9, 1e3]), cfg.model.lora_params_per_rank, cfg.model.head_params
+    )
     assert tables.compute_time_s[1, 1] > cfg.costs.round_deadline_s > tables.compute_time_s[0, 1]
-    d = Decision(module=np.array([1, 1]), power_w=np.full(2, 0.2), share=np.array([0.5, 0.5]), ratio=np.ones(2))
+    d = Decision(
+        module=np.array([1, 1]),
+        power_w=np.full(2, 0.2),
+        share=np.array([0.5, 0.5]),
+        ratio=np.ones(2),
+    )
     phys = play_round(d, np.full(2, 1e-3), tables, cfg, success_uniform=np.full(2, 0.99))
     assert phys.on_time.tolist() == [True, False] and phys.success.tolist() == [True, False]
     assert phys.latency_s[1] == cfg.costs.round_deadline_s
@@ -189,7 +215,9 @@ def test_discrete_module_levels_decode_to_each_module():
     a[:5, 0] = np.arange(5)
     module = env.unwrapped.codec.decode(env.action(a.reshape(-1)).astype(np.float64)).module
     assert module[:5].tolist() == [0, 1, 2, 3, 4]
-    np.testing.assert_array_equal(env.action(a), env.action(a.reshape(-1)))  # (K, C) is accepted too
+    np.testing.assert_array_equal(
+        env.action(a), env.action(a.reshape(-1))
+    )  # (K, C) is accepted too
 
 
 def test_dict_observation_wrapper():
@@ -221,10 +249,24 @@ def test_idle_devices_transmit_no_power_and_their_power_changes_nothing(preset):
     idle = d.module == 0
     assert (d.power_w[idle] == 0.0).all() and (d.power_w[~idle] >= cfg.channel.min_tx_power_w).all()
     assert idle.any() or preset == "soft"  # (soft schedules every device)
-    tables = episode_tables(cfg, np.full(codec.num_devices, 1.5e9), float(cfg.model.lora_params_per_rank), int(cfg.model.head_params))
+    tables = episode_tables(
+        cfg,
+        np.full(codec.num_devices, 1.5e9),
+        float(cfg.model.lora_params_per_rank),
+        int(cfg.model.head_params),
+    )
     gain = rng.uniform(1e-13, 1e-10, codec.num_devices)
     u = rng.uniform(size=codec.num_devices)
     powered = dataclasses.replace(d, power_w=np.where(idle, cfg.channel.max_tx_power_w, d.power_w))
     a_phys, b_phys = play_round(d, gain, tables, cfg, u), play_round(powered, gain, tables, cfg, u)
-    for field in ("rate_bps", "packet_error", "upload_time_s", "latency_s", "energy_j", "on_time", "success", "round_latency_s"):
+    for field in (
+        "rate_bps",
+        "packet_error",
+        "upload_time_s",
+        "latency_s",
+        "energy_j",
+        "on_time",
+        "success",
+        "round_latency_s",
+    ):
         np.testing.assert_array_equal(getattr(a_phys, field), getattr(b_phys, field))

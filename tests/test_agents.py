@@ -44,7 +44,14 @@ TINY = [
 
 def _train(*argv: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "agents.train_ppo", *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "agents.train_ppo", *argv],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -58,7 +65,16 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_training_writes_a_loadable_run_directory(tiny_run: Path) -> None:
     run = RunDir(tiny_run)
-    for path in (run.model, run.normalizer, run.best_model, run.best_normalizer, run.evaluations, run.metrics, tiny_run / "args.yaml", tiny_run / "meta.json"):
+    for path in (
+        run.model,
+        run.normalizer,
+        run.best_model,
+        run.best_normalizer,
+        run.evaluations,
+        run.metrics,
+        tiny_run / "args.yaml",
+        tiny_run / "meta.json",
+    ):
         assert path.is_file(), path
     meta = json.loads((tiny_run / "meta.json").read_text())
     assert meta["algo"] == "ppo" and meta["seed"] == 3
@@ -68,7 +84,11 @@ def test_training_writes_a_loadable_run_directory(tiny_run: Path) -> None:
     assert json.loads(run.metrics.read_text())["timesteps"] == 512
     assert [steps for steps, _, _ in [run.latest_checkpoint()]] == [512]
     rows = run.evaluations.read_text().strip().splitlines()
-    assert rows[0].startswith("timesteps,") and [int(r.split(",")[0]) for r in rows[1:]] == [0, 256, 512]
+    assert rows[0].startswith("timesteps,") and [int(r.split(",")[0]) for r in rows[1:]] == [
+        0,
+        256,
+        512,
+    ]
     for which in ("best", "final", "latest"):
         policy = load_policy(f"ppo:{tiny_run}@{which}", "switching")
         assert policy.name == "ppo:ppo_tiny" + ("" if which == "best" else f"@{which}")
@@ -80,15 +100,26 @@ def test_resume_continues_from_the_latest_checkpoint(tiny_run: Path, tmp_path: P
     run_dir = tmp_path / "resumed"
     shutil.copytree(tiny_run, run_dir)
     # Forget the end of training (final model and checkpoint): the newest model is then step 256.
-    for p in [*run_dir.glob("checkpoints/*512*"), run_dir / "model.zip", run_dir / "vecnormalize.pkl"]:
+    for p in [
+        *run_dir.glob("checkpoints/*512*"),
+        run_dir / "model.zip",
+        run_dir / "vecnormalize.pkl",
+    ]:
         p.unlink()
-    proc = _train("--run-dir", str(run_dir), "--resume", "--total-timesteps", "768", "--no-progress-bar")
+    proc = _train(
+        "--run-dir", str(run_dir), "--resume", "--total-timesteps", "768", "--no-progress-bar"
+    )
     assert "continuing from step 256" in proc.stdout
     run = RunDir(run_dir)
     assert json.loads(run.metrics.read_text())["timesteps"] == 768
     assert run.latest_checkpoint()[0] == 768  # type: ignore[index]
     steps = [int(r.split(",")[0]) for r in run.evaluations.read_text().strip().splitlines()[1:]]
-    assert steps == [0, 256, 512, 768]  # the first session's 0, 256 (its 512 was after the resume point), then 512, 768
+    assert steps == [
+        0,
+        256,
+        512,
+        768,
+    ]  # the first session's 0, 256 (its 512 was after the resume point), then 512, 768
     assert run.read_args()["total_timesteps"] == 768 and run.read_args()["n_envs"] == 2
     assert len(json.loads((run_dir / "meta.json").read_text())["sessions"]) == 2
     from stable_baselines3 import PPO
@@ -108,7 +139,9 @@ def test_trained_policy_acts_validly_and_evaluates_deterministically(tiny_run: P
         assert env.action_space.contains(action)
         obs, _, _, _, info = env.step(action)
     first = evaluate(policy, cfg, [1000, 1001]).metric("episode_return")
-    again = evaluate(load_policy(f"ppo:{tiny_run}", cfg), cfg, [1000, 1001]).metric("episode_return")
+    again = evaluate(load_policy(f"ppo:{tiny_run}", cfg), cfg, [1000, 1001]).metric(
+        "episode_return"
+    )
     np.testing.assert_array_equal(first, again)
     assert first[0] != first[1]  # different seeds, different episodes
 
@@ -117,7 +150,13 @@ def test_per_device_policy_is_permutation_equivariant_and_serves_any_k() -> None
     cfg = resolve_config("switching")
     features = ObservationFeatures(cfg, "label_mix")
     env = AgentObservation(FedLoRAWirelessEnv(cfg), features)
-    policy = PerDeviceActorCriticPolicy(env.observation_space, ActionAdapter(cfg).space, lambda _: 1e-3, net_arch=[16, 16], device_features=features.device_features)
+    policy = PerDeviceActorCriticPolicy(
+        env.observation_space,
+        ActionAdapter(cfg).space,
+        lambda _: 1e-3,
+        net_arch=[16, 16],
+        device_features=features.device_features,
+    )
     th.manual_seed(0)
     for p in policy.parameters():  # a random network, far from its near-zero initial output layer
         th.nn.init.normal_(p, std=0.5)
@@ -150,14 +189,18 @@ def test_factored_action_separates_schedule_and_rank() -> None:
     assert adapter.shape == (10, 4) and ActionAdapter(cfg, "env").shape == (10, 3)
     a = np.zeros((10, 4), dtype=np.float32)
     a[:, 0] = np.linspace(-1, 1, 10)  # schedule: the first five devices idle
-    a[:, 1] = np.array([-1, -0.6, -0.1, 0.4, 1.0] * 2)  # rank slot 0, 0, 1, 2, 3 (ranks 2, 2, 4, 8, 16)
+    a[:, 1] = np.array(
+        [-1, -0.6, -0.1, 0.4, 1.0] * 2
+    )  # rank slot 0, 0, 1, 2, 3 (ranks 2, 2, 4, 8, 16)
     a[:, 2], a[:, 3] = 0.3, -0.7
     env_action = adapter(a)
     decision = codec.decode(codec.validate(env_action))
     np.testing.assert_array_equal(decision.module, [0, 0, 0, 0, 0, 1, 1, 2, 3, 4])
     np.testing.assert_allclose(env_action[:, 1:], a[:, 2:])
     split = resolve_config("split")
-    assert ActionAdapter(split, "factored").shape == ActionCodec(split).shape  # no module component: unchanged
+    assert (
+        ActionAdapter(split, "factored").shape == ActionCodec(split).shape
+    )  # no module component: unchanged
     with pytest.raises(ValueError, match="action_form must be one of"):
         ActionAdapter(cfg, "joint")
 
@@ -185,7 +228,9 @@ def test_agent_observation_adds_label_skew_within_bounds() -> None:
     assert env.observation_space.contains(obs)
     k, f = cfg.devices.num_devices, features.device_features
     skew = obs[: k * f].reshape(k, f)[:, 7:]
-    np.testing.assert_allclose(skew, info["label_distribution"] - info["global_label_distribution"], atol=1e-6)
+    np.testing.assert_allclose(
+        skew, info["label_distribution"] - info["global_label_distribution"], atol=1e-6
+    )
     obs, *_ = env.step(env.action_space.sample())
     assert env.observation_space.contains(obs)
     assert ObservationFeatures(cfg, "env")(obs[:74], info).shape == (74,)
@@ -199,7 +244,11 @@ def test_horizon_is_reported_as_termination_for_training() -> None:
     flags = [env.step(env.action_space.sample())[2:4] for _ in range(3)]
     assert flags == [(False, False), (False, False), (True, False)]
     venv = make_vec_env(resolve_config("switching"), 2, "dummy", seed=0)
-    assert venv.num_envs == 2 and venv.observation_space.shape == (94,) and venv.action_space.shape == (10, 4)
+    assert (
+        venv.num_envs == 2
+        and venv.observation_space.shape == (94,)
+        and venv.action_space.shape == (10, 4)
+    )
 
 
 @pytest.mark.parametrize("preset", ["switching", "split", "soft", "unified"])
@@ -214,11 +263,22 @@ def test_batched_training_env_equals_single_envs_in_dummy_vec_env(preset: str) -
     for features, form in (("label_mix_time", "factored"), ("env", "env")):
         dummy = make_vec_env(cfg, 3, "dummy", seed=11, obs_features=features, action_form=form)
         batched = make_vec_env(cfg, 3, "batched", seed=11, obs_features=features, action_form=form)
-        assert make_vec_env(cfg, 1, "auto", obs_features=features, action_form=form).unwrapped.__class__.__name__ == "BatchedAgentVecEnv"
-        assert (batched.observation_space, batched.action_space) == (dummy.observation_space, dummy.action_space)
+        assert (
+            make_vec_env(
+                cfg, 1, "auto", obs_features=features, action_form=form
+            ).unwrapped.__class__.__name__
+            == "BatchedAgentVecEnv"
+        )
+        assert (batched.observation_space, batched.action_space) == (
+            dummy.observation_space,
+            dummy.action_space,
+        )
         np.testing.assert_array_equal(dummy.reset(), batched.reset())
         loggers = [Logger(None, []), Logger(None, [])]
-        callbacks = [EnvMetricsCallback(cfg.budgets.energy_budget_j), EnvMetricsCallback(cfg.budgets.energy_budget_j)]
+        callbacks = [
+            EnvMetricsCallback(cfg.budgets.energy_budget_j),
+            EnvMetricsCallback(cfg.budgets.energy_budget_j),
+        ]
         for cb, lg in zip(callbacks, loggers):
             cb.model = SimpleNamespace(logger=lg)
         rng = np.random.default_rng(0)
@@ -237,23 +297,42 @@ def test_batched_training_env_equals_single_envs_in_dummy_vec_env(preset: str) -
                 assert x["reward_terms"] == y["reward_terms"]
                 if "terminal_observation" in x:
                     ended += 1
-                    np.testing.assert_array_equal(x["terminal_observation"], y["terminal_observation"])
+                    np.testing.assert_array_equal(
+                        x["terminal_observation"], y["terminal_observation"]
+                    )
                     assert x["accuracy"] == y["accuracy"] and x["episode"]["l"] == y["episode"]["l"]
-                    assert y["episode_metrics"]["return"] == pytest.approx(x["episode"]["r"], abs=1e-4)
+                    assert y["episode_metrics"]["return"] == pytest.approx(
+                        x["episode"]["r"], abs=1e-4
+                    )
         assert ended == 6
         # the same episode metrics reach TensorBoard from both paths
         assert loggers[0].name_to_value == pytest.approx(loggers[1].name_to_value)
-        assert {"episode/return", "episode/final_accuracy", "episode/reward_energy", "episode/scheduled_per_round"} <= set(loggers[1].name_to_value)
+        assert {
+            "episode/return",
+            "episode/final_accuracy",
+            "episode/reward_energy",
+            "episode/scheduled_per_round",
+        } <= set(loggers[1].name_to_value)
     with pytest.raises(ValueError, match="use --vec-env dummy"):
-        make_vec_env(cfg if cfg.paradigm != "soft" else resolve_config("switching"), 2, "batched", action_form="residual")
+        make_vec_env(
+            cfg if cfg.paradigm != "soft" else resolve_config("switching"),
+            2,
+            "batched",
+            action_form="residual",
+        )
 
 
-def test_training_on_the_batched_env_equals_training_on_dummy_vec_env(tiny_run: Path, tmp_path: Path) -> None:
+def test_training_on_the_batched_env_equals_training_on_dummy_vec_env(
+    tiny_run: Path, tmp_path: Path
+) -> None:
     run = tmp_path / "dummy"
     _train(*TINY, "--run-dir", str(run), "--vec-env", "dummy")
     assert RunDir(tiny_run).read_args()["vec_env"] == "auto"  # the default: batched here
     strip = [lambda line: line.split(",", 2)[0] + "," + line.split(",", 2)[2]]  # drop wall_s
-    rows = [[strip[0](line) for line in (r / "evaluations.csv").read_text().splitlines()] for r in (tiny_run, run)]
+    rows = [
+        [strip[0](line) for line in (r / "evaluations.csv").read_text().splitlines()]
+        for r in (tiny_run, run)
+    ]
     assert rows[0] == rows[1]
     from stable_baselines3 import PPO
 
@@ -270,8 +349,12 @@ def test_train_config_yaml_matches_the_defaults_and_flags_override_it(tmp_path: 
         assert getattr(defaults, key) == value, key
     weighted = yaml.safe_load((ROOT / "configs/train/ppo.yaml").read_text())
     assert weighted.pop("objective") == "weighted"
-    assert weighted == {key: value for key, value in tuned.items() if key in weighted}  # the same tuned values
-    args, given = parse_args(train_ppo.Args, ["--train-config", str(ROOT / "configs/train/ppo.yaml"), "--n-envs", "3"])
+    assert weighted == {
+        key: value for key, value in tuned.items() if key in weighted
+    }  # the same tuned values
+    args, given = parse_args(
+        train_ppo.Args, ["--train-config", str(ROOT / "configs/train/ppo.yaml"), "--n-envs", "3"]
+    )
     assert args.n_envs == 3 and "n_envs" in given
     bad = tmp_path / "bad.yaml"
     bad.write_text("n_env: 4\n")
@@ -281,7 +364,11 @@ def test_train_config_yaml_matches_the_defaults_and_flags_override_it(tmp_path: 
     with pytest.raises(ValueError, match="n_envs must be int"):
         parse_args(train_ppo.Args, ["--train-config", str(bad)])
     for path in sorted((ROOT / "configs/train").glob("*.yaml")):
-        cls = train_ppo.Args if path.stem.startswith("ppo") else __import__("agents.train_sac", fromlist=["Args"]).Args
+        cls = (
+            train_ppo.Args
+            if path.stem.startswith("ppo")
+            else __import__("agents.train_sac", fromlist=["Args"]).Args
+        )
         parse_args(cls, ["--train-config", str(path)])
 
 
@@ -292,7 +379,10 @@ def test_agent_spec_errors_are_clear(tmp_path: Path, tiny_run: Path) -> None:
         parse_spec(f"ppo:{tmp_path / 'missing'}")
     with pytest.raises(FileNotFoundError, match="holds no best model"):
         parse_spec(f"ppo:{tmp_path}@best")
-    with pytest.raises(ValueError, match="action components"), pytest.warns(UserWarning, match="different env config"):
+    with (
+        pytest.raises(ValueError, match="action components"),
+        pytest.warns(UserWarning, match="different env config"),
+    ):
         load_policy(f"ppo:{tiny_run}", "split")
 
 
@@ -300,12 +390,30 @@ def test_best_model_selection_with_an_accuracy_condition(tmp_path: Path) -> None
     from agents.callbacks import selection_score
 
     assert selection_score(30.0, 0.80, None) == 30.0
-    assert selection_score(29.0, 0.859, 0.859) > selection_score(33.0, 0.858, 0.859)  # feasible first
-    assert selection_score(31.0, 0.86, 0.859) > selection_score(30.0, 0.87, 0.859)  # then the return
-    assert selection_score(33.0, 0.5, 0.859) > selection_score(32.0, 0.5, 0.859)  # none feasible: the return
+    assert selection_score(29.0, 0.859, 0.859) > selection_score(
+        33.0, 0.858, 0.859
+    )  # feasible first
+    assert selection_score(31.0, 0.86, 0.859) > selection_score(
+        30.0, 0.87, 0.859
+    )  # then the return
+    assert selection_score(33.0, 0.5, 0.859) > selection_score(
+        32.0, 0.5, 0.859
+    )  # none feasible: the return
     # --select-accuracy replaces --accuracy-target as the condition (here no evaluation meets it)
     run = tmp_path / "select"
-    _train(*TINY, "--total-timesteps", "256", "--objective", "weighted", "--accuracy-target", "0.5", "--select-accuracy", "0.99", "--run-dir", str(run))
+    _train(
+        *TINY,
+        "--total-timesteps",
+        "256",
+        "--objective",
+        "weighted",
+        "--accuracy-target",
+        "0.5",
+        "--select-accuracy",
+        "0.99",
+        "--run-dir",
+        str(run),
+    )
     state = json.loads((run / "eval_state.json").read_text())
     assert state["best_score"] < -1e5 and state["last"]["final_accuracy"] < 0.99
 
@@ -337,12 +445,24 @@ def test_sac_trains_resumes_and_loads(tmp_path: Path) -> None:
     run = tmp_path / "sac"
     common = ["--n-envs", "2", "--learning-starts", "100", "--batch-size", "32", "--net-arch", "16", "--eval-episodes", "1",
               "--checkpoint-freq", "200", "--eval-freq", "200", "--no-progress-bar", "--no-tensorboard"]  # fmt: skip
-    for extra in (["--total-timesteps", "400", "--run-dir", str(run)], ["--total-timesteps", "600", "--run-dir", str(run), "--resume"]):
-        proc = subprocess.run([sys.executable, "-m", "agents.train_sac", *common, *extra], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    for extra in (
+        ["--total-timesteps", "400", "--run-dir", str(run)],
+        ["--total-timesteps", "600", "--run-dir", str(run), "--resume"],
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "agents.train_sac", *common, *extra],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
     assert "continuing from step 400" in proc.stdout and "replay buffer restored" in proc.stdout
     assert json.loads(RunDir(run).metrics.read_text())["timesteps"] == 600
-    assert len(list((run / "checkpoints").glob("ckpt_replay_buffer_*"))) == 1  # only the newest is kept
+    assert (
+        len(list((run / "checkpoints").glob("ckpt_replay_buffer_*"))) == 1
+    )  # only the newest is kept
     cfg = resolve_config("switching")
     first = evaluate(load_policy(f"sac:{run}", cfg), cfg, [1000]).metric("episode_return")
     again = evaluate(load_policy(f"sac:{run}", cfg), cfg, [1000]).metric("episode_return")
@@ -353,10 +473,33 @@ def test_sac_trains_resumes_and_loads(tmp_path: Path) -> None:
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     out = tmp_path / "main"
-    argv = ["--total-timesteps", "1024", "--episodes", "2", "--out", str(out), "--policies", "lyapunov,max", "--no-progress-bar"]
-    proc = subprocess.run([sys.executable, "-m", "agents.demo", *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    argv = [
+        "--total-timesteps",
+        "1024",
+        "--episodes",
+        "2",
+        "--out",
+        str(out),
+        "--policies",
+        "lyapunov,max",
+        "--no-progress-bar",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "agents.demo", *argv],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for name in ("summary.md", "summary.json", "episodes.csv", "accuracy.png", "learning_curve.png"):
+    for name in (
+        "summary.md",
+        "summary.json",
+        "episodes.csv",
+        "accuracy.png",
+        "learning_curve.png",
+    ):
         assert (out / name).is_file(), name
     assert "| ppo:ppo_demo |" in proc.stdout and "PPO - lyapunov" in proc.stdout
 
@@ -370,7 +513,9 @@ def test_time_to_go_features_ramp_up_over_the_last_rounds() -> None:
     ramps = []
     for _ in range(12):
         x = features(obs, info)
-        assert space.contains(x) and x.shape == (cfg.devices.num_devices * features.device_features + 4,)
+        assert space.contains(x) and x.shape == (
+            cfg.devices.num_devices * features.device_features + 4,
+        )
         rows = x[:-4].reshape(cfg.devices.num_devices, features.device_features)
         assert np.all(rows[:, -2:] == rows[0, -2:])  # the same for every device
         ramps.append(rows[0, -2:].tolist())
@@ -426,14 +571,21 @@ def test_gated_action_form_keeps_or_idles_the_lyapunov_decisions(preset: str) ->
     for _ in range(8):
         adapter.observe(info)
         base = lyap.act(obs, info)
-        np.testing.assert_array_equal(adapter(np.zeros((k, 1), np.float32)), base)  # gates open: Lyapunov
+        np.testing.assert_array_equal(
+            adapter(np.zeros((k, 1), np.float32)), base
+        )  # gates open: Lyapunov
         gates = rng.uniform(-1, 1, (k, 1)).astype(np.float32)
         action = adapter(gates)
         kept = codec.decode(codec.validate(base)).module
         got = codec.decode(codec.validate(action)).module
         closed = gates[:, 0] < GATE_THRESHOLD
-        np.testing.assert_array_equal(got, np.where(closed, 0, kept))  # closed gates idle, open ones keep
-        np.testing.assert_array_equal(np.delete(action, adapter._gate_column, axis=1), np.delete(base, adapter._gate_column, axis=1))
+        np.testing.assert_array_equal(
+            got, np.where(closed, 0, kept)
+        )  # closed gates idle, open ones keep
+        np.testing.assert_array_equal(
+            np.delete(action, adapter._gate_column, axis=1),
+            np.delete(base, adapter._gate_column, axis=1),
+        )
         obs, _, _, _, info = env.step(action)
     with pytest.raises(ValueError, match="module or schedule"):
         ActionAdapter(resolve_config("soft"), "gated")
@@ -468,8 +620,15 @@ def test_behaviour_cloning_imitates_the_lyapunov_decisions() -> None:
     assert obs.shape == (24, venv.observation_space.shape[0]) and act.shape == (24, 40)
     # the recorded actions are the Lyapunov decisions of those rounds, in the agent's form
     assert set(np.unique(act.reshape(24, 10, 4)[:, :, 0])) <= {-0.5, 0.5}
-    policy = PerDeviceActorCriticPolicy(venv.observation_space, venv.action_space, lambda _: 3e-4, device_features=9, net_arch=[16])
-    before = float(((policy.get_distribution(th.as_tensor(obs)).distribution.mean.detach().numpy() - act) ** 2).mean())
+    policy = PerDeviceActorCriticPolicy(
+        venv.observation_space, venv.action_space, lambda _: 3e-4, device_features=9, net_arch=[16]
+    )
+    before = float(
+        (
+            (policy.get_distribution(th.as_tensor(obs)).distribution.mean.detach().numpy() - act)
+            ** 2
+        ).mean()
+    )
     after = clone(policy, obs, act, epochs=60, batch_size=8, lr=3e-3)
     assert after < 0.5 * before
 
@@ -486,7 +645,9 @@ def test_learning_curve_plot_shows_return_and_accuracy_with_references(tmp_path:
     assert acc == pytest.approx(expected.metric("final_accuracy").mean())
     run = tmp_path / "run"
     run.mkdir()
-    (run / "evaluations.csv").write_text("timesteps,wall_s,mean_return,std_return,final_accuracy\n512,1,2.5,0.1,0.80\n0,0,1.0,0.2,0.70\n")
+    (run / "evaluations.csv").write_text(
+        "timesteps,wall_s,mean_return,std_return,final_accuracy\n512,1,2.5,0.1,0.80\n0,0,1.0,0.2,0.70\n"
+    )
     out = tmp_path / "curves" / "lc.png"
     plot_learning_curves({"PPO": run}, out, refs)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

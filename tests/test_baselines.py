@@ -45,7 +45,9 @@ def _compatible(name: str, preset: str) -> bool:
 def test_every_policy_gives_valid_actions_on_every_preset(name, preset):
     cfg = EnvConfig.from_preset(preset).replace(num_rounds=4, devices={"num_devices": 4})
     if not _compatible(name, preset):
-        with pytest.raises(IncompatiblePolicyError, match=f"incompatible with paradigm '{cfg.paradigm}'"):
+        with pytest.raises(
+            IncompatiblePolicyError, match=f"incompatible with paradigm '{cfg.paradigm}'"
+        ):
             make_policy(name, cfg)
         return
     policy = make_policy(name, cfg)
@@ -67,10 +69,15 @@ def test_heuristics_do_what_they_say():
     obs, info = env.reset(seed=2)
     decode = lambda a: env.codec.decode(env.codec.validate(a))  # noqa: E731
     d = decode(make_policy("max", cfg).act(obs, info))
-    assert (d.module == cfg.model.num_modules).all() and np.allclose(d.power_w, cfg.channel.max_tx_power_w)
+    assert (d.module == cfg.model.num_modules).all() and np.allclose(
+        d.power_w, cfg.channel.max_tx_power_w
+    )
     np.testing.assert_allclose(d.share, 1 / 6)
     assert (decode(make_policy("min_rank", cfg).act(obs, info)).module == 1).all()
-    assert (decode(make_policy("fixed_rank:rank=4", cfg).act(obs, info)).module == cfg.model.ranks.index(4) + 1).all()
+    assert (
+        decode(make_policy("fixed_rank:rank=4", cfg).act(obs, info)).module
+        == cfg.model.ranks.index(4) + 1
+    ).all()
     d = decode(make_policy("greedy:fraction=0.5", cfg).act(obs, info))
     top = set(np.argsort(-info["channel_gain"])[:3])
     assert set(np.flatnonzero(d.module > 0)) == top
@@ -95,11 +102,15 @@ def test_greedy_respects_the_deadline_where_it_can():
 
 
 def test_unknown_policy_lists_valid_ones():
-    with pytest.raises(ValueError, match="unknown policy 'lyapunof'. Did you mean 'lyapunov'") as err:
+    with pytest.raises(
+        ValueError, match="unknown policy 'lyapunof'. Did you mean 'lyapunov'"
+    ) as err:
         make_policy("lyapunof", EnvConfig())
     for name in policy_names():
         assert name in str(err.value)
-    assert {"ppo", "sac", "recurrentppo", "ippo", "explore"} <= set(policy_names())  # the entry points
+    assert {"ppo", "sac", "recurrentppo", "ippo", "explore"} <= set(
+        policy_names()
+    )  # the entry points
 
 
 def test_registered_kinds_get_the_whole_spec():
@@ -123,8 +134,12 @@ def test_registered_kinds_get_the_whole_spec():
 def test_entry_points_name_every_builtin_kind():
     """pyproject.toml's fedenv.policies group: how python -m fedenv.calibrate collect finds the baselines."""
     tomllib = pytest.importorskip("tomllib")
-    group = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]["fedenv.policies"]
-    assert {name for name, target in group.items() if target == "baselines.registry:make_policy"} == set(BUILTIN_POLICIES)
+    group = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"][
+        "fedenv.policies"
+    ]
+    assert {
+        name for name, target in group.items() if target == "baselines.registry:make_policy"
+    } == set(BUILTIN_POLICIES)
     assert group["ppo"] == group["sac"] == group["recurrentppo"] == "agents.evaluate:load_policy"
 
 
@@ -158,7 +173,11 @@ def test_spec_parsing():
     assert parse_spec("lyapunov:v=30") == ("lyapunov", {"V": 30})
     assert parse_spec("Greedy:fraction=0.25") == ("greedy", {"fraction": 0.25})
     assert parse_spec("ppo:runs/a@best") == ("ppo", {"path": "runs/a@best"})
-    assert split_specs("lyapunov:V=30,tolerance=1e-4,max, greedy") == ["lyapunov:V=30,tolerance=1e-4", "max", "greedy"]
+    assert split_specs("lyapunov:V=30,tolerance=1e-4,max, greedy") == [
+        "lyapunov:V=30,tolerance=1e-4",
+        "max",
+        "greedy",
+    ]
     assert make_policy("lyapunov:V=30,tolerance=1e-4", EnvConfig()).tradeoff_v == 30
 
 
@@ -167,10 +186,14 @@ def test_same_seeds_same_traces_for_every_policy_and_reproducible():
     comp = evaluate_policies(["max", "random", "lyapunov"], cfg, episodes=2, seed=10)
     again = evaluate_policies(["random"], cfg, episodes=2, seed=10)
     assert comp.seeds == [10, 11]
-    np.testing.assert_array_equal(comp.evaluations[1].traces["energy_j"], again.evaluations[0].traces["energy_j"])
+    np.testing.assert_array_equal(
+        comp.evaluations[1].traces["energy_j"], again.evaluations[0].traces["energy_j"]
+    )
     # the exogenous trace is common: the initial state (round 0) is identical across policies
     for ev in comp.evaluations[1:]:
-        np.testing.assert_array_equal(ev.traces["accuracy"][:, 0], comp.evaluations[0].traces["accuracy"][:, 0])
+        np.testing.assert_array_equal(
+            ev.traces["accuracy"][:, 0], comp.evaluations[0].traces["accuracy"][:, 0]
+        )
 
 
 def test_evaluation_records_match_the_env():
@@ -191,7 +214,9 @@ def test_evaluation_records_match_the_env():
     assert rec["final_accuracy"] == pytest.approx(info["accuracy"])
     per_device = np.mean(energy, axis=0)
     assert rec["energy_j"] == pytest.approx(per_device.mean())
-    assert rec["devices_within_budget"] == pytest.approx(np.mean(per_device <= 1.05 * cfg.budgets.energy_budget_j))
+    assert rec["devices_within_budget"] == pytest.approx(
+        np.mean(per_device <= 1.05 * cfg.budgets.energy_budget_j)
+    )
     assert rec["rounds"] == 6 and ev.traces["accuracy"].shape == (1, 7)
 
 
@@ -212,13 +237,38 @@ def test_format_table_lists_policies_with_ci():
 
 def test_compare_cli_end_to_end_on_tiny_config(tmp_path, capsys):
     out = tmp_path / "tiny"
-    compare_main([
-        "--config", str(TINY), "--policies", "lyapunov:V=10,max", "--policies", "greedy,random",
-        "--episodes", "2", "--seed", "3", "--out", str(out), "--sweep-V", "1,30", "--no-progress",
-    ])
+    compare_main(
+        [
+            "--config",
+            str(TINY),
+            "--policies",
+            "lyapunov:V=10,max",
+            "--policies",
+            "greedy,random",
+            "--episodes",
+            "2",
+            "--seed",
+            "3",
+            "--out",
+            str(out),
+            "--sweep-V",
+            "1,30",
+            "--no-progress",
+        ]
+    )
     printed = capsys.readouterr().out
-    for f in ("config.yaml", "episodes.csv", "summary.md", "summary.json", "accuracy.png", "energy.png",
-              "backlog.png", "sweep_V.csv", "sweep_V.md", "tradeoff.png"):
+    for f in (
+        "config.yaml",
+        "episodes.csv",
+        "summary.md",
+        "summary.json",
+        "accuracy.png",
+        "energy.png",
+        "backlog.png",
+        "sweep_V.csv",
+        "sweep_V.md",
+        "tradeoff.png",
+    ):
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
     rows = list(csv.DictReader((out / "episodes.csv").open()))
     assert len(rows) == 8 and {r["seed"] for r in rows} == {"3", "4"}
@@ -247,10 +297,22 @@ def test_compare_cli_runs_on_the_lora_backend(tmp_path, glue_dir, monkeypatch):
     monkeypatch.setenv("FEDENV_DATA_DIR", str(glue_dir))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "lora"
-    comp = compare_main([
-        "--config", str(ROOT / "configs" / "scenarios" / "tiny_lora.yaml"), "--rounds", "1",
-        "--policies", "lyapunov,max", "--episodes", "1", "--out", str(out), "--no-progress", "--no-plots",
-    ])
+    comp = compare_main(
+        [
+            "--config",
+            str(ROOT / "configs" / "scenarios" / "tiny_lora.yaml"),
+            "--rounds",
+            "1",
+            "--policies",
+            "lyapunov,max",
+            "--episodes",
+            "1",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--no-plots",
+        ]
+    )
     assert comp.config.learning.backend == "lora"
     for ev in comp.evaluations:
         assert ev.episodes[0]["rounds"] == 1 and 0.0 <= ev.episodes[0]["final_accuracy"] <= 1.0

@@ -24,14 +24,20 @@ def _compositions(total: int, parts: int):
             yield (first, *rest)
 
 
-def brute_force(policy: LyapunovPolicy, state: RoundState, cpu: np.ndarray, n_power: int, n_share: int) -> float:
+def brute_force(
+    policy: LyapunovPolicy, state: RoundState, cpu: np.ndarray, n_power: int, n_share: int
+) -> float:
     """Minimum of the exact per-round objective over a grid: every option of every device,
     ``n_power`` log-spaced powers per device and every share vector on the 1/n_share simplex."""
     prob = policy.problem(state, cpu)
     cfg = policy.config
     k = state.gain.size
     ch = cfg.channel
-    powers = np.geomspace(ch.min_tx_power_w, ch.max_tx_power_w, n_power) if policy.has_power else np.array([ch.max_tx_power_w])
+    powers = (
+        np.geomspace(ch.min_tx_power_w, ch.max_tx_power_w, n_power)
+        if policy.has_power
+        else np.array([ch.max_tx_power_w])
+    )
     best = np.inf
     for opts in itertools.product(range(policy.opt_module.size), repeat=k):
         module = policy.opt_module[list(opts)]
@@ -43,11 +49,23 @@ def brute_force(policy: LyapunovPolicy, state: RoundState, cpu: np.ndarray, n_po
             comp = np.array(list(_compositions(n_share, sched.size)), dtype=float) / n_share
             shares = np.zeros((comp.shape[0], k))
             shares[:, sched] = comp
-        pw = np.array(list(itertools.product(powers, repeat=sched.size))) if sched.size else np.zeros((1, 0))
-        si, pi = (x.ravel() for x in np.meshgrid(np.arange(shares.shape[0]), np.arange(pw.shape[0]), indexing="ij"))
+        pw = (
+            np.array(list(itertools.product(powers, repeat=sched.size)))
+            if sched.size
+            else np.zeros((1, 0))
+        )
+        si, pi = (
+            x.ravel()
+            for x in np.meshgrid(np.arange(shares.shape[0]), np.arange(pw.shape[0]), indexing="ij")
+        )
         power = np.full((si.size, k), ch.max_tx_power_w)
         power[:, sched] = pw[pi]
-        obj, _, _ = prob.evaluate(np.broadcast_to(module, power.shape), power, shares[si], np.broadcast_to(ratio, power.shape))
+        obj, _, _ = prob.evaluate(
+            np.broadcast_to(module, power.shape),
+            power,
+            shares[si],
+            np.broadcast_to(ratio, power.shape),
+        )
         best = min(best, float(obj.min()))
     return best
 
@@ -62,14 +80,20 @@ def random_state(rng: np.random.Generator, cfg: EnvConfig) -> tuple[RoundState, 
     z = rng.choice([0.0, 1.0], k) * rng.uniform(0, 8 * budget, k)
     y = float(rng.uniform(0, 5)) if cfg.uses_latency_queue else 0.0
     state = RoundState(
-        gain=trace.gain[0, t], energy_backlog=z, latency_backlog=y, gap=float(rng.uniform(0.05, 1.0)),
-        data_share=part.data_share, label_distribution=part.label_distribution,
+        gain=trace.gain[0, t],
+        energy_backlog=z,
+        latency_backlog=y,
+        gap=float(rng.uniform(0.05, 1.0)),
+        data_share=part.data_share,
+        label_distribution=part.label_distribution,
         global_label_distribution=part.global_label_distribution,
     )
     return state, trace.cpu_freq_hz[0]
 
 
-def _check_against_brute_force(preset: str, k: int, instances: int, seed: int, n_power: int, n_share: int) -> None:
+def _check_against_brute_force(
+    preset: str, k: int, instances: int, seed: int, n_power: int, n_share: int
+) -> None:
     cfg = EnvConfig.from_preset(preset).replace(devices={"num_devices": k})
     rng = np.random.default_rng(seed)
     for _ in range(instances):
@@ -83,7 +107,9 @@ def _check_against_brute_force(preset: str, k: int, instances: int, seed: int, n
         # the achievable improvement over doing nothing (all idle; soft: the worst grid point is not
         # available, so compare with the objective's magnitude only)
         if policy.can_idle:
-            idle = prob.objective(Decision(np.zeros(k, dtype=np.int64), decision.power_w, np.zeros(k), decision.ratio))
+            idle = prob.objective(
+                Decision(np.zeros(k, dtype=np.int64), decision.power_w, np.zeros(k), decision.ratio)
+            )
             span = max(idle - best, 1e-12)
             assert ours - best <= 0.01 * span, (preset, v, ours, best, idle)
         assert ours <= best + 0.01 * abs(best), (preset, v, ours, best)
@@ -130,7 +156,9 @@ def test_single_move_shortcut_equals_full_evaluation():
     option = np.repeat(p.option[None], dev.size, axis=0)
     option[np.arange(dev.size), dev] = opt
     power = np.repeat(p.power[None], dev.size, axis=0)
-    power[np.arange(dev.size), dev] = np.where(slot > 0, np.concatenate([[0.0], levels])[slot], p.power[dev])
+    power[np.arange(dev.size), dev] = np.where(
+        slot > 0, np.concatenate([[0.0], levels])[slot], p.power[dev]
+    )
     full, _, _ = policy._evaluate(prob, option, power, _shares(policy.opt_module[option], p.weight))
     np.testing.assert_allclose(fast, full, rtol=1e-10, atol=1e-12)
 
@@ -161,7 +189,13 @@ def test_larger_v_gives_lower_penalty_and_larger_backlogs():
 def test_long_run_average_energy_within_budget():
     """Queue stability: over 1,000 rounds every device's average energy converges to its budget."""
     budget, rounds = 0.05, 1000
-    env = FedLoRAWirelessEnv({"num_rounds": rounds, "devices": {"num_devices": 4}, "budgets": {"energy_budget_j": budget}})
+    env = FedLoRAWirelessEnv(
+        {
+            "num_rounds": rounds,
+            "devices": {"num_devices": 4},
+            "budgets": {"energy_budget_j": budget},
+        }
+    )
     policy = LyapunovPolicy(env.config, 10.0)
     policy.reset(0)
     obs, info = env.reset(seed=0)
@@ -188,8 +222,17 @@ def test_policy_reads_only_documented_info_keys():
     env = FedLoRAWirelessEnv({"devices": {"num_devices": 4}})
     policy = LyapunovPolicy(env.config, 10.0)
     obs, info = env.reset(seed=1)
-    keys = ("round", "channel_gain", "cpu_freq_hz", "data_size", "label_distribution", "global_label_distribution",
-            "energy_backlog", "latency_backlog", "loss_gap")
+    keys = (
+        "round",
+        "channel_gain",
+        "cpu_freq_hz",
+        "data_size",
+        "label_distribution",
+        "global_label_distribution",
+        "energy_backlog",
+        "latency_backlog",
+        "loss_gap",
+    )
     for _ in range(3):
         a = policy.act(obs, {key: info[key] for key in keys})
         assert env.action_space.contains(a)

@@ -26,7 +26,9 @@ def test_env_benchmark_quick(tmp_path, capsys):
     assert "CartPole-v1" in out and "ratio" in out
     assert result["benchmark"] == "env" and result["machine"]["cpus"] >= 1
     assert result["env_steps_per_s"] > 0 and result["cartpole_steps_per_s"] > 0
-    assert result["ratio_to_cartpole"] == pytest.approx(result["env_steps_per_s"] / result["cartpole_steps_per_s"])
+    assert result["ratio_to_cartpole"] == pytest.approx(
+        result["env_steps_per_s"] / result["cartpole_steps_per_s"]
+    )
     assert set(result["k_scaling"]) == {"10", "100", "1000"}
 
 
@@ -46,7 +48,9 @@ def test_unknown_benchmark_is_rejected_with_the_choices(capsys):
 @pytest.mark.parametrize("module", ["fedenv.bench", "benchmarks"])
 def test_module_entry_point_lists_sub_commands(module):
     """``python -m fedenv.bench`` (the documented command, through its entry point) is ``python -m benchmarks``."""
-    out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", module, "--help"], capture_output=True, text=True, check=True
+    ).stdout
     for name in ("env", "vector", "ppo", "lyapunov", "lora", "rllib", "all"):
         assert name in out
 
@@ -72,5 +76,18 @@ def test_every_registered_benchmark_resolves():
 def test_ppo_benchmark_quick(tmp_path):
     pytest.importorskip("stable_baselines3")
     result = _run("ppo", tmp_path)
-    assert set(result["frames_per_s"]) == set(result["env_us_per_frame"]) == {f"{kind}_{env}" for kind in ("dummy", "batched", "training") for env in ("trivial", "fedlora")}
-    assert 0 < result["dummy_ratio"] and 0 < result["batched_ratio"] and 0 < result["training_ratio"] and result["training_env_cost"] < 1
+    assert (
+        set(result["frames_per_s"])
+        == set(result["env_us_per_frame"])
+        == {
+            f"{kind}_{env}"
+            for kind in ("dummy", "batched", "training")
+            for env in ("trivial", "fedlora")
+        }
+    )
+    assert (
+        0 < result["dummy_ratio"]
+        and 0 < result["batched_ratio"]
+        and 0 < result["training_ratio"]
+        and result["training_env_cost"] < 1
+    )

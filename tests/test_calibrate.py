@@ -47,9 +47,13 @@ TRUE = SurrogateConfig(
 )
 
 
-def synthetic(tmp_path, preset="unified", seeds=(0, 1, 2), policies=("explore",), rounds=12, surrogate=TRUE):
+def synthetic(
+    tmp_path, preset="unified", seeds=(0, 1, 2), policies=("explore",), rounds=12, surrogate=TRUE
+):
     """Traces of the surrogate backend with known constants (the ground truth of the fit)."""
-    cfg = EnvConfig.from_preset(preset).replace(num_rounds=rounds, learning={"surrogate": surrogate.to_dict()})
+    cfg = EnvConfig.from_preset(preset).replace(
+        num_rounds=rounds, learning={"surrogate": surrogate.to_dict()}
+    )
     path = tmp_path / "traces.jsonl"
     collect(cfg, list(policies), list(seeds), path, progress=False)
     return path, load_traces(path)
@@ -59,7 +63,9 @@ def test_warmup_slows_the_start_and_zero_is_the_plain_model():
     plain = SurrogateConfig()
     slow = SurrogateConfig(warmup=0.8)
     assert next_gap(1.0, 0.5, 0.0, slow) == pytest.approx(1.0 - plain.step_size * 0.5 * 0.2)
-    assert next_gap(0.0, 0.5, 0.1, slow) == pytest.approx(next_gap(0.0, 0.5, 0.1, plain))  # no slowdown at G = 0
+    assert next_gap(0.0, 0.5, 0.1, slow) == pytest.approx(
+        next_gap(0.0, 0.5, 0.1, plain)
+    )  # no slowdown at G = 0
     g = np.array([1.0, 0.5, 0.2])
     np.testing.assert_allclose(next_gap(g, 0.5, 0.0, plain), g - plain.step_size * 0.5 * g)
 
@@ -75,7 +81,9 @@ def test_trace_round_trip_matches_the_env(tmp_path):
     assert not (ep.success & (ep.rank == 0)).any()  # idle devices never succeed
     assert not (ep.success & (ep.straggler | ep.packet_lost)).any()
     share = (ep.data_share * ep.success).sum(axis=1)
-    assert share.std() > 0.05 and len(np.unique(ep.rank[ep.success])) > 2  # exploration varies what arrives
+    assert (
+        share.std() > 0.05 and len(np.unique(ep.rank[ep.success])) > 2
+    )  # exploration varies what arrives
     assert EnvConfig.from_dict(ep.config).learning.surrogate == TRUE
 
 
@@ -98,8 +106,13 @@ def test_writer_resumes_dropping_unfinished_episodes(tmp_path):
 
 def test_damaged_trace_line_skips_its_episode_and_missing_path_raises(tmp_path):
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"type": "episode", "key": "a"}\nnot json\n{"type": "end", "key": "a", "rounds": 0}\n')
-    with pytest.warns(TraceDamageWarning, match=r"damaged line\(s\) 2 .*skipped the episode\(s\) they belong to: a;"):
+    bad.write_text(
+        '{"type": "episode", "key": "a"}\nnot json\n{"type": "end", "key": "a", "rounds": 0}\n'
+    )
+    with pytest.warns(
+        TraceDamageWarning,
+        match=r"damaged line\(s\) 2 .*skipped the episode\(s\) they belong to: a;",
+    ):
         assert load_traces(bad) == []
     with pytest.raises(FileNotFoundError, match="calibrate collect"):
         load_traces(tmp_path / "nope.jsonl")
@@ -116,14 +129,20 @@ def test_pack_writes_complete_episodes_compressed_and_reproducibly(tmp_path):
         fh.write(head.replace('"seed": 0', '"seed": 2') + "\n" + first_round + "\n")
     packed, n = pack_trace(path, tmp_path / "packed")
     assert packed.name == "traces.jsonl.gz" and n == 2
-    assert (tmp_path / "packed" / "traces.config.yaml").read_text().startswith("# python -m fedenv.calibrate collect")
+    assert (
+        (tmp_path / "packed" / "traces.config.yaml")
+        .read_text()
+        .startswith("# python -m fedenv.calibrate collect")
+    )
     for source in (packed, packed.parent):  # the file itself, and a directory holding it
         again = load_traces(source)
         assert [e.key for e in again] == ["explore/seed0", "explore/seed1"]
         np.testing.assert_array_equal(again[1].accuracy, eps[1].accuracy)
         np.testing.assert_array_equal(again[1].rank, eps[1].rank)
     first = packed.read_bytes()
-    assert pack_trace(path, tmp_path / "packed")[0].read_bytes() == first  # no timestamp: same bytes
+    assert (
+        pack_trace(path, tmp_path / "packed")[0].read_bytes() == first
+    )  # no timestamp: same bytes
     with pytest.raises(ValueError, match="compress it when the collection is finished"):
         TraceWriter(packed)  # a compressed file is not appended to
     shutil.copy(path, packed.parent / "traces.jsonl")  # the same trace, plain and compressed
@@ -135,7 +154,10 @@ def test_pack_writes_complete_episodes_compressed_and_reproducibly(tmp_path):
 
 def test_policy_specs():
     assert parse_policy_spec("lyapunov:V=100,warm=on") == ("lyapunov", {"V": 100, "warm": "on"})
-    assert parse_policy_spec("explore:min_participation=0.5") == ("explore", {"min_participation": 0.5})
+    assert parse_policy_spec("explore:min_participation=0.5") == (
+        "explore",
+        {"min_participation": 0.5},
+    )
     with pytest.raises(ValueError, match="key=value"):
         parse_policy_spec("lyapunov:V")
     assert isinstance(make_policy("explore", EnvConfig()), ExplorePolicy)
@@ -158,7 +180,9 @@ def test_collect_takes_a_policy_factory(tmp_path):
         return ExplorePolicy(config)
 
     cfg = EnvConfig.from_dict({"num_rounds": 2, "devices": {"num_devices": 3}})
-    assert collect(cfg, ["mine"], [0], tmp_path / "t.jsonl", progress=False, policy_factory=factory) == ["mine/seed0"]
+    assert collect(
+        cfg, ["mine"], [0], tmp_path / "t.jsonl", progress=False, policy_factory=factory
+    ) == ["mine/seed0"]
     assert made == ["mine"]
 
 
@@ -178,10 +202,17 @@ def test_fit_under_noise_is_close_and_validates_on_heldout(tmp_path):
     _, eps = synthetic(tmp_path, seeds=(0, 1, 2, 3, 4), rounds=20)
     rng = np.random.default_rng(0)
     noisy = [
-        type(ep)(**{**ep.__dict__, "accuracy": ep.accuracy + np.r_[0.0, rng.normal(0, 0.005, ep.num_rounds)]})
+        type(ep)(
+            **{
+                **ep.__dict__,
+                "accuracy": ep.accuracy + np.r_[0.0, rng.normal(0, 0.005, ep.num_rounds)],
+            }
+        )
         for ep in eps
     ]
-    res = fit_surrogate(noisy[:4], SurrogateConfig(), heldout=noisy[4:], objective="rollout", starts=2)
+    res = fit_surrogate(
+        noisy[:4], SurrogateConfig(), heldout=noisy[4:], objective="rollout", starts=2
+    )
     assert res.config.step_size == pytest.approx(TRUE.step_size, rel=0.15)
     assert res.config.max_accuracy == pytest.approx(TRUE.max_accuracy, abs=0.04)
     assert 0.2 < res.heldout_errors["one_step_rmse"] < 1.0  # the 0.5-point noise, in points
@@ -198,7 +229,15 @@ def test_robust_loss_ignores_one_round_collapses(tmp_path):
         collapsed.append(type(ep)(**{**ep.__dict__, "accuracy": acc}))
     names = ["step_size", "max_accuracy"]
     plain = fit_surrogate(collapsed, TRUE, objective="rollout", parameters=names, starts=1)
-    robust = fit_surrogate(collapsed, TRUE, objective="rollout", parameters=names, starts=1, loss="soft_l1", f_scale=0.01)
+    robust = fit_surrogate(
+        collapsed,
+        TRUE,
+        objective="rollout",
+        parameters=names,
+        starts=1,
+        loss="soft_l1",
+        f_scale=0.01,
+    )
     assert robust.details["loss"] == "soft_l1" and plain.details["loss"] == "linear"
     assert robust.config.max_accuracy == pytest.approx(TRUE.max_accuracy, abs=0.01)
     assert robust.config.step_size == pytest.approx(TRUE.step_size, rel=0.05)
@@ -276,7 +315,9 @@ def test_seed_noise_measures_the_real_spread_and_self_agreement(tmp_path):
     _, eps = synthetic(tmp_path, preset="switching", seeds=(5, 6, 7), policies=policies, rounds=8)
     # a policy missing on seed 7 takes that seed out of the noise measurement
     extra = [ep for ep in eps if ep.seed == 5 and ep.policy == "explore"][0]
-    noise = seed_noise([*eps, type(extra)(**{**extra.__dict__, "policy": "other"})], [*policies, "other"])
+    noise = seed_noise(
+        [*eps, type(extra)(**{**extra.__dict__, "policy": "other"})], [*policies, "other"]
+    )
     assert noise["seeds"] == [5]
     assert noise["pairs"] == [] and np.isnan(noise["pooled_std"]) and np.isnan(noise["mean_tau"])
     noise = seed_noise(eps, policies)
@@ -286,26 +327,37 @@ def test_seed_noise_measures_the_real_spread_and_self_agreement(tmp_path):
         vals = [table[p, s] for s in (5, 6, 7)]
         assert noise["final"][p] == pytest.approx(vals)
         assert noise["std"][p] == pytest.approx(np.std(vals, ddof=1))
-    assert noise["pooled_std"] == pytest.approx(np.sqrt(np.mean([np.var([table[p, s] for s in (5, 6, 7)], ddof=1) for p in policies])))
+    assert noise["pooled_std"] == pytest.approx(
+        np.sqrt(np.mean([np.var([table[p, s] for s in (5, 6, 7)], ddof=1) for p in policies]))
+    )
     assert [q["seeds"] for q in noise["pairs"]] == [[5, 6], [5, 7], [6, 7]]
     for q in noise["pairs"]:
         a, b = q["seeds"]
-        expected = stats.kendalltau([table[p, a] for p in policies], [table[p, b] for p in policies]).statistic
+        expected = stats.kendalltau(
+            [table[p, a] for p in policies], [table[p, b] for p in policies]
+        ).statistic
         assert q["tau"] == pytest.approx(expected)
     assert noise["mean_tau"] == pytest.approx(np.mean([q["tau"] for q in noise["pairs"]]))
     # the report carries it and prints it
     rep = fidelity_report(eps, TRUE, [6, 7])
     assert rep.noise["seeds"] == [5, 6, 7]
     text = render_markdown(rep)
-    assert "Seed-to-seed noise of the real backend" in text and f"{noise['pooled_std']:.2f} points" in text
+    assert (
+        "Seed-to-seed noise of the real backend" in text
+        and f"{noise['pooled_std']:.2f} points" in text
+    )
 
 
 def test_shipped_calibrations_load_and_name_their_command():
-    files = sorted((Path(__file__).resolve().parent.parent / "configs" / "calibration").glob("*.yaml"))
+    files = sorted(
+        (Path(__file__).resolve().parent.parent / "configs" / "calibration").glob("*.yaml")
+    )
     assert files, "configs/calibration/ should ship at least the SST-2 calibration"
     for path in files:
         cfg = EnvConfig.from_yaml(path)
-        assert cfg.learning.backend == "surrogate"  # a calibration changes constants, not the backend
+        assert (
+            cfg.learning.backend == "surrogate"
+        )  # a calibration changes constants, not the backend
         assert path.name.startswith(cfg.learning.task + "_")
         assert cfg.learning.surrogate != SurrogateConfig()
         header = path.read_text().splitlines()[1]
@@ -330,16 +382,63 @@ def test_cli_collect_fit_report(tmp_path, capsys):
     truth = tmp_path / "truth.yaml"
     truth.write_text(yaml.safe_dump({"learning": {"surrogate": TRUE.to_dict()}}))
     common = ["--backend", "surrogate"]
-    main(["collect", *common, "--rounds", "6", "--calibration", str(truth), "--policies", "explore", "explore:min_participation=0.6",
-          "--seeds", "0", "1", "2", "--out", str(traces), "--no-progress"])
+    main(
+        [
+            "collect",
+            *common,
+            "--rounds",
+            "6",
+            "--calibration",
+            str(truth),
+            "--policies",
+            "explore",
+            "explore:min_participation=0.6",
+            "--seeds",
+            "0",
+            "1",
+            "2",
+            "--out",
+            str(traces),
+            "--no-progress",
+        ]
+    )
     assert (tmp_path / "t.config.yaml").is_file()
-    main(["fit", "--traces", str(traces), *common, "--heldout-seeds", "2", "--starts", "1", "--loss", "soft_l1", "--out", str(calib)])
+    main(
+        [
+            "fit",
+            "--traces",
+            str(traces),
+            *common,
+            "--heldout-seeds",
+            "2",
+            "--starts",
+            "1",
+            "--loss",
+            "soft_l1",
+            "--out",
+            str(calib),
+        ]
+    )
     cfg = EnvConfig.from_yaml(calib)
     assert cfg.learning.task == "sst2"
     assert cfg.learning.surrogate.step_size == pytest.approx(TRUE.step_size, rel=1e-3)
     assert "# Written by: python -m fedenv.calibrate fit" in calib.read_text()
-    main(["report", "--traces", str(traces), *common, "--calibration", str(calib), "--heldout-seeds", "2",
-          "--out", str(doc), "--json", str(tmp_path / "r.json")])
+    main(
+        [
+            "report",
+            "--traces",
+            str(traces),
+            *common,
+            "--calibration",
+            str(calib),
+            "--heldout-seeds",
+            "2",
+            "--out",
+            str(doc),
+            "--json",
+            str(tmp_path / "r.json"),
+        ]
+    )
     figures = json.loads((tmp_path / "r.json").read_text())
     assert figures["heldout_seeds"] == [2] and len(figures["rows"]) == 2
     assert figures["noise"]["seeds"] == [0, 1, 2] and len(figures["noise"]["pairs"]) == 3
@@ -347,14 +446,21 @@ def test_cli_collect_fit_report(tmp_path, capsys):
     assert "Kendall tau-b" in capsys.readouterr().out
     main(["inventory", "--traces", str(tmp_path), "--out", str(doc)])
     out = capsys.readouterr().out
-    assert "| `t.jsonl` | `explore` | 0, 1, 2 | 6 |" in out and "| `t.jsonl` | `explore:min_participation=0.6` | 0, 1, 2 | 6 |" in out
+    assert (
+        "| `t.jsonl` | `explore` | 0, 1, 2 | 6 |" in out
+        and "| `t.jsonl` | `explore:min_participation=0.6` | 0, 1, 2 | 6 |" in out
+    )
     assert "In all: 6 complete episodes, 36 rounds" in out
     text = doc.read_text()
-    assert "<!-- BEGIN generated: inventory -->" in text and "<!-- BEGIN generated: sst2 -->" in text
+    assert (
+        "<!-- BEGIN generated: inventory -->" in text and "<!-- BEGIN generated: sst2 -->" in text
+    )
 
 
 ROOT = Path(__file__).resolve().parent.parent
-GENERATED = re.compile(r"<!-- BEGIN generated: (\S+) -->\n(.*?)<!-- END generated: \1 -->", re.DOTALL)
+GENERATED = re.compile(
+    r"<!-- BEGIN generated: (\S+) -->\n(.*?)<!-- END generated: \1 -->", re.DOTALL
+)
 
 
 def _uncommitted(argv: list[str]) -> list[str]:
@@ -373,7 +479,9 @@ def test_fidelity_page_reruns_from_the_committed_traces(tmp_path, monkeypatch, c
     assert {"inventory", "sst2"} <= {name for name, _ in blocks}
     monkeypatch.chdir(ROOT)
     for name, body in blocks:
-        argv = shlex.split(re.search(r"Generated by `python -m fedenv.calibrate (.+?)`", body).group(1))
+        argv = shlex.split(
+            re.search(r"Generated by `python -m fedenv.calibrate (.+?)`", body).group(1)
+        )
         assert not _uncommitted(argv), f"block {name} reads uncommitted traces: {argv}"
         for flag in ("--out", "--json"):  # write into a copy of the page, and no JSON
             if flag in argv:
@@ -384,7 +492,9 @@ def test_fidelity_page_reruns_from_the_committed_traces(tmp_path, monkeypatch, c
         main([*argv, "--out", str(copy)])
         capsys.readouterr()
         again = dict(GENERATED.findall(copy.read_text()))[name]
-        assert _without_command(again) == _without_command(body), f"docs/fidelity.md block {name!r} is not what its command gives"
+        assert _without_command(again) == _without_command(body), (
+            f"docs/fidelity.md block {name!r} is not what its command gives"
+        )
 
 
 @pytest.mark.slow
@@ -393,7 +503,11 @@ def test_shipped_calibrations_refit_from_the_committed_traces(tmp_path, monkeypa
     monkeypatch.chdir(ROOT)
     checked = 0
     for path in sorted((ROOT / "configs" / "calibration").glob("*.yaml")):
-        argv = shlex.split(path.read_text().splitlines()[1].removeprefix("# Written by: python -m fedenv.calibrate "))
+        argv = shlex.split(
+            path.read_text()
+            .splitlines()[1]
+            .removeprefix("# Written by: python -m fedenv.calibrate ")
+        )
         if _uncommitted(argv):
             continue  # fitted to traces that are not in the repository (say so in docs/fidelity.md)
         i = argv.index("--out")

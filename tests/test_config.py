@@ -20,7 +20,9 @@ def test_default_yaml_equals_the_defaults():
     assert data == EnvConfig().to_dict()
 
 
-@pytest.mark.parametrize("path", sorted((CONFIGS / "scenarios").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted((CONFIGS / "scenarios").glob("*.yaml")), ids=lambda p: p.name
+)
 def test_every_scenario_yaml_loads(path):
     cfg = EnvConfig.from_yaml(path)
     assert isinstance(cfg, EnvConfig)
@@ -51,12 +53,18 @@ def test_presets_set_their_paradigm_and_components():
 
 
 def test_unknown_top_level_key_suggests_the_right_one():
-    with pytest.raises(ValueError, match=r"unknown key 'num_round' in EnvConfig config\. Did you mean 'num_rounds'\?"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown key 'num_round' in EnvConfig config\. Did you mean 'num_rounds'\?",
+    ):
         EnvConfig.from_dict({"num_round": 3})
 
 
 def test_unknown_nested_key_suggests_the_right_one():
-    with pytest.raises(ValueError, match=r"unknown key 'bandwith_hz' in ChannelConfig config\. Did you mean 'bandwidth_hz'\?"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown key 'bandwith_hz' in ChannelConfig config\. Did you mean 'bandwidth_hz'\?",
+    ):
         resolve_config({"channel": {"bandwith_hz": 1e6}})
     with pytest.raises(ValueError, match=r"Did you mean 'step_size'"):
         resolve_config({"learning": {"surrogate": {"stepsize": 0.1}}})
@@ -72,22 +80,52 @@ def test_unknown_key_in_yaml_file(tmp_path):
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ({"channel": {"bandwidth_hz": -1.0}}, r"channel\.bandwidth_hz must be >= 1000\.0, got -1\.0 \(allowed: >= 1000\.0 and <= 100000000000\.0\)"),
-        ({"channel": {"fading_correlation": 1.0}}, r"channel\.fading_correlation must be < 1, got 1\.0"),
-        ({"channel": {"min_distance_m": 600.0}}, r"channel\.min_distance_m must be < 500\.0, got 600\.0"),
+        (
+            {"channel": {"bandwidth_hz": -1.0}},
+            r"channel\.bandwidth_hz must be >= 1000\.0, got -1\.0 \(allowed: >= 1000\.0 and <= 100000000000\.0\)",
+        ),
+        (
+            {"channel": {"fading_correlation": 1.0}},
+            r"channel\.fading_correlation must be < 1, got 1\.0",
+        ),
+        (
+            {"channel": {"min_distance_m": 600.0}},
+            r"channel\.min_distance_m must be < 500\.0, got 600\.0",
+        ),
         ({"devices": {"num_devices": 0}}, r"devices\.num_devices must be an integer >= 1, got 0"),
-        ({"devices": {"cpu_freq_max_hz": 1e8}}, r"devices\.cpu_freq_max_hz must be >= 500000000\.0"),
+        (
+            {"devices": {"cpu_freq_max_hz": 1e8}},
+            r"devices\.cpu_freq_max_hz must be >= 500000000\.0",
+        ),
         ({"model": {"ranks": []}}, r"model\.ranks must be a non-empty list of positive integers"),
         ({"model": {"ranks": [4, 2]}}, r"model\.ranks must be strictly increasing"),
-        ({"model": {"ranks": [0, 2]}}, r"model\.ranks must be a non-empty list of positive integers"),
-        ({"budgets": {"energy_budget_j": 0.0}}, r"budgets\.energy_budget_j must be >= 1e-09, got 0\.0"),
-        ({"learning": {"backend": "gpt"}}, r"learning\.backend must be one of surrogate, lora, got 'gpt'"),
+        (
+            {"model": {"ranks": [0, 2]}},
+            r"model\.ranks must be a non-empty list of positive integers",
+        ),
+        (
+            {"budgets": {"energy_budget_j": 0.0}},
+            r"budgets\.energy_budget_j must be >= 1e-09, got 0\.0",
+        ),
+        (
+            {"learning": {"backend": "gpt"}},
+            r"learning\.backend must be one of surrogate, lora, got 'gpt'",
+        ),
         ({"learning": {"task": "mnli"}}, r"learning\.task must be one of sst2, qnli, got 'mnli'"),
         ({"reward": {"mode": "fancy"}}, r"reward\.mode must be one of accuracy_energy, dpp"),
         ({"num_rounds": 0}, r"env\.num_rounds must be an integer >= 1, got 0"),
-        ({"fixed_rank": 3}, r"env\.fixed_rank must be None or one of model\.ranks \[2, 4, 8, 16\], got 3"),
-        ({"paradigm": "swiching"}, r"env\.paradigm must be one of switching, split, soft, unified, got 'swiching'"),
-        ({"channel": {"bandwidth_hz": float("nan")}}, r"channel\.bandwidth_hz must be a finite number, got nan"),
+        (
+            {"fixed_rank": 3},
+            r"env\.fixed_rank must be None or one of model\.ranks \[2, 4, 8, 16\], got 3",
+        ),
+        (
+            {"paradigm": "swiching"},
+            r"env\.paradigm must be one of switching, split, soft, unified, got 'swiching'",
+        ),
+        (
+            {"channel": {"bandwidth_hz": float("nan")}},
+            r"channel\.bandwidth_hz must be a finite number, got nan",
+        ),
     ],
 )
 def test_out_of_range_values_raise_pinned_messages(override, message):
@@ -96,7 +134,10 @@ def test_out_of_range_values_raise_pinned_messages(override, message):
 
 
 def test_unknown_preset_lists_valid_ones():
-    with pytest.raises(ValueError, match=r"unknown preset 'sofft'\. Did you mean 'soft'\? Valid presets: switching, split, soft, unified\."):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown preset 'sofft'\. Did you mean 'soft'\? Valid presets: switching, split, soft, unified\.",
+    ):
         gym.make("FedLoRAWireless-v0", preset="sofft")
 
 
@@ -108,9 +149,14 @@ def test_env_accepts_config_object_mapping_yaml_and_preset(tmp_path):
     assert gym.make("FedLoRAWireless-v0", config={"preset": "split"}).unwrapped.config == cfg
     assert gym.make("FedLoRAWireless-v0", preset="split").unwrapped.config == cfg
     env = gym.make("FedLoRAWireless-v0", config=str(p))
-    assert env.unwrapped.config.devices.num_devices == 4 and env.unwrapped.config.paradigm == "split"
+    assert (
+        env.unwrapped.config.devices.num_devices == 4 and env.unwrapped.config.paradigm == "split"
+    )
     env = gym.make("FedLoRAWireless-v0", preset="soft", devices={"num_devices": 3}, task="qnli")
-    assert env.unwrapped.config.devices.num_devices == 3 and env.unwrapped.config.learning.task == "qnli"
+    assert (
+        env.unwrapped.config.devices.num_devices == 3
+        and env.unwrapped.config.learning.task == "qnli"
+    )
     assert env.action_space.shape == (3, 2)
 
 

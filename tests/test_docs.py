@@ -82,7 +82,9 @@ def test_every_info_key_is_documented(preset: str, mode: str) -> None:
     assert terminated or truncated
     documented = _code_spans(_section(_page("spaces.md"), "Info"))
     missing = sorted(keys - documented)
-    assert not missing, f"info keys of the {preset} preset ({mode}) missing from the Info section of docs/spaces.md: {missing}"
+    assert not missing, (
+        f"info keys of the {preset} preset ({mode}) missing from the Info section of docs/spaces.md: {missing}"
+    )
 
 
 def test_vector_env_info_keys_are_documented() -> None:
@@ -104,7 +106,9 @@ def _runtime_sections() -> dict[str, type[_Section]]:
     def visit(cls: type[_Section], path: str) -> None:
         out[path] = cls
         for f in dataclasses.fields(cls):
-            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            default = (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            )
             if isinstance(default, _Section):
                 visit(type(default), f"{path}.{f.name}" if path else f.name)
 
@@ -132,7 +136,9 @@ def test_config_reference_lists_every_field_with_its_doc_and_default() -> None:
             except ValueError:
                 continue
             actual = defaults[f.name].default
-            assert written == actual or np.isclose(written, actual), f"{where}: {f.default} != {actual!r}"
+            assert written == actual or np.isclose(written, actual), (
+                f"{where}: {f.default} != {actual!r}"
+            )
     markdown = gen.reference_markdown()
     spans = _code_spans(markdown)
     for path, cls in runtime.items():
@@ -178,7 +184,9 @@ def _changed(data: dict[str, Any], prefix: str = "") -> set[str]:
     return out
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "scenarios").glob("*.y*ml")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted((ROOT / "configs" / "scenarios").glob("*.y*ml")), ids=lambda p: p.name
+)
 def test_every_scenario_is_on_the_presets_page(path: Path) -> None:
     row = _row(_section(_page("presets.md"), "Scenarios"), f"`{path.relative_to(ROOT).as_posix()}`")
     data = yaml.safe_load(path.read_text())
@@ -212,9 +220,15 @@ def test_every_page_is_in_the_navigation() -> None:
     missing = [p for p in nav if not (DOCS / p).is_file()]
     assert not missing, f"mkdocs.yml nav names pages that do not exist: {missing}"
     # result tables of baselines.compare under docs/baselines/ are shown by docs/baselines.md
-    pages = [p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md") if not p.relative_to(DOCS).as_posix().startswith("baselines/")]
+    pages = [
+        p.relative_to(DOCS).as_posix()
+        for p in DOCS.rglob("*.md")
+        if not p.relative_to(DOCS).as_posix().startswith("baselines/")
+    ]
     unlisted = sorted(set(pages) - set(nav))
-    assert not unlisted, f"pages under docs/ missing from the mkdocs.yml nav (the strict build fails on them): {unlisted}"
+    assert not unlisted, (
+        f"pages under docs/ missing from the mkdocs.yml nav (the strict build fails on them): {unlisted}"
+    )
 
 
 def test_model_page_sections_cited_by_the_code_exist() -> None:
@@ -224,8 +238,12 @@ def test_model_page_sections_cited_by_the_code_exist() -> None:
     cited: dict[str, set[str]] = {}
     for package in ("fedenv", "baselines", "agents", "tests"):
         for path in (ROOT / package).rglob("*.py"):
-            for match in re.finditer(r"model\.md\s*((?:§\s*\d+(?:\.\d+)?(?:\s*(?:,|and|-)\s*)?)+)", path.read_text()):
+            for match in re.finditer(
+                r"model\.md\s*((?:§\s*\d+(?:\.\d+)?(?:\s*(?:,|and|-)\s*)?)+)", path.read_text()
+            ):
                 for number in re.findall(r"§\s*(\d+(?:\.\d+)?)", match.group(1)):
                     cited.setdefault(number, set()).add(path.relative_to(ROOT).as_posix())
     unknown = {n: sorted(files) for n, files in cited.items() if n not in sections}
-    assert not unknown, f"docs/model.md sections cited in the code but missing from the page: {unknown}"
+    assert not unknown, (
+        f"docs/model.md sections cited in the code but missing from the page: {unknown}"
+    )

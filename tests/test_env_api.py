@@ -81,7 +81,11 @@ def test_channel_trace_does_not_depend_on_the_policy(preset):
     cfg = {"channel": {"mobility_speed_m_per_s": 5.0, "shadowing_std_db": 4.0}}
     _, _, infos_a = rollout(FedLoRAWirelessEnv(cfg, preset=preset), seed=5, policy_seed=1)
     _, _, infos_b = rollout(FedLoRAWirelessEnv(cfg, preset=preset), seed=5, policy_seed=2)
-    assert any(not np.array_equal(x["module"], y["module"]) or not np.array_equal(x["bandwidth_share"], y["bandwidth_share"]) for x, y in zip(infos_a[1:], infos_b[1:]))
+    assert any(
+        not np.array_equal(x["module"], y["module"])
+        or not np.array_equal(x["bandwidth_share"], y["bandwidth_share"])
+        for x, y in zip(infos_a[1:], infos_b[1:])
+    )
     for x, y in zip(infos_a, infos_b):
         np.testing.assert_array_equal(x["channel_gain"], y["channel_gain"])
         np.testing.assert_array_equal(x["distance_m"], y["distance_m"])
@@ -207,7 +211,9 @@ def test_traces_made_ahead_are_the_traces_of_their_episodes():
         np.testing.assert_array_equal(env._trace.position_m, want.position_m)
         expected = np.random.Generator(type(expected_rng.bit_generator)())
         expected.bit_generator.state = expected_rng.bit_generator.state
-        expected.bit_generator.advance(2 * resets) if hasattr(expected.bit_generator, "advance") else None
+        expected.bit_generator.advance(2 * resets) if hasattr(
+            expected.bit_generator, "advance"
+        ) else None
         assert env.np_random.bit_generator.state == expected.bit_generator.state
     assert env._traces_ahead  # (the batch path was taken)
 
@@ -233,7 +239,9 @@ def test_configure_num_rounds_takes_effect_at_the_next_reset():
     for t in range(1, 21):
         obs, _, term, trunc, info = env.step(a)
         assert env.observation_space.contains(obs) and info["round"] == t
-    assert trunc and not term and obs[7 * env.num_devices] == 1.0  # round fraction t / T with the new T
+    assert (
+        trunc and not term and obs[7 * env.num_devices] == 1.0
+    )  # round fraction t / T with the new T
     with pytest.raises(gym.error.ResetNeeded):
         env.step(a)
 
@@ -261,10 +269,21 @@ def test_configure_reward_weights_change_the_reward():
     env.configure(reward={"energy_weight": 3.0, "accuracy_weight": 0.5})
     changed = rollout(env, seed=2, policy_seed=3, steps=5)
     for old, new in zip(base[2][1:], changed[2][1:]):  # same channels and decisions, new weights
-        assert new["reward_terms"]["energy"] == pytest.approx(old["reward_terms"]["energy"] * 3.0 / w.energy_weight, rel=1e-12)
-        assert new["reward_terms"]["accuracy"] == pytest.approx(old["reward_terms"]["accuracy"] * 0.5 / w.accuracy_weight, rel=1e-12)
-    np.testing.assert_array_equal(changed[1], [sum(info["reward_terms"].values()) for info in changed[2][1:]])
-    np.testing.assert_array_equal(rollout(FedLoRAWirelessEnv(reward={"energy_weight": 3.0, "accuracy_weight": 0.5}), 2, 3, 5)[1], changed[1])
+        assert new["reward_terms"]["energy"] == pytest.approx(
+            old["reward_terms"]["energy"] * 3.0 / w.energy_weight, rel=1e-12
+        )
+        assert new["reward_terms"]["accuracy"] == pytest.approx(
+            old["reward_terms"]["accuracy"] * 0.5 / w.accuracy_weight, rel=1e-12
+        )
+    np.testing.assert_array_equal(
+        changed[1], [sum(info["reward_terms"].values()) for info in changed[2][1:]]
+    )
+    np.testing.assert_array_equal(
+        rollout(FedLoRAWirelessEnv(reward={"energy_weight": 3.0, "accuracy_weight": 0.5}), 2, 3, 5)[
+            1
+        ],
+        changed[1],
+    )
 
 
 def test_a_bad_configure_raises_and_changes_nothing():
@@ -283,7 +302,9 @@ def test_a_bad_configure_raises_and_changes_nothing():
 def test_configure_from_a_new_config_or_preset():
     env = FedLoRAWirelessEnv()
     env.configure(preset="split", num_rounds=8)
-    assert env.config == fedenv.resolve_config("split", num_rounds=8) and env.action_space.shape == (10, 2)
+    assert env.config == fedenv.resolve_config(
+        "split", num_rounds=8
+    ) and env.action_space.shape == (10, 2)
     env.configure(config=fedenv.resolve_config("soft"))
     assert env.config.paradigm == "soft"
     clone = pickle.loads(pickle.dumps(env))
@@ -306,7 +327,17 @@ def test_public_state_for_renderers():
 
 # ------------------------------------------------------------------ lora data, offline
 def _no_local_data(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("FEDENV_DATA_DIR", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+    for name in (
+        "FEDENV_DATA_DIR",
+        "HF_HUB_OFFLINE",
+        "HF_DATASETS_OFFLINE",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -323,14 +354,21 @@ def test_lora_data_fails_fast_when_the_hub_is_unreachable(monkeypatch: pytest.Mo
 
     _no_local_data(monkeypatch)
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # (discard port: refused)
+    monkeypatch.setattr(
+        huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9"
+    )  # (discard port: refused)
     start = time.perf_counter()
-    with pytest.raises(FileNotFoundError, match=r"FEDENV_DATA_DIR is not set.*unreachable: no connection to 127.0.0.1:9.*Set learning.lora.data_dir or FEDENV_DATA_DIR.*HF_HUB_OFFLINE=1"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"FEDENV_DATA_DIR is not set.*unreachable: no connection to 127.0.0.1:9.*Set learning.lora.data_dir or FEDENV_DATA_DIR.*HF_HUB_OFFLINE=1",
+    ):
         data._raw_splits("sst2", None, 10)
     assert time.perf_counter() - start < data.HUB_PROBE_TIMEOUT_S + 1.0
 
 
-def test_lora_data_offline_reads_only_the_cache_and_fails_fast(monkeypatch: pytest.MonkeyPatch, tmp_path):
+def test_lora_data_offline_reads_only_the_cache_and_fails_fast(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+):
     import time
 
     pytest.importorskip("datasets")
@@ -343,7 +381,9 @@ def test_lora_data_offline_reads_only_the_cache_and_fails_fast(monkeypatch: pyte
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path)  # (an empty cache)
     start = time.perf_counter()
-    with pytest.raises(FileNotFoundError, match=r"offline mode.*Set learning.lora.data_dir or FEDENV_DATA_DIR"):
+    with pytest.raises(
+        FileNotFoundError, match=r"offline mode.*Set learning.lora.data_dir or FEDENV_DATA_DIR"
+    ):
         data._raw_splits("sst2", None, 10)
     assert time.perf_counter() - start < 5.0
 
@@ -368,7 +408,10 @@ def test_costs_are_the_energies_with_the_budgets_as_limits(preset):
         if latency_budget is None:
             assert "cost_latency" not in info and "cost_limit_latency" not in info
         else:
-            assert info["cost_latency"] == info["round_latency_s"] and info["cost_limit_latency"] == latency_budget
+            assert (
+                info["cost_latency"] == info["round_latency_s"]
+                and info["cost_limit_latency"] == latency_budget
+            )
     assert "cost" not in infos[0]  # a reset plays no round
     # the vector env reports the same costs, batched
     venv = FedLoRAWirelessVectorEnv(2, preset=preset, num_rounds=4)
@@ -385,7 +428,9 @@ def test_costs_are_the_energies_with_the_budgets_as_limits(preset):
 
 @pytest.mark.parametrize("preset", PRESET_NAMES)
 def test_accuracy_reward_mode_is_the_accuracy_gain_alone(preset):
-    env = FedLoRAWirelessEnv(preset=preset, num_rounds=5, reward={"mode": "accuracy", "accuracy_weight": 2.0})
+    env = FedLoRAWirelessEnv(
+        preset=preset, num_rounds=5, reward={"mode": "accuracy", "accuracy_weight": 2.0}
+    )
     default = FedLoRAWirelessEnv(preset=preset, num_rounds=5)
     assert default.config.reward.mode == "accuracy_energy"
     _, rewards, infos = rollout(env, seed=3, policy_seed=2)
@@ -395,7 +440,12 @@ def test_accuracy_reward_mode_is_the_accuracy_gain_alone(preset):
     for t, info in enumerate(infos[1:]):
         assert set(info["reward_terms"]) == {"accuracy"}
         assert rewards[t] == pytest.approx(2.0 * 100.0 * (accuracy[t + 1] - accuracy[t]), abs=1e-12)
-        assert d_infos[t + 1]["reward_terms"]["accuracy"] == pytest.approx(rewards[t] / 2.0, abs=1e-12)
+        assert d_infos[t + 1]["reward_terms"]["accuracy"] == pytest.approx(
+            rewards[t] / 2.0, abs=1e-12
+        )
     assert sum(rewards) == pytest.approx(200.0 * (accuracy[-1] - accuracy[0]), abs=1e-9)
-    with pytest.raises(fedenv.config.ConfigError, match=r"reward\.mode must be one of accuracy_energy, dpp, accuracy"):
+    with pytest.raises(
+        fedenv.config.ConfigError,
+        match=r"reward\.mode must be one of accuracy_energy, dpp, accuracy",
+    ):
         FedLoRAWirelessEnv(reward={"mode": "accuracy_gain"})

@@ -50,7 +50,11 @@ def _flip(path: Path, rng: random.Random) -> int:
 
 def _digests(folder: Path) -> dict[str, str]:
     """SHA-256 of every file under ``folder`` but the temporary ones of writes in progress."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.endswith(".tmp")}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.name.endswith(".tmp")
+    }
 
 
 class _DiskFull:
@@ -85,11 +89,32 @@ class _DiskFull:
     def patched(self, monkeypatch: pytest.MonkeyPatch) -> Iterator[_DiskFull]:
         real = io.open
 
-        def fake_open(file: Any, mode: str = "r", buffering: int = -1, encoding: str | None = None, errors: str | None = None, newline: str | None = None, *args: Any, **kw: Any) -> Any:
-            if not (isinstance(file, (str, os.PathLike)) and str(file).startswith(self.root) and any(c in mode for c in "wax")):
+        def fake_open(
+            file: Any,
+            mode: str = "r",
+            buffering: int = -1,
+            encoding: str | None = None,
+            errors: str | None = None,
+            newline: str | None = None,
+            *args: Any,
+            **kw: Any,
+        ) -> Any:
+            if not (
+                isinstance(file, (str, os.PathLike))
+                and str(file).startswith(self.root)
+                and any(c in mode for c in "wax")
+            ):
                 return real(file, mode, buffering, encoding, errors, newline, *args, **kw)
-            limited = self.wrap(real(file, mode.replace("t", "").replace("b", "") + "b", buffering=0))
-            return limited if "b" in mode else io.TextIOWrapper(limited, encoding=encoding or "utf-8", errors=errors, newline=newline)
+            limited = self.wrap(
+                real(file, mode.replace("t", "").replace("b", "") + "b", buffering=0)
+            )
+            return (
+                limited
+                if "b" in mode
+                else io.TextIOWrapper(
+                    limited, encoding=encoding or "utf-8", errors=errors, newline=newline
+                )
+            )
 
         with monkeypatch.context() as m:
             m.setattr(io, "open", fake_open)
@@ -98,15 +123,22 @@ class _DiskFull:
 
 
 # ------------------------------------------------------------------ the atomic write
-def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from agents.runs import write_file
 
     target = tmp_path / "metrics.json"
     write_file(target, '{"old": 1}')
-    with _DiskFull(tmp_path, 3).patched(monkeypatch), pytest.raises(OSError, match=r"cannot write .*metrics.json.*disk is full.*--resume") as err:
+    with (
+        _DiskFull(tmp_path, 3).patched(monkeypatch),
+        pytest.raises(OSError, match=r"cannot write .*metrics.json.*disk is full.*--resume") as err,
+    ):
         write_file(target, '{"new": 2, "more": "data"}')
     assert err.value.errno == errno.ENOSPC
-    assert target.read_text() == '{"old": 1}' and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+    assert target.read_text() == '{"old": 1}' and [p.name for p in tmp_path.iterdir()] == [
+        "metrics.json"
+    ]
 
 
 # ------------------------------------------------------------------------ PPO runs
@@ -183,7 +215,9 @@ def test_every_run_file_is_written_atomically_and_checked(finished: Path) -> Non
     assert _rows(finished) == [0, 256, 512]
 
 
-def test_a_finished_run_extended_continues_from_its_final_model(run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_finished_run_extended_continues_from_its_final_model(
+    run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     before = json.loads((run / "metrics.json").read_text())["wall_s_total"]
     _resume(run, "--total-timesteps", "768")
     assert "continuing from step 512 (model.zip (the final model))" in capsys.readouterr().out
@@ -195,7 +229,9 @@ def test_a_finished_run_extended_continues_from_its_final_model(run: Path, capsy
     _check_loadable(run, 768)
 
 
-def test_damaged_newest_checkpoint_is_skipped_with_a_warning(run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_damaged_newest_checkpoint_is_skipped_with_a_warning(
+    run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from agents.runs import RunDir, RunRepairWarning
 
     # the full-disk case of the issue: the final model and the newest checkpoint are partial,
@@ -203,17 +239,31 @@ def test_damaged_newest_checkpoint_is_skipped_with_a_warning(run: Path, capsys: 
     _truncate(run / "model.zip", 0.3)
     _truncate(run / "checkpoints" / "ckpt_512_steps.zip", 0.5)
     (run / "checkpoints" / "ckpt_vecnormalize_512_steps.pkl").unlink()
-    with pytest.warns(RunRepairWarning, match=r"skipped model.zip: .*does not open.*checkpoints/ckpt_512_steps.zip: .*continuing from checkpoints/ckpt_256_steps.zip at step 256"):
+    with pytest.warns(
+        RunRepairWarning,
+        match=r"skipped model.zip: .*does not open.*checkpoints/ckpt_512_steps.zip: .*continuing from checkpoints/ckpt_256_steps.zip at step 256",
+    ):
         _resume(run)
     assert "continuing from step 256" in capsys.readouterr().out
     assert (run / "checkpoints" / "ckpt_512_steps.zip").is_file()  # the new branch's checkpoint
-    assert (run / "checkpoints" / "ckpt_512_steps.zip.broken").is_file()  # the damaged one, kept aside
+    assert (
+        run / "checkpoints" / "ckpt_512_steps.zip.broken"
+    ).is_file()  # the damaged one, kept aside
     assert _rows(run) == [0, 256, 512]  # the abandoned branch's 512 dropped, the new one's kept
     assert RunDir(run).read_meta()["sessions"][-1]["resumed_from_step"] == 256
     _check_loadable(run, 512)
 
 
-@pytest.mark.parametrize("damage", ["truncated", "bit-flipped", "normaliser missing", "normaliser truncated", "normaliser of another step"])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "truncated",
+        "bit-flipped",
+        "normaliser missing",
+        "normaliser truncated",
+        "normaliser of another step",
+    ],
+)
 def test_resume_point_skips_each_kind_of_damage(run: Path, damage: str) -> None:
     from agents.runs import RunDir
 
@@ -246,11 +296,21 @@ def test_a_corrupt_best_model_is_repaired_on_resume(run: Path) -> None:
     from agents.runs import RunRepairWarning
 
     _truncate(run / "best" / "model.zip")
-    with pytest.warns(RunRepairWarning, match=r"best/ is damaged .*re-saved it from checkpoints/ckpt_512_steps.zip"):
+    with pytest.warns(
+        RunRepairWarning,
+        match=r"best/ is damaged .*re-saved it from checkpoints/ckpt_512_steps.zip",
+    ):
         _resume(run)  # nothing left to train: only the bookkeeping
     assert _rows(run) == [0, 256, 512]
     _check_loadable(run, 512)
-    proc = subprocess.run([sys.executable, "-m", "agents.evaluate", str(run), "--episodes", "1"], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "agents.evaluate", str(run), "--episodes", "1"],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
@@ -259,11 +319,16 @@ def test_best_from_an_abandoned_branch_is_not_kept(run: Path) -> None:
 
     r = RunDir(run)
     r.model.unlink()
-    _truncate(r.checkpoint(512))  # resume from 256: best/ (the model of step 512) is of the abandoned branch
+    _truncate(
+        r.checkpoint(512)
+    )  # resume from 256: best/ (the model of step 512) is of the abandoned branch
     with pytest.warns(RunRepairWarning) as record:
         _resume(run, "--total-timesteps", "256")
     text = " ".join(str(w.message) for w in record)
-    assert "dropped 1 evaluation row(s) of step(s) 512" in text and "best/ held the model of step 512" in text
+    assert (
+        "dropped 1 evaluation row(s) of step(s) 512" in text
+        and "best/ held the model of step 512" in text
+    )
     assert _rows(run) == [0, 256] and model_steps(r.best_model) == 256
 
 
@@ -298,11 +363,25 @@ def test_a_truncated_env_config_does_not_resume_with_defaults(run: Path) -> None
 
     lines = (run / "env_config.yaml").read_text().splitlines(keepends=True)
     (run / "env_config.yaml").write_text("".join(lines[:-5]))  # whole lines cut: still valid YAML
-    with pytest.raises(ValueError, match=r"env_config.yaml: truncated: its last line, the checksum, is missing.*restore env_config.yaml"):
+    with pytest.raises(
+        ValueError,
+        match=r"env_config.yaml: truncated: its last line, the checksum, is missing.*restore env_config.yaml",
+    ):
         RunDir(run).env_config()
 
 
-@pytest.mark.parametrize("name", ["eval_state.json", "metrics.json", "evaluations.csv", "vecnormalize.pkl", "model.zip", "best/vecnormalize.pkl", "checkpoints/ckpt_512_steps.zip"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "eval_state.json",
+        "metrics.json",
+        "evaluations.csv",
+        "vecnormalize.pkl",
+        "model.zip",
+        "best/vecnormalize.pkl",
+        "checkpoints/ckpt_512_steps.zip",
+    ],
+)
 def test_damaged_state_files_are_rebuilt_or_skipped(run: Path, name: str) -> None:
     from agents.runs import RunDir
 
@@ -312,7 +391,9 @@ def test_damaged_state_files_are_rebuilt_or_skipped(run: Path, name: str) -> Non
     _check_loadable(run, 512)
 
 
-def test_a_read_only_run_directory_gives_a_clear_error(run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_read_only_run_directory_gives_a_clear_error(
+    run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import tempfile
 
     from agents import train_ppo
@@ -323,9 +404,19 @@ def test_a_read_only_run_directory_gives_a_clear_error(run: Path, monkeypatch: p
     def refuse(*args: Any, **kw: Any) -> Any:
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(tempfile, "mkstemp", refuse)  # root ignores chmod: refuse as a read-only dir would
-    with pytest.raises(PermissionError, match=r"cannot write in the run directory .*Permission denied.*must be writable"):
-        prepare_run(train_ppo.Args(run_dir=str(run), resume=True), {"run_dir", "resume"}, "ppo", train_ppo.Args)
+    monkeypatch.setattr(
+        tempfile, "mkstemp", refuse
+    )  # root ignores chmod: refuse as a read-only dir would
+    with pytest.raises(
+        PermissionError,
+        match=r"cannot write in the run directory .*Permission denied.*must be writable",
+    ):
+        prepare_run(
+            train_ppo.Args(run_dir=str(run), resume=True),
+            {"run_dir", "resume"},
+            "ppo",
+            train_ppo.Args,
+        )
     assert _digests(run) == before
 
 
@@ -355,19 +446,27 @@ def _full_disk_then_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, budg
 
 
 @pytest.mark.parametrize("budget", [30_000, 170_000])
-def test_a_full_disk_loses_nothing_saved_and_the_run_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, budget: int) -> None:
+def test_a_full_disk_loses_nothing_saved_and_the_run_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, budget: int
+) -> None:
     _full_disk_then_resume(tmp_path, monkeypatch, budget)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("budget", [2_000, 60_000, 110_000, 230_000, 270_000, 285_000])  # a run writes about 308 kB
-def test_a_full_disk_at_more_points(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, budget: int) -> None:
+@pytest.mark.parametrize(
+    "budget", [2_000, 60_000, 110_000, 230_000, 270_000, 285_000]
+)  # a run writes about 308 kB
+def test_a_full_disk_at_more_points(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, budget: int
+) -> None:
     _full_disk_then_resume(tmp_path, monkeypatch, budget)
 
 
 # ------------------------------------------------------------------ calibration traces
 def _surrogate_config(rounds: int = 4) -> EnvConfig:
-    return EnvConfig.from_preset("switching").replace(num_rounds=rounds, learning={"backend": "surrogate"})
+    return EnvConfig.from_preset("switching").replace(
+        num_rounds=rounds, learning={"backend": "surrogate"}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -381,17 +480,23 @@ def _same_episodes(a: list[Any], b: list[Any]) -> None:
     assert [e.key for e in a] == [e.key for e in b]
     for x, y in zip(a, b):
         for name in ("rank", "ratio", "success", "energy_j", "accuracy", "loss", "reward"):
-            np.testing.assert_array_equal(getattr(x, name), getattr(y, name), err_msg=f"{x.key} {name}")
+            np.testing.assert_array_equal(
+                getattr(x, name), getattr(y, name), err_msg=f"{x.key} {name}"
+            )
 
 
-def test_a_torn_header_with_the_next_record_appended_skips_only_that_episode(traces: Path, tmp_path: Path) -> None:
+def test_a_torn_header_with_the_next_record_appended_skips_only_that_episode(
+    traces: Path, tmp_path: Path
+) -> None:
     lines = traces.read_text().splitlines(keepends=True)
     heads = [i for i, line in enumerate(lines) if line.startswith('{"type": "episode"')]
     # the second episode's header torn, and the third episode written straight after it (the
     # writer of old appended to a torn line)
     bad = tmp_path / "bad.jsonl"
     bad.write_text("".join(lines[: heads[1]]) + lines[heads[1]][:300] + "".join(lines[heads[2] :]))
-    with pytest.warns(TraceDamageWarning, match=r"damaged line\(s\) \d+ .*every other complete episode is kept"):
+    with pytest.warns(
+        TraceDamageWarning, match=r"damaged line\(s\) \d+ .*every other complete episode is kept"
+    ):
         kept = load_traces(bad)
     clean = load_traces(traces)
     _same_episodes(kept, [e for e in clean if e.key != clean[1].key])
@@ -399,11 +504,15 @@ def test_a_torn_header_with_the_next_record_appended_skips_only_that_episode(tra
     rounds = [i for i, line in enumerate(lines) if '"type": "round"' in line]
     torn = lines[rounds[1]][:60] + lines[rounds[1] + 1]
     bad.write_text("".join(lines[: rounds[1]]) + torn + "".join(lines[rounds[1] + 2 :]))
-    with pytest.warns(TraceDamageWarning, match=rf"skipped the episode\(s\) they belong to: {clean[0].key}"):
+    with pytest.warns(
+        TraceDamageWarning, match=rf"skipped the episode\(s\) they belong to: {clean[0].key}"
+    ):
         _same_episodes(load_traces(bad), clean[1:])
     # the collector repairs the file and reruns only what is missing
     with pytest.warns(TraceDamageWarning):
-        assert collect(_surrogate_config(), ["explore", "random"], [0, 1], bad, progress=False) == [clean[0].key]
+        assert collect(_surrogate_config(), ["explore", "random"], [0, 1], bad, progress=False) == [
+            clean[0].key
+        ]
     again = load_traces(bad)
     _same_episodes(sorted(again, key=lambda e: e.key), sorted(clean, key=lambda e: e.key))
 
@@ -411,7 +520,11 @@ def test_a_torn_header_with_the_next_record_appended_skips_only_that_episode(tra
 def test_truncated_and_bit_flipped_trace_files(traces: Path, tmp_path: Path) -> None:
     clean = load_traces(traces)
     data = traces.read_bytes()
-    ends = [data.index(b'"type": "end"', i) for i in range(len(data)) if data.startswith(b'{"type": "episode"', i)]
+    ends = [
+        data.index(b'"type": "end"', i)
+        for i in range(len(data))
+        if data.startswith(b'{"type": "episode"', i)
+    ]
     rng = random.Random(0)
     bad = tmp_path / "bad.jsonl"
     for cut in sorted(rng.sample(range(len(data)), 12)):
@@ -430,14 +543,21 @@ def test_truncated_and_bit_flipped_trace_files(traces: Path, tmp_path: Path) -> 
         affected = {e.key for e in clean if e.key not in kept or not _equal(kept[e.key], e)}
         assert len(affected) <= 1, (i, affected)
         with _ignore_warnings():
-            collect(_surrogate_config(), ["explore", "random"], [0, 1], bad, progress=False)  # reruns a skipped one
+            collect(
+                _surrogate_config(), ["explore", "random"], [0, 1], bad, progress=False
+            )  # reruns a skipped one
             again = {e.key: e for e in load_traces(bad)}
         assert set(again) == {e.key for e in clean}
-        assert all(_equal(again[e.key], e) for e in clean if e.key not in affected or e.key not in kept)
+        assert all(
+            _equal(again[e.key], e) for e in clean if e.key not in affected or e.key not in kept
+        )
 
 
 def _equal(a: Any, b: Any) -> bool:
-    return all(np.array_equal(getattr(a, n), getattr(b, n)) for n in ("rank", "ratio", "success", "energy_j", "accuracy", "loss", "reward"))
+    return all(
+        np.array_equal(getattr(a, n), getattr(b, n))
+        for n in ("rank", "ratio", "success", "energy_j", "accuracy", "loss", "reward")
+    )
 
 
 @contextmanager
@@ -449,7 +569,9 @@ def _ignore_warnings() -> Iterator[None]:
         yield
 
 
-def test_a_full_disk_leaves_no_torn_trace_line(traces: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_full_disk_leaves_no_torn_trace_line(
+    traces: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "t.jsonl"
     size = traces.stat().st_size
     for budget in (size // 3, 2 * size // 3):
@@ -523,21 +645,38 @@ finally:
 """
 
 
-def _killed(module: str, argv: list[str], fault: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+def _killed(
+    module: str, argv: list[str], fault: str, check: bool = False
+) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", FAULT_KILL=fault)
-    proc = subprocess.run([sys.executable, "-c", KILLER, module, *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLER, module, *argv],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
 
-def _kill_points(rng: random.Random, replaces: int, fsyncs: int, seconds: float, n: int, writes: int = 0) -> list[str]:
+def _kill_points(
+    rng: random.Random, replaces: int, fsyncs: int, seconds: float, n: int, writes: int = 0
+) -> list[str]:
     kinds = ["replace", "replaced"] * (replaces > 0) + ["fsync", "time"] + ["torn"] * (writes > 0)
     points = []
     for i in range(n):
         kind = kinds[i % len(kinds)]
-        limit = {"replace": replaces, "replaced": replaces, "fsync": fsyncs, "torn": writes}.get(kind, 0)
-        points.append(f"time:{rng.uniform(0.0, seconds):.2f}" if kind == "time" else f"{kind}:{rng.randint(1, limit)}")
+        limit = {"replace": replaces, "replaced": replaces, "fsync": fsyncs, "torn": writes}.get(
+            kind, 0
+        )
+        points.append(
+            f"time:{rng.uniform(0.0, seconds):.2f}"
+            if kind == "time"
+            else f"{kind}:{rng.randint(1, limit)}"
+        )
     return points
 
 
@@ -557,17 +696,29 @@ def test_sigkill_at_random_points_of_a_ppo_run_then_resume(tmp_path: Path) -> No
     reference_last = json.loads((ref / "metrics.json").read_text())["last_eval"]
     rng = random.Random(21)
     outcomes = []
-    points = [*_kill_points(rng, replaces, fsyncs, 1.5, 12), f"replaced:{replaces - 1}"]  # the last: after the final save
+    points = [
+        *_kill_points(rng, replaces, fsyncs, 1.5, 12),
+        f"replaced:{replaces - 1}",
+    ]  # the last: after the final save
     for i, fault in enumerate(points):
         run = tmp_path / f"k{i}"
         proc = _killed("agents.train_ppo", [*argv, "--run-dir", str(run)], fault)
         killed = proc.returncode == -9
         r = RunDir(run)
-        final_saved = r.model.is_file() and pair_problem(r.model, r.normalizer, stamped=True) is None
-        if r.latest_checkpoint() is None and not final_saved:  # before the first checkpoint: a new run, as --resume says
+        final_saved = (
+            r.model.is_file() and pair_problem(r.model, r.normalizer, stamped=True) is None
+        )
+        if (
+            r.latest_checkpoint() is None and not final_saved
+        ):  # before the first checkpoint: a new run, as --resume says
             _killed("agents.train_ppo", [*argv, "--run-dir", str(run)], "none", check=True)
         else:
-            _killed("agents.train_ppo", ["--run-dir", str(run), "--resume", "--no-progress-bar"], "none", check=True)
+            _killed(
+                "agents.train_ppo",
+                ["--run-dir", str(run), "--resume", "--no-progress-bar"],
+                "none",
+                check=True,
+            )
         _check_loadable(run, 1024)
         last = json.loads((run / "metrics.json").read_text())["last_eval"]
         if final_saved or not killed:
@@ -580,7 +731,21 @@ def test_sigkill_at_random_points_of_a_ppo_run_then_resume(tmp_path: Path) -> No
 def test_sigkill_at_random_points_of_a_calibration_collection_then_resume(tmp_path: Path) -> None:
     """A collection killed anywhere (a torn line included) and rerun gives the same episodes as
     an uninterrupted one: an episode is replayed from its seed."""
-    argv = ["collect", "--backend", "surrogate", "--rounds", "4", "--policies", "explore", "random", "--seeds", "0", "1", "2", "--no-progress"]
+    argv = [
+        "collect",
+        "--backend",
+        "surrogate",
+        "--rounds",
+        "4",
+        "--policies",
+        "explore",
+        "random",
+        "--seeds",
+        "0",
+        "1",
+        "2",
+        "--no-progress",
+    ]
     ref = tmp_path / "ref.jsonl"
     out = _killed("fedenv.calibrate", [*argv, "--out", str(ref)], "count", check=True)
     replaces, fsyncs, writes = map(int, out.stdout.split("CALLS")[1].split()[:3])
@@ -595,9 +760,11 @@ def test_sigkill_at_random_points_of_a_calibration_collection_then_resume(tmp_pa
         killed += proc.returncode == -9
         _killed("fedenv.calibrate", [*argv, "--out", str(path)], "none", check=True)
         with _ignore_warnings():
-            _same_episodes(sorted(load_traces(path), key=lambda e: e.key), sorted(reference, key=lambda e: e.key))
+            _same_episodes(
+                sorted(load_traces(path), key=lambda e: e.key),
+                sorted(reference, key=lambda e: e.key),
+            )
     assert killed >= 10, points
-
 
 
 def test_damaged_constraint_state_is_a_clear_error(tmp_path):
@@ -608,5 +775,7 @@ def test_damaged_constraint_state_is_a_clear_error(tmp_path):
     path.write_text('{"lambda": 0.25, "target": 0.8}')
     assert DualAscentCallback.saved_lambda(path) == 0.25
     path.write_text('{"lambda": 0.2')
-    with pytest.raises(ValueError, match=r"constraint.json: damaged .*delete it to restart the multiplier"):
+    with pytest.raises(
+        ValueError, match=r"constraint.json: damaged .*delete it to restart the multiplier"
+    ):
         DualAscentCallback.saved_lambda(path)

@@ -33,7 +33,14 @@ K, BUDGET = 3, 0.25
 
 def _train(*argv: str) -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "agents.train_ppo", *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "agents.train_ppo", *argv],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
@@ -48,18 +55,33 @@ class _CostEnv(gym.Env[np.ndarray, np.ndarray]):
         self.latency = 1.0
         self.accuracy_term = 0.5
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         return np.zeros(1, np.float32), {}
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        info = {"reward_terms": {"accuracy": self.accuracy_term}, "cost_per_device": self.costs.copy(), "cost": float(self.costs.sum()), "cost_latency": self.latency}
+        info = {
+            "reward_terms": {"accuracy": self.accuracy_term},
+            "cost_per_device": self.costs.copy(),
+            "cost": float(self.costs.sum()),
+            "cost_latency": self.latency,
+        }
         return np.zeros(1, np.float32), 123.0, False, False, info
 
 
-def _wrapped(multipliers: str = "per_device", preset: str = "switching", lr: float = 0.1, init: float = 0.0) -> tuple[CostConstraints, _CostEnv]:
+def _wrapped(
+    multipliers: str = "per_device", preset: str = "switching", lr: float = 0.1, init: float = 0.0
+) -> tuple[CostConstraints, _CostEnv]:
     env = _CostEnv()
-    cfg = resolve_config(preset, devices={"num_devices": K}, budgets={"energy_budget_j": None if preset == "soft" else BUDGET})
-    return CostConstraints(DummyVecEnv([lambda: env]), cfg, lr=lr, multipliers=multipliers, init=init), env
+    cfg = resolve_config(
+        preset,
+        devices={"num_devices": K},
+        budgets={"energy_budget_j": None if preset == "soft" else BUDGET},
+    )
+    return CostConstraints(
+        DummyVecEnv([lambda: env]), cfg, lr=lr, multipliers=multipliers, init=init
+    ), env
 
 
 def _step(venv: CostConstraints) -> float:
@@ -74,12 +96,18 @@ def test_per_device_multiplier_rises_on_overspend_and_falls_to_zero_when_slack()
     for _ in range(3):
         _step(venv)
     stats = venv.update()
-    np.testing.assert_allclose(venv.lam, [0.1 * 1.0, 0.0, 0.0])  # lr x (mean cost - budget) / budget, projected >= 0
-    assert stats["energy_violation_max"] == pytest.approx(1.0) and stats["devices_over_budget"] == pytest.approx(1 / 3)
+    np.testing.assert_allclose(
+        venv.lam, [0.1 * 1.0, 0.0, 0.0]
+    )  # lr x (mean cost - budget) / budget, projected >= 0
+    assert stats["energy_violation_max"] == pytest.approx(1.0) and stats[
+        "devices_over_budget"
+    ] == pytest.approx(1 / 3)
     _step(venv)
     venv.update()
     np.testing.assert_allclose(venv.lam, [0.2, 0.0, 0.0])
-    env.costs = np.array([0.15, 0.25, 0.1])  # now under budget: lambda_0 falls by 0.1 x 0.4 per update, to 0
+    env.costs = np.array(
+        [0.15, 0.25, 0.1]
+    )  # now under budget: lambda_0 falls by 0.1 x 0.4 per update, to 0
     values = []
     for _ in range(8):
         _step(venv)
@@ -96,7 +124,9 @@ def test_shared_multiplier_ascends_on_the_worst_device() -> None:
     _step(venv)
     venv.update()
     assert venv.lam[0] == pytest.approx(0.05 + 0.1 * 0.2)
-    env.costs = np.array([0.2, 0.2, 0.1])  # worst 20% under: falls by 0.02 per update, then stays at 0
+    env.costs = np.array(
+        [0.2, 0.2, 0.1]
+    )  # worst 20% under: falls by 0.02 per update, then stays at 0
     for _ in range(5):
         _step(venv)
         venv.update()
@@ -107,11 +137,19 @@ def test_shared_multiplier_ascends_on_the_worst_device() -> None:
 def test_shaped_reward_is_the_accuracy_term_minus_the_priced_violations(multipliers: str) -> None:
     venv, env = _wrapped(multipliers, preset="unified")
     assert venv.cost_names == ["energy_0", "energy_1", "energy_2", "latency"]
-    venv.lam = np.array([0.5, 1.0, 2.0, 0.3]) if multipliers == "per_device" else np.array([0.7, 0.3])
+    venv.lam = (
+        np.array([0.5, 1.0, 2.0, 0.3]) if multipliers == "per_device" else np.array([0.7, 0.3])
+    )
     env.costs, env.latency, env.accuracy_term = np.array([0.5, 0.2, 0.25]), 4.5, 0.8
     weights = [0.5, 1.0, 2.0] if multipliers == "per_device" else [0.7] * 3
-    expected = 0.8 - sum(w * (c - BUDGET) / BUDGET for w, c in zip(weights, env.costs)) - 0.3 * (4.5 - 3.0) / 3.0
-    assert _step(venv) == pytest.approx(expected, rel=1e-6)  # (the env's own reward, 123, is replaced)
+    expected = (
+        0.8
+        - sum(w * (c - BUDGET) / BUDGET for w, c in zip(weights, env.costs))
+        - 0.3 * (4.5 - 3.0) / 3.0
+    )
+    assert _step(venv) == pytest.approx(
+        expected, rel=1e-6
+    )  # (the env's own reward, 123, is replaced)
 
 
 def test_latency_only_preset_and_bad_settings() -> None:
@@ -130,7 +168,9 @@ def test_latency_only_preset_and_bad_settings() -> None:
     with pytest.raises(ValueError, match="neither an energy nor a latency budget"):
         CostConstraints(base, cfg.replace(budgets={"energy_budget_j": None}), 0.1)
     with pytest.raises(ValueError, match="resume with the run's own --multipliers"):
-        CostConstraints(base, cfg, 0.1, "shared").load_state(CostConstraints(base, cfg, 0.1).state())
+        CostConstraints(base, cfg, 0.1, "shared").load_state(
+            CostConstraints(base, cfg, 0.1).state()
+        )
 
 
 @pytest.mark.parametrize("kind", ["dummy", "batched"])
@@ -141,11 +181,20 @@ def test_shaped_reward_on_the_training_envs_reads_the_env_costs(kind: str) -> No
     venv.reset()
     rng = np.random.default_rng(0)
     for _ in range(4):  # through an episode end
-        _, reward, _, infos = venv.step(rng.uniform(-1, 1, (2, *venv.action_space.shape)).astype(np.float32))
+        _, reward, _, infos = venv.step(
+            rng.uniform(-1, 1, (2, *venv.action_space.shape)).astype(np.float32)
+        )
         for r, info in zip(reward, infos):
             costs = np.append(info["cost_per_device"], info["cost_latency"])
-            limits = np.append(np.full(cfg.devices.num_devices, cfg.budgets.energy_budget_j), cfg.budgets.latency_budget_s)
-            assert r == pytest.approx(info["reward_terms"]["accuracy"] - venv.lam @ ((costs - limits) / limits), rel=1e-5, abs=1e-5)
+            limits = np.append(
+                np.full(cfg.devices.num_devices, cfg.budgets.energy_budget_j),
+                cfg.budgets.latency_budget_s,
+            )
+            assert r == pytest.approx(
+                info["reward_terms"]["accuracy"] - venv.lam @ ((costs - limits) / limits),
+                rel=1e-5,
+                abs=1e-5,
+            )
             assert info["cost"] == pytest.approx(info["cost_per_device"].sum())
 
 
@@ -165,28 +214,73 @@ def test_training_writes_the_multipliers_and_resume_restores_them(tmp_path: Path
     assert resumed["lambda"] == [float(k) for k in range(10)] and resumed["timesteps"] == 384
 
 
-def test_pareto_command_runs_end_to_end_with_the_lyapunov_sweep_and_agents_per_budget(tmp_path: Path) -> None:
+def test_pareto_command_runs_end_to_end_with_the_lyapunov_sweep_and_agents_per_budget(
+    tmp_path: Path,
+) -> None:
     import csv
 
     from baselines import pareto
 
     runs = []
-    for budget in (0.25, 0.5):  # one PPO-Lagrangian run per energy budget (tiny: 3 devices, 5 rounds)
+    for budget in (
+        0.25,
+        0.5,
+    ):  # one PPO-Lagrangian run per energy budget (tiny: 3 devices, 5 rounds)
         config = tmp_path / f"tiny_e{budget}.yaml"
-        config.write_text(f"preset: switching\nnum_rounds: 5\ndevices:\n  num_devices: 3\nbudgets:\n  energy_budget_j: {budget}\n")
+        config.write_text(
+            f"preset: switching\nnum_rounds: 5\ndevices:\n  num_devices: 3\nbudgets:\n  energy_budget_j: {budget}\n"
+        )
         run = tmp_path / f"run_e{budget}"
-        _train(*TINY, "--total-timesteps", "128", "--eval-freq", "0", "--config", str(config), "--run-dir", str(run))
+        _train(
+            *TINY,
+            "--total-timesteps",
+            "128",
+            "--eval-freq",
+            "0",
+            "--config",
+            str(config),
+            "--run-dir",
+            str(run),
+        )
         runs.append(f"ppo:{run}")
     out = tmp_path / "pareto"
-    rows = pareto.main(["--preset", str(ROOT / "configs/scenarios/tiny.yaml"), "--seeds", "1000-1002", "--V", "0.1,1", "--agents", *runs, "--out", str(out)])
-    assert [(r["method"], r["parameter"]) for r in rows] == [("lyapunov", "V")] * 2 + [("ppo", "run")] * 2
-    assert [r["energy_budget_j"] for r in rows] == [0.25, 0.25, 0.25, 0.5]  # each agent in the config it was trained with
+    rows = pareto.main(
+        [
+            "--preset",
+            str(ROOT / "configs/scenarios/tiny.yaml"),
+            "--seeds",
+            "1000-1002",
+            "--V",
+            "0.1,1",
+            "--agents",
+            *runs,
+            "--out",
+            str(out),
+        ]
+    )
+    assert [(r["method"], r["parameter"]) for r in rows] == [("lyapunov", "V")] * 2 + [
+        ("ppo", "run")
+    ] * 2
+    assert [r["energy_budget_j"] for r in rows] == [
+        0.25,
+        0.25,
+        0.25,
+        0.5,
+    ]  # each agent in the config it was trained with
     for r in rows:
-        assert 0.0 < r["final_accuracy"] <= 1.0 and r["energy_j"] > 0 and r["final_accuracy_ci95"] >= 0
+        assert (
+            0.0 < r["final_accuracy"] <= 1.0 and r["energy_j"] > 0 and r["final_accuracy_ci95"] >= 0
+        )
         assert 0.0 <= r["devices_within_budget"] <= 1.0
     with (out / "pareto.csv").open() as fh:
         assert len(list(csv.DictReader(fh))) == 4
-    assert "| ppo | run=" in (out / "pareto.md").read_text() and (out / "pareto.png").stat().st_size > 0
-    assert pareto.parse_seeds("1000-1002") == [1000, 1001, 1002] and pareto.parse_seeds("7,9") == [7, 9]
+    assert (
+        "| ppo | run=" in (out / "pareto.md").read_text()
+        and (out / "pareto.png").stat().st_size > 0
+    )
+    assert pareto.parse_seeds("1000-1002") == [1000, 1001, 1002] and pareto.parse_seeds("7,9") == [
+        7,
+        9,
+    ]
     with pytest.raises(ValueError, match="--seeds"):
         pareto.parse_seeds("10-1")

@@ -37,7 +37,11 @@ def _module_name(path: Path) -> str:
 
 
 def _modules() -> dict[str, Path]:
-    return {_module_name(path): path for layer in LAYERS for path in sorted((ROOT / layer).rglob("*.py"))}
+    return {
+        _module_name(path): path
+        for layer in LAYERS
+        for path in sorted((ROOT / layer).rglob("*.py"))
+    }
 
 
 MODULES = _modules()
@@ -45,7 +49,9 @@ MODULES = _modules()
 
 def _type_checking(node: ast.If) -> bool:
     test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _statements(tree: ast.AST) -> Iterator[tuple[ast.Import | ast.ImportFrom, bool]]:
@@ -119,7 +125,10 @@ def test_no_import_from_a_lower_layer_to_a_higher_one() -> None:
         for dst, line in edges.items()
         if _layer(dst) > _layer(src)
     ]
-    assert not upward, "imports against the layers fedenv <- baselines <- agents <- benchmarks:\n" + "\n".join(upward)
+    assert not upward, (
+        "imports against the layers fedenv <- baselines <- agents <- benchmarks:\n"
+        + "\n".join(upward)
+    )
 
 
 def _cycles(graph: dict[str, dict[str, int]]) -> list[list[str]]:
@@ -168,7 +177,14 @@ def _cycles(graph: dict[str, dict[str, int]]) -> list[list[str]]:
 
 
 def test_cycle_finder_finds_cycles() -> None:
-    graph = {"a": {"b": 1}, "b": {"c": 1}, "c": {"a": 1}, "d": {"a": 1}, "e": {"f": 1}, "f": {"e": 1}}
+    graph = {
+        "a": {"b": 1},
+        "b": {"c": 1},
+        "c": {"a": 1},
+        "d": {"a": 1},
+        "e": {"f": 1},
+        "f": {"e": 1},
+    }
     assert sorted(_cycles(graph)) == [["a", "b", "c"], ["e", "f"]]
     assert _cycles({"a": {"b": 1}, "b": {}}) == []
 
@@ -189,12 +205,24 @@ def test_no_import_cycles() -> None:
         lines.append(
             " <-> ".join(component)
             + ": "
-            + "; ".join(f"{src} -> {dst} (line {line})" for src in component for dst, line in RUNTIME_GRAPH[src].items() if dst in members)
+            + "; ".join(
+                f"{src} -> {dst} (line {line})"
+                for src in component
+                for dst, line in RUNTIME_GRAPH[src].items()
+                if dst in members
+            )
         )
     assert not cycles, "import cycles between the project's modules:\n" + "\n".join(lines)
 
 
-@pytest.mark.parametrize("source", ["import agents.evaluate", "from agents import evaluate", "from agents.evaluate import load_policy"])
+@pytest.mark.parametrize(
+    "source",
+    [
+        "import agents.evaluate",
+        "from agents import evaluate",
+        "from agents.evaluate import load_policy",
+    ],
+)
 def test_an_upward_import_is_seen_even_inside_a_function(source: str, tmp_path: Path) -> None:
     path = tmp_path / "m.py"
     path.write_text("def f():\n    " + source + "\n")
@@ -204,5 +232,11 @@ def test_an_upward_import_is_seen_even_inside_a_function(source: str, tmp_path: 
 
 def test_type_checking_imports_count_for_the_layers_not_for_cycles(tmp_path: Path) -> None:
     path = tmp_path / "m.py"
-    path.write_text("import typing\nif typing.TYPE_CHECKING:\n    from agents import evaluate\nelse:\n    import fedenv.env\n")
-    assert sorted(_imports("baselines.m", path)) == [("agents.evaluate", 3, True), ("fedenv.env", 5, False), ("typing", 1, False)]
+    path.write_text(
+        "import typing\nif typing.TYPE_CHECKING:\n    from agents import evaluate\nelse:\n    import fedenv.env\n"
+    )
+    assert sorted(_imports("baselines.m", path)) == [
+        ("agents.evaluate", 3, True),
+        ("fedenv.env", 5, False),
+        ("typing", 1, False),
+    ]

@@ -19,7 +19,9 @@ from fedenv.learning.lora.sparsification import (  # noqa: E402
 from fedenv.learning.lora.training import length_groups  # noqa: E402
 
 
-def _factors(rng: np.random.Generator, ranks: list[int], d_in: int = 5, d_out: int = 4) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def _factors(
+    rng: np.random.Generator, ranks: list[int], d_in: int = 5, d_out: int = 4
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     a = [torch.from_numpy(rng.normal(size=(r, d_in))) for r in ranks]
     b = [torch.from_numpy(rng.normal(size=(d_out, r))) for r in ranks]
     return a, b
@@ -70,7 +72,9 @@ def test_zeropad_of_equal_ranks_is_fedavg_of_factors():
     rng = np.random.default_rng(2)
     a_list, b_list = _factors(rng, [3, 3])
     a, b = torch.stack(a_list), torch.stack(b_list)
-    new_a, new_b = agg.zeropad_aggregate(a, b, torch.ones((2, 3), dtype=torch.bool), [1.0, 3.0], a[0], b[0])
+    new_a, new_b = agg.zeropad_aggregate(
+        a, b, torch.ones((2, 3), dtype=torch.bool), [1.0, 3.0], a[0], b[0]
+    )
     np.testing.assert_allclose(new_a.numpy(), np.average(a.numpy(), axis=0, weights=[1, 3]))
     np.testing.assert_allclose(new_b.numpy(), np.average(b.numpy(), axis=0, weights=[1, 3]))
 
@@ -81,16 +85,24 @@ def test_stack_is_exactly_the_weighted_sum_of_products():
     w = np.array([1.0, 2.0, 7.0])
     a_s, b_s = agg.stack_aggregate(a_list, b_list, w)
     assert a_s.shape == (6, 5) and b_s.shape == (4, 6)
-    oracle = sum(wk / w.sum() * (bk.numpy() @ ak.numpy()) for ak, bk, wk in zip(a_list, b_list, w, strict=True))
+    oracle = sum(
+        wk / w.sum() * (bk.numpy() @ ak.numpy())
+        for ak, bk, wk in zip(a_list, b_list, w, strict=True)
+    )
     np.testing.assert_allclose((b_s @ a_s).numpy(), oracle, rtol=1e-12)
-    np.testing.assert_array_equal(a_s[2:5].numpy(), a_list[1].numpy())  # A blocks are stacked unscaled
+    np.testing.assert_array_equal(
+        a_s[2:5].numpy(), a_list[1].numpy()
+    )  # A blocks are stacked unscaled
 
 
 def test_svd_is_the_best_rank_r_approximation_with_ordered_components():
     rng = np.random.default_rng(4)
     a_list, b_list = _factors(rng, [2, 3], d_in=6, d_out=5)
     w = np.array([3.0, 1.0])
-    delta = sum(wk / w.sum() * (bk.numpy() @ ak.numpy()) for ak, bk, wk in zip(a_list, b_list, w, strict=True))
+    delta = sum(
+        wk / w.sum() * (bk.numpy() @ ak.numpy())
+        for ak, bk, wk in zip(a_list, b_list, w, strict=True)
+    )
     u, s, vh = np.linalg.svd(delta)
     for rank in (1, 2, 5):
         a, b = agg.svd_aggregate(a_list, b_list, w, rank)
@@ -99,9 +111,13 @@ def test_svd_is_the_best_rank_r_approximation_with_ordered_components():
         best = (u[:, :k] * s[:k]) @ vh[:k]
         np.testing.assert_allclose((b @ a).numpy(), best, atol=1e-10)
         importance = component_importance(a, b).numpy()
-        np.testing.assert_allclose(importance[:k], s[:k], rtol=1e-10)  # balanced split: ||b_i|| ||a_i|| = sigma_i
+        np.testing.assert_allclose(
+            importance[:k], s[:k], rtol=1e-10
+        )  # balanced split: ||b_i|| ||a_i|| = sigma_i
     a, b = agg.svd_aggregate(a_list, b_list, w, 5)
-    np.testing.assert_allclose((b @ a).numpy(), delta, atol=1e-10)  # rank 5 >= rank of the sum: exact
+    np.testing.assert_allclose(
+        (b @ a).numpy(), delta, atol=1e-10
+    )  # rank 5 >= rank of the sum: exact
 
 
 def test_importance_and_top_components_match_oracle():
@@ -109,7 +125,9 @@ def test_importance_and_top_components_match_oracle():
     a = torch.from_numpy(rng.normal(size=(2, 4, 3)))
     b = torch.from_numpy(rng.normal(size=(2, 5, 4)))
     imp = component_importance(a, b)
-    oracle = np.array([[np.linalg.norm(b[k, :, i]) * np.linalg.norm(a[k, i]) for i in range(4)] for k in range(2)])
+    oracle = np.array(
+        [[np.linalg.norm(b[k, :, i]) * np.linalg.norm(a[k, i]) for i in range(4)] for k in range(2)]
+    )
     np.testing.assert_allclose(imp.numpy(), oracle)
     valid = torch.tensor([[True, True, True, True], [True, True, False, False]])
     mask = top_components(imp, torch.tensor([2, 1]), valid)
@@ -122,14 +140,18 @@ def test_importance_and_top_components_match_oracle():
 
 
 def test_soft_keeps_ceil_rho_r_components_like_the_payload_model():
-    assert costs.kept_components(np.array([8, 8, 8, 16]), np.array([0.5, 0.3, 0.01, 1.0])).tolist() == [4, 3, 1, 16]
+    assert costs.kept_components(
+        np.array([8, 8, 8, 16]), np.array([0.5, 0.3, 0.01, 1.0])
+    ).tolist() == [4, 3, 1, 16]
 
 
 def test_orthogonality_penalty_oracle_and_padding():
     rng = np.random.default_rng(6)
     a = torch.from_numpy(rng.normal(size=(3, 7)))
     b = torch.from_numpy(rng.normal(size=(6, 3)))
-    exp = np.sum((a.numpy() @ a.numpy().T - np.eye(3)) ** 2) + np.sum((b.numpy().T @ b.numpy() - np.eye(3)) ** 2)
+    exp = np.sum((a.numpy() @ a.numpy().T - np.eye(3)) ** 2) + np.sum(
+        (b.numpy().T @ b.numpy() - np.eye(3)) ** 2
+    )
     np.testing.assert_allclose(float(orthogonality_penalty(a, b)), exp)
     a_pad, b_pad = agg.pad_components(a, b, 5)
     a_pad.requires_grad_(True)
@@ -140,7 +162,9 @@ def test_orthogonality_penalty_oracle_and_padding():
     pen.backward()
     assert float(a_pad.grad[3:].abs().sum()) == 0.0 and float(b_pad.grad[:, 3:].abs().sum()) == 0.0
     q, _ = np.linalg.qr(rng.normal(size=(7, 3)))
-    assert float(orthogonality_penalty(torch.from_numpy(q.T), torch.from_numpy(np.eye(6, 3)))) < 1e-20  # orthonormal: 0
+    assert (
+        float(orthogonality_penalty(torch.from_numpy(q.T), torch.from_numpy(np.eye(6, 3)))) < 1e-20
+    )  # orthonormal: 0
 
 
 def test_length_groups_partition_and_optimality():
@@ -156,6 +180,8 @@ def test_length_groups_partition_and_optimality():
         best = np.inf  # brute force over every set partition
         for labels in itertools.product(range(g), repeat=g):
             parts = [[i for i in range(g) if labels[i] == c] for c in set(labels)]
-            best = min(best, sum(16 * len(p) * max(longest[i] for i in p) + overhead for p in parts))
+            best = min(
+                best, sum(16 * len(p) * max(longest[i] for i in p) + overhead for p in parts)
+            )
         assert cost == pytest.approx(best)
     assert length_groups([3, 9, 5], [16] * 3, 1e9) == [[0, 2, 1]]

@@ -63,7 +63,9 @@ def glue(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rows = ["index\tquestion\tsentence\tlabel"]
     for i in range(300):
         label = ["entailment", "not_entailment"][i % 2]
-        rows.append(f'{i}\twhat is "the {rng.choice(FILLER)}"?\tThe "{rng.choice(POS)}" {_sentence(rng, i % 2)}\t{label}')
+        rows.append(
+            f'{i}\twhat is "the {rng.choice(FILLER)}"?\tThe "{rng.choice(POS)}" {_sentence(rng, i % 2)}\t{label}'
+        )
     (root / "qnli" / "dev.tsv").write_text("\n".join(rows) + "\n")
     return root
 
@@ -75,7 +77,14 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     path = tmp_path_factory.mktemp("tiny_bert")
     tok = AutoTokenizer.from_pretrained(resolve_model_path("all-MiniLM-L6-v2"))
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=128)
+    cfg = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
     torch.manual_seed(0)
     BertModel(cfg).save_pretrained(path)  # a checkpoint without a classification head, like MiniLM
     tok.save_pretrained(path)
@@ -91,7 +100,12 @@ def make_config(tiny_model: Path, glue: Path, **overrides: Any) -> EnvConfig:
         "learning": {
             "backend": "lora",
             "task": "sst2",
-            "lora": {"model_name_or_path": str(tiny_model), "data_dir": str(glue), "learning_rate": 1e-2, "num_threads": 1},
+            "lora": {
+                "model_name_or_path": str(tiny_model),
+                "data_dir": str(glue),
+                "learning_rate": 1e-2,
+                "num_threads": 1,
+            },
         },
     }
     return EnvConfig.from_dict(base).replace(**overrides)
@@ -103,9 +117,11 @@ def learner(tiny_model: Path, glue: Path) -> LoraLearner:
 
 
 def _adapter_close(x: GlobalAdapter, y: GlobalAdapter, atol: float = 0.0) -> bool:
-    return all(torch.allclose(x.a[p], y.a[p], atol=atol, rtol=0) and torch.allclose(x.b[p], y.b[p], atol=atol, rtol=0) for p in x.a) and all(
-        torch.allclose(x.head[n], y.head[n], atol=atol, rtol=0) for n in x.head
-    )
+    return all(
+        torch.allclose(x.a[p], y.a[p], atol=atol, rtol=0)
+        and torch.allclose(x.b[p], y.b[p], atol=atol, rtol=0)
+        for p in x.a
+    ) and all(torch.allclose(x.head[n], y.head[n], atol=atol, rtol=0) for n in x.head)
 
 
 # ------------------------------------------------------------------------------ model and data
@@ -130,8 +146,12 @@ def test_glue_tsv_is_read_with_quoting_off(glue: Path):
     assert ds[0]["label"] == 0 and ds[1]["label"] == 1
 
 
-def test_qnli_without_train_split_is_split_by_a_seeded_rule_and_reported(tiny_model: Path, glue: Path, caplog: pytest.LogCaptureFixture):
-    cfg = make_config(tiny_model, glue, learning={"task": "qnli", "lora": {"eval_holdout_samples": 100}})
+def test_qnli_without_train_split_is_split_by_a_seeded_rule_and_reported(
+    tiny_model: Path, glue: Path, caplog: pytest.LogCaptureFixture
+):
+    cfg = make_config(
+        tiny_model, glue, learning={"task": "qnli", "lora": {"eval_holdout_samples": 100}}
+    )
     ln = LoraLearner(cfg)
     assert len(ln.data.train) == 200 and len(ln.data.eval) == 100
     with caplog.at_level("INFO"):
@@ -170,7 +190,9 @@ def mean_model(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     path = tmp_path_factory.mktemp("tiny_st") / "model"
     shutil.copytree(tiny_model, path)
     (path / "1_Pooling").mkdir()
-    (path / "1_Pooling" / "config.json").write_text('{"pooling_mode_cls_token": false, "pooling_mode_mean_tokens": true}')
+    (path / "1_Pooling" / "config.json").write_text(
+        '{"pooling_mode_cls_token": false, "pooling_mode_mean_tokens": true}'
+    )
     return path
 
 
@@ -185,39 +207,66 @@ def test_pooling_follows_the_checkpoint_unless_set(tiny_model: Path, mean_model:
     assert isinstance(load_model(str(tiny_model), 2)[0], BertForSequenceClassification)
     assert isinstance(load_model(str(mean_model), 2, "model")[0], BertForSequenceClassification)
     model, _, head = load_model(str(tiny_model), 2, "mean")
-    assert isinstance(model, MeanPoolingClassifier) and head == {"classifier.weight", "classifier.bias"}
-    with pytest.raises(ValueError, match="pooling must be one of auto, mean, normalized_mean, model"):
+    assert isinstance(model, MeanPoolingClassifier) and head == {
+        "classifier.weight",
+        "classifier.bias",
+    }
+    with pytest.raises(
+        ValueError, match="pooling must be one of auto, mean, normalized_mean, model"
+    ):
         load_model(str(tiny_model), 2, "cls")
 
 
-def test_mean_pooling_head_reads_the_masked_mean_of_the_last_hidden_states(mean_model: Path, glue: Path):
+def test_mean_pooling_head_reads_the_masked_mean_of_the_last_hidden_states(
+    mean_model: Path, glue: Path
+):
     from transformers import BertModel
 
     ln = LoraLearner(make_config(mean_model, glue))
     ln.reset(4, np.random.default_rng(0))
-    assert ln.spec.head_modules == ("classifier",) and "bert.encoder.layer.0.attention.self.query" in ln.spec.targets
-    adapter = GlobalAdapter(a=ln.adapter.a, b={p: torch.zeros_like(t) for p, t in ln.adapter.b.items()}, head=_random_adapter(ln, 4).head)
+    assert (
+        ln.spec.head_modules == ("classifier",)
+        and "bert.encoder.layer.0.attention.self.query" in ln.spec.targets
+    )
+    adapter = GlobalAdapter(
+        a=ln.adapter.a,
+        b={p: torch.zeros_like(t) for p, t in ln.adapter.b.items()},
+        head=_random_adapter(ln, 4).head,
+    )
     batch = ln.data.eval.collate(np.arange(12), 0)
     encoder = BertModel.from_pretrained(str(mean_model)).eval()
     with torch.no_grad():
-        hidden = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], token_type_ids=batch["token_type_ids"]).last_hidden_state
+        hidden = encoder(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            token_type_ids=batch["token_type_ids"],
+        ).last_hidden_state
     mask = batch["attention_mask"][..., None].float()
     pooled = (hidden * mask).sum(1) / mask.sum(1)
     expected = pooled @ adapter.head["classifier.weight"].T + adapter.head["classifier.bias"]
     got = ln.trainer.logits(adapter, batch)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
     # normalized_mean (all-MiniLM-L6-v2's pipeline ends in Normalize): the unit-length mean.
-    unit = LoraLearner(make_config(mean_model, glue, learning={"lora": {"pooling": "normalized_mean"}}))
+    unit = LoraLearner(
+        make_config(mean_model, glue, learning={"lora": {"pooling": "normalized_mean"}})
+    )
     unit.reset(4, np.random.default_rng(0))
-    expected_unit = torch.nn.functional.normalize(pooled, dim=-1) @ adapter.head["classifier.weight"].T + adapter.head["classifier.bias"]
-    torch.testing.assert_close(unit.trainer.logits(adapter, batch), expected_unit, atol=1e-5, rtol=0)
+    expected_unit = (
+        torch.nn.functional.normalize(pooled, dim=-1) @ adapter.head["classifier.weight"].T
+        + adapter.head["classifier.bias"]
+    )
+    torch.testing.assert_close(
+        unit.trainer.logits(adapter, batch), expected_unit, atol=1e-5, rtol=0
+    )
     # Padding an example further changes nothing: the mean is over its real tokens only.
     one = ln.data.eval.collate(np.arange(1), 0)
     padded = {n: torch.nn.functional.pad(t, (0, 5)) if t.ndim == 2 else t for n, t in one.items()}
     torch.testing.assert_close(ln.trainer.logits(adapter, padded), got[:1], atol=1e-5, rtol=0)
 
 
-def test_mean_pooled_batched_engine_matches_per_device_peft_and_exports(mean_model: Path, glue: Path, tmp_path: Path):
+def test_mean_pooled_batched_engine_matches_per_device_peft_and_exports(
+    mean_model: Path, glue: Path, tmp_path: Path
+):
     from peft import PeftModel
 
     from fedenv.learning.lora.model import load_model
@@ -239,13 +288,19 @@ def test_mean_pooled_batched_engine_matches_per_device_peft_and_exports(mean_mod
     model = PeftModel.from_pretrained(load_model(str(mean_model), 2)[0], str(out)).eval()
     batch = ln.data.eval.collate(np.arange(24), 0)
     with torch.no_grad():
-        theirs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], token_type_ids=batch["token_type_ids"]).logits
+        theirs = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            token_type_ids=batch["token_type_ids"],
+        ).logits
     assert ln.adapter is not None
     torch.testing.assert_close(theirs, ln.trainer.logits(ln.adapter, batch), atol=1e-4, rtol=1e-4)
 
 
 # ------------------------------------------------------------------ engine vs peft reference
-def _engines(learner: LoraLearner, settings: TrainSettings) -> tuple[BatchedTrainer, SequentialTrainer]:
+def _engines(
+    learner: LoraLearner, settings: TrainSettings
+) -> tuple[BatchedTrainer, SequentialTrainer]:
     from fedenv.learning.lora.model import load_model
 
     path, pooling = str(learner.model_path), learner.config.learning.lora.pooling
@@ -269,9 +324,19 @@ def _random_adapter(learner: LoraLearner, seed: int) -> GlobalAdapter:
     )
 
 
-@pytest.mark.parametrize(("orthogonality_weight", "optimizer", "lr"), [(0.0, "adamw", 1e-2), (0.05, "adamw", 1e-2), (0.0, "sgd", 0.5)])
-def test_batched_engine_matches_per_device_peft(learner: LoraLearner, orthogonality_weight: float, optimizer: str, lr: float):
-    settings = TrainSettings(learning_rate=lr, optimizer=optimizer, orthogonality_weight=orthogonality_weight, max_sequences_per_pass=24)
+@pytest.mark.parametrize(
+    ("orthogonality_weight", "optimizer", "lr"),
+    [(0.0, "adamw", 1e-2), (0.05, "adamw", 1e-2), (0.0, "sgd", 0.5)],
+)
+def test_batched_engine_matches_per_device_peft(
+    learner: LoraLearner, orthogonality_weight: float, optimizer: str, lr: float
+):
+    settings = TrainSettings(
+        learning_rate=lr,
+        optimizer=optimizer,
+        orthogonality_weight=orthogonality_weight,
+        max_sequences_per_pass=24,
+    )
     batched, sequential = _engines(learner, settings)
     learner.reset(4, np.random.default_rng(0))
     adapter = _random_adapter(learner, 1)
@@ -297,7 +362,9 @@ def test_same_weights_give_the_same_logits_as_peft(learner: LoraLearner):
     learner.reset(4, np.random.default_rng(0))
     adapter = _random_adapter(learner, 2)
     batch = learner.data.eval.collate(np.arange(16), 0)
-    torch.testing.assert_close(batched.logits(adapter, batch), sequential.logits(adapter, batch), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        batched.logits(adapter, batch), sequential.logits(adapter, batch), atol=1e-5, rtol=0
+    )
     acc_b, loss_b = batched.evaluate(adapter, learner.data.eval)
     acc_s, loss_s = sequential.evaluate(adapter, learner.data.eval)
     assert acc_b == acc_s and loss_b == pytest.approx(loss_s, abs=1e-5)
@@ -305,9 +372,15 @@ def test_same_weights_give_the_same_logits_as_peft(learner: LoraLearner):
 
 # ------------------------------------------------------------------------- round semantics
 @pytest.mark.parametrize("lora_dropout", [0.0, 0.2])
-def test_unscheduled_and_failed_devices_contribute_nothing(tiny_model: Path, glue: Path, lora_dropout: float):
+def test_unscheduled_and_failed_devices_contribute_nothing(
+    tiny_model: Path, glue: Path, lora_dropout: float
+):
     # Also with dropout: every device draws its batches and dropout masks from its own seed.
-    cfg = make_config(tiny_model, glue, learning={"lora": {"lora_dropout": lora_dropout, "max_sequences_per_pass": 16}})
+    cfg = make_config(
+        tiny_model,
+        glue,
+        learning={"lora": {"lora_dropout": lora_dropout, "max_sequences_per_pass": 16}},
+    )
     l1, l2 = LoraLearner(cfg), LoraLearner(cfg)
     l1.reset(4, np.random.default_rng(5))
     l2.reset(4, np.random.default_rng(5))
@@ -319,9 +392,15 @@ def test_unscheduled_and_failed_devices_contribute_nothing(tiny_model: Path, glu
 
 
 @pytest.mark.parametrize("max_sequences_per_pass", [8, 16, 256])
-def test_a_devices_update_does_not_depend_on_who_else_trains(tiny_model: Path, glue: Path, max_sequences_per_pass: int):
+def test_a_devices_update_does_not_depend_on_who_else_trains(
+    tiny_model: Path, glue: Path, max_sequences_per_pass: int
+):
     # What makes skipping the devices whose upload will fail exact, with dropout and any grouping.
-    cfg = make_config(tiny_model, glue, learning={"lora": {"lora_dropout": 0.2, "max_sequences_per_pass": max_sequences_per_pass}})
+    cfg = make_config(
+        tiny_model,
+        glue,
+        learning={"lora": {"lora_dropout": 0.2, "max_sequences_per_pass": max_sequences_per_pass}},
+    )
     ln = LoraLearner(cfg)
     ln.reset(4, np.random.default_rng(6))
     ranks = np.array([4, 8, 2, 8])
@@ -338,7 +417,11 @@ def test_no_successful_device_leaves_the_global_model_unchanged(learner: LoraLea
     before = learner.adapter.clone() if learner.adapter else None
     first = learner.initial_report()
     rep = learner.train_round(np.array([8, 8, 0, 4]), np.ones(4), np.zeros(4, dtype=bool))
-    assert before is not None and learner.adapter is not None and _adapter_close(before, learner.adapter)
+    assert (
+        before is not None
+        and learner.adapter is not None
+        and _adapter_close(before, learner.adapter)
+    )
     assert rep.accuracy == first.accuracy and rep.loss == first.loss and rep.evaluated
     assert rep.extra["aggregated_devices"] == 0
 
@@ -348,11 +431,15 @@ def test_devices_start_from_the_global_adapter_truncated_to_their_rank(learner: 
     learner.adapter = _random_adapter(learner, 3)
     a, b = learner.adapter.truncated(2)
     for p in learner.spec.targets:
-        assert torch.equal(a[p], learner.adapter.a[p][:2]) and torch.equal(b[p], learner.adapter.b[p][:, :2])
+        assert torch.equal(a[p], learner.adapter.a[p][:2]) and torch.equal(
+            b[p], learner.adapter.b[p][:, :2]
+        )
     # A rank-2 device trained for zero effect (lr tiny) returns ~ the first two components.
     tiny = TrainSettings(learning_rate=1e-12)
     batched, _ = _engines(learner, tiny)
-    (upd,) = batched.train(learner.adapter, learner.local_jobs(np.array([0]), np.array([2, 0, 0, 0])))
+    (upd,) = batched.train(
+        learner.adapter, learner.local_jobs(np.array([0]), np.array([2, 0, 0, 0]))
+    )
     for p in learner.spec.targets:
         torch.testing.assert_close(upd.a[p], a[p], atol=1e-9, rtol=0)
 
@@ -381,7 +468,9 @@ def test_stack_merges_the_weighted_sum_into_the_base(tiny_model: Path, glue: Pat
         expected = sum(wk * SCALING * (u.b[p] @ u.a[p]) for wk, u in zip(w, updates, strict=True))
         torch.testing.assert_close(ln.residual[p], expected, atol=1e-6, rtol=1e-5)
         assert float(ln.adapter.b[p].abs().max()) == 0.0  # a fresh adapter for the next round
-        torch.testing.assert_close(ln.trainer._target_linear(p).weight, ln.trainer._w0[p] + ln.residual[p])
+        torch.testing.assert_close(
+            ln.trainer._target_linear(p).weight, ln.trainer._w0[p] + ln.residual[p]
+        )
     rep = ln.train_round(ranks, np.ones(4), np.ones(4, dtype=bool))
     assert np.isfinite(rep.loss)
 
@@ -399,7 +488,13 @@ def test_svd_round_gives_ordered_components(tiny_model: Path, glue: Path):
 
 
 def test_soft_sends_the_top_components_and_averages_what_arrived(tiny_model: Path, glue: Path):
-    cfg = make_config(tiny_model, glue, paradigm="soft", fixed_rank=8, learning={"lora": {"orthogonality_weight": 0.01}})
+    cfg = make_config(
+        tiny_model,
+        glue,
+        paradigm="soft",
+        fixed_rank=8,
+        learning={"lora": {"orthogonality_weight": 0.01}},
+    )
     ln = LoraLearner(cfg)
     ln.reset(4, np.random.default_rng(0))
     ranks = np.full(4, 8)
@@ -414,7 +509,9 @@ def test_soft_sends_the_top_components_and_averages_what_arrived(tiny_model: Pat
 
 
 # ------------------------------------------------------- aggregation of a round (hand oracles)
-def _one_round(ln: LoraLearner, ranks: NDArray[np.int64], seed: int) -> tuple[GlobalAdapter, list[Any], NDArray[np.float64]]:
+def _one_round(
+    ln: LoraLearner, ranks: NDArray[np.int64], seed: int
+) -> tuple[GlobalAdapter, list[Any], NDArray[np.float64]]:
     """The round's start, its device updates trained directly, their data sizes; then the round."""
     ln.reset(4, np.random.default_rng(seed))
     assert ln.adapter is not None
@@ -433,7 +530,9 @@ def test_round_head_is_the_data_size_weighted_mean_of_the_device_heads(learner: 
     for name in learner.spec.head:
         heads = np.stack([u.head[name].double().numpy() for u in updates])
         expected = np.average(heads, axis=0, weights=sizes)
-        np.testing.assert_allclose(learner.adapter.head[name].double().numpy(), expected, atol=1e-6, rtol=0)
+        np.testing.assert_allclose(
+            learner.adapter.head[name].double().numpy(), expected, atol=1e-6, rtol=0
+        )
         assert np.abs(expected - heads.mean(axis=0)).max() > 1e-5
         assert np.abs(expected - start.head[name].double().numpy()).max() > 1e-5
 
@@ -449,16 +548,29 @@ def test_zeropad_round_averages_each_component_over_its_senders_by_data_size(lea
                 assert torch.equal(learner.adapter.a[p][i], start.a[p][i])
                 continue
             w = sizes[senders] / sizes[senders].sum()
-            a_i = sum(wk * updates[k].a[p][i].double().numpy() for wk, k in zip(w, senders, strict=True))
-            b_i = sum(wk * updates[k].b[p][:, i].double().numpy() for wk, k in zip(w, senders, strict=True))
-            np.testing.assert_allclose(learner.adapter.a[p][i].double().numpy(), a_i, atol=1e-6, rtol=0)
-            np.testing.assert_allclose(learner.adapter.b[p][:, i].double().numpy(), b_i, atol=1e-6, rtol=0)
+            a_i = sum(
+                wk * updates[k].a[p][i].double().numpy() for wk, k in zip(w, senders, strict=True)
+            )
+            b_i = sum(
+                wk * updates[k].b[p][:, i].double().numpy()
+                for wk, k in zip(w, senders, strict=True)
+            )
+            np.testing.assert_allclose(
+                learner.adapter.a[p][i].double().numpy(), a_i, atol=1e-6, rtol=0
+            )
+            np.testing.assert_allclose(
+                learner.adapter.b[p][:, i].double().numpy(), b_i, atol=1e-6, rtol=0
+            )
 
 
-def test_server_momentum_moves_by_the_momentum_of_the_averaged_updates(tiny_model: Path, glue: Path):
+def test_server_momentum_moves_by_the_momentum_of_the_averaged_updates(
+    tiny_model: Path, glue: Path
+):
     ranks, ok = np.array([8, 4, 8, 2]), np.ones(4, dtype=bool)
     plain = LoraLearner(make_config(tiny_model, glue))
-    fedavgm = LoraLearner(make_config(tiny_model, glue, learning={"lora": {"server_momentum": 0.5}}))
+    fedavgm = LoraLearner(
+        make_config(tiny_model, glue, learning={"lora": {"server_momentum": 0.5}})
+    )
     for ln in (plain, fedavgm):
         ln.reset(4, np.random.default_rng(3))
     assert plain.adapter is not None
@@ -466,7 +578,9 @@ def test_server_momentum_moves_by_the_momentum_of_the_averaged_updates(tiny_mode
     plain.train_round(ranks, np.ones(4), ok)
     fedavgm.train_round(ranks, np.ones(4), ok)
     assert plain.adapter is not None and fedavgm.adapter is not None
-    assert _adapter_close(plain.adapter, fedavgm.adapter, atol=1e-6)  # m = 0 before the first round: FedAvg
+    assert _adapter_close(
+        plain.adapter, fedavgm.adapter, atol=1e-6
+    )  # m = 0 before the first round: FedAvg
     x1 = fedavgm.adapter.clone()
     # Round 2 from x1: the plain average of the updates is what FedAvg gives from x1.
     plain.adapter = x1.clone()
@@ -477,13 +591,17 @@ def test_server_momentum_moves_by_the_momentum_of_the_averaged_updates(tiny_mode
         for name, avg in getattr(plain.adapter, part).items():
             m1 = getattr(x1, part)[name] - getattr(x0, part)[name]
             expected = getattr(x1, part)[name] + 0.5 * m1 + (avg - getattr(x1, part)[name])
-            torch.testing.assert_close(getattr(fedavgm.adapter, part)[name], expected, atol=1e-6, rtol=0)
+            torch.testing.assert_close(
+                getattr(fedavgm.adapter, part)[name], expected, atol=1e-6, rtol=0
+            )
 
 
 # ---------------------------------------------------------------------------- learning works
 def test_tiny_fine_tune_improves_accuracy(tiny_model: Path, glue: Path):
     # The random tiny BERT needs ~60 steps to find the sentiment words; two IID devices get there.
-    cfg = make_config(tiny_model, glue, devices={"num_devices": 2, "local_steps": 20}, learning={"iid": True})
+    cfg = make_config(
+        tiny_model, glue, devices={"num_devices": 2, "local_steps": 20}, learning={"iid": True}
+    )
     ln = LoraLearner(cfg)
     ln.reset(2, np.random.default_rng(0))
     first = ln.initial_report()
@@ -499,7 +617,10 @@ def test_same_seed_same_run_and_eval_interval(tiny_model: Path, glue: Path):
     for _ in range(2):
         ln = LoraLearner(cfg)
         ln.reset(4, np.random.default_rng(9))
-        reps = [ln.initial_report()] + [ln.train_round(np.array([8, 4, 2, 8]), np.ones(4), np.ones(4, dtype=bool)) for _ in range(3)]
+        reps = [ln.initial_report()] + [
+            ln.train_round(np.array([8, 4, 2, 8]), np.ones(4), np.ones(4, dtype=bool))
+            for _ in range(3)
+        ]
         runs.append(([(r.accuracy, r.loss, r.evaluated) for r in reps], ln.adapter))
     assert runs[0][0] == runs[1][0]
     assert _adapter_close(runs[0][1], runs[1][1])
@@ -509,7 +630,9 @@ def test_same_seed_same_run_and_eval_interval(tiny_model: Path, glue: Path):
 
 # ------------------------------------------------------------------------- export and resume
 @pytest.mark.parametrize("aggregation", ["zeropad", "stack"])
-def test_export_loads_with_peft_and_gives_the_same_logits(tiny_model: Path, glue: Path, tmp_path: Path, aggregation: str):
+def test_export_loads_with_peft_and_gives_the_same_logits(
+    tiny_model: Path, glue: Path, tmp_path: Path, aggregation: str
+):
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
@@ -523,7 +646,11 @@ def test_export_loads_with_peft_and_gives_the_same_logits(tiny_model: Path, glue
     model = PeftModel.from_pretrained(base, str(out)).eval()
     batch = ln.data.eval.collate(np.arange(24), 0)
     with torch.no_grad():
-        theirs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], token_type_ids=batch["token_type_ids"]).logits
+        theirs = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            token_type_ids=batch["token_type_ids"],
+        ).logits
     assert ln.adapter is not None
     torch.testing.assert_close(theirs, ln.trainer.logits(ln.adapter, batch), atol=1e-4, rtol=1e-4)
 
@@ -541,7 +668,11 @@ def test_state_save_and_restore_resumes_the_run(tiny_model: Path, glue: Path, tm
     assert resumed.round == 1
     got = resumed.train_round(ranks, ratios, ok)
     assert (got.accuracy, got.loss) == (expected.accuracy, expected.loss)
-    assert full.adapter is not None and resumed.adapter is not None and _adapter_close(full.adapter, resumed.adapter)
+    assert (
+        full.adapter is not None
+        and resumed.adapter is not None
+        and _adapter_close(full.adapter, resumed.adapter)
+    )
     other = LoraLearner(make_config(tiny_model, glue, model={"ranks": [2, 4]}))
     with pytest.raises(ValueError, match="model.ranks"):
         other.load_state(tmp_path / "state.pt")
@@ -563,19 +694,36 @@ def test_env_runs_on_the_lora_backend(tiny_model: Path, glue: Path):
 
 def test_backend_and_task_shortcuts(tiny_model: Path, glue: Path):
     cfg = make_config(tiny_model, glue).replace(learning={"backend": "surrogate"})
-    env = gym.make("FedLoRAWireless-v0", config=cfg.to_dict() | {"preset": "switching"}, backend="lora", task="qnli", learning={"lora": {"eval_holdout_samples": 100}})
-    assert isinstance(env.unwrapped.learner, LoraLearner) and env.unwrapped.config.learning.task == "qnli"
+    env = gym.make(
+        "FedLoRAWireless-v0",
+        config=cfg.to_dict() | {"preset": "switching"},
+        backend="lora",
+        task="qnli",
+        learning={"lora": {"eval_holdout_samples": 100}},
+    )
+    assert (
+        isinstance(env.unwrapped.learner, LoraLearner)
+        and env.unwrapped.config.learning.task == "qnli"
+    )
     _, info = env.reset(seed=1)
     assert "no local train split" in info["data_notes"]["split"]
 
 
 # ------------------------------------------------------------------------------ bad input
 def test_missing_data_dir_is_a_clear_error(tiny_model: Path, glue: Path, tmp_path: Path):
-    with pytest.raises(FileNotFoundError, match=r"learning.lora.data_dir=.*has no sst2/train.tsv or sst2/dev.tsv"):
-        LoraLearner(make_config(tiny_model, glue, learning={"lora": {"data_dir": str(tmp_path / "nowhere")}}))
+    with pytest.raises(
+        FileNotFoundError, match=r"learning.lora.data_dir=.*has no sst2/train.tsv or sst2/dev.tsv"
+    ):
+        LoraLearner(
+            make_config(
+                tiny_model, glue, learning={"lora": {"data_dir": str(tmp_path / "nowhere")}}
+            )
+        )
 
 
-def test_no_data_anywhere_names_all_three_sources(tiny_model: Path, glue: Path, monkeypatch: pytest.MonkeyPatch):
+def test_no_data_anywhere_names_all_three_sources(
+    tiny_model: Path, glue: Path, monkeypatch: pytest.MonkeyPatch
+):
     monkeypatch.delenv("FEDENV_DATA_DIR", raising=False)
     import datasets
     import huggingface_hub
@@ -587,25 +735,43 @@ def test_no_data_anywhere_names_all_three_sources(tiny_model: Path, glue: Path, 
     with pytest.raises(FileNotFoundError) as err:
         LoraLearner(make_config(tiny_model, glue, learning={"lora": {"data_dir": None}}))
     msg = str(err.value)
-    assert "learning.lora.data_dir is not set" in msg and "$FEDENV_DATA_DIR is not set" in msg and "nyu-mll/glue" in msg
+    assert (
+        "learning.lora.data_dir is not set" in msg
+        and "$FEDENV_DATA_DIR is not set" in msg
+        and "nyu-mll/glue" in msg
+    )
 
 
-def test_fedenv_data_dir_is_the_second_source(tiny_model: Path, glue: Path, monkeypatch: pytest.MonkeyPatch):
+def test_fedenv_data_dir_is_the_second_source(
+    tiny_model: Path, glue: Path, monkeypatch: pytest.MonkeyPatch
+):
     monkeypatch.setenv("FEDENV_DATA_DIR", str(glue))
     ln = LoraLearner(make_config(tiny_model, glue, learning={"lora": {"data_dir": None}}))
     assert ln.data.source == str(glue / "sst2")
 
 
-def test_model_directory_without_weights_is_a_clear_error(tiny_model: Path, glue: Path, tmp_path: Path):
+def test_model_directory_without_weights_is_a_clear_error(
+    tiny_model: Path, glue: Path, tmp_path: Path
+):
     (tmp_path / "config.json").write_text((tiny_model / "config.json").read_text())
     with pytest.raises(FileNotFoundError, match="has no weights"):
-        LoraLearner(make_config(tiny_model, glue, learning={"lora": {"model_name_or_path": str(tmp_path)}}))
+        LoraLearner(
+            make_config(tiny_model, glue, learning={"lora": {"model_name_or_path": str(tmp_path)}})
+        )
     with pytest.raises(FileNotFoundError, match="is not a directory"):
-        LoraLearner(make_config(tiny_model, glue, learning={"lora": {"model_name_or_path": str(tmp_path / "missing")}}))
+        LoraLearner(
+            make_config(
+                tiny_model,
+                glue,
+                learning={"lora": {"model_name_or_path": str(tmp_path / "missing")}},
+            )
+        )
 
 
 def test_unknown_target_module_is_a_clear_error(tiny_model: Path, glue: Path):
-    with pytest.raises(ValueError, match=r"model.target_modules \['q_proj'\] match no nn.Linear.*'query'"):
+    with pytest.raises(
+        ValueError, match=r"model.target_modules \['q_proj'\] match no nn.Linear.*'query'"
+    ):
         LoraLearner(make_config(tiny_model, glue, model={"target_modules": ["query", "q_proj"]}))
 
 
@@ -615,11 +781,19 @@ def test_unknown_target_module_is_a_clear_error(tiny_model: Path, glue: Path):
         ({"model": {"ranks": []}}, "model.ranks must be a non-empty list of positive integers"),
         ({"model": {"ranks": [0, 4]}}, "model.ranks must be a non-empty list of positive integers"),
         ({"learning": {"task": "mnli"}}, "learning.task must be one of sst2, qnli"),
-        ({"learning": {"lora": {"aggregation": "mean"}}}, "learning.lora.aggregation must be one of zeropad, stack, svd"),
-        ({"learning": {"lora": {"trainer": "fast"}}}, "learning.lora.trainer must be one of batched, sequential"),
+        (
+            {"learning": {"lora": {"aggregation": "mean"}}},
+            "learning.lora.aggregation must be one of zeropad, stack, svd",
+        ),
+        (
+            {"learning": {"lora": {"trainer": "fast"}}},
+            "learning.lora.trainer must be one of batched, sequential",
+        ),
     ],
 )
-def test_bad_config_values_raise_before_training(tiny_model: Path, glue: Path, override: dict[str, Any], message: str):
+def test_bad_config_values_raise_before_training(
+    tiny_model: Path, glue: Path, override: dict[str, Any], message: str
+):
     with pytest.raises(ValueError, match=message):
         make_config(tiny_model, glue, **override)
 
@@ -636,4 +810,6 @@ def test_bad_round_inputs_raise(learner: LoraLearner):
     with pytest.raises(ValueError, match="ranks must be integers in"):
         learner.train_round(np.array([8, 8, 8, 32]), np.ones(4), np.ones(4, dtype=bool))
     with pytest.raises(ValueError, match="ratios of scheduled devices"):
-        learner.train_round(np.array([8, 8, 8, 8]), np.array([1.0, 0.0, 1.0, 1.0]), np.ones(4, dtype=bool))
+        learner.train_round(
+            np.array([8, 8, 8, 8]), np.array([1.0, 0.0, 1.0, 1.0]), np.ones(4, dtype=bool)
+        )

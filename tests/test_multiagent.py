@@ -34,7 +34,9 @@ def _actions(env: FedLoRAWirelessParallelEnv, rng: np.random.Generator) -> dict[
 def test_pettingzoo_parallel_api_and_seed_tests(preset, reward):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the API test warns about what it tolerates
-        parallel_api_test(parallel_env(preset=preset, agent_reward=reward, num_rounds=T), num_cycles=3 * T)
+        parallel_api_test(
+            parallel_env(preset=preset, agent_reward=reward, num_rounds=T), num_cycles=3 * T
+        )
         parallel_seed_test(lambda: parallel_env(preset=preset, agent_reward=reward, num_rounds=T))
 
 
@@ -53,18 +55,31 @@ def test_same_rounds_as_the_single_env(preset):
     while not done:
         assert ma.agents == ma.possible_agents  # all present the whole episode
         for i, agent in enumerate(ma.possible_agents):
-            np.testing.assert_array_equal(obs[agent], np.concatenate([s_obs[7 * i : 7 * i + 7], s_obs[7 * k :]]))
+            np.testing.assert_array_equal(
+                obs[agent], np.concatenate([s_obs[7 * i : 7 * i + 7], s_obs[7 * k :]])
+            )
             assert ma.observation_space(agent).contains(obs[agent])
             assert infos[agent]["device"] == i and infos[agent]["round"] == s_info["round"]
             assert infos[agent]["energy_backlog"] == s_info["energy_backlog"][i]
-            np.testing.assert_array_equal(infos[agent]["label_distribution"], s_info["label_distribution"][i])
+            np.testing.assert_array_equal(
+                infos[agent]["label_distribution"], s_info["label_distribution"][i]
+            )
         actions = _actions(ma, rng)
         obs, rewards, terms, truncs, infos = ma.step(actions)
-        s_obs, s_reward, s_term, s_trunc, s_info = single.step(np.stack([actions[a] for a in ma.possible_agents]))
+        s_obs, s_reward, s_term, s_trunc, s_info = single.step(
+            np.stack([actions[a] for a in ma.possible_agents])
+        )
         assert rewards == dict.fromkeys(ma.possible_agents, float(s_reward))
         assert set(terms.values()) == {s_term} and set(truncs.values()) == {s_trunc}
         for i, agent in enumerate(ma.possible_agents):
-            for key in ("energy_j", "module", "bandwidth_share", "success", "tx_power_w", "sparsity_ratio"):
+            for key in (
+                "energy_j",
+                "module",
+                "bandwidth_share",
+                "success",
+                "tx_power_w",
+                "sparsity_ratio",
+            ):
                 assert infos[agent][key] == s_info[key][i], key
             assert infos[agent]["reward_terms"] == s_info["reward_terms"]
         done = s_term or s_trunc
@@ -79,7 +94,10 @@ def test_bandwidth_requests_are_normalised_over_the_scheduled_devices():
     ma.reset(seed=1)
     requests = np.linspace(-1.0, 1.0, ma.num_devices)
     module_of = np.where(np.arange(ma.num_devices) % 3 == 0, -1.0, 0.9)  # every third device idle
-    actions = {a: np.array([module_of[i], 0.0, requests[i]], dtype=np.float32) for i, a in enumerate(ma.agents)}
+    actions = {
+        a: np.array([module_of[i], 0.0, requests[i]], dtype=np.float32)
+        for i, a in enumerate(ma.agents)
+    }
     _, _, _, _, infos = ma.step(actions)
     w = np.where(module_of > 0, (requests + 1.0) / 2.0, 0.0)
     shares = np.array([infos[a]["bandwidth_share"] for a in ma.possible_agents])
@@ -123,16 +141,26 @@ def test_per_device_rewards_sum_to_the_env_reward(preset, overrides):
         terms = s_info["reward_terms"]
         if c.reward.mode == "dpp":
             own = -np.asarray(z_old) * e / c.reward.dpp_scale
-            np.testing.assert_allclose([infos[a]["reward_terms"]["energy_drift"] for a in ma.possible_agents], own + (terms["energy_drift"] - own.sum()) / k, atol=1e-12)
+            np.testing.assert_allclose(
+                [infos[a]["reward_terms"]["energy_drift"] for a in ma.possible_agents],
+                own + (terms["energy_drift"] - own.sum()) / k,
+                atol=1e-12,
+            )
         else:
             own = -c.reward.energy_weight * e / c.energy_ref_j
-            np.testing.assert_allclose([infos[a]["reward_terms"]["energy"] for a in ma.possible_agents], own, atol=1e-12)
+            np.testing.assert_allclose(
+                [infos[a]["reward_terms"]["energy"] for a in ma.possible_agents], own, atol=1e-12
+            )
             acc = [infos[a]["reward_terms"]["accuracy"] for a in ma.possible_agents]
             np.testing.assert_allclose(acc, terms["accuracy"] / k, atol=1e-15)
             budget = c.budgets.energy_budget_j
             if budget is not None and c.budgets.latency_budget_s is None:
                 over = -c.reward.overshoot_weight * (s_info["energy_backlog"] - z_old) / k / budget
-                np.testing.assert_allclose([infos[a]["reward_terms"]["overshoot"] for a in ma.possible_agents], over, atol=1e-12)
+                np.testing.assert_allclose(
+                    [infos[a]["reward_terms"]["overshoot"] for a in ma.possible_agents],
+                    over,
+                    atol=1e-12,
+                )
     assert any(unequal)  # not an equal split (dpp: from the second round, once the backlogs differ)
 
 
@@ -153,11 +181,17 @@ def test_follows_configure_of_the_single_env():
     while ma.agents:
         actions = _actions(ma, rng)
         _, rewards, _, truncations, infos = ma.step(actions)
-        _, s_reward, _, s_trunc, s_info = single.step(np.stack([actions[a] for a in ma.possible_agents]))
+        _, s_reward, _, s_trunc, s_info = single.step(
+            np.stack([actions[a] for a in ma.possible_agents])
+        )
         rounds += 1
         assert sum(rewards.values()) == pytest.approx(float(s_reward), abs=1e-12)
-        own = -5.0 * s_info["energy_j"] / new.energy_ref_j  # the new weight, not the one at construction
-        np.testing.assert_allclose([infos[a]["reward_terms"]["energy"] for a in ma.possible_agents], own, atol=1e-12)
+        own = (
+            -5.0 * s_info["energy_j"] / new.energy_ref_j
+        )  # the new weight, not the one at construction
+        np.testing.assert_allclose(
+            [infos[a]["reward_terms"]["energy"] for a in ma.possible_agents], own, atol=1e-12
+        )
         assert all(v == s_trunc for v in truncations.values())
     assert rounds == 3
     for change in ({"devices": {"num_devices": ma.num_devices + 1}}, {"config": "split"}):
@@ -203,11 +237,17 @@ def test_spaces_observation_layout_and_state():
     assert len(AGENT_FEATURES) == 11
     for agent in ma.possible_agents:
         space = ma.observation_space(agent)
-        assert space is ma.observation_space(agent) and space.shape == (11,) and space.dtype == np.float32
+        assert (
+            space is ma.observation_space(agent)
+            and space.shape == (11,)
+            and space.dtype == np.float32
+        )
         np.testing.assert_array_equal(space.low, np.concatenate([low[:7], low[7 * k :]]))
         np.testing.assert_array_equal(space.high, np.concatenate([high[:7], high[7 * k :]]))
         assert ma.action_space(agent).shape == (4,)
-    assert ma.observation_space("device_0") is not ma.observation_space("device_1")  # seeded one by one
+    assert ma.observation_space("device_0") is not ma.observation_space(
+        "device_1"
+    )  # seeded one by one
     with pytest.raises(RuntimeError, match="reset"):
         ma.state()
     ma.reset(seed=0)
@@ -216,7 +256,9 @@ def test_spaces_observation_layout_and_state():
     batch = np.random.default_rng(0).uniform(size=(2, 3, 7 * k + 4)).astype(np.float32)
     rows = agent_observations(batch, k)
     assert rows.shape == (2, 3, k, 11)
-    np.testing.assert_array_equal(rows[1, 2, 4], np.concatenate([batch[1, 2, 28:35], batch[1, 2, 7 * k :]]))
+    np.testing.assert_array_equal(
+        rows[1, 2, 4], np.concatenate([batch[1, 2, 28:35], batch[1, 2, 7 * k :]])
+    )
     with pytest.raises(ValueError, match="K=5"):
         agent_observations(batch, 5)
 
@@ -238,7 +280,10 @@ def test_seeding_render_close_and_pickle():
     obs_b, _ = ma.reset(seed=11)
     for agent in ma.possible_agents:
         np.testing.assert_array_equal(obs_a[agent], obs_b[agent])
-    assert parallel_env(render_mode="rgb_array", num_rounds=T).metadata["render_modes"] == ["ansi", "rgb_array"]
+    assert parallel_env(render_mode="rgb_array", num_rounds=T).metadata["render_modes"] == [
+        "ansi",
+        "rgb_array",
+    ]
     ma.close()
     clone.close()
 
@@ -274,8 +319,12 @@ def test_agent_vec_env_is_k_agents_per_env():
         actions = rng.uniform(-1, 1, (venv.num_envs, 4)).astype(np.float32)
         obs, rewards, dones, infos = venv.step(actions)
         joint = venv.adapter(actions[:k])
-        ref_obs, ref_rewards, _, _, _ = ref.step({a: joint[j] for j, a in enumerate(ref.possible_agents)})
-        np.testing.assert_allclose(rewards[:k], [ref_rewards[a] for a in ref.possible_agents], rtol=1e-6)
+        ref_obs, ref_rewards, _, _, _ = ref.step(
+            {a: joint[j] for j, a in enumerate(ref.possible_agents)}
+        )
+        np.testing.assert_allclose(
+            rewards[:k], [ref_rewards[a] for a in ref.possible_agents], rtol=1e-6
+        )
         assert dones.tolist() == [t == 2] * venv.num_envs  # the horizon ends every agent's episode
     assert infos[0]["episode"]["l"] == 3 and "terminal_observation" in infos[k]
     assert obs[0, AGENT_FEATURES.index("round_fraction")] == 0.0  # reset after the horizon
@@ -315,16 +364,47 @@ def test_train_ippo_writes_a_run_and_compares(tmp_path):
     from agents import train_ippo
 
     run = tmp_path / "run"
-    small = ["--config", "switching", "--total-timesteps", "512", "--n-envs", "2", "--n-steps", "64", "--batch-size", "640", "--n-epochs", "2"]
-    train_ippo.main(["--run-dir", str(run), *small, "--compare", "lyapunov", "--compare-episodes", "2"])
-    for name in ("args.yaml", "env_config.yaml", "meta.json", "model.zip", "vecnormalize.pkl", "metrics.json", "comparison.md", "comparison.json"):
+    small = [
+        "--config",
+        "switching",
+        "--total-timesteps",
+        "512",
+        "--n-envs",
+        "2",
+        "--n-steps",
+        "64",
+        "--batch-size",
+        "640",
+        "--n-epochs",
+        "2",
+    ]
+    train_ippo.main(
+        ["--run-dir", str(run), *small, "--compare", "lyapunov", "--compare-episodes", "2"]
+    )
+    for name in (
+        "args.yaml",
+        "env_config.yaml",
+        "meta.json",
+        "model.zip",
+        "vecnormalize.pkl",
+        "metrics.json",
+        "comparison.md",
+        "comparison.json",
+    ):
         assert (run / name).is_file(), name
-    rows = {r["policy"]: r for r in __import__("json").loads((run / "comparison.json").read_text())["rows"]}
+    rows = {
+        r["policy"]: r
+        for r in __import__("json").loads((run / "comparison.json").read_text())["rows"]
+    }
     assert set(rows) == {"ippo:run", "lyapunov(V=0.1)"}
-    assert all(0 < r["final_accuracy"] < 1 and np.isfinite(r["episode_return"]) for r in rows.values())
+    assert all(
+        0 < r["final_accuracy"] < 1 and np.isfinite(r["episode_return"]) for r in rows.values()
+    )
     with pytest.raises(FileExistsError, match="--compare-only"):
         train_ippo.main(["--run-dir", str(run), *small])
-    train_ippo.main(["--run-dir", str(run), "--compare-only", "--compare", "none", "--compare-episodes", "1"])
+    train_ippo.main(
+        ["--run-dir", str(run), "--compare-only", "--compare", "none", "--compare-episodes", "1"]
+    )
     assert "ippo:run" in (run / "comparison.md").read_text()
 
 

@@ -80,7 +80,9 @@ def test_gauss_markov_recursion_exact():
     w = np.array([[2 + 0j], [0 + 1j]])
     g = channel.gauss_markov_fading(g0, w, 0.5)
     s = math.sqrt(0.75)
-    np.testing.assert_allclose(g[:, 0], [1 + 1j, 0.5 * (1 + 1j) + s * 2, 0.5 * (0.5 * (1 + 1j) + s * 2) + s * 1j])
+    np.testing.assert_allclose(
+        g[:, 0], [1 + 1j, 0.5 * (1 + 1j) + s * 2, 0.5 * (0.5 * (1 + 1j) + s * 2) + s * 1j]
+    )
 
 
 def test_random_waypoint_moves_at_speed_towards_waypoints():
@@ -105,7 +107,9 @@ def test_uplink_rate_hand_value():
 def test_packet_error_hand_value():
     p, h, beta = 0.05, 1e-13, 0.5
     noise = beta * CH.bandwidth_hz * CH.noise_psd_w_per_hz
-    assert channel.packet_error_rate(p, h, beta, CH) == pytest.approx(1 - math.exp(-0.023 * noise / (p * h)))
+    assert channel.packet_error_rate(p, h, beta, CH) == pytest.approx(
+        1 - math.exp(-0.023 * noise / (p * h))
+    )
 
 
 def test_vectorised_equals_scalar_loop():
@@ -117,7 +121,9 @@ def test_vectorised_equals_scalar_loop():
     per = channel.packet_error_rate(p, h, b, CH)
     for i in range(50):
         assert rate[i] == pytest.approx(float(channel.uplink_rate(p[i], h[i], b[i], CH)), rel=1e-12)
-        assert per[i] == pytest.approx(float(channel.packet_error_rate(p[i], h[i], b[i], CH)), rel=1e-12)
+        assert per[i] == pytest.approx(
+            float(channel.packet_error_rate(p[i], h[i], b[i], CH)), rel=1e-12
+        )
 
 
 @settings(max_examples=200, deadline=None)
@@ -155,7 +161,9 @@ def test_payload_sizes_from_model_shape():
     assert MODEL.lora_params_per_rank == 9216
     roberta = ModelConfig(num_layers=12, hidden_size=768)
     assert roberta.lora_params_per_rank == 36864
-    np.testing.assert_allclose(costs.lora_payload_bits([0, 2, 8], MODEL), [0.0, 2 * 9216 * 32, 8 * 9216 * 32])
+    np.testing.assert_allclose(
+        costs.lora_payload_bits([0, 2, 8], MODEL), [0.0, 2 * 9216 * 32, 8 * 9216 * 32]
+    )
     with_head = ModelConfig(send_head=True)
     assert costs.lora_payload_bits(4, with_head) == pytest.approx((4 * 9216 + 384 * 2 + 2) * 32)
 
@@ -164,8 +172,12 @@ def test_sparse_payload_counts_kept_components_and_indices():
     # r = 16, rho = 0.25: 4 components, each with 12 modules x 4-bit indices
     bits = costs.sparse_payload_bits(16, 0.25, MODEL)
     assert bits == pytest.approx(4 * (9216 * 32 + 12 * 4))
-    np.testing.assert_array_equal(costs.kept_components([8, 8, 8, 0], [0.01, 0.5, 1.0, 0.5]), [1, 4, 8, 0])
-    assert costs.sparse_payload_bits(8, 1.0, MODEL) > costs.lora_payload_bits(8, MODEL)  # indices cost
+    np.testing.assert_array_equal(
+        costs.kept_components([8, 8, 8, 0], [0.01, 0.5, 1.0, 0.5]), [1, 4, 8, 0]
+    )
+    assert costs.sparse_payload_bits(8, 1.0, MODEL) > costs.lora_payload_bits(
+        8, MODEL
+    )  # indices cost
 
 
 def test_split_payload_is_activations_per_step():
@@ -206,8 +218,15 @@ def test_link_and_upload_at_the_edges_without_warnings_and_as_scalars():
         rate, per = channel.link(p, h, b, CH)
         t_up, energy, on_time = costs.upload(bits, rate, p, left)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            unchecked = channel.link_unchecked(p, h, b, CH) + costs.upload_unchecked(bits, rate, p, left)
-    assert rate[3] == rate[4] == 0.0 and per[1] == per[2] == 1.0 and t_up[2] == 0.0 and math.isinf(t_up[3])
+            unchecked = channel.link_unchecked(p, h, b, CH) + costs.upload_unchecked(
+                bits, rate, p, left
+            )
+    assert (
+        rate[3] == rate[4] == 0.0
+        and per[1] == per[2] == 1.0
+        and t_up[2] == 0.0
+        and math.isinf(t_up[3])
+    )
     assert energy[3] == 0.0 and not on_time[3] and on_time[2]
     for got, want in zip(unchecked, (rate, per, t_up, energy, on_time)):
         np.testing.assert_array_equal(got, want)
@@ -227,11 +246,15 @@ def test_const_operands_are_cached_read_only_float64():
     with pytest.raises(ValueError, match="read-only"):
         a[...] = 1.0
     x = np.arange(4.0)
-    np.testing.assert_array_equal(x * const(0.1), x * 0.1)  # the same float64 result as a Python float
+    np.testing.assert_array_equal(
+        x * const(0.1), x * 0.1
+    )  # the same float64 result as a Python float
 
 
 def test_virtual_queue_update():
-    np.testing.assert_allclose(queues.update_queue([0.0, 1.0, 0.2], [0.5, 0.1, 0.0], 0.25), [0.25, 0.85, 0.0])
+    np.testing.assert_allclose(
+        queues.update_queue([0.0, 1.0, 0.2], [0.5, 0.1, 0.0], 0.25), [0.25, 0.85, 0.0]
+    )
 
 
 @settings(max_examples=200, deadline=None)
@@ -260,7 +283,10 @@ def test_queue_bounds_the_budget_excess(arrivals, budget):
 
 
 # ---------------------------------------------------------- streams, trace
-@pytest.mark.parametrize("bit_generator", [np.random.PCG64, np.random.PCG64DXSM, np.random.Philox, np.random.SFC64, np.random.MT19937])
+@pytest.mark.parametrize(
+    "bit_generator",
+    [np.random.PCG64, np.random.PCG64DXSM, np.random.Philox, np.random.SFC64, np.random.MT19937],
+)
 def test_draw_keys_equals_generator_integers_and_leaves_the_same_state(bit_generator):
     for seed in range(20):
         a, b = np.random.Generator(bit_generator(seed)), np.random.Generator(bit_generator(seed))
@@ -276,7 +302,9 @@ def test_pcg64_states_are_those_of_default_rng():
     """The batched seeding equals np.random.default_rng(key): state, and the draws that follow."""
     rng = np.random.default_rng(0)
     edges = [0, 1, 2**32 - 1, 2**32, 2**32 + 1, 2**63 - 1, 2**64 - 1]
-    keys = np.concatenate([np.array(edges, dtype=np.uint64), rng.integers(0, 2**63, size=300, dtype=np.uint64)])
+    keys = np.concatenate(
+        [np.array(edges, dtype=np.uint64), rng.integers(0, 2**63, size=300, dtype=np.uint64)]
+    )
     states = streams.pcg64_states(keys)
     assert len(states) == keys.size
     reused = np.random.Generator(np.random.PCG64(7))
@@ -285,7 +313,9 @@ def test_pcg64_states_are_those_of_default_rng():
         expected = np.random.default_rng(key)
         assert state == expected.bit_generator.state
         reused.bit_generator.state = state
-        np.testing.assert_array_equal(reused.dirichlet(np.full(4, 0.5)), expected.dirichlet(np.full(4, 0.5)))
+        np.testing.assert_array_equal(
+            reused.dirichlet(np.full(4, 0.5)), expected.dirichlet(np.full(4, 0.5))
+        )
 
 
 def test_streams_are_pure_functions_of_key_and_batched_equals_single():
@@ -312,7 +342,11 @@ def test_trace_batch_equals_single_and_depends_only_on_key():
 
 
 @pytest.mark.parametrize("preset", ["switching", "split", "soft", "unified"])
-@pytest.mark.parametrize("channel_overrides", [{}, {"mobility_speed_m_per_s": 3.0, "shadowing_std_db": 6.0}], ids=["static", "mobile_shadowed"])
+@pytest.mark.parametrize(
+    "channel_overrides",
+    [{}, {"mobility_speed_m_per_s": 3.0, "shadowing_std_db": 6.0}],
+    ids=["static", "mobile_shadowed"],
+)
 def test_trace_rows_do_not_depend_on_the_horizon(preset, channel_overrides):
     """Same seed, same channels, for any horizon: round t depends on (key, t, device) only."""
     base = resolve_config(None, preset, channel=channel_overrides)
@@ -321,7 +355,11 @@ def test_trace_rows_do_not_depend_on_the_horizon(preset, channel_overrides):
     short = traces[10]
     for t in (15, 50):
         for name in ("position_m", "distance_m", "gain", "success_uniform"):
-            np.testing.assert_array_equal(getattr(traces[t], name)[:, :11], getattr(short, name), err_msg=f"{name}, {t} rounds")
+            np.testing.assert_array_equal(
+                getattr(traces[t], name)[:, :11],
+                getattr(short, name),
+                err_msg=f"{name}, {t} rounds",
+            )
         np.testing.assert_array_equal(traces[t].cpu_freq_hz, short.cpu_freq_hz)
 
 
@@ -347,7 +385,10 @@ def test_episode_channels_do_not_depend_on_the_horizon():
         np.testing.assert_array_equal(vinfo["channel_gain"][0], rows[0])
     np.testing.assert_array_equal(gains[10], gains[15])
     np.testing.assert_array_equal(noise[10], noise[15])
-    normals = {t: streams.normal(np.array([9], dtype=np.uint64), streams.Stream.EVAL_NOISE, (t,)) for t in (10, 15)}
+    normals = {
+        t: streams.normal(np.array([9], dtype=np.uint64), streams.Stream.EVAL_NOISE, (t,))
+        for t in (10, 15)
+    }
     np.testing.assert_array_equal(normals[15][:, :10], normals[10])
 
 
@@ -375,13 +416,17 @@ def test_tabulated_time_left_gives_the_same_round_as_computing_it(preset):
 
     cfg = resolve_config(None, preset)
     rng = np.random.default_rng(0)
-    cpu = rng.uniform(cfg.devices.cpu_freq_min_hz, cfg.devices.cpu_freq_max_hz, size=(3, cfg.devices.num_devices))
+    cpu = rng.uniform(
+        cfg.devices.cpu_freq_min_hz, cfg.devices.cpu_freq_max_hz, size=(3, cfg.devices.num_devices)
+    )
     args = (float(cfg.model.lora_params_per_rank), int(cfg.model.head_params))
     # a deadline that some modules' computation misses
     deadline = float(np.median(episode_tables(cfg, cpu, *args).compute_time_s[..., 1:]))
     cfg = resolve_config(None, preset, costs={"round_deadline_s": deadline})
     tables = episode_tables(cfg, cpu, *args)
-    np.testing.assert_array_equal(tables.time_left_s, np.maximum(deadline - tables.compute_time_s, 0.0))
+    np.testing.assert_array_equal(
+        tables.time_left_s, np.maximum(deadline - tables.compute_time_s, 0.0)
+    )
     np.testing.assert_array_equal(time_left(tables.compute_time_s, cfg), tables.time_left_s)
     assert (tables.time_left_s == 0.0).any() and (tables.time_left_s > 0.0).any()  # both cases met
     plain = dataclasses.replace(tables, time_left_s=None)
@@ -391,7 +436,14 @@ def test_tabulated_time_left_gives_the_same_round_as_computing_it(preset):
     for _ in range(5):
         decision = codec.decode(rng.uniform(-1, 1, (3, *codec.shape)))
         a, b = play_round(decision, gain, tables, cfg, u), play_round(decision, gain, plain, cfg, u)
-        for field in ("latency_s", "energy_j", "on_time", "success", "upload_time_s", "round_latency_s"):
+        for field in (
+            "latency_s",
+            "energy_j",
+            "on_time",
+            "success",
+            "upload_time_s",
+            "round_latency_s",
+        ):
             np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
 
 

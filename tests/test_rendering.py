@@ -95,7 +95,12 @@ def test_record_video_writes_an_episode(tmp_path):
     pytest.importorskip("moviepy")
     from gymnasium.wrappers import RecordVideo
 
-    env = RecordVideo(gym.make("FedLoRAWireless-v0", render_mode="rgb_array", num_rounds=3), str(tmp_path / "videos"), episode_trigger=lambda _: True, disable_logger=True)
+    env = RecordVideo(
+        gym.make("FedLoRAWireless-v0", render_mode="rgb_array", num_rounds=3),
+        str(tmp_path / "videos"),
+        episode_trigger=lambda _: True,
+        disable_logger=True,
+    )
     env.reset(seed=0)
     done = False
     while not done:

@@ -94,7 +94,12 @@ def test_resume_needs_a_run_and_a_checkpoint(tmp_path):
 
 def test_latest_checkpoint_skips_partial_ones(tmp_path):
     assert latest_checkpoint(tmp_path) is None
-    for name, complete in [("iter_000002", True), ("iter_000010", True), ("iter_000011", False), ("iter_000012.tmp", True)]:
+    for name, complete in [
+        ("iter_000002", True),
+        ("iter_000010", True),
+        ("iter_000011", False),
+        ("iter_000012.tmp", True),
+    ]:
         (tmp_path / "checkpoints" / name).mkdir(parents=True)
         if complete:
             (tmp_path / "checkpoints" / name / "rllib_checkpoint.json").write_text("{}")
@@ -110,7 +115,9 @@ def test_rllib_env_from_env_config_mapping():
     assert set(env.action_space) == set(base.codec.components)
     assert all(s.shape == (base.num_devices,) for s in env.action_space.values())
     # the full resolved config (what agents.train_rllib ships to the env runners) round-trips
-    assert make_rllib_env(resolve_config("unified").to_dict()).unwrapped.config == resolve_config("unified")
+    assert make_rllib_env(resolve_config("unified").to_dict()).unwrapped.config == resolve_config(
+        "unified"
+    )
     obs, _ = env.reset(seed=0)
     env.action_space.seed(0)
     flags = []
@@ -125,8 +132,13 @@ def test_rllib_env_from_env_config_mapping():
 # ------------------------------------------------------------------- training on local Ray
 @pytest.fixture(scope="module")
 def local_ray():
-    ray = pytest.importorskip("ray", reason="Ray RLlib is not installed in this interpreter (pip install 'fedenv[rllib]'; CI: scripts/setup_rllib.sh)")
-    pytest.importorskip("ray.rllib", reason="Ray is installed without RLlib (pip install 'fedenv[rllib]')")
+    ray = pytest.importorskip(
+        "ray",
+        reason="Ray RLlib is not installed in this interpreter (pip install 'fedenv[rllib]'; CI: scripts/setup_rllib.sh)",
+    )
+    pytest.importorskip(
+        "ray.rllib", reason="Ray is installed without RLlib (pip install 'fedenv[rllib]')"
+    )
     ray.init(num_cpus=2, object_store_memory=200 * 2**20, include_dashboard=False, address="local")
     yield ray
     ray.shutdown()
@@ -140,7 +152,19 @@ def _module_state(module) -> dict[str, np.ndarray]:
 def test_one_iteration_two_env_runners_checkpoint_and_resume(local_ray, tmp_path):
     run = tmp_path / "run"
     small = ["--train-batch-size", "200", "--batch-size", "100", "--n-epochs", "1", "--seed", "0"]
-    first = train_rllib.main(["--run-dir", str(run), "--env-runners", "2", "--iterations", "1", "--checkpoint-every", "1", *small])
+    first = train_rllib.main(
+        [
+            "--run-dir",
+            str(run),
+            "--env-runners",
+            "2",
+            "--iterations",
+            "1",
+            "--checkpoint-every",
+            "1",
+            *small,
+        ]
+    )
     assert first["iterations"] == 1 and first["start_iteration"] == 0
     rows = [json.loads(line) for line in (run / "progress.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == [1]
@@ -154,7 +178,11 @@ def test_one_iteration_two_env_runners_checkpoint_and_resume(local_ray, tmp_path
     # restore: a fresh algorithm (same seed, untrained) takes the checkpoint's weights and iteration
     from ray.rllib.core.rl_module.rl_module import RLModule
 
-    saved = _module_state(RLModule.from_checkpoint(newest[1] / "learner_group" / "learner" / "rl_module" / "default_policy"))
+    saved = _module_state(
+        RLModule.from_checkpoint(
+            newest[1] / "learner_group" / "learner" / "rl_module" / "default_policy"
+        )
+    )
     args = replace(Args(train_batch_size=200, batch_size=100, n_epochs=1), env_runners=0)
     algo = train_rllib.build_algorithm(args, resolve_config(run / "env_config.yaml"))
     try:
@@ -170,10 +198,14 @@ def test_one_iteration_two_env_runners_checkpoint_and_resume(local_ray, tmp_path
 
     # resume: the saved arguments (two env runners, small batches) continue to iteration 2
     second = train_rllib.main(["--run-dir", str(run), "--resume", "--iterations", "2"])
-    assert second["start_iteration"] == 1 and second["iterations"] == 2 and second["env_runners"] == 2
+    assert (
+        second["start_iteration"] == 1 and second["iterations"] == 2 and second["env_runners"] == 2
+    )
     rows = [json.loads(line) for line in (run / "progress.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == [1, 2]
-    assert rows[1]["env_steps"] == rows[0]["env_steps"] + rows[1]["env_steps_this_iter"]  # counters restored too
+    assert (
+        rows[1]["env_steps"] == rows[0]["env_steps"] + rows[1]["env_steps_this_iter"]
+    )  # counters restored too
     assert latest_checkpoint(run)[0] == 2
     meta = json.loads((run / "meta.json").read_text())
     assert [s["resumed_from_iteration"] for s in meta["sessions"]] == [None, 1]
@@ -198,13 +230,21 @@ def _rllib_parallel_env(env_config: dict) -> object:
 
 def test_multiagent_env_through_parallel_pettingzoo_env():
     """fedenv.multiagent reaches RLlib as a MultiAgentEnv (ParallelPettingZooEnv): one agent per device."""
-    pytest.importorskip("pettingzoo", reason="PettingZoo is not installed (pip install 'fedenv[pettingzoo]')")
-    pytest.importorskip("ray.rllib", reason="Ray RLlib is not installed in this interpreter (pip install 'fedenv[rllib]')")
+    pytest.importorskip(
+        "pettingzoo", reason="PettingZoo is not installed (pip install 'fedenv[pettingzoo]')"
+    )
+    pytest.importorskip(
+        "ray.rllib",
+        reason="Ray RLlib is not installed in this interpreter (pip install 'fedenv[rllib]')",
+    )
     env = _rllib_parallel_env({"preset": "unified", "num_rounds": 3, "agent_reward": "per_device"})
     agents = [f"device_{k}" for k in range(10)]
     assert sorted(env.possible_agents) == sorted(agents)
     assert set(env.observation_space) == set(agents) and set(env.action_space) == set(agents)
-    assert all(env.action_space[a].shape == (4,) and env.observation_space[a].shape == (11,) for a in agents)
+    assert all(
+        env.action_space[a].shape == (4,) and env.observation_space[a].shape == (11,)
+        for a in agents
+    )
     obs, infos = env.reset(seed=0)
     assert set(obs) == set(agents) and set(infos) == set(agents)
     env.action_space.seed(0)
@@ -213,7 +253,10 @@ def test_multiagent_env_through_parallel_pettingzoo_env():
         obs, rewards, terminateds, truncateds, infos = env.step(env.action_space.sample())
         assert all(env.observation_space[a].contains(obs[a]) for a in agents)
         assert set(rewards) == set(agents) and all(np.isfinite(r) for r in rewards.values())
-        assert all(sum(infos[a]["reward_terms"].values()) == pytest.approx(rewards[a], abs=1e-12) for a in agents)
+        assert all(
+            sum(infos[a]["reward_terms"].values()) == pytest.approx(rewards[a], abs=1e-12)
+            for a in agents
+        )
         ends.append((terminateds["__all__"], truncateds["__all__"]))
     # every agent stays for the whole episode and is truncated at the horizon
     assert ends == [(False, False), (False, False), (False, True)]
@@ -223,7 +266,9 @@ def test_multiagent_env_through_parallel_pettingzoo_env():
 @pytest.mark.slow
 def test_multiagent_one_ppo_iteration_with_a_shared_policy(local_ray):
     """RLlib PPO, one policy shared by every device's agent, trains one iteration on the multi-agent env."""
-    pytest.importorskip("pettingzoo", reason="PettingZoo is not installed (pip install 'fedenv[pettingzoo]')")
+    pytest.importorskip(
+        "pettingzoo", reason="PettingZoo is not installed (pip install 'fedenv[pettingzoo]')"
+    )
     from ray.rllib.algorithms.ppo import PPOConfig
     from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
     from ray.tune.registry import register_env
@@ -231,11 +276,20 @@ def test_multiagent_one_ppo_iteration_with_a_shared_policy(local_ray):
     register_env("fedlora_wireless_parallel", _rllib_parallel_env)
     config = (
         PPOConfig()
-        .environment("fedlora_wireless_parallel", env_config={"preset": "switching", "num_rounds": 10})
-        .multi_agent(policies={"shared"}, policy_mapping_fn=lambda agent_id, *args, **kwargs: "shared")
+        .environment(
+            "fedlora_wireless_parallel", env_config={"preset": "switching", "num_rounds": 10}
+        )
+        .multi_agent(
+            policies={"shared"}, policy_mapping_fn=lambda agent_id, *args, **kwargs: "shared"
+        )
         .env_runners(num_env_runners=0, rollout_fragment_length="auto")
         .learners(num_learners=0)
-        .training(train_batch_size_per_learner=400, minibatch_size=200, num_epochs=1, vf_clip_param=float("inf"))
+        .training(
+            train_batch_size_per_learner=400,
+            minibatch_size=200,
+            num_epochs=1,
+            vf_clip_param=float("inf"),
+        )
         .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=[32, 32]))
         .debugging(seed=0)
     )
@@ -247,7 +301,9 @@ def test_multiagent_one_ppo_iteration_with_a_shared_policy(local_ray):
         runners = result["env_runners"]
         assert runners["num_env_steps_sampled"] >= 400 and runners["episode_len_mean"] == 10
         # every round gives the shared policy one step per device
-        assert runners["num_module_steps_sampled"]["shared"] == 10 * runners["num_env_steps_sampled"]
+        assert (
+            runners["num_module_steps_sampled"]["shared"] == 10 * runners["num_env_steps_sampled"]
+        )
         assert list(algo.get_module("shared").get_state())  # one module for every agent
     finally:
         algo.stop()

@@ -24,8 +24,19 @@ def test_every_scenario_has_an_id_named_like_the_presets() -> None:
     assert fedenv.SCENARIO_IDS == {name: s.env_id for name, s in SCENARIOS.items()}
     assert not set(fedenv.SCENARIO_IDS.values()) & set(fedenv.ENV_IDS.values())
     for env_id in fedenv.SCENARIO_IDS.values():
-        assert env_id.startswith("FedLoRAWireless-") and env_id.endswith("-v0") and env_id in gym.registry
-    assert {"tight_energy", "large_cell", "dense_cell", "mobile_shadowed", "soft_tight_latency", "split_tight_energy"} <= set(SCENARIOS)
+        assert (
+            env_id.startswith("FedLoRAWireless-")
+            and env_id.endswith("-v0")
+            and env_id in gym.registry
+        )
+    assert {
+        "tight_energy",
+        "large_cell",
+        "dense_cell",
+        "mobile_shadowed",
+        "soft_tight_latency",
+        "split_tight_energy",
+    } <= set(SCENARIOS)
 
 
 @pytest.mark.parametrize("name", list(SCENARIOS))
@@ -52,7 +63,9 @@ def test_scenarios_pass_the_env_checker_and_run_batched(name: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         check_env(env, skip_render_check=True)
-    envs = gym.make_vec(SCENARIOS[name].env_id, num_envs=2, vectorization_mode="vector_entry_point", num_rounds=3)
+    envs = gym.make_vec(
+        SCENARIOS[name].env_id, num_envs=2, vectorization_mode="vector_entry_point", num_rounds=3
+    )
     assert isinstance(envs, FedLoRAWirelessVectorEnv) and envs.config == env.config
     envs.reset(seed=0)
     _, reward, _, _, info = envs.step(envs.action_space.sample())

@@ -48,7 +48,9 @@ def test_rank_rows_table_equals_the_formulas():
 def test_boolean_success_flags_equal_their_float_weights():
     r = np.array([0, 2, 16, 8])
     w = np.array([True, True, False, True])
-    assert round_progress(SHARE, w, r, np.ones(K), SKEWED, GLOBAL, CFG) == round_progress(SHARE, w.astype(float), r, np.ones(K), SKEWED, GLOBAL, CFG)
+    assert round_progress(SHARE, w, r, np.ones(K), SKEWED, GLOBAL, CFG) == round_progress(
+        SHARE, w.astype(float), r, np.ones(K), SKEWED, GLOBAL, CFG
+    )
 
 
 @pytest.mark.parametrize("labels", [2, 3, 9])
@@ -83,7 +85,9 @@ def test_round_progress_of_an_episode_equals_the_function_bit_for_bit(labels, sp
     progress.set_labels(lab[0])
     r = np.array([0, 64, 2, 1, 0, 0, 8, 4, 16, 128])
     w = np.ones(k, dtype=bool)
-    assert progress(share[0], w, r, None, glob[0]) == round_progress(share[0], w, r, None, lab[0], glob[0], scfg)
+    assert progress(share[0], w, r, None, glob[0]) == round_progress(
+        share[0], w, r, None, lab[0], glob[0], scfg
+    )
     for bad in (r[:3], r.astype(float), list(r)):
         with pytest.raises(ValueError, match="integer array of shape"):
             progress(share[0], w, bad, None, glob[0])
@@ -100,7 +104,10 @@ def test_round_progress_broadcasts_one_episode_against_a_batch_of_decisions():
         assert (g[i], f[i]) == round_progress(SHARE, w[i], r[i], None, SKEWED, GLOBAL, CFG)
 
 
-@pytest.mark.parametrize(("preset", "counts"), [("switching", False), ("split", False), ("soft", True), ("unified", True)])
+@pytest.mark.parametrize(
+    ("preset", "counts"),
+    [("switching", False), ("split", False), ("soft", True), ("unified", True)],
+)
 def test_learner_uses_ratios_only_where_the_paradigm_sparsifies(preset, counts):
     """As the lora backend: sparsification ratios matter in soft and unified only."""
     cfg = EnvConfig.from_preset(preset)

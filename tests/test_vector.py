@@ -19,9 +19,25 @@ from fedenv.vector import FedLoRAWirelessVectorEnv
 
 # Extra scenarios on top of the presets: every optional branch of the physics and the reward.
 SCENARIOS = {
-    "mobile_shadowed_dpp": ("switching", {"channel": {"mobility_speed_m_per_s": 5.0, "shadowing_std_db": 4.0}, "reward": {"mode": "dpp"}}),
-    "noisy_target": ("unified", {"learning": {"surrogate": {"eval_noise_std": 0.02}}, "target_accuracy": 0.6, "model": {"send_head": True}}),
-    "iid_uncorrelated": ("split", {"channel": {"fading_correlation": 0.0}, "learning": {"iid": True}}),
+    "mobile_shadowed_dpp": (
+        "switching",
+        {
+            "channel": {"mobility_speed_m_per_s": 5.0, "shadowing_std_db": 4.0},
+            "reward": {"mode": "dpp"},
+        },
+    ),
+    "noisy_target": (
+        "unified",
+        {
+            "learning": {"surrogate": {"eval_noise_std": 0.02}},
+            "target_accuracy": 0.6,
+            "model": {"send_head": True},
+        },
+    ),
+    "iid_uncorrelated": (
+        "split",
+        {"channel": {"fading_correlation": 0.0}, "learning": {"iid": True}},
+    ),
 }
 
 
@@ -42,7 +58,9 @@ def _assert_info_rows(vinfo: dict, sinfo: dict, i: int, where: str) -> None:
         if isinstance(value, str):
             assert got == value, (where, key)
         else:
-            np.testing.assert_array_equal(got, value, err_msg=f"{where}: info[{key!r}] of sub-env {i}")
+            np.testing.assert_array_equal(
+                got, value, err_msg=f"{where}: info[{key!r}] of sub-env {i}"
+            )
             assert np.asarray(got).dtype == np.asarray(value).dtype, (where, key)
     # keys the single env did not report are masked out
     for key in vinfo:
@@ -50,7 +68,9 @@ def _assert_info_rows(vinfo: dict, sinfo: dict, i: int, where: str) -> None:
             assert not vinfo[f"_{key}"][i], f"{where}: info[{key!r}] present for sub-env {i}"
 
 
-def _compare(preset: str, overrides: dict, num_envs: int = 3, steps: int = 40, seed: int = 5) -> None:
+def _compare(
+    preset: str, overrides: dict, num_envs: int = 3, steps: int = 40, seed: int = 5
+) -> None:
     cfg = EnvConfig.from_preset(preset).replace(**{"num_rounds": 9, **overrides})
     venv = FedLoRAWirelessVectorEnv(num_envs, cfg)
     singles = [FedLoRAWirelessEnv(cfg) for _ in range(num_envs)]
@@ -92,7 +112,9 @@ def test_vector_env_equals_single_envs_in_every_branch(name):
 
 
 def test_make_vec_entry_point_and_metadata():
-    venv = gym.make_vec("FedLoRAWireless-v0", num_envs=4, vectorization_mode="vector_entry_point", preset="soft")
+    venv = gym.make_vec(
+        "FedLoRAWireless-v0", num_envs=4, vectorization_mode="vector_entry_point", preset="soft"
+    )
     assert isinstance(venv.unwrapped, FedLoRAWirelessVectorEnv)
     assert venv.metadata["autoreset_mode"] == gym.vector.AutoresetMode.NEXT_STEP
     obs, _ = venv.reset(seed=0)
@@ -109,7 +131,9 @@ def test_every_registered_id_takes_a_full_config_through_the_vector_entry_point(
     env_id = fedenv.ENV_IDS[preset]
     config = resolve_config(preset, num_rounds=5, reward={"energy_weight": 2.0})
     for given in (config, config.to_dict(), {"num_rounds": 5, "reward": {"energy_weight": 2.0}}):
-        venv = gym.make_vec(env_id, num_envs=2, vectorization_mode="vector_entry_point", config=given)
+        venv = gym.make_vec(
+            env_id, num_envs=2, vectorization_mode="vector_entry_point", config=given
+        )
         assert isinstance(venv.unwrapped, FedLoRAWirelessVectorEnv)
         assert venv.unwrapped.config == config == gym.make(env_id, config=given).unwrapped.config
         obs, _ = venv.reset(seed=0)
@@ -117,7 +141,12 @@ def test_every_registered_id_takes_a_full_config_through_the_vector_entry_point(
         venv.close()
     other = resolve_config("soft" if preset != "soft" else "split")
     if env_id == fedenv.ENV_ID:  # the default id takes a config of any paradigm
-        assert gym.make_vec(env_id, num_envs=2, vectorization_mode="vector_entry_point", config=other).unwrapped.config == other
+        assert (
+            gym.make_vec(
+                env_id, num_envs=2, vectorization_mode="vector_entry_point", config=other
+            ).unwrapped.config
+            == other
+        )
     else:  # a variant id refuses another paradigm, as its single env does
         with pytest.raises(ValueError, match="paradigm"):
             gym.make_vec(env_id, num_envs=2, vectorization_mode="vector_entry_point", config=other)
@@ -125,7 +154,9 @@ def test_every_registered_id_takes_a_full_config_through_the_vector_entry_point(
 
 def test_vector_env_matches_sync_vector_env_including_info_layout():
     kw = {"preset": "switching", "num_rounds": 4}
-    fast = gym.make_vec("FedLoRAWireless-v0", num_envs=2, vectorization_mode="vector_entry_point", **kw)
+    fast = gym.make_vec(
+        "FedLoRAWireless-v0", num_envs=2, vectorization_mode="vector_entry_point", **kw
+    )
     sync = gym.make_vec("FedLoRAWireless-v0", num_envs=2, vectorization_mode="sync", **kw)
     (fo, fi), (so, si) = fast.reset(seed=3), sync.reset(seed=3)
     np.testing.assert_array_equal(fo, so)
@@ -200,12 +231,19 @@ def test_fading_scan_equals_the_recursion_loop():
                 loop[:, t + 1] = rho * loop[:, t] + np.sqrt(1 - rho * rho) * w[:, t + 1]
             np.testing.assert_allclose(g, loop, rtol=1e-13, atol=1e-13)
     # batched episodes equal episodes computed alone, bit for bit
-    np.testing.assert_array_equal(channel.gauss_markov_fading(w[1:2, 0], w[1:2, 1:], 0.7), channel.gauss_markov_fading(w[:, 0], w[:, 1:], 0.7)[1:2])
+    np.testing.assert_array_equal(
+        channel.gauss_markov_fading(w[1:2, 0], w[1:2, 1:], 0.7),
+        channel.gauss_markov_fading(w[:, 0], w[:, 1:], 0.7)[1:2],
+    )
 
 
 def test_multi_stream_draw_equals_single_stream_draws():
     keys = np.array([1, 2**63 + 5], dtype=np.uint64)
-    draws = ((streams.Stream.POSITION, (2, 5)), (streams.Stream.FADING, (4, 2, 5, 2)), (streams.Stream.SUCCESS, (4, 5)))
+    draws = (
+        (streams.Stream.POSITION, (2, 5)),
+        (streams.Stream.FADING, (4, 2, 5, 2)),
+        (streams.Stream.SUCCESS, (4, 5)),
+    )
     for got, (stream, shape) in zip(streams.uniforms(keys, draws), draws):
         np.testing.assert_array_equal(got, streams.uniform(keys, stream, shape))
 
@@ -233,15 +271,44 @@ def test_physics_batched_equals_per_episode_bitwise(preset):
     batch = play_round(dec, gain, tables, cfg, u)
     share = rng.dirichlet(np.ones(k), n)
     labels = rng.dirichlet(np.ones(2), (n, k))
-    prog, floor = round_progress(share, batch.success, batch.rank, dec.ratio, labels, np.array([0.4, 0.6]), cfg.learning.surrogate)
+    prog, floor = round_progress(
+        share,
+        batch.success,
+        batch.rank,
+        dec.ratio,
+        labels,
+        np.array([0.4, 0.6]),
+        cfg.learning.surrogate,
+    )
     for i in range(n):
-        one_tables = episode_tables(cfg, cpu[i], cfg.model.lora_params_per_rank, cfg.model.head_params)
+        one_tables = episode_tables(
+            cfg, cpu[i], cfg.model.lora_params_per_rank, cfg.model.head_params
+        )
         one_dec = Decision(dec.module[i], dec.power_w[i], dec.share[i], dec.ratio[i])
         one = play_round(one_dec, gain[i], one_tables, cfg, u[i])
-        for field in ("rate_bps", "packet_error", "upload_time_s", "latency_s", "energy_j", "payload_bits", "success", "success_prob"):
-            np.testing.assert_array_equal(getattr(one, field), getattr(batch, field)[i], err_msg=field)
+        for field in (
+            "rate_bps",
+            "packet_error",
+            "upload_time_s",
+            "latency_s",
+            "energy_j",
+            "payload_bits",
+            "success",
+            "success_prob",
+        ):
+            np.testing.assert_array_equal(
+                getattr(one, field), getattr(batch, field)[i], err_msg=field
+            )
         assert one.round_latency_s == batch.round_latency_s[i]
-        p, f = round_progress(share[i], one.success, one.rank, one_dec.ratio, labels[i], np.array([0.4, 0.6]), cfg.learning.surrogate)
+        p, f = round_progress(
+            share[i],
+            one.success,
+            one.rank,
+            one_dec.ratio,
+            labels[i],
+            np.array([0.4, 0.6]),
+            cfg.learning.surrogate,
+        )
         assert p == prog[i] and f == floor[i]
 
 
@@ -250,8 +317,18 @@ def test_upload_and_link_edge_cases():
     assert np.isinf(t[0]) and t[1] == 0.0 and t[2] == 0.5
     np.testing.assert_array_equal(e, [0.0, 0.0, 0.0])
     np.testing.assert_array_equal(ok, [False, True, False])
-    rate, per = channel.link(np.array([0.1, 0.1, 0.1]), np.array([1e-10, 0.0, 1e-10]), np.array([0.5, 0.5, 0.0]), EnvConfig().channel)
-    np.testing.assert_array_equal(rate, channel.uplink_rate([0.1, 0.1, 0.1], [1e-10, 0.0, 1e-10], [0.5, 0.5, 0.0], EnvConfig().channel))
+    rate, per = channel.link(
+        np.array([0.1, 0.1, 0.1]),
+        np.array([1e-10, 0.0, 1e-10]),
+        np.array([0.5, 0.5, 0.0]),
+        EnvConfig().channel,
+    )
+    np.testing.assert_array_equal(
+        rate,
+        channel.uplink_rate(
+            [0.1, 0.1, 0.1], [1e-10, 0.0, 1e-10], [0.5, 0.5, 0.0], EnvConfig().channel
+        ),
+    )
     assert rate[1] == 0.0 and rate[2] == 0.0 and per[1] == 1.0 and per[2] == 0.0
 
 

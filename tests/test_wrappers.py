@@ -58,12 +58,16 @@ def _quiet_gym_check(env: gym.Env[Any, Any]) -> None:
 
 @pytest.mark.parametrize("preset", list(PRESETS))
 @pytest.mark.parametrize("name", list(WRAPPERS))
-def test_every_wrapper_passes_both_checkers_and_rebuilds_from_its_spec(preset: str, name: str) -> None:
+def test_every_wrapper_passes_both_checkers_and_rebuilds_from_its_spec(
+    preset: str, name: str
+) -> None:
     make = WRAPPERS[name]
     env = make(gym.make(fedenv.ENV_IDS[preset], num_rounds=T))
     _quiet_gym_check(env)
     if name in SB3_WARNS:
-        with pytest.warns(UserWarning, match="not supported by Stable Baselines 3|unconventional shape"):
+        with pytest.warns(
+            UserWarning, match="not supported by Stable Baselines 3|unconventional shape"
+        ):
             sb3_checker.check_env(make(FedLoRAWirelessEnv(preset=preset, num_rounds=T)), warn=True)
     else:
         with warnings.catch_warnings():
@@ -71,7 +75,9 @@ def test_every_wrapper_passes_both_checkers_and_rebuilds_from_its_spec(preset: s
             sb3_checker.check_env(make(FedLoRAWirelessEnv(preset=preset, num_rounds=T)), warn=True)
     again = gym.make(env.spec)
     assert type(again) is type(env)
-    assert again.action_space == env.action_space and again.observation_space == env.observation_space
+    assert (
+        again.action_space == env.action_space and again.observation_space == env.observation_space
+    )
     assert again.unwrapped.config == env.unwrapped.config
     # the same stack plays the same episode
     a_obs, _ = env.reset(seed=4)
@@ -101,7 +107,10 @@ def test_sb3_trains_on_the_discrete_action(algo: str) -> None:
 
 def test_sb3_ppo_trains_on_the_factored_and_flat_actions() -> None:
     sb3 = pytest.importorskip("stable_baselines3")
-    for env in (FactoredAction(gym.make("FedLoRAWireless-v0", num_rounds=T)), FlatAction(FactoredAction(gym.make("FedLoRAWireless-v0", num_rounds=T)))):
+    for env in (
+        FactoredAction(gym.make("FedLoRAWireless-v0", num_rounds=T)),
+        FlatAction(FactoredAction(gym.make("FedLoRAWireless-v0", num_rounds=T))),
+    ):
         sb3.PPO("MlpPolicy", env, n_steps=16, batch_size=16, seed=0, device="cpu").learn(32)
 
 
@@ -168,7 +177,10 @@ def test_agents_names_are_the_fedenv_forms() -> None:
     from agents import features
     from agents.actions import ActionAdapter
 
-    assert features.AgentObservation is LabelSkewObservation and features.ObservationFeatures is ObservationFeatures
+    assert (
+        features.AgentObservation is LabelSkewObservation
+        and features.ObservationFeatures is ObservationFeatures
+    )
     cfg = resolve_config("switching")
     adapter, codec = ActionAdapter(cfg, "factored"), FactoredCodec(cfg)
     a = np.random.default_rng(3).uniform(-1, 1, codec.shape).astype(np.float32)
@@ -179,14 +191,20 @@ def test_agents_names_are_the_fedenv_forms() -> None:
 
 
 def test_wrappers_follow_configure_or_raise() -> None:
-    env = HorizonIsTermination(FactoredAction(LabelSkewObservation(gym.make("FedLoRAWireless-v0", num_rounds=T), "label_mix_time")))
+    env = HorizonIsTermination(
+        FactoredAction(
+            LabelSkewObservation(gym.make("FedLoRAWireless-v0", num_rounds=T), "label_mix_time")
+        )
+    )
     env.reset(seed=0)
     env.unwrapped.configure(num_rounds=3)
     env.reset(seed=0)
     for _ in range(3):
         obs, _, terminated, truncated, _ = env.step(env.action_space.sample())
     assert terminated and not truncated  # the new horizon, reported as termination
-    assert obs.reshape(-1)[7 + 2] > 0  # the time-to-go ramps follow the new T (h = 3: at the last round)
+    assert (
+        obs.reshape(-1)[7 + 2] > 0
+    )  # the time-to-go ramps follow the new T (h = 3: at the last round)
     env.unwrapped.configure(devices={"num_devices": 4})
     with pytest.raises(RuntimeError, match="build the wrapper stack again"):
         env.reset(seed=0)
@@ -222,13 +240,22 @@ def test_variant_ids_take_configs_and_overrides(preset: str) -> None:
     env_id = fedenv.ENV_IDS[preset]
     want = resolve_config(preset, num_rounds=9, reward={"energy_weight": 2.0})
     assert gym.make(env_id, num_rounds=9, reward={"energy_weight": 2.0}).unwrapped.config == want
-    assert gym.make(env_id, config={"num_rounds": 9, "reward": {"energy_weight": 2.0}}).unwrapped.config == want
-    assert gym.make(env_id, config=want).unwrapped.config == want  # a full config of the id's paradigm
+    assert (
+        gym.make(
+            env_id, config={"num_rounds": 9, "reward": {"energy_weight": 2.0}}
+        ).unwrapped.config
+        == want
+    )
+    assert (
+        gym.make(env_id, config=want).unwrapped.config == want
+    )  # a full config of the id's paradigm
     with pytest.raises(ValueError, match="paradigm"):
         gym.make(env_id, config=resolve_config("soft"))
     with pytest.raises(ValueError, match="names preset 'soft'"):
         gym.make(env_id, config={"preset": "soft"})
-    assert gym.make(env_id, preset="soft").unwrapped.config.paradigm == "soft"  # an explicit preset= wins, as any kwarg
+    assert (
+        gym.make(env_id, preset="soft").unwrapped.config.paradigm == "soft"
+    )  # an explicit preset= wins, as any kwarg
     venv = gym.make_vec(env_id, num_envs=2, num_rounds=9)
     assert venv.unwrapped.config == resolve_config(preset, num_rounds=9)
     venv.close()
@@ -250,9 +277,34 @@ def test_vanilla_sb3_example_writes_its_run_directory(tmp_path) -> None:
     from agents import vanilla_sb3
 
     run = tmp_path / "run"
-    result = vanilla_sb3.main(["--total-timesteps", "512", "--eval-every", "256", "--n-envs", "2", "--curve-episodes", "1", "--test-episodes", "2", "--run-dir", str(run)])
-    for name in ("model.zip", "vecnormalize.pkl", "learning_curve.csv", "learning_curve.png", "result.json", "env_config.yaml", "args.json"):
+    result = vanilla_sb3.main(
+        [
+            "--total-timesteps",
+            "512",
+            "--eval-every",
+            "256",
+            "--n-envs",
+            "2",
+            "--curve-episodes",
+            "1",
+            "--test-episodes",
+            "2",
+            "--run-dir",
+            str(run),
+        ]
+    )
+    for name in (
+        "model.zip",
+        "vecnormalize.pkl",
+        "learning_curve.csv",
+        "learning_curve.png",
+        "result.json",
+        "env_config.yaml",
+        "args.json",
+    ):
         assert (run / name).is_file(), name
     rows = (run / "learning_curve.csv").read_text().splitlines()
-    assert rows[0] == "steps,train_return,validation_return" and len(rows) >= 3  # (PPO collects whole rollouts: 2 x 2048 steps)
+    assert (
+        rows[0] == "steps,train_return,validation_return" and len(rows) >= 3
+    )  # (PPO collects whole rollouts: 2 x 2048 steps)
     assert result["return_ratio"] == pytest.approx(result["ppo_return"] / result["lyapunov_return"])

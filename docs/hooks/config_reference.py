@@ -87,11 +87,18 @@ def _allowed(call: ast.Call, source: str, literals: dict[str, Any]) -> str:
     """``Range(gt=0, le=1e5)`` as "> 0, ≤ 1e5"; ``OneOf("a", *NAMES)`` as "a, b, c"."""
     name = call.func.id if isinstance(call.func, ast.Name) else ""
     if name == "Range":
-        return ", ".join(f"{_OPS.get(k.arg or '', k.arg)} {ast.get_source_segment(source, k.value)}" for k in call.keywords)
+        return ", ".join(
+            f"{_OPS.get(k.arg or '', k.arg)} {ast.get_source_segment(source, k.value)}"
+            for k in call.keywords
+        )
     if name == "OneOf":
         choices: list[str] = []
         for arg in call.args:
-            if isinstance(arg, ast.Starred) and isinstance(arg.value, ast.Name) and arg.value.id in literals:
+            if (
+                isinstance(arg, ast.Starred)
+                and isinstance(arg.value, ast.Name)
+                and arg.value.id in literals
+            ):
                 choices.extend(str(c) for c in literals[arg.value.id])
             elif isinstance(arg, ast.Constant):
                 choices.append(str(arg.value))
@@ -103,7 +110,11 @@ def _allowed(call: ast.Call, source: str, literals: dict[str, Any]) -> str:
 
 def _split_annotation(node: ast.expr, source: str, literals: dict[str, Any]) -> tuple[str, str]:
     """(type, allowed) of a field annotation, unwrapping ``Annotated[type, Range(...)]``."""
-    if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id == "Annotated":
+    if (
+        isinstance(node, ast.Subscript)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "Annotated"
+    ):
         parts = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
         kind = ast.get_source_segment(source, parts[0]) or ""
         meta = [_allowed(m, source, literals) for m in parts[1:] if isinstance(m, ast.Call)]
@@ -117,7 +128,11 @@ def _is_classvar(node: ast.expr) -> bool:
 
 
 def _docstring(node: ast.stmt | None) -> str:
-    if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+    if (
+        isinstance(node, ast.Expr)
+        and isinstance(node.value, ast.Constant)
+        and isinstance(node.value.value, str)
+    ):
         return " ".join(node.value.value.split())
     return ""
 
@@ -131,7 +146,8 @@ def read_sections(path: str | Path = CONFIG_SOURCE) -> list[SectionDoc]:
     classes = {
         node.name: node
         for node in tree.body
-        if isinstance(node, ast.ClassDef) and any(isinstance(b, ast.Name) and b.id == SECTION_BASE for b in node.bases)
+        if isinstance(node, ast.ClassDef)
+        and any(isinstance(b, ast.Name) and b.id == SECTION_BASE for b in node.bases)
     }
     if ROOT_CLASS not in classes:
         raise ValueError(f"{path}: no class {ROOT_CLASS} deriving from {SECTION_BASE}")
@@ -148,7 +164,11 @@ def read_sections(path: str | Path = CONFIG_SOURCE) -> list[SectionDoc]:
                 continue
             name = stmt.target.id
             if _is_classvar(stmt.annotation):
-                if name == "_path" and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str):
+                if (
+                    name == "_path"
+                    and isinstance(stmt.value, ast.Constant)
+                    and isinstance(stmt.value.value, str)
+                ):
                     section_path = "" if class_name == ROOT_CLASS else stmt.value.value
                 continue
             kind, allowed = _split_annotation(stmt.annotation, source, literals)
@@ -156,11 +176,26 @@ def read_sections(path: str | Path = CONFIG_SOURCE) -> list[SectionDoc]:
             if kind in classes:
                 child = f"{section_path}.{name}" if section_path else name
                 nested.append((kind, child))
-                fields.append(FieldDoc(name, kind, "section", "", doc or _docstring(classes[kind].body[0]), section=child))
+                fields.append(
+                    FieldDoc(
+                        name,
+                        kind,
+                        "section",
+                        "",
+                        doc or _docstring(classes[kind].body[0]),
+                        section=child,
+                    )
+                )
                 continue
-            default = ast.get_source_segment(source, stmt.value) if stmt.value is not None else "(required)"
+            default = (
+                ast.get_source_segment(source, stmt.value)
+                if stmt.value is not None
+                else "(required)"
+            )
             fields.append(FieldDoc(name, kind, default or "", allowed, doc))
-        out.append(SectionDoc(section_path, class_name, _docstring(body[0]) if body else "", tuple(fields)))
+        out.append(
+            SectionDoc(section_path, class_name, _docstring(body[0]) if body else "", tuple(fields))
+        )
         for child_class, child_path in nested:
             visit(child_class, child_path)
 
@@ -187,7 +222,9 @@ def render(sections: list[SectionDoc]) -> str:
                 target = f.section.replace(".", "-")
                 lines.append(f"| `{key}` | `{f.type}` | [section](#{target}) | | {_cell(f.doc)} |")
                 continue
-            lines.append(f"| `{key}` | `{f.type}` | `{f.default}` | {_cell(f.allowed)} | {_cell(f.doc)} |")
+            lines.append(
+                f"| `{key}` | `{f.type}` | `{f.default}` | {_cell(f.allowed)} | {_cell(f.doc)} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -202,7 +239,9 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
     if page.file.src_uri != CONFIG_PAGE:
         return markdown
     if MARKER not in markdown:
-        raise ValueError(f"docs/{CONFIG_PAGE} lacks the marker {MARKER!r} that the config reference replaces")
+        raise ValueError(
+            f"docs/{CONFIG_PAGE} lacks the marker {MARKER!r} that the config reference replaces"
+        )
     return markdown.replace(MARKER, reference_markdown())
 
 

@@ -19,11 +19,17 @@ BRANCH = "main"
 _LINK = re.compile(r"(\]\()(?P<target>\.\.?/[^)\s#]+)(?P<anchor>#[^)\s]*)?(?P<rest>[^)]*\))")
 
 
-def repo_url_for(target: str, page_dir: Path, docs_dir: Path, repo_root: Path, repo_url: str) -> str | None:
+def repo_url_for(
+    target: str, page_dir: Path, docs_dir: Path, repo_root: Path, repo_url: str
+) -> str | None:
     """The repository URL of a relative link ``target`` from a page in ``page_dir``, or None when
     the target lies inside ``docs/`` or does not exist."""
     resolved = (page_dir / target).resolve()
-    if resolved.is_relative_to(docs_dir) or not resolved.is_relative_to(repo_root) or not resolved.exists():
+    if (
+        resolved.is_relative_to(docs_dir)
+        or not resolved.is_relative_to(repo_root)
+        or not resolved.exists()
+    ):
         return None
     kind = "tree" if resolved.is_dir() else "blob"
     return f"{repo_url.rstrip('/')}/{kind}/{BRANCH}/{resolved.relative_to(repo_root).as_posix()}"

@@ -26,7 +26,15 @@ import yaml
 from fedenv import atomic
 from fedenv.config import EnvConfig, SurrogateConfig, resolve_config
 
-DEFAULT_POLICIES = ["explore", "random", "max", "greedy", "fixed_rank:rank=2", "lyapunov:V=1", "lyapunov:V=100"]
+DEFAULT_POLICIES = [
+    "explore",
+    "random",
+    "max",
+    "greedy",
+    "fixed_rank:rank=2",
+    "lyapunov:V=1",
+    "lyapunov:V=100",
+]
 
 
 def _command(argv: list[str]) -> str:
@@ -46,7 +54,15 @@ def collect_config(args: argparse.Namespace) -> EnvConfig:
     overrides: dict[str, Any] = {"learning": {"backend": args.backend, "task": args.task}}
     if args.rounds is not None:
         overrides["num_rounds"] = args.rounds
-    devices = {k: v for k, v in (("num_devices", args.devices), ("local_steps", args.local_steps), ("batch_size", args.batch_size)) if v is not None}
+    devices = {
+        k: v
+        for k, v in (
+            ("num_devices", args.devices),
+            ("local_steps", args.local_steps),
+            ("batch_size", args.batch_size),
+        )
+        if v is not None
+    }
     if devices:
         overrides["devices"] = devices
     lora: dict[str, Any] = {}
@@ -57,7 +73,9 @@ def collect_config(args: argparse.Namespace) -> EnvConfig:
     if lora:
         overrides["learning"]["lora"] = lora
     if args.calibration:
-        overrides["learning"]["surrogate"] = EnvConfig.from_yaml(args.calibration).learning.surrogate.to_dict()
+        overrides["learning"]["surrogate"] = EnvConfig.from_yaml(
+            args.calibration
+        ).learning.surrogate.to_dict()
     for item in args.set or []:
         key, eq, raw = item.partition("=")
         if not eq:
@@ -72,9 +90,15 @@ def cmd_collect(args: argparse.Namespace, argv: list[str]) -> None:
     cfg = collect_config(args)
     out = Path(args.out or f"results/calibration/{args.task}_{args.backend}.jsonl")
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic.write_file(out.with_suffix(".config.yaml"), f"# {_command(argv)}\n" + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    atomic.write_file(
+        out.with_suffix(".config.yaml"),
+        f"# {_command(argv)}\n" + yaml.safe_dump(cfg.to_dict(), sort_keys=False),
+    )
     ran = collect(cfg, args.policies, args.seeds, out, progress=not args.no_progress)
-    print(f"{len(ran)} episodes recorded in {out}" + (f": {', '.join(ran)}" if ran else " (all were already complete)"))
+    print(
+        f"{len(ran)} episodes recorded in {out}"
+        + (f": {', '.join(ran)}" if ran else " (all were already complete)")
+    )
 
 
 def _load(paths: list[str]) -> list[Any]:
@@ -86,7 +110,9 @@ def _load(paths: list[str]) -> list[Any]:
     return episodes
 
 
-def _split(episodes: list[Any], heldout: list[int] | None) -> tuple[list[Any], list[Any], list[int]]:
+def _split(
+    episodes: list[Any], heldout: list[int] | None
+) -> tuple[list[Any], list[Any], list[int]]:
     seeds = sorted({ep.seed for ep in episodes})
     if heldout is None:
         heldout = seeds[len(seeds) - max(1, len(seeds) // 3) :] if len(seeds) > 1 else []
@@ -109,10 +135,19 @@ def cmd_fit(args: argparse.Namespace, argv: list[str]) -> None:
     train, held, heldout = _split(episodes, args.heldout_seeds)
     base = EnvConfig.from_yaml(args.base).learning.surrogate if args.base else SurrogateConfig()
     result = fit_surrogate(
-        train, base, heldout=held, objective=args.objective, parameters=args.parameters, starts=args.starts, loss=args.loss, f_scale=args.f_scale
+        train,
+        base,
+        heldout=held,
+        objective=args.objective,
+        parameters=args.parameters,
+        starts=args.starts,
+        loss=args.loss,
+        f_scale=args.f_scale,
     )
     model = str(train[0].config.get("learning", {}).get("lora", {}).get("model_name_or_path", "?"))
-    text = calibration_yaml(result, task=tasks[0], model=model, command=_command(argv), traces=", ".join(args.traces))
+    text = calibration_yaml(
+        result, task=tasks[0], model=model, command=_command(argv), traces=", ".join(args.traces)
+    )
     print(text)
     print(f"train: {json.dumps(result.train_errors)}")
     print(f"held-out (seeds {heldout}): {json.dumps(result.heldout_errors)}")
@@ -149,8 +184,14 @@ def cmd_report(args: argparse.Namespace, argv: list[str]) -> None:
             "mean_abs_final_error": rep.mean_abs_final_error,
             "max_abs_final_error": rep.max_abs_final_error,
             "rows": [
-                {"policy": r.policy, "seeds": r.seeds, "real": r.real, "surrogate": r.surrogate,
-                 "real_window": r.real_window, "surrogate_window": r.surrogate_window}
+                {
+                    "policy": r.policy,
+                    "seeds": r.seeds,
+                    "real": r.real,
+                    "surrogate": r.surrogate,
+                    "real_window": r.real_window,
+                    "surrogate_window": r.surrogate_window,
+                }
                 for r in rep.rows
             ],
             "real_order": rep.real_order,
@@ -184,56 +225,138 @@ def cmd_pack(args: argparse.Namespace, argv: list[str]) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from fedenv.calibrate.fit import LOSSES
-    parser = argparse.ArgumentParser(prog="python -m fedenv.calibrate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    parser = argparse.ArgumentParser(
+        prog="python -m fedenv.calibrate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    c = sub.add_parser("collect", help="record per-round traces of policies on the lora backend (resumable)")
+    c = sub.add_parser(
+        "collect", help="record per-round traces of policies on the lora backend (resumable)"
+    )
     c.add_argument("--task", default="sst2", choices=["sst2", "qnli"])
     c.add_argument("--backend", default="lora", choices=["lora", "surrogate"])
-    c.add_argument("--config", default=None, help="base config: a preset name or a YAML file (default: switching)")
+    c.add_argument(
+        "--config",
+        default=None,
+        help="base config: a preset name or a YAML file (default: switching)",
+    )
     c.add_argument("--rounds", type=int, default=None, help="rounds per episode (num_rounds)")
     c.add_argument("--devices", type=int, default=None, help="number of devices K")
     c.add_argument("--local-steps", type=int, default=None, help="local steps tau")
     c.add_argument("--batch-size", type=int, default=None, help="local batch n_b")
-    c.add_argument("--eval-samples", type=int, default=None, help="fixed evaluation subset size (lora)")
+    c.add_argument(
+        "--eval-samples", type=int, default=None, help="fixed evaluation subset size (lora)"
+    )
     c.add_argument("--threads", type=int, default=None, help="torch CPU threads (lora)")
-    c.add_argument("--calibration", default=None, help="calibration YAML whose surrogate constants the config (and model-based policies) use")
-    c.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="any config override, e.g. learning.lora.learning_rate=0.001")
-    c.add_argument("--policies", nargs="+", default=DEFAULT_POLICIES, help="policy specs name[:key=value,...]")
+    c.add_argument(
+        "--calibration",
+        default=None,
+        help="calibration YAML whose surrogate constants the config (and model-based policies) use",
+    )
+    c.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY.PATH=VALUE",
+        help="any config override, e.g. learning.lora.learning_rate=0.001",
+    )
+    c.add_argument(
+        "--policies", nargs="+", default=DEFAULT_POLICIES, help="policy specs name[:key=value,...]"
+    )
     c.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    c.add_argument("--out", default=None, help="trace file (default results/calibration/<task>_<backend>.jsonl)")
+    c.add_argument(
+        "--out",
+        default=None,
+        help="trace file (default results/calibration/<task>_<backend>.jsonl)",
+    )
     c.add_argument("--no-progress", action="store_true")
 
-    p = sub.add_parser("pack", help="copy the complete episodes of trace files, gzip-compressed, into a directory (to commit them)")
+    p = sub.add_parser(
+        "pack",
+        help="copy the complete episodes of trace files, gzip-compressed, into a directory (to commit them)",
+    )
     p.add_argument("traces", nargs="+", help="trace files (.jsonl)")
-    p.add_argument("--into", required=True, help="directory to write <name>.jsonl.gz (and <name>.config.yaml) into")
+    p.add_argument(
+        "--into",
+        required=True,
+        help="directory to write <name>.jsonl.gz (and <name>.config.yaml) into",
+    )
 
-    f = sub.add_parser("fit", help="fit the surrogate's constants to traces; write a calibration YAML")
+    f = sub.add_parser(
+        "fit", help="fit the surrogate's constants to traces; write a calibration YAML"
+    )
     f.add_argument("--traces", nargs="+", required=True, help="trace files or directories")
     f.add_argument("--backend", default="lora", help="use only episodes of this backend ('' = all)")
-    f.add_argument("--heldout-seeds", nargs="*", type=int, default=None, help="seeds kept out of the fit (default: the last third)")
+    f.add_argument(
+        "--heldout-seeds",
+        nargs="*",
+        type=int,
+        default=None,
+        help="seeds kept out of the fit (default: the last third)",
+    )
     f.add_argument("--objective", default="both", choices=["one_step", "rollout", "both"])
-    f.add_argument("--parameters", nargs="+", default=None, help="constants to fit (default: every identifiable one)")
-    f.add_argument("--base", default=None, help="YAML whose surrogate constants start the fit (default: SurrogateConfig())")
+    f.add_argument(
+        "--parameters",
+        nargs="+",
+        default=None,
+        help="constants to fit (default: every identifiable one)",
+    )
+    f.add_argument(
+        "--base",
+        default=None,
+        help="YAML whose surrogate constants start the fit (default: SurrogateConfig())",
+    )
     f.add_argument("--starts", type=int, default=6, help="random restarts")
-    f.add_argument("--loss", default="linear", choices=list(LOSSES), help="residual loss of the least squares (robust: soft_l1, huber, cauchy)")
-    f.add_argument("--f-scale", type=float, default=0.02, help="accuracy error (fraction) beyond which a robust loss grows slower than the square")
+    f.add_argument(
+        "--loss",
+        default="linear",
+        choices=list(LOSSES),
+        help="residual loss of the least squares (robust: soft_l1, huber, cauchy)",
+    )
+    f.add_argument(
+        "--f-scale",
+        type=float,
+        default=0.02,
+        help="accuracy error (fraction) beyond which a robust loss grows slower than the square",
+    )
     f.add_argument("--out", default=None, help="calibration YAML to write")
 
-    r = sub.add_parser("report", help="measure a calibration against held-out traces; update docs/fidelity.md")
+    r = sub.add_parser(
+        "report", help="measure a calibration against held-out traces; update docs/fidelity.md"
+    )
     r.add_argument("--traces", nargs="+", required=True)
     r.add_argument("--backend", default="lora", help="use only episodes of this backend ('' = all)")
     r.add_argument("--calibration", required=True, help="calibration YAML")
     r.add_argument("--heldout-seeds", nargs="*", type=int, default=None)
-    r.add_argument("--policies", nargs="+", default=None, help="policies to rank (default: all on every held-out seed)")
-    r.add_argument("--window", type=int, default=5, help="last rounds averaged for the less noisy summary")
-    r.add_argument("--out", default=None, help="Markdown file whose generated block to replace (e.g. docs/fidelity.md)")
+    r.add_argument(
+        "--policies",
+        nargs="+",
+        default=None,
+        help="policies to rank (default: all on every held-out seed)",
+    )
+    r.add_argument(
+        "--window", type=int, default=5, help="last rounds averaged for the less noisy summary"
+    )
+    r.add_argument(
+        "--out",
+        default=None,
+        help="Markdown file whose generated block to replace (e.g. docs/fidelity.md)",
+    )
     r.add_argument("--block", default=None, help="name of the generated block (default: the task)")
     r.add_argument("--json", default=None, help="also write the figures as JSON here")
 
-    i = sub.add_parser("inventory", help="list the complete episodes of trace files (policy, seeds, rounds, wall time, machine)")
+    i = sub.add_parser(
+        "inventory",
+        help="list the complete episodes of trace files (policy, seeds, rounds, wall time, machine)",
+    )
     i.add_argument("--traces", nargs="+", required=True, help="trace files or directories")
-    i.add_argument("--out", default=None, help="Markdown file whose generated block to replace (e.g. docs/fidelity.md)")
+    i.add_argument(
+        "--out",
+        default=None,
+        help="Markdown file whose generated block to replace (e.g. docs/fidelity.md)",
+    )
     i.add_argument("--block", default="inventory", help="name of the generated block")
     return parser
 
@@ -241,7 +364,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    {"collect": cmd_collect, "pack": cmd_pack, "fit": cmd_fit, "report": cmd_report, "inventory": cmd_inventory}[args.command](args, argv)
+    {
+        "collect": cmd_collect,
+        "pack": cmd_pack,
+        "fit": cmd_fit,
+        "report": cmd_report,
+        "inventory": cmd_inventory,
+    }[args.command](args, argv)
 
 
 if __name__ == "__main__":

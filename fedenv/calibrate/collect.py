@@ -68,7 +68,9 @@ class ExplorePolicy:
         self.codec = ActionCodec(config)
         self.config = config
         self.min_participation = float(min_participation)
-        self.name = "explore" if min_participation == 0.2 else f"explore(q_min={min_participation:g})"
+        self.name = (
+            "explore" if min_participation == 0.2 else f"explore(q_min={min_participation:g})"
+        )
         self._rng = np.random.default_rng()
 
     def reset(self, seed: int | None = None) -> None:
@@ -84,7 +86,11 @@ class ExplorePolicy:
         power = np.exp(rng.uniform(lo, hi, size=k))
         weight = rng.uniform(0.05, 1.0, size=k) * scheduled
         share = weight / weight.sum() if weight.sum() > 0 else weight
-        ratio = rng.uniform(self.codec.rho_min, 1.0, size=k) if "ratio" in self.codec.index else np.ones(k)
+        ratio = (
+            rng.uniform(self.codec.rho_min, 1.0, size=k)
+            if "ratio" in self.codec.index
+            else np.ones(k)
+        )
         return self.codec.encode(Decision(module=module, power_w=power, share=share, ratio=ratio))
 
 
@@ -142,7 +148,9 @@ def make_policy(spec: str, config: EnvConfig) -> Any:
     try:
         factory: PolicyFactory = found[name].load()
     except ImportError as exc:
-        raise ImportError(f"policy {spec!r} is built by {found[name].value}, which could not be imported: {exc}") from exc
+        raise ImportError(
+            f"policy {spec!r} is built by {found[name].value}, which could not be imported: {exc}"
+        ) from exc
     return factory(spec.strip(), config)
 
 
@@ -177,7 +185,10 @@ def run_episode(
     policy.reset(seed=seed)
     key = episode_key(spec, seed)
     header = header_record(
-        policy=spec, seed=seed, config=cfg.to_dict(), reset_info=info,
+        policy=spec,
+        seed=seed,
+        config=cfg.to_dict(),
+        reset_info=info,
         meta={**_machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
     )
     if writer is not None:
@@ -199,7 +210,9 @@ def run_episode(
             on_round(rec)
         done = terminated or truncated
     if writer is not None:
-        writer.end(key, rounds=len(rounds), wall_s=time.perf_counter() - start, episode_return=total)
+        writer.end(
+            key, rounds=len(rounds), wall_s=time.perf_counter() - start, episode_return=total
+        )
     return EpisodeTrace.from_records(header, rounds)
 
 
@@ -250,7 +263,10 @@ def collect(
 
             def tick(rec: dict[str, Any], spec: str = spec, seed: int = seed) -> None:
                 if bar is not None:
-                    bar.set_postfix_str(f"{spec} seed {seed} round {rec['round']} acc {rec['accuracy']:.3f}", refresh=False)
+                    bar.set_postfix_str(
+                        f"{spec} seed {seed} round {rec['round']} acc {rec['accuracy']:.3f}",
+                        refresh=False,
+                    )
                     bar.update(1)
 
             ep = run_episode(env, policy, seed, spec=spec, writer=writer, on_round=tick)

@@ -75,7 +75,9 @@ def round_drivers(ep: EpisodeTrace, cfg: SurrogateConfig) -> tuple[F, F]:
     labels = np.broadcast_to(ep.label_distribution, (t, *ep.label_distribution.shape))
     glob = np.broadcast_to(ep.global_label_distribution, (t, ep.global_label_distribution.size))
     share = np.broadcast_to(ep.data_share, ep.rank.shape)
-    return round_progress(share, ep.success.astype(np.float64), ep.rank, ep.ratio, labels, glob, cfg)
+    return round_progress(
+        share, ep.success.astype(np.float64), ep.rank, ep.ratio, labels, glob, cfg
+    )
 
 
 def one_step_accuracy(ep: EpisodeTrace, cfg: SurrogateConfig) -> F:
@@ -100,7 +102,9 @@ def rollout_accuracy(ep: EpisodeTrace, cfg: SurrogateConfig, start: float | None
 
 def _gap(accuracy: ArrayLike, cfg: SurrogateConfig) -> F:
     """The gap of an observed accuracy (the inverse of the accuracy map, not clipped)."""
-    return (cfg.max_accuracy - np.asarray(accuracy, dtype=np.float64)) / (cfg.max_accuracy - cfg.initial_accuracy)
+    return (cfg.max_accuracy - np.asarray(accuracy, dtype=np.float64)) / (
+        cfg.max_accuracy - cfg.initial_accuracy
+    )
 
 
 def _rank_cv_positive(ep: EpisodeTrace) -> bool:
@@ -123,17 +127,24 @@ def identifiable_parameters(episodes: Sequence[EpisodeTrace]) -> tuple[list[str]
         fixed["rank_mix_penalty"] = "no round aggregated updates of different ranks"
     if not any(((ep.ratio < 1.0) & ep.success).any() for ep in episodes):
         fixed["sparsity_exponent"] = "no aggregated update was sparsified (ratio < 1)"
-    shares = [float((ep.data_share * ep.success[t]).sum()) for ep in episodes for t in range(ep.num_rounds)]
+    shares = [
+        float((ep.data_share * ep.success[t]).sum())
+        for ep in episodes
+        for t in range(ep.num_rounds)
+    ]
     if not any(0.0 < s < 0.999 for s in shares):
         fixed["participation_exponent"] = "every round aggregated all or none of the data"
     if not any(
-        not np.allclose(ep.label_distribution, ep.global_label_distribution[None, :], atol=1e-3) for ep in episodes
+        not np.allclose(ep.label_distribution, ep.global_label_distribution[None, :], atol=1e-3)
+        for ep in episodes
     ):
         fixed["heterogeneity_penalty"] = "every device holds the global label mix (IID data)"
     return [n for n in FIT_PARAMETERS if n not in fixed], fixed
 
 
-def _with(cfg: SurrogateConfig, names: Sequence[str], values: Sequence[float] | F) -> SurrogateConfig:
+def _with(
+    cfg: SurrogateConfig, names: Sequence[str], values: Sequence[float] | F
+) -> SurrogateConfig:
     data = cfg.to_dict()
     data.update({n: float(v) for n, v in zip(names, values)})
     data["max_accuracy"] = max(data["max_accuracy"], data["initial_accuracy"])
@@ -184,7 +195,9 @@ class FitResult:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def _fit_loss_map(episodes: Sequence[EpisodeTrace], cfg: SurrogateConfig) -> tuple[float, float, float]:
+def _fit_loss_map(
+    episodes: Sequence[EpisodeTrace], cfg: SurrogateConfig
+) -> tuple[float, float, float]:
     """Least squares of loss = L* + (L_0 - L*) G over every observation; returns (L_0, L*, rmse)."""
     span = cfg.max_accuracy - cfg.initial_accuracy
     gap = np.concatenate([(cfg.max_accuracy - ep.accuracy) / span for ep in episodes])
@@ -228,9 +241,13 @@ def fit_surrogate(
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
     if not f_scale > 0.0:
-        raise ValueError(f"f_scale must be > 0 (an accuracy error as a fraction, e.g. 0.02), got {f_scale!r}")
+        raise ValueError(
+            f"f_scale must be > 0 (an accuracy error as a fraction, e.g. 0.02), got {f_scale!r}"
+        )
     if not train:
-        raise ValueError("no training episodes to fit: collect traces first (python -m fedenv.calibrate collect)")
+        raise ValueError(
+            "no training episodes to fit: collect traces first (python -m fedenv.calibrate collect)"
+        )
     base = base or SurrogateConfig()
     identifiable, fixed = identifiable_parameters(train)
     if parameters is None:
@@ -238,7 +255,9 @@ def fit_surrogate(
     else:
         unknown = [n for n in parameters if n not in FIT_PARAMETERS]
         if unknown:
-            raise ValueError(f"cannot fit {unknown}; fittable constants: {', '.join(FIT_PARAMETERS)}")
+            raise ValueError(
+                f"cannot fit {unknown}; fittable constants: {', '.join(FIT_PARAMETERS)}"
+            )
         names = list(parameters)
         fixed = {n: fixed.get(n, "not requested") for n in FIT_PARAMETERS if n not in names}
     a0 = float(np.mean([ep.accuracy[0] for ep in train]))
@@ -249,7 +268,9 @@ def fit_surrogate(
     lo = np.array([FIT_PARAMETERS[n][0] for n in names])
     hi = np.array([FIT_PARAMETERS[n][1] for n in names])
     if "max_accuracy" in names:
-        lo[names.index("max_accuracy")] = a0 + 1e-3  # a_max = a_0 would make the accuracy map constant
+        lo[names.index("max_accuracy")] = (
+            a0 + 1e-3
+        )  # a_max = a_0 would make the accuracy map constant
     x0 = np.clip(np.array([getattr(start_cfg, n) for n in names], dtype=np.float64), lo, hi)
 
     def fun(x: F) -> F:
@@ -257,11 +278,22 @@ def fit_surrogate(
 
     rng = np.random.default_rng(seed)
     best: Any = None
-    candidates = [x0] + [lo + rng.uniform(0.05, 0.95, size=lo.size) * (np.minimum(hi, _soft_hi(names, hi)) - lo) for _ in range(starts)]
+    candidates = [x0] + [
+        lo + rng.uniform(0.05, 0.95, size=lo.size) * (np.minimum(hi, _soft_hi(names, hi)) - lo)
+        for _ in range(starts)
+    ]
     for x in candidates:
         if not names:
             break
-        sol = least_squares(fun, np.clip(x, lo, hi), bounds=(lo, hi), x_scale="jac", max_nfev=2000, loss=loss, f_scale=f_scale)
+        sol = least_squares(
+            fun,
+            np.clip(x, lo, hi),
+            bounds=(lo, hi),
+            x_scale="jac",
+            max_nfev=2000,
+            loss=loss,
+            f_scale=f_scale,
+        )
         if best is None or sol.cost < best.cost:
             best = sol
     cfg = _with(start_cfg, names, best.x) if best is not None else start_cfg
@@ -277,7 +309,12 @@ def fit_surrogate(
         train_errors=prediction_errors(train, cfg),
         heldout_errors=prediction_errors(heldout, cfg),
         loss_fit_rmse=loss_rmse,
-        details={"cost": float(best.cost) if best is not None else None, "starts": len(candidates), "loss": loss, "f_scale": f_scale},
+        details={
+            "cost": float(best.cost) if best is not None else None,
+            "starts": len(candidates),
+            "loss": loss,
+            "f_scale": f_scale,
+        },
     )
 
 

@@ -65,7 +65,9 @@ def kendall_tau(x: ArrayLike, y: ArrayLike) -> float:
     a = np.asarray(x, dtype=np.float64)
     b = np.asarray(y, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 1:
-        raise ValueError(f"kendall_tau needs two 1-D sequences of equal length, got shapes {a.shape} and {b.shape}")
+        raise ValueError(
+            f"kendall_tau needs two 1-D sequences of equal length, got shapes {a.shape} and {b.shape}"
+        )
     n = a.size
     i, j = np.triu_indices(n, k=1)
     sx = np.sign(a[i] - a[j])
@@ -159,7 +161,9 @@ def _order(names: Sequence[str], values: Sequence[float]) -> list[str]:
     return [names[i] for i in np.argsort(-np.asarray(values), kind="stable")]
 
 
-def seed_noise(episodes: Sequence[EpisodeTrace], policies: Sequence[str], window: int = 5) -> dict[str, Any]:
+def seed_noise(
+    episodes: Sequence[EpisodeTrace], policies: Sequence[str], window: int = 5
+) -> dict[str, Any]:
     """The real backend's own seed-to-seed noise over ``policies`` (module docstring).
 
     Uses every seed on which all ``policies`` have a complete episode. Returns the seeds, per
@@ -182,18 +186,26 @@ def seed_noise(episodes: Sequence[EpisodeTrace], policies: Sequence[str], window
             pairs.append(
                 {
                     "seeds": [seeds[a], seeds[b]],
-                    "tau": kendall_tau([final[p][a] for p in policies], [final[p][b] for p in policies]),
-                    "tau_window": kendall_tau([win[p][a] for p in policies], [win[p][b] for p in policies]),
+                    "tau": kendall_tau(
+                        [final[p][a] for p in policies], [final[p][b] for p in policies]
+                    ),
+                    "tau_window": kendall_tau(
+                        [win[p][a] for p in policies], [win[p][b] for p in policies]
+                    ),
                 }
             )
     return {
         "seeds": seeds,
         "final": final,
         "std": std,
-        "pooled_std": float(np.sqrt(np.mean([v**2 for v in std.values()]))) if len(seeds) > 1 and std else float("nan"),
+        "pooled_std": float(np.sqrt(np.mean([v**2 for v in std.values()])))
+        if len(seeds) > 1 and std
+        else float("nan"),
         "pairs": pairs,
         "mean_tau": float(np.nanmean([q["tau"] for q in pairs])) if pairs else float("nan"),
-        "mean_tau_window": float(np.nanmean([q["tau_window"] for q in pairs])) if pairs else float("nan"),
+        "mean_tau_window": float(np.nanmean([q["tau_window"] for q in pairs]))
+        if pairs
+        else float("nan"),
     }
 
 
@@ -216,7 +228,9 @@ def fidelity_report(
     """
     held = [ep for ep in episodes if ep.seed in set(heldout_seeds)]
     if not held:
-        raise ValueError(f"no episode on the held-out seeds {list(heldout_seeds)}; collect them first")
+        raise ValueError(
+            f"no episode on the held-out seeds {list(heldout_seeds)}; collect them first"
+        )
     by_policy: dict[str, dict[int, EpisodeTrace]] = defaultdict(dict)
     for ep in held:
         by_policy[ep.policy][ep.seed] = ep
@@ -243,10 +257,22 @@ def fidelity_report(
     real_means = [r.real_mean for r in rows]
     sim_means = [r.surrogate_mean for r in rows]
     tau = kendall_tau(real_means, sim_means) if len(rows) >= 2 else float("nan")
-    tau_window = kendall_tau([np.mean(r.real_window) for r in rows], [np.mean(r.surrogate_window) for r in rows]) if len(rows) >= 2 else float("nan")
+    tau_window = (
+        kendall_tau(
+            [np.mean(r.real_window) for r in rows], [np.mean(r.surrogate_window) for r in rows]
+        )
+        if len(rows) >= 2
+        else float("nan")
+    )
     errors = np.abs([r.error for r in rows]) if rows else np.zeros(1)
     wall = sum(float(ep.wall_s.sum()) for ep in episodes)
-    machines = sorted({str(ep.meta.get("processor", "?")) + f" ({ep.meta.get('cpus', '?')} CPUs, cuda={ep.meta.get('cuda')})" for ep in episodes})
+    machines = sorted(
+        {
+            str(ep.meta.get("processor", "?"))
+            + f" ({ep.meta.get('cpus', '?')} CPUs, cuda={ep.meta.get('cuda')})"
+            for ep in episodes
+        }
+    )
     return FidelityReport(
         task=held[0].task,
         backend=held[0].backend,
@@ -260,8 +286,15 @@ def fidelity_report(
         max_abs_final_error=float(errors.max()),
         window=window,
         kendall_tau_window=tau_window,
-        mean_abs_window_error=float(np.mean(np.abs([r.window_error for r in rows]))) if rows else float("nan"),
-        traces={"episodes": len(episodes), "rounds": int(sum(ep.num_rounds for ep in episodes)), "wall_s": wall, "machines": machines},
+        mean_abs_window_error=float(np.mean(np.abs([r.window_error for r in rows])))
+        if rows
+        else float("nan"),
+        traces={
+            "episodes": len(episodes),
+            "rounds": int(sum(ep.num_rounds for ep in episodes)),
+            "wall_s": wall,
+            "machines": machines,
+        },
         noise=seed_noise(episodes, [r.policy for r in rows], window),
     )
 
@@ -318,7 +351,11 @@ def render_markdown(report: FidelityReport, *, command: str = "", calibration: s
         ]
         for p, vals in nz["final"].items():
             lines.append(f"| `{p}` | {', '.join(f'{v:.1f}' for v in vals)} | {nz['std'][p]:.2f} |")
-        pair_txt = "; ".join(f"seeds {a} vs {b}: {q['tau']:.3f} (last {r.window} rounds {q['tau_window']:.3f})" for q in nz["pairs"] for a, b in [q["seeds"]])
+        pair_txt = "; ".join(
+            f"seeds {a} vs {b}: {q['tau']:.3f} (last {r.window} rounds {q['tau_window']:.3f})"
+            for q in nz["pairs"]
+            for a, b in [q["seeds"]]
+        )
         lines += [
             "",
             f"Pooled std of a policy's real final accuracy across seeds: {nz['pooled_std']:.2f} points "
@@ -352,8 +389,10 @@ def trace_inventory(files: Sequence[str | Path]) -> str:
         for ep in episodes:
             by_policy[ep.policy].append(ep)
             meta = ep.meta
-            machines.add(f"{meta.get('processor', '?')}, {meta.get('cpus', '?')} CPUs, cuda={meta.get('cuda')}, torch {meta.get('torch', '?')} "
-                         f"at {meta.get('torch_threads', '?')} thread(s)")
+            machines.add(
+                f"{meta.get('processor', '?')}, {meta.get('cpus', '?')} CPUs, cuda={meta.get('cuda')}, torch {meta.get('torch', '?')} "
+                f"at {meta.get('torch_threads', '?')} thread(s)"
+            )
         for policy, eps in by_policy.items():
             rounds = sorted({ep.num_rounds for ep in eps})
             wall = sum(float(ep.wall_s.sum()) for ep in eps)

@@ -199,7 +199,9 @@ class EpisodeTrace:
         return float(self.reward.sum())
 
     @classmethod
-    def from_records(cls, header: Mapping[str, Any], rounds: Sequence[Mapping[str, Any]]) -> EpisodeTrace:
+    def from_records(
+        cls, header: Mapping[str, Any], rounds: Sequence[Mapping[str, Any]]
+    ) -> EpisodeTrace:
         rounds = sorted(rounds, key=lambda r: int(r["round"]))
         if [int(r["round"]) for r in rounds] != list(range(len(rounds))):
             raise ValueError(f"episode {header['key']!r}: rounds are not 0..{len(rounds) - 1}")
@@ -215,7 +217,9 @@ class EpisodeTrace:
             backend=str(header["backend"]),
             data_size=np.asarray(header["data_size"], dtype=np.float64),
             label_distribution=np.asarray(header["label_distribution"], dtype=np.float64),
-            global_label_distribution=np.asarray(header["global_label_distribution"], dtype=np.float64),
+            global_label_distribution=np.asarray(
+                header["global_label_distribution"], dtype=np.float64
+            ),
             rank=stack("rank", np.int64),
             ratio=stack("sparsity_ratio", np.float64),
             success=stack("success", bool),
@@ -240,7 +244,9 @@ def _open_text(path: Path) -> IO[str]:
 _DAMAGED = "damaged"
 _RECORD_TYPES = ("episode", "round", "end")
 #: The start of every record as :class:`TraceWriter` writes it, up to its key.
-_RECORD_START = re.compile(r'^\{"type": "(episode|round|end)"(?:, "version": \d+)?, "key": "((?:[^"\\]|\\.)*)"')
+_RECORD_START = re.compile(
+    r'^\{"type": "(episode|round|end)"(?:, "version": \d+)?, "key": "((?:[^"\\]|\\.)*)"'
+)
 
 
 def _record(text: str) -> dict[str, Any] | None:
@@ -248,7 +254,11 @@ def _record(text: str) -> dict[str, Any] | None:
         rec = json.loads(text)
     except json.JSONDecodeError:
         return None
-    if isinstance(rec, dict) and rec.get("type") in _RECORD_TYPES and isinstance(rec.get("key"), str):
+    if (
+        isinstance(rec, dict)
+        and rec.get("type") in _RECORD_TYPES
+        and isinstance(rec.get("key"), str)
+    ):
         return rec
     return None
 
@@ -262,7 +272,9 @@ def _damaged(text: str, lineno: int) -> dict[str, Any]:
             key = json.loads(f'"{m.group(2)}"')
     else:
         with contextlib.suppress(json.JSONDecodeError, AttributeError):
-            key = json.loads(text).get("key")  # valid JSON, but not a record (a flipped bit in its type)
+            key = json.loads(text).get(
+                "key"
+            )  # valid JSON, but not a record (a flipped bit in its type)
     return {"type": _DAMAGED, "line": lineno, "key": key if isinstance(key, str) else None}
 
 
@@ -287,7 +299,12 @@ def _read_records(path: Path) -> Iterator[dict[str, Any]]:
                     if rec is not None:
                         yield rec
                         break
-        except (EOFError, OSError, zlib.error, UnicodeDecodeError):  # a truncated or corrupt .gz stream
+        except (
+            EOFError,
+            OSError,
+            zlib.error,
+            UnicodeDecodeError,
+        ):  # a truncated or corrupt .gz stream
             yield {"type": _DAMAGED, "line": lineno + 1, "key": None, "rest": True}
 
 
@@ -310,11 +327,24 @@ class _Scan:
     def warning(self, path: Path) -> str | None:
         parts = []
         if self.damaged_lines or self.skipped:
-            lines = f"damaged line(s) {', '.join(map(str, self.damaged_lines))}" if self.damaged_lines else "records out of order"
-            eps = f"; skipped the episode(s) they belong to: {', '.join(self.skipped)}" if self.skipped else ""
+            lines = (
+                f"damaged line(s) {', '.join(map(str, self.damaged_lines))}"
+                if self.damaged_lines
+                else "records out of order"
+            )
+            eps = (
+                f"; skipped the episode(s) they belong to: {', '.join(self.skipped)}"
+                if self.skipped
+                else ""
+            )
             parts.append(f"{lines} (an interrupted write or corruption){eps}")
-        parts += [f"skipped episode {key!r}, a record of it is damaged ({why})" for key, why in self.invalid.items()]
-        return f"{path}: {'; '.join(parts)}; every other complete episode is kept" if parts else None
+        parts += [
+            f"skipped episode {key!r}, a record of it is damaged ({why})"
+            for key, why in self.invalid.items()
+        ]
+        return (
+            f"{path}: {'; '.join(parts)}; every other complete episode is kept" if parts else None
+        )
 
 
 def _scan(records: Iterable[dict[str, Any]]) -> _Scan:
@@ -339,7 +369,9 @@ def _scan(records: Iterable[dict[str, Any]]) -> _Scan:
     for i, rec in enumerate(records):
         kind, key = rec["type"], rec["key"]
         if kind == _DAMAGED:
-            if i < len(records) - 1 or rec.get("rest"):  # a torn last line is the usual unfinished episode
+            if i < len(records) - 1 or rec.get(
+                "rest"
+            ):  # a torn last line is the usual unfinished episode
                 damaged.append(int(rec["line"]))
             spoil(key if key in groups else open_key)
         elif kind == "episode":
@@ -374,14 +406,18 @@ def _scan(records: Iterable[dict[str, Any]]) -> _Scan:
         if key in done:
             header, *rest = groups[key]
             try:
-                scan.traces[key] = EpisodeTrace.from_records(header, [r for r in rest if r["type"] == "round"])
+                scan.traces[key] = EpisodeTrace.from_records(
+                    header, [r for r in rest if r["type"] == "round"]
+                )
                 scan.complete.append(key)
             except (KeyError, TypeError, ValueError, IndexError) as err:  # parses, but lost a field
                 scan.invalid[key] = f"{type(err).__name__}: {err}"
     return scan
 
 
-def _episode_lines(keys: Iterable[str], groups: Mapping[str, list[dict[str, Any]]]) -> Iterator[str]:
+def _episode_lines(
+    keys: Iterable[str], groups: Mapping[str, list[dict[str, Any]]]
+) -> Iterator[str]:
     """The JSON lines of the episodes ``keys``, in order (what a trace file holds for them)."""
     for key in keys:
         for rec in groups[key]:
@@ -400,14 +436,18 @@ def trace_files(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]
             plain = {f.name for f in found if f.suffix == ".jsonl"}
             both = [f.name for f in found if f.suffix == ".gz" and f.name[: -len(".gz")] in plain]
             if both:
-                raise ValueError(f"{p} holds {both[0]} and {both[0][: -len('.gz')]}, the same trace twice "
-                                 "(their episodes would count twice); keep one of them")
+                raise ValueError(
+                    f"{p} holds {both[0]} and {both[0][: -len('.gz')]}, the same trace twice "
+                    "(their episodes would count twice); keep one of them"
+                )
             files.extend(found)
         elif p.is_file():
             files.append(p)
         else:
-            raise FileNotFoundError(f"trace file or directory {str(p)!r} does not exist; collect traces first "
-                                    "with `python -m fedenv.calibrate collect`")
+            raise FileNotFoundError(
+                f"trace file or directory {str(p)!r} does not exist; collect traces first "
+                "with `python -m fedenv.calibrate collect`"
+            )
     return files
 
 
@@ -424,7 +464,9 @@ class TraceDamageWarning(UserWarning):
     """A trace file holds damaged lines; the episodes they belong to are skipped."""
 
 
-def load_traces(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[EpisodeTrace]:
+def load_traces(
+    paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+) -> list[EpisodeTrace]:
     """Complete episodes of one or more trace files (or directories of ``*.jsonl`` / ``*.jsonl.gz``), in file order.
 
     Damaged lines (an interrupted write, corruption) skip the episode they belong to, with a
@@ -487,9 +529,11 @@ class TraceWriter:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         if self.path.suffix == ".gz":
-            raise ValueError(f"{self.path}: traces are written uncompressed (JSON Lines, appended round by round); "
-                             "write to a .jsonl file and compress it when the collection is finished "
-                             "(python -m fedenv.calibrate pack FILE --into DIR)")
+            raise ValueError(
+                f"{self.path}: traces are written uncompressed (JSON Lines, appended round by round); "
+                "write to a .jsonl file and compress it when the collection is finished "
+                "(python -m fedenv.calibrate pack FILE --into DIR)"
+            )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.completed: set[str] = set()
         self.dropped: list[str] = []
@@ -524,12 +568,22 @@ class TraceWriter:
 
     def round(self, record: Mapping[str, Any]) -> None:
         if self._open is None or record["key"] != self._open:
-            raise ValueError("round record outside its episode: call begin() with the episode's header first")
+            raise ValueError(
+                "round record outside its episode: call begin() with the episode's header first"
+            )
         self._write(record)
 
     def end(self, key: str, *, rounds: int, wall_s: float, episode_return: float) -> None:
         if self._open != key:
             raise ValueError(f"end({key!r}) does not match the open episode {self._open!r}")
-        self._write({"type": "end", "key": key, "rounds": int(rounds), "wall_s": float(wall_s), "return": float(episode_return)})
+        self._write(
+            {
+                "type": "end",
+                "key": key,
+                "rounds": int(rounds),
+                "wall_s": float(wall_s),
+                "return": float(episode_return),
+            }
+        )
         self.completed.add(key)
         self._open = None

@@ -65,7 +65,9 @@ class Learner(Protocol):
         """Accuracy and loss of the model before the first round."""
         ...
 
-    def train_round(self, ranks: NDArray[np.int64], ratios: NDArray[np.float64], success: NDArray[np.bool_]) -> RoundReport:
+    def train_round(
+        self, ranks: NDArray[np.int64], ratios: NDArray[np.float64], success: NDArray[np.bool_]
+    ) -> RoundReport:
         """Run one round: local training on scheduled devices, aggregation of the successful ones."""
         ...
 

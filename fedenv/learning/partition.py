@@ -31,13 +31,17 @@ def dirichlet_label_counts(
     samples are redrawn (Hsu et al. 2019; the usual FL benchmark rule). IID: every sample goes
     to a uniformly random device, so each device's label mix follows the global one.
     """
-    per_class, concentration = _setup(tuple(np.asarray(class_counts, dtype=np.int64).tolist()), num_devices, alpha, iid, min_size)
+    per_class, concentration = _setup(
+        tuple(np.asarray(class_counts, dtype=np.int64).tolist()), num_devices, alpha, iid, min_size
+    )
     counts = np.zeros((num_devices, len(per_class)), dtype=np.int64)
     # the same draws in the same order for every class: Dir(alpha 1_K) proportions (or the
     # uniform ones), then the multinomial split of that class's samples
     for _ in range(max_tries):
         for c, n_c in enumerate(per_class):
-            counts[:, c] = rng.multinomial(n_c, concentration if iid else rng.dirichlet(concentration))
+            counts[:, c] = rng.multinomial(
+                n_c, concentration if iid else rng.dirichlet(concentration)
+            )
         if np.minimum.reduce(np.add.reduce(counts, axis=1)) >= min_size:
             return counts
     # Extremely skewed draws: move samples from the largest devices to the starving ones.
@@ -52,7 +56,9 @@ def dirichlet_label_counts(
 
 
 @lru_cache(maxsize=64)
-def _setup(class_counts: tuple[int, ...], num_devices: int, alpha: float, iid: bool, min_size: int) -> tuple[tuple[int, ...], NDArray[np.float64]]:
+def _setup(
+    class_counts: tuple[int, ...], num_devices: int, alpha: float, iid: bool, min_size: int
+) -> tuple[tuple[int, ...], NDArray[np.float64]]:
     """Checked arguments of :func:`dirichlet_label_counts`: the per-class counts and the (read-only)
     concentration vector (computed once per setting: a vector env draws thousands of partitions)."""
     if num_devices < 1:
@@ -79,7 +85,9 @@ def partition_indices(
     labels = np.asarray(labels, dtype=np.int64)
     classes = int(labels.max()) + 1 if labels.size else 0
     class_counts = np.bincount(labels, minlength=classes)
-    counts = dirichlet_label_counts(class_counts, num_devices, alpha, rng, iid=iid, min_size=min_size)
+    counts = dirichlet_label_counts(
+        class_counts, num_devices, alpha, rng, iid=iid, min_size=min_size
+    )
     parts: list[list[NDArray[np.int64]]] = [[] for _ in range(num_devices)]
     for c in range(classes):
         idx = rng.permutation(np.flatnonzero(labels == c))

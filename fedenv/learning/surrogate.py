@@ -63,13 +63,21 @@ _ZERO = const(0.0)
 
 def _values(x: ArrayLike) -> Any:
     """``x`` itself when it is already a number or an array (cheap scalar arithmetic), else an array."""
-    return x if type(x) is float or isinstance(x, (np.ndarray, np.floating)) else np.asarray(x, dtype=np.float64)
+    return (
+        x
+        if type(x) is float or isinstance(x, (np.ndarray, np.floating))
+        else np.asarray(x, dtype=np.float64)
+    )
 
 
 def rank_gain(rank: ArrayLike, cfg: SurrogateConfig) -> F:
     """g(r) = 1 - exp(-r / r_0); g(0) = 0."""
     shortfall = _rank_shortfall(rank, cfg)
-    return np.negative(shortfall, out=shortfall) if isinstance(shortfall, np.ndarray) and shortfall.ndim else -shortfall
+    return (
+        np.negative(shortfall, out=shortfall)
+        if isinstance(shortfall, np.ndarray) and shortfall.ndim
+        else -shortfall
+    )
 
 
 def _rank_shortfall(rank: ArrayLike, cfg: SurrogateConfig) -> F:
@@ -119,7 +127,11 @@ def round_progress(
     :class:`RoundProgress` computes the same numbers, bit for bit, for label distributions that
     stay fixed over an episode (the envs).
     """
-    r = rank.astype(np.float64) if isinstance(rank, np.ndarray) else np.asarray(rank, dtype=np.float64)
+    r = (
+        rank.astype(np.float64)
+        if isinstance(rank, np.ndarray)
+        else np.asarray(rank, dtype=np.float64)
+    )
     x = _participation(data_share, weight, np.greater(r, _ZERO))
     kept = x * _rank_shortfall(r, cfg)
     if ratio is not None:
@@ -149,11 +161,15 @@ class RoundProgress:
         self.rank_rows = rank_rows_table(config)
         self.work: F = np.zeros((3 + config.model.num_labels, 0))
 
-    def set_labels(self, label_distribution: ArrayLike, index: NDArray[np.intp] | None = None) -> None:
+    def set_labels(
+        self, label_distribution: ArrayLike, index: NDArray[np.intp] | None = None
+    ) -> None:
         """Start episodes with label distributions l of shape (..., K, C): all episodes, or those
         at ``index`` of the leading axis (the others keep theirs)."""
         labels = np.asarray(label_distribution, dtype=np.float64)
-        moved = labels.transpose((labels.ndim - 1, *range(labels.ndim - 1)))  # labels first (np.moveaxis costs 2 us)
+        moved = labels.transpose(
+            (labels.ndim - 1, *range(labels.ndim - 1))
+        )  # labels first (np.moveaxis costs 2 us)
         if index is not None:
             self.work[3:, index] = moved
             return
@@ -163,16 +179,29 @@ class RoundProgress:
         self.work[3:] = moved
 
     def __call__(
-        self, data_share: ArrayLike, weight: ArrayLike, rank: NDArray[np.integer], ratio: ArrayLike | None, global_label_distribution: ArrayLike
+        self,
+        data_share: ArrayLike,
+        weight: ArrayLike,
+        rank: NDArray[np.integer],
+        ratio: ArrayLike | None,
+        global_label_distribution: ArrayLike,
     ) -> tuple[F, F]:
         """(Gamma, F) of a round of the current episodes, for integer ranks of the episodes'
         shape (..., K); ValueError for other ranks (:func:`round_progress` takes any)."""
         work = self.work
         rows = work[1:3]
-        if not isinstance(rank, np.ndarray) or rank.shape != rows.shape[1:] or rank.dtype.kind not in "iu":
-            raise ValueError(f"rank must be an integer array of shape {rows.shape[1:]}, got {np.asarray(rank).dtype} {np.shape(rank)}")
+        if (
+            not isinstance(rank, np.ndarray)
+            or rank.shape != rows.shape[1:]
+            or rank.dtype.kind not in "iu"
+        ):
+            raise ValueError(
+                f"rank must be an integer array of shape {rows.shape[1:]}, got {np.asarray(rank).dtype} {np.shape(rank)}"
+            )
         try:
-            self.rank_rows.take(rank, 1, rows)  # (the method: np.take with out= costs a microsecond more)
+            self.rank_rows.take(
+                rank, 1, rows
+            )  # (the method: np.take with out= costs a microsecond more)
         except IndexError:  # ranks beyond the config's: computed
             r = rank.astype(np.float64)
             rows[0] = _rank_shortfall(r, self.cfg)
@@ -182,8 +211,12 @@ class RoundProgress:
         if ratio is not None:
             prod[1] *= sparsity_gain(ratio, self.cfg)  # (x (-g)) s, in the order of the formula
         sums = np.add.reduce(prod, axis=-1)
-        mix = sums[3:] if sums.ndim == 1 else sums[3:].transpose((*range(1, sums.ndim), 0))  # labels last
-        return _progress(sums[0], sums[1], sums[2], mix, x, work[2], global_label_distribution, self.cfg)
+        mix = (
+            sums[3:] if sums.ndim == 1 else sums[3:].transpose((*range(1, sums.ndim), 0))
+        )  # labels last
+        return _progress(
+            sums[0], sums[1], sums[2], mix, x, work[2], global_label_distribution, self.cfg
+        )
 
 
 def _participation(data_share: ArrayLike, weight: ArrayLike, scheduled: NDArray[np.bool_]) -> F:
@@ -199,7 +232,16 @@ def _participation(data_share: ArrayLike, weight: ArrayLike, scheduled: NDArray[
     return x * scheduled
 
 
-def _progress(total: F, kept: F, xr: F, mix: F, x: F, r: F, global_label_distribution: ArrayLike, cfg: SurrogateConfig) -> tuple[F, F]:
+def _progress(
+    total: F,
+    kept: F,
+    xr: F,
+    mix: F,
+    x: F,
+    r: F,
+    global_label_distribution: ArrayLike,
+    cfg: SurrogateConfig,
+) -> tuple[F, F]:
     """Gamma and F from the x-weighted sums over devices: X = sum x (``total``), sum x (-g) s
     (``kept``), sum x r (``xr``), the label mix sum x l_c (``mix``, labels last), and x and the
     ranks r (..., K) as floats."""
@@ -228,7 +270,9 @@ def _progress(total: F, kept: F, xr: F, mix: F, x: F, r: F, global_label_distrib
     np.square(dev, out=dev)
     var_r = np.add.reduce(np.multiply(x, dev, out=dev), axis=-1) / safe
     # mean_r = 0 only when X = 0, and then var_r = 0
-    cv = (np.sqrt(var_r) if isinstance(var_r, np.ndarray) else math.sqrt(var_r)) / (mean_r + (mean_r == 0.0))
+    cv = (np.sqrt(var_r) if isinstance(var_r, np.ndarray) else math.sqrt(var_r)) / (
+        mean_r + (mean_r == 0.0)
+    )
     floor = cfg.heterogeneity_penalty * tv + cfg.rank_mix_penalty * cv
     return progress, floor
 
@@ -239,7 +283,9 @@ def next_gap(gap: ArrayLike, progress: ArrayLike, floor: ArrayLike, cfg: Surroga
     step = cfg.step_size * _values(progress) * (_values(floor) - g)
     if cfg.warmup == 0.0:
         return g + step
-    return g + step * (1.0 - cfg.warmup * (np.minimum(g, 1.0) if isinstance(g, np.ndarray) else min(g, 1.0)))
+    return g + step * (
+        1.0 - cfg.warmup * (np.minimum(g, 1.0) if isinstance(g, np.ndarray) else min(g, 1.0))
+    )
 
 
 def accuracy_from_gap(gap: ArrayLike, cfg: SurrogateConfig) -> F:
@@ -266,13 +312,19 @@ def evaluation_noise(keys: NDArray[np.uint64], config: EnvConfig) -> F:
     shape = np.shape(keys) + (config.num_rounds,)
     if cfg.eval_noise_std == 0.0:
         return np.zeros(shape)  # std x N(0, 1) = 0
-    return cfg.eval_noise_std * streams.normal(np.asarray(keys, dtype=np.uint64), streams.Stream.EVAL_NOISE, (config.num_rounds,))
+    return cfg.eval_noise_std * streams.normal(
+        np.asarray(keys, dtype=np.uint64), streams.Stream.EVAL_NOISE, (config.num_rounds,)
+    )
 
 
 def gap_from_accuracy(accuracy: ArrayLike, cfg: SurrogateConfig) -> F:
     """Inverse of :func:`accuracy_from_gap`, clipped to [0, 1]: the gap estimate for any backend."""
     span = cfg.max_accuracy - cfg.initial_accuracy
-    return np.clip((cfg.max_accuracy - np.asarray(accuracy)) / span, 0.0, 1.0) if span > 0 else np.zeros_like(np.asarray(accuracy, dtype=np.float64))
+    return (
+        np.clip((cfg.max_accuracy - np.asarray(accuracy)) / span, 0.0, 1.0)
+        if span > 0
+        else np.zeros_like(np.asarray(accuracy, dtype=np.float64))
+    )
 
 
 def class_prior(task: str, num_labels: int) -> F:
@@ -292,7 +344,12 @@ def class_counts(config: EnvConfig) -> NDArray[np.int64]:
     return counts
 
 
-def draw_episode(config: EnvConfig, num_devices: int, rng: np.random.Generator, classes: NDArray[np.int64] | None = None) -> tuple[F, np.uint64]:
+def draw_episode(
+    config: EnvConfig,
+    num_devices: int,
+    rng: np.random.Generator,
+    classes: NDArray[np.int64] | None = None,
+) -> tuple[F, np.uint64]:
     """The surrogate's random draws at the start of an episode, in order, from ``rng``.
 
     Returns:
@@ -302,7 +359,14 @@ def draw_episode(config: EnvConfig, num_devices: int, rng: np.random.Generator, 
     lc = config.learning
     if classes is None:
         classes = class_counts(config)
-    counts = dirichlet_label_counts(classes, num_devices, lc.dirichlet_alpha, rng, iid=lc.iid, min_size=config.devices.batch_size)
+    counts = dirichlet_label_counts(
+        classes,
+        num_devices,
+        lc.dirichlet_alpha,
+        rng,
+        iid=lc.iid,
+        min_size=config.devices.batch_size,
+    )
     return counts.astype(np.float64), streams.draw_keys(rng, 1)[0]
 
 
@@ -312,7 +376,12 @@ def partition_arrays(counts: F, classes: NDArray[np.int64]) -> tuple[F, F, F, F]
     Vectorised over leading axes of ``counts`` (..., K, C).
     """
     sizes = np.add.reduce(counts, axis=-1)
-    return sizes, counts / sizes[..., None], classes / classes.sum(), sizes / np.add.reduce(sizes, axis=-1, keepdims=True)
+    return (
+        sizes,
+        counts / sizes[..., None],
+        classes / classes.sum(),
+        sizes / np.add.reduce(sizes, axis=-1, keepdims=True),
+    )
 
 
 class SurrogateLearner:
@@ -338,7 +407,11 @@ class SurrogateLearner:
         #: sparsification ratios count only in the paradigms that sparsify, as in the lora backend
         self._sparse = config.sparsifies
         self._arrays: tuple[F, F, F] | None = None
-        self._notes = {"backend": "surrogate", "task": config.learning.task, "train_samples": config.learning.num_train_samples}
+        self._notes = {
+            "backend": "surrogate",
+            "task": config.learning.task,
+            "train_samples": config.learning.num_train_samples,
+        }
 
     def reset(self, num_devices: int, rng: np.random.Generator) -> DevicePartition:
         counts, key = draw_episode(self.config, num_devices, rng, self._classes)
@@ -354,17 +427,29 @@ class SurrogateLearner:
         self.gap = 1.0
         self._round = 0
         self._noise = evaluation_noise(np.array(key, dtype=np.uint64), self.config)
-        self._noise_values = self._noise.tolist()  # (Python floats: cheaper scalar arithmetic, same values)
+        self._noise_values = (
+            self._noise.tolist()
+        )  # (Python floats: cheaper scalar arithmetic, same values)
         self._global_values = global_labels.tolist()
         return self.partition
 
     def _report(self) -> RoundReport:
-        noise = self._noise_values[self._round - 1] if 0 < self._round <= len(self._noise_values) else 0.0
+        noise = (
+            self._noise_values[self._round - 1]
+            if 0 < self._round <= len(self._noise_values)
+            else 0.0
+        )
         acc = observed_accuracy(self.gap, noise, self.cfg)
         # Equal to RoundReport(accuracy=acc, loss=..., gap=self.gap), without the frozen
         # dataclass's per-field object.__setattr__ (a measurable share of a step's cost).
         report = object.__new__(RoundReport)
-        report.__dict__.update(accuracy=acc, loss=float(loss_from_gap(self.gap, self.cfg)), gap=self.gap, evaluated=True, extra={})
+        report.__dict__.update(
+            accuracy=acc,
+            loss=float(loss_from_gap(self.gap, self.cfg)),
+            gap=self.gap,
+            evaluated=True,
+            extra={},
+        )
         return report
 
     def initial_report(self) -> RoundReport:
@@ -373,16 +458,28 @@ class SurrogateLearner:
     def expected_gap(self, ranks: ArrayLike, ratios: ArrayLike, success_prob: ArrayLike) -> float:
         """Predicted gap after a round (the Lyapunov penalty Phi) with c_k = success probability."""
         share, labels, global_labels = self._require_arrays()
-        progress, floor = round_progress(share, success_prob, ranks, ratios if self._sparse else None, labels, global_labels, self.cfg)
+        progress, floor = round_progress(
+            share,
+            success_prob,
+            ranks,
+            ratios if self._sparse else None,
+            labels,
+            global_labels,
+            self.cfg,
+        )
         return float(next_gap(self.gap, progress, floor, self.cfg))
 
-    def train_round(self, ranks: NDArray[np.int64], ratios: NDArray[np.float64], success: NDArray[np.bool_]) -> RoundReport:
+    def train_round(
+        self, ranks: NDArray[np.int64], ratios: NDArray[np.float64], success: NDArray[np.bool_]
+    ) -> RoundReport:
         share, labels, global_labels = self._require_arrays()
         ratio = ratios if self._sparse else None
         try:
             progress, floor = self._progress(share, success, ranks, ratio, self._global_values)
         except ValueError:  # ranks not an integer array of the episode's shape
-            progress, floor = round_progress(share, success, ranks, ratio, labels, global_labels, self.cfg)
+            progress, floor = round_progress(
+                share, success, ranks, ratio, labels, global_labels, self.cfg
+            )
         self.gap = float(next_gap(self.gap, progress, floor, self.cfg))
         self._round += 1
         return self._report()

@@ -31,16 +31,30 @@ from numpy.typing import NDArray
 Weights = Sequence[float] | torch.Tensor | NDArray[np.float64]
 """Per-device aggregation weights (data sizes); normalised to sum to 1."""
 
-__all__ = ["Weights", "normalized_weights", "fedavg", "zeropad_aggregate", "stack_aggregate", "svd_aggregate", "pad_components", "momentum_step"]
+__all__ = [
+    "Weights",
+    "normalized_weights",
+    "fedavg",
+    "zeropad_aggregate",
+    "stack_aggregate",
+    "svd_aggregate",
+    "pad_components",
+    "momentum_step",
+]
 
 
 def normalized_weights(weights: Weights) -> torch.Tensor:
     """Weights / their sum, float64; raises on an empty, negative or all-zero weight vector."""
-    w = torch.as_tensor(np.asarray(weights, dtype=np.float64) if not isinstance(weights, torch.Tensor) else weights, dtype=torch.float64).reshape(-1)
+    w = torch.as_tensor(
+        np.asarray(weights, dtype=np.float64) if not isinstance(weights, torch.Tensor) else weights,
+        dtype=torch.float64,
+    ).reshape(-1)
     if w.numel() == 0:
         raise ValueError("aggregation needs at least one update")
     if bool((w < 0).any()) or not bool(torch.isfinite(w).all()) or float(w.sum()) <= 0.0:
-        raise ValueError(f"aggregation weights must be finite, >= 0 and not all zero, got {w.tolist()}")
+        raise ValueError(
+            f"aggregation weights must be finite, >= 0 and not all zero, got {w.tolist()}"
+        )
     return w / w.sum()
 
 
@@ -51,7 +65,9 @@ def fedavg(tensors: torch.Tensor, weights: Weights) -> torch.Tensor:
     return out.to(tensors.dtype)
 
 
-def pad_components(a: torch.Tensor, b: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_components(
+    a: torch.Tensor, b: torch.Tensor, rank: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Zero-pad A (r x d_in) and B (d_out x r) to ``rank`` components."""
     r = a.shape[0]
     if r > rank:
@@ -105,7 +121,10 @@ def stack_aggregate(
         raise ValueError(f"got {len(a)} A factors and {len(b)} B factors")
     w = normalized_weights(weights)
     stacked_a = torch.cat(list(a), dim=0)
-    stacked_b = torch.cat([(bk.to(torch.float64) * float(wk)).to(bk.dtype) for bk, wk in zip(b, w, strict=True)], dim=1)
+    stacked_b = torch.cat(
+        [(bk.to(torch.float64) * float(wk)).to(bk.dtype) for bk, wk in zip(b, w, strict=True)],
+        dim=1,
+    )
     return stacked_a, stacked_b
 
 
@@ -116,7 +135,10 @@ def svd_aggregate(
     if len(a) != len(b) or not a:
         raise ValueError(f"got {len(a)} A factors and {len(b)} B factors")
     w = normalized_weights(weights)
-    delta = sum(float(wk) * (bk.to(torch.float64) @ ak.to(torch.float64)) for ak, bk, wk in zip(a, b, w, strict=True))
+    delta = sum(
+        float(wk) * (bk.to(torch.float64) @ ak.to(torch.float64))
+        for ak, bk, wk in zip(a, b, w, strict=True)
+    )
     assert isinstance(delta, torch.Tensor)
     u, s, vh = torch.linalg.svd(delta, full_matrices=False)
     k = min(rank, s.numel())
@@ -128,7 +150,9 @@ def svd_aggregate(
     return new_a.to(a[0].dtype), new_b.to(b[0].dtype)
 
 
-def momentum_step(old: torch.Tensor, averaged: torch.Tensor, buffer: torch.Tensor | None, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+def momentum_step(
+    old: torch.Tensor, averaged: torch.Tensor, buffer: torch.Tensor | None, beta: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """FedAvgM's server step for one tensor: ``m = beta m + (averaged - old)``, new value ``old + m``.
 
     ``buffer`` is the previous ``m`` (None before the first aggregation, i.e. ``m = 0``). With

@@ -36,7 +36,14 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-__all__ = ["TASK_FIELDS", "EncodedSplit", "TaskData", "load_task_data", "read_glue_tsv", "clear_cache"]
+__all__ = [
+    "TASK_FIELDS",
+    "EncodedSplit",
+    "TaskData",
+    "load_task_data",
+    "read_glue_tsv",
+    "clear_cache",
+]
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +79,16 @@ class EncodedSplit:
         idx = np.asarray(indices, dtype=np.int64)
         lengths = self.lengths[idx]
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        take = np.concatenate([np.arange(self.offsets[i], self.offsets[i + 1]) for i in idx]) if idx.size else np.zeros(0, np.int64)
+        take = (
+            np.concatenate([np.arange(self.offsets[i], self.offsets[i + 1]) for i in idx])
+            if idx.size
+            else np.zeros(0, np.int64)
+        )
         return EncodedSplit(self.ids[take], self.type_ids[take], offsets, self.labels[idx])
 
-    def collate(self, indices: Sequence[int] | NDArray[np.int64], pad_id: int, min_len: int = 0) -> dict[str, torch.Tensor]:
+    def collate(
+        self, indices: Sequence[int] | NDArray[np.int64], pad_id: int, min_len: int = 0
+    ) -> dict[str, torch.Tensor]:
         """A padded batch (dynamic padding to the longest example, at least ``min_len``)."""
         idx = np.asarray(indices, dtype=np.int64)
         lengths = self.lengths[idx]
@@ -130,18 +143,26 @@ def read_glue_tsv(path: str | os.PathLike[str], task: str) -> Any:
         needed = (*fields["text"], "label")
         missing = [c for c in needed if c not in header]
         if missing:
-            raise ValueError(f"{path}: missing columns {missing}; expected a GLUE {task} TSV with columns {list(needed)}, got {header}")
+            raise ValueError(
+                f"{path}: missing columns {missing}; expected a GLUE {task} TSV with columns {list(needed)}, got {header}"
+            )
         cols = {c: header.index(c) for c in needed}
         data: dict[str, list[Any]] = {c: [] for c in needed}
         for line, row in enumerate(reader, start=2):
             if len(row) != len(header):
-                raise ValueError(f"{path}:{line}: {len(row)} fields, expected {len(header)} (tab-separated, no quoting)")
+                raise ValueError(
+                    f"{path}:{line}: {len(row)} fields, expected {len(header)} (tab-separated, no quoting)"
+                )
             for c in fields["text"]:
                 data[c].append(row[cols[c]])
             raw = row[cols["label"]]
-            label = int(raw) if raw.isdigit() else label_names.index(raw) if raw in label_names else -1
+            label = (
+                int(raw) if raw.isdigit() else label_names.index(raw) if raw in label_names else -1
+            )
             if not 0 <= label < len(label_names):
-                raise ValueError(f"{path}:{line}: label {raw!r} is not one of {list(label_names)} or 0..{len(label_names) - 1}")
+                raise ValueError(
+                    f"{path}:{line}: label {raw!r} is not one of {list(label_names)} or 0..{len(label_names) - 1}"
+                )
             data["label"].append(label)
     return Dataset.from_dict(data)
 
@@ -171,11 +192,17 @@ def _local_root(task: str, data_dir: str | None) -> tuple[Path | None, list[str]
 
 def _hub_offline() -> bool:
     """Whether the Hugging Face libraries are in offline mode (environment, or as ``datasets`` read it at import)."""
-    if any(os.environ.get(name, "").strip().lower() in _TRUE for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
+    if any(
+        os.environ.get(name, "").strip().lower() in _TRUE
+        for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    ):
         return True
     import datasets.config
 
-    return bool(getattr(datasets.config, "HF_HUB_OFFLINE", False) or getattr(datasets.config, "HF_DATASETS_OFFLINE", False))
+    return bool(
+        getattr(datasets.config, "HF_HUB_OFFLINE", False)
+        or getattr(datasets.config, "HF_DATASETS_OFFLINE", False)
+    )
 
 
 def _hub_unreachable(timeout_s: float = HUB_PROBE_TIMEOUT_S) -> str | None:
@@ -183,21 +210,37 @@ def _hub_unreachable(timeout_s: float = HUB_PROBE_TIMEOUT_S) -> str | None:
 
     None too behind an HTTP(S) proxy (the connection goes through it; ``datasets`` decides).
     """
-    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")):
+    if any(
+        os.environ.get(name)
+        for name in (
+            "HTTPS_PROXY",
+            "https_proxy",
+            "HTTP_PROXY",
+            "http_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+        )
+    ):
         return None
     import huggingface_hub.constants
 
-    url = urlsplit(str(getattr(huggingface_hub.constants, "ENDPOINT", None) or "https://huggingface.co"))
+    url = urlsplit(
+        str(getattr(huggingface_hub.constants, "ENDPOINT", None) or "https://huggingface.co")
+    )
     host = url.hostname or "huggingface.co"
     port = url.port or (443 if url.scheme != "http" else 80)
     try:
         with socket.create_connection((host, port), timeout=timeout_s):
             return None
     except OSError as exc:
-        return f"no connection to {host}:{port} within {timeout_s:g} s ({type(exc).__name__}: {exc})"
+        return (
+            f"no connection to {host}:{port} within {timeout_s:g} s ({type(exc).__name__}: {exc})"
+        )
 
 
-def _raw_splits(task: str, data_dir: str | None, holdout: int) -> tuple[Any, Any, str, dict[str, Any]]:
+def _raw_splits(
+    task: str, data_dir: str | None, holdout: int
+) -> tuple[Any, Any, str, dict[str, Any]]:
     """(train Dataset, eval Dataset, source, notes) from the first available source."""
     root, tried = _local_root(task, data_dir)
     notes: dict[str, Any] = {}
@@ -205,9 +248,13 @@ def _raw_splits(task: str, data_dir: str | None, holdout: int) -> tuple[Any, Any
         folder = root / task
         source = str(folder)
         dev = read_glue_tsv(folder / "dev.tsv", task) if (folder / "dev.tsv").is_file() else None
-        train = read_glue_tsv(folder / "train.tsv", task) if (folder / "train.tsv").is_file() else None
+        train = (
+            read_glue_tsv(folder / "train.tsv", task) if (folder / "train.tsv").is_file() else None
+        )
         if train is not None and dev is not None:
-            notes["split"] = f"{task}: train.tsv ({len(train)}) for training, dev.tsv ({len(dev)}) for evaluation"
+            notes["split"] = (
+                f"{task}: train.tsv ({len(train)}) for training, dev.tsv ({len(dev)}) for evaluation"
+            )
             return train, dev, source, notes
         only = dev if dev is not None else train
         name = "dev.tsv" if dev is not None else "train.tsv"
@@ -223,16 +270,16 @@ def _raw_splits(task: str, data_dir: str | None, holdout: int) -> tuple[Any, Any
             f"of {name} ({len(only)}) into {train_idx.size} train / {eval_idx.size} eval"
         )
         return only.select(train_idx), only.select(eval_idx), source, notes
-    fix = (
-        "Set learning.lora.data_dir or FEDENV_DATA_DIR to a GLUE TSV root holding sst2/ and qnli/ (e.g. ../shared/data/glue)"
-    )
+    fix = "Set learning.lora.data_dir or FEDENV_DATA_DIR to a GLUE TSV root holding sst2/ and qnli/ (e.g. ../shared/data/glue)"
     offline = _hub_offline()
     if not offline:
         unreachable = _hub_unreachable()
         if unreachable:
             tried.append(f"the Hugging Face hub (nyu-mll/glue) is unreachable: {unreachable}")
             raise FileNotFoundError(
-                f"no data for task {task!r}. Tried, in order: " + "; ".join(tried) + f". {fix}, or set HF_HUB_OFFLINE=1 "
+                f"no data for task {task!r}. Tried, in order: "
+                + "; ".join(tried)
+                + f". {fix}, or set HF_HUB_OFFLINE=1 "
                 "to read a copy from the Hugging Face cache."
             )
     try:
@@ -240,10 +287,20 @@ def _raw_splits(task: str, data_dir: str | None, holdout: int) -> tuple[Any, Any
 
         hub = load_dataset("nyu-mll/glue", task)
     except Exception as exc:  # offline without a cached copy, a hub error: one clear error below
-        mode = " in offline mode (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE), from the cache only" if offline else ""
-        tried.append(f"the Hugging Face hub (nyu-mll/glue) failed{mode}: {type(exc).__name__}: {exc}")
-        raise FileNotFoundError(f"no data for task {task!r}. Tried, in order: " + "; ".join(tried) + f". {fix}.") from exc
-    notes["split"] = f"{task}: hub train ({len(hub['train'])}) for training, validation ({len(hub['validation'])}) for evaluation"
+        mode = (
+            " in offline mode (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE), from the cache only"
+            if offline
+            else ""
+        )
+        tried.append(
+            f"the Hugging Face hub (nyu-mll/glue) failed{mode}: {type(exc).__name__}: {exc}"
+        )
+        raise FileNotFoundError(
+            f"no data for task {task!r}. Tried, in order: " + "; ".join(tried) + f". {fix}."
+        ) from exc
+    notes["split"] = (
+        f"{task}: hub train ({len(hub['train'])}) for training, validation ({len(hub['validation'])}) for evaluation"
+    )
     return hub["train"], hub["validation"], f"hub:nyu-mll/glue/{task}", notes
 
 
@@ -256,7 +313,12 @@ def _encode(dataset: Any, task: str, tokenizer: Any, seq_len: int) -> EncodedSpl
     ids_list: list[list[int]] = []
     types_list: list[list[int]] = []
     for start in range(0, len(labels), 4096):
-        enc = tokenizer(*[col[start : start + 4096] for col in columns], truncation=True, max_length=seq_len, return_token_type_ids=True)
+        enc = tokenizer(
+            *[col[start : start + 4096] for col in columns],
+            truncation=True,
+            max_length=seq_len,
+            return_token_type_ids=True,
+        )
         ids_list.extend(enc["input_ids"])
         types_list.extend(enc["token_type_ids"])
     lengths = np.fromiter((len(x) for x in ids_list), dtype=np.int64, count=len(ids_list))

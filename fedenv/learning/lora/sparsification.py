@@ -24,7 +24,9 @@ def component_importance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(b, dim=-2) * torch.linalg.vector_norm(a, dim=-1)
 
 
-def top_components(importance: torch.Tensor, keep: int | torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+def top_components(
+    importance: torch.Tensor, keep: int | torch.Tensor, valid: torch.Tensor | None = None
+) -> torch.Tensor:
     """Boolean mask of the ``keep`` most important components (ties: the lower index wins).
 
     Args:
@@ -37,13 +39,17 @@ def top_components(importance: torch.Tensor, keep: int | torch.Tensor, valid: to
         score = torch.where(valid, score, torch.full_like(score, -torch.inf))
     order = torch.argsort(-score, dim=-1, stable=True)
     ranks = torch.empty_like(order)
-    ranks.scatter_(-1, order, torch.arange(score.shape[-1], device=score.device).expand_as(order).contiguous())
+    ranks.scatter_(
+        -1, order, torch.arange(score.shape[-1], device=score.device).expand_as(order).contiguous()
+    )
     k = torch.as_tensor(keep, device=score.device)
     mask = ranks < k[..., None] if k.ndim else ranks < k
     return mask if valid is None else mask & valid
 
 
-def orthogonality_penalty(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+def orthogonality_penalty(
+    a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """||A A^T - I||_F^2 + ||B^T B - I||_F^2 over leading axes -> (...,).
 
     With ``mask`` (..., R), I is diag(mask): padded components (zero rows of A, zero columns of

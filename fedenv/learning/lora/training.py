@@ -117,16 +117,24 @@ class TrainSettings:
     """Longest tokenised example (the batched engine's dropout masks are drawn at this length)."""
 
 
-def make_optimizer(params: Sequence[torch.Tensor], settings: TrainSettings) -> torch.optim.Optimizer:
+def make_optimizer(
+    params: Sequence[torch.Tensor], settings: TrainSettings
+) -> torch.optim.Optimizer:
     """A device's optimiser for one round: SGD or AdamW (decoupled weight decay), fresh state."""
     if settings.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+        return torch.optim.SGD(
+            params, lr=settings.learning_rate, weight_decay=settings.weight_decay
+        )
     if settings.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+        return torch.optim.AdamW(
+            params, lr=settings.learning_rate, weight_decay=settings.weight_decay
+        )
     raise ValueError(f"learning.lora.optimizer must be sgd or adamw, got {settings.optimizer!r}")
 
 
-def _model_inputs(model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+def _model_inputs(
+    model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device
+) -> dict[str, torch.Tensor]:
     names = ["input_ids", "attention_mask"]
     if "token_type_ids" in inspect.signature(model.forward).parameters:
         names.append("token_type_ids")
@@ -145,7 +153,15 @@ def _set_module(model: nn.Module, path: str, module: nn.Module) -> None:
 class _TrainerBase:
     """Shared parts: the frozen base, its residual (merged FLoRA updates), evaluation loop."""
 
-    def __init__(self, model: nn.Module, spec: ModelSpec, settings: TrainSettings, train: EncodedSplit, pad_id: int, device: torch.device) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        spec: ModelSpec,
+        settings: TrainSettings,
+        train: EncodedSplit,
+        pad_id: int,
+        device: torch.device,
+    ) -> None:
         self.model = model.to(device)
         self.spec = spec
         self.settings = settings
@@ -163,9 +179,15 @@ class _TrainerBase:
         if not self._w0:
             if residual is None:
                 return
-            self._w0 = {n: self._target_linear(n).weight.detach().clone() for n in self.spec.targets}
+            self._w0 = {
+                n: self._target_linear(n).weight.detach().clone() for n in self.spec.targets
+            }
         for name in self.spec.targets:
-            w = self._w0[name] if residual is None else self._w0[name] + residual[name].to(self.device)
+            w = (
+                self._w0[name]
+                if residual is None
+                else self._w0[name] + residual[name].to(self.device)
+            )
             self._target_linear(name).weight.data.copy_(w)
 
     # --- evaluation ---
@@ -177,7 +199,9 @@ class _TrainerBase:
         with torch.inference_mode():
             return self._logits(adapter, batch).float().cpu()
 
-    def evaluate(self, adapter: GlobalAdapter, split: EncodedSplit, indices: NDArray[np.int64] | None = None) -> tuple[float, float]:
+    def evaluate(
+        self, adapter: GlobalAdapter, split: EncodedSplit, indices: NDArray[np.int64] | None = None
+    ) -> tuple[float, float]:
         """(accuracy, mean cross-entropy) of the global model on ``split`` (or a subset)."""
         idx = np.arange(len(split)) if indices is None else np.asarray(indices, dtype=np.int64)
         order = idx[np.argsort(split.lengths[idx], kind="stable")]  # length-sorted: little padding
@@ -209,7 +233,9 @@ class _TrainerBase:
     def _step_batches(self, jobs: Sequence[DeviceJob]) -> int:
         steps = {len(j.batches) for j in jobs}
         if len(steps) != 1:
-            raise ValueError(f"every device must run the same number of local steps, got {sorted(steps)}")
+            raise ValueError(
+                f"every device must run the same number of local steps, got {sorted(steps)}"
+            )
         return steps.pop()
 
 
@@ -242,7 +268,9 @@ class _BatchedLoraLinear(nn.Module):
             n, length = x.shape[0] // g, x.shape[1]
             keep = torch.stack(
                 [
-                    torch.empty((n, self.max_len, x.shape[-1]), device=x.device).bernoulli_(1.0 - self.dropout, generator=gen)[:, :length]
+                    torch.empty((n, self.max_len, x.shape[-1]), device=x.device).bernoulli_(
+                        1.0 - self.dropout, generator=gen
+                    )[:, :length]
                     for gen in self.generators
                 ]
             ).reshape(xs.shape)
@@ -277,7 +305,9 @@ class _BatchedLinear(nn.Module):
 _CALL_OVERHEAD_TOKENS = {"cpu": 64, "cuda": 1 << 40}
 
 
-def length_groups(longest: Sequence[int], sizes: Sequence[int], overhead_tokens: float) -> list[list[int]]:
+def length_groups(
+    longest: Sequence[int], sizes: Sequence[int], overhead_tokens: float
+) -> list[list[int]]:
     """Split one step's devices into calls minimising padded tokens + ``overhead_tokens`` per call.
 
     Devices are sorted by their batch's longest example; a call pads every example to the
@@ -307,7 +337,15 @@ def length_groups(longest: Sequence[int], sizes: Sequence[int], overhead_tokens:
 class BatchedTrainer(_TrainerBase):
     """All devices of a pass in one forward/backward over the shared frozen base (module docstring)."""
 
-    def __init__(self, model: nn.Module, spec: ModelSpec, settings: TrainSettings, train: EncodedSplit, pad_id: int, device: torch.device) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        spec: ModelSpec,
+        settings: TrainSettings,
+        train: EncodedSplit,
+        pad_id: int,
+        device: torch.device,
+    ) -> None:
         super().__init__(model, spec, settings, train, pad_id, device)
         self._lora: dict[str, _BatchedLoraLinear] = {}
         for path in spec.targets:
@@ -430,7 +468,13 @@ class BatchedTrainer(_TrainerBase):
                 tb[i, :, :r] = gb[:, :r]
             a[path] = ta.requires_grad_(True)
             b[path] = tb.requires_grad_(True)
-        head = {n: adapter.head[n].to(dev)[None].repeat(g, *([1] * adapter.head[n].ndim)).requires_grad_(True) for n in self.spec.head}
+        head = {
+            n: adapter.head[n]
+            .to(dev)[None]
+            .repeat(g, *([1] * adapter.head[n].ndim))
+            .requires_grad_(True)
+            for n in self.spec.head
+        }
         params = [*a.values(), *b.values(), *head.values()]
         opt = make_optimizer(params, st)
         generators = []
@@ -446,7 +490,9 @@ class BatchedTrainer(_TrainerBase):
             for s in range(steps):
                 opt.zero_grad(set_to_none=True)
                 longest = [int(lengths[j.batches[s]].max()) for j in jobs]
-                for group in length_groups(longest, [int(j.batches[s].size) for j in jobs], overhead):
+                for group in length_groups(
+                    longest, [int(j.batches[s].size) for j in jobs], overhead
+                ):
                     group = list(range(g)) if len(group) == g else group
                     sel = torch.as_tensor(group, device=dev)
                     whole = group == list(range(g))
@@ -501,7 +547,13 @@ class SequentialTrainer(_TrainerBase):
         assert isinstance(module, nn.Linear)
         return module
 
-    def _peft(self, rank: int, a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], head: dict[str, torch.Tensor]) -> Any:
+    def _peft(
+        self,
+        rank: int,
+        a: dict[str, torch.Tensor],
+        b: dict[str, torch.Tensor],
+        head: dict[str, torch.Tensor],
+    ) -> Any:
         from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 
         cfg = LoraConfig(
@@ -521,7 +573,9 @@ class SequentialTrainer(_TrainerBase):
             state[_peft_key(path, "lora_B")] = b[path]
         for name, t in head.items():
             state[f"base_model.model.{name}"] = t
-        result = set_peft_model_state_dict(peft_model, {k: v.to(self.device) for k, v in state.items()})
+        result = set_peft_model_state_dict(
+            peft_model, {k: v.to(self.device) for k, v in state.items()}
+        )
         unexpected = getattr(result, "unexpected_keys", [])
         if unexpected:
             raise RuntimeError(f"peft did not accept the adapter keys {unexpected[:4]}")
@@ -550,10 +604,14 @@ class SequentialTrainer(_TrainerBase):
             a, b = adapter.truncated(job.rank)
             peft_model = self._peft(job.rank, a, b, adapter.head)
             try:
-                if st.lora_dropout > 0.0:  # dropout on the LoRA input only, as in the batched engine
+                if (
+                    st.lora_dropout > 0.0
+                ):  # dropout on the LoRA input only, as in the batched engine
                     torch.manual_seed(int(job.dropout_seed) % (2**63))
                     for path in self.spec.targets:
-                        peft_model.base_model.model.get_submodule(path).lora_dropout["default"].train()
+                        peft_model.base_model.model.get_submodule(path).lora_dropout[
+                            "default"
+                        ].train()
                 params = [p for p in peft_model.parameters() if p.requires_grad]
                 opt = make_optimizer(params, st)
                 lora = self._lora_modules(peft_model)
@@ -576,9 +634,18 @@ class SequentialTrainer(_TrainerBase):
                     LocalUpdate(
                         device=job.device,
                         rank=job.rank,
-                        a={p: state[_peft_key(p, "lora_A")].detach().cpu().clone() for p in self.spec.targets},
-                        b={p: state[_peft_key(p, "lora_B")].detach().cpu().clone() for p in self.spec.targets},
-                        head={n: state[f"base_model.model.{n}"].detach().cpu().clone() for n in self.spec.head},
+                        a={
+                            p: state[_peft_key(p, "lora_A")].detach().cpu().clone()
+                            for p in self.spec.targets
+                        },
+                        b={
+                            p: state[_peft_key(p, "lora_B")].detach().cpu().clone()
+                            for p in self.spec.targets
+                        },
+                        head={
+                            n: state[f"base_model.model.{n}"].detach().cpu().clone()
+                            for n in self.spec.head
+                        },
                         train_loss=loss_sum / len(job.batches),
                     )
                 )
@@ -604,7 +671,15 @@ class SequentialTrainer(_TrainerBase):
             self._end_eval()
 
 
-def make_trainer(kind: str, model: nn.Module, spec: ModelSpec, settings: TrainSettings, train: EncodedSplit, pad_id: int, device: torch.device) -> BatchedTrainer | SequentialTrainer:
+def make_trainer(
+    kind: str,
+    model: nn.Module,
+    spec: ModelSpec,
+    settings: TrainSettings,
+    train: EncodedSplit,
+    pad_id: int,
+    device: torch.device,
+) -> BatchedTrainer | SequentialTrainer:
     """The engine named by ``learning.lora.trainer``."""
     if kind == "batched":
         return BatchedTrainer(model, spec, settings, train, pad_id, device)
