@@ -7,7 +7,8 @@
 
     env = gym.make("FedLoRAWireless-v0")                  # the switching preset (default)
     env = gym.make("FedLoRAWireless-Split-v0")            # split; also -Soft-v0, -Unified-v0
-    env = gym.make("FedLoRAWireless-Split-v0", num_rounds=20, config={"reward": {"energy_weight": 2.0}})
+    env = gym.make("FedLoRAWireless-Split-v0", num_rounds=20, config={"reward":
+    {"energy_weight": 2.0}})
     obs, info = env.reset(seed=0)
 
 A variant id is ``FedLoRAWireless-v0`` with ``preset=`` set: keyword overrides and a mapping
@@ -41,7 +42,8 @@ __version__ = "0.1.0"
 
 #: The default id: the switching preset.
 ENV_ID = "FedLoRAWireless-v0"
-#: The registered id of each preset (Gymnasium's ``Name-Variant-vN`` form, as ``BipedalWalkerHardcore-v3``).
+#: The registered id of each preset (Gymnasium's ``Name-Variant-vN`` form, as
+#: ``BipedalWalkerHardcore-v3``).
 ENV_IDS: dict[str, str] = {
     "switching": ENV_ID,
     "split": "FedLoRAWireless-Split-v0",

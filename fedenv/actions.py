@@ -1,12 +1,12 @@
 """The canonical action: a Box in [-1, 1] of shape (K, components), and its physical meaning.
 
-| component  | physical decision                       | mapping from a in [-1, 1]                          |
-|------------|-----------------------------------------|----------------------------------------------------|
-| module     | LoRA module m in {0..M} (0 = idle)      | m = min(floor((a + 1) / 2 (M + 1)), M)             |
-| schedule   | split: train this round or not          | scheduled iff a > 0                                |
-| power      | transmit power p, W                     | p = p_min + (a + 1) / 2 (P_max - p_min)            |
-| bandwidth  | bandwidth weight w, FDMA share beta     | w = (a + 1) / 2; beta_k = w_k / sum_sched w_j      |
-| ratio      | SOFT sparsification ratio rho           | rho = rho_min + (a + 1) / 2 (1 - rho_min)          |
+| component | physical decision                   | mapping from a in [-1, 1]                     |
+|-----------|-------------------------------------|-----------------------------------------------|
+| module    | LoRA module m in {0..M} (0 = idle)  | m = min(floor((a + 1) / 2 (M + 1)), M)        |
+| schedule  | split: train this round or not      | scheduled iff a > 0                           |
+| power     | transmit power p, W                 | p = p_min + (a + 1) / 2 (P_max - p_min)       |
+| bandwidth | bandwidth weight w, FDMA share beta | w = (a + 1) / 2; beta_k = w_k / sum_sched w_j |
+| ratio     | SOFT sparsification ratio rho       | rho = rho_min + (a + 1) / 2 (1 - rho_min)     |
 
 Paradigms without a component use: power P_max, ratio 1, and (split, soft) the structural rank.
 The bandwidth is always fully given to the scheduled devices (more band never costs energy);
@@ -136,7 +136,8 @@ class ActionCodec:
         if a.shape != (batch + self.shape if batch else self.shape):
             lead = f"{batch} x " if batch else ""
             raise ValueError(
-                f"action must have shape {batch + self.shape} ({lead}devices x components {list(self.components)}), got {a.shape}"
+                f"action must have shape {batch + self.shape} ({lead}devices x components "
+                f"{list(self.components)}), got {a.shape}"
             )
         # A sum of finite numbers is finite unless it overflows (NaN and inf carry through), so
         # the elementwise check runs only when it is not; summed as a dot product with ones,
@@ -161,7 +162,8 @@ class ActionCodec:
         if kind == "f":
             if not np.isfinite(a).all():
                 raise ValueError(
-                    f"action contains NaN or infinite values; expected finite numbers in [-1, 1]: {a}"
+                    "action contains NaN or infinite values; expected finite numbers in "
+                    f"[-1, 1]: {a}"
                 )
             return np.clip(a, -1, 1).astype(np.float64)
         if kind == "O":
@@ -184,7 +186,8 @@ class ActionCodec:
             "O": "non-numeric objects",
         }.get(kind, "values")
         raise ValueError(
-            f"action must hold real numbers (a float or int array) in [-1, 1], got {what} (dtype {a.dtype})"
+            f"action must hold real numbers (a float or int array) in [-1, 1], got {what} "
+            f"(dtype {a.dtype})"
         )
 
     def _ones_like(self, flat: NDArray[np.floating]) -> NDArray[np.floating]:

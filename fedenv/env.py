@@ -68,8 +68,10 @@ _BOUNDS = {
 
 
 _ENERGY_HI_0D = const(_BOUNDS["energy_backlog"][1])
-#: Traces generated ahead for an env continuing its episodes (see FedLoRAWirelessEnv._episode_trace),
-#: when an episode's trace has at most _AHEAD_MAX_SIZE rounds x devices (beyond, batching saves nothing)
+#: Traces generated ahead for an env continuing its episodes (see
+#: FedLoRAWirelessEnv._episode_trace),
+#: when an episode's trace has at most _AHEAD_MAX_SIZE rounds x devices (beyond, batching saves
+#: nothing)
 _TRACES_AHEAD, _AHEAD_MAX_SIZE = 8, 20_000
 _LOSS_LO, _LOSS_HI = _BOUNDS["loss"]
 _LAT_LO, _LAT_HI = _BOUNDS["latency_backlog"]
@@ -90,9 +92,10 @@ class EnvConstants:
     """Config-derived constants of the observation and the reward, computed once per env."""
 
     __slots__ = (
-        "num_devices", "num_modules", "num_rounds", "energy_budget", "latency_budget", "energy_scale",
-        "latency_scale", "initial_loss", "snr_ref", "mode", "accuracy_weight", "energy_weight",
-        "energy_ref", "overshoot_weight", "dpp_tradeoff_v", "dpp_scale", "target_accuracy", "module_feature",
+        "num_devices", "num_modules", "num_rounds", "energy_budget", "latency_budget",
+        "energy_scale", "latency_scale", "initial_loss", "snr_ref", "mode", "accuracy_weight",
+        "energy_weight", "energy_ref", "overshoot_weight", "dpp_tradeoff_v", "dpp_scale",
+        "target_accuracy", "module_feature",
     )  # fmt: skip
 
     def __init__(self, config: EnvConfig) -> None:
@@ -102,7 +105,8 @@ class EnvConstants:
         self.num_rounds = config.num_rounds
         self.energy_budget = config.budgets.energy_budget_j
         self.latency_budget = config.budgets.latency_budget_s
-        #: the energy-backlog feature's scale 10 E_bar, as a 0-d array (it divides a K-array per step)
+        #: the energy-backlog feature's scale 10 E_bar, as a 0-d array (it divides a K-array per
+        #: step)
         self.energy_scale = (
             None if self.energy_budget is None else const(_BACKLOG_SCALE * self.energy_budget)
         )
@@ -203,7 +207,8 @@ def write_observation(
 def update_backlogs(
     c: EnvConstants, energy_backlog: Any, latency_backlog: Any, energy_j: Any, round_latency_s: Any
 ) -> tuple[Any, Any]:
-    """Virtual queues after a round (docs/model.md §4): Z_k for the energy budget, Y for the latency budget.
+    """Virtual queues after a round (docs/model.md §4): Z_k for the energy budget, Y for the latency
+    budget.
 
     A disabled budget leaves its queue at 0. Vectorised over leading axes.
     """
@@ -342,13 +347,15 @@ class FedLoRAWirelessEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
     | soft      | ratio, bandwidth                    |
     | unified   | module, power, bandwidth, ratio     |
 
-    | component | physical meaning                        | mapping of a in [-1, 1]                      |
-    |-----------|-----------------------------------------|----------------------------------------------|
-    | module    | module m in {0..M}; 0 = not scheduled, m >= 1 trains rank ``ranks[m-1]`` | m = min(floor((a+1)/2 (M+1)), M) |
-    | schedule  | (split) train this round                | a > 0                                        |
-    | power     | transmit power, W                       | p_min + (a+1)/2 (P_max - p_min)              |
-    | bandwidth | weight w = (a+1)/2; share beta_k = w_k / sum of scheduled w (equal if all 0) | |
-    | ratio     | sparsification ratio rho                | rho_min + (a+1)/2 (1 - rho_min)              |
+    | component | physical meaning                              | mapping of a in [-1, 1]          |
+    |-----------|-----------------------------------------------|----------------------------------|
+    | module    | module m in {0..M}; 0 = not scheduled, m >= 1 | m = min(floor((a+1)/2 (M+1)), M) |
+    |           | trains rank ``ranks[m-1]``                    |                                  |
+    | schedule  | (split) train this round                      | a > 0                            |
+    | power     | transmit power, W                             | p_min + (a+1)/2 (P_max - p_min)  |
+    | bandwidth | weight w = (a+1)/2; share beta_k = w_k / sum  |                                  |
+    |           | of scheduled w (equal if all 0)               |                                  |
+    | ratio     | sparsification ratio rho                      | rho_min + (a+1)/2 (1 - rho_min)  |
 
     Missing components default to P_max, rho = 1 and (split, soft) the structural rank
     ``fixed_rank``. Finite values outside [-1, 1] are clipped; NaN, inf or a wrong shape raise
@@ -360,19 +367,19 @@ class FedLoRAWirelessEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
     ``Box(float32, shape=(7 K + 4,))``: a device-major block of 7 features per device, then 4
     global features. All are normalised with finite bounds:
 
-    | index      | feature         | meaning, unit                                          | bounds  |
-    |------------|-----------------|--------------------------------------------------------|---------|
-    | 7k + 0     | channel_quality | full-band SNR at P_max for this round, dB / 20          | [-4, 4] |
-    | 7k + 1     | distance        | distance to BS / cell radius                           | [0, 1]  |
-    | 7k + 2     | cpu_frequency   | f_k / f_max                                            | [0, 1]  |
-    | 7k + 3     | data_share      | n_k / sum n                                            | [0, 1]  |
-    | 7k + 4     | energy_backlog  | Z_k / (10 E_bar) (0 without energy budget)             | [0, 10] |
-    | 7k + 5     | last_module     | last module index / M                                  | [0, 1]  |
-    | 7k + 6     | last_success    | 1 if its last update was aggregated                    | {0, 1}  |
-    | 7K + 0     | round_fraction  | t / T                                                  | [0, 1]  |
-    | 7K + 1     | accuracy        | held-out accuracy of the global model                  | [0, 1]  |
-    | 7K + 2     | loss            | held-out loss / initial loss                           | [0, 5]  |
-    | 7K + 3     | latency_backlog | Y / (10 T_bar) (0 without latency budget)              | [0, 10] |
+    | index  | feature         | meaning, unit                                  | bounds  |
+    |--------|-----------------|------------------------------------------------|---------|
+    | 7k + 0 | channel_quality | full-band SNR at P_max for this round, dB / 20 | [-4, 4] |
+    | 7k + 1 | distance        | distance to BS / cell radius                   | [0, 1]  |
+    | 7k + 2 | cpu_frequency   | f_k / f_max                                    | [0, 1]  |
+    | 7k + 3 | data_share      | n_k / sum n                                    | [0, 1]  |
+    | 7k + 4 | energy_backlog  | Z_k / (10 E_bar) (0 without energy budget)     | [0, 10] |
+    | 7k + 5 | last_module     | last module index / M                          | [0, 1]  |
+    | 7k + 6 | last_success    | 1 if its last update was aggregated            | {0, 1}  |
+    | 7K + 0 | round_fraction  | t / T                                          | [0, 1]  |
+    | 7K + 1 | accuracy        | held-out accuracy of the global model          | [0, 1]  |
+    | 7K + 2 | loss            | held-out loss / initial loss                   | [0, 5]  |
+    | 7K + 3 | latency_backlog | Y / (10 T_bar) (0 without latency budget)      | [0, 10] |
 
     The channel quality is that of the round the next action will play (the BS has estimated
     the channels before deciding). Raw, unnormalised values are in ``info``.
@@ -440,7 +447,8 @@ class FedLoRAWirelessEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
     ``straggler``, ``packet_lost``, ``compute_time_s``, ``upload_time_s``, ``latency_s``,
     ``round_latency_s``, ``energy_j``, ``payload_bits``, ``round_channel_gain``,
     ``reward_terms``, the costs ``cost``, ``cost_per_device``, ``cost_limit_per_device`` and,
-    with a latency budget, ``cost_latency`` and ``cost_limit_latency``. The env never writes an observation or an ``info`` array after returning
+    with a latency budget, ``cost_latency`` and ``cost_limit_latency``. The env never writes an
+    observation or an ``info`` array after returning
     it, and returns new ones on every call; ``channel_gain`` and ``distance_m`` are read-only
     views of the episode's trace.
 
@@ -460,7 +468,8 @@ class FedLoRAWirelessEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(
-                f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}"
+                f"render_mode must be one of {self.metadata['render_modes']} or None, got "
+                f"{render_mode!r}"
             )
         self.render_mode = render_mode
         self._build(resolve_env_config(config, preset, **overrides))
@@ -491,14 +500,17 @@ class FedLoRAWirelessEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
     # ----------------------------------------------------------------- config
     @property
     def config(self) -> EnvConfig:
-        """The env's :class:`~fedenv.config.EnvConfig` (read-only: change it with :meth:`configure`)."""
+        """The env's :class:`~fedenv.config.EnvConfig` (read-only: change it
+        with :meth:`configure`)."""
         return self._config
 
     @config.setter
     def config(self, value: object) -> None:
         raise AttributeError(
-            "FedLoRAWirelessEnv.config is read-only: the spaces, action codec, learner and per-episode tables are "
-            "built from it. Use env.unwrapped.configure(**overrides) (e.g. configure(num_rounds=20) or "
+            "FedLoRAWirelessEnv.config is read-only: the spaces, action codec, learner and "
+            "per-episode tables are "
+            "built from it. Use env.unwrapped.configure(**overrides) (e.g. "
+            "configure(num_rounds=20) or "
             "configure(config=new_config)), then reset()"
         )
 
@@ -538,7 +550,8 @@ class FedLoRAWirelessEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
     # ---------------------------------------------------------- public state
     @property
     def last_info(self) -> Mapping[str, Any] | None:
-        """A read-only view of the ``info`` the last ``reset`` or ``step`` returned (None before a reset)."""
+        """A read-only view of the ``info`` the last ``reset`` or ``step`` returned (None before a
+        reset)."""
         return None if self._last_info is None else MappingProxyType(self._last_info)
 
     @property
@@ -551,7 +564,8 @@ class FedLoRAWirelessEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
 
     @property
     def device_positions_m(self) -> NDArray[np.float64]:
-        """Device positions (x, y) relative to the BS for the coming round, m, shape (K, 2), read-only."""
+        """Device positions (x, y) relative to the BS for the coming round, m, shape (K, 2),
+        read-only."""
         if self._t is None:
             raise gym.error.ResetNeeded("call reset() before reading the device positions")
         return self._trace.position_m[0, self._t]
@@ -736,7 +750,8 @@ def resolve_env_config(
     preset: str | None = None,
     **overrides: Any,
 ) -> EnvConfig:
-    """:func:`fedenv.config.resolve_config`, where ``preset`` may also name the paradigm of a full ``EnvConfig``.
+    """:func:`fedenv.config.resolve_config`, where ``preset`` may also name the paradigm of a full
+    ``EnvConfig``.
 
     The registered variants (``FedLoRAWireless-Split-v0``, ...) pass their preset as a keyword,
     so ``gym.make("FedLoRAWireless-Split-v0", config=cfg)`` reaches the env with both. A full
@@ -745,14 +760,17 @@ def resolve_env_config(
     ``resolve_config``.
 
     Raises:
-        ConfigError: an EnvConfig whose paradigm is not the preset's, or any error of ``resolve_config``.
+        ConfigError: an EnvConfig whose paradigm is not the preset's, or any error of
+            ``resolve_config``.
     """
     if isinstance(config, EnvConfig) and isinstance(preset, str) and preset in PRESETS:
         paradigm = PRESETS[preset]["paradigm"]
         if config.paradigm != paradigm:
             raise ConfigError(
-                f"preset={preset!r} (a registered variant passes it) asks for the {paradigm!r} paradigm, but the EnvConfig "
-                f"passed as config has paradigm {config.paradigm!r}; use gym.make('FedLoRAWireless-v0', config=...) for any "
+                f"preset={preset!r} (a registered variant passes it) asks for the "
+                f"{paradigm!r} paradigm, but the EnvConfig "
+                f"passed as config has paradigm {config.paradigm!r}; use "
+                "gym.make('FedLoRAWireless-v0', config=...) for any "
                 f"config, or pass a mapping of overrides"
             )
         preset = None
@@ -776,7 +794,8 @@ def check_seed(seed: object, name: str = "seed") -> int | None:
         return None
     if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
         raise TypeError(
-            f"{name} must be None or an integer >= 0 (Python or NumPy int), got {seed!r} of type {type(seed).__name__}"
+            f"{name} must be None or an integer >= 0 (Python or NumPy int), got {seed!r} of "
+            f"type {type(seed).__name__}"
         )
     value = int(seed)
     if value < 0:

@@ -1,4 +1,5 @@
-"""The multi-agent form of FedLoRAWireless-v0: a PettingZoo ``ParallelEnv`` with one agent per device.
+"""The multi-agent form of FedLoRAWireless-v0: a PettingZoo ``ParallelEnv`` with one agent per
+device.
 
 It wraps :class:`fedenv.env.FedLoRAWirelessEnv` and nothing else: the agents' actions are
 stacked into the single env's (K, C) action, the single env plays the round (decoding, physics,
@@ -39,7 +40,8 @@ try:
     from pettingzoo import ParallelEnv
 except ImportError as _err:  # pragma: no cover - the extra installs it
     raise ImportError(
-        f"fedenv.multiagent needs PettingZoo ({_err}); install the extra: pip install 'fedenv[pettingzoo]'"
+        f"fedenv.multiagent needs PettingZoo ({_err}); install the extra: pip install "
+        "'fedenv[pettingzoo]'"
     ) from _err
 
 __all__ = [
@@ -80,7 +82,8 @@ def agent_observations(obs: NDArray[np.float32], num_devices: int) -> NDArray[np
     lead = obs.shape[:-1]
     if obs.shape[-1] != f * num_devices + g:
         raise ValueError(
-            f"expected an observation of size {f} x {num_devices} + {g} = {f * num_devices + g} for K={num_devices}, got shape {obs.shape}"
+            f"expected an observation of size {f} x {num_devices} + {g} = "
+            f"{f * num_devices + g} for K={num_devices}, got shape {obs.shape}"
         )
     out = np.empty(lead + (num_devices, f + g), dtype=obs.dtype)
     out[..., :f] = obs[..., : f * num_devices].reshape(lead + (num_devices, f))
@@ -95,7 +98,8 @@ def device_reward_terms(
     new_energy_backlog: NDArray[np.float64],
     energy_j: NDArray[np.float64],
 ) -> dict[str, NDArray[np.float64]]:
-    """The env's named reward terms of a round split over the K devices; each sums to the env's term.
+    """The env's named reward terms of a round split over the K devices; each sums to the env's
+    term.
 
     A device's own part of a term is what the env's reward formula (:func:`fedenv.env.reward_terms`)
     gives for that device's energy and energy backlog alone, with every system-wide quantity
@@ -137,7 +141,8 @@ def device_reward_terms(
 
 
 class FedLoRAWirelessParallelEnv(ParallelEnv[str, NDArray[np.float32], NDArray[np.float32]]):
-    """FedLoRAWireless-v0 as a cooperative multi-agent env: one agent per device (PettingZoo Parallel API).
+    """FedLoRAWireless-v0 as a cooperative multi-agent env: one agent per device (PettingZoo
+    Parallel API).
 
     ## Description
     The single env's round (:class:`fedenv.env.FedLoRAWirelessEnv`, whose docstring is the manual
@@ -252,11 +257,13 @@ class FedLoRAWirelessParallelEnv(ParallelEnv[str, NDArray[np.float32], NDArray[n
 
     @property
     def config(self) -> EnvConfig:
-        """The single env's config (``self.env.config``), the new one after ``self.env.configure(...)``."""
+        """The single env's config (``self.env.config``), the new one after
+        ``self.env.configure(...)``."""
         return self.env.config
 
     def _bind(self, config: EnvConfig) -> None:
-        """Build the agents, their spaces and the reward constants from ``config`` (the single env's)."""
+        """Build the agents, their spaces and the reward constants from ``config`` (the single
+        env's)."""
         self._config = config
         self.num_devices = k = config.devices.num_devices
         self.components = self.env.codec.components
@@ -280,7 +287,8 @@ class FedLoRAWirelessParallelEnv(ParallelEnv[str, NDArray[np.float32], NDArray[n
         self._c = EnvConstants(config)
 
     def _follow_config(self) -> None:
-        """After ``self.env.configure(...)``: take the new config, or raise if it changes the agents or their spaces.
+        """After ``self.env.configure(...)``: take the new config, or raise if it changes the agents
+        or their spaces.
 
         As the wrappers of :mod:`fedenv.wrappers` do: a new horizon, reward weights or budgets
         are followed; another number of devices or paradigm (other agents, other action
@@ -292,9 +300,12 @@ class FedLoRAWirelessParallelEnv(ParallelEnv[str, NDArray[np.float32], NDArray[n
         k, components = config.devices.num_devices, self.env.codec.components
         if k != self.num_devices or components != self.components:
             raise RuntimeError(
-                f"FedLoRAWirelessParallelEnv: the single env was reconfigured (env.configure) from {self.num_devices} "
-                f"devices with components {list(self.components)} to {k} devices with components {list(components)}, "
-                "which changes the agents or their spaces; build a new parallel env with the new config"
+                "FedLoRAWirelessParallelEnv: the single env was reconfigured "
+                f"(env.configure) from {self.num_devices} "
+                f"devices with components {list(self.components)} to {k} devices with "
+                f"components {list(components)}, "
+                "which changes the agents or their spaces; build a new parallel env with the "
+                "new config"
             )
         self._bind(config)
 
@@ -324,7 +335,8 @@ class FedLoRAWirelessParallelEnv(ParallelEnv[str, NDArray[np.float32], NDArray[n
 
     # ------------------------------------------------------------------- step
     def step(self, actions: Mapping[str, Any]) -> tuple[
-        dict[str, NDArray[np.float32]], dict[str, float], dict[str, bool], dict[str, bool], dict[str, dict[str, Any]]
+        dict[str, NDArray[np.float32]], dict[str, float], dict[str, bool], dict[str, bool],
+        dict[str, dict[str, Any]],
     ]:  # fmt: skip
         if not self.agents:
             raise RuntimeError(
@@ -386,7 +398,8 @@ class FedLoRAWirelessParallelEnv(ParallelEnv[str, NDArray[np.float32], NDArray[n
             a = np.asarray(actions[agent])
             if a.shape != (c,):
                 raise ValueError(
-                    f"action of {agent} must have shape ({c},) (components {list(self.components)}), got {a.shape}"
+                    f"action of {agent} must have shape ({c},) (components "
+                    f"{list(self.components)}), got {a.shape}"
                 )
             rows.append(a)
         # the dtype as given: the single env checks and clips it (ActionCodec.check)
@@ -436,5 +449,6 @@ class FedLoRAWirelessParallelEnv(ParallelEnv[str, NDArray[np.float32], NDArray[n
 
 
 def parallel_env(**kwargs: Any) -> FedLoRAWirelessParallelEnv:
-    """A :class:`FedLoRAWirelessParallelEnv` (PettingZoo's factory convention); keyword arguments as its constructor."""
+    """A :class:`FedLoRAWirelessParallelEnv` (PettingZoo's factory convention); keyword arguments as
+    its constructor."""
     return FedLoRAWirelessParallelEnv(**kwargs)

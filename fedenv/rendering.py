@@ -34,7 +34,10 @@ def render_ansi(env: FedLoRAWirelessEnv) -> str:
     info = _info(env)
     cfg = env.config
     t = int(info["round"])
-    head = f"FedLoRAWireless-v0 [{cfg.paradigm}] round {t}/{cfg.num_rounds}  acc {info['accuracy']:.4f}  loss {info['loss']:.4f}"
+    head = (
+        f"FedLoRAWireless-v0 [{cfg.paradigm}] round {t}/{cfg.num_rounds}  acc "
+        f"{info['accuracy']:.4f}  loss {info['loss']:.4f}"
+    )
     if cfg.budgets.latency_budget_s is not None:
         head += f"  Y {info['latency_backlog']:.2f} s"
     lines = [head]
@@ -43,7 +46,8 @@ def render_ansi(env: FedLoRAWirelessEnv) -> str:
         lines.append(f"{'dev':>3} {'dist m':>7} {'gain dB':>8} {'f GHz':>6} {'data':>6}")
         for k in range(env.num_devices):
             lines.append(
-                f"{k:>3} {info['distance_m'][k]:>7.1f} {gain_db[k]:>8.1f} {info['cpu_freq_hz'][k] / 1e9:>6.2f} {int(info['data_size'][k]):>6}"
+                f"{k:>3} {info['distance_m'][k]:>7.1f} {gain_db[k]:>8.1f} "
+                f"{info['cpu_freq_hz'][k] / 1e9:>6.2f} {int(info['data_size'][k]):>6}"
             )
         return "\n".join(lines)
     lines.append(
@@ -60,9 +64,12 @@ def render_ansi(env: FedLoRAWirelessEnv) -> str:
         else:
             result = "lost"
         lines.append(
-            f"{k:>3} {int(info['rank'][k]):>4} {info['tx_power_w'][k]:>6.3f} {info['bandwidth_share'][k]:>5.2f} "
-            f"{info['sparsity_ratio'][k]:>4.2f} {info['rate_bps'][k] / 1e6:>9.2f} {info['packet_error_prob'][k]:>7.1e} "
-            f"{info['latency_s'][k]:>6.2f} {info['energy_j'][k]:>6.3f} {info['energy_backlog'][k]:>6.3f} {result:>9}"
+            f"{k:>3} {int(info['rank'][k]):>4} {info['tx_power_w'][k]:>6.3f} "
+            f"{info['bandwidth_share'][k]:>5.2f} "
+            f"{info['sparsity_ratio'][k]:>4.2f} {info['rate_bps'][k] / 1e6:>9.2f} "
+            f"{info['packet_error_prob'][k]:>7.1e} "
+            f"{info['latency_s'][k]:>6.2f} {info['energy_j'][k]:>6.3f} "
+            f"{info['energy_backlog'][k]:>6.3f} {result:>9}"
         )
     terms = ", ".join(f"{k} {v:+.3f}" for k, v in info["reward_terms"].items())
     lines.append(f"round latency {info['round_latency_s']:.2f} s; reward terms: {terms}")
@@ -70,7 +77,8 @@ def render_ansi(env: FedLoRAWirelessEnv) -> str:
 
 
 def render_rgb(env: FedLoRAWirelessEnv) -> NDArray[np.uint8]:
-    """The cell: BS, devices coloured by module, link quality as line width, backlog bars, a legend."""
+    """The cell: BS, devices coloured by module, link quality as line width, backlog bars, a
+    legend."""
     try:
         import matplotlib.pyplot as plt
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -95,7 +103,8 @@ def render_rgb(env: FedLoRAWirelessEnv) -> NDArray[np.uint8]:
     r = cfg.channel.cell_radius_m
     ax.add_patch(plt.Circle((0, 0), r, fill=False, color="0.6"))
     ax.add_patch(plt.Circle((0, 0), cfg.channel.min_distance_m, fill=False, color="0.8", ls=":"))
-    # the gain of the coming round (info's channel_gain), as the observation's full-band SNR at P_max
+    # the gain of the coming round (info's channel_gain), as the observation's full-band SNR at
+    # P_max
     snr_db = 10.0 * np.log10(env.reference_snr * np.asarray(info["channel_gain"]))
     width = np.clip((snr_db + 10.0) / 10.0, 0.3, 4.0)
     cmap = plt.get_cmap("viridis", num_modules + 1)

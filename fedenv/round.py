@@ -63,7 +63,8 @@ class EpisodeTables:
 def episode_tables(
     config: EnvConfig, cpu_freq_hz: F, params_per_rank: float, head_params: int
 ) -> EpisodeTables:
-    """Tabulate computation time/energy of each module per device, and payloads (docs/model.md §3.1-3.3, §3.6)."""
+    """Tabulate computation time/energy of each module per device, and payloads (docs/model.md
+    §3.1-3.3, §3.6)."""
     dev, cst, model = config.devices, config.costs, config.model
     rank = np.array((0, *model.ranks), dtype=np.int64)
     f = np.asarray(cpu_freq_hz, dtype=np.float64)[..., None]
@@ -104,7 +105,8 @@ def episode_tables(
 
 
 def time_left(compute_time_s: F, config: EnvConfig) -> F:
-    """max(T_max - t_cmp, 0): the time a device has left for its upload (docs/model.md §3.4), C-contiguous."""
+    """max(T_max - t_cmp, 0): the time a device has left for its upload (docs/model.md §3.4),
+    C-contiguous."""
     return np.ascontiguousarray(_time_left(const(config.costs.round_deadline_s), compute_time_s))
 
 

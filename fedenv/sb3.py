@@ -118,7 +118,8 @@ class FedLoRAWirelessVecEnv(VecEnv):
 
     def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
         raise AttributeError(
-            f"the sub-envs of FedLoRAWirelessVecEnv share one batched state; cannot set {attr_name!r} per sub-env"
+            "the sub-envs of FedLoRAWirelessVecEnv share one batched state; cannot set "
+            f"{attr_name!r} per sub-env"
         )
 
     def env_method(

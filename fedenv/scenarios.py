@@ -7,9 +7,10 @@ and has its own Gymnasium id, named like the preset ids of :data:`fedenv.ENV_IDS
     import gymnasium as gym
     import fedenv
 
-    env = gym.make("FedLoRAWireless-TightEnergy-v0")                 # fedenv.SCENARIO_IDS["tight_energy"]
-    env = gym.make("FedLoRAWireless-LargeCell-v0", num_rounds=20)   # keyword overrides apply on top
-    envs = gym.make_vec("FedLoRAWireless-DenseCell-v0", num_envs=8, vectorization_mode="vector_entry_point")
+    env = gym.make("FedLoRAWireless-TightEnergy-v0")  # fedenv.SCENARIO_IDS["tight_energy"]
+    env = gym.make("FedLoRAWireless-LargeCell-v0", num_rounds=20)  # keyword overrides apply on top
+    envs = gym.make_vec("FedLoRAWireless-DenseCell-v0", num_envs=8,
+    vectorization_mode="vector_entry_point")
 
 They are defined here, in the installed package (``configs/`` is not installed). A scenario id
 passes its override as ``config``; keyword overrides apply on top of it, while a ``config=``
@@ -51,13 +52,15 @@ _SCENARIOS = (
         "tight_energy",
         "FedLoRAWireless-TightEnergy-v0",
         {"preset": "switching", "budgets": {"energy_budget_j": 0.125}},
-        "half the energy budget: the all-max policy spends 2.4 x it, and the rank and power choices decide the accuracy reached within it",
+        "half the energy budget: the all-max policy spends 2.4 x it, and the rank and power "
+        "choices decide the accuracy reached within it",
     ),
     Scenario(
         "large_cell",
         "FedLoRAWireless-LargeCell-v0",
         {"preset": "switching", "channel": {"cell_radius_m": 1000.0, "shadowing_std_db": 8.0}},
-        "a 1 km cell with 8 dB shadowing: cell-edge devices pay several times their budget for one upload (all-max: 2.2 x the budget on average)",
+        "a 1 km cell with 8 dB shadowing: cell-edge devices pay several times their budget "
+        "for one upload (all-max: 2.2 x the budget on average)",
     ),
     Scenario(
         "dense_cell",
@@ -67,7 +70,8 @@ _SCENARIOS = (
             "devices": {"num_devices": 50},
             "channel": {"cell_radius_m": 250.0},
         },
-        "50 devices share the band: the bandwidth split and who trains decide who meets the deadline",
+        "50 devices share the band: the bandwidth split and who trains decide who meets the "
+        "deadline",
     ),
     Scenario(
         "mobile_shadowed",
@@ -80,19 +84,22 @@ _SCENARIOS = (
                 "fading_correlation": 0.3,
             },
         },
-        "moving devices, shadowing and fast fading: the channel seen now predicts the next rounds less",
+        "moving devices, shadowing and fast fading: the channel seen now predicts the next "
+        "rounds less",
     ),
     Scenario(
         "soft_tight_latency",
         "FedLoRAWireless-SoftTightLatency-v0",
         {"preset": "soft", "budgets": {"latency_budget_s": 1.5}},
-        "soft with half its latency budget: the sparsification ratio and the band split trade accuracy against the round latency",
+        "soft with half its latency budget: the sparsification ratio and the band split "
+        "trade accuracy against the round latency",
     ),
     Scenario(
         "split_tight_energy",
         "FedLoRAWireless-SplitTightEnergy-v0",
         {"preset": "split", "budgets": {"energy_budget_j": 0.125}},
-        "split with half the energy budget: scheduling every device spends 4 x it, so who trains each round decides",
+        "split with half the energy budget: scheduling every device spends 4 x it, so who "
+        "trains each round decides",
     ),
 )
 
@@ -103,7 +110,8 @@ SCENARIO_IDS: dict[str, str] = {s.name: s.env_id for s in _SCENARIOS}
 
 
 def scenario_config(name: str, **overrides: Any) -> EnvConfig:
-    """The resolved config of a scenario, with keyword overrides on top (as ``gym.make`` takes them).
+    """The resolved config of a scenario, with keyword overrides on top (as ``gym.make`` takes
+    them).
 
     Raises:
         KeyError: an unknown scenario (the message lists them).

@@ -81,7 +81,8 @@ def _counter_hash(draws: tuple[tuple[int, tuple[int, ...]], ...]) -> NDArray[np.
 def uniforms(
     keys: NDArray[np.uint64], draws: tuple[tuple[int, tuple[int, ...]], ...]
 ) -> list[NDArray[np.float64]]:
-    """Several streams at once: for each ``(stream, shape)``, uniforms of shape ``keys.shape + shape``.
+    """Several streams at once: for each ``(stream, shape)``, uniforms of shape
+    ``keys.shape + shape``.
 
     Equal to ``[uniform(keys, stream, shape) for stream, shape in draws]`` (one hashing pass).
     """

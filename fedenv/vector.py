@@ -10,7 +10,8 @@ With the same seeds it produces exactly the trajectories of N single envs
     import gymnasium as gym
     import fedenv
 
-    envs = gym.make_vec("FedLoRAWireless-v0", num_envs=1024, vectorization_mode="vector_entry_point")
+    envs = gym.make_vec("FedLoRAWireless-v0", num_envs=1024,
+    vectorization_mode="vector_entry_point")
     obs, info = envs.reset(seed=0)  # sub-env i is seeded with 0 + i, like SyncVectorEnv
     obs, reward, terminated, truncated, info = envs.step(envs.action_space.sample())
 
@@ -114,13 +115,16 @@ class FedLoRAWirelessVectorEnv(
             raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}")
         if render_mode is not None:
             raise ValueError(
-                f"FedLoRAWirelessVectorEnv does not render (render_mode must be None, got {render_mode!r}); "
-                "render a single env, or use gym.make_vec(..., vectorization_mode='sync', render_mode=...)"
+                "FedLoRAWirelessVectorEnv does not render (render_mode must be None, got "
+                f"{render_mode!r}); "
+                "render a single env, or use gym.make_vec(..., vectorization_mode='sync', "
+                "render_mode=...)"
             )
         cfg = resolve_env_config(config, preset, **overrides)
         if cfg.learning.backend != "surrogate":
             raise ValueError(
-                f"the batched vector env runs the surrogate backend only (got backend={cfg.learning.backend!r}); "
+                "the batched vector env runs the surrogate backend only (got "
+                f"backend={cfg.learning.backend!r}); "
                 "for real LoRA fine-tuning use gym.make_vec('FedLoRAWireless-v0', num_envs=N, "
                 "vectorization_mode='sync', backend='lora') or a single env"
             )
@@ -232,7 +236,8 @@ class FedLoRAWirelessVectorEnv(
             if isinstance(seed, (numbers.Number, np.generic, str, bytes)):
                 check_seed(seed)  # raises the single env's error (a bool, a float, a string)
             raise TypeError(
-                f"seed must be None, an integer >= 0 (sub-env i gets seed + i) or a list of {n} seeds "
+                "seed must be None, an integer >= 0 (sub-env i gets seed + i) or a list of "
+                f"{n} seeds "
                 f"(each None or an integer >= 0), got {seed!r} of type {type(seed).__name__}"
             )
         mask = np.ones(n, dtype=bool)
@@ -240,7 +245,8 @@ class FedLoRAWirelessVectorEnv(
             mask = np.asarray(options["reset_mask"])
             if mask.shape != (n,) or mask.dtype != np.bool_ or not mask.any():
                 raise ValueError(
-                    f"options['reset_mask'] must be a bool array of shape ({n},) with at least one True, got {options['reset_mask']!r}"
+                    f"options['reset_mask'] must be a bool array of shape ({n},) with at "
+                    f"least one True, got {options['reset_mask']!r}"
                 )
         idx = np.flatnonzero(mask)
         self._reset_rows(idx, [seeds[i] for i in idx])
@@ -335,7 +341,8 @@ class FedLoRAWirelessVectorEnv(
         a = np.asarray(actions)
         if a.shape != self.action_space.shape:
             raise ValueError(
-                f"actions must have shape {self.action_space.shape} (num_envs x devices x components "
+                f"actions must have shape {self.action_space.shape} (num_envs x devices x "
+                "components "
                 f"{list(self.codec.components)}), got {a.shape}"
             )
         c, cfg = self._c, self.config
@@ -430,7 +437,8 @@ class FedLoRAWirelessVectorEnv(
 
     # ------------------------------------------------------------ components
     def _flat_views(self) -> None:
-        """Flat (N (T + 1), ...) views of the per-round arrays: one gather per step picks every sub-env's round."""
+        """Flat (N (T + 1), ...) views of the per-round arrays: one gather per step picks every
+        sub-env's round."""
         n, k = self.num_envs, self.num_devices
         rows = self.config.num_rounds + 1
         self._gain_rows = self._gain.reshape(n * rows, k)
@@ -504,7 +512,8 @@ class FedLoRAWirelessVectorEnv(
         info["data_notes"], info["_data_notes"] = notes, mask
 
     def restart(self, mask: NDArray[np.bool_]) -> NDArray[np.float32]:
-        """Reset the sub-envs of ``mask`` now, continuing their generators, and return every sub-env's observation.
+        """Reset the sub-envs of ``mask`` now, continuing their generators, and return every
+        sub-env's observation.
 
         For adapters with same-step autoreset (stable-baselines3's VecEnv API): call it right
         after a ``step`` with the mask of finished sub-envs; it cancels their next-step
@@ -516,7 +525,8 @@ class FedLoRAWirelessVectorEnv(
         return self._observe()
 
     def state_info(self) -> dict[str, Any]:
-        """The state keys of ``info`` (round, channel, label mixes, backlogs, accuracy, ...) for every sub-env now."""
+        """The state keys of ``info`` (round, channel, label mixes, backlogs, accuracy, ...) for
+        every sub-env now."""
         info: dict[str, Any] = {}
         self._state_info(info, np.arange(self.num_envs))
         return info

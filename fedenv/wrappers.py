@@ -3,15 +3,20 @@
 Each wrapper maps back to the canonical forms of :class:`fedenv.env.FedLoRAWirelessEnv` (an
 action ``Box(-1, 1, (K, C))``; a flat observation of 7 K + 4 features):
 
-| wrapper                      | action / observation                                     | for                                  |
-|------------------------------|----------------------------------------------------------|--------------------------------------|
-| :class:`FactoredAction`      | ``Box(-1, 1, (K, C + 1))``: schedule and rank apart       | SB3 PPO/SAC/A2C (the form that learns) |
-| :class:`FlatAction`          | the wrapped ``Box`` action flattened to 1-D               | CleanRL-style code, any Box action    |
-| :class:`DiscreteAction`      | 1-D ``MultiDiscrete`` of K x C quantised levels           | SB3 PPO/A2C, DQN-style, tabular       |
-| :class:`DictAction`          | ``{component: Box(-1, 1, (K,))}``                         | RLlib                                 |
-| :class:`LabelSkewObservation`| + each device's label skew (and time-to-go ramps)         | agents that balance participation     |
-| :class:`DictObservation`     | ``{"devices": (K, 7), "global": (4,)}``                   | per-device networks                   |
-| :class:`HorizonIsTermination`| the T-round horizon reported as a termination             | training envs (no bootstrap past T)   |
+| wrapper                       | action / observation                    | for                  |
+|-------------------------------|-----------------------------------------|----------------------|
+| :class:`FactoredAction`       | ``Box(-1, 1, (K, C + 1))``: schedule    | SB3 PPO/SAC/A2C (the |
+|                               | and rank apart                          | form that learns)    |
+| :class:`FlatAction`           | the wrapped ``Box`` action flattened to | CleanRL-style code,  |
+|                               | 1-D                                     | any Box action       |
+| :class:`DiscreteAction`       | 1-D ``MultiDiscrete`` of K x C          | SB3 PPO/A2C,         |
+|                               | quantised levels                        | DQN-style, tabular   |
+| :class:`DictAction`           | ``{component: Box(-1, 1, (K,))}``       | RLlib                |
+| :class:`LabelSkewObservation` | + each device's label skew (and         | agents that balance  |
+|                               | time-to-go ramps)                       | participation        |
+| :class:`DictObservation`      | ``{"devices": (K, 7), "global": (4,)}`` | per-device networks  |
+| :class:`HorizonIsTermination` | the T-round horizon reported as a       | training envs (no    |
+|                               | termination                             | bootstrap past T)    |
 
 Every wrapper records its constructor arguments (``gymnasium.utils.RecordConstructorArgs``), so
 ``gym.make(wrapped.spec)`` rebuilds the stack and Gymnasium's and SB3's ``check_env`` pass on
@@ -73,7 +78,8 @@ def _config_of(env: gym.Env[Any, Any]) -> EnvConfig:
 
 
 class _FollowsConfig:
-    """Rebinds a wrapper to the env's config at reset (after ``configure``); raises if its spaces change."""
+    """Rebinds a wrapper to the env's config at reset (after ``configure``); raises if its spaces
+    change."""
 
     env: gym.Env[Any, Any]
     _config: EnvConfig
@@ -92,8 +98,10 @@ class _FollowsConfig:
         self._config = config
         if (self._action_space, self._observation_space) != before:
             raise RuntimeError(
-                f"{type(self).__name__}: the env was reconfigured (env.unwrapped.configure) in a way that changes this "
-                "wrapper's spaces (another number of devices or paradigm); build the wrapper stack again"
+                f"{type(self).__name__}: the env was reconfigured (env.unwrapped.configure) "
+                "in a way that changes this "
+                "wrapper's spaces (another number of devices or paradigm); build the wrapper "
+                "stack again"
             )
 
 
@@ -130,7 +138,8 @@ class FactoredCodec:
         return spaces.Box(-1.0, 1.0, shape=self.shape, dtype=np.float32)
 
     def to_env(self, action: NDArray[np.floating[Any]]) -> NDArray[np.float32]:
-        """The env's canonical action of factored actions of shape (..., K, C'), clipped to [-1, 1] first."""
+        """The env's canonical action of factored actions of shape (..., K, C'), clipped to [-1, 1]
+        first."""
         a = np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0)
         if not self.factored:
             return a
@@ -143,7 +152,8 @@ class FactoredCodec:
         return out
 
     def from_env(self, env_action: NDArray[np.floating[Any]]) -> NDArray[np.float32]:
-        """A factored action that :meth:`to_env` maps to ``env_action``'s decisions (one action, (K, C)).
+        """A factored action that :meth:`to_env` maps to ``env_action``'s decisions (one action, (K,
+        C)).
 
         Schedule +-0.5, the centre of the rank's slot, the other components unchanged.
         """
@@ -171,11 +181,11 @@ class FactoredAction(
     r_1 < ... < r_M), so a Gaussian policy that wants to idle a device must move its mean down
     through every rank. This form keeps *whether* and *at which rank* a device trains apart:
 
-    | column | component          | meaning                                                        |
-    |--------|--------------------|----------------------------------------------------------------|
-    | 0      | schedule           | the device trains this round if > 0                            |
-    | 1      | rank               | module 1 + min(floor((rank + 1) / 2 M), M - 1) when scheduled   |
-    | 2..    | the env's others   | power, bandwidth (and ratio), unchanged                        |
+    | column | component        | meaning                                                       |
+    |--------|------------------|---------------------------------------------------------------|
+    | 0      | schedule         | the device trains this round if > 0                           |
+    | 1      | rank             | module 1 + min(floor((rank + 1) / 2 M), M - 1) when scheduled |
+    | 2..    | the env's others | power, bandwidth (and ratio), unchanged                       |
 
     and hands the env the canonical action of that module (the centre of its interval). Actions
     are clipped to [-1, 1]; an array of the same size in another shape (a flat one) is
@@ -209,7 +219,8 @@ class FactoredAction(
         a = np.asarray(action, dtype=np.float32)
         if a.size != np.prod(self.codec.shape):
             raise ValueError(
-                f"factored action must have shape {self.codec.shape} ({', '.join(self.codec.components)} per device), got shape {a.shape}"
+                f"factored action must have shape {self.codec.shape} "
+                f"({', '.join(self.codec.components)} per device), got shape {a.shape}"
             )
         return self.codec.to_env(a.reshape(self.codec.shape))
 
@@ -223,7 +234,8 @@ class FlatAction(
     RecordConstructorArgs,
     _FollowsConfig,
 ):
-    """The wrapped env's ``Box`` action flattened to 1-D (row-major), for code that expects a vector.
+    """The wrapped env's ``Box`` action flattened to 1-D (row-major), for code that expects a
+    vector.
 
     ``FlatAction(env)`` gives ``Box(-1, 1, (K C,))`` (device-major: the C components of device
     0, then device 1, ...); ``FlatAction(FactoredAction(env))`` the factored action as
@@ -343,12 +355,14 @@ class DiscreteAction(
         a = np.asarray(action)
         if a.shape not in (self.action_space.shape, self.env_shape):
             raise ValueError(
-                f"discrete action must have shape {self.action_space.shape} (or {self.env_shape}), got {a.shape}"
+                f"discrete action must have shape {self.action_space.shape} (or "
+                f"{self.env_shape}), got {a.shape}"
             )
         a = a.reshape(self.env_shape)
         if not np.issubdtype(a.dtype, np.integer) or (a < 0).any() or (a >= self.levels).any():
             raise ValueError(
-                f"discrete action levels must be integers in [0, n) with n = {list(self.levels)} for {list(self.components)}, got {a.tolist()}"
+                "discrete action levels must be integers in [0, n) with n = "
+                f"{list(self.levels)} for {list(self.components)}, got {a.tolist()}"
             )
         out = np.empty(a.shape, dtype=np.float32)
         for i, values in enumerate(self._values):
@@ -406,21 +420,24 @@ class DictAction(
         k, keys = self.num_devices, list(self.components)
         if not isinstance(action, Mapping):
             raise ValueError(
-                f"Dict action must be a mapping {{component: array of shape ({k},)}} with the keys {keys}, "
+                f"Dict action must be a mapping {{component: array of shape ({k},)}} with "
+                f"the keys {keys}, "
                 f"got {type(action).__name__}: {action!r}"
             )
         missing = set(self.components) - set(action)
         extra = set(action) - set(self.components)
         if missing or extra:
             raise ValueError(
-                f"Dict action must have exactly the keys {keys}; missing {sorted(missing)}, unexpected {sorted(extra, key=repr)}"
+                f"Dict action must have exactly the keys {keys}; missing {sorted(missing)}, "
+                f"unexpected {sorted(extra, key=repr)}"
             )
         parts = []
         for c in self.components:
             part = np.asarray(action[c])
             if part.shape != (k,):
                 raise ValueError(
-                    f"Dict action[{c!r}] must have shape ({k},) (one value per device), got shape {part.shape}"
+                    f"Dict action[{c!r}] must have shape ({k},) (one value per device), got "
+                    f"shape {part.shape}"
                 )
             if part.dtype.kind not in "iufO":
                 raise ValueError(
@@ -442,7 +459,8 @@ TIME_HORIZONS = (3, 10)
 
 
 class ObservationFeatures:
-    """Layout of an observation with the devices' label skew, for one config (:class:`LabelSkewObservation`).
+    """Layout of an observation with the devices' label skew, for one config
+    (:class:`LabelSkewObservation`).
 
     * ``env``: the env's observation as is, ``(7 K + 4,)``.
     * ``label_mix``: per device the 7 env features then the label skew ``l_k - p`` (L values:
@@ -551,7 +569,8 @@ class LabelSkewObservation(
             features.num_rounds,
         ) != (self._config.devices.num_devices, self._config.num_rounds):
             raise ValueError(
-                f"the ObservationFeatures were built for K={features.num_devices}, T={features.num_rounds}; the env has "
+                f"the ObservationFeatures were built for K={features.num_devices}, "
+                f"T={features.num_rounds}; the env has "
                 f"K={self._config.devices.num_devices}, T={self._config.num_rounds}"
             )
         self._bind(self._config)
@@ -565,7 +584,8 @@ class LabelSkewObservation(
             _F * config.devices.num_devices + _G,
         ):
             raise TypeError(
-                f"LabelSkewObservation extends the env's flat observation Box of shape ({_F} K + {_G},), got {inner}"
+                f"LabelSkewObservation extends the env's flat observation Box of shape ({_F} "
+                f"K + {_G},), got {inner}"
             )
         self.observation_space = self.features.observation_space(inner)  # type: ignore[assignment]
 
@@ -602,7 +622,8 @@ class DictObservation(
         box = self.env.observation_space
         if not isinstance(box, spaces.Box) or box.shape != (_F * k + _G,):
             raise TypeError(
-                f"DictObservation splits the env's flat observation Box of shape ({_F} K + {_G},), got {box}"
+                f"DictObservation splits the env's flat observation Box of shape ({_F} K + "
+                f"{_G},), got {box}"
             )
         self.observation_space = spaces.Dict(  # type: ignore[assignment]
             {

@@ -1,12 +1,17 @@
-"""Calibration of the surrogate against the real LoRA backend, and its fidelity (docs/model.md §5.2).
+"""Calibration of the surrogate against the real LoRA backend, and its fidelity (docs/model.md
+§5.2).
 
     python -m fedenv.calibrate collect   run policies on the lora backend, record per-round traces
-    python -m fedenv.calibrate pack      copy finished traces, gzip-compressed, into configs/calibration/traces/
+    python -m fedenv.calibrate pack      copy finished traces, gzip-compressed, into
+                                         configs/calibration/traces/
     python -m fedenv.calibrate fit       fit the surrogate's constants, write a calibration YAML
-    python -m fedenv.calibrate report    measure the fitted surrogate on held-out seeds (docs/fidelity.md)
-    python -m fedenv.calibrate inventory list the complete episodes of trace files (docs/fidelity.md)
+    python -m fedenv.calibrate report    measure the fitted surrogate on held-out seeds
+                                         (docs/fidelity.md)
+    python -m fedenv.calibrate inventory list the complete episodes of trace files
+                                         (docs/fidelity.md)
 
-See docs/fidelity.md for the shipped calibrations (configs/calibration/) and their measured fidelity.
+See docs/fidelity.md for the shipped calibrations (configs/calibration/) and their measured
+fidelity.
 """
 
 from __future__ import annotations

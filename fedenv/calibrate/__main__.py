@@ -1,4 +1,5 @@
-"""Command line of the calibration: ``python -m fedenv.calibrate collect|pack|fit|report|inventory``.
+"""Command line of the calibration:
+``python -m fedenv.calibrate collect|pack|fit|report|inventory``.
 
     python -m fedenv.calibrate collect --task sst2 --rounds 15 --threads 1 \\
         --policies max greedy random fixed_rank:rank=2 lyapunov:V=1 lyapunov:V=100 --seeds 0 \\
@@ -8,7 +9,8 @@
     python -m fedenv.calibrate fit --traces configs/calibration/traces/sst2/ \\
         --heldout-seeds 100 101 102 --objective rollout --out configs/calibration/sst2_minilm.yaml
     python -m fedenv.calibrate report --traces configs/calibration/traces/sst2/ \\
-        --calibration configs/calibration/sst2_minilm.yaml --heldout-seeds 100 101 102 --out docs/fidelity.md
+        --calibration configs/calibration/sst2_minilm.yaml --heldout-seeds 100 101 102 --out
+        docs/fidelity.md
     python -m fedenv.calibrate inventory --traces configs/calibration/traces/sst2/
 """
 
@@ -275,7 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "pack",
-        help="copy the complete episodes of trace files, gzip-compressed, into a directory (to commit them)",
+        help="copy the complete episodes of trace files, gzip-compressed, into a directory (to "
+        "commit them)",
     )
     p.add_argument("traces", nargs="+", help="trace files (.jsonl)")
     p.add_argument(
@@ -349,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser(
         "inventory",
-        help="list the complete episodes of trace files (policy, seeds, rounds, wall time, machine)",
+        help="list the complete episodes of trace files (policy, seeds, rounds, wall time, "
+        "machine)",
     )
     i.add_argument("--traces", nargs="+", required=True, help="trace files or directories")
     i.add_argument(

@@ -142,8 +142,10 @@ def make_policy(spec: str, config: EnvConfig) -> Any:
         close = difflib.get_close_matches(name, known, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ValueError(
-            f"unknown policy {name!r}.{hint} Known policies: {', '.join(known)} (the baselines' and the learned "
-            f"agents' come from the {POLICY_ENTRY_POINTS!r} entry points of an installed fedenv: pip install -e .)."
+            f"unknown policy {name!r}.{hint} Known policies: {', '.join(known)} (the "
+            "baselines' and the learned "
+            f"agents' come from the {POLICY_ENTRY_POINTS!r} entry points of an installed "
+            "fedenv: pip install -e .)."
         )
     try:
         factory: PolicyFactory = found[name].load()

@@ -339,8 +339,10 @@ def calibration_yaml(result: FitResult, *, task: str, model: str, command: str, 
     lines = [
         f"# Surrogate calibrated against real federated LoRA fine-tuning of {model} on {task}.",
         f"# Written by: {command}",
-        f"# Traces: {traces}; fit on {len(result.train_keys)} episodes, validated on {len(result.heldout_keys)} held-out episodes.",
-        f"# Objective: {result.objective}. Fitted: {', '.join(result.fitted) or 'none'}; initial_accuracy measured;",
+        f"# Traces: {traces}; fit on {len(result.train_keys)} episodes, validated on "
+        f"{len(result.heldout_keys)} held-out episodes.",
+        f"# Objective: {result.objective}. Fitted: {', '.join(result.fitted) or 'none'}; "
+        "initial_accuracy measured;",
         "# initial_loss / min_loss by linear regression of the loss on the gap "
         f"(RMSE {result.loss_fit_rmse:.4f}).",
     ]

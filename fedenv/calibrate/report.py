@@ -3,7 +3,8 @@
 Three measurements, all on episodes the fit did not see (held-out seeds):
 
 * **one-round-ahead accuracy error**: from the observed accuracy before each round and the
-  round's record, the surrogate's accuracy after it (:func:`fedenv.calibrate.fit.one_step_accuracy`);
+  round's record, the surrogate's accuracy after it
+  (:func:`fedenv.calibrate.fit.one_step_accuracy`);
 * **final-accuracy error per policy**: every recorded (policy, seed) episode is replayed *closed
   loop* on the surrogate: the same policy, built from the same spec and config, plays the env
   with ``backend="surrogate"`` and the calibrated constants on the same seed (so the same
@@ -66,7 +67,8 @@ def kendall_tau(x: ArrayLike, y: ArrayLike) -> float:
     b = np.asarray(y, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 1:
         raise ValueError(
-            f"kendall_tau needs two 1-D sequences of equal length, got shapes {a.shape} and {b.shape}"
+            f"kendall_tau needs two 1-D sequences of equal length, got shapes {a.shape} and "
+            f"{b.shape}"
         )
     n = a.size
     i, j = np.triu_indices(n, k=1)
@@ -314,24 +316,32 @@ def render_markdown(report: FidelityReport, *, command: str = "", calibration: s
         "",
         "| measure (held-out episodes) | value |",
         "|---|---|",
-        f"| one-round-ahead accuracy RMSE, points | {os_['one_step_rmse']:.2f} (MAE {os_['one_step_mae']:.2f}, {os_['rounds']} rounds) |",
+        f"| one-round-ahead accuracy RMSE, points | {os_['one_step_rmse']:.2f} (MAE "
+        f"{os_['one_step_mae']:.2f}, {os_['rounds']} rounds) |",
         f"| open-loop replay accuracy RMSE, points | {os_['rollout_rmse']:.2f} |",
-        f"| closed-loop final-accuracy error, mean abs over policies, points | {r.mean_abs_final_error:.2f} (max {r.max_abs_final_error:.2f}) |",
-        f"| Kendall tau-b of the policy ranking by final accuracy ({len(r.rows)} policies) | {r.kendall_tau:.3f} |",
-        f"| mean accuracy over the last {r.window} rounds: error, mean abs over policies, points | {r.mean_abs_window_error:.2f} |",
-        f"| Kendall tau-b of the ranking by mean accuracy over the last {r.window} rounds | {r.kendall_tau_window:.3f} |",
+        "| closed-loop final-accuracy error, mean abs over policies, points | "
+        f"{r.mean_abs_final_error:.2f} (max {r.max_abs_final_error:.2f}) |",
+        f"| Kendall tau-b of the policy ranking by final accuracy ({len(r.rows)} policies) | "
+        f"{r.kendall_tau:.3f} |",
+        f"| mean accuracy over the last {r.window} rounds: error, mean abs over policies, "
+        f"points | {r.mean_abs_window_error:.2f} |",
+        f"| Kendall tau-b of the ranking by mean accuracy over the last {r.window} rounds | "
+        f"{r.kendall_tau_window:.3f} |",
         "",
         "Final accuracy per policy (%, mean over the held-out seeds; per-seed values in brackets):",
         "",
-        f"| policy | real | surrogate (closed loop) | error | mean abs error per seed | last-{r.window}-rounds real / surrogate / error |",
+        "| policy | real | surrogate (closed loop) | error | mean abs error per seed | "
+        f"last-{r.window}-rounds real / surrogate / error |",
         "|---|---|---|---|---|---|",
     ]
     for row in r.rows:
         real = ", ".join(f"{v:.1f}" for v in row.real)
         sim = ", ".join(f"{v:.1f}" for v in row.surrogate)
         lines.append(
-            f"| `{row.policy}` | {row.real_mean:.2f} [{real}] | {row.surrogate_mean:.2f} [{sim}] | {row.error:+.2f} | {row.abs_error_per_seed:.2f} "
-            f"| {np.mean(row.real_window):.2f} / {np.mean(row.surrogate_window):.2f} / {row.window_error:+.2f} |"
+            f"| `{row.policy}` | {row.real_mean:.2f} [{real}] | {row.surrogate_mean:.2f} "
+            f"[{sim}] | {row.error:+.2f} | {row.abs_error_per_seed:.2f} "
+            f"| {np.mean(row.real_window):.2f} / {np.mean(row.surrogate_window):.2f} / "
+            f"{row.window_error:+.2f} |"
         )
     lines += [
         "",
@@ -343,8 +353,10 @@ def render_markdown(report: FidelityReport, *, command: str = "", calibration: s
     if nz and len(nz.get("seeds", [])) > 1:
         lines += [
             "",
-            f"Seed-to-seed noise of the real backend (every seed with all {len(r.rows)} policies, fit seeds included: "
-            f"{', '.join(map(str, nz['seeds']))}): final accuracy per seed, points, and its standard deviation across seeds:",
+            f"Seed-to-seed noise of the real backend (every seed with all {len(r.rows)} "
+            "policies, fit seeds included: "
+            f"{', '.join(map(str, nz['seeds']))}): final accuracy per seed, points, and its "
+            "standard deviation across seeds:",
             "",
             "| policy | real final accuracy per seed | std across seeds |",
             "|---|---|---|",
@@ -358,9 +370,12 @@ def render_markdown(report: FidelityReport, *, command: str = "", calibration: s
         )
         lines += [
             "",
-            f"Pooled std of a policy's real final accuracy across seeds: {nz['pooled_std']:.2f} points "
-            f"(spread of the policies' real means on the held-out seeds: {max(_real_means(r)) - min(_real_means(r)):.2f} points).",
-            f"Kendall tau-b between the real rankings on two seeds: {pair_txt}; mean {nz['mean_tau']:.3f} "
+            "Pooled std of a policy's real final accuracy across seeds: "
+            f"{nz['pooled_std']:.2f} points "
+            "(spread of the policies' real means on the held-out seeds: "
+            f"{max(_real_means(r)) - min(_real_means(r)):.2f} points).",
+            f"Kendall tau-b between the real rankings on two seeds: {pair_txt}; mean "
+            f"{nz['mean_tau']:.3f} "
             f"(last {r.window} rounds: {nz['mean_tau_window']:.3f}).",
         ]
     return "\n".join(line for line in lines if line is not None) + "\n"
@@ -377,7 +392,8 @@ def trace_inventory(files: Sequence[str | Path]) -> str:
     from fedenv.calibrate.traces import load_traces
 
     lines = [
-        "| trace file | policy | seeds (complete episodes) | rounds per episode | wall time, h | median s / round |",
+        "| trace file | policy | seeds (complete episodes) | rounds per episode | wall time, "
+        "h | median s / round |",
         "|---|---|---|---|---|---|",
     ]
     per_round: list[float] = []
@@ -390,7 +406,8 @@ def trace_inventory(files: Sequence[str | Path]) -> str:
             by_policy[ep.policy].append(ep)
             meta = ep.meta
             machines.add(
-                f"{meta.get('processor', '?')}, {meta.get('cpus', '?')} CPUs, cuda={meta.get('cuda')}, torch {meta.get('torch', '?')} "
+                f"{meta.get('processor', '?')}, {meta.get('cpus', '?')} CPUs, "
+                f"cuda={meta.get('cuda')}, torch {meta.get('torch', '?')} "
                 f"at {meta.get('torch_threads', '?')} thread(s)"
             )
         for policy, eps in by_policy.items():
@@ -399,7 +416,8 @@ def trace_inventory(files: Sequence[str | Path]) -> str:
             walls = np.concatenate([ep.wall_s for ep in eps])
             per_round.extend(walls.tolist())
             lines.append(
-                f"| `{Path(f).name}` | `{policy}` | {', '.join(str(ep.seed) for ep in eps)} | {', '.join(map(str, rounds))} "
+                f"| `{Path(f).name}` | `{policy}` | {', '.join(str(ep.seed) for ep in eps)} "
+                f"| {', '.join(map(str, rounds))} "
                 f"| {wall / 3600:.2f} | {float(np.median(walls)):.0f} |"
             )
             total_eps += len(eps)
@@ -408,8 +426,10 @@ def trace_inventory(files: Sequence[str | Path]) -> str:
     q = np.percentile(per_round, [10, 50, 90]) if per_round else np.full(3, np.nan)
     lines += [
         "",
-        f"In all: {total_eps} complete episodes, {total_rounds} rounds, {total_wall / 3600:.2f} h of wall time on {'; '.join(sorted(machines)) or '?'}; "
-        f"wall time of a round: median {q[1]:.0f} s (10th-90th percentile {q[0]:.0f}-{q[2]:.0f} s).",
+        f"In all: {total_eps} complete episodes, {total_rounds} rounds, "
+        f"{total_wall / 3600:.2f} h of wall time on {'; '.join(sorted(machines)) or '?'}; "
+        f"wall time of a round: median {q[1]:.0f} s (10th-90th percentile "
+        f"{q[0]:.0f}-{q[2]:.0f} s).",
     ]
     return "\n".join(lines) + "\n"
 

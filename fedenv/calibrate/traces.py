@@ -236,7 +236,8 @@ class EpisodeTrace:
 
 
 def _open_text(path: Path) -> IO[str]:
-    """A trace file for reading: plain JSON Lines, or gzip-compressed when its name ends in ``.gz``."""
+    """A trace file for reading: plain JSON Lines, or gzip-compressed when its name ends in
+    ``.gz``."""
     return gzip.open(path, "rt") if path.suffix == ".gz" else path.open(errors="replace")
 
 
@@ -320,7 +321,8 @@ class _Scan:
     skipped: list[str]
     """Keys of episodes left out because a damaged line or a record out of order belongs to them."""
     invalid: dict[str, str] = field(default_factory=dict)
-    """Complete episodes left out because a record lost a field or holds a wrong type: key -> why."""
+    """Complete episodes left out because a record lost a field or holds a wrong type: key ->
+    why."""
     traces: dict[str, EpisodeTrace] = field(default_factory=dict)
     """The complete episodes as arrays."""
 
@@ -467,7 +469,8 @@ class TraceDamageWarning(UserWarning):
 def load_traces(
     paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
 ) -> list[EpisodeTrace]:
-    """Complete episodes of one or more trace files (or directories of ``*.jsonl`` / ``*.jsonl.gz``), in file order.
+    """Complete episodes of one or more trace files (or directories of ``*.jsonl`` /
+    ``*.jsonl.gz``), in file order.
 
     Damaged lines (an interrupted write, corruption) skip the episode they belong to, with a
     :class:`TraceDamageWarning`; every other complete episode is read.
@@ -530,7 +533,8 @@ class TraceWriter:
         self.path = Path(path)
         if self.path.suffix == ".gz":
             raise ValueError(
-                f"{self.path}: traces are written uncompressed (JSON Lines, appended round by round); "
+                f"{self.path}: traces are written uncompressed (JSON Lines, appended round "
+                "by round); "
                 "write to a .jsonl file and compress it when the collection is finished "
                 "(python -m fedenv.calibrate pack FILE --into DIR)"
             )

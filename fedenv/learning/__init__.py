@@ -1,4 +1,5 @@
-"""Learning backends behind one :class:`~fedenv.learning.base.Learner` interface (docs/model.md §5)."""
+"""Learning backends behind one :class:`~fedenv.learning.base.Learner` interface (docs/model.md
+§5)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ def make_learner(config: EnvConfig) -> Learner:
         from fedenv.learning.lora import LoraLearner
     except ImportError as exc:  # torch / transformers / peft / datasets missing
         raise ImportError(
-            f"backend='lora' needs the lora extra: pip install torch==2.13.0 && pip install 'fedenv[lora]' ({exc})"
+            "backend='lora' needs the lora extra: pip install torch==2.13.0 && pip install "
+            f"'fedenv[lora]' ({exc})"
         ) from exc
     return LoraLearner(config)

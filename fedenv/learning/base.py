@@ -1,4 +1,5 @@
-"""The ``Learner`` interface shared by the surrogate and the real LoRA backend (docs/model.md §5)."""
+"""The ``Learner`` interface shared by the surrogate and the real LoRA backend (docs/model.md
+§5)."""
 
 from __future__ import annotations
 
@@ -68,7 +69,8 @@ class Learner(Protocol):
     def train_round(
         self, ranks: NDArray[np.int64], ratios: NDArray[np.float64], success: NDArray[np.bool_]
     ) -> RoundReport:
-        """Run one round: local training on scheduled devices, aggregation of the successful ones."""
+        """Run one round: local training on scheduled devices, aggregation of the successful
+        ones."""
         ...
 
     def close(self) -> None:

@@ -1,4 +1,5 @@
-"""Splitting a labelled data set over devices (docs/model.md §5.1): Dirichlet(alpha) label skew or IID.
+"""Splitting a labelled data set over devices (docs/model.md §5.1): Dirichlet(alpha) label skew or
+IID.
 
 Shared by the surrogate (which needs only the per-device label counts) and the lora backend
 (which needs the sample indices), so both backends see the same kind of heterogeneity.
@@ -65,7 +66,8 @@ def _setup(
         raise ValueError(f"num_devices must be >= 1, got {num_devices}")
     if sum(class_counts) < num_devices * min_size:
         raise ValueError(
-            f"cannot give {num_devices} devices at least {min_size} samples each from {sum(class_counts)} samples"
+            f"cannot give {num_devices} devices at least {min_size} samples each from "
+            f"{sum(class_counts)} samples"
         )
     concentration = np.full(num_devices, 1.0 / num_devices if iid else alpha)
     concentration.flags.writeable = False

@@ -1,4 +1,5 @@
-"""Surrogate learning-progress model (docs/model.md §5.2), shaped like a federated convergence bound.
+"""Surrogate learning-progress model (docs/model.md §5.2), shaped like a federated convergence
+bound.
 
 State: the normalised loss gap G (1 for the pre-trained model with a fresh head, 0 at the best
 reachable model). One round moves G towards a floor F at a rate set by what arrived:
@@ -62,7 +63,8 @@ _ZERO = const(0.0)
 
 
 def _values(x: ArrayLike) -> Any:
-    """``x`` itself when it is already a number or an array (cheap scalar arithmetic), else an array."""
+    """``x`` itself when it is already a number or an array (cheap scalar arithmetic), else an
+    array."""
     return (
         x
         if type(x) is float or isinstance(x, (np.ndarray, np.floating))
@@ -196,7 +198,8 @@ class RoundProgress:
             or rank.dtype.kind not in "iu"
         ):
             raise ValueError(
-                f"rank must be an integer array of shape {rows.shape[1:]}, got {np.asarray(rank).dtype} {np.shape(rank)}"
+                f"rank must be an integer array of shape {rows.shape[1:]}, got "
+                f"{np.asarray(rank).dtype} {np.shape(rank)}"
             )
         try:
             self.rank_rows.take(
@@ -299,7 +302,8 @@ def loss_from_gap(gap: ArrayLike, cfg: SurrogateConfig) -> F:
 
 
 def observed_accuracy(gap: ArrayLike, noise: ArrayLike, cfg: SurrogateConfig) -> Any:
-    """The reported accuracy: acc(G) plus evaluation noise, clipped to [0, 1] (float for scalars)."""
+    """The reported accuracy: acc(G) plus evaluation noise, clipped to [0, 1] (float for
+    scalars)."""
     acc = accuracy_from_gap(gap, cfg) + _values(noise)
     if isinstance(acc, np.ndarray) and acc.ndim > 0:
         return np.clip(acc, 0.0, 1.0)
@@ -307,7 +311,8 @@ def observed_accuracy(gap: ArrayLike, noise: ArrayLike, cfg: SurrogateConfig) ->
 
 
 def evaluation_noise(keys: NDArray[np.uint64], config: EnvConfig) -> F:
-    """Evaluation noise of rounds 1..T for episodes with the given noise keys, shape keys.shape + (T,)."""
+    """Evaluation noise of rounds 1..T for episodes with the given noise keys, shape keys.shape +
+    (T,)."""
     cfg = config.learning.surrogate
     shape = np.shape(keys) + (config.num_rounds,)
     if cfg.eval_noise_std == 0.0:
@@ -335,7 +340,8 @@ def class_prior(task: str, num_labels: int) -> F:
 
 
 def class_counts(config: EnvConfig) -> NDArray[np.int64]:
-    """Training samples per class: the task's prior over ``num_train_samples`` (rounding to the last)."""
+    """Training samples per class: the task's prior over ``num_train_samples`` (rounding to the
+    last)."""
     lc = config.learning
     prior = class_prior(lc.task, config.model.num_labels)
     n = lc.num_train_samples

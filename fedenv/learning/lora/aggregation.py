@@ -116,7 +116,8 @@ def zeropad_aggregate(
 def stack_aggregate(
     a: Sequence[torch.Tensor], b: Sequence[torch.Tensor], weights: Weights
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """FLoRA stacking: ``A' = [A_1; ...; A_n]`` (sum r_k x d_in), ``B' = [w_1 B_1, ..., w_n B_n]``."""
+    """FLoRA stacking: ``A' = [A_1; ...; A_n]`` (sum r_k x d_in),
+    ``B' = [w_1 B_1, ..., w_n B_n]``."""
     if len(a) != len(b):
         raise ValueError(f"got {len(a)} A factors and {len(b)} B factors")
     w = normalized_weights(weights)
@@ -131,7 +132,8 @@ def stack_aggregate(
 def svd_aggregate(
     a: Sequence[torch.Tensor], b: Sequence[torch.Tensor], weights: Weights, rank: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """FlexLoRA: SVD of ``sum_k w_k B_k A_k`` truncated to ``rank`` (zero components beyond its rank)."""
+    """FlexLoRA: SVD of ``sum_k w_k B_k A_k`` truncated to ``rank`` (zero components beyond its
+    rank)."""
     if len(a) != len(b) or not a:
         raise ValueError(f"got {len(a)} A factors and {len(b)} B factors")
     w = normalized_weights(weights)
@@ -153,7 +155,8 @@ def svd_aggregate(
 def momentum_step(
     old: torch.Tensor, averaged: torch.Tensor, buffer: torch.Tensor | None, beta: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """FedAvgM's server step for one tensor: ``m = beta m + (averaged - old)``, new value ``old + m``.
+    """FedAvgM's server step for one tensor: ``m = beta m + (averaged - old)``, new value
+    ``old + m``.
 
     ``buffer`` is the previous ``m`` (None before the first aggregation, i.e. ``m = 0``). With
     ``beta = 0`` the new value is ``averaged`` (plain FedAvg). Returns ``(new value, m)``.

@@ -144,14 +144,16 @@ def read_glue_tsv(path: str | os.PathLike[str], task: str) -> Any:
         missing = [c for c in needed if c not in header]
         if missing:
             raise ValueError(
-                f"{path}: missing columns {missing}; expected a GLUE {task} TSV with columns {list(needed)}, got {header}"
+                f"{path}: missing columns {missing}; expected a GLUE {task} TSV with columns "
+                f"{list(needed)}, got {header}"
             )
         cols = {c: header.index(c) for c in needed}
         data: dict[str, list[Any]] = {c: [] for c in needed}
         for line, row in enumerate(reader, start=2):
             if len(row) != len(header):
                 raise ValueError(
-                    f"{path}:{line}: {len(row)} fields, expected {len(header)} (tab-separated, no quoting)"
+                    f"{path}:{line}: {len(row)} fields, expected {len(header)} "
+                    "(tab-separated, no quoting)"
                 )
             for c in fields["text"]:
                 data[c].append(row[cols[c]])
@@ -161,7 +163,8 @@ def read_glue_tsv(path: str | os.PathLike[str], task: str) -> Any:
             )
             if not 0 <= label < len(label_names):
                 raise ValueError(
-                    f"{path}:{line}: label {raw!r} is not one of {list(label_names)} or 0..{len(label_names) - 1}"
+                    f"{path}:{line}: label {raw!r} is not one of {list(label_names)} or "
+                    f"0..{len(label_names) - 1}"
                 )
             data["label"].append(label)
     return Dataset.from_dict(data)
@@ -175,8 +178,10 @@ def _local_root(task: str, data_dir: str | None) -> tuple[Path | None, list[str]
         if (root / task / "dev.tsv").is_file() or (root / task / "train.tsv").is_file():
             return root, tried
         raise FileNotFoundError(
-            f"learning.lora.data_dir={data_dir!r} has no {task}/train.tsv or {task}/dev.tsv; expected a GLUE TSV "
-            f"root with sst2/ and qnli/ (like ../shared/data/glue), or unset it to use $FEDENV_DATA_DIR or the hub"
+            f"learning.lora.data_dir={data_dir!r} has no {task}/train.tsv or {task}/dev.tsv; "
+            "expected a GLUE TSV "
+            "root with sst2/ and qnli/ (like ../shared/data/glue), or unset it to use "
+            "$FEDENV_DATA_DIR or the hub"
         )
     tried.append("learning.lora.data_dir is not set")
     env = os.environ.get("FEDENV_DATA_DIR")
@@ -191,7 +196,8 @@ def _local_root(task: str, data_dir: str | None) -> tuple[Path | None, list[str]
 
 
 def _hub_offline() -> bool:
-    """Whether the Hugging Face libraries are in offline mode (environment, or as ``datasets`` read it at import)."""
+    """Whether the Hugging Face libraries are in offline mode (environment, or as ``datasets`` read
+    it at import)."""
     if any(
         os.environ.get(name, "").strip().lower() in _TRUE
         for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
@@ -253,7 +259,8 @@ def _raw_splits(
         )
         if train is not None and dev is not None:
             notes["split"] = (
-                f"{task}: train.tsv ({len(train)}) for training, dev.tsv ({len(dev)}) for evaluation"
+                f"{task}: train.tsv ({len(train)}) for training, dev.tsv ({len(dev)}) for "
+                "evaluation"
             )
             return train, dev, source, notes
         only = dev if dev is not None else train
@@ -261,16 +268,21 @@ def _raw_splits(
         assert only is not None
         if len(only) <= holdout:
             raise ValueError(
-                f"{folder / name} has {len(only)} examples, too few to hold out learning.lora.eval_holdout_samples={holdout}"
+                f"{folder / name} has {len(only)} examples, too few to hold out "
+                f"learning.lora.eval_holdout_samples={holdout}"
             )
         perm = np.random.default_rng(HOLDOUT_SEED).permutation(len(only))
         eval_idx, train_idx = np.sort(perm[:holdout]), np.sort(perm[holdout:])
         notes["split"] = (
-            f"{task} has no local {'train' if dev is not None else 'dev'} split: seeded split (seed {HOLDOUT_SEED}) "
+            f"{task} has no local {'train' if dev is not None else 'dev'} split: seeded "
+            f"split (seed {HOLDOUT_SEED}) "
             f"of {name} ({len(only)}) into {train_idx.size} train / {eval_idx.size} eval"
         )
         return only.select(train_idx), only.select(eval_idx), source, notes
-    fix = "Set learning.lora.data_dir or FEDENV_DATA_DIR to a GLUE TSV root holding sst2/ and qnli/ (e.g. ../shared/data/glue)"
+    fix = (
+        "Set learning.lora.data_dir or FEDENV_DATA_DIR to a GLUE TSV root holding sst2/ and "
+        "qnli/ (e.g. ../shared/data/glue)"
+    )
     offline = _hub_offline()
     if not offline:
         unreachable = _hub_unreachable()
@@ -299,7 +311,8 @@ def _raw_splits(
             f"no data for task {task!r}. Tried, in order: " + "; ".join(tried) + f". {fix}."
         ) from exc
     notes["split"] = (
-        f"{task}: hub train ({len(hub['train'])}) for training, validation ({len(hub['validation'])}) for evaluation"
+        f"{task}: hub train ({len(hub['train'])}) for training, validation "
+        f"({len(hub['validation'])}) for evaluation"
     )
     return hub["train"], hub["validation"], f"hub:nyu-mll/glue/{task}", notes
 

@@ -5,7 +5,8 @@ rank at full power with an equal share of the band, through ``FedLoRAWireless-v0
 channel still loses some uploads) over several seeds, then summarises the seed-to-seed spread:
 
     python -m fedenv.learning.lora.health --seeds 0-5 --rounds 15 --out results/health/default
-    python -m fedenv.learning.lora.health --seeds 0-2 --lr 1e-3 --pooling model --out results/health/x
+    python -m fedenv.learning.lora.health --seeds 0-2 --lr 1e-3 --pooling model \\
+        --out results/health/x
     python -m fedenv.learning.lora.health --probe --task sst2    # what the frozen features hold
 
 Per seed it writes ``<out>/seed_<s>/`` (``rounds.jsonl``, ``summary.json``, as ``run`` does). A

@@ -1,6 +1,8 @@
-"""``LoraLearner``: the real federated LoRA backend behind the :class:`~fedenv.learning.base.Learner` interface.
+"""``LoraLearner``: the real federated LoRA backend behind
+the :class:`~fedenv.learning.base.Learner` interface.
 
-One round (docs/model.md §1.1 steps 3-6, §5.3): every device that was scheduled *and* whose upload will
+One round (docs/model.md §1.1 steps 3-6, §5.3): every device that was scheduled *and* whose upload
+will
 arrive trains its module from the global adapter truncated to its rank (tau AdamW steps of n_b
 examples from its own data), optionally sparsifies (SOFT), and the server aggregates the
 updates with the configured rule, weighting devices by their data sizes, and FedAvgs the task
@@ -78,7 +80,8 @@ def _resolve_device(name: str) -> torch.device:
 
 
 class LoraLearner:
-    """Federated LoRA fine-tuning with transformers + peft (docs/model.md §5.3); see the module docstring.
+    """Federated LoRA fine-tuning with transformers + peft (docs/model.md §5.3); see the module
+    docstring.
 
     Building it loads the model and the data and checks the configuration, so every bad input
     (unknown task, missing data, a model path without weights, an unknown target module) fails
@@ -107,12 +110,15 @@ class LoraLearner:
         dims = min(min(d) for d in self.spec.targets.values())
         if max(config.model.ranks) > dims:
             raise ValueError(
-                f"model.ranks {list(config.model.ranks)} exceed the smallest LoRA target dimension {dims} of {lc.model_name_or_path!r}"
+                f"model.ranks {list(config.model.ranks)} exceed the smallest LoRA target "
+                f"dimension {dims} of {lc.model_name_or_path!r}"
             )
         if config.paradigm == "split" and config.model.hidden_size != self.spec.hidden_size:
             raise ValueError(
-                f"the split paradigm's activation size uses model.hidden_size={config.model.hidden_size}, but "
-                f"{lc.model_name_or_path!r} has hidden size {self.spec.hidden_size}; set model.hidden_size={self.spec.hidden_size}"
+                "the split paradigm's activation size uses "
+                f"model.hidden_size={config.model.hidden_size}, but "
+                f"{lc.model_name_or_path!r} has hidden size {self.spec.hidden_size}; set "
+                f"model.hidden_size={self.spec.hidden_size}"
             )
         self.data: TaskData = load_task_data(
             task,
@@ -124,12 +130,14 @@ class LoraLearner:
         )
         if self.data.num_labels != config.model.num_labels:
             raise ValueError(
-                f"task {task!r} has {self.data.num_labels} labels but model.num_labels={config.model.num_labels}"
+                f"task {task!r} has {self.data.num_labels} labels but "
+                f"model.num_labels={config.model.num_labels}"
             )
         n_train = config.learning.train_samples
         if n_train is not None and n_train > len(self.data.train):
             raise ValueError(
-                f"learning.train_samples={n_train} exceeds the {len(self.data.train)} training examples of {task!r} ({self.data.source})"
+                f"learning.train_samples={n_train} exceeds the {len(self.data.train)} "
+                f"training examples of {task!r} ({self.data.source})"
             )
         self.params_per_rank: float = float(self.spec.params_per_rank)
         self.head_params: int = self.spec.head_params
@@ -173,7 +181,8 @@ class LoraLearner:
 
     # ------------------------------------------------------------------ reset
     def reset(self, num_devices: int, rng: np.random.Generator) -> DevicePartition:
-        """Partition the data over the devices and start from the pre-trained model with a fresh head."""
+        """Partition the data over the devices and start from the pre-trained model with a fresh
+        head."""
         cfg, lc = self.config, self.config.learning
         labels = self.data.train.labels
         pool = np.arange(labels.size)
@@ -240,7 +249,8 @@ class LoraLearner:
     def _fresh_adapter(
         self, rng: np.random.Generator, head: dict[str, torch.Tensor]
     ) -> GlobalAdapter:
-        """peft's initialisation at rank R: A kaiming-uniform, B = 0 (the adapter starts as a no-op)."""
+        """peft's initialisation at rank R: A kaiming-uniform, B = 0 (the adapter starts as a
+        no-op)."""
         return GlobalAdapter(
             a={
                 p: init_lora_a((self.rank, d_in), rng) for p, (d_in, _) in self.spec.targets.items()
@@ -256,7 +266,8 @@ class LoraLearner:
         return self.adapter
 
     def evaluate(self) -> tuple[float, float]:
-        """(accuracy, loss) of the current global model on the evaluation set (or its fixed subset)."""
+        """(accuracy, loss) of the current global model on the evaluation set (or its fixed
+        subset)."""
         adapter = self._require_reset()
         return self.trainer.evaluate(adapter, self.data.eval, self.eval_indices)
 
@@ -282,7 +293,8 @@ class LoraLearner:
     def local_jobs(
         self, devices: NDArray[np.int64], ranks: NDArray[np.int64], round_index: int | None = None
     ) -> list[DeviceJob]:
-        """The local training of ``devices`` in a round: tau mini-batches each, from per-device seeds."""
+        """The local training of ``devices`` in a round: tau mini-batches each, from per-device
+        seeds."""
         assert self._seed is not None
         t = self._round + 1 if round_index is None else round_index
         tau, nb = self.config.devices.local_steps, self.config.devices.batch_size
@@ -325,7 +337,8 @@ class LoraLearner:
     def train_round(
         self, ranks: NDArray[np.int64], ratios: NDArray[np.float64], success: NDArray[np.bool_]
     ) -> RoundReport:
-        """Train the scheduled devices whose uploads arrive, aggregate them, evaluate (module docstring)."""
+        """Train the scheduled devices whose uploads arrive, aggregate them, evaluate (module
+        docstring)."""
         adapter = self._require_reset()
         r, q, s = self._validate_round(ranks, ratios, success)
         participants = np.flatnonzero((r > 0) & s)
@@ -359,7 +372,8 @@ class LoraLearner:
     def _sent_components(
         self, updates: list[LocalUpdate], ratios: NDArray[np.float64]
     ) -> dict[str, torch.Tensor]:
-        """Per target, an (n, R) mask of the components each device uploads (SOFT: top ceil(rho r))."""
+        """Per target, an (n, R) mask of the components each device uploads (SOFT: top ceil(rho
+        r))."""
         n, big_r = len(updates), self.rank
         ranks = np.array([u.rank for u in updates], dtype=np.int64)
         prefix = torch.arange(big_r)[None, :] < torch.as_tensor(ranks)[:, None]
@@ -389,7 +403,8 @@ class LoraLearner:
             self._momentum_step(old, beta)
 
     def _momentum_step(self, old: GlobalAdapter, beta: float) -> None:
-        """FedAvgM (``learning.lora.server_momentum``): every global tensor moves by its momentum."""
+        """FedAvgM (``learning.lora.server_momentum``): every global tensor moves by its
+        momentum."""
         new = self._require_reset()
         prev = self.momentum
         parts: dict[str, tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = {}
@@ -434,7 +449,9 @@ class LoraLearner:
                 b_list = [u.b[p][:, sent[p][i, : u.rank]] for i, u in enumerate(updates)]
                 new_a[p], new_b[p] = aggregation.svd_aggregate(a_list, b_list, weights, self.rank)
             self.adapter = GlobalAdapter(a=new_a, b=new_b, head=head)
-        else:  # stack (FLoRA): merge sum_k w_k B_k A_k into the frozen base, restart from a fresh adapter
+        else:
+            # stack (FLoRA): merge sum_k w_k B_k A_k into the frozen base, restart from a fresh
+            # adapter
             assert self._seed is not None
             residual = self.residual or {
                 p: torch.zeros((d_out, d_in)) for p, (d_in, d_out) in self.spec.targets.items()
@@ -452,7 +469,8 @@ class LoraLearner:
 
     # ----------------------------------------------------------- state, export
     def state_dict(self) -> dict[str, Any]:
-        """Everything a resumed run needs: seed, round, partition, global adapter, residual, metrics."""
+        """Everything a resumed run needs: seed, round, partition, global adapter, residual,
+        metrics."""
         adapter = self._require_reset()
         return {
             "version": _STATE_VERSION,
@@ -474,21 +492,24 @@ class LoraLearner:
         """Restore a :meth:`state_dict` (the model, task, targets and ranks must match)."""
         if state.get("version") != _STATE_VERSION:
             raise ValueError(
-                f"unsupported learner state version {state.get('version')!r}, expected {_STATE_VERSION}"
+                f"unsupported learner state version {state.get('version')!r}, expected "
+                f"{_STATE_VERSION}"
             )
         saved = state["config"]
         mine = self.config.to_dict()
         for section, key in (("learning", "task"), ("model", "target_modules"), ("model", "ranks")):
             if saved[section][key] != mine[section][key]:
                 raise ValueError(
-                    f"learner state was saved with {section}.{key}={saved[section][key]!r}, this learner has {mine[section][key]!r}"
+                    f"learner state was saved with {section}.{key}={saved[section][key]!r}, "
+                    f"this learner has {mine[section][key]!r}"
                 )
         if (
             saved["learning"]["lora"]["model_name_or_path"]
             != mine["learning"]["lora"]["model_name_or_path"]
         ):
             raise ValueError(
-                "learner state was saved for another model (learning.lora.model_name_or_path differs)"
+                "learner state was saved for another model (learning.lora.model_name_or_path "
+                "differs)"
             )
         self._seed = int(state["seed"])
         self._round = int(state["round"])
@@ -531,9 +552,12 @@ class LoraLearner:
     def export_adapter(self, directory: str | Path) -> Path:
         """Save the global model as a standard peft adapter directory.
 
-        Load it with ``PeftModel.from_pretrained(load_model(base, num_labels, pooling)[0], directory)``
-        (:func:`fedenv.learning.lora.model.load_model`; with ``pooling`` resolved to ``model`` that is
-        ``AutoModelForSequenceClassification.from_pretrained(base, num_labels=...)``). The adapter has rank R with ``lora_alpha = 2R``; after
+        Load it with
+        ``PeftModel.from_pretrained(load_model(base, num_labels, pooling)[0], directory)``
+        (:func:`fedenv.learning.lora.model.load_model`; with ``pooling`` resolved to ``model`` that
+        is
+        ``AutoModelForSequenceClassification.from_pretrained(base, num_labels=...)``). The adapter
+        has rank R with ``lora_alpha = 2R``; after
         FLoRA stacking (merged updates), the full update is re-factorised exactly by SVD at rank
         min(d_in, d_out) instead. The head is saved as peft's ``modules_to_save``.
         """

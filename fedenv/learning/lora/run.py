@@ -1,4 +1,5 @@
-"""A full federated LoRA run through FedLoRAWireless-v0 under a fixed policy (the issue's "Done when" run).
+"""A full federated LoRA run through FedLoRAWireless-v0 under a fixed policy (the issue's "Done
+when" run).
 
     python -m fedenv.learning.lora.run --task sst2 --rounds 30 --devices 10 --alpha 0.5 \\
         --rank 8 --local-steps 10 --batch-size 16 --seed 0 --out results/lora/sst2_k10_r8
@@ -224,7 +225,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         _plot(
             rows,
             Path(args.plot),
-            f"{args.task.upper()} K={args.devices} alpha={args.alpha} rank {args.rank} tau={args.local_steps} n_b={args.batch_size}",
+            f"{args.task.upper()} K={args.devices} alpha={args.alpha} rank {args.rank} "
+            f"tau={args.local_steps} n_b={args.batch_size}",
         )
     return summary
 

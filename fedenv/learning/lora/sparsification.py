@@ -1,4 +1,5 @@
-"""SOFT (paper [C], docs/model.md §5.3, §3.3): near-orthogonal LoRA factors and SVD-free sparsification.
+"""SOFT (paper [C], docs/model.md §5.3, §3.3): near-orthogonal LoRA factors and SVD-free
+sparsification.
 
 During local training a regulariser ``lambda (||A A^T - I||_F^2 + ||B^T B - I||_F^2)`` keeps the
 rank components near-orthogonal, so that a component's importance ``||b_i|| ||a_i||`` (b_i the
@@ -32,7 +33,8 @@ def top_components(
     Args:
         importance: (..., R) scores.
         keep: components to keep, an int or a (...,) tensor.
-        valid: optional (..., R) mask of the components a device has (its rank); others are never kept.
+        valid: optional (..., R) mask of the components a device has (its rank); others are never
+            kept.
     """
     score = importance.to(torch.float64)
     if valid is not None:

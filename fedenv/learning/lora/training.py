@@ -1,6 +1,7 @@
 """Local LoRA training of the scheduled devices: a batched engine and the per-device peft reference.
 
-Both engines implement the same math (docs/model.md §5.3, issue "local training"): device k starts from
+Both engines implement the same math (docs/model.md §5.3, issue "local training"): device k starts
+from
 the global adapter truncated to its rank r_k (the first r_k components of every target) and
 the global head, and runs tau steps of its optimiser (``learning.lora.optimizer``: SGD or AdamW,
 fresh every round) on its own mini-batches of n_b examples, minimising
@@ -82,7 +83,8 @@ class GlobalAdapter:
 
 @dataclass(frozen=True)
 class DeviceJob:
-    """One device's local training: its rank and its tau mini-batches (indices into the train split)."""
+    """One device's local training: its rank and its tau mini-batches (indices into the train
+    split)."""
 
     device: int
     rank: int
@@ -92,7 +94,8 @@ class DeviceJob:
 
 @dataclass
 class LocalUpdate:
-    """What a device produced: its trained factors (rank r_k) and head, and its mean training loss."""
+    """What a device produced: its trained factors (rank r_k) and head, and its mean training
+    loss."""
 
     device: int
     rank: int
@@ -335,7 +338,8 @@ def length_groups(
 
 
 class BatchedTrainer(_TrainerBase):
-    """All devices of a pass in one forward/backward over the shared frozen base (module docstring)."""
+    """All devices of a pass in one forward/backward over the shared frozen base (module
+    docstring)."""
 
     def __init__(
         self,
@@ -371,7 +375,8 @@ class BatchedTrainer(_TrainerBase):
         unsupported = sorted(set(spec.head) - covered)
         if unsupported:
             raise ValueError(
-                f"the batched trainer needs a task head made of nn.Linear layers; {unsupported} are not; "
+                "the batched trainer needs a task head made of nn.Linear layers; "
+                f"{unsupported} are not; "
                 "use learning.lora.trainer='sequential'"
             )
 
@@ -423,7 +428,8 @@ class BatchedTrainer(_TrainerBase):
 
     # --- training ---
     def passes(self, jobs: Sequence[DeviceJob]) -> list[list[DeviceJob]]:
-        """Group devices into passes of at most ``max_sequences_per_pass`` sequences (at least one device)."""
+        """Group devices into passes of at most ``max_sequences_per_pass`` sequences (at least one
+        device)."""
         out: list[list[DeviceJob]] = []
         current: list[DeviceJob] = []
         seqs = 0
