@@ -74,7 +74,8 @@ def build_config(args: argparse.Namespace) -> EnvConfig:
         print("TSFA offline rank (mean final gap, mean latency over calibration episodes):")
         for r, v in table.items():
             print(
-                f"  rank {r:>3}: gap {v['final_gap']:.4f}  latency {v['mean_latency_s']:.3f} s{'  <- chosen' if r == rank else ''}"
+                f"  rank {r:>3}: gap {v['final_gap']:.4f}  latency {v['mean_latency_s']:.3f} "
+                f"s{'  <- chosen' if r == rank else ''}"
             )
         cfg = cfg.replace(fixed_rank=rank)
     return cfg
@@ -427,7 +428,8 @@ def main(argv: Sequence[str] | None = None) -> Comparison:
     write_episodes_csv(comparison.evaluations, out / "episodes.csv")
     table = format_table(comparison)
     header = (
-        f"Comparison on `{name}` ({cfg.paradigm}, K = {cfg.devices.num_devices}, T = {cfg.num_rounds}, "
+        f"Comparison on `{name}` ({cfg.paradigm}, K = {cfg.devices.num_devices}, T = "
+        f"{cfg.num_rounds}, "
         f"backend {cfg.learning.backend}), seeds {comparison.seeds[0]}..{comparison.seeds[-1]}; "
         f"mean ± 95% CI over {args.episodes} episodes; within budget = average energy <= "
         f"{1 + args.budget_tolerance:g} x budget.\n\n`{command}`\n\n"

@@ -9,22 +9,24 @@ with 95% confidence intervals (Student t over episodes).
 
 Per-episode metrics (``EPISODE_METRICS``):
 
-| key                         | meaning                                                                 |
-|-----------------------------|-------------------------------------------------------------------------|
-| ``final_accuracy``          | held-out accuracy after the last round                                  |
-| ``mean_accuracy``           | accuracy averaged over rounds 1..T (area under the learning curve)       |
-| ``episode_return``          | sum of the env's rewards                                                |
-| ``energy_j``                | energy per device per round, J (mean over devices and rounds)           |
-| ``max_budget_use``          | max over devices of (average energy per round / energy budget)           |
-| ``devices_within_budget``   | fraction of devices with average energy <= (1 + tolerance) x budget     |
-| ``latency_s``               | mean round latency T(t), s                                              |
-| ``latency_budget_use``      | mean round latency / latency budget                                     |
-| ``deadline_misses``         | uploads dropped for missing the deadline (stragglers), count per episode |
-| ``packet_losses``           | uploads lost to packet errors, count per episode                        |
-| ``scheduled``               | devices scheduled per round                                             |
-| ``final_energy_backlog_j``  | mean energy queue Z_k at the end, J (NaN without an energy budget)       |
-| ``final_latency_backlog_s`` | latency queue Y at the end, s (NaN without a latency budget)            |
-| ``decision_ms``             | wall-clock time of ``policy.act`` per round, ms                          |
+| key                         | meaning                                                            |
+|-----------------------------|--------------------------------------------------------------------|
+| ``final_accuracy``          | held-out accuracy after the last round                             |
+| ``mean_accuracy``           | accuracy averaged over rounds 1..T (area under the learning curve) |
+| ``episode_return``          | sum of the env's rewards                                           |
+| ``energy_j``                | energy per device per round, J (mean over devices and rounds)      |
+| ``max_budget_use``          | max over devices of (average energy per round / energy budget)     |
+| ``devices_within_budget``   | fraction of devices with average energy <= (1 + tolerance) x       |
+|                             | budget                                                             |
+| ``latency_s``               | mean round latency T(t), s                                         |
+| ``latency_budget_use``      | mean round latency / latency budget                                |
+| ``deadline_misses``         | uploads dropped for missing the deadline (stragglers), count per   |
+|                             | episode                                                            |
+| ``packet_losses``           | uploads lost to packet errors, count per episode                   |
+| ``scheduled``               | devices scheduled per round                                        |
+| ``final_energy_backlog_j``  | mean energy queue Z_k at the end, J (NaN without an energy budget) |
+| ``final_latency_backlog_s`` | latency queue Y at the end, s (NaN without a latency budget)       |
+| ``decision_ms``             | wall-clock time of ``policy.act`` per round, ms                    |
 """
 
 from __future__ import annotations
@@ -105,7 +107,8 @@ class Comparison:
 
 
 def mean_ci(values: Sequence[float] | F, level: float = 0.95) -> tuple[float, float]:
-    """Mean and half-width of the Student-t confidence interval (NaNs ignored; 0 width for n < 2)."""
+    """Mean and half-width of the Student-t confidence interval (NaNs ignored; 0 width for n
+    < 2)."""
     x = np.asarray(values, dtype=np.float64)
     x = x[np.isfinite(x)]
     if x.size == 0:
@@ -313,7 +316,8 @@ def summarize(comparison: Comparison) -> list[dict[str, Any]]:
 
 
 def format_table(comparison: Comparison, metrics: Sequence[str] | None = None) -> str:
-    """Markdown table of mean ± 95% CI per policy (metrics that are NaN for every policy are left out)."""
+    """Markdown table of mean ± 95% CI per policy (metrics that are NaN for every policy are left
+    out)."""
     rows = summarize(comparison)
     keys = [m for m in EPISODE_METRICS if metrics is None or m[0] in metrics]
     keys = [m for m in keys if any(math.isfinite(r[m[0]]) for r in rows)]

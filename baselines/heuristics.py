@@ -1,14 +1,18 @@
 """Heuristic baseline policies (docs/model.md §8).
 
-| name          | rule                                                                            | paradigms                 |
-|---------------|---------------------------------------------------------------------------------|---------------------------|
-| ``random``    | a uniform random canonical action                                               | all                       |
-| ``max``       | every device, largest rank, max power, ratio 1, equal bandwidth                  | all                       |
-| ``min_rank``  | every device, smallest rank, max power, equal bandwidth                          | switching, unified        |
-| ``fixed_rank``| every device, one rank (``rank=``, default the middle one), max power, equal band | switching, unified        |
-| ``greedy``    | the ``fraction`` of devices with the best channels; largest rank (soft: ratio)   | all                       |
-|               | meeting the deadline (soft: the latency budget); bandwidth proportional to need  |                           |
-| ``round_robin``| ``fraction`` of the devices in cyclic order, largest rank, equal bandwidth      | switching, split, unified |
+| name            | rule                                                    | paradigms          |
+|-----------------|---------------------------------------------------------|--------------------|
+| ``random``      | a uniform random canonical action                       | all                |
+| ``max``         | every device, largest rank, max power, ratio 1, equal   | all                |
+|                 | bandwidth                                               |                    |
+| ``min_rank``    | every device, smallest rank, max power, equal bandwidth | switching, unified |
+| ``fixed_rank``  | every device, one rank (``rank=``, default the middle   | switching, unified |
+|                 | one), max power, equal band                             |                    |
+| ``greedy``      | the ``fraction`` of devices with the best channels;     | all                |
+|                 | largest rank (soft: ratio) meeting the deadline (soft:  |                    |
+|                 | the latency budget); bandwidth proportional to need     |                    |
+| ``round_robin`` | ``fraction`` of the devices in cyclic order, largest    | switching, split,  |
+|                 | rank, equal bandwidth                                   | unified            |
 
 Every heuristic builds a :class:`fedenv.actions.Decision` and returns ``codec.encode(decision)``;
 the deadline checks of ``greedy`` use :func:`fedenv.round.play_round`. None of them looks at the
@@ -49,8 +53,10 @@ def _require(name: str, config: EnvConfig, *, any_of: tuple[str, ...]) -> None:
     comps = config.action_components
     if not any(c in comps for c in any_of):
         raise IncompatiblePolicyError(
-            f"policy {name!r} is incompatible with paradigm {config.paradigm!r}: it needs the action "
-            f"component {' or '.join(repr(c) for c in any_of)}, but {config.paradigm!r} has {list(comps)}"
+            f"policy {name!r} is incompatible with paradigm {config.paradigm!r}: it needs "
+            "the action "
+            f"component {' or '.join(repr(c) for c in any_of)}, but {config.paradigm!r} has "
+            f"{list(comps)}"
         )
 
 
@@ -119,7 +125,8 @@ class RandomPolicy:
 
 
 class MaxPolicy(_Fixed):
-    """Every device, the largest rank (split/soft: the structural one), max power, ratio 1, equal band."""
+    """Every device, the largest rank (split/soft: the structural one), max power, ratio 1, equal
+    band."""
 
     name = "max"
 
@@ -168,7 +175,8 @@ class FixedRankPolicy(_Fixed):
 
 
 class RoundRobinPolicy(_Fixed):
-    """``ceil(fraction K)`` devices per round in cyclic order, the largest rank, max power, equal band."""
+    """``ceil(fraction K)`` devices per round in cyclic order, the largest rank, max power, equal
+    band."""
 
     def __init__(self, config: EnvConfig, fraction: float = 0.5) -> None:
         _require("round_robin", config, any_of=("module", "schedule"))

@@ -112,7 +112,8 @@ def check_tradeoff(v: Any) -> float:
         raise ValueError(f"V must be a finite number > 0, got {v!r}") from None
     if not math.isfinite(value) or value <= 0.0:
         raise ValueError(
-            f"V must be a finite number > 0 (it weighs the learning penalty against the queues), got {v!r}"
+            "V must be a finite number > 0 (it weighs the learning penalty against the "
+            f"queues), got {v!r}"
         )
     return value
 
@@ -154,7 +155,8 @@ class RoundState:
 
 
 def _shares(module: I64, weight: F) -> F:
-    """FDMA shares: the scheduled devices' weights renormalised to sum to one (as the codec does)."""
+    """FDMA shares: the scheduled devices' weights renormalised to sum to one (as the codec
+    does)."""
     w = weight * (module > 0)
     total = w.sum(axis=-1, keepdims=True)
     return np.where(total > 0.0, w / np.where(total > 0.0, total, 1.0), 0.0)
@@ -414,7 +416,8 @@ class LyapunovPolicy:
         )
 
     def _best(self, prob: RoundProblem, cands: list[_Point]) -> _Point:
-        """Score candidates exactly (one batched call); the best one, with its evaluation attached."""
+        """Score candidates exactly (one batched call); the best one, with its evaluation
+        attached."""
         option = np.stack([c.option for c in cands])
         share = _shares(self.opt_module[option], np.stack([c.weight for c in cands]))
         obj, phi, phys = self._evaluate(prob, option, np.stack([c.power for c in cands]), share)
@@ -432,7 +435,8 @@ class LyapunovPolicy:
     def _subsets(
         self, p: _Point, gain: F, apply: Callable[[_Point, NDArray[np.bool_]], list[_Point]]
     ) -> list[_Point]:
-        """Candidates applying the improving per-device moves of the top n devices, n = all, all/2, ..., 1."""
+        """Candidates applying the improving per-device moves of the top n devices, n = all, all/2,
+        ..., 1."""
         movers = np.flatnonzero(gain > 1e-12 * max(abs(p.value), 1.0))
         if movers.size == 0:
             return []
@@ -474,7 +478,8 @@ class LyapunovPolicy:
             pw = np.where(slot > 0, np.concatenate([[0.0], levels])[slot], p.power[dev])
             obj = self._single_moves(prob, p, dev, opt, slot, levels)
             weights = np.broadcast_to(p.weight, (dev.size, k))
-            # every device on option o (coordinated moves, e.g. all idle): scored with the candidates
+            # every device on option o (coordinated moves, e.g. all idle): scored with the
+            # candidates
             every = np.broadcast_to(options[:, None], (n_opt, k))
             w_every = np.broadcast_to(p.weight, every.shape)
             if balance is not None:
@@ -538,7 +543,8 @@ class LyapunovPolicy:
     def _single_moves(
         self, prob: RoundProblem, p: _Point, dev: I64, opt: I64, slot: I64, levels: F
     ) -> F:
-        """Exact objective of one-device moves (device ``dev`` to option ``opt`` at power slot ``slot``).
+        """Exact objective of one-device moves (device ``dev`` to option ``opt`` at power slot
+        ``slot``).
 
         Computed in O(K (K + O L)) physics plus one batched surrogate call, instead of a full
         :func:`play_round` per move: a device's outcome depends only on its own decision and
@@ -594,7 +600,8 @@ class LyapunovPolicy:
         return drift_plus_penalty(prob.v, phi, prob.z, energy, prob.y, latency.max(axis=-1))
 
     def _balancer(self, prob: RoundProblem, p: _Point) -> Callable[[I64], F]:
-        """Min-max-latency shares for option assignments (N, K): the band split so all finish together.
+        """Min-max-latency shares for option assignments (N, K): the band split so all finish
+        together.
 
         Tabulates, for H latency levels L, the smallest share with which each device on each
         option finishes by L (bisection on the same rate function), then for each assignment
@@ -662,7 +669,8 @@ class LyapunovPolicy:
         rank, interp = cur.rank[0], None
 
         def scores(grid: F) -> F:
-            """Objective, up to the other devices' constant energy terms, of device k at grid[:, k]."""
+            """Objective, up to the other devices' constant energy terms, of device k at grid[:,
+            k]."""
             nonlocal interp
             shape = grid.shape
             ph = prob.physics(
@@ -722,7 +730,8 @@ class LyapunovPolicy:
     def _penalty_in_ck(
         self, prob: RoundProblem, c_now: F, rank: I64, ratio: F, c_lo: F, c_hi: F
     ) -> Callable[[F], F]:
-        """Phi(c with c_k replaced), as a function of c_k per device k, for c_k in {0} U [c_lo, c_hi].
+        """Phi(c with c_k replaced), as a function of c_k per device k, for c_k in {0} U [c_lo,
+        c_hi].
 
         Exact at c_k = 0 and at 4 Chebyshev nodes of [c_lo, c_hi] (one batched surrogate call of
         5 K what-ifs instead of one per grid point); cubic (Newton) interpolation in between.
@@ -832,7 +841,8 @@ class LyapunovPolicy:
         mid = 0.5 * (grid[1:] + grid[:-1])
 
         def fill(lower: F) -> F | None:
-            """KKT: shares where the marginal u_k' = -lambda (clipped to ``lower``), summing to one."""
+            """KKT: shares where the marginal u_k' = -lambda (clipped to ``lower``), summing to
+            one."""
             if not np.isfinite(lower).all() or lower.sum() > 1.0:
                 return None
             # multisection on lambda: sum_k beta_k(lambda) is continuous and nonincreasing

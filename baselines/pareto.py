@@ -1,7 +1,8 @@
 """Accuracy against energy: the Lyapunov V sweep and learned agents per budget, on common seeds.
 
     python -m baselines.pareto --preset switching --seeds 1000-1019 \\
-        --V 0.01,0.03,0.1,0.3,1,3 --agents ppo:runs/lag_e0.125 ppo:runs/lag_e0.25 ppo:runs/lag_e0.5 \\
+        --V 0.01,0.03,0.1,0.3,1,3 --agents ppo:runs/lag_e0.125 ppo:runs/lag_e0.25 ppo:runs/lag_e0.5
+        \\
         --out results/pareto_switching
 
 Each point is one policy on the same seeds (the same channel traces and data partitions,
@@ -70,7 +71,8 @@ def parse_seeds(text: str) -> list[int]:
         seeds = [int(x) for x in text.split(",") if x.strip()]
     except ValueError as exc:
         raise ValueError(
-            f"--seeds: expected FIRST-LAST or a comma-separated list of integers, got {text!r} ({exc})"
+            "--seeds: expected FIRST-LAST or a comma-separated list of integers, got "
+            f"{text!r} ({exc})"
         ) from None
     if not seeds or min(seeds) < 0:
         raise ValueError(f"--seeds: expected integers >= 0, got {text!r}")
@@ -100,7 +102,8 @@ def agent_config(spec: str, base: EnvConfig) -> EnvConfig:
     config = EnvConfig.from_yaml(path)
     if config.replace(budgets=base.budgets.to_dict(), reward=base.reward.to_dict()) != base:
         warnings.warn(
-            f"{spec}: trained on an env config that differs from the preset's in more than the budgets and the reward ({path})",
+            f"{spec}: trained on an env config that differs from the preset's in more than "
+            f"the budgets and the reward ({path})",
             UserWarning,
             stacklevel=2,
         )

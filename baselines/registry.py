@@ -108,7 +108,8 @@ def _entry_points() -> dict[str, EntryPoint]:
 
 
 def policy_names() -> tuple[str, ...]:
-    """Every policy kind a spec may name: the built-in ones, then the registered and installed ones."""
+    """Every policy kind a spec may name: the built-in ones, then the registered and installed
+    ones."""
     return (*BUILTIN_POLICIES, *sorted({*_ADDED, *_entry_points()}))
 
 
@@ -120,8 +121,10 @@ def _added_factory(name: str) -> PolicyFactory:
             factory = ep.load()
         except ImportError as exc:
             raise ImportError(
-                f"policy {name!r} is built by {ep.value} (entry point of {ENTRY_POINT_GROUP}), which could not be "
-                f"imported ({exc}); learned agents need the train extra: pip install 'fedenv[train]'"
+                f"policy {name!r} is built by {ep.value} (entry point of "
+                f"{ENTRY_POINT_GROUP}), which could not be "
+                f"imported ({exc}); learned agents need the train extra: pip install "
+                "'fedenv[train]'"
             ) from exc
         _ADDED.setdefault(name, factory)
     return _ADDED[name]
@@ -140,7 +143,8 @@ def _value(raw: str) -> Any:
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """``"name:key=value,key=value"`` -> (name, params). Added kinds keep their argument as ``{"path": ...}``."""
+    """``"name:key=value,key=value"`` -> (name, params). Added kinds keep their argument as
+    ``{"path": ...}``."""
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(
             f"policy spec must be a non-empty string like 'lyapunov:V=10', got {spec!r}"
@@ -153,8 +157,10 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
             close = difflib.get_close_matches(name, names, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ValueError(
-                f"unknown policy {name!r}.{hint} Valid policies: {', '.join(names)} (learned ones as ppo:<run dir>; "
-                f"learned and other added kinds come from the {ENTRY_POINT_GROUP!r} entry points of an installed fedenv: "
+                f"unknown policy {name!r}.{hint} Valid policies: {', '.join(names)} (learned "
+                "ones as ppo:<run dir>; "
+                f"learned and other added kinds come from the {ENTRY_POINT_GROUP!r} entry "
+                "points of an installed fedenv: "
                 "pip install -e .)."
             )
         return name, {"path": rest}
@@ -180,7 +186,8 @@ def make_policy(spec: str, config: EnvConfig) -> Policy:
         then, at, when = rest.rpartition("@")
         if not at or not then.strip() or not first.strip():
             raise ValueError(
-                f"handover spec {spec!r}: expected '<first spec>>><second spec>@<round>', e.g. 'ppo:runs/x>>lyapunov@44'"
+                f"handover spec {spec!r}: expected '<first spec>>><second spec>@<round>', "
+                "e.g. 'ppo:runs/x>>lyapunov@44'"
             )
         try:
             from_round = int(when)
@@ -206,7 +213,8 @@ def make_policy(spec: str, config: EnvConfig) -> Policy:
 def split_specs(text: str) -> list[str]:
     """Split a comma-separated list of specs, keeping ``key=value`` items with their policy.
 
-    ``"lyapunov:V=30,tolerance=1e-4,max,greedy"`` -> ``["lyapunov:V=30,tolerance=1e-4", "max", "greedy"]``.
+    ``"lyapunov:V=30,tolerance=1e-4,max,greedy"`` ->
+    ``["lyapunov:V=30,tolerance=1e-4", "max", "greedy"]``.
     """
     out: list[str] = []
     for token in (t.strip() for t in text.split(",")):

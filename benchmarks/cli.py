@@ -1,11 +1,15 @@
 """One benchmark command for every speed and memory figure of the project.
 
     python -m fedenv.bench env        single env steps/s vs CartPole-v1, and step cost vs K
-    python -m fedenv.bench vector     batched vector env steps/s for N = 1, 64, 1024 (vs SyncVectorEnv)
-    python -m fedenv.bench ppo        SB3 PPO frames/s on this env vs a trivial env (DummyVecEnv and batched)
+    python -m fedenv.bench vector     batched vector env steps/s for N = 1, 64, 1024 (vs
+                                      SyncVectorEnv)
+    python -m fedenv.bench ppo        SB3 PPO frames/s on this env vs a trivial env (DummyVecEnv and
+                                      batched)
     python -m fedenv.bench lyapunov   the Lyapunov policy's decision time per round, K = 10 and 100
-    python -m fedenv.bench lora       lora backend: batched vs sequential engine, FLOP/s utilisation, memory vs K
-    python -m fedenv.bench rllib      RLlib sampling env steps/s with 1 and 2 env runners (needs fedenv[rllib])
+    python -m fedenv.bench lora       lora backend: batched vs sequential engine, FLOP/s
+                                      utilisation, memory vs K
+    python -m fedenv.bench rllib      RLlib sampling env steps/s with 1 and 2 env runners (needs
+                                      fedenv[rllib])
     python -m fedenv.bench all        every benchmark above, one after the other
 
 (``python -m benchmarks ...`` is the same command.) Each sub-command prints its figures (ratios

@@ -54,7 +54,8 @@ def bench_env(args: argparse.Namespace) -> dict[str, Any]:
         ours = max(ours, steps_per_second(our_env, steps))
     print(f"CartPole-v1                    {cart:>12,.0f} steps/s")
     print(
-        f"FedLoRAWireless-v0 (K=10)      {ours:>12,.0f} steps/s   {1e6 / ours:6.1f} us/step   ratio {ours / cart:.3f} of CartPole"
+        f"FedLoRAWireless-v0 (K=10)      {ours:>12,.0f} steps/s   {1e6 / ours:6.1f} us/step  "
+        f" ratio {ours / cart:.3f} of CartPole"
     )
     scaling = {}
     for k in (10, 100, 1000):
@@ -68,7 +69,8 @@ def bench_env(args: argparse.Namespace) -> dict[str, Any]:
             "us_per_step_per_device": 1e6 / sps / k,
         }
         print(
-            f"K={k:<5} {sps:>12,.0f} steps/s  {1e6 / sps:>9.1f} us/step  {1e6 / sps / k:>7.2f} us/step/device"
+            f"K={k:<5} {sps:>12,.0f} steps/s  {1e6 / sps:>9.1f} us/step  "
+            f"{1e6 / sps / k:>7.2f} us/step/device"
         )
     growth = scaling[1000]["us_per_step"] / scaling[10]["us_per_step"]
     print(f"step cost K=1000 / K=10: {growth:.1f} (linear growth would be 100)")
@@ -83,7 +85,8 @@ def bench_env(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _vector_run(venv: Any, calls: int, seed: int = 0) -> tuple[float, float]:
-    """(env steps/s over ``calls`` batched steps, autoresets included; seconds of the slowest call)."""
+    """(env steps/s over ``calls`` batched steps, autoresets included; seconds of the slowest
+    call)."""
     venv.reset(seed=seed)
     rng = np.random.default_rng(seed)
     shape = venv.action_space.shape
@@ -126,13 +129,15 @@ def bench_vector(args: argparse.Namespace) -> dict[str, Any]:
             "slowest_call_ms": 1e3 * slowest,
         }
         print(
-            f"vector N={n:<5} {best:>12,.0f} env steps/s  {1e6 / best:8.2f} us/env step  (slowest call, with resets: {1e3 * slowest:.1f} ms)"
+            f"vector N={n:<5} {best:>12,.0f} env steps/s  {1e6 / best:8.2f} us/env step  "
+            f"(slowest call, with resets: {1e3 * slowest:.1f} ms)"
         )
     n_sync = 16 if args.quick else 64
     sync = gym.make_vec("FedLoRAWireless-v0", num_envs=n_sync, vectorization_mode="sync")
     sync_sps = max(_vector_run(sync, 51)[0] for _ in range(args.repeats))
     print(
-        f"SyncVectorEnv N={n_sync:<3} {sync_sps:>10,.0f} env steps/s   batched is {rows[n_sync]['env_steps_per_s'] / sync_sps:.1f}x faster"
+        f"SyncVectorEnv N={n_sync:<3} {sync_sps:>10,.0f} env steps/s   batched is "
+        f"{rows[n_sync]['env_steps_per_s'] / sync_sps:.1f}x faster"
     )
     return {
         "num_devices": 10,

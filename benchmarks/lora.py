@@ -207,21 +207,26 @@ def bench_lora(args: argparse.Namespace) -> dict[str, Any]:
     rounds = 1 if getattr(args, "quick", False) else 3
     load = os.getloadavg()[0]
     print(
-        f"CPU: {os.cpu_count()} cores, torch threads {threads}, 1-min load average {load:.1f} at start"
+        f"CPU: {os.cpu_count()} cores, torch threads {threads}, 1-min load average "
+        f"{load:.1f} at start"
     )
     cpu = _time_engines("cpu", rounds)
     util = cpu["utilisation"]
     print(
-        f"K=10, tau=5, n_b=16, ranks 2/4/8/16, SST-2, MiniLM-L6 (local training per round, median of {rounds}):"
+        "K=10, tau=5, n_b=16, ranks 2/4/8/16, SST-2, MiniLM-L6 (local training per round, "
+        f"median of {rounds}):"
     )
     print(f"  batched     {cpu['batched_s_per_round']:8.2f} s/round")
     print(f"  sequential  {cpu['sequential_s_per_round']:8.2f} s/round   (peft reference)")
     print(
-        f"  speed-up    {cpu['speedup']:8.2f} x   target >= 1 on CPU: {'met' if cpu['speedup'] >= 1 else 'NOT met'}"
+        f"  speed-up    {cpu['speedup']:8.2f} x   target >= 1 on CPU: "
+        f"{'met' if cpu['speedup'] >= 1 else 'NOT met'}"
     )
     print(
-        f"  achieved    {cpu['achieved_flops_per_s'] / 1e9:8.1f} GFLOP/s ({cpu['train_flops_per_round'] / 1e12:.2f} TFLOP per round) vs dense fp32 "
-        f"matmul {cpu['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s = {100 * util:.0f}%   target >= 40%: {'met' if util >= 0.4 else 'NOT met'}"
+        f"  achieved    {cpu['achieved_flops_per_s'] / 1e9:8.1f} GFLOP/s "
+        f"({cpu['train_flops_per_round'] / 1e12:.2f} TFLOP per round) vs dense fp32 "
+        f"matmul {cpu['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s = {100 * util:.0f}%   target "
+        f">= 40%: {'met' if util >= 0.4 else 'NOT met'}"
     )
     result: dict[str, Any] = {
         "torch_threads": threads,
@@ -234,11 +239,15 @@ def bench_lora(args: argparse.Namespace) -> dict[str, Any]:
     ratio = mem100["peak_rss_mib"] / mem1["peak_rss_mib"]
     round_ratio = mem100["round_peak_rss_mib"] / mem1["round_peak_rss_mib"]
     print(
-        f"  peak RSS    K=1 {mem1['peak_rss_mib']:,.0f} MiB, K=100 {mem100['peak_rss_mib']:,.0f} MiB, ratio {ratio:.2f}   target < 2: {'met' if ratio < 2 else 'NOT met'}"
+        f"  peak RSS    K=1 {mem1['peak_rss_mib']:,.0f} MiB, K=100 "
+        f"{mem100['peak_rss_mib']:,.0f} MiB, ratio {ratio:.2f}   target < 2: "
+        f"{'met' if ratio < 2 else 'NOT met'}"
     )
     print(
-        f"  round RSS   during one round (tau=2): K=1 {mem1['round_peak_rss_mib']:,.0f} MiB, K=100 {mem100['round_peak_rss_mib']:,.0f} MiB, "
-        f"ratio {round_ratio:.2f} (the round adds {mem1['round_increment_mib']:,.0f} / {mem100['round_increment_mib']:,.0f} MiB); K=100 round {mem100['round_s']:.0f} s"
+        f"  round RSS   during one round (tau=2): K=1 {mem1['round_peak_rss_mib']:,.0f} MiB, "
+        f"K=100 {mem100['round_peak_rss_mib']:,.0f} MiB, "
+        f"ratio {round_ratio:.2f} (the round adds {mem1['round_increment_mib']:,.0f} / "
+        f"{mem100['round_increment_mib']:,.0f} MiB); K=100 round {mem100['round_s']:.0f} s"
     )
     result["memory"] = {"k1": mem1, "k100": mem100, "ratio": ratio, "round_ratio": round_ratio}
     result["load_average_end"] = os.getloadavg()[0]
@@ -246,12 +255,15 @@ def bench_lora(args: argparse.Namespace) -> dict[str, Any]:
     if torch.cuda.is_available():
         gpu = _time_engines("cuda", rounds)
         print(
-            f"GPU {torch.cuda.get_device_name(0)}: batched {gpu['batched_s_per_round']:.3f} s, sequential {gpu['sequential_s_per_round']:.3f} s, speed-up {gpu['speedup']:.1f} x (target >= 5)"
+            f"GPU {torch.cuda.get_device_name(0)}: batched {gpu['batched_s_per_round']:.3f} "
+            f"s, sequential {gpu['sequential_s_per_round']:.3f} s, speed-up "
+            f"{gpu['speedup']:.1f} x (target >= 5)"
         )
         result["gpu"] = {**gpu, "name": torch.cuda.get_device_name(0)}
     else:
         print(
-            "GPU: no GPU available to torch on this machine; the GPU target (batched >= 5x sequential) was not measured"
+            "GPU: no GPU available to torch on this machine; the GPU target (batched >= 5x "
+            "sequential) was not measured"
         )
         result["gpu"] = None
     return result

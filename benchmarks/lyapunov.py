@@ -34,7 +34,8 @@ def decision_times(
     tradeoff_v: float = DEFAULT_V,
     seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Wall-clock and process CPU seconds per ``act`` call over ``rounds`` rounds (consecutive episodes)."""
+    """Wall-clock and process CPU seconds per ``act`` call over ``rounds`` rounds (consecutive
+    episodes)."""
     cfg = resolve_config(preset, devices={"num_devices": num_devices})
     env = FedLoRAWirelessEnv(cfg)
     policy = LyapunovPolicy(cfg, tradeoff_v)
@@ -85,8 +86,10 @@ def bench_lyapunov(args: argparse.Namespace) -> dict[str, Any]:
         }
         out["results"][k] = res
         print(
-            f"Lyapunov K={k:<4} median {res['median_ms']:7.2f} ms  mean {res['mean_ms']:7.2f} ms  p95 {res['p95_ms']:7.2f} ms"
-            f"  (CPU median {res['cpu_median_ms']:6.2f} ms)   target {target:5.1f} ms   median/target {res['median_over_target']:.2f}"
+            f"Lyapunov K={k:<4} median {res['median_ms']:7.2f} ms  mean "
+            f"{res['mean_ms']:7.2f} ms  p95 {res['p95_ms']:7.2f} ms"
+            f"  (CPU median {res['cpu_median_ms']:6.2f} ms)   target {target:5.1f} ms   "
+            f"median/target {res['median_over_target']:.2f}"
             f"   load avg {res['load_average_1min']:.1f} on {os.cpu_count()} CPUs"
         )
     return out

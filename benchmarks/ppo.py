@@ -41,7 +41,8 @@ class _TrivialEnv:
 
 
 def _trivial_vec_env(num_envs: int, horizon: int, spaces: tuple[Any, Any] | None = None) -> Any:
-    """A stable-baselines3 VecEnv with the same spaces (default: the env's) and API outputs as fedenv.sb3's, doing nothing."""
+    """A stable-baselines3 VecEnv with the same spaces (default: the env's) and API outputs as
+    fedenv.sb3's, doing nothing."""
     from stable_baselines3.common.vec_env.base_vec_env import VecEnv
 
     from fedenv.env import FedLoRAWirelessEnv
@@ -126,7 +127,8 @@ def bench_ppo(args: argparse.Namespace) -> dict[str, Any]:
     trivial batched VecEnv (issue 6: >= 90% of the trivial env's frames/s); and the training
     envs of ``agents/train_ppo.py`` (``agents.envs.make_vec_env`` with its defaults: the
     batched env with the agent's ``label_mix`` observation and ``factored`` action) next to a
-    trivial VecEnv of those spaces (issue 5: the env should cost PPO < 15% of its throughput). PPO uses SB3's defaults except n_steps,
+    trivial VecEnv of those spaces (issue 5: the env should cost PPO < 15% of its throughput). PPO
+    uses SB3's defaults except n_steps,
     sized so that a rollout holds 2048 frames; torch runs on 1 thread.
 
     Besides the frames/s of separate runs (sensitive to other load on the machine), the time
@@ -190,19 +192,23 @@ def bench_ppo(args: argparse.Namespace) -> dict[str, Any]:
     training_ratio = fps["training_fedlora"] / fps["training_trivial"]
     for name, value in fps.items():
         print(
-            f"PPO {name:<16} {value:>9,.0f} frames/s   env {1e6 * env_s[name]:7.1f} us/frame = {share[name]:5.1%} of the run"
+            f"PPO {name:<16} {value:>9,.0f} frames/s   env {1e6 * env_s[name]:7.1f} us/frame "
+            f"= {share[name]:5.1%} of the run"
         )
     print(
         f"DummyVecEnv: FedLoRAWireless-v0 at {dummy_ratio:.1%} of the trivial env's frames/s "
         f"(from env time: {derived['dummy']:.1%}; env cost {1 - derived['dummy']:.1%})"
     )
     print(
-        f"batched:     FedLoRAWirelessVecEnv at {batched_ratio:.1%} of the trivial VecEnv's frames/s "
+        f"batched:     FedLoRAWirelessVecEnv at {batched_ratio:.1%} of the trivial VecEnv's "
+        "frames/s "
         f"(from env time: {derived['batched']:.1%}; target >= 90%)"
     )
     print(
-        f"training:    agents' training envs at {training_ratio:.1%} of the trivial VecEnv's frames/s "
-        f"(from env time: {derived['training']:.1%}; env cost {1 - derived['training']:.1%}, target < 15%)"
+        f"training:    agents' training envs at {training_ratio:.1%} of the trivial VecEnv's "
+        "frames/s "
+        f"(from env time: {derived['training']:.1%}; env cost {1 - derived['training']:.1%}, "
+        "target < 15%)"
     )
     return {
         "num_envs": num_envs,

@@ -109,9 +109,14 @@ def bench_sampling(args: Any) -> dict[str, Any]:
                     "env_steps_per_runner_cpu_s": cpu_mean,
                 }
             )
-            label = f"RLlib, {runners} env runner{'s' if runners > 1 else ''} x {envs} env{'s' if envs > 1 else ''}"
+            label = (
+                f"RLlib, {runners} env runner{'s' if runners > 1 else ''} x {envs} "
+                f"env{'s' if envs > 1 else ''}"
+            )
             print(
-                f"{label:<47}{mean:>9,.0f} env steps/s  (runs: {', '.join(f'{r:,.0f}' for r in rates)}); {cpu_mean:,.0f} per runner CPU-second"
+                f"{label:<47}{mean:>9,.0f} env steps/s  (runs: "
+                f"{', '.join(f'{r:,.0f}' for r in rates)}); {cpu_mean:,.0f} per runner "
+                "CPU-second"
             )
     finally:
         if started:
@@ -137,7 +142,8 @@ def bench_sampling(args: Any) -> dict[str, Any]:
         "load_average_1min_after": os.getloadavg()[0],
     }
     print(
-        f"2 vs 1 env runners: x{out['speedup_2_vs_1_runner']:.2f} (1 env each), x{out['speedup_2_vs_1_runner_8_envs']:.2f} (8 envs each); "
+        f"2 vs 1 env runners: x{out['speedup_2_vs_1_runner']:.2f} (1 env each), "
+        f"x{out['speedup_2_vs_1_runner_8_envs']:.2f} (8 envs each); "
         f"1 runner x 1 env vs env alone: x{out['rllib_1_runner_vs_env_alone']:.3f}"
     )
     _plot_sampling(out, Path(getattr(args, "out", "results/bench")) / "rllib_sampling.png")
@@ -179,7 +185,9 @@ def _plot_sampling(result: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("env runners")
     ax.set_ylabel("env steps / s (RLlib sampling)")
     ax.set_title(
-        f"RLlib {result['ray']} PPO sampling, FedLoRAWireless-v0 (K=10)\nenv alone in one process: {result['env_only_steps_per_s']:,.0f} steps/s; 2 CPUs, load avg {result['load_average_1min_after']:.1f}",
+        f"RLlib {result['ray']} PPO sampling, FedLoRAWireless-v0 (K=10)\nenv alone in one "
+        f"process: {result['env_only_steps_per_s']:,.0f} steps/s; 2 CPUs, load avg "
+        f"{result['load_average_1min_after']:.1f}",
         fontsize=8,
     )
     ax.legend(fontsize=8)
