@@ -1,4 +1,5 @@
-"""How a learned agent acts: the env's action, the factored form, or forms on top of the Lyapunov policy.
+"""How a learned agent acts: the env's action, the factored form, or forms on top of the Lyapunov
+policy.
 
 ``env`` is the identity. ``factored`` is :class:`fedenv.wrappers.FactoredAction` (its mapping,
 :class:`fedenv.wrappers.FactoredCodec`): the env encodes a device's LoRA module in one ordinal
@@ -81,9 +82,11 @@ class ActionAdapter:
         self.gated = kind == "gated"
         if self.gated and "module" not in comps and "schedule" not in comps:
             raise ValueError(
-                f"the gated action form idles devices, so it needs a module or schedule action component; the {config.paradigm!r} paradigm has {', '.join(comps)}"
+                "the gated action form idles devices, so it needs a module or schedule "
+                f"action component; the {config.paradigm!r} paradigm has {', '.join(comps)}"
             )
-        #: the column that schedules a device, and its canonical "idle" value (module 0, schedule <= 0)
+        #: the column that schedules a device, and its canonical "idle" value (module 0, schedule <=
+        #: 0)
         self._gate_column = (
             self.module_index
             if self.module_index >= 0
@@ -108,7 +111,8 @@ class ActionAdapter:
 
     @property
     def stateful(self) -> bool:
-        """Whether the adapter needs :meth:`observe` before each action (``residual``, ``gated``)."""
+        """Whether the adapter needs :meth:`observe` before each action (``residual``,
+        ``gated``)."""
         return self._base_policy is not None
 
     def reset(self, seed: int | None = None) -> None:
@@ -127,7 +131,8 @@ class ActionAdapter:
         return spaces.Box(-1.0, 1.0, shape=self.shape, dtype=np.float32)
 
     def __call__(self, action: NDArray[np.floating[Any]]) -> NDArray[np.float32]:
-        """The env's canonical action; a batch (N, K, C') of ``env`` or ``factored`` actions gives (N, K, C)."""
+        """The env's canonical action; a batch (N, K, C') of ``env`` or ``factored`` actions gives
+        (N, K, C)."""
         a = np.asarray(action, dtype=np.float32)
         if a.ndim == 3 and self._base_policy is None:
             return self._map(np.clip(a, -1.0, 1.0))
@@ -135,7 +140,8 @@ class ActionAdapter:
         if self._base_policy is not None:
             if self._base is None:
                 raise RuntimeError(
-                    f"the {self.kind} action form needs observe(info) after every reset/step before an action"
+                    f"the {self.kind} action form needs observe(info) after every reset/step "
+                    "before an action"
                 )
             if self.gated:
                 out = self._base.copy()
@@ -149,7 +155,8 @@ class ActionAdapter:
         return self._factored.to_env(a) if self._factored is not None else a
 
     def encode(self, env_action: NDArray[np.floating[Any]]) -> NDArray[np.float32]:
-        """An agent action that this adapter maps to ``env_action``'s decisions (inverse of ``__call__``).
+        """An agent action that this adapter maps to ``env_action``'s decisions (inverse of
+        ``__call__``).
 
         The ``env`` form returns the canonical action itself; ``factored``: schedule +-0.5, the
         centre of the rank's slot, the other components unchanged
@@ -159,7 +166,8 @@ class ActionAdapter:
         """
         if self._base_policy is not None:
             raise ValueError(
-                f"the {self.kind} action form has no fixed inverse: its action is relative to the Lyapunov action of the round"
+                f"the {self.kind} action form has no fixed inverse: its action is relative "
+                "to the Lyapunov action of the round"
             )
         if self._factored is not None:
             return self._factored.from_env(env_action)

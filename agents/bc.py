@@ -27,7 +27,8 @@ __all__ = ["lyapunov_demonstrations", "clone"]
 def lyapunov_demonstrations(
     venv: VecEnv, config: EnvConfig, actions: ActionAdapter, steps: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(observations, agent actions) of the Lyapunov policy played for ``steps`` env steps in ``venv``."""
+    """(observations, agent actions) of the Lyapunov policy played for ``steps`` env steps in
+    ``venv``."""
     from agents.envs import BatchedAgentVecEnv
     from baselines.lyapunov import LyapunovPolicy
 

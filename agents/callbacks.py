@@ -1,7 +1,9 @@
-"""SB3 callbacks of the training scripts: env metrics to TensorBoard, held-out evaluation, checkpoints.
+"""SB3 callbacks of the training scripts: env metrics to TensorBoard, held-out evaluation,
+checkpoints.
 
 * :class:`EnvMetricsCallback` reads the env's ``info`` after every step (or the batched training
-  env's per-episode metrics) and, at each episode end, logs the episode's reward terms, energy, budget use, final accuracy and backlogs
+  env's per-episode metrics) and, at each episode end, logs the episode's reward terms, energy,
+  budget use, final accuracy and backlogs
   (``episode/*`` scalars in TensorBoard, averaged over the episodes of a rollout).
 * :class:`HeldOutEvalCallback` evaluates the current policy every ``eval_freq`` env steps on
   fixed held-out seeds, through the same :class:`agents.evaluate.SB3Policy` adapter and the
@@ -144,7 +146,8 @@ def read_evaluations(path: Path) -> list[dict[str, float]]:
         return []
     if lines[0].strip().split(",") != list(EVAL_FIELDS):
         warnings.warn(
-            f"{path}: the header is not {','.join(EVAL_FIELDS)} (damaged); its {len(lines) - 1} row(s) are ignored",
+            f"{path}: the header is not {','.join(EVAL_FIELDS)} (damaged); its "
+            f"{len(lines) - 1} row(s) are ignored",
             RunRepairWarning,
             stacklevel=2,
         )
@@ -164,7 +167,8 @@ def read_evaluations(path: Path) -> list[dict[str, float]]:
         rows.append(row)
     if damaged:
         warnings.warn(
-            f"{path}: dropped damaged line(s) {', '.join(map(str, damaged))} (interrupted write or corruption)",
+            f"{path}: dropped damaged line(s) {', '.join(map(str, damaged))} (interrupted "
+            "write or corruption)",
             RunRepairWarning,
             stacklevel=2,
         )
@@ -268,7 +272,8 @@ class HeldOutEvalCallback(BaseCallback):
                 else "an earlier attempt of this new run"
             )
             warnings.warn(
-                f"{self.run.evaluations}: dropped {len(dropped)} evaluation row(s) of step(s) {', '.join(f'{int(s):,d}' for s in dropped)} ({why})",
+                f"{self.run.evaluations}: dropped {len(dropped)} evaluation row(s) of "
+                f"step(s) {', '.join(f'{int(s):,d}' for s in dropped)} ({why})",
                 RunRepairWarning,
                 stacklevel=2,
             )
@@ -281,7 +286,8 @@ class HeldOutEvalCallback(BaseCallback):
             self._write_state()
 
     def _write_state(self) -> None:
-        """eval_state.json: a summary for people and tools; the run reads evaluations.csv and best/."""
+        """eval_state.json: a summary for people and tools; the run reads evaluations.csv and
+        best/."""
         state = {
             "best_score": self.best_score,
             "best_return": self.best_return,
@@ -319,10 +325,12 @@ class HeldOutEvalCallback(BaseCallback):
             if steps > 0 and (self.rows or best_problem is None):
                 why = (
                     best_problem
-                    or f"it holds the model of step {best_steps:,d}, which no remaining evaluation scored"
+                    or f"it holds the model of step {best_steps:,d}, which no remaining "
+                    "evaluation scored"
                 )
                 warnings.warn(
-                    f"{self.run.best_model.parent}: no evaluated model is left to keep ({why}); the next evaluation sets best/ again",
+                    f"{self.run.best_model.parent}: no evaluated model is left to keep "
+                    f"({why}); the next evaluation sets best/ again",
                     RunRepairWarning,
                     stacklevel=3,
                 )
@@ -337,9 +345,14 @@ class HeldOutEvalCallback(BaseCallback):
                     else "best/ is missing"
                 )
             else:
-                why = f"best/ held the model of step {best_steps:,d}, which no remaining evaluation scored best"
+                why = (
+                    f"best/ held the model of step {best_steps:,d}, which no remaining "
+                    "evaluation scored best"
+                )
             warnings.warn(
-                f"{why}; re-saved it from checkpoints/{self.run.checkpoint(source).name}, the best remaining evaluation (step {source:,d}, return {row['mean_return']:.2f})",
+                f"{why}; re-saved it from checkpoints/{self.run.checkpoint(source).name}, "
+                f"the best remaining evaluation (step {source:,d}, return "
+                f"{row['mean_return']:.2f})",
                 RunRepairWarning,
                 stacklevel=3,
             )
@@ -402,8 +415,10 @@ class HeldOutEvalCallback(BaseCallback):
         if self.verbose:
             flag = " (new best)" if improved else ""
             print(
-                f"[eval] step {summary['timesteps']:>9,d}: return {summary['mean_return']:7.2f} +- {summary['std_return']:.2f}, "
-                f"accuracy {summary['final_accuracy']:.4f}, budget use max {summary['budget_use_max']:.2f}{flag}",
+                f"[eval] step {summary['timesteps']:>9,d}: return "
+                f"{summary['mean_return']:7.2f} +- {summary['std_return']:.2f}, "
+                f"accuracy {summary['final_accuracy']:.4f}, budget use max "
+                f"{summary['budget_use_max']:.2f}{flag}",
                 flush=True,
             )
         return summary
@@ -457,5 +472,6 @@ class Checkpoints(BaseCallback):
 def checkpoint_callback(
     run: RunDir, checkpoint_freq: int, replay_buffer: bool = False
 ) -> Checkpoints:
-    """Save model + normaliser (+ the replay buffer) every ``checkpoint_freq`` env steps in ``run/checkpoints`` (0 = never)."""
+    """Save model + normaliser (+ the replay buffer) every ``checkpoint_freq`` env steps in
+    ``run/checkpoints`` (0 = never)."""
     return Checkpoints(run, checkpoint_freq, replay_buffer)

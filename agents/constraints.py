@@ -39,10 +39,12 @@ __all__ = ["AccuracyConstraint", "DualAscentCallback", "DualConstraint"]
 
 
 class DualConstraint(Protocol):
-    """A Lagrangian relaxation: :meth:`update` takes a dual-ascent step, :meth:`state` is what is saved."""
+    """A Lagrangian relaxation: :meth:`update` takes a dual-ascent step, :meth:`state` is what is
+    saved."""
 
     def update(self) -> dict[str, float]:
-        """One dual-ascent step from the experience since the last one; statistics to log ({} if none)."""
+        """One dual-ascent step from the experience since the last one; statistics to log ({} if
+        none)."""
         ...
 
     def state(self) -> dict[str, Any]:
@@ -121,19 +123,22 @@ class DualAscentCallback(BaseCallback):
                 raise TypeError(f"expected a JSON object, got {type(state).__name__}")
         except (ValueError, TypeError) as exc:
             raise ValueError(
-                f"{path}: damaged ({exc}); it holds the constraint's multipliers. Restore it from a copy of the run, "
+                f"{path}: damaged ({exc}); it holds the constraint's multipliers. Restore it "
+                "from a copy of the run, "
                 "or delete it to restart the multiplier from 0"
             ) from exc
         return state
 
     @staticmethod
     def saved_lambda(path: Path) -> float:
-        """The accuracy constraint's multiplier a resumed run continues from (0 before the first rollout)."""
+        """The accuracy constraint's multiplier a resumed run continues from (0 before the first
+        rollout)."""
         try:
             state = DualAscentCallback.saved_state(path)
             return 0.0 if state is None else float(state["lambda"])
         except (KeyError, TypeError) as exc:
             raise ValueError(
-                f"{path}: damaged ({exc!r}); it holds the constraint's multiplier. Restore it from a copy of the run, "
+                f"{path}: damaged ({exc!r}); it holds the constraint's multiplier. Restore "
+                "it from a copy of the run, "
                 "or delete it to restart the multiplier from 0"
             ) from exc

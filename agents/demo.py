@@ -1,8 +1,9 @@
 """The project's main job: train PPO, compare it with the Lyapunov policy and the heuristics.
 
-    python -m agents.demo                       # short budget (configs/train/ppo_demo.yaml), ~5 min
-    python -m agents.demo --budget full         # the documented full budget (configs/train/ppo.yaml)
-    python -m agents.demo --budget gated        # PPO on top of Lyapunov, accuracy-constrained (configs/train/ppo_gated.yaml)
+    python -m agents.demo                   # short budget (configs/train/ppo_demo.yaml), ~5 min
+    python -m agents.demo --budget full     # the documented full budget (configs/train/ppo.yaml)
+    # PPO on top of Lyapunov, accuracy-constrained (configs/train/ppo_gated.yaml)
+    python -m agents.demo --budget gated
     python -m agents.demo --run-dir runs/x --skip-train   # compare an already trained run
 
 Steps: (1) train PPO on the default preset (``switching``) with the per-device network;
@@ -117,7 +118,8 @@ def main(argv: list[str] | None = None) -> None:
         "--budget",
         choices=list(BUDGETS),
         default="demo",
-        help="training run: demo (short), full (the documented full budget) or gated (the accuracy-constrained gated PPO of docs/agents.md)",
+        help="training run: demo (short), full (the documented full budget) or gated (the "
+        "accuracy-constrained gated PPO of docs/agents.md)",
     )
     parser.add_argument(
         "--total-timesteps", type=int, default=None, help="override the budget's env steps"
@@ -147,7 +149,8 @@ def main(argv: list[str] | None = None) -> None:
         nargs="+",
         metavar="LABEL=RUN",
         default=None,
-        help="only plot the learning curves of these runs (same validation seeds) to --curves-out, then exit",
+        help="only plot the learning curves of these runs (same validation seeds) to "
+        "--curves-out, then exit",
     )
     parser.add_argument(
         "--curves-out", default="results/learning_curves.png", help="output PNG of --curves"
@@ -212,12 +215,14 @@ def main(argv: list[str] | None = None) -> None:
     train_s = time.perf_counter() - t0
 
     print(
-        f"[demo] 2/3 comparing on {args.episodes} held-out test seeds from {args.seed} (baselines.compare)",
+        f"[demo] 2/3 comparing on {args.episodes} held-out test seeds from {args.seed} "
+        "(baselines.compare)",
         flush=True,
     )
     compare_argv = [
         "--config", args.config, "--policies", f"ppo:{run_dir},{args.policies}",
-        "--episodes", str(args.episodes), "--seed", str(args.seed), "--out", str(out), "--no-progress",
+        "--episodes", str(args.episodes), "--seed", str(args.seed), "--out", str(out),
+        "--no-progress",
     ]  # fmt: skip
     print(f"python -m baselines.compare {' '.join(compare_argv)}", flush=True)
     comparison = compare.main(compare_argv)
@@ -238,29 +243,43 @@ def main(argv: list[str] | None = None) -> None:
     total = time.perf_counter() - t0
     print()
     print(
-        f"PPO trained for {metrics.get('timesteps', 0):,d} env steps ({metrics.get('wall_s_total', train_s) / 60:.1f} min); whole demo {total / 60:.1f} min."
+        f"PPO trained for {metrics.get('timesteps', 0):,d} env steps "
+        f"({metrics.get('wall_s_total', train_s) / 60:.1f} min); whole demo {total / 60:.1f} "
+        "min."
     )
     if lyap is not None:
         d_ret = ppo.metric("episode_return") - lyap.metric("episode_return")
         d_acc = ppo.metric("final_accuracy") - lyap.metric("final_accuracy")
         print(
-            f"PPO - {lyap.policy}, paired over the {len(d_ret)} test seeds: return {d_ret.mean():+.2f} "
-            f"(PPO higher in {int((d_ret > 0).sum())}/{len(d_ret)}), final accuracy {d_acc.mean():+.4f}. "
-            f"Worst device energy / budget over all episodes: PPO {np.nanmax(ppo.metric('max_budget_use')):.3f}, "
+            f"PPO - {lyap.policy}, paired over the {len(d_ret)} test seeds: return "
+            f"{d_ret.mean():+.2f} "
+            f"(PPO higher in {int((d_ret > 0).sum())}/{len(d_ret)}), final accuracy "
+            f"{d_acc.mean():+.4f}. "
+            "Worst device energy / budget over all episodes: PPO "
+            f"{np.nanmax(ppo.metric('max_budget_use')):.3f}, "
             f"{lyap.policy} {np.nanmax(lyap.metric('max_budget_use')):.3f}."
         )
     print(
-        f"Results in {out}/: summary.md, summary.json, episodes.csv, accuracy.png, energy.png, backlog.png, learning_curve.png; the run in {run_dir}/."
+        f"Results in {out}/: summary.md, summary.json, episodes.csv, accuracy.png, "
+        f"energy.png, backlog.png, learning_curve.png; the run in {run_dir}/."
     )
     if args.budget == "demo":
         print(
-            f"Full training budgets (docs/agents.md): bash scripts/main.sh --budget full  ({FULL_BUDGET_NOTE}); bash scripts/main.sh --budget gated  ({GATED_BUDGET_NOTE})."
+            "Full training budgets (docs/agents.md): bash scripts/main.sh --budget full  "
+            f"({FULL_BUDGET_NOTE}); bash scripts/main.sh --budget gated  "
+            f"({GATED_BUDGET_NOTE})."
         )
 
 
 #: Measured wall-clock of the full budgets on the 2-core reference machine (docs/agents.md).
-FULL_BUDGET_NOTE = "configs/train/ppo.yaml, 300k env steps: 3.2 min of training on an idle 2-core machine; the highest return, lower final accuracy"
-GATED_BUDGET_NOTE = "configs/train/ppo_gated.yaml, 300k env steps: 25 min on one core; a higher return than the Lyapunov policy at its final accuracy"
+FULL_BUDGET_NOTE = (
+    "configs/train/ppo.yaml, 300k env steps: 3.2 min of training on an idle 2-core machine; the "
+    "highest return, lower final accuracy"
+)
+GATED_BUDGET_NOTE = (
+    "configs/train/ppo_gated.yaml, 300k env steps: 25 min on one core; a higher return than the "
+    "Lyapunov policy at its final accuracy"
+)
 
 
 if __name__ == "__main__":

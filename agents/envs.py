@@ -7,7 +7,8 @@ monitored env: ``LabelSkewObservation`` (obs features ``label_mix``, ``label_mix
 ``make_vec_env(config, n_envs, kind, seed)`` builds ``n_envs`` training envs with the agent's
 observation and action form (:mod:`agents.features`, :mod:`agents.actions`):
 
-* ``batched``: :class:`BatchedAgentVecEnv`, the batched :class:`fedenv.vector.FedLoRAWirelessVectorEnv`
+* ``batched``: :class:`BatchedAgentVecEnv`, the
+  batched :class:`fedenv.vector.FedLoRAWirelessVectorEnv`
   (one set of array operations for all envs) with the agent's forms applied to whole batches;
   the fastest with the surrogate backend, and the same observations, rewards and dones as
   ``dummy`` with the same seeds (tested). Stateless action forms only (``env``, ``factored``).
@@ -84,7 +85,8 @@ def make_vec_env(
     obs_features: str = "label_mix",
     action_form: str = "factored",
 ) -> VecEnv:
-    """``n_envs`` training envs with the agent's observation and action form; env i starts from ``reset(seed=seed + i)``."""
+    """``n_envs`` training envs with the agent's observation and action form; env i starts from
+    ``reset(seed=seed + i)``."""
     if n_envs < 1:
         raise ValueError(f"n_envs must be >= 1, got {n_envs}")
     if kind not in VEC_ENV_KINDS:
@@ -139,7 +141,8 @@ class EpisodeStats:
         success: NDArray[np.bool_],
         round_latency_s: NDArray[np.float64],
     ) -> None:
-        """One step of every env: reward terms (N,), energies (N, K), modules (N, K), successes (N, K), latencies (N,)."""
+        """One step of every env: reward terms (N,), energies (N, K), modules (N, K), successes (N,
+        K), latencies (N,)."""
         for name, value in terms.items():
             if name not in self.terms:
                 self.terms[name] = np.zeros_like(self.latency)
@@ -153,7 +156,8 @@ class EpisodeStats:
     def finish(
         self, i: int, accuracy: float, energy_backlog: NDArray[np.float64], latency_backlog: float
     ) -> dict[str, float]:
-        """The metrics of env ``i``'s episode, which ended with this state; its sums restart at 0."""
+        """The metrics of env ``i``'s episode, which ended with this state; its sums restart
+        at 0."""
         rounds = max(int(self.rounds[i]), 1)
         per_device = self.energy[i] / rounds
         out = {f"reward_{name}": float(value[i]) for name, value in self.terms.items()}
@@ -204,7 +208,8 @@ class BatchedAgentVecEnv(FedLoRAWirelessVecEnv):
     ) -> None:
         if actions.stateful:
             raise ValueError(
-                f"the batched training env applies stateless action forms (env, factored); the {actions.kind} form needs its base policy per env: use --vec-env dummy"
+                "the batched training env applies stateless action forms (env, factored); "
+                f"the {actions.kind} form needs its base policy per env: use --vec-env dummy"
             )
         super().__init__(num_envs, config)
         self.features = features
@@ -245,7 +250,8 @@ class BatchedAgentVecEnv(FedLoRAWirelessVecEnv):
         infos: list[dict[str, Any]] = [
             {"TimeLimit.truncated": False, "reward_terms": dict(zip(terms, row))} for row in rows
         ]
-        # the round's costs, as a single env reports them (PPO-Lagrangian reads them; agents/lagrangian.py)
+        # the round's costs, as a single env reports them (PPO-Lagrangian reads them;
+        # agents/lagrangian.py)
         for out, row, total in zip(infos, info["cost_per_device"], info["cost"].tolist()):
             out["cost"], out["cost_per_device"] = total, row
         if "cost_latency" in info:

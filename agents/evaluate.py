@@ -82,12 +82,14 @@ class ModelFiles:
 
 
 def parse_spec(spec: str) -> ModelFiles:
-    """Resolve ``<algo>:<run dir or model.zip>[@best|@final|@latest]`` to files (module docstring)."""
+    """Resolve ``<algo>:<run dir or model.zip>[@best|@final|@latest]`` to files (module
+    docstring)."""
     algo, sep, rest = spec.partition(":")
     algo = algo.strip().lower()
     if not sep or algo not in ALGORITHMS or not rest:
         raise ValueError(
-            f"bad agent spec {spec!r}: expected <algo>:<run dir>[@best|@final|@latest] with algo one of "
+            f"bad agent spec {spec!r}: expected <algo>:<run dir>[@best|@final|@latest] with "
+            "algo one of "
             f"{', '.join(ALGORITHMS)}, e.g. ppo:runs/my_run"
         )
     which = None
@@ -104,7 +106,8 @@ def parse_spec(spec: str) -> ModelFiles:
         return ModelFiles(algo, path, norm if norm.is_file() else None, None, f"{algo}:{path}")
     if not path.is_dir():
         raise FileNotFoundError(
-            f"run directory {str(path)!r} does not exist (train one with python -m agents.train_{algo})"
+            f"run directory {str(path)!r} does not exist (train one with python -m "
+            f"agents.train_{algo})"
         )
     run = RunDir(path)
     candidates: list[tuple[str, Path, Path]] = []
@@ -122,7 +125,8 @@ def parse_spec(spec: str) -> ModelFiles:
             return ModelFiles(algo, model, norm if norm.is_file() else None, run, label)
     wanted = which or "best, final or a checkpoint"
     raise FileNotFoundError(
-        f"run directory {str(path)!r} holds no {wanted} model (expected best/model.zip, model.zip or checkpoints/)"
+        f"run directory {str(path)!r} holds no {wanted} model (expected best/model.zip, "
+        "model.zip or checkpoints/)"
     )
 
 
@@ -222,7 +226,8 @@ def _compatible(
 ) -> RunningMeanStd | None:
     """Adapt a per-device model to the config's K; raise a clear error when shapes cannot match.
 
-    Returns the observation statistics to use (resized for another K), or None to keep the saved ones.
+    Returns the observation statistics to use (resized for another K), or None to keep the saved
+    ones.
     """
     probe = FedLoRAWirelessEnv(config)
     obs_space, act_space = (
@@ -238,8 +243,10 @@ def _compatible(
     )
     if trained_act.shape[1:] != act_space.shape[1:]:
         raise ValueError(
-            f"{label} was trained with {trained_act.shape[1]} action components per device, but the config's "
-            f"paradigm {config.paradigm!r} has {act_space.shape[1]} ({', '.join(config.action_components)}); "
+            f"{label} was trained with {trained_act.shape[1]} action components per device, "
+            "but the config's "
+            f"paradigm {config.paradigm!r} has {act_space.shape[1]} "
+            f"({', '.join(config.action_components)}); "
             "evaluate it on the paradigm it was trained on"
         )
     if trained_obs.shape == obs_space.shape:
@@ -253,7 +260,8 @@ def _compatible(
         model.policy = resize_policy(model.policy, obs_space, act_space)  # type: ignore[arg-type]
     except TypeError:
         raise ValueError(
-            f"{label} was trained for K={k_old} devices and the config has K={k_new}; only a per-device "
+            f"{label} was trained for K={k_old} devices and the config has K={k_new}; only a "
+            "per-device "
             "policy (train with --policy per_device) serves another K"
         ) from None
     model.observation_space, model.action_space = obs_space, act_space
@@ -288,7 +296,8 @@ def load_policy(
         if trained != cfg:
             diff = sorted(k for k, v in cfg.to_dict().items() if trained.to_dict().get(k) != v)
             warnings.warn(
-                f"{spec} was trained on a different env config (sections differing: {', '.join(diff)})",
+                f"{spec} was trained on a different env config (sections differing: "
+                f"{', '.join(diff)})",
                 stacklevel=2,
             )
     saved = files.run.read_args() if files.run is not None else {}
@@ -305,7 +314,8 @@ def _infer_features(model: BaseAlgorithm, config: EnvConfig) -> str:
         if ObservationFeatures(config, kind).size == size:
             return kind
     raise ValueError(
-        f"cannot tell the observation features of a model with observation size {size}; load it from its run directory"
+        f"cannot tell the observation features of a model with observation size {size}; load "
+        "it from its run directory"
     )
 
 
@@ -316,7 +326,8 @@ def _infer_action_form(model: BaseAlgorithm, config: EnvConfig) -> str:
         if shape is not None and ActionAdapter(config, kind).shape[1:] == tuple(shape[1:]):
             return kind
     raise ValueError(
-        f"cannot tell the action form of a model with action shape {shape}; load it from its run directory"
+        f"cannot tell the action form of a model with action shape {shape}; load it from its "
+        "run directory"
     )
 
 

@@ -4,7 +4,8 @@ The feature sets and their layout live in :mod:`fedenv.wrappers` (one copy for t
 and the agents): :class:`~fedenv.wrappers.ObservationFeatures` (``env``, ``label_mix``, the
 default, and ``label_mix_time``) and the wrapper :class:`~fedenv.wrappers.LabelSkewObservation`.
 The env's observation carries the channels, resources, backlogs and learning progress, but not
-*which labels* each device holds; the Lyapunov policy reads them from ``info`` (docs/model.md §5.1), and
+*which labels* each device holds; the Lyapunov policy reads them from ``info`` (docs/model.md §5.1),
+and
 ``label_mix`` gives them to the agent from the same ``info``: per device the label skew
 ``l_k - p``; ``label_mix_time`` adds time-to-go ramps for the last rounds (docs/agents.md).
 

@@ -96,13 +96,15 @@ class CostConstraints(VecEnvWrapper):
             raise ValueError(f"multiplier_init must be a finite number >= 0, got {init!r}")
         if config.reward.mode == "dpp":
             raise ValueError(
-                "PPO-Lagrangian maximises the env's accuracy term; reward.mode 'dpp' has none (use 'accuracy' or 'accuracy_energy')"
+                "PPO-Lagrangian maximises the env's accuracy term; reward.mode 'dpp' has "
+                "none (use 'accuracy' or 'accuracy_energy')"
             )
         k = config.devices.num_devices
         energy, latency = config.budgets.energy_budget_j, config.budgets.latency_budget_s
         if energy is None and latency is None:
             raise ValueError(
-                "PPO-Lagrangian needs a budget to keep: the config has neither an energy nor a latency budget"
+                "PPO-Lagrangian needs a budget to keep: the config has neither an energy nor "
+                "a latency budget"
             )
         self.num_devices = k
         self.mode = multipliers
@@ -228,8 +230,10 @@ class CostConstraints(VecEnvWrapper):
             or len(lam) != len(self.lam)
         ):
             raise ValueError(
-                f"{source}: holds multipliers {state.get('multipliers')!r} {names} but the run trains {self.mode!r} "
-                f"{self.multiplier_names}; resume with the run's own --multipliers, or delete the file to restart them from 0"
+                f"{source}: holds multipliers {state.get('multipliers')!r} {names} but the "
+                f"run trains {self.mode!r} "
+                f"{self.multiplier_names}; resume with the run's own --multipliers, or "
+                "delete the file to restart them from 0"
             )
         values = np.asarray(lam, dtype=np.float64)
         if not np.isfinite(values).all() or (values < 0).any():

@@ -68,7 +68,8 @@ class DevicePooledStats(RunningMeanStd):
 
     def _read_only(self, name: str) -> None:
         raise AttributeError(
-            f"DevicePooledStats.{name} is computed from the statistics pooled over devices (.device, .glob); "
+            f"DevicePooledStats.{name} is computed from the statistics pooled over devices "
+            "(.device, .glob); "
             "change them with update() or combine()"
         )
 
@@ -105,7 +106,8 @@ def make_normalizer(
     clip_obs: float = 10.0,
     clip_reward: float = 10.0,
 ) -> VecNormalize:
-    """Wrap ``venv`` in ``VecNormalize``; with ``per_device`` the statistics are pooled over devices."""
+    """Wrap ``venv`` in ``VecNormalize``; with ``per_device`` the statistics are pooled over
+    devices."""
     vn = VecNormalize(
         venv,
         norm_obs=norm_obs,

@@ -50,7 +50,8 @@ NUM_GLOBAL_FEATURES = len(GLOBAL_FEATURES)
 def num_devices_of(
     observation_space: gym.Space[Any], device_features: int = NUM_DEVICE_FEATURES
 ) -> int:
-    """K from the flat observation's length F K + 4 (F features per device); ``ValueError`` otherwise."""
+    """K from the flat observation's length F K + 4 (F features per device); ``ValueError``
+    otherwise."""
     shape = getattr(observation_space, "shape", None)
     if (
         shape is None
@@ -60,7 +61,8 @@ def num_devices_of(
     ):
         raise ValueError(
             f"the per-device policy needs a flat observation of length {device_features} K + "
-            f"{NUM_GLOBAL_FEATURES} (device-major, then the globals), got an observation space of shape {shape}"
+            f"{NUM_GLOBAL_FEATURES} (device-major, then the globals), got an observation "
+            f"space of shape {shape}"
         )
     return (shape[0] - NUM_GLOBAL_FEATURES) // device_features
 
@@ -109,7 +111,8 @@ class PerDeviceTrunk(nn.Module):
 
 
 class PerDeviceExtractor(nn.Module):
-    """Drop-in for SB3's ``MlpExtractor``: actor latents (B, K H) and a pooled critic latent (B, H)."""
+    """Drop-in for SB3's ``MlpExtractor``: actor latents (B, K H) and a pooled critic latent (B,
+    H)."""
 
     def __init__(
         self,
@@ -186,7 +189,8 @@ class PerDeviceActorCriticPolicy(ActorCriticPolicy):
             or shape[0] != self.num_devices
         ):
             raise ValueError(
-                f"the per-device policy needs a Box action of shape (K={self.num_devices}, components), got {action_space}"
+                f"the per-device policy needs a Box action of shape (K={self.num_devices}, "
+                f"components), got {action_space}"
             )
         if kwargs.get("use_sde"):
             raise ValueError(

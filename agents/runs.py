@@ -8,15 +8,18 @@ YAML keys are rejected with a "did you mean" hint, like the env config.
 Run directory (``runs/<name>/``)::
 
     args.yaml            the resolved training arguments (last line: # sha256 of the rest)
-    env_config.yaml      the fully resolved EnvConfig (reload with RunDir.env_config; same checksum line)
+    env_config.yaml      the fully resolved EnvConfig (reload with RunDir.env_config; same checksum
+    line)
     meta.json            algorithm, seed, git commit (+ dirty flag), versions, and per session its
                          command, start time, resume step and wall time (updated at every save)
     model.zip            final model            vecnormalize.pkl   its observation/reward normaliser
     best/                best model on the held-out evaluation seeds (+ its normaliser)
     checkpoints/         ckpt_<steps>_steps.zip + ckpt_vecnormalize_<steps>_steps.pkl
     evaluations.csv      one row per evaluation during training (the learning curve)
-    eval_state.json      best score and last evaluation (a summary; rebuilt from the above on resume)
-    metrics.json         final summary: steps, wall-clock (this session and the whole run), frames/s,
+    eval_state.json      best score and last evaluation (a summary; rebuilt from the above on
+    resume)
+    metrics.json         final summary: steps, wall-clock (this session and the whole run),
+    frames/s,
                          best and last evaluation
     tb/                  TensorBoard logs (tensorboard --logdir runs/)
 
@@ -178,7 +181,8 @@ def parse_args(
             default = f.default_factory()
         else:
             raise TypeError(
-                f"{cls.__name__}.{f.name} has no default; every field of an args dataclass needs one"
+                f"{cls.__name__}.{f.name} has no default; every field of an args dataclass "
+                "needs one"
             )
         help_text = f"{f.metadata.get('help', '')} (default: {default})"
         kw: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text}
@@ -269,10 +273,19 @@ def replacing(path: str | os.PathLike[str]) -> contextlib.AbstractContextManager
     return atomic.replacing(path, _WRITE_HINTS)
 
 
-_READ_ONLY = "The run directory must be writable: fix its permissions, or copy it elsewhere and pass the copy as --run-dir."
+_READ_ONLY = (
+    "The run directory must be writable: fix its permissions, or copy it elsewhere and pass the "
+    "copy as --run-dir."
+)
 _WRITE_HINTS = {
-    errno.ENOSPC: "The disk is full; the files saved before are intact: free some space and continue with --resume.",
-    errno.EDQUOT: "The disk quota is exhausted; the files saved before are intact: free some space and continue with --resume.",
+    errno.ENOSPC: (
+        "The disk is full; the files saved before are intact: free some space and continue with "
+        "--resume."
+    ),
+    errno.EDQUOT: (
+        "The disk quota is exhausted; the files saved before are intact: free some space and "
+        "continue with --resume."
+    ),
     errno.EACCES: _READ_ONLY,
     errno.EPERM: _READ_ONLY,
     errno.EROFS: _READ_ONLY,
@@ -286,7 +299,8 @@ def write_file(path: str | os.PathLike[str], data: str | bytes) -> None:
 
 def _damaged(path: Path, problem: str) -> ValueError:
     return ValueError(
-        f"{path}: {problem}. The run directory is damaged: restore {path.name} from a copy of the run, "
+        f"{path}: {problem}. The run directory is damaged: restore {path.name} from a copy "
+        "of the run, "
         "or start a new run in another --run-dir"
     )
 
@@ -343,7 +357,8 @@ _CKPT_FILE = re.compile(r"ckpt_(?:vecnormalize_|replay_buffer_)?(\d+)_steps\.(?:
 
 
 class RunRepairWarning(UserWarning):
-    """A run file was skipped, dropped or rebuilt on the way to resuming (the message says which and why)."""
+    """A run file was skipped, dropped or rebuilt on the way to resuming (the message says which and
+    why)."""
 
 
 class ResumePoint(typing.NamedTuple):
@@ -411,7 +426,10 @@ def pair_problem(model: Path, normalizer: Path, *, stamped: bool = False) -> str
     if stamp is None and stamped:
         return f"its normaliser {normalizer.name} does not record the step it was saved at"
     if stamp is not None and stamp != steps:
-        return f"its normaliser {normalizer.name} was saved at step {stamp:,d}, the model at step {steps:,d}"
+        return (
+            f"its normaliser {normalizer.name} was saved at step {stamp:,d}, the model at step "
+            f"{steps:,d}"
+        )
     return None
 
 
@@ -474,7 +492,8 @@ class RunDir:
         )
 
     def latest_checkpoint(self) -> tuple[int, Path, Path] | None:
-        """(steps, model, normaliser) of the newest intact checkpoint (:func:`pair_problem`), or None."""
+        """(steps, model, normaliser) of the newest intact checkpoint (:func:`pair_problem`), or
+        None."""
         for steps in self._checkpoint_steps():
             if (
                 pair_problem(self.checkpoint(steps), self.checkpoint(steps, "vecnormalize_"))
@@ -566,7 +585,8 @@ class RunDir:
         except OSError as err:
             raise PermissionError(
                 err.errno,
-                f"cannot write in the run directory {self.path}: {err.strerror or err}. {_READ_ONLY}",
+                f"cannot write in the run directory {self.path}: {err.strerror or err}. "
+                f"{_READ_ONLY}",
             ) from err
 
     def run_format(self) -> int:
@@ -590,7 +610,8 @@ class RunDir:
     def write_start(
         self, algo: str, args: Any, config: EnvConfig, resumed_from: int | None = None
     ) -> None:
-        """Write args.yaml, env_config.yaml and meta.json (appending this session to the history)."""
+        """Write args.yaml, env_config.yaml and meta.json (appending this session to the
+        history)."""
         self.path.mkdir(parents=True, exist_ok=True)
         write_file(self.path / "args.yaml", _checked_yaml(args_to_dict(args)))
         write_file(self.path / "env_config.yaml", _checked_yaml(config.to_dict()))
@@ -616,7 +637,8 @@ class RunDir:
         write_file(self.path / "meta.json", json.dumps(meta, indent=2))
 
     def elapsed_s(self) -> float:
-        """Wall-clock seconds of the whole run: every earlier session (up to its last save) and this one."""
+        """Wall-clock seconds of the whole run: every earlier session (up to its last save) and this
+        one."""
         sessions = (self._meta or {}).get("sessions", [])
         return (
             float(sum(float(s.get("wall_s") or 0.0) for s in sessions[:-1]))
@@ -694,12 +716,14 @@ def prepare_run(
             )
         if skipped:
             _warn(
-                f"--resume: skipped {'; '.join(skipped)}; continuing from {latest.label} at step {latest.steps:,d}"
+                f"--resume: skipped {'; '.join(skipped)}; continuing from {latest.label} at "
+                f"step {latest.steps:,d}"
             )
         moved = run.discard_after(latest.steps)
         if moved:
             _warn(
-                f"--resume: renamed the checkpoint files after step {latest.steps:,d} to *.broken (a branch this resume abandons): {', '.join(moved)}"
+                f"--resume: renamed the checkpoint files after step {latest.steps:,d} to "
+                f"*.broken (a branch this resume abandons): {', '.join(moved)}"
             )
         run.remove_temporary_files()
     else:
@@ -710,7 +734,8 @@ def prepare_run(
         )
         if run.model.exists() or run._checkpoint_steps():
             raise FileExistsError(
-                f"{run.path} already holds a run; pass --resume to continue it, or another --run-dir"
+                f"{run.path} already holds a run; pass --resume to continue it, or another "
+                "--run-dir"
             )
         run.check_writable()
         run.remove_temporary_files()
@@ -730,7 +755,8 @@ def finish_run(
     start_steps: int,
     wall_s: float,
 ) -> dict[str, Any]:
-    """Save the final model, normaliser (and replay buffer), evaluate it once more, write metrics.json."""
+    """Save the final model, normaliser (and replay buffer), evaluate it once more, write
+    metrics.json."""
     from agents.envs import episode_seeds
 
     steps = int(model.num_timesteps)
@@ -768,7 +794,8 @@ def finish_run(
     }
     run.write_metrics(metrics)
     print(
-        f"[done] {run.path}: {steps:,d} steps in {wall_s:.0f} s; best validation return {evaluator.best_return:.2f}",
+        f"[done] {run.path}: {steps:,d} steps in {wall_s:.0f} s; best validation return "
+        f"{evaluator.best_return:.2f}",
         flush=True,
     )
     return metrics

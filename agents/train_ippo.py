@@ -1,6 +1,7 @@
-"""Independent PPO with one shared policy (parameter-shared IPPO) on the multi-agent env, CleanRL style.
+"""Independent PPO with one shared policy (parameter-shared IPPO) on the multi-agent env, CleanRL
+style.
 
-    python -m agents.train_ippo --run-dir runs/ippo                       # ~60k rounds, a few minutes
+    python -m agents.train_ippo --run-dir runs/ippo                   # ~60k rounds, a few minutes
     python -m agents.train_ippo --agent-reward per_device --run-dir runs/ippo_pd
     python -m agents.train_ippo --run-dir runs/ippo --compare-only \\
         --compare lyapunov ppo:runs/ppo_demo --compare-episodes 20 --compare-seed 1000
@@ -83,13 +84,15 @@ class Args:
     agent_reward: str = field(
         default="shared",
         metadata=_help(
-            "shared (the env's reward to every agent) or per_device (fedenv.multiagent.device_reward_terms)"
+            "shared (the env's reward to every agent) or per_device "
+            "(fedenv.multiagent.device_reward_terms)"
         ),
     )
     action_form: str = field(
         default="factored",
         metadata=_help(
-            "env (the agent's row of the env action) or factored (schedule and rank apart, agents/actions.py)"
+            "env (the agent's row of the env action) or factored (schedule and rank apart, "
+            "agents/actions.py)"
         ),
     )
     norm_obs: bool = field(
@@ -122,7 +125,8 @@ class Args:
     compare: list[str] = field(
         default_factory=lambda: ["lyapunov"],
         metadata=_help(
-            "policy specs evaluated next to IPPO (baselines.registry), e.g. lyapunov ppo:runs/x; 'none' for IPPO alone"
+            "policy specs evaluated next to IPPO (baselines.registry), e.g. lyapunov "
+            "ppo:runs/x; 'none' for IPPO alone"
         ),
     )
     compare_episodes: int = field(
@@ -136,7 +140,7 @@ class Args:
     )
 
 
-# --------------------------------------------------------------------------- the vectorising adapter
+# -------------------------------------------------------------------------- the vectorising adapter
 class AgentVecEnv(VecEnv):
     """N multi-agent envs as N x K single-agent envs for SB3 (agent k of env i is SB3 env i K + k).
 
@@ -308,7 +312,8 @@ def load_ippo_policy(run_dir: str | Path, config: EnvConfig | None = None) -> IP
     run = RunDir(run_dir)
     if not run.model.is_file():
         raise FileNotFoundError(
-            f"{run.path} holds no model.zip (train one with python -m agents.train_ippo --run-dir {run.path})"
+            f"{run.path} holds no model.zip (train one with python -m agents.train_ippo "
+            f"--run-dir {run.path})"
         )
     saved = run.read_args()
     cfg = config if config is not None else run.env_config()
@@ -323,7 +328,8 @@ def load_ippo_policy(run_dir: str | Path, config: EnvConfig | None = None) -> IP
 
 
 def ippo_policy(spec: str, config: EnvConfig) -> IPPOPolicy:
-    """``ippo:<run dir>`` -> :func:`load_ippo_policy`; the ``fedenv.policies`` entry point of ``ippo``
+    """``ippo:<run dir>`` -> :func:`load_ippo_policy`; the ``fedenv.policies`` entry point of
+    ``ippo``
     (pyproject.toml), through which ``baselines.registry.make_policy`` builds it."""
     kind, _, path = spec.partition(":")
     if kind.strip().lower() != "ippo" or not path.strip():
@@ -333,7 +339,8 @@ def ippo_policy(spec: str, config: EnvConfig) -> IPPOPolicy:
 
 # --------------------------------------------------------------------------- main
 def compare(args: Args, run: RunDir, config: EnvConfig) -> str:
-    """Evaluate the run's policy next to ``args.compare`` on the test seeds; write comparison.md/.json."""
+    """Evaluate the run's policy next to ``args.compare`` on the test seeds; write
+    comparison.md/.json."""
     from baselines.evaluation import evaluate_policies, format_table, summarize
 
     specs = [s for s in args.compare if s.lower() != "none"]
@@ -392,7 +399,8 @@ def main(argv: list[str] | None = None) -> Path:
     )
     if run.model.exists():
         raise FileExistsError(
-            f"{run.path} already holds a run; pass another --run-dir (or --compare-only to evaluate it)"
+            f"{run.path} already holds a run; pass another --run-dir (or --compare-only to "
+            "evaluate it)"
         )
     run.write_start("ippo", args, config)
 
@@ -457,7 +465,8 @@ def main(argv: list[str] | None = None) -> Path:
     run.write_metrics(metrics)
     norm.close()
     print(
-        f"[done] {run.path}: {rounds:,d} rounds ({model.num_timesteps:,d} agent samples) in {wall:.0f} s",
+        f"[done] {run.path}: {rounds:,d} rounds ({model.num_timesteps:,d} agent samples) in "
+        f"{wall:.0f} s",
         flush=True,
     )
     if args.compare_episodes > 0:

@@ -1,11 +1,16 @@
 """PPO (stable-baselines3) on FedLoRAWireless-v0, in one readable file (CleanRL style).
 
-    python -m agents.train_ppo --config switching                  # PPO-Lagrangian, the default (configs/train/ppo_lagrangian.yaml)
-    python -m agents.train_ppo --config switching --multipliers shared   # one energy multiplier on the worst device
-    python -m agents.train_ppo --train-config configs/train/ppo.yaml  # PPO on the env's weighted reward (--objective weighted)
+    # PPO-Lagrangian, the default (configs/train/ppo_lagrangian.yaml)
+    python -m agents.train_ppo --config switching
+    # one energy multiplier on the worst device
+    python -m agents.train_ppo --config switching --multipliers shared
+    # PPO on the env's weighted reward (--objective weighted)
+    python -m agents.train_ppo --train-config configs/train/ppo.yaml
     python -m agents.train_ppo --config soft --total-timesteps 200000 --n-envs 4 --vec-env subproc
-    python -m agents.train_ppo --train-config configs/train/ppo.yaml --config configs/scenarios/dense_cell.yaml
-    python -m agents.train_ppo --run-dir runs/my_run --resume       # continue from the newest intact checkpoint
+    python -m agents.train_ppo --train-config configs/train/ppo.yaml \\
+        --config configs/scenarios/dense_cell.yaml
+    # continue from the newest intact checkpoint
+    python -m agents.train_ppo --run-dir runs/my_run --resume
 
 The default objective is PPO-Lagrangian (:mod:`agents.lagrangian`): the accuracy gain as the
 reward, each device's average energy per round (and, where budgeted, the round latency) kept
@@ -73,19 +78,24 @@ class Args:
     vec_env: str = field(
         default="auto",
         metadata=_help(
-            "auto (batched where it applies, else dummy), batched (one batched env, fastest; surrogate backend, env and factored action forms), dummy (single envs in one process) or subproc (one process per env); agents/envs.py"
+            "auto (batched where it applies, else dummy), batched (one batched env, fastest; "
+            "surrogate backend, env and factored action forms), dummy (single envs in one "
+            "process) or subproc (one process per env); agents/envs.py"
         ),
     )
     obs_features: str = field(
         default="label_mix",
         metadata=_help(
-            "env (the env's observation), label_mix (+ each device's label skew from info) or label_mix_time (+ time-to-go ramps); agents/features.py"
+            "env (the env's observation), label_mix (+ each device's label skew from info) "
+            "or label_mix_time (+ time-to-go ramps); agents/features.py"
         ),
     )
     action_form: str = field(
         default="factored",
         metadata=_help(
-            "env (the env's action), factored (separate schedule and rank per device), residual (on top of the Lyapunov policy) or gated (which of the Lyapunov policy's devices train); agents/actions.py"
+            "env (the env's action), factored (separate schedule and rank per device), "
+            "residual (on top of the Lyapunov policy) or gated (which of the Lyapunov "
+            "policy's devices train); agents/actions.py"
         ),
     )
     norm_obs: bool = field(
@@ -129,19 +139,23 @@ class Args:
     objective: str = field(
         default="lagrangian",
         metadata=_help(
-            "lagrangian (PPO-Lagrangian: the accuracy gain as reward, each device's average energy per round, and the latency where budgeted, within budget by dual ascent; agents/lagrangian.py) or weighted (the env's own reward, reward.mode)"
+            "lagrangian (PPO-Lagrangian: the accuracy gain as reward, each device's average "
+            "energy per round, and the latency where budgeted, within budget by dual ascent; "
+            "agents/lagrangian.py) or weighted (the env's own reward, reward.mode)"
         ),
     )
     multipliers: str = field(
         default="per_device",
         metadata=_help(
-            "lagrangian: per_device (one multiplier per device) or shared (one energy multiplier, ascended on the worst device)"
+            "lagrangian: per_device (one multiplier per device) or shared (one energy "
+            "multiplier, ascended on the worst device)"
         ),
     )
     multiplier_lr: float = field(
         default=0.05,
         metadata=_help(
-            "lagrangian: dual ascent step per rollout, per unit of relative budget violation (mean cost - budget) / budget"
+            "lagrangian: dual ascent step per rollout, per unit of relative budget violation "
+            "(mean cost - budget) / budget"
         ),
     )
     multiplier_init: float = field(
@@ -161,13 +175,15 @@ class Args:
     select_accuracy: float | None = field(
         default=None,
         metadata=_help(
-            "the best model is the best validation return among evaluations with validation accuracy >= this (None = --accuracy-target, or no condition)"
+            "the best model is the best validation return among evaluations with validation "
+            "accuracy >= this (None = --accuracy-target, or no condition)"
         ),
     )
     bc_steps: int = field(
         default=0,
         metadata=_help(
-            "env steps of the Lyapunov policy to imitate before PPO (behaviour-cloning warm start; 0 = off; agents/bc.py)"
+            "env steps of the Lyapunov policy to imitate before PPO (behaviour-cloning warm "
+            "start; 0 = off; agents/bc.py)"
         ),
     )
     bc_epochs: int = field(default=30, metadata=_help("epochs of the behaviour-cloning fit"))
@@ -237,7 +253,8 @@ def main(argv: list[str] | None = None) -> Path:
     if args.objective == "lagrangian":
         if args.accuracy_target is not None:
             raise ValueError(
-                "--accuracy-target constrains the weighted objective; PPO-Lagrangian already maximises the accuracy (pass --objective weighted to use it)"
+                "--accuracy-target constrains the weighted objective; PPO-Lagrangian already "
+                "maximises the accuracy (pass --objective weighted to use it)"
             )
         lagrangian = CostConstraints(
             venv, config, args.multiplier_lr, args.multipliers, init=args.multiplier_init
@@ -316,12 +333,14 @@ def main(argv: list[str] | None = None) -> Path:
 
         if args.action_form in ("residual", "gated"):
             raise ValueError(
-                f"--bc-steps imitates the Lyapunov policy, which the {args.action_form} action form already plays; use one or the other"
+                f"--bc-steps imitates the Lyapunov policy, which the {args.action_form} "
+                "action form already plays; use one or the other"
             )
         demo_obs, demo_act = lyapunov_demonstrations(venv, config, actions, args.bc_steps)
         loss = clone(model.policy, demo_obs, demo_act, epochs=args.bc_epochs, seed=args.seed)
         print(
-            f"[bc] imitated the Lyapunov policy on {len(demo_obs):,d} env steps: action MSE {loss:.4f}",
+            f"[bc] imitated the Lyapunov policy on {len(demo_obs):,d} env steps: action MSE "
+            f"{loss:.4f}",
             flush=True,
         )
 

@@ -206,7 +206,8 @@ def _split_host_port(address: str) -> tuple[str, int]:
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(
-            f"--address must be 'auto' or HOST:PORT of a Ray head node (e.g. 10.0.0.1:6379), got {address!r}"
+            "--address must be 'auto' or HOST:PORT of a Ray head node (e.g. 10.0.0.1:6379), "
+            f"got {address!r}"
         )
     return host.strip("[]"), int(port)
 
@@ -300,14 +301,16 @@ def connect(args: Args) -> bool:
             getattr(ray.exceptions, "AuthenticationError", ConnectionError),
         ) as err:
             raise ConnectionError(
-                f"{reached} answers but Ray could not join the cluster there ({err}). If the cluster uses "
+                f"{reached} answers but Ray could not join the cluster there ({err}). If the "
+                "cluster uses "
                 "token authentication (the default when ~/.ray/auth_token exists on the head), set "
                 "RAY_AUTH_MODE=token and give this node the head's token (~/.ray/auth_token or "
                 "RAY_AUTH_TOKEN); see docs/rllib.md."
             ) from err
         resources = ray.cluster_resources()
         print(
-            f"[ray] joined the cluster at {reached}: {len(ray.nodes())} nodes, {resources.get('CPU', 0):g} CPUs",
+            f"[ray] joined the cluster at {reached}: {len(ray.nodes())} nodes, "
+            f"{resources.get('CPU', 0):g} CPUs",
             flush=True,
         )
     return True
@@ -315,7 +318,8 @@ def connect(args: Args) -> bool:
 
 # ------------------------------------------------------------------------------- env
 def make_rllib_env(env_config: dict[str, Any]) -> gym.Env[Any, Any]:
-    """The env RLlib trains on, from its ``env_config`` (an EnvConfig mapping, may name a preset)."""
+    """The env RLlib trains on, from its ``env_config`` (an EnvConfig mapping, may name a
+    preset)."""
     from fedenv.env import FedLoRAWirelessEnv
     from fedenv.wrappers import DictAction, HorizonIsTermination
 
@@ -457,7 +461,8 @@ def prepare_run(
         env_config = EnvConfig.from_dict(yaml.safe_load((run / "env_config.yaml").read_text()))
         if "config" in given and resolve_config(args.config) != env_config:
             raise ValueError(
-                f"--resume: --config {args.config!r} differs from the run's env config ({run / 'env_config.yaml'}); leave it out"
+                f"--resume: --config {args.config!r} differs from the run's env config "
+                f"({run / 'env_config.yaml'}); leave it out"
             )
         saved.update({k: getattr(args, k) for k in given})
         saved["resume"] = True
@@ -574,8 +579,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 ret = row["episode_return_mean"]
                 acc = row["final_accuracy"]
                 print(
-                    f"[iter {row['iteration']:>4d}] steps {row['env_steps']:>9,d}  return {ret if ret is not None else float('nan'):8.2f}  "
-                    f"final acc {acc if acc is not None else float('nan'):.3f}  {row['env_steps_per_s'] or 0:,.0f} steps/s",
+                    f"[iter {row['iteration']:>4d}] steps {row['env_steps']:>9,d}  return "
+                    f"{ret if ret is not None else float('nan'):8.2f}  "
+                    f"final acc {acc if acc is not None else float('nan'):.3f}  "
+                    f"{row['env_steps_per_s'] or 0:,.0f} steps/s",
                     flush=True,
                 )
                 if args.checkpoint_every and algo.iteration % args.checkpoint_every == 0:

@@ -64,19 +64,24 @@ class Args:
     vec_env: str = field(
         default="auto",
         metadata=_help(
-            "auto (batched where it applies, else dummy), batched (one batched env, fastest; surrogate backend, env and factored action forms), dummy (single envs in one process) or subproc (one process per env); agents/envs.py"
+            "auto (batched where it applies, else dummy), batched (one batched env, fastest; "
+            "surrogate backend, env and factored action forms), dummy (single envs in one "
+            "process) or subproc (one process per env); agents/envs.py"
         ),
     )
     obs_features: str = field(
         default="label_mix",
         metadata=_help(
-            "env (the env's observation), label_mix (+ each device's label skew from info) or label_mix_time (+ time-to-go ramps); agents/features.py"
+            "env (the env's observation), label_mix (+ each device's label skew from info) "
+            "or label_mix_time (+ time-to-go ramps); agents/features.py"
         ),
     )
     action_form: str = field(
         default="factored",
         metadata=_help(
-            "env (the env's action), factored (separate schedule and rank per device), residual (on top of the Lyapunov policy) or gated (which of the Lyapunov policy's devices train); agents/actions.py"
+            "env (the env's action), factored (separate schedule and rank per device), "
+            "residual (on top of the Lyapunov policy) or gated (which of the Lyapunov "
+            "policy's devices train); agents/actions.py"
         ),
     )
     norm_obs: bool = field(
@@ -127,7 +132,8 @@ def main(argv: list[str] | None = None) -> Path:
     args, given = parse_args(Args, argv, description=__doc__)
     if args.policy != "mlp":
         raise ValueError(
-            f"train_sac supports policy=mlp only, got {args.policy!r} (the per-device network is a PPO option)"
+            f"train_sac supports policy=mlp only, got {args.policy!r} (the per-device "
+            "network is a PPO option)"
         )
 
     # --- run directory (a new one, or the one to resume with its saved arguments)
@@ -176,12 +182,14 @@ def main(argv: list[str] | None = None) -> Path:
                 Exception
             ) as err:  # a damaged pickle raises anything; SAC then refills its buffer
                 warnings.warn(
-                    f"--resume: {buffer} does not load ({type(err).__name__}: {err}); continuing with an empty replay buffer",
+                    f"--resume: {buffer} does not load ({type(err).__name__}: {err}); "
+                    "continuing with an empty replay buffer",
                     RunRepairWarning,
                     stacklevel=1,
                 )
         print(
-            f"[resume] {run.path}: continuing from step {model.num_timesteps:,d} ({latest.label}, replay buffer {restored})",
+            f"[resume] {run.path}: continuing from step {model.num_timesteps:,d} "
+            f"({latest.label}, replay buffer {restored})",
             flush=True,
         )
     else:

@@ -15,7 +15,8 @@ The run directory holds ``args.json``, ``env_config.yaml``, ``model.zip`` and
 ``vecnormalize.pkl``, ``learning_curve.csv`` (per evaluation: steps, mean training return,
 held-out return of the current policy), ``learning_curve.png`` and ``result.json`` (the final
 returns on the test seeds, their ratio, and uniform random factored actions as a reference:
-the factored form alone already scores well, so the learned part is PPO minus that). The learning curve is measured on validation seeds
+the factored form alone already scores well, so the learned part is PPO minus that). The learning
+curve is measured on validation seeds
 and the final score on separate test seeds; the final model is scored (no model selection).
 """
 
@@ -62,7 +63,8 @@ class Args:
     seed: int = 0
     """seed of torch, numpy and the training envs"""
     observation: str = "env"
-    """env (the env's observation) or label_mix (+ each device's label skew: LabelSkewObservation)"""
+    """env (the env's observation) or label_mix (+ each device's label skew:
+    LabelSkewObservation)"""
     eval_every: int = 10_000
     """steps between points of the learning curve"""
     curve_episodes: int = 5
@@ -87,7 +89,8 @@ def make_env(preset: str, observation: str) -> gym.Env[Any, Any]:
 
 
 class TrainedPolicy:
-    """The PPO model behind the :class:`baselines.Policy` protocol, for :func:`baselines.evaluation.evaluate`.
+    """The PPO model behind the :class:`baselines.Policy` protocol,
+    for :func:`baselines.evaluation.evaluate`.
 
     The evaluation loop plays the bare env and hands the policy its ``(obs, info)``; the policy
     applies the training wrappers' mappings itself: the observation features, the normaliser's
@@ -121,7 +124,8 @@ class TrainedPolicy:
 
 
 class RandomFactoredPolicy:
-    """Uniform random actions in the factored form: how much of the score the action form alone gives."""
+    """Uniform random actions in the factored form: how much of the score the action form alone
+    gives."""
 
     name = "random_factored"
 
@@ -137,7 +141,8 @@ class RandomFactoredPolicy:
 
 
 class LearningCurve(BaseCallback):
-    """Every ``every`` steps: the mean return of the last training episodes and of the current policy on validation seeds."""
+    """Every ``every`` steps: the mean return of the last training episodes and of the current
+    policy on validation seeds."""
 
     def __init__(self, config: EnvConfig, observation: str, every: int, seeds: list[int]) -> None:
         super().__init__()
