@@ -69,7 +69,8 @@ def test_split_and_soft_use_the_structural_rank():
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_decode_clips_like_validate(preset):
-    """decode clips out-of-range actions itself: decode(check(a)) is decode(validate(a)) bit for bit,
+    """decode clips out-of-range actions itself: decode(check(a)) is decode(validate(a)) bit for
+    bit,
     for float32 and float64 actions, single and batched, at and beyond the interval's ends."""
     codec = ActionCodec(EnvConfig.from_preset(preset))
     rng = np.random.default_rng(3)
@@ -160,7 +161,8 @@ def test_play_round_deadline_and_success():
 
 
 def test_play_round_computation_past_the_deadline_is_never_on_time():
-    """Even on a perfect channel: no upload time is left, so nothing is sent or spent on the uplink."""
+    """Even on a perfect channel: no upload time is left, so nothing is sent or spent on the
+    uplink."""
     cfg = EnvConfig().replace(devices={"num_devices": 2})
     tables = episode_tables(
         cfg, np.array([1e9, 1e3]), cfg.model.lora_params_per_rank, cfg.model.head_params

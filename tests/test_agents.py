@@ -36,9 +36,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: A tiny but complete training run: 2 envs x 64 steps per update, 4 updates.
 TINY = [
-    "--total-timesteps", "512", "--n-envs", "2", "--n-steps", "64", "--batch-size", "64", "--n-epochs", "1",
-    "--eval-freq", "256", "--eval-episodes", "1", "--checkpoint-freq", "256", "--net-arch", "16",
-    "--no-progress-bar", "--no-tensorboard", "--seed", "3",
+    "--total-timesteps", "512", "--n-envs", "2", "--n-steps", "64", "--batch-size", "64",
+    "--n-epochs", "1", "--eval-freq", "256", "--eval-episodes", "1", "--checkpoint-freq", "256",
+    "--net-arch", "16", "--no-progress-bar", "--no-tensorboard", "--seed", "3",
 ]  # fmt: skip
 
 
@@ -443,8 +443,9 @@ def test_accuracy_constraint_adds_the_multiplied_accuracy_term_and_ascends() -> 
 def test_sac_trains_resumes_and_loads(tmp_path: Path) -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     run = tmp_path / "sac"
-    common = ["--n-envs", "2", "--learning-starts", "100", "--batch-size", "32", "--net-arch", "16", "--eval-episodes", "1",
-              "--checkpoint-freq", "200", "--eval-freq", "200", "--no-progress-bar", "--no-tensorboard"]  # fmt: skip
+    common = ["--n-envs", "2", "--learning-starts", "100", "--batch-size", "32", "--net-arch", "16",
+              "--eval-episodes", "1", "--checkpoint-freq", "200", "--eval-freq", "200",
+              "--no-progress-bar", "--no-tensorboard"]  # fmt: skip
     for extra in (
         ["--total-timesteps", "400", "--run-dir", str(run)],
         ["--total-timesteps", "600", "--run-dir", str(run), "--resume"],

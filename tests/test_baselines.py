@@ -132,7 +132,8 @@ def test_registered_kinds_get_the_whole_spec():
 
 
 def test_entry_points_name_every_builtin_kind():
-    """pyproject.toml's fedenv.policies group: how python -m fedenv.calibrate collect finds the baselines."""
+    """pyproject.toml's fedenv.policies group: how python -m fedenv.calibrate collect finds the
+    baselines."""
     tomllib = pytest.importorskip("tomllib")
     group = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"][
         "fedenv.policies"

@@ -1,4 +1,5 @@
-"""Smoke tests of the benchmark command (``python -m fedenv.bench``, i.e. ``benchmarks.cli``): it runs and writes JSON.
+"""Smoke tests of the benchmark command (``python -m fedenv.bench``, i.e. ``benchmarks.cli``): it
+runs and writes JSON.
 
 The figures themselves are checked by reading the benchmark output (docs/benchmarks.md), not by
 timed tests.
@@ -47,7 +48,8 @@ def test_unknown_benchmark_is_rejected_with_the_choices(capsys):
 
 @pytest.mark.parametrize("module", ["fedenv.bench", "benchmarks"])
 def test_module_entry_point_lists_sub_commands(module):
-    """``python -m fedenv.bench`` (the documented command, through its entry point) is ``python -m benchmarks``."""
+    """``python -m fedenv.bench`` (the documented command, through its entry point) is
+    ``python -m benchmarks``."""
     out = subprocess.run(
         [sys.executable, "-m", module, "--help"], capture_output=True, text=True, check=True
     ).stdout

@@ -164,7 +164,8 @@ def test_policy_specs():
 
 
 def test_collection_policies_come_through_the_entry_points():
-    """fedenv imports no baselines: the collector builds them through the fedenv.policies entry points."""
+    """fedenv imports no baselines: the collector builds them through the fedenv.policies entry
+    points."""
     lyapunov = make_policy("lyapunov:V=100", EnvConfig())
     assert type(lyapunov).__module__ == "baselines.lyapunov" and lyapunov.tradeoff_v == 100
     assert make_policy("fixed_rank:rank=4", EnvConfig()).name.startswith("fixed_rank")
@@ -464,7 +465,8 @@ GENERATED = re.compile(
 
 
 def _uncommitted(argv: list[str]) -> list[str]:
-    """The trace paths of a calibrate command line that are not in the repository (git-ignored results/)."""
+    """The trace paths of a calibrate command line that are not in the repository (git-ignored
+    results/)."""
     return [t for t in build_parser().parse_args(argv).traces if Path(t).parts[:1] == ("results",)]
 
 
@@ -473,7 +475,8 @@ def _without_command(block: str) -> str:
 
 
 def test_fidelity_page_reruns_from_the_committed_traces(tmp_path, monkeypatch, capsys):
-    """Every generated block of docs/fidelity.md comes back from the command it names, on the traces in the repository."""
+    """Every generated block of docs/fidelity.md comes back from the command it names, on the traces
+    in the repository."""
     doc = (ROOT / "docs" / "fidelity.md").read_text()
     blocks = GENERATED.findall(doc)
     assert {"inventory", "sst2"} <= {name for name, _ in blocks}
@@ -499,7 +502,8 @@ def test_fidelity_page_reruns_from_the_committed_traces(tmp_path, monkeypatch, c
 
 @pytest.mark.slow
 def test_shipped_calibrations_refit_from_the_committed_traces(tmp_path, monkeypatch, capsys):
-    """The command in a shipped calibration's header, rerun on the committed traces, writes the same constants."""
+    """The command in a shipped calibration's header, rerun on the committed traces, writes the same
+    constants."""
     monkeypatch.chdir(ROOT)
     checked = 0
     for path in sorted((ROOT / "configs" / "calibration").glob("*.yaml")):

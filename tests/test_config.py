@@ -1,4 +1,5 @@
-"""Configs: defaults mirror default.yaml, every YAML loads, bad keys/values raise pinned messages."""
+"""Configs: defaults mirror default.yaml, every YAML loads, bad keys/values raise pinned
+messages."""
 
 from __future__ import annotations
 
@@ -82,7 +83,8 @@ def test_unknown_key_in_yaml_file(tmp_path):
     [
         (
             {"channel": {"bandwidth_hz": -1.0}},
-            r"channel\.bandwidth_hz must be >= 1000\.0, got -1\.0 \(allowed: >= 1000\.0 and <= 100000000000\.0\)",
+            r"channel\.bandwidth_hz must be >= 1000\.0, got -1\.0 \(allowed: >= 1000\.0 and "
+            r"<= 100000000000\.0\)",
         ),
         (
             {"channel": {"fading_correlation": 1.0}},
@@ -136,7 +138,8 @@ def test_out_of_range_values_raise_pinned_messages(override, message):
 def test_unknown_preset_lists_valid_ones():
     with pytest.raises(
         ValueError,
-        match=r"unknown preset 'sofft'\. Did you mean 'soft'\? Valid presets: switching, split, soft, unified\.",
+        match=r"unknown preset 'sofft'\. Did you mean 'soft'\? Valid presets: switching, split, "
+        r"soft, unified\.",
     ):
         gym.make("FedLoRAWireless-v0", preset="sofft")
 

@@ -83,7 +83,8 @@ def test_every_info_key_is_documented(preset: str, mode: str) -> None:
     documented = _code_spans(_section(_page("spaces.md"), "Info"))
     missing = sorted(keys - documented)
     assert not missing, (
-        f"info keys of the {preset} preset ({mode}) missing from the Info section of docs/spaces.md: {missing}"
+        f"info keys of the {preset} preset ({mode}) missing from the Info section of "
+        f"docs/spaces.md: {missing}"
     )
 
 
@@ -227,7 +228,8 @@ def test_every_page_is_in_the_navigation() -> None:
     ]
     unlisted = sorted(set(pages) - set(nav))
     assert not unlisted, (
-        f"pages under docs/ missing from the mkdocs.yml nav (the strict build fails on them): {unlisted}"
+        "pages under docs/ missing from the mkdocs.yml nav (the strict build fails on "
+        f"them): {unlisted}"
     )
 
 

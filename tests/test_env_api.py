@@ -360,7 +360,8 @@ def test_lora_data_fails_fast_when_the_hub_is_unreachable(monkeypatch: pytest.Mo
     start = time.perf_counter()
     with pytest.raises(
         FileNotFoundError,
-        match=r"FEDENV_DATA_DIR is not set.*unreachable: no connection to 127.0.0.1:9.*Set learning.lora.data_dir or FEDENV_DATA_DIR.*HF_HUB_OFFLINE=1",
+        match=r"FEDENV_DATA_DIR is not set.*unreachable: no connection to 127.0.0.1:9.*Set "
+        r"learning.lora.data_dir or FEDENV_DATA_DIR.*HF_HUB_OFFLINE=1",
     ):
         data._raw_splits("sst2", None, 10)
     assert time.perf_counter() - start < data.HUB_PROBE_TIMEOUT_S + 1.0

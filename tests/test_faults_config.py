@@ -109,7 +109,8 @@ def test_vector_env_takes_a_list_of_seeds_and_names_the_bad_entry():
     for bad in ({1: 2}, np.array(4), np.zeros((3, 1), dtype=int), object()):
         with pytest.raises(
             TypeError,
-            match=r"seed must be None, an integer >= 0 \(sub-env i gets seed \+ i\) or a list of 3 seeds",
+            match=r"seed must be None, an integer >= 0 \(sub-env i gets seed \+ i\) or a list of 3 "
+            r"seeds",
         ):
             venv.reset(seed=bad)
     _, again = venv.reset(seed=4)  # the rejected seeds changed nothing
@@ -123,7 +124,8 @@ def test_batched_action_to_the_single_env_is_rejected():
     before = _state(env)
     with pytest.raises(
         ValueError,
-        match=r"action must have shape \(10, 3\) \(devices x components \['module', 'power', 'bandwidth'\]\), got \(1, 10, 3\)",
+        match=r"action must have shape \(10, 3\) \(devices x components \['module', 'power', "
+        r"'bandwidth'\]\), got \(1, 10, 3\)",
     ):
         env.step(np.zeros((1, 10, 3), np.float32))
     assert _same_state(before, _state(env))
@@ -189,7 +191,8 @@ def test_dict_action_rejects_non_dicts_with_the_expected_keys():
     ):
         with pytest.raises(
             ValueError,
-            match=rf"Dict action must be a mapping \{{component: array of shape \(10,\)\}} with the keys {keys}, got {name}",
+            match=r"Dict action must be a mapping \{component: array of shape \(10,\)\} with "
+            rf"the keys {keys}, got {name}",
         ):
             env.step(bad)
     zeros = {c: np.zeros(10, np.float32) for c in ("module", "power", "bandwidth")}
@@ -199,12 +202,14 @@ def test_dict_action_rejects_non_dicts_with_the_expected_keys():
         )
     with pytest.raises(
         ValueError,
-        match=r"Dict action\['power'\] must have shape \(10,\) \(one value per device\), got shape \(1, 10\)",
+        match=r"Dict action\['power'\] must have shape \(10,\) \(one value per device\), got shape "
+        r"\(1, 10\)",
     ):
         env.step({**zeros, "power": np.zeros((1, 10))})
     with pytest.raises(
         ValueError,
-        match=r"Dict action\['bandwidth'\] must hold real numbers in \[-1, 1\], got dtype complex128",
+        match=r"Dict action\['bandwidth'\] must hold real numbers in \[-1, 1\], got dtype "
+        r"complex128",
     ):
         env.step({**zeros, "bandwidth": np.zeros(10, complex)})
     with pytest.raises(ValueError, match="NaN or infinite"):
@@ -241,7 +246,8 @@ BAD_CONFIGS = [
     (
         {"learning": {"iid": "false"}},
         ConfigTypeError,
-        r"learning\.iid must be a bool \(true or false\), got 'false' \(str\); a quoted string is not a bool",
+        r"learning\.iid must be a bool \(true or false\), got 'false' \(str\); a quoted "
+        r"string is not a bool",
     ),
     (
         {"model": {"target_modules": "query"}},
@@ -321,7 +327,8 @@ BAD_CONFIGS = [
     (
         {"channel": {"bandwidth_hz": True}},
         ConfigTypeError,
-        r"channel\.bandwidth_hz must be a number >= 1000\.0 and <= 100000000000\.0, got True \(bool\)",
+        r"channel\.bandwidth_hz must be a number >= 1000\.0 and <= 100000000000\.0, got True "
+        r"\(bool\)",
     ),
     (
         {"channel": {"bandwidth_hz": 5e6 + 0j}},
@@ -357,7 +364,8 @@ BAD_CONFIGS = [
     (
         {"devices": {"effective_capacitance": 1e300}},
         ConfigError,
-        r"devices\.effective_capacitance must be <= 1e-20, got 1e\+300 \(allowed: > 0 and <= 1e-20\)",
+        r"devices\.effective_capacitance must be <= 1e-20, got 1e\+300 \(allowed: > 0 and <= "
+        r"1e-20\)",
     ),
     (
         {"budgets": {"energy_budget_j": 5e-324}},
@@ -404,7 +412,8 @@ BAD_CONFIGS = [
     (
         {"learning": {"surrogate": 5}},
         ConfigTypeError,
-        r"learning\.surrogate must be a mapping of SurrogateConfig fields \(or a SurrogateConfig\), got 5 \(int\)",
+        r"learning\.surrogate must be a mapping of SurrogateConfig fields \(or a "
+        r"SurrogateConfig\), got 5 \(int\)",
     ),
     (
         {"channel": [1, 2]},
@@ -448,7 +457,8 @@ def test_preset_split_with_a_bad_model_names_the_key_not_an_attribute():
         (
             lambda: resolve_config(None, 3),
             ConfigTypeError,
-            r"preset must be a preset name \(one of switching, split, soft, unified\), got 3 \(int\)",
+            r"preset must be a preset name \(one of switching, split, soft, unified\), got 3 "
+            r"\(int\)",
         ),
         (
             lambda: FedLoRAWirelessEnv(preset=3),
@@ -539,7 +549,8 @@ def test_numpy_scalars_mean_their_python_values():
 
 
 def test_the_reviewers_silent_physics_changes_now_raise():
-    """iid='false' gave an IID partition; target_modules='query' counted 5 modules (11.8 Mbit instead of 4.7)."""
+    """iid='false' gave an IID partition; target_modules='query' counted 5 modules (11.8 Mbit
+    instead of 4.7)."""
     with pytest.raises(ConfigTypeError):
         resolve_config(learning={"iid": "false"})
     with pytest.raises(ConfigTypeError):
@@ -729,7 +740,8 @@ def test_yaml_exponent_without_a_dot_explains_pyyaml(tmp_path):
     p.write_text("channel:\n  bandwidth_hz: 1e6\n")
     with pytest.raises(
         ConfigTypeError,
-        match=rf"{re.escape(str(p))}: channel\.bandwidth_hz must be a number .*got '1e6' \(str\); PyYAML \(YAML 1\.1\) reads numbers like 1e6 as strings "
+        match=rf"{re.escape(str(p))}: channel\.bandwidth_hz must be a number .*got '1e6' \(str\); "
+        r"PyYAML \(YAML 1\.1\) reads numbers like 1e6 as strings "
         r"\(a float needs a dot and a signed exponent, as in 1\.0e\+6\): write 1000000\.0",
     ):
         EnvConfig.from_yaml(p)
@@ -784,7 +796,8 @@ def test_malformed_yaml_names_the_file_line_and_problem(tmp_path):
     p.write_text("devices:\n  num_devices: 4\n channel: [1,\n")
     with pytest.raises(
         ConfigError,
-        match=rf"{re.escape(str(p))}:3:2: malformed YAML: while parsing a block mapping; expected <block end>",
+        match=rf"{re.escape(str(p))}:3:2: malformed YAML: while parsing a block mapping; expected "
+        r"<block end>",
     ):
         EnvConfig.from_yaml(p)
     p.write_text("channel:\n  bandwidth_hz: [1, 2\n")
@@ -800,7 +813,8 @@ def test_a_path_with_an_unknown_extension_is_not_an_unknown_preset(tmp_path):
     for config in (str(p), p, "configs/default.json", "default.yml.bak"):
         with pytest.raises(
             ConfigError,
-            match=r"config file '.*' has the extension '\.(cfg|json|bak)': expected a \.yaml or \.yml file",
+            match=r"config file '.*' has the extension '\.(cfg|json|bak)': expected a \.yaml or "
+            r"\.yml file",
         ):
             resolve_config(config)
     with pytest.raises(FileNotFoundError, match="does not exist"):

@@ -148,9 +148,10 @@ pytest.importorskip("stable_baselines3")
 #: evaluations and checkpoints every 256 steps (0, 256, 512). On the weighted objective, whose
 #: runs these tests' expectations (which evaluation is best) were written for.
 TINY = [
-    "--total-timesteps", "512", "--n-envs", "2", "--n-steps", "64", "--batch-size", "64", "--n-epochs", "1",
-    "--eval-freq", "256", "--eval-episodes", "1", "--checkpoint-freq", "256", "--net-arch", "16",
-    "--no-progress-bar", "--no-tensorboard", "--seed", "3", "--objective", "weighted",
+    "--total-timesteps", "512", "--n-envs", "2", "--n-steps", "64", "--batch-size", "64",
+    "--n-epochs", "1", "--eval-freq", "256", "--eval-episodes", "1", "--checkpoint-freq", "256",
+    "--net-arch", "16", "--no-progress-bar", "--no-tensorboard", "--seed", "3", "--objective",
+    "weighted",
 ]  # fmt: skip
 
 
@@ -241,7 +242,8 @@ def test_damaged_newest_checkpoint_is_skipped_with_a_warning(
     (run / "checkpoints" / "ckpt_vecnormalize_512_steps.pkl").unlink()
     with pytest.warns(
         RunRepairWarning,
-        match=r"skipped model.zip: .*does not open.*checkpoints/ckpt_512_steps.zip: .*continuing from checkpoints/ckpt_256_steps.zip at step 256",
+        match=r"skipped model.zip: .*does not open.*checkpoints/ckpt_512_steps.zip: .*continuing "
+        r"from checkpoints/ckpt_256_steps.zip at step 256",
     ):
         _resume(run)
     assert "continuing from step 256" in capsys.readouterr().out
@@ -286,8 +288,11 @@ def test_resume_point_skips_each_kind_of_damage(run: Path, damage: str) -> None:
         shutil.copy(r.checkpoint(256, "vecnormalize_"), norm)
     point, skipped = r.resume_point()
     assert point is not None and point.steps == 256
-    expected = {"truncated": "does not open", "bit-flipped": "fails the CRC check", "normaliser missing": "is missing",
-                "normaliser truncated": "does not load", "normaliser of another step": "was saved at step 256, the model at step 512"}  # fmt: skip
+    expected = {
+        "truncated": "does not open", "bit-flipped": "fails the CRC check",
+        "normaliser missing": "is missing", "normaliser truncated": "does not load",
+        "normaliser of another step": "was saved at step 256, the model at step 512",
+    }  # fmt: skip
     assert len(skipped) == 1 and expected[damage] in skipped[0], skipped
     assert r.latest_checkpoint()[0] == 256  # type: ignore[index]
 
@@ -365,7 +370,8 @@ def test_a_truncated_env_config_does_not_resume_with_defaults(run: Path) -> None
     (run / "env_config.yaml").write_text("".join(lines[:-5]))  # whole lines cut: still valid YAML
     with pytest.raises(
         ValueError,
-        match=r"env_config.yaml: truncated: its last line, the checksum, is missing.*restore env_config.yaml",
+        match=r"env_config.yaml: truncated: its last line, the checksum, is missing.*restore "
+        r"env_config.yaml",
     ):
         RunDir(run).env_config()
 

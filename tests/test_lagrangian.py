@@ -1,4 +1,5 @@
-"""PPO-Lagrangian (agents/lagrangian.py): the shaped reward, dual ascent, a training run and its resume."""
+"""PPO-Lagrangian (agents/lagrangian.py): the shaped reward, dual ascent, a training run and its
+resume."""
 
 from __future__ import annotations
 
@@ -25,8 +26,9 @@ from fedenv.config import resolve_config  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 #: A tiny training run (as tests/test_agents.py's): 2 envs x 64 steps per update.
 TINY = [
-    "--n-envs", "2", "--n-steps", "64", "--batch-size", "64", "--n-epochs", "1", "--eval-freq", "256",
-    "--eval-episodes", "1", "--checkpoint-freq", "128", "--net-arch", "16", "--no-progress-bar", "--no-tensorboard", "--seed", "3",
+    "--n-envs", "2", "--n-steps", "64", "--batch-size", "64", "--n-epochs", "1", "--eval-freq",
+    "256", "--eval-episodes", "1", "--checkpoint-freq", "128", "--net-arch", "16",
+    "--no-progress-bar", "--no-tensorboard", "--seed", "3",
 ]  # fmt: skip
 K, BUDGET = 3, 0.25
 
@@ -228,7 +230,8 @@ def test_pareto_command_runs_end_to_end_with_the_lyapunov_sweep_and_agents_per_b
     ):  # one PPO-Lagrangian run per energy budget (tiny: 3 devices, 5 rounds)
         config = tmp_path / f"tiny_e{budget}.yaml"
         config.write_text(
-            f"preset: switching\nnum_rounds: 5\ndevices:\n  num_devices: 3\nbudgets:\n  energy_budget_j: {budget}\n"
+            "preset: switching\nnum_rounds: 5\ndevices:\n  num_devices: 3\nbudgets:\n  "
+            f"energy_budget_j: {budget}\n"
         )
         run = tmp_path / f"run_e{budget}"
         _train(

@@ -1,4 +1,5 @@
-"""Imports point one way, ``fedenv`` <- ``baselines`` <- ``agents`` (<- ``benchmarks``), without cycles.
+"""Imports point one way, ``fedenv`` <- ``baselines`` <- ``agents`` (<- ``benchmarks``), without
+cycles.
 
 Every module of the project's packages is parsed with ``ast`` (nothing is imported), and every
 ``import`` / ``from ... import`` in it counts, at module level or inside a function or a
@@ -55,7 +56,8 @@ def _type_checking(node: ast.If) -> bool:
 
 
 def _statements(tree: ast.AST) -> Iterator[tuple[ast.Import | ast.ImportFrom, bool]]:
-    """Every import statement in ``tree``, anywhere in it, and whether it is under ``if TYPE_CHECKING:``."""
+    """Every import statement in ``tree``, anywhere in it, and whether it is under
+    ``if TYPE_CHECKING:``."""
     todo: list[tuple[ast.AST, bool]] = [(tree, False)]
     while todo:
         node, typing_only = todo.pop()
@@ -69,7 +71,8 @@ def _statements(tree: ast.AST) -> Iterator[tuple[ast.Import | ast.ImportFrom, bo
 
 
 def _imports(name: str, path: Path) -> Iterator[tuple[str, int, bool]]:
-    """(imported module, line, under ``if TYPE_CHECKING:``) for every import statement in the module."""
+    """(imported module, line, under ``if TYPE_CHECKING:``) for every import statement in the
+    module."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     for node, typing_only in _statements(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
@@ -96,7 +99,8 @@ def _graph(*, typing_only: bool) -> dict[str, dict[str, int]]:
         for target, line, for_types in _imports(name, path):
             if for_types and not typing_only:
                 continue
-            # ``import a.b.c`` imports a.b.c (and its parents, not counted: see the module docstring)
+            # ``import a.b.c`` imports a.b.c (and its parents, not counted: see the module
+            # docstring)
             while target and target not in MODULES:
                 target = target.rpartition(".")[0]
             if target and target != name:
@@ -120,7 +124,8 @@ def test_the_project_modules_are_found() -> None:
 
 def test_no_import_from_a_lower_layer_to_a_higher_one() -> None:
     upward = [
-        f"{MODULES[src].relative_to(ROOT)}:{line} imports {dst} ({LAYERS[_layer(src)]} must not import {LAYERS[_layer(dst)]})"
+        f"{MODULES[src].relative_to(ROOT)}:{line} imports {dst} ({LAYERS[_layer(src)]} must "
+        f"not import {LAYERS[_layer(dst)]})"
         for src, edges in GRAPH.items()
         for dst, line in edges.items()
         if _layer(dst) > _layer(src)
@@ -233,7 +238,8 @@ def test_an_upward_import_is_seen_even_inside_a_function(source: str, tmp_path: 
 def test_type_checking_imports_count_for_the_layers_not_for_cycles(tmp_path: Path) -> None:
     path = tmp_path / "m.py"
     path.write_text(
-        "import typing\nif typing.TYPE_CHECKING:\n    from agents import evaluate\nelse:\n    import fedenv.env\n"
+        "import typing\nif typing.TYPE_CHECKING:\n    from agents import evaluate\nelse:\n   "
+        " import fedenv.env\n"
     )
     assert sorted(_imports("baselines.m", path)) == [
         ("agents.evaluate", 3, True),

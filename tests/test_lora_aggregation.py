@@ -1,4 +1,5 @@
-"""LoRA aggregation, SOFT sparsification and the batched engine's grouping, against hand-written oracles."""
+"""LoRA aggregation, SOFT sparsification and the batched engine's grouping, against hand-written
+oracles."""
 
 from __future__ import annotations
 

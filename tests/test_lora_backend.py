@@ -1,4 +1,5 @@
-"""The lora backend on a tiny BERT built from a config in code and a synthetic GLUE directory (no download).
+"""The lora backend on a tiny BERT built from a config in code and a synthetic GLUE directory (no
+download).
 
 Covers: model loading and payload counts, data sources and the seeded hold-out, partition,
 the batched engine against the per-device peft reference, the participation rules, the three
@@ -49,7 +50,8 @@ def _sentence(rng: random.Random, label: int) -> str:
 
 @pytest.fixture(scope="module")
 def glue(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A GLUE-layout directory: sst2 train/dev (synthetic sentiment) and qnli dev only, with quotes."""
+    """A GLUE-layout directory: sst2 train/dev (synthetic sentiment) and qnli dev only, with
+    quotes."""
     root = tmp_path_factory.mktemp("glue")
     rng = random.Random(0)
     (root / "sst2").mkdir()
@@ -64,7 +66,8 @@ def glue(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for i in range(300):
         label = ["entailment", "not_entailment"][i % 2]
         rows.append(
-            f'{i}\twhat is "the {rng.choice(FILLER)}"?\tThe "{rng.choice(POS)}" {_sentence(rng, i % 2)}\t{label}'
+            f'{i}\twhat is "the {rng.choice(FILLER)}"?\tThe "{rng.choice(POS)}" '
+            f"{_sentence(rng, i % 2)}\t{label}"
         )
     (root / "qnli" / "dev.tsv").write_text("\n".join(rows) + "\n")
     return root
@@ -184,7 +187,8 @@ def test_iid_partition_follows_the_global_label_mix(tiny_model: Path, glue: Path
 
 @pytest.fixture(scope="module")
 def mean_model(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny BERT as a sentence-transformers checkpoint pooled by the token mean (like MiniLM)."""
+    """The tiny BERT as a sentence-transformers checkpoint pooled by the token mean (like
+    MiniLM)."""
     import shutil
 
     path = tmp_path_factory.mktemp("tiny_st") / "model"
@@ -728,7 +732,8 @@ def test_no_data_anywhere_names_all_three_sources(
     import datasets
     import huggingface_hub
 
-    # Offline mode, as scripts/test.sh sets it (patched here because the libraries read it at import).
+    # Offline mode, as scripts/test.sh sets it (patched here because the libraries read it at
+    # import).
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     clear_cache()

@@ -1,4 +1,5 @@
-"""The health study's arithmetic (fedenv.learning.lora.health): seed lists and the spread summary."""
+"""The health study's arithmetic (fedenv.learning.lora.health): seed lists and the spread
+summary."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The lora backend on the real all-MiniLM-L6-v2 and ../shared/data/glue (slow: about 2 minutes on 2 cores)."""
+"""The lora backend on the real all-MiniLM-L6-v2 and ../shared/data/glue (slow: about 2 minutes on 2
+cores)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""fedenv.multiagent: the PettingZoo ParallelEnv form (one agent per device) of FedLoRAWireless-v0."""
+"""fedenv.multiagent: the PettingZoo ParallelEnv form (one agent per device) of
+FedLoRAWireless-v0."""
 
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ def test_pettingzoo_parallel_api_and_seed_tests(preset, reward):
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_same_rounds_as_the_single_env(preset):
-    """The agents' actions stacked are the single env's action: same rounds, rewards, observations."""
+    """The agents' actions stacked are the single env's action: same rounds, rewards,
+    observations."""
     ma = parallel_env(preset=preset, num_rounds=T)
     single = FedLoRAWirelessEnv(preset=preset, num_rounds=T)
     k = ma.num_devices
@@ -288,7 +290,7 @@ def test_seeding_render_close_and_pickle():
     clone.close()
 
 
-# --------------------------------------------------------------- agents.train_ippo (parameter-shared IPPO)
+# -------------------------------------------------------- agents.train_ippo (parameter-shared IPPO)
 def _ippo_parts(config, n_envs=2, **kwargs):
     pytest.importorskip("stable_baselines3")
     from stable_baselines3 import PPO

@@ -1,4 +1,5 @@
-"""Physics (docs/model.md §2, §3, §4): hand-computed values, vectorised == scalar loop, monotonicity, properties."""
+"""Physics (docs/model.md §2, §3, §4): hand-computed values, vectorised == scalar loop,
+monotonicity, properties."""
 
 from __future__ import annotations
 

@@ -46,7 +46,8 @@ def test_render_without_mode_warns_and_returns_none():
 
 
 def test_renderers_read_only_the_public_state():
-    """Both renderers work from config, codec, num_devices, last_info, device_positions_m and reference_snr alone."""
+    """Both renderers work from config, codec, num_devices, last_info, device_positions_m and
+    reference_snr alone."""
     from types import SimpleNamespace
 
     from fedenv import rendering

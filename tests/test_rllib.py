@@ -134,7 +134,8 @@ def test_rllib_env_from_env_config_mapping():
 def local_ray():
     ray = pytest.importorskip(
         "ray",
-        reason="Ray RLlib is not installed in this interpreter (pip install 'fedenv[rllib]'; CI: scripts/setup_rllib.sh)",
+        reason="Ray RLlib is not installed in this interpreter (pip install 'fedenv[rllib]'; CI: "
+        "scripts/setup_rllib.sh)",
     )
     pytest.importorskip(
         "ray.rllib", reason="Ray is installed without RLlib (pip install 'fedenv[rllib]')"
@@ -219,7 +220,7 @@ def test_one_iteration_two_env_runners_checkpoint_and_resume(local_ray, tmp_path
         assert row[key] == rows[0][key], key
 
 
-# ------------------------------------------------ the multi-agent env through RLlib's PettingZoo wrapper
+# ------------------------------------------- the multi-agent env through RLlib's PettingZoo wrapper
 def _rllib_parallel_env(env_config: dict) -> object:
     from ray.rllib.env.wrappers.pettingzoo_env import ParallelPettingZooEnv
 
@@ -229,7 +230,8 @@ def _rllib_parallel_env(env_config: dict) -> object:
 
 
 def test_multiagent_env_through_parallel_pettingzoo_env():
-    """fedenv.multiagent reaches RLlib as a MultiAgentEnv (ParallelPettingZooEnv): one agent per device."""
+    """fedenv.multiagent reaches RLlib as a MultiAgentEnv (ParallelPettingZooEnv): one agent per
+    device."""
     pytest.importorskip(
         "pettingzoo", reason="PettingZoo is not installed (pip install 'fedenv[pettingzoo]')"
     )
@@ -265,7 +267,8 @@ def test_multiagent_env_through_parallel_pettingzoo_env():
 
 @pytest.mark.slow
 def test_multiagent_one_ppo_iteration_with_a_shared_policy(local_ray):
-    """RLlib PPO, one policy shared by every device's agent, trains one iteration on the multi-agent env."""
+    """RLlib PPO, one policy shared by every device's agent, trains one iteration on the multi-agent
+    env."""
     pytest.importorskip(
         "pettingzoo", reason="PettingZoo is not installed (pip install 'fedenv[pettingzoo]')"
     )

@@ -1,4 +1,5 @@
-"""Registered scenarios (fedenv/scenarios.py): ids, their configs, the YAML copies, the env contract."""
+"""Registered scenarios (fedenv/scenarios.py): ids, their configs, the YAML copies, the env
+contract."""
 
 from __future__ import annotations
 

@@ -183,7 +183,8 @@ def test_batched_equals_per_episode():
 
 @pytest.mark.parametrize("labels", [2, 3, 7, 9])
 def test_one_episode_equals_its_row_of_a_batch_bit_for_bit(labels):
-    """The single env's path (scalars, Python floats for the label terms) and the batched one agree exactly."""
+    """The single env's path (scalars, Python floats for the label terms) and the batched one agree
+    exactly."""
     rng = np.random.default_rng(labels)
     n, k = 6, 10
     share = rng.dirichlet(np.ones(k), size=n)

@@ -127,7 +127,8 @@ def test_make_vec_entry_point_and_metadata():
 
 @pytest.mark.parametrize("preset", list(PRESETS))
 def test_every_registered_id_takes_a_full_config_through_the_vector_entry_point(preset):
-    """make_vec reaches FedLoRAWirelessVectorEnv with the id's preset: the config resolves as in gym.make."""
+    """make_vec reaches FedLoRAWirelessVectorEnv with the id's preset: the config resolves as in
+    gym.make."""
     env_id = fedenv.ENV_IDS[preset]
     config = resolve_config(preset, num_rounds=5, reward={"energy_weight": 2.0})
     for given in (config, config.to_dict(), {"num_rounds": 5, "reward": {"energy_weight": 2.0}}):

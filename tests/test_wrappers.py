@@ -1,4 +1,5 @@
-"""The action and observation forms of fedenv.wrappers and the registered ids: checkers, rebuild from spec, mappings."""
+"""The action and observation forms of fedenv.wrappers and the registered ids: checkers, rebuild
+from spec, mappings."""
 
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ SB3_WARNS = {"dict_action", "dict_observation"}
 
 
 def _quiet_gym_check(env: gym.Env[Any, Any]) -> None:
-    """Gymnasium's check_env, with every warning an error except its note that the env is wrapped."""
+    """Gymnasium's check_env, with every warning an error except its note that the env is
+    wrapped."""
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         warnings.filterwarnings("ignore", message=".*is different from the unwrapped version.*")
