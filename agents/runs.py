@@ -8,8 +8,8 @@ YAML keys are rejected with a "did you mean" hint, like the env config.
 Run directory (``runs/<name>/``)::
 
     args.yaml            the resolved training arguments (last line: # sha256 of the rest)
-    env_config.yaml      the fully resolved EnvConfig (reload with RunDir.env_config; same checksum
-    line)
+    env_config.yaml      the fully resolved EnvConfig (reload with RunDir.env_config; same
+                         checksum line)
     meta.json            algorithm, seed, git commit (+ dirty flag), versions, and per session its
                          command, start time, resume step and wall time (updated at every save)
     model.zip            final model            vecnormalize.pkl   its observation/reward normaliser
@@ -17,10 +17,9 @@ Run directory (``runs/<name>/``)::
     checkpoints/         ckpt_<steps>_steps.zip + ckpt_vecnormalize_<steps>_steps.pkl
     evaluations.csv      one row per evaluation during training (the learning curve)
     eval_state.json      best score and last evaluation (a summary; rebuilt from the above on
-    resume)
+                         resume)
     metrics.json         final summary: steps, wall-clock (this session and the whole run),
-    frames/s,
-                         best and last evaluation
+                         frames/s, best and last evaluation
     tb/                  TensorBoard logs (tensorboard --logdir runs/)
 
 Every file but tb/ is written atomically (:func:`replacing`), and ``--resume`` continues from
