@@ -634,12 +634,12 @@ class LoraBackendConfig(_Section):
     data_dir: str | None = None
     """GLUE TSV root (holding sst2/, qnli/); else $FEDENV_DATA_DIR, else the hub (nyu-mll/glue)."""
     pooling: Annotated[str, OneOf(*LORA_POOLINGS)] = "auto"
-    """Classifier input: auto (a sentence-transformers checkpoint's own pooling: the token mean,
-    L2-normalised if it normalises; else the checkpoint's classification model), mean,
-    normalized_mean or model (docs/lora.md)."""
-    optimizer: Annotated[str, OneOf("sgd", "adamw")] = "adamw"
+    """Classifier input: auto (the token mean for a sentence-transformers checkpoint pooled by it,
+    else the checkpoint's own classification model), mean, normalized_mean (the L2-normalised
+    mean) or model (docs/lora.md, "Classifier input")."""
+    optimizer: Annotated[str, OneOf("sgd", "adamw")] = "sgd"
     """Client optimiser, fresh every round: sgd or adamw (docs/lora.md, "Client optimisation")."""
-    learning_rate: Annotated[float, Range(gt=0, le=10)] = 3e-3
+    learning_rate: Annotated[float, Range(gt=0, le=10)] = 0.1
     """Client learning rate, in (0, 10]."""
     weight_decay: Annotated[float, Range(ge=0, le=100)] = 0.01
     """Client weight decay (AdamW: decoupled), in [0, 100]."""
@@ -648,7 +648,7 @@ class LoraBackendConfig(_Section):
     dropout)."""
     aggregation: Annotated[str, OneOf("zeropad", "stack", "svd")] = "zeropad"
     """Heterogeneous-rank aggregation: zeropad (HetLoRA-style), stack (FLoRA) or svd (FlexLoRA)."""
-    server_momentum: Annotated[float, Range(ge=0, lt=1)] = 0.0
+    server_momentum: Annotated[float, Range(ge=0, lt=1)] = 0.5
     """FedAvgM server momentum beta in [0, 1): the global model moves by the momentum of the
     aggregated updates (0 = plain FedAvg)."""
     orthogonality_weight: Annotated[float, Range(ge=0, le=1e6)] = 0.0
@@ -683,13 +683,6 @@ class LoraBackendConfig(_Section):
             )
         if self.data_dir is not None and not self.data_dir.strip():
             _fail(s, "data_dir", "None or a directory path", self.data_dir)
-        if self.server_momentum > 0 and self.aggregation == "stack":
-            _fail(
-                s,
-                "server_momentum",
-                "0 with aggregation=stack (FLoRA restarts the adapter every round)",
-                self.server_momentum,
-            )
 
 
 TASKS = {

@@ -106,7 +106,10 @@ def make_config(tiny_model: Path, glue: Path, **overrides: Any) -> EnvConfig:
             "lora": {
                 "model_name_or_path": str(tiny_model),
                 "data_dir": str(glue),
+                # the settings these tiny-model tests were tuned with (the defaults: SGD, FedAvgM)
+                "optimizer": "adamw",
                 "learning_rate": 1e-2,
+                "server_momentum": 0.0,
                 "num_threads": 1,
             },
         },
@@ -205,8 +208,8 @@ def test_pooling_follows_the_checkpoint_unless_set(tiny_model: Path, mean_model:
 
     from fedenv.learning.lora.model import MeanPoolingClassifier, load_model, resolve_pooling
 
-    assert resolve_pooling("auto", resolve_model_path("all-MiniLM-L6-v2")) == "normalized_mean"
-    assert resolve_pooling("auto", str(mean_model)) == "mean"  # no Normalize module listed
+    assert resolve_pooling("auto", resolve_model_path("all-MiniLM-L6-v2")) == "mean"
+    assert resolve_pooling("auto", str(mean_model)) == "mean"
     assert isinstance(load_model(str(mean_model), 2)[0], MeanPoolingClassifier)
     assert isinstance(load_model(str(tiny_model), 2)[0], BertForSequenceClassification)
     assert isinstance(load_model(str(mean_model), 2, "model")[0], BertForSequenceClassification)
@@ -250,7 +253,7 @@ def test_mean_pooling_head_reads_the_masked_mean_of_the_last_hidden_states(
     expected = pooled @ adapter.head["classifier.weight"].T + adapter.head["classifier.bias"]
     got = ln.trainer.logits(adapter, batch)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
-    # normalized_mean (all-MiniLM-L6-v2's pipeline ends in Normalize): the unit-length mean.
+    # normalized_mean (opt-in; all-MiniLM-L6-v2's own pipeline ends in Normalize): the unit mean.
     unit = LoraLearner(
         make_config(mean_model, glue, learning={"lora": {"pooling": "normalized_mean"}})
     )
@@ -600,6 +603,32 @@ def test_server_momentum_moves_by_the_momentum_of_the_averaged_updates(
             )
 
 
+def test_server_momentum_with_stack_moves_the_merged_update(tiny_model: Path, glue: Path):
+    ranks, ok = np.array([8, 4, 8, 2]), np.ones(4, dtype=bool)
+    lora = {"aggregation": "stack"}
+    plain = LoraLearner(make_config(tiny_model, glue, learning={"lora": lora}))
+    fedavgm = LoraLearner(
+        make_config(tiny_model, glue, learning={"lora": {**lora, "server_momentum": 0.5}})
+    )
+    for ln in (plain, fedavgm):
+        ln.reset(4, np.random.default_rng(3))
+        ln.train_round(ranks, np.ones(4), ok)
+    assert plain.residual is not None and fedavgm.residual is not None
+    for p in plain.spec.targets:  # m = 0 before the first round: FedAvg
+        torch.testing.assert_close(fedavgm.residual[p], plain.residual[p], atol=1e-6, rtol=0)
+    r1 = {p: t.clone() for p, t in fedavgm.residual.items()}
+    assert fedavgm.adapter is not None
+    plain.residual = {p: t.clone() for p, t in r1.items()}
+    plain.trainer.set_residual(plain.residual)
+    plain.adapter = fedavgm.adapter.clone()
+    plain.train_round(ranks, np.ones(4), ok)
+    fedavgm.train_round(ranks, np.ones(4), ok)
+    for p in plain.spec.targets:  # r2 = r1 + beta m1 + (plain step from r1), m1 = r1 - 0
+        expected = r1[p] + 0.5 * r1[p] + (plain.residual[p] - r1[p])
+        torch.testing.assert_close(fedavgm.residual[p], expected, atol=1e-6, rtol=0)
+        assert float(fedavgm.adapter.b[p].abs().max()) == 0.0  # the adapter still restarts
+
+
 # ---------------------------------------------------------------------------- learning works
 def test_tiny_fine_tune_improves_accuracy(tiny_model: Path, glue: Path):
     # The random tiny BERT needs ~60 steps to find the sentiment words; two IID devices get there.
@@ -660,7 +689,8 @@ def test_export_loads_with_peft_and_gives_the_same_logits(
 
 
 def test_state_save_and_restore_resumes_the_run(tiny_model: Path, glue: Path, tmp_path: Path):
-    cfg = make_config(tiny_model, glue)
+    # with FedAvgM: the momentum buffers are part of the state
+    cfg = make_config(tiny_model, glue, learning={"lora": {"server_momentum": 0.5}})
     ranks, ratios, ok = np.array([8, 4, 2, 8]), np.ones(4), np.ones(4, dtype=bool)
     full = LoraLearner(cfg)
     full.reset(4, np.random.default_rng(11))

@@ -3,7 +3,7 @@ the :class:`~fedenv.learning.base.Learner` interface.
 
 One round (docs/model.md §1.1 steps 3-6, §5.3): every device that was scheduled *and* whose upload
 will
-arrive trains its module from the global adapter truncated to its rank (tau AdamW steps of n_b
+arrive trains its module from the global adapter truncated to its rank (tau SGD steps of n_b
 examples from its own data), optionally sparsifies (SOFT), and the server aggregates the
 updates with the configured rule, weighting devices by their data sizes, and FedAvgs the task
 head. The global model is then evaluated on the held-out split.
@@ -173,7 +173,8 @@ class LoraLearner:
         self._round = 0
         self.adapter: GlobalAdapter | None = None
         self.residual: dict[str, torch.Tensor] | None = None
-        self.momentum: GlobalAdapter | None = None
+        #: FedAvgM buffers by part (a, b, head; with stack: residual, head), None before the first.
+        self.momentum: dict[str, dict[str, torch.Tensor]] | None = None
         self.device_indices: list[NDArray[np.int64]] = []
         self.partition: DevicePartition | None = None
         self._metrics: tuple[float, float] | None = None
@@ -396,28 +397,45 @@ class LoraLearner:
         sent: dict[str, torch.Tensor],
         weights: NDArray[np.float64],
     ) -> None:
-        old = self._require_reset()
+        old, old_residual = self._require_reset(), self.residual
         self._average(updates, sent, weights)
         beta = self.config.learning.lora.server_momentum
         if beta > 0.0:
-            self._momentum_step(old, beta)
+            self._momentum_step(old, old_residual, beta)
 
-    def _momentum_step(self, old: GlobalAdapter, beta: float) -> None:
-        """FedAvgM (``learning.lora.server_momentum``): every global tensor moves by its
-        momentum."""
+    def _momentum_step(
+        self, old: GlobalAdapter, old_residual: dict[str, torch.Tensor] | None, beta: float
+    ) -> None:
+        """FedAvgM (``learning.lora.server_momentum``): every global tensor moves by the momentum
+        of its aggregated updates. With ``stack`` the merged weight update (the residual) and the
+        head do; the adapter restarts fresh every round there."""
         new = self._require_reset()
-        prev = self.momentum
-        parts: dict[str, tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = {}
-        for part in ("a", "b", "head"):
-            moved, buffers = {}, {}
-            for name, averaged in getattr(new, part).items():
-                buffer = None if prev is None else getattr(prev, part)[name]
-                moved[name], buffers[name] = aggregation.momentum_step(
-                    getattr(old, part)[name], averaged, buffer, beta
+        before: dict[str, dict[str, torch.Tensor]] = {"head": old.head}
+        after: dict[str, dict[str, torch.Tensor]] = {"head": new.head}
+        if self.residual is None:
+            before.update(a=old.a, b=old.b)
+            after.update(a=new.a, b=new.b)
+        else:
+            before["residual"] = old_residual or {
+                p: torch.zeros_like(t) for p, t in self.residual.items()
+            }
+            after["residual"] = self.residual
+        moved: dict[str, dict[str, torch.Tensor]] = {}
+        buffers: dict[str, dict[str, torch.Tensor]] = {}
+        for part, tensors in after.items():
+            moved[part], buffers[part] = {}, {}
+            for name, averaged in tensors.items():
+                buffer = None if self.momentum is None else self.momentum[part][name]
+                moved[part][name], buffers[part][name] = aggregation.momentum_step(
+                    before[part][name], averaged, buffer, beta
                 )
-            parts[part] = (moved, buffers)
-        self.adapter = GlobalAdapter(a=parts["a"][0], b=parts["b"][0], head=parts["head"][0])
-        self.momentum = GlobalAdapter(a=parts["a"][1], b=parts["b"][1], head=parts["head"][1])
+        self.momentum = buffers
+        if self.residual is None:
+            self.adapter = GlobalAdapter(a=moved["a"], b=moved["b"], head=moved["head"])
+        else:
+            self.adapter = GlobalAdapter(a=new.a, b=new.b, head=moved["head"])
+            self.residual = moved["residual"]
+            self.trainer.set_residual(self.residual)
 
     def _average(
         self,
@@ -481,9 +499,7 @@ class LoraLearner:
             "partition": self.partition,
             "adapter": {"a": adapter.a, "b": adapter.b, "head": adapter.head},
             "residual": self.residual,
-            "momentum": None
-            if self.momentum is None
-            else {"a": self.momentum.a, "b": self.momentum.b, "head": self.momentum.head},
+            "momentum": self.momentum,
             "metrics": self._metrics,
             "metrics_current": self._metrics_current,
         }
@@ -519,12 +535,7 @@ class LoraLearner:
         self.adapter = GlobalAdapter(a=dict(ad["a"]), b=dict(ad["b"]), head=dict(ad["head"]))
         self.residual = state["residual"]
         self.trainer.set_residual(self.residual)
-        mo = state["momentum"]
-        self.momentum = (
-            None
-            if mo is None
-            else GlobalAdapter(a=dict(mo["a"]), b=dict(mo["b"]), head=dict(mo["head"]))
-        )
+        self.momentum = state["momentum"]
         self._metrics = state["metrics"]
         self._metrics_current = bool(state["metrics_current"])
 

@@ -7,12 +7,12 @@ The classifier reads the sentence representation the checkpoint was pre-trained 
 (``learning.lora.pooling``, docs/lora.md "Classifier input"): a sentence-transformers
 checkpoint (its ``1_Pooling/config.json`` asks for mean pooling, as all-MiniLM-L6-v2's does) is
 wrapped in :class:`MeanPoolingClassifier`, a linear head on the attention-masked mean of the
-last hidden states, L2-normalised when the checkpoint's ``modules.json`` ends in a
-``Normalize`` module (all-MiniLM-L6-v2's does); any other checkpoint is loaded as
-``AutoModelForSequenceClassification``,
-which keeps a trained pooler or classifier the checkpoint holds. BERT's pooler (dense + tanh
-over [CLS]) in a sentence-transformers checkpoint was never trained, and frozen it hides the
-sentence from the head (measured in docs/lora.md). The parameters the checkpoint does not hold
+last hidden states (``normalized_mean`` L2-normalises it first, as the checkpoint's own
+``Normalize`` module does for cosine similarity; opt-in, measured slower in docs/lora.md); any
+other checkpoint is loaded as ``AutoModelForSequenceClassification``, which keeps a trained
+pooler or classifier the checkpoint holds. BERT's pooler (dense + tanh over [CLS]) in a
+sentence-transformers checkpoint was never trained, and frozen it hides the sentence from the
+head (measured in docs/lora.md). The parameters the checkpoint does not hold
 (the new classification head) form the *task head*, which devices train and the server
 averages (FedAvg). LoRA factors follow peft's conventions: for a target ``nn.Linear`` with
 weight W (d_out x d_in), ``A`` is (r x d_in), ``B`` is (d_out x r) and the update is
@@ -189,27 +189,16 @@ def _sentence_transformers_mean(path: str) -> bool:
     return bool(modes.get("pooling_mode_mean_tokens")) and not modes.get("pooling_mode_cls_token")
 
 
-def _sentence_transformers_normalize(path: str) -> bool:
-    """Whether a local sentence-transformers checkpoint L2-normalises its sentence embeddings."""
-    modules = Path(path) / "modules.json"
-    try:
-        listed = json.loads(modules.read_text()) if modules.is_file() else []
-    except (OSError, ValueError):
-        return False
-    return any(str(m.get("type", "")).endswith(".Normalize") for m in listed if isinstance(m, dict))
-
-
 def resolve_pooling(pooling: str, path: str) -> str:
-    """``normalized_mean``, ``mean`` or ``model``: what ``learning.lora.pooling`` means for
-    ``path``."""
+    """``mean``, ``normalized_mean`` or ``model``: what ``learning.lora.pooling`` means for
+    ``path`` (``auto``: ``mean`` for a sentence-transformers checkpoint pooled by the token
+    mean, else ``model``)."""
     if pooling not in LORA_POOLINGS:
         raise ValueError(
             f"learning.lora.pooling must be one of {', '.join(LORA_POOLINGS)}, got {pooling!r}"
         )
     if pooling == "auto":
-        if not _sentence_transformers_mean(path):
-            return "model"
-        return "normalized_mean" if _sentence_transformers_normalize(path) else "mean"
+        return "mean" if _sentence_transformers_mean(path) else "model"
     return pooling
 
 

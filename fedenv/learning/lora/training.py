@@ -108,9 +108,9 @@ class LocalUpdate:
 
 @dataclass(frozen=True)
 class TrainSettings:
-    learning_rate: float = 3e-3
+    learning_rate: float = 0.1
     weight_decay: float = 0.01
-    optimizer: str = "adamw"
+    optimizer: str = "sgd"
     """``sgd`` or ``adamw`` (``learning.lora.optimizer``)."""
     lora_dropout: float = 0.0
     orthogonality_weight: float = 0.0
