@@ -353,7 +353,9 @@ def test_lora_data_fails_fast_when_the_hub_is_unreachable(monkeypatch: pytest.Mo
     from fedenv.learning.lora import data
 
     _no_local_data(monkeypatch)
+    # datasets reads both at import, HF_DATASETS_OFFLINE from HF_HUB_OFFLINE too (CI sets it)
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", False)
     monkeypatch.setattr(
         huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9"
     )  # (discard port: refused)
