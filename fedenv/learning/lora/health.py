@@ -182,33 +182,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     (out / "health.json").write_text(json.dumps({**summary, "curves": curves}, indent=2))
     print(json.dumps(summary, indent=2))
     if args.plot:
-        _plot(
-            curves,
+        run.plot_curves(
+            {f"seed {seed}": curve for seed, curve in sorted(curves.items())},
             Path(args.plot),
             summary["command"].removeprefix("python -m fedenv.learning.lora.health "),
+            floor=FLOOR,
         )
     return summary
-
-
-def _plot(curves: dict[int, list[float]], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    for seed, curve in sorted(curves.items()):
-        ax.plot(range(len(curve)), curve, marker="o", ms=2.5, lw=1, label=f"seed {seed}")
-    ax.axhline(FLOOR, color="grey", lw=0.8, ls="--")
-    ax.set_xlabel("round")
-    ax.set_ylabel("eval accuracy")
-    ax.set_title(title, fontsize=7)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=3)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["main", "fixed_action"]
+__all__ = ["main", "fixed_action", "plot_curves"]
 
 
 def fixed_action(
@@ -222,8 +222,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         total,
     )
     if args.plot:
-        _plot(
-            rows,
+        plot_curves(
+            {"accuracy": [r["accuracy"] for r in rows]},
             Path(args.plot),
             f"{args.task.upper()} K={args.devices} alpha={args.alpha} rank {args.rank} "
             f"tau={args.local_steps} n_b={args.batch_size}",
@@ -231,7 +231,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return summary
 
 
-def _plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+def plot_curves(
+    curves: dict[str, list[float]], path: Path, title: str, floor: float | None = None
+) -> None:
+    """Accuracy against round for each labelled curve (round 0 first), saved as a PNG."""
     try:
         import matplotlib
 
@@ -240,12 +243,17 @@ def _plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     except ImportError:
         logging.warning("matplotlib is not installed: no plot (pip install 'fedenv[train]')")
         return
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([r["round"] for r in rows], [r["accuracy"] for r in rows], marker="o", ms=3)
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for label, curve in curves.items():
+        ax.plot(range(len(curve)), curve, marker="o", ms=2.5, lw=1, label=label)
+    if floor is not None:
+        ax.axhline(floor, color="grey", lw=0.8, ls="--")
     ax.set_xlabel("round")
-    ax.set_ylabel("dev accuracy")
-    ax.set_title(title, fontsize=9)
+    ax.set_ylabel("eval accuracy")
+    ax.set_title(title, fontsize=7)
     ax.grid(alpha=0.3)
+    if len(curves) > 1:
+        ax.legend(fontsize=7, ncol=3)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
