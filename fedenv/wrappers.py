@@ -89,6 +89,15 @@ class _FollowsConfig:
     def _bind(self, config: EnvConfig) -> None:
         raise NotImplementedError
 
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        """The env's reset, then the wrapper follows its config (a wrapper whose reset transforms
+        the observation calls :meth:`_follow_config` itself, before transforming)."""
+        out = self.env.reset(seed=seed, options=options)
+        self._follow_config()
+        return out
+
     def _follow_config(self) -> None:
         config = _config_of(self.env)
         if config is self._config:
@@ -171,9 +180,9 @@ class FactoredCodec:
 
 
 class FactoredAction(
+    _FollowsConfig,
     gym.ActionWrapper[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]],
     RecordConstructorArgs,
-    _FollowsConfig,
 ):
     """Schedule and rank as separate action components: ``Box(-1, 1, (K, C + 1))``.
 
@@ -208,13 +217,6 @@ class FactoredAction(
         self.codec = FactoredCodec(config)
         self.action_space = self.codec.space  # type: ignore[assignment]
 
-    def reset(
-        self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[Any, dict[str, Any]]:
-        out = self.env.reset(seed=seed, options=options)
-        self._follow_config()
-        return out
-
     def action(self, action: NDArray[np.floating[Any]]) -> NDArray[np.float32]:
         a = np.asarray(action, dtype=np.float32)
         if a.size != np.prod(self.codec.shape):
@@ -230,9 +232,9 @@ class FactoredAction(
 
 # ------------------------------------------------------------------------ flat action
 class FlatAction(
+    _FollowsConfig,
     gym.ActionWrapper[Any, NDArray[np.float32], NDArray[np.float32]],
     RecordConstructorArgs,
-    _FollowsConfig,
 ):
     """The wrapped env's ``Box`` action flattened to 1-D (row-major), for code that expects a
     vector.
@@ -258,13 +260,6 @@ class FlatAction(
         self._inner_shape = inner.shape
         self.action_space = spaces.Box(inner.low.ravel(), inner.high.ravel(), dtype=inner.dtype)  # type: ignore[arg-type]
 
-    def reset(
-        self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[Any, dict[str, Any]]:
-        out = self.env.reset(seed=seed, options=options)
-        self._follow_config()
-        return out
-
     def action(self, action: NDArray[np.floating[Any]]) -> NDArray[np.float32]:
         a = np.asarray(action)
         if a.shape != self.action_space.shape:
@@ -279,9 +274,9 @@ class FlatAction(
 
 # -------------------------------------------------------------------- discrete action
 class DiscreteAction(
+    _FollowsConfig,
     gym.ActionWrapper[NDArray[np.float32], NDArray[np.int64], NDArray[np.float32]],
     RecordConstructorArgs,
-    _FollowsConfig,
 ):
     """1-D ``MultiDiscrete`` of K x C level indices, device-major (SB3 PPO and A2C train on it).
 
@@ -344,13 +339,6 @@ class DiscreteAction(
             else:
                 self._values.append(np.linspace(-1.0, 1.0, int(n)))
 
-    def reset(
-        self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[Any, dict[str, Any]]:
-        out = self.env.reset(seed=seed, options=options)
-        self._follow_config()
-        return out
-
     def action(self, action: NDArray[np.int64]) -> NDArray[np.float32]:
         a = np.asarray(action)
         if a.shape not in (self.action_space.shape, self.env_shape):
@@ -380,11 +368,11 @@ class DiscreteAction(
 
 # ------------------------------------------------------------------------ dict action
 class DictAction(
+    _FollowsConfig,
     gym.ActionWrapper[
         NDArray[np.float32], dict[str, NDArray[np.float32]], NDArray[np.floating[Any]]
     ],
     RecordConstructorArgs,
-    _FollowsConfig,
 ):
     """Dict action ``{component: Box(-1, 1, (K,))}``; components as in the env's action table.
 
@@ -408,13 +396,6 @@ class DictAction(
         self.action_space = spaces.Dict(
             {c: spaces.Box(-1.0, 1.0, shape=(k,), dtype=np.float32) for c in self.components}
         )  # type: ignore[assignment]
-
-    def reset(
-        self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[Any, dict[str, Any]]:
-        out = self.env.reset(seed=seed, options=options)
-        self._follow_config()
-        return out
 
     def action(self, action: Mapping[str, Any]) -> NDArray[np.floating[Any]]:
         k, keys = self.num_devices, list(self.components)

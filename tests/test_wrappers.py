@@ -214,6 +214,17 @@ def test_wrappers_follow_configure_or_raise() -> None:
     assert env.reset(seed=0)[0].shape == (7 * 4 + 4,)
 
 
+@pytest.mark.parametrize(
+    "wrapper", [FactoredAction, FlatAction, DiscreteAction, DictAction, DictObservation]
+)
+def test_each_wrapper_follows_configure_at_reset(wrapper: Any) -> None:
+    env = wrapper(gym.make("FedLoRAWireless-v0"))
+    env.reset(seed=0)
+    env.unwrapped.configure(devices={"num_devices": 4})
+    with pytest.raises(RuntimeError, match="build the wrapper stack again"):
+        env.reset(seed=0)
+
+
 # ------------------------------------------------------------------ registered ids
 def test_one_id_per_preset() -> None:
     assert fedenv.ENV_IDS == {
