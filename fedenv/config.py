@@ -868,6 +868,30 @@ def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, 
     return out
 
 
+def parse_set(items: list[str] | None, base: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``base`` (nested overrides) updated by command-line ``--set key.path=value`` items, whose
+    values are read as YAML; the later of two settings of one key wins.
+
+    Raises:
+        ConfigError: an item without ``=`` or with an empty key path.
+    """
+    overrides: dict[str, Any] = {}
+    for item in items or []:
+        key, eq, raw = item.partition("=")
+        path = key.strip().split(".")
+        if not eq or not all(path):
+            raise ConfigError(
+                f"--set expects key.path=value (e.g. learning.lora.learning_rate=0.2), got {item!r}"
+            )
+        node = overrides
+        for name in path[:-1]:
+            if not isinstance(node.get(name), dict):
+                node[name] = {}
+            node = node[name]
+        node[path[-1]] = yaml.safe_load(raw)
+    return _deep_merge(dict(base or {}), overrides)
+
+
 #: Presets (docs/model.md §6) as partial overrides of the defaults.
 PRESETS: dict[str, dict[str, Any]] = {
     # [A] switching: module (rank), power and bandwidth per device; energy queues.

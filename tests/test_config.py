@@ -172,3 +172,30 @@ def test_configs_are_frozen():
     cfg = EnvConfig()
     with pytest.raises(AttributeError):
         cfg.num_rounds = 3  # type: ignore[misc]
+
+
+def test_parse_set_builds_nested_overrides_over_a_base():
+    from fedenv.config import ConfigError, parse_set
+
+    base = {"learning": {"lora": {"learning_rate": 0.1, "trainer": "batched"}}, "num_rounds": 5}
+    got = parse_set(
+        [
+            "learning.lora.learning_rate=0.3",
+            "model.target_modules=[query, key, value]",
+            "num_rounds=7",
+            "budgets.energy_budget_j=null",
+        ],
+        base,
+    )
+    assert got == {
+        "learning": {"lora": {"learning_rate": 0.3, "trainer": "batched"}},
+        "model": {"target_modules": ["query", "key", "value"]},
+        "num_rounds": 7,
+        "budgets": {"energy_budget_j": None},
+    }
+    assert base["learning"]["lora"]["learning_rate"] == 0.1  # the base is not changed
+    cfg = resolve_config(**got)
+    assert cfg.model.target_modules == ("query", "key", "value") and cfg.num_rounds == 7
+    for bad in ["learning.lora.learning_rate", "=3", "learning..lr=1"]:
+        with pytest.raises(ConfigError, match="key.path=value"):
+            parse_set([bad])

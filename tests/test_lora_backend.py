@@ -848,3 +848,29 @@ def test_bad_round_inputs_raise(learner: LoraLearner):
         learner.train_round(
             np.array([8, 8, 8, 8]), np.array([1.0, 0.0, 1.0, 1.0]), np.ones(4, dtype=bool)
         )
+
+
+def test_run_command_applies_set_overrides_last(tiny_model: Path, glue: Path, tmp_path: Path):
+    import yaml
+
+    from fedenv.learning.lora import run
+
+    out = tmp_path / "run"
+    summary = run.main(
+        [
+            *("--rounds", "2", "--devices", "3", "--local-steps", "1", "--batch-size", "4"),
+            *("--rank", "4", "--lr", "0.05", "--threads", "1", "--out", str(out)),
+            *("--set", f"learning.lora.model_name_or_path={tiny_model}"),
+            *("--set", f"learning.lora.data_dir={glue}"),
+            *("--set", "model.target_modules=[query, key, value]"),
+            *("--set", "learning.lora.learning_rate=0.2"),  # --set wins over --lr
+        ]
+    )
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["model"]["target_modules"] == ["query", "key", "value"]
+    assert cfg["learning"]["lora"]["learning_rate"] == 0.2
+    assert cfg["learning"]["lora"]["data_dir"] == str(glue)
+    rows = (out / "rounds.jsonl").read_text().splitlines()
+    assert len(rows) == 3 and summary is not None
+    with pytest.raises(SystemExit):
+        run.main(["--out", str(tmp_path / "bad"), "--set", "learning.lora.learning_rate"])

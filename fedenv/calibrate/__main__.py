@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from fedenv import atomic
-from fedenv.config import EnvConfig, SurrogateConfig, resolve_config
+from fedenv.config import ConfigError, EnvConfig, SurrogateConfig, parse_set, resolve_config
 
 DEFAULT_POLICIES = [
     "explore",
@@ -41,14 +41,6 @@ DEFAULT_POLICIES = [
 
 def _command(argv: list[str]) -> str:
     return "python -m fedenv.calibrate " + shlex.join(argv)
-
-
-def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
-    node = data
-    for key in parents:
-        node = node.setdefault(key, {})
-    node[leaf] = value
 
 
 def collect_config(args: argparse.Namespace) -> EnvConfig:
@@ -78,11 +70,10 @@ def collect_config(args: argparse.Namespace) -> EnvConfig:
         overrides["learning"]["surrogate"] = EnvConfig.from_yaml(
             args.calibration
         ).learning.surrogate.to_dict()
-    for item in args.set or []:
-        key, eq, raw = item.partition("=")
-        if not eq:
-            raise SystemExit(f"--set expects key.path=value, got {item!r}")
-        _set_path(overrides, key, yaml.safe_load(raw))
+    try:
+        overrides = parse_set(args.set, overrides)
+    except ConfigError as exc:
+        raise SystemExit(str(exc)) from None
     return resolve_config(args.config, **overrides)
 
 

@@ -96,6 +96,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", default="results/lora/run")
     parser.add_argument("--plot", default=None, help="PNG path for the accuracy curve")
     parser.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY.PATH=VALUE",
+        help="any other config override, applied last, e.g. model.target_modules=[query,key,value]",
+    )
+    parser.add_argument(
         "--save-adapter", action="store_true", help="export the final adapter to <out>/adapter"
     )
     args = parser.parse_args(argv)
@@ -103,24 +109,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     import gymnasium as gym
 
+    from fedenv.config import ConfigError, parse_set
     from fedenv.env import FedLoRAWirelessEnv
     from fedenv.learning.lora import LoraLearner
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    env = gym.make(
-        "FedLoRAWireless-v0",
-        preset="switching",
-        num_rounds=args.rounds,
-        backend="lora",
-        task=args.task,
-        devices={
+    overrides: dict[str, Any] = {
+        "num_rounds": args.rounds,
+        "devices": {
             "num_devices": args.devices,
             "local_steps": args.local_steps,
             "batch_size": args.batch_size,
         },
-        learning={
+        "learning": {
+            "backend": "lora",
+            "task": args.task,
             "dirichlet_alpha": args.alpha,
             "lora": {
                 **{
@@ -140,7 +145,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "num_threads": args.threads,
             },
         },
-    )
+    }
+    try:
+        overrides = parse_set(args.set, overrides)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    env = gym.make("FedLoRAWireless-v0", preset="switching", **overrides)
     base = env.unwrapped
     assert isinstance(base, FedLoRAWirelessEnv)
     cfg = base.config
