@@ -8,7 +8,9 @@ checkpoints.
 * :class:`HeldOutEvalCallback` evaluates the current policy every ``eval_freq`` env steps on
   fixed held-out seeds, through the same :class:`agents.evaluate.SB3Policy` adapter and the
   same evaluation loop as the baselines; it appends the scores to ``evaluations.csv`` (the
-  learning curve) and keeps the best model and its normaliser in ``best/``.
+  learning curve) and keeps the best model and its normaliser in ``best/``, the best by a
+  :class:`SelectionRule` (the validation return, or for PPO-Lagrangian the final accuracy
+  among the evaluations in budget).
 * :func:`checkpoint_callback` saves the model and its normaliser every ``checkpoint_freq`` env
   steps, each file atomically; ``--resume`` restarts from the newest intact one.
 """
@@ -18,7 +20,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +47,13 @@ from agents.runs import (
     save_normalizer,
     write_file,
 )
+from baselines.objective import (
+    BUDGET_TOLERANCE,
+    CONSTRAINED_RULE,
+    MIN_COMPLIANCE,
+    constrained_score,
+    in_budget,
+)
 from fedenv.config import EnvConfig
 
 __all__ = [
@@ -49,6 +61,8 @@ __all__ = [
     "HeldOutEvalCallback",
     "Checkpoints",
     "checkpoint_callback",
+    "SelectionRule",
+    "SELECTION_RULES",
     "selection_score",
     "read_evaluations",
     "write_evaluations",
@@ -109,8 +123,8 @@ class EnvMetricsCallback(BaseCallback):
 
 _INFEASIBLE = 1e6
 
-#: Columns of evaluations.csv.
-EVAL_FIELDS = (
+#: The columns every evaluations.csv has (a run written before the selection columns has these).
+_REQUIRED_FIELDS = (
     "timesteps",
     "wall_s",
     "mean_return",
@@ -121,17 +135,122 @@ EVAL_FIELDS = (
     "within_budget",
     "best",
 )
+#: Columns of evaluations.csv (means over the validation episodes): ``budget_use_max`` the
+#: largest device energy / budget of any episode, ``within_budget`` the share of episodes with
+#: every device's energy <= its budget; ``compliance`` the share with every budget (energy per
+#: device, latency) kept within 1.05 x, ``worst_budget_use`` the mean of each episode's largest
+#: cost / budget (:mod:`baselines.objective`); ``feasible`` and ``score`` the selection rule's
+#: verdict (:class:`SelectionRule`); ``best`` 1 where the evaluation became the best model. After
+#: them, per run: ``budget_use_<k>`` (device slot k's mean energy / budget),
+#: ``latency_budget_use`` and, for PPO-Lagrangian, the multipliers ``lambda_<name>`` at the
+#: evaluation.
+EVAL_FIELDS = (
+    *_REQUIRED_FIELDS[:-1],
+    "compliance",
+    "worst_budget_use",
+    "feasible",
+    "score",
+    "best",
+)
+
+#: The kinds of :class:`SelectionRule`.
+SELECTION_RULES = ("return", "constrained")
 
 
 def selection_score(mean_return: float, accuracy: float, accuracy_target: float | None) -> float:
-    """The score that picks the best model: the validation return; with an accuracy target,
+    """The score of the ``return`` rule: the validation return; with an accuracy target,
     evaluations meeting it rank above every evaluation that does not."""
     feasible = accuracy_target is None or accuracy >= accuracy_target
     return mean_return - (0.0 if feasible else _INFEASIBLE)
 
 
+@dataclass(frozen=True)
+class SelectionRule:
+    """Which held-out evaluation's model is the best model (``best/``).
+
+    * ``return`` (the weighted objective, SAC): the highest validation return; with an
+      ``accuracy_target``, among the evaluations whose mean final accuracy meets it, if any does
+      (:func:`selection_score`).
+    * ``constrained`` (PPO-Lagrangian, the papers' problem): the highest mean final accuracy
+      among the evaluations in budget, i.e. with every budget kept within (1 +
+      ``budget_tolerance``) x in at least ``min_compliance`` of the validation episodes; if none
+      is, the least overspend (lowest mean worst cost / budget;
+      :func:`baselines.objective.constrained_score`).
+
+    Each evaluation's ``feasible`` and ``score`` are written to evaluations.csv, and the rule in
+    words to eval_state.json and metrics.json (``selection``).
+    """
+
+    kind: str = "return"
+    accuracy_target: float | None = None
+    min_compliance: float = MIN_COMPLIANCE
+    budget_tolerance: float = BUDGET_TOLERANCE
+
+    def __post_init__(self) -> None:
+        if self.kind not in SELECTION_RULES:
+            raise ValueError(
+                f"selection rule must be one of {', '.join(SELECTION_RULES)}, got {self.kind!r}"
+            )
+        if self.kind == "constrained" and self.accuracy_target is not None:
+            raise ValueError("the constrained rule ranks by accuracy; it takes no accuracy_target")
+        if not 0.0 <= self.min_compliance <= 1.0:
+            raise ValueError(f"min_compliance must be in [0, 1], got {self.min_compliance!r}")
+        if not (math.isfinite(self.budget_tolerance) and self.budget_tolerance >= 0):
+            raise ValueError(f"budget_tolerance must be >= 0, got {self.budget_tolerance!r}")
+
+    def feasible(self, row: dict[str, float]) -> bool:
+        """Whether an evaluation meets the rule's condition."""
+        if self.kind == "return":
+            return self.accuracy_target is None or row["final_accuracy"] >= self.accuracy_target
+        return in_budget(self._budget(row)[0], self.min_compliance)
+
+    def score(self, row: dict[str, float]) -> float:
+        """The evaluation's score (higher is better) from its evaluations.csv row."""
+        if self.kind == "return":
+            return selection_score(row["mean_return"], row["final_accuracy"], self.accuracy_target)
+        compliance, worst = self._budget(row)
+        return constrained_score(row["final_accuracy"], compliance, worst, self.min_compliance)
+
+    @staticmethod
+    def _budget(row: dict[str, float]) -> tuple[float, float]:
+        """(compliance, worst budget use) of a row.
+
+        With an energy budget the compliance is always a number; a row written before the
+        column existed (NaN or missing, while within_budget is a number) reads within_budget
+        (every device <= its budget: stricter) and budget_use_max in their place.
+        """
+        compliance = row.get("compliance", math.nan)
+        if not math.isfinite(compliance) and math.isfinite(row.get("within_budget", math.nan)):
+            return row["within_budget"], row["budget_use_max"]
+        return compliance, row.get("worst_budget_use", math.nan)
+
+    def describe(self) -> str:
+        """The rule in words."""
+        if self.kind == "constrained":
+            return CONSTRAINED_RULE.format(
+                min_compliance=self.min_compliance, tolerance_factor=1.0 + self.budget_tolerance
+            )
+        if self.accuracy_target is None:
+            return "the highest mean validation return"
+        return (
+            "the highest mean validation return among the evaluations with mean final accuracy "
+            f">= {self.accuracy_target:g}; if none, the highest return"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """What eval_state.json and metrics.json record."""
+        return {
+            "rule": self.kind,
+            "accuracy_target": self.accuracy_target,
+            "min_compliance": self.min_compliance,
+            "budget_tolerance": self.budget_tolerance,
+            "description": self.describe(),
+        }
+
+
 def read_evaluations(path: Path) -> list[dict[str, float]]:
-    """The rows of an evaluations.csv (:data:`EVAL_FIELDS`; none when it does not exist).
+    """The rows of an evaluations.csv (:data:`EVAL_FIELDS` and the run's own columns; none when
+    it does not exist). A file from before the selection columns reads without them.
 
     A damaged row (a torn last line of an interrupted write, or a corrupt line) is dropped with
     a :class:`agents.runs.RunRepairWarning`; the learning curve loses that point, the run goes on.
@@ -144,10 +263,11 @@ def read_evaluations(path: Path) -> list[dict[str, float]]:
         lines = path.read_bytes().decode(errors="replace").splitlines(keepends=True)
     if not lines:
         return []
-    if lines[0].strip().split(",") != list(EVAL_FIELDS):
+    header = lines[0].strip().split(",")
+    if header[: len(_REQUIRED_FIELDS) - 1] != list(_REQUIRED_FIELDS[:-1]) or "best" not in header:
         warnings.warn(
-            f"{path}: the header is not {','.join(EVAL_FIELDS)} (damaged); its "
-            f"{len(lines) - 1} row(s) are ignored",
+            f"{path}: the header does not start with {','.join(_REQUIRED_FIELDS[:-1])} and "
+            f"name best (damaged); its {len(lines) - 1} row(s) are ignored",
             RunRepairWarning,
             stacklevel=2,
         )
@@ -157,10 +277,10 @@ def read_evaluations(path: Path) -> list[dict[str, float]]:
     for lineno, line in enumerate(lines[1:], 2):
         values = line.strip().split(",")
         try:
-            if len(values) != len(EVAL_FIELDS):  # a torn line lacks its last fields
+            if len(values) != len(header):  # a torn line lacks its last fields
                 raise ValueError(line)
-            row = {name: float(v) for name, v in zip(EVAL_FIELDS, values)}
-            row["timesteps"], row["best"] = int(values[0]), int(values[-1])
+            row = {name: float(v) for name, v in zip(header, values)}
+            row["timesteps"], row["best"] = int(values[0]), int(row["best"])
         except ValueError:
             damaged.append(lineno)
             continue
@@ -176,9 +296,16 @@ def read_evaluations(path: Path) -> list[dict[str, float]]:
 
 
 def write_evaluations(path: Path, rows: list[dict[str, float]]) -> None:
-    """Write evaluations.csv atomically (the whole file: a kill never leaves a torn row)."""
+    """Write evaluations.csv atomically (the whole file: a kill never leaves a torn row).
+
+    The columns are :data:`EVAL_FIELDS`, then the rows' other keys in order of appearance; a
+    value a row lacks is written as nan.
+    """
+    fields = list(EVAL_FIELDS) + [
+        k for k in dict.fromkeys(k for r in rows for k in r) if k not in EVAL_FIELDS
+    ]
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=EVAL_FIELDS, lineterminator="\n")
+    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n", restval="nan")
     writer.writeheader()
     writer.writerows(rows)
     write_file(path, out.getvalue())
@@ -201,7 +328,11 @@ class HeldOutEvalCallback(BaseCallback):
         actions: the agent's action form (as in training).
         name: label of the evaluated policy.
         accuracy_target: with a target, the best model is the best return among evaluations
-            whose mean final accuracy meets it (if any does; :func:`selection_score`).
+            whose mean final accuracy meets it (if any does; :func:`selection_score`); a
+            shorthand for ``selection=SelectionRule("return", accuracy_target)``.
+        selection: the rule that picks the best model (default: the validation return).
+        extras: called at each evaluation; its values (e.g. the Lagrange multipliers) are
+            recorded with the evaluation in evaluations.csv.
     """
 
     def __init__(
@@ -215,9 +346,15 @@ class HeldOutEvalCallback(BaseCallback):
         name: str = "agent",
         accuracy_target: float | None = None,
         verbose: int = 1,
+        *,
+        selection: SelectionRule | None = None,
+        extras: Callable[[], dict[str, float]] | None = None,
     ) -> None:
         super().__init__(verbose)
-        self.accuracy_target = accuracy_target
+        if selection is not None and accuracy_target is not None:
+            raise ValueError("pass the accuracy target in the selection rule, not both")
+        self.selection = selection or SelectionRule("return", accuracy_target)
+        self.extras = extras
         self.config = config
         self.features = features
         self.actions = actions
@@ -279,11 +416,23 @@ class HeldOutEvalCallback(BaseCallback):
             )
         if self.run.evaluations.is_file():  # without the dropped and damaged rows
             write_evaluations(self.run.evaluations, kept)
+        for row in kept:  # the verdicts of the rule this session selects with
+            row["feasible"], row["score"] = (
+                float(self.selection.feasible(row)),
+                self.selection.score(row),
+            )
         self.rows = kept
         self.last = dict(kept[-1]) if kept else {}
         self._restore_best(steps)
         if kept:
             self._write_state()
+
+    def best_row(self) -> dict[str, float] | None:
+        """The evaluation whose model best/ holds (the first with the highest score), None
+        before any."""
+        if not self.rows or not math.isfinite(self.best_score):
+            return None
+        return max(self.rows, key=lambda r: (r["score"], -r["timesteps"]))
 
     def _write_state(self) -> None:
         """eval_state.json: a summary for people and tools; the run reads evaluations.csv and
@@ -291,6 +440,8 @@ class HeldOutEvalCallback(BaseCallback):
         state = {
             "best_score": self.best_score,
             "best_return": self.best_return,
+            "selection": self.selection.to_dict(),
+            "best": self.best_row(),
             "wall_s": self.last.get("wall_s"),
             "last": self.last,
         }
@@ -311,15 +462,7 @@ class HeldOutEvalCallback(BaseCallback):
                 source = s
             else:
                 continue
-            candidates.append(
-                (
-                    selection_score(
-                        row["mean_return"], row["final_accuracy"], self.accuracy_target
-                    ),
-                    row,
-                    source,
-                )
-            )
+            candidates.append((row["score"], row, source))
         if not candidates:
             self.best_score, self.best_return = -np.inf, float("nan")
             if steps > 0 and (self.rows or best_problem is None):
@@ -368,9 +511,12 @@ class HeldOutEvalCallback(BaseCallback):
         policy = SB3Policy(
             self.model, norm, self.name, features=self.features, actions=self.actions
         )
-        ev = evaluate(policy, self.config, self.seeds)
+        ev = evaluate(
+            policy, self.config, self.seeds, budget_tolerance=self.selection.budget_tolerance
+        )
         self.model.policy.set_training_mode(False)
         returns = ev.metric("episode_return")
+        kept = ev.metric("in_budget")
         summary: dict[str, float] = {
             "timesteps": int(self.model.num_timesteps),
             "wall_s": self.run.elapsed_s(),
@@ -384,12 +530,18 @@ class HeldOutEvalCallback(BaseCallback):
             "within_budget": float(np.mean(ev.metric("max_budget_use") <= 1.0))
             if self.config.uses_energy_queue
             else float("nan"),
+            "compliance": float(kept.mean()) if np.isfinite(kept).all() else float("nan"),
+            "worst_budget_use": float(ev.metric("worst_budget_use").mean()),
         }
-        score = selection_score(
-            summary["mean_return"], summary["final_accuracy"], self.accuracy_target
-        )
+        summary["feasible"] = float(self.selection.feasible(summary))
+        summary["score"] = score = self.selection.score(summary)
         improved = score > self.best_score
         summary["best"] = int(improved)
+        summary |= _budget_use_per_device(ev.traces["energy_j"], self.config)
+        if self.config.budgets.latency_budget_s is not None:
+            summary["latency_budget_use"] = float(ev.metric("latency_budget_use").mean())
+        if self.extras is not None:
+            summary |= {k: float(v) for k, v in self.extras().items()}
         if improved:
             self.best_score = score
             self.best_return = summary["mean_return"]
@@ -404,6 +556,8 @@ class HeldOutEvalCallback(BaseCallback):
             "energy_j_per_device_round",
             "budget_use_max",
             "within_budget",
+            "compliance",
+            "worst_budget_use",
         ):
             self.logger.record(f"eval/{key}", summary[key])
         self.logger.record("eval/best_return", self.best_return)
@@ -418,10 +572,20 @@ class HeldOutEvalCallback(BaseCallback):
                 f"[eval] step {summary['timesteps']:>9,d}: return "
                 f"{summary['mean_return']:7.2f} +- {summary['std_return']:.2f}, "
                 f"accuracy {summary['final_accuracy']:.4f}, budget use max "
-                f"{summary['budget_use_max']:.2f}{flag}",
+                f"{summary['budget_use_max']:.2f}, compliance {summary['compliance']:.2f}{flag}",
                 flush=True,
             )
         return summary
+
+
+def _budget_use_per_device(energy_j: np.ndarray, config: EnvConfig) -> dict[str, float]:
+    """``budget_use_<k>``: device slot k's average energy per round / budget, averaged over the
+    episodes (energy_j: (episodes, rounds, K), NaN after an early end); none without a budget."""
+    budget = config.budgets.energy_budget_j
+    if budget is None:
+        return {}
+    use = np.nanmean(energy_j, axis=1).mean(axis=0) / budget
+    return {f"budget_use_{k}": float(u) for k, u in enumerate(use)}
 
 
 class Checkpoints(BaseCallback):

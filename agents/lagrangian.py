@@ -34,8 +34,11 @@ policy which device of *this* episode overspends.
 
 The env, its reward and every evaluation are unchanged: evaluations report the env's reward and
 its metrics (final accuracy, energy per device-round, devices within budget;
-:mod:`baselines.evaluation`). The multipliers are logged (``lagrangian/*``) and saved after
-every rollout in ``<run>/lagrangian.json`` (atomically) so that ``--resume`` continues them.
+:mod:`baselines.evaluation`). The best model is the most accurate held-out evaluation in budget
+(:class:`agents.callbacks.SelectionRule` ``constrained``), not the best return. The multipliers
+are logged (``lagrangian/*``), recorded with every held-out evaluation (``lambda_<name>`` in
+``evaluations.csv``) and saved after every rollout in ``<run>/lagrangian.json`` (atomically) so
+that ``--resume`` continues them.
 """
 
 from __future__ import annotations
@@ -204,6 +207,10 @@ class CostConstraints(VecEnvWrapper):
                 "latency_violation": float(violation[-1]),
             }
         return stats
+
+    def record(self) -> dict[str, float]:
+        """The multipliers by name (``lambda_<name>``), as the held-out evaluations record them."""
+        return {f"lambda_{n}": float(x) for n, x in zip(self.multiplier_names, self.lam)}
 
     # ----------------------------------------------------------- checkpointing
     def state(self) -> dict[str, Any]:

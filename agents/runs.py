@@ -36,6 +36,7 @@ import difflib
 import errno
 import hashlib
 import json
+import math
 import os
 import pickle
 import platform
@@ -788,13 +789,17 @@ def finish_run(
         "wall_s_total": total_s,
         "fps_this_session": trained / wall_s if wall_s > 0 else None,
         "best_eval_return": evaluator.best_return,
+        "best_eval": evaluator.best_row(),
+        "selection": evaluator.selection.to_dict(),
         "last_eval": evaluator.last,
         "eval_seeds": episode_seeds(args.eval_seed, args.eval_episodes),
     }
     run.write_metrics(metrics)
+    best = metrics["best_eval"] or {}
     print(
-        f"[done] {run.path}: {steps:,d} steps in {wall_s:.0f} s; best validation return "
-        f"{evaluator.best_return:.2f}",
+        f"[done] {run.path}: {steps:,d} steps in {wall_s:.0f} s; best model (rule "
+        f"{evaluator.selection.kind}): step {best.get('timesteps', 'none')}, validation return "
+        f"{evaluator.best_return:.2f}, final accuracy {best.get('final_accuracy', math.nan):.4f}",
         flush=True,
     )
     return metrics

@@ -19,10 +19,12 @@ within its budget by Lagrange multipliers learned by dual ascent, saved in
 against energy, ``reward.mode``) instead.
 
 Every run writes a run directory (see :mod:`agents.runs`): model + normaliser, the best model on
-held-out validation seeds, checkpoints, the resolved env config and arguments, seed, git commit,
-metrics and TensorBoard logs (``tensorboard --logdir runs``) with the env's reward terms, energy,
-budget use, accuracy and backlogs. Evaluate on test seeds with ``python -m agents.evaluate`` or
-next to the baselines with ``python -m baselines.compare --policies lyapunov,ppo:<run dir>``.
+held-out validation seeds (PPO-Lagrangian: the most accurate evaluation with every budget kept;
+weighted: the best return; :class:`agents.callbacks.SelectionRule`), checkpoints, the resolved
+env config and arguments, seed, git commit, metrics and TensorBoard logs (``tensorboard
+--logdir runs``) with the env's reward terms, energy, budget use, accuracy and backlogs.
+Evaluate on test seeds with ``python -m agents.evaluate`` or next to the baselines with
+``python -m baselines.compare --policies lyapunov,ppo:<run dir>``.
 """
 
 from __future__ import annotations
@@ -37,7 +39,12 @@ from stable_baselines3.common.callbacks import CallbackList
 from stable_baselines3.common.utils import set_random_seed
 
 from agents.actions import ActionAdapter
-from agents.callbacks import EnvMetricsCallback, HeldOutEvalCallback, checkpoint_callback
+from agents.callbacks import (
+    EnvMetricsCallback,
+    HeldOutEvalCallback,
+    SelectionRule,
+    checkpoint_callback,
+)
 from agents.constraints import AccuracyConstraint, DualAscentCallback
 from agents.envs import episode_seeds, make_vec_env
 from agents.features import ObservationFeatures
@@ -175,8 +182,9 @@ class Args:
     select_accuracy: float | None = field(
         default=None,
         metadata=_help(
-            "the best model is the best validation return among evaluations with validation "
-            "accuracy >= this (None = --accuracy-target, or no condition)"
+            "weighted: the best model is the best validation return among evaluations with "
+            "validation accuracy >= this (None = --accuracy-target, or no condition); "
+            "lagrangian always selects the most accurate evaluation in budget"
         ),
     )
     bc_steps: int = field(
@@ -251,10 +259,11 @@ def main(argv: list[str] | None = None) -> Path:
     per_device = args.policy == "per_device"
     lagrangian = None
     if args.objective == "lagrangian":
-        if args.accuracy_target is not None:
+        if args.accuracy_target is not None or args.select_accuracy is not None:
             raise ValueError(
-                "--accuracy-target constrains the weighted objective; PPO-Lagrangian already "
-                "maximises the accuracy (pass --objective weighted to use it)"
+                "--accuracy-target and --select-accuracy go with the weighted objective; "
+                "PPO-Lagrangian already maximises the accuracy and selects the most accurate "
+                "evaluation in budget (pass --objective weighted to use them)"
             )
         lagrangian = CostConstraints(
             venv, config, args.multiplier_lr, args.multipliers, init=args.multiplier_init
@@ -345,6 +354,16 @@ def main(argv: list[str] | None = None) -> Path:
         )
 
     # --- callbacks: env metrics to TensorBoard, held-out evaluation (best model), checkpoints
+    # the best model: on the constrained problem the most accurate evaluation in budget
+    # (agents.callbacks.SelectionRule), on the weighted reward the best return
+    selection = (
+        SelectionRule("constrained")
+        if lagrangian is not None
+        else SelectionRule(
+            "return",
+            args.accuracy_target if args.select_accuracy is None else args.select_accuracy,
+        )
+    )
     evaluator = HeldOutEvalCallback(
         config,
         run,
@@ -353,9 +372,8 @@ def main(argv: list[str] | None = None) -> Path:
         features,
         actions,
         name="ppo",
-        accuracy_target=args.accuracy_target
-        if args.select_accuracy is None
-        else args.select_accuracy,
+        selection=selection,
+        extras=lagrangian.record if lagrangian is not None else None,
     )
     callbacks = CallbackList(
         [

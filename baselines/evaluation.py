@@ -20,6 +20,11 @@ Per-episode metrics (``EPISODE_METRICS``):
 |                             | budget                                                             |
 | ``latency_s``               | mean round latency T(t), s                                         |
 | ``latency_budget_use``      | mean round latency / latency budget                                |
+| ``worst_budget_use``        | max of ``max_budget_use`` and ``latency_budget_use`` (every budget |
+|                             | the config has)                                                    |
+| ``in_budget``               | 1 if every budget is kept: every device's average energy and the   |
+|                             | mean latency <= (1 + tolerance) x budget, else 0 (its mean over    |
+|                             | episodes is the *budget compliance*)                               |
 | ``deadline_misses``         | uploads dropped for missing the deadline (stragglers), count per   |
 |                             | episode                                                            |
 | ``packet_losses``           | uploads lost to packet errors, count per episode                   |
@@ -65,6 +70,8 @@ EPISODE_METRICS: tuple[tuple[str, str, str], ...] = (
     ("max_budget_use", "max device energy / budget", ".3f"),
     ("latency_s", "round latency (s)", ".3f"),
     ("latency_budget_use", "latency / budget", ".3f"),
+    ("worst_budget_use", "worst cost / budget", ".3f"),
+    ("in_budget", "episodes within budget", ".3f"),
     ("deadline_misses", "deadline misses", ".2f"),
     ("packet_losses", "packet losses", ".2f"),
     ("episode_return", "episode return", ".2f"),
@@ -188,6 +195,10 @@ def evaluate(
                     break
             energy = traces["energy_j"][i, :t]
             per_device = energy.mean(axis=0)
+            uses = [per_device / e_budget] if e_budget is not None else []
+            if l_budget is not None:
+                uses.append(np.array([traces["round_latency_s"][i, :t].mean() / l_budget]))
+            worst = float(np.concatenate(uses).max()) if uses else nan
             record: dict[str, Any] = {
                 "policy": policy.name,
                 "seed": int(seed),
@@ -208,6 +219,8 @@ def evaluate(
                 "latency_budget_use": float(traces["round_latency_s"][i, :t].mean() / l_budget)
                 if l_budget is not None
                 else nan,
+                "worst_budget_use": worst,
+                "in_budget": float(worst <= 1.0 + budget_tolerance) if uses else nan,
                 "deadline_misses": misses,
                 "packet_losses": losses,
                 "scheduled": float(traces["scheduled"][i, :t].mean()),

@@ -22,7 +22,7 @@ from baselines.registry import (
     split_specs,
 )
 from fedenv import FedLoRAWirelessEnv
-from fedenv.config import PRESETS, EnvConfig
+from fedenv.config import PRESETS, EnvConfig, resolve_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "scenarios" / "tiny.yaml"
@@ -219,6 +219,26 @@ def test_evaluation_records_match_the_env():
         np.mean(per_device <= 1.05 * cfg.budgets.energy_budget_j)
     )
     assert rec["rounds"] == 6 and ev.traces["accuracy"].shape == (1, 7)
+    assert rec["worst_budget_use"] == pytest.approx(per_device.max() / cfg.budgets.energy_budget_j)
+    assert rec["in_budget"] == float(rec["worst_budget_use"] <= 1.05)
+
+
+@pytest.mark.parametrize("tolerance", [0.0, 10.0])
+def test_in_budget_counts_every_budget_with_the_tolerance(tolerance):
+    """unified budgets energy and latency: the worst use is the larger of the two kinds."""
+    cfg = resolve_config("unified", num_rounds=4, devices={"num_devices": 3})
+    ev = evaluate(make_policy("max", cfg), cfg, [1, 2], budget_tolerance=tolerance)
+    for i, rec in enumerate(ev.episodes):
+        energy = ev.traces["energy_j"][i].mean(axis=0) / cfg.budgets.energy_budget_j
+        latency = ev.traces["round_latency_s"][i].mean() / cfg.budgets.latency_budget_s
+        assert rec["worst_budget_use"] == pytest.approx(max(energy.max(), latency))
+        assert rec["in_budget"] == float(max(energy.max(), latency) <= 1.0 + tolerance)
+    assert [e["in_budget"] for e in ev.episodes] == ([0.0, 0.0] if tolerance == 0 else [1.0, 1.0])
+    soft = resolve_config(
+        "soft", num_rounds=3, devices={"num_devices": 2}, budgets={"latency_budget_s": None}
+    )
+    rec = evaluate(make_policy("max", soft), soft, [1]).episodes[0]
+    assert np.isnan(rec["worst_budget_use"]) and np.isnan(rec["in_budget"])  # no budget at all
 
 
 def test_mean_ci_is_the_student_t_interval():

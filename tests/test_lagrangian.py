@@ -208,6 +208,22 @@ def test_training_writes_the_multipliers_and_resume_restores_them(tmp_path: Path
     assert state["multipliers"] == "per_device" and state["timesteps"] == 256
     assert state["names"] == [f"energy_{k}" for k in range(10)] and len(state["lambda"]) == 10
     assert all(x >= 0 for x in state["lambda"]) and state["limits"]["energy_0"] == 0.25
+    # the best model is chosen by the constrained rule, recorded with every evaluation
+    from agents.callbacks import read_evaluations
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["selection"]["rule"] == "constrained"
+    rows = read_evaluations(run / "evaluations.csv")
+    assert {f"budget_use_{k}" for k in range(10)} | {
+        f"lambda_energy_{k}" for k in range(10)
+    } <= set(rows[0])
+    assert [r["lambda_energy_0"] for r in rows][-1] == pytest.approx(state["lambda"][0])
+    kept = [r for r in rows if r["compliance"] >= 0.95] or rows
+    expected = max(
+        kept,
+        key=lambda r: r["final_accuracy"] if r["compliance"] >= 0.95 else -r["worst_budget_use"],
+    )
+    assert metrics["best_eval"]["timesteps"] == expected["timesteps"]
     # resume: the saved multipliers continue (set by hand, frozen with a zero step, still there)
     state["lambda"] = [float(k) for k in range(10)]
     (run / STATE_FILE).write_text(json.dumps(state))
@@ -287,3 +303,143 @@ def test_pareto_command_runs_end_to_end_with_the_lyapunov_sweep_and_agents_per_b
     ]
     with pytest.raises(ValueError, match="--seeds"):
         pareto.parse_seeds("10-1")
+
+
+# ---------------------------------------------------------------- best-model selection
+def _row(accuracy: float, ret: float, compliance: float, worst: float) -> dict[str, float]:
+    return {
+        "mean_return": ret,
+        "final_accuracy": accuracy,
+        "compliance": compliance,
+        "worst_budget_use": worst,
+        "within_budget": compliance,
+        "budget_use_max": worst,
+    }
+
+
+def test_constrained_rule_ranks_in_budget_by_accuracy_then_least_overspend() -> None:
+    from agents.callbacks import SelectionRule
+
+    rule = SelectionRule("constrained")
+    over = _row(0.86, 40.0, 0.90, 1.30)  # the most accurate and best return, 10% episodes over
+    low = _row(0.80, 35.0, 1.00, 0.90)
+    high = _row(0.82, 30.0, 0.95, 1.00)  # compliance exactly 0.95: in budget
+    assert not rule.feasible(over) and rule.feasible(low) and rule.feasible(high)
+    assert max([over, low, high], key=rule.score) is high  # accuracy, not return
+    assert rule.score(high) == pytest.approx(0.82) and rule.score(over) < -1.0
+    # none in budget: the least overspend, whatever the accuracy
+    worse = _row(0.86, 40.0, 0.0, 1.60)
+    better = _row(0.70, 20.0, 0.5, 1.10)
+    assert max([worse, better], key=rule.score) is better
+    # the weighted objective's rule is still the return
+    assert max([over, low, high], key=SelectionRule("return").score) is over
+    # a row of a run from before the compliance column reads within_budget / budget_use_max
+    legacy = {
+        "mean_return": 1.0,
+        "final_accuracy": 0.8,
+        "within_budget": 1.0,
+        "budget_use_max": 0.9,
+    }
+    assert rule.feasible(legacy) and rule.score(legacy) == pytest.approx(0.8)
+    legacy_over = dict(legacy, within_budget=0.5, compliance=float("nan"))
+    assert rule.score(legacy_over) == pytest.approx(-1.9)
+    # without any budget every evaluation is in budget
+    assert rule.feasible(_row(0.5, 0.0, float("nan"), float("nan")))
+    with pytest.raises(ValueError, match="selection rule must be one of return, constrained"):
+        SelectionRule("accuracy")
+    with pytest.raises(ValueError, match="takes no accuracy_target"):
+        SelectionRule("constrained", accuracy_target=0.8)
+    assert "1.05 x budget" in SelectionRule("constrained").describe()
+
+
+def _fake_evaluation(seeds: list[int], accuracy: float, ret: float, uses: list[list[float]]) -> Any:
+    """An Evaluation whose episode e has device energies uses[e] x the budget (tiny config)."""
+    from baselines.evaluation import Evaluation
+
+    uses_arr = np.asarray(uses, dtype=np.float64)
+    episodes = [
+        {
+            "policy": "ppo",
+            "seed": s,
+            "rounds": 5,
+            "final_accuracy": accuracy,
+            "episode_return": ret,
+            "energy_j": float(u.mean() * BUDGET),
+            "max_budget_use": float(u.max()),
+            "latency_budget_use": float("nan"),
+            "worst_budget_use": float(u.max()),
+            "in_budget": float(u.max() <= 1.05),
+        }
+        for s, u in zip(seeds, uses_arr)
+    ]
+    energy = np.repeat(uses_arr[:, None, :] * BUDGET, 5, axis=1)
+    return Evaluation("ppo", seeds, episodes, {"energy_j": energy})
+
+
+def test_the_callback_keeps_the_most_accurate_evaluation_in_budget_and_records_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    import baselines.evaluation
+    from agents.actions import ActionAdapter
+    from agents.callbacks import HeldOutEvalCallback, SelectionRule, read_evaluations
+    from agents.features import ObservationFeatures
+    from agents.runs import model_steps
+
+    cfg = resolve_config("switching", num_rounds=5, devices={"num_devices": K})
+    venv = VecNormalize(
+        make_vec_env(cfg, 1, "dummy", seed=0, obs_features="env", action_form="env")
+    )
+    model = PPO("MlpPolicy", venv, n_steps=8, batch_size=8, policy_kwargs={"net_arch": [4]})
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    seeds = [1, 2]
+    # (step, accuracy, return, device uses per episode)
+    plan = [
+        (100, 0.70, 10.0, [[0.5, 0.5, 0.5]] * 2),  # in budget
+        (200, 0.86, 40.0, [[1.3, 0.5, 0.5], [0.9, 0.9, 0.9]]),  # best return, one episode over
+        (300, 0.75, 20.0, [[1.04, 0.5, 0.5]] * 2),  # in budget (within 1.05), most accurate
+        (400, 0.72, 30.0, [[0.6, 0.6, 0.6]] * 2),  # in budget, less accurate
+    ]
+    lam = {"value": 0.0}
+
+    def callback(selection: SelectionRule) -> HeldOutEvalCallback:
+        cb = HeldOutEvalCallback(
+            cfg,
+            run,
+            0,
+            seeds,
+            ObservationFeatures(cfg, "env"),
+            ActionAdapter(cfg, "env"),
+            name="ppo",
+            verbose=0,
+            selection=selection,
+            extras=lambda: {"lambda_energy_0": lam["value"]},
+        )
+        cb.restore(model)
+        return cb
+
+    cb = callback(SelectionRule("constrained"))
+    for steps, acc, ret, uses in plan:
+        fake = _fake_evaluation(seeds, acc, ret, uses)
+        monkeypatch.setattr(baselines.evaluation, "evaluate", lambda *a, _f=fake, **k: _f)
+        model.num_timesteps = steps
+        lam["value"] = steps / 100
+        cb.evaluate()
+    rows = read_evaluations(run.evaluations)
+    assert [r["best"] for r in rows] == [1, 0, 1, 0]
+    assert [r["feasible"] for r in rows] == [1.0, 0.0, 1.0, 1.0]
+    assert [r["compliance"] for r in rows] == [1.0, 0.5, 1.0, 1.0]
+    assert rows[1]["worst_budget_use"] == pytest.approx((1.3 + 0.9) / 2)
+    assert rows[2]["budget_use_0"] == pytest.approx(1.04) and rows[2]["budget_use_2"] == 0.5
+    assert [r["lambda_energy_0"] for r in rows] == [1.0, 2.0, 3.0, 4.0]
+    assert model_steps(run.best_model) == 300 and cb.best_row()["timesteps"] == 300
+    state = json.loads(run.eval_state.read_text())
+    assert state["selection"]["rule"] == "constrained" and state["best"]["timesteps"] == 300
+    # a resumed session scores the records again with its rule and keeps best/ (step 300)
+    again = callback(SelectionRule("constrained"))
+    assert again.best_score == pytest.approx(0.75) and model_steps(run.best_model) == 300
+    # the weighted objective's rule on the same records would pick the best return (step 200)
+    assert max(rows, key=SelectionRule("return").score)["timesteps"] == 200
