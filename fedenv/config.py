@@ -639,7 +639,7 @@ class LoraBackendConfig(_Section):
     mean) or model (docs/lora.md, "Classifier input")."""
     optimizer: Annotated[str, OneOf("sgd", "adamw")] = "sgd"
     """Client optimiser, fresh every round: sgd or adamw (docs/lora.md, "Client optimisation")."""
-    learning_rate: Annotated[float, Range(gt=0, le=10)] = 0.1
+    learning_rate: Annotated[float, Range(gt=0, le=10)] = 0.2
     """Client learning rate, in (0, 10]."""
     weight_decay: Annotated[float, Range(ge=0, le=100)] = 0.01
     """Client weight decay (AdamW: decoupled), in [0, 100]."""

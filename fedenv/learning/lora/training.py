@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from numpy.typing import NDArray
 from torch import nn
 
+from fedenv.config import LoraBackendConfig
 from fedenv.learning.lora.data import EncodedSplit
 from fedenv.learning.lora.model import LORA_ALPHA_PER_RANK, ModelSpec
 from fedenv.learning.lora.sparsification import orthogonality_penalty
@@ -108,13 +109,15 @@ class LocalUpdate:
 
 @dataclass(frozen=True)
 class TrainSettings:
-    learning_rate: float = 0.1
-    weight_decay: float = 0.01
-    optimizer: str = "sgd"
+    """Local training settings; the defaults are those of ``learning.lora`` (LoraBackendConfig)."""
+
+    learning_rate: float = LoraBackendConfig.learning_rate
+    weight_decay: float = LoraBackendConfig.weight_decay
+    optimizer: str = LoraBackendConfig.optimizer
     """``sgd`` or ``adamw`` (``learning.lora.optimizer``)."""
-    lora_dropout: float = 0.0
-    orthogonality_weight: float = 0.0
-    max_sequences_per_pass: int = 256
+    lora_dropout: float = LoraBackendConfig.lora_dropout
+    orthogonality_weight: float = LoraBackendConfig.orthogonality_weight
+    max_sequences_per_pass: int = LoraBackendConfig.max_sequences_per_pass
     eval_batch_size: int = 128
     max_seq_len: int = 512
     """Longest tokenised example (the batched engine's dropout masks are drawn at this length)."""
