@@ -74,7 +74,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from fedenv import channel, costs
-from fedenv.actions import ActionCodec, Decision
+from fedenv.actions import ActionCodec, Decision, bandwidth_shares
 from fedenv.config import EnvConfig
 from fedenv.learning.surrogate import next_gap, round_progress
 from fedenv.queues import drift_plus_penalty
@@ -152,14 +152,6 @@ class RoundState:
                 info["global_label_distribution"], dtype=np.float64
             ),
         )
-
-
-def _shares(module: I64, weight: F) -> F:
-    """FDMA shares: the scheduled devices' weights renormalised to sum to one (as the codec
-    does)."""
-    w = weight * (module > 0)
-    total = w.sum(axis=-1, keepdims=True)
-    return np.where(total > 0.0, w / np.where(total > 0.0, total, 1.0), 0.0)
 
 
 class RoundProblem:
@@ -403,7 +395,7 @@ class LyapunovPolicy:
         return Decision(
             module=module,
             power_w=p.power.copy(),
-            share=_shares(module, p.weight),
+            share=bandwidth_shares(p.weight, module > 0),
             ratio=self.opt_ratio[p.option],
         )
 
@@ -419,7 +411,7 @@ class LyapunovPolicy:
         """Score candidates exactly (one batched call); the best one, with its evaluation
         attached."""
         option = np.stack([c.option for c in cands])
-        share = _shares(self.opt_module[option], np.stack([c.weight for c in cands]))
+        share = bandwidth_shares(np.stack([c.weight for c in cands]), self.opt_module[option] > 0)
         obj, phi, phys = self._evaluate(prob, option, np.stack([c.power for c in cands]), share)
         i = int(np.argmin(obj))
         best = cands[i]
@@ -564,11 +556,13 @@ class LyapunovPolicy:
         toggled = np.where(
             eye, np.where(sched, 0, self.opt_module[top]), module
         )  # (K, K): row k toggles k
-        toggled_share = _shares(toggled, p.weight)
+        toggled_share = bandwidth_shares(p.weight, toggled > 0)
         others = prob.physics(
             toggled, np.broadcast_to(p.power, (k, k)), toggled_share, np.broadcast_to(ratio, (k, k))
         )
-        own_share = np.where(sched, _shares(module, p.weight), np.diagonal(toggled_share))
+        own_share = np.where(
+            sched, bandwidth_shares(p.weight, module > 0), np.diagonal(toggled_share)
+        )
         n_opt, n_slot = self.opt_module.size, levels.size + 1
         slot_power = np.concatenate(
             [p.power[None], np.broadcast_to(levels[:, None], (levels.size, k))]
@@ -658,7 +652,7 @@ class LyapunovPolicy:
             return p
         k = prob.num_devices
         ratio = self.opt_ratio[p.option]
-        share = _shares(module, p.weight)
+        share = bandwidth_shares(p.weight, module > 0)
         cur = p.phys
         c_now, lat_now = cur.success_prob[0], cur.latency_s[0]
         # round latency when only device k changes: max(its latency, the others' largest)
@@ -804,7 +798,7 @@ class LyapunovPolicy:
             # the convex KKT step cannot improve on the current split.
             return p
         ratio = self.opt_ratio[p.option]
-        share = _shares(module, p.weight)
+        share = bandwidth_shares(p.weight, module > 0)
         phys = p.phys
         beta_min = self._min_share(
             prob, p.power, phys.payload_bits[0], phys.compute_time_s[0], self.deadline

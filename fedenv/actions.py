@@ -18,7 +18,6 @@ anything changes, so a rejected action leaves the env as it was.
 
 from __future__ import annotations
 
-import math
 import numbers
 from dataclasses import dataclass
 from functools import cached_property
@@ -28,11 +27,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fedenv.config import EnvConfig
-from fedenv.operands import ZERO_INT, const
 
-__all__ = ["Decision", "ActionCodec"]
-
-_ZERO, _ONE, _TWO = const(0.0), const(1.0), const(2.0)
+__all__ = ["Decision", "ActionCodec", "bandwidth_shares"]
 
 
 @dataclass(frozen=True)
@@ -51,21 +47,23 @@ class Decision:
     @cached_property
     def idle(self) -> NDArray[np.bool_]:
         """module == 0: the devices not scheduled (computed once; decode fills it in)."""
-        return np.equal(self.module, ZERO_INT)
+        return np.equal(self.module, 0)
 
 
-def _decision(
-    module: NDArray[np.int64],
-    power_w: NDArray[np.float64],
-    share: NDArray[np.float64],
-    ratio: NDArray[np.float64],
-    idle: NDArray[np.bool_],
-) -> Decision:
-    # Equal to Decision(...) with its idle mask already computed, without the frozen
-    # dataclass's per-field object.__setattr__ (a measurable share of a step's cost).
-    d = object.__new__(Decision)
-    d.__dict__.update(module=module, power_w=power_w, share=share, ratio=ratio, idle=idle)
-    return d
+def bandwidth_shares(
+    weight: NDArray[np.float64], scheduled: NDArray[np.bool_]
+) -> NDArray[np.float64]:
+    """FDMA shares beta_k = w_k / sum_j w_j over the scheduled devices (last axis), 0 for the
+    others; where every scheduled weight is 0, the scheduled devices share the band equally.
+
+    The one rule of the action codec and of the policies that search over weights (the
+    Lyapunov policy).
+    """
+    w = np.where(scheduled, weight, 0.0)
+    total = np.add.reduce(w, axis=-1, keepdims=True)
+    positive = total > 0.0
+    equal = scheduled / np.maximum(np.add.reduce(scheduled, axis=-1, keepdims=True), 1)
+    return np.where(positive, w / np.where(positive, total, 1.0), equal)
 
 
 class _Layout(NamedTuple):
@@ -108,9 +106,6 @@ class ActionCodec:
         self._low = np.array([bounds[c][0] for c in self.components])
         self._half_span = np.array([0.5 * (bounds[c][1] - bounds[c][0]) for c in self.components])
         self._layouts: dict[tuple[int, ...], _Layout] = {}
-        self._ones: dict[tuple[int | str, ...], NDArray[np.floating]] = {}
-        self._max_module = np.array(self.num_modules, dtype=np.int64)
-        self._total = np.zeros(())
 
     # ----------------------------------------------------------------- decode
     def validate(self, action: object, batch: tuple[int, ...] = ()) -> NDArray[np.float64]:
@@ -139,14 +134,7 @@ class ActionCodec:
                 f"action must have shape {batch + self.shape} ({lead}devices x components "
                 f"{list(self.components)}), got {a.shape}"
             )
-        # A sum of finite numbers is finite unless it overflows (NaN and inf carry through), so
-        # the elementwise check runs only when it is not; summed as a dot product with ones,
-        # the cheapest full pass over a small array.
-        flat = a.ravel()
-        ones = self._ones.get(flat.shape + (a.dtype.char,))
-        if ones is None:
-            ones = self._ones_like(flat)
-        if not math.isfinite(flat.dot(ones)) and not np.isfinite(a).all():
+        if not np.isfinite(a).all():
             raise ValueError(
                 f"action contains NaN or infinite values; expected finite numbers in [-1, 1]: {a}"
             )
@@ -190,15 +178,6 @@ class ActionCodec:
             f"(dtype {a.dtype})"
         )
 
-    def _ones_like(self, flat: NDArray[np.floating]) -> NDArray[np.floating]:
-        """Read-only ones of the shape and dtype of ``flat``, cached."""
-        if len(self._ones) > 16:
-            self._ones.clear()
-        ones = np.ones_like(flat)
-        ones.flags.writeable = False
-        self._ones[flat.shape + (flat.dtype.char,)] = ones
-        return ones
-
     def decode(self, action: NDArray[np.floating]) -> Decision:
         """Canonical action (..., K, C) to a :class:`Decision` (finite; clipped to [-1, 1] here).
 
@@ -214,47 +193,28 @@ class ActionCodec:
         layout = self._layouts.get(action.shape)
         if layout is None:
             layout = self._layout(action.shape)
-        x = (action.T if action.ndim == 2 else action.transpose(layout.perm)).astype(
-            np.float64, order="C"
-        )
-        x += _ONE
-        np.maximum(x, _ZERO, out=x)
-        np.minimum(x, _TWO, out=x)
+        x = action.transpose(layout.perm).astype(np.float64, order="C")
+        x += 1.0
+        np.maximum(x, 0.0, out=x)
+        np.minimum(x, 2.0, out=x)
         x *= layout.half_span
         x += layout.low
         col = self._column
         if col["module"] is not None:
             module = x[col["module"]].astype(np.int64)
-            np.minimum(module, self._max_module, out=module)
+            np.minimum(module, self.num_modules, out=module)
         elif col["schedule"] is not None:
             module = (action[..., col["schedule"]] > 0.0) * self.structural_module
         else:
             module = layout.module.copy()
         power = x[col["power"]] if col["power"] is not None else layout.power.copy()
         ratio = x[col["ratio"]] if col["ratio"] is not None else layout.ratio.copy()
-        idle = np.equal(module, ZERO_INT)
-        w = x[col["bandwidth"]]
-        # idle devices get no band (w x scheduled, w >= 0, without the multiplication) and transmit
-        # with no power (the round's physics is the same: an idle device sends nothing)
-        w[idle] = _ZERO
-        power[idle] = _ZERO
-        if w.ndim == 1:
-            # one device block: its total into a 0-d array (divided by without broadcasting a
-            # (1,) array; decode's scratch, not part of the decision), tested as a float
-            total = np.add.reduce(w, axis=-1, out=self._total)
-            positive_everywhere = total.item() > 0.0
-        else:
-            total = np.add.reduce(w, axis=-1, keepdims=True)
-            positive_everywhere = np.minimum.reduce(total, axis=None) > 0.0
-        if positive_everywhere:
-            share = np.divide(w, total, out=w)
-        else:
-            # Every scheduled weight 0: the scheduled devices share the band equally.
-            scheduled = np.logical_not(idle)
-            positive = total > 0.0
-            equal = scheduled / np.maximum(np.add.reduce(scheduled, axis=-1, keepdims=True), 1)
-            share = np.where(positive, w / np.where(positive, total, 1.0), equal)
-        return _decision(module, power, share, ratio, idle)
+        # idle devices get no band and transmit with no power (the round's physics is the same:
+        # an idle device sends nothing)
+        idle = np.equal(module, 0)
+        power[idle] = 0.0
+        share = bandwidth_shares(x[col["bandwidth"]], np.logical_not(idle))
+        return Decision(module=module, power_w=power, share=share, ratio=ratio)
 
     def _layout(self, shape: tuple[int, ...]) -> _Layout:
         """Cached per action shape (..., K, C): the axis order moving components first, span / 2

@@ -8,13 +8,11 @@ units inside (W, Hz, m, linear power gains), dB only in the path loss and at the
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from fedenv.config import ChannelConfig
-from fedenv.operands import const, put
 
 __all__ = [
     "place_devices",
@@ -152,11 +150,7 @@ def uplink_rate(power_w: ArrayLike, gain: ArrayLike, share: ArrayLike, cfg: Chan
     A share below 1e-12 of the band (a zero share included) gives a zero rate: the limit of the
     formula as beta -> 0, and no floating-point overflow on the way there.
     """
-    share = np.asarray(share, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        return _rate(
-            np.multiply(power_w, gain), share, share * _noise_psd_band(cfg), _constants(cfg)
-        )
+    return link(power_w, gain, share, cfg)[0]
 
 
 def packet_error_rate(
@@ -167,75 +161,20 @@ def packet_error_rate(
 
     A zero received power (no channel) loses every packet.
     """
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return _packet_error(
-            np.multiply(power_w, gain), np.multiply(share, _noise_psd_band(cfg)), _constants(cfg)
-        )
+    return link(power_w, gain, share, cfg)[1]
 
 
 def link(power_w: ArrayLike, gain: ArrayLike, share: ArrayLike, cfg: ChannelConfig) -> tuple[F, F]:
     """(:func:`uplink_rate`, :func:`packet_error_rate`) at once, sharing p h and beta B N0."""
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        return link_unchecked(power_w, gain, share, cfg)
-
-
-def link_unchecked(
-    power_w: ArrayLike, gain: ArrayLike, share: ArrayLike, cfg: ChannelConfig
-) -> tuple[F, F]:
-    """:func:`link` for callers that already ignore floating-point divide, invalid and overflow
-    errors (``np.errstate``): one round's physics enters that context once for all its formulas."""
     share = np.asarray(share, dtype=np.float64)
     received = np.multiply(power_w, gain)
-    constants = _constants(cfg)
-    noise = share * constants[0]
-    return _rate(received, share, noise, constants), _packet_error(received, noise, constants)
-
-
-_CONSTANTS: dict[int, tuple[ChannelConfig, tuple[NDArray[np.float64], ...]]] = {}
-_TINY_SHARE, _ZERO, _ONE = const(1e-12), const(0.0), const(1.0)
-
-
-def _constants(cfg: ChannelConfig) -> tuple[NDArray[np.float64], ...]:
-    """(B N0, B / ln 2, -m) as 0-d arrays, cached per config object (N0 is a property
-    converting from dBm/Hz; a ufunc converts a Python float operand on every call)."""
-    entry = _CONSTANTS.get(id(cfg))
-    if entry is None or entry[0] is not cfg:
-        if len(_CONSTANTS) > 64:
-            _CONSTANTS.clear()
-        values = (
-            cfg.bandwidth_hz * cfg.noise_psd_w_per_hz,
-            cfg.bandwidth_hz * _INV_LN2,
-            -cfg.waterfall_threshold,
-        )
-        entry = _CONSTANTS[id(cfg)] = (cfg, tuple(const(v) for v in values))
-    return entry[1]
-
-
-def _noise_psd_band(cfg: ChannelConfig) -> NDArray[np.float64]:
-    """B N0 in W."""
-    return _constants(cfg)[0]
-
-
-# The kernels below run under np.errstate(divide/invalid ignored): the divisions may meet
-# zeros, and the masks then put in the limit values. ``constants`` is :func:`_constants`.
-def _rate(received: Any, share: Any, noise: Any, constants: tuple[NDArray[np.float64], ...]) -> F:
-    """R from the received power p h, the share beta and the noise power beta B N0 on it."""
-    # log1p keeps full precision at low SNR, where log2(1 + x) rounds x away
-    rate = np.log1p(np.divide(received, noise))
-    rate *= share
-    rate *= constants[1]
-    if isinstance(rate, np.ndarray) and rate.ndim:
-        # a share of at most 1e-12 of the band (or none) carries nothing (shares are never NaN)
-        put(rate, np.less_equal(share, _TINY_SHARE), _ZERO)
-        return rate
-    return np.where(share > 1e-12, rate, 0.0)
-
-
-def _packet_error(received: Any, noise: Any, constants: tuple[NDArray[np.float64], ...]) -> F:
-    """q from the received power p h and the noise power beta B N0 (q = 1 when p h = 0)."""
-    q = np.expm1(np.divide(np.multiply(noise, constants[2]), received))
-    if isinstance(q, np.ndarray) and q.ndim:
-        np.negative(q, out=q)
-        put(q, np.less_equal(received, _ZERO), _ONE)  # (p h is never NaN)
-        return q
-    return np.where(received > 0.0, -q, 1.0)
+    noise = share * (cfg.bandwidth_hz * cfg.noise_psd_w_per_hz)
+    # The divisions may meet zeros (no share, no received power); np.where then puts in the
+    # limit values.
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        # log1p keeps full precision at low SNR, where log2(1 + x) rounds x away
+        rate = np.log1p(np.divide(received, noise)) * share * (cfg.bandwidth_hz * _INV_LN2)
+        q = -np.expm1(noise * -cfg.waterfall_threshold / received)
+    # a share of at most 1e-12 of the band (or none) carries nothing; no received power loses
+    # the packet
+    return np.where(share > 1e-12, rate, 0.0), np.where(received > 0.0, q, 1.0)

@@ -10,7 +10,6 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from fedenv.config import CostConfig, DeviceConfig, ModelConfig
-from fedenv.operands import const, put
 
 __all__ = [
     "lora_payload_bits",
@@ -21,8 +20,6 @@ __all__ = [
     "computation_latency",
     "computation_energy",
     "upload",
-    "upload_unchecked",
-    "upload_within",
     "kept_components",
 ]
 
@@ -147,49 +144,21 @@ def upload(
 ) -> tuple[F, F, NDArray[np.bool_]]:
     """Upload latency and energy, with the round deadline (docs/model.md §3.4).
 
-    t_up = S / R and E_up = p t_up. A device transmits at most until the deadline closes the
-    round (``time_left_s`` = T_max - t_cmp): a late upload is dropped, and the energy spent
-    until the deadline is still spent. Zero bits take no time.
+    t_up = S / R and E_up = p min(t_up, t_left). A device transmits at most until the deadline
+    closes the round (``time_left_s`` = T_max - t_cmp, clipped at 0 here): a late upload is
+    dropped, and the energy spent until the deadline is still spent. Zero bits take no time.
 
     Returns:
         (t_up, E_up, on_time): the full upload time (inf if the rate is 0), the energy
         actually spent, and whether the upload finished by the deadline. A device with a zero rate
         cannot transmit: it spends no upload energy and is not on time (unless it sends nothing).
     """
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return upload_unchecked(bits, rate_bps, power_w, time_left_s)
-
-
-_ZERO = const(0.0)
-
-
-def upload_unchecked(
-    bits: ArrayLike, rate_bps: ArrayLike, power_w: ArrayLike, time_left_s: ArrayLike
-) -> tuple[F, F, NDArray[np.bool_]]:
-    """:func:`upload` for callers that already ignore floating-point divide and invalid errors
-    (``np.errstate``)."""
-    return upload_within(bits, rate_bps, power_w, np.maximum(time_left_s, _ZERO))
-
-
-def upload_within(
-    bits: ArrayLike, rate_bps: ArrayLike, power_w: ArrayLike, left_s: ArrayLike
-) -> tuple[F, F, NDArray[np.bool_]]:
-    """:func:`upload_unchecked` with the time left already clipped at 0: ``left_s`` =
-    max(T_max - t_cmp, 0) (:func:`fedenv.round.time_left`, tabulated per episode)."""
     s = np.asarray(bits, dtype=np.float64)
     rate = np.asarray(rate_bps, dtype=np.float64)
-    # S / R; inf when there are bits but no rate; 0 without bits (0 / 0 included)
-    t_up = np.divide(s, rate)
-    if t_up.ndim:
-        put(t_up, np.less_equal(s, _ZERO), _ZERO)  # (sizes are never NaN)
-    else:
-        t_up = np.where(s > 0.0, t_up, 0.0)
-    on_time = t_up <= left_s
-    # With no rate (no band) nothing can be sent, so nothing is spent on the uplink; the
-    # transmit time min(t_up, left) is finite, so masking by multiplication is exact.
-    energy = np.multiply(power_w, np.minimum(t_up, left_s))
-    if energy.ndim:
-        put(energy, np.less_equal(rate, _ZERO), _ZERO)  # (rates are never NaN)
-    else:
-        energy = energy * (rate > 0.0)
-    return t_up, energy, on_time
+    left = np.maximum(time_left_s, 0.0)
+    # S / R: inf when there are bits but no rate, 0 without bits (0 / 0 included)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t_up = np.where(s > 0.0, s / rate, 0.0)
+    # With no rate (no band) nothing can be sent, so nothing is spent on the uplink.
+    energy = np.where(rate > 0.0, np.multiply(power_w, np.minimum(t_up, left)), 0.0)
+    return t_up, energy, t_up <= left

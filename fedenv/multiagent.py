@@ -27,14 +27,9 @@ from gymnasium import spaces
 from numpy.typing import NDArray
 
 from fedenv.config import EnvConfig
-from fedenv.env import (
-    DEVICE_FEATURES,
-    GLOBAL_FEATURES,
-    EnvConstants,
-    FedLoRAWirelessEnv,
-    observation_bounds,
-    reward_terms,
-)
+from fedenv.env import FedLoRAWirelessEnv
+from fedenv.observation import DEVICE_FEATURES, GLOBAL_FEATURES, observation_bounds
+from fedenv.reward import reward_terms
 
 try:
     from pettingzoo import ParallelEnv
@@ -92,7 +87,7 @@ def agent_observations(obs: NDArray[np.float32], num_devices: int) -> NDArray[np
 
 
 def device_reward_terms(
-    c: EnvConstants,
+    config: EnvConfig,
     terms: Mapping[str, float],
     energy_backlog: NDArray[np.float64],
     new_energy_backlog: NDArray[np.float64],
@@ -101,15 +96,16 @@ def device_reward_terms(
     """The env's named reward terms of a round split over the K devices; each sums to the env's
     term.
 
-    A device's own part of a term is what the env's reward formula (:func:`fedenv.env.reward_terms`)
-    gives for that device's energy and energy backlog alone, with every system-wide quantity
-    (accuracy change, loss gap, latency, latency backlog) set to 0: its energy cost
-    -w_E E_k / E_ref, its share -w_Q (Z_k(t+1) - Z_k(t)) / (K E_bar) of the overshoot (``dpp``:
-    its drift -Z_k E_k / scale). The rest of each term (the accuracy gain, the latency
-    overshoot; ``dpp``: the penalty and the latency drift) is shared equally: 1/K to each device.
+    A device's own part of a term is what the env's reward formula
+    (:func:`fedenv.reward.reward_terms`) gives for that device's energy and energy backlog
+    alone, with every system-wide quantity (accuracy change, loss gap, latency, latency backlog)
+    set to 0: its energy cost -w_E E_k / E_ref, its share -w_Q (Z_k(t+1) - Z_k(t)) / (K E_bar)
+    of the overshoot (``dpp``: its drift -Z_k E_k / scale). The rest of each term (the accuracy
+    gain, the latency overshoot; ``dpp``: the penalty and the latency drift) is shared equally:
+    1/K to each device.
 
     Args:
-        c: the env's constants (``EnvConstants(env.config)``).
+        config: the env's config.
         terms: ``info["reward_terms"]`` of the round.
         energy_backlog, new_energy_backlog: Z before and after the round (K,).
         energy_j: the devices' energy in the round (K,).
@@ -117,21 +113,20 @@ def device_reward_terms(
     Returns:
         The term names of ``terms``, each an array (K,) summing to the env's term (up to rounding).
     """
-    k = c.num_devices
-    z_old = np.asarray(energy_backlog, dtype=np.float64)[:, None]
-    z_new = np.asarray(new_energy_backlog, dtype=np.float64)[:, None]
+    k = config.devices.num_devices
+    zero = np.zeros(k)
     # devices as a leading axis of one-device rounds; the system-wide arguments 0
     own = reward_terms(
-        c,
-        z_old,
-        z_new,
-        0.0,
-        0.0,
-        np.asarray(energy_j, dtype=np.float64)[:, None],
-        0.0,
-        0.0,
-        0.0,
-        0.0,
+        config,
+        energy_j=np.asarray(energy_j, dtype=np.float64)[:, None],
+        round_latency_s=zero,
+        gap=zero,
+        accuracy=zero,
+        last_accuracy=zero,
+        energy_backlog=np.asarray(energy_backlog, dtype=np.float64)[:, None],
+        next_energy_backlog=np.asarray(new_energy_backlog, dtype=np.float64)[:, None],
+        latency_backlog=zero,
+        next_latency_backlog=zero,
     )
     out = {}
     for name, total in terms.items():
@@ -284,7 +279,6 @@ class FedLoRAWirelessParallelEnv(ParallelEnv[str, NDArray[np.float32], NDArray[n
             for a in self.possible_agents
         }
         self.state_space = self.env.observation_space
-        self._c = EnvConstants(config)
 
     def _follow_config(self) -> None:
         """After ``self.env.configure(...)``: take the new config, or raise if it changes the agents
@@ -349,7 +343,7 @@ class FedLoRAWirelessParallelEnv(ParallelEnv[str, NDArray[np.float32], NDArray[n
         if self.agent_reward == "per_device":
             assert self._energy_backlog is not None
             split = device_reward_terms(
-                self._c,
+                self.env.config,
                 info["reward_terms"],
                 self._energy_backlog,
                 info["energy_backlog"],

@@ -9,33 +9,39 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from fedenv.operands import const
+from fedenv.config import EnvConfig
 
-__all__ = ["update_queue", "drift_plus_penalty"]
-
-_ZERO = const(0.0)
+__all__ = ["update_queue", "update_backlogs", "drift_plus_penalty"]
 
 
 def update_queue(backlog: ArrayLike, arrival: ArrayLike, budget: ArrayLike) -> NDArray[np.float64]:
-    """Q(t+1) = max(Q(t) + x(t) - b, 0), element-wise (energy queues Z_k, latency queue Y).
+    """Q(t+1) = max(Q(t) + x(t) - b, 0), element-wise (energy queues Z_k, latency queue Y)."""
+    return np.maximum(np.add(backlog, arrival) - budget, 0.0)
 
-    Numbers in, a number out (a float64 NumPy scalar): one queue (Y) costs scalar arithmetic,
-    not four operations on 0-d arrays.
-    """
-    if (
-        isinstance(backlog, (float, np.floating))
-        and isinstance(arrival, (float, np.floating))
-        and isinstance(budget, (float, np.floating))
-    ):
-        q = np.float64(backlog) + arrival - budget
-        return np.float64(0.0) if q < 0.0 else q  # (NaN propagates, as with np.maximum)
-    if isinstance(budget, (float, int)):
-        budget = const(float(budget))  # (a 0-d operand: no conversion per call)
-    q = np.add(backlog, arrival)
-    if isinstance(q, np.ndarray) and q.ndim and np.ndim(budget) == 0:
-        np.subtract(q, budget, out=q)  # (in place: q is new)
-        return np.maximum(q, _ZERO, out=q)
-    return np.maximum(np.subtract(q, budget), _ZERO)
+
+def update_backlogs(
+    config: EnvConfig,
+    *,
+    energy_backlog: NDArray[np.float64],
+    latency_backlog: NDArray[np.float64],
+    energy_j: NDArray[np.float64],
+    round_latency_s: NDArray[np.float64],
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """The env's virtual queues after a round: Z_k for the energy budget (..., K), Y for the
+    latency budget (...). A queue without its budget stays at 0. Returns new arrays."""
+    energy_budget = config.budgets.energy_budget_j
+    latency_budget = config.budgets.latency_budget_s
+    z = (
+        energy_backlog.copy()
+        if energy_budget is None
+        else update_queue(energy_backlog, energy_j, energy_budget)
+    )
+    y = (
+        latency_backlog.copy()
+        if latency_budget is None
+        else update_queue(latency_backlog, round_latency_s, latency_budget)
+    )
+    return z, y
 
 
 def drift_plus_penalty(

@@ -16,11 +16,8 @@ from numpy.typing import NDArray
 from fedenv import channel, costs
 from fedenv.actions import Decision
 from fedenv.config import EnvConfig
-from fedenv.operands import const, put
 
 __all__ = ["EpisodeTables", "RoundPhysics", "episode_tables", "play_round", "time_left"]
-
-_ZERO = const(0.0)
 
 F = NDArray[np.float64]
 
@@ -107,11 +104,11 @@ def episode_tables(
 def time_left(compute_time_s: F, config: EnvConfig) -> F:
     """max(T_max - t_cmp, 0): the time a device has left for its upload (docs/model.md §3.4),
     C-contiguous."""
-    return np.ascontiguousarray(_time_left(const(config.costs.round_deadline_s), compute_time_s))
+    return np.ascontiguousarray(_time_left(config.costs.round_deadline_s, compute_time_s))
 
 
-def _time_left(deadline: NDArray[np.float64], compute_time_s: F) -> F:
-    return np.maximum(deadline - compute_time_s, _ZERO)
+def _time_left(deadline: float, compute_time_s: F) -> F:
+    return np.maximum(deadline - compute_time_s, 0.0)
 
 
 @dataclass(frozen=True)
@@ -133,14 +130,13 @@ class RoundPhysics:
     success: NDArray[np.bool_]
     """Realised: scheduled, on time and u >= q (all False when no uniforms were given)."""
     round_latency_s: F
-    """T(t) = max over scheduled devices of their capped finish time, shape (...) (a float for
-    one episode)."""
+    """T(t) = max over scheduled devices of their capped finish time, shape (...)."""
 
     @cached_property
     def success_prob(self) -> F:
         """P(update aggregated) = scheduled x on time x (1 - q) (computed when first read: the
         Lyapunov policy needs it, an env step does not)."""
-        return self.on_time * (const(1.0) - self.packet_error)
+        return self.on_time * (1.0 - self.packet_error)
 
 
 @lru_cache(maxsize=32)
@@ -151,9 +147,7 @@ def _row_offsets(shape: tuple[int, ...], columns: int) -> NDArray[np.int64]:
     return out
 
 
-def _lookups(
-    tables: EpisodeTables, module: NDArray[np.int64], deadline: NDArray[np.float64]
-) -> tuple[F, F, F]:
+def _lookups(tables: EpisodeTables, module: NDArray[np.int64], deadline: float) -> tuple[F, F, F]:
     """Computation time, energy and time left for the upload of each device's module:
     ``table[..., k, module[..., k]]``."""
     offsets = tables.row_offsets
@@ -178,10 +172,6 @@ def _lookup(table: F, module: NDArray[np.int64]) -> F:
     return np.take_along_axis(table, np.broadcast_to(module, lead)[..., None], axis=-1)[..., 0]
 
 
-# One floating-point error context for every formula of the round (the link's and the upload's
-# divisions meet zeros, and the masks put in the limit values); as a decorator it costs less
-# than a ``with`` block.
-@np.errstate(divide="ignore", invalid="ignore", over="ignore")
 def play_round(
     decision: Decision,
     gain: F,
@@ -199,7 +189,7 @@ def play_round(
     idle = decision.idle
     scheduled = np.logical_not(idle)
     rank = tables.rank_of_module.take(module)
-    deadline = const(config.costs.round_deadline_s)
+    deadline = config.costs.round_deadline_s
     t_cmp, e_cmp, left = _lookups(tables, module, deadline)
     if tables.sparse:
         bits = costs.sparse_payload_bits(
@@ -207,25 +197,21 @@ def play_round(
         )
     else:
         bits = tables.payload_bits.take(module)
-    rate, per = channel.link_unchecked(power, gain, decision.share, config.channel)
-    put(per, idle, _ZERO)  # idle devices have no packet to lose
+    rate, per = channel.link(power, gain, decision.share, config.channel)
+    per = np.where(idle, 0.0, per)  # idle devices have no packet to lose
     # on time: t_up <= max(T_max - t_cmp, 0). A scheduled device sends at least one bit at a
     # finite rate (t_up > 0), so a computation past the deadline is never on time.
-    t_up, e_up, on_time = costs.upload_within(bits, rate, power, left)
+    t_up, e_up, on_time = costs.upload(bits, rate, power, left)
     on_time &= scheduled
     # Module 0 computes and sends nothing (the tables' column 0 is 0, so t_up = 0 and E_up = 0):
-    # idle devices get a zero finish time and energy without masking. The latencies are never
-    # NaN (t_up is, as 0 / 0, only where the upload mask puts 0), so the round latency of one
-    # episode is Python's max of them (a third of a reduction's cost; a max is exact).
+    # idle devices get a zero finish time and energy without masking.
     latency = np.minimum(t_cmp + t_up, deadline)
     success = (
         on_time & (success_uniform >= per)
         if success_uniform is not None
         else np.zeros_like(on_time)
     )
-    # Equal to RoundPhysics(...), without the frozen dataclass's per-field object.__setattr__.
-    phys = object.__new__(RoundPhysics)
-    phys.__dict__.update(
+    return RoundPhysics(
         rank=rank,
         scheduled=scheduled,
         rate_bps=rate,
@@ -237,8 +223,5 @@ def play_round(
         payload_bits=bits,
         on_time=on_time,
         success=success,
-        round_latency_s=max(latency.tolist())
-        if latency.ndim == 1
-        else np.maximum.reduce(latency, axis=-1),
+        round_latency_s=np.maximum.reduce(latency, axis=-1),
     )
-    return phys

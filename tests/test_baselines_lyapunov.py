@@ -11,7 +11,7 @@ from baselines.lyapunov import LyapunovPolicy, RoundState, check_tradeoff, tsfa_
 from fedenv import FedLoRAWirelessEnv
 from fedenv.actions import Decision
 from fedenv.config import EnvConfig
-from fedenv.learning.surrogate import SurrogateLearner
+from fedenv.learning.surrogate import class_counts, draw_episode, partition_arrays
 from fedenv.trace import generate_trace
 
 
@@ -75,7 +75,8 @@ def random_state(rng: np.random.Generator, cfg: EnvConfig) -> tuple[RoundState, 
     k = cfg.devices.num_devices
     trace = generate_trace(np.array([rng.integers(2**62)], dtype=np.uint64), cfg)
     t = int(rng.integers(0, cfg.num_rounds))
-    part = SurrogateLearner(cfg).reset(k, rng)
+    classes = class_counts(cfg)
+    _, labels, global_labels, share = partition_arrays(draw_episode(cfg, k, rng)[0], classes)
     budget = cfg.budgets.energy_budget_j or 0.25
     z = rng.choice([0.0, 1.0], k) * rng.uniform(0, 8 * budget, k)
     y = float(rng.uniform(0, 5)) if cfg.uses_latency_queue else 0.0
@@ -84,9 +85,9 @@ def random_state(rng: np.random.Generator, cfg: EnvConfig) -> tuple[RoundState, 
         energy_backlog=z,
         latency_backlog=y,
         gap=float(rng.uniform(0.05, 1.0)),
-        data_share=part.data_share,
-        label_distribution=part.label_distribution,
-        global_label_distribution=part.global_label_distribution,
+        data_share=share,
+        label_distribution=labels,
+        global_label_distribution=global_labels,
     )
     return state, trace.cpu_freq_hz[0]
 
@@ -143,7 +144,8 @@ def test_single_move_shortcut_equals_full_evaluation():
     state, cpu = random_state(rng, cfg)
     policy = LyapunovPolicy(cfg, 30.0)
     prob = policy.problem(state, cpu)
-    from baselines.lyapunov import _Point, _shares
+    from baselines.lyapunov import _Point
+    from fedenv.actions import bandwidth_shares
 
     k, n_opt = 6, policy.opt_module.size
     p = _Point(rng.integers(0, n_opt, k), rng.uniform(0.01, 0.2, k), rng.uniform(0.1, 1.0, k))
@@ -159,7 +161,9 @@ def test_single_move_shortcut_equals_full_evaluation():
     power[np.arange(dev.size), dev] = np.where(
         slot > 0, np.concatenate([[0.0], levels])[slot], p.power[dev]
     )
-    full, _, _ = policy._evaluate(prob, option, power, _shares(policy.opt_module[option], p.weight))
+    full, _, _ = policy._evaluate(
+        prob, option, power, bandwidth_shares(p.weight, policy.opt_module[option] > 0)
+    )
     np.testing.assert_allclose(fast, full, rtol=1e-10, atol=1e-12)
 
 

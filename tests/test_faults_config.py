@@ -33,12 +33,13 @@ from fedenv.wrappers import DictAction
 
 def _state(env: FedLoRAWirelessEnv) -> tuple:
     """What a step changes, to check that a rejected input changed nothing."""
+    core = env.unwrapped._episodes
     return (
-        env._t,
-        env._energy_backlog.copy(),
-        env._latency_backlog,
-        env._accuracy,
-        env._last_module.copy(),
+        core.t.copy(),
+        core.energy_backlog.copy(),
+        core.latency_backlog.copy(),
+        core.accuracy.copy(),
+        core.last_module.copy(),
         env.np_random.bit_generator.state["state"]["state"],
     )
 
@@ -231,12 +232,12 @@ def test_dict_action_keeps_float64_precision_so_large_finite_values_clip():
 def test_vector_env_rejects_bad_actions_before_any_change():
     venv = FedLoRAWirelessVectorEnv(2)
     venv.reset(seed=0)
-    t = venv._t.copy()
+    t = venv.episodes.t.copy()
     with pytest.raises(ValueError, match=r"actions must have shape \(2, 10, 3\)"):
         venv.step(np.zeros((10, 3)))
     with pytest.raises(ValueError, match="got complex numbers"):
         venv.step(np.zeros((2, 10, 3), complex))
-    np.testing.assert_array_equal(venv._t, t)
+    np.testing.assert_array_equal(venv.episodes.t, t)
 
 
 # ------------------------------------------------------------------ configs

@@ -8,13 +8,11 @@ import pytest
 from fedenv.config import EnvConfig, SurrogateConfig
 from fedenv.learning.partition import dirichlet_label_counts, partition_indices
 from fedenv.learning.surrogate import (
-    RoundProgress,
     SurrogateLearner,
     accuracy_from_gap,
     gap_from_accuracy,
     next_gap,
     rank_gain,
-    rank_rows_table,
     round_progress,
 )
 
@@ -37,60 +35,12 @@ def test_rank_gain_hand_values():
     np.testing.assert_allclose(rank_gain([0, 4, 8], CFG), [0.0, 1 - np.exp(-1), 1 - np.exp(-2)])
 
 
-def test_rank_rows_table_equals_the_formulas():
-    cfg = EnvConfig()
-    table = rank_rows_table(cfg)
-    ranks = np.arange(max(cfg.model.ranks) + 1)
-    np.testing.assert_array_equal(table, [-rank_gain(ranks, cfg.learning.surrogate), ranks])
-    assert not table.flags.writeable
-
-
 def test_boolean_success_flags_equal_their_float_weights():
     r = np.array([0, 2, 16, 8])
     w = np.array([True, True, False, True])
     assert round_progress(SHARE, w, r, np.ones(K), SKEWED, GLOBAL, CFG) == round_progress(
         SHARE, w.astype(float), r, np.ones(K), SKEWED, GLOBAL, CFG
     )
-
-
-@pytest.mark.parametrize("labels", [2, 3, 9])
-@pytest.mark.parametrize("sparse", [False, True])
-def test_round_progress_of_an_episode_equals_the_function_bit_for_bit(labels, sparse):
-    """RoundProgress (label rows once per episode, rank rows looked up) = round_progress, for one
-    episode and for a batch whose episodes start at different times."""
-    cfg = EnvConfig()
-    scfg = cfg.learning.surrogate
-    rng = np.random.default_rng(labels)
-    n, k = 5, 10
-    progress = RoundProgress(cfg)
-    for lead in ((), (n,)):
-        lab = rng.dirichlet(np.ones(labels), size=lead + (k,))
-        progress.set_labels(lab)
-        for _ in range(4):
-            if lead:  # new episodes in two of the sub-envs
-                idx = np.array([1, 3])
-                lab = lab.copy()
-                lab[idx] = rng.dirichlet(np.ones(labels), size=(2, k))
-                progress.set_labels(lab[idx], idx)
-            share = rng.dirichlet(np.ones(k), size=lead)
-            glob = rng.dirichlet(np.ones(labels), size=lead)
-            r = rng.choice([0, *cfg.model.ranks], size=lead + (k,))
-            rho = rng.uniform(0.1, 1, size=lead + (k,)) if sparse else None
-            for w in (rng.uniform(size=lead + (k,)) < 0.7, rng.uniform(size=lead + (k,))):
-                got = progress(share, w, r, rho, glob)
-                want = round_progress(share, w, r, rho, lab, glob, scfg)
-                np.testing.assert_array_equal(got[0], want[0])
-                np.testing.assert_array_equal(got[1], want[1])
-    # ranks beyond the config's table are computed; ranks of another shape or dtype are refused
-    progress.set_labels(lab[0])
-    r = np.array([0, 64, 2, 1, 0, 0, 8, 4, 16, 128])
-    w = np.ones(k, dtype=bool)
-    assert progress(share[0], w, r, None, glob[0]) == round_progress(
-        share[0], w, r, None, lab[0], glob[0], scfg
-    )
-    for bad in (r[:3], r.astype(float), list(r)):
-        with pytest.raises(ValueError, match="integer array of shape"):
-            progress(share[0], w, bad, None, glob[0])
 
 
 def test_round_progress_broadcasts_one_episode_against_a_batch_of_decisions():
@@ -114,9 +64,10 @@ def test_learner_uses_ratios_only_where_the_paradigm_sparsifies(preset, counts):
     gaps = []
     for ratio in (1.0, 0.3):
         learner = SurrogateLearner(cfg)
-        learner.reset(10, np.random.default_rng(0))
-        ranks = np.full(10, cfg.model.ranks[0])
-        gaps.append(learner.train_round(ranks, np.full(10, ratio), np.ones(10, dtype=bool)).gap)
+        learner.start(np.array([0]), np.array([0], dtype=np.uint64))
+        ranks = np.full((1, 10), cfg.model.ranks[0])
+        ratios = np.full((1, 10), ratio)
+        gaps.append(learner.train_round(ranks, ratios, np.ones((1, 10), dtype=bool)).gap[0])
     assert (gaps[0] != gaps[1]) == counts
 
 
@@ -199,18 +150,28 @@ def test_one_episode_equals_its_row_of_a_batch_bit_for_bit(labels):
         assert gi == g[i] and fi == f[i]
 
 
-def test_learner_is_deterministic_and_expected_gap_matches_train_round():
+def test_learner_is_deterministic_and_its_round_is_the_formula():
+    """N episodes at once: each is the episode started alone, and a round is round_progress and
+    next_gap on the episode's partition."""
     cfg = EnvConfig()
-    a, b = SurrogateLearner(cfg), SurrogateLearner(cfg)
-    pa = a.reset(10, np.random.default_rng(3))
-    pb = b.reset(10, np.random.default_rng(3))
-    np.testing.assert_array_equal(pa.data_sizes, pb.data_sizes)
-    assert pa.data_sizes.sum() == cfg.learning.num_train_samples
+    keys = np.array([3, 5, 3], dtype=np.uint64)
+    a, b = SurrogateLearner(cfg, 3), SurrogateLearner(cfg)
+    pa = a.start(np.arange(3), keys)
+    pb = b.start(np.array([0]), keys[:1])
+    np.testing.assert_array_equal(pa.data_sizes[0], pb.data_sizes[0])
+    np.testing.assert_array_equal(pa.data_sizes[0], pa.data_sizes[2])
+    assert (pa.data_sizes.sum(axis=1) == cfg.learning.num_train_samples).all()
     assert (pa.data_sizes >= cfg.devices.batch_size).all()
-    ranks = np.full(10, 8)
-    ok = np.ones(10, bool)
-    expected = a.expected_gap(ranks, np.ones(10), ok.astype(float))
-    assert a.train_round(ranks, np.ones(10), ok).gap == pytest.approx(expected)
+    rng = np.random.default_rng(0)
+    ranks = rng.choice([0, *cfg.model.ranks], size=(3, 10))
+    ok = rng.uniform(size=(3, 10)) < 0.8
+    scfg = cfg.learning.surrogate
+    progress, floor = round_progress(
+        pa.data_share, ok, ranks, None, pa.label_distribution, pa.global_label_distribution, scfg
+    )
+    report = a.train_round(ranks, np.ones((3, 10)), ok)
+    np.testing.assert_array_equal(report.gap, next_gap(np.ones(3), progress, floor, scfg))
+    assert b.train_round(ranks[:1], np.ones((1, 10)), ok[:1]).gap[0] == report.gap[0]
 
 
 def test_dirichlet_partition_skew_depends_on_alpha():

@@ -181,7 +181,7 @@ def test_reset_mask_resets_only_the_masked_sub_envs():
     obs, info = venv.reset(options={"reset_mask": np.array([False, True, False])})
     np.testing.assert_array_equal(info["_round"], [False, True, False])
     assert info["round"][1] == 0
-    np.testing.assert_array_equal(venv._t, [3, 0, 3])
+    np.testing.assert_array_equal(venv.episodes.t, [3, 0, 3])
     single = FedLoRAWirelessEnv({"num_rounds": 6})
     single.reset(seed=1)
     for _ in range(3):
@@ -200,7 +200,7 @@ def test_bad_input_raises_clear_errors_and_leaves_the_env_usable():
     bad[1, 0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         venv.step(bad)
-    np.testing.assert_array_equal(venv._t, [0, 0])
+    np.testing.assert_array_equal(venv.episodes.t, [0, 0])
     venv.step(np.zeros(venv.action_space.shape, dtype=np.float32))
     with pytest.raises(ValueError, match="surrogate backend only"):
         FedLoRAWirelessVectorEnv(2, backend="lora")

@@ -21,29 +21,23 @@ warm-up w in [0, 1) slows the first rounds (rate mu (1 - w) at G = 1, mu near co
 real LoRA fine-tuning from a zero-initialised adapter and a fresh head starts slowly and then
 accelerates (an S-shaped accuracy curve; docs/fidelity.md); w = 0 is the plain geometric model.
 
-Every function is vectorised over leading axes (episodes), so the batched vector env, the
-Lyapunov policy (which evaluates the expected penalty with c_k = success probability) and
-calibration call the same formula.
+Every function is vectorised over leading axes (episodes), so the envs (through
+:class:`SurrogateLearner`, N episodes at once), the Lyapunov policy (which evaluates the
+expected penalty with c_k = success probability) and calibration call the same formula.
 """
 
 from __future__ import annotations
-
-import math
-from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from fedenv import streams
 from fedenv.config import EnvConfig, SurrogateConfig
-from fedenv.learning.base import DevicePartition, RoundReport
+from fedenv.learning.base import BatchReport, EpisodeStart
 from fedenv.learning.partition import dirichlet_label_counts
-from fedenv.operands import ZERO_INT, const, put
 
 __all__ = [
     "rank_gain",
-    "rank_rows_table",
-    "RoundProgress",
     "sparsity_gain",
     "round_progress",
     "next_gap",
@@ -59,48 +53,21 @@ __all__ = [
 ]
 
 F = NDArray[np.float64]
-_ZERO = const(0.0)
-
-
-def _values(x: ArrayLike) -> Any:
-    """``x`` itself when it is already a number or an array (cheap scalar arithmetic), else an
-    array."""
-    return (
-        x
-        if type(x) is float or isinstance(x, (np.ndarray, np.floating))
-        else np.asarray(x, dtype=np.float64)
-    )
 
 
 def rank_gain(rank: ArrayLike, cfg: SurrogateConfig) -> F:
     """g(r) = 1 - exp(-r / r_0); g(0) = 0."""
-    shortfall = _rank_shortfall(rank, cfg)
-    return (
-        np.negative(shortfall, out=shortfall)
-        if isinstance(shortfall, np.ndarray) and shortfall.ndim
-        else -shortfall
-    )
+    return np.negative(_rank_shortfall(rank, cfg))
 
 
 def _rank_shortfall(rank: ArrayLike, cfg: SurrogateConfig) -> F:
-    """-g(r) = exp(-r / r_0) - 1 (a new array for array ranks)."""
-    e = np.divide(rank, const(-cfg.rank_scale))  # in float64, whatever the dtype of the ranks
-    return np.expm1(e, out=e) if isinstance(e, np.ndarray) and e.ndim else np.expm1(e)
-
-
-def rank_rows_table(config: EnvConfig) -> F:
-    """-g(r) (:func:`rank_gain`) and r, as floats, of every rank r = 0..max of the config's
-    ranks, shape (2, R + 1): the rank rows of :class:`RoundProgress`'s work array, looked up per
-    round (the same numbers as computing them: both are elementwise)."""
-    ranks = np.arange(max(config.model.ranks) + 1, dtype=np.float64)
-    table = np.stack([_rank_shortfall(ranks, config.learning.surrogate), ranks])
-    table.flags.writeable = False
-    return table
+    """-g(r) = exp(-r / r_0) - 1, in float64 whatever the dtype of the ranks."""
+    return np.expm1(np.divide(rank, -cfg.rank_scale))
 
 
 def sparsity_gain(ratio: ArrayLike, cfg: SurrogateConfig) -> F:
     """s(rho) = rho^gamma: update energy kept by sending the top rho of the rank components."""
-    return np.power(ratio, const(cfg.sparsity_exponent))
+    return np.power(ratio, cfg.sparsity_exponent)
 
 
 def round_progress(
@@ -123,191 +90,61 @@ def round_progress(
         global_label_distribution: p, shape (..., C).
 
     Returns:
-        (Gamma, F), shape (...). For a single episode (1-D device arrays) they are NumPy
-        scalars, so that the per-episode arithmetic after the reductions stays cheap.
-
-    :class:`RoundProgress` computes the same numbers, bit for bit, for label distributions that
-    stay fixed over an episode (the envs).
+        (Gamma, F), shape (...).
     """
-    r = (
-        rank.astype(np.float64)
-        if isinstance(rank, np.ndarray)
-        else np.asarray(rank, dtype=np.float64)
-    )
-    x = _participation(data_share, weight, np.greater(r, _ZERO))
+    r = np.asarray(rank, dtype=np.float64)
+    # x = pi c (r > 0): each device's data share, weighted by its success (or success
+    # probability), 0 unless scheduled
+    x = np.where(r > 0.0, np.multiply(data_share, weight), 0.0)
     kept = x * _rank_shortfall(r, cfg)
     if ratio is not None:
         kept = kept * sparsity_gain(ratio, cfg)
-    # one reduction per sum (for large batches, such as the Lyapunov policy's candidate
-    # decisions, cheaper than stacking them as RoundProgress does); the label mix summed along
-    # a contiguous device axis (labels moved before devices)
+    # the label mix sum_k x_k l_k, summed along a contiguous device axis (labels moved first)
     labels = np.asarray(label_distribution, dtype=np.float64)
     mix = np.add.reduce(np.multiply(x[..., None, :], labels.swapaxes(-1, -2), order="C"), axis=-1)
-    sums = (np.add.reduce(x, axis=-1), np.add.reduce(kept, axis=-1), np.add.reduce(x * r, axis=-1))
-    return _progress(*sums, mix, x, r, global_label_distribution, cfg)
-
-
-class RoundProgress:
-    """:func:`round_progress` for label distributions fixed over an episode (one, or a batch).
-
-    The sums of a round are x-weighted sums over devices: X = sum x, sum x (-g(r)) s(rho),
-    sum x r and the label mix sum x l_c. They are the rows of one product of x with a work
-    array of shape (3 + C, ..., K) (row 0 ones, rows 1-2 -g(r) and r, rows 3.. the label
-    distributions; devices contiguous), summed by one reduction (each row's sum is the one
-    :func:`round_progress` computes by itself, bit for bit). The label rows are written once per
-    episode (:meth:`set_labels`), the rank rows looked up per round in :func:`rank_rows_table`.
-    """
-
-    def __init__(self, config: EnvConfig) -> None:
-        self.cfg = config.learning.surrogate
-        self.rank_rows = rank_rows_table(config)
-        self.work: F = np.zeros((3 + config.model.num_labels, 0))
-
-    def set_labels(
-        self, label_distribution: ArrayLike, index: NDArray[np.intp] | None = None
-    ) -> None:
-        """Start episodes with label distributions l of shape (..., K, C): all episodes, or those
-        at ``index`` of the leading axis (the others keep theirs)."""
-        labels = np.asarray(label_distribution, dtype=np.float64)
-        moved = labels.transpose(
-            (labels.ndim - 1, *range(labels.ndim - 1))
-        )  # labels first (np.moveaxis costs 2 us)
-        if index is not None:
-            self.work[3:, index] = moved
-            return
-        if self.work.shape != (3 + moved.shape[0], *moved.shape[1:]):
-            self.work = np.empty((3 + moved.shape[0], *moved.shape[1:]))
-            self.work[0] = 1.0
-        self.work[3:] = moved
-
-    def __call__(
-        self,
-        data_share: ArrayLike,
-        weight: ArrayLike,
-        rank: NDArray[np.integer],
-        ratio: ArrayLike | None,
-        global_label_distribution: ArrayLike,
-    ) -> tuple[F, F]:
-        """(Gamma, F) of a round of the current episodes, for integer ranks of the episodes'
-        shape (..., K); ValueError for other ranks (:func:`round_progress` takes any)."""
-        work = self.work
-        rows = work[1:3]
-        if (
-            not isinstance(rank, np.ndarray)
-            or rank.shape != rows.shape[1:]
-            or rank.dtype.kind not in "iu"
-        ):
-            raise ValueError(
-                f"rank must be an integer array of shape {rows.shape[1:]}, got "
-                f"{np.asarray(rank).dtype} {np.shape(rank)}"
-            )
-        try:
-            self.rank_rows.take(
-                rank, 1, rows
-            )  # (the method: np.take with out= costs a microsecond more)
-        except IndexError:  # ranks beyond the config's: computed
-            r = rank.astype(np.float64)
-            rows[0] = _rank_shortfall(r, self.cfg)
-            rows[1] = r
-        x = _participation(data_share, weight, np.greater(rank, ZERO_INT))
-        prod = np.multiply(work, x)
-        if ratio is not None:
-            prod[1] *= sparsity_gain(ratio, self.cfg)  # (x (-g)) s, in the order of the formula
-        sums = np.add.reduce(prod, axis=-1)
-        mix = (
-            sums[3:] if sums.ndim == 1 else sums[3:].transpose((*range(1, sums.ndim), 0))
-        )  # labels last
-        return _progress(
-            sums[0], sums[1], sums[2], mix, x, work[2], global_label_distribution, self.cfg
-        )
-
-
-def _participation(data_share: ArrayLike, weight: ArrayLike, scheduled: NDArray[np.bool_]) -> F:
-    """x = pi c (r > 0): each device's data share, weighted by its success (or success
-    probability), 0 unless scheduled."""
-    if isinstance(weight, np.ndarray) and weight.dtype == np.bool_:
-        # success flags: one mask (the same numbers as the general case)
-        return np.multiply(data_share, np.logical_and(scheduled, weight))
-    x = np.multiply(data_share, weight)
-    if x.shape == scheduled.shape:
-        put(x, np.logical_not(scheduled), _ZERO)  # x (r > 0), without the multiplication
-        return x
-    return x * scheduled
-
-
-def _progress(
-    total: F,
-    kept: F,
-    xr: F,
-    mix: F,
-    x: F,
-    r: F,
-    global_label_distribution: ArrayLike,
-    cfg: SurrogateConfig,
-) -> tuple[F, F]:
-    """Gamma and F from the x-weighted sums over devices: X = sum x (``total``), sum x (-g) s
-    (``kept``), sum x r (``xr``), the label mix sum x l_c (``mix``, labels last), and x and the
-    ranks r (..., K) as floats."""
+    total = np.add.reduce(x, axis=-1)
     # X where X > 0, else 1 (X >= 0; every sum divided by it is 0 when X = 0)
     safe = total + (total == 0.0)
     # Q = sum x g s / X = -(sum x (-g) s) / X exactly: negating is exact, and rounds alike
-    quality = -(kept / safe)
+    quality = -(np.add.reduce(kept, axis=-1) / safe)
     # X^beta Q is 0 when X = 0 (then Q = 0), for any beta >= 0
-    progress = np.power(total, const(cfg.participation_exponent)) * quality
-    glob = global_label_distribution
-    if mix.ndim == 1 and mix.shape[0] < 8 and (type(glob) is list or np.ndim(glob) == 1):
-        # One episode: C numbers, as Python floats (the same IEEE operations in the same order as
-        # the array path, whose sum over fewer than 8 labels is sequential; cheaper for a few).
-        x_total = float(safe)
-        tv = 0.0
-        for m, p in zip(mix.tolist(), glob if type(glob) is list else np.asarray(glob).tolist()):
-            tv += abs(m / x_total - p)
-        tv *= 0.5
-    else:
-        # labels last and contiguous, so that the sum over them is NumPy's pairwise sum
-        mix = np.divide(mix, safe[..., None] if isinstance(safe, np.ndarray) else safe, order="C")
-        mix = np.subtract(mix, global_label_distribution)
-        tv = 0.5 * np.add.reduce(np.abs(mix, out=mix), axis=-1)
-    mean_r = xr / safe
-    dev = r - (mean_r[..., None] if isinstance(mean_r, np.ndarray) else mean_r)
+    progress = np.power(total, cfg.participation_exponent) * quality
+    # labels last and contiguous, so that the sum over them is NumPy's pairwise sum
+    mix = np.divide(mix, np.expand_dims(safe, -1), order="C")
+    mix = np.subtract(mix, global_label_distribution)
+    tv = 0.5 * np.add.reduce(np.abs(mix, out=mix), axis=-1)
+    mean_r = np.add.reduce(x * r, axis=-1) / safe
+    dev = r - np.expand_dims(mean_r, -1)
     np.square(dev, out=dev)
     var_r = np.add.reduce(np.multiply(x, dev, out=dev), axis=-1) / safe
     # mean_r = 0 only when X = 0, and then var_r = 0
-    cv = (np.sqrt(var_r) if isinstance(var_r, np.ndarray) else math.sqrt(var_r)) / (
-        mean_r + (mean_r == 0.0)
-    )
+    cv = np.sqrt(var_r) / (mean_r + (mean_r == 0.0))
     floor = cfg.heterogeneity_penalty * tv + cfg.rank_mix_penalty * cv
     return progress, floor
 
 
 def next_gap(gap: ArrayLike, progress: ArrayLike, floor: ArrayLike, cfg: SurrogateConfig) -> F:
     """G' = G + mu Gamma (F - G) (1 - w min(G, 1))."""
-    g = _values(gap)
-    step = cfg.step_size * _values(progress) * (_values(floor) - g)
+    g = np.asarray(gap, dtype=np.float64)
+    step = np.multiply(np.multiply(cfg.step_size, progress), np.subtract(floor, g))
     if cfg.warmup == 0.0:
         return g + step
-    return g + step * (
-        1.0 - cfg.warmup * (np.minimum(g, 1.0) if isinstance(g, np.ndarray) else min(g, 1.0))
-    )
+    return g + step * (1.0 - cfg.warmup * np.minimum(g, 1.0))
 
 
 def accuracy_from_gap(gap: ArrayLike, cfg: SurrogateConfig) -> F:
     """acc = a_max - (a_max - a_0) G."""
-    return cfg.max_accuracy - (cfg.max_accuracy - cfg.initial_accuracy) * _values(gap)
+    return cfg.max_accuracy - np.multiply(cfg.max_accuracy - cfg.initial_accuracy, gap)
 
 
 def loss_from_gap(gap: ArrayLike, cfg: SurrogateConfig) -> F:
     """loss = L* + (L_0 - L*) G."""
-    return cfg.min_loss + (cfg.initial_loss - cfg.min_loss) * _values(gap)
+    return cfg.min_loss + np.multiply(cfg.initial_loss - cfg.min_loss, gap)
 
 
-def observed_accuracy(gap: ArrayLike, noise: ArrayLike, cfg: SurrogateConfig) -> Any:
-    """The reported accuracy: acc(G) plus evaluation noise, clipped to [0, 1] (float for
-    scalars)."""
-    acc = accuracy_from_gap(gap, cfg) + _values(noise)
-    if isinstance(acc, np.ndarray) and acc.ndim > 0:
-        return np.clip(acc, 0.0, 1.0)
-    return min(max(float(acc), 0.0), 1.0)
+def observed_accuracy(gap: ArrayLike, noise: ArrayLike, cfg: SurrogateConfig) -> F:
+    """The reported accuracy: acc(G) plus evaluation noise, clipped to [0, 1]."""
+    return np.clip(np.add(accuracy_from_gap(gap, cfg), noise), 0.0, 1.0)
 
 
 def evaluation_noise(keys: NDArray[np.uint64], config: EnvConfig) -> F:
@@ -391,109 +228,93 @@ def partition_arrays(counts: F, classes: NDArray[np.int64]) -> tuple[F, F, F, F]
 
 
 class SurrogateLearner:
-    """The surrogate as a :class:`~fedenv.learning.base.Learner` (pickles; no heavy imports).
+    """The surrogate learner of N episodes at once (pickles; no heavy imports).
 
-    Sparsification ratios count only in the paradigms that sparsify (soft, unified); elsewhere
-    they are ignored, as in the lora backend.
+    A :class:`~fedenv.learning.base.BatchLearner`: the single env holds one with N = 1, the
+    vector env one with N = ``num_envs``. Sparsification ratios count only in the paradigms that
+    sparsify (soft, unified); elsewhere they are ignored, as in the lora backend.
     """
 
-    def __init__(self, config: EnvConfig) -> None:
+    def __init__(self, config: EnvConfig, num_envs: int = 1) -> None:
         self.config = config
         self.cfg = config.learning.surrogate
+        self.num_envs = n = num_envs
         self.params_per_rank = float(config.model.lora_params_per_rank)
         self.head_params = int(config.model.head_params)
-        self.partition: DevicePartition | None = None
-        self.gap = 1.0
-        self._round = 0
-        self._noise: F = np.zeros(0)
-        self._noise_values: list[float] = []
-        self._global_values: list[float] = []
+        k, c = config.devices.num_devices, config.model.num_labels
         self._classes = class_counts(config)
-        self._progress = RoundProgress(config)
         #: sparsification ratios count only in the paradigms that sparsify, as in the lora backend
         self._sparse = config.sparsifies
-        self._arrays: tuple[F, F, F] | None = None
-        self._notes = {
+        self.notes = {
             "backend": "surrogate",
             "task": config.learning.task,
             "train_samples": config.learning.num_train_samples,
         }
+        self._share = np.zeros((n, k))
+        self._labels = np.zeros((n, k, c))
+        self._global = np.zeros((n, c))
+        self._noise = np.zeros((n, config.num_rounds))
+        self._round = np.zeros(n, dtype=np.int64)
+        self._rows = np.arange(n)
+        self.gap = np.ones(n)
+        # one generator, set to each episode's seeded state (its state is set per episode)
+        self._rng = np.random.Generator(np.random.PCG64(0))
 
-    def reset(self, num_devices: int, rng: np.random.Generator) -> DevicePartition:
-        counts, key = draw_episode(self.config, num_devices, rng, self._classes)
+    def start(self, index: NDArray[np.intp], keys: NDArray[np.uint64]) -> EpisodeStart:
+        """Start episodes at rows ``index``, each drawing its data partition and evaluation noise
+        from ``default_rng(key)`` (the single env's rule)."""
+        cfg, m = self.config, index.size
+        k = cfg.devices.num_devices
+        counts = np.empty((m, k, self._classes.size))
+        noise_keys = np.empty(m, dtype=np.uint64)
+        rng = self._rng
+        for j, state in enumerate(streams.pcg64_states(np.asarray(keys, dtype=np.uint64))):
+            rng.bit_generator.state = state
+            counts[j], noise_keys[j] = draw_episode(cfg, k, rng, self._classes)
         sizes, labels, global_labels, share = partition_arrays(counts, self._classes)
-        self.partition = DevicePartition(
+        self._share[index] = share
+        self._labels[index] = labels
+        self._global[index] = global_labels
+        self._noise[index] = evaluation_noise(noise_keys, cfg)
+        self._round[index] = 0
+        # (a new array: the gap is handed out in info, never written after)
+        self.gap = self.gap.copy()
+        self.gap[index] = 1.0
+        ones = np.ones(m)
+        return EpisodeStart(
             data_sizes=sizes,
             label_distribution=labels,
-            global_label_distribution=global_labels,
-            notes=dict(self._notes),
+            global_label_distribution=np.broadcast_to(global_labels, (m, global_labels.size)),
+            data_share=share,
+            accuracy=observed_accuracy(ones, np.zeros(m), self.cfg),
+            loss=loss_from_gap(ones, self.cfg),
+            gap=ones,
+            notes=dict(self.notes),
         )
-        self._arrays = (share, labels, global_labels)
-        self._progress.set_labels(labels)
-        self.gap = 1.0
-        self._round = 0
-        self._noise = evaluation_noise(np.array(key, dtype=np.uint64), self.config)
-        self._noise_values = (
-            self._noise.tolist()
-        )  # (Python floats: cheaper scalar arithmetic, same values)
-        self._global_values = global_labels.tolist()
-        return self.partition
-
-    def _report(self) -> RoundReport:
-        noise = (
-            self._noise_values[self._round - 1]
-            if 0 < self._round <= len(self._noise_values)
-            else 0.0
-        )
-        acc = observed_accuracy(self.gap, noise, self.cfg)
-        # Equal to RoundReport(accuracy=acc, loss=..., gap=self.gap), without the frozen
-        # dataclass's per-field object.__setattr__ (a measurable share of a step's cost).
-        report = object.__new__(RoundReport)
-        report.__dict__.update(
-            accuracy=acc,
-            loss=float(loss_from_gap(self.gap, self.cfg)),
-            gap=self.gap,
-            evaluated=True,
-            extra={},
-        )
-        return report
-
-    def initial_report(self) -> RoundReport:
-        return self._report()
-
-    def expected_gap(self, ranks: ArrayLike, ratios: ArrayLike, success_prob: ArrayLike) -> float:
-        """Predicted gap after a round (the Lyapunov penalty Phi) with c_k = success probability."""
-        share, labels, global_labels = self._require_arrays()
-        progress, floor = round_progress(
-            share,
-            success_prob,
-            ranks,
-            ratios if self._sparse else None,
-            labels,
-            global_labels,
-            self.cfg,
-        )
-        return float(next_gap(self.gap, progress, floor, self.cfg))
 
     def train_round(
         self, ranks: NDArray[np.int64], ratios: NDArray[np.float64], success: NDArray[np.bool_]
-    ) -> RoundReport:
-        share, labels, global_labels = self._require_arrays()
-        ratio = ratios if self._sparse else None
-        try:
-            progress, floor = self._progress(share, success, ranks, ratio, self._global_values)
-        except ValueError:  # ranks not an integer array of the episode's shape
-            progress, floor = round_progress(
-                share, success, ranks, ratio, labels, global_labels, self.cfg
-            )
-        self.gap = float(next_gap(self.gap, progress, floor, self.cfg))
-        self._round += 1
-        return self._report()
-
-    def _require_arrays(self) -> tuple[F, F, F]:
-        if self._arrays is None:
-            raise RuntimeError("call reset() before using the learner")
-        return self._arrays
+    ) -> BatchReport:
+        """One round of every episode, arrays (N, K)."""
+        progress, floor = round_progress(
+            self._share,
+            success,
+            ranks,
+            ratios if self._sparse else None,
+            self._labels,
+            self._global,
+            self.cfg,
+        )
+        self.gap = gap = next_gap(self.gap, progress, floor, self.cfg)
+        # round t's noise (an episode past its last round, which the vector env resets next,
+        # reads its last)
+        noise = self._noise[self._rows, np.minimum(self._round, self.config.num_rounds - 1)]
+        self._round = self._round + 1
+        return BatchReport(
+            accuracy=observed_accuracy(gap, noise, self.cfg),
+            loss=loss_from_gap(gap, self.cfg),
+            gap=gap,
+        )
 
     def close(self) -> None:
         pass
