@@ -185,9 +185,14 @@ class FedLoRAWirelessEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
     ``round_latency_s``, ``energy_j``, ``payload_bits``, ``round_channel_gain``,
     ``reward_terms``, the costs ``cost``, ``cost_per_device``, ``cost_limit_per_device`` and,
     with a latency budget, ``cost_latency`` and ``cost_limit_latency``. The env never writes an
-    observation or an ``info`` array after returning
-    it, and returns new ones on every call; ``channel_gain`` and ``distance_m`` are read-only
-    views of the episode's trace.
+    observation or an ``info`` array after returning it, and returns new ones on every call;
+    the state arrays (``channel_gain``, ``distance_m``, the backlogs, ``last_module``) are
+    read-only.
+
+    ## Implementation
+    The env is a shell over :class:`fedenv.episodes.Episodes`, the core that the batched vector
+    env (:class:`fedenv.vector.FedLoRAWirelessVectorEnv`) also holds: here with one episode,
+    whose row 0 it hands out (docs/architecture.md).
 
     ## Version history
     * v0: initial release; ``config`` read-only with ``configure``, variant ids per preset and

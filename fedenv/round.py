@@ -157,7 +157,7 @@ def _lookups(tables: EpisodeTables, module: NDArray[np.int64], deadline: float) 
         if tables.time_left_s is not None:
             return t_cmp, e_cmp, tables.time_left_s.take(flat)
     else:
-        # (broadcast lookups cost more than the two operations of the formula)
+        # broadcast tables (the Lyapunov policy's candidates): the formula, not a lookup
         t_cmp, e_cmp = (
             _lookup(tables.compute_time_s, module),
             _lookup(tables.compute_energy_j, module),

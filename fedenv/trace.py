@@ -47,8 +47,7 @@ class Trace:
 
 
 #: Episodes generated per block: keeps the temporaries of the counter hash and Box-Muller in the
-#: CPU cache (32 measured fastest of 8..256 on this 2-core machine for N = 1024: 42 ms vs 44 at 64)
-#: (the result does not depend on it; every episode depends on its own key only).
+#: CPU cache (the result does not depend on it; every episode depends on its own key only).
 _BLOCK = 32
 
 
