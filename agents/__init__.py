@@ -3,6 +3,7 @@
 * ``python -m agents.train_ppo``  PPO (plain MLP or the per-device shared actor-critic)
 * ``python -m agents.train_sac``  SAC, the same conventions
 * ``python -m agents.evaluate``   a trained run on held-out seeds
+* ``python -m agents.transfer``   a per-device network at other K, on the constrained objective
 * ``python -m agents.demo``       the project's main job: train, compare with the baselines, report
 
 Trained agents enter ``python -m baselines.compare`` as ``ppo:<run dir>`` (``sac:``,

@@ -43,6 +43,7 @@ from typing import Any
 from baselines.compare import run_sweep
 from baselines.evaluation import evaluate
 from baselines.heuristics import IncompatiblePolicyError
+from baselines.lyapunov import check_tradeoff
 from baselines.objective import (
     BUDGET_TOLERANCE,
     constrained_score,
@@ -57,15 +58,20 @@ from fedenv.scenarios import SCENARIOS, scenario_config
 
 __all__ = [
     "BEGIN",
+    "add_objective_arguments",
+    "command_line",
     "END",
     "DEFAULT_V_GRID",
     "HEURISTICS",
     "main",
     "objective_rows",
     "objective_table",
+    "parse_v_values",
     "replace_block",
     "tune_v",
     "tuning_table",
+    "write_csv",
+    "write_report",
 ]
 
 #: The V values tuned over (around baselines.lyapunov.DEFAULT_V = 0.1, two decades each way).
@@ -101,6 +107,21 @@ def tune_v(
     for r in rows:
         r["chosen"] = r is best
     return float(best["V"]), rows
+
+
+def parse_v_values(text: str) -> list[float]:
+    """``"0.01,0.1,1"`` -> the V values (each > 0).
+
+    Raises:
+        ValueError: an empty list, or a value that is not a number > 0.
+    """
+    try:
+        values = [check_tradeoff(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise ValueError(f"--V: {exc} (in {text!r})") from None
+    if not values:
+        raise ValueError(f"--V needs a comma-separated list of V > 0, got {text!r}")
+    return values
 
 
 def _policies(config: EnvConfig, specs: Sequence[str]) -> list[Any]:
@@ -269,6 +290,65 @@ def _agents(texts: Sequence[str], scenarios: Sequence[str]) -> dict[str, list[st
     return out
 
 
+def command_line(prog: str, argv: Sequence[str] | None) -> str:
+    """The command as typed (``argv``, or the process's arguments), for the records."""
+    return f"{prog} " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+
+
+def write_report(
+    rows: Sequence[dict[str, Any]],
+    tuning: Sequence[dict[str, Any]],
+    out: Path,
+    name: str,
+    *,
+    command: str,
+    notes: str,
+    setting: str = "scenario",
+) -> str:
+    """Write ``<name>.csv``, ``tuning.csv`` and ``<name>.md`` (the command, the date and commit,
+    ``notes``, both tables) to ``out``; returns the Markdown."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(rows, out / f"{name}.csv")
+    write_csv(tuning, out / "tuning.csv")
+    text = (
+        f"Generated on {datetime.date.today().isoformat()} at commit {_commit()} by\n\n"
+        f"```bash\n{command}\n```\n\n"
+        f"{notes} Final accuracy and worst cost / budget: mean ± 95% CI; budget compliance: "
+        "share of episodes with every budget kept within 1.05 x; Δ: paired difference from the "
+        "tuned Lyapunov policy, mean ± 95% CI.\n\n"
+        f"{objective_table(rows, setting)}\n\n"
+        "The Lyapunov policy's V on the validation seeds (chosen in bold: the most accurate V "
+        "in budget, else the least overspend):\n\n"
+        f"{tuning_table(tuning, setting)}\n"
+    )
+    (out / f"{name}.md").write_text(text)
+    return text
+
+
+def add_objective_arguments(parser: argparse.ArgumentParser, policies: str) -> None:
+    """The options of :func:`objective_rows`: ``--seeds``, ``--val-seeds``, ``--V`` and
+    ``--policies`` (default ``policies``)."""
+    parser.add_argument(
+        "--seeds", default="1000-1019", help="test seeds: FIRST-LAST or a comma-separated list"
+    )
+    parser.add_argument(
+        "--val-seeds",
+        default="100000-100009",
+        help="validation seeds, on which the Lyapunov policy's V is tuned (never the test seeds)",
+    )
+    parser.add_argument(
+        "--V",
+        dest="v",
+        default=",".join(f"{v:g}" for v in DEFAULT_V_GRID),
+        help="the V values the Lyapunov policy is tuned over (comma-separated)",
+    )
+    parser.add_argument(
+        "--policies",
+        default=policies,
+        help="the reference policies besides the Lyapunov policy (comma-separated specs)",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(
         prog="python -m baselines.suite",
@@ -280,25 +360,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         default="all",
         help=f"comma-separated scenarios (default all: {', '.join(SCENARIOS)})",
     )
-    parser.add_argument(
-        "--seeds", default="1000-1019", help="test seeds: FIRST-LAST or a comma-separated list"
-    )
-    parser.add_argument(
-        "--val-seeds",
-        default="100000-100009",
-        help="validation seeds, on which V is tuned (never the test seeds)",
-    )
-    parser.add_argument(
-        "--V",
-        dest="v",
-        default=",".join(f"{v:g}" for v in DEFAULT_V_GRID),
-        help="the V values the Lyapunov policy is tuned over (comma-separated)",
-    )
-    parser.add_argument(
-        "--policies",
-        default=",".join(HEURISTICS),
-        help="the reference policies besides the Lyapunov policy (comma-separated specs)",
-    )
+    add_objective_arguments(parser, ",".join(HEURISTICS))
     parser.add_argument(
         "--agent",
         action="append",
@@ -320,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                 f"{', '.join(SCENARIOS)}"
             )
         seeds, val_seeds = parse_seeds(args.seeds), parse_seeds(args.val_seeds)
-        v_values = [float(x) for x in args.v.split(",") if x.strip()]
+        v_values = parse_v_values(args.v)
         agents = _agents(args.agent, names)
     except ValueError as exc:
         parser.exit(2, f"error: {exc}\n")
@@ -340,31 +402,20 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         )
         rows += r
         tuning += t
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv(rows, out / "suite.csv")
-    write_csv(tuning, out / "tuning.csv")
-    command = "python -m baselines.suite " + " ".join(
-        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
+    text = write_report(
+        rows,
+        tuning,
+        Path(args.out),
+        "suite",
+        command=command_line("python -m baselines.suite", argv),
+        notes=f"Test seeds {args.seeds} (n = {len(seeds)}); V tuned on the validation seeds "
+        f"{args.val_seeds}.",
     )
-    text = (
-        f"Generated on {datetime.date.today().isoformat()} at commit {_commit()} by\n\n"
-        f"```bash\n{command}\n```\n\n"
-        f"Test seeds {args.seeds} (n = {len(seeds)}); V tuned on the validation seeds "
-        f"{args.val_seeds}. Final accuracy and worst cost / budget: mean ± 95% CI; budget "
-        "compliance: share of episodes with every budget kept within 1.05 x; Δ: paired "
-        "difference from the tuned Lyapunov policy, mean ± 95% CI.\n\n"
-        f"{objective_table(rows)}\n\n"
-        "The Lyapunov policy's V on the validation seeds (chosen in bold: the most accurate V "
-        "in budget, else the least overspend):\n\n"
-        f"{tuning_table(tuning)}\n"
-    )
-    (out / "suite.md").write_text(text)
     print(text)
     if args.docs:
         replace_block(Path(args.docs), text)
         print(f"updated {args.docs}", file=sys.stderr)
-    print(f"wrote {out / 'suite.csv'}, {out / 'tuning.csv'}, {out / 'suite.md'}", file=sys.stderr)
+    print(f"wrote suite.csv, tuning.csv and suite.md to {args.out}", file=sys.stderr)
     return rows
 
 

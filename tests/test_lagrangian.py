@@ -443,3 +443,48 @@ def test_the_callback_keeps_the_most_accurate_evaluation_in_budget_and_records_i
     assert again.best_score == pytest.approx(0.75) and model_steps(run.best_model) == 300
     # the weighted objective's rule on the same records would pick the best return (step 200)
     assert max(rows, key=SelectionRule("return").score)["timesteps"] == 200
+
+
+# ---------------------------------------------------------------- zero-shot transfer
+def test_transfer_evaluates_the_per_device_network_zero_shot_at_other_k(tmp_path: Path) -> None:
+    from agents import transfer
+    from agents.evaluate import load_policy
+    from baselines.evaluation import evaluate
+
+    config = tmp_path / "tiny_k3.yaml"
+    config.write_text("preset: switching\nnum_rounds: 5\ndevices:\n  num_devices: 3\n")
+    run = tmp_path / "lag_k3"
+    _train(
+        *TINY, "--total-timesteps", "128", "--eval-freq", "0", "--config", str(config),
+        "--run-dir", str(run),
+    )  # fmt: skip
+    out = tmp_path / "transfer"
+    rows = transfer.main(
+        [
+            "--run", str(run), "--devices", "5", "8", "--seeds", "1000-1001", "--val-seeds",
+            "100000-100001", "--V", "0.1,1", "--out", str(out),
+        ]
+    )  # fmt: skip
+    agent = [r for r in rows if r["kind"] == "agent"]
+    assert [r["setting"] for r in agent] == ["K=3 (trained)", "K=5", "K=8"]
+    assert [r["kind"] for r in rows if r["setting"] == "K=8"] == ["lyapunov", "heuristic", "agent"]
+    # the row at K = 8 is the K = 3 network acting for 8 devices, scored on the same seeds
+    cfg8 = RunDir(run).env_config().replace(devices={"num_devices": 8})
+    with pytest.warns(UserWarning, match="different env config"):
+        policy = load_policy(f"ppo:{run}", cfg8)
+    ev = evaluate(policy, cfg8, [1000, 1001])
+    assert ev.traces["energy_j"].shape[-1] == 8
+    assert agent[2]["final_accuracy"] == pytest.approx(ev.metric("final_accuracy").mean())
+    assert agent[2]["compliance"] == pytest.approx(ev.metric("in_budget").mean())
+    assert np.isfinite(agent[2]["diff"])
+    text = (out / "transfer.md").read_text()
+    assert "| K=8 | ppo:lag_k3 |" in text and "python -m agents.transfer --run" in text
+    assert (out / "tuning.csv").read_text().count("\n") == 1 + 3 * 2  # 3 K x 2 V
+    # an MLP's sizes are tied to K: a clear error before any evaluation
+    mlp = tmp_path / "lag_mlp"
+    _train(
+        *TINY, "--total-timesteps", "128", "--eval-freq", "0", "--config", str(config),
+        "--run-dir", str(mlp), "--policy", "mlp",
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"K=3 devices and the config has K=5; only a per-device"):
+        transfer.transfer_rows(f"ppo:{mlp}", [5], [1000], [100000], v_values=[0.1])
