@@ -4,6 +4,7 @@
 * ``python -m agents.train_sac``  SAC, the same conventions
 * ``python -m agents.evaluate``   a trained run on held-out seeds
 * ``python -m agents.transfer``   a per-device network at other K, on the constrained objective
+* ``python -m agents.curves``     learning curves: accuracy, budget use per device, multipliers
 * ``python -m agents.demo``       the project's main job: train, compare with the baselines, report
 
 Trained agents enter ``python -m baselines.compare`` as ``ppo:<run dir>`` (``sac:``,

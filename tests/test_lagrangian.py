@@ -224,6 +224,13 @@ def test_training_writes_the_multipliers_and_resume_restores_them(tmp_path: Path
         key=lambda r: r["final_accuracy"] if r["compliance"] >= 0.95 else -r["worst_budget_use"],
     )
     assert metrics["best_eval"]["timesteps"] == expected["timesteps"]
+    # the learning curves from these records
+    from agents import curves
+
+    png = curves.main([str(run), "--out", str(tmp_path / "curves.png")])
+    assert png.stat().st_size > 0
+    c = curves.curves(rows)
+    assert c.budget_use.shape == (len(rows), 10) and len(c.multipliers) == 10
     # resume: the saved multipliers continue (set by hand, frozen with a zero step, still there)
     state["lambda"] = [float(k) for k in range(10)]
     (run / STATE_FILE).write_text(json.dumps(state))
@@ -488,3 +495,26 @@ def test_transfer_evaluates_the_per_device_network_zero_shot_at_other_k(tmp_path
     )  # fmt: skip
     with pytest.raises(ValueError, match=r"K=3 devices and the config has K=5; only a per-device"):
         transfer.transfer_rows(f"ppo:{mlp}", [5], [1000], [100000], v_values=[0.1])
+
+
+def test_curves_arrays_follow_the_steps_and_the_device_slots() -> None:
+    from agents.curves import curves
+
+    def row(steps: int, best: int, feasible: float) -> dict[str, float]:
+        r = {"timesteps": steps, "final_accuracy": steps / 1000, "best": best}
+        r |= {"feasible": feasible, "worst_budget_use": 1.0 + steps / 1000}
+        r |= {f"budget_use_{k}": steps + k for k in range(12)}  # slot 10 after slot 9
+        return r | {"lambda_energy_0": steps / 10, "lambda_latency": steps / 20}
+
+    c = curves([row(300, 0, 0.0), row(100, 1, 1.0), row(200, 1, 1.0)])  # rows out of order
+    assert c.steps.tolist() == [100, 200, 300] and c.best == 1  # the last evaluation flagged best
+    assert c.feasible.tolist() == [True, True, False]
+    np.testing.assert_array_equal(c.budget_use[0], 100 + np.arange(12))
+    assert list(c.multipliers) == ["energy_0", "latency"]
+    assert c.multipliers["latency"].tolist() == [5.0, 10.0, 15.0] and c.latency_budget_use is None
+    old = curves([{"timesteps": 0, "final_accuracy": 0.5, "best": 1}])  # before these columns
+    assert (
+        old.budget_use.shape == (1, 0) and old.feasible.tolist() == [True] and not old.multipliers
+    )
+    with pytest.raises(ValueError, match="no evaluations"):
+        curves([])
