@@ -615,6 +615,8 @@ class SurrogateConfig(_Section):
 
 #: ``learning.lora.pooling``: what the classification head reads (fedenv.learning.lora.model).
 LORA_POOLINGS = ("auto", "mean", "normalized_mean", "model")
+#: ``learning.lora.pair_encoding``: how a sentence-pair task's two sentences are encoded.
+LORA_PAIR_ENCODINGS = ("auto", "separate", "joint")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -637,6 +639,11 @@ class LoraBackendConfig(_Section):
     """Classifier input: auto (the token mean for a sentence-transformers checkpoint pooled by it,
     else the checkpoint's own classification model), mean, normalized_mean (the L2-normalised
     mean) or model (docs/lora.md, "Classifier input")."""
+    pair_encoding: Annotated[str, OneOf(*LORA_PAIR_ENCODINGS)] = "auto"
+    """Sentence-pair tasks (QNLI): separate (each sentence encoded apart, as a bi-encoder was
+    pre-trained, the head reading [u, v, |u - v|, u * v, cos]), joint (one sequence [CLS] a [SEP]
+    b [SEP]) or auto (separate when the head reads the token mean, else joint); docs/lora.md,
+    "QNLI"."""
     optimizer: Annotated[str, OneOf("sgd", "adamw")] = "sgd"
     """Client optimiser, fresh every round: sgd or adamw (docs/lora.md, "Client optimisation")."""
     learning_rate: Annotated[float, Range(gt=0, le=10)] = 0.2

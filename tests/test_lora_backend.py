@@ -271,14 +271,93 @@ def test_mean_pooling_head_reads_the_masked_mean_of_the_last_hidden_states(
     torch.testing.assert_close(ln.trainer.logits(adapter, padded), got[:1], atol=1e-5, rtol=0)
 
 
+def test_split_pairs_gives_each_sentence_its_own_cls_and_sep():
+    from fedenv.learning.lora.model import split_pairs
+
+    # [CLS]=1 [SEP]=2: "1 5 6 2 | 7 2" and "1 5 2 | 7 8 9 2" (padded with 0)
+    ids = torch.tensor([[1, 5, 6, 2, 7, 2, 0, 0], [1, 5, 2, 7, 8, 9, 2, 0]])
+    types = torch.tensor([[0, 0, 0, 0, 1, 1, 0, 0], [0, 0, 0, 1, 1, 1, 1, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1, 1, 0]])
+    got_ids, got_mask = split_pairs(ids, mask, types)
+    # width 5: the longest sentence, [CLS] 7 8 9 [SEP]
+    assert got_ids.tolist() == [[1, 5, 6, 2, 0], [1, 7, 2, 0, 0], [1, 5, 2, 0, 0], [1, 7, 8, 9, 2]]
+    assert got_mask.tolist() == [[1, 1, 1, 1, 0], [1, 1, 1, 0, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
+
+
+def test_split_pairs_keeps_the_longer_second_sentence_whole():
+    from fedenv.learning.lora.model import split_pairs
+
+    ids = torch.tensor([[1, 5, 2, 7, 8, 9, 2]])
+    types = torch.tensor([[0, 0, 0, 1, 1, 1, 1]])
+    got_ids, got_mask = split_pairs(ids, torch.ones_like(ids), types)
+    assert got_ids.tolist() == [[1, 5, 2, 0, 0], [1, 7, 8, 9, 2]]
+    assert got_mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
+
+
+def test_pair_head_reads_the_two_sentences_encoded_apart(
+    mean_model: Path, tiny_model: Path, glue: Path
+):
+    from transformers import BertModel
+
+    from fedenv.learning.lora.data import read_glue_tsv
+    from fedenv.learning.lora.model import load_model
+
+    qnli = {"task": "qnli", "lora": {"eval_holdout_samples": 100}}
+    ln = LoraLearner(make_config(mean_model, glue, learning=qnli))
+    ln.reset(4, np.random.default_rng(0))
+    assert ln.pair_encoding == "separate" and ln.spec.head["classifier.weight"] == (2, 4 * 32 + 1)
+    assert ln.partition is not None and ln.partition.notes["pair_encoding"] == "separate"
+    adapter = GlobalAdapter(
+        a=ln.adapter.a,
+        b={p: torch.zeros_like(t) for p, t in ln.adapter.b.items()},
+        head=_random_adapter(ln, 4).head,
+    )
+    rows = read_glue_tsv(glue / "qnli" / "dev.tsv", "qnli")[:7]
+    tok = ln.tokenizer
+    joint = tok(rows["question"], rows["sentence"], padding=True, return_tensors="pt")
+    encoder = BertModel.from_pretrained(str(mean_model)).eval()
+
+    def pooled(texts: list[str]) -> torch.Tensor:
+        enc = tok(texts, padding=True, return_tensors="pt")
+        with torch.no_grad():
+            hidden = encoder(**enc).last_hidden_state
+        mask = enc["attention_mask"][..., None].float()
+        return (hidden * mask).sum(1) / mask.sum(1)
+
+    u, v = pooled(rows["question"]), pooled(rows["sentence"])
+    cos = torch.nn.functional.cosine_similarity(u, v, dim=-1)[:, None]
+    features = torch.cat([u, v, (u - v).abs(), u * v, cos], dim=-1)
+    expected = features @ adapter.head["classifier.weight"].T + adapter.head["classifier.bias"]
+    got = ln.trainer.logits(adapter, dict(joint))
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    # joint: one sequence and a hidden-wide head; separate needs the token mean
+    joint_ln = LoraLearner(
+        make_config(
+            mean_model, glue, learning={**qnli, "lora": {**qnli["lora"], "pair_encoding": "joint"}}
+        )
+    )
+    assert joint_ln.pair_encoding == "joint"
+    assert joint_ln.spec.head["classifier.weight"] == (2, 32)
+    assert load_model(str(tiny_model), 2, "auto", "auto")[0].__class__.__name__ != (
+        "MeanPoolingClassifier"
+    )
+    with pytest.raises(ValueError, match="separate needs a head on the token mean"):
+        load_model(str(tiny_model), 2, "model", "separate")
+
+
+@pytest.mark.parametrize("task", ["sst2", "qnli"])
 def test_mean_pooled_batched_engine_matches_per_device_peft_and_exports(
-    mean_model: Path, glue: Path, tmp_path: Path
+    mean_model: Path, glue: Path, tmp_path: Path, task: str
 ):
     from peft import PeftModel
 
     from fedenv.learning.lora.model import load_model
 
-    ln = LoraLearner(make_config(mean_model, glue))
+    ln = LoraLearner(
+        make_config(
+            mean_model, glue, learning={"task": task, "lora": {"eval_holdout_samples": 100}}
+        )
+    )
     settings = TrainSettings(learning_rate=1e-2)
     batched, sequential = _engines(ln, settings)
     ln.reset(4, np.random.default_rng(0))
@@ -292,7 +371,8 @@ def test_mean_pooled_batched_engine_matches_per_device_peft_and_exports(
             torch.testing.assert_close(x.head[n], y.head[n], atol=1e-5, rtol=0)
     ln.train_round(np.array([8, 4, 8, 2]), np.ones(4), np.ones(4, dtype=bool))
     out = ln.export_adapter(tmp_path / "adapter")
-    model = PeftModel.from_pretrained(load_model(str(mean_model), 2)[0], str(out)).eval()
+    base = load_model(str(mean_model), 2, "auto", ln.pair_encoding)[0]
+    model = PeftModel.from_pretrained(base, str(out)).eval()
     batch = ln.data.eval.collate(np.arange(24), 0)
     with torch.no_grad():
         theirs = model(
@@ -311,8 +391,8 @@ def _engines(
     from fedenv.learning.lora.model import load_model
 
     path, pooling = str(learner.model_path), learner.config.learning.lora.pooling
-    m1, _, _ = load_model(path, 2, pooling)
-    m2, _, _ = load_model(path, 2, pooling)
+    m1, _, _ = load_model(path, 2, pooling, learner.pair_encoding)
+    m2, _, _ = load_model(path, 2, pooling, learner.pair_encoding)
     dev = torch.device("cpu")
     return (
         BatchedTrainer(m1, learner.spec, settings, learner.data.train, 0, dev),

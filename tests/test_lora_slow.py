@@ -89,6 +89,8 @@ def test_qnli_runs_on_the_seeded_dev_split(glue_dir: Path):
     obs, info = env.reset(seed=0)
     assert "qnli has no local train split" in info["data_notes"]["split"]
     assert "4463 train / 1000 eval" in info["data_notes"]["split"]
+    # all-MiniLM-L6-v2 is a bi-encoder: the question and the sentence are encoded apart
+    assert info["data_notes"]["pair_encoding"] == "separate"
     for _ in range(2):
         obs, reward, term, trunc, info = env.step(env.action_space.sample())
         assert np.isfinite(reward) and 0.0 <= info["accuracy"] <= 1.0 and np.isfinite(info["loss"])

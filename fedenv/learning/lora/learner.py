@@ -36,7 +36,7 @@ from fedenv import costs
 from fedenv.config import EnvConfig
 from fedenv.learning.base import DevicePartition, RoundReport
 from fedenv.learning.lora import aggregation
-from fedenv.learning.lora.data import TaskData, load_task_data
+from fedenv.learning.lora.data import TASK_FIELDS, TaskData, load_task_data
 from fedenv.learning.lora.model import (
     LORA_ALPHA_PER_RANK,
     ModelSpec,
@@ -102,9 +102,12 @@ class LoraLearner:
             torch.set_num_threads(lc.num_threads)
         self.device = _resolve_device(lc.device)
         task = config.learning.task
+        pair_encoding = lc.pair_encoding if len(TASK_FIELDS[task]["text"]) == 2 else "joint"
         model, self.tokenizer, head_names = load_model(
-            lc.model_name_or_path, config.model.num_labels, lc.pooling
+            lc.model_name_or_path, config.model.num_labels, lc.pooling, pair_encoding
         )
+        #: ``separate`` when a pair task's sentences are encoded apart, else ``joint``
+        self.pair_encoding = "separate" if getattr(model, "pairs", False) else "joint"
         self.model_path = resolve_model_path(lc.model_name_or_path)
         self.spec: ModelSpec = model_spec(model, tuple(config.model.target_modules), head_names)
         dims = min(min(d) for d in self.spec.targets.values())
@@ -218,6 +221,7 @@ class LoraLearner:
             "head_params": int(self.head_params),
             "trainer": lc.lora.trainer,
             "aggregation": lc.lora.aggregation,
+            "pair_encoding": self.pair_encoding,
         }
         log.info("lora backend: %s", notes["split"])
         log.info(
@@ -586,7 +590,9 @@ class LoraLearner:
                 a[p] = (root[:, None] * vh[:rank]).float()
                 b[p] = (u[:, :rank] * root[None, :]).float()
         lc = self.config.learning.lora
-        base, _, _ = load_model(lc.model_name_or_path, self.config.model.num_labels, lc.pooling)
+        base, _, _ = load_model(
+            lc.model_name_or_path, self.config.model.num_labels, lc.pooling, self.pair_encoding
+        )
         cfg = LoraConfig(
             r=rank,
             lora_alpha=LORA_ALPHA_PER_RANK * rank,

@@ -34,12 +34,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedenv.config import LORA_POOLINGS
+from fedenv.config import LORA_PAIR_ENCODINGS, LORA_POOLINGS
 
 __all__ = [
     "DEFAULT_MODEL",
     "LORA_ALPHA_PER_RANK",
     "MeanPoolingClassifier",
+    "split_pairs",
     "ModelSpec",
     "resolve_pooling",
     "resolve_model_path",
@@ -133,26 +134,69 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path
 
 
+def split_pairs(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of pairs encoded jointly, ``[CLS] a [SEP] b [SEP]`` (token types 0 then 1), as the
+    two sentences encoded apart, ``[CLS] a [SEP]`` and ``[CLS] b [SEP]``.
+
+    Returns ``(input_ids, attention_mask)`` of shape (2 B, W), example i's first sentence in row
+    2 i and its second in row 2 i + 1 (so rows stay grouped by example, and by device in the
+    batched engine), padded with 0 under a 0 mask to W, the longer of the two sentences.
+    """
+    valid = attention_mask.bool()
+    len_a = (valid & (token_type_ids == 0)).sum(dim=1)
+    len_b = (valid & (token_type_ids == 1)).sum(dim=1) + 1  # + its own [CLS]
+    width = int(torch.maximum(len_a, len_b).max())
+    pos = torch.arange(width, device=input_ids.device)[None, :]
+    ids_a = input_ids[:, :width]
+    # b's tokens start at len_a; position 0 keeps the [CLS] of the joint encoding
+    source = torch.where(pos == 0, 0, pos + len_a[:, None] - 1).clamp_max(input_ids.shape[1] - 1)
+    ids_b = torch.gather(input_ids, 1, source)
+    mask_a, mask_b = pos < len_a[:, None], pos < len_b[:, None]
+    ids = torch.stack([ids_a * mask_a, ids_b * mask_b], dim=1).reshape(-1, width)
+    mask = torch.stack([mask_a, mask_b], dim=1).reshape(-1, width).to(attention_mask.dtype)
+    return ids, mask
+
+
 class MeanPoolingClassifier(nn.Module):
     """A linear head on the attention-masked mean of an encoder's last hidden states.
 
     How sentence-transformers checkpoints (all-MiniLM-L6-v2) were pre-trained to represent a
     sentence. The encoder sits under its ``base_model_prefix`` (``bert`` for BERT), so LoRA
     target paths are those of ``AutoModelForSequenceClassification``; the head is
-    ``classifier`` (hidden -> labels), new, like that class's head. Returns an object with
-    ``.logits`` as transformers' classification models do, so peft wraps it the same way.
+    ``classifier``, new, like that class's head. Returns an object with ``.logits`` as
+    transformers' classification models do, so peft wraps it the same way.
+
+    With ``pairs`` (a sentence-pair task such as QNLI) the two sentences are encoded apart, as a
+    bi-encoder was pre-trained to compare them (:func:`split_pairs`), and the head reads
+    ``[u, v, |u - v|, u * v, cos(u, v)]`` of their pooled vectors u and v (the features of
+    Sentence-BERT's classification objective, Reimers & Gurevych 2019, plus the cosine the
+    checkpoint was trained to rank by): hidden -> 4 hidden + 1 inputs.
     """
 
-    def __init__(self, encoder: Any, num_labels: int, normalize: bool = False) -> None:
+    def __init__(
+        self, encoder: Any, num_labels: int, normalize: bool = False, pairs: bool = False
+    ) -> None:
         super().__init__()
         self.prefix = str(getattr(encoder, "base_model_prefix", "") or "encoder")
         self.add_module(self.prefix, encoder)
         self.config = encoder.config
         if getattr(encoder, "pooler", None) is not None:
             encoder.pooler = None  # the [CLS] pooler is not read; skip its work
-        self.classifier = nn.Linear(int(encoder.config.hidden_size), num_labels)
+        hidden = int(encoder.config.hidden_size)
+        self.classifier = nn.Linear(4 * hidden + 1 if pairs else hidden, num_labels)
         self.normalize = normalize
+        self.pairs = pairs
         self._takes_token_types = "token_type_ids" in inspect.signature(encoder.forward).parameters
+
+    def _pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra: Any) -> Any:
+        hidden = getattr(self, self.prefix)(
+            input_ids=input_ids, attention_mask=attention_mask, **extra
+        ).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
+        return nn.functional.normalize(pooled, dim=-1) if self.normalize else pooled
 
     def forward(
         self,
@@ -162,19 +206,25 @@ class MeanPoolingClassifier(nn.Module):
     ) -> Any:
         from transformers.modeling_outputs import SequenceClassifierOutput
 
+        if self.pairs:
+            if token_type_ids is None:
+                raise ValueError(
+                    "a pair classifier needs token_type_ids to find the two sentences of each "
+                    "example ([CLS] a [SEP] b [SEP] with types 0 then 1)"
+                )
+            ids, mask = split_pairs(input_ids, attention_mask, token_type_ids)
+            u, v = self._pool(ids, mask).reshape(input_ids.shape[0], 2, -1).unbind(dim=1)
+            cos = nn.functional.cosine_similarity(u, v, dim=-1).unsqueeze(-1)
+            features = torch.cat([u, v, (u - v).abs(), u * v, cos], dim=-1)
+            return SequenceClassifierOutput(logits=self.classifier(features))
         extra = (
             {"token_type_ids": token_type_ids}
             if token_type_ids is not None and self._takes_token_types
             else {}
         )
-        hidden = getattr(self, self.prefix)(
-            input_ids=input_ids, attention_mask=attention_mask, **extra
-        ).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
-        if self.normalize:
-            pooled = nn.functional.normalize(pooled, dim=-1)
-        return SequenceClassifierOutput(logits=self.classifier(pooled))
+        return SequenceClassifierOutput(
+            logits=self.classifier(self._pool(input_ids, attention_mask, **extra))
+        )
 
 
 def _sentence_transformers_mean(path: str) -> bool:
@@ -203,19 +253,37 @@ def resolve_pooling(pooling: str, path: str) -> str:
 
 
 def load_model(
-    name_or_path: str, num_labels: int, pooling: str = "auto"
+    name_or_path: str, num_labels: int, pooling: str = "auto", pair_encoding: str = "joint"
 ) -> tuple[nn.Module, Any, set[str]]:
     """Load ``(model, tokenizer, head parameter names)`` for sequence classification.
 
-    ``pooling`` is ``learning.lora.pooling`` (module docstring). The head names are the
-    parameters the checkpoint lacks (newly initialised), e.g. ``classifier.weight`` and
-    ``classifier.bias`` for BERT.
+    ``pooling`` is ``learning.lora.pooling`` (module docstring); ``pair_encoding`` is
+    ``learning.lora.pair_encoding`` for a sentence-pair task (``joint`` for one sentence):
+    ``separate`` encodes the two sentences apart (:class:`MeanPoolingClassifier` with
+    ``pairs``), ``joint`` as one sequence, ``auto`` apart when the head reads the token mean.
+    The head names are the parameters the checkpoint lacks (newly initialised), e.g.
+    ``classifier.weight`` and ``classifier.bias`` for BERT.
+
+    Raises:
+        ValueError: an unknown pooling or pair encoding, or ``separate`` with ``model`` pooling.
     """
     from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     path = resolve_model_path(name_or_path)
     mode = resolve_pooling(pooling, path)
+    if pair_encoding not in LORA_PAIR_ENCODINGS:
+        raise ValueError(
+            "learning.lora.pair_encoding must be one of "
+            f"{', '.join(LORA_PAIR_ENCODINGS)}, got {pair_encoding!r}"
+        )
+    if pair_encoding == "separate" and mode == "model":
+        raise ValueError(
+            "learning.lora.pair_encoding: separate needs a head on the token mean (pooling mean "
+            "or normalized_mean); with pooling model the checkpoint's own classifier reads the "
+            "pair encoded jointly (pair_encoding: joint)"
+        )
+    pairs = pair_encoding == "separate" or (pair_encoding == "auto" and mode != "model")
     verbosity = hf_logging.get_verbosity()
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # the "newly initialised head" report is expected here
@@ -223,7 +291,10 @@ def load_model(
     try:
         if mode in ("mean", "normalized_mean"):
             pooled = MeanPoolingClassifier(
-                AutoModel.from_pretrained(path), num_labels, normalize=mode == "normalized_mean"
+                AutoModel.from_pretrained(path),
+                num_labels,
+                normalize=mode == "normalized_mean",
+                pairs=pairs,
             )
             model: nn.Module = pooled
             info: dict[str, Any] = {
