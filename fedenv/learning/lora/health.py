@@ -90,36 +90,47 @@ def linear_probe(
     sizes: tuple[int, ...] = (80, 2000),
     data_dir: str | None = None,
     seed: int = 0,
+    model: str = "all-MiniLM-L6-v2",
+    holdout: int = 1000,
 ) -> dict[str, dict[int, float]]:
-    """Eval accuracy of a linear probe on the frozen model's [CLS] pooler output and token mean."""
+    """Eval accuracy of a linear probe on the frozen model's [CLS] pooler output and token mean,
+    and for a sentence-pair task on the two sentences encoded apart (``pair``: the features the
+    pair head reads, :class:`~fedenv.learning.lora.model.MeanPoolingClassifier`; ``cosine``:
+    their cosine alone)."""
     import numpy as np
     import torch
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from fedenv.learning.lora.data import load_task_data
-    from fedenv.learning.lora.model import DEFAULT_MODEL, resolve_model_path
+    from fedenv.learning.lora.data import TASK_FIELDS, load_task_data
+    from fedenv.learning.lora.model import MeanPoolingClassifier, resolve_model_path
 
     hf_logging.disable_progress_bar()
-    path = resolve_model_path(DEFAULT_MODEL)
+    path = resolve_model_path(model)
     tokenizer = AutoTokenizer.from_pretrained(path)
     encoder = AutoModel.from_pretrained(path).eval()
-    data = load_task_data(task, tokenizer, path, seq_len=64, data_dir=data_dir, holdout=1000)
+    data = load_task_data(task, tokenizer, path, seq_len=64, data_dir=data_dir, holdout=holdout)
     train_idx = np.random.default_rng(seed).permutation(len(data.train))[: max(sizes)]
 
+    pairs = len(TASK_FIELDS[task]["text"]) == 2
+    kinds = ("pooler", "mean", "pair", "cosine") if pairs else ("pooler", "mean")
+    # the heads' copy of the encoder loses its pooler (MeanPoolingClassifier drops it)
+    tokens = AutoModel.from_pretrained(path).eval()
+    mean_head = MeanPoolingClassifier(tokens, data.num_labels)
+    pair_head = MeanPoolingClassifier(tokens, data.num_labels, pairs=True) if pairs else None
+
     def features(split: Any, idx: Any) -> dict[str, Any]:
-        out: dict[str, list[Any]] = {"pooler": [], "mean": []}
+        out: dict[str, list[Any]] = {kind: [] for kind in kinds}
         with torch.inference_mode():
             for start in range(0, idx.size, 128):
                 batch = split.collate(idx[start : start + 128], int(tokenizer.pad_token_id or 0))
-                res = encoder(
-                    input_ids=batch["input_ids"],
-                    attention_mask=batch["attention_mask"],
-                    token_type_ids=batch["token_type_ids"],
-                )
-                mask = batch["attention_mask"][..., None].float()
-                out["pooler"].append(res.pooler_output.double())
-                out["mean"].append(((res.last_hidden_state * mask).sum(1) / mask.sum(1)).double())
+                inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+                out["pooler"].append(encoder(**inputs).pooler_output.double())
+                out["mean"].append(mean_head.features(**inputs).double())
+                if pair_head is not None:
+                    pair = pair_head.features(**inputs).double()
+                    out["pair"].append(pair)
+                    out["cosine"].append(pair[:, -1:])
         return {k: torch.cat(v) for k, v in out.items()}
 
     train_x = features(data.train, train_idx)
@@ -127,7 +138,7 @@ def linear_probe(
     train_y = torch.as_tensor(data.train.labels[train_idx])
     eval_y = torch.as_tensor(data.eval.labels)
     result: dict[str, dict[int, float]] = {}
-    for kind in ("pooler", "mean"):
+    for kind in kinds:
         result[kind] = {}
         for n in sizes:
             predict = _fit_probe(train_x[kind][:n], train_y[:n], data.num_labels)

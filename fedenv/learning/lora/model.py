@@ -198,6 +198,30 @@ class MeanPoolingClassifier(nn.Module):
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
         return nn.functional.normalize(pooled, dim=-1) if self.normalize else pooled
 
+    def features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """What the head reads: the pooled sentence, or a pair's ``[u, v, |u - v|, u * v, cos]``."""
+        if not self.pairs:
+            extra = (
+                {"token_type_ids": token_type_ids}
+                if token_type_ids is not None and self._takes_token_types
+                else {}
+            )
+            return self._pool(input_ids, attention_mask, **extra)
+        if token_type_ids is None:
+            raise ValueError(
+                "a pair classifier needs token_type_ids to find the two sentences of each "
+                "example ([CLS] a [SEP] b [SEP] with types 0 then 1)"
+            )
+        ids, mask = split_pairs(input_ids, attention_mask, token_type_ids)
+        u, v = self._pool(ids, mask).reshape(input_ids.shape[0], 2, -1).unbind(dim=1)
+        cos = nn.functional.cosine_similarity(u, v, dim=-1).unsqueeze(-1)
+        return torch.cat([u, v, (u - v).abs(), u * v, cos], dim=-1)
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -206,25 +230,8 @@ class MeanPoolingClassifier(nn.Module):
     ) -> Any:
         from transformers.modeling_outputs import SequenceClassifierOutput
 
-        if self.pairs:
-            if token_type_ids is None:
-                raise ValueError(
-                    "a pair classifier needs token_type_ids to find the two sentences of each "
-                    "example ([CLS] a [SEP] b [SEP] with types 0 then 1)"
-                )
-            ids, mask = split_pairs(input_ids, attention_mask, token_type_ids)
-            u, v = self._pool(ids, mask).reshape(input_ids.shape[0], 2, -1).unbind(dim=1)
-            cos = nn.functional.cosine_similarity(u, v, dim=-1).unsqueeze(-1)
-            features = torch.cat([u, v, (u - v).abs(), u * v, cos], dim=-1)
-            return SequenceClassifierOutput(logits=self.classifier(features))
-        extra = (
-            {"token_type_ids": token_type_ids}
-            if token_type_ids is not None and self._takes_token_types
-            else {}
-        )
-        return SequenceClassifierOutput(
-            logits=self.classifier(self._pool(input_ids, attention_mask, **extra))
-        )
+        features = self.features(input_ids, attention_mask, token_type_ids)
+        return SequenceClassifierOutput(logits=self.classifier(features))
 
 
 def _sentence_transformers_mean(path: str) -> bool:
