@@ -42,18 +42,16 @@ _EPISODE_CONSTANTS = frozenset(
 
 
 def _row0(values: Mapping[str, Any]) -> dict[str, Any]:
-    """Episode 0 of batched ``info`` entries: an array (a view) per device, a Python number per
-    episode. The per-episode constants, the same arrays all episode long, are copied: every
-    call returns new ones."""
+    """Episode 0 of batched ``info`` entries (arrays (N, ...)): an array (a view) per device, a
+    Python number per episode. The per-episode constants, the same arrays all episode long, are
+    copied: every call returns new ones."""
     return {
         key: (
-            _row0(value)
-            if isinstance(value, Mapping)
-            else value[0].copy()
+            value[0].copy()
             if key in _EPISODE_CONSTANTS
             else value[0]
             if value.ndim > 1
-            else value[0].item()
+            else value.item(0)
         )
         for key, value in values.items()
     }
