@@ -212,7 +212,7 @@ class ActionCodec:
         # idle devices get no band and transmit with no power (the round's physics is the same:
         # an idle device sends nothing)
         idle = np.equal(module, 0)
-        power[idle] = 0.0
+        np.copyto(power, 0.0, where=idle)
         share = bandwidth_shares(x[col["bandwidth"]], np.logical_not(idle))
         return Decision(module=module, power_w=power, share=share, ratio=ratio)
 

@@ -110,11 +110,11 @@ def round_progress(
     # X^beta Q is 0 when X = 0 (then Q = 0), for any beta >= 0
     progress = np.power(total, cfg.participation_exponent) * quality
     # labels last and contiguous, so that the sum over them is NumPy's pairwise sum
-    mix = np.divide(mix, np.expand_dims(safe, -1), order="C")
+    mix = np.divide(mix, safe[..., None], order="C")
     mix = np.subtract(mix, global_label_distribution)
     tv = 0.5 * np.add.reduce(np.abs(mix, out=mix), axis=-1)
     mean_r = np.add.reduce(x * r, axis=-1) / safe
-    dev = r - np.expand_dims(mean_r, -1)
+    dev = r - mean_r[..., None]
     np.square(dev, out=dev)
     var_r = np.add.reduce(np.multiply(x, dev, out=dev), axis=-1) / safe
     # mean_r = 0 only when X = 0, and then var_r = 0
