@@ -187,6 +187,25 @@ def test_collect_takes_a_policy_factory(tmp_path):
     assert made == ["mine"]
 
 
+def test_collect_refuses_to_resume_a_file_of_another_config(tmp_path):
+    out = tmp_path / "t.jsonl"
+    cfg = EnvConfig.from_dict({"num_rounds": 2, "devices": {"num_devices": 3}})
+    assert collect(cfg, ["explore"], [0], out, progress=False) == ["explore/seed0"]
+    before = out.read_bytes()
+    other = cfg.replace(channel={"shadowing_std_db": 4.0})
+    with pytest.raises(ValueError, match="channel.shadowing_std_db: 0.0 in the file, 4.0 now"):
+        collect(other, ["explore"], [0, 1], out, progress=False)
+    assert out.read_bytes() == before  # nothing appended
+    # the threads that ran it are no difference; nor is a field the file predates
+    threads = cfg.replace(learning={"lora": {"num_threads": 2}})
+    assert collect(threads, ["explore"], [0, 1], out, progress=False) == ["explore/seed1"]
+    lines = out.read_text().splitlines()
+    header = json.loads(lines[0])
+    del header["config"]["learning"]["lora"]["pair_encoding"]
+    out.write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
+    assert collect(cfg, ["explore"], [0, 1, 2], out, progress=False) == ["explore/seed2"]
+
+
 # --------------------------------------------------------------------- fit
 def test_fit_recovers_known_constants(tmp_path):
     _, eps = synthetic(tmp_path)

@@ -35,6 +35,7 @@ from fedenv.calibrate.traces import (
     TraceWriter,
     episode_key,
     header_record,
+    load_traces,
     round_record,
 )
 from fedenv.config import EnvConfig
@@ -226,6 +227,41 @@ def _progress(total: int, initial: int) -> Any:
     return tqdm(total=total, initial=initial, unit="round", dynamic_ncols=True, mininterval=1.0)
 
 
+def _check_same_config(config: EnvConfig, out: str | os.PathLike[str]) -> None:
+    """Refuse to resume a trace file whose episodes were collected under another config.
+
+    Configs are compared as :class:`EnvConfig` objects, so a field added to the package since
+    (absent from the file, at its default) is no difference; nor are the torch threads and
+    device that ran them.
+    """
+
+    def model_of(cfg: EnvConfig) -> EnvConfig:
+        return cfg.replace(learning={"lora": {"num_threads": None, "device": "auto"}})
+
+    mine = model_of(config)
+    for episode in load_traces(out):
+        theirs = model_of(EnvConfig.from_dict(episode.config))
+        if theirs == mine:
+            continue
+        diff = [
+            f"{path}: {a!r} in the file, {b!r} now"
+            for path, a, b in _differences(theirs.to_dict(), mine.to_dict())
+        ]
+        raise ValueError(
+            f"{out} holds episodes collected under another config (episode {episode.key!r}: "
+            f"{'; '.join(diff[:5])}); resume with the same config, or collect into a new file"
+        )
+
+
+def _differences(a: Any, b: Any, path: str = "") -> list[tuple[str, Any, Any]]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in sorted(set(a) | set(b)):
+            out += _differences(a.get(key), b.get(key), f"{path}.{key}" if path else str(key))
+        return out
+    return [] if a == b else [(path, a, b)]
+
+
 def collect(
     config: EnvConfig,
     policies: Sequence[str],
@@ -246,6 +282,8 @@ def collect(
 
     seeds = list(seeds)
     writer = TraceWriter(out)
+    if writer.completed:
+        _check_same_config(config, out)
     plan = [(s, p) for s in seeds for p in policies]
     todo = [(s, p) for s, p in plan if episode_key(p, s) not in writer.completed]
     rounds = config.num_rounds
