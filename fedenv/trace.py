@@ -31,9 +31,11 @@ class Trace:
     """
 
     position_m: NDArray[np.float64]
-    """Device positions, shape (N, T + 1, K, 2), metres, BS at the origin."""
+    """Device positions, shape (N, T + 1, K, 2), metres, BS at the origin (without mobility a
+    read-only view of one position per device, the same in every round)."""
     distance_m: NDArray[np.float64]
-    """Distance to the BS, shape (N, T + 1, K)."""
+    """Distance to the BS, shape (N, T + 1, K) (without mobility a read-only view, like
+    ``position_m``)."""
     gain: NDArray[np.float64]
     """Linear channel power gain h, shape (N, T + 1, K)."""
     cpu_freq_hz: NDArray[np.float64]
@@ -57,25 +59,41 @@ def generate_trace(keys: NDArray[np.uint64], config: EnvConfig) -> Trace:
     if keys.ndim != 1:
         raise ValueError(f"keys must be a 1-D array of episode keys, got shape {keys.shape}")
     n = keys.size
-    if n <= _BLOCK:
-        return _generate(keys, config)
-    # one output array per field, filled block by block (no concatenation copies)
     first = _generate(keys[:_BLOCK], config)
-    names = [f.name for f in fields(Trace)]
-    out = {
-        name: np.empty((n,) + getattr(first, name).shape[1:], dtype=getattr(first, name).dtype)
-        for name in names
-    }
-    for name in names:
-        out[name][:_BLOCK] = getattr(first, name)
-    for i in range(_BLOCK, n, _BLOCK):
-        part = _generate(keys[i : i + _BLOCK], config)
-        for name in names:
-            out[name][i : i + _BLOCK] = getattr(part, name)
-    return Trace(**out)
+    if n <= _BLOCK:
+        return _as_trace(first, config)
+    # one output array per field, filled block by block (no concatenation copies)
+    out = {name: np.empty((n,) + a.shape[1:], dtype=a.dtype) for name, a in first.items()}
+    for i in range(0, n, _BLOCK):
+        part = first if i == 0 else _generate(keys[i : i + _BLOCK], config)
+        for name, array in part.items():
+            out[name][i : i + _BLOCK] = array
+    return _as_trace(out, config)
 
 
-def _generate(keys: NDArray[np.uint64], config: EnvConfig) -> Trace:
+#: The fields with a row per round (axis 1).
+_PER_ROUND = ("position_m", "distance_m", "gain", "success_uniform")
+
+
+def _as_trace(arrays: dict[str, NDArray[np.float64]], config: EnvConfig) -> Trace:
+    """The :class:`Trace` of the generated fields. A per-round field generated with one row
+    (the position and distance of devices that do not move) is seen in every round, as a
+    read-only broadcast view: it is neither computed nor stored once per round."""
+    rows = config.num_rounds + 1
+    return Trace(
+        **{
+            name: (
+                np.broadcast_to(a, (a.shape[0], rows) + a.shape[2:])
+                if name in _PER_ROUND and a.shape[1] == 1
+                else a
+            )
+            for name, a in arrays.items()
+        }
+    )
+
+
+def _generate(keys: NDArray[np.uint64], config: EnvConfig) -> dict[str, NDArray[np.float64]]:
+    """The fields of :class:`Trace` for a block of episodes (see :func:`_as_trace`)."""
     ch = config.channel
     dev = config.devices
     k = dev.num_devices
@@ -110,33 +128,28 @@ def _generate(keys: NDArray[np.uint64], config: EnvConfig) -> Trace:
         # through the inner disc; keep the path-loss model inside its validity range.
         distance = np.maximum(np.linalg.norm(position, axis=-1), ch.min_distance_m)
     else:
-        position = np.broadcast_to(start[:, None], (n, rows, k, 2)).copy()
+        # one row: _as_trace shows it in every round
+        position = start[:, None]
         # |start|, as np.linalg.norm(start, axis=-1) computes it (without its Python overhead)
-        distance = np.broadcast_to(
-            np.sqrt(np.add.reduce(start * start, axis=-1))[:, None], (n, rows, k)
-        ).copy()
+        distance = np.sqrt(np.add.reduce(start * start, axis=-1))[:, None]
     if shadowed:
         shadowing = ch.shadowing_std_db * streams.box_muller(
             u[-1], -1
         )  # streams.normal(keys, SHADOWING, (1, k))
     else:
         shadowing = np.zeros((n, 1, k))
-    if mobile:
-        loss = distance
-    else:
-        # Without mobility the path loss is the same every round: evaluate its gain once per
-        # device (the same numbers channel_gain computes on every round's copy).
-        loss = distance[:, :1]
     z = streams.box_muller(fading_u, -1)  # streams.normal(keys, Stream.FADING, (rows, 2, k))
     z *= math.sqrt(0.5)
     w = z[:, :, 0] + 1j * z[:, :, 1]  # CN(0, 1), shape (n, rows, k)
     fading = channel.gauss_markov_fading(w[:, 0], w[:, 1:], ch.fading_correlation)
-    gain = channel.channel_gain(loss, np.abs(fading) ** 2, shadowing, ch)
+    # (without mobility the distance has one row: its path loss is evaluated once per device, the
+    # same numbers as on every round's copy)
+    gain = channel.channel_gain(distance, np.abs(fading) ** 2, shadowing, ch)
     cpu = dev.cpu_freq_min_hz + (dev.cpu_freq_max_hz - dev.cpu_freq_min_hz) * cpu_u
-    return Trace(
-        position_m=position,
-        distance_m=distance,
-        gain=gain,
-        cpu_freq_hz=cpu,
-        success_uniform=success_u,
-    )
+    return {
+        "position_m": position,
+        "distance_m": distance,
+        "gain": gain,
+        "cpu_freq_hz": cpu,
+        "success_uniform": success_u,
+    }
