@@ -60,10 +60,10 @@ def bandwidth_shares(
     Lyapunov policy).
     """
     w = np.where(scheduled, weight, 0.0)
+    # without a positive total weight, every scheduled device weighs 1 (equal shares)
+    w = np.where(np.add.reduce(w, axis=-1, keepdims=True) > 0.0, w, scheduled)
     total = np.add.reduce(w, axis=-1, keepdims=True)
-    positive = total > 0.0
-    equal = scheduled / np.maximum(np.add.reduce(scheduled, axis=-1, keepdims=True), 1)
-    return np.where(positive, w / np.where(positive, total, 1.0), equal)
+    return w / np.where(total > 0.0, total, 1.0)
 
 
 class _Layout(NamedTuple):
