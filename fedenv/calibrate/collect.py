@@ -38,7 +38,7 @@ from fedenv.calibrate.traces import (
     load_traces,
     round_record,
 )
-from fedenv.config import EnvConfig
+from fedenv.config import ConfigError, EnvConfig
 
 __all__ = [
     "EXPLORATION_POLICIES",
@@ -240,7 +240,14 @@ def _check_same_config(config: EnvConfig, out: str | os.PathLike[str]) -> None:
 
     mine = model_of(config)
     for episode in load_traces(out):
-        theirs = model_of(EnvConfig.from_dict(episode.config))
+        try:
+            theirs = model_of(EnvConfig.from_dict(episode.config))
+        except ConfigError as exc:
+            raise ValueError(
+                f"{out}: the config of episode {episode.key!r} does not load ({exc}): the file "
+                "is damaged or from another version of fedenv; delete that episode's lines or "
+                "collect into a new file"
+            ) from exc
         if theirs == mine:
             continue
         diff = [
@@ -249,7 +256,8 @@ def _check_same_config(config: EnvConfig, out: str | os.PathLike[str]) -> None:
         ]
         raise ValueError(
             f"{out} holds episodes collected under another config (episode {episode.key!r}: "
-            f"{'; '.join(diff[:5])}); resume with the same config, or collect into a new file"
+            f"{'; '.join(diff[:5])}); resume with the same config, or collect into a new file "
+            "(or, if that one episode is damaged, delete its lines)"
         )
 
 
