@@ -158,6 +158,33 @@ _PCG_MULT, _MASK128 = 0x2360ED051FC65DA44385DF649FCCF645, (1 << 128) - 1
 _LOW32, _S32 = np.uint64(0xFFFFFFFF), np.uint64(32)
 
 
+def _constants(init: int, mult: int, count: int) -> NDArray[np.uint32]:
+    """SeedSequence's hash constants init, init mult, init mult^2, ... (mod 2**32), as a column
+    (count, 1) that broadcasts against rows of words."""
+    out = [init]
+    for _ in range(count - 1):
+        out.append((out[-1] * mult) & 0xFFFFFFFF)
+    return np.array(out, dtype=np.uint32)[:, None]
+
+
+#: SeedSequence's hash constants: 16 hashmix calls while mixing the pool (each XORs with one
+#: constant and multiplies by the next), 8 while generating the state
+_HASH_A = _constants(_SS_INIT_A, _SS_MULT_A, 17)
+_HASH_B = _constants(_SS_INIT_B, _SS_MULT_B, 9)
+#: the pool words that each word is mixed into, in SeedSequence's order
+_OTHER_WORDS = tuple(np.array([i for i in range(4) if i != src]) for src in range(4))
+#: the pool word of each of the 8 generated words
+_STATE_WORDS = np.array([0, 1, 2, 3, 0, 1, 2, 3])
+
+
+def _hashmix(value: NDArray[np.uint32], first: int, count: int) -> NDArray[np.uint32]:
+    """SeedSequence's hashmix, ``count`` calls from the ``first``-th: row j of the result is call
+    first + j on row j of ``value`` (or on ``value`` itself, one row of words)."""
+    value = value ^ _HASH_A[first : first + count]
+    value *= _HASH_A[first + 1 : first + count + 1]
+    return value ^ (value >> _SS_SHIFT)
+
+
 def pcg64_states(keys: NDArray[np.uint64]) -> list[dict[str, Any]]:
     """The states of ``np.random.default_rng(int(key))`` for keys in [0, 2**64), computed for a
     batch at once: set one as ``bit_generator.state`` to get that generator (about a fifth of the
@@ -168,38 +195,25 @@ def pcg64_states(keys: NDArray[np.uint64]) -> list[dict[str, Any]]:
     ``tests/test_physics.py`` checks the states against ``default_rng`` (edge keys included).
     """
     keys = np.asarray(keys, dtype=np.uint64).ravel()
-    hash_const = _SS_INIT_A
-
-    def hashmix(value: NDArray[np.uint32]) -> NDArray[np.uint32]:
-        nonlocal hash_const
-        value = value ^ np.uint32(hash_const)
-        hash_const = (hash_const * _SS_MULT_A) & 0xFFFFFFFF
-        value = value * np.uint32(hash_const)
-        return value ^ (value >> _SS_SHIFT)
-
     # the entropy words of the key, low first (a key below 2**32 has one word; the pool's
-    # hashing of a missing word is that of a 0 word), then the pool's mixing
-    zero = np.zeros(keys.size, dtype=np.uint32)
-    pool = [
-        hashmix(w)
-        for w in ((keys & _LOW32).astype(np.uint32), (keys >> _S32).astype(np.uint32), zero, zero)
-    ]
-    for src in range(4):
-        for dst in range(4):
-            if src != dst:
-                mixed = _SS_MIX_L * pool[dst] - _SS_MIX_R * hashmix(pool[src])
-                pool[dst] = mixed ^ (mixed >> _SS_SHIFT)
-    # generate_state(4, uint64): 8 words from the pool, paired little-endian
-    words, hash_b = [], _SS_INIT_B
-    for i in range(8):
-        value = pool[i % 4] ^ np.uint32(hash_b)
-        hash_b = (hash_b * _SS_MULT_B) & 0xFFFFFFFF
-        value = value * np.uint32(hash_b)
-        words.append(value ^ (value >> _SS_SHIFT))
-    seeds = [
-        (words[2 * j].astype(np.uint64) | (words[2 * j + 1].astype(np.uint64) << _S32)).tolist()
-        for j in range(4)
-    ]
+    # hashing of a missing word is that of a 0 word), one row per pool word
+    pool = np.zeros((4, keys.size), dtype=np.uint32)
+    pool[0] = keys & _LOW32
+    pool[1] = keys >> _S32
+    # The pool's hashing and mixing. Each hashmix call takes the next constant of one sequence,
+    # so the calls that hash independent words are one array operation over a column of
+    # consecutive constants: the 4 words first, then for each source word its 3 mixes into the
+    # other words (the source does not change while it is mixed into the others).
+    pool = _hashmix(pool, 0, 4)
+    for src, dst in enumerate(_OTHER_WORDS):
+        mixed = _SS_MIX_L * pool[dst] - _SS_MIX_R * _hashmix(pool[src], 4 + 3 * src, 3)
+        pool[dst] = mixed ^ (mixed >> _SS_SHIFT)
+    # generate_state(4, uint64): 8 words from the pool (word i from pool[i % 4]), hashed with
+    # the second constant sequence, paired little-endian
+    value = pool[_STATE_WORDS] ^ _HASH_B[:8]
+    value *= _HASH_B[1:]
+    words = (value ^ (value >> _SS_SHIFT)).astype(np.uint64)
+    seeds = (words[0::2] | (words[1::2] << _S32)).tolist()
     states = []
     for s_high, s_low, i_high, i_low in zip(*seeds):
         inc = (((i_high << 64) | i_low) << 1 | 1) & _MASK128
