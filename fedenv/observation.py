@@ -133,11 +133,11 @@ def write_observation(
     obs[..., 5:k7:7] = np.divide(last_module, config.model.num_modules)
     obs[..., 6:k7:7] = last_success
     obs[..., k7 + 1] = accuracy
-    obs[..., k7 + 2] = np.clip(
-        np.divide(loss, config.learning.surrogate.initial_loss), *BOUNDS["loss"]
-    )
+    low, high = BOUNDS["loss"]
+    loss = np.divide(loss, config.learning.surrogate.initial_loss)
+    obs[..., k7 + 2] = np.minimum(np.maximum(loss, low), high)
     if latency_budget is not None:
-        obs[..., k7 + 3] = np.clip(
-            np.divide(latency_backlog, _BACKLOG_SCALE * latency_budget), *BOUNDS["latency_backlog"]
-        )
+        low, high = BOUNDS["latency_backlog"]
+        y = np.divide(latency_backlog, _BACKLOG_SCALE * latency_budget)
+        obs[..., k7 + 3] = np.minimum(np.maximum(y, low), high)
     return obs

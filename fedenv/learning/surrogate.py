@@ -144,7 +144,8 @@ def loss_from_gap(gap: ArrayLike, cfg: SurrogateConfig) -> F:
 
 def observed_accuracy(gap: ArrayLike, noise: ArrayLike, cfg: SurrogateConfig) -> F:
     """The reported accuracy: acc(G) plus evaluation noise, clipped to [0, 1]."""
-    return np.clip(np.add(accuracy_from_gap(gap, cfg), noise), 0.0, 1.0)
+    accuracy = np.add(accuracy_from_gap(gap, cfg), noise)
+    return np.minimum(np.maximum(accuracy, 0.0), 1.0)
 
 
 def evaluation_noise(keys: NDArray[np.uint64], config: EnvConfig) -> F:
