@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass
-from functools import cached_property
 from typing import NamedTuple
 
 import numpy as np
@@ -43,11 +42,6 @@ class Decision:
     """FDMA bandwidth share beta_k (0 for idle devices); sums to <= 1."""
     ratio: NDArray[np.float64]
     """Sparsification ratio rho_k in (0, 1]."""
-
-    @cached_property
-    def idle(self) -> NDArray[np.bool_]:
-        """module == 0: the devices not scheduled (computed once; decode fills it in)."""
-        return np.equal(self.module, 0)
 
 
 def bandwidth_shares(

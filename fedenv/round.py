@@ -186,8 +186,7 @@ def play_round(
     """
     module = np.asarray(decision.module)
     power = decision.power_w
-    idle = decision.idle
-    scheduled = np.logical_not(idle)
+    scheduled = np.greater(module, 0)  # (module 0: not scheduled)
     rank = tables.rank_of_module.take(module)
     deadline = config.costs.round_deadline_s
     t_cmp, e_cmp, left = _lookups(tables, module, deadline)
@@ -198,7 +197,7 @@ def play_round(
     else:
         bits = tables.payload_bits.take(module)
     rate, per = channel.link(power, gain, decision.share, config.channel)
-    per = np.where(idle, 0.0, per)  # idle devices have no packet to lose
+    per = np.where(scheduled, per, 0.0)  # idle devices have no packet to lose
     # on time: t_up <= max(T_max - t_cmp, 0). A scheduled device sends at least one bit at a
     # finite rate (t_up > 0), so a computation past the deadline is never on time.
     t_up, e_up, on_time = costs.upload(bits, rate, power, left)
