@@ -41,20 +41,19 @@ _EPISODE_CONSTANTS = frozenset(
 )
 
 
-def _row0(values: Mapping[str, Any]) -> dict[str, Any]:
-    """Episode 0 of batched ``info`` entries (arrays (N, ...)): an array (a view) per device, a
-    Python number per episode. The per-episode constants, the same arrays all episode long, are
-    copied: every call returns new ones."""
-    return {
-        key: (
-            value[0].copy()
-            if key in _EPISODE_CONSTANTS
-            else value[0]
-            if value.ndim > 1
-            else value.item(0)
-        )
+def _row0(*batched: Mapping[str, Any]) -> dict[str, Any]:
+    """Episode 0 of batched ``info`` entries (arrays (N, ...)), the mappings merged in order: an
+    array (a view) per device, a Python number per episode. The per-episode constants, the same
+    arrays all episode long, are copied: every call returns new ones."""
+    info = {
+        key: value[0] if value.ndim > 1 else value.item(0)
+        for values in batched
         for key, value in values.items()
     }
+    for key in _EPISODE_CONSTANTS:
+        if key in info:
+            info[key] = info[key].copy()
+    return info
 
 
 class FedLoRAWirelessEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
@@ -362,8 +361,7 @@ class FedLoRAWirelessEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
         played = self._episodes.step(self.codec.check(action)[None])
         terminated, truncated = bool(played.terminated[0]), bool(played.truncated[0])
         self._done = terminated or truncated
-        info = _row0(self._episodes.state_info())
-        info.update(_row0(played.info))
+        info = _row0(self._episodes.state_info(), played.info)
         info["reward_terms"] = _row0(played.terms)
         if played.extra:
             info["learner"] = played.extra

@@ -263,9 +263,10 @@ class Episodes:
         terminated = (
             report.accuracy >= target if target is not None else np.zeros(self.num_envs, bool)
         )
-        truncated = (t + 1 >= cfg.num_rounds) & ~terminated
+        next_t = t + 1
+        truncated = (next_t >= cfg.num_rounds) & ~terminated
         # advance the state
-        self.t = t + 1
+        self.t = next_t
         self.energy_backlog, self.latency_backlog = z_new, y_new
         self.accuracy, self.loss, self.gap = report.accuracy, report.loss, report.gap
         self.last_module, self.last_success = decision.module, phys.success
