@@ -57,7 +57,8 @@ def bandwidth_shares(
     # without a positive total weight, every scheduled device weighs 1 (equal shares)
     w = np.where(np.add.reduce(w, axis=-1, keepdims=True) > 0.0, w, scheduled)
     total = np.add.reduce(w, axis=-1, keepdims=True)
-    return w / np.where(total > 0.0, total, 1.0)
+    # (no device scheduled: w = 0 stays)
+    return np.divide(w, total, out=w, where=total > 0.0)
 
 
 class _Layout(NamedTuple):
