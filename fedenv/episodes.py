@@ -225,7 +225,7 @@ class Episodes:
         ):
             array = getattr(self, name).copy()
             array[index] = value
-            array.flags.writeable = False
+            array.setflags(write=False)
             setattr(self, name, array)
         return start.notes
 
@@ -280,7 +280,7 @@ class Episodes:
             self.last_module,
             self.last_success,
         ):
-            array.flags.writeable = False
+            array.setflags(write=False)
         return Round(
             reward=reward,
             terms=terms,
@@ -308,7 +308,8 @@ class Episodes:
         """The state keys of ``info`` (:data:`STATE_KEYS`) of every episode, arrays (N, ...)."""
         at = self._first_row + self.t
         gain, distance = self._gain_rows.take(at, axis=0), self._distance_rows.take(at, axis=0)
-        gain.flags.writeable = distance.flags.writeable = False
+        gain.setflags(write=False)
+        distance.setflags(write=False)
         return {
             "round": self.t,
             "channel_gain": gain,
