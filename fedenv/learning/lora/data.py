@@ -38,6 +38,7 @@ from numpy.typing import NDArray
 
 __all__ = [
     "TASK_FIELDS",
+    "is_pair_task",
     "EncodedSplit",
     "TaskData",
     "load_task_data",
@@ -52,6 +53,13 @@ TASK_FIELDS: dict[str, dict[str, Any]] = {
     "sst2": {"text": ("sentence",), "labels": ("negative", "positive")},
     "qnli": {"text": ("question", "sentence"), "labels": ("entailment", "not_entailment")},
 }
+
+
+def is_pair_task(task: str) -> bool:
+    """Whether a task's examples are sentence pairs (QNLI) rather than single sentences."""
+    return len(TASK_FIELDS[task]["text"]) == 2
+
+
 HOLDOUT_SEED = 0
 #: seconds to wait for a connection to the hub's host before giving up on the hub, s
 HUB_PROBE_TIMEOUT_S = 3.0

@@ -102,7 +102,7 @@ def linear_probe(
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from fedenv.learning.lora.data import TASK_FIELDS, load_task_data
+    from fedenv.learning.lora.data import is_pair_task, load_task_data
     from fedenv.learning.lora.model import MeanPoolingClassifier, resolve_model_path
 
     hf_logging.disable_progress_bar()
@@ -112,7 +112,7 @@ def linear_probe(
     data = load_task_data(task, tokenizer, path, seq_len=64, data_dir=data_dir, holdout=holdout)
     train_idx = np.random.default_rng(seed).permutation(len(data.train))[: max(sizes)]
 
-    pairs = len(TASK_FIELDS[task]["text"]) == 2
+    pairs = is_pair_task(task)
     kinds = ("pooler", "mean", "pair", "cosine") if pairs else ("pooler", "mean")
     # the heads' copy of the encoder loses its pooler (MeanPoolingClassifier drops it)
     tokens = AutoModel.from_pretrained(path).eval()

@@ -36,7 +36,7 @@ from fedenv import costs
 from fedenv.config import EnvConfig
 from fedenv.learning.base import DevicePartition, RoundReport
 from fedenv.learning.lora import aggregation
-from fedenv.learning.lora.data import TASK_FIELDS, TaskData, load_task_data
+from fedenv.learning.lora.data import TaskData, is_pair_task, load_task_data
 from fedenv.learning.lora.model import (
     LORA_ALPHA_PER_RANK,
     ModelSpec,
@@ -102,7 +102,7 @@ class LoraLearner:
             torch.set_num_threads(lc.num_threads)
         self.device = _resolve_device(lc.device)
         task = config.learning.task
-        pair_encoding = lc.pair_encoding if len(TASK_FIELDS[task]["text"]) == 2 else "joint"
+        pair_encoding = lc.pair_encoding if is_pair_task(task) else "joint"
         model, self.tokenizer, head_names = load_model(
             lc.model_name_or_path, config.model.num_labels, lc.pooling, pair_encoding
         )
