@@ -23,6 +23,7 @@ from fedenv.calibrate.fit import (
 from fedenv.calibrate.report import (
     fidelity_report,
     kendall_tau,
+    noise_ceiling,
     render_markdown,
     replay_on_surrogate,
     seed_noise,
@@ -361,11 +362,38 @@ def test_seed_noise_measures_the_real_spread_and_self_agreement(tmp_path):
     # the report carries it and prints it
     rep = fidelity_report(eps, TRUE, [6, 7])
     assert rep.noise["seeds"] == [5, 6, 7]
+    assert rep.noise["ceiling"]["final"] == noise_ceiling(noise["final"], 2)
     text = render_markdown(rep)
     assert (
         "Seed-to-seed noise of the real backend" in text
         and f"{noise['pooled_std']:.2f} points" in text
+        and "Noise ceiling" in text
+        and f"{rep.noise['ceiling']['final']['tau']:.3f}" in text
     )
+
+
+def test_noise_ceiling_is_the_bootstrap_expectation_of_a_perfect_surrogate():
+    import itertools
+
+    from scipy import stats
+
+    # no seed noise: a perfect surrogate ranks perfectly and errs by nothing
+    flat = noise_ceiling({"a": [70.0, 70.0, 70.0], "b": [60.0] * 3, "c": [80.0] * 3}, 2)
+    assert flat["tau"] == 1.0 and flat["tau_lo"] == 1.0 and flat["error"] == 0.0
+    # against the exact expectation over every equally likely draw of 2 seeds out of 3
+    values = {"a": [70.0, 52.0, 81.0], "b": [75.0, 74.0, 73.0], "c": [50.0, 79.0, 77.0]}
+    table = np.array(list(values.values()))
+    expected = table.mean(axis=1)
+    draws = [table[:, list(ix)].mean(axis=1) for ix in itertools.product(range(3), repeat=2)]
+    tau = np.mean([stats.kendalltau(expected, m).statistic for m in draws])
+    err = np.mean([np.mean(np.abs(m - expected)) for m in draws])
+    got = noise_ceiling(values, 2, draws=20000)
+    assert got["tau"] == pytest.approx(tau, abs=0.02)
+    assert got["error"] == pytest.approx(err, rel=0.03)
+    assert got["tau_lo"] <= got["tau"] <= got["tau_hi"]
+    # more seeds per mean, a higher ceiling
+    assert noise_ceiling(values, 12)["tau"] > got["tau"]
+    assert np.isnan(noise_ceiling({"a": [1.0], "b": [2.0]}, 3)["tau"])
 
 
 def test_shipped_calibrations_load_and_name_their_command():

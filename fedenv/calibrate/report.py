@@ -22,7 +22,9 @@ noise, which :func:`seed_noise` measures on every seed where all the ranked poli
 seeds included: the noise is a property of the real backend, not of the fit): the spread of a
 policy's real final accuracy across seeds, and Kendall's tau between the real rankings on two
 different seeds. When the real backend does not agree with itself across seeds, no surrogate can
-show a higher tau than that agreement on a handful of held-out seeds.
+show a higher tau than that agreement on a handful of held-out seeds. :func:`noise_ceiling`
+turns the same measurement into the figures a perfect surrogate would reach on as many
+held-out seeds as the report uses.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from fedenv.config import EnvConfig, SurrogateConfig
 __all__ = [
     "kendall_tau",
     "replay_on_surrogate",
+    "noise_ceiling",
     "seed_noise",
     "trace_inventory",
     "PolicyRow",
@@ -163,8 +166,50 @@ def _order(names: Sequence[str], values: Sequence[float]) -> list[str]:
     return [names[i] for i in np.argsort(-np.asarray(values), kind="stable")]
 
 
+def noise_ceiling(
+    values: dict[str, list[float]], n: int, *, draws: int = 2000, seed: int = 0
+) -> dict[str, float]:
+    """What a perfect surrogate would score against the mean over ``n`` seeds (module docstring).
+
+    A perfect surrogate predicts each policy's expected value. The expectation is estimated by
+    the mean over every seed in ``values`` (policy -> one value per seed, seeds in common
+    order); ``n`` seeds are drawn with replacement (the same seeds for every policy, as the
+    held-out seeds are common) ``draws`` times, and each draw's means are compared with the
+    expectation: Kendall's tau-b of the two rankings and the mean absolute difference over the
+    policies. A plug-in bootstrap: with few seeds the expectation is itself close to the
+    sample, so the ceiling is optimistic rather than pessimistic.
+
+    Returns:
+        ``tau`` (mean over the draws), ``tau_lo`` / ``tau_hi`` (5th / 95th percentile),
+        ``error`` (mean over the draws of the mean absolute error, in the values' unit).
+    """
+    table = np.array(list(values.values()), dtype=np.float64)  # (policies, seeds)
+    if table.ndim != 2 or table.shape[1] < 2 or n < 1:
+        nan = float("nan")
+        return {"n": n, "draws": 0, "tau": nan, "tau_lo": nan, "tau_hi": nan, "error": nan}
+    expected = table.mean(axis=1)
+    rng = np.random.default_rng(seed)
+    taus, errors = np.empty(draws), np.empty(draws)
+    for i in range(draws):
+        means = table[:, rng.integers(0, table.shape[1], size=n)].mean(axis=1)
+        taus[i] = kendall_tau(expected, means)
+        errors[i] = np.mean(np.abs(means - expected))
+    lo, hi = np.nanpercentile(taus, [5, 95])
+    return {
+        "n": n,
+        "draws": draws,
+        "tau": float(np.nanmean(taus)),
+        "tau_lo": float(lo),
+        "tau_hi": float(hi),
+        "error": float(errors.mean()),
+    }
+
+
 def seed_noise(
-    episodes: Sequence[EpisodeTrace], policies: Sequence[str], window: int = 5
+    episodes: Sequence[EpisodeTrace],
+    policies: Sequence[str],
+    window: int = 5,
+    heldout: int | None = None,
 ) -> dict[str, Any]:
     """The real backend's own seed-to-seed noise over ``policies`` (module docstring).
 
@@ -172,8 +217,9 @@ def seed_noise(
     policy the final accuracies (points) per seed and their sample standard deviation, the
     pooled standard deviation over policies (root mean of the per-policy variances), and
     Kendall's tau between the real rankings on each pair of seeds, by final accuracy and by
-    mean accuracy over the last ``window`` rounds (with their means over the pairs). Fewer
-    than two such seeds give NaN spreads and no pairs.
+    mean accuracy over the last ``window`` rounds (with their means over the pairs), and
+    (``heldout``: the number of held-out seeds a report averages over) the :func:`noise_ceiling`
+    of final and last-rounds accuracy. Fewer than two such seeds give NaN spreads and no pairs.
     """
     table: dict[str, dict[int, EpisodeTrace]] = defaultdict(dict)
     for ep in episodes:
@@ -196,9 +242,16 @@ def seed_noise(
                     ),
                 }
             )
+    ceiling = {}
+    if heldout is not None:
+        ceiling = {
+            "final": noise_ceiling(final, heldout),
+            "window": noise_ceiling(win, heldout),
+        }
     return {
         "seeds": seeds,
         "final": final,
+        "ceiling": ceiling,
         "std": std,
         "pooled_std": float(np.sqrt(np.mean([v**2 for v in std.values()])))
         if len(seeds) > 1 and std
@@ -297,7 +350,7 @@ def fidelity_report(
             "wall_s": wall,
             "machines": machines,
         },
-        noise=seed_noise(episodes, [r.policy for r in rows], window),
+        noise=seed_noise(episodes, [r.policy for r in rows], window, heldout=len(seeds)),
     )
 
 
@@ -363,21 +416,36 @@ def render_markdown(report: FidelityReport, *, command: str = "", calibration: s
         ]
         for p, vals in nz["final"].items():
             lines.append(f"| `{p}` | {', '.join(f'{v:.1f}' for v in vals)} | {nz['std'][p]:.2f} |")
-        pair_txt = "; ".join(
-            f"seeds {a} vs {b}: {q['tau']:.3f} (last {r.window} rounds {q['tau_window']:.3f})"
-            for q in nz["pairs"]
-            for a, b in [q["seeds"]]
-        )
+        taus = [q["tau"] for q in nz["pairs"]]
+        taus_w = [q["tau_window"] for q in nz["pairs"]]
         lines += [
             "",
             "Pooled std of a policy's real final accuracy across seeds: "
             f"{nz['pooled_std']:.2f} points "
             "(spread of the policies' real means on the held-out seeds: "
             f"{max(_real_means(r)) - min(_real_means(r)):.2f} points).",
-            f"Kendall tau-b between the real rankings on two seeds: {pair_txt}; mean "
-            f"{nz['mean_tau']:.3f} "
-            f"(last {r.window} rounds: {nz['mean_tau_window']:.3f}).",
+            f"Kendall tau-b between the real rankings on two seeds ({len(taus)} pairs): mean "
+            f"{nz['mean_tau']:.3f}, from {np.nanmin(taus):.3f} to {np.nanmax(taus):.3f} (last "
+            f"{r.window} rounds: mean {nz['mean_tau_window']:.3f}, from {np.nanmin(taus_w):.3f} "
+            f"to {np.nanmax(taus_w):.3f}).",
         ]
+        ceil = nz.get("ceiling") or {}
+        if ceil:
+            fin, win = ceil["final"], ceil["window"]
+            lines += [
+                "",
+                f"**Noise ceiling** (`noise_ceiling`): a perfect surrogate, one that predicts "
+                "each policy's expected accuracy (estimated by its mean over the "
+                f"{len(nz['seeds'])} seeds above), compared as this report compares, with the "
+                f"mean over {fin['n']} seeds drawn from those ({fin['draws']} draws):",
+                "",
+                "| | Kendall tau-b, mean (5th-95th percentile) | mean abs error, points |",
+                "|---|---|---|",
+                f"| final accuracy | {fin['tau']:.3f} ({fin['tau_lo']:.3f}-{fin['tau_hi']:.3f})"
+                f" | {fin['error']:.2f} |",
+                f"| mean of the last {r.window} rounds | {win['tau']:.3f} "
+                f"({win['tau_lo']:.3f}-{win['tau_hi']:.3f}) | {win['error']:.2f} |",
+            ]
     return "\n".join(line for line in lines if line is not None) + "\n"
 
 
