@@ -128,6 +128,10 @@ def test_unknown_key_in_yaml_file(tmp_path):
             {"channel": {"bandwidth_hz": float("nan")}},
             r"channel\.bandwidth_hz must be a finite number, got nan",
         ),
+        (
+            {"learning": {"surrogate": {"heterogeneity_penalty": 5.5}}},
+            r"learning\.surrogate\.heterogeneity_penalty must be <= 5\.0, got 5\.5",
+        ),
     ],
 )
 def test_out_of_range_values_raise_pinned_messages(override, message):

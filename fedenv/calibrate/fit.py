@@ -56,7 +56,7 @@ FIT_PARAMETERS: dict[str, tuple[float, float]] = {
     "rank_scale": (0.05, 256.0),
     "participation_exponent": (0.0, 2.0),
     "sparsity_exponent": (0.0, 2.0),
-    "heterogeneity_penalty": (0.0, 1.0),
+    "heterogeneity_penalty": (0.0, 5.0),
     "rank_mix_penalty": (0.0, 1.0),
     "warmup": (0.0, 0.999),
     "max_accuracy": (0.0, 1.0),
