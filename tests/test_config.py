@@ -130,7 +130,7 @@ def test_unknown_key_in_yaml_file(tmp_path):
         ),
         (
             {"learning": {"surrogate": {"heterogeneity_penalty": 5.5}}},
-            r"learning\.surrogate\.heterogeneity_penalty must be <= 5\.0, got 5\.5",
+            r"learning\.surrogate\.heterogeneity_penalty must be <= 5, got 5\.5",
         ),
     ],
 )
