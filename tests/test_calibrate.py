@@ -14,6 +14,8 @@ import yaml
 from fedenv.calibrate.__main__ import build_parser, main
 from fedenv.calibrate.collect import ExplorePolicy, collect, make_policy, parse_policy_spec
 from fedenv.calibrate.fit import (
+    at_bounds,
+    constant_sources,
     fit_surrogate,
     identifiable_parameters,
     one_step_accuracy,
@@ -217,6 +219,38 @@ def test_fit_recovers_known_constants(tmp_path):
     assert res.config.initial_loss == pytest.approx(TRUE.initial_loss, rel=1e-6)
     assert res.config.min_loss == pytest.approx(TRUE.min_loss, rel=1e-6)
     assert res.heldout_errors["one_step_rmse"] < 1e-6 and res.heldout_errors["rollout_rmse"] < 1e-6
+
+
+def test_constant_sources_name_the_traces_a_constant_depends_on(tmp_path):
+    # max trains every device at the top rank (no rank mix); explore mixes ranks
+    _, eps = synthetic(tmp_path, preset="switching", seeds=(0, 1), policies=("max", "explore"))
+    names = ["step_size", "rank_mix_penalty"]
+    src = constant_sources(eps, TRUE, names, "rollout")
+    for name in names:
+        assert sum(src[name].values()) == pytest.approx(1.0)
+    # the rank-mix penalty cannot move a max episode's residuals: every share is explore's
+    assert src["rank_mix_penalty"]["max"] == 0.0
+    assert src["rank_mix_penalty"]["explore"] == pytest.approx(1.0)
+    assert 0.0 < src["step_size"]["max"] < 1.0
+    # against a hand finite difference of the summed squared sensitivities
+    explore = [ep for ep in eps if ep.policy == "explore"]
+    mx = [ep for ep in eps if ep.policy == "max"]
+
+    def sens(group, h=1e-5):
+        up = SurrogateConfig.from_dict({**TRUE.to_dict(), "step_size": TRUE.step_size + h})
+        dn = SurrogateConfig.from_dict({**TRUE.to_dict(), "step_size": TRUE.step_size - h})
+        return sum(
+            float(np.sum(((rollout_accuracy(e, up) - rollout_accuracy(e, dn))[1:] / (2 * h)) ** 2))
+            for e in group
+        )
+
+    assert src["step_size"]["max"] == pytest.approx(sens(mx) / (sens(mx) + sens(explore)), rel=1e-3)
+
+
+def test_at_bounds_flags_a_constant_the_fit_pinned():
+    cfg = SurrogateConfig(step_size=1.0, rank_mix_penalty=0.3, warmup=0.0)
+    assert at_bounds(cfg, ["step_size", "rank_mix_penalty", "warmup"]) == ["step_size", "warmup"]
+    assert at_bounds(cfg, ["rank_mix_penalty"]) == []
 
 
 def test_fit_under_noise_is_close_and_validates_on_heldout(tmp_path):

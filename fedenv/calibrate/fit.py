@@ -46,6 +46,8 @@ __all__ = [
     "identifiable_parameters",
     "fit_surrogate",
     "prediction_errors",
+    "constant_sources",
+    "at_bounds",
 ]
 
 F = NDArray[np.float64]
@@ -179,6 +181,53 @@ def prediction_errors(episodes: Sequence[EpisodeTrace], cfg: SurrogateConfig) ->
     }
 
 
+def constant_sources(
+    episodes: Sequence[EpisodeTrace],
+    cfg: SurrogateConfig,
+    names: Sequence[str],
+    objective: str,
+    rel_step: float = 1e-4,
+) -> dict[str, dict[str, float]]:
+    """Which traces determine each constant: per constant, each policy's share of the fit's
+    sensitivity to it.
+
+    The share of policy p in constant theta is sum over p's episodes of ||d r / d theta||^2 (r
+    the episode's residuals under ``objective``, by central differences within the constant's
+    bounds), divided by the same sum over every episode: the policies whose traces would move
+    the constant if it were wrong. A constant no residual depends on gets an empty dict.
+    """
+    policies = sorted({ep.policy for ep in episodes})
+    out: dict[str, dict[str, float]] = {}
+    for name in names:
+        lo, hi = FIT_PARAMETERS[name]
+        value = float(getattr(cfg, name))
+        step = rel_step * max(abs(value), 1e-3)
+        a, b = max(lo, value - step), min(hi, value + step)
+        if name == "max_accuracy":
+            a = max(a, cfg.initial_accuracy + 1e-9)
+        lo_cfg, hi_cfg = _with(cfg, [name], [a]), _with(cfg, [name], [b])
+        weight = dict.fromkeys(policies, 0.0)
+        for ep in episodes:
+            diff = (_residuals([ep], hi_cfg, objective) - _residuals([ep], lo_cfg, objective)) / (
+                b - a
+            )
+            weight[ep.policy] += float(np.sum(diff**2))
+        total = sum(weight.values())
+        out[name] = {p: w / total for p, w in weight.items()} if total > 0 else {}
+    return out
+
+
+def at_bounds(cfg: SurrogateConfig, names: Sequence[str], rtol: float = 1e-3) -> list[str]:
+    """The fitted constants that ended at (within ``rtol`` of the range of) a bound of the fit."""
+    out = []
+    for name in names:
+        lo, hi = FIT_PARAMETERS[name]
+        value = float(getattr(cfg, name))
+        if min(value - lo, hi - value) <= rtol * (hi - lo):
+            out.append(name)
+    return out
+
+
 @dataclass(frozen=True)
 class FitResult:
     """A fitted surrogate and how well it explains the traces."""
@@ -310,6 +359,8 @@ def fit_surrogate(
         heldout_errors=prediction_errors(heldout, cfg),
         loss_fit_rmse=loss_rmse,
         details={
+            "sources": constant_sources(train, cfg, names, objective),
+            "at_bounds": at_bounds(cfg, names),
             "cost": float(best.cost) if best is not None else None,
             "starts": len(candidates),
             "loss": loss,
@@ -348,6 +399,15 @@ def calibration_yaml(result: FitResult, *, task: str, model: str, command: str, 
     ]
     for name, why in result.fixed.items():
         lines.append(f"# Kept at the base value: {name} ({why}).")
+    bounds = result.details.get("at_bounds", [])
+    lines.append("# At a bound of the fit: " + (", ".join(bounds) if bounds else "none") + ".")
+    for name, shares in result.details.get("sources", {}).items():
+        ranked = sorted(shares.items(), key=lambda kv: -kv[1])
+        lines.append(
+            f"# {name} is determined by: "
+            + (", ".join(f"{p} {w:.0%}" for p, w in ranked if w >= 0.005) or "no trace")
+            + "."
+        )
     lines.append(
         f"# One-round-ahead accuracy RMSE: train {te.get('one_step_rmse', float('nan')):.2f} points"
         + (f", held-out {he['one_step_rmse']:.2f} points" if he.get("episodes") else "")
