@@ -4,41 +4,99 @@ The papers' own problem is a constrained MDP: maximise the final accuracy subjec
 device's long-term energy budget, mean_t E_k(t) <= E_bar (and, where the preset budgets it, the
 mean round latency mean_t T(t) <= T_bar; docs/model.md §4). PPO-Lagrangian (Ray, Achiam &
 Amodei, "Benchmarking Safe Exploration in Deep RL", 2019; OmniSafe's ``PPOLag``) relaxes the
-constraints with Lagrange multipliers lambda_i >= 0 learned by dual ascent. The *training* reward
-seen by PPO is
+constraints with Lagrange multipliers lambda >= 0 learned by dual ascent, and PPO trains on
+r_acc minus the priced costs, with r_acc = w_acc 100 (acc_t - acc_(t-1)) the env's accuracy
+term (``info["reward_terms"]["accuracy"]``; its episode sum is the accuracy gain). The costs are
+the ones the env reports (``info["cost_per_device"]``, the devices' energies E_k, and
+``info["cost_latency"]``, the round latency T).
 
-    r_t = r_acc(t) - sum_i lambda_i (c_i(t) - d_i) / d_i
+**The episode form** (``multipliers="episode"``, the default) constrains what the project's
+success rule checks (:mod:`baselines.objective`): every device within (1 + 0.05) x its budget
+in at least 95% of the episodes. With S_k(t) device k's energy over the episode's first t
+rounds, d its budget per round and T the horizon (``config.num_rounds``), an episode's
+overspend is the worst device's
 
-with r_acc = w_acc 100 (acc_t - acc_(t-1)) the env's accuracy term (``info["reward_terms"]
-["accuracy"]``; its episode sum is the accuracy gain), c_i the step's costs (``info
-["cost_per_device"]``, the devices' energies E_k, and ``info["cost_latency"]``, the round latency
-T) and d_i their limits (E_bar per device, T_bar): each cost is measured in units of its own
-budget. After every rollout
+    W = max_k (S_k(T) - d T) / (d T)        (> 0.05: the episode breaks the rule)
 
-    lambda_i <- max(0, lambda_i + lr (mean_rollout c_i - d_i) / d_i)
+and the training reward prices it densely, so that it telescopes to lambda W:
 
-so a multiplier rises while its constraint is violated on average and decays to 0 once it is
-slack. ``multipliers``:
+    r_t = r_acc(t) - lambda (M(t) - M(t-1)),   M(t) = max_k (S_k(t) - d t) / (d T),   M(0) = 0.
 
-* ``per_device`` (default): one multiplier per device (and one for the latency);
-* ``shared``: one energy multiplier for all devices, ascended on the worst device's violation
-  max_k (mean c_k - d_k) / d_k (and one for the latency).
+The wrapper keeps S_k per training env from ``info["cost_per_device"]`` and starts it again at
+0 when the env's episode ends; on that last round M is taken over the rounds t played instead
+of T (an episode that terminates early, ``target_accuracy``), so the episode's penalties sum to
+lambda W exactly, with W the average per round's overspend that the evaluations check. A
+latency budget is one more cost of the same form with its own multiplier: the episode's mean
+round latency relative to T_bar. After every rollout, from the episodes that *finished* in it
+(none: lambda does not change),
+
+    lambda <- max(0, lambda + lr (q_0.95(W) - (0.05 - margin)))        (``ascent="quantile"``)
+
+with q_0.95 the 95% quantile (the ceil(0.95 n)-th smallest of the n episodes' W), so lambda
+rises exactly while more than 5% of the episodes overspend by more than the target, by how much
+the tail overspends, and falls by how much it is slack. ``ascent="fraction"`` steps by the share
+of episodes over the target minus 0.05 instead. The 0.05 and the 95% are
+:data:`baselines.objective.BUDGET_TOLERANCE` and :data:`~baselines.objective.MIN_COMPLIANCE`;
+``margin`` (default 0.1, ``--multiplier-margin``) aims the training at 0.95 x the budget, so
+that a margin is left for the gap between the training episodes (a stochastic policy) and the
+evaluated ones (deterministic, other seeds). The multiplier is in units of the episode's
+accuracy return per unit of relative overspend: it needs to reach the accuracy points an
+overspend buys (about 10 on tight_energy), hence the step ``lr`` = 1 per rollout.
+
+Why this form: the older **slot forms** (``per_device``: one multiplier per device slot,
+r_t = r_acc - sum_k lambda_k (E_k(t) - d) / d, ascended on each slot's average over a rollout,
+lambda_k <- max(0, lambda_k + lr (mean E_k - d) / d); ``shared``: one multiplier, ascended on
+the worst slot's average) price each slot's average over all episodes. Placements are redrawn
+every episode, so a slot's average over many episodes stays under budget (on tight_energy about
+half of it) while the far devices of particular episodes spend two to three times theirs: the
+multipliers stay at 0 and the rule is broken. Measured on ``configs/scenarios/tight_energy.yaml``
+(K = 10, T = 50, E_bar = 0.125 J), the final model on the test seeds 200000-200019 (the
+Lyapunov policy at its default V there: compliance 1.00, worst budget use 0.84, final accuracy
+0.855):
+
+| form (ascent)         | lr  | steps | margin | lambda | compliance | worst use  | accuracy |
+|-----------------------|-----|-------|--------|--------|------------|------------|----------|
+| per_device            | 0.2 | 8k    |        | 0      | 0.20       | 2.13, 3.29 | 0.846    |
+| shared                | 0.2 | 8k    |        | 0      | 0.20       | 2.13, 3.29 | 0.846    |
+| episode (quantile)    | 1   | 8k    | 0      | 4.3    | 0.20       | 1.94, 3.29 | 0.846    |
+| episode (quantile)    | 5   | 8k    | 0      | 20.0   | 0.25       | 1.63, 2.74 | 0.846    |
+| per_device            | 0.2 | 100k  |        | 0-0.05 | 0.00       | 2.55, 3.45 | 0.856    |
+| shared                | 0.2 | 100k  |        | 0.04   | 0.05       | 2.38, 3.35 | 0.853    |
+| episode (quantile)    | 1   | 100k  | 0      | 4.8    | 1.00       | 0.57, 0.80 | 0.829    |
+| episode (quantile)    | 2   | 100k  | 0      | 1.9    | 1.00       | 0.55, 0.75 | 0.827    |
+| episode (fraction)    | 5   | 100k  | 0      | 45.7   | 1.00       | 0.21, 0.55 | 0.718    |
+| episode (quantile)    | 1   | 300k  | 0      | 0.3    | 0.80       | 1.03, 1.07 | 0.845    |
+| episode (quantile)    | 1   | 300k  | 0.05   | 2.1    | 0.95       | 1.00, 1.06 | 0.844    |
+| episode (quantile)    | 1   | 300k  | 0.1    | 3.0    | 1.00       | 0.96, 1.03 | 0.841    |
+
+(worst use: the mean and the max over episodes of the largest device energy / budget; 8k
+steps are four rollouts: the multiplier moves but the policy hardly does.) The episode form
+drives the rollouts' compliance from 0.03 to 1 within 50k steps; lambda then overshoots
+(about 11) and the policy becomes frugal (worst use 0.55-0.6, accuracy 0.83) until lambda has
+decayed, after which the policy settles at the budget. ``quantile`` is the default: its step
+is proportional to the tail's overspend, so it rises fast while the far devices spend 2x and
+falls as fast once they are frugal; ``fraction`` rises by up to 0.95 lr per rollout but falls
+by at most 0.05 lr, so it overshoots and stays high (lambda 46, accuracy 0.72). Without the
+margin the policy ends on the edge of the rule (training compliance 0.8-0.95, test 0.80); with
+0.05 exactly on it (test 0.95); with 0.1 (the default) inside it (test 1.00, 0.003 less
+accuracy). Still open: the agent's accuracy in budget (0.841) is below the Lyapunov policy's
+(0.855).
+The slot forms are kept for runs saved with them (``--resume``) and for comparison.
 
 Why the penalty form and not a separate cost value head: with the penalty folded into the
 reward, SB3's PPO trains unchanged (one value head learns the Lagrangian's value), and the
 multipliers change slowly against a rollout, which is the approximation the two-head form
-makes too when it combines the advantages A_r - lambda A_c. Devices are indexed by their slot
-in the env; slots are exchangeable across episodes (placements are redrawn), so the per-device
-multipliers price each slot's average, and the observation's energy backlog Z_k tells the
-policy which device of *this* episode overspends.
+makes too when it combines the advantages A_r - lambda A_c. The observation's energy backlog
+Z_k tells the policy which device of *this* episode overspends.
 
 The env, its reward and every evaluation are unchanged: evaluations report the env's reward and
 its metrics (final accuracy, energy per device-round, devices within budget;
 :mod:`baselines.evaluation`). The best model is the most accurate held-out evaluation in budget
 (:class:`agents.callbacks.SelectionRule` ``constrained``), not the best return. The multipliers
-are logged (``lagrangian/*``), recorded with every held-out evaluation (``lambda_<name>`` in
-``evaluations.csv``) and saved after every rollout in ``<run>/lagrangian.json`` (atomically) so
-that ``--resume`` continues them.
+are logged (``lagrangian/*``: with the episode form also the finished episodes' compliance and
+overspend mean, 95% quantile and max), recorded with every held-out evaluation
+(``lambda_<name>`` in ``evaluations.csv``) and saved after every rollout in
+``<run>/lagrangian.json`` (atomically) so that ``--resume`` continues them.
 """
 
 from __future__ import annotations
@@ -51,12 +109,27 @@ from numpy.typing import NDArray
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 
+from baselines.objective import BUDGET_TOLERANCE, MIN_COMPLIANCE
 from fedenv.config import EnvConfig
 
-__all__ = ["MULTIPLIER_MODES", "STATE_FILE", "CostConstraints"]
+__all__ = [
+    "ALLOWED_OVERSPEND",
+    "ASCENT_RULES",
+    "DEFAULT_MARGIN",
+    "MULTIPLIER_MODES",
+    "STATE_FILE",
+    "CostConstraints",
+]
 
-#: How the energy constraints share multipliers (module docstring).
-MULTIPLIER_MODES = ("per_device", "shared")
+#: What the multipliers price (module docstring): the episode's worst device (the default) or
+#: the device slots' averages over a rollout.
+MULTIPLIER_MODES = ("episode", "per_device", "shared")
+#: The episode form's dual step (module docstring).
+ASCENT_RULES = ("quantile", "fraction")
+#: The share of episodes that may overspend: 1 - the compliance the rule asks for (0.05).
+ALLOWED_OVERSPEND = round(1.0 - MIN_COMPLIANCE, 12)
+#: The episode form aims at an overspend of at most the rule's tolerance minus this.
+DEFAULT_MARGIN = 0.1
 #: The run file holding the multipliers.
 STATE_FILE = "lagrangian.json"
 
@@ -70,14 +143,21 @@ class CostConstraints(VecEnvWrapper):
         venv: the training envs; every step's ``info`` must carry ``reward_terms["accuracy"]``,
             ``cost_per_device`` and (with a latency budget) ``cost_latency``.
         config: the env config: its budgets are the limits (the ones ``info["cost_limit_*"]``
-            reports).
-        lr: dual ascent step per unit of relative violation, >= 0.
-        multipliers: ``per_device`` or ``shared``.
+            reports) and ``num_rounds`` the horizon T of the ``episode`` form.
+        lr: dual ascent step per unit of the ascent signal, >= 0.
+        multipliers: ``episode`` (the default), ``per_device`` or ``shared``.
         init: initial value of every multiplier, >= 0.
+        ascent: the ``episode`` form's dual step, ``quantile`` or ``fraction``.
+        tolerance: an episode keeps a budget when its overspend W <= this.
+        allowed: the share of finished episodes that may overspend.
+        margin: the episode form aims at W <= tolerance - margin in all but ``allowed`` of
+            the episodes: a stricter target than the rule, for the gap between the training
+            episodes (a stochastic policy) and the evaluated ones (deterministic).
 
     Raises:
         ValueError: no budget to constrain, a reward mode without an accuracy term (``dpp``),
-            or a bad ``lr``, ``multipliers`` or ``init``.
+            or a bad ``lr``, ``multipliers``, ``init``, ``ascent``, ``tolerance``, ``allowed``
+            or ``margin``.
     """
 
     def __init__(
@@ -85,18 +165,30 @@ class CostConstraints(VecEnvWrapper):
         venv: VecEnv,
         config: EnvConfig,
         lr: float,
-        multipliers: str = "per_device",
+        multipliers: str = "episode",
         init: float = 0.0,
+        ascent: str = "quantile",
+        tolerance: float = BUDGET_TOLERANCE,
+        allowed: float = ALLOWED_OVERSPEND,
+        margin: float = DEFAULT_MARGIN,
     ) -> None:
         super().__init__(venv)
         if multipliers not in MULTIPLIER_MODES:
             raise ValueError(
                 f"multipliers must be one of {', '.join(MULTIPLIER_MODES)}, got {multipliers!r}"
             )
+        if ascent not in ASCENT_RULES:
+            raise ValueError(f"ascent must be one of {', '.join(ASCENT_RULES)}, got {ascent!r}")
         if not (np.isfinite(lr) and lr >= 0):
             raise ValueError(f"multiplier_lr must be a finite number >= 0, got {lr!r}")
         if not (np.isfinite(init) and init >= 0):
             raise ValueError(f"multiplier_init must be a finite number >= 0, got {init!r}")
+        if not (np.isfinite(tolerance) and tolerance >= 0):
+            raise ValueError(f"tolerance must be a finite number >= 0, got {tolerance!r}")
+        if not (np.isfinite(margin) and margin >= 0):
+            raise ValueError(f"margin must be a finite number >= 0, got {margin!r}")
+        if not 0.0 <= allowed < 1.0:
+            raise ValueError(f"allowed must be in [0, 1), got {allowed!r}")
         if config.reward.mode == "dpp":
             raise ValueError(
                 "PPO-Lagrangian maximises the env's accuracy term; reward.mode 'dpp' has "
@@ -111,7 +203,12 @@ class CostConstraints(VecEnvWrapper):
             )
         self.num_devices = k
         self.mode = multipliers
+        self.ascent = ascent
         self.lr = float(lr)
+        self.tolerance = float(tolerance)
+        self.allowed = float(allowed)
+        self.margin = float(margin)
+        self.horizon = int(config.num_rounds)
         self.energy = energy is not None
         self.latency = latency is not None
         #: the constrained costs, in order: the devices' energies, then the round latency
@@ -130,6 +227,12 @@ class CostConstraints(VecEnvWrapper):
         self.lam: F = np.full(energy_multipliers + self.latency, float(init))
         self._sum = np.zeros(len(self.cost_names))
         self._steps = 0
+        # the episode form: each env's episode so far, and the overspends of finished episodes
+        n = self.num_envs
+        self._spent = np.zeros((n, len(self.cost_names)))
+        self._rounds = np.zeros(n, dtype=np.int64)
+        self._level = np.zeros((n, len(self.lam)))
+        self._finished: list[F] = []
 
     # ------------------------------------------------------------------ reward
     def weights(self) -> F:
@@ -149,13 +252,53 @@ class CostConstraints(VecEnvWrapper):
         return np.stack(rows)
 
     def shaped_reward(self, accuracy_reward: F, costs: F) -> F:
-        """r_acc - sum_i lambda_i (c_i - d_i) / d_i, per env."""
+        """The slot forms: r_acc - sum_i lambda_i (c_i - d_i) / d_i, per env."""
         return (
             np.asarray(accuracy_reward, dtype=np.float64)
             - ((costs - self.limits) / self.limits) @ self.weights()
         )
 
+    def overspend(self, spent: F, rounds: NDArray[Any] | int, horizon: NDArray[Any] | int) -> F:
+        """The episode form's overspends: each constraint's (cost so far - budget x rounds) /
+        (budget x horizon), the worst device's for the energy; shape (..., multipliers).
+
+        With ``horizon`` = the rounds played it is the episode's W: the relative overspend of
+        the average cost per round, the one :func:`baselines.evaluation.evaluate` checks.
+        """
+        rel = (spent - self.limits * np.expand_dims(rounds, -1)) / (
+            self.limits * np.expand_dims(horizon, -1)
+        )
+        if not self.energy:
+            return rel
+        k = self.num_devices
+        return np.concatenate([rel[..., :k].max(axis=-1, keepdims=True), rel[..., k:]], axis=-1)
+
+    def episode_penalty(self, costs: F, dones: NDArray[np.bool_]) -> F:
+        """The episode form's penalty of a step, per env: lambda . (M(t) - M(t-1)).
+
+        M(t) is :meth:`overspend` after round t over the horizon T (M(0) = 0); on the last
+        round of an episode (``done``) it is over the rounds played, so an episode's penalties
+        sum to lambda . W exactly, also when it ends before T. A finished episode's W is kept
+        for the next dual step and its env starts again from 0.
+        """
+        self._spent += costs
+        self._rounds += 1
+        dones = np.asarray(dones, dtype=bool)
+        horizon = np.where(dones, self._rounds, np.maximum(self.horizon, self._rounds))
+        level = self.overspend(self._spent, self._rounds, horizon)
+        penalty = (level - self._level) @ self.lam
+        self._level = level
+        for i in np.flatnonzero(dones):
+            self._finished.append(level[i].copy())
+            self._spent[i] = 0.0
+            self._rounds[i] = 0
+            self._level[i] = 0.0
+        return penalty
+
     def reset(self) -> Any:
+        self._spent[:] = 0.0
+        self._rounds[:] = 0
+        self._level[:] = 0.0
         return self.venv.reset()
 
     def step_wait(self) -> VecEnvStepReturn:
@@ -164,11 +307,18 @@ class CostConstraints(VecEnvWrapper):
         costs = self.costs(infos)
         self._sum += costs.sum(axis=0)
         self._steps += len(infos)
-        return obs, self.shaped_reward(accuracy, costs).astype(reward.dtype), dones, infos
+        if self.mode == "episode":
+            shaped = accuracy - self.episode_penalty(costs, dones)
+        else:
+            shaped = self.shaped_reward(accuracy, costs)
+        return obs, shaped.astype(reward.dtype), dones, infos
 
     # ------------------------------------------------------------- dual ascent
     def update(self) -> dict[str, float]:
-        """One dual-ascent step from the steps since the last one (none: nothing changes)."""
+        """One dual-ascent step: the slot forms from the steps since the last one, the episode
+        form from the episodes finished since then (none: nothing changes)."""
+        if self.mode == "episode":
+            return self._episode_update()
         if self._steps == 0:
             return {}
         mean = self._sum / self._steps
@@ -208,6 +358,48 @@ class CostConstraints(VecEnvWrapper):
             }
         return stats
 
+    def ascent_signal(self, overspends: F) -> F:
+        """The episode form's dual step per multiplier from finished episodes' W (rows), with
+        the target a = tolerance - margin: ``quantile``: the (1 - allowed) quantile of W minus
+        a (<= 0 exactly when at least 1 - allowed of the episodes have W <= a); ``fraction``:
+        the share of episodes with W > a minus allowed."""
+        w = np.asarray(overspends, dtype=np.float64)
+        target = self.tolerance - self.margin
+        if self.ascent == "fraction":
+            return np.asarray((w > target).mean(axis=0) - self.allowed)
+        q = np.quantile(w, 1.0 - self.allowed, axis=0, method="inverted_cdf")
+        return np.asarray(q - target)
+
+    def _episode_update(self) -> dict[str, float]:
+        mean = self._sum / max(self._steps, 1)
+        self._sum = np.zeros_like(self._sum)
+        self._steps = 0
+        if not self._finished:
+            return {}
+        w = np.stack(self._finished)
+        self._finished = []
+        self.lam = np.maximum(self.lam + self.lr * self.ascent_signal(w), 0.0)
+        kept = w <= self.tolerance
+        stats: dict[str, float] = {
+            "episodes": float(len(w)),
+            "compliance": float(kept.all(axis=1).mean()),
+        }
+        for j, name in enumerate(self.multiplier_names):
+            stats |= {
+                f"lambda_{name}": float(self.lam[j]),
+                f"{name}_compliance": float(kept[:, j].mean()),
+                f"{name}_overspend_mean": float(w[:, j].mean()),
+                f"{name}_overspend_q{100 * (1 - self.allowed):g}": float(
+                    np.quantile(w[:, j], 1.0 - self.allowed, method="inverted_cdf")
+                ),
+                f"{name}_overspend_max": float(w[:, j].max()),
+            }
+        if self.energy:
+            stats["energy_j_per_device_round"] = float(mean[: self.num_devices].mean())
+        if self.latency:
+            stats["latency_s"] = float(mean[-1])
+        return stats
+
     def record(self) -> dict[str, float]:
         """The multipliers by name (``lambda_<name>``), as the held-out evaluations record them."""
         return {f"lambda_{n}": float(x) for n, x in zip(self.multiplier_names, self.lam)}
@@ -215,13 +407,22 @@ class CostConstraints(VecEnvWrapper):
     # ----------------------------------------------------------- checkpointing
     def state(self) -> dict[str, Any]:
         """What ``lagrangian.json`` holds (with the step the callback adds)."""
-        return {
+        state = {
             "multipliers": self.mode,
             "names": list(self.multiplier_names),
             "lambda": [float(x) for x in self.lam],
             "limits": {name: float(d) for name, d in zip(self.cost_names, self.limits)},
             "lr": self.lr,
         }
+        if self.mode == "episode":
+            state |= {
+                "ascent": self.ascent,
+                "tolerance": self.tolerance,
+                "allowed": self.allowed,
+                "margin": self.margin,
+                "horizon": self.horizon,
+            }
+        return state
 
     def load_state(self, state: Mapping[str, Any], source: str = "the saved state") -> None:
         """Continue from saved multipliers (``--resume``).

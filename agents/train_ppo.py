@@ -2,8 +2,8 @@
 
     # PPO-Lagrangian, the default (configs/train/ppo_lagrangian.yaml)
     python -m agents.train_ppo --config switching
-    # one energy multiplier on the worst device
-    python -m agents.train_ppo --config switching --multipliers shared
+    # the older slot form: one multiplier per device slot's average energy
+    python -m agents.train_ppo --config switching --multipliers per_device --multiplier-lr 0.05
     # PPO on the env's weighted reward (--objective weighted)
     python -m agents.train_ppo --train-config configs/train/ppo.yaml
     python -m agents.train_ppo --config soft --total-timesteps 200000 --n-envs 4 --vec-env subproc
@@ -13,10 +13,10 @@
     python -m agents.train_ppo --run-dir runs/my_run --resume
 
 The default objective is PPO-Lagrangian (:mod:`agents.lagrangian`): the accuracy gain as the
-reward, each device's average energy per round (and, where budgeted, the round latency) kept
-within its budget by Lagrange multipliers learned by dual ascent, saved in
-``<run>/lagrangian.json``. ``--objective weighted`` trains on the env's own reward (accuracy
-against energy, ``reward.mode``) instead.
+reward, every device's average energy per round (and, where budgeted, the round latency) kept
+within its budget in 95% of the episodes by a Lagrange multiplier on the episode's worst device,
+learned by dual ascent, saved in ``<run>/lagrangian.json``. ``--objective weighted`` trains on
+the env's own reward (accuracy against energy, ``reward.mode``) instead.
 
 Every run writes a run directory (see :mod:`agents.runs`): model + normaliser, the best model on
 held-out validation seeds (PPO-Lagrangian: the most accurate evaluation with every budget kept;
@@ -48,7 +48,7 @@ from agents.callbacks import (
 from agents.constraints import AccuracyConstraint, DualAscentCallback
 from agents.envs import episode_seeds, make_vec_env
 from agents.features import ObservationFeatures
-from agents.lagrangian import MULTIPLIER_MODES, STATE_FILE, CostConstraints
+from agents.lagrangian import ASCENT_RULES, MULTIPLIER_MODES, STATE_FILE, CostConstraints
 from agents.normalization import load_normalizer, make_normalizer
 from agents.policies import policy_class
 from agents.runs import RunDir, finish_run, parse_args, prepare_run
@@ -152,17 +152,35 @@ class Args:
         ),
     )
     multipliers: str = field(
-        default="per_device",
+        default="episode",
         metadata=_help(
-            "lagrangian: per_device (one multiplier per device) or shared (one energy "
-            "multiplier, ascended on the worst device)"
+            "lagrangian: episode (one energy multiplier on the worst device's overspend of "
+            "each episode, the rule evaluations check), or the older slot forms per_device "
+            "(one multiplier per device slot's average over a rollout) or shared (one, on the "
+            "worst slot's average)"
+        ),
+    )
+    multiplier_ascent: str = field(
+        default="quantile",
+        metadata=_help(
+            "lagrangian, episode: the dual step per rollout from its finished episodes, "
+            "quantile (their 95% quantile of the overspend minus the 0.05 tolerance) or "
+            "fraction (their share over the tolerance minus 0.05)"
         ),
     )
     multiplier_lr: float = field(
-        default=0.05,
+        default=1.0,
         metadata=_help(
-            "lagrangian: dual ascent step per rollout, per unit of relative budget violation "
-            "(mean cost - budget) / budget"
+            "lagrangian: dual ascent step per rollout, per unit of the ascent signal (episode: "
+            "the overspend's quantile or the share over; the slot forms, tuned with 0.05-0.2: "
+            "(mean cost - budget) / budget)"
+        ),
+    )
+    multiplier_margin: float = field(
+        default=0.1,
+        metadata=_help(
+            "lagrangian, episode: aim at an overspend of at most 0.05 - this (a stricter "
+            "target than the compliance rule's 1.05 x budget)"
         ),
     )
     multiplier_init: float = field(
@@ -219,6 +237,7 @@ def main(argv: list[str] | None = None) -> Path:
         ("activation", args.activation, ("tanh", "relu")),
         ("objective", args.objective, ("lagrangian", "weighted")),
         ("multipliers", args.multipliers, MULTIPLIER_MODES),
+        ("multiplier_ascent", args.multiplier_ascent, ASCENT_RULES),
     ):
         if value not in valid:
             raise ValueError(
@@ -266,7 +285,13 @@ def main(argv: list[str] | None = None) -> Path:
                 "evaluation in budget (pass --objective weighted to use them)"
             )
         lagrangian = CostConstraints(
-            venv, config, args.multiplier_lr, args.multipliers, init=args.multiplier_init
+            venv,
+            config,
+            args.multiplier_lr,
+            args.multipliers,
+            init=args.multiplier_init,
+            ascent=args.multiplier_ascent,
+            margin=args.multiplier_margin,
         )
         saved = (
             DualAscentCallback.saved_state(run.path / STATE_FILE) if latest is not None else None

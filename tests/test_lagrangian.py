@@ -75,6 +75,7 @@ class _CostEnv(gym.Env[np.ndarray, np.ndarray]):
 def _wrapped(
     multipliers: str = "per_device", preset: str = "switching", lr: float = 0.1, init: float = 0.0
 ) -> tuple[CostConstraints, _CostEnv]:
+    """A slot-form wrapper by default (the episode form's tests use :func:`_episodes`)."""
     env = _CostEnv()
     cfg = resolve_config(
         preset,
@@ -163,8 +164,12 @@ def test_latency_only_preset_and_bad_settings() -> None:
     assert venv.lam.tolist() == [pytest.approx(0.1)]
     cfg = resolve_config("switching")
     base = DummyVecEnv([_CostEnv])
-    with pytest.raises(ValueError, match="multipliers must be one of per_device, shared"):
+    with pytest.raises(ValueError, match="multipliers must be one of episode, per_device, shared"):
         CostConstraints(base, cfg, 0.1, "worst")
+    with pytest.raises(ValueError, match="ascent must be one of quantile, fraction"):
+        CostConstraints(base, cfg, 0.1, ascent="mean")
+    with pytest.raises(ValueError, match="allowed must be in"):
+        CostConstraints(base, cfg, 0.1, allowed=1.0)
     with pytest.raises(ValueError, match="reward.mode 'dpp' has none"):
         CostConstraints(base, cfg.replace(reward={"mode": "dpp"}), 0.1)
     with pytest.raises(ValueError, match="neither an energy nor a latency budget"):
@@ -175,10 +180,214 @@ def test_latency_only_preset_and_bad_settings() -> None:
         )
 
 
+# ---------------------------------------------------------------- the episode form
+class _EpisodeEnv(gym.Env[np.ndarray, np.ndarray]):
+    """Plays ``costs`` (rounds x (K devices [+ latency])) as one episode per reset, terminated
+    after ``end`` rounds (truncated at the last row otherwise)."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def __init__(self, costs: np.ndarray, end: int | None = None) -> None:
+        self.costs, self.end, self.t = np.asarray(costs, np.float64), end, 0
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        self.t = 0
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        row = self.costs[self.t]
+        self.t += 1
+        info = {
+            "reward_terms": {"accuracy": 0.0},
+            "cost_per_device": row[:K].copy(),
+            "cost_latency": float(row[K]) if row.size > K else 0.0,
+        }
+        terminated = self.end is not None and self.t >= self.end
+        truncated = not terminated and self.t >= len(self.costs)
+        return np.zeros(1, np.float32), 0.0, terminated, truncated, info
+
+
+def _episodes(
+    costs: np.ndarray | list[np.ndarray],
+    preset: str = "switching",
+    ascent: str = "quantile",
+    lr: float = 1.0,
+    init: float = 0.0,
+    end: int | None = None,
+    margin: float = 0.0,
+) -> CostConstraints:
+    """The episode-form wrapper over one env per cost table (horizon = the table's rounds),
+    aiming at the rule's tolerance itself (no margin) unless told."""
+    tables = costs if isinstance(costs, list) else [costs]
+    cfg = resolve_config(
+        preset,
+        num_rounds=len(tables[0]),
+        devices={"num_devices": K},
+        budgets={"energy_budget_j": None if preset == "soft" else BUDGET},
+    )
+    envs = [lambda c=c: _EpisodeEnv(c, end) for c in tables]
+    return CostConstraints(
+        DummyVecEnv(envs),
+        cfg,
+        lr=lr,
+        multipliers="episode",
+        init=init,
+        ascent=ascent,
+        margin=margin,
+    )
+
+
+def _play(venv: CostConstraints, steps: int) -> np.ndarray:
+    """The training rewards of ``steps`` steps, shape (steps, envs)."""
+    venv.reset()
+    action = np.zeros((venv.num_envs, 1), np.float32)
+    return np.stack([venv.step(action)[1] for _ in range(steps)])
+
+
+def _overspend(costs: np.ndarray, limit: float) -> float:
+    """W: the worst column's (average per round - limit) / limit."""
+    return float(((costs.mean(axis=0) - limit) / limit).max())
+
+
+@pytest.mark.parametrize("end", [None, 7])
+def test_episode_penalties_sum_to_lambda_times_the_worst_devices_overspend(
+    end: int | None,
+) -> None:
+    rng = np.random.default_rng(1)
+    t = 12
+    costs = rng.uniform(0.0, 2.5 * BUDGET, (t, K))
+    costs[: t // 2, 0] = 3 * BUDGET  # device 0 overspends early, device 2 late: the max moves
+    costs[t // 2 :, 2] = 4 * BUDGET
+    venv = _episodes(costs, init=2.5, end=end)
+    played = end or t
+    rewards = _play(venv, 2 * played)[:, 0]  # two episodes (the env restarts)
+    w = _overspend(costs[:played], BUDGET)
+    assert w > 0 and rewards[:played].sum() == pytest.approx(-2.5 * w, rel=1e-5)
+    assert rewards[played:].sum() == pytest.approx(-2.5 * w, rel=1e-5)  # reset: again from 0
+    # the dense penalty is not the episode's total at the last step: it is spread over the rounds
+    assert np.count_nonzero(rewards[:played]) > played // 2
+    assert [x[0] for x in venv._finished] == pytest.approx([w, w])
+    # a thrifty episode earns a bonus: -lambda W > 0
+    venv = _episodes(np.full((t, K), 0.5 * BUDGET), init=2.0)
+    assert _play(venv, t)[:, 0].sum() == pytest.approx(2.0 * 0.5)
+
+
+def test_episode_penalties_telescope_for_the_latency_too() -> None:
+    rng = np.random.default_rng(2)
+    t = 10
+    energy = rng.uniform(0.0, 2 * BUDGET, (t, K))
+    latency = rng.uniform(1.0, 6.0, (t, 1))  # unified: T_bar = 3 s
+    venv = _episodes(np.hstack([energy, latency]), preset="unified")
+    assert venv.multiplier_names == ["energy", "latency"]
+    venv.lam = np.array([1.5, 0.7])
+    rewards = _play(venv, t)[:, 0]
+    expected = 1.5 * _overspend(energy, BUDGET) + 0.7 * _overspend(latency, 3.0)
+    assert rewards.sum() == pytest.approx(-expected, rel=1e-5)
+    soft = _episodes(np.hstack([energy, latency]), preset="soft", init=1.0)
+    assert soft.multiplier_names == ["latency"]
+    assert _play(soft, t)[:, 0].sum() == pytest.approx(-_overspend(latency, 3.0), rel=1e-5)
+
+
+@pytest.mark.parametrize("ascent", ["quantile", "fraction"])
+def test_episode_multiplier_rises_on_finished_episodes_that_overspend_only(ascent: str) -> None:
+    t = 5
+    over = np.full((t, K), 0.5 * BUDGET)
+    over[:, 1] = 1.5 * BUDGET  # one device 50% over in every episode: W = 0.5
+    kept = np.full((t, K), BUDGET)  # every device exactly at its budget: W = 0
+    # 20 envs, one episode each: 2 of 20 overspend (10% > the 5% allowed) -> lambda rises
+    venv = _episodes([over] * 2 + [kept] * 18, ascent=ascent, lr=1.0, init=0.3)
+    _play(venv, t)
+    stats = venv.update()
+    step = 0.5 - 0.05 if ascent == "quantile" else 2 / 20 - 0.05
+    assert venv.lam[0] == pytest.approx(0.3 + step)
+    assert stats["episodes"] == 20 and stats["compliance"] == pytest.approx(0.9)
+    # 1 of 20 (exactly the allowed 5%): in compliance, so lambda falls
+    venv = _episodes([over] + [kept] * 19, ascent=ascent, lr=1.0, init=0.3)
+    _play(venv, t)
+    venv.update()
+    step = 0.0 - 0.05 if ascent == "quantile" else 1 / 20 - 0.05
+    assert venv.lam[0] == pytest.approx(0.3 + step) and venv.lam[0] <= 0.3
+    # with a margin the target is stricter: at the budget is over 0.05 - 0.1, so lambda rises
+    venv = _episodes([over] + [kept] * 19, ascent=ascent, lr=1.0, init=0.3, margin=0.1)
+    _play(venv, t)
+    venv.update()
+    step = 0.0 + 0.05 if ascent == "quantile" else 1.0 - 0.05
+    assert venv.lam[0] == pytest.approx(0.3 + step)
+    # every episode kept: lambda falls, and never below 0
+    venv = _episodes([kept] * 4, ascent=ascent, lr=10.0, init=0.3)
+    _play(venv, t)
+    venv.update()
+    assert venv.lam[0] == 0.0
+
+
+def test_episode_multiplier_waits_for_a_finished_episode() -> None:
+    t = 8
+    over = np.full((t, K), 3 * BUDGET)
+    venv = _episodes(over, init=1.0)
+    _play(venv, t - 1)  # every round overspends, but the episode is not over
+    assert venv.update() == {} and venv.lam.tolist() == [1.0]
+    venv.step(np.zeros((1, 1), np.float32))  # its last round
+    stats = venv.update()
+    assert venv.lam[0] == pytest.approx(1.0 + 2.0 - 0.05) and stats["energy_overspend_max"] == 2.0
+    assert venv.update() == {} and venv.lam[0] == pytest.approx(2.95)  # used once
+
+
+def test_episode_state_round_trips_and_refuses_another_form() -> None:
+    venv = _episodes(np.full((4, K), BUDGET), preset="unified", ascent="fraction", lr=0.5)
+    venv.lam = np.array([3.25, 0.5])
+    state = json.loads(json.dumps(venv.state()))
+    assert state["multipliers"] == "episode" and state["names"] == ["energy", "latency"]
+    assert state["tolerance"] == 0.05 and state["allowed"] == 0.05 and state["horizon"] == 4
+    again = _episodes(np.full((4, K), BUDGET), preset="unified", ascent="fraction", lr=0.5)
+    again.load_state(state)
+    assert again.lam.tolist() == [3.25, 0.5] and again.record() == {
+        "lambda_energy": 3.25,
+        "lambda_latency": 0.5,
+    }
+    cfg = resolve_config("unified", devices={"num_devices": K})
+    shared = CostConstraints(DummyVecEnv([_CostEnv]), cfg, 0.1, "shared")
+    with pytest.raises(ValueError, match="resume with the run's own --multipliers"):
+        shared.load_state(state)  # the same names, another form
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        again.load_state(dict(state, **{"lambda": [-1.0, 0.0]}))
+
+
+def test_episode_penalties_on_the_training_envs_sum_to_lambda_w() -> None:
+    cfg = resolve_config("unified", num_rounds=4, devices={"num_devices": 4})
+    venv = CostConstraints(make_vec_env(cfg, 2, "batched", seed=0), cfg, lr=0.0, init=0.0)
+    venv.lam = np.array([2.0, 0.5])
+    venv.reset()
+    rng = np.random.default_rng(0)
+    totals, spent = np.zeros(2), [[], []]
+    done_totals: list[float] = []
+    expected: list[float] = []
+    for _ in range(8):  # two episodes per env
+        _, reward, dones, infos = venv.step(
+            rng.uniform(-1, 1, (2, *venv.action_space.shape)).astype(np.float32)
+        )
+        for i, info in enumerate(infos):
+            totals[i] += reward[i] - info["reward_terms"]["accuracy"]
+            spent[i].append(np.append(info["cost_per_device"], info["cost_latency"]))
+            if dones[i]:
+                c = np.array(spent[i])
+                w_e = _overspend(c[:, :4], cfg.budgets.energy_budget_j)
+                w_l = _overspend(c[:, 4:], cfg.budgets.latency_budget_s)
+                expected.append(-(2.0 * w_e + 0.5 * w_l))
+                done_totals.append(totals[i])
+                totals[i], spent[i] = 0.0, []
+    assert len(done_totals) == 4
+    np.testing.assert_allclose(done_totals, expected, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("kind", ["dummy", "batched"])
 def test_shaped_reward_on_the_training_envs_reads_the_env_costs(kind: str) -> None:
     cfg = resolve_config("unified", num_rounds=3)
-    venv = CostConstraints(make_vec_env(cfg, 2, kind, seed=0), cfg, lr=0.1)
+    venv = CostConstraints(
+        make_vec_env(cfg, 2, kind, seed=0), cfg, lr=0.1, multipliers="per_device"
+    )
     venv.lam = np.linspace(0.1, 1.0, venv.lam.size)
     venv.reset()
     rng = np.random.default_rng(0)
@@ -205,8 +414,9 @@ def test_training_writes_the_multipliers_and_resume_restores_them(tmp_path: Path
     _train(*TINY, "--total-timesteps", "256", "--run-dir", str(run))  # the defaults: PPO-Lagrangian
     assert RunDir(run).read_args()["objective"] == "lagrangian"
     state = json.loads((run / STATE_FILE).read_text())
-    assert state["multipliers"] == "per_device" and state["timesteps"] == 256
-    assert state["names"] == [f"energy_{k}" for k in range(10)] and len(state["lambda"]) == 10
+    assert state["multipliers"] == "episode" and state["timesteps"] == 256
+    assert state["names"] == ["energy"] and len(state["lambda"]) == 1
+    assert state["ascent"] == "quantile" and state["horizon"] == 50
     assert all(x >= 0 for x in state["lambda"]) and state["limits"]["energy_0"] == 0.25
     # the best model is chosen by the constrained rule, recorded with every evaluation
     from agents.callbacks import read_evaluations
@@ -214,10 +424,10 @@ def test_training_writes_the_multipliers_and_resume_restores_them(tmp_path: Path
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["selection"]["rule"] == "constrained"
     rows = read_evaluations(run / "evaluations.csv")
-    assert {f"budget_use_{k}" for k in range(10)} | {
-        f"lambda_energy_{k}" for k in range(10)
-    } <= set(rows[0])
-    assert [r["lambda_energy_0"] for r in rows][-1] == pytest.approx(state["lambda"][0])
+    assert {f"budget_use_{k}" for k in range(10)} | {"lambda_energy"} <= set(rows[0])
+    # (an evaluation records the multiplier its rollout trained with: the last one's comes
+    # before the last dual step)
+    assert all(np.isfinite(r["lambda_energy"]) and r["lambda_energy"] >= 0 for r in rows)
     kept = [r for r in rows if r["compliance"] >= 0.95] or rows
     expected = max(
         kept,
@@ -230,13 +440,22 @@ def test_training_writes_the_multipliers_and_resume_restores_them(tmp_path: Path
     png = curves.main([str(run), "--out", str(tmp_path / "curves.png")])
     assert png.stat().st_size > 0
     c = curves.curves(rows)
-    assert c.budget_use.shape == (len(rows), 10) and len(c.multipliers) == 10
-    # resume: the saved multipliers continue (set by hand, frozen with a zero step, still there)
-    state["lambda"] = [float(k) for k in range(10)]
+    assert c.budget_use.shape == (len(rows), 10) and list(c.multipliers) == ["energy"]
+    # resume: the saved multiplier continues (set by hand, frozen with a zero step, still there)
+    state["lambda"] = [7.5]
     (run / STATE_FILE).write_text(json.dumps(state))
     _train("--run-dir", str(run), "--resume", "--total-timesteps", "384", "--multiplier-lr", "0")
     resumed = json.loads((run / STATE_FILE).read_text())
-    assert resumed["lambda"] == [float(k) for k in range(10)] and resumed["timesteps"] == 384
+    assert resumed["lambda"] == [7.5] and resumed["timesteps"] == 384
+    # a run of the slot form resumes with its own multipliers (its saved arguments)
+    slot = tmp_path / "slot"
+    _train(*TINY, "--total-timesteps", "128", "--run-dir", str(slot), "--multipliers", "per_device")
+    state = json.loads((slot / STATE_FILE).read_text())
+    assert state["multipliers"] == "per_device" and len(state["lambda"]) == 10
+    state["lambda"] = [float(k) for k in range(10)]
+    (slot / STATE_FILE).write_text(json.dumps(state))
+    _train("--run-dir", str(slot), "--resume", "--total-timesteps", "256", "--multiplier-lr", "0")
+    assert json.loads((slot / STATE_FILE).read_text())["lambda"] == [float(k) for k in range(10)]
 
 
 def test_pareto_command_runs_end_to_end_with_the_lyapunov_sweep_and_agents_per_budget(
