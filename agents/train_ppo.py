@@ -48,7 +48,13 @@ from agents.callbacks import (
 from agents.constraints import AccuracyConstraint, DualAscentCallback
 from agents.envs import episode_seeds, make_vec_env
 from agents.features import ObservationFeatures
-from agents.lagrangian import ASCENT_RULES, MULTIPLIER_MODES, STATE_FILE, CostConstraints
+from agents.lagrangian import (
+    ASCENT_RULES,
+    MULTIPLIER_MODES,
+    STATE_FILE,
+    CostConstraints,
+    PIDGains,
+)
 from agents.normalization import load_normalizer, make_normalizer
 from agents.policies import policy_class
 from agents.runs import RunDir, finish_run, parse_args, prepare_run
@@ -186,6 +192,27 @@ class Args:
     multiplier_init: float = field(
         default=0.0, metadata=_help("lagrangian: initial value of every multiplier")
     )
+    multiplier_kp: float = field(
+        default=0.0,
+        metadata=_help(
+            "lagrangian, episode: the PID update's proportional gain on the ascent signal "
+            "(--multiplier-lr is its integral gain; kp = kd = 0: plain dual ascent)"
+        ),
+    )
+    multiplier_kd: float = field(
+        default=0.0,
+        metadata=_help(
+            "lagrangian, episode: the PID update's derivative gain on the rise of the ascent "
+            "signal's moving average (only rises count)"
+        ),
+    )
+    multiplier_d_smoothing: float = field(
+        default=0.0,
+        metadata=_help(
+            "lagrangian, episode: weight of the old value in the moving average of the ascent "
+            "signal that the PID derivative differences, in [0, 1)"
+        ),
+    )
     # --- optional constraint (agents/constraints.py; the env and its reward are unchanged)
     accuracy_target: float | None = field(
         default=None,
@@ -292,6 +319,7 @@ def main(argv: list[str] | None = None) -> Path:
             init=args.multiplier_init,
             ascent=args.multiplier_ascent,
             margin=args.multiplier_margin,
+            pid=PIDGains(args.multiplier_kp, args.multiplier_kd, args.multiplier_d_smoothing),
         )
         saved = (
             DualAscentCallback.saved_state(run.path / STATE_FILE) if latest is not None else None

@@ -19,7 +19,7 @@ pytest.importorskip("stable_baselines3")
 from stable_baselines3.common.vec_env import DummyVecEnv  # noqa: E402
 
 from agents.envs import make_vec_env  # noqa: E402
-from agents.lagrangian import STATE_FILE, CostConstraints  # noqa: E402
+from agents.lagrangian import STATE_FILE, CostConstraints, PIDGains  # noqa: E402
 from agents.runs import RunDir  # noqa: E402
 from fedenv.config import resolve_config  # noqa: E402
 
@@ -218,6 +218,7 @@ def _episodes(
     init: float = 0.0,
     end: int | None = None,
     margin: float = 0.0,
+    pid: PIDGains | None = None,
 ) -> CostConstraints:
     """The episode-form wrapper over one env per cost table (horizon = the table's rounds),
     aiming at the rule's tolerance itself (no margin) unless told."""
@@ -237,6 +238,7 @@ def _episodes(
         init=init,
         ascent=ascent,
         margin=margin,
+        pid=pid,
     )
 
 
@@ -355,6 +357,96 @@ def test_episode_state_round_trips_and_refuses_another_form() -> None:
         again.load_state(dict(state, **{"lambda": [-1.0, 0.0]}))
 
 
+#: An error sequence and the PID multipliers it gives with lr (= Ki) 0.5, kp 2, kd 3 and a
+#: moving average of weight 0.5, worked by hand: I = max(0, I + 0.5 e); s = 0.5 s + 0.5 e (s = e
+#: at first); lambda = max(0, 2 e + I + 3 max(0, s - s_prev)).
+PID_ERRORS = [1.0, 2.0, 1.0, -4.0, -2.0, 0.5]
+PID_LAMBDAS = [
+    2.0 + 0.5,  # I 0.5, s 1 (the first: no derivative)
+    4.0 + 1.5 + 3 * 0.5,  # I 1.5, s 1.5: a rise of 0.5
+    2.0 + 2.0,  # I 2, s 1.25: a fall, which does not count (signed: 3.25)
+    0.0,  # I max(0, 2 - 2) = 0, s -1.375: 2 e = -8, projected to 0
+    0.0,  # I max(0, 0 - 1) = 0 (unclamped: -1), s -1.6875
+    1.0 + 0.25 + 3 * 1.09375,  # I 0.25 (unclamped: -0.75), s -0.59375: a rise of 1.09375
+]
+
+
+def _pid(**gains: float) -> CostConstraints:
+    pid = PIDGains(**{"kp": 2.0, "kd": 3.0, "d_smoothing": 0.5, **gains})
+    return _episodes(np.full((4, K), BUDGET), lr=0.5, pid=pid)
+
+
+def test_pid_multiplier_follows_the_hand_computed_sequence() -> None:
+    venv = _pid()
+    lambdas, integrals = [], []
+    for e in PID_ERRORS:
+        venv.lam = venv.pid_step(np.array([e]))
+        lambdas.append(float(venv.lam[0]))
+        integrals.append(float(venv.integral[0]))
+    assert lambdas == pytest.approx(PID_LAMBDAS)
+    assert integrals == pytest.approx([0.5, 1.5, 2.0, 0.0, 0.0, 0.25])  # never below 0
+    assert venv.smoothed_error is not None
+    assert float(venv.smoothed_error[0]) == pytest.approx(-0.59375)
+    # the update passes the ascent signal of the finished episodes: W = 0.5 over a target of
+    # 0.05, so e = 0.45 and the first update gives kp e + lr e
+    over = np.full((4, K), BUDGET)
+    over[:, 0] = 1.5 * BUDGET
+    venv = _episodes(over, lr=0.5, pid=PIDGains(kp=2.0, kd=3.0))
+    _play(venv, 4)
+    stats = venv.update()
+    assert venv.lam[0] == pytest.approx(2.5 * 0.45) and stats["energy_error"] == pytest.approx(0.45)
+    assert stats["energy_integral"] == pytest.approx(0.5 * 0.45)
+
+
+def test_pid_without_proportional_and_derivative_gains_is_plain_ascent() -> None:
+    rng = np.random.default_rng(5)
+    errors = rng.uniform(-1.0, 1.5, 30)
+    venv = _episodes(np.full((4, K), BUDGET), lr=0.7, init=0.4)
+    expected = 0.4
+    for e in errors:
+        venv.lam = venv.pid_step(np.array([e]))
+        expected = max(0.0, expected + 0.7 * e)
+        assert venv.lam[0] == pytest.approx(expected)
+    venv.lam = np.array([5.0])  # plain ascent continues from lambda, whatever set it
+    assert venv.pid_step(np.array([-1.0]))[0] == pytest.approx(4.3)
+
+
+def test_pid_state_round_trips_with_its_integral_and_derivative_memory() -> None:
+    venv = _pid()
+    for e in PID_ERRORS[:2]:
+        venv.lam = venv.pid_step(np.array([e]))
+    state = json.loads(json.dumps(venv.state()))
+    assert state["kp"] == 2.0 and state["kd"] == 3.0 and state["d_smoothing"] == 0.5
+    assert state["lambda"] == [7.0] and state["integral"] == [1.5]
+    assert state["smoothed_error"] == [1.5]
+    again = _pid()
+    again.load_state(state)
+    for e, lam in zip(PID_ERRORS[2:], PID_LAMBDAS[2:]):  # continues the same sequence
+        again.lam = again.pid_step(np.array([e]))
+        assert again.lam[0] == pytest.approx(lam)
+    # a fresh controller would differ: the integral and the moving average were restored
+    fresh = _pid()
+    fresh.lam = fresh.pid_step(np.array([PID_ERRORS[2]]))
+    assert fresh.lam[0] != pytest.approx(PID_LAMBDAS[2])
+    # a state saved before the PID existed: the integral is lambda, no moving average yet
+    old = {k: v for k, v in state.items() if k not in ("integral", "smoothed_error")}
+    again.load_state(old)
+    assert again.integral.tolist() == [7.0] and again.smoothed_error is None
+    with pytest.raises(ValueError, match="integral must be finite and >= 0"):
+        again.load_state(dict(state, integral=[-1.0]))
+    with pytest.raises(ValueError, match="smoothed_error must be finite"):
+        again.load_state(dict(state, smoothed_error=[1.0, 2.0]))
+
+
+def test_pid_gains_are_checked_and_only_for_the_episode_form() -> None:
+    for bad in ({"kp": -1.0}, {"kd": float("nan")}, {"d_smoothing": 1.0}):
+        with pytest.raises(ValueError, match="multiplier_"):
+            PIDGains(**bad)
+    cfg = resolve_config("switching", devices={"num_devices": K})
+    with pytest.raises(ValueError, match="the episode form's"):
+        CostConstraints(DummyVecEnv([_CostEnv]), cfg, 0.1, "shared", pid=PIDGains(kp=1.0))
+
+
 def test_episode_penalties_on_the_training_envs_sum_to_lambda_w() -> None:
     cfg = resolve_config("unified", num_rounds=4, devices={"num_devices": 4})
     venv = CostConstraints(make_vec_env(cfg, 2, "batched", seed=0), cfg, lr=0.0, init=0.0)
@@ -456,6 +548,17 @@ def test_training_writes_the_multipliers_and_resume_restores_them(tmp_path: Path
     (slot / STATE_FILE).write_text(json.dumps(state))
     _train("--run-dir", str(slot), "--resume", "--total-timesteps", "256", "--multiplier-lr", "0")
     assert json.loads((slot / STATE_FILE).read_text())["lambda"] == [float(k) for k in range(10)]
+    # the PID update: its gains and memory are saved, and a resume continues the integral
+    pid = tmp_path / "pid"
+    gains = ["--multiplier-kp", "2", "--multiplier-kd", "1", "--multiplier-d-smoothing", "0.5"]
+    _train(*TINY, *gains, "--total-timesteps", "128", "--run-dir", str(pid))
+    state = json.loads((pid / STATE_FILE).read_text())
+    assert (state["kp"], state["kd"], state["d_smoothing"]) == (2.0, 1.0, 0.5)
+    assert len(state["integral"]) == 1 and len(state["smoothed_error"] or [0.0]) == 1
+    state["integral"] = [6.25]
+    (pid / STATE_FILE).write_text(json.dumps(state))
+    _train("--run-dir", str(pid), "--resume", "--total-timesteps", "256", "--multiplier-lr", "0")
+    assert json.loads((pid / STATE_FILE).read_text())["integral"] == [6.25]
 
 
 def test_pareto_command_runs_end_to_end_with_the_lyapunov_sweep_and_agents_per_budget(
