@@ -2,16 +2,18 @@
 ``python -m fedenv.calibrate collect|pack|fit|report|inventory``.
 
     python -m fedenv.calibrate collect --task sst2 --rounds 15 --threads 1 \\
-        --policies max greedy random fixed_rank:rank=2 lyapunov:V=1 lyapunov:V=100 --seeds 0 \\
-        --out results/calibration/sst2_lora_policies_s0.jsonl
-    python -m fedenv.calibrate pack results/calibration/sst2_lora_policies_s0.jsonl \\
-        --into configs/calibration/traces/sst2/   # complete episodes, gzip-compressed, to commit
-    python -m fedenv.calibrate fit --traces configs/calibration/traces/sst2/ \\
-        --heldout-seeds 100 101 102 --objective rollout --out configs/calibration/sst2_minilm.yaml
-    python -m fedenv.calibrate report --traces configs/calibration/traces/sst2/ \\
+        --policies lyapunov max min_rank greedy round_robin random --seeds 0 \\
+        --out results/calibration/v2/sst2_s0.jsonl
+    python -m fedenv.calibrate pack results/calibration/v2/sst2_s0.jsonl \\
+        --into configs/calibration/traces_v2/sst2/   # complete episodes, gzip-compressed, to commit
+    python -m fedenv.calibrate fit --traces configs/calibration/traces_v2/sst2/ \\
+        --heldout-seeds 100 101 102 --objective both --out configs/calibration/sst2_minilm.yaml
+    python -m fedenv.calibrate report --traces configs/calibration/traces_v2/sst2/ \\
         --calibration configs/calibration/sst2_minilm.yaml --heldout-seeds 100 101 102 --out
         docs/fidelity.md
-    python -m fedenv.calibrate inventory --traces configs/calibration/traces/sst2/
+    python -m fedenv.calibrate inventory --traces configs/calibration/traces_v2/sst2/
+
+``bash scripts/calibrate.sh`` runs the fit and every report of docs/fidelity.md.
 """
 
 from __future__ import annotations
