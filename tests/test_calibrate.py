@@ -526,6 +526,28 @@ def test_cli_collect_fit_report(tmp_path, capsys):
     assert figures["noise"]["seeds"] == [0, 1, 2] and len(figures["noise"]["pairs"]) == 3
     assert "<!-- BEGIN generated: sst2 -->" in doc.read_text()
     assert "Kendall tau-b" in capsys.readouterr().out
+    # traces of held-out seeds only (a check run such as the 50-round one) report too
+    main(
+        [
+            "report",
+            "--traces",
+            str(traces),
+            *common,
+            "--calibration",
+            str(calib),
+            "--heldout-seeds",
+            "0",
+            "1",
+            "2",
+            "--block",
+            "all_heldout",
+            "--out",
+            str(doc),
+        ]
+    )
+    assert "Held-out seeds: 0, 1, 2." in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="nothing left to fit"):
+        main(["fit", "--traces", str(traces), *common, "--heldout-seeds", "0", "1", "2"])
     main(["inventory", "--traces", str(tmp_path), "--out", str(doc)])
     out = capsys.readouterr().out
     assert (

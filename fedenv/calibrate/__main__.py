@@ -106,14 +106,14 @@ def _load(paths: list[str]) -> list[Any]:
 
 
 def _split(
-    episodes: list[Any], heldout: list[int] | None
+    episodes: list[Any], heldout: list[int] | None, need_train: bool = True
 ) -> tuple[list[Any], list[Any], list[int]]:
     seeds = sorted({ep.seed for ep in episodes})
     if heldout is None:
         heldout = seeds[len(seeds) - max(1, len(seeds) // 3) :] if len(seeds) > 1 else []
     train = [ep for ep in episodes if ep.seed not in heldout]
     held = [ep for ep in episodes if ep.seed in heldout]
-    if not train:
+    if need_train and not train:
         raise SystemExit(f"every episode is on a held-out seed ({heldout}); nothing left to fit")
     return train, held, list(heldout)
 
@@ -159,7 +159,7 @@ def cmd_report(args: argparse.Namespace, argv: list[str]) -> None:
     if args.backend:
         episodes = [ep for ep in episodes if ep.backend == args.backend]
     surrogate = EnvConfig.from_yaml(args.calibration).learning.surrogate
-    _, _, heldout = _split(episodes, args.heldout_seeds)
+    _, _, heldout = _split(episodes, args.heldout_seeds, need_train=False)
     rep = fidelity_report(episodes, surrogate, heldout, policies=args.policies, window=args.window)
     md = render_markdown(rep, command=_command(argv), calibration=args.calibration)
     print(md)
