@@ -251,6 +251,9 @@ def test_at_bounds_flags_a_constant_the_fit_pinned():
     cfg = SurrogateConfig(step_size=1.0, rank_mix_penalty=0.3, warmup=0.0)
     assert at_bounds(cfg, ["step_size", "rank_mix_penalty", "warmup"]) == ["step_size", "warmup"]
     assert at_bounds(cfg, ["rank_mix_penalty"]) == []
+    # a_max's lower bound in the fit is a_0 + 1e-3, not FIT_PARAMETERS' 0
+    pinned = SurrogateConfig(initial_accuracy=0.5, max_accuracy=0.501)
+    assert at_bounds(pinned, ["max_accuracy"]) == ["max_accuracy"]
 
 
 def test_fit_under_noise_is_close_and_validates_on_heldout(tmp_path):

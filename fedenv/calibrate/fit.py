@@ -46,6 +46,7 @@ __all__ = [
     "identifiable_parameters",
     "fit_surrogate",
     "prediction_errors",
+    "fit_bounds",
     "constant_sources",
     "at_bounds",
 ]
@@ -181,6 +182,16 @@ def prediction_errors(episodes: Sequence[EpisodeTrace], cfg: SurrogateConfig) ->
     }
 
 
+def fit_bounds(names: Sequence[str], initial_accuracy: float) -> tuple[F, F]:
+    """The fit's bounds of ``names``: :data:`FIT_PARAMETERS`, with a_max kept above a_0 (a_max =
+    a_0 would make the accuracy map constant)."""
+    lo = np.array([FIT_PARAMETERS[n][0] for n in names])
+    hi = np.array([FIT_PARAMETERS[n][1] for n in names])
+    if "max_accuracy" in names:
+        lo[list(names).index("max_accuracy")] = initial_accuracy + 1e-3
+    return lo, hi
+
+
 def constant_sources(
     episodes: Sequence[EpisodeTrace],
     cfg: SurrogateConfig,
@@ -198,13 +209,10 @@ def constant_sources(
     """
     policies = sorted({ep.policy for ep in episodes})
     out: dict[str, dict[str, float]] = {}
-    for name in names:
-        lo, hi = FIT_PARAMETERS[name]
+    for name, lo, hi in zip(names, *fit_bounds(names, cfg.initial_accuracy)):
         value = float(getattr(cfg, name))
         step = rel_step * max(abs(value), 1e-3)
         a, b = max(lo, value - step), min(hi, value + step)
-        if name == "max_accuracy":
-            a = max(a, cfg.initial_accuracy + 1e-9)
         lo_cfg, hi_cfg = _with(cfg, [name], [a]), _with(cfg, [name], [b])
         weight = dict.fromkeys(policies, 0.0)
         for ep in episodes:
@@ -218,10 +226,10 @@ def constant_sources(
 
 
 def at_bounds(cfg: SurrogateConfig, names: Sequence[str], rtol: float = 1e-3) -> list[str]:
-    """The fitted constants that ended at (within ``rtol`` of the range of) a bound of the fit."""
+    """The fitted constants that ended at (within ``rtol`` of the range of) a bound of the fit
+    (:func:`fit_bounds`)."""
     out = []
-    for name in names:
-        lo, hi = FIT_PARAMETERS[name]
+    for name, lo, hi in zip(names, *fit_bounds(names, cfg.initial_accuracy)):
         value = float(getattr(cfg, name))
         if min(value - lo, hi - value) <= rtol * (hi - lo):
             out.append(name)
@@ -314,12 +322,7 @@ def fit_surrogate(
     if "max_accuracy" in names:
         top = float(max(ep.accuracy.max() for ep in train))
         start_cfg = _with(start_cfg, ["max_accuracy"], [max(start_cfg.max_accuracy, min(top, 1.0))])
-    lo = np.array([FIT_PARAMETERS[n][0] for n in names])
-    hi = np.array([FIT_PARAMETERS[n][1] for n in names])
-    if "max_accuracy" in names:
-        lo[names.index("max_accuracy")] = (
-            a0 + 1e-3
-        )  # a_max = a_0 would make the accuracy map constant
+    lo, hi = fit_bounds(names, a0)
     x0 = np.clip(np.array([getattr(start_cfg, n) for n in names], dtype=np.float64), lo, hi)
 
     def fun(x: F) -> F:
