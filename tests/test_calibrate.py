@@ -508,14 +508,10 @@ def test_cli_collect_fit_report(tmp_path, capsys):
     assert cfg.learning.task == "sst2"
     assert cfg.learning.surrogate.step_size == pytest.approx(TRUE.step_size, rel=1e-3)
     assert "# Written by: python -m fedenv.calibrate fit" in calib.read_text()
+    report = ["report", "--traces", str(traces), *common, "--calibration", str(calib)]
     main(
         [
-            "report",
-            "--traces",
-            str(traces),
-            *common,
-            "--calibration",
-            str(calib),
+            *report,
             "--heldout-seeds",
             "2",
             "--out",
@@ -532,12 +528,7 @@ def test_cli_collect_fit_report(tmp_path, capsys):
     # traces of held-out seeds only (a check run such as the 50-round one) report too
     main(
         [
-            "report",
-            "--traces",
-            str(traces),
-            *common,
-            "--calibration",
-            str(calib),
+            *report,
             "--heldout-seeds",
             "0",
             "1",
