@@ -656,6 +656,11 @@ class LoraBackendConfig(_Section):
     dropout)."""
     aggregation: Annotated[str, OneOf("zeropad", "stack", "svd")] = "zeropad"
     """Heterogeneous-rank aggregation: zeropad (HetLoRA-style), stack (FLoRA) or svd (FlexLoRA)."""
+    server_step: Annotated[str, OneOf("data_share", "full")] = "data_share"
+    """How far the global model moves towards the aggregate of the arrived updates: data_share
+    (by the arrived devices' share of all the data, so that a device that did not arrive counts
+    as a zero update: FedAvg's unbiased step under partial participation) or full (all the way:
+    weights renormalised over the arrivals); docs/lora.md, "Partial participation"."""
     server_momentum: Annotated[float, Range(ge=0, lt=1)] = 0.5
     """FedAvgM server momentum beta in [0, 1): the global model moves by the momentum of the
     aggregated updates (0 = plain FedAvg)."""

@@ -5,7 +5,7 @@
 #
 #   bash scripts/collect_calibration.sh [stage ...]     stages: sst2 soft qnli long (default: all)
 #
-# One trace file per (stage, seed) under $OUT (default results/calibration/v2); $THREADS torch
+# One trace file per (stage, seed) under $OUT (default results/calibration/v3); $THREADS torch
 # threads per collection (default 1: on a 2-core machine run two stages side by side).
 # About 5-6 CPU-hours in all on a 2-core CPU; a GPU makes it minutes.
 #   sst2  SST-2, 15 rounds, six policies; seeds 0-3 fit the surrogate, 100-109 are held out
@@ -17,7 +17,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 export FEDENV_DATA_DIR="${FEDENV_DATA_DIR:-$root/../shared/data/glue}"
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" TOKENIZERS_PARALLELISM=false
-out="${OUT:-results/calibration/v2}"
+out="${OUT:-results/calibration/v3}"
 threads="${THREADS:-1}"
 python="${PYTHON:-.venv/bin/python}"
 mkdir -p "$out"

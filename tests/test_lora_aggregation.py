@@ -186,3 +186,18 @@ def test_length_groups_partition_and_optimality():
             )
         assert cost == pytest.approx(best)
     assert length_groups([3, 9, 5], [16] * 3, 1e9) == [[0, 2, 1]]
+
+
+def test_server_step_takes_the_scaled_update_through_the_momentum():
+    old, averaged = torch.tensor([1.0, -2.0]), torch.tensor([3.0, 2.0])
+    # FedAvg: all the way to the aggregate; momentum 0 before the first step
+    new, m = agg.server_step(old, averaged, None, 0.9)
+    torch.testing.assert_close(new, averaged)
+    # a partial round takes its data share of the update
+    new, m = agg.server_step(old, averaged, None, 0.0, scale=0.25)
+    torch.testing.assert_close(new, torch.tensor([1.5, -1.0]))
+    torch.testing.assert_close(m, torch.tensor([0.5, 1.0]))
+    # FedAvgM: m = beta m + scale (averaged - old)
+    new, m2 = agg.server_step(new, averaged, m, 0.5, scale=0.5)
+    torch.testing.assert_close(m2, 0.5 * m + 0.5 * (averaged - torch.tensor([1.5, -1.0])))
+    torch.testing.assert_close(new, torch.tensor([1.5, -1.0]) + m2)

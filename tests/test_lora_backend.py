@@ -110,6 +110,8 @@ def make_config(tiny_model: Path, glue: Path, **overrides: Any) -> EnvConfig:
                 "optimizer": "adamw",
                 "learning_rate": 1e-2,
                 "server_momentum": 0.0,
+                # the aggregation rules' own result (the default data_share step is tested apart)
+                "server_step": "full",
                 "num_threads": 1,
             },
         },
@@ -681,6 +683,58 @@ def test_server_momentum_moves_by_the_momentum_of_the_averaged_updates(
             torch.testing.assert_close(
                 getattr(fedavgm.adapter, part)[name], expected, atol=1e-6, rtol=0
             )
+
+
+@pytest.mark.parametrize("aggregation", ["zeropad", "stack"])
+def test_data_share_step_moves_by_the_arrived_share_of_the_data(
+    tiny_model: Path, glue: Path, aggregation: str
+):
+    """server_step=data_share: the global model moves by (arrived data / all data) of the
+    aggregation rule's update, for every tensor (the head; zeropad's factors, stack's merged
+    update); with every device arrived it is the full step."""
+    ranks = np.array([8, 4, 8, 2])
+    arrived = np.array([True, False, True, False])
+    lora = {"aggregation": aggregation}
+    full = LoraLearner(make_config(tiny_model, glue, learning={"lora": lora}))
+    scaled = LoraLearner(
+        make_config(tiny_model, glue, learning={"lora": {**lora, "server_step": "data_share"}})
+    )
+    for ln in (full, scaled):
+        ln.reset(4, np.random.default_rng(3))
+    sizes = np.array([idx.size for idx in full.device_indices], dtype=np.float64)
+    share = sizes[arrived].sum() / sizes.sum()
+    assert 0.05 < share < 0.95  # a partial round that the step must shrink
+    assert full.adapter is not None
+    x0 = full.adapter.clone()
+    r0 = None if full.residual is None else {p: t.clone() for p, t in full.residual.items()}
+    for ln in (full, scaled):
+        ln.train_round(ranks, np.ones(4), arrived)
+    assert full.adapter is not None and scaled.adapter is not None
+    parts = ("a", "b", "head") if aggregation == "zeropad" else ("head",)
+    for part in parts:
+        for name, target in getattr(full.adapter, part).items():
+            before = getattr(x0, part)[name]
+            expected = before + share * (target - before)
+            torch.testing.assert_close(
+                getattr(scaled.adapter, part)[name], expected, atol=1e-6, rtol=0
+            )
+    if aggregation == "stack":
+        assert full.residual is not None and scaled.residual is not None
+        assert r0 is None  # no merged update before the first round: it starts at 0
+        for p, target in full.residual.items():
+            expected = share * target
+            torch.testing.assert_close(scaled.residual[p], expected, atol=1e-6, rtol=0)
+    # every device arrived: the data share is 1, the full step
+    x1 = scaled.adapter.clone()
+    full.adapter = x1.clone()
+    if scaled.residual is not None:
+        full.residual = {p: t.clone() for p, t in scaled.residual.items()}
+        full.trainer.set_residual(full.residual)
+    everyone = np.ones(4, dtype=bool)
+    for ln in (full, scaled):
+        ln.train_round(ranks, np.ones(4), everyone)
+    assert full.adapter is not None and scaled.adapter is not None
+    assert _adapter_close(full.adapter, scaled.adapter, atol=1e-6)
 
 
 def test_server_momentum_with_stack_moves_the_merged_update(tiny_model: Path, glue: Path):

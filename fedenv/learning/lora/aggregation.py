@@ -15,9 +15,11 @@ heterogeneous ranks:
   ordered by singular value, so the first r are the best rank-r approximation a rank-r
   device receives.
 
-The classification head is averaged with :func:`fedavg`. Weights are normalised to sum to 1.
-An optional server step, :func:`momentum_step` (FedAvgM, Hsu et al. 2019), moves each global
-tensor by the momentum of its aggregated updates instead of the update itself.
+The classification head is averaged with :func:`fedavg`. Weights are normalised to sum to 1
+over the devices that arrived. The server step, :func:`server_step`, then moves each global
+tensor by a fraction of that update (the arrived devices' share of all the data: devices that
+did not arrive count as a zero update) and, optionally, by the momentum of the updates
+(FedAvgM, Hsu et al. 2019).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ __all__ = [
     "stack_aggregate",
     "svd_aggregate",
     "pad_components",
-    "momentum_step",
+    "server_step",
 ]
 
 
@@ -152,15 +154,23 @@ def svd_aggregate(
     return new_a.to(a[0].dtype), new_b.to(b[0].dtype)
 
 
-def momentum_step(
-    old: torch.Tensor, averaged: torch.Tensor, buffer: torch.Tensor | None, beta: float
+def server_step(
+    old: torch.Tensor,
+    averaged: torch.Tensor,
+    buffer: torch.Tensor | None,
+    beta: float,
+    scale: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """FedAvgM's server step for one tensor: ``m = beta m + (averaged - old)``, new value
+    """The server's step for one tensor: ``m = beta m + scale (averaged - old)``, new value
     ``old + m``.
 
-    ``buffer`` is the previous ``m`` (None before the first aggregation, i.e. ``m = 0``). With
-    ``beta = 0`` the new value is ``averaged`` (plain FedAvg). Returns ``(new value, m)``.
+    ``buffer`` is the previous ``m`` (None before the first aggregation, i.e. ``m = 0``).
+    ``scale`` is the fraction of the aggregated update taken (the arrived devices' share of the
+    data; 1 takes all of it). With ``beta = 0`` and ``scale = 1`` the new value is ``averaged``
+    (plain FedAvg over the arrivals). Returns ``(new value, m)``.
     """
     delta = averaged - old
+    if scale != 1.0:
+        delta = delta * scale
     m = delta if buffer is None else beta * buffer + delta
     return old + m, m

@@ -403,16 +403,25 @@ class LoraLearner:
     ) -> None:
         old, old_residual = self._require_reset(), self.residual
         self._average(updates, sent, weights)
-        beta = self.config.learning.lora.server_momentum
-        if beta > 0.0:
-            self._momentum_step(old, old_residual, beta)
+        lc = self.config.learning.lora
+        scale = 1.0
+        if lc.server_step == "data_share":
+            total = sum(idx.size for idx in self.device_indices)
+            scale = float(weights.sum()) / total
+        if lc.server_momentum > 0.0 or scale != 1.0:
+            self._server_step(old, old_residual, lc.server_momentum, scale)
 
-    def _momentum_step(
-        self, old: GlobalAdapter, old_residual: dict[str, torch.Tensor] | None, beta: float
+    def _server_step(
+        self,
+        old: GlobalAdapter,
+        old_residual: dict[str, torch.Tensor] | None,
+        beta: float,
+        scale: float,
     ) -> None:
-        """FedAvgM (``learning.lora.server_momentum``): every global tensor moves by the momentum
-        of its aggregated updates. With ``stack`` the merged weight update (the residual) and the
-        head do; the adapter restarts fresh every round there."""
+        """Every global tensor moves by ``scale`` (``learning.lora.server_step``) times its
+        aggregated update, through FedAvgM's momentum ``beta`` (``learning.lora.server_momentum``).
+        With ``stack`` the merged weight update (the residual) and the head do; the adapter
+        restarts fresh every round there."""
         new = self._require_reset()
         before: dict[str, dict[str, torch.Tensor]] = {"head": old.head}
         after: dict[str, dict[str, torch.Tensor]] = {"head": new.head}
@@ -430,10 +439,10 @@ class LoraLearner:
             moved[part], buffers[part] = {}, {}
             for name, averaged in tensors.items():
                 buffer = None if self.momentum is None else self.momentum[part][name]
-                moved[part][name], buffers[part][name] = aggregation.momentum_step(
-                    before[part][name], averaged, buffer, beta
+                moved[part][name], buffers[part][name] = aggregation.server_step(
+                    before[part][name], averaged, buffer, beta, scale
                 )
-        self.momentum = buffers
+        self.momentum = buffers if beta > 0.0 else None
         if self.residual is None:
             self.adapter = GlobalAdapter(a=moved["a"], b=moved["b"], head=moved["head"])
         else:
