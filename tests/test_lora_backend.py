@@ -1024,3 +1024,56 @@ def test_linear_probe_reads_each_classifier_input(mean_model: Path, glue: Path):
     assert qnli["pair"][200] > 0.85
     for result in (sst2, qnli):
         assert all(0.0 <= acc <= 1.0 for kind in result.values() for acc in kind.values())
+
+
+def test_replay_reproduces_a_recorded_episode_and_resumes_from_a_saved_state(
+    tiny_model: Path, glue: Path, tmp_path: Path
+):
+    """calibrate replay: the recorded decisions on a learner of the same config give the recorded
+    accuracies round for round; a saved state continues the replay exactly; another server step
+    changes the partial rounds; a config with another data partition is refused."""
+    from fedenv.calibrate.collect import collect
+    from fedenv.calibrate.replay import replay_episode
+    from fedenv.calibrate.traces import load_traces
+
+    cfg = make_config(tiny_model, glue, num_rounds=4)
+    out = tmp_path / "t.jsonl"
+    collect(cfg, ["random"], [5], out, progress=False)
+    (episode,) = load_traces([out])
+    assert ((episode.rank > 0) & episode.success).sum(axis=1).min() < 4  # some partial rounds
+    rows = list(replay_episode(episode, cfg))
+    assert [r.round for r in rows] == [1, 2, 3, 4]
+    np.testing.assert_array_equal([r.accuracy for r in rows], episode.accuracy[1:])
+    np.testing.assert_array_equal([r.recorded_accuracy for r in rows], episode.accuracy[1:])
+    # from a state saved after round 2, rounds 3-4 are those of the uninterrupted replay
+    state = tmp_path / "r2.pt"
+    first = list(replay_episode(episode, cfg, rounds=2, save_state=state, save_after=2))
+    assert [r.accuracy for r in first] == [r.accuracy for r in rows[:2]]
+    rest = list(replay_episode(episode, cfg, load_state=state))
+    assert [r.round for r in rest] == [3, 4]
+    assert [r.loss for r in rest] == [r.loss for r in rows[2:]]
+    # the other server step moves the global model differently after a partial round
+    scaled = cfg.replace(learning={"lora": {"server_step": "data_share"}})
+    other = list(replay_episode(episode, scaled))
+    assert [r.loss for r in other] != [r.loss for r in rows]
+    with pytest.raises(ValueError, match="data partition"):
+        list(replay_episode(episode, cfg.replace(learning={"dirichlet_alpha": 5.0})))
+
+
+def test_replay_command_reads_the_collection_config(
+    tiny_model: Path, glue: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    from fedenv.calibrate.__main__ import main
+    from fedenv.calibrate.collect import collect
+
+    cfg = make_config(tiny_model, glue, num_rounds=2)
+    out = tmp_path / "t.jsonl"
+    collect(cfg, ["random"], [5], out, progress=False)
+    cfg.to_yaml(tmp_path / "t.config.yaml")  # what `calibrate collect` writes beside the trace
+    main(["replay", str(out), "--policy", "random", "--rounds", "1"])
+    text = capsys.readouterr().out
+    assert "server_step=full" in text  # the collection's setting, not the default
+    (row,) = [line.split() for line in text.splitlines() if line.startswith("    1")]
+    assert row[3] == row[4]  # replayed accuracy = recorded
+    with pytest.raises(SystemExit, match="episodes"):
+        main(["replay", str(out), "--policy", "max"])

@@ -1,5 +1,5 @@
 """Command line of the calibration:
-``python -m fedenv.calibrate collect|pack|fit|report|inventory``.
+``python -m fedenv.calibrate collect|pack|fit|report|inventory|replay``.
 
     python -m fedenv.calibrate collect --task sst2 --rounds 15 --threads 1 \\
         --policies lyapunov max min_rank greedy round_robin random --seeds 0 \\
@@ -12,6 +12,9 @@
         --calibration configs/calibration/sst2_minilm.yaml --heldout-seeds 100 101 102 --out
         docs/fidelity.md
     python -m fedenv.calibrate inventory --traces configs/calibration/traces_v2/sst2/
+    python -m fedenv.calibrate replay \\
+        configs/calibration/traces_v2/sst2_long/sst2_long_s101.jsonl.gz --policy lyapunov \\
+        --set learning.lora.server_step=data_share
 
 ``bash scripts/calibrate.sh`` runs the fit and every report of docs/fidelity.md.
 """
@@ -218,6 +221,50 @@ def cmd_pack(args: argparse.Namespace, argv: list[str]) -> None:
         print(f"{path} -> {out} ({n} complete episodes)")
 
 
+def cmd_replay(args: argparse.Namespace, argv: list[str]) -> None:
+    from fedenv.calibrate.replay import replay_episode, trace_config
+
+    episodes = [ep for ep in _load([args.trace]) if ep.policy == args.policy]
+    if args.seed is not None:
+        episodes = [ep for ep in episodes if ep.seed == args.seed]
+    if len(episodes) != 1:
+        found = sorted({(ep.policy, ep.seed) for ep in _load([args.trace])})
+        raise SystemExit(
+            f"{args.trace} holds {len(episodes)} complete episodes of policy {args.policy!r}"
+            + ("" if args.seed is None else f" and seed {args.seed}")
+            + f"; name one with --policy and --seed (episodes: {found})"
+        )
+    episode = episodes[0]
+    overrides: dict[str, Any] = {}
+    if args.threads is not None:
+        overrides["learning"] = {"lora": {"num_threads": args.threads}}
+    try:
+        overrides = parse_set(args.set, overrides)
+        base = trace_config(args.trace, episode)
+        cfg = EnvConfig.from_dict(base).replace(**overrides)
+    except ConfigError as exc:
+        raise SystemExit(str(exc)) from None
+    print(f"# {_command(argv)}")
+    print(f"# {episode.key}: learning.lora.server_step={cfg.learning.lora.server_step}")
+    print("round  arrived  data_share  accuracy  recorded  loss")
+    try:
+        for row in replay_episode(
+            episode,
+            cfg,
+            rounds=args.rounds,
+            load_state=args.load_state,
+            save_state=args.save_state,
+            save_after=args.save_after,
+        ):
+            print(
+                f"{row.round:5d}  {row.arrived:7d}  {row.data_share:10.2f}  {row.accuracy:8.4f}  "
+                f"{row.recorded_accuracy:8.4f}  {row.loss:.3f}",
+                flush=True,
+            )
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     from fedenv.calibrate.fit import LOSSES
 
@@ -355,6 +402,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="Markdown file whose generated block to replace (e.g. docs/fidelity.md)",
     )
     i.add_argument("--block", default="inventory", help="name of the generated block")
+
+    y = sub.add_parser(
+        "replay",
+        help="train a recorded episode's decisions again on the lora backend, with other learner "
+        "settings (--set)",
+    )
+    y.add_argument("trace", help="trace file (.jsonl or .jsonl.gz)")
+    y.add_argument("--policy", required=True, help="the episode's policy spec, as recorded")
+    y.add_argument(
+        "--seed", type=int, default=None, help="the episode's seed (if the file has several)"
+    )
+    y.add_argument("--rounds", type=int, default=None, help="replay up to this round")
+    y.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    y.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY.PATH=VALUE",
+        help="learner settings to change, e.g. learning.lora.server_step=full",
+    )
+    y.add_argument("--save-state", default=None, help="write the learner's state here ...")
+    y.add_argument("--save-after", type=int, default=None, help="... after this round")
+    y.add_argument(
+        "--load-state", default=None, help="continue from a state written by --save-state"
+    )
     return parser
 
 
@@ -367,6 +438,7 @@ def main(argv: list[str] | None = None) -> None:
         "fit": cmd_fit,
         "report": cmd_report,
         "inventory": cmd_inventory,
+        "replay": cmd_replay,
     }[args.command](args, argv)
 
 
