@@ -502,7 +502,8 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
         "learning_curve.png",
     ):
         assert (out / name).is_file(), name
-    assert "| ppo:ppo_demo |" in proc.stdout and "PPO - lyapunov" in proc.stdout
+    assert "| ppo:ppo_demo |" in proc.stdout
+    assert "Objective (final accuracy within budget), ppo:ppo_demo vs lyapunov" in proc.stdout
 
 
 def test_time_to_go_features_ramp_up_over_the_last_rounds() -> None:
@@ -652,3 +653,27 @@ def test_learning_curve_plot_shows_return_and_accuracy_with_references(tmp_path:
     out = tmp_path / "curves" / "lc.png"
     plot_learning_curves({"PPO": run}, out, refs)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_summary_puts_the_objective_first_then_the_return() -> None:
+    from agents.demo import objective_summary
+    from baselines.evaluation import evaluate
+    from baselines.registry import make_policy
+
+    cfg = resolve_config("switching", num_rounds=6)
+    seeds = [3, 4, 5]
+    a = evaluate(make_policy("max", cfg), cfg, seeds)
+    b = evaluate(make_policy("min_rank", cfg), cfg, seeds)
+    text = objective_summary(a, b)
+    first, second = text.splitlines()
+    d = a.metric("final_accuracy") - b.metric("final_accuracy")
+    assert first.startswith("Objective (final accuracy within budget), max vs min_rank")
+    assert f"difference {d.mean():+.4f}" in first
+    assert f"max higher in {int((d > 0).sum())}/3" in first
+    kept = int(a.metric("in_budget").sum()), int(b.metric("in_budget").sum())
+    assert f"in {kept[0]}/3 episodes vs {kept[1]}/3" in first
+    r = a.metric("episode_return") - b.metric("episode_return")
+    assert second == (
+        f"Return (the env's weighted reward): {r.mean():+.2f} (max higher in "
+        f"{int((r > 0).sum())}/3)."
+    )
