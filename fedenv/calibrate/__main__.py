@@ -224,11 +224,12 @@ def cmd_pack(args: argparse.Namespace, argv: list[str]) -> None:
 def cmd_replay(args: argparse.Namespace, argv: list[str]) -> None:
     from fedenv.calibrate.replay import replay_episode, trace_config
 
-    episodes = [ep for ep in _load([args.trace]) if ep.policy == args.policy]
+    recorded = _load([args.trace])
+    episodes = [ep for ep in recorded if ep.policy == args.policy]
     if args.seed is not None:
         episodes = [ep for ep in episodes if ep.seed == args.seed]
     if len(episodes) != 1:
-        found = sorted({(ep.policy, ep.seed) for ep in _load([args.trace])})
+        found = sorted({(ep.policy, ep.seed) for ep in recorded})
         raise SystemExit(
             f"{args.trace} holds {len(episodes)} complete episodes of policy {args.policy!r}"
             + ("" if args.seed is None else f" and seed {args.seed}")

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from fedenv.calibrate.traces import EpisodeTrace
+from fedenv.calibrate.traces import EpisodeTrace, collection_config_path
 from fedenv.config import EnvConfig
 
 __all__ = ["ReplayedRound", "replay_episode", "trace_config"]
@@ -119,9 +119,7 @@ def trace_config(path: str | os.PathLike[str], episode: EpisodeTrace) -> dict[st
     """The config an episode of trace file ``path`` was collected with: the collection's
     ``<name>.config.yaml`` beside it when there is one (it is the complete record), else the
     config in the episode's header."""
-    src = Path(path)
-    stem = src.name.removesuffix(".gz").removesuffix(".jsonl")
-    side = src.with_name(f"{stem}.config.yaml")
+    side = collection_config_path(path)
     if side.is_file():
         return EnvConfig.from_yaml(side).to_dict()
     return dict(episode.config)

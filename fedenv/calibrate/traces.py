@@ -52,6 +52,8 @@ __all__ = [
     "episode_key",
     "load_traces",
     "pack_trace",
+    "trace_stem",
+    "collection_config_path",
     "round_record",
     "header_record",
 ]
@@ -482,6 +484,17 @@ def load_traces(
     return out
 
 
+def trace_stem(path: str | os.PathLike[str]) -> str:
+    """A trace file's name without ``.jsonl`` / ``.jsonl.gz``."""
+    return Path(path).name.removesuffix(".gz").removesuffix(".jsonl")
+
+
+def collection_config_path(path: str | os.PathLike[str]) -> Path:
+    """The ``<name>.config.yaml`` that ``calibrate collect`` writes beside trace file ``path``
+    (and ``pack`` copies beside the packed file)."""
+    return Path(path).with_name(f"{trace_stem(path)}.config.yaml")
+
+
 def pack_trace(path: str | os.PathLike[str], into: str | os.PathLike[str]) -> tuple[Path, int]:
     """Write the complete episodes of trace file ``path`` into directory ``into``, gzip-compressed.
 
@@ -495,7 +508,7 @@ def pack_trace(path: str | os.PathLike[str], into: str | os.PathLike[str]) -> tu
     scan = _read(src)
     if not scan.complete:
         raise ValueError(f"{src} holds no complete episode; nothing to pack")
-    stem = src.name.removesuffix(".gz").removesuffix(".jsonl")
+    stem = trace_stem(src)
     dest_dir = Path(into)
     dest_dir.mkdir(parents=True, exist_ok=True)
     out = dest_dir / f"{stem}.jsonl.gz"
@@ -505,7 +518,7 @@ def pack_trace(path: str | os.PathLike[str], into: str | os.PathLike[str]) -> tu
     with gzip.GzipFile(filename="", mode="wb", fileobj=packed, compresslevel=9, mtime=0) as fh:
         fh.writelines(line.encode() for line in _episode_lines(scan.complete, scan.groups))
     atomic.write_file(out, packed.getvalue())
-    side = src.with_name(f"{stem}.config.yaml")
+    side = collection_config_path(src)
     if side.is_file() and side.resolve() != (dest_dir / side.name).resolve():
         atomic.write_file(dest_dir / side.name, side.read_bytes())
     return out, len(scan.complete)
