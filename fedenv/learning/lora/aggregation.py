@@ -169,8 +169,6 @@ def server_step(
     data; 1 takes all of it). With ``beta = 0`` and ``scale = 1`` the new value is ``averaged``
     (plain FedAvg over the arrivals). Returns ``(new value, m)``.
     """
-    delta = averaged - old
-    if scale != 1.0:
-        delta = delta * scale
+    delta = scale * (averaged - old)  # exact for scale = 1
     m = delta if buffer is None else beta * buffer + delta
     return old + m, m
