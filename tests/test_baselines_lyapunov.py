@@ -256,10 +256,17 @@ def test_tsfa_offline_rank_picks_a_rank_of_the_set():
     assert all(np.isfinite(v["final_gap"]) for v in table.values())
 
 
-def test_power_block_penalty_interpolation_is_accurate():
-    """The power block's Phi(c_k) interpolant matches exact surrogate evaluations."""
-    cfg = EnvConfig().replace(devices={"num_devices": 6})
-    rng = np.random.default_rng(0)
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize(
+    "surrogate",
+    [{}, {"heterogeneity_penalty": 1.77, "participation_exponent": 0.47}],
+    ids=["default", "strong-label-skew"],
+)
+def test_power_block_penalty_interpolation_is_accurate(seed, surrogate):
+    """The power block's Phi(c_k) interpolant matches exact surrogate evaluations to 1e-3
+    (relative; a linear interpolant misses by up to 4e-3 with the strong label-skew floor)."""
+    cfg = EnvConfig().replace(devices={"num_devices": 6}, learning={"surrogate": surrogate})
+    rng = np.random.default_rng(seed)
     state, cpu = random_state(rng, cfg)
     policy = LyapunovPolicy(cfg, 10.0)
     prob = policy.problem(state, cpu)
@@ -273,4 +280,4 @@ def test_power_block_penalty_interpolation_is_accurate():
         c = c_now.copy()
         c[k] = q[g, k]
         exact[g, k] = prob.penalty(c[None], rank[None], ratio[None])[0]
-    np.testing.assert_allclose(interp(q), exact, atol=1e-6)
+    np.testing.assert_allclose(interp(q), exact, rtol=1e-3)
