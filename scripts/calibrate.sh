@@ -9,24 +9,24 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 python="${PYTHON:-.venv/bin/python}"
 cal() { "$python" -m fedenv.calibrate "$@"; }
-v2=configs/calibration/traces_v2
+v3=configs/calibration/traces_v3
 heldout=(100 101 102 103 104 105 106 107 108 109)
 
-# SST-2 / MiniLM: fit on seeds 0-3 (six policies), the shipped default constants. warmup stays
-# 0: the fixed backend has no slow start, and a free fit pins it at that bound.
-cal fit --traces "$v2/sst2/" --heldout-seeds "${heldout[@]}" --objective both \
+# SST-2 / MiniLM: fit on seeds 0-3 (six policies). warmup stays 0: the fixed backend has no slow
+# start, and a free fit pins it at that bound.
+cal fit --traces "$v3/sst2/" --heldout-seeds "${heldout[@]}" --objective both \
   --parameters step_size rank_scale participation_exponent heterogeneity_penalty \
   rank_mix_penalty max_accuracy \
   --out configs/calibration/sst2_minilm.yaml >/dev/null
 
-cal report --traces "$v2/sst2/" --calibration configs/calibration/sst2_minilm.yaml \
+cal report --traces "$v3/sst2/" --calibration configs/calibration/sst2_minilm.yaml \
   --heldout-seeds "${heldout[@]}" --out docs/fidelity.md >/dev/null
-if [ -d "$v2/sst2_long" ]; then
-  cal report --traces "$v2/sst2_long/" --calibration configs/calibration/sst2_minilm.yaml \
+if [ -d "$v3/sst2_long" ]; then
+  cal report --traces "$v3/sst2_long/" --calibration configs/calibration/sst2_minilm.yaml \
     --heldout-seeds 100 101 --block sst2_long --out docs/fidelity.md >/dev/null
 fi
 # QNLI: the traces of the backend before pairs were encoded apart (flat; new ones: the qnli stage)
 cal report --traces configs/calibration/traces/qnli/ --calibration configs/calibration/qnli_minilm.yaml \
   --heldout-seeds 100 --out docs/fidelity.md >/dev/null
-cal inventory --traces "$v2"/*/ --out docs/fidelity.md >/dev/null
+cal inventory --traces "$v3"/*/ --out docs/fidelity.md >/dev/null
 echo "-> configs/calibration/sst2_minilm.yaml, docs/fidelity.md"

@@ -8,7 +8,7 @@
 # One trace file per (stage, seed) under $OUT (default results/calibration/v3); $THREADS torch
 # threads per collection (default 1: on a 2-core machine run two stages side by side).
 # About 5-6 CPU-hours in all on a 2-core CPU; a GPU makes it minutes.
-#   sst2  SST-2, 15 rounds, six policies; seeds 0-3 fit the surrogate, 100-109 are held out
+#   sst2  SST-2, 15 rounds, six policies; seeds 0-7 fit the surrogate, 100-109 are held out
 #   soft  the soft preset (SOFT-TSFA, sparsification), the four policies that act on it
 #   qnli  QNLI, 15 rounds, six policies; seeds 0-1 fit, seed 100 is held out
 #   long  max and Lyapunov over the default horizon (50 rounds) on held-out seeds 100 and 101
@@ -34,7 +34,7 @@ collect() { # name seed args...
 }
 
 stage_sst2() {
-  for s in 0 1 2 3 100 101 102 103 104 105 106 107 108 109; do
+  for s in 0 1 2 3 100 101 102 103 104 105 106 107 108 109 4 5 6 7; do
     collect sst2 "$s" --task sst2 --rounds 15 --policies "${policies[@]}"
   done
 }

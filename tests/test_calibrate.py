@@ -364,6 +364,12 @@ def test_report_of_the_true_constants_is_exact(tmp_path):
     assert off.mean_abs_final_error > 1.0
     with pytest.raises(ValueError, match="held-out seeds"):
         fidelity_report(eps, TRUE, [99])
+    # held-out seeds not collected yet are left out of the comparison and named
+    part = fidelity_report(eps, TRUE, [5, 6, 99])
+    assert part.heldout_seeds == [5, 6] and part.missing_seeds == [99]
+    assert [r.policy for r in part.rows] == list(policies)
+    assert "Held-out seeds: 5, 6 (not collected yet: 99)." in render_markdown(part)
+    assert "Held-out seeds: 5, 6." in render_markdown(rep)
 
 
 def test_seed_noise_measures_the_real_spread_and_self_agreement(tmp_path):

@@ -3,15 +3,15 @@
 
     python -m fedenv.calibrate collect --task sst2 --rounds 15 --threads 1 \\
         --policies lyapunov max min_rank greedy round_robin random --seeds 0 \\
-        --out results/calibration/v2/sst2_s0.jsonl
-    python -m fedenv.calibrate pack results/calibration/v2/sst2_s0.jsonl \\
-        --into configs/calibration/traces_v2/sst2/   # complete episodes, gzip-compressed, to commit
-    python -m fedenv.calibrate fit --traces configs/calibration/traces_v2/sst2/ \\
+        --out results/calibration/v3/sst2_s0.jsonl
+    python -m fedenv.calibrate pack results/calibration/v3/sst2_s0.jsonl \\
+        --into configs/calibration/traces_v3/sst2/   # complete episodes, gzip-compressed, to commit
+    python -m fedenv.calibrate fit --traces configs/calibration/traces_v3/sst2/ \\
         --heldout-seeds 100 101 102 --objective both --out configs/calibration/sst2_minilm.yaml
-    python -m fedenv.calibrate report --traces configs/calibration/traces_v2/sst2/ \\
+    python -m fedenv.calibrate report --traces configs/calibration/traces_v3/sst2/ \\
         --calibration configs/calibration/sst2_minilm.yaml --heldout-seeds 100 101 102 --out
         docs/fidelity.md
-    python -m fedenv.calibrate inventory --traces configs/calibration/traces_v2/sst2/
+    python -m fedenv.calibrate inventory --traces configs/calibration/traces_v3/sst2/
     python -m fedenv.calibrate replay \\
         configs/calibration/traces_v2/sst2_long/sst2_long_s101.jsonl.gz --policy lyapunov \\
         --set learning.lora.server_step=data_share
@@ -174,6 +174,7 @@ def cmd_report(args: argparse.Namespace, argv: list[str]) -> None:
         payload = {
             "task": rep.task,
             "heldout_seeds": rep.heldout_seeds,
+            "missing_seeds": rep.missing_seeds,
             "one_step": rep.one_step,
             "kendall_tau": rep.kendall_tau,
             "window": rep.window,

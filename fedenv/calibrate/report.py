@@ -158,6 +158,8 @@ class FidelityReport:
     kendall_tau_window: float = float("nan")
     mean_abs_window_error: float = float("nan")
     traces: dict[str, Any] = field(default_factory=dict)
+    missing_seeds: list[int] = field(default_factory=list)
+    """Held-out seeds asked for with no episode in the traces (not collected yet)."""
     noise: dict[str, Any] = field(default_factory=dict)
     """The real backend's seed-to-seed noise (:func:`seed_noise`)."""
 
@@ -277,8 +279,10 @@ def fidelity_report(
     Args:
         episodes: real-backend episodes (any seeds; only the held-out ones are used).
         surrogate: the calibrated constants.
-        heldout_seeds: seeds the fit did not use.
-        policies: policies to rank (default: every policy recorded on all held-out seeds).
+        heldout_seeds: seeds the fit did not use; those with no episode in ``episodes`` are
+            left out and named in the report's ``missing_seeds``.
+        policies: policies to rank (default: every policy recorded on all the held-out seeds
+            present).
         window: rounds at the end of each episode averaged for the less noisy summary.
     """
     held = [ep for ep in episodes if ep.seed in set(heldout_seeds)]
@@ -289,7 +293,7 @@ def fidelity_report(
     by_policy: dict[str, dict[int, EpisodeTrace]] = defaultdict(dict)
     for ep in held:
         by_policy[ep.policy][ep.seed] = ep
-    seeds = sorted(set(heldout_seeds))
+    seeds = sorted({ep.seed for ep in held})
     if policies is None:
         policies = [p for p in by_policy if all(s in by_policy[p] for s in seeds)]
     missing = [f"{p}/seed{s}" for p in policies for s in seeds if s not in by_policy.get(p, {})]
@@ -332,6 +336,7 @@ def fidelity_report(
         task=held[0].task,
         backend=held[0].backend,
         heldout_seeds=seeds,
+        missing_seeds=sorted(set(heldout_seeds) - set(seeds)),
         one_step=prediction_errors(held, surrogate),
         rows=rows,
         kendall_tau=tau,
@@ -365,7 +370,12 @@ def render_markdown(report: FidelityReport, *, command: str = "", calibration: s
         f"Calibration: `{calibration}`." if calibration else "",
         f"Traces: {r.traces['episodes']} episodes, {r.traces['rounds']} rounds, "
         f"{r.traces['wall_s'] / 3600:.2f} h of wall time on {'; '.join(r.traces['machines'])}.",
-        f"Held-out seeds: {', '.join(map(str, r.heldout_seeds))}.",
+        f"Held-out seeds: {', '.join(map(str, r.heldout_seeds))}"
+        + (
+            f" (not collected yet: {', '.join(map(str, r.missing_seeds))})."
+            if r.missing_seeds
+            else "."
+        ),
         "",
         "| measure (held-out episodes) | value |",
         "|---|---|",
