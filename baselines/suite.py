@@ -20,6 +20,10 @@ For every scenario of :data:`fedenv.scenarios.SCENARIOS` (``--scenarios`` picks 
    within 1.05 x its budget), worst cost / budget, and the paired difference of the final
    accuracy from the Lyapunov policy's on the same seeds (mean ± 95% CI).
 
+``--calibration FILE`` puts a calibration's surrogate constants (``configs/calibration/``) on
+every scenario, and ``--set key.path=value`` any other override (e.g. ``num_rounds=20``); the
+command line is written with the tables.
+
 Written to ``--out`` (default ``results/suite``): ``suite.csv`` (one row per scenario and
 policy), ``tuning.csv`` (every V on the validation seeds) and ``suite.md`` (both tables, the
 command, the date and the commit). ``--docs FILE`` also replaces the part of FILE between
@@ -53,7 +57,7 @@ from baselines.objective import (
 )
 from baselines.pareto import parse_seeds
 from baselines.registry import make_policy, split_specs
-from fedenv.config import EnvConfig
+from fedenv.config import EnvConfig, calibration_surrogate, parse_set
 from fedenv.scenarios import SCENARIOS, scenario_config
 
 __all__ = [
@@ -370,6 +374,18 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         help="a trained agent: <scenario>=<spec> (e.g. tight_energy=ppo:runs/x), or <spec> "
         "for every scenario; repeatable",
     )
+    parser.add_argument(
+        "--calibration",
+        default=None,
+        help="a calibration file (configs/calibration/): its surrogate constants replace the "
+        "defaults in every scenario",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY.PATH=VALUE",
+        help="a config override for every scenario, e.g. num_rounds=20; repeatable",
+    )
     parser.add_argument("--out", default="results/suite", help="output directory")
     parser.add_argument(
         "--docs", default=None, help="a Markdown page whose suite block to replace (docs/suite.md)"
@@ -386,7 +402,14 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         seeds, val_seeds = parse_seeds(args.seeds), parse_seeds(args.val_seeds)
         v_values = parse_v_values(args.v)
         agents = _agents(args.agent, names)
-    except ValueError as exc:
+        overrides = parse_set(
+            args.set,
+            {"learning": {"surrogate": calibration_surrogate(args.calibration)}}
+            if args.calibration
+            else None,
+        )
+        configs = {name: scenario_config(name, **overrides) for name in names}
+    except (ValueError, FileNotFoundError) as exc:  # ConfigError is a ValueError
         parser.exit(2, f"error: {exc}\n")
     heuristics = split_specs(args.policies)
     rows: list[dict[str, Any]] = []
@@ -395,7 +418,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         print(f"[suite] {name} ...", file=sys.stderr, flush=True)
         r, t = objective_rows(
             name,
-            scenario_config(name),
+            configs[name],
             seeds,
             val_seeds,
             v_values=v_values,

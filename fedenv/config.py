@@ -905,6 +905,18 @@ def parse_set(items: list[str] | None, base: Mapping[str, Any] | None = None) ->
     return _deep_merge(dict(base or {}), overrides)
 
 
+def calibration_surrogate(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A calibration file's surrogate constants, as the ``learning.surrogate`` override that
+    puts them on any config (only those: a calibration's ``learning.task`` says what it was
+    fitted to, not what the config trains on).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ConfigError: the file is not a valid config.
+    """
+    return EnvConfig.from_yaml(path).learning.surrogate.to_dict()
+
+
 #: Presets (docs/model.md §6) as partial overrides of the defaults.
 PRESETS: dict[str, dict[str, Any]] = {
     # [A] switching: module (rank), power and bandwidth per device; energy queues.

@@ -13,7 +13,7 @@ from baselines import suite
 from baselines.evaluation import evaluate
 from baselines.objective import constrained_score, in_budget, objective_summary, paired_difference
 from baselines.registry import make_policy
-from fedenv.config import resolve_config
+from fedenv.config import calibration_surrogate, resolve_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = resolve_config(str(ROOT / "configs/scenarios/tiny.yaml"))
@@ -119,6 +119,34 @@ def test_the_command_writes_the_tables_and_replaces_only_the_docs_block(tmp_path
     assert (out / "tuning.csv").read_text().count("\n") == 3  # header + 2 V values
     with pytest.raises(ValueError, match="needs the lines"):
         suite.replace_block(tmp_path / "out" / "suite.md", "x")
+
+
+def test_calibration_and_set_apply_to_every_scenario(tmp_path: Path, capsys) -> None:
+    calibration = ROOT / "configs/calibration/sst2_minilm.yaml"
+    args = ["--seeds", "1000-1001", "--val-seeds", "100000", "--V", "0.1", "--policies", "max"]
+    rows = suite.main(
+        ["--scenarios", "tight_energy", *args, "--out", str(tmp_path), "--calibration",
+         str(calibration), "--set", "num_rounds=4"]
+    )  # fmt: skip
+    cfg = suite.scenario_config(
+        "tight_energy", num_rounds=4, learning={"surrogate": calibration_surrogate(calibration)}
+    )
+    top = evaluate(make_policy("max", cfg), cfg, [1000, 1001])
+    assert rows[1]["policy"] == "max"
+    assert rows[1]["final_accuracy"] == pytest.approx(top.metric("final_accuracy").mean())
+    assert top.metric("final_accuracy").mean() != pytest.approx(
+        evaluate(make_policy("max", suite.scenario_config("tight_energy", num_rounds=4)),
+                 suite.scenario_config("tight_energy", num_rounds=4), [1000, 1001])
+        .metric("final_accuracy").mean()
+    )  # fmt: skip
+    assert "--calibration" in (tmp_path / "suite.md").read_text()
+    for bad, says in [
+        (["--set", "num_round=4"], "num_round"),
+        (["--calibration", str(tmp_path / "none.yaml")], "none.yaml"),
+    ]:
+        with pytest.raises(SystemExit) as exc:
+            suite.main(["--scenarios", "tight_energy", *args, "--out", str(tmp_path), *bad])
+        assert exc.value.code == 2 and says in capsys.readouterr().err
 
 
 def test_agent_options_name_a_scenario_or_apply_to_all() -> None:

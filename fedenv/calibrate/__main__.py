@@ -31,7 +31,14 @@ from typing import Any
 import yaml
 
 from fedenv import atomic
-from fedenv.config import ConfigError, EnvConfig, SurrogateConfig, parse_set, resolve_config
+from fedenv.config import (
+    ConfigError,
+    EnvConfig,
+    SurrogateConfig,
+    calibration_surrogate,
+    parse_set,
+    resolve_config,
+)
 
 DEFAULT_POLICIES = [
     "explore",
@@ -71,11 +78,9 @@ def collect_config(args: argparse.Namespace) -> EnvConfig:
         lora["num_threads"] = args.threads
     if lora:
         overrides["learning"]["lora"] = lora
-    if args.calibration:
-        overrides["learning"]["surrogate"] = EnvConfig.from_yaml(
-            args.calibration
-        ).learning.surrogate.to_dict()
     try:
+        if args.calibration:
+            overrides["learning"]["surrogate"] = calibration_surrogate(args.calibration)
         overrides = parse_set(args.set, overrides)
     except ConfigError as exc:
         raise SystemExit(str(exc)) from None
