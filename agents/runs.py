@@ -184,7 +184,8 @@ def parse_args(
                 f"{cls.__name__}.{f.name} has no default; every field of an args dataclass "
                 "needs one"
             )
-        help_text = f"{f.metadata.get('help', '')} (default: {default})"
+        # argparse %-formats help strings: a literal % (e.g. "95% quantile") must be doubled
+        help_text = f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%")
         kw: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text}
         if base is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import importlib
 import importlib.util
 import re
 import sys
@@ -249,3 +250,33 @@ def test_model_page_sections_cited_by_the_code_exist() -> None:
     assert not unknown, (
         f"docs/model.md sections cited in the code but missing from the page: {unknown}"
     )
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "agents.curves",
+        "agents.demo",
+        "agents.evaluate",
+        "agents.train_ippo",
+        "agents.train_ppo",
+        "agents.train_sac",
+        "agents.transfer",
+        "agents.vanilla_sb3",
+        "baselines.compare",
+        "baselines.pareto",
+        "baselines.suite",
+        "fedenv.bench",
+        "fedenv.calibrate.__main__",
+        "fedenv.demo",
+        "fedenv.learning.lora.health",
+        "fedenv.learning.lora.run",
+    ],
+)
+def test_every_command_prints_its_help(module, capsys):
+    """``python -m <module> --help`` prints the usage and exits 0 (argparse %-formats help
+    strings, so a literal % in one broke ``agents.train_ppo --help``)."""
+    with pytest.raises(SystemExit) as exc:
+        importlib.import_module(module).main(["--help"])
+    assert exc.value.code == 0
+    assert "usage:" in capsys.readouterr().out
