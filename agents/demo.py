@@ -309,4 +309,6 @@ GATED_BUDGET_NOTE = (
 
 
 if __name__ == "__main__":
-    main()
+    from fedenv.cli import run_command
+
+    run_command(main)

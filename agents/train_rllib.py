@@ -621,4 +621,6 @@ def _last_row(run: Path) -> dict[str, Any] | None:
 
 
 if __name__ == "__main__":
-    main()
+    from fedenv.cli import run_command
+
+    run_command(main)

@@ -289,4 +289,6 @@ def plot(
 
 
 if __name__ == "__main__":
-    main()
+    from fedenv.cli import run_command
+
+    run_command(main)

@@ -471,4 +471,6 @@ def main(argv: Sequence[str] | None = None) -> Comparison:
 
 
 if __name__ == "__main__":
-    main()
+    from fedenv.cli import run_command
+
+    run_command(main)

@@ -445,4 +445,6 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    main()
+    from fedenv.cli import run_command
+
+    run_command(main)

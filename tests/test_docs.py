@@ -15,7 +15,9 @@ import ast
 import dataclasses
 import importlib
 import importlib.util
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -280,3 +282,17 @@ def test_every_command_prints_its_help(module, capsys):
         importlib.import_module(module).main(["--help"])
     assert exc.value.code == 0
     assert "usage:" in capsys.readouterr().out
+
+
+def test_a_command_reports_bad_input_in_one_line_and_exit_status_2(tmp_path):
+    """From the shell, a missing file is one ``error:`` line and status 2, not a traceback
+    (fedenv.cli.run_command); FEDENV_TRACEBACK=1 brings the traceback back."""
+    argv = [sys.executable, "-m", "fedenv.calibrate", "fit", "--traces", str(tmp_path / "none")]
+    env = {k: v for k, v in os.environ.items() if k != "FEDENV_TRACEBACK"}
+    done = subprocess.run(argv, capture_output=True, text=True, env=env)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"error: trace file or directory '{tmp_path / 'none'}'")
+    loud = subprocess.run(
+        argv, capture_output=True, text=True, env={**env, "FEDENV_TRACEBACK": "1"}
+    )
+    assert loud.returncode == 1 and "Traceback" in loud.stderr

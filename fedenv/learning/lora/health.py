@@ -203,4 +203,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    from fedenv.cli import run_command
+
+    run_command(main)

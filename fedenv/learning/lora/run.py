@@ -271,4 +271,6 @@ def plot_curves(
 
 
 if __name__ == "__main__":
-    main()
+    from fedenv.cli import run_command
+
+    run_command(main)
