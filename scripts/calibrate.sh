@@ -12,8 +12,8 @@ cal() { "$python" -m fedenv.calibrate "$@"; }
 v3=configs/calibration/traces_v3
 heldout=(100 101 102 103 104 105 106 107 108 109)
 
-# SST-2 / MiniLM: fit on seeds 0-3 (six policies). warmup stays 0: the fixed backend has no slow
-# start, and a free fit pins it at that bound.
+# SST-2 / MiniLM: fit on every seed not held out (0-7, six policies). warmup stays 0: the fixed
+# backend has no slow start, and a free fit pins it at that bound.
 cal fit --traces "$v3/sst2/" --heldout-seeds "${heldout[@]}" --objective both \
   --parameters step_size rank_scale participation_exponent heterogeneity_penalty \
   rank_mix_penalty max_accuracy \

@@ -34,6 +34,7 @@ collect() { # name seed args...
 }
 
 stage_sst2() {
+  # fit seeds 4-7 come last: they were added after the first collection (docs/fidelity.md)
   for s in 0 1 2 3 100 101 102 103 104 105 106 107 108 109 4 5 6 7; do
     collect sst2 "$s" --task sst2 --rounds 15 --policies "${policies[@]}"
   done
