@@ -21,6 +21,15 @@ cal fit --traces "$v3/sst2/" --heldout-seeds "${heldout[@]}" --objective both \
 
 cal report --traces "$v3/sst2/" --calibration configs/calibration/sst2_minilm.yaml \
   --heldout-seeds "${heldout[@]}" --out docs/fidelity.md >/dev/null
+# soft preset: the sparsity exponent, the one constant no SST-2 episode determines, fitted alone
+# on the soft fit seeds (0-1), the others from the SST-2 fit above
+if [ -d "$v3/soft" ]; then
+  cal fit --traces "$v3/soft/" --heldout-seeds 100 101 102 103 --objective both \
+    --parameters sparsity_exponent --base configs/calibration/sst2_minilm.yaml \
+    --out configs/calibration/sst2_soft_minilm.yaml >/dev/null
+  cal report --traces "$v3/soft/" --calibration configs/calibration/sst2_soft_minilm.yaml \
+    --heldout-seeds 100 101 102 103 --block soft --out docs/fidelity.md >/dev/null
+fi
 if [ -d "$v3/sst2_long" ]; then
   cal report --traces "$v3/sst2_long/" --calibration configs/calibration/sst2_minilm.yaml \
     --heldout-seeds 100 101 --block sst2_long --out docs/fidelity.md >/dev/null
@@ -29,4 +38,4 @@ fi
 cal report --traces configs/calibration/traces/qnli/ --calibration configs/calibration/qnli_minilm.yaml \
   --heldout-seeds 100 --out docs/fidelity.md >/dev/null
 cal inventory --traces "$v3"/*/ --out docs/fidelity.md >/dev/null
-echo "-> configs/calibration/sst2_minilm.yaml, docs/fidelity.md"
+echo "-> configs/calibration/{sst2,sst2_soft}_minilm.yaml, docs/fidelity.md"
