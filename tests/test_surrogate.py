@@ -22,12 +22,14 @@ CFG = SurrogateConfig(
     step_size=0.22,
     rank_scale=4.0,
     participation_exponent=0.5,
+    sparsity_exponent=0.5,
     heterogeneity_penalty=0.3,
     rank_mix_penalty=0.05,
     initial_accuracy=0.5,
     max_accuracy=0.86,
     initial_loss=0.693,
     min_loss=0.35,
+    warmup=0.0,
 )
 K = 4
 SHARE = np.full(K, 0.25)
