@@ -122,7 +122,8 @@ def test_the_command_writes_the_tables_and_replaces_only_the_docs_block(tmp_path
 
 
 def test_calibration_and_set_apply_to_every_scenario(tmp_path: Path, capsys) -> None:
-    calibration = ROOT / "configs/calibration/sst2_minilm.yaml"
+    # QNLI's constants differ from the defaults whether or not the SST-2 ones become them
+    calibration = ROOT / "configs/calibration/qnli_minilm.yaml"
     args = ["--seeds", "1000-1001", "--val-seeds", "100000", "--V", "0.1", "--policies", "max"]
     rows = suite.main(
         ["--scenarios", "tight_energy", *args, "--out", str(tmp_path), "--calibration",
