@@ -569,6 +569,23 @@ def test_truncated_and_bit_flipped_trace_files(traces: Path, tmp_path: Path) -> 
         )
 
 
+def test_a_resume_refused_for_a_damaged_header_leaves_the_file_as_it_was(
+    traces: Path, tmp_path: Path
+) -> None:
+    """A flipped byte in a header's config key that still parses as JSON (o -> DEL): the
+    resume is refused before the writer, which re-serialises the lines it keeps, rewrites the
+    file (the random flips above hit such a byte only now and then)."""
+    data = traces.read_bytes()
+    last = data.rindex(b'{"type": "episode"')
+    i = data.index(b"heterogeneity_penalty", last) + 5
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(data[:i] + bytes([data[i] ^ 0x10]) + data[i + 1 :])
+    flipped = bad.read_bytes()
+    with pytest.raises(ValueError, match="does not load"):
+        collect(_surrogate_config(), ["explore", "random"], [0, 1], bad, progress=False)
+    assert bad.read_bytes() == flipped
+
+
 def _equal(a: Any, b: Any) -> bool:
     return all(
         np.array_equal(getattr(a, n), getattr(b, n))

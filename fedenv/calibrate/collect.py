@@ -24,6 +24,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -289,9 +290,11 @@ def collect(
     import fedenv  # noqa: F401  (registers the env)
 
     seeds = list(seeds)
-    writer = TraceWriter(out)
-    if writer.completed:
+    if Path(out).exists():
+        # before the writer keeps only the complete episodes (it may rewrite the file): a
+        # refused resume leaves the file as it was
         _check_same_config(config, out)
+    writer = TraceWriter(out)
     plan = [(s, p) for s in seeds for p in policies]
     todo = [(s, p) for s, p in plan if episode_key(p, s) not in writer.completed]
     rounds = config.num_rounds
