@@ -11,6 +11,7 @@ python="${PYTHON:-.venv/bin/python}"
 cal() { "$python" -m fedenv.calibrate "$@"; }
 v3=configs/calibration/traces_v3
 heldout=(100 101 102 103 104 105 106 107 108 109)
+soft_heldout=(100 101 102 103)
 
 # SST-2 / MiniLM: fit on every seed not held out (0-7, six policies). warmup stays 0: the fixed
 # backend has no slow start, and a free fit pins it at that bound.
@@ -26,11 +27,11 @@ cal report --traces "$v3/sst2/" --calibration configs/calibration/sst2_minilm.ya
 # soft preset: the sparsity exponent, the one constant no SST-2 episode determines, fitted alone
 # on the soft fit seeds (0-1), the others from the SST-2 fit above
 if [ -d "$v3/soft" ]; then
-  cal fit --traces "$v3/soft/" --heldout-seeds 100 101 102 103 --objective both \
+  cal fit --traces "$v3/soft/" --heldout-seeds "${soft_heldout[@]}" --objective both \
     --parameters sparsity_exponent --base configs/calibration/sst2_minilm.yaml \
     --out configs/calibration/sst2_soft_minilm.yaml >/dev/null
   cal report --traces "$v3/soft/" --calibration configs/calibration/sst2_soft_minilm.yaml \
-    --heldout-seeds 100 101 102 103 --block soft --out docs/fidelity.md >/dev/null
+    --heldout-seeds "${soft_heldout[@]}" --block soft --out docs/fidelity.md >/dev/null
 fi
 if [ -d "$v3/sst2_long" ]; then
   cal report --traces "$v3/sst2_long/" --calibration configs/calibration/sst2_minilm.yaml \
