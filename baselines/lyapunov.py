@@ -76,7 +76,7 @@ from numpy.typing import ArrayLike, NDArray
 from fedenv import channel, costs
 from fedenv.actions import ActionCodec, Decision, bandwidth_shares
 from fedenv.config import EnvConfig
-from fedenv.learning.surrogate import next_gap, round_progress
+from fedenv.learning.surrogate import arrival_what_ifs, next_gap, round_progress
 from fedenv.queues import drift_plus_penalty
 from fedenv.round import EpisodeTables, RoundPhysics, episode_tables, play_round
 
@@ -187,18 +187,32 @@ class RoundProblem:
         )
 
     def penalty(self, success_prob: ArrayLike, rank: ArrayLike, ratio: ArrayLike) -> F:
-        """Phi: the surrogate's predicted gap after the round with c_k = success probability."""
+        """Phi: the surrogate's expected gap after the round, over the devices' arrivals.
+
+        E[Phi(a)] for independent arrivals a_k ~ Bernoulli(c_k), to second order: Phi at the
+        expected participation c, plus for each device the gap between the expectation over its
+        own arrival and that point, c_k Phi(c | a_k = 1) + (1 - c_k) Phi(c | a_k = 0) - Phi(c),
+        the other devices held at their expectation (docs/baselines.md). Exact where every c_k
+        is 0 or 1. Phi(c) alone, the certainty-equivalent form, would reward a success
+        probability strictly between 0 and 1 for a label-skewed device, chosen to shape the
+        *expected* label mix, while a real round either has the device or not.
+        """
         s = self.state
-        progress, floor = round_progress(
+        c = np.asarray(success_prob, dtype=np.float64)
+        args = (
             s.data_share,
-            success_prob,
+            c,
             rank,
             ratio,
             s.label_distribution,
             s.global_label_distribution,
             self.surrogate,
         )
-        return next_gap(s.gap, progress, floor, self.surrogate)
+        at_mean = next_gap(s.gap, *round_progress(*args), self.surrogate)
+        progress, floor = arrival_what_ifs(*args)
+        what_if = next_gap(s.gap, progress, floor, self.surrogate)  # (..., 2, K)
+        arrival = c * what_if[..., 0, :] + (1.0 - c) * what_if[..., 1, :] - at_mean[..., None]
+        return at_mean + np.sum(arrival, axis=-1)
 
     def evaluate(self, module: I64, power: F, share: F, ratio: F) -> tuple[F, F, RoundPhysics]:
         """(objective, Phi, physics) of decisions of shape (N, K)."""
@@ -453,13 +467,14 @@ class LyapunovPolicy:
         levels = np.geomspace(self.p_min, self.p_max, 4) if self.has_power else np.zeros(0)
         for _ in range(sweeps):
             # one-device moves (device, option, power slot): every option at the device's power
-            # (slot 0) and, for idle devices, switching on at a few power levels (slots 1..L),
-            # since the power of an idle device has not been tuned
+            # (slot 0) and the largest option at a few power levels (slots 1..L): the power of an
+            # idle device has not been tuned, and a device on at a power tuned for another
+            # schedule would otherwise look worse than idle
             dev = np.repeat(np.arange(k), n_opt)
             opt = np.tile(options, k)
             slot = np.zeros(dev.size, dtype=np.int64)
-            idle = np.flatnonzero(self.opt_module[p.option] == 0)
-            if idle.size and levels.size:
+            idle = np.arange(k)
+            if levels.size:
                 on = options[-1:]  # the largest option: the one worth switching on for
                 grid = np.stack(
                     np.meshgrid(idle, on, np.arange(1, levels.size + 1), indexing="ij"), axis=-1
@@ -521,6 +536,10 @@ class LyapunovPolicy:
             cands += [
                 p.moved(option=every[e].copy(), weight=np.array(p.weight)) for e in range(n_opt)
             ]
+            # every scheduled device on option o: the rank-mix floor couples their ranks
+            on_now = self.opt_module[p.option] > 0
+            if on_now.any():
+                cands += [p.moved(option=np.where(on_now, e, p.option)) for e in range(1, n_opt)]
             if balance is not None:
                 cands += [
                     p.moved(option=every[e].copy(), weight=np.array(w_every[e]))
