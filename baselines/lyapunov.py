@@ -98,6 +98,7 @@ DEFAULT_V = 0.1
 
 _GRID = 16  # points per zoom level of the power search
 _ZOOMS = 2
+_PHI_NODES = 4  # interpolation nodes of the power block's Phi(c_k)
 _BAND_GRID = 48  # per-device grid of the bandwidth marginal
 _MULTISECTION = 16  # points per level of the vectorised bisections
 _LATENCY_LEVELS = 48  # latency grid of the min-max share tables
@@ -746,36 +747,39 @@ class LyapunovPolicy:
         """Phi(c with c_k replaced), as a function of c_k per device k, for c_k in {0} U [c_lo,
         c_hi].
 
-        Exact at c_k = 0 and at 4 Chebyshev nodes of [c_lo, c_hi] (one batched surrogate call of
-        5 K what-ifs instead of one per grid point); cubic (Newton) interpolation in between.
+        Exact at c_k = 0 and at ``_PHI_NODES`` Chebyshev nodes of [c_lo, c_hi] (one batched
+        surrogate call of (1 + nodes) K what-ifs instead of one per grid point); polynomial
+        (Newton) interpolation in between.
         Phi is smooth in c_k (a power and ratios of sums) except at the kinks of the label
-        total variation, so the relative error stays below 1e-3 (tested), far below the search's
-        resolution, and every accepted move is re-scored exactly anyway.
+        total variations (one per what-if of the expected penalty), so the relative error stays
+        below 2.5e-3 (tested); it only guides the grid search, and every accepted move is
+        re-scored exactly.
         """
         k = c_now.shape[0]
         c_lo = np.where(np.isfinite(c_lo), c_lo, 0.0)
         c_hi = np.where(np.isfinite(c_hi), c_hi, 0.0)
-        cheb = 0.5 * (1.0 - np.cos(np.pi * (np.arange(4) + 0.5) / 4))  # in (0, 1)
+        n = _PHI_NODES
+        cheb = 0.5 * (1.0 - np.cos(np.pi * (np.arange(n) + 0.5) / n))  # in (0, 1)
         nodes = np.concatenate(
             [np.zeros((k, 1)), c_lo[:, None] + (c_hi - c_lo)[:, None] * cheb], axis=1
-        )  # (K, 5)
-        batch = np.repeat(c_now[None, None], 5, axis=0).repeat(k, axis=1)  # (5, K, K)
+        )  # (K, n + 1)
+        batch = np.repeat(c_now[None, None], n + 1, axis=0).repeat(k, axis=1)  # (n + 1, K, K)
         batch[:, np.arange(k), np.arange(k)] = nodes.T
         flat = batch.reshape(-1, k)
         values = prob.penalty(
             flat, np.broadcast_to(rank, flat.shape), np.broadcast_to(ratio, flat.shape)
-        ).reshape(5, k)
-        x, y = nodes[:, 1:].T, values[1:]  # (4, K)
+        ).reshape(n + 1, k)
+        x, y = nodes[:, 1:].T, values[1:]  # (n, K)
         ok = (c_hi - c_lo) > 1e-12
         # Newton divided differences (nodes are distinct where ok), evaluated by Horner's rule
         coef = y.copy()
-        for j in range(1, 4):
-            den = np.where(ok, x[j:] - x[: 4 - j], 1.0)
+        for j in range(1, n):
+            den = np.where(ok, x[j:] - x[: n - j], 1.0)
             coef[j:] = np.where(ok, (coef[j:] - coef[j - 1 : -1]) / den, 0.0)
 
         def interp(c: F) -> F:
-            out = np.broadcast_to(coef[3], c.shape)
-            for j in (2, 1, 0):
+            out = np.broadcast_to(coef[n - 1], c.shape)
+            for j in range(n - 2, -1, -1):
                 out = out * (c - x[j]) + coef[j]
             return np.where(c > 0.0, np.where(ok, out, y[-1]), values[0])
 

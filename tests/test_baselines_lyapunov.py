@@ -285,8 +285,9 @@ def test_tsfa_offline_rank_picks_a_rank_of_the_set():
     ids=["default", "strong-label-skew"],
 )
 def test_power_block_penalty_interpolation_is_accurate(seed, surrogate):
-    """The power block's Phi(c_k) interpolant matches exact surrogate evaluations to 1e-3
-    (relative; a linear interpolant misses by up to 4e-3 with the strong label-skew floor)."""
+    """The power block's Phi(c_k) interpolant matches exact surrogate evaluations to 2.5e-3
+    (relative; the expected penalty's what-ifs put label-TV kinks in c_k, where the cubic
+    misses by up to 2e-3, and a linear interpolant by up to 8e-3)."""
     cfg = EnvConfig().replace(devices={"num_devices": 6}, learning={"surrogate": surrogate})
     rng = np.random.default_rng(seed)
     state, cpu = random_state(rng, cfg)
@@ -302,4 +303,22 @@ def test_power_block_penalty_interpolation_is_accurate(seed, surrogate):
         c = c_now.copy()
         c[k] = q[g, k]
         exact[g, k] = prob.penalty(c[None], rank[None], ratio[None])[0]
-    np.testing.assert_allclose(interp(q), exact, rtol=1e-3)
+    np.testing.assert_allclose(interp(q), exact, rtol=2.5e-3)
+
+
+def test_penalty_is_the_expected_gap_over_one_device_arrival():
+    """With one device the penalty is exactly E over its arrival: c Phi(1) + (1 - c) Phi(0),
+    linear in c (the certainty-equivalent Phi(c) is not, and rewards an interior c for a
+    label-skewed device)."""
+    cfg = EnvConfig().replace(devices={"num_devices": 1})
+    rng = np.random.default_rng(4)
+    state, cpu = random_state(rng, cfg)
+    prob = LyapunovPolicy(cfg, 10.0).problem(state, cpu)
+    rank, ratio = np.array([[8]]), np.ones((1, 1))
+    c = np.linspace(0.0, 1.0, 11)[:, None]
+    ends = prob.penalty(np.array([[1.0], [0.0]]), rank, ratio)
+    np.testing.assert_allclose(
+        prob.penalty(c, np.broadcast_to(rank, c.shape), np.broadcast_to(ratio, c.shape)),
+        c[:, 0] * ends[0] + (1.0 - c[:, 0]) * ends[1],
+        rtol=1e-12,
+    )

@@ -10,6 +10,7 @@ from fedenv.learning.partition import dirichlet_label_counts, partition_indices
 from fedenv.learning.surrogate import (
     SurrogateLearner,
     accuracy_from_gap,
+    arrival_what_ifs,
     gap_from_accuracy,
     next_gap,
     rank_gain,
@@ -208,3 +209,29 @@ def test_partition_indices_cover_every_sample_once():
     allidx = np.concatenate(parts)
     assert sorted(allidx.tolist()) == list(range(1000))
     assert min(len(p) for p in parts) >= 16
+
+
+@pytest.mark.parametrize("with_ratio", [False, True])
+def test_arrival_what_ifs_equal_round_progress_on_each_what_if(with_ratio):
+    """Device k's arrival set to 1 and to 0, for every k at once, equals round_progress on each
+    what-if (rows with nothing scheduled, all arrived and all lost included)."""
+    cfg = EnvConfig().learning.surrogate
+    rng = np.random.default_rng(0)
+    n, k, c = 7, 5, 3
+    share = rng.dirichlet(np.ones(k))
+    labels, global_mix = rng.dirichlet(np.ones(c), k), rng.dirichlet(np.ones(c))
+    weight = rng.uniform(0, 1, (n, k))
+    weight[0], weight[1, :2], weight[2] = 0.0, 0.0, 1.0
+    rank = rng.choice([0, 2, 4, 8, 16], (n, k)).astype(float)
+    rank[3] = 0.0
+    rank[4] = 8.0  # equal ranks: no rank-mix floor
+    ratio = rng.uniform(0.2, 1.0, (n, k)) if with_ratio else None
+    progress, floor = arrival_what_ifs(share, weight, rank, ratio, labels, global_mix, cfg)
+    assert progress.shape == floor.shape == (n, 2, k)
+    for row, arrived in enumerate((1.0, 0.0)):
+        for dev in range(k):
+            w = weight.copy()
+            w[:, dev] = arrived
+            p, f = round_progress(share, w, rank, ratio, labels, global_mix, cfg)
+            np.testing.assert_allclose(progress[:, row, dev], p, rtol=1e-9, atol=1e-12)
+            np.testing.assert_allclose(floor[:, row, dev], f, rtol=1e-9, atol=1e-7)
