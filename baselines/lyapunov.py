@@ -215,6 +215,47 @@ class RoundProblem:
         arrival = c * what_if[..., 0, :] + (1.0 - c) * what_if[..., 1, :] - at_mean[..., None]
         return at_mean + np.sum(arrival, axis=-1)
 
+    def screening_penalty(self, success_prob: F, rank: F, ratio: F, dev: I64, base: F) -> F:
+        """:meth:`penalty` of one-device moves (row n moves device ``dev[n]``), for screening:
+        exact but for the other devices' arrival terms, which are taken from the current
+        decision (``base``, :meth:`penalty`'s per-device terms there). Three surrogate rows per
+        move instead of 2 K + 1; the moves it selects are re-scored exactly."""
+        s = self.state
+        rows = np.arange(dev.size)
+        c = success_prob
+        pinned = np.repeat(c[None], 3, axis=0)  # the move, with its own device arrived, lost
+        pinned[1, rows, dev] = 1.0
+        pinned[2, rows, dev] = 0.0
+        progress, floor = round_progress(
+            s.data_share,
+            pinned,
+            rank,
+            ratio,
+            s.label_distribution,
+            s.global_label_distribution,
+            self.surrogate,
+        )
+        at_mean, on, off = next_gap(s.gap, progress, floor, self.surrogate)
+        own = c[rows, dev]
+        return at_mean + own * on + (1.0 - own) * off - at_mean + (base.sum() - base[dev])
+
+    def arrival_terms(self, success_prob: F, rank: F, ratio: F) -> F:
+        """:meth:`penalty`'s per-device terms E_k[Phi] - Phi(c) of one decision, shape (K,)."""
+        s = self.state
+        args = (
+            s.data_share,
+            success_prob,
+            rank,
+            ratio,
+            s.label_distribution,
+            s.global_label_distribution,
+            self.surrogate,
+        )
+        at_mean = next_gap(s.gap, *round_progress(*args), self.surrogate)
+        what_if = next_gap(s.gap, *arrival_what_ifs(*args), self.surrogate)
+        c = success_prob
+        return c * what_if[..., 0, :] + (1.0 - c) * what_if[..., 1, :] - at_mean[..., None]
+
     def evaluate(self, module: I64, power: F, share: F, ratio: F) -> tuple[F, F, RoundPhysics]:
         """(objective, Phi, physics) of decisions of shape (N, K)."""
         phys = self.physics(module, power, share, ratio)
@@ -610,7 +651,8 @@ class LyapunovPolicy:
         rank[rows, dev] = own.rank[own_row, dev]
         ratios = np.repeat(ratio[None], dev.size, axis=0)
         ratios[rows, dev] = self.opt_ratio[opt]
-        phi = prob.penalty(c, rank, ratios)
+        base = prob.arrival_terms(cur.success_prob, cur.rank, ratio[None])[0]
+        phi = prob.screening_penalty(c, rank, ratios, dev, base)
         return drift_plus_penalty(prob.v, phi, prob.z, energy, prob.y, latency.max(axis=-1))
 
     def _balancer(self, prob: RoundProblem, p: _Point) -> Callable[[I64], F]:
