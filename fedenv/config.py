@@ -579,32 +579,32 @@ class SurrogateConfig(_Section):
 
     _path: ClassVar[str] = "learning.surrogate"
 
-    step_size: Annotated[float, Range(gt=0, le=1)] = 0.22
+    step_size: Annotated[float, Range(gt=0, le=1)] = 0.38791
     """mu: fraction of the loss gap closed per round by full, max-quality participation, in (0,
     1]."""
-    rank_scale: Annotated[float, Range(ge=1e-3, le=1e5)] = 4.0
+    rank_scale: Annotated[float, Range(ge=1e-3, le=1e5)] = 0.722442
     """r_0 of the rank gain g(r) = 1 - exp(-r / r_0), in [1e-3, 1e5] (r / r_0 must not overflow)."""
-    participation_exponent: Annotated[float, Range(ge=0, le=2)] = 0.5
+    participation_exponent: Annotated[float, Range(ge=0, le=2)] = 0.310345
     """beta: progress grows as (participating data share)^beta, in [0, 2]."""
-    sparsity_exponent: Annotated[float, Range(ge=0, le=2)] = 0.5
+    sparsity_exponent: Annotated[float, Range(ge=0, le=2)] = 0.29041
     """Update energy kept by sending a fraction rho of rank components: rho^exponent, in [0, 2]."""
-    heterogeneity_penalty: Annotated[float, Range(ge=0, le=5)] = 0.3
+    heterogeneity_penalty: Annotated[float, Range(ge=0, le=5)] = 1.4323
     """Gap floor per unit of label total-variation distance of the participants (non-IID bias), in
     [0, 5]; a floor above 1 pulls the accuracy below the initial model's, as a round of label-skewed
     arrivals does on the real backend (docs/fidelity.md)."""
-    rank_mix_penalty: Annotated[float, Range(ge=0, le=1)] = 0.05
+    rank_mix_penalty: Annotated[float, Range(ge=0, le=1)] = 0.267495
     """Gap floor per unit coefficient of variation of the aggregated ranks (aggregation noise), in
     [0, 1]."""
     warmup: Annotated[float, Range(ge=0, lt=1)] = 0.0
     """w in [0, 1): slow start of fine-tuning, progress scaled by 1 - w min(G, 1) (0 = none;
     docs/fidelity.md)."""
-    initial_accuracy: Annotated[float, Range(ge=0, le=1)] = 0.5
+    initial_accuracy: Annotated[float, Range(ge=0, le=1)] = 0.495556
     """Accuracy of the initial model (chance for balanced binary tasks)."""
-    max_accuracy: Annotated[float, Range(ge=0, le=1)] = 0.86
+    max_accuracy: Annotated[float, Range(ge=0, le=1)] = 0.805524
     """Accuracy reached when the loss gap is zero, in [initial_accuracy, 1]."""
-    initial_loss: Annotated[float, Range(gt=0, le=100)] = 0.693
+    initial_loss: Annotated[float, Range(gt=0, le=100)] = 0.748923
     """Evaluation loss of the initial model, in (0, 100]."""
-    min_loss: Annotated[float, Range(ge=0, le=100)] = 0.35
+    min_loss: Annotated[float, Range(ge=0, le=100)] = 0.455277
     """Evaluation loss reached when the gap is zero, in [0, initial_loss]."""
     eval_noise_std: Annotated[float, Range(ge=0, le=0.5)] = 0.0
     """Standard deviation of the evaluation noise added to the reported accuracy, in [0, 0.5]."""
