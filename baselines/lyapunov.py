@@ -98,7 +98,7 @@ DEFAULT_V = 0.1
 
 _GRID = 16  # points per zoom level of the power search
 _ZOOMS = 2
-_PHI_NODES = 4  # interpolation nodes of the power block's Phi(c_k)
+_PHI_NODES = 8  # interpolation nodes of the power block's Phi(c_k)
 _BAND_GRID = 48  # per-device grid of the bandwidth marginal
 _MULTISECTION = 16  # points per level of the vectorised bisections
 _LATENCY_LEVELS = 48  # latency grid of the min-max share tables

@@ -174,7 +174,8 @@ def test_unified_matches_brute_force_k2():
 
 def test_single_move_shortcut_equals_full_evaluation():
     """The discrete block's assembled what-ifs equal full play_round evaluations, scored with
-    the screening penalty, which is within 2e-4 of the exact expected penalty (3e-5 here)."""
+    the screening penalty, which is within 5e-4 of the exact expected penalty (3e-5 under the
+    assumed constants, 2.5e-4 under the calibrated ones)."""
     cfg = EnvConfig.from_preset("switching").replace(devices={"num_devices": 6})
     rng = np.random.default_rng(3)
     state, cpu = random_state(rng, cfg)
@@ -206,7 +207,7 @@ def test_single_move_shortcut_equals_full_evaluation():
     np.testing.assert_allclose(fast, full, rtol=1e-10, atol=1e-12)
     # the screening penalty differs from the exact one only by the other devices' arrival terms
     exact = prob.penalty(phys.success_prob, phys.rank, ratio)
-    np.testing.assert_allclose(screened, exact, rtol=2e-4)
+    np.testing.assert_allclose(screened, exact, rtol=5e-4)
 
 
 def _episode(v: float, seed: int = 0, k: int = 6):
@@ -306,8 +307,9 @@ def test_tsfa_offline_rank_picks_a_rank_of_the_set():
 )
 def test_power_block_penalty_interpolation_is_accurate(seed, surrogate):
     """The power block's Phi(c_k) interpolant matches exact surrogate evaluations to 2.5e-3
-    (relative; the expected penalty's what-ifs put label-TV kinks in c_k, where the cubic
-    misses by up to 2e-3, and a linear interpolant by up to 8e-3)."""
+    (relative; the expected penalty's what-ifs put label-TV kinks in c_k: with 4 nodes the
+    cubic misses by up to 4.4e-3 under the calibrated constants, a linear interpolant by up to
+    8e-3 under the assumed ones)."""
     cfg = EnvConfig().replace(devices={"num_devices": 6}, learning={"surrogate": surrogate})
     rng = np.random.default_rng(seed)
     state, cpu = random_state(rng, cfg)
