@@ -51,6 +51,11 @@ The blocks alternate until the continuous blocks improve the objective by less t
 ``max_iterations`` times. Each round starts from the better of the previous round's solution
 (channels are correlated) and "every device on its largest option".
 
+**Budget guard** (``budget_guard``, on by default): a device whose planned energy exceeds what
+its episode budget T E_bar has left (``info["energy_spent_j"]``) is idled, its energy priced
+out, and the round re-solved, so that no device's episode energy passes T E_bar however short
+the episode (docs/baselines.md, "The budget guard").
+
 Paradigms: ``switching`` [A] runs 1-3 over modules 0..M; ``split`` [B] schedules (module 0 or
 the structural one) and allocates bandwidth at full power; ``soft`` [C] (TSFA) chooses the
 ratio and bandwidth online under the latency queue, the structural rank having been chosen
@@ -67,7 +72,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -103,6 +108,7 @@ _BAND_GRID = 48  # per-device grid of the bandwidth marginal
 _MULTISECTION = 16  # points per level of the vectorised bisections
 _LATENCY_LEVELS = 48  # latency grid of the min-max share tables
 _DEADLINE_MARGIN = 1e-6  # relative slack kept on the deadline so float32 actions stay on time
+_PRICED_OUT = 1e12  # energy price (objective per J) of a device the budget guard has idled
 
 
 def check_tradeoff(v: Any) -> float:
@@ -302,7 +308,7 @@ class LyapunovPolicy:
     """Drift-plus-penalty online policy (module docstring), for any paradigm.
 
     Reads from ``info`` only: ``channel_gain``, ``cpu_freq_hz``, ``data_size``,
-    ``label_distribution``, ``global_label_distribution``, ``energy_backlog``,
+    ``label_distribution``, ``global_label_distribution``, ``energy_backlog``, ``energy_spent_j``,
     ``latency_backlog``, ``loss_gap`` and ``round`` (to spot a new episode); from the config,
     the system constants the BS knows (bandwidth, noise, power limits, deadline, costs, model
     shape, surrogate constants).
@@ -314,6 +320,11 @@ class LyapunovPolicy:
         tolerance: stop when the continuous blocks improve the objective by less than this
             (relative): the discrete block would then find nothing new.
         warm_start: also start from the previous round's solution.
+        budget_guard: keep every device's episode energy within its total budget T E_bar
+            (docs/baselines.md, "The budget guard"): a device whose planned energy this round
+            exceeds what its budget has left (``info["energy_spent_j"]``) is idled and the round
+            re-solved. ``False`` is the papers' algorithm as published, whose time-average
+            guarantee only holds as T grows.
     """
 
     def __init__(
@@ -324,6 +335,7 @@ class LyapunovPolicy:
         max_iterations: int = 4,
         tolerance: float = 1e-4,
         warm_start: bool = True,
+        budget_guard: bool = True,
     ) -> None:
         self.config = config
         self.tradeoff_v = check_tradeoff(tradeoff_v)
@@ -336,6 +348,7 @@ class LyapunovPolicy:
         self.max_iterations = max_iterations
         self.tolerance = float(tolerance)
         self.warm_start = bool(warm_start)
+        self.budget_guard = bool(budget_guard) and config.uses_energy_queue
         self.name = f"lyapunov(V={self.tradeoff_v:g})"
         self.codec = ActionCodec(config)
         comps = config.action_components
@@ -399,8 +412,16 @@ class LyapunovPolicy:
         if int(info.get("round", 0)) == 0:
             self._last = None
         state = RoundState.from_info(info)
-        decision = self.solve(state, np.asarray(info["cpu_freq_hz"], dtype=np.float64))
+        allowance = self._allowance(info) if self.budget_guard else None
+        decision = self.solve(state, np.asarray(info["cpu_freq_hz"], dtype=np.float64), allowance)
         return self._encode_on_time(decision, state)
+
+    def _allowance(self, info: dict[str, Any]) -> F:
+        """What each device's episode budget T E_bar has left before this round, J."""
+        budget = self.config.budgets.energy_budget_j
+        assert budget is not None  # the guard is only on with an energy budget
+        spent = np.asarray(info["energy_spent_j"], dtype=np.float64)
+        return self.config.num_rounds * budget - spent
 
     # --------------------------------------------------------------- solver
     def tables_for(self, cpu_freq_hz: F) -> EpisodeTables:
@@ -420,8 +441,13 @@ class LyapunovPolicy:
         """The round's :class:`RoundProblem` under this policy's V."""
         return RoundProblem(self.config, self.tables_for(cpu_freq_hz), state, self.tradeoff_v)
 
-    def solve(self, state: RoundState, cpu_freq_hz: F) -> Decision:
-        """The round's decision in physical units, by block-coordinate descent."""
+    def solve(self, state: RoundState, cpu_freq_hz: F, allowance: F | None = None) -> Decision:
+        """The round's decision in physical units, by block-coordinate descent.
+
+        ``allowance`` (J, shape (K,)): with it, a device whose planned energy exceeds its
+        allowance is idled, and the round re-solved with its energy priced out, until every
+        scheduled device fits (at most K re-solves; the budget guard).
+        """
         prob = self.problem(state, cpu_freq_hz)
         k = prob.num_devices
         starts = [
@@ -431,17 +457,20 @@ class LyapunovPolicy:
         ]
         if self.warm_start and self._last is not None:
             starts.append(self._last.moved())
-        p = self._best(prob, starts)
-        for _ in range(self.max_iterations):
-            p = self._discrete_step(prob, p)
-            before = p.value
-            if self.has_power:
-                p = self._power_step(prob, p)
-            p = self._bandwidth_step(prob, p)
-            # the discrete step has already answered the current continuous variables
-            if before - p.value <= self.tolerance * max(abs(before), 1e-12):
+        p = self._descend(prob, starts)
+        banned = np.zeros(k, dtype=bool)
+        while allowance is not None:
+            phys = p.phys if p.phys is not None else self._best(prob, [p.moved()]).phys
+            assert phys is not None
+            over = phys.scheduled[0] & (phys.energy_j[0] > allowance) & ~banned
+            if not over.any():
                 break
-        p = self._drop_late(prob, p)
+            banned |= over
+            priced = replace(
+                state, energy_backlog=np.where(banned, _PRICED_OUT, state.energy_backlog)
+            )
+            prob = self.problem(priced, cpu_freq_hz)
+            p = self._descend(prob, [p.moved(option=np.where(banned, 0, p.option))])
         self._last = p
         # float32 rounding of the action can only matter for a device finishing just by the deadline
         self._tight = bool(
@@ -454,6 +483,20 @@ class LyapunovPolicy:
             share=bandwidth_shares(p.weight, module > 0),
             ratio=self.opt_ratio[p.option],
         )
+
+    def _descend(self, prob: RoundProblem, starts: list[_Point]) -> _Point:
+        """Block-coordinate descent from the best of ``starts``; late devices dropped."""
+        p = self._best(prob, starts)
+        for _ in range(self.max_iterations):
+            p = self._discrete_step(prob, p)
+            before = p.value
+            if self.has_power:
+                p = self._power_step(prob, p)
+            p = self._bandwidth_step(prob, p)
+            # the discrete step has already answered the current continuous variables
+            if before - p.value <= self.tolerance * max(abs(before), 1e-12):
+                break
+        return self._drop_late(prob, p)
 
     def _evaluate(
         self, prob: RoundProblem, option: I64, power: F, share: F

@@ -175,7 +175,8 @@ class FedLoRAWirelessEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
     ## Info
     After ``reset`` and every ``step``: ``round``, ``channel_gain`` (linear, next round),
     ``distance_m``, ``cpu_freq_hz``, ``data_size``, ``label_distribution``,
-    ``energy_backlog``, ``latency_backlog``, ``accuracy``, ``loss``, ``loss_gap``. After a
+    ``energy_backlog``, ``energy_spent_j`` (each device's energy so far this episode, J),
+    ``latency_backlog``, ``accuracy``, ``loss``, ``loss_gap``. After a
     ``step`` also the round just played: ``module``, ``rank``, ``tx_power_w``,
     ``bandwidth_share``, ``sparsity_ratio``, ``rate_bps``, ``packet_error_prob``, ``success``,
     ``straggler``, ``packet_lost``, ``compute_time_s``, ``upload_time_s``, ``latency_s``,

@@ -42,6 +42,7 @@ STATE_KEYS = (
     "label_distribution",
     "global_label_distribution",
     "energy_backlog",
+    "energy_spent_j",
     "latency_backlog",
     "last_module",
     "accuracy",
@@ -165,6 +166,7 @@ class Episodes:
         self.label_distribution = np.zeros((n, k, c))
         self.global_label_distribution = np.zeros((n, c))
         self.energy_backlog = np.zeros((n, k))
+        self.energy_spent = np.zeros((n, k))
         self.latency_backlog = np.zeros(n)
         self.last_module = np.zeros((n, k), dtype=np.int64)
         self.last_success = np.zeros((n, k), dtype=bool)
@@ -216,6 +218,7 @@ class Episodes:
             ("label_distribution", start.label_distribution),
             ("global_label_distribution", start.global_label_distribution),
             ("energy_backlog", 0.0),
+            ("energy_spent", 0.0),
             ("latency_backlog", 0.0),
             ("last_module", 0),
             ("last_success", False),
@@ -268,11 +271,13 @@ class Episodes:
         # advance the state
         self.t = next_t
         self.energy_backlog, self.latency_backlog = z_new, y_new
+        self.energy_spent = self.energy_spent + phys.energy_j
         self.accuracy, self.loss, self.gap = report.accuracy, report.loss, report.gap
         self.last_module, self.last_success = decision.module, phys.success
         for array in (
             self.t,
             self.energy_backlog,
+            self.energy_spent,
             self.latency_backlog,
             self.accuracy,
             self.loss,
@@ -319,6 +324,7 @@ class Episodes:
             "label_distribution": self.label_distribution,
             "global_label_distribution": self.global_label_distribution,
             "energy_backlog": self.energy_backlog,
+            "energy_spent_j": self.energy_spent,
             "latency_backlog": self.latency_backlog,
             "last_module": self.last_module,
             "accuracy": self.accuracy,

@@ -234,7 +234,8 @@ def test_larger_v_gives_lower_penalty_and_larger_backlogs():
 
 
 def test_long_run_average_energy_within_budget():
-    """Queue stability: over 1,000 rounds every device's average energy converges to its budget."""
+    """Queue stability: over 1,000 rounds every device's average energy converges to its budget
+    (the papers' algorithm, without the budget guard)."""
     budget, rounds = 0.05, 1000
     env = FedLoRAWirelessEnv(
         {
@@ -243,7 +244,7 @@ def test_long_run_average_energy_within_budget():
             "budgets": {"energy_budget_j": budget},
         }
     )
-    policy = LyapunovPolicy(env.config, 10.0)
+    policy = LyapunovPolicy(env.config, 10.0, budget_guard=False)
     policy.reset(0)
     obs, info = env.reset(seed=0)
     energy = []
@@ -254,6 +255,37 @@ def test_long_run_average_energy_within_budget():
     assert (energy[:50].mean(axis=0) > budget).any()  # the budget binds: the policy wants more
     assert (energy.mean(axis=0) <= 1.05 * budget).all()
     assert (info["energy_backlog"] / rounds <= 0.05 * budget).all()
+
+
+def _spent_over_budget(guard: bool, seed: int) -> float:
+    """The largest device's episode energy / its total budget T E_bar, in a 20-round large cell
+    with half the default budget, where one upload costs up to ~14 rounds of budget."""
+    config = {
+        "num_rounds": 20,
+        "channel": {"cell_radius_m": 1000.0, "shadowing_std_db": 8.0},
+        "budgets": {"energy_budget_j": 0.0625},
+    }
+    env = FedLoRAWirelessEnv(config)
+    policy = LyapunovPolicy(env.config, 0.01, budget_guard=guard)
+    obs, info = env.reset(seed=seed)
+    spent = np.zeros(env.config.devices.num_devices)
+    done = False
+    while not done:
+        obs, _, terminated, truncated, info = env.step(policy.act(obs, info))
+        spent += info["energy_j"]
+        done = terminated or truncated
+    np.testing.assert_allclose(info["energy_spent_j"], spent, rtol=1e-12)
+    return float(spent.max() / (20 * 0.0625))
+
+
+def test_budget_guard_keeps_every_device_within_its_episode_budget():
+    """The queues alone let a device that spends many rounds' budget in one upload pay again
+    once its queue has drained, too late in a short episode to make up for it; the guard never
+    lets a device's episode energy pass T E_bar."""
+    guarded = [_spent_over_budget(True, seed) for seed in (1000, 1001, 1002)]
+    unguarded = [_spent_over_budget(False, seed) for seed in (1000, 1001, 1002)]
+    assert max(guarded) <= 1.0 + 1e-9
+    assert max(unguarded) > 1.05
 
 
 @pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), "ten", None])
@@ -277,6 +309,7 @@ def test_policy_reads_only_documented_info_keys():
         "label_distribution",
         "global_label_distribution",
         "energy_backlog",
+        "energy_spent_j",
         "latency_backlog",
         "loss_gap",
     )
