@@ -564,9 +564,9 @@ class BudgetConfig(_Section):
 
     _path: ClassVar[str] = "budgets"
 
-    energy_budget_j: Annotated[float | None, Range(ge=1e-9, le=1e6)] = 0.25
-    """Per-device per-round average energy budget E_bar, J (assumed), in [1 nJ, 1 MJ]; None = no
-    energy queue."""
+    energy_budget_j: Annotated[float | None, Range(ge=1e-9, le=1e6)] = 0.125
+    """Per-device per-round average energy budget E_bar, J (assumed, so that it binds over the
+    default horizon: docs/model.md §4), in [1 nJ, 1 MJ]; None = no energy queue."""
     latency_budget_s: Annotated[float | None, Range(ge=1e-6, le=1e6)] = None
     """Per-round average latency budget T_bar, s, in [1 us, 10^6 s]; None = no latency queue (on in
     soft/unified)."""
@@ -768,8 +768,9 @@ class EnvConfig(_Section):
     paradigm: Annotated[str, OneOf(*PARADIGMS)] = "switching"
     """switching [A], split [B], soft [C] or unified (docs/model.md §6); sets the action
     components."""
-    num_rounds: Annotated[int, Range(ge=1, le=1_000_000)] = 50
-    """Episode horizon T (rounds), in [1, 10^6]; the episode is truncated exactly there."""
+    num_rounds: Annotated[int, Range(ge=1, le=1_000_000)] = 20
+    """Episode horizon T (rounds), in [1, 10^6]; the episode is truncated exactly there (the
+    default: docs/model.md §1)."""
     target_accuracy: Annotated[float | None, Range(gt=0, le=1)] = None
     """Terminate the episode once the accuracy reaches this value, in (0, 1] (None = never)."""
     fixed_rank: Annotated[int | None, Range(ge=1, le=65536)] = None
@@ -938,7 +939,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "unified": {
         "paradigm": "unified",
         "channel": {"bandwidth_hz": 5e6},
-        "budgets": {"energy_budget_j": 0.25, "latency_budget_s": 3.0},
+        "budgets": {"energy_budget_j": 0.125, "latency_budget_s": 3.0},
     },
 }
 

@@ -51,16 +51,16 @@ _SCENARIOS = (
     Scenario(
         "tight_energy",
         "FedLoRAWireless-TightEnergy-v0",
-        {"preset": "switching", "budgets": {"energy_budget_j": 0.125}},
-        "half the energy budget: the all-max policy spends 2.4 x it, and the rank and power "
-        "choices decide the accuracy reached within it",
+        {"preset": "switching", "budgets": {"energy_budget_j": 0.0625}},
+        "half the default energy budget (0.0625 J): the all-max policy's worst device spends 8 x "
+        "it, and the rank and power choices decide the accuracy reached within it",
     ),
     Scenario(
         "large_cell",
         "FedLoRAWireless-LargeCell-v0",
         {"preset": "switching", "channel": {"cell_radius_m": 1000.0, "shadowing_std_db": 8.0}},
-        "a 1 km cell with 8 dB shadowing: cell-edge devices pay several times their budget "
-        "for one upload (all-max: 2.2 x the budget on average)",
+        "a 1 km cell with 8 dB shadowing: one cell-edge upload costs up to 14 rounds of a "
+        "device's budget, so who uploads when decides",
     ),
     Scenario(
         "dense_cell",
@@ -90,16 +90,16 @@ _SCENARIOS = (
     Scenario(
         "soft_tight_latency",
         "FedLoRAWireless-SoftTightLatency-v0",
-        {"preset": "soft", "budgets": {"latency_budget_s": 1.5}},
-        "soft with half its latency budget: the sparsification ratio and the band split "
-        "trade accuracy against the round latency",
+        {"preset": "soft", "budgets": {"latency_budget_s": 2.5}},
+        "soft with a 2.5 s latency budget, just above the slowest devices' compute time: the "
+        "sparsification ratio and the band split trade accuracy against the round latency",
     ),
     Scenario(
         "split_tight_energy",
         "FedLoRAWireless-SplitTightEnergy-v0",
-        {"preset": "split", "budgets": {"energy_budget_j": 0.125}},
-        "split with half the energy budget: scheduling every device spends 4 x it, so who "
-        "trains each round decides",
+        {"preset": "split", "budgets": {"energy_budget_j": 0.0625}},
+        "split with half the default energy budget (0.0625 J): scheduling every device spends "
+        "12 x it on the worst device, so who trains each round decides",
     ),
 )
 

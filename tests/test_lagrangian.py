@@ -21,7 +21,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv  # noqa: E402
 from agents.envs import make_vec_env  # noqa: E402
 from agents.lagrangian import STATE_FILE, CostConstraints, PIDGains  # noqa: E402
 from agents.runs import RunDir  # noqa: E402
-from fedenv.config import resolve_config  # noqa: E402
+from fedenv.config import EnvConfig, resolve_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 #: A tiny training run (as tests/test_agents.py's): 2 envs x 64 steps per update.
@@ -508,8 +508,10 @@ def test_training_writes_the_multipliers_and_resume_restores_them(tmp_path: Path
     state = json.loads((run / STATE_FILE).read_text())
     assert state["multipliers"] == "episode" and state["timesteps"] == 256
     assert state["names"] == ["energy"] and len(state["lambda"]) == 1
-    assert state["ascent"] == "quantile" and state["horizon"] == 50
-    assert all(x >= 0 for x in state["lambda"]) and state["limits"]["energy_0"] == 0.25
+    default = EnvConfig()
+    assert state["ascent"] == "quantile" and state["horizon"] == default.num_rounds
+    assert all(x >= 0 for x in state["lambda"])
+    assert state["limits"]["energy_0"] == default.budgets.energy_budget_j
     # the best model is chosen by the constrained rule, recorded with every evaluation
     from agents.callbacks import read_evaluations
 
@@ -717,7 +719,9 @@ def test_the_callback_keeps_the_most_accurate_evaluation_in_budget_and_records_i
     from agents.features import ObservationFeatures
     from agents.runs import model_steps
 
-    cfg = resolve_config("switching", num_rounds=5, devices={"num_devices": K})
+    cfg = resolve_config(
+        "switching", num_rounds=5, devices={"num_devices": K}, budgets={"energy_budget_j": BUDGET}
+    )
     venv = VecNormalize(
         make_vec_env(cfg, 1, "dummy", seed=0, obs_features="env", action_form="env")
     )

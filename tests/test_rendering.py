@@ -13,13 +13,13 @@ def test_ansi_shows_every_device_and_the_round_outcome():
     env = gym.make("FedLoRAWireless-v0", render_mode="ansi")
     env.reset(seed=0)
     before = env.render()
-    assert "round 0/50" in before and len(before.splitlines()) == 12
+    assert "round 0/20" in before and len(before.splitlines()) == 12
     a = np.ones(env.action_space.shape, dtype=np.float32)
     a[0, 0] = -1.0  # device 0 idle
     env.step(a)
     text = env.render()
     lines = text.splitlines()
-    assert "round 1/50" in lines[0]
+    assert "round 1/20" in lines[0]
     assert lines[2].split()[-1] == "idle"
     assert all(line.split()[-1] in {"ok", "late", "lost"} for line in lines[3:12])
     assert "reward terms: accuracy" in lines[-1]
@@ -64,7 +64,7 @@ def test_renderers_read_only_the_public_state():
         reference_snr=env.reference_snr,
     )
     text = rendering.render_ansi(public)
-    assert text.startswith("FedLoRAWireless-v0 [switching] round 1/50")
+    assert text.startswith("FedLoRAWireless-v0 [switching] round 1/20")
     img = rendering.render_rgb(public)
     assert img.dtype == np.uint8 and img.shape[2] == 3
 
