@@ -642,7 +642,7 @@ def test_learning_curve_plot_shows_return_and_accuracy_with_references(tmp_path:
     cfg = resolve_config("switching", num_rounds=6)
     refs = validation_references(cfg, ["lyapunov", "round_robin"], [5, 6])
     expected = evaluate(make_policy("lyapunov", cfg), cfg, [5, 6])
-    ret, acc = refs["lyapunov(V=0.1)"]
+    ret, acc = refs[make_policy("lyapunov", cfg).name]
     assert ret == pytest.approx(expected.metric("episode_return").mean())
     assert acc == pytest.approx(expected.metric("final_accuracy").mean())
     run = tmp_path / "run"

@@ -150,7 +150,7 @@ pytest.importorskip("stable_baselines3")
 # The assumed surrogate constants, pinned: which evaluation is best (the tests below need the
 # model of step 512) must not move with the defaults.
 TINY = [
-    "--config", str(Path(__file__).resolve().parents[1] / "configs/calibration/start/assumed.yaml"),
+    "--config", str(Path(__file__).resolve().parent / "data" / "faults_run.yaml"),
     "--total-timesteps", "512", "--n-envs", "2", "--n-steps", "64", "--batch-size", "64",
     "--n-epochs", "1", "--eval-freq", "256", "--eval-episodes", "1", "--checkpoint-freq", "256",
     "--net-arch", "16", "--no-progress-bar", "--no-tensorboard", "--seed", "3", "--objective",

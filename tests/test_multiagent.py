@@ -13,6 +13,7 @@ pytest.importorskip("pettingzoo")
 
 from pettingzoo.test import parallel_api_test, parallel_seed_test  # noqa: E402
 
+from baselines.lyapunov import DEFAULT_V  # noqa: E402
 from fedenv.config import PRESETS  # noqa: E402
 from fedenv.env import FedLoRAWirelessEnv, observation_bounds  # noqa: E402
 from fedenv.multiagent import (  # noqa: E402
@@ -398,7 +399,7 @@ def test_train_ippo_writes_a_run_and_compares(tmp_path):
         r["policy"]: r
         for r in __import__("json").loads((run / "comparison.json").read_text())["rows"]
     }
-    assert set(rows) == {"ippo:run", "lyapunov(V=0.1)"}
+    assert set(rows) == {"ippo:run", f"lyapunov(V={DEFAULT_V:g})"}
     assert all(
         0 < r["final_accuracy"] < 1 and np.isfinite(r["episode_return"]) for r in rows.values()
     )
