@@ -206,24 +206,10 @@ class RoundProblem:
         probability strictly between 0 and 1 for a label-skewed device, chosen to shape the
         *expected* label mix, while a real round either has the device or not.
         """
-        s = self.state
-        c = np.asarray(success_prob, dtype=np.float64)
-        args = (
-            s.data_share,
-            c,
-            rank,
-            ratio,
-            s.label_distribution,
-            s.global_label_distribution,
-            self.surrogate,
-        )
-        at_mean = next_gap(s.gap, *round_progress(*args), self.surrogate)
-        progress, floor = arrival_what_ifs(*args)
-        what_if = next_gap(s.gap, progress, floor, self.surrogate)  # (..., 2, K)
-        arrival = c * what_if[..., 0, :] + (1.0 - c) * what_if[..., 1, :] - at_mean[..., None]
+        at_mean, arrival = self._arrival(np.asarray(success_prob, dtype=np.float64), rank, ratio)
         return at_mean + np.sum(arrival, axis=-1)
 
-    def screening_penalty(self, success_prob: F, rank: F, ratio: F, dev: I64, base: F) -> F:
+    def screening_penalty(self, success_prob: F, rank: ArrayLike, ratio: F, dev: I64, base: F) -> F:
         """:meth:`penalty` of one-device moves (row n moves device ``dev[n]``), for screening:
         exact but for the other devices' arrival terms, which are taken from the current
         decision (``base``, :meth:`penalty`'s per-device terms there). Three surrogate rows per
@@ -247,12 +233,17 @@ class RoundProblem:
         own = c[rows, dev]
         return at_mean + own * on + (1.0 - own) * off - at_mean + (base.sum() - base[dev])
 
-    def arrival_terms(self, success_prob: F, rank: F, ratio: F) -> F:
+    def arrival_terms(self, success_prob: F, rank: ArrayLike, ratio: F) -> F:
         """:meth:`penalty`'s per-device terms E_k[Phi] - Phi(c) of one decision, shape (K,)."""
+        return self._arrival(success_prob, rank, ratio)[1]
+
+    def _arrival(self, c: F, rank: ArrayLike, ratio: ArrayLike) -> tuple[F, F]:
+        """(Phi at the expected participation c, shape (...), and each device's arrival term
+        c_k Phi(c | a_k = 1) + (1 - c_k) Phi(c | a_k = 0) - Phi(c), shape (..., K))."""
         s = self.state
         args = (
             s.data_share,
-            success_prob,
+            c,
             rank,
             ratio,
             s.label_distribution,
@@ -260,9 +251,9 @@ class RoundProblem:
             self.surrogate,
         )
         at_mean = next_gap(s.gap, *round_progress(*args), self.surrogate)
-        what_if = next_gap(s.gap, *arrival_what_ifs(*args), self.surrogate)
-        c = success_prob
-        return c * what_if[..., 0, :] + (1.0 - c) * what_if[..., 1, :] - at_mean[..., None]
+        what_if = next_gap(s.gap, *arrival_what_ifs(*args), self.surrogate)  # (..., 2, K)
+        arrival = c * what_if[..., 0, :] + (1.0 - c) * what_if[..., 1, :] - at_mean[..., None]
+        return at_mean, arrival
 
     def evaluate(self, module: I64, power: F, share: F, ratio: F) -> tuple[F, F, RoundPhysics]:
         """(objective, Phi, physics) of decisions of shape (N, K)."""

@@ -348,6 +348,21 @@ def test_kendall_tau_hand_value_and_errors():
         kendall_tau([1, 2], [1, 2, 3])
 
 
+def test_a_bare_lyapunov_trace_is_replayed_at_the_v_it_was_collected_with(tmp_path):
+    """The committed traces' ``lyapunov`` ran at V = 0.1, the default then (AS_COLLECTED)."""
+    import dataclasses
+
+    _, (ep,) = synthetic(
+        tmp_path, preset="switching", seeds=(5,), policies=("lyapunov:V=0.1",), rounds=8
+    )
+    bare = dataclasses.replace(ep, policy="lyapunov")
+    np.testing.assert_allclose(replay_on_surrogate(bare, TRUE).accuracy, ep.accuracy)
+    assert not np.allclose(
+        replay_on_surrogate(dataclasses.replace(ep, policy="lyapunov:V=10"), TRUE).accuracy,
+        ep.accuracy,
+    )  # V matters on this episode, so the first check can fail
+
+
 def test_report_of_the_true_constants_is_exact(tmp_path):
     policies = ("explore", "explore:min_participation=0.0", "explore:min_participation=0.6")
     _, eps = synthetic(tmp_path, preset="switching", seeds=(5, 6), policies=policies, rounds=8)

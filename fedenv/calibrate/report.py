@@ -101,10 +101,18 @@ def replay_on_surrogate(ep: EpisodeTrace, surrogate: SurrogateConfig) -> Episode
     recorded = EnvConfig.from_dict(ep.config)
     env_cfg = recorded.replace(learning={"backend": "surrogate", "surrogate": surrogate.to_dict()})
     env = gym.make("FedLoRAWireless-v0", config=env_cfg)
+    policy = make_policy(AS_COLLECTED.get(ep.policy, ep.policy), recorded)
     try:
-        return run_episode(env, make_policy(ep.policy, recorded), ep.seed, spec=ep.policy)
+        return run_episode(env, policy, ep.seed, spec=ep.policy)
     finally:
         env.close()
+
+
+#: What a bare policy name in the committed traces was when they were collected: the Lyapunov
+#: policy's default V was 0.1 until 2026-12-05 (it is 10 now), so a trace's ``lyapunov`` is
+#: replayed at V = 0.1. (Its budget guard and expected penalty are today's: the traces' runs had
+#: neither; docs/fidelity.md.)
+AS_COLLECTED = {"lyapunov": "lyapunov:V=0.1"}
 
 
 @dataclass(frozen=True)
