@@ -12,9 +12,22 @@
 #   soft  the soft preset (SOFT-TSFA, sparsification), the four policies that act on it
 #   qnli  QNLI, 15 rounds, six policies; seeds 0-1 fit, seed 100 is held out
 #   long  max and Lyapunov over the default horizon (50 rounds) on held-out seeds 100 and 101
+#
+# The committed traces (configs/calibration/traces_v3/) were collected at commit efdcc74, with the
+# defaults of then: E_bar = 0.25 J, the assumed surrogate constants as the Lyapunov policy's model,
+# its V = 0.1, no budget guard. Today's code collects different traces under the same names, so
+# the script refuses to run from a later commit: add seeds to these stages from a checkout of
+# efdcc74 (git worktree add ../collect efdcc74), or set FEDENV_COLLECT_ANYWAY=1 to collect with
+# today's code into a new $OUT.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
+if [ "${FEDENV_COLLECT_ANYWAY:-0}" != 1 ]; then
+  echo "collect_calibration.sh: the committed traces were collected at commit efdcc74 with the" \
+    "defaults of then; run it from a checkout of efdcc74 (git worktree add ../collect efdcc74)" \
+    "to extend them, or set FEDENV_COLLECT_ANYWAY=1 to collect with this code into a new OUT" >&2
+  exit 2
+fi
 export FEDENV_DATA_DIR="${FEDENV_DATA_DIR:-$root/../shared/data/glue}"
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" TOKENIZERS_PARALLELISM=false
 out="${OUT:-results/calibration/v3}"
