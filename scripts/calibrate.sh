@@ -37,8 +37,17 @@ if [ -d "$v3/sst2_long" ]; then
   cal report --traces "$v3/sst2_long/" --calibration configs/calibration/sst2_minilm.yaml \
     --heldout-seeds 100 101 --block sst2_long --out docs/fidelity.md >/dev/null
 fi
-# QNLI: the traces of the backend before pairs were encoded apart (flat; new ones: the qnli stage)
-cal report --traces configs/calibration/traces/qnli/ --calibration configs/calibration/qnli_minilm.yaml \
-  --heldout-seeds 100 --out docs/fidelity.md >/dev/null
+# QNLI / MiniLM: the same six constants on the qnli stage's fit seeds (0-1), seed 100 held out;
+# the report needs the held-out seed's episodes
+if [ -d "$v3/qnli" ]; then
+  cal fit --traces "$v3/qnli/" --heldout-seeds 100 --objective both \
+    --parameters step_size rank_scale participation_exponent heterogeneity_penalty \
+    rank_mix_penalty max_accuracy --base configs/calibration/start/assumed.yaml \
+    --out configs/calibration/qnli_minilm.yaml >/dev/null
+  if compgen -G "$v3/qnli/qnli_s100.*" >/dev/null; then
+    cal report --traces "$v3/qnli/" --calibration configs/calibration/qnli_minilm.yaml \
+      --heldout-seeds 100 --out docs/fidelity.md >/dev/null
+  fi
+fi
 cal inventory --traces "$v3"/*/ --out docs/fidelity.md >/dev/null
-echo "-> configs/calibration/{sst2,sst2_soft}_minilm.yaml, docs/fidelity.md"
+echo "-> configs/calibration/{sst2,sst2_soft,qnli}_minilm.yaml, docs/fidelity.md"
