@@ -28,7 +28,7 @@ from agents.train_rllib import (
     prepare_run,
     require_ray,
 )
-from fedenv.config import resolve_config
+from fedenv.config import EnvConfig, resolve_config
 
 
 def unused_local_port() -> int:
@@ -169,7 +169,7 @@ def test_one_iteration_two_env_runners_checkpoint_and_resume(local_ray, tmp_path
     assert first["iterations"] == 1 and first["start_iteration"] == 0
     rows = [json.loads(line) for line in (run / "progress.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == [1]
-    assert rows[0]["env_steps"] >= 200 and rows[0]["episode_len_mean"] == 50
+    assert rows[0]["env_steps"] >= 200 and rows[0]["episode_len_mean"] == EnvConfig().num_rounds
     assert np.isfinite(rows[0]["episode_return_mean"]) and 0 < rows[0]["final_accuracy"] < 1
     newest = latest_checkpoint(run)
     assert newest is not None and newest[0] == 1
