@@ -296,15 +296,18 @@ def objective_summary(agent: Any, reference: Any, tolerance: float = 0.05) -> st
     )
 
 
-#: Measured wall-clock of the full budgets on the 2-core reference machine (docs/agents.md).
-FULL_BUDGET_NOTE = "configs/train/ppo_lagrangian.yaml, 300k env steps: about 3 min of training"
+#: Measured wall-clock of the full budgets on the 2-core reference machine (README, "Main job").
+FULL_BUDGET_NOTE = (
+    "configs/train/ppo_lagrangian.yaml, 300k env steps: about 5 min with the comparison, "
+    "every budget kept"
+)
 WEIGHTED_BUDGET_NOTE = (
-    "configs/train/ppo.yaml, 300k env steps: 2.3 min of training on an idle 2-core machine; the "
-    "highest return, lower final accuracy"
+    "configs/train/ppo.yaml, 300k env steps: about 5 min with the comparison; the env's weighted "
+    "reward, no budget constraint"
 )
 GATED_BUDGET_NOTE = (
-    "configs/train/ppo_gated.yaml, 300k env steps: 25 min on one core; a higher return than the "
-    "Lyapunov policy at its final accuracy"
+    "configs/train/ppo_gated.yaml, 300k env steps: over an hour here at V = 10 (the Lyapunov "
+    "policy decides inside every step); PPO idles devices of the Lyapunov policy's decisions"
 )
 
 
