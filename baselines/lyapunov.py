@@ -543,23 +543,23 @@ class LyapunovPolicy:
         options = np.arange(n_opt)
         balance = self._balancer(prob, p) if prob.y > 0.0 else None
         levels = np.geomspace(self.p_min, self.p_max, 4) if self.has_power else np.zeros(0)
+        # one-device moves (device, option, power slot): every option at the device's power
+        # (slot 0) and the largest option at a few power levels (slots 1..L): the power of an
+        # idle device has not been tuned, and a device on at a power tuned for another schedule
+        # would otherwise look worse than idle. The same moves in every sweep.
+        dev = np.repeat(np.arange(k), n_opt)
+        opt = np.tile(options, k)
+        slot = np.zeros(dev.size, dtype=np.int64)
+        if levels.size:
+            on = options[-1:]  # the largest option: the one worth switching on for
+            grid = np.stack(
+                np.meshgrid(np.arange(k), on, np.arange(1, levels.size + 1), indexing="ij"),
+                axis=-1,
+            ).reshape(-1, 3)
+            dev, opt, slot = (
+                np.concatenate([x, grid[:, i]]) for i, x in enumerate((dev, opt, slot))
+            )
         for _ in range(sweeps):
-            # one-device moves (device, option, power slot): every option at the device's power
-            # (slot 0) and the largest option at a few power levels (slots 1..L): the power of an
-            # idle device has not been tuned, and a device on at a power tuned for another
-            # schedule would otherwise look worse than idle
-            dev = np.repeat(np.arange(k), n_opt)
-            opt = np.tile(options, k)
-            slot = np.zeros(dev.size, dtype=np.int64)
-            idle = np.arange(k)
-            if levels.size:
-                on = options[-1:]  # the largest option: the one worth switching on for
-                grid = np.stack(
-                    np.meshgrid(idle, on, np.arange(1, levels.size + 1), indexing="ij"), axis=-1
-                ).reshape(-1, 3)
-                dev, opt, slot = (
-                    np.concatenate([x, grid[:, i]]) for i, x in enumerate((dev, opt, slot))
-                )
             pw = np.where(slot > 0, np.concatenate([[0.0], levels])[slot], p.power[dev])
             obj = self._single_moves(prob, p, dev, opt, slot, levels)
             weights = np.broadcast_to(p.weight, (dev.size, k))
