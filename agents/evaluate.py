@@ -310,12 +310,13 @@ def load_policy(
 def _infer_features(model: BaseAlgorithm, config: EnvConfig) -> str:
     """The observation features of a bare model file, from its observation size."""
     size = model.observation_space.shape[0] if model.observation_space.shape else -1
-    for kind in OBS_FEATURES:
-        if ObservationFeatures(config, kind).size == size:
-            return kind
+    kinds = [kind for kind in OBS_FEATURES if ObservationFeatures(config, kind).size == size]
+    if len(kinds) == 1:
+        return kinds[0]
+    which = f" (any of {', '.join(kinds)})" if kinds else ""
     raise ValueError(
-        f"cannot tell the observation features of a model with observation size {size}; load "
-        "it from its run directory"
+        f"cannot tell the observation features of a model with observation size {size}{which}; "
+        "load it from its run directory, whose args.json names them"
     )
 
 

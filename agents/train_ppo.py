@@ -99,8 +99,9 @@ class Args:
     obs_features: str = field(
         default="label_mix",
         metadata=_help(
-            "env (the env's observation), label_mix (+ each device's label skew from info) "
-            "or label_mix_time (+ time-to-go ramps); agents/features.py"
+            "env (the env's observation), label_mix (+ each device's label skew from info), "
+            "label_mix_time (+ time-to-go ramps) or label_mix_budget (+ what is left of each "
+            "device's energy budget); agents/features.py"
         ),
     )
     action_form: str = field(

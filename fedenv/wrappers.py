@@ -53,6 +53,7 @@ from fedenv.env import DEVICE_FEATURES, GLOBAL_FEATURES
 __all__ = [
     "OBS_FEATURES",
     "TIME_HORIZONS",
+    "BUDGET_FEATURES",
     "DictAction",
     "DictObservation",
     "DiscreteAction",
@@ -434,9 +435,13 @@ class DictAction(
 
 # --------------------------------------------------------------- label-skew features
 #: observation feature sets of :class:`ObservationFeatures` (``env`` = the env's observation)
-OBS_FEATURES = ("env", "label_mix", "label_mix_time")
+OBS_FEATURES = ("env", "label_mix", "label_mix_time", "label_mix_budget")
 #: h of the time-to-go ramps of ``label_mix_time``, rounds
 TIME_HORIZONS = (3, 10)
+#: names of the per-device budget features of ``label_mix_budget``
+BUDGET_FEATURES = ("budget_left", "budget_rate")
+#: the budget rate is clipped to [-1, BUDGET_RATE_MAX], then divided by it
+BUDGET_RATE_MAX = 4.0
 
 
 class ObservationFeatures:
@@ -452,6 +457,15 @@ class ObservationFeatures:
       then rising to 1 - 1/h at the last round): ``(K (7 + L + H) + 4,)``. They are the same
       for every device (a global broadcast to each device's row, so a per-device network
       needs no extra global slot).
+    * ``label_mix_budget``: ``label_mix`` plus, per device, what is left of its episode's
+      energy budget, from ``info["energy_spent_j"]`` S_k and ``info["round"]`` t, with E_bar
+      the per-round budget and T the horizon (:data:`BUDGET_FEATURES`): the share left,
+      ``clip((T E_bar - S_k) / (T E_bar), -1, 1)``, and the rate it affords per round to go,
+      ``clip((T E_bar - S_k) / (max(T - t, 1) E_bar), -1, 4) / 4`` (1 at 4 E_bar a round and
+      more): ``(K (7 + L + 2) + 4,)``. The constrained problem's state includes the energy
+      already spent (a budget over the episode, not per round: Sauté RL, Sootla et al., ICML
+      2022, augments the state with it); the env's observation has only the virtual queue Z_k,
+      which forgets a device's slack. Both are 0 without an energy budget.
 
     Calling it on ``(obs, info)`` gives the observation; batched too (``obs`` (N, 7 K + 4) with
     the batched ``info`` of :class:`fedenv.vector.FedLoRAWirelessVectorEnv`).
@@ -464,8 +478,10 @@ class ObservationFeatures:
         self.num_devices = config.devices.num_devices
         self.num_labels = config.model.num_labels if kind != "env" else 0
         self.num_time = len(TIME_HORIZONS) if kind == "label_mix_time" else 0
+        self.num_budget = len(BUDGET_FEATURES) if kind == "label_mix_budget" else 0
         self.num_rounds = config.num_rounds
-        self.device_features = _F + self.num_labels + self.num_time
+        self.energy_budget_j = config.budgets.energy_budget_j
+        self.device_features = _F + self.num_labels + self.num_time + self.num_budget
         self.size = self.num_devices * self.device_features + _G
 
     def observation_space(self, env_space: spaces.Box) -> spaces.Box:
@@ -476,14 +492,20 @@ class ObservationFeatures:
         low = np.asarray(env_space.low, dtype=np.float32)
         high = np.asarray(env_space.high, dtype=np.float32)
         extra_lo = np.concatenate(
-            [-np.ones((k, self.num_labels), np.float32), np.zeros((k, self.num_time), np.float32)],
+            [
+                -np.ones((k, self.num_labels), np.float32),
+                np.zeros((k, self.num_time), np.float32),
+                np.tile(np.array([-1.0, -1.0 / BUDGET_RATE_MAX], np.float32), (k, 1))[
+                    :, : self.num_budget
+                ],
+            ],
             axis=1,
         )
         dev_lo = np.concatenate([low[: _F * k].reshape(k, _F), extra_lo], axis=1)
         dev_hi = np.concatenate(
             [
                 high[: _F * k].reshape(k, _F),
-                np.ones((k, self.num_labels + self.num_time), np.float32),
+                np.ones((k, self.num_labels + self.num_time + self.num_budget), np.float32),
             ],
             axis=1,
         )
@@ -511,10 +533,25 @@ class ObservationFeatures:
                 0.0, 1.0 - to_go[..., None] / np.asarray(TIME_HORIZONS, dtype=np.float64)
             ).astype(np.float32)
             parts.append(np.broadcast_to(ramps[..., None, :], (*lead, k, self.num_time)))
+        if self.num_budget:
+            parts.append(self._budget(info, lead))
         dev = np.concatenate(parts, axis=-1)
         return np.concatenate(
             [dev.reshape(*lead, k * self.device_features), obs[..., _F * k :]], axis=-1
         )
+
+    def _budget(self, info: Mapping[str, Any], lead: tuple[int, ...]) -> NDArray[np.float32]:
+        """The ``label_mix_budget`` features (..., K, 2): share of the budget left, and the rate
+        it affords per round to go (class docstring)."""
+        k = self.num_devices
+        if self.energy_budget_j is None:
+            return np.zeros((*lead, k, self.num_budget), np.float32)
+        per_round, horizon = self.energy_budget_j, self.num_rounds
+        left = per_round * horizon - np.asarray(info["energy_spent_j"], dtype=np.float64)
+        to_go = np.maximum(horizon - np.asarray(info["round"], dtype=np.float64), 1.0)
+        share = np.clip(left / (per_round * horizon), -1.0, 1.0)
+        rate = np.clip(left / (to_go[..., None] * per_round), -1.0, BUDGET_RATE_MAX)
+        return np.stack([share, rate / BUDGET_RATE_MAX], axis=-1).astype(np.float32)
 
 
 class LabelSkewObservation(
@@ -529,12 +566,13 @@ class LabelSkewObservation(
     ``info["label_distribution"]`` (the base station knows the label histograms it partitioned),
     and they decide how biased a round's aggregate is. This wrapper gives a learned agent the
     same ``info``: per device, after its 7 features, the label skew ``l_k - p`` (L values in
-    [-1, 1]); ``features="label_mix_time"`` adds time-to-go ramps (:class:`ObservationFeatures`
-    has the layout).
+    [-1, 1]); ``features="label_mix_time"`` adds time-to-go ramps, ``"label_mix_budget"`` what
+    is left of each device's energy budget (:class:`ObservationFeatures` has the layout).
 
     Args:
         env: a FedLoRAWireless-v0 env (possibly wrapped) whose observation is the env's flat Box.
-        features: ``"label_mix"`` (default), ``"label_mix_time"`` or ``"env"`` (no change), or
+        features: ``"label_mix"`` (default), ``"label_mix_time"``, ``"label_mix_budget"`` or
+            ``"env"`` (no change), or
             an :class:`ObservationFeatures` of the env's config.
     """
 

@@ -677,3 +677,23 @@ def test_demo_summary_puts_the_objective_first_then_the_return() -> None:
         f"Return (the env's weighted reward): {r.mean():+.2f} (max higher in "
         f"{int((r > 0).sum())}/3)."
     )
+
+
+def test_bare_model_features_are_inferred_only_when_unambiguous() -> None:
+    """A bare model file's observation features come from its observation size; two feature
+    sets of one size (label_mix_time, label_mix_budget: two extra values per device) are not
+    guessed between."""
+    from types import SimpleNamespace
+
+    from agents.evaluate import _infer_features
+
+    cfg = resolve_config("switching")
+
+    def model(kind: str) -> SimpleNamespace:
+        size = ObservationFeatures(cfg, kind).size
+        return SimpleNamespace(observation_space=gym.spaces.Box(-1, 1, (size,)))
+
+    assert _infer_features(model("label_mix"), cfg) == "label_mix"
+    assert _infer_features(model("env"), cfg) == "env"
+    with pytest.raises(ValueError, match="label_mix_time, label_mix_budget.*run directory"):
+        _infer_features(model("label_mix_budget"), cfg)

@@ -40,6 +40,7 @@ WRAPPERS: dict[str, Callable[[gym.Env[Any, Any]], gym.Env[Any, Any]]] = {
     "dict_action": DictAction,
     "label_skew": LabelSkewObservation,
     "label_skew_time": lambda env: LabelSkewObservation(env, "label_mix_time"),
+    "label_skew_budget": lambda env: LabelSkewObservation(env, "label_mix_budget"),
     "dict_observation": DictObservation,
     "horizon": HorizonIsTermination,
     "agents_stack": lambda env: HorizonIsTermination(FactoredAction(LabelSkewObservation(env))),
@@ -190,6 +191,42 @@ def test_agents_names_are_the_fedenv_forms() -> None:
     assert adapter.shape == codec.shape
     features_obj = ObservationFeatures(cfg, "label_mix_time")
     assert features.AgentObservation(FedLoRAWirelessEnv(cfg), features_obj).features is features_obj
+
+
+def test_budget_features_are_what_is_left_of_each_devices_budget() -> None:
+    """label_mix_budget: per device, after the label skew, the share of the episode's budget left
+    and the rate it affords per round to go, from info["energy_spent_j"] and info["round"]."""
+    budget = 0.125
+    env = LabelSkewObservation(
+        gym.make("FedLoRAWireless-v0", num_rounds=T, budgets={"energy_budget_j": budget}),
+        "label_mix_budget",
+    )
+    obs, info = env.reset(seed=4)
+    k = env.unwrapped.config.devices.num_devices
+    rows = obs[: 11 * k].reshape(k, 11)
+    np.testing.assert_array_equal(rows[:, 9], 1.0)  # nothing spent yet
+    np.testing.assert_allclose(rows[:, 10], 1 / 4)  # T E_bar left over T rounds: E_bar a round
+    action = np.ones(env.action_space.shape, np.float32)  # top rank, full power: overspends
+    spent = np.zeros(k)
+    for t in range(1, T + 1):
+        obs, _, _, _, info = env.step(action)
+        spent += info["energy_j"]
+        np.testing.assert_allclose(info["energy_spent_j"], spent)
+        left = T * budget - spent
+        rows = obs[: 11 * k].reshape(k, 11)
+        np.testing.assert_allclose(rows[:, 9], np.clip(left / (T * budget), -1, 1), rtol=1e-6)
+        rate = np.clip(left / (max(T - t, 1) * budget), -1, 4) / 4
+        np.testing.assert_allclose(rows[:, 10], rate, rtol=1e-6, atol=1e-7)
+        assert env.observation_space.contains(obs)
+    assert rows[:, 9].min() < 0.0  # the top rank every round spends more than the budget
+    # without an energy budget there is nothing to track
+    env = LabelSkewObservation(
+        gym.make("FedLoRAWireless-v0", num_rounds=T, budgets={"energy_budget_j": None}),
+        "label_mix_budget",
+    )
+    obs, _ = env.reset(seed=4)
+    obs, *_ = env.step(action)
+    np.testing.assert_array_equal(obs[: 11 * k].reshape(k, 11)[:, 9:], 0.0)
 
 
 def test_wrappers_follow_configure_or_raise() -> None:
