@@ -103,12 +103,16 @@ def _vector_run(venv: Any, calls: int, seed: int = 0) -> tuple[float, float]:
 def bench_vector(args: argparse.Namespace) -> dict[str, Any]:
     """Batched vector env steps/s for N = 1, 64, 1024 (K = 10), next to SyncVectorEnv.
 
-    Each N runs whole episodes (the 50-round horizon plus the autoreset step, twice), so the
-    per-episode reset work (trace generation, data partition) is included.
+    Each N runs whole episodes (the default horizon T plus the autoreset step, twice; four
+    times for N = 1), so the per-episode reset work (trace generation, data partition) is
+    included.
     """
     import gymnasium as gym
 
     import fedenv  # noqa: F401
+    from fedenv.config import EnvConfig
+
+    episode_calls = EnvConfig().num_rounds + 1
 
     sizes = (1, 16, 64) if args.quick else (1, 64, 1024)
     episodes = 1 if args.quick else 2
@@ -117,7 +121,7 @@ def bench_vector(args: argparse.Namespace) -> dict[str, Any]:
         venv = gym.make_vec(
             "FedLoRAWireless-v0", num_envs=n, vectorization_mode="vector_entry_point"
         )
-        calls = 51 * max(episodes, 1 if n >= 64 else 4)
+        calls = episode_calls * max(episodes, 1 if n >= 64 else 4)
         best, slowest = 0.0, 0.0
         for _ in range(args.repeats):
             sps, slow = _vector_run(venv, calls)
@@ -134,7 +138,7 @@ def bench_vector(args: argparse.Namespace) -> dict[str, Any]:
         )
     n_sync = 16 if args.quick else 64
     sync = gym.make_vec("FedLoRAWireless-v0", num_envs=n_sync, vectorization_mode="sync")
-    sync_sps = max(_vector_run(sync, 51)[0] for _ in range(args.repeats))
+    sync_sps = max(_vector_run(sync, episode_calls)[0] for _ in range(args.repeats))
     print(
         f"SyncVectorEnv N={n_sync:<3} {sync_sps:>10,.0f} env steps/s   batched is "
         f"{rows[n_sync]['env_steps_per_s'] / sync_sps:.1f}x faster"
