@@ -72,6 +72,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--steps", type=int, default=20000, help="env steps to time (env benchmarks)"
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="episode length T of the env and vector benchmarks (default: the env's, 20); "
+        "the per-episode reset work is spread over T steps",
+    )
     parser.add_argument("--out", default="results/bench", help="directory for the JSON results")
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke test")
     parser.add_argument(

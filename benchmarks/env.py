@@ -17,6 +17,18 @@ import numpy as np
 __all__ = ["bench_env", "bench_vector", "steps_per_second"]
 
 
+def _rounds(args: argparse.Namespace) -> dict[str, int]:
+    """The env keyword for ``--rounds`` (none: the env's default horizon)."""
+    return {} if getattr(args, "rounds", None) is None else {"num_rounds": args.rounds}
+
+
+def _num_rounds(args: argparse.Namespace) -> int:
+    """The episode length the env benchmarks run: ``--rounds``, else the env's default."""
+    from fedenv.config import EnvConfig
+
+    return _rounds(args).get("num_rounds", EnvConfig().num_rounds)
+
+
 def steps_per_second(env: Any, steps: int, seed: int = 0, repeats: int = 1) -> float:
     """Steps/s of a Gymnasium env under random actions drawn before timing (resets included).
 
@@ -47,7 +59,8 @@ def bench_env(args: argparse.Namespace) -> dict[str, Any]:
     import fedenv  # noqa: F401
 
     steps, repeats = args.steps, args.repeats
-    cart_env, our_env = gym.make("CartPole-v1"), gym.make("FedLoRAWireless-v0")
+    rounds = _rounds(args)
+    cart_env, our_env = gym.make("CartPole-v1"), gym.make("FedLoRAWireless-v0", **rounds)
     cart = ours = 0.0
     for _ in range(repeats):
         cart = max(cart, steps_per_second(cart_env, steps))
@@ -59,7 +72,7 @@ def bench_env(args: argparse.Namespace) -> dict[str, Any]:
     )
     scaling = {}
     for k in (10, 100, 1000):
-        env = gym.make("FedLoRAWireless-v0", devices={"num_devices": k})
+        env = gym.make("FedLoRAWireless-v0", devices={"num_devices": k}, **rounds)
         sps = steps_per_second(
             env, max(steps // max(k // 10, 1), 100 if args.quick else 500), repeats=repeats
         )
@@ -75,6 +88,7 @@ def bench_env(args: argparse.Namespace) -> dict[str, Any]:
     growth = scaling[1000]["us_per_step"] / scaling[10]["us_per_step"]
     print(f"step cost K=1000 / K=10: {growth:.1f} (linear growth would be 100)")
     return {
+        "num_rounds": _num_rounds(args),
         "cartpole_steps_per_s": cart,
         "env_steps_per_s": ours,
         "ratio_to_cartpole": ours / cart,
@@ -110,16 +124,16 @@ def bench_vector(args: argparse.Namespace) -> dict[str, Any]:
     import gymnasium as gym
 
     import fedenv  # noqa: F401
-    from fedenv.config import EnvConfig
 
-    episode_calls = EnvConfig().num_rounds + 1
+    rounds = _rounds(args)
+    episode_calls = _num_rounds(args) + 1
 
     sizes = (1, 16, 64) if args.quick else (1, 64, 1024)
     episodes = 1 if args.quick else 2
     rows: dict[int, dict[str, float]] = {}
     for n in sizes:
         venv = gym.make_vec(
-            "FedLoRAWireless-v0", num_envs=n, vectorization_mode="vector_entry_point"
+            "FedLoRAWireless-v0", num_envs=n, vectorization_mode="vector_entry_point", **rounds
         )
         calls = episode_calls * max(episodes, 1 if n >= 64 else 4)
         best, slowest = 0.0, 0.0
@@ -137,7 +151,7 @@ def bench_vector(args: argparse.Namespace) -> dict[str, Any]:
             f"(slowest call, with resets: {1e3 * slowest:.1f} ms)"
         )
     n_sync = 16 if args.quick else 64
-    sync = gym.make_vec("FedLoRAWireless-v0", num_envs=n_sync, vectorization_mode="sync")
+    sync = gym.make_vec("FedLoRAWireless-v0", num_envs=n_sync, vectorization_mode="sync", **rounds)
     sync_sps = max(_vector_run(sync, episode_calls)[0] for _ in range(args.repeats))
     print(
         f"SyncVectorEnv N={n_sync:<3} {sync_sps:>10,.0f} env steps/s   batched is "
@@ -145,6 +159,7 @@ def bench_vector(args: argparse.Namespace) -> dict[str, Any]:
     )
     return {
         "num_devices": 10,
+        "num_rounds": _num_rounds(args),
         "vector": {str(n): r for n, r in rows.items()},
         "sync_vector_env": {"num_envs": n_sync, "env_steps_per_s": sync_sps},
         "target_env_steps_per_s_at_1024": 500000,
