@@ -260,7 +260,11 @@ def test_batched_training_env_equals_single_envs_in_dummy_vec_env(preset: str) -
     from agents.callbacks import EnvMetricsCallback
 
     cfg = resolve_config(preset, num_rounds=6)
-    for features, form in (("label_mix_time", "factored"), ("env", "env")):
+    for features, form in (
+        ("label_mix_time", "factored"),
+        ("label_mix_budget", "factored"),
+        ("env", "env"),
+    ):
         dummy = make_vec_env(cfg, 3, "dummy", seed=11, obs_features=features, action_form=form)
         batched = make_vec_env(cfg, 3, "batched", seed=11, obs_features=features, action_form=form)
         assert (
