@@ -97,7 +97,7 @@ class Args:
         ),
     )
     obs_features: str = field(
-        default="label_mix",
+        default="label_mix_budget",
         metadata=_help(
             "env (the env's observation), label_mix (+ each device's label skew from info), "
             "label_mix_time (+ time-to-go ramps) or label_mix_budget (+ what is left of each "

@@ -353,6 +353,8 @@ def test_train_config_yaml_matches_the_defaults_and_flags_override_it(tmp_path: 
         assert getattr(defaults, key) == value, key
     weighted = yaml.safe_load((ROOT / "configs/train/ppo.yaml").read_text())
     assert weighted.pop("objective") == "weighted"
+    # the weighted run keeps the features its published figures were measured with
+    assert weighted.pop("obs_features") == "label_mix"
     assert weighted == {
         key: value for key, value in tuned.items() if key in weighted
     }  # the same tuned values
