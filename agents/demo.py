@@ -298,7 +298,7 @@ def objective_summary(agent: Any, reference: Any, tolerance: float = 0.05) -> st
 
 #: Measured wall-clock of the full budgets on the 2-core reference machine (README, "Main job").
 FULL_BUDGET_NOTE = (
-    "configs/train/ppo_lagrangian.yaml, 300k env steps: about 5 min with the comparison, "
+    "configs/train/ppo_lagrangian.yaml, 600k env steps: about 7 min with the comparison, "
     "every budget kept"
 )
 WEIGHTED_BUDGET_NOTE = (

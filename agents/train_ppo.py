@@ -85,7 +85,7 @@ class Args:
         ),
     )
     seed: int = field(default=0, metadata=_help("seed of torch, numpy and the training envs"))
-    total_timesteps: int = field(default=300_000, metadata=_help("env steps (rounds) to train for"))
+    total_timesteps: int = field(default=600_000, metadata=_help("env steps (rounds) to train for"))
     # --- environment
     n_envs: int = field(default=8, metadata=_help("parallel training envs"))
     vec_env: str = field(

@@ -353,8 +353,9 @@ def test_train_config_yaml_matches_the_defaults_and_flags_override_it(tmp_path: 
         assert getattr(defaults, key) == value, key
     weighted = yaml.safe_load((ROOT / "configs/train/ppo.yaml").read_text())
     assert weighted.pop("objective") == "weighted"
-    # the weighted run keeps the features its published figures were measured with
+    # the weighted run keeps the features and the budget its published figures were measured with
     assert weighted.pop("obs_features") == "label_mix"
+    assert weighted.pop("total_timesteps") == 300_000
     assert weighted == {
         key: value for key, value in tuned.items() if key in weighted
     }  # the same tuned values
