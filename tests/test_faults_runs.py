@@ -145,8 +145,9 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(
 pytest.importorskip("stable_baselines3")
 
 #: The smallest run that exercises everything: 2 envs x 64 steps per update, 4 updates,
-#: evaluations and checkpoints every 256 steps (0, 256, 512). On the weighted objective, whose
-#: runs these tests' expectations (which evaluation is best) were written for.
+#: evaluations and checkpoints every 256 steps (0, 256, 512). On the weighted objective and the
+#: label_mix features, whose runs these tests' expectations (which evaluation is best) were
+#: written for.
 # The assumed surrogate constants, pinned: which evaluation is best (the tests below need the
 # model of step 512) must not move with the defaults.
 TINY = [
@@ -154,7 +155,7 @@ TINY = [
     "--total-timesteps", "512", "--n-envs", "2", "--n-steps", "64", "--batch-size", "64",
     "--n-epochs", "1", "--eval-freq", "256", "--eval-episodes", "1", "--checkpoint-freq", "256",
     "--net-arch", "16", "--no-progress-bar", "--no-tensorboard", "--seed", "3", "--objective",
-    "weighted",
+    "weighted", "--obs-features", "label_mix",
 ]  # fmt: skip
 
 
