@@ -17,7 +17,7 @@ import numpy as np
 __all__ = ["bench_env", "bench_vector", "steps_per_second"]
 
 
-def _rounds(args: argparse.Namespace) -> dict[str, int]:
+def _rounds(args: argparse.Namespace) -> dict[str, Any]:
     """The env keyword for ``--rounds`` (none: the env's default horizon)."""
     return {} if getattr(args, "rounds", None) is None else {"num_rounds": args.rounds}
 
@@ -26,7 +26,7 @@ def _num_rounds(args: argparse.Namespace) -> int:
     """The episode length the env benchmarks run: ``--rounds``, else the env's default."""
     from fedenv.config import EnvConfig
 
-    return _rounds(args).get("num_rounds", EnvConfig().num_rounds)
+    return int(_rounds(args).get("num_rounds", EnvConfig().num_rounds))
 
 
 def steps_per_second(env: Any, steps: int, seed: int = 0, repeats: int = 1) -> float:
