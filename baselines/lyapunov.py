@@ -82,7 +82,7 @@ from fedenv import channel, costs
 from fedenv.actions import ActionCodec, Decision, bandwidth_shares
 from fedenv.config import EnvConfig
 from fedenv.learning.surrogate import arrival_what_ifs, next_gap, round_progress
-from fedenv.queues import drift_plus_penalty
+from fedenv.queues import drift_plus_penalty, energy_budget_left
 from fedenv.round import EpisodeTables, RoundPhysics, episode_tables, play_round
 
 __all__ = [
@@ -411,10 +411,9 @@ class LyapunovPolicy:
 
     def _allowance(self, info: dict[str, Any]) -> F:
         """What each device's episode budget T E_bar has left before this round, J."""
-        budget = self.config.budgets.energy_budget_j
-        assert budget is not None  # the guard is only on with an energy budget
-        spent = np.asarray(info["energy_spent_j"], dtype=np.float64)
-        return self.config.num_rounds * budget - spent
+        left = energy_budget_left(self.config, info["energy_spent_j"])
+        assert left is not None  # the guard is only on with an energy budget
+        return left
 
     # --------------------------------------------------------------- solver
     def tables_for(self, cpu_freq_hz: F) -> EpisodeTables:

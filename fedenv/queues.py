@@ -11,7 +11,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from fedenv.config import EnvConfig
 
-__all__ = ["update_queue", "update_backlogs", "drift_plus_penalty"]
+__all__ = ["update_queue", "update_backlogs", "energy_budget_left", "drift_plus_penalty"]
 
 
 def update_queue(backlog: ArrayLike, arrival: ArrayLike, budget: ArrayLike) -> NDArray[np.float64]:
@@ -42,6 +42,17 @@ def update_backlogs(
         else update_queue(latency_backlog, round_latency_s, latency_budget)
     )
     return z, y
+
+
+def energy_budget_left(config: EnvConfig, energy_spent_j: ArrayLike) -> NDArray[np.float64] | None:
+    """What each device's episode budget T E_bar has left after spending ``energy_spent_j``
+    (``info["energy_spent_j"]``), J, negative once overspent; None without an energy budget.
+
+    The quantity the Lyapunov policy's budget guard and the agents' budget features read."""
+    budget = config.budgets.energy_budget_j
+    if budget is None:
+        return None
+    return config.num_rounds * budget - np.asarray(energy_spent_j, dtype=np.float64)
 
 
 def drift_plus_penalty(

@@ -49,6 +49,7 @@ from numpy.typing import NDArray
 from fedenv.actions import ActionCodec
 from fedenv.config import EnvConfig
 from fedenv.env import DEVICE_FEATURES, GLOBAL_FEATURES
+from fedenv.queues import energy_budget_left
 
 __all__ = [
     "OBS_FEATURES",
@@ -480,7 +481,7 @@ class ObservationFeatures:
         self.num_time = len(TIME_HORIZONS) if kind == "label_mix_time" else 0
         self.num_budget = len(BUDGET_FEATURES) if kind == "label_mix_budget" else 0
         self.num_rounds = config.num_rounds
-        self.energy_budget_j = config.budgets.energy_budget_j
+        self.config = config
         self.device_features = _F + self.num_labels + self.num_time + self.num_budget
         self.size = self.num_devices * self.device_features + _G
 
@@ -495,9 +496,9 @@ class ObservationFeatures:
             [
                 -np.ones((k, self.num_labels), np.float32),
                 np.zeros((k, self.num_time), np.float32),
-                np.tile(np.array([-1.0, -1.0 / BUDGET_RATE_MAX], np.float32), (k, 1))[
-                    :, : self.num_budget
-                ],
+                np.tile(
+                    np.array([-1.0, -1.0 / BUDGET_RATE_MAX], np.float32)[: self.num_budget], (k, 1)
+                ),
             ],
             axis=1,
         )
@@ -543,11 +544,11 @@ class ObservationFeatures:
     def _budget(self, info: Mapping[str, Any], lead: tuple[int, ...]) -> NDArray[np.float32]:
         """The ``label_mix_budget`` features (..., K, 2): share of the budget left, and the rate
         it affords per round to go (class docstring)."""
-        k = self.num_devices
-        if self.energy_budget_j is None:
-            return np.zeros((*lead, k, self.num_budget), np.float32)
-        per_round, horizon = self.energy_budget_j, self.num_rounds
-        left = per_round * horizon - np.asarray(info["energy_spent_j"], dtype=np.float64)
+        left = energy_budget_left(self.config, info["energy_spent_j"])
+        if left is None:
+            return np.zeros((*lead, self.num_devices, self.num_budget), np.float32)
+        per_round, horizon = self.config.budgets.energy_budget_j, self.num_rounds
+        assert per_round is not None  # (left is None without it)
         to_go = np.maximum(horizon - np.asarray(info["round"], dtype=np.float64), 1.0)
         share = np.clip(left / (per_round * horizon), -1.0, 1.0)
         rate = np.clip(left / (to_go[..., None] * per_round), -1.0, BUDGET_RATE_MAX)
