@@ -39,6 +39,12 @@ round where it buys little accuracy) keeps the baseline's deadline-feasible powe
 split. The agent cannot add devices, only drop them. Paradigms with a ``module`` or
 ``schedule`` component (switching, split, unified).
 
+``shield=True`` adds the budget shield (:class:`fedenv.wrappers.BudgetShield`) after any form:
+every device whose round would pass what is left of its episode energy budget is idled, by the
+Lyapunov policy's own budget-guard rule, so the energy constraint holds by construction. The
+shield reads the ``info`` of the state the action is for: :meth:`ActionAdapter.observe` before
+each action, as the stateful forms do (a batch's ``info`` in the batched training env).
+
 One :class:`ActionAdapter` serves the training wrapper of the stateful forms
 (:class:`AgentAction`), the batched training env and the evaluation adapter, so they cannot
 disagree.
@@ -54,7 +60,7 @@ from gymnasium import spaces
 from numpy.typing import NDArray
 
 from fedenv.config import EnvConfig
-from fedenv.wrappers import FactoredCodec
+from fedenv.wrappers import BudgetShield, FactoredCodec
 
 __all__ = ["ACTION_FORMS", "GATE_THRESHOLD", "RESIDUAL_SCALE", "ActionAdapter", "AgentAction"]
 
@@ -68,7 +74,7 @@ GATE_THRESHOLD = -0.5
 class ActionAdapter:
     """Maps the agent's action to the env's canonical action (module docstring)."""
 
-    def __init__(self, config: EnvConfig, kind: str = "factored") -> None:
+    def __init__(self, config: EnvConfig, kind: str = "factored", shield: bool = False) -> None:
         if kind not in ACTION_FORMS:
             raise ValueError(f"action_form must be one of {', '.join(ACTION_FORMS)}, got {kind!r}")
         comps = config.action_components
@@ -104,6 +110,8 @@ class ActionAdapter:
         )
         self._base_policy: Any = None
         self._base: NDArray[np.float32] | None = None
+        self.shield = BudgetShield(config) if shield else None
+        self._info: dict[str, Any] | None = None
         if kind in ("residual", "gated"):
             from baselines.lyapunov import LyapunovPolicy
 
@@ -111,20 +119,25 @@ class ActionAdapter:
 
     @property
     def stateful(self) -> bool:
-        """Whether the adapter needs :meth:`observe` before each action (``residual``,
-        ``gated``)."""
+        """Whether the form keeps a base policy per episode (``residual``, ``gated``): one
+        adapter per env, and :meth:`observe` before each action. (The shield needs
+        :meth:`observe` too, but takes a whole batch's ``info``.)"""
         return self._base_policy is not None
 
     def reset(self, seed: int | None = None) -> None:
         """Start an episode (resets the base policy of the ``residual`` form)."""
+        self._info = None
         if self._base_policy is not None:
             self._base_policy.reset(seed)
             self._base = None
 
     def observe(self, info: dict[str, Any]) -> None:
-        """The ``info`` of the last reset/step: the base policy decides the coming round from it."""
+        """The ``info`` of the last reset/step: the base policy decides the coming round from it,
+        and the shield plays it on the round's channel."""
         if self._base_policy is not None:
             self._base = np.asarray(self._base_policy.act(None, info), dtype=np.float32)
+        if self.shield is not None:
+            self._info = info
 
     @property
     def space(self) -> spaces.Box:
@@ -133,6 +146,14 @@ class ActionAdapter:
     def __call__(self, action: NDArray[np.floating[Any]]) -> NDArray[np.float32]:
         """The env's canonical action; a batch (N, K, C') of ``env`` or ``factored`` actions gives
         (N, K, C)."""
+        out = self._form(action)
+        if self.shield is None:
+            return out
+        if self._info is None:
+            raise RuntimeError("the budget shield needs observe(info) after every reset/step")
+        return self.shield(out, self._info)
+
+    def _form(self, action: NDArray[np.floating[Any]]) -> NDArray[np.float32]:
         a = np.asarray(action, dtype=np.float32)
         if a.ndim == 3 and self._base_policy is None:
             return self._map(np.clip(a, -1.0, 1.0))

@@ -3,7 +3,8 @@
 ``make_env(config, obs_features, action_form)`` stacks the forms of :mod:`fedenv.wrappers` on a
 monitored env: ``LabelSkewObservation`` (obs features ``label_mix``, ``label_mix_time``),
 ``FactoredAction`` (action form ``factored``; the stateful forms ``residual`` and ``gated`` are
-:class:`agents.actions.AgentAction`) and ``HorizonIsTermination``.
+:class:`agents.actions.AgentAction`), with ``shield=True`` ``BudgetShieldAction`` under them (the
+budget shield, :class:`fedenv.wrappers.BudgetShield`), and ``HorizonIsTermination``.
 ``make_vec_env(config, n_envs, kind, seed)`` builds ``n_envs`` training envs with the agent's
 observation and action form (:mod:`agents.features`, :mod:`agents.actions`):
 
@@ -39,7 +40,12 @@ from agents.features import ObservationFeatures
 from fedenv.config import EnvConfig
 from fedenv.env import FedLoRAWirelessEnv
 from fedenv.sb3 import FedLoRAWirelessVecEnv
-from fedenv.wrappers import FactoredAction, HorizonIsTermination, LabelSkewObservation
+from fedenv.wrappers import (
+    BudgetShieldAction,
+    FactoredAction,
+    HorizonIsTermination,
+    LabelSkewObservation,
+)
 
 __all__ = [
     "VEC_ENV_KINDS",
@@ -54,7 +60,10 @@ VEC_ENV_KINDS = ("auto", "batched", "dummy", "subproc")
 
 
 def make_env(
-    config: EnvConfig, obs_features: str = "label_mix", action_form: str = "factored"
+    config: EnvConfig,
+    obs_features: str = "label_mix",
+    action_form: str = "factored",
+    shield: bool = False,
 ) -> Callable[[], gym.Env[Any, Any]]:
     """A thunk building one monitored training env (picklable for subprocess vector envs)."""
 
@@ -68,6 +77,8 @@ def make_env(
         env: gym.Env[Any, Any] = Monitor(FedLoRAWirelessEnv(config))
         if obs_features != "env":
             env = LabelSkewObservation(env, obs_features)
+        if shield:
+            env = BudgetShieldAction(env)
         if action_form == "factored":
             env = FactoredAction(env)
         elif action_form != "env":
@@ -84,15 +95,16 @@ def make_vec_env(
     seed: int = 0,
     obs_features: str = "label_mix",
     action_form: str = "factored",
+    shield: bool = False,
 ) -> VecEnv:
-    """``n_envs`` training envs with the agent's observation and action form; env i starts from
-    ``reset(seed=seed + i)``."""
+    """``n_envs`` training envs with the agent's observation and action form (and the budget
+    shield); env i starts from ``reset(seed=seed + i)``."""
     if n_envs < 1:
         raise ValueError(f"n_envs must be >= 1, got {n_envs}")
     if kind not in VEC_ENV_KINDS:
         raise ValueError(f"vec_env must be one of {', '.join(VEC_ENV_KINDS)}, got {kind!r}")
     venv: VecEnv
-    actions = ActionAdapter(config, action_form)
+    actions = ActionAdapter(config, action_form, shield=shield)
     if kind == "auto":
         kind = (
             "batched"
@@ -105,11 +117,13 @@ def make_vec_env(
         )
     elif kind == "subproc" and n_envs > 1:
         venv = SubprocVecEnv(
-            [make_env(config, obs_features, action_form) for _ in range(n_envs)],
+            [make_env(config, obs_features, action_form, shield) for _ in range(n_envs)],
             start_method="forkserver",
         )
     else:
-        venv = DummyVecEnv([make_env(config, obs_features, action_form) for _ in range(n_envs)])
+        venv = DummyVecEnv(
+            [make_env(config, obs_features, action_form, shield) for _ in range(n_envs)]
+        )
     venv.seed(int(seed))
     return venv
 
@@ -230,6 +244,8 @@ class BatchedAgentVecEnv(FedLoRAWirelessVecEnv):
         return self.features(obs, self.venv.state_info())
 
     def step_async(self, actions: np.ndarray) -> None:
+        if self.actions.shield is not None:
+            self.actions.observe(self.venv.state_info())
         self._actions = self.actions(
             np.asarray(actions, dtype=np.float32).reshape((self.num_envs, *self.actions.shape))
         )

@@ -302,7 +302,11 @@ def load_policy(
             )
     saved = files.run.read_args() if files.run is not None else {}
     features = ObservationFeatures(cfg, saved.get("obs_features") or _infer_features(model, cfg))
-    actions = ActionAdapter(cfg, saved.get("action_form") or _infer_action_form(model, cfg))
+    actions = ActionAdapter(
+        cfg,
+        saved.get("action_form") or _infer_action_form(model, cfg),
+        shield=bool(saved.get("shield", False)),
+    )
     stats = _compatible(model, norm, cfg, features, actions, spec)
     return SB3Policy(model, norm, files.label, features=features, actions=actions, obs_stats=stats)
 

@@ -112,6 +112,14 @@ class Args:
             "policy's devices train); agents/actions.py"
         ),
     )
+    shield: bool = field(
+        default=True,
+        metadata=_help(
+            "idle every device whose round would pass what is left of its episode energy "
+            "budget, in training and evaluation (the Lyapunov policy's budget guard as a "
+            "shield; fedenv.wrappers.BudgetShield)"
+        ),
+    )
     norm_obs: bool = field(
         default=True, metadata=_help("normalise observations (VecNormalize, saved with the model)")
     )
@@ -271,16 +279,14 @@ def main(argv: list[str] | None = None) -> Path:
             raise ValueError(
                 f"--{name.replace('_', '-')} must be one of {', '.join(valid)}, got {value!r}"
             )
-    if (
-        args.resume
-        and args.run_dir
-        and "objective" not in given
-        and (Path(args.run_dir) / "args.yaml").is_file()
-        and "objective" not in RunDir(args.run_dir).read_args()
-    ):
-        # a run from before PPO-Lagrangian became the default trained on the weighted reward
-        args.objective = "weighted"
-        given.add("objective")
+    if args.resume and args.run_dir and (Path(args.run_dir) / "args.yaml").is_file():
+        old_args = RunDir(args.run_dir).read_args()
+        # a run from before PPO-Lagrangian became the default trained on the weighted reward, and
+        # one from before the shield became the default trained without it
+        for key, before in (("objective", "weighted"), ("shield", False)):
+            if key not in given and key not in old_args:
+                setattr(args, key, before)
+                given.add(key)
 
     # --- run directory (a new one, or the one to resume with its saved arguments)
     args, run, config, latest = prepare_run(args, given, "ppo", Args)
@@ -294,7 +300,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     # --- environments and normaliser
     features = ObservationFeatures(config, args.obs_features)
-    actions = ActionAdapter(config, args.action_form)
+    actions = ActionAdapter(config, args.action_form, shield=args.shield)
     venv = make_vec_env(
         config,
         args.n_envs,
@@ -302,6 +308,7 @@ def main(argv: list[str] | None = None) -> Path:
         seed=env_seed,
         obs_features=args.obs_features,
         action_form=args.action_form,
+        shield=args.shield,
     )
     per_device = args.policy == "per_device"
     lagrangian = None

@@ -17,6 +17,9 @@ action ``Box(-1, 1, (K, C))``; a flat observation of 7 K + 4 features):
 | :class:`DictObservation`      | ``{"devices": (K, 7), "global": (4,)}`` | per-device networks  |
 | :class:`HorizonIsTermination` | the T-round horizon reported as a       | training envs (no    |
 |                               | termination                             | bootstrap past T)    |
+| :class:`BudgetShieldAction`   | the canonical action, with every device | constrained agents   |
+|                               | idled whose round would overspend its   | (a safety shield)    |
+|                               | episode energy budget                   |                      |
 
 Every wrapper records its constructor arguments (``gymnasium.utils.RecordConstructorArgs``), so
 ``gym.make(wrapped.spec)`` rebuilds the stack and Gymnasium's and SB3's ``check_env`` pass on
@@ -30,7 +33,8 @@ Training stack of ``agents/`` (and of ``agents/vanilla_sb3.py``)::
     env = gym.make("FedLoRAWireless-v0")
     env = FactoredAction(LabelSkewObservation(env))     # or FactoredAction(env)
 
-The pure mappings behind the wrappers (:class:`FactoredCodec`, :class:`ObservationFeatures`)
+The pure mappings behind the wrappers (:class:`FactoredCodec`, :class:`ObservationFeatures`,
+:class:`BudgetShield`)
 work on batches too; ``agents/`` applies them to whole batches of the batched vector env and
 in its evaluation adapters, so training and evaluation cannot disagree.
 """
@@ -50,11 +54,14 @@ from fedenv.actions import ActionCodec
 from fedenv.config import EnvConfig
 from fedenv.env import DEVICE_FEATURES, GLOBAL_FEATURES
 from fedenv.queues import energy_budget_left
+from fedenv.round import EpisodeTables, episode_tables, play_round
 
 __all__ = [
     "OBS_FEATURES",
     "TIME_HORIZONS",
     "BUDGET_FEATURES",
+    "BudgetShield",
+    "BudgetShieldAction",
     "DictAction",
     "DictObservation",
     "DiscreteAction",
@@ -687,3 +694,124 @@ class HorizonIsTermination(gym.Wrapper[Any, Any, Any, Any], RecordConstructorArg
     def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
         obs, reward, terminated, truncated, info = self.env.step(action)
         return obs, reward, terminated or truncated, False, info
+
+
+# ---------------------------------------------------------------------- budget shield
+class BudgetShield:
+    """Idles every device whose round would overspend its episode energy budget, as a pure
+    mapping of canonical actions (one (K, C) or a batch (N, K, C), with the ``info`` of the
+    state they act in).
+
+    The rule of the Lyapunov policy's budget guard (docs/baselines.md, "The budget guard")
+    applied to any action: the round is played on the channel the action will meet
+    (``info["channel_gain"]``, with the episode's CPU frequencies ``info["cpu_freq_hz"]``:
+    :func:`fedenv.round.play_round`, the env's own physics, so the prediction is exact), and a
+    scheduled device whose energy E_k passes what its budget has left, T E_bar minus
+    ``info["energy_spent_j"]`` (:func:`fedenv.queues.energy_budget_left`), is idled; the band
+    it frees goes to the others, and the round is played again until every scheduled device
+    fits (at most K times). A device then never spends more than T E_bar in an episode, so the
+    energy constraint holds by construction and a learner's multipliers need not price it.
+
+    No-op (the action unchanged) where the config has no energy budget or its paradigm no
+    component that idles a device (soft: every device trains every round).
+    """
+
+    def __init__(self, config: EnvConfig) -> None:
+        self.config = config
+        comps = config.action_components
+        self.column = (
+            comps.index("module")
+            if "module" in comps
+            else comps.index("schedule")
+            if "schedule" in comps
+            else -1
+        )
+        #: the canonical value that idles a device: the centre of module 0's slot, or schedule -1
+        self.idle_value = (
+            0.5 / (config.model.num_modules + 1) * 2.0 - 1.0 if "module" in comps else -1.0
+        )
+        self.active = config.uses_energy_queue and self.column >= 0
+        self.shape = (config.devices.num_devices, len(comps))
+        self.codec = ActionCodec(config)
+        self._cpu: NDArray[np.float64] | None = None
+        self._tables: EpisodeTables | None = None
+
+    def __call__(
+        self, action: NDArray[np.floating[Any]], info: Mapping[str, Any]
+    ) -> NDArray[np.float32]:
+        """The canonical action(s) with the devices that would overspend idled (float32,
+        clipped to [-1, 1]; a new array)."""
+        out = np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0)
+        if not self.active:
+            return out
+        if out.shape[-2:] != self.shape:
+            raise ValueError(f"action must have shape (..., {self.shape}), got {out.shape}")
+        left = energy_budget_left(self.config, info["energy_spent_j"])
+        assert left is not None  # active only with an energy budget
+        gain = np.asarray(info["channel_gain"], dtype=np.float64)
+        tables = self._tables_for(np.asarray(info["cpu_freq_hz"], dtype=np.float64))
+        column = out[..., self.column]  # a view: idling writes into ``out``
+        for _ in range(self.shape[0]):
+            phys = play_round(self.codec.decode(out), gain, tables, self.config)
+            over = phys.scheduled & (phys.energy_j > left)
+            if not over.any():
+                break
+            column[over] = self.idle_value
+        return out
+
+    def _tables_for(self, cpu_freq_hz: NDArray[np.float64]) -> EpisodeTables:
+        """The episode's cost tables (cached while the CPU frequencies do not change)."""
+        if self._tables is None or self._cpu is None or not np.array_equal(self._cpu, cpu_freq_hz):
+            model = self.config.model
+            self._tables = episode_tables(
+                self.config, cpu_freq_hz, float(model.lora_params_per_rank), int(model.head_params)
+            )
+            self._cpu = cpu_freq_hz.copy()
+        return self._tables
+
+
+class BudgetShieldAction(
+    _FollowsConfig,
+    gym.ActionWrapper[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]],
+    RecordConstructorArgs,
+):
+    """The env with a :class:`BudgetShield` on its canonical action: a device whose round would
+    pass what is left of its episode energy budget T E_bar is idled before the env plays it.
+
+    Every device then keeps its budget in every episode, whatever the policy; ``info`` reports
+    the decisions actually played (``module``, ``energy_j``), so a learner sees the shield's
+    effect. Wrap it under the action forms (``FactoredAction(BudgetShieldAction(env))``).
+
+    Args:
+        env: a FedLoRAWireless-v0 env (possibly wrapped, its action the canonical Box).
+    """
+
+    def __init__(self, env: gym.Env[Any, Any]) -> None:
+        RecordConstructorArgs.__init__(self)
+        gym.ActionWrapper.__init__(self, env)
+        self._config = _config_of(env)
+        self._bind(self._config)
+        self._info: dict[str, Any] | None = None
+
+    def _bind(self, config: EnvConfig) -> None:
+        self.shield = BudgetShield(config)
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        obs, info = super().reset(seed=seed, options=options)
+        self._info = info
+        return obs, info
+
+    def step(
+        self, action: NDArray[np.float32]
+    ) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(self.action(action))
+        self._info = info
+        return obs, reward, terminated, truncated, info
+
+    def action(self, action: NDArray[np.floating[Any]]) -> NDArray[np.float32]:
+        if self._info is None:
+            raise RuntimeError("call reset() before step()")
+        # checked as the env checks it (shape, finiteness): a bad action gets the env's error
+        return self.shield(self.shield.codec.check(action), self._info)

@@ -31,6 +31,7 @@ from baselines.evaluation import evaluate  # noqa: E402
 from fedenv.actions import ActionCodec  # noqa: E402
 from fedenv.config import resolve_config  # noqa: E402
 from fedenv.env import FedLoRAWirelessEnv  # noqa: E402
+from fedenv.wrappers import BudgetShield  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -106,6 +107,12 @@ def test_resume_continues_from_the_latest_checkpoint(tiny_run: Path, tmp_path: P
         run_dir / "vecnormalize.pkl",
     ]:
         p.unlink()
+    # a run from before the budget shield became the default (no ``shield`` key) resumes without
+    from agents.runs import _checked_yaml, write_file
+
+    saved = RunDir(run_dir).read_args()
+    assert saved.pop("shield") is True  # the default
+    write_file(run_dir / "args.yaml", _checked_yaml(saved))
     proc = _train(
         "--run-dir", str(run_dir), "--resume", "--total-timesteps", "768", "--no-progress-bar"
     )
@@ -121,6 +128,7 @@ def test_resume_continues_from_the_latest_checkpoint(tiny_run: Path, tmp_path: P
         768,
     ]  # the first session's 0, 256 (its 512 was after the resume point), then 512, 768
     assert run.read_args()["total_timesteps"] == 768 and run.read_args()["n_envs"] == 2
+    assert run.read_args()["shield"] is False
     assert len(json.loads((run_dir / "meta.json").read_text())["sessions"]) == 2
     from stable_baselines3 import PPO
 
@@ -144,6 +152,27 @@ def test_trained_policy_acts_validly_and_evaluates_deterministically(tiny_run: P
     )
     np.testing.assert_array_equal(first, again)
     assert first[0] != first[1]  # different seeds, different episodes
+
+
+def test_a_run_trained_with_the_shield_evaluates_with_it(tiny_run: Path, tmp_path: Path) -> None:
+    """The run's saved ``shield`` (the default) puts the budget shield in its evaluation adapter:
+    on a budget a quarter of the default's, the same model overspends without it and never with
+    it."""
+    import shutil
+
+    from agents.runs import _checked_yaml, write_file
+
+    cfg = resolve_config("switching", budgets={"energy_budget_j": 0.03125})
+    assert RunDir(tiny_run).read_args()["shield"] is True
+    run = tmp_path / "unshielded"
+    shutil.copytree(tiny_run, run)
+    write_file(run / "args.yaml", _checked_yaml({**RunDir(run).read_args(), "shield": False}))
+    seeds = [1000, 1001, 1002]
+    with pytest.warns(UserWarning, match="different env config"):
+        bare, shielded = load_policy(f"ppo:{run}", cfg), load_policy(f"ppo:{tiny_run}", cfg)
+    assert bare.actions.shield is None and shielded.actions.shield is not None
+    assert evaluate(bare, cfg, seeds).metric("in_budget").mean() < 1.0
+    np.testing.assert_array_equal(evaluate(shielded, cfg, seeds).metric("in_budget"), 1.0)
 
 
 def test_per_device_policy_is_permutation_equivariant_and_serves_any_k() -> None:
@@ -260,18 +289,17 @@ def test_batched_training_env_equals_single_envs_in_dummy_vec_env(preset: str) -
     from agents.callbacks import EnvMetricsCallback
 
     cfg = resolve_config(preset, num_rounds=6)
-    for features, form in (
-        ("label_mix_time", "factored"),
-        ("label_mix_budget", "factored"),
-        ("env", "env"),
+    within: dict[bool, list[float]] = {False: [], True: []}
+    for features, form, shield in (
+        ("label_mix_time", "factored", False),
+        ("label_mix_budget", "factored", True),
+        ("env", "env", False),
     ):
-        dummy = make_vec_env(cfg, 3, "dummy", seed=11, obs_features=features, action_form=form)
-        batched = make_vec_env(cfg, 3, "batched", seed=11, obs_features=features, action_form=form)
-        assert (
-            make_vec_env(
-                cfg, 1, "auto", obs_features=features, action_form=form
-            ).unwrapped.__class__.__name__
-            == "BatchedAgentVecEnv"
+        kw = {"obs_features": features, "action_form": form, "shield": shield}
+        dummy = make_vec_env(cfg, 3, "dummy", seed=11, **kw)
+        batched = make_vec_env(cfg, 3, "batched", seed=11, **kw)
+        assert make_vec_env(cfg, 1, "auto", **kw).unwrapped.__class__.__name__ == (
+            "BatchedAgentVecEnv"
         )
         assert (batched.observation_space, batched.action_space) == (
             dummy.observation_space,
@@ -308,6 +336,7 @@ def test_batched_training_env_equals_single_envs_in_dummy_vec_env(preset: str) -
                     assert y["episode_metrics"]["return"] == pytest.approx(
                         x["episode"]["r"], abs=1e-4
                     )
+                    within[shield].append(y["episode_metrics"].get("within_budget", 0.0))
         assert ended == 6
         # the same episode metrics reach TensorBoard from both paths
         assert loggers[0].name_to_value == pytest.approx(loggers[1].name_to_value)
@@ -317,6 +346,10 @@ def test_batched_training_env_equals_single_envs_in_dummy_vec_env(preset: str) -
             "episode/reward_energy",
             "episode/scheduled_per_round",
         } <= set(loggers[1].name_to_value)
+    # these random actions overspend; with the shield (where it can idle) every episode keeps
+    # every device's budget
+    assert min(within[False]) == 0.0
+    assert min(within[True]) == (1.0 if BudgetShield(cfg).active else 0.0)  # soft: no budget
     with pytest.raises(ValueError, match="use --vec-env dummy"):
         make_vec_env(
             cfg if cfg.paradigm != "soft" else resolve_config("switching"),
@@ -356,6 +389,7 @@ def test_train_config_yaml_matches_the_defaults_and_flags_override_it(tmp_path: 
     # the weighted run keeps the features and the budget its published figures were measured with
     assert weighted.pop("obs_features") == "label_mix"
     assert weighted.pop("total_timesteps") == 300_000
+    assert weighted.pop("shield") is False
     assert weighted == {
         key: value for key, value in tuned.items() if key in weighted
     }  # the same tuned values

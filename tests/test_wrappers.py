@@ -17,6 +17,8 @@ import fedenv
 from fedenv.config import PRESETS, resolve_config
 from fedenv.env import FedLoRAWirelessEnv
 from fedenv.wrappers import (
+    BudgetShield,
+    BudgetShieldAction,
     DictAction,
     DictObservation,
     DiscreteAction,
@@ -43,6 +45,7 @@ WRAPPERS: dict[str, Callable[[gym.Env[Any, Any]], gym.Env[Any, Any]]] = {
     "label_skew_budget": lambda env: LabelSkewObservation(env, "label_mix_budget"),
     "dict_observation": DictObservation,
     "horizon": HorizonIsTermination,
+    "budget_shield": BudgetShieldAction,
     "agents_stack": lambda env: HorizonIsTermination(FactoredAction(LabelSkewObservation(env))),
     "cleanrl_stack": lambda env: FlatAction(FactoredAction(env)),
 }
@@ -227,6 +230,73 @@ def test_budget_features_are_what_is_left_of_each_devices_budget() -> None:
     obs, _ = env.reset(seed=4)
     obs, *_ = env.step(action)
     np.testing.assert_array_equal(obs[: 11 * k].reshape(k, 11)[:, 9:], 0.0)
+
+
+@pytest.mark.parametrize("preset", ["switching", "split", "unified"])
+def test_budget_shield_keeps_every_device_within_its_episode_budget(preset: str) -> None:
+    """The shield idles exactly the devices whose round would pass what is left of T E_bar:
+    every device ends within budget under a policy that overspends without it, a device is only
+    ever idled (the rest of the action unchanged), and a round that fits passes unchanged."""
+    budget = 0.25
+    kwargs = {"num_rounds": T, "budgets": {"energy_budget_j": budget}}
+    env = BudgetShieldAction(gym.make(fedenv.ENV_IDS[preset], **kwargs))
+    bare = gym.make(fedenv.ENV_IDS[preset], **kwargs)
+    shield = env.shield
+    _, info = env.reset(seed=5)
+    bare.reset(seed=5)
+    rng = np.random.default_rng(0)
+    idled = passed = 0
+    for _ in range(T):
+        action = rng.uniform(0.0, 1.0, env.action_space.shape).astype(np.float32)  # scheduled
+        left = T * budget - info["energy_spent_j"]
+        shielded = shield(action, info)
+        changed = np.any(shielded != action, axis=-1)
+        # only the idle column of a device moves, and only to the idle value
+        np.testing.assert_array_equal(
+            np.delete(shielded, shield.column, axis=-1), np.delete(action, shield.column, axis=-1)
+        )
+        np.testing.assert_array_equal(
+            shielded[changed, shield.column], np.float32(shield.idle_value)
+        )
+        _, _, _, _, info = env.step(action)
+        assert info["module"][changed].max(initial=0) == 0
+        assert np.all(info["energy_j"] <= left)
+        _, _, _, _, raw = bare.step(action)
+        if changed.any():
+            idled += 1
+            assert np.any(raw["energy_j"] > left)  # unshielded, some device would overspend
+        else:
+            passed += 1
+            np.testing.assert_array_equal(raw["energy_j"], info["energy_j"])
+    assert np.all(info["energy_spent_j"] <= T * budget)
+    assert np.any(raw["energy_spent_j"] > T * budget)  # the same actions unshielded overspend
+    assert idled and passed, (idled, passed)
+    with pytest.raises(ValueError, match="NaN"):
+        env.step(np.full(env.action_space.shape, np.nan, np.float32))
+    # a batch of states is shielded row by row
+    one = shield(action, info)
+    both = shield(
+        np.stack([action, action]), {k: np.stack([info[k], info[k]]) for k in info if k != "round"}
+    )
+    np.testing.assert_array_equal(both, np.stack([one, one]))
+
+
+def test_budget_shield_is_a_no_op_without_a_budget_or_an_idle_component() -> None:
+    for env_id, kwargs in (
+        ("FedLoRAWireless-v0", {"budgets": {"energy_budget_j": None}}),
+        (fedenv.ENV_IDS["soft"], {}),
+    ):
+        env = BudgetShieldAction(gym.make(env_id, **kwargs))
+        _, info = env.reset(seed=0)
+        assert not env.shield.active
+        a = np.ones(env.action_space.shape, np.float32)
+        np.testing.assert_array_equal(env.shield(a, info), a)
+    env = BudgetShieldAction(gym.make("FedLoRAWireless-v0"))
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(np.ones((10, 3), np.float32))
+    _, info = env.reset(seed=0)
+    with pytest.raises(ValueError, match="shape"):
+        BudgetShield(resolve_config("switching"))(np.ones((10, 4), np.float32), info)
 
 
 def test_wrappers_follow_configure_or_raise() -> None:
