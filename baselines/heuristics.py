@@ -29,7 +29,7 @@ from numpy.typing import NDArray
 
 from fedenv.actions import ActionCodec, Decision
 from fedenv.config import EnvConfig
-from fedenv.round import EpisodeTables, episode_tables, play_round
+from fedenv.round import EpisodeTablesCache, play_round
 
 __all__ = [
     "HEURISTICS",
@@ -234,24 +234,14 @@ class GreedyPolicy(_Fixed):
             if (config.paradigm == "soft" and budget is not None)
             else config.costs.round_deadline_s
         )
-        self._tables: EpisodeTables | None = None
-        self._cpu: F | None = None
+        self._tables = EpisodeTablesCache(config)
 
     def reset(self, seed: int | None = None) -> None:
-        self._tables, self._cpu = None, None
-
-    def _tables_for(self, cpu: F) -> EpisodeTables:
-        if self._tables is None or self._cpu is None or not np.array_equal(cpu, self._cpu):
-            model = self.config.model
-            self._tables = episode_tables(
-                self.config, cpu[None], float(model.lora_params_per_rank), int(model.head_params)
-            )
-            self._cpu = cpu.copy()
-        return self._tables
+        self._tables.clear()
 
     def build(self, info: dict[str, Any]) -> Decision:
         gain = np.asarray(info["channel_gain"], dtype=np.float64)
-        tables = self._tables_for(np.asarray(info["cpu_freq_hz"], dtype=np.float64))
+        tables = self._tables(np.asarray(info["cpu_freq_hz"], dtype=np.float64)[None])
         chosen = np.argsort(-gain, kind="stable")[: self.count]
         level = np.zeros(self.k, dtype=np.int64)  # index into self.levels, per chosen device
         ch = self.config.channel

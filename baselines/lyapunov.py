@@ -83,7 +83,7 @@ from fedenv.actions import ActionCodec, Decision, bandwidth_shares
 from fedenv.config import EnvConfig
 from fedenv.learning.surrogate import arrival_what_ifs, next_gap, round_progress
 from fedenv.queues import drift_plus_penalty, energy_budget_left
-from fedenv.round import EpisodeTables, RoundPhysics, episode_tables, play_round
+from fedenv.round import EpisodeTables, EpisodeTablesCache, RoundPhysics, play_round
 
 __all__ = [
     "DEFAULT_V",
@@ -351,8 +351,7 @@ class LyapunovPolicy:
         ch = config.channel
         self.p_min, self.p_max = ch.min_tx_power_w, ch.max_tx_power_w
         self.deadline = config.costs.round_deadline_s * (1.0 - _DEADLINE_MARGIN)
-        self._tables: EpisodeTables | None = None
-        self._cpu: F | None = None
+        self._tables = EpisodeTablesCache(config)
         self._last: _Point | None = None
         self._tight = True
 
@@ -397,8 +396,7 @@ class LyapunovPolicy:
     def reset(self, seed: int | None = None) -> None:
         """Forget the previous episode (the policy itself is deterministic)."""
         self._last = None
-        self._cpu = None
-        self._tables = None
+        self._tables.clear()
 
     def act(self, obs: NDArray[np.float32], info: dict[str, Any]) -> NDArray[np.float32]:
         """Solve the round's drift-plus-penalty problem and return the canonical action."""
@@ -418,16 +416,7 @@ class LyapunovPolicy:
     # --------------------------------------------------------------- solver
     def tables_for(self, cpu_freq_hz: F) -> EpisodeTables:
         """Per-episode cost tables (cached while the CPU frequencies do not change)."""
-        if self._tables is None or self._cpu is None or not np.array_equal(self._cpu, cpu_freq_hz):
-            model = self.config.model
-            self._tables = episode_tables(
-                self.config,
-                cpu_freq_hz[None],
-                float(model.lora_params_per_rank),
-                int(model.head_params),
-            )
-            self._cpu = cpu_freq_hz.copy()
-        return self._tables
+        return self._tables(cpu_freq_hz[None])
 
     def problem(self, state: RoundState, cpu_freq_hz: F) -> RoundProblem:
         """The round's :class:`RoundProblem` under this policy's V."""
@@ -1031,14 +1020,15 @@ class LyapunovPolicy:
     def _encode_on_time(self, decision: Decision, state: RoundState) -> NDArray[np.float32]:
         """Encode; if float32 rounding made an on-time device late, raise its power slightly."""
         action = self.codec.encode(decision)
-        if self._tables is None or not self._tight:
+        tables = self._tables.tables
+        if tables is None or not self._tight:
             return action
-        intended = play_round(_batch(decision), state.gain, self._tables, self.config).on_time[0]
+        intended = play_round(_batch(decision), state.gain, tables, self.config).on_time[0]
         for _ in range(3):
             played = play_round(
                 _batch(self.codec.decode(self.codec.validate(action))),
                 state.gain,
-                self._tables,
+                tables,
                 self.config,
             )
             late = intended & ~played.on_time[0]

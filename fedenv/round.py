@@ -17,7 +17,14 @@ from fedenv import channel, costs
 from fedenv.actions import Decision
 from fedenv.config import EnvConfig
 
-__all__ = ["EpisodeTables", "RoundPhysics", "episode_tables", "play_round", "time_left"]
+__all__ = [
+    "EpisodeTables",
+    "EpisodeTablesCache",
+    "RoundPhysics",
+    "episode_tables",
+    "play_round",
+    "time_left",
+]
 
 F = NDArray[np.float64]
 
@@ -99,6 +106,34 @@ def episode_tables(
         head_params=head_params,
         time_left_s=time_left(compute_time, config),
     )
+
+
+class EpisodeTablesCache:
+    """:func:`episode_tables` for a policy that reads the episode's CPU frequencies from ``info``
+    every round (``info["cpu_freq_hz"]``): built with the config's model sizes, and rebuilt only
+    when the frequencies change (a new episode).
+
+    The Lyapunov policy, the heuristics and the budget shield each hold one.
+    """
+
+    def __init__(self, config: EnvConfig) -> None:
+        self.config = config
+        self.tables: EpisodeTables | None = None
+        """The tables last returned (None before the first call and after :meth:`clear`)."""
+        self._cpu: F | None = None
+
+    def __call__(self, cpu_freq_hz: F) -> EpisodeTables:
+        """The tables of these CPU frequencies (shape (..., K); the tables' leading axes)."""
+        if self.tables is None or self._cpu is None or not np.array_equal(self._cpu, cpu_freq_hz):
+            model = self.config.model
+            self.tables = episode_tables(
+                self.config, cpu_freq_hz, float(model.lora_params_per_rank), int(model.head_params)
+            )
+            self._cpu = np.array(cpu_freq_hz, dtype=np.float64)
+        return self.tables
+
+    def clear(self) -> None:
+        self.tables, self._cpu = None, None
 
 
 def time_left(compute_time_s: F, config: EnvConfig) -> F:

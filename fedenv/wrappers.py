@@ -54,7 +54,7 @@ from fedenv.actions import ActionCodec
 from fedenv.config import EnvConfig
 from fedenv.env import DEVICE_FEATURES, GLOBAL_FEATURES
 from fedenv.queues import energy_budget_left
-from fedenv.round import EpisodeTables, episode_tables, play_round
+from fedenv.round import EpisodeTablesCache, play_round
 
 __all__ = [
     "OBS_FEATURES",
@@ -733,8 +733,7 @@ class BudgetShield:
         self.active = config.uses_energy_queue and self.column >= 0
         self.shape = (config.devices.num_devices, len(comps))
         self.codec = ActionCodec(config)
-        self._cpu: NDArray[np.float64] | None = None
-        self._tables: EpisodeTables | None = None
+        self._tables = EpisodeTablesCache(config)
 
     def __call__(
         self, action: NDArray[np.floating[Any]], info: Mapping[str, Any]
@@ -749,7 +748,7 @@ class BudgetShield:
         left = energy_budget_left(self.config, info["energy_spent_j"])
         assert left is not None  # active only with an energy budget
         gain = np.asarray(info["channel_gain"], dtype=np.float64)
-        tables = self._tables_for(np.asarray(info["cpu_freq_hz"], dtype=np.float64))
+        tables = self._tables(np.asarray(info["cpu_freq_hz"], dtype=np.float64))
         column = out[..., self.column]  # a view: idling writes into ``out``
         for _ in range(self.shape[0]):
             phys = play_round(self.codec.decode(out), gain, tables, self.config)
@@ -758,16 +757,6 @@ class BudgetShield:
                 break
             column[over] = self.idle_value
         return out
-
-    def _tables_for(self, cpu_freq_hz: NDArray[np.float64]) -> EpisodeTables:
-        """The episode's cost tables (cached while the CPU frequencies do not change)."""
-        if self._tables is None or self._cpu is None or not np.array_equal(self._cpu, cpu_freq_hz):
-            model = self.config.model
-            self._tables = episode_tables(
-                self.config, cpu_freq_hz, float(model.lora_params_per_rank), int(model.head_params)
-            )
-            self._cpu = cpu_freq_hz.copy()
-        return self._tables
 
 
 class BudgetShieldAction(
