@@ -59,6 +59,7 @@ import numpy as np
 from gymnasium import spaces
 from numpy.typing import NDArray
 
+from fedenv.actions import ActionCodec
 from fedenv.config import EnvConfig
 from fedenv.wrappers import BudgetShield, FactoredCodec
 
@@ -84,23 +85,15 @@ class ActionAdapter:
         self.env_shape = (self.num_devices, len(comps))
         self._factored = FactoredCodec(config) if kind == "factored" else None
         self.factored = self._factored is not None and self._factored.factored
-        self.module_index = comps.index("module") if "module" in comps else -1
         self.gated = kind == "gated"
-        if self.gated and "module" not in comps and "schedule" not in comps:
+        #: the column that schedules a device, and its canonical "idle" value (the codec's)
+        codec = ActionCodec(config)
+        self._gate_column, self._idle_value = codec.idle_column, codec.idle_value
+        if self.gated and self._gate_column is None:
             raise ValueError(
                 "the gated action form idles devices, so it needs a module or schedule "
                 f"action component; the {config.paradigm!r} paradigm has {', '.join(comps)}"
             )
-        #: the column that schedules a device, and its canonical "idle" value (module 0, schedule <=
-        #: 0)
-        self._gate_column = (
-            self.module_index
-            if self.module_index >= 0
-            else (comps.index("schedule") if "schedule" in comps else -1)
-        )
-        self._idle_value = (
-            0.5 / (self.num_modules + 1) * 2.0 - 1.0 if self.module_index >= 0 else -1.0
-        )
         self.shape = (
             self._factored.shape
             if self._factored is not None

@@ -90,6 +90,17 @@ class ActionCodec:
             name: self.index.get(name)
             for name in ("module", "schedule", "power", "ratio", "bandwidth")
         }
+        #: the component that idles a device (``module``, else ``schedule``; None in soft), and
+        #: its canonical idle value: the centre of module 0's slot (what :meth:`encode` gives
+        #: module 0), or schedule -1
+        self.idle_column: int | None = (
+            self._column["module"]
+            if self._column["module"] is not None
+            else self._column["schedule"]
+        )
+        self.idle_value = (
+            0.5 / (self.num_modules + 1) * 2.0 - 1.0 if "module" in self.index else -1.0
+        )
         # decode's affine maps x = lo + (a + 1) / 2 (hi - lo), per component
         bounds = {
             "module": (0.0, float(self.num_modules + 1)),

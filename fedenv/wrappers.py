@@ -718,21 +718,11 @@ class BudgetShield:
 
     def __init__(self, config: EnvConfig) -> None:
         self.config = config
-        comps = config.action_components
-        self.column = (
-            comps.index("module")
-            if "module" in comps
-            else comps.index("schedule")
-            if "schedule" in comps
-            else -1
-        )
-        #: the canonical value that idles a device: the centre of module 0's slot, or schedule -1
-        self.idle_value = (
-            0.5 / (config.model.num_modules + 1) * 2.0 - 1.0 if "module" in comps else -1.0
-        )
-        self.active = config.uses_energy_queue and self.column >= 0
-        self.shape = (config.devices.num_devices, len(comps))
         self.codec = ActionCodec(config)
+        #: the component that idles a device and its idle value (:class:`ActionCodec`'s)
+        self.column, self.idle_value = self.codec.idle_column, self.codec.idle_value
+        self.active = config.uses_energy_queue and self.column is not None
+        self.shape = self.codec.shape
         self._tables = EpisodeTablesCache(config)
 
     def __call__(
@@ -746,7 +736,7 @@ class BudgetShield:
         if out.shape[-2:] != self.shape:
             raise ValueError(f"action must have shape (..., {self.shape}), got {out.shape}")
         left = energy_budget_left(self.config, info["energy_spent_j"])
-        assert left is not None  # active only with an energy budget
+        assert left is not None and self.column is not None  # (active only with both)
         gain = np.asarray(info["channel_gain"], dtype=np.float64)
         tables = self._tables(np.asarray(info["cpu_freq_hz"], dtype=np.float64))
         column = out[..., self.column]  # a view: idling writes into ``out``
