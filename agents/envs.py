@@ -241,11 +241,15 @@ class BatchedAgentVecEnv(FedLoRAWirelessVecEnv):
         self.stats = EpisodeStats(
             self.num_envs, self.config.devices.num_devices, self.config.budgets.energy_budget_j
         )
-        return self.features(obs, self.venv.state_info())
+        return self._observe(obs, self.venv.state_info())
+
+    def _observe(self, obs: NDArray[np.float32], info: dict[str, Any]) -> NDArray[np.float32]:
+        """The agent's observation of the state ``info`` describes; the action form (its
+        shield) acts on the same ``info``."""
+        self.actions.observe(info)
+        return self.features(obs, info)
 
     def step_async(self, actions: np.ndarray) -> None:
-        if self.actions.shield is not None:
-            self.actions.observe(self.venv.state_info())
         self._actions = self.actions(
             np.asarray(actions, dtype=np.float32).reshape((self.num_envs, *self.actions.shape))
         )
@@ -261,7 +265,7 @@ class BatchedAgentVecEnv(FedLoRAWirelessVecEnv):
         self.stats.add(
             terms, info["energy_j"], info["module"], info["success"], info["round_latency_s"]
         )
-        agent_obs = self.features(obs, info)
+        agent_obs = self._observe(obs, info)
         rows = zip(*(value.tolist() for value in terms.values()))
         infos: list[dict[str, Any]] = [
             {"TimeLimit.truncated": False, "reward_terms": dict(zip(terms, row))} for row in rows
@@ -282,7 +286,7 @@ class BatchedAgentVecEnv(FedLoRAWirelessVecEnv):
                 infos[j]["episode_metrics"] = self.stats.finish(
                     int(j), accuracy, info["energy_backlog"][j], float(info["latency_backlog"][j])
                 )
-            agent_obs = self.features(self.venv.restart(dones), self.venv.state_info())
+            agent_obs = self._observe(self.venv.restart(dones), self.venv.state_info())
         return agent_obs, rewards.astype(np.float32), dones, infos
 
 
