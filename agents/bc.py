@@ -25,15 +25,15 @@ __all__ = ["lyapunov_demonstrations", "clone"]
 
 
 def lyapunov_demonstrations(
-    venv: VecEnv, config: EnvConfig, actions: ActionAdapter, steps: int
+    venv: VecEnv, config: EnvConfig, actions: ActionAdapter, steps: int, v: float | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(observations, agent actions) of the Lyapunov policy played for ``steps`` env steps in
-    ``venv``."""
+    """(observations, agent actions) of the Lyapunov policy (trade-off ``v``; None = its
+    default) played for ``steps`` env steps in ``venv``."""
     from agents.envs import BatchedAgentVecEnv
-    from baselines.lyapunov import LyapunovPolicy
+    from baselines.lyapunov import DEFAULT_V, LyapunovPolicy
 
     n = venv.num_envs
-    experts = [LyapunovPolicy(config) for _ in range(n)]
+    experts = [LyapunovPolicy(config, DEFAULT_V if v is None else v) for _ in range(n)]
     obs = venv.reset()
     inner = venv.unwrapped  # the base VecEnv, whose reset_infos hold the new episodes' infos
     batched = isinstance(

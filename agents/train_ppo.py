@@ -249,6 +249,13 @@ class Args:
         ),
     )
     bc_epochs: int = field(default=30, metadata=_help("epochs of the behaviour-cloning fit"))
+    bc_v: float | None = field(
+        default=None,
+        metadata=_help(
+            "V of the Lyapunov policy that --bc-steps imitates (None = its default V; pass the "
+            "scenario's tuned V, docs/suite.md)"
+        ),
+    )
     # --- evaluation, checkpoints, logging
     eval_freq: int = field(
         default=25_000, metadata=_help("env steps between held-out evaluations (0 = off)")
@@ -406,7 +413,9 @@ def main(argv: list[str] | None = None) -> Path:
                 f"--bc-steps imitates the Lyapunov policy, which the {args.action_form} "
                 "action form already plays; use one or the other"
             )
-        demo_obs, demo_act = lyapunov_demonstrations(venv, config, actions, args.bc_steps)
+        demo_obs, demo_act = lyapunov_demonstrations(
+            venv, config, actions, args.bc_steps, v=args.bc_v
+        )
         loss = clone(model.policy, demo_obs, demo_act, epochs=args.bc_epochs, seed=args.seed)
         print(
             f"[bc] imitated the Lyapunov policy on {len(demo_obs):,d} env steps: action MSE "

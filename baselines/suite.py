@@ -240,17 +240,18 @@ def tuning_table(tuning: Sequence[dict[str, Any]], setting: str = "scenario") ->
     return "\n".join(lines)
 
 
-def replace_block(path: Path, text: str) -> None:
-    """Replace the part of ``path`` between :data:`BEGIN` and :data:`END` with ``text``.
+def replace_block(path: Path, text: str, begin: str = BEGIN, end: str = END) -> None:
+    """Replace the part of ``path`` between the lines ``begin`` and ``end`` (default
+    :data:`BEGIN` and :data:`END`) with ``text``.
 
     Raises:
         ValueError: the file lacks the markers (in that order).
     """
     page = path.read_text()
-    start, end = page.find(BEGIN), page.find(END)
-    if start < 0 or end < start:
-        raise ValueError(f"{path}: needs the lines {BEGIN} and {END} around the generated part")
-    path.write_text(page[: start + len(BEGIN)] + "\n" + text.strip() + "\n" + page[end:])
+    first, last = page.find(begin), page.find(end)
+    if first < 0 or last < first:
+        raise ValueError(f"{path}: needs the lines {begin} and {end} around the generated part")
+    path.write_text(page[: first + len(begin)] + "\n" + text.strip() + "\n" + page[last:])
 
 
 def _commit() -> str:

@@ -656,6 +656,7 @@ def test_behaviour_cloning_imitates_the_lyapunov_decisions() -> None:
     from agents.bc import clone, lyapunov_demonstrations
     from agents.envs import make_vec_env
     from agents.policies import PerDeviceActorCriticPolicy
+    from baselines.lyapunov import DEFAULT_V
 
     cfg = resolve_config("switching", num_rounds=5)
     venv = make_vec_env(cfg, 2, "dummy", seed=0)
@@ -674,6 +675,11 @@ def test_behaviour_cloning_imitates_the_lyapunov_decisions() -> None:
     )
     after = clone(policy, obs, act, epochs=150, batch_size=8, lr=3e-3)
     assert after < 0.5 * before
+    # --bc-v picks the expert's V (None: the Lyapunov policy's default)
+    for v, same in ((DEFAULT_V, True), (0.01, False)):
+        again = make_vec_env(cfg, 2, "dummy", seed=0)
+        _, act_v = lyapunov_demonstrations(again, cfg, ActionAdapter(cfg, "factored"), 24, v=v)
+        assert np.array_equal(act_v, act) == same
 
 
 def test_learning_curve_plot_shows_return_and_accuracy_with_references(tmp_path: Path) -> None:
