@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -744,3 +745,24 @@ def test_bare_model_features_are_inferred_only_when_unambiguous() -> None:
     assert _infer_features(model("env"), cfg) == "env"
     with pytest.raises(ValueError, match="label_mix_time, label_mix_budget.*run directory"):
         _infer_features(model("label_mix_budget"), cfg)
+
+
+def test_imitation_fit_reports_how_well_a_network_reproduces_the_lyapunov_policy(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from agents.bc import imitation_fit, main
+
+    cfg = resolve_config(str(ROOT / "configs/scenarios/tiny.yaml"))
+    untrained = imitation_fit(cfg, steps=80, epochs=0, n_envs=4)
+    fitted = imitation_fit(cfg, steps=80, epochs=60, n_envs=4)
+    assert (fitted["fit"]["steps"], fitted["held_out"]["steps"]) == (60, 20)
+    assert fitted["fit"]["mse"] < 0.5 * untrained["fit"]["mse"]
+    assert fitted["fit"]["schedule_agreement"] > untrained["fit"]["schedule_agreement"]
+    assert len(fitted["held_out"]["mse_per_component"]) == 4  # schedule, rank, power, band
+    soft = imitation_fit(resolve_config("soft", num_rounds=4), steps=16, epochs=1, n_envs=2)
+    assert math.isnan(soft["fit"]["schedule_agreement"])  # soft never idles a device
+    with pytest.raises(ValueError, match="holdout"):
+        imitation_fit(cfg, holdout=1.0)
+    with pytest.raises(SystemExit) as exc:
+        main(["--config", "nope"])
+    assert exc.value.code == 2 and "nope" in capsys.readouterr().err
