@@ -85,6 +85,13 @@ class Args:
             "policy's devices train); agents/actions.py"
         ),
     )
+    shield: bool = field(
+        default=False,
+        metadata=_help(
+            "idle every device whose round would pass what is left of its episode energy "
+            "budget, in training and evaluation (fedenv.wrappers.BudgetShield; PPO's default)"
+        ),
+    )
     norm_obs: bool = field(
         default=True, metadata=_help("normalise observations (VecNormalize, saved with the model)")
     )
@@ -149,7 +156,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     # --- environments and normaliser
     features = ObservationFeatures(config, args.obs_features)
-    actions = ActionAdapter(config, args.action_form)
+    actions = ActionAdapter(config, args.action_form, shield=args.shield)
     venv = make_vec_env(
         config,
         args.n_envs,
@@ -157,6 +164,7 @@ def main(argv: list[str] | None = None) -> Path:
         seed=env_seed,
         obs_features=args.obs_features,
         action_form=args.action_form,
+        shield=args.shield,
     )
     if latest is not None:
         venv = load_normalizer(str(latest.normalizer), venv)

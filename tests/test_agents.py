@@ -489,7 +489,7 @@ def test_sac_trains_resumes_and_loads(tmp_path: Path) -> None:
               "--eval-episodes", "1", "--checkpoint-freq", "200", "--eval-freq", "200",
               "--no-progress-bar", "--no-tensorboard"]  # fmt: skip
     for extra in (
-        ["--total-timesteps", "400", "--run-dir", str(run)],
+        ["--total-timesteps", "400", "--run-dir", str(run), "--shield"],
         ["--total-timesteps", "600", "--run-dir", str(run), "--resume"],
     ):
         proc = subprocess.run(
@@ -507,6 +507,9 @@ def test_sac_trains_resumes_and_loads(tmp_path: Path) -> None:
         len(list((run / "checkpoints").glob("ckpt_replay_buffer_*"))) == 1
     )  # only the newest is kept
     cfg = resolve_config("switching")
+    # the shield chosen for the run is saved, kept on resume and applied in evaluation
+    assert RunDir(run).read_args()["shield"] is True
+    assert load_policy(f"sac:{run}", cfg).actions.shield is not None
     first = evaluate(load_policy(f"sac:{run}", cfg), cfg, [1000]).metric("episode_return")
     again = evaluate(load_policy(f"sac:{run}", cfg), cfg, [1000]).metric("episode_return")
     np.testing.assert_array_equal(first, again)
