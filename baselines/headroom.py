@@ -42,15 +42,15 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from baselines.evaluation import evaluate
 from baselines.lyapunov import LyapunovPolicy, check_tradeoff
-from baselines.objective import BUDGET_TOLERANCE, objective_summary, paired_difference
+from baselines.objective import BUDGET_TOLERANCE
 from baselines.pareto import parse_seeds, preset_config
 from baselines.registry import make_policy, split_specs
 from baselines.suite import (
     DEFAULT_V_GRID,
     add_objective_arguments,
     command_line,
+    paired_rows,
     parse_v_values,
     replace_block,
     tune_v,
@@ -162,20 +162,9 @@ def headroom_rows(
         *(("variant", p) for p in variants(config, v)),
         *(("reference", make_policy(spec, config)) for spec in references),
     ]
-    reference = None
-    rows = []
-    for kind, policy in policies:
-        ev = evaluate(policy, config, seeds, budget_tolerance=budget_tolerance)
-        if reference is None:
-            reference = ev
-        row = {"setting": label, "kind": kind, **objective_summary(ev)}
-        row["diff"], row["diff_ci95"] = (
-            paired_difference(ev, reference) if ev is not reference else (math.nan, math.nan)
-        )
-        rows.append(row)
     for r in tuning:
         r["setting"] = label
-    return rows, tuning
+    return paired_rows(label, config, policies, seeds, budget_tolerance), tuning
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:

@@ -70,6 +70,7 @@ __all__ = [
     "main",
     "objective_rows",
     "objective_table",
+    "paired_rows",
     "parse_v_values",
     "replace_block",
     "tune_v",
@@ -173,21 +174,34 @@ def objective_rows(
         *(("heuristic", p) for p in _policies(config, heuristics)),
         *(("agent", make_policy(spec, config)) for spec in agents),
     ]
-    evaluations = [
-        (kind, evaluate(p, config, seeds, budget_tolerance=budget_tolerance))
-        for kind, p in policies
-    ]
-    reference = evaluations[0][1]
-    rows = []
-    for kind, ev in evaluations:
-        row = {"setting": label, "kind": kind, **objective_summary(ev)}
-        row["diff"], row["diff_ci95"] = (
-            paired_difference(ev, reference) if ev is not reference else (math.nan, math.nan)
-        )
-        rows.append(row)
     for r in tuning:
         r["setting"] = label
-    return rows, tuning
+    return paired_rows(label, config, policies, seeds, budget_tolerance), tuning
+
+
+def paired_rows(
+    label: str,
+    config: EnvConfig,
+    policies: Sequence[tuple[str, Any]],
+    seeds: list[int],
+    budget_tolerance: float = BUDGET_TOLERANCE,
+) -> list[dict[str, Any]]:
+    """``(kind, policy)`` pairs played on ``seeds``, the first being the reference: one row per
+    policy (``setting`` = ``label``, ``kind``, :func:`baselines.objective.objective_summary`,
+    and ``diff``, ``diff_ci95``: the paired final-accuracy difference from the first; NaN for
+    the first itself)."""
+    rows = []
+    reference = None
+    for kind, policy in policies:
+        ev = evaluate(policy, config, seeds, budget_tolerance=budget_tolerance)
+        row = {"setting": label, "kind": kind, **objective_summary(ev)}
+        row["diff"], row["diff_ci95"] = (
+            paired_difference(ev, reference) if reference is not None else (math.nan, math.nan)
+        )
+        if reference is None:
+            reference = ev
+        rows.append(row)
+    return rows
 
 
 # ---------------------------------------------------------------------- tables
