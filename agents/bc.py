@@ -136,6 +136,8 @@ def imitation_fit(
     Raises:
         ValueError: ``holdout`` outside (0, 1), or ``steps`` too few to hold any out.
     """
+    from stable_baselines3.common.policies import ActorCriticPolicy
+
     from agents.envs import make_vec_env
     from agents.features import ObservationFeatures
     from agents.policies import policy_class
@@ -159,8 +161,6 @@ def imitation_fit(
     if not isinstance(kind, str):
         kwargs["device_features"] = ObservationFeatures(config, obs_features).device_features
     th.manual_seed(seed)
-    from stable_baselines3.common.policies import ActorCriticPolicy
-
     net: Any = (ActorCriticPolicy if isinstance(kind, str) else kind)(
         venv.observation_space, venv.action_space, lambda _: 3e-4, **kwargs
     )

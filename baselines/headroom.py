@@ -8,7 +8,7 @@ accurate while keeping every budget (docs/suite.md). This command measures how m
 policy has to do so. For the default preset and every scenario
 (``--scenarios`` picks presets and scenarios of :data:`fedenv.scenarios.SCENARIOS`; ``all``:
 every scenario) it tunes the Lyapunov policy's V on the validation seeds as the suite does
-(:func:`baselines.suite.tune_v`), then plays on the test seeds, paired with it:
+(:func:`baselines.suite.tuned_v`), then plays on the test seeds, paired with it:
 
 * **V schedules** (:class:`ScheduledV`): the same drift-plus-penalty solve with V moving
   geometrically over the episode, from V*/10 to 10 V*, from V*/100 to 100 V* (learning weighs
@@ -51,12 +51,13 @@ from baselines.suite import (
     add_objective_arguments,
     command_line,
     paired_rows,
+    parse_scenarios,
     parse_v_values,
     replace_block,
-    tune_v,
+    tuned_v,
     write_report,
 )
-from fedenv.config import PRESETS, EnvConfig
+from fedenv.config import EnvConfig
 from fedenv.scenarios import SCENARIOS
 
 __all__ = [
@@ -154,16 +155,12 @@ def headroom_rows(
         (rows, tuning) in the form of :func:`baselines.suite.objective_rows` (``kind`` is
         lyapunov, variant or reference).
     """
-    if set(seeds) & set(val_seeds):
-        raise ValueError("the validation seeds must not overlap the test seeds")
-    v, tuning = tune_v(config, v_values, val_seeds, budget_tolerance=budget_tolerance)
+    v, tuning = tuned_v(label, config, seeds, val_seeds, v_values, budget_tolerance)
     policies: list[tuple[str, Any]] = [
         ("lyapunov", LyapunovPolicy(config, v)),
         *(("variant", p) for p in variants(config, v)),
         *(("reference", make_policy(spec, config)) for spec in references),
     ]
-    for r in tuning:
-        r["setting"] = label
     return paired_rows(label, config, policies, seeds, budget_tolerance), tuning
 
 
@@ -189,16 +186,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         names = (
             list(DEFAULT_SETTINGS)
             if args.scenarios is None
-            else list(SCENARIOS)
-            if args.scenarios == "all"
-            else split_specs(args.scenarios)
+            else parse_scenarios(args.scenarios, presets=True)
         )
-        unknown = [n for n in names if n not in SCENARIOS and n not in PRESETS]
-        if unknown:
-            raise ValueError(
-                f"--scenarios: unknown {', '.join(unknown)}; the scenarios are "
-                f"{', '.join(SCENARIOS)}, the presets {', '.join(PRESETS)}"
-            )
         seeds, val_seeds = parse_seeds(args.seeds), parse_seeds(args.val_seeds)
         v_values = parse_v_values(args.v)
         if args.docs and not Path(args.docs).is_file():

@@ -57,7 +57,7 @@ from baselines.objective import (
 )
 from baselines.pareto import parse_seeds
 from baselines.registry import make_policy, split_specs
-from fedenv.config import EnvConfig, calibration_surrogate, parse_set
+from fedenv.config import PRESETS, EnvConfig, calibration_surrogate, parse_set
 from fedenv.scenarios import SCENARIOS, scenario_config
 
 __all__ = [
@@ -71,9 +71,11 @@ __all__ = [
     "objective_rows",
     "objective_table",
     "paired_rows",
+    "parse_scenarios",
     "parse_v_values",
     "replace_block",
     "tune_v",
+    "tuned_v",
     "tuning_table",
     "write_csv",
     "write_report",
@@ -114,6 +116,24 @@ def tune_v(
     for r in rows:
         r["chosen"] = r is best
     return float(best["V"]), rows
+
+
+def parse_scenarios(text: str, presets: bool = False) -> list[str]:
+    """``--scenarios``: ``all`` (every registered scenario) or comma-separated names of
+    scenarios (and, with ``presets``, of presets).
+
+    Raises:
+        ValueError: an unknown name (the message lists the known ones).
+    """
+    names = list(SCENARIOS) if text == "all" else split_specs(text)
+    known = (*SCENARIOS, *PRESETS) if presets else SCENARIOS
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(
+            f"--scenarios: unknown {', '.join(unknown)}; the scenarios are "
+            f"{', '.join(SCENARIOS)}" + (f", the presets {', '.join(PRESETS)}" if presets else "")
+        )
+    return names
 
 
 def parse_v_values(text: str) -> list[float]:
@@ -162,6 +182,29 @@ def objective_rows(
         ``diff``, ``diff_ci95``: the paired final-accuracy difference from the Lyapunov
         policy), and :func:`tune_v`'s rows (with ``setting``).
     """
+    v, tuning = tuned_v(label, config, seeds, val_seeds, v_values, budget_tolerance)
+    policies = [
+        ("lyapunov", make_policy(f"lyapunov:V={v!r}", config)),
+        *(("heuristic", p) for p in _policies(config, heuristics)),
+        *(("agent", make_policy(spec, config)) for spec in agents),
+    ]
+    return paired_rows(label, config, policies, seeds, budget_tolerance), tuning
+
+
+def tuned_v(
+    label: str,
+    config: EnvConfig,
+    seeds: list[int],
+    val_seeds: list[int],
+    v_values: Sequence[float] = DEFAULT_V_GRID,
+    budget_tolerance: float = BUDGET_TOLERANCE,
+) -> tuple[float, list[dict[str, Any]]]:
+    """:func:`tune_v` on ``val_seeds`` for a comparison on the test ``seeds``, its rows
+    labelled ``setting`` = ``label``.
+
+    Raises:
+        ValueError: the validation seeds overlap the test seeds.
+    """
     overlap = set(seeds) & set(val_seeds)
     if overlap:
         raise ValueError(
@@ -169,14 +212,9 @@ def objective_rows(
             f"{sorted(overlap)[:5]}...)"
         )
     v, tuning = tune_v(config, v_values, val_seeds, budget_tolerance=budget_tolerance)
-    policies = [
-        ("lyapunov", make_policy(f"lyapunov:V={v!r}", config)),
-        *(("heuristic", p) for p in _policies(config, heuristics)),
-        *(("agent", make_policy(spec, config)) for spec in agents),
-    ]
     for r in tuning:
         r["setting"] = label
-    return paired_rows(label, config, policies, seeds, budget_tolerance), tuning
+    return v, tuning
 
 
 def paired_rows(
@@ -407,13 +445,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     )
     args = parser.parse_args(argv)
     try:
-        names = list(SCENARIOS) if args.scenarios == "all" else split_specs(args.scenarios)
-        unknown = [n for n in names if n not in SCENARIOS]
-        if unknown:
-            raise ValueError(
-                f"--scenarios: unknown {', '.join(unknown)}; the scenarios are "
-                f"{', '.join(SCENARIOS)}"
-            )
+        names = parse_scenarios(args.scenarios)
         seeds, val_seeds = parse_seeds(args.seeds), parse_seeds(args.val_seeds)
         v_values = parse_v_values(args.v)
         agents = _agents(args.agent, names)
