@@ -39,6 +39,20 @@ round where it buys little accuracy) keeps the baseline's deadline-feasible powe
 split. The agent cannot add devices, only drop them. Paradigms with a ``module`` or
 ``schedule`` component (switching, split, unified).
 
+``tradeoff`` (learning-augmented Lyapunov optimisation): the agent sets, per device and round,
+how the Lyapunov policy weighs that device's energy against learning. Its action is one
+component per device, ``(K, 1)``; the Lyapunov policy solves the round with device k's energy
+backlog scaled,
+
+    Q'_k = Q_k x 10 ** (-TRADEOFF_DECADES x a_k)
+
+so ``a_k = 0`` everywhere plays the Lyapunov policy exactly, equal ``a_k`` over the devices move
+its V (a V schedule, when they change over the episode: the headroom probe's ``ScheduledV``,
+docs/suite.md#headroom), and unequal ones price some devices' energy above others'. Every
+decision keeps the Lyapunov policy's deadline-feasible power and bandwidth and its budget guard,
+so each device's episode energy stays within its budget whatever the agent does. Any paradigm
+with an energy budget.
+
 ``shield=True`` adds the budget shield (:class:`fedenv.wrappers.BudgetShield`) after any form:
 every device whose round would pass what is left of its episode energy budget is idled, by the
 Lyapunov policy's own budget-guard rule, so the energy constraint holds by construction. The
@@ -63,19 +77,36 @@ from fedenv.actions import ActionCodec
 from fedenv.config import EnvConfig
 from fedenv.wrappers import BudgetShield, FactoredCodec
 
-__all__ = ["ACTION_FORMS", "GATE_THRESHOLD", "RESIDUAL_SCALE", "ActionAdapter", "AgentAction"]
+__all__ = [
+    "ACTION_FORMS",
+    "GATE_THRESHOLD",
+    "RESIDUAL_SCALE",
+    "TRADEOFF_DECADES",
+    "ActionAdapter",
+    "AgentAction",
+]
 
-ACTION_FORMS = ("env", "factored", "residual", "gated")
+ACTION_FORMS = ("env", "factored", "residual", "gated", "tradeoff")
 #: scale of the agent's action in the ``residual`` form (canonical units per unit of action)
 RESIDUAL_SCALE = 1.0
 #: the ``gated`` form idles a device whose gate is below this value
 GATE_THRESHOLD = -0.5
+#: decades of the energy backlog's scale per unit of action in the ``tradeoff`` form
+TRADEOFF_DECADES = 2.0
 
 
 class ActionAdapter:
     """Maps the agent's action to the env's canonical action (module docstring)."""
 
-    def __init__(self, config: EnvConfig, kind: str = "factored", shield: bool = False) -> None:
+    def __init__(
+        self,
+        config: EnvConfig,
+        kind: str = "factored",
+        shield: bool = False,
+        base_v: float | None = None,
+    ) -> None:
+        """``base_v``: V of the Lyapunov policy that the ``residual``, ``gated`` and ``tradeoff``
+        forms act on (None = its default V)."""
         if kind not in ACTION_FORMS:
             raise ValueError(f"action_form must be one of {', '.join(ACTION_FORMS)}, got {kind!r}")
         comps = config.action_components
@@ -86,6 +117,7 @@ class ActionAdapter:
         self._factored = FactoredCodec(config) if kind == "factored" else None
         self.factored = self._factored is not None and self._factored.factored
         self.gated = kind == "gated"
+        self.tradeoff = kind == "tradeoff"
         #: the column that schedules a device, and its canonical "idle" value (the codec's)
         codec = ActionCodec(config)
         self._gate_column, self._idle_value = codec.idle_column, codec.idle_value
@@ -94,31 +126,41 @@ class ActionAdapter:
                 "the gated action form idles devices, so it needs a module or schedule "
                 f"action component; the {config.paradigm!r} paradigm has {', '.join(comps)}"
             )
+        if self.tradeoff and not config.uses_energy_queue:
+            raise ValueError(
+                "the tradeoff action form scales the Lyapunov policy's energy backlogs, and this "
+                "config has no energy budget (budgets.energy_budget_j is null)"
+            )
         self.shape = (
             self._factored.shape
             if self._factored is not None
             else (self.num_devices, 1)
-            if self.gated
+            if self.gated or self.tradeoff
             else self.env_shape
         )
         self._base_policy: Any = None
         self._base: NDArray[np.float32] | None = None
         self.shield = BudgetShield(config) if shield else None
         self._info: dict[str, Any] | None = None
-        if kind in ("residual", "gated"):
-            from baselines.lyapunov import LyapunovPolicy
+        if kind in ("residual", "gated", "tradeoff"):
+            from baselines.lyapunov import DEFAULT_V, LyapunovPolicy
 
-            self._base_policy = LyapunovPolicy(config)
+            self._base_policy = LyapunovPolicy(config, DEFAULT_V if base_v is None else base_v)
+        elif base_v is not None:
+            raise ValueError(
+                f"base_v is the V of the Lyapunov policy under the residual, gated and tradeoff "
+                f"action forms; the {kind} form has none"
+            )
 
     @property
     def stateful(self) -> bool:
-        """Whether the form keeps a base policy per episode (``residual``, ``gated``): one
-        adapter per env, and :meth:`observe` before each action. (The shield needs
-        :meth:`observe` too, but takes a whole batch's ``info``.)"""
+        """Whether the form keeps a base policy per episode (``residual``, ``gated``,
+        ``tradeoff``): one adapter per env, and :meth:`observe` before each action. (The shield
+        needs :meth:`observe` too, but takes a whole batch's ``info``.)"""
         return self._base_policy is not None
 
     def reset(self, seed: int | None = None) -> None:
-        """Start an episode (resets the base policy of the ``residual`` form)."""
+        """Start an episode (resets the base policy of the stateful forms)."""
         self._info = None
         if self._base_policy is not None:
             self._base_policy.reset(seed)
@@ -127,9 +169,9 @@ class ActionAdapter:
     def observe(self, info: dict[str, Any]) -> None:
         """The ``info`` of the last reset/step: the base policy decides the coming round from it,
         and the shield plays it on the round's channel."""
-        if self._base_policy is not None:
+        if self._base_policy is not None and not self.tradeoff:
             self._base = np.asarray(self._base_policy.act(None, info), dtype=np.float32)
-        if self.shield is not None:
+        if self.shield is not None or self.tradeoff:
             self._info = info
 
     @property
@@ -151,6 +193,8 @@ class ActionAdapter:
         if a.ndim == 3 and self._base_policy is None:
             return self._map(np.clip(a, -1.0, 1.0))
         a = np.clip(a.reshape(self.shape), -1.0, 1.0)
+        if self.tradeoff:
+            return self._tradeoff(a[:, 0])
         if self._base_policy is not None:
             if self._base is None:
                 raise RuntimeError(
@@ -163,6 +207,18 @@ class ActionAdapter:
                 return out
             return np.clip(self._base + RESIDUAL_SCALE * a, -1.0, 1.0)
         return self._map(a)
+
+    def _tradeoff(self, a: NDArray[np.float32]) -> NDArray[np.float32]:
+        """The Lyapunov decision with each device's energy backlog scaled by 10^(-d a_k)."""
+        if self._info is None:
+            raise RuntimeError(
+                "the tradeoff action form needs observe(info) after every reset/step before an "
+                "action"
+            )
+        backlog = np.asarray(self._info["energy_backlog"], dtype=np.float64)
+        scale = 10.0 ** (-TRADEOFF_DECADES * a.astype(np.float64))
+        info = {**self._info, "energy_backlog": backlog * scale}
+        return np.asarray(self._base_policy.act(None, info), dtype=np.float32)
 
     def _map(self, a: NDArray[np.float32]) -> NDArray[np.float32]:
         """The stateless forms on clipped actions of shape (..., K, C')."""

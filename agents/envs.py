@@ -64,8 +64,10 @@ def make_env(
     obs_features: str = "label_mix",
     action_form: str = "factored",
     shield: bool = False,
+    base_v: float | None = None,
 ) -> Callable[[], gym.Env[Any, Any]]:
-    """A thunk building one monitored training env (picklable for subprocess vector envs)."""
+    """A thunk building one monitored training env (picklable for subprocess vector envs);
+    ``base_v``: V of the Lyapunov policy under the stateful action forms (None = its default)."""
 
     if action_form not in ACTION_FORMS:
         raise ValueError(
@@ -82,7 +84,7 @@ def make_env(
         if action_form == "factored":
             env = FactoredAction(env)
         elif action_form != "env":
-            env = AgentAction(env, ActionAdapter(config, action_form))
+            env = AgentAction(env, ActionAdapter(config, action_form, base_v=base_v))
         return HorizonIsTermination(env)
 
     return thunk
@@ -96,15 +98,17 @@ def make_vec_env(
     obs_features: str = "label_mix",
     action_form: str = "factored",
     shield: bool = False,
+    base_v: float | None = None,
 ) -> VecEnv:
     """``n_envs`` training envs with the agent's observation and action form (and the budget
-    shield); env i starts from ``reset(seed=seed + i)``."""
+    shield); env i starts from ``reset(seed=seed + i)``. ``base_v``: V of the Lyapunov policy
+    under the stateful action forms (None = its default)."""
     if n_envs < 1:
         raise ValueError(f"n_envs must be >= 1, got {n_envs}")
     if kind not in VEC_ENV_KINDS:
         raise ValueError(f"vec_env must be one of {', '.join(VEC_ENV_KINDS)}, got {kind!r}")
     venv: VecEnv
-    actions = ActionAdapter(config, action_form, shield=shield)
+    actions = ActionAdapter(config, action_form, shield=shield, base_v=base_v)
     if kind == "auto":
         kind = (
             "batched"
@@ -117,12 +121,12 @@ def make_vec_env(
         )
     elif kind == "subproc" and n_envs > 1:
         venv = SubprocVecEnv(
-            [make_env(config, obs_features, action_form, shield) for _ in range(n_envs)],
+            [make_env(config, obs_features, action_form, shield, base_v) for _ in range(n_envs)],
             start_method="forkserver",
         )
     else:
         venv = DummyVecEnv(
-            [make_env(config, obs_features, action_form, shield) for _ in range(n_envs)]
+            [make_env(config, obs_features, action_form, shield, base_v) for _ in range(n_envs)]
         )
     venv.seed(int(seed))
     return venv

@@ -306,6 +306,7 @@ def load_policy(
         cfg,
         saved.get("action_form") or _infer_action_form(model, cfg),
         shield=bool(saved.get("shield", False)),
+        base_v=saved.get("base_v"),
     )
     stats = _compatible(model, norm, cfg, features, actions, spec)
     return SB3Policy(model, norm, files.label, features=features, actions=actions, obs_stats=stats)

@@ -108,8 +108,16 @@ class Args:
         default="factored",
         metadata=_help(
             "env (the env's action), factored (separate schedule and rank per device), "
-            "residual (on top of the Lyapunov policy) or gated (which of the Lyapunov "
-            "policy's devices train); agents/actions.py"
+            "residual (on top of the Lyapunov policy), gated (which of the Lyapunov "
+            "policy's devices train) or tradeoff (how the Lyapunov policy weighs each "
+            "device's energy); agents/actions.py"
+        ),
+    )
+    base_v: float | None = field(
+        default=None,
+        metadata=_help(
+            "V of the Lyapunov policy that the residual, gated and tradeoff action forms act on "
+            "(None = its default V; pass the scenario's tuned V, docs/suite.md)"
         ),
     )
     shield: bool = field(
@@ -307,7 +315,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     # --- environments and normaliser
     features = ObservationFeatures(config, args.obs_features)
-    actions = ActionAdapter(config, args.action_form, shield=args.shield)
+    actions = ActionAdapter(config, args.action_form, shield=args.shield, base_v=args.base_v)
     venv = make_vec_env(
         config,
         args.n_envs,
@@ -316,6 +324,7 @@ def main(argv: list[str] | None = None) -> Path:
         obs_features=args.obs_features,
         action_form=args.action_form,
         shield=args.shield,
+        base_v=args.base_v,
     )
     per_device = args.policy == "per_device"
     lagrangian = None
@@ -408,7 +417,7 @@ def main(argv: list[str] | None = None) -> Path:
     if args.bc_steps > 0 and latest is None:
         from agents.bc import clone, lyapunov_demonstrations
 
-        if args.action_form in ("residual", "gated"):
+        if actions.stateful:
             raise ValueError(
                 f"--bc-steps imitates the Lyapunov policy, which the {args.action_form} "
                 "action form already plays; use one or the other"

@@ -81,8 +81,16 @@ class Args:
         default="factored",
         metadata=_help(
             "env (the env's action), factored (separate schedule and rank per device), "
-            "residual (on top of the Lyapunov policy) or gated (which of the Lyapunov "
-            "policy's devices train); agents/actions.py"
+            "residual (on top of the Lyapunov policy), gated (which of the Lyapunov "
+            "policy's devices train) or tradeoff (how the Lyapunov policy weighs each "
+            "device's energy); agents/actions.py"
+        ),
+    )
+    base_v: float | None = field(
+        default=None,
+        metadata=_help(
+            "V of the Lyapunov policy that the residual, gated and tradeoff action forms act on "
+            "(None = its default V)"
         ),
     )
     shield: bool = field(
@@ -156,7 +164,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     # --- environments and normaliser
     features = ObservationFeatures(config, args.obs_features)
-    actions = ActionAdapter(config, args.action_form, shield=args.shield)
+    actions = ActionAdapter(config, args.action_form, shield=args.shield, base_v=args.base_v)
     venv = make_vec_env(
         config,
         args.n_envs,
@@ -165,6 +173,7 @@ def main(argv: list[str] | None = None) -> Path:
         obs_features=args.obs_features,
         action_form=args.action_form,
         shield=args.shield,
+        base_v=args.base_v,
     )
     if latest is not None:
         venv = load_normalizer(str(latest.normalizer), venv)

@@ -176,6 +176,26 @@ def test_a_run_trained_with_the_shield_evaluates_with_it(tiny_run: Path, tmp_pat
     np.testing.assert_array_equal(evaluate(shielded, cfg, seeds).metric("in_budget"), 1.0)
 
 
+def test_a_tradeoff_run_keeps_its_lyapunov_v_and_every_budget(tmp_path: Path) -> None:
+    """``--action-form tradeoff --base-v V`` trains on top of the Lyapunov policy at V, saves V
+    with the run, and evaluates on top of the same V; the Lyapunov policy's budget guard keeps
+    every budget in training (the multiplier never rises) and in evaluation."""
+    run = tmp_path / "tradeoff"
+    _train(
+        *TINY,
+        "--run-dir", str(run), "--train-config", str(ROOT / "configs/train/ppo_tradeoff.yaml"),
+        "--base-v", "3", "--total-timesteps", "256", "--eval-freq", "128", "--vec-env", "dummy",
+    )  # fmt: skip
+    args = RunDir(run).read_args()
+    assert args["action_form"] == "tradeoff" and args["base_v"] == 3.0
+    assert json.loads((run / "lagrangian.json").read_text())["lambda"] == [0.0]
+    cfg = resolve_config("switching")
+    policy = load_policy(f"ppo:{run}", cfg)
+    assert policy.actions.kind == "tradeoff" and policy.actions.shield is None
+    assert policy.actions._base_policy.tradeoff_v == 3.0
+    np.testing.assert_array_equal(evaluate(policy, cfg, [1000, 1001]).metric("in_budget"), 1.0)
+
+
 def test_per_device_policy_is_permutation_equivariant_and_serves_any_k() -> None:
     cfg = resolve_config("switching")
     features = ObservationFeatures(cfg, "label_mix")
@@ -638,6 +658,50 @@ def test_gated_action_form_keeps_or_idles_the_lyapunov_decisions(preset: str) ->
         ActionAdapter(resolve_config("soft"), "gated")
     with pytest.raises(ValueError, match="no fixed inverse"):
         adapter.encode(np.zeros((k, len(cfg.action_components)), np.float32))
+
+
+@pytest.mark.parametrize("preset", ["switching", "split"])
+def test_tradeoff_action_form_scales_the_lyapunov_policys_energy_backlogs(preset: str) -> None:
+    from agents.actions import TRADEOFF_DECADES, ActionAdapter
+    from baselines.lyapunov import LyapunovPolicy
+    from fedenv.actions import ActionCodec
+
+    cfg = resolve_config(preset, num_rounds=8)
+    k = cfg.devices.num_devices
+    codec = ActionCodec(cfg)
+    # three agents on the same states: a = 0, a = 0.5 on every device, random a (which plays)
+    zero, half, agent = (ActionAdapter(cfg, "tradeoff", base_v=3.0) for _ in range(3))
+    assert agent.space.shape == (k, 1) and agent.stateful
+    at_v = LyapunovPolicy(cfg, 3.0)
+    # equal actions on every device move V: a = 0.5 solves the round of V x 10^(d / 2)
+    at_higher_v = LyapunovPolicy(cfg, 3.0 * 10.0 ** (TRADEOFF_DECADES / 2))
+    env = FedLoRAWirelessEnv(cfg)
+    obs, info = env.reset(seed=5)
+    for policy in (zero, half, agent, at_v, at_higher_v):
+        policy.reset(5)
+    rng = np.random.default_rng(1)
+    differed = 0
+    for _ in range(8):
+        for adapter in (zero, half, agent):
+            adapter.observe(info)
+        base = at_v.act(obs, info)
+        np.testing.assert_array_equal(zero(np.zeros((k, 1), np.float32)), base)
+        moved = codec.decode(codec.validate(half(np.full((k, 1), 0.5, np.float32))))
+        expected = codec.decode(codec.validate(at_higher_v.act(obs, info)))
+        np.testing.assert_array_equal(moved.module, expected.module)
+        np.testing.assert_allclose(moved.power_w, expected.power_w, rtol=1e-3)
+        action = agent(rng.uniform(-1, 1, (k, 1)).astype(np.float32))
+        differed += not np.array_equal(action, base)
+        obs, _, _, _, info = env.step(action)
+        # the Lyapunov policy's budget guard holds whatever the agent does
+        assert np.all(np.asarray(info["energy_spent_j"]) <= 8 * cfg.budgets.energy_budget_j)
+    assert differed > 0  # the backlogs fill, and the agent's scale changes the decisions
+    with pytest.raises(ValueError, match="no energy budget"):
+        ActionAdapter(resolve_config("switching", budgets={"energy_budget_j": None}), "tradeoff")
+    with pytest.raises(ValueError, match="has none"):
+        ActionAdapter(cfg, "factored", base_v=3.0)
+    with pytest.raises(RuntimeError, match="observe"):
+        ActionAdapter(cfg, "tradeoff")(np.zeros((k, 1), np.float32))
 
 
 def test_factored_encode_inverts_the_adapter_on_the_decisions() -> None:
