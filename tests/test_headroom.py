@@ -14,7 +14,8 @@ from baselines import headroom
 from baselines.evaluation import evaluate
 from baselines.headroom import PricedEnergy, ScheduledV
 from baselines.lyapunov import LyapunovPolicy
-from fedenv.config import resolve_config
+from baselines.objective import constrained_score
+from fedenv.config import EnvConfig, resolve_config
 from fedenv.env import FedLoRAWirelessEnv
 
 TIGHT = resolve_config("switching", num_rounds=6, budgets={"energy_budget_j": 0.03})
@@ -77,18 +78,38 @@ def test_a_price_needs_a_number_and_an_energy_budget() -> None:
 def test_every_variant_is_paired_with_the_tuned_lyapunov_policy() -> None:
     config = resolve_config("switching", num_rounds=4, devices={"num_devices": 3})
     seeds, val = [1000, 1001, 1002], [100000, 100001]
-    rows, tuning = headroom.headroom_rows("tiny", config, seeds, val, v_values=[0.1, 10.0])
+    rows, tuning, validation = headroom.headroom_rows(
+        "tiny", config, seeds, val, v_values=[0.1, 10.0]
+    )
     v = next(r["V"] for r in tuning if r["chosen"])
     kinds = [r["kind"] for r in rows]
     assert kinds == ["lyapunov"] + ["variant"] * 7 + ["reference"]
-    assert rows[0]["policy"] == f"lyapunov(V={v:g})" and math.isnan(rows[0]["diff"])
-    assert rows[1]["policy"] == f"lyapunov(V={0.1 * v:g}->{10 * v:g})"
+    assert rows[0]["policy"].startswith(f"lyapunov(V={v:g})") and math.isnan(rows[0]["diff"])
+    assert rows[1]["policy"].startswith(f"lyapunov(V={0.1 * v:g}->{10 * v:g})")
+    # the pick: the planner with the best score on the validation seeds (the first of equals),
+    # marked in the test table
+    scores = [
+        constrained_score(float(np.mean(acc)), float(np.mean(ok)), float(np.mean(worst)))
+        for acc, ok, worst in (
+            (ev.metric("final_accuracy"), ev.metric("in_budget"), ev.metric("worst_budget_use"))
+            for ev in (evaluate(p, config, val) for p in _planners(config, v))
+        )
+    ]
+    picked = int(np.argmax(scores))
+    assert [r["picked"] for r in rows] == [i == picked for i in range(len(rows))]
+    assert [r["picked"] for r in validation] == [i == picked for i in range(8)]
+    assert [r["policy"].endswith(headroom.PICKED) for r in rows] == [r["picked"] for r in rows]
+    assert [r["score"] for r in validation] == pytest.approx(scores)
     base = evaluate(LyapunovPolicy(config, v), config, seeds).metric("final_accuracy")
     top = evaluate(PricedEnergy(config, 0.0), config, seeds).metric("final_accuracy")
     zero = next(r for r in rows if r["policy"] == "priced(c=0)")
     assert zero["diff"] == pytest.approx(np.mean(top - base))
     with pytest.raises(ValueError, match="overlap"):
         headroom.headroom_rows("tiny", config, seeds, seeds)
+
+
+def _planners(config: EnvConfig, v: float) -> list[LyapunovPolicy]:
+    return [LyapunovPolicy(config, v), *headroom.variants(config, v)]
 
 
 def test_the_command_replaces_its_docs_block_and_rejects_bad_input(
@@ -104,8 +125,10 @@ def test_the_command_replaces_its_docs_block_and_rejects_bad_input(
     assert text.startswith("before\n" + headroom.BEGIN) and text.endswith(
         headroom.END + "\nafter\n"
     )
-    assert "old table" not in text and "| tight_energy | priced(c=0.01) |" in text
+    assert "old table" not in text and "| tight_energy | priced(c=0.01)" in text
+    assert text.count(headroom.PICKED) == 1  # one pick per scenario
     assert [r["policy"] for r in rows][-1] == "max" and (tmp_path / "o" / "headroom.csv").is_file()
+    assert len((tmp_path / "o" / "validation.csv").read_text().splitlines()) == 1 + 8
     for bad, says in [
         (["--scenarios", "tight"], "unknown tight"),
         ([*args, "--V", "-1"], "--V"),
