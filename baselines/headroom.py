@@ -156,7 +156,7 @@ def headroom_rows(
     v_values: Sequence[float] = DEFAULT_V_GRID,
     references: Sequence[str] = ("max",),
     budget_tolerance: float = BUDGET_TOLERANCE,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """One config: the tuned Lyapunov policy, its variants and ``references`` on the test
     seeds, each with its paired final-accuracy difference from the tuned Lyapunov policy, and
     the pick on the validation seeds.
