@@ -231,8 +231,8 @@ class ActionAdapter:
         The ``env`` form returns the canonical action itself; ``factored``: schedule +-0.5, the
         centre of the rank's slot, the other components unchanged
         (:meth:`fedenv.wrappers.FactoredCodec.from_env`). Used for imitation targets
-        (agents/bc.py); the ``residual`` and ``gated`` forms have no fixed inverse (they depend on
-        the base action).
+        (agents/bc.py); the stateful forms have no fixed inverse (they depend on the base
+        action).
         """
         if self._base_policy is not None:
             raise ValueError(
@@ -247,8 +247,8 @@ class ActionAdapter:
 class AgentAction(gym.ActionWrapper[Any, NDArray[np.float32], NDArray[np.float32]]):
     """Training-side wrapper: the env driven by the agent's action form (:class:`ActionAdapter`).
 
-    The training envs use it for the stateful forms (``residual``, ``gated``); ``factored`` is
-    :class:`fedenv.wrappers.FactoredAction` there.
+    The training envs use it for the stateful forms (``residual``, ``gated``, ``tradeoff``);
+    ``factored`` is :class:`fedenv.wrappers.FactoredAction` there.
     """
 
     def __init__(self, env: gym.Env[Any, Any], adapter: ActionAdapter) -> None:

@@ -2,9 +2,10 @@
 
 ``make_env(config, obs_features, action_form)`` stacks the forms of :mod:`fedenv.wrappers` on a
 monitored env: ``LabelSkewObservation`` (obs features ``label_mix``, ``label_mix_time``),
-``FactoredAction`` (action form ``factored``; the stateful forms ``residual`` and ``gated`` are
-:class:`agents.actions.AgentAction`), with ``shield=True`` ``BudgetShieldAction`` under them (the
-budget shield, :class:`fedenv.wrappers.BudgetShield`), and ``HorizonIsTermination``.
+``FactoredAction`` (action form ``factored``; the stateful forms ``residual``, ``gated`` and
+``tradeoff`` are :class:`agents.actions.AgentAction`), with ``shield=True``
+``BudgetShieldAction`` under them (the budget shield, :class:`fedenv.wrappers.BudgetShield`), and
+``HorizonIsTermination``.
 ``make_vec_env(config, n_envs, kind, seed)`` builds ``n_envs`` training envs with the agent's
 observation and action form (:mod:`agents.features`, :mod:`agents.actions`):
 
