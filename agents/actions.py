@@ -79,6 +79,8 @@ from fedenv.wrappers import BudgetShield, FactoredCodec
 
 __all__ = [
     "ACTION_FORMS",
+    "ACTION_FORM_HELP",
+    "BASE_V_HELP",
     "GATE_THRESHOLD",
     "RESIDUAL_SCALE",
     "TRADEOFF_DECADES",
@@ -93,6 +95,16 @@ RESIDUAL_SCALE = 1.0
 GATE_THRESHOLD = -0.5
 #: decades of the energy backlog's scale per unit of action in the ``tradeoff`` form
 TRADEOFF_DECADES = 2.0
+#: the help of the training scripts' ``--action-form`` and ``--base-v``
+ACTION_FORM_HELP = (
+    "env (the env's action), factored (separate schedule and rank per device), residual (on top "
+    "of the Lyapunov policy), gated (which of the Lyapunov policy's devices train) or tradeoff "
+    "(how the Lyapunov policy weighs each device's energy); agents/actions.py"
+)
+BASE_V_HELP = (
+    "V of the Lyapunov policy that the residual, gated and tradeoff action forms act on (None = "
+    "its default V; pass the scenario's tuned V, docs/suite.md)"
+)
 
 
 class ActionAdapter:

@@ -25,7 +25,7 @@ from stable_baselines3 import SAC
 from stable_baselines3.common.callbacks import CallbackList
 from stable_baselines3.common.utils import set_random_seed
 
-from agents.actions import ActionAdapter
+from agents.actions import ACTION_FORM_HELP, BASE_V_HELP, ActionAdapter
 from agents.callbacks import EnvMetricsCallback, HeldOutEvalCallback, checkpoint_callback
 from agents.envs import episode_seeds, make_vec_env
 from agents.features import ObservationFeatures
@@ -79,19 +79,11 @@ class Args:
     )
     action_form: str = field(
         default="factored",
-        metadata=_help(
-            "env (the env's action), factored (separate schedule and rank per device), "
-            "residual (on top of the Lyapunov policy), gated (which of the Lyapunov "
-            "policy's devices train) or tradeoff (how the Lyapunov policy weighs each "
-            "device's energy); agents/actions.py"
-        ),
+        metadata=_help(ACTION_FORM_HELP),
     )
     base_v: float | None = field(
         default=None,
-        metadata=_help(
-            "V of the Lyapunov policy that the residual, gated and tradeoff action forms act on "
-            "(None = its default V)"
-        ),
+        metadata=_help(BASE_V_HELP),
     )
     shield: bool = field(
         default=False,
