@@ -180,12 +180,10 @@ def headroom_rows(
     picked = max(range(len(validation)), key=lambda i: validation[i]["score"])
     references_ = [("reference", make_policy(spec, config)) for spec in references]
     rows = paired_rows(label, config, [*planners, *references_], seeds, budget_tolerance)
-    for i, (r, val) in enumerate(zip(rows, validation)):
-        r["picked"] = val["picked"] = i == picked
-        if i == picked:
-            r["policy"] += PICKED
-    for r in rows[len(validation) :]:
-        r["picked"] = False
+    for table in (rows, validation):
+        for i, r in enumerate(table):
+            r["picked"] = i == picked
+    rows[picked]["policy"] += PICKED
     return rows, tuning, validation
 
 
@@ -235,8 +233,6 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         rows += r
         tuning += t
         validation += val
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    write_csv(validation, Path(args.out) / "validation.csv")
     text = write_report(
         rows,
         tuning,
@@ -252,6 +248,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             "on the test seeds is an optimistic one."
         ),
     )
+    write_csv(validation, Path(args.out) / "validation.csv")
     print(text)
     if args.docs:
         replace_block(Path(args.docs), text, BEGIN, END)
