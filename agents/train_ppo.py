@@ -140,6 +140,19 @@ class Args:
         default=-0.5, metadata=_help("initial log standard deviation of the Gaussian policy")
     )
     ortho_init: bool = field(default=True, metadata=_help("orthogonal weight initialisation"))
+    use_sde: bool = field(
+        default=False,
+        metadata=_help(
+            "generalised state-dependent exploration (gSDE, SB3's use_sde): the exploration "
+            "noise is a function of the state, redrawn every --sde-sample-freq steps, so an "
+            "episode explores one consistent plan instead of independent noise per step "
+            "(--policy mlp only; --log-std-init then sets the noise weights' scale)"
+        ),
+    )
+    sde_sample_freq: int = field(
+        default=-1,
+        metadata=_help("env steps between redraws of the gSDE noise (-1: once per rollout)"),
+    )
     # --- PPO
     learning_rate: float = field(default=3e-4, metadata=_help("Adam learning rate"))
     lr_schedule: str = field(
@@ -286,6 +299,11 @@ def main(argv: list[str] | None = None) -> Path:
             raise ValueError(
                 f"--{name.replace('_', '-')} must be one of {', '.join(valid)}, got {value!r}"
             )
+    if args.use_sde and args.policy != "mlp":
+        raise ValueError(
+            f"--use-sde needs --policy mlp: the {args.policy} policy has no state-dependent "
+            "noise (pass --policy mlp, or drop --use-sde)"
+        )
     if args.resume and args.run_dir and (Path(args.run_dir) / "args.yaml").is_file():
         old_args = RunDir(args.run_dir).read_args()
         # a run from before PPO-Lagrangian became the default trained on the weighted reward, and
@@ -390,6 +408,8 @@ def main(argv: list[str] | None = None) -> Path:
             vf_coef=args.vf_coef,
             max_grad_norm=args.max_grad_norm,
             target_kl=args.target_kl,
+            use_sde=args.use_sde,
+            sde_sample_freq=args.sde_sample_freq,
             policy_kwargs={
                 "net_arch": list(args.net_arch)
                 if per_device

@@ -18,6 +18,7 @@ pytest.importorskip("stable_baselines3")
 
 import gymnasium as gym  # noqa: E402
 import torch as th  # noqa: E402
+from stable_baselines3 import PPO  # noqa: E402
 
 import fedenv  # noqa: E402,F401
 from agents import train_ppo  # noqa: E402
@@ -194,6 +195,44 @@ def test_a_tradeoff_run_keeps_its_lyapunov_v_and_every_budget(tmp_path: Path) ->
     assert policy.actions.kind == "tradeoff" and policy.actions.shield is None
     assert policy.actions._base_policy.tradeoff_v == 3.0
     np.testing.assert_array_equal(evaluate(policy, cfg, [1000, 1001]).metric("in_budget"), 1.0)
+
+
+def test_use_sde_trains_with_state_dependent_noise_and_needs_the_mlp_policy(
+    tmp_path: Path,
+) -> None:
+    """``--use-sde`` reaches PPO (saved with the model: the policy draws its noise from a matrix
+    redrawn every --sde-sample-freq steps, so actions under one draw are a function of the
+    state), and the per-device policy, which has no such noise, is refused before a run
+    directory is made."""
+    run = tmp_path / "sde"
+    _train(
+        *TINY, "--run-dir", str(run), "--policy", "mlp", "--use-sde", "--sde-sample-freq", "8",
+        "--total-timesteps", "256", "--eval-freq", "128", "--vec-env", "dummy",
+    )  # fmt: skip
+    model = PPO.load(RunDir(run).model, device="cpu")
+    assert model.use_sde and model.sde_sample_freq == 8 and model.policy.use_sde
+    x = th.zeros((1, *model.observation_space.shape))
+    model.policy.reset_noise(1)
+    with th.no_grad():
+        a1, a2 = model.policy(x)[0], model.policy(x)[0]
+        model.policy.reset_noise(1)
+        a3 = model.policy(x)[0]
+    th.testing.assert_close(a1, a2)
+    assert not th.allclose(a1, a3)
+    cfg = resolve_config("switching")
+    assert evaluate(load_policy(f"ppo:{run}", cfg), cfg, [1000]).metric("final_accuracy").size == 1
+
+    bad = tmp_path / "sde_per_device"
+    proc = subprocess.run(
+        [sys.executable, "-m", "agents.train_ppo", *TINY, "--run-dir", str(bad), "--use-sde"],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode != 0 and "--use-sde needs --policy mlp" in proc.stderr
+    assert not bad.exists()
 
 
 def test_per_device_policy_is_permutation_equivariant_and_serves_any_k() -> None:
