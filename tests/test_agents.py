@@ -223,15 +223,8 @@ def test_use_sde_trains_with_state_dependent_noise_and_needs_the_mlp_policy(
     assert evaluate(load_policy(f"ppo:{run}", cfg), cfg, [1000]).metric("final_accuracy").size == 1
 
     bad = tmp_path / "sde_per_device"
-    proc = subprocess.run(
-        [sys.executable, "-m", "agents.train_ppo", *TINY, "--run-dir", str(bad), "--use-sde"],
-        cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode != 0 and "--use-sde needs --policy mlp" in proc.stderr
+    with pytest.raises(ValueError, match="--use-sde needs --policy mlp"):
+        train_ppo.main([*TINY, "--run-dir", str(bad), "--use-sde"])
     assert not bad.exists()
 
 
