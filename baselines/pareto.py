@@ -44,6 +44,7 @@ __all__ = [
     "main",
     "parse_seeds",
     "plot_pareto",
+    "point_label",
     "preset_config",
     "run_pareto",
     "write_table",
@@ -189,6 +190,17 @@ def write_table(rows: list[dict[str, Any]], out: Path, command: str = "") -> tup
     return out / "pareto.csv", out / "pareto.md"
 
 
+def point_label(row: dict[str, Any]) -> str:
+    """A point's label in the plot: ``V=10`` for the Lyapunov policy, the run's name and the
+    energy budget it was trained for (``to_tight, Ē=0.0625``) for an agent, so that agents
+    trained at the same budget are told apart."""
+    if row["method"] == "lyapunov":
+        return f"V={row['value']:g}"
+    budget = row["energy_budget_j"]
+    name = Path(str(row["value"]).split("@", 1)[0]).name
+    return f"{name}, Ē={'none' if budget is None else f'{budget:g}'}"
+
+
 def plot_pareto(rows: list[dict[str, Any]], config: EnvConfig, out: Path) -> Path:
     """pareto.png: final accuracy against energy per device-round, 95% CIs on both."""
     plt = _pyplot()
@@ -207,13 +219,8 @@ def plot_pareto(rows: list[dict[str, Any]], config: EnvConfig, out: Path) -> Pat
             label=method,
         )
         for r in pts:
-            text = (
-                f"V={r['value']:g}"
-                if method == "lyapunov"
-                else ("Ē=none" if r["energy_budget_j"] is None else f"Ē={r['energy_budget_j']:g}")
-            )
             ax.annotate(
-                text,
+                point_label(r),
                 (r["energy_j"], r["final_accuracy"]),
                 textcoords="offset points",
                 xytext=(4, -10),

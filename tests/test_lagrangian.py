@@ -629,6 +629,17 @@ def test_pareto_command_runs_end_to_end_with_the_lyapunov_sweep_and_agents_per_b
         "| ppo | run=" in (out / "pareto.md").read_text()
         and (out / "pareto.png").stat().st_size > 0
     )
+    # the plot tells the points apart: V for the sweep, run name and budget for an agent (two
+    # agents at one budget differ by name)
+    assert [pareto.point_label(r) for r in rows] == [
+        "V=0.1",
+        "V=1",
+        "run_e0.25, Ē=0.25",
+        "run_e0.5, Ē=0.5",
+    ]
+    assert pareto.point_label({**rows[2], "value": f"{rows[2]['value']}@final"}) == (
+        "run_e0.25, Ē=0.25"
+    )
     assert pareto.parse_seeds("1000-1002") == [1000, 1001, 1002] and pareto.parse_seeds("7,9") == [
         7,
         9,
