@@ -197,7 +197,7 @@ def point_label(row: dict[str, Any]) -> str:
     if row["method"] == "lyapunov":
         return f"V={row['value']:g}"
     budget = row["energy_budget_j"]
-    name = Path(str(row["value"]).split("@", 1)[0]).name
+    name = _run_dir(f"{row['method']}:{row['value']}").name  # the spec agent_point split
     return f"{name}, Ē={'none' if budget is None else f'{budget:g}'}"
 
 
