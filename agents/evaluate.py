@@ -10,7 +10,9 @@ Spec: ``<algo>:<run dir>[@best|@final|@latest]`` with algo ``ppo``, ``sac`` or
 ``recurrentppo``; ``@best`` (default when the run has one) is the model that scored best on
 the validation seeds during training, ``@final`` the model at the end of training, ``@latest``
 the newest checkpoint. A path to a ``.zip`` model works too (its normaliser is looked up
-beside it). Actions are deterministic (the distribution's mean), so an evaluation is
+beside it); a model saved in a run directory (``best/model.zip``,
+``checkpoints/ckpt_<steps>_steps.zip``) is read with that run's observation features, action
+form and base V. Actions are deterministic (the distribution's mean), so an evaluation is
 reproducible under a seed.
 
 Command line (the baselines' evaluation loop, :mod:`baselines.evaluation`)::
@@ -103,7 +105,9 @@ def parse_spec(spec: str) -> ModelFiles:
         m = path.name.replace("ckpt_", "ckpt_vecnormalize_").replace(".zip", ".pkl")
         if path.name.startswith("ckpt_"):
             norm = path.with_name(m)
-        return ModelFiles(algo, path, norm if norm.is_file() else None, None, f"{algo}:{path}")
+        return ModelFiles(
+            algo, path, norm if norm.is_file() else None, _owning_run(path), f"{algo}:{path}"
+        )
     if not path.is_dir():
         raise FileNotFoundError(
             f"run directory {str(path)!r} does not exist (train one with python -m "
@@ -128,6 +132,16 @@ def parse_spec(spec: str) -> ModelFiles:
         f"run directory {str(path)!r} holds no {wanted} model (expected best/model.zip, "
         "model.zip or checkpoints/)"
     )
+
+
+def _owning_run(model: Path) -> RunDir | None:
+    """The run directory that a model file was saved in (``model.zip``, ``best/model.zip`` or
+    ``checkpoints/ckpt_<steps>_steps.zip``), whose args.yaml names the model's observation
+    features, action form and base V; None for a model file outside a run."""
+    for directory in (model.parent, model.parent.parent):
+        if (directory / "args.yaml").is_file():
+            return RunDir(directory)
+    return None
 
 
 def load_model(files: ModelFiles, device: str = "cpu") -> tuple[BaseAlgorithm, VecNormalize | None]:
@@ -321,7 +335,7 @@ def _infer_features(model: BaseAlgorithm, config: EnvConfig) -> str:
     which = f" (any of {', '.join(kinds)})" if kinds else ""
     raise ValueError(
         f"cannot tell the observation features of a model with observation size {size}{which}; "
-        "load it from its run directory, whose args.json names them"
+        "load it from its run directory (or a model file inside one), whose args.yaml names them"
     )
 
 

@@ -195,6 +195,11 @@ def test_a_tradeoff_run_keeps_its_lyapunov_v_and_every_budget(tmp_path: Path) ->
     assert policy.actions.kind == "tradeoff" and policy.actions.shield is None
     assert policy.actions._base_policy.tradeoff_v == 3.0
     np.testing.assert_array_equal(evaluate(policy, cfg, [1000, 1001]).metric("in_budget"), 1.0)
+    # a model file of the run (as when checkpoints are re-scored) is read with the run's V too
+    for model in (run / "best" / "model.zip", run / "model.zip"):
+        from_file = load_policy(f"ppo:{model}", cfg)
+        assert from_file.actions.kind == "tradeoff"
+        assert from_file.actions._base_policy.tradeoff_v == 3.0
 
 
 def test_use_sde_trains_with_state_dependent_noise_and_needs_the_mlp_policy(
