@@ -484,7 +484,9 @@ class RunDir:
         return self.checkpoints / f"ckpt_{kind}{steps}_steps.{'zip' if not kind else 'pkl'}"
 
     # contents
-    def _checkpoint_steps(self) -> list[int]:
+    def checkpoint_steps(self) -> list[int]:
+        """The steps of the checkpoints saved (each with a model or a normaliser file), newest
+        first."""
         if not self.checkpoints.is_dir():
             return []
         return sorted(
@@ -495,7 +497,7 @@ class RunDir:
     def latest_checkpoint(self) -> tuple[int, Path, Path] | None:
         """(steps, model, normaliser) of the newest intact checkpoint (:func:`pair_problem`), or
         None."""
-        for steps in self._checkpoint_steps():
+        for steps in self.checkpoint_steps():
             if (
                 pair_problem(self.checkpoint(steps), self.checkpoint(steps, "vecnormalize_"))
                 is None
@@ -531,7 +533,7 @@ class RunDir:
                 )
             else:
                 skipped.append(f"model.zip: {problem}")
-        for steps in self._checkpoint_steps():
+        for steps in self.checkpoint_steps():
             if final is not None and steps <= final.steps:
                 break
             model, norm = self.checkpoint(steps), self.checkpoint(steps, "vecnormalize_")
@@ -733,7 +735,7 @@ def prepare_run(
             args.run_dir
             or Path("runs") / default_run_name(algo, args.config, args.policy, args.seed)
         )
-        if run.model.exists() or run._checkpoint_steps():
+        if run.model.exists() or run.checkpoint_steps():
             raise FileExistsError(
                 f"{run.path} already holds a run; pass --resume to continue it, or another "
                 "--run-dir"

@@ -97,6 +97,50 @@ def test_training_writes_a_loadable_run_directory(tiny_run: Path) -> None:
         assert policy.name == "ppo:ppo_tiny" + ("" if which == "best" else f"@{which}")
 
 
+def test_rescore_scores_every_saved_model_on_the_validation_seeds(
+    tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``python -m agents.rescore`` plays every checkpoint, the final model and best/ on the
+    run's validation seeds (from its eval_seed), pairs each with the reference, chooses the
+    highest score and writes rescore.csv beside the run's other files."""
+    import csv
+    import shutil
+
+    from agents import rescore
+    from baselines.objective import paired_difference
+    from baselines.registry import make_policy
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    rescore.main([str(run), "--episodes", "2", "--reference", "lyapunov:V=10"])
+    rows = list(csv.DictReader((run / "rescore.csv").open()))
+    assert [(int(r["steps"]), r["spec"]) for r in rows[:3]] == [
+        (256, f"ppo:{run}/checkpoints/ckpt_256_steps.zip"),
+        (512, f"ppo:{run}/checkpoints/ckpt_512_steps.zip"),
+        (512, f"ppo:{run}@final"),
+    ]
+    assert rows[3]["spec"] == f"ppo:{run}@best" and int(rows[3]["steps"]) in (0, 256, 512)
+    assert len(rows) == 4
+    scores = [float(r["score"]) for r in rows]
+    assert [r["chosen"] for r in rows] == [str(i == scores.index(max(scores))) for i in range(4)]
+    assert "chosen on 2 validation episodes: " + rows[scores.index(max(scores))]["spec"] in (
+        capsys.readouterr().out
+    )
+    # each row is that model played on the seeds eval_seed, eval_seed + 1 of the run's config
+    cfg = RunDir(run).env_config()
+    seeds = [RunDir(run).read_args()["eval_seed"] + i for i in range(2)]
+    agent = evaluate(load_policy(f"ppo:{run}/checkpoints/ckpt_256_steps.zip", cfg), cfg, seeds)
+    reference = evaluate(make_policy("lyapunov:V=10", cfg), cfg, seeds)
+    assert float(rows[0]["final_accuracy"]) == pytest.approx(
+        agent.metric("final_accuracy").mean(), abs=1e-12
+    )
+    assert float(rows[0]["delta_points"]) == pytest.approx(
+        100 * paired_difference(agent, reference)[0], abs=1e-9
+    )
+    with pytest.raises(FileNotFoundError, match="not a run directory"):
+        rescore.candidates(tmp_path)
+
+
 def test_resume_continues_from_the_latest_checkpoint(tiny_run: Path, tmp_path: Path) -> None:
     import shutil
 
