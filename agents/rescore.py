@@ -17,7 +17,9 @@ the paired difference of the final accuracy from that policy on the same seeds (
 points), which makes the curve over the checkpoints readable through the episodes' spread. It
 prints the chosen model's spec, which ``baselines.compare`` and ``baselines.suite`` take as an
 agent (``ppo:<run>/checkpoints/ckpt_<steps>_steps.zip``, ``ppo:<run>@final`` or
-``ppo:<run>@best``). ``best/`` is left as training saved it.
+``ppo:<run>@best``). ``best/`` is left as training saved it. ``rescore.png`` (or ``--figure``)
+draws the rows against the steps: the paired difference with its interval when there is a
+reference, else the final accuracy; ``best/`` and the chosen model marked.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from baselines.evaluation import Evaluation, evaluate
 from baselines.objective import constrained_score, objective_summary, paired_difference
 from baselines.registry import make_policy
 
-__all__ = ["candidates", "main", "rescore"]
+__all__ = ["candidates", "main", "plot_rescore", "rescore"]
 
 #: The columns of rescore.csv, in order.
 FIELDS = (
@@ -126,6 +128,49 @@ def _csv(rows: Sequence[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
+def plot_rescore(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
+    """Draw the checkpoints' rows against their steps (module docstring) to ``path``."""
+    from baselines.compare import _pyplot, _save
+
+    plt = _pyplot()
+    paired = all("delta_points" in r for r in rows)
+    key = "delta_points" if paired else "final_accuracy"
+    fig, ax = plt.subplots(figsize=(7.0, 4.2))
+    curve = sorted((r for r in rows if not _which(r)), key=lambda r: int(r["steps"]))
+    ax.errorbar(
+        [r["steps"] for r in curve],
+        [r[key] for r in curve],
+        yerr=[r[f"{key}_ci95"] for r in curve],
+        color="tab:red", marker="o", ms=4, lw=1.2, capsize=2, label="checkpoints",
+    )  # fmt: skip
+    for r in rows:
+        if _which(r):
+            final = _which(r) == "final"
+            ax.scatter([r["steps"]], [r[key]], marker="s" if final else "D", s=40, zorder=3,
+                       color="tab:blue" if final else "tab:green",
+                       label=f"{_which(r)} model")  # fmt: skip
+        if r["chosen"]:
+            ax.scatter([r["steps"]], [r[key]], marker="*", s=220, color="k", zorder=4,
+                       label="chosen")  # fmt: skip
+    if paired:
+        ax.axhline(0.0, color="gray", ls="--", lw=1.0, label="reference")
+    ax.set(
+        xlabel="env steps",
+        ylabel="paired Δ final accuracy (points)" if paired else "final accuracy",
+        title=title,
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return _save(fig, path, plt)
+
+
+def _which(row: dict[str, Any]) -> str:
+    """The row of the run's best/ ("best") or final model ("final"); "" for a checkpoint."""
+    spec = str(row["spec"])
+    return spec.rpartition("@")[2] if spec.endswith(("@best", "@final")) else ""
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m agents.rescore",
@@ -148,6 +193,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=None,
         help="a policy spec (e.g. lyapunov:V=30) to pair every model with on the same seeds",
     )
+    parser.add_argument(
+        "--figure", default=None, help="where to draw the figure (default: <run>/rescore.png)"
+    )
     args = parser.parse_args(argv)
     rows = rescore(
         args.run, args.episodes, algo=args.algo, first_seed=args.seed, reference=args.reference
@@ -165,8 +213,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"{r['final_accuracy_ci95']:.4f}  compliance {r['compliance']:.2f}{delta}  "
             f"{r['spec']}"
         )
+    figure = plot_rescore(
+        rows,
+        Path(args.figure) if args.figure else out.with_suffix(".png"),
+        f"{RunDir(args.run).path.name}: {args.episodes} validation episodes"
+        + (f", paired with {args.reference}" if args.reference else ""),
+    )
     chosen = next(r for r in rows if r["chosen"])
-    print(f"chosen on {args.episodes} validation episodes: {chosen['spec']}\n-> {out}")
+    print(f"chosen on {args.episodes} validation episodes: {chosen['spec']}\n-> {out}, {figure}")
 
 
 if __name__ == "__main__":

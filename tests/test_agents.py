@@ -137,6 +137,7 @@ def test_rescore_scores_every_saved_model_on_the_validation_seeds(
     assert float(rows[0]["delta_points"]) == pytest.approx(
         100 * paired_difference(agent, reference)[0], abs=1e-9
     )
+    assert (run / "rescore.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(FileNotFoundError, match="not a run directory"):
         rescore.candidates(tmp_path)
 
