@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.evaluate import ALGORITHMS, load_policy
-from agents.runs import RunDir, model_steps, pair_problem, write_file
+from agents.runs import RunDir, model_steps, write_file
 from baselines.evaluation import Evaluation, evaluate
 from baselines.objective import constrained_score, objective_summary, paired_difference
 from baselines.registry import make_policy
@@ -66,10 +66,8 @@ def candidates(run_dir: str | Path, algo: str = "ppo") -> list[tuple[int, str]]:
     if not (run.path / "args.yaml").is_file():
         raise FileNotFoundError(f"{str(run.path)!r} is not a run directory (no args.yaml)")
     found: list[tuple[int, str]] = []
-    for steps in sorted(run.checkpoint_steps()):
-        model, norm = run.checkpoint(steps), run.checkpoint(steps, "vecnormalize_")
-        if pair_problem(model, norm) is None:
-            found.append((steps, f"{algo}:{model}"))
+    for steps, model, _ in reversed(list(run.intact_checkpoints())):
+        found.append((steps, f"{algo}:{model}"))
     for which, model in (("final", run.model), ("best", run.best_model)):
         if model.is_file():
             found.append((model_steps(model), f"{algo}:{run.path}@{which}"))
@@ -200,7 +198,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     rows = rescore(
         args.run, args.episodes, algo=args.algo, first_seed=args.seed, reference=args.reference
     )
-    out = RunDir(args.run).path / "rescore.csv"
+    run = RunDir(args.run)
+    out = run.path / "rescore.csv"
     write_file(out, _csv(rows))
     for r in rows:
         delta = (
@@ -216,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     figure = plot_rescore(
         rows,
         Path(args.figure) if args.figure else out.with_suffix(".png"),
-        f"{RunDir(args.run).path.name}: {args.episodes} validation episodes"
+        f"{run.path.name}: {args.episodes} validation episodes"
         + (f", paired with {args.reference}" if args.reference else ""),
     )
     chosen = next(r for r in rows if r["chosen"])

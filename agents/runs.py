@@ -51,7 +51,7 @@ import typing
 import warnings
 import zipfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -484,9 +484,7 @@ class RunDir:
         return self.checkpoints / f"ckpt_{kind}{steps}_steps.{'zip' if not kind else 'pkl'}"
 
     # contents
-    def checkpoint_steps(self) -> list[int]:
-        """The steps of the checkpoints saved (each with a model or a normaliser file), newest
-        first."""
+    def _checkpoint_steps(self) -> list[int]:
         if not self.checkpoints.is_dir():
             return []
         return sorted(
@@ -494,16 +492,17 @@ class RunDir:
             reverse=True,
         )
 
+    def intact_checkpoints(self) -> Iterator[tuple[int, Path, Path]]:
+        """(steps, model, normaliser) of every intact checkpoint (:func:`pair_problem`), newest
+        first."""
+        for steps in self._checkpoint_steps():
+            model, norm = self.checkpoint(steps), self.checkpoint(steps, "vecnormalize_")
+            if pair_problem(model, norm) is None:
+                yield steps, model, norm
+
     def latest_checkpoint(self) -> tuple[int, Path, Path] | None:
-        """(steps, model, normaliser) of the newest intact checkpoint (:func:`pair_problem`), or
-        None."""
-        for steps in self.checkpoint_steps():
-            if (
-                pair_problem(self.checkpoint(steps), self.checkpoint(steps, "vecnormalize_"))
-                is None
-            ):
-                return steps, self.checkpoint(steps), self.checkpoint(steps, "vecnormalize_")
-        return None
+        """(steps, model, normaliser) of the newest intact checkpoint, or None."""
+        return next(self.intact_checkpoints(), None)
 
     def resume_point(self) -> tuple[ResumePoint | None, list[str]]:
         """The newest intact model to continue from, and why each newer one was skipped.
@@ -533,7 +532,7 @@ class RunDir:
                 )
             else:
                 skipped.append(f"model.zip: {problem}")
-        for steps in self.checkpoint_steps():
+        for steps in self._checkpoint_steps():
             if final is not None and steps <= final.steps:
                 break
             model, norm = self.checkpoint(steps), self.checkpoint(steps, "vecnormalize_")
@@ -735,7 +734,7 @@ def prepare_run(
             args.run_dir
             or Path("runs") / default_run_name(algo, args.config, args.policy, args.seed)
         )
-        if run.model.exists() or run.checkpoint_steps():
+        if run.model.exists() or run._checkpoint_steps():
             raise FileExistsError(
                 f"{run.path} already holds a run; pass --resume to continue it, or another "
                 "--run-dir"

@@ -445,7 +445,7 @@ def _full_disk_then_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, budg
     assert not lost, f"the failed write damaged {lost}"
     assert not [p for p in run.rglob(".*.tmp")]
     r = RunDir(run)
-    for steps in r.checkpoint_steps():
+    for steps in r._checkpoint_steps():
         assert pair_problem(r.checkpoint(steps), r.checkpoint(steps, "vecnormalize_")) is None
     if r.latest_checkpoint() is None:  # full before the first checkpoint: start again
         shutil.rmtree(run)
