@@ -139,8 +139,8 @@ def _owning_run(model: Path) -> RunDir | None:
     ``checkpoints/ckpt_<steps>_steps.zip``), whose args.yaml names the model's observation
     features, action form and base V; None for a model file outside a run."""
     for directory in (model.parent, model.parent.parent):
-        if (directory / "args.yaml").is_file():
-            return RunDir(directory)
+        if (run := RunDir(directory)).is_run:
+            return run
     return None
 
 

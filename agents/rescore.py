@@ -63,7 +63,7 @@ def candidates(run_dir: str | Path, algo: str = "ppo") -> list[tuple[int, str]]:
         FileNotFoundError: no run directory, or one with no saved model.
     """
     run = RunDir(run_dir)
-    if not (run.path / "args.yaml").is_file():
+    if not run.is_run:
         raise FileNotFoundError(f"{str(run.path)!r} is not a run directory (no args.yaml)")
     found: list[tuple[int, str]] = []
     for steps, model, _ in reversed(list(run.intact_checkpoints())):
@@ -94,7 +94,15 @@ def rescore(
     run = RunDir(run_dir)
     found = candidates(run_dir, algo)
     config = run.env_config()
-    start = int(run.read_args()["eval_seed"]) if first_seed is None else int(first_seed)
+    if first_seed is None:
+        saved = run.read_args().get("eval_seed")
+        if saved is None:
+            raise ValueError(
+                f"{run.args_file} names no eval_seed (the run's first validation seed); pass "
+                "the first validation seed (--seed N), off the test seeds"
+            )
+        first_seed = saved
+    start = int(first_seed)
     seeds = list(range(start, start + episodes))
     ref: Evaluation | None = None
     if reference is not None:

@@ -476,6 +476,15 @@ class RunDir:
         return self.path / "eval_state.json"
 
     @property
+    def args_file(self) -> Path:
+        return self.path / "args.yaml"
+
+    @property
+    def is_run(self) -> bool:
+        """Whether the directory holds a run: its args.yaml, written when training starts."""
+        return self.args_file.is_file()
+
+    @property
     def metrics(self) -> Path:
         return self.path / "metrics.json"
 
@@ -596,7 +605,7 @@ class RunDir:
         return int(self.read_meta().get("run_format", 1)) if meta.is_file() else 1
 
     def read_args(self) -> dict[str, Any]:
-        return _read_checked_yaml(self.path / "args.yaml", required=self.run_format() >= RUN_FORMAT)
+        return _read_checked_yaml(self.args_file, required=self.run_format() >= RUN_FORMAT)
 
     def read_meta(self) -> dict[str, Any]:
         return _read_json(self.path / "meta.json")
@@ -615,7 +624,7 @@ class RunDir:
         """Write args.yaml, env_config.yaml and meta.json (appending this session to the
         history)."""
         self.path.mkdir(parents=True, exist_ok=True)
-        write_file(self.path / "args.yaml", _checked_yaml(args_to_dict(args)))
+        write_file(self.args_file, _checked_yaml(args_to_dict(args)))
         write_file(self.path / "env_config.yaml", _checked_yaml(config.to_dict()))
         meta = self.read_meta() if (self.path / "meta.json").is_file() else {}
         session = {
@@ -697,14 +706,14 @@ def prepare_run(
         if not args.run_dir:
             raise ValueError("--resume needs --run-dir <the run to continue>")
         run = RunDir(args.run_dir)
-        if not (run.path / "args.yaml").is_file():
+        if not run.is_run:
             raise FileNotFoundError(f"--resume: {run.path} is not a run directory (no args.yaml)")
         meta = run.read_meta() if (run.path / "meta.json").is_file() else {}
         if meta.get("algo", algo) != algo:
             raise ValueError(
                 f"--resume: {run.path} was trained with {meta.get('algo')}, not {algo}"
             )
-        saved = args_from_mapping(args_cls, run.read_args(), str(run.path / "args.yaml"))
+        saved = args_from_mapping(args_cls, run.read_args(), str(run.args_file))
         saved.update({k: getattr(args, k) for k in given})
         saved["resume"] = True
         args = args_cls(**saved)

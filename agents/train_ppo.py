@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> Path:
             f"--use-sde needs --policy mlp: the {args.policy} policy has no state-dependent "
             "noise (pass --policy mlp, or drop --use-sde)"
         )
-    if args.resume and args.run_dir and (Path(args.run_dir) / "args.yaml").is_file():
+    if args.resume and args.run_dir and RunDir(args.run_dir).is_run:
         old_args = RunDir(args.run_dir).read_args()
         # a run from before PPO-Lagrangian became the default trained on the weighted reward, and
         # one from before the shield became the default trained without it

@@ -140,6 +140,15 @@ def test_rescore_scores_every_saved_model_on_the_validation_seeds(
     assert (run / "rescore.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(FileNotFoundError, match="not a run directory"):
         rescore.candidates(tmp_path)
+    # a run whose args.yaml lacks eval_seed asks for --seed (and takes it)
+    from agents.runs import _checked_yaml, write_file
+
+    saved = RunDir(run).read_args()
+    del saved["eval_seed"]
+    write_file(run / "args.yaml", _checked_yaml(saved))
+    with pytest.raises(ValueError, match=r"names no eval_seed .*--seed N"):
+        rescore.rescore(run, 1)
+    assert len(rescore.rescore(run, 1, first_seed=seeds[0])) == 4
 
 
 def test_resume_continues_from_the_latest_checkpoint(tiny_run: Path, tmp_path: Path) -> None:
