@@ -3,7 +3,8 @@
 Arguments: each script declares a dataclass of its hyperparameters (CleanRL style). Values come
 from, in increasing priority: the dataclass defaults, a YAML file (``--train-config``, keys =
 field names, e.g. ``configs/train/ppo.yaml``) and command-line flags (``--n-envs 4``). Unknown
-YAML keys are rejected with a "did you mean" hint, like the env config.
+YAML keys are rejected with a "did you mean" hint, like the env config, and a value outside a
+field's range (``arg_help(..., at_least=1)``) with the range it must lie in, from either source.
 
 Run directory (``runs/<name>/``)::
 
@@ -61,6 +62,7 @@ from fedenv import atomic
 from fedenv.config import EnvConfig, resolve_config
 
 __all__ = [
+    "arg_help",
     "parse_args",
     "args_from_mapping",
     "args_to_dict",
@@ -95,18 +97,69 @@ def _unwrap_optional(hint: Any) -> tuple[Any, bool]:
     return hint, False
 
 
-def _converter(hint: Any, name: str) -> Any:
+@dataclasses.dataclass(frozen=True)
+class _Bounds:
+    """The values a numeric argument accepts: ``at_least`` / ``above`` (inclusive / exclusive
+    lower bound) and ``at_most`` (inclusive upper bound), each None for no bound."""
+
+    at_least: float | None = None
+    above: float | None = None
+    at_most: float | None = None
+
+    def violation(self, value: float) -> str | None:
+        """What ``value`` breaks ("must be >= 1"), None when it fits (NaN fits no bound)."""
+        fits = not math.isnan(value)
+        fits &= self.at_least is None or value >= self.at_least
+        fits &= self.above is None or value > self.above
+        fits &= self.at_most is None or value <= self.at_most
+        return None if fits else f"must be {self}"
+
+    def __str__(self) -> str:
+        low = (">= ", self.at_least) if self.above is None else ("> ", self.above)
+        if low[1] is not None and self.at_most is not None:
+            left = "[" if self.above is None else "("
+            return f"in {left}{low[1]:g}, {self.at_most:g}]"
+        if low[1] is not None:
+            return f"{low[0]}{low[1]:g}"
+        return f"<= {self.at_most:g}" if self.at_most is not None else "a number"
+
+
+def arg_help(
+    text: str,
+    *,
+    at_least: float | None = None,
+    above: float | None = None,
+    at_most: float | None = None,
+) -> dict[str, Any]:
+    """A training argument's field metadata: its help text and the range of values it accepts,
+    which :func:`parse_args` checks on the command line and in ``--train-config`` files."""
+    bounds = _Bounds(at_least, above, at_most)
+    return {"help": text} if bounds == _Bounds() else {"help": text, "bounds": bounds}
+
+
+def _check_bounds(bounds: _Bounds | None, value: Any, where: str) -> None:
+    if bounds is not None and value is not None:
+        problem = bounds.violation(float(value))
+        if problem is not None:
+            raise ValueError(f"{where} {problem}, got {value!r}")
+
+
+def _converter(hint: Any, name: str, bounds: _Bounds | None = None) -> Any:
     base, optional = _unwrap_optional(hint)
 
     def convert(text: str) -> Any:
         if optional and text.lower() in ("none", "null"):
             return None
         try:
-            return base(text)
+            value = base(text)
         except ValueError:
             raise argparse.ArgumentTypeError(
                 f"--{name.replace('_', '-')} expects {base.__name__}, got {text!r}"
             ) from None
+        problem = bounds.violation(float(value)) if bounds is not None else None
+        if problem is not None:  # (argparse names the flag)
+            raise argparse.ArgumentTypeError(f"{problem}, got {value!r}")
+        return value
 
     return convert
 
@@ -138,9 +191,11 @@ def _check_type(cls_name: str, name: str, hint: Any, value: Any) -> Any:
 
 
 def args_from_mapping(cls: type[A], data: dict[str, Any], source: str) -> dict[str, Any]:
-    """Validate a mapping of argument values against the dataclass ``cls``."""
+    """Validate a mapping of argument values against the dataclass ``cls`` (names, types and
+    ranges)."""
     hints = typing.get_type_hints(cls)
-    valid = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    valid = list(fields)
     out = {}
     for key, value in data.items():
         name = str(key).replace("-", "_")
@@ -151,6 +206,7 @@ def args_from_mapping(cls: type[A], data: dict[str, Any], source: str) -> dict[s
                 f"unknown key {key!r} in {source}.{hint} Valid keys: {', '.join(sorted(valid))}."
             )
         out[name] = _check_type(cls.__name__, name, hints[name], value)
+        _check_bounds(fields[name].metadata.get("bounds"), out[name], f"{name} in {source}")
     return out
 
 
@@ -185,7 +241,8 @@ def parse_args(
                 "needs one"
             )
         # argparse %-formats help strings: a literal % (e.g. "95% quantile") must be doubled
-        help_text = f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%")
+        accepts = f"; {f.metadata['bounds']}" if "bounds" in f.metadata else ""
+        help_text = f"{f.metadata.get('help', '')} (default: {default}{accepts})".replace("%", "%%")
         kw: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text}
         if base is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
@@ -193,7 +250,10 @@ def parse_args(
             (item,) = typing.get_args(base)[:1]
             parser.add_argument(flag, nargs="+", type=_converter(item, f.name), **kw)
         else:
-            parser.add_argument(flag, type=_converter(hints[f.name], f.name), **kw)
+            bounds = f.metadata.get("bounds")
+            if bounds is not None and base not in (int, float):
+                raise TypeError(f"{cls.__name__}.{f.name}: a range needs an int or float field")
+            parser.add_argument(flag, type=_converter(hints[f.name], f.name, bounds), **kw)
     given = vars(parser.parse_args(argv))
     values: dict[str, Any] = {}
     train_config = given.get("train_config")

@@ -44,6 +44,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from agents.actions import ActionAdapter
 from agents.runs import (
     RunDir,
+    arg_help,
     default_run_name,
     parse_args,
     save_model,
@@ -56,87 +57,97 @@ from fedenv.multiagent import AGENT_FEATURES, FedLoRAWirelessParallelEnv, agent_
 __all__ = ["Args", "AgentVecEnv", "IPPOPolicy", "ippo_policy", "load_ippo_policy", "main"]
 
 
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
-
-
 @dataclass
 class Args:
     """IPPO training arguments."""
 
     # --- experiment
-    config: str = field(default="switching", metadata=_help("env preset name or env config YAML"))
+    config: str = field(
+        default="switching", metadata=arg_help("env preset name or env config YAML")
+    )
     train_config: str | None = field(
-        default=None, metadata=_help("YAML of these arguments; flags override it")
+        default=None, metadata=arg_help("YAML of these arguments; flags override it")
     )
     run_dir: str | None = field(
         default=None,
-        metadata=_help("run directory (default runs/ippo_<config>_shared_s<seed>_<time>)"),
+        metadata=arg_help("run directory (default runs/ippo_<config>_shared_s<seed>_<time>)"),
     )
-    seed: int = field(default=0, metadata=_help("seed of torch, numpy and the training envs"))
+    seed: int = field(
+        default=0, metadata=arg_help("seed of torch, numpy and the training envs", at_least=0)
+    )
     total_timesteps: int = field(
-        default=60_000, metadata=_help("env rounds to train for (each gives K agent samples)")
+        default=60_000,
+        metadata=arg_help("env rounds to train for (each gives K agent samples)", at_least=1),
     )
     # --- environment
     n_envs: int = field(
-        default=8, metadata=_help("parallel multi-agent envs (N x K single-agent envs for SB3)")
+        default=8,
+        metadata=arg_help(
+            "parallel multi-agent envs (N x K single-agent envs for SB3)", at_least=1
+        ),
     )
     agent_reward: str = field(
         default="shared",
-        metadata=_help(
+        metadata=arg_help(
             "shared (the env's reward to every agent) or per_device "
             "(fedenv.multiagent.device_reward_terms)"
         ),
     )
     action_form: str = field(
         default="factored",
-        metadata=_help(
+        metadata=arg_help(
             "env (the agent's row of the env action) or factored (schedule and rank apart, "
             "agents/actions.py)"
         ),
     )
     norm_obs: bool = field(
-        default=True, metadata=_help("normalise observations (VecNormalize, saved with the model)")
+        default=True,
+        metadata=arg_help("normalise observations (VecNormalize, saved with the model)"),
     )
     norm_reward: bool = field(
-        default=True, metadata=_help("normalise rewards by the running return's std")
+        default=True, metadata=arg_help("normalise rewards by the running return's std")
     )
     # --- network and PPO
     net_arch: list[int] = field(
         default_factory=lambda: [64, 64],
-        metadata=_help("hidden layer widths of the actor and of the critic"),
+        metadata=arg_help("hidden layer widths of the actor and of the critic"),
     )
     log_std_init: float = field(
-        default=-0.5, metadata=_help("initial log standard deviation of the Gaussian policy")
+        default=-0.5, metadata=arg_help("initial log standard deviation of the Gaussian policy")
     )
     learning_rate: float = field(
-        default=3e-4, metadata=_help("Adam learning rate (decays linearly to 0)")
+        default=3e-4, metadata=arg_help("Adam learning rate (decays linearly to 0)", above=0)
     )
-    n_steps: int = field(default=128, metadata=_help("rollout rounds per env per update"))
-    batch_size: int = field(default=1024, metadata=_help("minibatch size (agent samples)"))
-    n_epochs: int = field(default=10, metadata=_help("epochs per update"))
-    gamma: float = field(default=0.99, metadata=_help("discount factor"))
-    gae_lambda: float = field(default=0.95, metadata=_help("GAE lambda"))
-    clip_range: float = field(default=0.2, metadata=_help("PPO clip range"))
-    ent_coef: float = field(default=0.0, metadata=_help("entropy bonus"))
-    torch_threads: int = field(default=1, metadata=_help("torch CPU threads"))
-    progress_bar: bool = field(default=False, metadata=_help("show a progress bar"))
+    n_steps: int = field(
+        default=128, metadata=arg_help("rollout rounds per env per update", at_least=1)
+    )
+    batch_size: int = field(
+        default=1024, metadata=arg_help("minibatch size (agent samples)", at_least=2)
+    )
+    n_epochs: int = field(default=10, metadata=arg_help("epochs per update", at_least=1))
+    gamma: float = field(default=0.99, metadata=arg_help("discount factor", at_least=0, at_most=1))
+    gae_lambda: float = field(default=0.95, metadata=arg_help("GAE lambda", at_least=0, at_most=1))
+    clip_range: float = field(default=0.2, metadata=arg_help("PPO clip range", above=0))
+    ent_coef: float = field(default=0.0, metadata=arg_help("entropy bonus", at_least=0))
+    torch_threads: int = field(default=1, metadata=arg_help("torch CPU threads", at_least=1))
+    progress_bar: bool = field(default=False, metadata=arg_help("show a progress bar"))
     # --- held-out comparison (the project's evaluation loop)
     compare: list[str] = field(
         default_factory=lambda: ["lyapunov"],
-        metadata=_help(
+        metadata=arg_help(
             "policy specs evaluated next to IPPO (baselines.registry), e.g. lyapunov "
             "ppo:runs/x; 'none' for IPPO alone"
         ),
     )
     compare_episodes: int = field(
-        default=20, metadata=_help("held-out test episodes (0 = no comparison)")
+        default=20, metadata=arg_help("held-out test episodes (0 = no comparison)", at_least=1)
     )
     compare_seed: int = field(
-        default=1000, metadata=_help("first test seed (seeds compare_seed .. + episodes - 1)")
+        default=1000,
+        metadata=arg_help("first test seed (seeds compare_seed .. + episodes - 1)", at_least=0),
     )
     compare_only: bool = field(
-        default=False, metadata=_help("skip training: evaluate the model in --run-dir")
+        default=False, metadata=arg_help("skip training: evaluate the model in --run-dir")
     )
 
 

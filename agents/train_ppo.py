@@ -57,11 +57,7 @@ from agents.lagrangian import (
 )
 from agents.normalization import load_normalizer, make_normalizer
 from agents.policies import policy_class
-from agents.runs import RunDir, finish_run, parse_args, prepare_run
-
-
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
+from agents.runs import RunDir, arg_help, finish_run, parse_args, prepare_run
 
 
 @dataclass
@@ -69,28 +65,34 @@ class Args:
     """PPO training arguments; defaults = the tuned values of configs/train/ppo.yaml."""
 
     # --- experiment
-    config: str = field(default="switching", metadata=_help("env preset name or env config YAML"))
+    config: str = field(
+        default="switching", metadata=arg_help("env preset name or env config YAML")
+    )
     train_config: str | None = field(
         default=None,
-        metadata=_help("YAML of these arguments (configs/train/*.yaml); flags override it"),
+        metadata=arg_help("YAML of these arguments (configs/train/*.yaml); flags override it"),
     )
     run_dir: str | None = field(
         default=None,
-        metadata=_help("run directory (default runs/ppo_<config>_<policy>_s<seed>_<time>)"),
+        metadata=arg_help("run directory (default runs/ppo_<config>_<policy>_s<seed>_<time>)"),
     )
     resume: bool = field(
         default=False,
-        metadata=_help(
+        metadata=arg_help(
             "continue the run in --run-dir from its newest intact checkpoint or final model"
         ),
     )
-    seed: int = field(default=0, metadata=_help("seed of torch, numpy and the training envs"))
-    total_timesteps: int = field(default=600_000, metadata=_help("env steps (rounds) to train for"))
+    seed: int = field(
+        default=0, metadata=arg_help("seed of torch, numpy and the training envs", at_least=0)
+    )
+    total_timesteps: int = field(
+        default=600_000, metadata=arg_help("env steps (rounds) to train for", at_least=1)
+    )
     # --- environment
-    n_envs: int = field(default=8, metadata=_help("parallel training envs"))
+    n_envs: int = field(default=8, metadata=arg_help("parallel training envs", at_least=1))
     vec_env: str = field(
         default="auto",
-        metadata=_help(
+        metadata=arg_help(
             "auto (batched where it applies, else dummy), batched (one batched env, fastest; "
             "surrogate backend, env and factored action forms), dummy (single envs in one "
             "process) or subproc (one process per env); agents/envs.py"
@@ -98,7 +100,7 @@ class Args:
     )
     obs_features: str = field(
         default="label_mix_budget",
-        metadata=_help(
+        metadata=arg_help(
             "env (the env's observation), label_mix (+ each device's label skew from info), "
             "label_mix_time (+ time-to-go ramps) or label_mix_budget (+ what is left of each "
             "device's energy budget); agents/features.py"
@@ -106,43 +108,44 @@ class Args:
     )
     action_form: str = field(
         default="factored",
-        metadata=_help(ACTION_FORM_HELP),
+        metadata=arg_help(ACTION_FORM_HELP),
     )
     base_v: float | None = field(
         default=None,
-        metadata=_help(BASE_V_HELP),
+        metadata=arg_help(BASE_V_HELP, above=0),
     )
     shield: bool = field(
         default=True,
-        metadata=_help(
+        metadata=arg_help(
             "idle every device whose round would pass what is left of its episode energy "
             "budget, in training and evaluation (the Lyapunov policy's budget guard as a "
             "shield; fedenv.wrappers.BudgetShield)"
         ),
     )
     norm_obs: bool = field(
-        default=True, metadata=_help("normalise observations (VecNormalize, saved with the model)")
+        default=True,
+        metadata=arg_help("normalise observations (VecNormalize, saved with the model)"),
     )
     norm_reward: bool = field(
-        default=True, metadata=_help("normalise rewards by the running return's std")
+        default=True, metadata=arg_help("normalise rewards by the running return's std")
     )
     # --- network
     policy: str = field(
         default="per_device",
-        metadata=_help("mlp (SB3 MlpPolicy) or per_device (shared, permutation-equivariant)"),
+        metadata=arg_help("mlp (SB3 MlpPolicy) or per_device (shared, permutation-equivariant)"),
     )
     net_arch: list[int] = field(
         default_factory=lambda: [64, 64],
-        metadata=_help("hidden layer widths (per device for per_device)"),
+        metadata=arg_help("hidden layer widths (per device for per_device)"),
     )
-    activation: str = field(default="tanh", metadata=_help("tanh or relu"))
+    activation: str = field(default="tanh", metadata=arg_help("tanh or relu"))
     log_std_init: float = field(
-        default=-0.5, metadata=_help("initial log standard deviation of the Gaussian policy")
+        default=-0.5, metadata=arg_help("initial log standard deviation of the Gaussian policy")
     )
-    ortho_init: bool = field(default=True, metadata=_help("orthogonal weight initialisation"))
+    ortho_init: bool = field(default=True, metadata=arg_help("orthogonal weight initialisation"))
     use_sde: bool = field(
         default=False,
-        metadata=_help(
+        metadata=arg_help(
             "generalised state-dependent exploration (gSDE, SB3's use_sde): the exploration "
             "noise is a function of the state, redrawn every --sde-sample-freq steps, so an "
             "episode explores one consistent plan instead of independent noise per step "
@@ -151,29 +154,31 @@ class Args:
     )
     sde_sample_freq: int = field(
         default=-1,
-        metadata=_help("env steps between redraws of the gSDE noise (-1: once per rollout)"),
+        metadata=arg_help("env steps between redraws of the gSDE noise (-1: once per rollout)"),
     )
     # --- PPO
-    learning_rate: float = field(default=3e-4, metadata=_help("Adam learning rate"))
+    learning_rate: float = field(default=3e-4, metadata=arg_help("Adam learning rate", above=0))
     lr_schedule: str = field(
-        default="linear", metadata=_help("constant or linear (decays to 0 at total_timesteps)")
+        default="linear", metadata=arg_help("constant or linear (decays to 0 at total_timesteps)")
     )
-    n_steps: int = field(default=256, metadata=_help("rollout steps per env per update"))
-    batch_size: int = field(default=256, metadata=_help("minibatch size"))
-    n_epochs: int = field(default=10, metadata=_help("epochs per update"))
-    gamma: float = field(default=0.99, metadata=_help("discount factor"))
-    gae_lambda: float = field(default=0.95, metadata=_help("GAE lambda"))
-    clip_range: float = field(default=0.2, metadata=_help("PPO clip range"))
-    ent_coef: float = field(default=0.0, metadata=_help("entropy bonus"))
-    vf_coef: float = field(default=0.5, metadata=_help("value loss weight"))
-    max_grad_norm: float = field(default=0.5, metadata=_help("gradient clipping norm"))
+    n_steps: int = field(
+        default=256, metadata=arg_help("rollout steps per env per update", at_least=1)
+    )
+    batch_size: int = field(default=256, metadata=arg_help("minibatch size", at_least=2))
+    n_epochs: int = field(default=10, metadata=arg_help("epochs per update", at_least=1))
+    gamma: float = field(default=0.99, metadata=arg_help("discount factor", at_least=0, at_most=1))
+    gae_lambda: float = field(default=0.95, metadata=arg_help("GAE lambda", at_least=0, at_most=1))
+    clip_range: float = field(default=0.2, metadata=arg_help("PPO clip range", above=0))
+    ent_coef: float = field(default=0.0, metadata=arg_help("entropy bonus", at_least=0))
+    vf_coef: float = field(default=0.5, metadata=arg_help("value loss weight", at_least=0))
+    max_grad_norm: float = field(default=0.5, metadata=arg_help("gradient clipping norm", above=0))
     target_kl: float | None = field(
-        default=None, metadata=_help("early-stop an update above this KL (None = off)")
+        default=None, metadata=arg_help("early-stop an update above this KL (None = off)", above=0)
     )
     # --- objective: PPO-Lagrangian (agents/lagrangian.py) or the env's weighted reward
     objective: str = field(
         default="lagrangian",
-        metadata=_help(
+        metadata=arg_help(
             "lagrangian (PPO-Lagrangian: the accuracy gain as reward, each device's average "
             "energy per round, and the latency where budgeted, within budget by dual ascent; "
             "agents/lagrangian.py) or weighted (the env's own reward, reward.mode)"
@@ -181,7 +186,7 @@ class Args:
     )
     multipliers: str = field(
         default="episode",
-        metadata=_help(
+        metadata=arg_help(
             "lagrangian: episode (one energy multiplier on the worst device's overspend of "
             "each episode, the rule evaluations check), or the older slot forms per_device "
             "(one multiplier per device slot's average over a rollout) or shared (one, on the "
@@ -190,7 +195,7 @@ class Args:
     )
     multiplier_ascent: str = field(
         default="quantile",
-        metadata=_help(
+        metadata=arg_help(
             "lagrangian, episode: the dual step per rollout from its finished episodes, "
             "quantile (their 95% quantile of the overspend minus the 0.05 tolerance) or "
             "fraction (their share over the tolerance minus 0.05)"
@@ -198,39 +203,42 @@ class Args:
     )
     multiplier_lr: float = field(
         default=1.0,
-        metadata=_help(
+        metadata=arg_help(
             "lagrangian: dual ascent step per rollout, per unit of the ascent signal (episode: "
             "the overspend's quantile or the share over; the slot forms, tuned with 0.05-0.2: "
-            "(mean cost - budget) / budget)"
+            "(mean cost - budget) / budget)",
+            at_least=0,
         ),
     )
     multiplier_margin: float = field(
         default=0.1,
-        metadata=_help(
+        metadata=arg_help(
             "lagrangian, episode: aim at an overspend of at most 0.05 - this (a stricter "
             "target than the compliance rule's 1.05 x budget)"
         ),
     )
     multiplier_init: float = field(
-        default=0.0, metadata=_help("lagrangian: initial value of every multiplier")
+        default=0.0, metadata=arg_help("lagrangian: initial value of every multiplier", at_least=0)
     )
     multiplier_kp: float = field(
         default=0.0,
-        metadata=_help(
+        metadata=arg_help(
             "lagrangian, episode: the PID update's proportional gain on the ascent signal "
-            "(--multiplier-lr is its integral gain; kp = kd = 0: plain dual ascent)"
+            "(--multiplier-lr is its integral gain; kp = kd = 0: plain dual ascent)",
+            at_least=0,
         ),
     )
     multiplier_kd: float = field(
         default=0.0,
-        metadata=_help(
+        metadata=arg_help(
             "lagrangian, episode: the PID update's derivative gain on the rise of the ascent "
-            "signal's moving average (only rises count)"
+            "signal's moving average (only rises count)",
+            at_least=0,
         ),
     )
     multiplier_d_smoothing: float = field(
         default=0.0,
-        metadata=_help(
+        metadata=arg_help(
             "lagrangian, episode: weight of the old value in the moving average of the ascent "
             "signal that the PID derivative differences, in [0, 1)"
         ),
@@ -238,17 +246,20 @@ class Args:
     # --- optional constraint (agents/constraints.py; the env and its reward are unchanged)
     accuracy_target: float | None = field(
         default=None,
-        metadata=_help("train for E[final accuracy] >= this by Lagrangian relaxation (None = off)"),
+        metadata=arg_help(
+            "train for E[final accuracy] >= this by Lagrangian relaxation (None = off)"
+        ),
     )
     lambda_lr: float = field(
         default=0.05,
-        metadata=_help(
-            "dual ascent step of the accuracy multiplier, per accuracy point of violation"
+        metadata=arg_help(
+            "dual ascent step of the accuracy multiplier, per accuracy point of violation",
+            at_least=0,
         ),
     )
     select_accuracy: float | None = field(
         default=None,
-        metadata=_help(
+        metadata=arg_help(
             "weighted: the best model is the best validation return among evaluations with "
             "validation accuracy >= this (None = --accuracy-target, or no condition); "
             "lagrangian always selects the most accurate evaluation in budget"
@@ -256,33 +267,44 @@ class Args:
     )
     bc_steps: int = field(
         default=0,
-        metadata=_help(
+        metadata=arg_help(
             "env steps of the Lyapunov policy to imitate before PPO (behaviour-cloning warm "
-            "start; 0 = off; agents/bc.py)"
+            "start; 0 = off; agents/bc.py)",
+            at_least=0,
         ),
     )
-    bc_epochs: int = field(default=30, metadata=_help("epochs of the behaviour-cloning fit"))
+    bc_epochs: int = field(
+        default=30, metadata=arg_help("epochs of the behaviour-cloning fit", at_least=1)
+    )
     bc_v: float | None = field(
         default=None,
-        metadata=_help(
+        metadata=arg_help(
             "V of the Lyapunov policy that --bc-steps imitates (None = its default V; pass the "
-            "scenario's tuned V, docs/suite.md)"
+            "scenario's tuned V, docs/suite.md)",
+            above=0,
         ),
     )
     # --- evaluation, checkpoints, logging
     eval_freq: int = field(
-        default=25_000, metadata=_help("env steps between held-out evaluations (0 = off)")
+        default=25_000,
+        metadata=arg_help("env steps between held-out evaluations (0 = off)", at_least=0),
     )
-    eval_episodes: int = field(default=10, metadata=_help("held-out episodes per evaluation"))
+    eval_episodes: int = field(
+        default=10, metadata=arg_help("held-out episodes per evaluation", at_least=1)
+    )
     eval_seed: int = field(
         default=100_000,
-        metadata=_help("first validation seed (the comparison's test seeds start at 1000)"),
+        metadata=arg_help(
+            "first validation seed (the comparison's test seeds start at 1000)", at_least=0
+        ),
     )
-    checkpoint_freq: int = field(default=100_000, metadata=_help("env steps between checkpoints"))
-    tensorboard: bool = field(default=True, metadata=_help("write TensorBoard logs to <run>/tb"))
-    progress_bar: bool = field(default=True, metadata=_help("show a progress bar"))
-    torch_threads: int = field(default=1, metadata=_help("torch CPU threads"))
-    device: str = field(default="cpu", metadata=_help("torch device (cpu, cuda, auto)"))
+    checkpoint_freq: int = field(
+        default=100_000, metadata=arg_help("env steps between checkpoints", at_least=0)
+    )
+    tensorboard: bool = field(default=True, metadata=arg_help("write TensorBoard logs to <run>/tb"))
+    progress_bar: bool = field(default=True, metadata=arg_help("show a progress bar"))
+    torch_threads: int = field(default=1, metadata=arg_help("torch CPU threads", at_least=1))
+    device: str = field(default="cpu", metadata=arg_help("torch device (cpu, cuda, auto)"))
 
 
 def main(argv: list[str] | None = None) -> Path:

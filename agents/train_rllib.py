@@ -56,7 +56,7 @@ from typing import Any
 import gymnasium as gym
 import yaml
 
-from agents.runs import args_from_mapping, args_to_dict, git_commit, parse_args
+from agents.runs import arg_help, args_from_mapping, args_to_dict, git_commit, parse_args
 from fedenv import ENV_ID
 from fedenv.config import EnvConfig, resolve_config
 
@@ -76,79 +76,89 @@ EXTRA_HINT = "pip install 'fedenv[rllib]'"
 _CKPT = re.compile(r"^iter_(\d+)$")
 
 
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
-
-
 @dataclass
 class Args:
     """RLlib PPO training arguments."""
 
     # --- experiment
-    config: str = field(default="switching", metadata=_help("env preset name or env config YAML"))
+    config: str = field(
+        default="switching", metadata=arg_help("env preset name or env config YAML")
+    )
     train_config: str | None = field(
-        default=None, metadata=_help("YAML of these arguments; flags override it")
+        default=None, metadata=arg_help("YAML of these arguments; flags override it")
     )
     run_dir: str | None = field(
         default=None,
-        metadata=_help("run directory (default runs/rllib_ppo_<config>_s<seed>_<time>)"),
+        metadata=arg_help("run directory (default runs/rllib_ppo_<config>_s<seed>_<time>)"),
     )
     resume: bool = field(
-        default=False, metadata=_help("continue the run in --run-dir from its newest checkpoint")
+        default=False, metadata=arg_help("continue the run in --run-dir from its newest checkpoint")
     )
     seed: int = field(
-        default=0, metadata=_help("seed of RLlib (torch, numpy, the env runners' envs)")
+        default=0,
+        metadata=arg_help("seed of RLlib (torch, numpy, the env runners' envs)", at_least=0),
     )
     iterations: int = field(
         default=20,
-        metadata=_help("training iterations of the run in total (resume continues up to it)"),
+        metadata=arg_help(
+            "training iterations of the run in total (resume continues up to it)", at_least=1
+        ),
     )
     checkpoint_every: int = field(
-        default=5, metadata=_help("iterations between checkpoints (0 = only at the end)")
+        default=5,
+        metadata=arg_help("iterations between checkpoints (0 = only at the end)", at_least=0),
     )
     # --- Ray
     address: str | None = field(
         default=None,
-        metadata=_help(
+        metadata=arg_help(
             "Ray cluster to join: auto, or HOST:PORT of the head (default: start a local instance)"
         ),
     )
     connect_timeout_s: float = field(
-        default=10.0, metadata=_help("give up on an unreachable --address after this many seconds")
+        default=10.0,
+        metadata=arg_help("give up on an unreachable --address after this many seconds", above=0),
     )
     num_cpus: int | None = field(
-        default=None, metadata=_help("CPUs of the local Ray instance (default: one per env runner)")
+        default=None,
+        metadata=arg_help(
+            "CPUs of the local Ray instance (default: one per env runner)", at_least=1
+        ),
     )
     object_store_mb: int = field(
-        default=256, metadata=_help("object store of the local Ray instance, MiB")
+        default=256, metadata=arg_help("object store of the local Ray instance, MiB", at_least=1)
     )
     env_runners: int = field(
-        default=2, metadata=_help("RLlib env runners (sampling actors); 0 samples in this process")
+        default=2,
+        metadata=arg_help(
+            "RLlib env runners (sampling actors); 0 samples in this process", at_least=0
+        ),
     )
     envs_per_env_runner: int = field(
-        default=1, metadata=_help("envs stepped together by each env runner")
+        default=1, metadata=arg_help("envs stepped together by each env runner", at_least=1)
     )
     # --- network
     net_arch: list[int] = field(
         default_factory=lambda: [64, 64],
-        metadata=_help("hidden layer widths (policy and value nets)"),
+        metadata=arg_help("hidden layer widths (policy and value nets)"),
     )
-    activation: str = field(default="tanh", metadata=_help("tanh or relu"))
+    activation: str = field(default="tanh", metadata=arg_help("tanh or relu"))
     # --- PPO
     train_batch_size: int = field(
-        default=2000, metadata=_help("env steps sampled per iteration (all runners together)")
+        default=2000,
+        metadata=arg_help("env steps sampled per iteration (all runners together)", at_least=1),
     )
-    batch_size: int = field(default=250, metadata=_help("minibatch size"))
-    n_epochs: int = field(default=10, metadata=_help("epochs per iteration"))
-    learning_rate: float = field(default=3e-4, metadata=_help("Adam learning rate"))
-    gamma: float = field(default=0.99, metadata=_help("discount factor"))
-    gae_lambda: float = field(default=0.95, metadata=_help("GAE lambda"))
-    clip_range: float = field(default=0.2, metadata=_help("PPO clip range"))
-    ent_coef: float = field(default=0.0, metadata=_help("entropy bonus"))
-    vf_coef: float = field(default=0.5, metadata=_help("value loss weight"))
-    max_grad_norm: float = field(default=0.5, metadata=_help("gradient clipping norm"))
+    batch_size: int = field(default=250, metadata=arg_help("minibatch size", at_least=1))
+    n_epochs: int = field(default=10, metadata=arg_help("epochs per iteration", at_least=1))
+    learning_rate: float = field(default=3e-4, metadata=arg_help("Adam learning rate", above=0))
+    gamma: float = field(default=0.99, metadata=arg_help("discount factor", at_least=0, at_most=1))
+    gae_lambda: float = field(default=0.95, metadata=arg_help("GAE lambda", at_least=0, at_most=1))
+    clip_range: float = field(default=0.2, metadata=arg_help("PPO clip range", above=0))
+    ent_coef: float = field(default=0.0, metadata=arg_help("entropy bonus", at_least=0))
+    vf_coef: float = field(default=0.5, metadata=arg_help("value loss weight", at_least=0))
+    max_grad_norm: float = field(default=0.5, metadata=arg_help("gradient clipping norm", above=0))
     torch_threads: int = field(
-        default=1, metadata=_help("torch CPU threads of the learner (this process)")
+        default=1, metadata=arg_help("torch CPU threads of the learner (this process)", at_least=1)
     )
 
 

@@ -30,11 +30,7 @@ from agents.callbacks import EnvMetricsCallback, HeldOutEvalCallback, checkpoint
 from agents.envs import episode_seeds, make_vec_env
 from agents.features import ObservationFeatures
 from agents.normalization import load_normalizer, make_normalizer
-from agents.runs import RunRepairWarning, finish_run, parse_args, prepare_run
-
-
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
+from agents.runs import RunRepairWarning, arg_help, finish_run, parse_args, prepare_run
 
 
 @dataclass
@@ -42,28 +38,34 @@ class Args:
     """SAC training arguments; defaults = configs/train/sac.yaml."""
 
     # --- experiment
-    config: str = field(default="switching", metadata=_help("env preset name or env config YAML"))
+    config: str = field(
+        default="switching", metadata=arg_help("env preset name or env config YAML")
+    )
     train_config: str | None = field(
         default=None,
-        metadata=_help("YAML of these arguments (configs/train/*.yaml); flags override it"),
+        metadata=arg_help("YAML of these arguments (configs/train/*.yaml); flags override it"),
     )
     run_dir: str | None = field(
         default=None,
-        metadata=_help("run directory (default runs/sac_<config>_<policy>_s<seed>_<time>)"),
+        metadata=arg_help("run directory (default runs/sac_<config>_<policy>_s<seed>_<time>)"),
     )
     resume: bool = field(
         default=False,
-        metadata=_help(
+        metadata=arg_help(
             "continue the run in --run-dir from its newest intact checkpoint or final model"
         ),
     )
-    seed: int = field(default=0, metadata=_help("seed of torch, numpy and the training envs"))
-    total_timesteps: int = field(default=200_000, metadata=_help("env steps (rounds) to train for"))
+    seed: int = field(
+        default=0, metadata=arg_help("seed of torch, numpy and the training envs", at_least=0)
+    )
+    total_timesteps: int = field(
+        default=200_000, metadata=arg_help("env steps (rounds) to train for", at_least=1)
+    )
     # --- environment
-    n_envs: int = field(default=4, metadata=_help("parallel training envs"))
+    n_envs: int = field(default=4, metadata=arg_help("parallel training envs", at_least=1))
     vec_env: str = field(
         default="auto",
-        metadata=_help(
+        metadata=arg_help(
             "auto (batched where it applies, else dummy), batched (one batched env, fastest; "
             "surrogate backend, env and factored action forms), dummy (single envs in one "
             "process) or subproc (one process per env); agents/envs.py"
@@ -71,7 +73,7 @@ class Args:
     )
     obs_features: str = field(
         default="label_mix",
-        metadata=_help(
+        metadata=arg_help(
             "env (the env's observation), label_mix (+ each device's label skew from info), "
             "label_mix_time (+ time-to-go ramps) or label_mix_budget (+ what is left of each "
             "device's energy budget); agents/features.py"
@@ -79,61 +81,76 @@ class Args:
     )
     action_form: str = field(
         default="factored",
-        metadata=_help(ACTION_FORM_HELP),
+        metadata=arg_help(ACTION_FORM_HELP),
     )
     base_v: float | None = field(
         default=None,
-        metadata=_help(BASE_V_HELP),
+        metadata=arg_help(BASE_V_HELP, above=0),
     )
     shield: bool = field(
         default=False,
-        metadata=_help(
+        metadata=arg_help(
             "idle every device whose round would pass what is left of its episode energy "
             "budget, in training and evaluation (fedenv.wrappers.BudgetShield; PPO's default)"
         ),
     )
     norm_obs: bool = field(
-        default=True, metadata=_help("normalise observations (VecNormalize, saved with the model)")
+        default=True,
+        metadata=arg_help("normalise observations (VecNormalize, saved with the model)"),
     )
     norm_reward: bool = field(
-        default=True, metadata=_help("normalise rewards by the running return's std")
+        default=True, metadata=arg_help("normalise rewards by the running return's std")
     )
     # --- network
-    policy: str = field(default="mlp", metadata=_help("mlp (SB3 SAC MlpPolicy)"))
+    policy: str = field(default="mlp", metadata=arg_help("mlp (SB3 SAC MlpPolicy)"))
     net_arch: list[int] = field(
         default_factory=lambda: [256, 256],
-        metadata=_help("hidden layer widths of actor and critics"),
+        metadata=arg_help("hidden layer widths of actor and critics"),
     )
     # --- SAC
-    learning_rate: float = field(default=3e-4, metadata=_help("Adam learning rate"))
+    learning_rate: float = field(default=3e-4, metadata=arg_help("Adam learning rate", above=0))
     buffer_size: int = field(
-        default=200_000, metadata=_help("replay buffer capacity (transitions)")
+        default=200_000, metadata=arg_help("replay buffer capacity (transitions)", at_least=1)
     )
     learning_starts: int = field(
-        default=5_000, metadata=_help("env steps of random actions before learning")
+        default=5_000, metadata=arg_help("env steps of random actions before learning", at_least=0)
     )
-    batch_size: int = field(default=256, metadata=_help("minibatch size"))
-    tau: float = field(default=0.005, metadata=_help("target network averaging"))
-    gamma: float = field(default=0.99, metadata=_help("discount factor"))
-    train_freq: int = field(default=1, metadata=_help("vector-env steps between updates"))
-    gradient_steps: int = field(default=1, metadata=_help("gradient steps per update"))
+    batch_size: int = field(default=256, metadata=arg_help("minibatch size", at_least=1))
+    tau: float = field(
+        default=0.005, metadata=arg_help("target network averaging", above=0, at_most=1)
+    )
+    gamma: float = field(default=0.99, metadata=arg_help("discount factor", at_least=0, at_most=1))
+    train_freq: int = field(
+        default=1, metadata=arg_help("vector-env steps between updates", at_least=1)
+    )
+    gradient_steps: int = field(
+        default=1, metadata=arg_help("gradient steps per update", at_least=1)
+    )
     ent_coef: str = field(
-        default="auto", metadata=_help("entropy coefficient: auto, auto_<init> or a number")
+        default="auto",
+        metadata=arg_help("entropy coefficient: auto, auto_<init> or a number"),
     )
     # --- evaluation, checkpoints, logging
     eval_freq: int = field(
-        default=10_000, metadata=_help("env steps between held-out evaluations (0 = off)")
+        default=10_000,
+        metadata=arg_help("env steps between held-out evaluations (0 = off)", at_least=0),
     )
-    eval_episodes: int = field(default=10, metadata=_help("held-out episodes per evaluation"))
+    eval_episodes: int = field(
+        default=10, metadata=arg_help("held-out episodes per evaluation", at_least=1)
+    )
     eval_seed: int = field(
         default=100_000,
-        metadata=_help("first validation seed (the comparison's test seeds start at 1000)"),
+        metadata=arg_help(
+            "first validation seed (the comparison's test seeds start at 1000)", at_least=0
+        ),
     )
-    checkpoint_freq: int = field(default=50_000, metadata=_help("env steps between checkpoints"))
-    tensorboard: bool = field(default=True, metadata=_help("write TensorBoard logs to <run>/tb"))
-    progress_bar: bool = field(default=True, metadata=_help("show a progress bar"))
-    torch_threads: int = field(default=1, metadata=_help("torch CPU threads"))
-    device: str = field(default="cpu", metadata=_help("torch device (cpu, cuda, auto)"))
+    checkpoint_freq: int = field(
+        default=50_000, metadata=arg_help("env steps between checkpoints", at_least=0)
+    )
+    tensorboard: bool = field(default=True, metadata=arg_help("write TensorBoard logs to <run>/tb"))
+    progress_bar: bool = field(default=True, metadata=arg_help("show a progress bar"))
+    torch_threads: int = field(default=1, metadata=arg_help("torch CPU threads", at_least=1))
+    device: str = field(default="cpu", metadata=arg_help("torch device (cpu, cuda, auto)"))
 
 
 def main(argv: list[str] | None = None) -> Path:

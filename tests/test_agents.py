@@ -490,7 +490,9 @@ def test_training_on_the_batched_env_equals_training_on_dummy_vec_env(
         assert th.equal(x, y), name
 
 
-def test_train_config_yaml_matches_the_defaults_and_flags_override_it(tmp_path: Path) -> None:
+def test_train_config_yaml_matches_the_defaults_and_flags_override_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     tuned = yaml.safe_load((ROOT / "configs/train/ppo_lagrangian.yaml").read_text())
     defaults, _ = parse_args(train_ppo.Args, [])
     assert defaults.objective == "lagrangian"  # PPO-Lagrangian is the default learned agent
@@ -516,6 +518,20 @@ def test_train_config_yaml_matches_the_defaults_and_flags_override_it(tmp_path: 
     bad.write_text("n_envs: four\n")
     with pytest.raises(ValueError, match="n_envs must be int"):
         parse_args(train_ppo.Args, ["--train-config", str(bad)])
+    # a value out of its field's range stops before anything runs, from a file or a flag
+    bad.write_text("gamma: 1.5\n")
+    with pytest.raises(ValueError, match=r"gamma in .*bad\.yaml must be in \[0, 1\], got 1\.5"):
+        parse_args(train_ppo.Args, ["--train-config", str(bad)])
+    for flag, value, message in (
+        ("--total-timesteps", "-5", "must be >= 1, got -5"),
+        ("--learning-rate", "0", "must be > 0, got 0.0"),
+        ("--gamma", "nan", r"must be in \[0, 1\], got nan"),
+        ("--eval-freq", "-1", "must be >= 0, got -1"),
+    ):
+        with pytest.raises(SystemExit):
+            parse_args(train_ppo.Args, [flag, value])
+        assert re.search(f"argument {flag}: {message}", capsys.readouterr().err)
+    assert parse_args(train_ppo.Args, ["--gamma", "1", "--eval-freq", "0"])[0].gamma == 1.0
     for path in sorted((ROOT / "configs/train").glob("*.yaml")):
         cls = (
             train_ppo.Args
