@@ -206,7 +206,7 @@ def imitation_fit(
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from agents.features import OBS_FEATURES
     from agents.policies import POLICIES
-    from baselines.pareto import preset_config
+    from fedenv.scenarios import named_config
 
     parser = argparse.ArgumentParser(
         prog="python -m agents.bc",
@@ -226,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", default=None, help="also write the report as JSON here")
     args = parser.parse_args(argv)
     try:
-        config = preset_config(args.config)
+        config = named_config(args.config)
         report = imitation_fit(
             config,
             steps=args.steps,

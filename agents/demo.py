@@ -33,7 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from fedenv.config import EnvConfig, resolve_config
+from fedenv.config import EnvConfig
+from fedenv.scenarios import named_config
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGETS = {
@@ -133,7 +134,9 @@ def main(argv: list[str] | None = None) -> None:
         "--total-timesteps", type=int, default=None, help="override the budget's env steps"
     )
     parser.add_argument(
-        "--config", default="switching", help="env preset or YAML (default: the default preset)"
+        "--config",
+        default="switching",
+        help="env preset, registered scenario or YAML (default: the default preset)",
     )
     parser.add_argument(
         "--run-dir", default=None, help="PPO run directory (default <out>/ppo_<budget>)"
@@ -194,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     out = Path(args.out)
-    config = resolve_config(args.config)
+    config = named_config(args.config)
     run_dir = Path(args.run_dir) if args.run_dir else out / f"ppo_{args.budget}"
     run = RunDir(run_dir)
     if not args.skip_train:

@@ -44,6 +44,7 @@ from agents.policies import resize_policy
 from agents.runs import RunDir
 from fedenv.config import EnvConfig, resolve_config
 from fedenv.env import FedLoRAWirelessEnv
+from fedenv.scenarios import named_config
 
 __all__ = ["ALGORITHMS", "SB3Policy", "load_policy", "load_model", "parse_spec"]
 
@@ -371,7 +372,9 @@ def main(argv: list[str] | None = None) -> None:
         help="ppo, sac or recurrentppo (default: read from the run's meta.json)",
     )
     parser.add_argument(
-        "--config", default=None, help="env preset or YAML (default: the run's training config)"
+        "--config",
+        default=None,
+        help="env preset, registered scenario or YAML (default: the run's training config)",
     )
     parser.add_argument("--episodes", type=int, default=20)
     parser.add_argument(
@@ -388,7 +391,7 @@ def main(argv: list[str] | None = None) -> None:
     spec = f"{algo}:{args.run}"
     files = parse_spec(spec)
     if args.config:
-        cfg = resolve_config(args.config)
+        cfg = named_config(args.config)
     elif files.run is not None:
         cfg = files.run.env_config()
     else:

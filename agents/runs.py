@@ -59,7 +59,8 @@ from typing import Any, TypeVar
 import yaml
 
 from fedenv import atomic
-from fedenv.config import EnvConfig, resolve_config
+from fedenv.config import EnvConfig
+from fedenv.scenarios import named_config
 
 __all__ = [
     "arg_help",
@@ -70,7 +71,6 @@ __all__ = [
     "ResumePoint",
     "RunRepairWarning",
     "git_commit",
-    "env_config_of",
     "default_run_name",
     "prepare_run",
     "finish_run",
@@ -298,11 +298,6 @@ def git_commit() -> dict[str, Any]:
         return {"commit": head, "dirty": bool(dirty)}
     except (OSError, subprocess.SubprocessError):
         return {"commit": "unknown", "dirty": None}
-
-
-def env_config_of(spec: str | EnvConfig) -> EnvConfig:
-    """The env config of ``--config``: a preset name or a YAML file (full or partial override)."""
-    return resolve_config(spec)
 
 
 def _versions() -> dict[str, str]:
@@ -798,7 +793,7 @@ def prepare_run(
             )
         run.remove_temporary_files()
     else:
-        config = env_config_of(args.config)
+        config = named_config(args.config)
         run = RunDir(
             args.run_dir
             or Path("runs") / default_run_name(algo, args.config, args.policy, args.seed)

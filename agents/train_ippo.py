@@ -51,8 +51,9 @@ from agents.runs import (
     save_normalizer,
     write_file,
 )
-from fedenv.config import EnvConfig, resolve_config
+from fedenv.config import EnvConfig
 from fedenv.multiagent import AGENT_FEATURES, FedLoRAWirelessParallelEnv, agent_observations
+from fedenv.scenarios import named_config
 
 __all__ = ["Args", "AgentVecEnv", "IPPOPolicy", "ippo_policy", "load_ippo_policy", "main"]
 
@@ -63,7 +64,8 @@ class Args:
 
     # --- experiment
     config: str = field(
-        default="switching", metadata=arg_help("env preset name or env config YAML")
+        default="switching",
+        metadata=arg_help("env preset, registered scenario (tight_energy, ...) or env config YAML"),
     )
     train_config: str | None = field(
         default=None, metadata=arg_help("YAML of these arguments; flags override it")
@@ -403,7 +405,7 @@ def main(argv: list[str] | None = None) -> Path:
         return run.path
 
     # --- run directory
-    config = resolve_config(args.config)
+    config = named_config(args.config)
     run = RunDir(
         args.run_dir
         or Path("runs") / default_run_name("ippo", args.config, args.agent_reward, args.seed)

@@ -58,7 +58,8 @@ import yaml
 
 from agents.runs import arg_help, args_from_mapping, args_to_dict, git_commit, parse_args
 from fedenv import ENV_ID
-from fedenv.config import EnvConfig, resolve_config
+from fedenv.config import EnvConfig
+from fedenv.scenarios import named_config
 
 __all__ = [
     "Args",
@@ -82,7 +83,8 @@ class Args:
 
     # --- experiment
     config: str = field(
-        default="switching", metadata=arg_help("env preset name or env config YAML")
+        default="switching",
+        metadata=arg_help("env preset, registered scenario (tight_energy, ...) or env config YAML"),
     )
     train_config: str | None = field(
         default=None, metadata=arg_help("YAML of these arguments; flags override it")
@@ -469,7 +471,7 @@ def prepare_run(
             Args, yaml.safe_load((run / "args.yaml").read_text()), str(run / "args.yaml")
         )
         env_config = EnvConfig.from_dict(yaml.safe_load((run / "env_config.yaml").read_text()))
-        if "config" in given and resolve_config(args.config) != env_config:
+        if "config" in given and named_config(args.config) != env_config:
             raise ValueError(
                 f"--resume: --config {args.config!r} differs from the run's env config "
                 f"({run / 'env_config.yaml'}); leave it out"
@@ -483,7 +485,7 @@ def prepare_run(
                 f"--resume: no checkpoint in {run / 'checkpoints'}; start a new run instead"
             )
     else:
-        env_config = resolve_config(args.config)
+        env_config = named_config(args.config)
         stem = Path(args.config).stem if args.config.endswith((".yaml", ".yml")) else args.config
         run = Path(
             args.run_dir

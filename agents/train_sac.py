@@ -39,7 +39,8 @@ class Args:
 
     # --- experiment
     config: str = field(
-        default="switching", metadata=arg_help("env preset name or env config YAML")
+        default="switching",
+        metadata=arg_help("env preset, registered scenario (tight_energy, ...) or env config YAML"),
     )
     train_config: str | None = field(
         default=None,

@@ -50,7 +50,8 @@ from baselines.evaluation import (
 )
 from baselines.lyapunov import LyapunovPolicy, check_tradeoff, tsfa_offline_rank
 from baselines.registry import make_policy, split_specs
-from fedenv.config import EnvConfig, resolve_config
+from fedenv.config import EnvConfig
+from fedenv.scenarios import named_config
 
 __all__ = ["main", "build_config", "run_sweep", "plot_comparison", "plot_sweep"]
 
@@ -66,7 +67,7 @@ def build_config(args: argparse.Namespace) -> EnvConfig:
         overrides["devices"] = {"num_devices": args.devices}
     if args.backend is not None:
         overrides["learning"] = {"backend": args.backend}
-    cfg = resolve_config(args.config, **overrides)
+    cfg = named_config(args.config, **overrides)
     if args.tsfa_rank:
         rank, table = tsfa_offline_rank(
             cfg, args.tsfa_v if args.tsfa_v is not None else _first_lyapunov_v(args.policies)
@@ -346,7 +347,8 @@ def main(argv: Sequence[str] | None = None) -> Comparison:
     parser.add_argument(
         "--config",
         default="switching",
-        help="preset name (switching, split, soft, unified) or YAML file",
+        help="preset (switching, split, soft, unified), registered scenario (tight_energy, ...) "
+        "or YAML file",
     )
     parser.add_argument(
         "--policies",

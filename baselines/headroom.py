@@ -49,7 +49,7 @@ from numpy.typing import NDArray
 
 from baselines.lyapunov import LyapunovPolicy, check_tradeoff
 from baselines.objective import BUDGET_TOLERANCE, constrained_score
-from baselines.pareto import parse_seeds, preset_config
+from baselines.pareto import parse_seeds
 from baselines.registry import make_policy, split_specs
 from baselines.suite import (
     DEFAULT_V_GRID,
@@ -64,7 +64,7 @@ from baselines.suite import (
     write_report,
 )
 from fedenv.config import EnvConfig
-from fedenv.scenarios import SCENARIOS
+from fedenv.scenarios import SCENARIOS, named_config
 
 __all__ = [
     "BEGIN",
@@ -224,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         print(f"[headroom] {name} ...", file=sys.stderr, flush=True)
         r, t, val = headroom_rows(
             name,
-            preset_config(name),
+            named_config(name),
             seeds,
             val_seeds,
             v_values=v_values,

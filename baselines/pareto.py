@@ -35,8 +35,8 @@ from typing import Any
 from baselines.compare import DEFAULT_SWEEP, _parse_sweep, _pyplot, _save, run_sweep
 from baselines.evaluation import evaluate, mean_ci
 from baselines.registry import make_policy
-from fedenv.config import EnvConfig, resolve_config
-from fedenv.scenarios import SCENARIOS, scenario_config
+from fedenv.config import EnvConfig
+from fedenv.scenarios import named_config
 
 __all__ = [
     "METRICS",
@@ -45,7 +45,6 @@ __all__ = [
     "parse_seeds",
     "plot_pareto",
     "point_label",
-    "preset_config",
     "run_pareto",
     "write_table",
 ]
@@ -78,11 +77,6 @@ def parse_seeds(text: str) -> list[int]:
     if not seeds or min(seeds) < 0:
         raise ValueError(f"--seeds: expected integers >= 0, got {text!r}")
     return seeds
-
-
-def preset_config(name: str) -> EnvConfig:
-    """A preset, a registered scenario or a YAML file."""
-    return scenario_config(name) if name in SCENARIOS else resolve_config(name)
 
 
 def _run_dir(spec: str) -> Path:
@@ -281,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     )
     parser.add_argument("--no-plots", action="store_true", help="skip pareto.png")
     args = parser.parse_args(argv)
-    config = preset_config(args.preset)
+    config = named_config(args.preset)
     seeds = parse_seeds(args.seeds)
     v_values = _parse_sweep(args.v)
     out = Path(args.out or f"results/pareto_{Path(args.preset).stem}")

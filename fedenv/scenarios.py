@@ -21,12 +21,15 @@ What makes each hard: :data:`SCENARIOS` and docs/presets.md.
 from __future__ import annotations
 
 import copy
+import difflib
+import os
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any
 
-from fedenv.config import EnvConfig, resolve_config
+from fedenv.config import PRESETS, ConfigError, EnvConfig, resolve_config
 
-__all__ = ["SCENARIOS", "SCENARIO_IDS", "Scenario", "scenario_config"]
+__all__ = ["SCENARIOS", "SCENARIO_IDS", "Scenario", "named_config", "scenario_config"]
 
 
 @dataclass(frozen=True)
@@ -119,3 +122,30 @@ def scenario_config(name: str, **overrides: Any) -> EnvConfig:
     if name not in SCENARIOS:
         raise KeyError(f"unknown scenario {name!r}; the scenarios are {', '.join(SCENARIOS)}")
     return resolve_config(SCENARIOS[name].mapping(), **overrides)
+
+
+def named_config(
+    name: str | os.PathLike[str] | EnvConfig | None = None, **overrides: Any
+) -> EnvConfig:
+    """The config that a command line's ``--config`` names: a preset (``switching``), a
+    registered scenario (``tight_energy``) or a YAML file, with keyword overrides on top.
+
+    Raises:
+        ConfigError: a name that is neither a preset, a scenario nor a YAML path (the message
+            lists both and the closest name), or any error of :func:`resolve_config`.
+        FileNotFoundError: the YAML file does not exist.
+    """
+    if not isinstance(name, str):
+        return resolve_config(name, **overrides)
+    if name in SCENARIOS:
+        return scenario_config(name, **overrides)
+    # a bare word (no suffix, no directory, no such file) names a preset or a scenario
+    bare = not PurePath(name).suffix and "/" not in name and not os.path.exists(name)
+    if bare and name not in PRESETS:
+        close = difflib.get_close_matches(name, [*PRESETS, *SCENARIOS], n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(
+            f"unknown preset or scenario {name!r}.{hint} Presets: {', '.join(PRESETS)}; "
+            f"scenarios: {', '.join(SCENARIOS)}; or the path of a YAML file."
+        )
+    return resolve_config(name, **overrides)

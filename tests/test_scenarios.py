@@ -14,8 +14,8 @@ from gymnasium.utils.env_checker import check_env
 
 import fedenv
 from fedenv import FedLoRAWirelessEnv
-from fedenv.config import EnvConfig, resolve_config
-from fedenv.scenarios import SCENARIOS, scenario_config
+from fedenv.config import ConfigError, EnvConfig, resolve_config
+from fedenv.scenarios import SCENARIOS, named_config, scenario_config
 from fedenv.vector import FedLoRAWirelessVectorEnv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +53,9 @@ def test_scenario_id_config_and_yaml_copy_agree(name: str) -> None:
     env = gym.make(scenario.env_id, num_rounds=3, reward={"mode": "accuracy"})
     assert env.unwrapped.config == expected.replace(num_rounds=3, reward={"mode": "accuracy"})
     assert scenario_config(name, num_rounds=3) == resolve_config(str(path), num_rounds=3)
+    # a command line's --config may name the scenario or its YAML copy
+    assert named_config(name, num_rounds=3) == named_config(str(path), num_rounds=3)
+    assert named_config(name) == expected
     assert gym.spec(scenario.env_id).kwargs["config"] == scenario.overrides
     assert f"`{scenario.env_id}`" in (ROOT / "docs" / "presets.md").read_text()
 
@@ -76,3 +79,23 @@ def test_scenarios_pass_the_env_checker_and_run_batched(name: str) -> None:
 def test_unknown_scenario_names_the_known_ones() -> None:
     with pytest.raises(KeyError, match="unknown scenario 'tight'.*tight_energy"):
         scenario_config("tight")
+
+
+def test_named_config_takes_presets_scenarios_and_files_and_names_them_when_unknown(
+    tmp_path: Path,
+) -> None:
+    assert named_config("split") == resolve_config("split")
+    assert named_config("tight_energy", num_rounds=4) == scenario_config("tight_energy").replace(
+        num_rounds=4
+    )
+    path = tmp_path / "mine.yaml"
+    path.write_text("preset: soft\nnum_rounds: 7\n")
+    assert named_config(str(path)) == resolve_config("soft", num_rounds=7)
+    with pytest.raises(
+        ConfigError,
+        match=r"'tight_energi'\. Did you mean 'tight_energy'\?.*"
+        r"Presets: switching, split, soft, unified; scenarios: tight_energy",
+    ):
+        named_config("tight_energi")
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        named_config(str(tmp_path / "missing.yaml"))

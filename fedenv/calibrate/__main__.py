@@ -37,8 +37,8 @@ from fedenv.config import (
     SurrogateConfig,
     calibration_surrogate,
     parse_set,
-    resolve_config,
 )
+from fedenv.scenarios import named_config
 
 DEFAULT_POLICIES = [
     "explore",
@@ -84,7 +84,7 @@ def collect_config(args: argparse.Namespace) -> EnvConfig:
         overrides = parse_set(args.set, overrides)
     except ConfigError as exc:
         raise SystemExit(str(exc)) from None
-    return resolve_config(args.config, **overrides)
+    return named_config(args.config, **overrides)
 
 
 def cmd_collect(args: argparse.Namespace, argv: list[str]) -> None:
