@@ -36,7 +36,6 @@ from fedenv.env import FedLoRAWirelessEnv
 from fedenv.vector import FedLoRAWirelessVectorEnv
 
 
-
 def numerical_platform() -> str:
     """The CPU architecture and the code NumPy runs float64 ``cos`` with here (its ``log`` and
     ``exp`` follow the same dispatch level), e.g. ``x86_64-X86_V4``."""
