@@ -638,6 +638,9 @@ def test_shipped_calibrations_refit_from_the_committed_traces(tmp_path, monkeypa
         capsys.readouterr()
         fitted = EnvConfig.from_yaml(tmp_path / path.name).learning.surrogate.to_dict()
         shipped = EnvConfig.from_yaml(path).learning.surrogate.to_dict()
-        assert fitted == pytest.approx(shipped, rel=1e-6), path.name
+        # the constants are written to 6 significant digits (fit.py), and the fit's optimum moves
+        # in the last of them between CPUs (NumPy's float64 math differs in the last bit between
+        # its AVX-512 and AVX2 code): equal to one unit of the 6th digit
+        assert fitted == pytest.approx(shipped, rel=1e-5), path.name
         checked += 1
     assert checked, "no shipped calibration names committed traces in its fit command"
