@@ -80,8 +80,18 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def _run_dir(spec: str) -> Path:
+    """The run directory of an agent spec: ``<algo>:<run dir>[@best|@final]``, or the run that
+    a model file was saved in (``model.zip``, ``best/model.zip``,
+    ``checkpoints/ckpt_<steps>_steps.zip``: the nearest folder above it with an
+    ``env_config.yaml``)."""
     _, _, rest = spec.partition(":")
-    return Path(rest.rsplit("@", 1)[0] if "@" in Path(rest).name else rest)
+    path = Path(rest.rsplit("@", 1)[0] if "@" in Path(rest).name else rest)
+    if path.is_dir() or path.suffix != ".zip":
+        return path
+    return next(
+        (d for d in (path.parent, path.parent.parent) if (d / "env_config.yaml").is_file()),
+        path.parent,
+    )
 
 
 def agent_config(spec: str, base: EnvConfig) -> EnvConfig:
@@ -90,8 +100,7 @@ def agent_config(spec: str, base: EnvConfig) -> EnvConfig:
     A config that differs from the preset in more than its budgets and reward is used, with a
     warning: the point then answers another problem.
     """
-    path = _run_dir(spec)
-    path = path / "env_config.yaml" if path.is_dir() else path.parent / "env_config.yaml"
+    path = _run_dir(spec) / "env_config.yaml"
     if not path.is_file():
         return base
     config = EnvConfig.from_yaml(path)

@@ -569,6 +569,7 @@ def test_pareto_command_runs_end_to_end_with_the_lyapunov_sweep_and_agents_per_b
     import csv
 
     from baselines import pareto
+    from fedenv.scenarios import named_config
 
     runs = []
     for budget in (
@@ -640,6 +641,11 @@ def test_pareto_command_runs_end_to_end_with_the_lyapunov_sweep_and_agents_per_b
     assert pareto.point_label({**rows[2], "value": f"{rows[2]['value']}@final"}) == (
         "run_e0.25, Ē=0.25"
     )
+    # a checkpoint of a run plays in that run's config too, under the run's name
+    checkpoint = sorted((tmp_path / "run_e0.25" / "checkpoints").glob("ckpt_*_steps.zip"))[-1]
+    preset = named_config(str(ROOT / "configs/scenarios/tiny.yaml"))
+    assert pareto.agent_config(f"ppo:{checkpoint}", preset).budgets.energy_budget_j == 0.25
+    assert pareto.point_label({**rows[2], "value": str(checkpoint)}) == "run_e0.25, Ē=0.25"
     assert pareto.parse_seeds("1000-1002") == [1000, 1001, 1002] and pareto.parse_seeds("7,9") == [
         7,
         9,
