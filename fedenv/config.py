@@ -974,8 +974,9 @@ def _load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     return dict(data)
 
 
-def _is_path(config: str) -> bool:
-    """Whether a config string names a file rather than a preset."""
+def names_a_file(config: str) -> bool:
+    """Whether a config string names a file rather than a preset (a suffix, a directory or an
+    existing path)."""
     return config not in PRESETS and (
         bool(Path(config).suffix) or "/" in config or os.sep in config or Path(config).exists()
     )
@@ -1012,7 +1013,7 @@ def resolve_config(
         cfg = config
     else:
         source = None
-        if isinstance(config, os.PathLike) or (isinstance(config, str) and _is_path(config)):
+        if isinstance(config, os.PathLike) or (isinstance(config, str) and names_a_file(config)):
             source = os.fspath(config)
             data = _load_yaml(config)
         elif isinstance(config, str):

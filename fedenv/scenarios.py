@@ -24,10 +24,9 @@ import copy
 import difflib
 import os
 from dataclasses import dataclass
-from pathlib import PurePath
 from typing import Any
 
-from fedenv.config import PRESETS, ConfigError, EnvConfig, resolve_config
+from fedenv.config import PRESETS, ConfigError, EnvConfig, names_a_file, resolve_config
 
 __all__ = ["SCENARIOS", "SCENARIO_IDS", "Scenario", "named_config", "scenario_config"]
 
@@ -139,9 +138,7 @@ def named_config(
         return resolve_config(name, **overrides)
     if name in SCENARIOS:
         return scenario_config(name, **overrides)
-    # a bare word (no suffix, no directory, no such file) names a preset or a scenario
-    bare = not PurePath(name).suffix and "/" not in name and not os.path.exists(name)
-    if bare and name not in PRESETS:
+    if not names_a_file(name) and name not in PRESETS:
         close = difflib.get_close_matches(name, [*PRESETS, *SCENARIOS], n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ConfigError(
