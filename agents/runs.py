@@ -4,7 +4,7 @@ Arguments: each script declares a dataclass of its hyperparameters (CleanRL styl
 from, in increasing priority: the dataclass defaults, a YAML file (``--train-config``, keys =
 field names, e.g. ``configs/train/ppo.yaml``) and command-line flags (``--n-envs 4``). Unknown
 YAML keys are rejected with a "did you mean" hint, like the env config, and a value outside a
-field's range (``arg_help(..., at_least=1)``) with the range it must lie in, from either source.
+field's range (``arg_help(..., Range(ge=1))``) with the range it must lie in, from either source.
 
 Run directory (``runs/<name>/``)::
 
@@ -59,7 +59,7 @@ from typing import Any, TypeVar
 import yaml
 
 from fedenv import atomic
-from fedenv.config import EnvConfig
+from fedenv.config import EnvConfig, Range
 from fedenv.scenarios import named_config
 
 __all__ = [
@@ -97,54 +97,22 @@ def _unwrap_optional(hint: Any) -> tuple[Any, bool]:
     return hint, False
 
 
-@dataclasses.dataclass(frozen=True)
-class _Bounds:
-    """The values a numeric argument accepts: ``at_least`` / ``above`` (inclusive / exclusive
-    lower bound) and ``at_most`` (inclusive upper bound), each None for no bound."""
-
-    at_least: float | None = None
-    above: float | None = None
-    at_most: float | None = None
-
-    def violation(self, value: float) -> str | None:
-        """What ``value`` breaks ("must be >= 1"), None when it fits (NaN fits no bound)."""
-        fits = not math.isnan(value)
-        fits &= self.at_least is None or value >= self.at_least
-        fits &= self.above is None or value > self.above
-        fits &= self.at_most is None or value <= self.at_most
-        return None if fits else f"must be {self}"
-
-    def __str__(self) -> str:
-        low = (">= ", self.at_least) if self.above is None else ("> ", self.above)
-        if low[1] is not None and self.at_most is not None:
-            left = "[" if self.above is None else "("
-            return f"in {left}{low[1]:g}, {self.at_most:g}]"
-        if low[1] is not None:
-            return f"{low[0]}{low[1]:g}"
-        return f"<= {self.at_most:g}" if self.at_most is not None else "a number"
+def arg_help(text: str, bounds: Range | None = None) -> dict[str, Any]:
+    """A training argument's field metadata: its help text and the range of values it accepts
+    (a :class:`fedenv.config.Range`, as the env config's fields declare theirs), which
+    :func:`parse_args` checks on the command line and in ``--train-config`` files."""
+    return {"help": text} if bounds is None else {"help": text, "bounds": bounds}
 
 
-def arg_help(
-    text: str,
-    *,
-    at_least: float | None = None,
-    above: float | None = None,
-    at_most: float | None = None,
-) -> dict[str, Any]:
-    """A training argument's field metadata: its help text and the range of values it accepts,
-    which :func:`parse_args` checks on the command line and in ``--train-config`` files."""
-    bounds = _Bounds(at_least, above, at_most)
-    return {"help": text} if bounds == _Bounds() else {"help": text, "bounds": bounds}
+def _out_of_bounds(bounds: Range | None, value: Any) -> str | None:
+    """``must be >= 1, got 0`` when ``value`` is outside ``bounds`` (NaN is outside every
+    bound), else None."""
+    if bounds is None or value is None or bounds.violated(float(value)) is None:
+        return None
+    return f"must be {bounds.describe()}, got {value!r}"
 
 
-def _check_bounds(bounds: _Bounds | None, value: Any, where: str) -> None:
-    if bounds is not None and value is not None:
-        problem = bounds.violation(float(value))
-        if problem is not None:
-            raise ValueError(f"{where} {problem}, got {value!r}")
-
-
-def _converter(hint: Any, name: str, bounds: _Bounds | None = None) -> Any:
+def _converter(hint: Any, name: str, bounds: Range | None = None) -> Any:
     base, optional = _unwrap_optional(hint)
 
     def convert(text: str) -> Any:
@@ -156,9 +124,9 @@ def _converter(hint: Any, name: str, bounds: _Bounds | None = None) -> Any:
             raise argparse.ArgumentTypeError(
                 f"--{name.replace('_', '-')} expects {base.__name__}, got {text!r}"
             ) from None
-        problem = bounds.violation(float(value)) if bounds is not None else None
+        problem = _out_of_bounds(bounds, value)
         if problem is not None:  # (argparse names the flag)
-            raise argparse.ArgumentTypeError(f"{problem}, got {value!r}")
+            raise argparse.ArgumentTypeError(problem)
         return value
 
     return convert
@@ -206,7 +174,9 @@ def args_from_mapping(cls: type[A], data: dict[str, Any], source: str) -> dict[s
                 f"unknown key {key!r} in {source}.{hint} Valid keys: {', '.join(sorted(valid))}."
             )
         out[name] = _check_type(cls.__name__, name, hints[name], value)
-        _check_bounds(fields[name].metadata.get("bounds"), out[name], f"{name} in {source}")
+        problem = _out_of_bounds(fields[name].metadata.get("bounds"), out[name])
+        if problem is not None:
+            raise ValueError(f"{name} in {source} {problem}")
     return out
 
 
@@ -241,7 +211,7 @@ def parse_args(
                 "needs one"
             )
         # argparse %-formats help strings: a literal % (e.g. "95% quantile") must be doubled
-        accepts = f"; {f.metadata['bounds']}" if "bounds" in f.metadata else ""
+        accepts = f"; {f.metadata['bounds'].describe()}" if "bounds" in f.metadata else ""
         help_text = f"{f.metadata.get('help', '')} (default: {default}{accepts})".replace("%", "%%")
         kw: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text}
         if base is bool:

@@ -51,7 +51,7 @@ from agents.runs import (
     save_normalizer,
     write_file,
 )
-from fedenv.config import EnvConfig
+from fedenv.config import EnvConfig, Range
 from fedenv.multiagent import AGENT_FEATURES, FedLoRAWirelessParallelEnv, agent_observations
 from fedenv.scenarios import named_config
 
@@ -75,17 +75,17 @@ class Args:
         metadata=arg_help("run directory (default runs/ippo_<config>_shared_s<seed>_<time>)"),
     )
     seed: int = field(
-        default=0, metadata=arg_help("seed of torch, numpy and the training envs", at_least=0)
+        default=0, metadata=arg_help("seed of torch, numpy and the training envs", Range(ge=0))
     )
     total_timesteps: int = field(
         default=60_000,
-        metadata=arg_help("env rounds to train for (each gives K agent samples)", at_least=1),
+        metadata=arg_help("env rounds to train for (each gives K agent samples)", Range(ge=1)),
     )
     # --- environment
     n_envs: int = field(
         default=8,
         metadata=arg_help(
-            "parallel multi-agent envs (N x K single-agent envs for SB3)", at_least=1
+            "parallel multi-agent envs (N x K single-agent envs for SB3)", Range(ge=1)
         ),
     )
     agent_reward: str = field(
@@ -118,20 +118,20 @@ class Args:
         default=-0.5, metadata=arg_help("initial log standard deviation of the Gaussian policy")
     )
     learning_rate: float = field(
-        default=3e-4, metadata=arg_help("Adam learning rate (decays linearly to 0)", above=0)
+        default=3e-4, metadata=arg_help("Adam learning rate (decays linearly to 0)", Range(gt=0))
     )
     n_steps: int = field(
-        default=128, metadata=arg_help("rollout rounds per env per update", at_least=1)
+        default=128, metadata=arg_help("rollout rounds per env per update", Range(ge=1))
     )
     batch_size: int = field(
-        default=1024, metadata=arg_help("minibatch size (agent samples)", at_least=2)
+        default=1024, metadata=arg_help("minibatch size (agent samples)", Range(ge=2))
     )
-    n_epochs: int = field(default=10, metadata=arg_help("epochs per update", at_least=1))
-    gamma: float = field(default=0.99, metadata=arg_help("discount factor", at_least=0, at_most=1))
-    gae_lambda: float = field(default=0.95, metadata=arg_help("GAE lambda", at_least=0, at_most=1))
-    clip_range: float = field(default=0.2, metadata=arg_help("PPO clip range", above=0))
-    ent_coef: float = field(default=0.0, metadata=arg_help("entropy bonus", at_least=0))
-    torch_threads: int = field(default=1, metadata=arg_help("torch CPU threads", at_least=1))
+    n_epochs: int = field(default=10, metadata=arg_help("epochs per update", Range(ge=1)))
+    gamma: float = field(default=0.99, metadata=arg_help("discount factor", Range(ge=0, le=1)))
+    gae_lambda: float = field(default=0.95, metadata=arg_help("GAE lambda", Range(ge=0, le=1)))
+    clip_range: float = field(default=0.2, metadata=arg_help("PPO clip range", Range(gt=0)))
+    ent_coef: float = field(default=0.0, metadata=arg_help("entropy bonus", Range(ge=0)))
+    torch_threads: int = field(default=1, metadata=arg_help("torch CPU threads", Range(ge=1)))
     progress_bar: bool = field(default=False, metadata=arg_help("show a progress bar"))
     # --- held-out comparison (the project's evaluation loop)
     compare: list[str] = field(
@@ -142,11 +142,11 @@ class Args:
         ),
     )
     compare_episodes: int = field(
-        default=20, metadata=arg_help("held-out test episodes (0 = no comparison)", at_least=1)
+        default=20, metadata=arg_help("held-out test episodes (0 = no comparison)", Range(ge=1))
     )
     compare_seed: int = field(
         default=1000,
-        metadata=arg_help("first test seed (seeds compare_seed .. + episodes - 1)", at_least=0),
+        metadata=arg_help("first test seed (seeds compare_seed .. + episodes - 1)", Range(ge=0)),
     )
     compare_only: bool = field(
         default=False, metadata=arg_help("skip training: evaluate the model in --run-dir")

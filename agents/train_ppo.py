@@ -58,6 +58,7 @@ from agents.lagrangian import (
 from agents.normalization import load_normalizer, make_normalizer
 from agents.policies import policy_class
 from agents.runs import RunDir, arg_help, finish_run, parse_args, prepare_run
+from fedenv.config import Range
 
 
 @dataclass
@@ -84,13 +85,13 @@ class Args:
         ),
     )
     seed: int = field(
-        default=0, metadata=arg_help("seed of torch, numpy and the training envs", at_least=0)
+        default=0, metadata=arg_help("seed of torch, numpy and the training envs", Range(ge=0))
     )
     total_timesteps: int = field(
-        default=600_000, metadata=arg_help("env steps (rounds) to train for", at_least=1)
+        default=600_000, metadata=arg_help("env steps (rounds) to train for", Range(ge=1))
     )
     # --- environment
-    n_envs: int = field(default=8, metadata=arg_help("parallel training envs", at_least=1))
+    n_envs: int = field(default=8, metadata=arg_help("parallel training envs", Range(ge=1)))
     vec_env: str = field(
         default="auto",
         metadata=arg_help(
@@ -113,7 +114,7 @@ class Args:
     )
     base_v: float | None = field(
         default=None,
-        metadata=arg_help(BASE_V_HELP, above=0),
+        metadata=arg_help(BASE_V_HELP, Range(gt=0)),
     )
     shield: bool = field(
         default=True,
@@ -158,23 +159,26 @@ class Args:
         metadata=arg_help("env steps between redraws of the gSDE noise (-1: once per rollout)"),
     )
     # --- PPO
-    learning_rate: float = field(default=3e-4, metadata=arg_help("Adam learning rate", above=0))
+    learning_rate: float = field(default=3e-4, metadata=arg_help("Adam learning rate", Range(gt=0)))
     lr_schedule: str = field(
         default="linear", metadata=arg_help("constant or linear (decays to 0 at total_timesteps)")
     )
     n_steps: int = field(
-        default=256, metadata=arg_help("rollout steps per env per update", at_least=1)
+        default=256, metadata=arg_help("rollout steps per env per update", Range(ge=1))
     )
-    batch_size: int = field(default=256, metadata=arg_help("minibatch size", at_least=2))
-    n_epochs: int = field(default=10, metadata=arg_help("epochs per update", at_least=1))
-    gamma: float = field(default=0.99, metadata=arg_help("discount factor", at_least=0, at_most=1))
-    gae_lambda: float = field(default=0.95, metadata=arg_help("GAE lambda", at_least=0, at_most=1))
-    clip_range: float = field(default=0.2, metadata=arg_help("PPO clip range", above=0))
-    ent_coef: float = field(default=0.0, metadata=arg_help("entropy bonus", at_least=0))
-    vf_coef: float = field(default=0.5, metadata=arg_help("value loss weight", at_least=0))
-    max_grad_norm: float = field(default=0.5, metadata=arg_help("gradient clipping norm", above=0))
+    batch_size: int = field(default=256, metadata=arg_help("minibatch size", Range(ge=2)))
+    n_epochs: int = field(default=10, metadata=arg_help("epochs per update", Range(ge=1)))
+    gamma: float = field(default=0.99, metadata=arg_help("discount factor", Range(ge=0, le=1)))
+    gae_lambda: float = field(default=0.95, metadata=arg_help("GAE lambda", Range(ge=0, le=1)))
+    clip_range: float = field(default=0.2, metadata=arg_help("PPO clip range", Range(gt=0)))
+    ent_coef: float = field(default=0.0, metadata=arg_help("entropy bonus", Range(ge=0)))
+    vf_coef: float = field(default=0.5, metadata=arg_help("value loss weight", Range(ge=0)))
+    max_grad_norm: float = field(
+        default=0.5, metadata=arg_help("gradient clipping norm", Range(gt=0))
+    )
     target_kl: float | None = field(
-        default=None, metadata=arg_help("early-stop an update above this KL (None = off)", above=0)
+        default=None,
+        metadata=arg_help("early-stop an update above this KL (None = off)", Range(gt=0)),
     )
     # --- objective: PPO-Lagrangian (agents/lagrangian.py) or the env's weighted reward
     objective: str = field(
@@ -208,7 +212,7 @@ class Args:
             "lagrangian: dual ascent step per rollout, per unit of the ascent signal (episode: "
             "the overspend's quantile or the share over; the slot forms, tuned with 0.05-0.2: "
             "(mean cost - budget) / budget)",
-            at_least=0,
+            Range(ge=0),
         ),
     )
     multiplier_margin: float = field(
@@ -219,14 +223,14 @@ class Args:
         ),
     )
     multiplier_init: float = field(
-        default=0.0, metadata=arg_help("lagrangian: initial value of every multiplier", at_least=0)
+        default=0.0, metadata=arg_help("lagrangian: initial value of every multiplier", Range(ge=0))
     )
     multiplier_kp: float = field(
         default=0.0,
         metadata=arg_help(
             "lagrangian, episode: the PID update's proportional gain on the ascent signal "
             "(--multiplier-lr is its integral gain; kp = kd = 0: plain dual ascent)",
-            at_least=0,
+            Range(ge=0),
         ),
     )
     multiplier_kd: float = field(
@@ -234,7 +238,7 @@ class Args:
         metadata=arg_help(
             "lagrangian, episode: the PID update's derivative gain on the rise of the ascent "
             "signal's moving average (only rises count)",
-            at_least=0,
+            Range(ge=0),
         ),
     )
     multiplier_d_smoothing: float = field(
@@ -255,7 +259,7 @@ class Args:
         default=0.05,
         metadata=arg_help(
             "dual ascent step of the accuracy multiplier, per accuracy point of violation",
-            at_least=0,
+            Range(ge=0),
         ),
     )
     select_accuracy: float | None = field(
@@ -271,40 +275,40 @@ class Args:
         metadata=arg_help(
             "env steps of the Lyapunov policy to imitate before PPO (behaviour-cloning warm "
             "start; 0 = off; agents/bc.py)",
-            at_least=0,
+            Range(ge=0),
         ),
     )
     bc_epochs: int = field(
-        default=30, metadata=arg_help("epochs of the behaviour-cloning fit", at_least=1)
+        default=30, metadata=arg_help("epochs of the behaviour-cloning fit", Range(ge=1))
     )
     bc_v: float | None = field(
         default=None,
         metadata=arg_help(
             "V of the Lyapunov policy that --bc-steps imitates (None = its default V; pass the "
             "scenario's tuned V, docs/suite.md)",
-            above=0,
+            Range(gt=0),
         ),
     )
     # --- evaluation, checkpoints, logging
     eval_freq: int = field(
         default=25_000,
-        metadata=arg_help("env steps between held-out evaluations (0 = off)", at_least=0),
+        metadata=arg_help("env steps between held-out evaluations (0 = off)", Range(ge=0)),
     )
     eval_episodes: int = field(
-        default=10, metadata=arg_help("held-out episodes per evaluation", at_least=1)
+        default=10, metadata=arg_help("held-out episodes per evaluation", Range(ge=1))
     )
     eval_seed: int = field(
         default=100_000,
         metadata=arg_help(
-            "first validation seed (the comparison's test seeds start at 1000)", at_least=0
+            "first validation seed (the comparison's test seeds start at 1000)", Range(ge=0)
         ),
     )
     checkpoint_freq: int = field(
-        default=100_000, metadata=arg_help("env steps between checkpoints", at_least=0)
+        default=100_000, metadata=arg_help("env steps between checkpoints", Range(ge=0))
     )
     tensorboard: bool = field(default=True, metadata=arg_help("write TensorBoard logs to <run>/tb"))
     progress_bar: bool = field(default=True, metadata=arg_help("show a progress bar"))
-    torch_threads: int = field(default=1, metadata=arg_help("torch CPU threads", at_least=1))
+    torch_threads: int = field(default=1, metadata=arg_help("torch CPU threads", Range(ge=1)))
     device: str = field(default="cpu", metadata=arg_help("torch device (cpu, cuda, auto)"))
 
 

@@ -58,7 +58,7 @@ import yaml
 
 from agents.runs import arg_help, args_from_mapping, args_to_dict, git_commit, parse_args
 from fedenv import ENV_ID
-from fedenv.config import EnvConfig
+from fedenv.config import EnvConfig, Range
 from fedenv.scenarios import named_config
 
 __all__ = [
@@ -98,17 +98,17 @@ class Args:
     )
     seed: int = field(
         default=0,
-        metadata=arg_help("seed of RLlib (torch, numpy, the env runners' envs)", at_least=0),
+        metadata=arg_help("seed of RLlib (torch, numpy, the env runners' envs)", Range(ge=0)),
     )
     iterations: int = field(
         default=20,
         metadata=arg_help(
-            "training iterations of the run in total (resume continues up to it)", at_least=1
+            "training iterations of the run in total (resume continues up to it)", Range(ge=1)
         ),
     )
     checkpoint_every: int = field(
         default=5,
-        metadata=arg_help("iterations between checkpoints (0 = only at the end)", at_least=0),
+        metadata=arg_help("iterations between checkpoints (0 = only at the end)", Range(ge=0)),
     )
     # --- Ray
     address: str | None = field(
@@ -119,25 +119,27 @@ class Args:
     )
     connect_timeout_s: float = field(
         default=10.0,
-        metadata=arg_help("give up on an unreachable --address after this many seconds", above=0),
+        metadata=arg_help(
+            "give up on an unreachable --address after this many seconds", Range(gt=0)
+        ),
     )
     num_cpus: int | None = field(
         default=None,
         metadata=arg_help(
-            "CPUs of the local Ray instance (default: one per env runner)", at_least=1
+            "CPUs of the local Ray instance (default: one per env runner)", Range(ge=1)
         ),
     )
     object_store_mb: int = field(
-        default=256, metadata=arg_help("object store of the local Ray instance, MiB", at_least=1)
+        default=256, metadata=arg_help("object store of the local Ray instance, MiB", Range(ge=1))
     )
     env_runners: int = field(
         default=2,
         metadata=arg_help(
-            "RLlib env runners (sampling actors); 0 samples in this process", at_least=0
+            "RLlib env runners (sampling actors); 0 samples in this process", Range(ge=0)
         ),
     )
     envs_per_env_runner: int = field(
-        default=1, metadata=arg_help("envs stepped together by each env runner", at_least=1)
+        default=1, metadata=arg_help("envs stepped together by each env runner", Range(ge=1))
     )
     # --- network
     net_arch: list[int] = field(
@@ -148,19 +150,21 @@ class Args:
     # --- PPO
     train_batch_size: int = field(
         default=2000,
-        metadata=arg_help("env steps sampled per iteration (all runners together)", at_least=1),
+        metadata=arg_help("env steps sampled per iteration (all runners together)", Range(ge=1)),
     )
-    batch_size: int = field(default=250, metadata=arg_help("minibatch size", at_least=1))
-    n_epochs: int = field(default=10, metadata=arg_help("epochs per iteration", at_least=1))
-    learning_rate: float = field(default=3e-4, metadata=arg_help("Adam learning rate", above=0))
-    gamma: float = field(default=0.99, metadata=arg_help("discount factor", at_least=0, at_most=1))
-    gae_lambda: float = field(default=0.95, metadata=arg_help("GAE lambda", at_least=0, at_most=1))
-    clip_range: float = field(default=0.2, metadata=arg_help("PPO clip range", above=0))
-    ent_coef: float = field(default=0.0, metadata=arg_help("entropy bonus", at_least=0))
-    vf_coef: float = field(default=0.5, metadata=arg_help("value loss weight", at_least=0))
-    max_grad_norm: float = field(default=0.5, metadata=arg_help("gradient clipping norm", above=0))
+    batch_size: int = field(default=250, metadata=arg_help("minibatch size", Range(ge=1)))
+    n_epochs: int = field(default=10, metadata=arg_help("epochs per iteration", Range(ge=1)))
+    learning_rate: float = field(default=3e-4, metadata=arg_help("Adam learning rate", Range(gt=0)))
+    gamma: float = field(default=0.99, metadata=arg_help("discount factor", Range(ge=0, le=1)))
+    gae_lambda: float = field(default=0.95, metadata=arg_help("GAE lambda", Range(ge=0, le=1)))
+    clip_range: float = field(default=0.2, metadata=arg_help("PPO clip range", Range(gt=0)))
+    ent_coef: float = field(default=0.0, metadata=arg_help("entropy bonus", Range(ge=0)))
+    vf_coef: float = field(default=0.5, metadata=arg_help("value loss weight", Range(ge=0)))
+    max_grad_norm: float = field(
+        default=0.5, metadata=arg_help("gradient clipping norm", Range(gt=0))
+    )
     torch_threads: int = field(
-        default=1, metadata=arg_help("torch CPU threads of the learner (this process)", at_least=1)
+        default=1, metadata=arg_help("torch CPU threads of the learner (this process)", Range(ge=1))
     )
 
 

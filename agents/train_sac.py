@@ -31,6 +31,7 @@ from agents.envs import episode_seeds, make_vec_env
 from agents.features import ObservationFeatures
 from agents.normalization import load_normalizer, make_normalizer
 from agents.runs import RunRepairWarning, arg_help, finish_run, parse_args, prepare_run
+from fedenv.config import Range
 
 
 @dataclass
@@ -57,13 +58,13 @@ class Args:
         ),
     )
     seed: int = field(
-        default=0, metadata=arg_help("seed of torch, numpy and the training envs", at_least=0)
+        default=0, metadata=arg_help("seed of torch, numpy and the training envs", Range(ge=0))
     )
     total_timesteps: int = field(
-        default=200_000, metadata=arg_help("env steps (rounds) to train for", at_least=1)
+        default=200_000, metadata=arg_help("env steps (rounds) to train for", Range(ge=1))
     )
     # --- environment
-    n_envs: int = field(default=4, metadata=arg_help("parallel training envs", at_least=1))
+    n_envs: int = field(default=4, metadata=arg_help("parallel training envs", Range(ge=1)))
     vec_env: str = field(
         default="auto",
         metadata=arg_help(
@@ -86,7 +87,7 @@ class Args:
     )
     base_v: float | None = field(
         default=None,
-        metadata=arg_help(BASE_V_HELP, above=0),
+        metadata=arg_help(BASE_V_HELP, Range(gt=0)),
     )
     shield: bool = field(
         default=False,
@@ -109,23 +110,23 @@ class Args:
         metadata=arg_help("hidden layer widths of actor and critics"),
     )
     # --- SAC
-    learning_rate: float = field(default=3e-4, metadata=arg_help("Adam learning rate", above=0))
+    learning_rate: float = field(default=3e-4, metadata=arg_help("Adam learning rate", Range(gt=0)))
     buffer_size: int = field(
-        default=200_000, metadata=arg_help("replay buffer capacity (transitions)", at_least=1)
+        default=200_000, metadata=arg_help("replay buffer capacity (transitions)", Range(ge=1))
     )
     learning_starts: int = field(
-        default=5_000, metadata=arg_help("env steps of random actions before learning", at_least=0)
+        default=5_000, metadata=arg_help("env steps of random actions before learning", Range(ge=0))
     )
-    batch_size: int = field(default=256, metadata=arg_help("minibatch size", at_least=1))
+    batch_size: int = field(default=256, metadata=arg_help("minibatch size", Range(ge=1)))
     tau: float = field(
-        default=0.005, metadata=arg_help("target network averaging", above=0, at_most=1)
+        default=0.005, metadata=arg_help("target network averaging", Range(gt=0, le=1))
     )
-    gamma: float = field(default=0.99, metadata=arg_help("discount factor", at_least=0, at_most=1))
+    gamma: float = field(default=0.99, metadata=arg_help("discount factor", Range(ge=0, le=1)))
     train_freq: int = field(
-        default=1, metadata=arg_help("vector-env steps between updates", at_least=1)
+        default=1, metadata=arg_help("vector-env steps between updates", Range(ge=1))
     )
     gradient_steps: int = field(
-        default=1, metadata=arg_help("gradient steps per update", at_least=1)
+        default=1, metadata=arg_help("gradient steps per update", Range(ge=1))
     )
     ent_coef: str = field(
         default="auto",
@@ -134,23 +135,23 @@ class Args:
     # --- evaluation, checkpoints, logging
     eval_freq: int = field(
         default=10_000,
-        metadata=arg_help("env steps between held-out evaluations (0 = off)", at_least=0),
+        metadata=arg_help("env steps between held-out evaluations (0 = off)", Range(ge=0)),
     )
     eval_episodes: int = field(
-        default=10, metadata=arg_help("held-out episodes per evaluation", at_least=1)
+        default=10, metadata=arg_help("held-out episodes per evaluation", Range(ge=1))
     )
     eval_seed: int = field(
         default=100_000,
         metadata=arg_help(
-            "first validation seed (the comparison's test seeds start at 1000)", at_least=0
+            "first validation seed (the comparison's test seeds start at 1000)", Range(ge=0)
         ),
     )
     checkpoint_freq: int = field(
-        default=50_000, metadata=arg_help("env steps between checkpoints", at_least=0)
+        default=50_000, metadata=arg_help("env steps between checkpoints", Range(ge=0))
     )
     tensorboard: bool = field(default=True, metadata=arg_help("write TensorBoard logs to <run>/tb"))
     progress_bar: bool = field(default=True, metadata=arg_help("show a progress bar"))
-    torch_threads: int = field(default=1, metadata=arg_help("torch CPU threads", at_least=1))
+    torch_threads: int = field(default=1, metadata=arg_help("torch CPU threads", Range(ge=1)))
     device: str = field(default="cpu", metadata=arg_help("torch device (cpu, cuda, auto)"))
 
 

@@ -520,12 +520,12 @@ def test_train_config_yaml_matches_the_defaults_and_flags_override_it(
         parse_args(train_ppo.Args, ["--train-config", str(bad)])
     # a value out of its field's range stops before anything runs, from a file or a flag
     bad.write_text("gamma: 1.5\n")
-    with pytest.raises(ValueError, match=r"gamma in .*bad\.yaml must be in \[0, 1\], got 1\.5"):
+    with pytest.raises(ValueError, match=r"gamma in .*bad\.yaml must be >= 0 and <= 1, got 1\.5"):
         parse_args(train_ppo.Args, ["--train-config", str(bad)])
     for flag, value, message in (
         ("--total-timesteps", "-5", "must be >= 1, got -5"),
         ("--learning-rate", "0", "must be > 0, got 0.0"),
-        ("--gamma", "nan", r"must be in \[0, 1\], got nan"),
+        ("--gamma", "nan", "must be >= 0 and <= 1, got nan"),
         ("--eval-freq", "-1", "must be >= 0, got -1"),
     ):
         with pytest.raises(SystemExit):
