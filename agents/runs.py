@@ -153,7 +153,7 @@ def _check_type(cls_name: str, name: str, hint: Any, value: Any) -> Any:
         return float(value)
     if base is int and isinstance(value, float) and value.is_integer():
         return int(value)
-    if base in (int, str) and not isinstance(value, base):
+    if base in (int, float, str) and not isinstance(value, base):
         raise ValueError(f"{cls_name}.{name} must be {base.__name__}, got {value!r}")
     return value
 

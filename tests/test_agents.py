@@ -518,6 +518,9 @@ def test_train_config_yaml_matches_the_defaults_and_flags_override_it(
     bad.write_text("n_envs: four\n")
     with pytest.raises(ValueError, match="n_envs must be int"):
         parse_args(train_ppo.Args, ["--train-config", str(bad)])
+    bad.write_text("gamma: high\n")  # (a string for a float field, not let through)
+    with pytest.raises(ValueError, match="gamma must be float, got 'high'"):
+        parse_args(train_ppo.Args, ["--train-config", str(bad)])
     # a value out of its field's range stops before anything runs, from a file or a flag
     bad.write_text("gamma: 1.5\n")
     with pytest.raises(ValueError, match=r"gamma in .*bad\.yaml must be >= 0 and <= 1, got 1\.5"):
