@@ -52,16 +52,12 @@ class EpisodeTables:
     tabulated (:func:`episode_tables` does; :func:`play_round` computes it otherwise)."""
 
     @cached_property
-    def row_offsets(self) -> NDArray[np.int64] | None:
-        """Flat offset of every (..., k) row of the cost tables (None unless they are all
-        C-contiguous and of one shape): ``table.take(module + row_offsets)`` looks a module up
-        per device."""
-        tables = [self.compute_time_s, self.compute_energy_j] + (
-            [] if self.time_left_s is None else [self.time_left_s]
-        )
-        if any(t.shape != tables[0].shape or not t.flags.c_contiguous for t in tables):
-            return None
-        return _row_offsets(tables[0].shape[:-1], tables[0].shape[-1])
+    def row_offsets(self) -> NDArray[np.int64]:
+        """Flat offset of every (..., k) row of the cost tables (all of one shape):
+        ``table.take(module + row_offsets)`` looks a module up per device, broadcasting the
+        leading axes of ``module`` and of the tables."""
+        shape = self.compute_time_s.shape
+        return _row_offsets(shape[:-1], shape[-1])
 
 
 def episode_tables(
@@ -184,27 +180,13 @@ def _row_offsets(shape: tuple[int, ...], columns: int) -> NDArray[np.int64]:
 
 def _lookups(tables: EpisodeTables, module: NDArray[np.int64], deadline: float) -> tuple[F, F, F]:
     """Computation time, energy and time left for the upload of each device's module:
-    ``table[..., k, module[..., k]]``."""
-    offsets = tables.row_offsets
-    if offsets is not None and module.shape == offsets.shape:
-        flat = module + offsets
-        t_cmp, e_cmp = tables.compute_time_s.take(flat), tables.compute_energy_j.take(flat)
-        if tables.time_left_s is not None:
-            return t_cmp, e_cmp, tables.time_left_s.take(flat)
-    else:
-        # broadcast tables (the Lyapunov policy's candidates): the formula, not a lookup
-        t_cmp, e_cmp = (
-            _lookup(tables.compute_time_s, module),
-            _lookup(tables.compute_energy_j, module),
-        )
-    return t_cmp, e_cmp, _time_left(deadline, t_cmp)
-
-
-def _lookup(table: F, module: NDArray[np.int64]) -> F:
-    """``table[..., k, module[..., k]]``, broadcasting the leading axes of both."""
-    lead = np.broadcast_shapes(table.shape[:-1], module.shape)
-    table = np.broadcast_to(table, lead + table.shape[-1:])
-    return np.take_along_axis(table, np.broadcast_to(module, lead)[..., None], axis=-1)[..., 0]
+    ``table[..., k, module[..., k]]``, broadcasting the leading axes of both (the Lyapunov
+    policy's candidates are many decisions on one episode's tables)."""
+    flat = module + tables.row_offsets
+    t_cmp, e_cmp = tables.compute_time_s.take(flat), tables.compute_energy_j.take(flat)
+    if tables.time_left_s is None:
+        return t_cmp, e_cmp, _time_left(deadline, t_cmp)
+    return t_cmp, e_cmp, tables.time_left_s.take(flat)
 
 
 def play_round(
