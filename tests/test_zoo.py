@@ -21,7 +21,8 @@ from fedenv.scenarios import named_config
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = ROOT / "zoo"
-SEEDS = list(range(1000, 1020))  # the suite's test seeds, as in the documented front command
+SEEDS = list(range(1000, 1020))  # the suite's test seeds, as in the documented front commands
+SCENARIO = {"to_tight": "tight_energy", "to_mobile": "mobile_shadowed"}  # the fronts' --preset
 
 # the last digit of a 4-digit figure, and what a host with other float64 math (AVX-512 or not,
 # docs/model.md#randomness) may move a 20-episode mean by: a tie of the Lyapunov policy under
@@ -30,8 +31,8 @@ TOLERANCE = 6e-4
 
 
 def _documented_front() -> dict[str, tuple[float, float]]:
-    """``run -> (energy per device-round, final accuracy)`` from the front table of
-    docs/agents.md#tradeoff-front."""
+    """``run -> (energy per device-round, final accuracy)`` from the front tables of
+    docs/agents.md (#tradeoff-front, #tradeoff-front-mobile)."""
     text = (ROOT / "docs/agents.md").read_text()
     rows = re.findall(
         r"^\| tradeoff agent `(\w[\w.]*)`[^|]*\| [\d.]+ "  # run, energy budget
@@ -53,10 +54,10 @@ def test_every_zoo_agent_is_a_complete_run_with_its_config() -> None:
         assert f"`{path.name}`" in readme, f"zoo/README.md does not describe {path.name}"
 
 
-def test_the_documented_front_names_every_front_agent_of_the_zoo() -> None:
+def test_the_documented_fronts_name_every_agent_of_the_zoo() -> None:
     front = _documented_front()
-    assert set(front) == {"to_tight_e0.05", "to_tight_e0.05625", "to_tight_g1"}
-    assert all((ZOO / run).is_dir() for run in front)
+    assert set(front) == {p.name for p in ZOO.iterdir() if p.is_dir()}
+    assert len(front) == 6
 
 
 @pytest.mark.parametrize(
@@ -65,11 +66,15 @@ def test_the_documented_front_names_every_front_agent_of_the_zoo() -> None:
         "to_tight_e0.05625",  # a base V (3) and a budget (0.9 x) other than the scenario's
         pytest.param("to_tight_e0.05", marks=pytest.mark.slow),
         pytest.param("to_tight_g1", marks=pytest.mark.slow),
+        pytest.param("to_mobile_e0.1", marks=pytest.mark.slow),
+        pytest.param("to_mobile_e0.1125", marks=pytest.mark.slow),
+        pytest.param("to_mobile_g1_80k", marks=pytest.mark.slow),
     ],
 )
 def test_a_zoo_agent_gives_its_documented_front_point(run: str) -> None:
     energy, accuracy = _documented_front()[run]
-    row = agent_point(f"ppo:{ZOO / run}", named_config("tight_energy"), SEEDS)
+    scenario = next(name for prefix, name in SCENARIO.items() if run.startswith(prefix))
+    row = agent_point(f"ppo:{ZOO / run}", named_config(scenario), SEEDS)
     assert row["final_accuracy"] == pytest.approx(accuracy, abs=TOLERANCE)
     assert row["energy_j"] == pytest.approx(energy, abs=TOLERANCE)
     assert row["devices_within_budget"] == 1.0
