@@ -9,12 +9,18 @@ Each point is one policy on the same seeds (the same channel traces and data par
 :mod:`baselines.evaluation`): the Lyapunov policy for every V of ``--V`` on the preset, and every
 learned agent of ``--agents`` (``<algo>:<run dir>[@best|@final]``, one run per energy budget or
 energy weight) on the env config it was trained with (its ``env_config.yaml``: the preset with
-its own budget or weight; other differences are warned about). Written to ``--out``:
+its own budget or weight; other differences are warned about). ``--budget-scales 0.8,0.9,1``
+runs the V sweep under each multiple of the preset's energy budget too (the Lyapunov policy's
+budget guard then keeps the lower budget): the Lyapunov policy's own front over V *and* budget,
+the reference for agents trained at lowered budgets. Written to ``--out``:
 
 * ``pareto.csv`` / ``pareto.md``: per point the method, its parameter, the energy budget, and
   the mean and 95% confidence interval (Student t over episodes) of the final accuracy, energy
-  per device-round, devices within 1.05 x budget, max device energy / budget and return;
-* ``pareto.png``: final accuracy against energy per device-round with both intervals;
+  per device-round, devices within 1.05 x budget, max device energy / budget and return, and
+  whether it is on the front (no other point at least as accurate with at most its energy, on
+  the means);
+* ``pareto.png``: final accuracy against energy per device-round with both intervals (one
+  Lyapunov line per budget);
 * ``config.yaml``: the preset's resolved config.
 
 ``--preset`` takes a preset (switching, split, soft, unified), a registered scenario
@@ -42,10 +48,13 @@ __all__ = [
     "METRICS",
     "agent_point",
     "main",
+    "mark_front",
+    "parse_scales",
     "parse_seeds",
     "plot_pareto",
     "point_label",
     "run_pareto",
+    "scaled_budget",
     "write_table",
 ]
 
@@ -77,6 +86,20 @@ def parse_seeds(text: str) -> list[int]:
     if not seeds or min(seeds) < 0:
         raise ValueError(f"--seeds: expected integers >= 0, got {text!r}")
     return seeds
+
+
+def parse_scales(text: str) -> list[float]:
+    """``0.8,0.9,1``: budget multiples, each a finite number > 0."""
+    try:
+        scales = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        scales = []
+    if not scales or not all(math.isfinite(x) and x > 0.0 for x in scales):
+        raise ValueError(
+            f"--budget-scales: expected a comma-separated list of numbers > 0, e.g. 0.8,0.9,1, "
+            f"got {text!r}"
+        )
+    return scales
 
 
 def _run_dir(spec: str) -> Path:
@@ -140,21 +163,53 @@ def agent_point(
     return _point(spec.split(":", 1)[0], "run", spec.split(":", 1)[1], config, stats)
 
 
+def scaled_budget(config: EnvConfig, scale: float) -> EnvConfig:
+    """The config with its energy budget multiplied by ``scale`` (the same config for 1)."""
+    if scale == 1.0:
+        return config
+    budget = config.budgets.energy_budget_j
+    if budget is None:
+        raise ValueError(
+            "--budget-scales: the preset has no energy budget to scale; leave the option out"
+        )
+    return config.replace(budgets={**config.budgets.to_dict(), "energy_budget_j": budget * scale})
+
+
 def run_pareto(
     config: EnvConfig,
     v_values: Sequence[float],
     agents: Sequence[str],
     seeds: list[int],
     *,
+    budget_scales: Sequence[float] = (1.0,),
     budget_tolerance: float = 0.05,
 ) -> list[dict[str, Any]]:
-    """Every point: the Lyapunov policy per V, then every agent."""
-    rows = [
-        _point("lyapunov", "V", r["V"], config, r)
-        for r in run_sweep(config, v_values, seeds, budget_tolerance=budget_tolerance)
-    ]
+    """Every point: the Lyapunov policy per V under each scaled energy budget (its budget guard
+    then keeps the scaled budget), then every agent, each marked by :func:`mark_front`."""
+    rows = []
+    for scale in budget_scales:
+        scaled = scaled_budget(config, scale)
+        rows += [
+            _point("lyapunov", "V", r["V"], scaled, r)
+            for r in run_sweep(scaled, v_values, seeds, budget_tolerance=budget_tolerance)
+        ]
     rows += [agent_point(spec, config, seeds, budget_tolerance) for spec in agents]
+    return mark_front(rows)
+
+
+def mark_front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Set each row's ``on_front``: no other row is at least as accurate with at most its energy,
+    and better in one of them (on the means)."""
+    for r in rows:
+        r["on_front"] = not any(_dominates(q, r) for q in rows)
     return rows
+
+
+def _dominates(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether point ``a`` is at least as accurate as ``b`` with at most its energy, and better
+    in one of them (on the means)."""
+    acc_a, acc_b, e_a, e_b = a["final_accuracy"], b["final_accuracy"], a["energy_j"], b["energy_j"]
+    return acc_a >= acc_b and e_a <= e_b and (acc_a > acc_b or e_a < e_b)
 
 
 def write_table(rows: list[dict[str, Any]], out: Path, command: str = "") -> tuple[Path, Path]:
@@ -166,6 +221,7 @@ def write_table(rows: list[dict[str, Any]], out: Path, command: str = "") -> tup
         "value",
         "energy_budget_j",
         *(k for key, _, _ in METRICS for k in (key, f"{key}_ci95")),
+        "on_front",
     ]
     with (out / "pareto.csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
@@ -173,8 +229,10 @@ def write_table(rows: list[dict[str, Any]], out: Path, command: str = "") -> tup
         writer.writerows(rows)
     keys = [m for m in METRICS if any(math.isfinite(r[m[0]]) for r in rows)]
     lines = [
-        "| method | parameter | energy budget (J) | " + " | ".join(t for _, t, _ in keys) + " |",
-        "|---|---|---|" + "---|" * len(keys),
+        "| method | parameter | energy budget (J) | "
+        + " | ".join(t for _, t, _ in keys)
+        + " | on the front |",
+        "|---|---|---|" + "---|" * (len(keys) + 1),
     ]
     for r in rows:
         budget = "none" if r["energy_budget_j"] is None else f"{r['energy_budget_j']:g}"
@@ -182,10 +240,12 @@ def write_table(rows: list[dict[str, Any]], out: Path, command: str = "") -> tup
         lines.append(
             f"| {r['method']} | {r['parameter']}={value} | {budget} | "
             + " | ".join(f"{r[k]:{f}} ± {r[k + '_ci95']:{f}}" for k, _, f in keys)
-            + " |"
+            + f" | {'yes' if r['on_front'] else 'no'} |"
         )
     header = (
-        "Final accuracy against energy per device-round, mean ± 95% CI over the same seeds.\n\n"
+        "Final accuracy against energy per device-round, mean ± 95% CI over the same seeds. "
+        "On the front: no other point is at least as accurate with at most its energy (on the "
+        "means).\n\n"
     )
     (out / "pareto.md").write_text(
         header + (f"`{command}`\n\n" if command else "") + "\n".join(lines) + "\n"
@@ -208,8 +268,16 @@ def plot_pareto(rows: list[dict[str, Any]], config: EnvConfig, out: Path) -> Pat
     """pareto.png: final accuracy against energy per device-round, 95% CIs on both."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.0, 4.6))
-    for method in dict.fromkeys(r["method"] for r in rows):
-        pts = sorted((r for r in rows if r["method"] == method), key=lambda r: r["energy_j"])
+
+    budgets = {r["energy_budget_j"] for r in rows if r["method"] == "lyapunov"}
+
+    def series(r: dict[str, Any]) -> str:  # one Lyapunov line per budget where there are several
+        if r["method"] != "lyapunov" or len(budgets) == 1:
+            return str(r["method"])
+        return f"lyapunov, Ē={r['energy_budget_j']:g}"
+
+    for name in dict.fromkeys(series(r) for r in rows):
+        pts = sorted((r for r in rows if series(r) == name), key=lambda r: r["energy_j"])
         x, y = [r["energy_j"] for r in pts], [r["final_accuracy"] for r in pts]
         ax.errorbar(
             x,
@@ -218,8 +286,8 @@ def plot_pareto(rows: list[dict[str, Any]], config: EnvConfig, out: Path) -> Pat
             yerr=[r["final_accuracy_ci95"] for r in pts],
             marker="o",
             capsize=3,
-            linestyle="-" if method == "lyapunov" else "none",
-            label=method,
+            linestyle="-" if name.startswith("lyapunov") else "none",
+            label=name,
         )
         for r in pts:
             ax.annotate(
@@ -274,6 +342,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         help="learned agents, one run per budget: <algo>:<run dir>[@best|@final]",
     )
     parser.add_argument(
+        "--budget-scales",
+        default="1",
+        help="the V sweep under each of these multiples of the preset's energy budget "
+        "(comma-separated, e.g. 0.8,0.9,1; default 1): the Lyapunov policy's own "
+        "accuracy-energy front over V and budget",
+    )
+    parser.add_argument(
         "--budget-tolerance",
         type=float,
         default=0.05,
@@ -287,10 +362,18 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     config = named_config(args.preset)
     seeds = parse_seeds(args.seeds)
     v_values = _parse_sweep(args.v)
+    budget_scales = parse_scales(args.budget_scales)
     out = Path(args.out or f"results/pareto_{Path(args.preset).stem}")
     out.mkdir(parents=True, exist_ok=True)
     config.to_yaml(out / "config.yaml")
-    rows = run_pareto(config, v_values, args.agents, seeds, budget_tolerance=args.budget_tolerance)
+    rows = run_pareto(
+        config,
+        v_values,
+        args.agents,
+        seeds,
+        budget_scales=budget_scales,
+        budget_tolerance=args.budget_tolerance,
+    )
     command = "python -m baselines.pareto " + " ".join(sys.argv[1:] if argv is None else argv)
     csv_path, md_path = write_table(rows, out, command)
     print((out / "pareto.md").read_text())

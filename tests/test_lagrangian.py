@@ -603,29 +603,58 @@ def test_pareto_command_runs_end_to_end_with_the_lyapunov_sweep_and_agents_per_b
             "1000-1002",
             "--V",
             "0.1,1",
+            "--budget-scales",
+            "0.5,1",
             "--agents",
             *runs,
             "--out",
             str(out),
         ]
     )
-    assert [(r["method"], r["parameter"]) for r in rows] == [("lyapunov", "V")] * 2 + [
+    assert [(r["method"], r["parameter"]) for r in rows] == [("lyapunov", "V")] * 4 + [
         ("ppo", "run")
     ] * 2
     default = EnvConfig().budgets.energy_budget_j  # the Lyapunov rows play tiny.yaml
+    assert default is not None
     assert [r["energy_budget_j"] for r in rows] == [
+        default / 2,
+        default / 2,
         default,
         default,
         0.25,
         0.5,
-    ]  # each agent in the config it was trained with
+    ]  # the V sweep under each budget scale; each agent in the config it was trained with
+    # the budget guard keeps the halved budget, and that costs energy against the full one
+    assert all(r["max_budget_use"] <= 1.0 for r in rows[:2])
+    assert rows[0]["energy_j"] < rows[2]["energy_j"] and rows[1]["energy_j"] < rows[3]["energy_j"]
+    # the front: the most accurate and the cheapest points are on it, every other point is
+    # dominated by one (at least as accurate with at most its energy)
+    best = max(rows, key=lambda r: (r["final_accuracy"], -r["energy_j"]))
+    cheapest = min(rows, key=lambda r: (r["energy_j"], -r["final_accuracy"]))
+    assert best["on_front"] and cheapest["on_front"]
+    for r in rows:
+        if not r["on_front"]:
+            assert any(
+                q["final_accuracy"] >= r["final_accuracy"] and q["energy_j"] <= r["energy_j"]
+                for q in rows
+                if q is not r
+            )
+    # the rule on points made up for it: a dominates b (b less accurate with more energy) and e
+    # (as accurate with more energy); c (more accurate, more energy) dominates neither; a tie
+    # (d = a) dominates neither
+    made_up = {"a": (0.80, 0.05), "b": (0.79, 0.06), "c": (0.81, 0.07), "d": (0.80, 0.05)}
+    made_up["e"] = (0.80, 0.06)
+    marked = pareto.mark_front(
+        [{"name": k, "final_accuracy": a, "energy_j": e} for k, (a, e) in made_up.items()]
+    )
+    assert [r["name"] for r in marked if r["on_front"]] == ["a", "c", "d"]
     for r in rows:
         assert (
             0.0 < r["final_accuracy"] <= 1.0 and r["energy_j"] > 0 and r["final_accuracy_ci95"] >= 0
         )
         assert 0.0 <= r["devices_within_budget"] <= 1.0
     with (out / "pareto.csv").open() as fh:
-        assert len(list(csv.DictReader(fh))) == 4
+        assert len(list(csv.DictReader(fh))) == 6
     assert (
         "| ppo | run=" in (out / "pareto.md").read_text()
         and (out / "pareto.png").stat().st_size > 0
@@ -635,17 +664,27 @@ def test_pareto_command_runs_end_to_end_with_the_lyapunov_sweep_and_agents_per_b
     assert [pareto.point_label(r) for r in rows] == [
         "V=0.1",
         "V=1",
+        "V=0.1",
+        "V=1",
         "run_e0.25, Ē=0.25",
         "run_e0.5, Ē=0.5",
     ]
-    assert pareto.point_label({**rows[2], "value": f"{rows[2]['value']}@final"}) == (
+    assert pareto.point_label({**rows[4], "value": f"{rows[4]['value']}@final"}) == (
         "run_e0.25, Ē=0.25"
     )
     # a checkpoint of a run plays in that run's config too, under the run's name
     checkpoint = sorted((tmp_path / "run_e0.25" / "checkpoints").glob("ckpt_*_steps.zip"))[-1]
     preset = named_config(str(ROOT / "configs/scenarios/tiny.yaml"))
     assert pareto.agent_config(f"ppo:{checkpoint}", preset).budgets.energy_budget_j == 0.25
-    assert pareto.point_label({**rows[2], "value": str(checkpoint)}) == "run_e0.25, Ē=0.25"
+    assert pareto.point_label({**rows[4], "value": str(checkpoint)}) == "run_e0.25, Ē=0.25"
+    assert pareto.parse_scales("0.8, 0.9,1") == [0.8, 0.9, 1.0]
+    for bad in ("0", "-1", "nan", "x", ""):
+        with pytest.raises(ValueError, match="--budget-scales"):
+            pareto.parse_scales(bad)
+    no_budget = preset.replace(budgets={**preset.budgets.to_dict(), "energy_budget_j": None})
+    assert pareto.scaled_budget(no_budget, 1.0) is no_budget
+    with pytest.raises(ValueError, match="no energy budget"):
+        pareto.scaled_budget(no_budget, 0.9)
     assert pareto.parse_seeds("1000-1002") == [1000, 1001, 1002] and pareto.parse_seeds("7,9") == [
         7,
         9,
