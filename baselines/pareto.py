@@ -187,8 +187,7 @@ def run_pareto(
     """Every point: the Lyapunov policy per V under each scaled energy budget (its budget guard
     then keeps the scaled budget), then every agent, each marked by :func:`mark_front`."""
     rows = []
-    for scale in budget_scales:
-        scaled = scaled_budget(config, scale)
+    for scaled in [scaled_budget(config, scale) for scale in budget_scales]:  # checked first
         rows += [
             _point("lyapunov", "V", r["V"], scaled, r)
             for r in run_sweep(scaled, v_values, seeds, budget_tolerance=budget_tolerance)
