@@ -26,8 +26,11 @@ SCENARIO = {"to_tight": "tight_energy", "to_mobile": "mobile_shadowed"}  # the f
 
 # the last digit of a 4-digit figure, and what a host with other float64 math (AVX-512 or not,
 # docs/model.md#randomness) may move a 20-episode mean by: a tie of the Lyapunov policy under
-# the agent broken differently moves one episode by a few tenths of a point
-TOLERANCE = 6e-4
+# the agent broken differently moves one episode by a few tenths of a point (V = 3 on
+# tight_energy: 0.7833 on one kind of host, 0.7837 on the other). Playing the agent in the
+# scenario's config instead of its own, or at another base V, moves its energy by 1-3 mJ.
+ACCURACY_TOLERANCE = 1e-3
+ENERGY_TOLERANCE = 6e-4  # J per device-round
 
 
 def _documented_front() -> dict[str, tuple[float, float]]:
@@ -75,6 +78,6 @@ def test_a_zoo_agent_gives_its_documented_front_point(run: str) -> None:
     energy, accuracy = _documented_front()[run]
     scenario = next(name for prefix, name in SCENARIO.items() if run.startswith(prefix))
     row = agent_point(f"ppo:{ZOO / run}", named_config(scenario), SEEDS)
-    assert row["final_accuracy"] == pytest.approx(accuracy, abs=TOLERANCE)
-    assert row["energy_j"] == pytest.approx(energy, abs=TOLERANCE)
+    assert row["final_accuracy"] == pytest.approx(accuracy, abs=ACCURACY_TOLERANCE)
+    assert row["energy_j"] == pytest.approx(energy, abs=ENERGY_TOLERANCE)
     assert row["devices_within_budget"] == 1.0
