@@ -22,7 +22,8 @@ from fedenv.scenarios import named_config
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = ROOT / "zoo"
 SEEDS = list(range(1000, 1020))  # the suite's test seeds, as in the documented front commands
-SCENARIO = {"to_tight": "tight_energy", "to_mobile": "mobile_shadowed"}  # the fronts' --preset
+# the fronts' --preset
+SCENARIO = {"to_tight": "tight_energy", "to_mobile": "mobile_shadowed", "to_large": "large_cell"}
 
 # the last digit of a 4-digit figure, and what a host with other float64 math (AVX-512 or not,
 # docs/model.md#randomness) may move a 20-episode mean by: a tie of the Lyapunov policy under
@@ -35,7 +36,7 @@ ENERGY_TOLERANCE = 6e-4  # J per device-round
 
 def _documented_front() -> dict[str, tuple[float, float]]:
     """``run -> (energy per device-round, final accuracy)`` from the front tables of
-    docs/agents.md (#tradeoff-front, #tradeoff-front-mobile)."""
+    docs/agents.md (#tradeoff-front, #tradeoff-front-mobile, #tradeoff-front-large)."""
     text = (ROOT / "docs/agents.md").read_text()
     rows = re.findall(
         r"^\| tradeoff agent `(\w[\w.]*)`[^|]*\| [\d.]+ "  # run, energy budget
@@ -60,7 +61,7 @@ def test_every_zoo_agent_is_a_complete_run_with_its_config() -> None:
 def test_the_documented_fronts_name_every_agent_of_the_zoo() -> None:
     front = _documented_front()
     assert set(front) == {p.name for p in ZOO.iterdir() if p.is_dir()}
-    assert len(front) == 6
+    assert len(front) == 8
 
 
 @pytest.mark.parametrize(
@@ -72,6 +73,8 @@ def test_the_documented_fronts_name_every_agent_of_the_zoo() -> None:
         pytest.param("to_mobile_e0.1", marks=pytest.mark.slow),
         pytest.param("to_mobile_e0.1125", marks=pytest.mark.slow),
         pytest.param("to_mobile_g1_80k", marks=pytest.mark.slow),
+        pytest.param("to_large_e0.1125", marks=pytest.mark.slow),
+        pytest.param("to_large_g1_80k", marks=pytest.mark.slow),
     ],
 )
 def test_a_zoo_agent_gives_its_documented_front_point(run: str) -> None:
