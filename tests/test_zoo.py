@@ -1,11 +1,12 @@
 """The trained agents kept in ``zoo/`` (zoo/README.md) give the figures the docs print for them.
 
-The docs' tables of learned agents come from runs that took 20 minutes or more to train; the
+The docs' tables of learned agents come from runs that took 8 to 40 minutes each to train; the
 agents behind them are committed so that anyone can rerun those rows. These tests play them with
-the documented command's code (:func:`baselines.pareto.agent_point`) on the documented seeds and
-compare with the numbers printed in docs/agents.md, so a change that moves them (to the env, the
-policy loading, or the Lyapunov policy under the tradeoff agents) fails here until the docs are
-regenerated.
+the documented commands' code (:func:`baselines.pareto.agent_point` for the fronts of
+docs/agents.md, :func:`baselines.suite.paired_rows` for the suite's table in docs/suite.md) on
+the documented seeds and compare with the numbers printed there, so a change that moves them (to
+the env, the policy loading, or the Lyapunov policy under the tradeoff agents) fails here until
+the docs are regenerated.
 """
 
 from __future__ import annotations
@@ -17,13 +18,24 @@ import pytest
 
 from agents.runs import RunDir
 from baselines.pareto import agent_point
-from fedenv.scenarios import named_config
+from baselines.registry import make_policy
+from baselines.suite import paired_rows
+from fedenv.scenarios import named_config, scenario_config
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = ROOT / "zoo"
 SEEDS = list(range(1000, 1020))  # the suite's test seeds, as in the documented front commands
 # the fronts' --preset
 SCENARIO = {"to_tight": "tight_energy", "to_mobile": "mobile_shadowed", "to_large": "large_cell"}
+# the default agent (PPO-Lagrangian) of every scenario of the suite: zoo/lag_<scenario>
+LAG_SCENARIOS = (
+    "tight_energy",
+    "large_cell",
+    "dense_cell",
+    "mobile_shadowed",
+    "soft_tight_latency",
+    "split_tight_energy",
+)
 
 # the last digit of a 4-digit figure, and what a host with other float64 math (AVX-512 or not,
 # docs/model.md#randomness) may move a 20-episode mean by: a tie of the Lyapunov policy under
@@ -47,6 +59,26 @@ def _documented_front() -> dict[str, tuple[float, float]]:
     return {run: (float(energy), float(acc)) for run, energy, acc in rows}
 
 
+def _documented_suite() -> dict[str, tuple[str, str, float, int, float]]:
+    """``run -> (scenario, the tuned Lyapunov policy's spec, final accuracy, compliance in %,
+    paired difference from that policy)`` of the zoo's agents in the generated table of
+    docs/suite.md."""
+    text = (ROOT / "docs/suite.md").read_text()
+    table = text.split("<!-- suite:begin -->", 1)[1].split("<!-- suite:end -->", 1)[0]
+    tuned = dict(re.findall(r"^\| (\w+) \| (lyapunov\(V=[\d.e+]+\)) \|", table, re.MULTILINE))
+    rows = re.findall(
+        r"^\| (\w+) \| ppo:(\w[\w.]*) \| ([\d.]+) ± [\d.]+ \| (\d+)% "  # accuracy, compliance
+        r"\| [\d.]+ ± [\d.]+ \| ([+-][\d.]+) ± [\d.]+ \|$",  # worst cost, paired difference
+        table,
+        flags=re.MULTILINE,
+    )
+    return {
+        run: (scenario, tuned[scenario], float(acc), int(kept), float(diff))
+        for scenario, run, acc, kept, diff in rows
+        if (ZOO / run).is_dir()
+    }
+
+
 def test_every_zoo_agent_is_a_complete_run_with_its_config() -> None:
     runs = sorted(p for p in ZOO.iterdir() if p.is_dir())
     assert runs, "zoo/ holds no agent"
@@ -58,10 +90,14 @@ def test_every_zoo_agent_is_a_complete_run_with_its_config() -> None:
         assert f"`{path.name}`" in readme, f"zoo/README.md does not describe {path.name}"
 
 
-def test_the_documented_fronts_name_every_agent_of_the_zoo() -> None:
-    front = _documented_front()
-    assert set(front) == {p.name for p in ZOO.iterdir() if p.is_dir()}
+def test_the_docs_name_every_agent_of_the_zoo() -> None:
+    front, suite = _documented_front(), _documented_suite()
+    assert set(front) | set(suite) == {p.name for p in ZOO.iterdir() if p.is_dir()}
     assert len(front) == 8
+    # the default agent of every scenario (docs/suite.md#results)
+    assert {run for run in suite if run.startswith("lag_")} == {
+        f"lag_{name}" for name in LAG_SCENARIOS
+    }
 
 
 @pytest.mark.parametrize(
@@ -84,3 +120,30 @@ def test_a_zoo_agent_gives_its_documented_front_point(run: str) -> None:
     assert row["final_accuracy"] == pytest.approx(accuracy, abs=ACCURACY_TOLERANCE)
     assert row["energy_j"] == pytest.approx(energy, abs=ENERGY_TOLERANCE)
     assert row["devices_within_budget"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "run",
+    [
+        "lag_split_tight_energy",  # the split paradigm, and the cheapest Lyapunov reference
+        *(
+            pytest.param(f"lag_{name}", marks=pytest.mark.slow)
+            for name in LAG_SCENARIOS
+            if name != "split_tight_energy"
+        ),
+    ],
+)
+def test_a_zoo_agent_gives_its_documented_suite_row(run: str) -> None:
+    scenario, lyapunov, accuracy, compliance, diff = _documented_suite()[run]
+    config = scenario_config(scenario)
+    reference = make_policy(lyapunov.replace("(", ":").rstrip(")"), config)
+    rows = paired_rows(
+        scenario,
+        config,
+        [("lyapunov", reference), ("agent", make_policy(f"ppo:{ZOO / run}", config))],
+        SEEDS,
+    )
+    agent = rows[1]
+    assert agent["final_accuracy"] == pytest.approx(accuracy, abs=ACCURACY_TOLERANCE)
+    assert round(100 * agent["compliance"]) == compliance
+    assert agent["diff"] == pytest.approx(diff, abs=ACCURACY_TOLERANCE)
