@@ -20,7 +20,7 @@ from agents.runs import RunDir
 from baselines.pareto import agent_point
 from baselines.registry import make_policy
 from baselines.suite import paired_rows
-from fedenv.scenarios import named_config, scenario_config
+from fedenv.scenarios import SCENARIOS, named_config, scenario_config
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = ROOT / "zoo"
@@ -28,14 +28,7 @@ SEEDS = list(range(1000, 1020))  # the suite's test seeds, as in the documented 
 # the fronts' --preset
 SCENARIO = {"to_tight": "tight_energy", "to_mobile": "mobile_shadowed", "to_large": "large_cell"}
 # the default agent (PPO-Lagrangian) of every scenario of the suite: zoo/lag_<scenario>
-LAG_SCENARIOS = (
-    "tight_energy",
-    "large_cell",
-    "dense_cell",
-    "mobile_shadowed",
-    "soft_tight_latency",
-    "split_tight_energy",
-)
+LAG_SCENARIOS = tuple(SCENARIOS)
 
 # the last digit of a 4-digit figure, and what a host with other float64 math (AVX-512 or not,
 # docs/model.md#randomness) may move a 20-episode mean by: a tie of the Lyapunov policy under
