@@ -1,6 +1,6 @@
 """The trained agents kept in ``zoo/`` (zoo/README.md) give the figures the docs print for them.
 
-The docs' tables of learned agents come from runs that took 8 to 40 minutes each to train; the
+The docs' tables of learned agents come from runs that took 8 to 25 minutes each to train; the
 agents behind them are committed so that anyone can rerun those rows. These tests play them with
 the documented commands' code (:func:`baselines.pareto.agent_point` for the fronts of
 docs/agents.md, :func:`baselines.suite.paired_rows` for the suite's table in docs/suite.md) on
@@ -19,7 +19,7 @@ import pytest
 from agents.runs import RunDir
 from baselines.pareto import agent_point
 from baselines.registry import make_policy
-from baselines.suite import paired_rows
+from baselines.suite import BEGIN, END, paired_rows
 from fedenv.scenarios import SCENARIOS, named_config, scenario_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,8 +27,6 @@ ZOO = ROOT / "zoo"
 SEEDS = list(range(1000, 1020))  # the suite's test seeds, as in the documented front commands
 # the fronts' --preset
 SCENARIO = {"to_tight": "tight_energy", "to_mobile": "mobile_shadowed", "to_large": "large_cell"}
-# the default agent (PPO-Lagrangian) of every scenario of the suite: zoo/lag_<scenario>
-LAG_SCENARIOS = tuple(SCENARIOS)
 
 # the last digit of a 4-digit figure, and what a host with other float64 math (AVX-512 or not,
 # docs/model.md#randomness) may move a 20-episode mean by: a tie of the Lyapunov policy under
@@ -53,12 +51,12 @@ def _documented_front() -> dict[str, tuple[float, float]]:
 
 
 def _documented_suite() -> dict[str, tuple[str, str, float, int, float]]:
-    """``run -> (scenario, the tuned Lyapunov policy's spec, final accuracy, compliance in %,
+    """``run -> (scenario, the tuned Lyapunov policy's V, final accuracy, compliance in %,
     paired difference from that policy)`` of the zoo's agents in the generated table of
     docs/suite.md."""
     text = (ROOT / "docs/suite.md").read_text()
-    table = text.split("<!-- suite:begin -->", 1)[1].split("<!-- suite:end -->", 1)[0]
-    tuned = dict(re.findall(r"^\| (\w+) \| (lyapunov\(V=[\d.e+]+\)) \|", table, re.MULTILINE))
+    table = text.split(BEGIN, 1)[1].split(END, 1)[0]
+    tuned = dict(re.findall(r"^\| (\w+) \| lyapunov\(V=([\d.e+]+)\) \|", table, re.MULTILINE))
     rows = re.findall(
         r"^\| (\w+) \| ppo:(\w[\w.]*) \| ([\d.]+) ± [\d.]+ \| (\d+)% "  # accuracy, compliance
         r"\| [\d.]+ ± [\d.]+ \| ([+-][\d.]+) ± [\d.]+ \|$",  # worst cost, paired difference
@@ -87,10 +85,8 @@ def test_the_docs_name_every_agent_of_the_zoo() -> None:
     front, suite = _documented_front(), _documented_suite()
     assert set(front) | set(suite) == {p.name for p in ZOO.iterdir() if p.is_dir()}
     assert len(front) == 8
-    # the default agent of every scenario (docs/suite.md#results)
-    assert {run for run in suite if run.startswith("lag_")} == {
-        f"lag_{name}" for name in LAG_SCENARIOS
-    }
+    # the default agent (PPO-Lagrangian) of every scenario (docs/suite.md#results)
+    assert {run for run in suite if run.startswith("lag_")} == {f"lag_{name}" for name in SCENARIOS}
 
 
 @pytest.mark.parametrize(
@@ -121,15 +117,15 @@ def test_a_zoo_agent_gives_its_documented_front_point(run: str) -> None:
         "lag_split_tight_energy",  # the split paradigm, and the cheapest Lyapunov reference
         *(
             pytest.param(f"lag_{name}", marks=pytest.mark.slow)
-            for name in LAG_SCENARIOS
+            for name in SCENARIOS
             if name != "split_tight_energy"
         ),
     ],
 )
 def test_a_zoo_agent_gives_its_documented_suite_row(run: str) -> None:
-    scenario, lyapunov, accuracy, compliance, diff = _documented_suite()[run]
+    scenario, tuned_v, accuracy, compliance, diff = _documented_suite()[run]
     config = scenario_config(scenario)
-    reference = make_policy(lyapunov.replace("(", ":").rstrip(")"), config)
+    reference = make_policy(f"lyapunov:V={tuned_v}", config)
     rows = paired_rows(
         scenario,
         config,
