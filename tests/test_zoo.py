@@ -1,13 +1,12 @@
 """The trained agents kept in ``zoo/`` (zoo/README.md) give the figures the docs print for them.
 
-The docs' tables of learned agents come from runs that took 8 to 25 minutes each to train; the
+The docs' tables of learned agents come from runs that took 8 to 31 minutes each to train; the
 agents behind them are committed so that anyone can rerun those rows. These tests play them with
 the documented commands' code (:func:`baselines.pareto.agent_point` for the fronts of
 docs/agents.md and docs/suite.md, :func:`baselines.suite.paired_rows` for the suite's table in
-docs/suite.md) on
-the documented seeds and compare with the numbers printed there, so a change that moves them (to
-the env, the policy loading, or the Lyapunov policy under the tradeoff agents) fails here until
-the docs are regenerated.
+docs/suite.md) on the documented seeds and compare with the numbers printed there, so a change
+that moves them (to the env, the policy loading, or the Lyapunov policy under the tradeoff
+agents) fails here until the docs are regenerated.
 """
 
 from __future__ import annotations
