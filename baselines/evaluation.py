@@ -29,6 +29,10 @@ Per-episode metrics (``EPISODE_METRICS``):
 |                             | episode                                                            |
 | ``packet_losses``           | uploads lost to packet errors, count per episode                   |
 | ``scheduled``               | devices scheduled per round                                        |
+| ``label_skew``              | total-variation distance of the arrived updates' label mix from    |
+|                             | the global one (data-share weighted), mean over the rounds in      |
+|                             | which an update arrived (NaN if none did); the surrogate's bias    |
+|                             | floor is h times it (docs/model.md §5.2)                           |
 | ``final_energy_backlog_j``  | mean energy queue Z_k at the end, J (NaN without an energy budget) |
 | ``final_latency_backlog_s`` | latency queue Y at the end, s (NaN without a latency budget)       |
 | ``decision_ms``             | wall-clock time of ``policy.act`` per round, ms                    |
@@ -59,6 +63,7 @@ __all__ = [
     "summarize",
     "format_table",
     "mean_ci",
+    "arrivals_label_skew",
 ]
 
 #: (key, column title, number format) of the per-episode metrics, in table order.
@@ -76,6 +81,7 @@ EPISODE_METRICS: tuple[tuple[str, str, str], ...] = (
     ("packet_losses", "packet losses", ".2f"),
     ("episode_return", "episode return", ".2f"),
     ("scheduled", "scheduled / round", ".2f"),
+    ("label_skew", "label skew of arrivals (TV)", ".3f"),
     ("final_energy_backlog_j", "final backlog Z (J)", ".3f"),
     ("final_latency_backlog_s", "final backlog Y (s)", ".3f"),
     ("decision_ms", "decision time (ms)", ".2f"),
@@ -97,7 +103,8 @@ class Evaluation:
     """Per-round arrays over episodes (NaN after an early termination): ``accuracy``,
     ``loss_gap``, ``latency_backlog`` (E, T + 1; index 0 = before the first round),
     ``energy_backlog`` (E, T + 1, K), ``energy_j`` (E, T, K), ``round_latency_s``, ``reward``,
-    ``scheduled``, ``successes``, ``decision_s`` (E, T)."""
+    ``scheduled``, ``successes``, ``label_skew`` (NaN where no update arrived), ``decision_s``
+    (E, T)."""
 
     def metric(self, key: str) -> F:
         return np.array([float(e[key]) for e in self.episodes])
@@ -165,6 +172,7 @@ def evaluate(
         "reward": np.full((n, t_max), nan),
         "scheduled": np.full((n, t_max), nan),
         "successes": np.full((n, t_max), nan),
+        "label_skew": np.full((n, t_max), nan),
         "decision_s": np.full((n, t_max), nan),
     }
     e_budget = config.budgets.energy_budget_j
@@ -187,6 +195,7 @@ def evaluate(
                 traces["round_latency_s"][i, t] = info["round_latency_s"]
                 traces["scheduled"][i, t] = float(np.sum(info["module"] > 0))
                 traces["successes"][i, t] = float(np.sum(info["success"]))
+                traces["label_skew"][i, t] = arrivals_label_skew(info)
                 misses += int(np.sum(info["straggler"]))
                 losses += int(np.sum(info["packet_lost"]))
                 t += 1
@@ -199,6 +208,7 @@ def evaluate(
             if l_budget is not None:
                 uses.append(np.array([traces["round_latency_s"][i, :t].mean() / l_budget]))
             worst = float(np.concatenate(uses).max()) if uses else nan
+            skew = traces["label_skew"][i, :t]
             record: dict[str, Any] = {
                 "policy": policy.name,
                 "seed": int(seed),
@@ -224,6 +234,7 @@ def evaluate(
                 "deadline_misses": misses,
                 "packet_losses": losses,
                 "scheduled": float(traces["scheduled"][i, :t].mean()),
+                "label_skew": float(np.nanmean(skew)) if np.isfinite(skew).any() else nan,
                 "final_energy_backlog_j": float(np.mean(info["energy_backlog"]))
                 if e_budget is not None
                 else nan,
@@ -241,6 +252,19 @@ def evaluate(
     return Evaluation(
         policy=policy.name, seeds=[int(s) for s in seeds], episodes=episodes, traces=traces
     )
+
+
+def arrivals_label_skew(info: dict[str, Any]) -> float:
+    """Total-variation distance between the label mix of the updates aggregated this round
+    (each device's label distribution weighted by its data size) and the global label mix; NaN
+    when none arrived. Under non-IID data a skewed mix biases the aggregate (the surrogate's
+    bias floor is h times this distance, docs/model.md §5.2)."""
+    weight = np.where(info["success"], np.asarray(info["data_size"], dtype=np.float64), 0.0)
+    total = float(weight.sum())
+    if total == 0.0:
+        return math.nan
+    mix = weight @ np.asarray(info["label_distribution"], dtype=np.float64) / total
+    return float(0.5 * np.abs(mix - info["global_label_distribution"]).sum())
 
 
 def _record_state(traces: dict[str, F], i: int, t: int, info: dict[str, Any]) -> None:

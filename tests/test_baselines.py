@@ -223,6 +223,46 @@ def test_evaluation_records_match_the_env():
     assert rec["in_budget"] == float(rec["worst_budget_use"] <= 1.05)
 
 
+def test_label_skew_of_arrivals_is_the_surrogates_floor_over_h():
+    """The arrivals' label skew is the distance the surrogate's bias floor scales (F = h TV
+    with one rank); 0 when every device's update arrives, NaN when none does."""
+    from baselines.evaluation import arrivals_label_skew
+    from fedenv.learning.surrogate import round_progress
+
+    info = {
+        "success": np.array([True, True, False]),
+        "data_size": np.array([100, 300, 600]),
+        "label_distribution": np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]]),
+        "global_label_distribution": np.array([0.4, 0.6]),
+    }
+    # arrived mix (100 [1, 0] + 300 [0, 1]) / 400 = [0.25, 0.75]: TV 0.15
+    assert arrivals_label_skew(info) == pytest.approx(0.15)
+    assert np.isnan(arrivals_label_skew(info | {"success": np.zeros(3, dtype=bool)}))
+    cfg = EnvConfig().replace(num_rounds=4)
+    surrogate = cfg.learning.surrogate
+    for name in ("min_rank", "round_robin"):  # every device / a few each round
+        ev = evaluate(make_policy(name, cfg), cfg, [3])
+        env = FedLoRAWirelessEnv(cfg)
+        obs, info = env.reset(seed=3)
+        policy = make_policy(name, cfg)
+        for t in range(4):
+            obs, _, _, _, info = env.step(policy.act(obs, info))
+            share = info["data_size"] / info["data_size"].sum()
+            _, floor = round_progress(
+                share,
+                info["success"].astype(float),
+                info["rank"],
+                None,
+                info["label_distribution"],
+                info["global_label_distribution"],
+                surrogate,
+            )
+            skew = ev.traces["label_skew"][0, t]
+            assert floor == pytest.approx(surrogate.heterogeneity_penalty * skew, abs=1e-12)
+            assert (skew == pytest.approx(0.0, abs=1e-12)) == bool(info["success"].all())
+        assert ev.episodes[0]["label_skew"] == pytest.approx(ev.traces["label_skew"][0].mean())
+
+
 @pytest.mark.parametrize("tolerance", [0.0, 10.0])
 def test_in_budget_counts_every_budget_with_the_tolerance(tolerance):
     """unified budgets energy and latency: the worst use is the larger of the two kinds."""
