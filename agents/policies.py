@@ -17,8 +17,15 @@ K, so one trained network serves any number of devices: :func:`resize_policy` re
 another K with the same weights. The Gaussian's log standard deviation is one value per action
 component (C of them), shared by the devices.
 
+:class:`PerDeviceAttentionPolicy` replaces the mean by self-attention over the devices (a Set
+Transformer's attention block without its feed-forward part, Lee et al., ICML 2019): the context
+of device k is ``sum_j softmax_j(q_k . k_j / sqrt(d)) v_j`` (4 heads), so a device can weigh the
+others one by one, e.g. those whose label mix balances its own, where the mean gives every device
+the same summary. It is as permutation-equivariant and as independent of K as the mean form.
+
 Use it with SB3 as ``PPO(PerDeviceActorCriticPolicy, env, policy_kwargs=dict(net_arch=...))``,
-or by name through :func:`policy_class` (``"mlp"`` or ``"per_device"``).
+or by name through :func:`policy_class` (``"mlp"``, ``"per_device"`` or
+``"per_device_attention"``).
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ __all__ = [
     "PerDeviceTrunk",
     "PerDeviceExtractor",
     "PerDeviceActorCriticPolicy",
+    "PerDeviceAttentionPolicy",
     "num_devices_of",
     "policy_class",
     "resize_policy",
@@ -74,30 +82,56 @@ def _split(obs: th.Tensor, device_features: int) -> tuple[th.Tensor, th.Tensor]:
     return dev, obs[..., device_features * k :]
 
 
+#: How a per-device layer sees the other devices: their mean, or self-attention over them.
+POOLINGS = ("mean", "attention")
+#: Attention heads per layer (one where the layer's width is not a multiple of it).
+ATTENTION_HEADS = 4
+
+
 class PerDeviceTrunk(nn.Module):
-    """Shared per-device layers with mean-pooled context: (B, F K + 4) -> (B, K, H_last)."""
+    """Shared per-device layers with a pooled context: (B, F K + 4) -> (B, K, H_last).
+
+    ``pooling="mean"``: the context of every device is the mean over devices of the previous
+    layer; ``"attention"``: each device's own self-attention read of the others (module
+    docstring)."""
 
     def __init__(
         self,
         layers: list[int],
         activation_fn: type[nn.Module],
         device_features: int = NUM_DEVICE_FEATURES,
+        pooling: str = "mean",
     ) -> None:
         super().__init__()
         if not layers:
             raise ValueError(
                 "the per-device network needs at least one hidden layer, e.g. net_arch=[64, 64]"
             )
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
         self.device_features = device_features
+        self.pooling = pooling
         self.layers = nn.ModuleList()
+        self.attention = nn.ModuleList()
         width = device_features + NUM_GLOBAL_FEATURES
         for i, out in enumerate(layers):
             # The first layer sees the device's features and the globals; the later ones also the
-            # mean over devices of the previous layer (the pooled context).
+            # context pooled over devices from the previous layer.
             self.layers.append(nn.Linear(width if i == 0 else 2 * width, out))
+            if i > 0 and pooling == "attention":
+                heads = ATTENTION_HEADS if width % ATTENTION_HEADS == 0 else 1
+                self.attention.append(nn.MultiheadAttention(width, heads, batch_first=True))
             width = out
         self.act = activation_fn()
         self.out_dim = width
+
+    def _context(self, h: th.Tensor, i: int) -> th.Tensor:
+        """The pooled context of every device for layer i >= 1, shaped like h (..., K, H)."""
+        if self.pooling == "mean":
+            return h.mean(dim=-2, keepdim=True).expand_as(h)
+        flat = h.reshape(-1, *h.shape[-2:])  # attention takes one batch axis
+        context, _ = self.attention[i - 1](flat, flat, flat, need_weights=False)
+        return context.reshape(h.shape)
 
     def forward(self, obs: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
         """Per-device latents (B, K, H) and the globals (B, 4)."""
@@ -105,7 +139,7 @@ class PerDeviceTrunk(nn.Module):
         h = th.cat([dev, glob.unsqueeze(-2).expand(*dev.shape[:-1], glob.shape[-1])], dim=-1)
         for i, layer in enumerate(self.layers):
             if i > 0:
-                h = th.cat([h, h.mean(dim=-2, keepdim=True).expand_as(h)], dim=-1)
+                h = th.cat([h, self._context(h, i)], dim=-1)
             h = self.act(layer(h))
         return h, glob
 
@@ -120,10 +154,15 @@ class PerDeviceExtractor(nn.Module):
         activation_fn: type[nn.Module],
         num_devices: int,
         device_features: int = NUM_DEVICE_FEATURES,
+        pooling: str = "mean",
     ) -> None:
         super().__init__()
-        self.policy_net = PerDeviceTrunk(list(net_arch["pi"]), activation_fn, device_features)
-        self.value_trunk = PerDeviceTrunk(list(net_arch["vf"]), activation_fn, device_features)
+        self.policy_net = PerDeviceTrunk(
+            list(net_arch["pi"]), activation_fn, device_features, pooling
+        )
+        self.value_trunk = PerDeviceTrunk(
+            list(net_arch["vf"]), activation_fn, device_features, pooling
+        )
         h = self.value_trunk.out_dim
         self.value_head = nn.Sequential(nn.Linear(2 * h + NUM_GLOBAL_FEATURES, h), activation_fn())
         self.latent_dim_pi_per_device = self.policy_net.out_dim
@@ -170,6 +209,8 @@ class PerDeviceActorCriticPolicy(ActorCriticPolicy):
     # has MlpExtractor's interface (latent_dim_pi/vf, forward_actor/critic) without its layers.
     mlp_extractor: PerDeviceExtractor  # type: ignore[assignment]
     net_arch: dict[str, list[int]]  # always the dict form: __init__ turns a list into one
+    #: How each layer pools the other devices (:data:`POOLINGS`).
+    pooling = "mean"
 
     def __init__(
         self,
@@ -206,7 +247,7 @@ class PerDeviceActorCriticPolicy(ActorCriticPolicy):
 
     def _build_mlp_extractor(self) -> None:
         self.mlp_extractor = PerDeviceExtractor(
-            self.net_arch, self.activation_fn, self.num_devices, self.device_features
+            self.net_arch, self.activation_fn, self.num_devices, self.device_features, self.pooling
         )
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
@@ -236,6 +277,13 @@ class PerDeviceActorCriticPolicy(ActorCriticPolicy):
         return self.action_dist.proba_distribution(mean_actions, self.log_std.repeat(k))
 
 
+class PerDeviceAttentionPolicy(PerDeviceActorCriticPolicy):
+    """The per-device actor-critic with self-attention over the devices in place of their mean
+    (module docstring); the same arguments."""
+
+    pooling = "attention"
+
+
 def resize_policy(
     policy: PerDeviceActorCriticPolicy,
     observation_space: gym.spaces.Space[Any],
@@ -254,11 +302,16 @@ def resize_policy(
 
 
 #: Names accepted by ``--policy``.
-POLICIES: dict[str, Any] = {"mlp": "MlpPolicy", "per_device": PerDeviceActorCriticPolicy}
+POLICIES: dict[str, Any] = {
+    "mlp": "MlpPolicy",
+    "per_device": PerDeviceActorCriticPolicy,
+    "per_device_attention": PerDeviceAttentionPolicy,
+}
 
 
 def policy_class(name: str) -> Any:
-    """SB3 policy (class or name) for ``--policy``: ``mlp`` or ``per_device``."""
+    """SB3 policy (class or name) for ``--policy``: ``mlp``, ``per_device`` or
+    ``per_device_attention``."""
     if name not in POLICIES:
         raise ValueError(f"unknown policy {name!r}; expected one of {', '.join(POLICIES)}")
     return POLICIES[name]

@@ -56,7 +56,7 @@ from agents.lagrangian import (
     PIDGains,
 )
 from agents.normalization import load_normalizer, make_normalizer
-from agents.policies import policy_class
+from agents.policies import POLICIES, policy_class
 from agents.runs import RunDir, arg_help, finish_run, parse_args, prepare_run
 from fedenv.config import Range
 
@@ -134,7 +134,10 @@ class Args:
     # --- network
     policy: str = field(
         default="per_device",
-        metadata=arg_help("mlp (SB3 MlpPolicy) or per_device (shared, permutation-equivariant)"),
+        metadata=arg_help(
+            "mlp (SB3 MlpPolicy), per_device (shared, permutation-equivariant, mean-pooled "
+            "context) or per_device_attention (the same with self-attention over the devices)"
+        ),
     )
     net_arch: list[int] = field(
         default_factory=lambda: [64, 64],
@@ -315,7 +318,7 @@ class Args:
 def main(argv: list[str] | None = None) -> Path:
     args, given = parse_args(Args, argv, description=__doc__)
     for name, value, valid in (
-        ("policy", args.policy, ("mlp", "per_device")),
+        ("policy", args.policy, tuple(POLICIES)),
         ("lr_schedule", args.lr_schedule, ("constant", "linear")),
         ("activation", args.activation, ("tanh", "relu")),
         ("objective", args.objective, ("lagrangian", "weighted")),
@@ -363,7 +366,7 @@ def main(argv: list[str] | None = None) -> Path:
         shield=args.shield,
         base_v=args.base_v,
     )
-    per_device = args.policy == "per_device"
+    per_device = args.policy != "mlp"
     lagrangian = None
     if args.objective == "lagrangian":
         if args.accuracy_target is not None or args.select_accuracy is not None:

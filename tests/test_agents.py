@@ -27,7 +27,11 @@ from agents.envs import HorizonIsTermination, make_vec_env  # noqa: E402
 from agents.evaluate import load_policy, parse_spec  # noqa: E402
 from agents.features import AgentObservation, ObservationFeatures  # noqa: E402
 from agents.normalization import DevicePooledStats  # noqa: E402
-from agents.policies import PerDeviceActorCriticPolicy, resize_policy  # noqa: E402
+from agents.policies import (  # noqa: E402
+    PerDeviceActorCriticPolicy,
+    PerDeviceAttentionPolicy,
+    resize_policy,
+)
 from agents.runs import RunDir, parse_args  # noqa: E402
 from baselines.evaluation import evaluate  # noqa: E402
 from fedenv.actions import ActionCodec  # noqa: E402
@@ -287,11 +291,12 @@ def test_use_sde_trains_with_state_dependent_noise_and_needs_the_mlp_policy(
     assert not bad.exists()
 
 
-def test_per_device_policy_is_permutation_equivariant_and_serves_any_k() -> None:
+@pytest.mark.parametrize("kind", [PerDeviceActorCriticPolicy, PerDeviceAttentionPolicy])
+def test_per_device_policy_is_permutation_equivariant_and_serves_any_k(kind: type) -> None:
     cfg = resolve_config("switching")
     features = ObservationFeatures(cfg, "label_mix")
     env = AgentObservation(FedLoRAWirelessEnv(cfg), features)
-    policy = PerDeviceActorCriticPolicy(
+    policy = kind(
         env.observation_space,
         ActionAdapter(cfg).space,
         lambda _: 1e-3,
@@ -319,9 +324,28 @@ def test_per_device_policy_is_permutation_equivariant_and_serves_any_k() -> None
     small = resize_policy(policy, env3.observation_space, ActionAdapter(cfg3).space)
     obs3, _ = env3.reset(seed=1)
     act3, _ = small.predict(obs3, deterministic=True)
-    assert act3.shape == (3, 4)
+    assert act3.shape == (3, 4) and type(small) is kind
     for name, tensor in small.state_dict().items():
         assert tensor.shape == policy.state_dict()[name].shape, name
+
+
+def test_attention_pooling_gives_each_device_its_own_context() -> None:
+    """Mean pooling gives every device the same summary of the others; attention gives each
+    device its own weighting of them (a query per device), permuted with the devices."""
+    from agents.policies import PerDeviceTrunk
+
+    th.manual_seed(0)
+    h = th.randn(2, 5, 16)
+    perm = th.tensor([3, 0, 4, 1, 2])
+    for pooling in ("mean", "attention"):
+        net = PerDeviceTrunk([16, 16], th.nn.Tanh, 3, pooling)
+        context = net._context(h, 1)
+        assert context.shape == h.shape
+        same = th.allclose(context, context[:, :1].expand_as(context))
+        assert same == (pooling == "mean"), pooling
+        th.testing.assert_close(net._context(h[:, perm], 1), context[:, perm])
+    with pytest.raises(ValueError, match="pooling must be one of mean, attention"):
+        PerDeviceTrunk([16], th.nn.Tanh, 3, "max")
 
 
 def test_factored_action_separates_schedule_and_rank() -> None:
