@@ -11,6 +11,9 @@ partitions for all). Written to ``--out``:
 * ``config.yaml``   the fully resolved env config;
 * ``episodes.csv``  one row per (policy, seed) with every metric of
   :data:`baselines.evaluation.EPISODE_METRICS`;
+* ``rounds.csv``  one row per (policy, round): the means over the episodes of the round's
+  accuracy (after it), devices scheduled, energy per device and label skew of the arrivals
+  (over the episodes in which an update arrived; empty if none did);
 * ``summary.md`` / ``summary.json``  mean and 95% confidence interval per policy;
 * ``accuracy.png``, ``energy.png``, ``backlog.png``  accuracy per round, cumulative energy
   per device against the budget, and the virtual queues (mean and 95% CI over seeds);
@@ -327,6 +330,36 @@ def write_episodes_csv(evaluations: list[Evaluation], path: Path) -> None:
                 writer.writerow({k: rec[k] for k in keys})
 
 
+#: Columns of ``rounds.csv``: (column, trace of :class:`Evaluation`).
+ROUND_COLUMNS = (
+    ("accuracy", "accuracy"),
+    ("scheduled", "scheduled"),
+    ("energy_j_per_device", "energy_j"),
+    ("label_skew", "label_skew"),
+)
+
+
+def write_rounds_csv(evaluations: list[Evaluation], path: Path) -> None:
+    """Per (policy, round t = 1..T): each trace's mean over the episodes (NaNs left out)."""
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["policy", "round", *(c for c, _ in ROUND_COLUMNS)])
+        for ev in evaluations:
+            columns = []
+            for _, key in ROUND_COLUMNS:
+                trace = ev.traces[key]
+                if key == "accuracy":
+                    trace = trace[:, 1:]  # index 0 is before the first round
+                elif trace.ndim == 3:
+                    trace = trace.mean(axis=2)  # per device -> mean over devices
+                finite = np.isfinite(trace)
+                total = np.where(finite, trace, 0.0).sum(axis=0)
+                count = finite.sum(axis=0)
+                columns.append([total[t] / count[t] if count[t] else "" for t in range(len(count))])
+            for t, row in enumerate(zip(*columns)):
+                writer.writerow([ev.policy, t + 1, *row])
+
+
 def _command_line(argv: Sequence[str] | None) -> str:
     args = list(sys.argv[1:] if argv is None else argv)
     return "python -m baselines.compare " + " ".join(_quote(a) for a in args)
@@ -431,6 +464,7 @@ def main(argv: Sequence[str] | None = None) -> Comparison:
         progress=not args.no_progress,
     )
     write_episodes_csv(comparison.evaluations, out / "episodes.csv")
+    write_rounds_csv(comparison.evaluations, out / "rounds.csv")
     table = format_table(comparison)
     header = (
         f"Comparison on `{name}` ({cfg.paradigm}, K = {cfg.devices.num_devices}, T = "

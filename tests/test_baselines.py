@@ -321,6 +321,7 @@ def test_compare_cli_end_to_end_on_tiny_config(tmp_path, capsys):
     for f in (
         "config.yaml",
         "episodes.csv",
+        "rounds.csv",
         "summary.md",
         "summary.json",
         "accuracy.png",
@@ -333,6 +334,13 @@ def test_compare_cli_end_to_end_on_tiny_config(tmp_path, capsys):
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
     rows = list(csv.DictReader((out / "episodes.csv").open()))
     assert len(rows) == 8 and {r["seed"] for r in rows} == {"3", "4"}
+    rounds = list(csv.DictReader((out / "rounds.csv").open()))
+    cfg = EnvConfig.from_yaml(out / "config.yaml")
+    assert len(rounds) == 4 * cfg.num_rounds
+    last = [r for r in rounds if r["policy"] == "max" and r["round"] == str(cfg.num_rounds)][0]
+    final = [float(r["final_accuracy"]) for r in rows if r["policy"] == "max"]
+    assert float(last["accuracy"]) == pytest.approx(np.mean(final))
+    assert float(last["scheduled"]) == cfg.devices.num_devices
     assert EnvConfig.from_yaml(out / "config.yaml").devices.num_devices == 3
     assert "lyapunov(V=10)" in printed and "V sweep" in printed
     assert "python -m baselines.compare" in (out / "summary.md").read_text()
