@@ -53,6 +53,7 @@ from numpy.typing import NDArray
 from baselines.policy import Policy
 from fedenv.config import EnvConfig
 from fedenv.env import FedLoRAWirelessEnv
+from fedenv.learning.surrogate import label_skew
 
 __all__ = [
     "EPISODE_METRICS",
@@ -258,13 +259,15 @@ def arrivals_label_skew(info: dict[str, Any]) -> float:
     """Total-variation distance between the label mix of the updates aggregated this round
     (each device's label distribution weighted by its data size) and the global label mix; NaN
     when none arrived. Under non-IID data a skewed mix biases the aggregate (the surrogate's
-    bias floor is h times this distance, docs/model.md §5.2)."""
+    bias floor is h times this distance, :func:`fedenv.learning.surrogate.label_skew`,
+    docs/model.md §5.2)."""
     weight = np.where(info["success"], np.asarray(info["data_size"], dtype=np.float64), 0.0)
     total = float(weight.sum())
     if total == 0.0:
         return math.nan
-    mix = weight @ np.asarray(info["label_distribution"], dtype=np.float64) / total
-    return float(0.5 * np.abs(mix - info["global_label_distribution"]).sum())
+    return float(
+        label_skew(weight, total, info["label_distribution"], info["global_label_distribution"])
+    )
 
 
 def _record_state(traces: dict[str, F], i: int, t: int, info: dict[str, Any]) -> None:

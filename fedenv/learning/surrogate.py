@@ -40,6 +40,7 @@ __all__ = [
     "rank_gain",
     "sparsity_gain",
     "round_progress",
+    "label_skew",
     "arrival_what_ifs",
     "next_gap",
     "accuracy_from_gap",
@@ -100,9 +101,6 @@ def round_progress(
     kept = x * _rank_shortfall(r, cfg)
     if ratio is not None:
         kept = kept * sparsity_gain(ratio, cfg)
-    # the label mix sum_k x_k l_k, summed along a contiguous device axis (labels moved first)
-    labels = np.asarray(label_distribution, dtype=np.float64)
-    mix = np.add.reduce(np.multiply(x[..., None, :], labels.swapaxes(-1, -2), order="C"), axis=-1)
     total = np.add.reduce(x, axis=-1)
     # X where X > 0, else 1 (X >= 0; every sum divided by it is 0 when X = 0)
     safe = total + (total == 0.0)
@@ -110,10 +108,7 @@ def round_progress(
     quality = -(np.add.reduce(kept, axis=-1) / safe)
     # X^beta Q is 0 when X = 0 (then Q = 0), for any beta >= 0
     progress = np.power(total, cfg.participation_exponent) * quality
-    # labels last and contiguous, so that the sum over them is NumPy's pairwise sum
-    mix = np.divide(mix, safe[..., None], order="C")
-    mix = np.subtract(mix, global_label_distribution)
-    tv = 0.5 * np.add.reduce(np.abs(mix, out=mix), axis=-1)
+    tv = label_skew(x, safe, label_distribution, global_label_distribution)
     mean_r = np.add.reduce(x * r, axis=-1) / safe
     dev = r - mean_r[..., None]
     np.square(dev, out=dev)
@@ -122,6 +117,31 @@ def round_progress(
     cv = np.sqrt(var_r) / (mean_r + (mean_r == 0.0))
     floor = cfg.heterogeneity_penalty * tv + cfg.rank_mix_penalty * cv
     return progress, floor
+
+
+def label_skew(
+    weight: ArrayLike,
+    total: ArrayLike,
+    label_distribution: ArrayLike,
+    global_label_distribution: ArrayLike,
+) -> F:
+    """TV(p_hat, p): the total-variation distance between the weighted label mix
+    p_hat = sum_k w_k l_k / total and the global mix p, over the last axis (devices).
+
+    Args:
+        weight: w_k, shape (..., K) (the round's x_k = pi_k c_k [r_k > 0]).
+        total: sum_k w_k, shape (...); pass 1 where it is 0 (then p_hat = 0).
+        label_distribution: l_k, shape (..., K, C).
+        global_label_distribution: p, shape (..., C).
+    """
+    w = np.asarray(weight, dtype=np.float64)
+    # the label mix sum_k w_k l_k, summed along a contiguous device axis (labels moved first)
+    labels = np.asarray(label_distribution, dtype=np.float64)
+    mix = np.add.reduce(np.multiply(w[..., None, :], labels.swapaxes(-1, -2), order="C"), axis=-1)
+    # labels last and contiguous, so that the sum over them is NumPy's pairwise sum
+    mix = np.divide(mix, np.asarray(total, dtype=np.float64)[..., None], order="C")
+    mix = np.subtract(mix, global_label_distribution)
+    return 0.5 * np.add.reduce(np.abs(mix, out=mix), axis=-1)
 
 
 def arrival_what_ifs(
