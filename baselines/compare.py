@@ -198,9 +198,14 @@ def _pyplot() -> Any:
     return plt
 
 
+def _per_round(data: np.ndarray) -> list[tuple[float, float]]:
+    """Mean over episodes (axis 0) and its 95% CI half-width, per round (NaNs left out)."""
+    return [mean_ci(data[:, j]) for j in range(data.shape[1])]
+
+
 def _band(ax: Any, x: np.ndarray, data: np.ndarray, label: str) -> None:
     """Mean over episodes (axis 0) with a 95% CI band."""
-    stats = [mean_ci(data[:, j]) for j in range(data.shape[1])]
+    stats = _per_round(data)
     mean = np.array([s[0] for s in stats])
     half = np.array([s[1] for s in stats])
     line = ax.plot(x, mean, label=label)[0]
@@ -352,10 +357,8 @@ def write_rounds_csv(evaluations: list[Evaluation], path: Path) -> None:
                     trace = trace[:, 1:]  # index 0 is before the first round
                 elif trace.ndim == 3:
                     trace = trace.mean(axis=2)  # per device -> mean over devices
-                finite = np.isfinite(trace)
-                total = np.where(finite, trace, 0.0).sum(axis=0)
-                count = finite.sum(axis=0)
-                columns.append([total[t] / count[t] if count[t] else "" for t in range(len(count))])
+                means = (mean for mean, _ in _per_round(trace))
+                columns.append(["" if math.isnan(mean) else mean for mean in means])
             for t, row in enumerate(zip(*columns)):
                 writer.writerow([ev.policy, t + 1, *row])
 
