@@ -2,7 +2,9 @@
 
 ``env``: single-env steps/s of FedLoRAWireless-v0 next to CartPole-v1 timed the same way, and
 the step cost for K = 10, 100, 1000. ``vector``: the batched vector env for N = 1, 64, 1024 next
-to ``SyncVectorEnv``. :func:`steps_per_second` is the timing loop (also used by
+to ``SyncVectorEnv`` and to CartPole-v1's single-env steps/s timed in the same run (issue 19's
+targets are these ratios: at least 0.06 for the single env, at least 2.2 for the vector env at
+N = 1024; docs/benchmarks.md). :func:`steps_per_second` is the timing loop (also used by
 :mod:`benchmarks.rllib`).
 """
 
@@ -14,7 +16,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["bench_env", "bench_vector", "steps_per_second"]
+__all__ = [
+    "TARGET_RATIOS",
+    "bench_env",
+    "bench_vector",
+    "cartpole_steps_per_second",
+    "steps_per_second",
+]
+
+#: Issue 19's targets, as ratios to CartPole-v1's single-env steps/s in the same run.
+TARGET_RATIOS = {"env": 0.06, "vector_1024": 2.2}
 
 
 def _rounds(args: argparse.Namespace) -> dict[str, Any]:
@@ -48,6 +59,14 @@ def steps_per_second(env: Any, steps: int, seed: int = 0, repeats: int = 1) -> f
     return best
 
 
+def cartpole_steps_per_second(steps: int) -> float:
+    """CartPole-v1 (``gym.make``, default wrappers) under :func:`steps_per_second`: the reference
+    that the env benchmarks' ratios divide by."""
+    import gymnasium as gym
+
+    return steps_per_second(gym.make("CartPole-v1"), steps)
+
+
 def bench_env(args: argparse.Namespace) -> dict[str, Any]:
     """Single-env steps/s of FedLoRAWireless-v0 (K = 10) next to CartPole-v1, and cost vs K.
 
@@ -60,15 +79,15 @@ def bench_env(args: argparse.Namespace) -> dict[str, Any]:
 
     steps, repeats = args.steps, args.repeats
     rounds = _rounds(args)
-    cart_env, our_env = gym.make("CartPole-v1"), gym.make("FedLoRAWireless-v0", **rounds)
+    our_env = gym.make("FedLoRAWireless-v0", **rounds)
     cart = ours = 0.0
     for _ in range(repeats):
-        cart = max(cart, steps_per_second(cart_env, steps))
+        cart = max(cart, cartpole_steps_per_second(steps))
         ours = max(ours, steps_per_second(our_env, steps))
     print(f"CartPole-v1                    {cart:>12,.0f} steps/s")
     print(
         f"FedLoRAWireless-v0 (K=10)      {ours:>12,.0f} steps/s   {1e6 / ours:6.1f} us/step  "
-        f" ratio {ours / cart:.3f} of CartPole"
+        f" ratio {ours / cart:.3f} of CartPole (target {TARGET_RATIOS['env']})"
     )
     scaling = {}
     for k in (10, 100, 1000):
@@ -92,7 +111,7 @@ def bench_env(args: argparse.Namespace) -> dict[str, Any]:
         "cartpole_steps_per_s": cart,
         "env_steps_per_s": ours,
         "ratio_to_cartpole": ours / cart,
-        "target_steps_per_s": 20000,
+        "target_ratio_to_cartpole": TARGET_RATIOS["env"],
         "k_scaling": scaling,
         "cost_ratio_k1000_k10": growth,
     }
@@ -115,11 +134,13 @@ def _vector_run(venv: Any, calls: int, seed: int = 0) -> tuple[float, float]:
 
 
 def bench_vector(args: argparse.Namespace) -> dict[str, Any]:
-    """Batched vector env steps/s for N = 1, 64, 1024 (K = 10), next to SyncVectorEnv.
+    """Batched vector env steps/s for N = 1, 64, 1024 (K = 10), next to SyncVectorEnv and to
+    CartPole-v1's single-env steps/s.
 
     Each N runs whole episodes (the default horizon T plus the autoreset step, twice; four
     times for N = 1), so the per-episode reset work (trace generation, data partition) is
-    included.
+    included. CartPole-v1 is timed before each repeat of each N (its best over the run), so
+    that the ratios compare figures of one run.
     """
     import gymnasium as gym
 
@@ -131,6 +152,7 @@ def bench_vector(args: argparse.Namespace) -> dict[str, Any]:
     sizes = (1, 16, 64) if args.quick else (1, 64, 1024)
     episodes = 1 if args.quick else 2
     rows: dict[int, dict[str, float]] = {}
+    cart = 0.0
     for n in sizes:
         venv = gym.make_vec(
             "FedLoRAWireless-v0", num_envs=n, vectorization_mode="vector_entry_point", **rounds
@@ -138,6 +160,7 @@ def bench_vector(args: argparse.Namespace) -> dict[str, Any]:
         calls = episode_calls * max(episodes, 1 if n >= 64 else 4)
         best, slowest = 0.0, 0.0
         for _ in range(args.repeats):
+            cart = max(cart, cartpole_steps_per_second(args.steps))
             sps, slow = _vector_run(venv, calls)
             if sps > best:
                 best, slowest = sps, slow
@@ -150,6 +173,11 @@ def bench_vector(args: argparse.Namespace) -> dict[str, Any]:
             f"vector N={n:<5} {best:>12,.0f} env steps/s  {1e6 / best:8.2f} us/env step  "
             f"(slowest call, with resets: {1e3 * slowest:.1f} ms)"
         )
+    largest = rows[sizes[-1]]["env_steps_per_s"] / cart
+    print(
+        f"CartPole-v1 (single env)  {cart:>10,.0f} steps/s   vector N={sizes[-1]} is "
+        f"{largest:.2f}x that (target at N=1024: {TARGET_RATIOS['vector_1024']}x)"
+    )
     n_sync = 16 if args.quick else 64
     sync = gym.make_vec("FedLoRAWireless-v0", num_envs=n_sync, vectorization_mode="sync", **rounds)
     sync_sps = max(_vector_run(sync, episode_calls)[0] for _ in range(args.repeats))
@@ -162,5 +190,7 @@ def bench_vector(args: argparse.Namespace) -> dict[str, Any]:
         "num_rounds": _num_rounds(args),
         "vector": {str(n): r for n, r in rows.items()},
         "sync_vector_env": {"num_envs": n_sync, "env_steps_per_s": sync_sps},
-        "target_env_steps_per_s_at_1024": 500000,
+        "cartpole_steps_per_s": cart,
+        "ratio_to_cartpole": {str(n): r["env_steps_per_s"] / cart for n, r in rows.items()},
+        "target_ratio_to_cartpole_at_1024": TARGET_RATIOS["vector_1024"],
     }

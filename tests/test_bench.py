@@ -33,11 +33,21 @@ def test_env_benchmark_quick(tmp_path, capsys):
     assert set(result["k_scaling"]) == {"10", "100", "1000"}
 
 
-def test_vector_benchmark_quick(tmp_path):
+def test_vector_benchmark_quick(tmp_path, capsys):
     result = _run("vector", tmp_path)
     assert set(result["vector"]) == {"1", "16", "64"}
     assert all(row["env_steps_per_s"] > 0 for row in result["vector"].values())
     assert result["sync_vector_env"]["env_steps_per_s"] > 0
+    # the ratios to CartPole-v1 timed in the same run (issue 19's target is one of them)
+    assert result["cartpole_steps_per_s"] > 0 and set(result["ratio_to_cartpole"]) == {
+        "1",
+        "16",
+        "64",
+    }
+    for n, ratio in result["ratio_to_cartpole"].items():
+        sps = result["vector"][n]["env_steps_per_s"]
+        assert ratio == pytest.approx(sps / result["cartpole_steps_per_s"])
+    assert "CartPole-v1" in capsys.readouterr().out
 
 
 def test_unknown_benchmark_is_rejected_with_the_choices(capsys):
