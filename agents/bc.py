@@ -90,7 +90,10 @@ def clone(
     lr: float = 1e-3,
     seed: int = 0,
 ) -> float:
-    """Fit ``policy``'s action means to ``target`` (MSE); returns the final mean loss."""
+    """Fit ``policy``'s action means to ``target`` (MSE); returns the final mean loss.
+
+    An autoregressive policy's means are those given the target's actions of the devices before
+    (teacher forcing); :func:`imitation_fit` scores what it then plays, device by device."""
     gen = th.Generator().manual_seed(seed)
     x = th.as_tensor(obs, device=policy.device)
     y = th.as_tensor(target, dtype=th.float32, device=policy.device)
@@ -100,7 +103,11 @@ def clone(
     for _ in range(epochs):
         total, count = 0.0, 0
         for idx in th.randperm(len(x), generator=gen).split(batch_size):
-            mean = policy.get_distribution(x[idx]).distribution.mean
+            dist = policy.get_distribution(x[idx])
+            # an autoregressive policy's devices are fitted given the demonstrated actions of
+            # the devices before them (teacher forcing)
+            conditional = getattr(dist, "conditional_mean", None)
+            mean = dist.distribution.mean if conditional is None else conditional(y[idx])
             loss = th.nn.functional.mse_loss(mean.reshape(len(idx), -1), y[idx])
             opt.zero_grad()
             loss.backward()
@@ -166,7 +173,7 @@ def imitation_fit(
     )
     clone(net, x[:cut], target[:cut], epochs=epochs, seed=seed)
     with th.no_grad():
-        pred = net.get_distribution(th.as_tensor(x)).distribution.mean.numpy()
+        pred = net.get_distribution(th.as_tensor(x)).mode().numpy()
     shape = (len(x), *actions.shape)
     pred, target = pred.reshape(shape), target.reshape(shape)
     codec = ActionCodec(config)

@@ -23,9 +23,19 @@ of device k is ``sum_j softmax_j(q_k . k_j / sqrt(d)) v_j`` (4 heads), so a devi
 others one by one, e.g. those whose label mix balances its own, where the mean gives every device
 the same summary. It is as permutation-equivariant and as independent of K as the mean form.
 
+:class:`PerDeviceAutoregressivePolicy` lets the devices decide in turn instead of all at once:
+device k's Gaussian mean also reads a message summed over the actions already drawn for devices
+0..k-1 (``c_k = (1/K) sum_{j<k} tanh(M [h_j, a_j])``), so the policy is a product of K conditional
+Gaussians, not of K independent ones. Which devices train *together* (whose label mixes balance
+each other, docs/suite.md) is a joint choice; with independent draws a device cannot condition on
+whether the devices that balance it were drawn. Sampling takes K small passes; scoring a stored
+action (PPO's update) takes one, with every device's message read from the stored actions. The
+order is the devices' index order, so this form is equivariant only to the relabellings that keep
+it; its weights are still independent of K.
+
 Use it with SB3 as ``PPO(PerDeviceActorCriticPolicy, env, policy_kwargs=dict(net_arch=...))``,
-or by name through :func:`policy_class` (``"mlp"``, ``"per_device"`` or
-``"per_device_attention"``).
+or by name through :func:`policy_class` (``"mlp"``, ``"per_device"``, ``"per_device_attention"``
+or ``"per_device_autoregressive"``).
 """
 
 from __future__ import annotations
@@ -34,9 +44,14 @@ from typing import Any
 
 import gymnasium as gym
 import torch as th
-from stable_baselines3.common.distributions import DiagGaussianDistribution, Distribution
+from stable_baselines3.common.distributions import (
+    DiagGaussianDistribution,
+    Distribution,
+    sum_independent_dims,
+)
 from stable_baselines3.common.policies import ActorCriticPolicy
 from torch import nn
+from torch.distributions import Normal
 
 from fedenv.env import DEVICE_FEATURES, GLOBAL_FEATURES
 
@@ -46,6 +61,7 @@ __all__ = [
     "PerDeviceExtractor",
     "PerDeviceActorCriticPolicy",
     "PerDeviceAttentionPolicy",
+    "PerDeviceAutoregressivePolicy",
     "num_devices_of",
     "policy_class",
     "resize_policy",
@@ -259,9 +275,7 @@ class PerDeviceActorCriticPolicy(ActorCriticPolicy):
         super()._build(lr_schedule)
         assert isinstance(self.action_dist, DiagGaussianDistribution)
         # Replace SB3's (K H -> K C) linear map and K C log-stds by K-independent ones.
-        self.action_net = PerDeviceActionHead(
-            self.mlp_extractor.latent_dim_pi_per_device, self.num_components
-        )
+        self.action_net = self._action_head(self.mlp_extractor.latent_dim_pi_per_device)
         self.log_std = nn.Parameter(
             th.full((self.num_components,), float(self.log_std_init)), requires_grad=True
         )
@@ -270,6 +284,10 @@ class PerDeviceActorCriticPolicy(ActorCriticPolicy):
         self.optimizer = self.optimizer_class(
             self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs
         )  # type: ignore[call-arg]
+
+    def _action_head(self, latent_per_device: int) -> nn.Module:
+        """The map from the actor's per-device latents to the Gaussian's means."""
+        return PerDeviceActionHead(latent_per_device, self.num_components)
 
     def _get_action_dist_from_latent(self, latent_pi: th.Tensor) -> Distribution:
         mean_actions = self.action_net(latent_pi)
@@ -282,6 +300,115 @@ class PerDeviceAttentionPolicy(PerDeviceActorCriticPolicy):
     (module docstring); the same arguments."""
 
     pooling = "attention"
+
+
+class AutoregressiveActionHead(nn.Module):
+    """Device k's mean action from its latent and a message summing devices 0..k-1's actions.
+
+    ``mean_k = W [h_k, c_k]`` with ``c_k = (1/K) sum_{j<k} tanh(M [h_j, clip(a_j)])``: a device
+    decides knowing what the devices before it chose (module docstring). Every weight is
+    independent of K.
+    """
+
+    def __init__(self, latent_per_device: int, num_components: int) -> None:
+        super().__init__()
+        self.latent_per_device = latent_per_device
+        self.num_components = num_components
+        self.message = nn.Sequential(
+            nn.Linear(latent_per_device + num_components, latent_per_device), nn.Tanh()
+        )
+        self.linear = nn.Linear(2 * latent_per_device, num_components)
+
+    def _messages(self, h: th.Tensor, actions: th.Tensor) -> th.Tensor:
+        return self.message(th.cat([h, actions.clamp(-1.0, 1.0)], dim=-1))
+
+    def conditional_mean(self, latent: th.Tensor, actions: th.Tensor) -> th.Tensor:
+        """The means (B, K C) of every device given the others' ``actions`` (B, K C): all
+        devices at once (teacher forcing)."""
+        h = latent.reshape(*latent.shape[:-1], -1, self.latent_per_device)
+        a = actions.reshape(*h.shape[:-1], self.num_components)
+        m = self._messages(h, a)
+        before = (m.cumsum(dim=-2) - m) / h.shape[-2]  # the sum over j < k
+        return self.linear(th.cat([h, before], dim=-1)).flatten(start_dim=-2)
+
+    def roll_out(
+        self, latent: th.Tensor, std: th.Tensor, deterministic: bool
+    ) -> tuple[th.Tensor, th.Tensor]:
+        """(actions, their means), each (B, K C), drawn device by device; ``std`` (C,)."""
+        h = latent.reshape(*latent.shape[:-1], -1, self.latent_per_device)
+        k = h.shape[-2]
+        context = h.new_zeros(*h.shape[:-2], self.latent_per_device)
+        means, actions = [], []
+        for i in range(k):
+            mean = self.linear(th.cat([h[..., i, :], context], dim=-1))
+            action = mean if deterministic else mean + std * th.randn_like(mean)
+            context = context + self._messages(h[..., i, :], action) / k
+            means.append(mean)
+            actions.append(action)
+        return th.cat(actions, dim=-1), th.cat(means, dim=-1)
+
+
+class AutoregressiveGaussian(DiagGaussianDistribution):
+    """A Gaussian per device whose mean depends on the devices before it (the product of K
+    conditional Gaussians): sampled device by device, scored all at once."""
+
+    def __init__(self, head: AutoregressiveActionHead, action_dim: int) -> None:
+        super().__init__(action_dim)
+        self.head = head
+
+    def proba_distribution(  # type: ignore[override]
+        self, latent: th.Tensor, log_std: th.Tensor
+    ) -> AutoregressiveGaussian:
+        """Set the actor's latents (B, K H) and the per-component log std (C,)."""
+        self.latent, self.std = latent, log_std.exp()
+        return self
+
+    def conditional_mean(self, actions: th.Tensor) -> th.Tensor:
+        """Each device's mean given the others' ``actions`` (what behaviour cloning fits)."""
+        return self.head.conditional_mean(self.latent, actions)
+
+    def _normal(self, mean: th.Tensor) -> Normal:
+        k = mean.shape[-1] // self.std.shape[0]
+        return Normal(mean, th.ones_like(mean) * self.std.repeat(k))
+
+    def log_prob(self, actions: th.Tensor) -> th.Tensor:
+        self.distribution = self._normal(self.conditional_mean(actions))
+        return super().log_prob(actions)
+
+    def entropy(self) -> th.Tensor:
+        # a Gaussian's entropy does not depend on its mean
+        mean = self.latent.new_zeros(*self.latent.shape[:-1], self.action_dim)
+        return sum_independent_dims(self._normal(mean).entropy())
+
+    def _draw(self, deterministic: bool) -> th.Tensor:
+        actions, means = self.head.roll_out(self.latent, self.std, deterministic)
+        self.distribution = self._normal(means)
+        return actions
+
+    def sample(self) -> th.Tensor:
+        return self._draw(deterministic=False)
+
+    def mode(self) -> th.Tensor:
+        return self._draw(deterministic=True)
+
+
+class PerDeviceAutoregressivePolicy(PerDeviceActorCriticPolicy):
+    """The per-device actor-critic whose devices decide in turn, each seeing a summary of the
+    actions of the devices before it (module docstring); the same arguments."""
+
+    def _action_head(self, latent_per_device: int) -> nn.Module:
+        head = AutoregressiveActionHead(latent_per_device, self.num_components)
+        self.action_dist = AutoregressiveGaussian(head, self.num_devices * self.num_components)
+        return head
+
+    def _build(self, lr_schedule: Any) -> None:
+        super()._build(lr_schedule)
+        if self.ortho_init:  # messages at full scale; the means start small, as SB3's
+            assert isinstance(self.action_net, AutoregressiveActionHead)
+            self.action_net.message.apply(lambda m: self.init_weights(m, gain=1.0))
+
+    def _get_action_dist_from_latent(self, latent_pi: th.Tensor) -> Distribution:
+        return self.action_dist.proba_distribution(latent_pi, self.log_std)
 
 
 def resize_policy(
@@ -306,12 +433,12 @@ POLICIES: dict[str, Any] = {
     "mlp": "MlpPolicy",
     "per_device": PerDeviceActorCriticPolicy,
     "per_device_attention": PerDeviceAttentionPolicy,
+    "per_device_autoregressive": PerDeviceAutoregressivePolicy,
 }
 
 
 def policy_class(name: str) -> Any:
-    """SB3 policy (class or name) for ``--policy``: ``mlp``, ``per_device`` or
-    ``per_device_attention``."""
+    """SB3 policy (class or name) for ``--policy``: one of :data:`POLICIES`."""
     if name not in POLICIES:
         raise ValueError(f"unknown policy {name!r}; expected one of {', '.join(POLICIES)}")
     return POLICIES[name]

@@ -136,7 +136,9 @@ class Args:
         default="per_device",
         metadata=arg_help(
             "mlp (SB3 MlpPolicy), per_device (shared, permutation-equivariant, mean-pooled "
-            "context) or per_device_attention (the same with self-attention over the devices)"
+            "context), per_device_attention (the same with self-attention over the devices) or "
+            "per_device_autoregressive (devices drawn in turn, each seeing the actions drawn "
+            "before it)"
         ),
     )
     net_arch: list[int] = field(
