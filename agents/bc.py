@@ -37,7 +37,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from agents.actions import ActionAdapter
 from fedenv.config import EnvConfig
 
-__all__ = ["lyapunov_demonstrations", "clone", "imitation_fit", "main"]
+__all__ = ["lyapunov_demonstrations", "imitated_means", "clone", "imitation_fit", "main"]
 
 
 def lyapunov_demonstrations(
@@ -80,6 +80,15 @@ def _state_infos(venv: Any) -> list[dict[str, Any]]:
     return [{key: state[key][i] for key in keys} for i in range(venv.num_envs)]
 
 
+def imitated_means(policy: Any, obs: th.Tensor, target: th.Tensor) -> th.Tensor:
+    """The action means that behaviour cloning fits to ``target`` in ``obs``: an autoregressive
+    policy's devices given the demonstrated actions of the devices before them (teacher
+    forcing), any other policy's means."""
+    dist = policy.get_distribution(obs)
+    conditional = getattr(dist, "conditional_mean", None)
+    return dist.distribution.mean if conditional is None else conditional(target)
+
+
 def clone(
     policy: Any,
     obs: np.ndarray,
@@ -90,10 +99,8 @@ def clone(
     lr: float = 1e-3,
     seed: int = 0,
 ) -> float:
-    """Fit ``policy``'s action means to ``target`` (MSE); returns the final mean loss.
-
-    An autoregressive policy's means are those given the target's actions of the devices before
-    (teacher forcing); :func:`imitation_fit` scores what it then plays, device by device."""
+    """Fit ``policy``'s action means (:func:`imitated_means`) to ``target`` (MSE); returns the
+    final mean loss. :func:`imitation_fit` scores what the policy then plays."""
     gen = th.Generator().manual_seed(seed)
     x = th.as_tensor(obs, device=policy.device)
     y = th.as_tensor(target, dtype=th.float32, device=policy.device)
@@ -103,11 +110,7 @@ def clone(
     for _ in range(epochs):
         total, count = 0.0, 0
         for idx in th.randperm(len(x), generator=gen).split(batch_size):
-            dist = policy.get_distribution(x[idx])
-            # an autoregressive policy's devices are fitted given the demonstrated actions of
-            # the devices before them (teacher forcing)
-            conditional = getattr(dist, "conditional_mean", None)
-            mean = dist.distribution.mean if conditional is None else conditional(y[idx])
+            mean = imitated_means(policy, x[idx], y[idx])
             loss = th.nn.functional.mse_loss(mean.reshape(len(idx), -1), y[idx])
             opt.zero_grad()
             loss.backward()

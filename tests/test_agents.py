@@ -374,7 +374,7 @@ def test_autoregressive_policy_imitates_a_joint_choice_that_independent_devices_
     0 at random) in one state: fitted by behaviour cloning, the autoregressive policy reproduces
     it; the per-device one, whose devices are independent given the observation, can only
     learn the mean."""
-    from agents.bc import clone
+    from agents.bc import clone, imitated_means
 
     rng = np.random.default_rng(0)
     x = np.repeat(rng.standard_normal((1, 7 * 4 + 4)).astype(np.float32), 512, axis=0)
@@ -388,10 +388,7 @@ def test_autoregressive_policy_imitates_a_joint_choice_that_independent_devices_
         policy = kind(obs, gym.spaces.Box(-1.0, 1.0, (4, 3), np.float32), lambda _: 1e-3)
         clone(policy, x, target, epochs=50, batch_size=64)
         with th.no_grad():
-            dist = policy.get_distribution(th.as_tensor(x))
-            conditional = getattr(dist, "conditional_mean", None)
-            given = th.as_tensor(target)
-            mean = dist.distribution.mean if conditional is None else conditional(given)
+            mean = imitated_means(policy, th.as_tensor(x), th.as_tensor(target))
         err = (mean.numpy() - target) ** 2
         errors[kind.__name__] = float(err.reshape(512, 4, 3)[:, 1:].mean())  # devices 1-3
     assert errors["PerDeviceActorCriticPolicy"] > 0.6, errors  # the target's variance: 0.64
