@@ -37,6 +37,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv,
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 
 from agents.actions import ACTION_FORMS, ActionAdapter, AgentAction
+from agents.credit import arrival_credit
 from agents.features import ObservationFeatures
 from fedenv.config import EnvConfig
 from fedenv.env import FedLoRAWirelessEnv
@@ -100,10 +101,12 @@ def make_vec_env(
     action_form: str = "factored",
     shield: bool = False,
     base_v: float | None = None,
+    credit: bool = False,
 ) -> VecEnv:
     """``n_envs`` training envs with the agent's observation and action form (and the budget
     shield); env i starts from ``reset(seed=seed + i)``. ``base_v``: V of the Lyapunov policy
-    under the stateful action forms (None = its default)."""
+    under the stateful action forms (None = its default). ``credit``: every info also carries
+    each device's credit (:class:`BatchedAgentVecEnv`; batched envs only)."""
     if n_envs < 1:
         raise ValueError(f"n_envs must be >= 1, got {n_envs}")
     if kind not in VEC_ENV_KINDS:
@@ -116,9 +119,16 @@ def make_vec_env(
             if config.learning.backend == "surrogate" and not actions.stateful
             else "dummy"
         )
+    if credit and kind != "batched":
+        raise ValueError(
+            f"the devices' credit comes from the batched training env; got vec_env {kind!r} "
+            "(use batched, with the surrogate backend and a stateless action form)"
+        )
     if kind == "batched":
         venv = VecMonitor(
-            BatchedAgentVecEnv(config, n_envs, ObservationFeatures(config, obs_features), actions)
+            BatchedAgentVecEnv(
+                config, n_envs, ObservationFeatures(config, obs_features), actions, credit=credit
+            )
         )
     elif kind == "subproc" and n_envs > 1:
         venv = SubprocVecEnv(
@@ -215,7 +225,11 @@ class BatchedAgentVecEnv(FedLoRAWirelessVecEnv):
     :class:`EpisodeStats`. Every ``info`` carries ``reward_terms`` (the env's named terms) and the
     round's costs (``cost``, ``cost_per_device``, with a latency budget ``cost_latency``); an
     episode's last one also ``accuracy`` (the final accuracy), ``episode_metrics`` and
-    ``terminal_observation``. Wrap it in ``VecMonitor`` for SB3's episode returns.
+    ``terminal_observation``. With ``credit=True`` every info also carries ``device_credit``,
+    the accuracy-term points each device's arrival added to the round
+    (:func:`agents.credit.arrival_credit`, shape (K,)), and ``round``, the round's number in its
+    episode (for :class:`agents.credit.CounterfactualPPO`). Wrap it in ``VecMonitor`` for SB3's
+    episode returns.
     """
 
     def __init__(
@@ -224,6 +238,7 @@ class BatchedAgentVecEnv(FedLoRAWirelessVecEnv):
         num_envs: int,
         features: ObservationFeatures,
         actions: ActionAdapter,
+        credit: bool = False,
     ) -> None:
         if actions.stateful:
             raise ValueError(
@@ -240,6 +255,9 @@ class BatchedAgentVecEnv(FedLoRAWirelessVecEnv):
         self.stats = EpisodeStats(
             num_envs, config.devices.num_devices, config.budgets.energy_budget_j
         )
+        self.credit = credit
+        # the loss gap of the state each env is in (the credit's round starts from it)
+        self._gap = np.ones(num_envs)
 
     def reset(self) -> NDArray[np.float32]:
         obs = np.asarray(super().reset())
@@ -251,6 +269,7 @@ class BatchedAgentVecEnv(FedLoRAWirelessVecEnv):
     def _observe(self, obs: NDArray[np.float32], info: dict[str, Any]) -> NDArray[np.float32]:
         """The agent's observation of the state ``info`` describes; the action form (its
         shield) acts on the same ``info``."""
+        self._gap = np.array(info["loss_gap"], dtype=np.float64)
         self.actions.observe(info)
         return self.features(obs, info)
 
@@ -262,6 +281,7 @@ class BatchedAgentVecEnv(FedLoRAWirelessVecEnv):
     def step_wait(self) -> VecEnvStepReturn:
         if self._actions is None:
             raise RuntimeError("call step_async() before step_wait()")
+        gap_before = self._gap
         obs, rewards, terminated, truncated, info = self.venv.step(self._actions)
         self._actions = None
         terms = {
@@ -282,6 +302,10 @@ class BatchedAgentVecEnv(FedLoRAWirelessVecEnv):
         if "cost_latency" in info:
             for out, latency in zip(infos, info["cost_latency"].tolist()):
                 out["cost_latency"] = latency
+        if self.credit:
+            credit = arrival_credit(self.config, info, gap_before)
+            for out, row, t in zip(infos, credit, info["round"].tolist()):
+                out["device_credit"], out["round"] = row, t
         dones = terminated | truncated
         if dones.any():
             for j in np.flatnonzero(dones):

@@ -9,6 +9,8 @@
     python -m agents.train_ppo --config soft --total-timesteps 200000 --n-envs 4 --vec-env subproc
     python -m agents.train_ppo --train-config configs/train/ppo.yaml \\
         --config configs/scenarios/dense_cell.yaml
+    # each device credited with what its own update added (agents/credit.py)
+    python -m agents.train_ppo --config configs/scenarios/large_cell.yaml --advantage counterfactual
     # continue from the newest intact checkpoint
     python -m agents.train_ppo --run-dir runs/my_run --resume
 
@@ -46,6 +48,7 @@ from agents.callbacks import (
     checkpoint_callback,
 )
 from agents.constraints import AccuracyConstraint, DualAscentCallback
+from agents.credit import ADVANTAGES, CounterfactualPPO, check_counterfactual
 from agents.envs import episode_seeds, make_vec_env
 from agents.features import ObservationFeatures
 from agents.lagrangian import (
@@ -184,6 +187,15 @@ class Args:
     target_kl: float | None = field(
         default=None,
         metadata=arg_help("early-stop an update above this KL (None = off)", Range(gt=0)),
+    )
+    advantage: str = field(
+        default="gae",
+        metadata=arg_help(
+            "gae (PPO's: every device's action credited with the round's advantage) or "
+            "counterfactual (each device's with the advantage less the accuracy the round "
+            "would have gained without its update, from the surrogate; per-device ratios; "
+            "agents/credit.py)"
+        ),
     )
     # --- objective: PPO-Lagrangian (agents/lagrangian.py) or the env's weighted reward
     objective: str = field(
@@ -326,6 +338,7 @@ def main(argv: list[str] | None = None) -> Path:
         ("objective", args.objective, ("lagrangian", "weighted")),
         ("multipliers", args.multipliers, MULTIPLIER_MODES),
         ("multiplier_ascent", args.multiplier_ascent, ASCENT_RULES),
+        ("advantage", args.advantage, ADVANTAGES),
     ):
         if value not in valid:
             raise ValueError(
@@ -336,6 +349,8 @@ def main(argv: list[str] | None = None) -> Path:
             f"--use-sde needs --policy mlp: the {args.policy} policy has no state-dependent "
             "noise (pass --policy mlp, or drop --use-sde)"
         )
+    if args.advantage == "counterfactual":
+        check_counterfactual(args.policy, args.vec_env, args.action_form)
     if args.resume and args.run_dir and RunDir(args.run_dir).is_run:
         old_args = RunDir(args.run_dir).read_args()
         # a run from before PPO-Lagrangian became the default trained on the weighted reward, and
@@ -347,6 +362,10 @@ def main(argv: list[str] | None = None) -> Path:
 
     # --- run directory (a new one, or the one to resume with its saved arguments)
     args, run, config, latest = prepare_run(args, given, "ppo", Args)
+    counterfactual = args.advantage == "counterfactual"
+    if counterfactual:
+        check_counterfactual(args.policy, args.vec_env, args.action_form, config)
+    algo = CounterfactualPPO if counterfactual else PPO
 
     # --- seeding: python, numpy and torch (SB3's set_random_seed), the model (seed=) and the envs
     set_random_seed(args.seed)
@@ -367,6 +386,7 @@ def main(argv: list[str] | None = None) -> Path:
         action_form=args.action_form,
         shield=args.shield,
         base_v=args.base_v,
+        credit=counterfactual,
     )
     per_device = args.policy != "mlp"
     lagrangian = None
@@ -418,7 +438,7 @@ def main(argv: list[str] | None = None) -> Path:
     # --- model
     tb = str(run.tensorboard) if args.tensorboard else None
     if latest is not None:
-        model = PPO.load(latest.model, env=venv, device=args.device, tensorboard_log=tb)
+        model = algo.load(latest.model, env=venv, device=args.device, tensorboard_log=tb)
         print(
             f"[resume] {run.path}: continuing from step {model.num_timesteps:,d} ({latest.label})",
             flush=True,
@@ -426,7 +446,7 @@ def main(argv: list[str] | None = None) -> Path:
     else:
         lr = args.learning_rate
         schedule = (lambda progress: progress * lr) if args.lr_schedule == "linear" else lr
-        model = PPO(
+        model = algo(
             policy_class(args.policy),
             venv,
             learning_rate=schedule,
