@@ -14,7 +14,10 @@ partitions for all). Written to ``--out``:
 * ``rounds.csv``  one row per (policy, round): the means over the episodes of the round's
   accuracy (after it), devices scheduled, energy per device and label skew of the arrivals
   (over the episodes in which an update arrived; empty if none did);
-* ``summary.md`` / ``summary.json``  mean and 95% confidence interval per policy;
+* ``summary.md`` / ``summary.json``  the objective first (final accuracy, budget compliance,
+  worst cost / budget and the final accuracy's paired difference from the first policy listed,
+  :func:`baselines.objective.paired_summary`), then every metric's mean and 95% confidence
+  interval per policy;
 * ``accuracy.png``, ``energy.png``, ``backlog.png``  accuracy per round, cumulative energy
   per device against the budget, and the virtual queues (mean and 95% CI over seeds);
 * with ``--sweep-V``: ``sweep_V.csv`` / ``sweep_V.md`` and ``tradeoff.png`` (final accuracy
@@ -52,6 +55,7 @@ from baselines.evaluation import (
     summarize,
 )
 from baselines.lyapunov import LyapunovPolicy, check_tradeoff, tsfa_offline_rank
+from baselines.objective import objective_table, paired_summary
 from baselines.registry import make_policy, split_specs
 from fedenv.config import EnvConfig
 from fedenv.scenarios import named_config
@@ -469,6 +473,15 @@ def main(argv: Sequence[str] | None = None) -> Comparison:
     write_episodes_csv(comparison.evaluations, out / "episodes.csv")
     write_rounds_csv(comparison.evaluations, out / "rounds.csv")
     table = format_table(comparison)
+    # the papers' objective first: final accuracy with every budget kept, paired with the first
+    objective = [{"setting": name, **row} for row in paired_summary(comparison.evaluations)]
+    reference = comparison.evaluations[0].policy
+    objective_text = (
+        f"The objective: final accuracy with every budget kept, each policy paired with "
+        f"{reference} on the same seeds (Δ: mean ± 95% CI of the per-seed difference; an "
+        f"interval above 0 is strictly more accurate).\n\n"
+        + objective_table(objective, "config", reference)
+    )
     header = (
         f"Comparison on `{name}` ({cfg.paradigm}, K = {cfg.devices.num_devices}, T = "
         f"{cfg.num_rounds}, "
@@ -476,15 +489,20 @@ def main(argv: Sequence[str] | None = None) -> Comparison:
         f"mean ± 95% CI over {args.episodes} episodes; within budget = average energy <= "
         f"{1 + args.budget_tolerance:g} x budget.\n\n`{command}`\n\n"
     )
-    (out / "summary.md").write_text(header + table + "\n")
+    (out / "summary.md").write_text(header + objective_text + "\n\n" + table + "\n")
     (out / "summary.json").write_text(
         json.dumps(
-            {"command": command, "seeds": comparison.seeds, "policies": summarize(comparison)},
+            {
+                "command": command,
+                "seeds": comparison.seeds,
+                "objective": objective,
+                "policies": summarize(comparison),
+            },
             indent=2,
             default=float,
         )
     )
-    print(header + table)
+    print(header + objective_text + "\n\n" + table)
     if not args.no_plots:
         files = plot_comparison(comparison, out)
         print("plots: " + ", ".join(str(f) for f in files))

@@ -41,8 +41,12 @@ __all__ = [
     "MIN_COMPLIANCE",
     "constrained_score",
     "in_budget",
+    "format_compliance",
+    "format_mean_ci",
     "objective_summary",
+    "objective_table",
     "paired_difference",
+    "paired_summary",
 ]
 
 #: A budget is kept when the cost is at most (1 + this) x the budget.
@@ -112,3 +116,53 @@ def paired_difference(
     if x.shape != y.shape:
         raise ValueError(f"a paired difference needs as many episodes: {x.size} vs {y.size}")
     return mean_ci(x - y)
+
+
+def paired_summary(evaluations: Sequence[Evaluation]) -> list[dict[str, Any]]:
+    """One row per evaluation, the first being the reference: :func:`objective_summary` and
+    ``diff``, ``diff_ci95``, the paired final-accuracy difference from the first (NaN for the
+    first itself). The evaluations must share their seeds."""
+    rows = []
+    for i, ev in enumerate(evaluations):
+        row = objective_summary(ev)
+        row["diff"], row["diff_ci95"] = (
+            paired_difference(ev, evaluations[0]) if i else (math.nan, math.nan)
+        )
+        rows.append(row)
+    return rows
+
+
+def format_mean_ci(mean: float, half: float, fmt: str, signed: bool = False) -> str:
+    """``mean ± half`` in format ``fmt`` (``–`` for NaN)."""
+    if not math.isfinite(mean):
+        return "–"
+    sign = "+" if signed else ""
+    return f"{mean:{sign}{fmt}} ± {half:{fmt}}"
+
+
+def format_compliance(x: float) -> str:
+    """A budget compliance as a percentage (NaN: no budget)."""
+    return "– (no budget)" if not math.isfinite(x) else f"{100 * x:.0f}%"
+
+
+def objective_table(
+    rows: Sequence[dict[str, Any]], setting: str = "scenario", reference: str = "Lyapunov"
+) -> str:
+    """Rows of :func:`paired_summary` (each with a ``setting``) as a Markdown table, one line per
+    (setting, policy); ``reference`` names the policy the differences are paired with."""
+    lines = [
+        f"| {setting} | policy | final accuracy | budget compliance | worst cost / budget | "
+        f"Δ accuracy vs {reference} (paired) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        cells = (
+            r["setting"],
+            r["policy"],
+            format_mean_ci(r["final_accuracy"], r["final_accuracy_ci95"], ".4f"),
+            format_compliance(r["compliance"]),
+            format_mean_ci(r["worst_budget_use"], r["worst_budget_use_ci95"], ".2f"),
+            format_mean_ci(r["diff"], r["diff_ci95"], ".4f", signed=True),
+        )
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
-import math
 import shlex
 import subprocess
 import sys
@@ -51,9 +50,11 @@ from baselines.lyapunov import check_tradeoff
 from baselines.objective import (
     BUDGET_TOLERANCE,
     constrained_score,
+    format_compliance,
+    format_mean_ci,
     in_budget,
-    objective_summary,
-    paired_difference,
+    objective_table,
+    paired_summary,
 )
 from baselines.pareto import parse_seeds
 from baselines.registry import make_policy, split_specs
@@ -228,52 +229,17 @@ def paired_rows(
     policy (``setting`` = ``label``, ``kind``, :func:`baselines.objective.objective_summary`,
     and ``diff``, ``diff_ci95``: the paired final-accuracy difference from the first; NaN for
     the first itself)."""
-    rows = []
-    reference = None
-    for kind, policy in policies:
-        ev = evaluate(policy, config, seeds, budget_tolerance=budget_tolerance)
-        row = {"setting": label, "kind": kind, **objective_summary(ev)}
-        row["diff"], row["diff_ci95"] = (
-            paired_difference(ev, reference) if reference is not None else (math.nan, math.nan)
-        )
-        if reference is None:
-            reference = ev
-        rows.append(row)
-    return rows
+    kinds = [kind for kind, _ in policies]
+    evaluations = [
+        evaluate(policy, config, seeds, budget_tolerance=budget_tolerance) for _, policy in policies
+    ]
+    return [
+        {"setting": label, "kind": kind, **row}
+        for kind, row in zip(kinds, paired_summary(evaluations))
+    ]
 
 
 # ---------------------------------------------------------------------- tables
-def _pm(mean: float, half: float, fmt: str, signed: bool = False) -> str:
-    if not math.isfinite(mean):
-        return "–"
-    sign = "+" if signed else ""
-    return f"{mean:{sign}{fmt}} ± {half:{fmt}}"
-
-
-def _pct(x: float) -> str:
-    return "– (no budget)" if not math.isfinite(x) else f"{100 * x:.0f}%"
-
-
-def objective_table(rows: Sequence[dict[str, Any]], setting: str = "scenario") -> str:
-    """The results as a Markdown table, one line per (setting, policy)."""
-    lines = [
-        f"| {setting} | policy | final accuracy | budget compliance | worst cost / budget | "
-        "Δ accuracy vs Lyapunov (paired) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        cells = (
-            r["setting"],
-            r["policy"],
-            _pm(r["final_accuracy"], r["final_accuracy_ci95"], ".4f"),
-            _pct(r["compliance"]),
-            _pm(r["worst_budget_use"], r["worst_budget_use_ci95"], ".2f"),
-            _pm(r["diff"], r["diff_ci95"], ".4f", signed=True),
-        )
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def tuning_table(tuning: Sequence[dict[str, Any]], setting: str = "scenario") -> str:
     """The V tuning on the validation seeds as a Markdown table (the chosen V in bold)."""
     lines = [
@@ -284,9 +250,9 @@ def tuning_table(tuning: Sequence[dict[str, Any]], setting: str = "scenario") ->
         cells = (
             r["setting"],
             f"**{r['V']:g}**" if r["chosen"] else f"{r['V']:g}",
-            _pm(r["final_accuracy"], r["final_accuracy_ci95"], ".4f"),
-            _pct(r["compliance"]),
-            _pm(r["worst_budget_use"], r["worst_budget_use_ci95"], ".2f"),
+            format_mean_ci(r["final_accuracy"], r["final_accuracy_ci95"], ".4f"),
+            format_compliance(r["compliance"]),
+            format_mean_ci(r["worst_budget_use"], r["worst_budget_use_ci95"], ".2f"),
         )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -343,7 +344,21 @@ def test_compare_cli_end_to_end_on_tiny_config(tmp_path, capsys):
     assert float(last["scheduled"]) == cfg.devices.num_devices
     assert cfg.devices.num_devices == 3
     assert "lyapunov(V=10)" in printed and "V sweep" in printed
-    assert "python -m baselines.compare" in (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text()
+    assert "python -m baselines.compare" in summary
+    # the objective first: each policy's final accuracy paired with the first policy listed
+    assert summary.index("Δ accuracy vs lyapunov(V=10) (paired)") < summary.index("mean accuracy")
+    objective = json.loads((out / "summary.json").read_text())["objective"]
+    assert [r["policy"] for r in objective] == ["lyapunov(V=10)", "max", "greedy(f=0.5)", "random"]
+    assert math.isnan(objective[0]["diff"])
+    accuracy = {
+        p: np.array([float(r["final_accuracy"]) for r in rows if r["policy"] == p])
+        for p in ("lyapunov(V=10)", "random")
+    }
+    difference = accuracy["random"] - accuracy["lyapunov(V=10)"]
+    assert objective[3]["diff"] == pytest.approx(difference.mean())
+    assert objective[3]["diff_ci95"] == pytest.approx(mean_ci(difference)[1])
+    assert objective[1]["compliance"] == 0.0  # max overspends
 
 
 def test_compare_cli_bad_input(tmp_path, capsys):
