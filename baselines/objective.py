@@ -118,15 +118,17 @@ def paired_difference(
     return mean_ci(x - y)
 
 
-def paired_summary(evaluations: Sequence[Evaluation]) -> list[dict[str, Any]]:
-    """One row per evaluation, the first being the reference: :func:`objective_summary` and
-    ``diff``, ``diff_ci95``, the paired final-accuracy difference from the first (NaN for the
-    first itself). The evaluations must share their seeds."""
+def paired_summary(evaluations: Sequence[Evaluation], reference: int = 0) -> list[dict[str, Any]]:
+    """One row per evaluation: :func:`objective_summary` and ``diff``, ``diff_ci95``, the paired
+    final-accuracy difference from ``evaluations[reference]`` (NaN for that one itself). The
+    evaluations must share their seeds."""
     rows = []
     for i, ev in enumerate(evaluations):
         row = objective_summary(ev)
         row["diff"], row["diff_ci95"] = (
-            paired_difference(ev, evaluations[0]) if i else (math.nan, math.nan)
+            paired_difference(ev, evaluations[reference])
+            if i != reference
+            else (math.nan, math.nan)
         )
         rows.append(row)
     return rows

@@ -361,6 +361,19 @@ def test_compare_cli_end_to_end_on_tiny_config(tmp_path, capsys):
     assert objective[1]["compliance"] == 0.0  # max overspends
 
 
+def test_compare_pairs_with_the_first_lyapunov_policy_listed(tmp_path):
+    argv = ["--config", str(TINY), "--episodes", "2", "--no-plots", "--no-progress"]
+    out = tmp_path / "cmp"
+    compare_main([*argv, "--policies", "random,lyapunov:V=3,max", "--out", str(out)])
+    objective = json.loads((out / "summary.json").read_text())["objective"]
+    assert [r["policy"] for r in objective] == ["random", "lyapunov(V=3)", "max"]
+    assert math.isnan(objective[1]["diff"]) and objective[0]["diff"] < 0
+    assert "Δ accuracy vs lyapunov(V=3) (paired)" in (out / "summary.md").read_text()
+    compare_main([*argv, "--policies", "random,max", "--out", str(out)])
+    objective = json.loads((out / "summary.json").read_text())["objective"]
+    assert math.isnan(objective[0]["diff"]) and objective[1]["diff"] > 0
+
+
 def test_compare_cli_bad_input(tmp_path, capsys):
     with pytest.raises(SystemExit):
         compare_main(["--config", str(TINY), "--policies", "maxx", "--out", str(tmp_path)])
