@@ -44,12 +44,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from torch.nn import functional as F
 
 from fedenv.config import EnvConfig
-from fedenv.learning.surrogate import (
-    accuracy_from_gap,
-    arrival_what_ifs,
-    next_gap,
-    round_progress,
-)
+from fedenv.learning.surrogate import accuracy_from_gap, arrival_what_ifs, next_gap
 
 __all__ = ["ADVANTAGES", "CounterfactualPPO", "arrival_credit", "check_counterfactual"]
 
@@ -97,8 +92,8 @@ def arrival_credit(
         config: the env's config (surrogate backend).
         info: the batched env's ``info`` of the round
             (:class:`fedenv.vector.FedLoRAWirelessVectorEnv`): ``data_size``,
-            ``label_distribution``, ``global_label_distribution``, ``rank``, ``sparsity_ratio``
-            and ``success``.
+            ``label_distribution``, ``global_label_distribution``, ``rank``, ``sparsity_ratio``,
+            ``success`` and ``loss_gap`` (the gap after the round).
         gap_before: the loss gap G before the round, shape (N,).
 
     Returns:
@@ -114,7 +109,8 @@ def arrival_credit(
     ratio = np.asarray(info["sparsity_ratio"], dtype=np.float64) if config.sparsifies else None
     weight = np.asarray(info["success"], dtype=np.float64)
     gap = np.asarray(gap_before, dtype=np.float64)
-    played = next_gap(gap, *round_progress(share, weight, rank, ratio, labels, mix, cfg), cfg)
+    # the round as played is the env's own (its loss gap after the round)
+    played = np.asarray(info["loss_gap"], dtype=np.float64)
     # the what-ifs' global mix lines up with their (what-if, device) axes
     progress, floor = arrival_what_ifs(
         share, weight, rank, ratio, labels, mix[:, None, None, :], cfg

@@ -269,7 +269,9 @@ class BatchedAgentVecEnv(FedLoRAWirelessVecEnv):
     def _observe(self, obs: NDArray[np.float32], info: dict[str, Any]) -> NDArray[np.float32]:
         """The agent's observation of the state ``info`` describes; the action form (its
         shield) acts on the same ``info``."""
-        self._gap = np.array(info["loss_gap"], dtype=np.float64)
+        if self.credit:
+            # the gap the next round starts from (state arrays are read-only, replaced per round)
+            self._gap = info["loss_gap"]
         self.actions.observe(info)
         return self.features(obs, info)
 

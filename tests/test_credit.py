@@ -12,6 +12,7 @@ import pytest
 
 pytest.importorskip("stable_baselines3")
 
+import torch as th  # noqa: E402
 from stable_baselines3.common.vec_env import VecEnvWrapper  # noqa: E402
 
 from agents import train_ppo  # noqa: E402
@@ -136,18 +137,14 @@ def test_the_rollouts_baseline_lines_up_with_the_rollout_buffer() -> None:
     credit = np.array([[i["device_credit"] for i in step] for step in infos]).swapaxes(0, 1)
     rounds = np.array([[i["round"] for i in step] for step in infos]).T.reshape(-1)
     credit = credit.reshape(-1, k)
-    b = baseline  # b_k - m(t)
-    mean = {t: 0.0 for t in np.unique(rounds)}
-    rewards = flat(buffer.rewards).reshape(-1)
-    raw = rewards[:, None] - credit
+    raw = flat(buffer.rewards).reshape(-1)[:, None] - credit  # b_k
+    mean = {t: raw[rounds == t].mean() for t in np.unique(rounds)}  # m(t)
+    np.testing.assert_allclose(
+        baseline, raw - np.array([mean[t] for t in rounds])[:, None], atol=1e-5
+    )
     for t in mean:
-        mean[t] = raw[rounds == t].mean()
-    np.testing.assert_allclose(b, raw - np.array([mean[t] for t in rounds])[:, None], atol=1e-5)
-    for t in mean:
-        assert abs(b[rounds == t].mean()) < 1e-5
+        assert abs(baseline[rounds == t].mean()) < 1e-5
     # per-device log-probabilities of the rollout's actions sum to the ones PPO stored
-    import torch as th
-
     with th.no_grad():
         log_prob, values, _ = model._device_log_prob(
             th.as_tensor(flat(buffer.observations)), th.as_tensor(flat(buffer.actions))
