@@ -59,6 +59,10 @@ Lyapunov policy's own budget-guard rule, so the energy constraint holds by const
 shield reads the ``info`` of the state the action is for: :meth:`ActionAdapter.observe` before
 each action, as the stateful forms do (a batch's ``info`` in the batched training env).
 
+``prune=True`` adds the arrival pruner (:class:`fedenv.wrappers.ArrivalPruner`) after the form
+and the shield: every scheduled device whose update the surrogate predicts would raise the loss
+gap (a label-skewed arrival once the model is good) is idled.
+
 One :class:`ActionAdapter` serves the training wrapper of the stateful forms
 (:class:`AgentAction`), the batched training env and the evaluation adapter, so they cannot
 disagree.
@@ -75,12 +79,14 @@ from numpy.typing import NDArray
 
 from fedenv.actions import ActionCodec
 from fedenv.config import EnvConfig
-from fedenv.wrappers import BudgetShield, FactoredCodec
+from fedenv.wrappers import ArrivalPruner, BudgetShield, FactoredCodec
 
 __all__ = [
     "ACTION_FORMS",
     "ACTION_FORM_HELP",
     "BASE_V_HELP",
+    "PRUNE_HELP",
+    "PRUNE_MODES",
     "GATE_THRESHOLD",
     "RESIDUAL_SCALE",
     "TRADEOFF_DECADES",
@@ -101,6 +107,15 @@ ACTION_FORM_HELP = (
     "of the Lyapunov policy), gated (which of the Lyapunov policy's devices train) or tradeoff "
     "(how the Lyapunov policy weighs each device's energy); agents/actions.py"
 )
+#: When the arrival pruner acts on a learned policy's decisions (the training scripts' --prune)
+PRUNE_MODES = ("never", "deploy", "always")
+PRUNE_HELP = (
+    "the arrival pruner (fedenv.wrappers.ArrivalPruner: idle every scheduled device whose update "
+    "the surrogate predicts would raise the loss gap, after the shield): never; deploy (on the "
+    "trained policy's decisions: the held-out evaluations that pick the best model, and wherever "
+    "the run is loaded; the training rollouts play the agent's own decisions); always (the "
+    "training rollouts too)"
+)
 BASE_V_HELP = (
     "V of the Lyapunov policy that the residual, gated and tradeoff action forms act on (None = "
     "its default V; pass the scenario's tuned V, docs/suite.md)"
@@ -116,9 +131,11 @@ class ActionAdapter:
         kind: str = "factored",
         shield: bool = False,
         base_v: float | None = None,
+        prune: bool = False,
     ) -> None:
         """``base_v``: V of the Lyapunov policy that the ``residual``, ``gated`` and ``tradeoff``
-        forms act on (None = its default V)."""
+        forms act on (None = its default V); ``prune``: the arrival pruner after the form (and
+        the shield)."""
         if kind not in ACTION_FORMS:
             raise ValueError(f"action_form must be one of {', '.join(ACTION_FORMS)}, got {kind!r}")
         comps = config.action_components
@@ -153,6 +170,7 @@ class ActionAdapter:
         self._base_policy: Any = None
         self._base: NDArray[np.float32] | None = None
         self.shield = BudgetShield(config) if shield else None
+        self.pruner = ArrivalPruner(config) if prune else None
         self._info: dict[str, Any] | None = None
         if kind in ("residual", "gated", "tradeoff"):
             from baselines.lyapunov import DEFAULT_V, LyapunovPolicy
@@ -183,7 +201,7 @@ class ActionAdapter:
         and the shield plays it on the round's channel."""
         if self._base_policy is not None and not self.tradeoff:
             self._base = np.asarray(self._base_policy.act(None, info), dtype=np.float32)
-        if self.shield is not None or self.tradeoff:
+        if self.shield is not None or self.pruner is not None or self.tradeoff:
             self._info = info
 
     @property
@@ -194,11 +212,17 @@ class ActionAdapter:
         """The env's canonical action; a batch (N, K, C') of ``env`` or ``factored`` actions gives
         (N, K, C)."""
         out = self._form(action)
-        if self.shield is None:
+        if self.shield is None and self.pruner is None:
             return out
         if self._info is None:
-            raise RuntimeError("the budget shield needs observe(info) after every reset/step")
-        return self.shield(out, self._info)
+            raise RuntimeError(
+                "the budget shield and the arrival pruner need observe(info) after every reset/step"
+            )
+        if self.shield is not None:
+            out = self.shield(out, self._info)
+        if self.pruner is not None:
+            out = self.pruner(out, self._info)
+        return out
 
     def _form(self, action: NDArray[np.floating[Any]]) -> NDArray[np.float32]:
         a = np.asarray(action, dtype=np.float32)

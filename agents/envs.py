@@ -4,7 +4,9 @@
 monitored env: ``LabelSkewObservation`` (obs features ``label_mix``, ``label_mix_time``),
 ``FactoredAction`` (action form ``factored``; the stateful forms ``residual``, ``gated`` and
 ``tradeoff`` are :class:`agents.actions.AgentAction`), with ``shield=True``
-``BudgetShieldAction`` under them (the budget shield, :class:`fedenv.wrappers.BudgetShield`), and
+``BudgetShieldAction`` under them (the budget shield, :class:`fedenv.wrappers.BudgetShield`),
+with ``prune=True`` ``ArrivalPrunerAction`` under the shield (the arrival pruner,
+:class:`fedenv.wrappers.ArrivalPruner`, which prunes what the shield let through), and
 ``HorizonIsTermination``.
 ``make_vec_env(config, n_envs, kind, seed)`` builds ``n_envs`` training envs with the agent's
 observation and action form (:mod:`agents.features`, :mod:`agents.actions`):
@@ -43,6 +45,7 @@ from fedenv.config import EnvConfig
 from fedenv.env import FedLoRAWirelessEnv
 from fedenv.sb3 import FedLoRAWirelessVecEnv
 from fedenv.wrappers import (
+    ArrivalPrunerAction,
     BudgetShieldAction,
     FactoredAction,
     HorizonIsTermination,
@@ -67,9 +70,11 @@ def make_env(
     action_form: str = "factored",
     shield: bool = False,
     base_v: float | None = None,
+    prune: bool = False,
 ) -> Callable[[], gym.Env[Any, Any]]:
     """A thunk building one monitored training env (picklable for subprocess vector envs);
-    ``base_v``: V of the Lyapunov policy under the stateful action forms (None = its default)."""
+    ``base_v``: V of the Lyapunov policy under the stateful action forms (None = its default);
+    ``prune``: the arrival pruner over the shield."""
 
     if action_form not in ACTION_FORMS:
         raise ValueError(
@@ -81,6 +86,9 @@ def make_env(
         env: gym.Env[Any, Any] = Monitor(FedLoRAWirelessEnv(config))
         if obs_features != "env":
             env = LabelSkewObservation(env, obs_features)
+        # (the outer wrapper maps the action first: the shield, then the pruner)
+        if prune:
+            env = ArrivalPrunerAction(env)
         if shield:
             env = BudgetShieldAction(env)
         if action_form == "factored":
@@ -102,17 +110,19 @@ def make_vec_env(
     shield: bool = False,
     base_v: float | None = None,
     credit: bool = False,
+    prune: bool = False,
 ) -> VecEnv:
     """``n_envs`` training envs with the agent's observation and action form (and the budget
     shield); env i starts from ``reset(seed=seed + i)``. ``base_v``: V of the Lyapunov policy
     under the stateful action forms (None = its default). ``credit``: every info also carries
-    each device's credit (:class:`BatchedAgentVecEnv`; batched envs only)."""
+    each device's credit (:class:`BatchedAgentVecEnv`; batched envs only). ``prune``: the
+    arrival pruner after the shield (:class:`fedenv.wrappers.ArrivalPruner`)."""
     if n_envs < 1:
         raise ValueError(f"n_envs must be >= 1, got {n_envs}")
     if kind not in VEC_ENV_KINDS:
         raise ValueError(f"vec_env must be one of {', '.join(VEC_ENV_KINDS)}, got {kind!r}")
     venv: VecEnv
-    actions = ActionAdapter(config, action_form, shield=shield, base_v=base_v)
+    actions = ActionAdapter(config, action_form, shield=shield, base_v=base_v, prune=prune)
     if kind == "auto":
         kind = (
             "batched"
@@ -132,12 +142,18 @@ def make_vec_env(
         )
     elif kind == "subproc" and n_envs > 1:
         venv = SubprocVecEnv(
-            [make_env(config, obs_features, action_form, shield, base_v) for _ in range(n_envs)],
+            [
+                make_env(config, obs_features, action_form, shield, base_v, prune)
+                for _ in range(n_envs)
+            ],
             start_method="forkserver",
         )
     else:
         venv = DummyVecEnv(
-            [make_env(config, obs_features, action_form, shield, base_v) for _ in range(n_envs)]
+            [
+                make_env(config, obs_features, action_form, shield, base_v, prune)
+                for _ in range(n_envs)
+            ]
         )
     venv.seed(int(seed))
     return venv

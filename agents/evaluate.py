@@ -322,6 +322,7 @@ def load_policy(
         saved.get("action_form") or _infer_action_form(model, cfg),
         shield=bool(saved.get("shield", False)),
         base_v=saved.get("base_v"),
+        prune=saved.get("prune", "never") != "never",
     )
     stats = _compatible(model, norm, cfg, features, actions, spec)
     return SB3Policy(model, norm, files.label, features=features, actions=actions, obs_stats=stats)

@@ -40,7 +40,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import CallbackList
 from stable_baselines3.common.utils import set_random_seed
 
-from agents.actions import ACTION_FORM_HELP, BASE_V_HELP, ActionAdapter
+from agents.actions import ACTION_FORM_HELP, BASE_V_HELP, PRUNE_HELP, PRUNE_MODES, ActionAdapter
 from agents.callbacks import (
     EnvMetricsCallback,
     HeldOutEvalCallback,
@@ -127,6 +127,7 @@ class Args:
             "shield; fedenv.wrappers.BudgetShield)"
         ),
     )
+    prune: str = field(default="deploy", metadata=arg_help(PRUNE_HELP))
     norm_obs: bool = field(
         default=True,
         metadata=arg_help("normalise observations (VecNormalize, saved with the model)"),
@@ -339,6 +340,7 @@ def main(argv: list[str] | None = None) -> Path:
         ("multipliers", args.multipliers, MULTIPLIER_MODES),
         ("multiplier_ascent", args.multiplier_ascent, ASCENT_RULES),
         ("advantage", args.advantage, ADVANTAGES),
+        ("prune", args.prune, PRUNE_MODES),
     ):
         if value not in valid:
             raise ValueError(
@@ -353,9 +355,10 @@ def main(argv: list[str] | None = None) -> Path:
         check_counterfactual(args.policy, args.vec_env, args.action_form)
     if args.resume and args.run_dir and RunDir(args.run_dir).is_run:
         old_args = RunDir(args.run_dir).read_args()
-        # a run from before PPO-Lagrangian became the default trained on the weighted reward, and
-        # one from before the shield became the default trained without it
-        for key, before in (("objective", "weighted"), ("shield", False)):
+        # a run from before PPO-Lagrangian became the default trained on the weighted reward, one
+        # from before the shield became the default trained without it, and one from before the
+        # pruner without that
+        for key, before in (("objective", "weighted"), ("shield", False), ("prune", "never")):
             if key not in given and key not in old_args:
                 setattr(args, key, before)
                 given.add(key)
@@ -376,7 +379,13 @@ def main(argv: list[str] | None = None) -> Path:
 
     # --- environments and normaliser
     features = ObservationFeatures(config, args.obs_features)
-    actions = ActionAdapter(config, args.action_form, shield=args.shield, base_v=args.base_v)
+    actions = ActionAdapter(
+        config,
+        args.action_form,
+        shield=args.shield,
+        base_v=args.base_v,
+        prune=args.prune != "never",
+    )
     venv = make_vec_env(
         config,
         args.n_envs,
@@ -387,6 +396,7 @@ def main(argv: list[str] | None = None) -> Path:
         shield=args.shield,
         base_v=args.base_v,
         credit=counterfactual,
+        prune=args.prune == "always",
     )
     per_device = args.policy != "mlp"
     lagrangian = None

@@ -25,7 +25,7 @@ from stable_baselines3 import SAC
 from stable_baselines3.common.callbacks import CallbackList
 from stable_baselines3.common.utils import set_random_seed
 
-from agents.actions import ACTION_FORM_HELP, BASE_V_HELP, ActionAdapter
+from agents.actions import ACTION_FORM_HELP, BASE_V_HELP, PRUNE_HELP, PRUNE_MODES, ActionAdapter
 from agents.callbacks import EnvMetricsCallback, HeldOutEvalCallback, checkpoint_callback
 from agents.envs import episode_seeds, make_vec_env
 from agents.features import ObservationFeatures
@@ -96,6 +96,7 @@ class Args:
             "budget, in training and evaluation (fedenv.wrappers.BudgetShield; PPO's default)"
         ),
     )
+    prune: str = field(default="never", metadata=arg_help(PRUNE_HELP))
     norm_obs: bool = field(
         default=True,
         metadata=arg_help("normalise observations (VecNormalize, saved with the model)"),
@@ -157,6 +158,8 @@ class Args:
 
 def main(argv: list[str] | None = None) -> Path:
     args, given = parse_args(Args, argv, description=__doc__)
+    if args.prune not in PRUNE_MODES:
+        raise ValueError(f"--prune must be one of {', '.join(PRUNE_MODES)}, got {args.prune!r}")
     if args.policy != "mlp":
         raise ValueError(
             f"train_sac supports policy=mlp only, got {args.policy!r} (the per-device "
@@ -175,7 +178,13 @@ def main(argv: list[str] | None = None) -> Path:
 
     # --- environments and normaliser
     features = ObservationFeatures(config, args.obs_features)
-    actions = ActionAdapter(config, args.action_form, shield=args.shield, base_v=args.base_v)
+    actions = ActionAdapter(
+        config,
+        args.action_form,
+        shield=args.shield,
+        base_v=args.base_v,
+        prune=args.prune != "never",
+    )
     venv = make_vec_env(
         config,
         args.n_envs,
@@ -185,6 +194,7 @@ def main(argv: list[str] | None = None) -> Path:
         action_form=args.action_form,
         shield=args.shield,
         base_v=args.base_v,
+        prune=args.prune == "always",
     )
     if latest is not None:
         venv = load_normalizer(str(latest.normalizer), venv)

@@ -14,7 +14,10 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["Policy", "Handover"]
+from fedenv.config import EnvConfig
+from fedenv.wrappers import ArrivalPruner
+
+__all__ = ["Policy", "Handover", "Pruned"]
 
 
 @runtime_checkable
@@ -55,3 +58,24 @@ class Handover:
         a_first = self.first.act(obs, info)
         a_then = self.then.act(obs, info)
         return a_then if int(info["round"]) >= self.from_round else a_first
+
+
+class Pruned:
+    """Plays ``policy``'s decisions through the arrival pruner
+    (:class:`fedenv.wrappers.ArrivalPruner`): every scheduled device whose update the surrogate
+    predicts would raise the loss gap is idled.
+
+    ``make_policy("prune:<spec>", config)``: e.g. ``prune:lyapunov:V=30`` (the Lyapunov policy
+    through the pruner: a control for the learned agents that act through it), or
+    ``prune:ppo:zoo/<run>`` (a run trained before the pruner, ``--prune never``).
+    """
+
+    def __init__(self, policy: Policy, config: EnvConfig) -> None:
+        self.policy, self.pruner = policy, ArrivalPruner(config)
+        self.name = f"prune:{policy.name}"
+
+    def reset(self, seed: int | None = None) -> None:
+        self.policy.reset(seed)
+
+    def act(self, obs: NDArray[np.float32], info: dict[str, Any]) -> NDArray[np.float32]:
+        return self.pruner(self.policy.act(obs, info), info)

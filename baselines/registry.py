@@ -13,6 +13,8 @@ A spec is ``name`` or ``name:key=value,key=value``::
                               and the calibration's explore[:min_participation=..]
     <spec>>><spec>@N          handover: the first policy for rounds 0..N-1, the second from
                               round N (baselines.policy.Handover), e.g. ppo:runs/x>>lyapunov@44
+    prune:<spec>              the policy's decisions through the arrival pruner
+                              (baselines.policy.Pruned), e.g. prune:lyapunov:V=30
 
 Other kinds come from the packages above this one without this one importing them (the layers
 run ``fedenv`` <- ``baselines`` <- ``agents``): a package names its kinds as Python entry points
@@ -37,7 +39,7 @@ from typing import Any
 
 from baselines.heuristics import HEURISTICS, IncompatiblePolicyError
 from baselines.lyapunov import LyapunovPolicy
-from baselines.policy import Handover, Policy
+from baselines.policy import Handover, Policy, Pruned
 from fedenv.config import EnvConfig
 
 __all__ = [
@@ -198,6 +200,8 @@ def make_policy(spec: str, config: EnvConfig) -> Policy:
         return Handover(
             make_policy(first.strip(), config), make_policy(then.strip(), config), from_round
         )
+    if isinstance(spec, str) and spec.strip().lower().startswith("prune:"):
+        return Pruned(make_policy(spec.strip()[len("prune:") :], config), config)
     name, params = parse_spec(spec)
     if name not in _FACTORIES:
         return _added_factory(name)(spec.strip(), config)

@@ -20,6 +20,9 @@ action ``Box(-1, 1, (K, C))``; a flat observation of 7 K + 4 features):
 | :class:`BudgetShieldAction`   | the canonical action, with every device | constrained agents   |
 |                               | idled whose round would overspend its   | (a safety shield)    |
 |                               | episode energy budget                   |                      |
+| :class:`ArrivalPrunerAction`  | the canonical action, with every device | agents that maximise |
+|                               | idled whose update is predicted to      | the final accuracy   |
+|                               | raise the loss gap                      |                      |
 
 Every wrapper records its constructor arguments (``gymnasium.utils.RecordConstructorArgs``), so
 ``gym.make(wrapped.spec)`` rebuilds the stack and Gymnasium's and SB3's ``check_env`` pass on
@@ -34,7 +37,7 @@ Training stack of ``agents/`` (and of ``agents/vanilla_sb3.py``)::
     env = FactoredAction(LabelSkewObservation(env))     # or FactoredAction(env)
 
 The pure mappings behind the wrappers (:class:`FactoredCodec`, :class:`ObservationFeatures`,
-:class:`BudgetShield`)
+:class:`BudgetShield`, :class:`ArrivalPruner`)
 work on batches too; ``agents/`` applies them to whole batches of the batched vector env and
 in its evaluation adapters, so training and evaluation cannot disagree.
 """
@@ -53,6 +56,7 @@ from numpy.typing import NDArray
 from fedenv.actions import ActionCodec
 from fedenv.config import EnvConfig
 from fedenv.env import DEVICE_FEATURES, GLOBAL_FEATURES
+from fedenv.learning.surrogate import arrival_what_ifs, next_gap, round_progress
 from fedenv.queues import energy_budget_left
 from fedenv.round import EpisodeTablesCache, play_round
 
@@ -60,6 +64,8 @@ __all__ = [
     "OBS_FEATURES",
     "TIME_HORIZONS",
     "BUDGET_FEATURES",
+    "ArrivalPruner",
+    "ArrivalPrunerAction",
     "BudgetShield",
     "BudgetShieldAction",
     "DictAction",
@@ -749,21 +755,92 @@ class BudgetShield:
         return out
 
 
-class BudgetShieldAction(
+class ArrivalPruner:
+    """Idles every scheduled device whose update is predicted to pull the model back, as a pure
+    mapping of canonical actions (one (K, C) or a batch (N, K, C), with the ``info`` of the
+    state they act in).
+
+    A round moves the loss gap G towards its floor F, which grows with the label skew of the
+    updates that arrive (docs/model.md §5.2). Once G is low, a round whose arrivals are skewed has
+    F > G and *raises* it: the update of a device holding a lopsided share of the labels makes the
+    model worse, however much energy it costs. The pruner predicts the round with the surrogate's
+    functions, the way the Lyapunov policy scores its candidates: the round is played on the
+    channel the action will meet (:func:`fedenv.round.play_round`, as :class:`BudgetShield`), each
+    scheduled device arrives with its success probability c_k (certainty-equivalent), and the gap
+    after the round G'(c) is compared with G'(c with c_k = 0) for every device at once
+    (:func:`fedenv.learning.surrogate.arrival_what_ifs`). The device whose removal lowers G' most
+    is idled, the round is played again (the band it freed goes to the others), until no removal
+    lowers G' (at most K times). Idling a device never raises another's energy, so after
+    :class:`BudgetShield` every budget still holds; each removal lowers the predicted gap and the
+    round's energy alike.
+
+    The prediction is the surrogate's, from ``info``'s ``loss_gap``, ``data_size``,
+    ``label_distribution`` and ``global_label_distribution``; on the lora backend it is the
+    (calibrated) surrogate's model of the real round, as for the Lyapunov policy. No-op where the
+    paradigm has no component that idles a device (soft).
+    """
+
+    #: a removal counts when it lowers the predicted gap by more than this (rounding)
+    TOLERANCE = 1e-12
+
+    def __init__(self, config: EnvConfig) -> None:
+        self.config = config
+        self.codec = ActionCodec(config)
+        self.column, self.idle_value = self.codec.idle_column, self.codec.idle_value
+        self.active = self.column is not None
+        self.shape = self.codec.shape
+        self._tables = EpisodeTablesCache(config)
+
+    def __call__(
+        self, action: NDArray[np.floating[Any]], info: Mapping[str, Any]
+    ) -> NDArray[np.float32]:
+        """The canonical action(s) with the devices whose arrival would raise the predicted loss
+        gap idled (float32, clipped to [-1, 1]; a new array)."""
+        out = np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0)
+        if not self.active:
+            return out
+        if out.shape[-2:] != self.shape:
+            raise ValueError(f"action must have shape (..., {self.shape}), got {out.shape}")
+        k = self.shape[0]
+        rows = out.reshape(-1, *self.shape)  # a view: idling writes into ``out``
+        n = rows.shape[0]
+        cfg = self.config.learning.surrogate
+        gain = np.asarray(info["channel_gain"], dtype=np.float64).reshape(n, k)
+        tables = self._tables(np.asarray(info["cpu_freq_hz"], dtype=np.float64).reshape(n, k))
+        sizes = np.asarray(info["data_size"], dtype=np.float64).reshape(n, k)
+        share = sizes / sizes.sum(axis=-1, keepdims=True)
+        labels = np.asarray(info["label_distribution"], dtype=np.float64).reshape(n, k, -1)
+        mix = np.asarray(info["global_label_distribution"], dtype=np.float64).reshape(n, -1)
+        gap = np.asarray(info["loss_gap"], dtype=np.float64).reshape(n)
+        assert self.column is not None  # (active only with one)
+        column = rows[..., self.column]
+        every = np.arange(n)
+        for _ in range(k):
+            decision = self.codec.decode(rows)
+            phys = play_round(decision, gain, tables, self.config)
+            ratio = decision.ratio if self.config.sparsifies else None
+            c, rank = phys.success_prob, phys.rank.astype(np.float64)
+            played = next_gap(gap, *round_progress(share, c, rank, ratio, labels, mix, cfg), cfg)
+            progress, floor = arrival_what_ifs(
+                share, c, rank, ratio, labels, mix[:, None, None, :], cfg
+            )
+            without = next_gap(gap[:, None], progress[:, 1, :], floor[:, 1, :], cfg)
+            gain_of_removal = np.where(phys.scheduled, played[:, None] - without, 0.0)
+            worst = np.argmax(gain_of_removal, axis=-1)
+            drop = gain_of_removal[every, worst] > self.TOLERANCE
+            if not drop.any():
+                break
+            column[every[drop], worst[drop]] = self.idle_value
+        return out
+
+
+class _GuardedAction(
     _FollowsConfig,
     gym.ActionWrapper[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]],
     RecordConstructorArgs,
 ):
-    """The env with a :class:`BudgetShield` on its canonical action: a device whose round would
-    pass what is left of its episode energy budget T E_bar is idled before the env plays it.
-
-    Every device then keeps its budget in every episode, whatever the policy; ``info`` reports
-    the decisions actually played (``module``, ``energy_j``), so a learner sees the shield's
-    effect. Wrap it under the action forms (``FactoredAction(BudgetShieldAction(env))``).
-
-    Args:
-        env: a FedLoRAWireless-v0 env (possibly wrapped, its action the canonical Box).
-    """
+    """The env with a mapping of its canonical action that reads the ``info`` of the state the
+    action is for (:class:`BudgetShield`, :class:`ArrivalPruner`)."""
 
     def __init__(self, env: gym.Env[Any, Any]) -> None:
         RecordConstructorArgs.__init__(self)
@@ -773,7 +850,10 @@ class BudgetShieldAction(
         self._info: dict[str, Any] | None = None
 
     def _bind(self, config: EnvConfig) -> None:
-        self.shield = BudgetShield(config)
+        self.guard = self._guard(config)
+
+    def _guard(self, config: EnvConfig) -> BudgetShield | ArrivalPruner:
+        raise NotImplementedError
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -793,4 +873,39 @@ class BudgetShieldAction(
         if self._info is None:
             raise RuntimeError("call reset() before step()")
         # checked as the env checks it (shape, finiteness): a bad action gets the env's error
-        return self.shield(self.shield.codec.check(action), self._info)
+        return self.guard(self.guard.codec.check(action), self._info)
+
+
+class BudgetShieldAction(_GuardedAction):
+    """The env with a :class:`BudgetShield` on its canonical action: a device whose round would
+    pass what is left of its episode energy budget T E_bar is idled before the env plays it.
+
+    Every device then keeps its budget in every episode, whatever the policy; ``info`` reports
+    the decisions actually played (``module``, ``energy_j``), so a learner sees the shield's
+    effect. Wrap it under the action forms (``FactoredAction(BudgetShieldAction(env))``).
+
+    Args:
+        env: a FedLoRAWireless-v0 env (possibly wrapped, its action the canonical Box).
+    """
+
+    @property
+    def shield(self) -> BudgetShield:
+        assert isinstance(self.guard, BudgetShield)
+        return self.guard
+
+    def _guard(self, config: EnvConfig) -> BudgetShield:
+        return BudgetShield(config)
+
+
+class ArrivalPrunerAction(_GuardedAction):
+    """The env with an :class:`ArrivalPruner` on its canonical action: a scheduled device whose
+    update is predicted to raise the loss gap is idled before the env plays it. Under a
+    :class:`BudgetShieldAction` (``BudgetShieldAction(ArrivalPrunerAction(env))``: the outer
+    wrapper maps the action first) it prunes what the shield let through.
+
+    Args:
+        env: a FedLoRAWireless-v0 env (possibly wrapped, its action the canonical Box).
+    """
+
+    def _guard(self, config: EnvConfig) -> ArrivalPruner:
+        return ArrivalPruner(config)

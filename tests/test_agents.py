@@ -173,6 +173,7 @@ def test_resume_continues_from_the_latest_checkpoint(tiny_run: Path, tmp_path: P
 
     saved = RunDir(run_dir).read_args()
     assert saved.pop("shield") is True  # the default
+    assert saved.pop("prune") == "deploy"  # the default; a run from before it resumes without
     write_file(run_dir / "args.yaml", _checked_yaml(saved))
     proc = _train(
         "--run-dir", str(run_dir), "--resume", "--total-timesteps", "768", "--no-progress-bar"
@@ -189,7 +190,7 @@ def test_resume_continues_from_the_latest_checkpoint(tiny_run: Path, tmp_path: P
         768,
     ]  # the first session's 0, 256 (its 512 was after the resume point), then 512, 768
     assert run.read_args()["total_timesteps"] == 768 and run.read_args()["n_envs"] == 2
-    assert run.read_args()["shield"] is False
+    assert run.read_args()["shield"] is False and run.read_args()["prune"] == "never"
     assert len(json.loads((run_dir / "meta.json").read_text())["sessions"]) == 2
     from stable_baselines3 import PPO
 
@@ -234,6 +235,46 @@ def test_a_run_trained_with_the_shield_evaluates_with_it(tiny_run: Path, tmp_pat
     assert bare.actions.shield is None and shielded.actions.shield is not None
     assert evaluate(bare, cfg, seeds).metric("in_budget").mean() < 1.0
     np.testing.assert_array_equal(evaluate(shielded, cfg, seeds).metric("in_budget"), 1.0)
+
+
+def test_a_run_saved_with_the_pruner_evaluates_with_it(tiny_run: Path, tmp_path: Path) -> None:
+    """The run's saved ``prune`` (``deploy``, the default, or ``always``) puts the arrival pruner
+    in its evaluation adapter, after the shield; ``never``, or a run that saved none (from before
+    the pruner), evaluates without it."""
+    import shutil
+
+    from agents.runs import _checked_yaml, write_file
+
+    cfg = resolve_config("switching")
+    saved = RunDir(tiny_run).read_args()
+    assert saved["prune"] == "deploy"  # the default
+    runs = {}
+    for name, args in (
+        ("always", {**saved, "prune": "always"}),
+        ("never", {**saved, "prune": "never"}),
+        ("older", {k: v for k, v in saved.items() if k != "prune"}),
+    ):
+        runs[name] = tmp_path / name
+        shutil.copytree(tiny_run, runs[name])
+        write_file(runs[name] / "args.yaml", _checked_yaml(args))
+    pruned = load_policy(f"ppo:{tiny_run}", cfg)
+    assert pruned.actions.pruner is not None and pruned.actions.shield is not None
+    assert load_policy(f"ppo:{runs['always']}", cfg).actions.pruner is not None
+    assert load_policy(f"ppo:{runs['never']}", cfg).actions.pruner is None
+    bare = load_policy(f"ppo:{runs['older']}", cfg)
+    assert bare.actions.pruner is None
+    # the pruned policy plays its own decision with the harmful arrivals idled
+    env = FedLoRAWirelessEnv(cfg)
+    obs, info = env.reset(seed=7)
+    pruned.reset(7)
+    bare.reset(7)
+    idled = 0
+    for _ in range(cfg.num_rounds):
+        mine, unpruned = pruned.act(obs, info), bare.act(obs, info)
+        np.testing.assert_array_equal(mine, pruned.actions.pruner(unpruned, info))
+        idled += int(np.any(mine != unpruned))
+        obs, _, _, _, info = env.step(mine)
+    assert idled > 0
 
 
 def test_a_tradeoff_run_keeps_its_lyapunov_v_and_every_budget(tmp_path: Path) -> None:
@@ -492,12 +533,13 @@ def test_batched_training_env_equals_single_envs_in_dummy_vec_env(preset: str) -
 
     cfg = resolve_config(preset, num_rounds=6)
     within: dict[bool, list[float]] = {False: [], True: []}
-    for features, form, shield in (
-        ("label_mix_time", "factored", False),
-        ("label_mix_budget", "factored", True),
-        ("env", "env", False),
+    for features, form, shield, prune in (
+        ("label_mix_time", "factored", False, False),
+        ("label_mix_budget", "factored", True, False),
+        ("label_mix_budget", "factored", True, True),
+        ("env", "env", False, True),
     ):
-        kw = {"obs_features": features, "action_form": form, "shield": shield}
+        kw = {"obs_features": features, "action_form": form, "shield": shield, "prune": prune}
         dummy = make_vec_env(cfg, 3, "dummy", seed=11, **kw)
         batched = make_vec_env(cfg, 3, "batched", seed=11, **kw)
         assert make_vec_env(cfg, 1, "auto", **kw).unwrapped.__class__.__name__ == (
@@ -539,7 +581,7 @@ def test_batched_training_env_equals_single_envs_in_dummy_vec_env(preset: str) -
                         x["episode"]["r"], abs=1e-4
                     )
                     within[shield].append(y["episode_metrics"].get("within_budget", 0.0))
-        assert ended == 6
+        assert ended == 6, (features, form, shield, prune)
         # the same episode metrics reach TensorBoard from both paths
         assert loggers[0].name_to_value == pytest.approx(loggers[1].name_to_value)
         assert {
@@ -594,6 +636,7 @@ def test_train_config_yaml_matches_the_defaults_and_flags_override_it(
     assert weighted.pop("obs_features") == "label_mix"
     assert weighted.pop("total_timesteps") == 300_000
     assert weighted.pop("shield") is False
+    assert weighted.pop("prune") == "never"
     assert weighted == {
         key: value for key, value in tuned.items() if key in weighted
     }  # the same tuned values

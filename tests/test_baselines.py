@@ -446,3 +446,28 @@ def test_handover_plays_the_first_policy_then_the_second():
     for bad in ("max>>min_rank", "max>>min_rank@x", ">>max@1"):
         with pytest.raises(ValueError, match="handover spec"):
             make_policy(bad, config)
+
+
+def test_prune_spec_plays_the_policy_through_the_arrival_pruner():
+    """``prune:<spec>`` idles what the arrival pruner idles in the inner policy's decision: the
+    full-effort policy's late rounds, once the gap is low, lose their skewed devices."""
+    from fedenv.wrappers import ArrivalPruner
+
+    config = resolve_config("configs/scenarios/tight_energy.yaml")
+    policy = make_policy("prune:max", config)
+    inner, pruner = make_policy("max", config), ArrivalPruner(config)
+    assert policy.name == "prune:max"
+    env = FedLoRAWirelessEnv(config)
+    obs, info = env.reset(seed=1000)
+    policy.reset(1000)
+    idled = 0
+    for _ in range(config.num_rounds):
+        action = policy.act(obs, info)
+        bare = inner.act(obs, info)
+        np.testing.assert_array_equal(action, pruner(bare, info))
+        idled += int(np.any(action != bare))
+        obs, _, _, _, info = env.step(action)
+    assert idled > 0
+    assert make_policy("prune:max>>min_rank@2", config).name == "prune:max>>min_rank@2"
+    with pytest.raises(ValueError, match="unknown policy 'maks'"):
+        make_policy("prune:maks", config)

@@ -16,7 +16,11 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 import fedenv
 from fedenv.config import PRESETS, resolve_config
 from fedenv.env import FedLoRAWirelessEnv
+from fedenv.learning.surrogate import next_gap, round_progress
+from fedenv.round import episode_tables, play_round
 from fedenv.wrappers import (
+    ArrivalPruner,
+    ArrivalPrunerAction,
     BudgetShield,
     BudgetShieldAction,
     DictAction,
@@ -46,6 +50,7 @@ WRAPPERS: dict[str, Callable[[gym.Env[Any, Any]], gym.Env[Any, Any]]] = {
     "dict_observation": DictObservation,
     "horizon": HorizonIsTermination,
     "budget_shield": BudgetShieldAction,
+    "arrival_pruner": ArrivalPrunerAction,
     "agents_stack": lambda env: HorizonIsTermination(FactoredAction(LabelSkewObservation(env))),
     "cleanrl_stack": lambda env: FlatAction(FactoredAction(env)),
 }
@@ -297,6 +302,96 @@ def test_budget_shield_is_a_no_op_without_a_budget_or_an_idle_component() -> Non
     _, info = env.reset(seed=0)
     with pytest.raises(ValueError, match="shape"):
         BudgetShield(resolve_config("switching"))(np.ones((10, 4), np.float32), info)
+
+
+def _predicted_gap(
+    pruner: ArrivalPruner, action: np.ndarray, info: dict[str, Any], lost: int | None = None
+) -> float:
+    """G' of the round ``action`` plays, every scheduled device arriving with its success
+    probability (device ``lost``'s set to 0), recomputed from round_progress alone."""
+    cfg = pruner.config
+    decision = pruner.codec.decode(action)
+    tables = episode_tables(
+        cfg, info["cpu_freq_hz"], cfg.model.lora_params_per_rank, cfg.model.head_params
+    )
+    phys = play_round(decision, info["channel_gain"], tables, cfg)
+    c = phys.success_prob.copy()
+    if lost is not None:
+        c[lost] = 0.0
+    sizes = np.asarray(info["data_size"], dtype=np.float64)
+    progress, floor = round_progress(
+        sizes / sizes.sum(),
+        c,
+        phys.rank.astype(np.float64),
+        decision.ratio if cfg.sparsifies else None,
+        info["label_distribution"],
+        info["global_label_distribution"],
+        cfg.learning.surrogate,
+    )
+    return float(next_gap(info["loss_gap"], progress, floor, cfg.learning.surrogate))
+
+
+@pytest.mark.parametrize("preset", ["switching", "split", "unified"])
+def test_arrival_pruner_idles_the_devices_whose_update_would_raise_the_gap(preset: str) -> None:
+    """Once every device's round has brought the gap down, a round of one label-skewed device
+    would raise it: the pruner idles that device. Whatever it is given, it only ever idles
+    devices, it never raises the predicted gap, and no device it keeps would lower the gap by
+    being lost (checked against round_progress, not the pruner's what-ifs)."""
+    env = ArrivalPrunerAction(gym.make(fedenv.ENV_IDS[preset], num_rounds=12))
+    pruner = env.guard
+    assert isinstance(pruner, ArrivalPruner) and pruner.active
+    _, info = env.reset(seed=3)
+    every = np.ones(env.action_space.shape, np.float32)  # every device, largest rank, full power
+    for _ in range(8):
+        _, _, _, _, info = env.step(every)
+    # the most label-skewed device whose lone round would raise the gap (a far one may not
+    # arrive at all)
+    skew = 0.5 * np.abs(info["label_distribution"] - info["global_label_distribution"]).sum(-1)
+    lones = []
+    for k in np.argsort(-skew):
+        lone = every.copy()
+        lone[:, pruner.column] = pruner.idle_value
+        lone[k, pruner.column] = 1.0
+        lones.append((_predicted_gap(pruner, lone, info) > info["loss_gap"], lone))
+    assert any(raises for raises, _ in lones)
+    for raises, lone in lones:  # idled exactly when its arrival would pull the model back
+        idled = pruner(lone, info)[:, pruner.column] == np.float32(pruner.idle_value)
+        assert idled.all() == raises
+    lone = next(lone for raises, lone in lones if raises)
+    rng = np.random.default_rng(1)
+    idled = 0
+    for _ in range(20):
+        action = rng.uniform(-1.0, 1.0, env.action_space.shape).astype(np.float32)
+        pruned = pruner(action, info)
+        np.testing.assert_array_equal(
+            np.delete(pruned, pruner.column, axis=-1), np.delete(action, pruner.column, axis=-1)
+        )
+        changed = np.any(pruned != action, axis=-1)
+        np.testing.assert_array_equal(pruned[changed, pruner.column], np.float32(pruner.idle_value))
+        idled += int(changed.sum())
+        gap = _predicted_gap(pruner, pruned, info)
+        assert gap <= _predicted_gap(pruner, action, info) + 1e-12
+        kept = np.flatnonzero(pruner.codec.decode(pruned).module > 0)
+        for k in kept:
+            assert _predicted_gap(pruner, pruned, info, lost=int(k)) >= gap - 1e-12
+    assert idled > 0
+    # a batch is pruned row by row, and the env plays the pruned action
+    both = pruner(
+        np.stack([action, lone]), {k: np.stack([info[k], info[k]]) for k in info if k != "round"}
+    )
+    np.testing.assert_array_equal(both, np.stack([pruned, pruner(lone, info)]))
+    _, _, _, _, after = env.step(lone)
+    assert not np.any(after["module"] > 0)
+
+
+def test_arrival_pruner_is_a_no_op_without_an_idle_component() -> None:
+    env = ArrivalPrunerAction(gym.make(fedenv.ENV_IDS["soft"]))
+    _, info = env.reset(seed=0)
+    assert not env.guard.active
+    a = np.ones(env.action_space.shape, np.float32)
+    np.testing.assert_array_equal(env.guard(a, info), a)
+    with pytest.raises(ValueError, match="shape"):
+        ArrivalPruner(resolve_config("switching"))(np.ones((10, 4), np.float32), info)
 
 
 def test_wrappers_follow_configure_or_raise() -> None:
