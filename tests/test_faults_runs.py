@@ -148,14 +148,14 @@ pytest.importorskip("stable_baselines3")
 #: evaluations and checkpoints every 256 steps (0, 256, 512). On the weighted objective and the
 #: label_mix features, whose runs these tests' expectations (which evaluation is best) were
 #: written for.
-# The assumed surrogate constants, pinned: which evaluation is best (the tests below need the
-# model of step 512) must not move with the defaults.
+# The assumed surrogate constants and no arrival pruner, pinned: which evaluation is best (the
+# tests below need the model of step 512) must not move with the defaults.
 TINY = [
     "--config", str(Path(__file__).resolve().parent / "data" / "faults_run.yaml"),
     "--total-timesteps", "512", "--n-envs", "2", "--n-steps", "64", "--batch-size", "64",
     "--n-epochs", "1", "--eval-freq", "256", "--eval-episodes", "1", "--checkpoint-freq", "256",
     "--net-arch", "16", "--no-progress-bar", "--no-tensorboard", "--seed", "3", "--objective",
-    "weighted", "--obs-features", "label_mix",
+    "weighted", "--obs-features", "label_mix", "--prune", "never",
 ]  # fmt: skip
 
 
