@@ -106,7 +106,9 @@ def _run_dir(spec: str) -> Path:
     """The run directory of an agent spec: ``<algo>:<run dir>[@best|@final]``, or the run that
     a model file was saved in (``model.zip``, ``best/model.zip``,
     ``checkpoints/ckpt_<steps>_steps.zip``: the nearest folder above it with an
-    ``env_config.yaml``)."""
+    ``env_config.yaml``); ``prune:<spec>``'s is ``<spec>``'s."""
+    while spec.startswith("prune:"):
+        spec = spec[len("prune:") :]
     _, _, rest = spec.partition(":")
     path = Path(rest.rsplit("@", 1)[0] if "@" in Path(rest).name else rest)
     if path.is_dir() or path.suffix != ".zip":
@@ -160,7 +162,8 @@ def agent_point(
     stats: dict[str, Any] = {}
     for key, _, _ in METRICS:
         stats[key], stats[f"{key}_ci95"] = mean_ci(ev.metric(key))
-    return _point(spec.split(":", 1)[0], "run", spec.split(":", 1)[1], config, stats)
+    method, _, run = spec.rpartition(":")  # (prune:ppo, run dir) for prune:ppo:<run dir>
+    return _point(method, "run", run, config, stats)
 
 
 def scaled_budget(config: EnvConfig, scale: float) -> EnvConfig:
@@ -260,6 +263,8 @@ def point_label(row: dict[str, Any]) -> str:
         return f"V={row['value']:g}"
     budget = row["energy_budget_j"]
     name = _run_dir(f"{row['method']}:{row['value']}").name  # the spec agent_point split
+    if str(row["method"]).startswith("prune:"):
+        name = f"prune:{name}"
     return f"{name}, Ē={'none' if budget is None else f'{budget:g}'}"
 
 
