@@ -703,7 +703,40 @@ class HorizonIsTermination(gym.Wrapper[Any, Any, Any, Any], RecordConstructorArg
 
 
 # ---------------------------------------------------------------------- budget shield
-class BudgetShield:
+class _DeviceIdler:
+    """A pure mapping of canonical actions (one (K, C) or a batch (N, K, C), with the ``info`` of
+    the state they act in) that only ever idles devices, by a rule of its subclass
+    (:class:`BudgetShield`, :class:`ArrivalPruner`)."""
+
+    def __init__(self, config: EnvConfig) -> None:
+        self.config = config
+        self.codec = ActionCodec(config)
+        #: the component that idles a device and its idle value (:class:`ActionCodec`'s)
+        self.column, self.idle_value = self.codec.idle_column, self.codec.idle_value
+        #: whether the mapping can act (soft's paradigm has no component that idles a device)
+        self.active = self.column is not None
+        self.shape = self.codec.shape
+        self._tables = EpisodeTablesCache(config)
+
+    def __call__(
+        self, action: NDArray[np.floating[Any]], info: Mapping[str, Any]
+    ) -> NDArray[np.float32]:
+        """The canonical action(s) with the devices the rule picks idled (float32, clipped to
+        [-1, 1]; a new array)."""
+        out = np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0)
+        if not self.active:
+            return out
+        if out.shape[-2:] != self.shape:
+            raise ValueError(f"action must have shape (..., {self.shape}), got {out.shape}")
+        self._idle(out, info)
+        return out
+
+    def _idle(self, out: NDArray[np.float32], info: Mapping[str, Any]) -> None:
+        """Idle the devices of ``out`` (in place) that the rule picks."""
+        raise NotImplementedError
+
+
+class BudgetShield(_DeviceIdler):
     """Idles every device whose round would overspend its episode energy budget, as a pure
     mapping of canonical actions (one (K, C) or a batch (N, K, C), with the ``info`` of the
     state they act in).
@@ -723,24 +756,10 @@ class BudgetShield:
     """
 
     def __init__(self, config: EnvConfig) -> None:
-        self.config = config
-        self.codec = ActionCodec(config)
-        #: the component that idles a device and its idle value (:class:`ActionCodec`'s)
-        self.column, self.idle_value = self.codec.idle_column, self.codec.idle_value
-        self.active = config.uses_energy_queue and self.column is not None
-        self.shape = self.codec.shape
-        self._tables = EpisodeTablesCache(config)
+        super().__init__(config)
+        self.active = config.uses_energy_queue and self.active
 
-    def __call__(
-        self, action: NDArray[np.floating[Any]], info: Mapping[str, Any]
-    ) -> NDArray[np.float32]:
-        """The canonical action(s) with the devices that would overspend idled (float32,
-        clipped to [-1, 1]; a new array)."""
-        out = np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0)
-        if not self.active:
-            return out
-        if out.shape[-2:] != self.shape:
-            raise ValueError(f"action must have shape (..., {self.shape}), got {out.shape}")
+    def _idle(self, out: NDArray[np.float32], info: Mapping[str, Any]) -> None:
         left = energy_budget_left(self.config, info["energy_spent_j"])
         assert left is not None and self.column is not None  # (active only with both)
         gain = np.asarray(info["channel_gain"], dtype=np.float64)
@@ -752,10 +771,9 @@ class BudgetShield:
             if not over.any():
                 break
             column[over] = self.idle_value
-        return out
 
 
-class ArrivalPruner:
+class ArrivalPruner(_DeviceIdler):
     """Idles every scheduled device whose update is predicted to pull the model back, as a pure
     mapping of canonical actions (one (K, C) or a batch (N, K, C), with the ``info`` of the
     state they act in).
@@ -783,24 +801,7 @@ class ArrivalPruner:
     #: a removal counts when it lowers the predicted gap by more than this (rounding)
     TOLERANCE = 1e-12
 
-    def __init__(self, config: EnvConfig) -> None:
-        self.config = config
-        self.codec = ActionCodec(config)
-        self.column, self.idle_value = self.codec.idle_column, self.codec.idle_value
-        self.active = self.column is not None
-        self.shape = self.codec.shape
-        self._tables = EpisodeTablesCache(config)
-
-    def __call__(
-        self, action: NDArray[np.floating[Any]], info: Mapping[str, Any]
-    ) -> NDArray[np.float32]:
-        """The canonical action(s) with the devices whose arrival would raise the predicted loss
-        gap idled (float32, clipped to [-1, 1]; a new array)."""
-        out = np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0)
-        if not self.active:
-            return out
-        if out.shape[-2:] != self.shape:
-            raise ValueError(f"action must have shape (..., {self.shape}), got {out.shape}")
+    def _idle(self, out: NDArray[np.float32], info: Mapping[str, Any]) -> None:
         k = self.shape[0]
         rows = out.reshape(-1, *self.shape)  # a view: idling writes into ``out``
         n = rows.shape[0]
@@ -831,7 +832,6 @@ class ArrivalPruner:
             if not drop.any():
                 break
             column[every[drop], worst[drop]] = self.idle_value
-        return out
 
 
 class _GuardedAction(
@@ -852,7 +852,7 @@ class _GuardedAction(
     def _bind(self, config: EnvConfig) -> None:
         self.guard = self._guard(config)
 
-    def _guard(self, config: EnvConfig) -> BudgetShield | ArrivalPruner:
+    def _guard(self, config: EnvConfig) -> _DeviceIdler:
         raise NotImplementedError
 
     def reset(
