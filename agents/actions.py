@@ -92,6 +92,7 @@ __all__ = [
     "TRADEOFF_DECADES",
     "ActionAdapter",
     "AgentAction",
+    "prune_stages",
 ]
 
 ACTION_FORMS = ("env", "factored", "residual", "gated", "tradeoff")
@@ -116,6 +117,20 @@ PRUNE_HELP = (
     "the run is loaded; the training rollouts play the agent's own decisions); always (the "
     "training rollouts too)"
 )
+
+
+def prune_stages(mode: str, where: str = "--prune") -> tuple[bool, bool]:
+    """Where a ``--prune`` mode (:data:`PRUNE_MODES`) puts the arrival pruner: (on the trained
+    policy's decisions, in the training rollouts).
+
+    Raises:
+        ValueError: an unknown mode (``where`` names what gave it).
+    """
+    if mode not in PRUNE_MODES:
+        raise ValueError(f"{where} must be one of {', '.join(PRUNE_MODES)}, got {mode!r}")
+    return mode != "never", mode == "always"
+
+
 BASE_V_HELP = (
     "V of the Lyapunov policy that the residual, gated and tradeoff action forms act on (None = "
     "its default V; pass the scenario's tuned V, docs/suite.md)"

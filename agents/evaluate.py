@@ -37,7 +37,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.vec_env import VecNormalize
 
-from agents.actions import ActionAdapter
+from agents.actions import ActionAdapter, prune_stages
 from agents.features import OBS_FEATURES, ObservationFeatures
 from agents.normalization import resize_normalizer
 from agents.policies import resize_policy
@@ -322,7 +322,7 @@ def load_policy(
         saved.get("action_form") or _infer_action_form(model, cfg),
         shield=bool(saved.get("shield", False)),
         base_v=saved.get("base_v"),
-        prune=saved.get("prune", "never") != "never",
+        prune=prune_stages(saved.get("prune", "never"), f"{spec}: args.yaml's prune")[0],
     )
     stats = _compatible(model, norm, cfg, features, actions, spec)
     return SB3Policy(model, norm, files.label, features=features, actions=actions, obs_stats=stats)

@@ -40,7 +40,14 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import CallbackList
 from stable_baselines3.common.utils import set_random_seed
 
-from agents.actions import ACTION_FORM_HELP, BASE_V_HELP, PRUNE_HELP, PRUNE_MODES, ActionAdapter
+from agents.actions import (
+    ACTION_FORM_HELP,
+    BASE_V_HELP,
+    PRUNE_HELP,
+    PRUNE_MODES,
+    ActionAdapter,
+    prune_stages,
+)
 from agents.callbacks import (
     EnvMetricsCallback,
     HeldOutEvalCallback,
@@ -379,12 +386,13 @@ def main(argv: list[str] | None = None) -> Path:
 
     # --- environments and normaliser
     features = ObservationFeatures(config, args.obs_features)
+    prune_decisions, prune_rollouts = prune_stages(args.prune)
     actions = ActionAdapter(
         config,
         args.action_form,
         shield=args.shield,
         base_v=args.base_v,
-        prune=args.prune != "never",
+        prune=prune_decisions,
     )
     venv = make_vec_env(
         config,
@@ -396,7 +404,7 @@ def main(argv: list[str] | None = None) -> Path:
         shield=args.shield,
         base_v=args.base_v,
         credit=counterfactual,
-        prune=args.prune == "always",
+        prune=prune_rollouts,
     )
     per_device = args.policy != "mlp"
     lagrangian = None

@@ -25,7 +25,7 @@ from stable_baselines3 import SAC
 from stable_baselines3.common.callbacks import CallbackList
 from stable_baselines3.common.utils import set_random_seed
 
-from agents.actions import ACTION_FORM_HELP, BASE_V_HELP, PRUNE_HELP, PRUNE_MODES, ActionAdapter
+from agents.actions import ACTION_FORM_HELP, BASE_V_HELP, PRUNE_HELP, ActionAdapter, prune_stages
 from agents.callbacks import EnvMetricsCallback, HeldOutEvalCallback, checkpoint_callback
 from agents.envs import episode_seeds, make_vec_env
 from agents.features import ObservationFeatures
@@ -158,8 +158,7 @@ class Args:
 
 def main(argv: list[str] | None = None) -> Path:
     args, given = parse_args(Args, argv, description=__doc__)
-    if args.prune not in PRUNE_MODES:
-        raise ValueError(f"--prune must be one of {', '.join(PRUNE_MODES)}, got {args.prune!r}")
+    prune_stages(args.prune)  # checked before the run directory is made
     if args.policy != "mlp":
         raise ValueError(
             f"train_sac supports policy=mlp only, got {args.policy!r} (the per-device "
@@ -178,12 +177,13 @@ def main(argv: list[str] | None = None) -> Path:
 
     # --- environments and normaliser
     features = ObservationFeatures(config, args.obs_features)
+    prune_decisions, prune_rollouts = prune_stages(args.prune)
     actions = ActionAdapter(
         config,
         args.action_form,
         shield=args.shield,
         base_v=args.base_v,
-        prune=args.prune != "never",
+        prune=prune_decisions,
     )
     venv = make_vec_env(
         config,
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> Path:
         action_form=args.action_form,
         shield=args.shield,
         base_v=args.base_v,
-        prune=args.prune == "always",
+        prune=prune_rollouts,
     )
     if latest is not None:
         venv = load_normalizer(str(latest.normalizer), venv)

@@ -253,6 +253,7 @@ def test_a_run_saved_with_the_pruner_evaluates_with_it(tiny_run: Path, tmp_path:
         ("always", {**saved, "prune": "always"}),
         ("never", {**saved, "prune": "never"}),
         ("older", {k: v for k, v in saved.items() if k != "prune"}),
+        ("misspelled", {**saved, "prune": "deployed"}),
     ):
         runs[name] = tmp_path / name
         shutil.copytree(tiny_run, runs[name])
@@ -263,6 +264,9 @@ def test_a_run_saved_with_the_pruner_evaluates_with_it(tiny_run: Path, tmp_path:
     assert load_policy(f"ppo:{runs['never']}", cfg).actions.pruner is None
     bare = load_policy(f"ppo:{runs['older']}", cfg)
     assert bare.actions.pruner is None
+    # a hand-edited args.yaml gets an error naming the file and the modes, not a silent mode
+    with pytest.raises(ValueError, match=r"args.yaml's prune must be one of never, deploy, always"):
+        load_policy(f"ppo:{runs['misspelled']}", cfg)
     # the pruned policy plays its own decision with the harmful arrivals idled
     env = FedLoRAWirelessEnv(cfg)
     obs, info = env.reset(seed=7)
@@ -1077,3 +1081,23 @@ def test_imitation_fit_reports_how_well_a_network_reproduces_the_lyapunov_policy
     with pytest.raises(SystemExit) as exc:
         main(["--config", "nope"])
     assert exc.value.code == 2 and "nope" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("trainer", ["train_ppo", "train_sac"])
+def test_a_misspelled_prune_mode_is_refused_before_the_run_directory(
+    trainer: str, tmp_path: Path
+) -> None:
+    """``--prune`` takes never, deploy or always; any other value stops the trainer with the
+    modes, before it writes anything."""
+    import importlib
+
+    from agents.actions import prune_stages
+
+    assert prune_stages("never") == (False, False)
+    assert prune_stages("deploy") == (True, False)
+    assert prune_stages("always") == (True, True)
+    main = importlib.import_module(f"agents.{trainer}").main
+    run = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"--prune must be one of never, deploy, always, got 'on'"):
+        main(["--config", "switching", "--prune", "on", "--run-dir", str(run)])
+    assert not run.exists()
