@@ -158,3 +158,41 @@ def test_a_zoo_agent_gives_its_documented_suite_row(run: str) -> None:
     assert agent["final_accuracy"] == pytest.approx(accuracy, abs=ACCURACY_TOLERANCE)
     assert round(100 * agent["compliance"]) == compliance
     assert agent["diff"] == pytest.approx(diff, abs=ACCURACY_TOLERANCE)
+
+
+def _documented_rescored() -> dict[str, tuple[str, float, int]]:
+    """``scenario -> (the Lyapunov policy's V, paired difference in points over the 20 test
+    seeds, the checkpoint's steps)`` of the agents that 100 validation episodes picked from a
+    checkpoint, from the table of docs/suite.md#hundred-seeds (their models are kept in
+    ``zoo/pruned_<scenario>/checkpoints``)."""
+    text = (ROOT / "docs/suite.md").read_text().split("{#hundred-seeds}", 1)[1]
+    rows = re.findall(
+        r"^\| `(\w+)` \| ([\d.]+) \| ([\d,]+)k \| \**([+-][\d.]+) ± [\d.]+\**",
+        text,
+        flags=re.MULTILINE,
+    )
+    return {
+        scenario: (v, float(diff), int(steps.replace(",", "")) * 1000)
+        for scenario, v, steps, diff in rows
+    }
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    ["split_tight_energy", pytest.param("tight_energy", marks=pytest.mark.slow)],
+)
+def test_a_rescored_zoo_checkpoint_gives_its_documented_difference(scenario: str) -> None:
+    v, diff, steps = _documented_rescored()[scenario]
+    config = scenario_config(scenario)
+    model = ZOO / f"pruned_{scenario}" / "checkpoints" / f"ckpt_{steps}_steps.zip"
+    rows = paired_rows(
+        scenario,
+        config,
+        [
+            ("lyapunov", make_policy(f"lyapunov:V={v}", config)),
+            ("agent", make_policy(f"ppo:{model}", config)),
+        ],
+        SEEDS,
+    )
+    assert 100 * rows[1]["diff"] == pytest.approx(diff, abs=0.01)
+    assert rows[1]["compliance"] == 1.0
