@@ -33,6 +33,8 @@ SCENARIO = {
     "lag_split": "split_tight_energy",
     "lag_dense": "dense_cell",
     "lag_soft": "soft_tight_latency",
+    "pruned_split": "split_tight_energy",
+    "pruned_dense": "dense_cell",
 }
 
 # the last digit of a 4-digit figure, and what a host with other float64 math (AVX-512 or not,
@@ -92,7 +94,7 @@ def test_every_zoo_agent_is_a_complete_run_with_its_config() -> None:
 def test_the_docs_name_every_agent_of_the_zoo() -> None:
     front, suite = _documented_front(), _documented_suite()
     assert set(front) | set(suite) == {p.name for p in ZOO.iterdir() if p.is_dir()}
-    assert len(front) == 13
+    assert len(front) == 16
     # the default agent (PPO-Lagrangian) of every scenario (docs/suite.md#results), trained
     # before the arrival pruner, and with it (--prune deploy) where it can act: every scenario
     # but soft_tight_latency's, which has no idle component
@@ -118,6 +120,9 @@ def test_the_docs_name_every_agent_of_the_zoo() -> None:
         pytest.param("lag_dense_e0.1", marks=pytest.mark.slow),
         pytest.param("lag_dense_cell", marks=pytest.mark.slow),
         pytest.param("lag_soft_tight_latency", marks=pytest.mark.slow),
+        "pruned_split_e0.05625",  # trained with the arrival pruner (deploy), at 0.9 x the budget
+        pytest.param("pruned_dense_e0.0875", marks=pytest.mark.slow),
+        pytest.param("pruned_dense_e0.0625", marks=pytest.mark.slow),
     ],
 )
 def test_a_zoo_agent_gives_its_documented_front_point(run: str) -> None:
