@@ -40,7 +40,7 @@ from typing import Any
 
 from baselines.compare import DEFAULT_SWEEP, _parse_sweep, _pyplot, _save, run_sweep
 from baselines.evaluation import evaluate, mean_ci
-from baselines.registry import make_policy
+from baselines.registry import make_policy, pruned_inner
 from fedenv.config import EnvConfig
 from fedenv.scenarios import named_config
 
@@ -107,8 +107,8 @@ def _run_dir(spec: str) -> Path:
     a model file was saved in (``model.zip``, ``best/model.zip``,
     ``checkpoints/ckpt_<steps>_steps.zip``: the nearest folder above it with an
     ``env_config.yaml``); ``prune:<spec>``'s is ``<spec>``'s."""
-    while spec.startswith("prune:"):
-        spec = spec[len("prune:") :]
+    while (inner := pruned_inner(spec)) is not None:
+        spec = inner
     _, _, rest = spec.partition(":")
     path = Path(rest.rsplit("@", 1)[0] if "@" in Path(rest).name else rest)
     if path.is_dir() or path.suffix != ".zip":
@@ -263,7 +263,7 @@ def point_label(row: dict[str, Any]) -> str:
         return f"V={row['value']:g}"
     budget = row["energy_budget_j"]
     name = _run_dir(f"{row['method']}:{row['value']}").name  # the spec agent_point split
-    if str(row["method"]).startswith("prune:"):
+    if pruned_inner(str(row["method"])) is not None:
         name = f"prune:{name}"
     return f"{name}, Ē={'none' if budget is None else f'{budget:g}'}"
 

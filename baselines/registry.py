@@ -49,6 +49,7 @@ __all__ = [
     "PolicyFactory",
     "make_policy",
     "parse_spec",
+    "pruned_inner",
     "policy_names",
     "register_policy",
     "split_specs",
@@ -181,6 +182,13 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
     return name, params
 
 
+def pruned_inner(spec: str) -> str | None:
+    """The policy spec inside ``prune:<spec>`` (the prefix in any case, spaces around the spec
+    ignored), or None for a spec without the prefix."""
+    spec = spec.strip()
+    return spec[len("prune:") :] if spec.lower().startswith("prune:") else None
+
+
 def make_policy(spec: str, config: EnvConfig) -> Policy:
     """Build the policy named by ``spec`` for an env with ``config`` (module docstring)."""
     if isinstance(spec, str) and ">>" in spec:
@@ -200,8 +208,9 @@ def make_policy(spec: str, config: EnvConfig) -> Policy:
         return Handover(
             make_policy(first.strip(), config), make_policy(then.strip(), config), from_round
         )
-    if isinstance(spec, str) and spec.strip().lower().startswith("prune:"):
-        return Pruned(make_policy(spec.strip()[len("prune:") :], config), config)
+    inner = pruned_inner(spec) if isinstance(spec, str) else None
+    if inner is not None:
+        return Pruned(make_policy(inner, config), config)
     name, params = parse_spec(spec)
     if name not in _FACTORIES:
         return _added_factory(name)(spec.strip(), config)

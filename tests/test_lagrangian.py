@@ -681,6 +681,8 @@ def test_pareto_command_runs_end_to_end_with_the_lyapunov_sweep_and_agents_per_b
     pruned = pareto.agent_point(f"prune:ppo:{tmp_path / 'run_e0.25'}", preset, [1000])
     assert pruned["method"] == "prune:ppo" and pruned["energy_budget_j"] == 0.25
     assert pareto.point_label(pruned) == "prune:run_e0.25, Ē=0.25"
+    # the prefix is read as the registry reads it (any case)
+    assert pareto.agent_config(f"PRUNE:ppo:{checkpoint}", preset).budgets.energy_budget_j == 0.25
     assert pareto.parse_scales("0.8, 0.9,1") == [0.8, 0.9, 1.0]
     for bad in ("0", "-1", "nan", "x", ""):
         with pytest.raises(ValueError, match="--budget-scales"):
