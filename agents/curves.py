@@ -116,6 +116,13 @@ def plot_curves(
         )  # fmt: skip
     for (name, acc), color in zip((references or {}).items(), plt.cm.tab10.colors):
         ax_acc.axhline(acc, color=color, ls="--", lw=1.0, label=name)
+    # the y range holds every curve and reference with a margin (a reference at the top of the
+    # autoscaled range would hide under the frame)
+    shown = np.concatenate([c.final_accuracy, list((references or {}).values())])
+    shown = shown[np.isfinite(shown)]
+    if shown.size:
+        pad = 0.05 * max(float(np.ptp(shown)), 1e-3)
+        ax_acc.set_ylim(float(shown.min()) - pad, float(shown.max()) + pad)
     ax_acc.set(xlabel="env steps", ylabel="final accuracy (validation seeds)", title="accuracy")
     ax_acc.legend(fontsize=7)
 

@@ -907,3 +907,20 @@ def test_curves_arrays_follow_the_steps_and_the_device_slots() -> None:
     )
     with pytest.raises(ValueError, match="no evaluations"):
         curves([])
+
+
+def test_curves_accuracy_panel_shows_every_reference(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reference just above every evaluation (the max policy's ceiling) is drawn inside the
+    panel, not on its frame (autoscaling alone puts it at the top edge)."""
+    import baselines.compare
+    from agents.curves import curves, plot_curves
+
+    figures = []
+    monkeypatch.setattr(baselines.compare, "_save", lambda fig, path, plt: figures.append(fig))
+    evaluations = ((0, 0.58), (1, 0.795))
+    c = curves([{"timesteps": s, "final_accuracy": a, "best": 0} for s, a in evaluations])
+    plot_curves(c, tmp_path / "c.png", {"lyapunov": 0.79, "max": 0.8055})
+    low, high = figures[0].axes[0].get_ylim()
+    assert low < 0.58 and high > 0.8055 + 0.005  # a margin above the top reference
