@@ -18,7 +18,9 @@ the reference for agents trained at lowered budgets. Written to ``--out``:
   the mean and 95% confidence interval (Student t over episodes) of the final accuracy, energy
   per device-round, devices within 1.05 x budget, max device energy / budget and return, and
   whether it is on the front (no other point at least as accurate with at most its energy, on
-  the means);
+  the means), and the most accurate learned agent that dominates it; ``pareto.md`` ends with
+  how many points of the V sweep the agents dominate, at the preset's budget and among those
+  that spend at least as much as the cheapest agent;
 * ``pareto.png``: final accuracy against energy per device-round with both intervals (one
   Lyapunov line per budget);
 * ``config.yaml``: the preset's resolved config.
@@ -47,7 +49,9 @@ from fedenv.scenarios import named_config
 __all__ = [
     "METRICS",
     "agent_point",
+    "dominance_summary",
     "main",
+    "mark_dominated_by_agents",
     "mark_front",
     "parse_scales",
     "parse_seeds",
@@ -196,7 +200,7 @@ def run_pareto(
             for r in run_sweep(scaled, v_values, seeds, budget_tolerance=budget_tolerance)
         ]
     rows += [agent_point(spec, config, seeds, budget_tolerance) for spec in agents]
-    return mark_front(rows)
+    return mark_dominated_by_agents(mark_front(rows))
 
 
 def mark_front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -207,6 +211,43 @@ def mark_front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def mark_dominated_by_agents(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Set each Lyapunov row's ``dominated_by``: the label (:func:`point_label`) of the most
+    accurate learned agent that dominates it (on the means), else ``""`` (``""`` for agents)."""
+    agents = [q for q in rows if q["method"] != "lyapunov"]
+    for r in rows:
+        by = [q for q in agents if _dominates(q, r)] if r["method"] == "lyapunov" else []
+        r["dominated_by"] = point_label(max(by, key=lambda q: q["final_accuracy"])) if by else ""
+    return rows
+
+
+def dominance_summary(rows: list[dict[str, Any]], budget: float | None) -> str:
+    """How many Lyapunov points the agents dominate: those at the preset's energy ``budget``
+    (the V-front of the preset), and those that spend at least as much as the cheapest agent
+    (the V sweep under every scaled budget: below that energy no agent was measured). Needs
+    :func:`mark_dominated_by_agents`; empty without agents."""
+    agents = [r for r in rows if r["method"] != "lyapunov"]
+    sweep = [r for r in rows if r["method"] == "lyapunov"]
+    if not agents or not sweep:
+        return ""
+    cheapest = min(r["energy_j"] for r in agents)
+
+    def count(points: list[dict[str, Any]]) -> str:
+        return f"{sum(bool(r['dominated_by']) for r in points)} of {len(points)}"
+
+    at_budget = [r for r in sweep if r["energy_budget_j"] == budget]
+    above = [r for r in sweep if r["energy_j"] >= cheapest]
+    parts = []
+    if at_budget:
+        shown = "none" if budget is None else f"{budget:g} J"
+        parts.append(f"of the V sweep at the preset's energy budget ({shown}), {count(at_budget)}")
+    parts.append(
+        f"of the Lyapunov points that spend at least as much as the cheapest agent "
+        f"({cheapest:.4f} J per device-round), {count(above)}"
+    )
+    return "Dominated by an agent (on the means): " + "; ".join(parts) + "."
+
+
 def _dominates(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Whether point ``a`` is at least as accurate as ``b`` with at most its energy, and better
     in one of them (on the means)."""
@@ -214,8 +255,10 @@ def _dominates(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return acc_a >= acc_b and e_a <= e_b and (acc_a > acc_b or e_a < e_b)
 
 
-def write_table(rows: list[dict[str, Any]], out: Path, command: str = "") -> tuple[Path, Path]:
-    """pareto.csv and pareto.md."""
+def write_table(
+    rows: list[dict[str, Any]], out: Path, command: str = "", budget: float | None = None
+) -> tuple[Path, Path]:
+    """pareto.csv and pareto.md (with :func:`dominance_summary` for the preset's ``budget``)."""
     out.mkdir(parents=True, exist_ok=True)
     fields = [
         "method",
@@ -224,6 +267,7 @@ def write_table(rows: list[dict[str, Any]], out: Path, command: str = "") -> tup
         "energy_budget_j",
         *(k for key, _, _ in METRICS for k in (key, f"{key}_ci95")),
         "on_front",
+        "dominated_by",
     ]
     with (out / "pareto.csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
@@ -233,24 +277,29 @@ def write_table(rows: list[dict[str, Any]], out: Path, command: str = "") -> tup
     lines = [
         "| method | parameter | energy budget (J) | "
         + " | ".join(t for _, t, _ in keys)
-        + " | on the front |",
-        "|---|---|---|" + "---|" * (len(keys) + 1),
+        + " | on the front | dominated by an agent |",
+        "|---|---|---|" + "---|" * (len(keys) + 2),
     ]
     for r in rows:
-        budget = "none" if r["energy_budget_j"] is None else f"{r['energy_budget_j']:g}"
+        shown = "none" if r["energy_budget_j"] is None else f"{r['energy_budget_j']:g}"
         value = f"{r['value']:g}" if isinstance(r["value"], float) else str(r["value"])
         lines.append(
-            f"| {r['method']} | {r['parameter']}={value} | {budget} | "
+            f"| {r['method']} | {r['parameter']}={value} | {shown} | "
             + " | ".join(f"{r[k]:{f}} ± {r[k + '_ci95']:{f}}" for k, _, f in keys)
-            + f" | {'yes' if r['on_front'] else 'no'} |"
+            + f" | {'yes' if r['on_front'] else 'no'} | {r['dominated_by'] or '–'} |"
         )
     header = (
         "Final accuracy against energy per device-round, mean ± 95% CI over the same seeds. "
         "On the front: no other point is at least as accurate with at most its energy (on the "
-        "means).\n\n"
+        "means); dominated by an agent: the most accurate learned agent that is.\n\n"
     )
+    summary = dominance_summary(rows, budget)
     (out / "pareto.md").write_text(
-        header + (f"`{command}`\n\n" if command else "") + "\n".join(lines) + "\n"
+        header
+        + (f"`{command}`\n\n" if command else "")
+        + "\n".join(lines)
+        + "\n"
+        + (f"\n{summary}\n" if summary else "")
     )
     return out / "pareto.csv", out / "pareto.md"
 
@@ -379,7 +428,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         budget_tolerance=args.budget_tolerance,
     )
     command = "python -m baselines.pareto " + " ".join(sys.argv[1:] if argv is None else argv)
-    csv_path, md_path = write_table(rows, out, command)
+    csv_path, md_path = write_table(rows, out, command, config.budgets.energy_budget_j)
     print((out / "pareto.md").read_text())
     print(f"wrote {csv_path}, {md_path}")
     if not args.no_plots:

@@ -648,6 +648,40 @@ def test_pareto_command_runs_end_to_end_with_the_lyapunov_sweep_and_agents_per_b
         [{"name": k, "final_accuracy": a, "energy_j": e} for k, (a, e) in made_up.items()]
     )
     assert [r["name"] for r in marked if r["on_front"]] == ["a", "c", "d"]
+    # which agent dominates each Lyapunov point, and the count the docs quote
+    budget = 0.1
+
+    def point(method: str, value: object, acc: float, energy: float, b: float = budget) -> dict:
+        return {"method": method, "value": value, "energy_budget_j": b} | {
+            "final_accuracy": acc,
+            "energy_j": energy,
+        }
+
+    sweep = [
+        point("lyapunov", 1.0, 0.78, 0.050),  # dominated by both agents: the more accurate named
+        point("lyapunov", 10.0, 0.80, 0.060),  # more accurate than the cheap agent: by none
+        point("lyapunov", 0.1, 0.70, 0.010),  # cheaper than every agent: by none
+        point("lyapunov", 1.0, 0.75, 0.045, b=0.08),  # under a lowered budget, dominated
+    ]
+    agents = [
+        point("ppo", "runs/lag_a", 0.79, 0.040, b=0.08),
+        point("ppo", "runs/lag_b", 0.785, 0.030),
+    ]
+    marked = pareto.mark_dominated_by_agents(sweep + agents)
+    assert [r["dominated_by"] for r in marked] == [
+        "lag_a, Ē=0.08",
+        "",
+        "",
+        "lag_a, Ē=0.08",
+        "",
+        "",
+    ]
+    assert pareto.dominance_summary(marked, budget) == (
+        "Dominated by an agent (on the means): of the V sweep at the preset's energy budget "
+        "(0.1 J), 1 of 3; of the Lyapunov points that spend at least as much as the cheapest "
+        "agent (0.0300 J per device-round), 2 of 3."
+    )
+    assert pareto.dominance_summary(sweep, budget) == ""  # no agent
     for r in rows:
         assert (
             0.0 < r["final_accuracy"] <= 1.0 and r["energy_j"] > 0 and r["final_accuracy_ci95"] >= 0
@@ -655,6 +689,10 @@ def test_pareto_command_runs_end_to_end_with_the_lyapunov_sweep_and_agents_per_b
         assert 0.0 <= r["devices_within_budget"] <= 1.0
     with (out / "pareto.csv").open() as fh:
         assert len(list(csv.DictReader(fh))) == 6
+    assert (
+        "Dominated by an agent (on the means): of the V sweep at the preset's energy"
+        in (out / "pareto.md").read_text()
+    )
     assert (
         "| ppo | run=" in (out / "pareto.md").read_text()
         and (out / "pareto.png").stat().st_size > 0
