@@ -35,6 +35,9 @@ SCENARIO = {
     "lag_soft": "soft_tight_latency",
     "pruned_split": "split_tight_energy",
     "pruned_dense": "dense_cell",
+    "pruned_tight": "tight_energy",
+    "pruned_large": "large_cell",
+    "pruned_mobile": "mobile_shadowed",
 }
 
 # the last digit of a 4-digit figure, and what a host with other float64 math (AVX-512 or not,
@@ -94,7 +97,7 @@ def test_every_zoo_agent_is_a_complete_run_with_its_config() -> None:
 def test_the_docs_name_every_agent_of_the_zoo() -> None:
     front, suite = _documented_front(), _documented_suite()
     assert set(front) | set(suite) == {p.name for p in ZOO.iterdir() if p.is_dir()}
-    assert len(front) == 16
+    assert len(front) == 24
     # the default agent (PPO-Lagrangian) of every scenario (docs/suite.md#results), trained
     # before the arrival pruner, and with it (--prune deploy) where it can act: every scenario
     # but soft_tight_latency's, which has no idle component
@@ -123,6 +126,14 @@ def test_the_docs_name_every_agent_of_the_zoo() -> None:
         "pruned_split_e0.05625",  # trained with the arrival pruner (deploy), at 0.9 x the budget
         pytest.param("pruned_dense_e0.0875", marks=pytest.mark.slow),
         pytest.param("pruned_dense_e0.0625", marks=pytest.mark.slow),
+        "pruned_large_e0.1",  # with the pruner, at 0.8 x the budget: it dominates every V
+        pytest.param("pruned_large_e0.1125", marks=pytest.mark.slow),
+        pytest.param("pruned_tight_e0.05", marks=pytest.mark.slow),
+        pytest.param("pruned_tight_e0.05625", marks=pytest.mark.slow),
+        *(
+            pytest.param(f"pruned_mobile_e{budget}", marks=pytest.mark.slow)
+            for budget in ("0.0625", "0.075", "0.1", "0.1125")
+        ),
     ],
 )
 def test_a_zoo_agent_gives_its_documented_front_point(run: str) -> None:
