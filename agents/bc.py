@@ -19,7 +19,7 @@ policy does (paradigms that can idle a device):
     python -m agents.bc --config switching --steps 8000 --epochs 100
 
 A network that cannot reproduce the baseline's decisions from what the agent observes starts
-below it however it is warm-started (docs/agents.md, "Warm start from the Lyapunov policy").
+below it however it is warm-started (docs/agent-experiments.md#lagrangian-bc).
 """
 
 from __future__ import annotations

@@ -25,8 +25,8 @@ round that the what-if removes, so the credit needs the surrogate backend (the l
 no model to ask) and a factored per-device policy (an autoregressive one draws a device's
 action after the others', so b_k would depend on it).
 
-Measured on the suite's scenarios in docs/agents.md#counterfactual-credit: it helps on some and
-not on others; it is an option, not the default.
+Measured on the suite's scenarios in docs/agent-experiments.md#counterfactual-credit: it helps
+on some and not on others; it is an option, not the default.
 """
 
 from __future__ import annotations

@@ -3,10 +3,10 @@
 The docs' tables of learned agents come from runs that took 8 to 31 minutes each to train; the
 agents behind them are committed so that anyone can rerun those rows. These tests play them with
 the documented commands' code (:func:`baselines.pareto.agent_point` for the fronts of
-docs/agents.md and docs/suite.md, :func:`baselines.suite.paired_rows` for the suite's table in
-docs/suite.md) on the documented seeds and compare with the numbers printed there, so a change
-that moves them (to the env, the policy loading, or the Lyapunov policy under the tradeoff
-agents) fails here until the docs are regenerated.
+docs/agent-experiments.md and docs/suite.md, :func:`baselines.suite.paired_rows` for the suite's
+table in docs/suite.md) on the documented seeds and compare with the numbers printed there, so
+a change that moves them (to the env, the policy loading, or the Lyapunov policy under the
+tradeoff agents) fails here until the docs are regenerated.
 """
 
 from __future__ import annotations
@@ -51,9 +51,9 @@ ENERGY_TOLERANCE = 6e-4  # J per device-round
 
 def _documented_front() -> dict[str, tuple[float, float]]:
     """``run -> (energy per device-round, final accuracy)`` from the front tables: the tradeoff
-    agents' of docs/agents.md (#tradeoff-front, #tradeoff-front-mobile, #tradeoff-front-large)
-    and the default agents' of docs/suite.md (#fronts)."""
-    text = (ROOT / "docs/agents.md").read_text() + (ROOT / "docs/suite.md").read_text()
+    agents' of docs/agent-experiments.md (#tradeoff-front, #tradeoff-front-mobile,
+    #tradeoff-front-large) and the default agents' of docs/suite.md (#fronts)."""
+    text = (ROOT / "docs/agent-experiments.md").read_text() + (ROOT / "docs/suite.md").read_text()
     rows = re.findall(
         r"^\| (?:tradeoff|default) agent `(\w[\w.]*)`[^|]*\| [\w.]+ "  # run, energy budget
         r"\| ([\d.]+) ± [\d.]+ \| ([\d.]+) ± [\d.]+ \|$",  # energy, final accuracy
