@@ -6,7 +6,8 @@
   its docstring and the default the dataclass really has;
 * every preset and every scenario file is on docs/presets.md, with the numbers it sets;
 * every page under docs/ is in the mkdocs.yml navigation and every navigation entry exists;
-* every ``docs/model.md §n`` cited in the code names a section of docs/model.md.
+* every ``docs/model.md §n`` cited in the code names a section of docs/model.md;
+* README's table of the default agent against the Lyapunov policy repeats docs/suite.md's.
 """
 
 from __future__ import annotations
@@ -234,6 +235,30 @@ def test_every_page_is_in_the_navigation() -> None:
         "pages under docs/ missing from the mkdocs.yml nav (the strict build fails on "
         f"them): {unlisted}"
     )
+
+
+def _scenario_rows(text: str) -> dict[str, list[str]]:
+    """``scenario -> cells`` of the Markdown table rows that start with a scenario's code span."""
+    rows = {}
+    for line in text.splitlines():
+        match = re.match(r"^\| `(\w+)`[^|]*\|(.*)\|$", line)
+        if match:
+            rows[match.group(1)] = [cell.strip() for cell in match.group(2).split("|")]
+    return rows
+
+
+def test_readme_results_repeat_the_suite_page() -> None:
+    """README's results table copies the three paired-difference columns of docs/suite.md's
+    summary (#standing), which the suite's commands regenerate; a copy that drifts fails here."""
+    readme = (ROOT / "README.md").read_text()
+    copied = _scenario_rows(_section(readme, "Comparing with the baselines"))
+    source = _scenario_rows(_page("suite.md").split("{#standing}", 1)[1].split("\n#", 1)[0])
+    assert set(copied) == set(source) and len(copied) == 6, (sorted(copied), sorted(source))
+    for scenario, cells in copied.items():
+        assert cells == source[scenario][: len(cells)], (
+            f"README's row for {scenario} is {cells}, docs/suite.md#standing has "
+            f"{source[scenario][: len(cells)]}"
+        )
 
 
 def test_model_page_sections_cited_by_the_code_exist() -> None:
