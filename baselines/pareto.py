@@ -318,41 +318,75 @@ def point_label(row: dict[str, Any]) -> str:
 
 
 def plot_pareto(rows: list[dict[str, Any]], config: EnvConfig, out: Path) -> Path:
-    """pareto.png: final accuracy against energy per device-round, 95% CIs on both."""
+    """pareto.png: final accuracy against energy per device-round, 95% CIs on both.
+
+    One line of Lyapunov points per energy budget swept, in V order, coloured by the budget
+    (darker is larger), with each point's V written beside it on the line of the preset's
+    budget (on every line when there is one); the agents as stars (then other markers) in the
+    colour of the budget they were trained for where there are several budgets, in colours of
+    their own otherwise, named in the legend.
+    """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.0, 4.6))
+    preset_budget = config.budgets.energy_budget_j
+    lyapunov = [r for r in rows if r["method"] == "lyapunov"]
+    agents = [r for r in rows if r["method"] != "lyapunov"]
+    budgets = sorted({r["energy_budget_j"] for r in rows if r["energy_budget_j"] is not None})
+    cmap = plt.get_cmap("viridis")
 
-    budgets = {r["energy_budget_j"] for r in rows if r["method"] == "lyapunov"}
+    def colour(budget: float | None) -> Any:
+        if budget is None or len(budgets) < 2:
+            return cmap(0.35)
+        return cmap(0.85 * (1.0 - budgets.index(budget) / (len(budgets) - 1)))
 
-    def series(r: dict[str, Any]) -> str:  # one Lyapunov line per budget where there are several
-        if r["method"] != "lyapunov" or len(budgets) == 1:
-            return str(r["method"])
-        return f"lyapunov, Ē={r['energy_budget_j']:g}"
-
-    for name in dict.fromkeys(series(r) for r in rows):
-        pts = sorted((r for r in rows if series(r) == name), key=lambda r: r["energy_j"])
-        x, y = [r["energy_j"] for r in pts], [r["final_accuracy"] for r in pts]
+    def errorbar(pts: list[dict[str, Any]], **style: Any) -> None:
         ax.errorbar(
-            x,
-            y,
+            [r["energy_j"] for r in pts],
+            [r["final_accuracy"] for r in pts],
             xerr=[r["energy_j_ci95"] for r in pts],
             yerr=[r["final_accuracy_ci95"] for r in pts],
-            marker="o",
-            capsize=3,
-            linestyle="-" if name.startswith("lyapunov") else "none",
-            label=name,
+            capsize=2,
+            elinewidth=0.8,
+            **style,
         )
-        for r in pts:
-            ax.annotate(
-                point_label(r),
-                (r["energy_j"], r["final_accuracy"]),
-                textcoords="offset points",
-                xytext=(4, -10),
-                fontsize=7,
-            )
-    if config.budgets.energy_budget_j is not None:
+
+    lines = sorted({r["energy_budget_j"] for r in lyapunov}, key=lambda b: (b is None, b or 0.0))
+    for budget in lines:
+        pts = sorted(
+            (r for r in lyapunov if r["energy_budget_j"] == budget), key=lambda r: float(r["value"])
+        )
+        label = "Lyapunov, V sweep" + ("" if budget is None else f", Ē={budget:g}")
+        errorbar(pts, marker="o", markersize=4, linestyle="-", color=colour(budget), label=label)
+        if len(lines) == 1 or budget == preset_budget:
+            for r in pts:
+                ax.annotate(
+                    point_label(r),
+                    (r["energy_j"], r["final_accuracy"]),
+                    textcoords="offset points",
+                    xytext=(4, -10),
+                    fontsize=7,
+                )
+    # an agent takes the colour of its budget's line where there are several lines, else one of
+    # its own; agents that share a colour are told apart by their markers
+    contrast = iter(["tab:orange", "tab:red", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"])
+    shared: dict[Any, int] = {}
+    for r in agents:
+        budget = r["energy_budget_j"]
+        key = budget if len(lines) > 1 and budget in lines else None
+        own = colour(budget) if key is not None else next(contrast, "tab:gray")
+        n = shared[key] = shared.get(key, -1) + 1
+        errorbar(
+            [r],
+            marker="*PXDv^"[n % 6],
+            markersize=13 if n == 0 else 9,
+            markeredgecolor="k",
+            linestyle="none",
+            color=own,
+            label=point_label(r),
+        )
+    if preset_budget is not None:
         ax.axvline(
-            config.budgets.energy_budget_j,
+            preset_budget,
             color="k",
             linestyle="--",
             linewidth=1,
@@ -364,7 +398,7 @@ def plot_pareto(rows: list[dict[str, Any]], config: EnvConfig, out: Path) -> Pat
         title="accuracy against energy (mean, 95% CI)",
     )
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="lower right")
     return _save(fig, out / "pareto.png", plt)
 
 

@@ -563,6 +563,57 @@ def test_training_writes_the_multipliers_and_resume_restores_them(tmp_path: Path
     assert json.loads((pid / STATE_FILE).read_text())["integral"] == [6.25]
 
 
+def test_pareto_plot_names_each_budget_once_and_the_v_of_the_preset_budget_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With several budgets the figure stays readable: one legend entry per budget's V sweep and
+    per agent, V written beside the points of the preset's budget only (on every point with one
+    budget), an agent in its budget's colour (a colour of its own with one budget)."""
+    pytest.importorskip("matplotlib")
+    from baselines import pareto
+
+    figures = []
+    monkeypatch.setattr(pareto, "_save", lambda fig, path, plt: figures.append(fig) or path)
+
+    def point(method: str, value: object, budget: float, acc: float, energy: float) -> dict:
+        return {
+            "method": method,
+            "value": value,
+            "energy_budget_j": budget,
+            "final_accuracy": acc,
+            "final_accuracy_ci95": 0.01,
+            "energy_j": energy,
+            "energy_j_ci95": 0.001,
+        }
+
+    config = resolve_config("switching")  # budget 0.125 J
+    rows = [point("lyapunov", v, b, 0.78, 0.01 * v + b) for b in (0.1, 0.125) for v in (1.0, 10.0)]
+    rows += [point("ppo", "runs/a_e0.1", 0.1, 0.79, 0.05), point("ppo", "runs/b", 0.125, 0.8, 0.06)]
+    pareto.plot_pareto(rows, config, tmp_path)
+    ax = figures[-1].axes[0]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == [
+        "the preset's energy budget",
+        "Lyapunov, V sweep, Ē=0.1",
+        "Lyapunov, V sweep, Ē=0.125",
+        "a_e0.1, Ē=0.1",
+        "b, Ē=0.125",
+    ]
+    assert sorted(t.get_text() for t in ax.texts) == ["V=1", "V=10"]  # the 0.125 J line's
+    lines = {c.get_label(): c for c in ax.containers}
+    agent_colour = lines["a_e0.1, Ē=0.1"].lines[0].get_color()
+    assert agent_colour == lines["Lyapunov, V sweep, Ē=0.1"].lines[0].get_color()
+    # one budget: every V written, the agent in a colour of its own
+    single = [r for r in rows if r["energy_budget_j"] == 0.125]
+    pareto.plot_pareto(single, config, tmp_path)
+    ax = figures[-1].axes[0]
+    assert sorted(t.get_text() for t in ax.texts) == ["V=1", "V=10"]
+    lines = {c.get_label(): c for c in ax.containers}
+    assert lines["b, Ē=0.125"].lines[0].get_color() != (
+        lines["Lyapunov, V sweep, Ē=0.125"].lines[0].get_color()
+    )
+
+
 def test_pareto_command_runs_end_to_end_with_the_lyapunov_sweep_and_agents_per_budget(
     tmp_path: Path,
 ) -> None:
